@@ -1,0 +1,184 @@
+"""Sluice settings, driven by the environment.
+
+So one can check out the code and run ``make run`` with nothing else: with no environment the
+database is SQLite under ``var/`` and the Celery broker is kombu's filesystem transport (no
+server). Production sets ``DATABASE_URL`` (PostgreSQL) and ``CELERY_BROKER_URL`` (Redis).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("SLUICE_VAR_DIR", BASE_DIR / "var"))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+env = environ.Env()
+
+SECRET_KEY = env("SECRET_KEY", default="dev-only-insecure-key-change-me-in-production-0123456789")
+DEBUG = env.bool("DEBUG", default=False)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "workflows",
+    "pipelines",
+    "reviews",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Database: SQLite by default (the embedded default), PostgreSQL via DATABASE_URL.
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'sluice.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # IMMEDIATE transactions take SQLite's write lock at BEGIN, so two writers queue up
+    # instead of one failing with "database is locked" halfway through a transaction.
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+else:
+    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if env("SLUICE_TEST_DB_NAME", default=""):
+    DATABASES["default"]["TEST"] = {"NAME": env("SLUICE_TEST_DB_NAME")}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/reviews/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env("TIME_ZONE", default="UTC")
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = Path(env("STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2 * 1024 * 1024)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "workflows": {"handlers": ["console"], "level": env("SLUICE_LOG_LEVEL", default="INFO")},
+        "reviews": {"handlers": ["console"], "level": env("SLUICE_LOG_LEVEL", default="INFO")},
+        "pipelines": {"handlers": ["console"], "level": env("SLUICE_LOG_LEVEL", default="INFO")},
+    },
+}
+
+# --- Celery -----------------------------------------------------------------------------------
+_BROKER_DIR = VAR_DIR / "broker"
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="filesystem://")
+if CELERY_BROKER_URL.startswith("filesystem"):
+    for sub in ("queue", "processed"):
+        (_BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_BROKER_DIR / "queue"),
+        "data_folder_out": str(_BROKER_DIR / "queue"),
+        "processed_folder": str(_BROKER_DIR / "processed"),
+        "store_processed": False,
+        "polling_interval": 0.1,
+    }
+else:
+    # Messages only ring doorbells, so a redelivery after the visibility timeout is harmless,
+    # but there is no reason to wait an hour for it either.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 600}
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_TASK_ALWAYS_EAGER = False
+SLUICE_SWEEP_INTERVAL = env.float("SLUICE_SWEEP_INTERVAL", default=2.0)
+# A static schedule; every periodic task is idempotent, so two beats by mistake are harmless.
+CELERY_BEAT_SCHEDULE = {
+    "sluice-sweep": {"task": "workflows.sweep", "schedule": SLUICE_SWEEP_INTERVAL},
+    "sluice-expire-gates": {"task": "reviews.expire_gates", "schedule": SLUICE_SWEEP_INTERVAL},
+    "sluice-deliver-outbox": {"task": "workflows.deliver_outbox", "schedule": 5.0},
+    "sluice-prune": {"task": "workflows.prune", "schedule": 3600.0},
+}
+
+# --- Sluice engine ----------------------------------------------------------------------------
+# Extra modules that define workflows, comma separated dotted paths.
+SLUICE_WORKFLOW_MODULES = env.list("SLUICE_WORKFLOW_MODULES", default=[])
+# Seconds a run or step lease lasts; the worker renews it while it works.
+SLUICE_LEASE_SECONDS = env.float("SLUICE_LEASE_SECONDS", default=8.0)
+# How long a rung doorbell may go unanswered before the sweep rings again.
+SLUICE_DOORBELL_GRACE_SECONDS = env.float("SLUICE_DOORBELL_GRACE_SECONDS", default=5.0)
+# Default cap on branches of one run in flight at once.
+SLUICE_MAX_PARALLEL = env.int("SLUICE_MAX_PARALLEL", default=10)
+# Values over this many bytes of JSON are stored out of row; over the hard limit a step fails.
+SLUICE_PAYLOAD_INLINE_LIMIT = env.int("SLUICE_PAYLOAD_INLINE_LIMIT", default=64 * 1024)
+SLUICE_PAYLOAD_HARD_LIMIT = env.int("SLUICE_PAYLOAD_HARD_LIMIT", default=8 * 1024 * 1024)
+# Finished runs older than this are pruned by the sweep, journal included.
+SLUICE_RETENTION_DAYS = env.float("SLUICE_RETENTION_DAYS", default=30.0)
+SLUICE_PRUNE_BATCH = env.int("SLUICE_PRUNE_BATCH", default=500)
+# Pools: name -> max concurrency across all workers (None = unlimited) and an optional rate
+# limit of `rate_limit` step starts per `rate_period` seconds. Rows in the Pool table (editable
+# in admin) override these defaults.
+SLUICE_POOLS = {
+    "default": {"max_concurrency": None, "rate_limit": None, "rate_period": 1.0},
+    "llm": {
+        "max_concurrency": env.int("SLUICE_LLM_CONCURRENCY", default=8),
+        "rate_limit": env.int("SLUICE_LLM_RATE_LIMIT", default=0) or None,
+        "rate_period": env.float("SLUICE_LLM_RATE_PERIOD", default=60.0),
+    },
+}

@@ -1,0 +1,44 @@
+"""Sluice's durable workflow engine.
+
+Public API (see the README)::
+
+    from workflows import workflow, step, RetryPolicy, NonRetryableError
+    from workflows import start, send_event, cancel, restart, get_run
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from workflows.definitions import RetryPolicy, step, workflow
+from workflows.errors import (
+    ChildWorkflowFailed,
+    DeterminismError,
+    InvalidInputError,
+    InvalidStateError,
+    NonRetryableError,
+    PayloadTooLargeError,
+    RunNotFoundError,
+    StepFailed,
+    UnknownWorkflowError,
+)
+from workflows.usage import current_step, record_usage
+
+_SERVICES = {"start", "send_event", "cancel", "restart", "get_run"}
+
+
+def __getattr__(name: str) -> Any:
+    # The service functions touch models, which must not be imported before Django's app
+    # registry is ready (this package is itself an installed app).
+    if name in _SERVICES:
+        from workflows import services
+
+        return getattr(services, name)
+    raise AttributeError(f"module 'workflows' has no attribute {name!r}")
+
+
+__all__ = [
+    "ChildWorkflowFailed", "DeterminismError", "InvalidInputError", "InvalidStateError",
+    "NonRetryableError", "PayloadTooLargeError", "RetryPolicy", "RunNotFoundError", "StepFailed",
+    "UnknownWorkflowError", "cancel", "current_step", "get_run", "record_usage", "restart",
+    "send_event", "start", "step", "workflow",
+]

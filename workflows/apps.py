@@ -1,0 +1,27 @@
+"""App config: discovers workflow modules when Django starts."""
+from __future__ import annotations
+
+import importlib
+import os
+
+from django.apps import AppConfig
+from django.conf import settings
+from django.utils.module_loading import autodiscover_modules
+
+
+class WorkflowsConfig(AppConfig):
+    name = "workflows"
+    verbose_name = "Workflows"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        discover()
+
+
+def discover() -> None:
+    """Import ``workflows.py`` / ``pipelines.py`` of installed apps and SLUICE_WORKFLOW_MODULES."""
+    autodiscover_modules("workflows", "pipelines")
+    names = list(getattr(settings, "SLUICE_WORKFLOW_MODULES", []) or [])
+    names += [m for m in os.environ.get("SLUICE_WORKFLOW_MODULES", "").split(",") if m]
+    for name in dict.fromkeys(n.strip() for n in names if n.strip()):
+        importlib.import_module(name)

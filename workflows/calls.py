@@ -1,0 +1,87 @@
+"""Calling step code: timeouts, error records, return types."""
+from __future__ import annotations
+
+import signal
+import threading
+import traceback
+import typing
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+from workflows.definitions import StepDef
+from workflows.errors import NonRetryableError, PayloadTooLargeError, StepTimeout
+
+TRACEBACK_LIMIT = 8000
+
+
+def error_dict(exc: BaseException, **extra: Any) -> dict[str, Any]:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    data: dict[str, Any] = {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": tb[-TRACEBACK_LIMIT:],
+    }
+    raw = getattr(exc, "raw_text", None)
+    if raw is not None:
+        data["raw_text"] = str(raw)[:TRACEBACK_LIMIT]
+    data.update(extra)
+    return data
+
+
+def is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, NonRetryableError | PayloadTooLargeError | TypeError):
+        return False
+    return bool(getattr(exc, "retryable", True))
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """A hint from the error itself (an HTTP 429's Retry-After), honoured over the backoff."""
+    value = getattr(exc, "retry_after", None)
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def call_step(sd: StepDef, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> Any:
+    """Run the step's function, enforcing its timeout where the platform lets us preempt.
+
+    In a Celery prefork child the task runs on the main thread, so SIGALRM interrupts a stuck
+    step. Elsewhere (thread pools) the timeout is checked when the call returns.
+    """
+    if not sd.timeout:
+        return sd.fn(*args, **kwargs)
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+        def on_alarm(signum: int, frame: Any) -> None:
+            raise StepTimeout(f"step {sd.name!r} timed out after {sd.timeout:g}s")
+
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, sd.timeout)
+        try:
+            return sd.fn(*args, **kwargs)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+    import time
+
+    t0 = time.monotonic()
+    value = sd.fn(*args, **kwargs)
+    if time.monotonic() - t0 > sd.timeout:
+        raise StepTimeout(f"step {sd.name!r} timed out after {sd.timeout:g}s")
+    return value
+
+
+@lru_cache(maxsize=1024)
+def _return_annotation(fn: Callable[..., Any]) -> Any:
+    try:
+        return typing.get_type_hints(fn).get("return")
+    except Exception:
+        return None
+
+
+def return_annotation(sd: StepDef) -> Any:
+    try:
+        return _return_annotation(sd.fn)
+    except TypeError:  # unhashable callable
+        return None

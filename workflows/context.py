@@ -1,0 +1,587 @@
+"""The workflow context: what a handler calls (``ctx.run``, ``ctx.parallel``, ``ctx.sleep`` …).
+
+One ``Context`` lives for one advance of a run. It replays the handler against the journal
+(loaded once, in one query) and, at the frontier, executes new steps inline:
+
+1. The transaction that starts step N+1 also records step N's result and renews the run lease,
+   so a sequential step costs one commit, and a crash during N+1 is still counted (the row says
+   "running, attempt 1").
+2. Results are buffered in ``_dirty``/``_inserts`` until that next commit (or the suspension or
+   the end of the run). A crash before it re-executes step N: steps are at-least-once.
+3. Every commit first compare-and-swaps the run row on (lease owner, generation). If a cancel,
+   a restart or another worker took the run, the commit raises ``LeaseLost`` and nothing of
+   ours is written.
+"""
+from __future__ import annotations
+
+import random as _random
+import uuid as _uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from workflows import payloads, pools, usage
+from workflows.calls import call_step, error_dict, is_retryable, retry_after, return_annotation
+from workflows.definitions import StepDef, as_step, get_workflow, resolve_step, step_path
+from workflows.doorbell import dispatch_on_commit, grace, ring_on_commit
+from workflows.errors import (
+    ChildWorkflowFailed,
+    DeterminismError,
+    LeaseLost,
+    PayloadTooLargeError,
+    StepFailed,
+    Suspend,
+)
+from workflows.leases import lease_until
+from workflows.models import Event, Run, RunStatus, Step, StepKind, StepStatus
+
+_STEP_FIELDS = [
+    "status", "result", "error", "finished_at", "lease_owner", "lease_expires_at", "usage",
+    "cost", "wake_at", "attempt",
+]
+
+
+@dataclass(frozen=True)
+class Call:
+    """A step call not yet made: built by ``ctx.call``, made by ``ctx.parallel``."""
+
+    step: StepDef
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+class Context:
+    """The ``ctx`` argument of a workflow handler."""
+
+    # Plug-ins (the reviews app adds ``review``) register methods here, so the engine never
+    # imports them.
+    extensions: dict[str, Callable[..., Any]] = {}
+
+    def __init__(self, run: Run, journal: Iterable[Step], owner: str) -> None:
+        self._record = run
+        self.owner = owner
+        self.generation = run.generation
+        self._rows: dict[int, Step] = {}
+        self._branches: dict[int, list[Step]] = defaultdict(list)
+        self._max_position = 0
+        for row in journal:
+            if row.branch < 0:
+                self._rows[row.position] = row
+                self._max_position = max(self._max_position, row.position)
+            else:
+                self._branches[row.position].append(row)
+        self._pos = 0
+        self._dirty: list[Step] = []
+        self._inserts: list[Step] = []
+        self._cost = Decimal(0)
+        self._current = ""
+
+    # --- public surface -------------------------------------------------------------------
+
+    @property
+    def record(self) -> Run:
+        """The run's row (read-only for handlers)."""
+        return self._record
+
+    @property
+    def run_id(self) -> Any:
+        return self._record.pk
+
+    @property
+    def input(self) -> dict[str, Any]:
+        return self._record.input
+
+    @property
+    def context(self) -> dict[str, Any]:
+        """The caller's ``context`` given to ``start`` (ticket ids and the like)."""
+        return self._record.context
+
+    def __getattr__(self, name: str) -> Any:
+        ext = Context.extensions.get(name)
+        if ext is None:
+            raise AttributeError(name)
+        return lambda *args, **kwargs: ext(self, *args, **kwargs)
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Call:
+        """Describe a step call for ``ctx.parallel`` without making it."""
+        return Call(as_step(fn), args, kwargs)
+
+    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:  # noqa: F811
+        """Run a step inline (or return its journaled result on replay)."""
+        sd = as_step(fn)
+        pos, row = self._next(StepKind.STEP, sd.name)
+        if row is None:
+            return self._execute(sd, args, kwargs, pos, None)
+        if row.status == StepStatus.SUCCEEDED:
+            return self._value(sd, row.result)
+        if row.status == StepStatus.FAILED:
+            raise StepFailed(row.name, row.error or {})
+        now = timezone.now()
+        if row.status == StepStatus.RUNNING:
+            if row.lease_owner and row.lease_owner != self.owner and row.lease_expires_at and (
+                row.lease_expires_at > now
+            ):
+                raise Suspend  # Another worker is executing it (it was queued in its pool).
+            # The attempt recorded as running died with its worker: it counts.
+            if row.attempt >= row.max_attempts:
+                return self._fail(row, {
+                    "type": "WorkerLost",
+                    "message": f"the worker running attempt {row.attempt} of {row.max_attempts} "
+                    "was lost (killed or crashed); attempt budget exhausted",
+                })
+            return self._execute(sd, args, kwargs, pos, row)
+        if row.status == StepStatus.RETRYING:
+            if row.wake_at and row.wake_at > now:
+                raise Suspend
+            return self._execute(sd, args, kwargs, pos, row)
+        if row.status == StepStatus.PENDING:
+            return self._execute(sd, args, kwargs, pos, row)
+        raise Suspend
+
+    def parallel(self, calls: Sequence[Call], *, return_exceptions: bool = False) -> list[Any]:
+        """Run the calls as parallel branches, joined in the database; results in order."""
+        calls = list(calls)
+        name = "parallel:" + ",".join(c.step.name for c in calls)
+        return self._fan_out(calls, name[:200], return_exceptions)
+
+    def map(
+        self, fn: Callable[..., Any], items: Iterable[Any], *, return_exceptions: bool = False
+    ) -> list[Any]:
+        """Run ``fn(item)`` for each item as parallel branches; results in order."""
+        sd = as_step(fn)
+        return self._fan_out(
+            [Call(sd, (item,), {}) for item in items], f"map:{sd.name}"[:200], return_exceptions
+        )
+
+    def sleep(self, duration: timedelta | float) -> None:
+        """A durable timer: the run suspends and the sweep wakes it when the time has come."""
+        seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
+        pos, row = self._next(StepKind.SLEEP, "sleep")
+        if row is None:
+            now = timezone.now()
+            done = seconds <= 0
+            self._inserts.append(self._new_row(
+                pos, StepKind.SLEEP, "sleep",
+                StepStatus.SUCCEEDED if done else StepStatus.WAITING,
+                args={"seconds": seconds}, wake_at=now + timedelta(seconds=seconds),
+                started_at=now, finished_at=now if done else None,
+            ))
+            if done:
+                return None
+            raise Suspend
+        if row.status == StepStatus.SUCCEEDED:
+            return None
+        raise Suspend
+
+    def wait_for_event(
+        self, name: str, *, timeout: timedelta | float | None = None, default: Any = None
+    ) -> Any:
+        """Wait for ``send_event(run_id, name, payload)``; return the payload or ``default``.
+
+        An event sent before the wait is kept and consumed here, once.
+        """
+        pos, row = self._next(StepKind.EVENT, name)
+        if row is None:
+            now = timezone.now()
+            seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+            row = self._new_row(
+                pos, StepKind.EVENT, name, StepStatus.WAITING,
+                args={"default": payloads.to_json(default, "default"), "timeout": seconds},
+                wake_at=now + timedelta(seconds=seconds) if seconds is not None else None,
+                started_at=now,
+            )
+            with transaction.atomic():
+                # The run row update in _flush locks the run, and send_event locks it too:
+                # either the event is committed before we look, or it sees our waiting row.
+                self._flush()
+                row.save()
+                event = Event.objects.filter(
+                    run_id=self._record.pk, name=name, consumed_by__isnull=True
+                ).order_by("id").first()
+                if event is not None and Event.objects.filter(
+                    pk=event.pk, consumed_by__isnull=True
+                ).update(consumed_by=row):
+                    row.status = StepStatus.SUCCEEDED
+                    row.result = event.payload
+                    row.finished_at = now
+                    row.save(update_fields=["status", "result", "finished_at"])
+            if row.status == StepStatus.SUCCEEDED:
+                return payloads.unpack(row.result)
+            raise Suspend
+        if row.status == StepStatus.SUCCEEDED:
+            return payloads.unpack(row.result)
+        raise Suspend
+
+    def run_workflow(
+        self, name: str, input: dict[str, Any] | None = None, **options: Any
+    ) -> Any:
+        """Start a child run and wait for its output. Its failure raises here."""
+        pos, row = self._next(StepKind.CHILD, name)
+        if row is None:
+            from workflows.services import create_run
+
+            now = timezone.now()
+            row = self._new_row(pos, StepKind.CHILD, name, StepStatus.WAITING, started_at=now)
+            with transaction.atomic():
+                self._flush()
+                row.save()
+                child = create_run(
+                    name, input or {}, parent=self._record, parent_step=row,
+                    context=options.pop("context", self._record.context), **options,
+                )
+                row.args = {"run_id": str(child.pk)}
+                row.save(update_fields=["args"])
+            raise Suspend
+        if row.status == StepStatus.SUCCEEDED:
+            return payloads.unpack(row.result)
+        if row.status == StepStatus.FAILED:
+            raise ChildWorkflowFailed(row.name, row.error or {})
+        raise Suspend
+
+    def now(self) -> datetime:
+        """The current time, journaled so a replay sees the same value."""
+        return datetime.fromisoformat(self._recorded(StepKind.NOW, lambda: timezone.now().isoformat()))
+
+    def random(self) -> float:
+        """A random float in [0, 1), journaled."""
+        return float(self._recorded(StepKind.RANDOM, _random.random))
+
+    def uuid(self) -> _uuid.UUID:
+        """A random UUID, journaled."""
+        return _uuid.UUID(self._recorded(StepKind.UUID, lambda: str(_uuid.uuid4())))
+
+    def wait_for(
+        self,
+        kind: str,
+        name: str,
+        *,
+        on_open: Callable[[Step], None],
+        timeout: timedelta | None = None,
+        default: Any = None,
+    ) -> Any:
+        """Suspend on something a plug-in resolves (a review gate, say).
+
+        ``on_open(step_row)`` runs in the transaction that writes the waiting row; the plug-in
+        later calls ``workflows.services.complete_waiting_step`` to resume the run.
+        """
+        pos, row = self._next(kind, name)
+        if row is None:
+            now = timezone.now()
+            row = self._new_row(
+                pos, kind, name, StepStatus.WAITING,
+                args={"default": payloads.to_json(default, "default")},
+                wake_at=now + timeout if timeout is not None else None, started_at=now,
+            )
+            with transaction.atomic():
+                self._flush()
+                row.save()
+                on_open(row)
+            raise Suspend
+        if row.status == StepStatus.SUCCEEDED:
+            return payloads.unpack(row.result)
+        if row.status == StepStatus.FAILED:
+            raise StepFailed(row.name, row.error or {})
+        raise Suspend
+
+    # --- replay bookkeeping -----------------------------------------------------------------
+
+    def _next(self, kind: str, name: str) -> tuple[int, Step | None]:
+        self._pos += 1
+        self._current = name
+        row = self._rows.get(self._pos)
+        if row is not None and (row.kind != kind or row.name != name):
+            raise DeterminismError(
+                f"non-deterministic workflow: at position {self._pos} the journal has "
+                f"{row.kind} {row.name!r} but the code now calls {kind} {name!r}"
+            )
+        return self._pos, row
+
+    def check_complete(self) -> None:
+        """After the handler returned: the journal must not hold entries it never reached."""
+        if self._max_position > self._pos:
+            row = self._rows[self._max_position]
+            raise DeterminismError(
+                f"non-deterministic workflow: the code returned after position {self._pos} but "
+                f"the journal has {row.kind} {row.name!r} at position {self._max_position}"
+            )
+
+    def _new_row(self, pos: int, kind: str, name: str, status: str, **fields: Any) -> Step:
+        return Step(
+            run_id=self._record.pk, generation=self.generation, position=pos, kind=kind, name=name,
+            status=status, **fields,
+        )
+
+    def _recorded(self, kind: str, make: Callable[[], Any]) -> Any:
+        pos, row = self._next(kind, kind)
+        if row is not None:
+            return row.result
+        value = make()
+        now = timezone.now()
+        self._inserts.append(self._new_row(
+            pos, kind, kind, StepStatus.SUCCEEDED, result=value, started_at=now, finished_at=now
+        ))
+        return value
+
+    def _value(self, sd: StepDef, data: Any) -> Any:
+        return payloads.revive(payloads.unpack(data), return_annotation(sd))
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def flush(self, **run_fields: Any) -> None:
+        """Write buffered journal rows; compare-and-swap the run on (owner, generation).
+
+        Call inside a transaction. Raises ``LeaseLost`` when the run is no longer ours.
+        """
+        self._flush(**run_fields)
+
+    def _flush(self, **run_fields: Any) -> None:
+        now = timezone.now()
+        fields: dict[str, Any] = {"lease_expires_at": lease_until(now), **run_fields}
+        if self._current:
+            fields.setdefault("current_step", self._current[:200])
+        if self._cost:
+            fields["cost"] = F("cost") + self._cost
+        # The run row first: it fences (a cancel or restart bumped the generation) and it locks
+        # the run for the rest of the transaction.
+        n = Run.objects.filter(
+            pk=self._record.pk, lease_owner=self.owner, generation=self.generation
+        ).update(**fields)
+        if n != 1:
+            raise LeaseLost
+        self._cost = Decimal(0)
+        for row in self._dirty:
+            row.save(update_fields=_STEP_FIELDS)
+        self._dirty.clear()
+        if self._inserts:
+            Step.objects.bulk_create(self._inserts)
+            self._inserts.clear()
+
+    def _pack(self, value: Any, what: str) -> Any:
+        data, blob = payloads.pack(value, self._record.pk, what)
+        if blob is not None:
+            blob.save()
+            return payloads.blob_ref(blob)
+        return data
+
+    def _execute(
+        self, sd: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any], pos: int, row: Step | None
+    ) -> Any:
+        """Run a step here and now: claim it (with the previous result) in one commit, call it,
+        buffer the result for the next commit."""
+        now = timezone.now()
+        conf = pools.get_pool(sd.pool)
+        try:
+            packed_args = self._pack({"args": list(args), "kwargs": kwargs}, f"arguments of {sd.name}")
+        except (TypeError, PayloadTooLargeError) as exc:
+            row = row or self._new_row(pos, StepKind.STEP, sd.name, StepStatus.RUNNING)
+            if row.pk is None:
+                self._inserts.append(row)
+            return self._fail(row, error_dict(exc), now=now)
+        if conf.is_limited:
+            try:
+                target = step_path(sd)
+                resolve_step(target)
+            except Exception:
+                target = ""
+        else:
+            target = step_path(sd)
+        attempt = (row.attempt if row is not None else 0) + 1
+        with transaction.atomic():
+            self._flush()
+            capacity = pools.try_acquire(sd.pool, now) if conf.is_limited else True
+            if capacity is not True and target:
+                # The pool is full: queue the step there; whoever frees a slot runs it.
+                wake = capacity if isinstance(capacity, datetime) else now + grace()
+                if row is None:
+                    row = self._new_row(
+                        pos, StepKind.STEP, sd.name, StepStatus.PENDING, pool=sd.pool,
+                        target=target, args=packed_args, max_attempts=sd.retry.max_attempts,
+                        wake_at=wake,
+                    )
+                    row.save()
+                else:
+                    Step.objects.filter(pk=row.pk, status=row.status).update(
+                        status=StepStatus.PENDING, wake_at=wake, target=target, args=packed_args
+                    )
+                dispatch_on_commit(row.pk, sd.pool)
+                queued = True
+            else:
+                queued = False
+                fields = {
+                    "status": StepStatus.RUNNING, "attempt": attempt, "lease_owner": self.owner,
+                    "lease_expires_at": lease_until(now), "started_at": now, "wake_at": None,
+                }
+                if row is None:
+                    row = self._new_row(
+                        pos, StepKind.STEP, sd.name, pool=sd.pool, target=target,
+                        args=packed_args, max_attempts=sd.retry.max_attempts, **fields,
+                    )
+                    row.save()
+                else:
+                    n = Step.objects.filter(
+                        pk=row.pk, status=row.status, attempt=row.attempt
+                    ).update(**fields, args=packed_args)
+                    if n != 1:
+                        queued = True  # Someone else claimed it meanwhile; wait for them.
+                    for key, value in fields.items():
+                        setattr(row, key, value)
+        if queued:
+            raise Suspend
+        return self._call(sd, args, kwargs, row)
+
+    def _call(self, sd: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any], row: Step) -> Any:
+        scope = usage.StepScope(step_id=row.pk, run_id=self._record.pk, attempt=row.attempt)
+        token = usage.enter(scope)
+        try:
+            value = call_step(sd, args, kwargs)
+            data = self._pack(value, f"result of {sd.name}")
+        except Exception as exc:
+            usage.leave(token)
+            self._record_usage(row, scope)
+            return self._failed_attempt(sd, row, exc)
+        usage.leave(token)
+        self._record_usage(row, scope)
+        row.status = StepStatus.SUCCEEDED
+        row.result = data
+        row.error = None
+        row.finished_at = timezone.now()
+        row.lease_owner = ""
+        row.lease_expires_at = None
+        self._dirty.append(row)
+        return payloads.revive(payloads.unpack(data), return_annotation(sd))
+
+    def _record_usage(self, row: Step, scope: usage.StepScope) -> None:
+        if scope.usage:
+            row.usage = {**(row.usage or {}), **scope.usage}
+        if scope.cost:
+            row.cost = (row.cost or Decimal(0)) + scope.cost
+            self._cost += scope.cost
+
+    def _failed_attempt(self, sd: StepDef, row: Step, exc: Exception) -> Any:
+        now = timezone.now()
+        err = error_dict(exc, attempt=row.attempt)
+        if is_retryable(exc) and row.attempt < row.max_attempts:
+            delay = max(sd.retry.backoff(row.attempt), retry_after(exc) or 0.0)
+            row.status = StepStatus.RETRYING
+            row.error = err
+            row.wake_at = now + timedelta(seconds=delay)
+            row.finished_at = now
+            row.lease_owner = ""
+            row.lease_expires_at = None
+            self._dirty.append(row)
+            raise Suspend  # The sweep rings for the run when the backoff is over.
+        return self._fail(row, err, now=now)
+
+    def _fail(self, row: Step, err: dict[str, Any], now: datetime | None = None) -> Any:
+        row.status = StepStatus.FAILED
+        row.error = err
+        row.finished_at = now or timezone.now()
+        row.lease_owner = ""
+        row.lease_expires_at = None
+        if row.pk is not None:
+            self._dirty.append(row)
+        raise StepFailed(row.name, err)
+
+    def _fan_out(self, calls: list[Call], name: str, return_exceptions: bool) -> list[Any]:
+        pos, group = self._next(StepKind.PARALLEL, name)
+        if group is None:
+            now = timezone.now()
+            if not calls:
+                self._inserts.append(self._new_row(
+                    pos, StepKind.PARALLEL, name, StepStatus.SUCCEEDED, started_at=now,
+                    finished_at=now,
+                ))
+                return []
+            branches = []
+            cap = max(1, self._record.max_parallel)
+            for i, c in enumerate(calls):
+                target = step_path(c.step)
+                try:
+                    resolve_step(target)
+                except Exception:
+                    raise TypeError(
+                        f"step {c.step.name!r} cannot run in parallel: branches run in other "
+                        "processes, so the step must be a module-level function"
+                    ) from None
+                branches.append(self._new_row(
+                    pos, StepKind.BRANCH, c.step.name, StepStatus.PENDING, branch=i,
+                    pool=c.step.pool, held=i >= cap, target=target,
+                    args=self._pack({"args": list(c.args), "kwargs": c.kwargs}, f"arguments of {c.step.name}"),
+                    max_attempts=c.step.retry.max_attempts, wake_at=now + grace(),
+                ))
+            with transaction.atomic():
+                self._flush()
+                self._new_row(
+                    pos, StepKind.PARALLEL, name, StepStatus.WAITING, remaining=len(calls),
+                    started_at=now,
+                ).save()
+                Step.objects.bulk_create(branches)
+                for b in branches:
+                    if not b.held:
+                        dispatch_on_commit(b.pk, b.pool)
+            raise Suspend
+        if group.status == StepStatus.WAITING:
+            raise Suspend
+        results: list[Any] = []
+        rows = sorted(self._branches.get(pos, []), key=lambda r: r.branch)
+        for i, b in enumerate(rows):
+            if b.status == StepStatus.SUCCEEDED:
+                sd = calls[i].step if i < len(calls) else None
+                results.append(
+                    payloads.revive(payloads.unpack(b.result), return_annotation(sd) if sd else None)
+                )
+            else:
+                failure = StepFailed(b.name, b.error or {"type": "Canceled", "message": b.status})
+                if not return_exceptions:
+                    raise failure
+                results.append(failure)
+        return results
+
+    # --- endings ----------------------------------------------------------------------------
+
+    def suspend(self) -> bool:
+        """Write what is buffered and park the run. False when it was woken meanwhile."""
+        with transaction.atomic():
+            self._flush()
+            n = Run.objects.filter(
+                pk=self._record.pk, lease_owner=self.owner, generation=self.generation,
+                wake_requested_at__isnull=True,
+            ).update(status=RunStatus.SUSPENDED, lease_owner="", lease_expires_at=None)
+            if n == 0:
+                # Something made the run runnable while we replayed: let go of the lease so
+                # the caller takes it again and replays once more.
+                Run.objects.filter(
+                    pk=self._record.pk, lease_owner=self.owner, generation=self.generation
+                ).update(lease_owner="", lease_expires_at=None)
+        return n == 1
+
+    def finish(self, status: str, *, output: Any = None, error: dict[str, Any] | None = None) -> None:
+        """End the run: one transaction records it, runs ``on_complete`` and the signals."""
+        from workflows.services import run_terminal_hooks
+
+        now = timezone.now()
+        with transaction.atomic():
+            self._flush(
+                status=status, output=output, error=error, finished_at=now, lease_owner="",
+                lease_expires_at=None, wake_requested_at=None,
+            )
+            self._record.refresh_from_db()
+            run_terminal_hooks(self._record)
+
+    def ring_again(self) -> None:
+        ring_on_commit(self._record.pk, self.generation)
+
+
+def step_for_path(path: str) -> StepDef:
+    return resolve_step(path)
+
+
+def workflow_for(run: Run) -> Any:
+    return get_workflow(run.workflow)

@@ -1,0 +1,184 @@
+"""Workflow and step definitions: the ``@workflow`` and ``@step`` decorators and the registry.
+
+A workflow is a plain function ``handler(ctx, **input)``. Its input model is derived from the
+signature, so a bad input fails at ``start`` with a clear error instead of later in a worker.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+
+from workflows.errors import UnknownWorkflowError
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter: attempt n waits initial_backoff * 2**(n-1), capped."""
+
+    max_attempts: int = 3
+    initial_backoff: float = 0.5
+    max_backoff: float = 60.0
+    jitter: bool = True
+    multiplier: float = 2.0
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        delay = min(self.max_backoff, self.initial_backoff * self.multiplier ** (attempt - 1))
+        if self.jitter:
+            # "Equal jitter": keep at least half the delay so retries still back off.
+            delay = delay / 2 + random.uniform(0, delay / 2)
+        return delay
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+@dataclass
+class StepDef:
+    fn: Callable[..., Any]
+    name: str
+    retry: RetryPolicy = DEFAULT_RETRY
+    pool: str = "default"
+    timeout: float | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+
+@dataclass
+class WorkflowDef:
+    fn: Callable[..., Any]
+    name: str
+    version: int = 1
+    description: str = ""
+    max_parallel: int | None = None
+    input_model: type[pydantic.BaseModel] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def input_schema(self) -> dict[str, Any]:
+        assert self.input_model is not None
+        return self.input_model.model_json_schema()
+
+
+_workflows: dict[str, WorkflowDef] = {}
+
+
+def _input_model_for(fn: Callable[..., Any], name: str) -> type[pydantic.BaseModel]:
+    """Build a pydantic model from the handler's parameters after ``ctx``."""
+    sig = inspect.signature(fn)
+    params = list(sig.parameters.values())[1:]
+    hints = _type_hints(fn)
+    fields: dict[str, Any] = {}
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        ann = hints.get(p.name, Any)
+        default = ... if p.default is p.empty else p.default
+        fields[p.name] = (ann, default)
+    model_name = "".join(part.capitalize() for part in name.replace("-", ".").split(".")) + "Input"
+    return pydantic.create_model(  # type: ignore[call-overload,no-any-return]
+        model_name, __config__=pydantic.ConfigDict(extra="forbid"), **fields
+    )
+
+
+def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        import typing
+
+        return typing.get_type_hints(fn)
+    except Exception:
+        return {}
+
+
+def workflow(
+    fn: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    version: int = 1,
+    description: str | None = None,
+    max_parallel: int | None = None,
+    input_model: type[pydantic.BaseModel] | None = None,
+) -> Any:
+    """Register a workflow handler ``fn(ctx, **input)`` under ``name``.
+
+    ``input_model`` overrides the model derived from the signature (its fields become the
+    handler's keyword arguments).
+    """
+
+    def register(f: Callable[..., Any]) -> WorkflowDef:
+        wf_name = name or f"{f.__module__}.{f.__name__}"
+        model = input_model or _input_model_for(f, wf_name)
+        doc = description if description is not None else inspect.getdoc(f) or ""
+        definition = WorkflowDef(
+            fn=f, name=wf_name, version=version, description=doc, max_parallel=max_parallel,
+            input_model=model,
+        )
+        functools.update_wrapper(definition, f)  # type: ignore[arg-type]
+        _workflows[wf_name] = definition
+        return definition
+
+    return register(fn) if fn is not None else register
+
+
+def step(
+    fn: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    retry: RetryPolicy | None = None,
+    pool: str = "default",
+    timeout: float | None = None,
+) -> Any:
+    """Declare a step. Called directly it is a plain function; ``ctx.run`` makes it durable."""
+
+    def wrap(f: Callable[..., Any]) -> StepDef:
+        definition = StepDef(
+            fn=f, name=name or f.__name__, retry=retry or DEFAULT_RETRY, pool=pool, timeout=timeout
+        )
+        functools.update_wrapper(definition, f)  # type: ignore[arg-type]
+        definition.__dict__["path"] = f"{f.__module__}.{f.__qualname__}"
+        return definition
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def as_step(fn: Callable[..., Any] | StepDef) -> StepDef:
+    """Treat a plain function passed to ``ctx.run`` as a step with the default policy."""
+    if isinstance(fn, StepDef):
+        return fn
+    return StepDef(fn=fn, name=getattr(fn, "__name__", "step"))
+
+
+def step_path(sd: StepDef) -> str:
+    return f"{sd.fn.__module__}.{sd.fn.__qualname__}"
+
+
+def resolve_step(path: str) -> StepDef:
+    """Import a step by its dotted path (a branch runs in another process)."""
+    module_name, _, attr = path.rpartition(".")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return as_step(obj)
+
+
+def get_workflow(name: str) -> WorkflowDef:
+    try:
+        return _workflows[name]
+    except KeyError:
+        raise UnknownWorkflowError(
+            f"unknown workflow {name!r}; registered: {', '.join(sorted(_workflows)) or 'none'}"
+        ) from None
+
+
+def registered_workflows() -> dict[str, WorkflowDef]:
+    return dict(_workflows)

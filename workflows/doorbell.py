@@ -1,0 +1,66 @@
+"""Ringing for work. A message only says "look at run X" or "try step Y"; the tables say why.
+
+Messages are sent after the transaction that made the work runnable commits. If sending fails
+(broker down, flushed), nothing is lost: the sweep finds the work from the tables and rings again.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from workflows.models import ACTIVE_RUN, Run
+
+log = logging.getLogger(__name__)
+
+
+def grace() -> timedelta:
+    return timedelta(seconds=float(settings.SLUICE_DOORBELL_GRACE_SECONDS))
+
+
+def send_advance(run_id: Any, generation: int) -> None:
+    from workflows.tasks import advance
+
+    try:
+        advance.apply_async((str(run_id), generation), queue="default")
+    except Exception:  # The sweep rings again from the tables.
+        log.warning("could not ring for run %s; the sweep will", run_id, exc_info=True)
+
+
+def send_step(step_id: int, queue: str) -> None:
+    from workflows.tasks import execute_step
+
+    try:
+        execute_step.apply_async((step_id,), queue=queue)
+    except Exception:
+        log.warning("could not dispatch step %s; the sweep will", step_id, exc_info=True)
+
+
+def ring_on_commit(run_id: Any, generation: int) -> None:
+    transaction.on_commit(lambda: send_advance(run_id, generation))
+
+
+def dispatch_on_commit(step_id: int, pool: str) -> None:
+    from workflows.pools import queue_for
+
+    queue = queue_for(pool)
+    transaction.on_commit(lambda: send_step(step_id, queue))
+
+
+def request_wake(run_id: Any, now: datetime | None = None) -> bool:
+    """Mark an active run runnable and ring for it when the transaction commits.
+
+    Call inside the transaction that made it runnable. If a worker holds the run right now,
+    the mark makes it replay again instead of suspending, so no wake-up is lost.
+    """
+    now = now or timezone.now()
+    n = Run.objects.filter(pk=run_id, status__in=ACTIVE_RUN).update(wake_requested_at=now)
+    if n:
+        generation = Run.objects.filter(pk=run_id).values_list("generation", flat=True).first()
+        if generation is not None:
+            ring_on_commit(run_id, generation)
+    return bool(n)

@@ -1,0 +1,71 @@
+"""Exceptions raised by the engine, public and internal."""
+from __future__ import annotations
+
+from typing import Any
+
+
+class SluiceError(Exception):
+    """Base class for errors a caller of the public API can act on."""
+
+
+class UnknownWorkflowError(SluiceError, LookupError):
+    """No workflow is registered under the requested name."""
+
+
+class InvalidInputError(SluiceError, ValueError):
+    """The input of a run failed validation; ``errors`` lists the offending fields."""
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+
+class PayloadTooLargeError(SluiceError, ValueError):
+    """A value is larger than ``SLUICE_PAYLOAD_HARD_LIMIT``."""
+
+
+class RunNotFoundError(SluiceError, LookupError):
+    """No run has this id."""
+
+
+class InvalidStateError(SluiceError):
+    """The run is not in a state that allows the operation (e.g. cancel a finished run)."""
+
+
+class NonRetryableError(Exception):
+    """Raise from a step to fail it at once, without using the rest of its retry budget."""
+
+
+class StepFailed(Exception):
+    """Raised inside a workflow when a step failed for good (after its retries).
+
+    The workflow may catch it and go on; uncaught, it fails the run.
+    """
+
+    def __init__(self, name: str, error: dict[str, Any]) -> None:
+        self.step_name = name
+        self.error = error
+        super().__init__(f"step {name!r} failed: {error.get('type', 'Error')}: {error.get('message', '')}")
+
+
+class ChildWorkflowFailed(StepFailed):
+    """A child workflow started with ``ctx.run_workflow`` failed or was canceled."""
+
+
+class DeterminismError(Exception):
+    """Replay found a different step call than the journal recorded at that position."""
+
+
+class Suspend(BaseException):
+    """Internal: unwinds the workflow handler when it must wait for something.
+
+    A BaseException so that a workflow's ``except Exception`` cannot swallow it.
+    """
+
+
+class LeaseLost(BaseException):
+    """Internal: another worker (or a cancel/restart) took the run; stop without writing."""
+
+
+class StepTimeout(Exception):
+    """A step ran longer than its ``timeout``."""

@@ -1,0 +1,254 @@
+"""Advancing runs and executing branch steps: what a worker does when a doorbell rings.
+
+``advance(run_id, generation)`` takes the run lease by compare-and-swap, loads the journal in
+one query and replays the handler (see ``workflows.context``). ``execute_step(step_id)`` claims
+one queued step (a fan-out branch, or a step that waited for room in its pool), runs it, and
+records the outcome; the branch that finishes a group rings for the run, once.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from workflows import payloads, pools, usage
+from workflows.calls import call_step, error_dict, is_retryable, retry_after, return_annotation
+from workflows.context import Context
+from workflows.definitions import get_workflow, resolve_step
+from workflows.doorbell import dispatch_on_commit, grace, request_wake
+from workflows.errors import DeterminismError, LeaseLost, PayloadTooLargeError, Suspend
+from workflows.leases import ensure_heartbeat, lease_until, owner_id
+from workflows.models import ACTIVE_RUN, Run, RunStatus, Step, StepStatus
+from workflows.services import handler_kwargs
+
+log = logging.getLogger(__name__)
+
+MAX_REPLAYS_PER_MESSAGE = 50
+
+
+def take_run(run_id: Any, generation: int, owner: str) -> bool:
+    """Compare-and-swap the run lease to ``owner`` if it is free (or expired)."""
+    now = timezone.now()
+    return bool(
+        Run.objects.filter(
+            Q(lease_owner="") | Q(lease_expires_at__lt=now),
+            pk=run_id, generation=generation, status__in=ACTIVE_RUN,
+        ).update(
+            status=RunStatus.RUNNING, lease_owner=owner, lease_expires_at=lease_until(now),
+            wake_requested_at=None, started_at=Coalesce("started_at", now),
+        )
+    )
+
+
+def advance(run_id: Any, generation: int) -> str:
+    """Advance one run as far as it goes. Returns what happened (for logs and tests)."""
+    owner = owner_id()
+    outcome = "skipped"
+    for _ in range(MAX_REPLAYS_PER_MESSAGE):
+        if not take_run(run_id, generation, owner):
+            return outcome
+        ensure_heartbeat()
+        run = Run.objects.get(pk=run_id)
+        journal = list(Step.objects.filter(run_id=run_id, superseded=False).order_by("position", "branch"))
+        outcome = _replay(run, journal, owner)
+        if outcome != "woken":
+            return outcome
+    return outcome
+
+
+def _replay(run: Run, journal: list[Step], owner: str) -> str:
+    ctx = Context(run, journal, owner)
+    try:
+        try:
+            wf = get_workflow(run.workflow)
+            kwargs = handler_kwargs(run)
+            value = wf.fn(ctx, **kwargs)
+            ctx.check_complete()
+            output = ctx._pack(value, "workflow output")
+        except Suspend:
+            return "suspended" if ctx.suspend() else "woken"
+        except (DeterminismError, PayloadTooLargeError, Exception) as exc:
+            ctx.finish(RunStatus.FAILED, error=error_dict(exc))
+            return "failed"
+        ctx.finish(RunStatus.SUCCEEDED, output=output)
+        return "succeeded"
+    except LeaseLost:
+        return "lease-lost"
+
+
+# --- steps executed by a worker of their pool --------------------------------------------------
+
+
+def claim_step(step_id: int, owner: str) -> Step | None:
+    """Compare-and-swap a pending step to running under ``owner``, if its pool has room."""
+    now = timezone.now()
+    with transaction.atomic():
+        row = (
+            Step.objects.filter(pk=step_id, status=StepStatus.PENDING, held=False, superseded=False)
+            .select_related("run")
+            .first()
+        )
+        if row is None or row.run.status not in ACTIVE_RUN:
+            return None
+        capacity = pools.try_acquire(row.pool, now)
+        if capacity is False:
+            return None  # The pool is full; a finishing step hands its slot over.
+        if isinstance(capacity, datetime):
+            Step.objects.filter(pk=row.pk, status=StepStatus.PENDING).update(wake_at=capacity)
+            return None
+        n = Step.objects.filter(
+            pk=row.pk, status=StepStatus.PENDING, held=False, superseded=False
+        ).update(
+            status=StepStatus.RUNNING, attempt=F("attempt") + 1, lease_owner=owner,
+            lease_expires_at=lease_until(now), started_at=now, wake_at=None,
+        )
+        if n != 1:
+            return None
+    row.status = StepStatus.RUNNING
+    row.attempt += 1
+    row.lease_owner = owner
+    return row
+
+
+def execute_step(step_id: int) -> int:
+    """Run a queued step, then keep running steps handed over from the same pool.
+
+    Returns how many steps this call executed.
+    """
+    owner = owner_id()
+    executed = 0
+    queue = [step_id]
+    while queue:
+        row = claim_step(queue.pop(0), owner)
+        if row is None:
+            continue
+        ensure_heartbeat()
+        executed += 1
+        handoff = _run_claimed(row, owner)
+        queue = handoff + queue
+    return executed
+
+
+def _run_claimed(row: Step, owner: str) -> list[int]:
+    scope = usage.StepScope(step_id=row.pk, run_id=row.run_id, attempt=row.attempt)
+    token = usage.enter(scope)
+    exc: Exception | None = None
+    data: Any = None
+    try:
+        sd = resolve_step(row.target)
+        call = payloads.unpack(row.args) or {}
+        value = call_step(sd, call.get("args", []), call.get("kwargs", {}))
+        data, blob = payloads.pack(value, row.run_id, f"result of {row.name}")
+        if blob is not None:
+            blob.save()
+            data = payloads.blob_ref(blob)
+        return_annotation(sd)
+    except Exception as e:
+        exc = e
+        sd = None
+    finally:
+        usage.leave(token)
+    return complete_step(row, owner, data, exc, scope, sd)
+
+
+def complete_step(
+    row: Step, owner: str, data: Any, exc: Exception | None, scope: usage.StepScope, sd: Any
+) -> list[int]:
+    """Record a claimed step's outcome (fenced on owner and attempt); return hand-over ids.
+
+    1. Compare-and-swap running → succeeded / retrying / failed. A stale worker (the step was
+       reclaimed, canceled or superseded) changes nothing and stops.
+    2. A branch that reaches a terminal state decrements its group; the one that takes it to
+       zero closes the group and rings for the run. The row lock taken by that decrement
+       serializes the branches, so exactly one sees zero.
+    3. A terminal branch lets the next held branch of the run start (the parallelism cap).
+    4. In a limited pool, the slot goes to the oldest waiting step, run by this same worker.
+    """
+    now = timezone.now()
+    fence = Step.objects.filter(
+        pk=row.pk, status=StepStatus.RUNNING, lease_owner=owner, attempt=row.attempt,
+        superseded=False,
+    )
+    common: dict[str, Any] = {"finished_at": now, "lease_owner": "", "lease_expires_at": None}
+    if scope.usage:
+        common["usage"] = scope.usage
+    if scope.cost:
+        common["cost"] = scope.cost
+    handoff: list[int] = []
+    with transaction.atomic():
+        if exc is None:
+            n = fence.update(status=StepStatus.SUCCEEDED, result=data, error=None, **common)
+            terminal = True
+        else:
+            err = error_dict(exc, attempt=row.attempt)
+            if is_retryable(exc) and row.attempt < row.max_attempts:
+                policy = sd.retry if sd is not None else None
+                delay = policy.backoff(row.attempt) if policy else 1.0
+                delay = max(delay, retry_after(exc) or 0.0)
+                n = fence.update(
+                    status=StepStatus.RETRYING, error=err,
+                    wake_at=now + timedelta(seconds=delay), **common,
+                )
+                terminal = False
+            else:
+                n = fence.update(status=StepStatus.FAILED, error=err, **common)
+                terminal = True
+        if n != 1:
+            return []
+        if scope.cost:
+            Run.objects.filter(pk=row.run_id).update(cost=F("cost") + Decimal(scope.cost))
+        if terminal:
+            step_finished(row, now)
+        if pools.get_pool(row.pool).max_concurrency:
+            handoff = next_in_pool(row.pool, now)
+    return handoff
+
+
+def step_finished(row: Step, now: datetime) -> None:
+    """A queued step reached a terminal state: join its group or wake its run."""
+    if row.branch < 0:
+        request_wake(row.run_id, now)
+        return
+    group = Step.objects.filter(run_id=row.run_id, position=row.position, branch=-1, superseded=False)
+    group.update(remaining=F("remaining") - 1)
+    remaining = group.values_list("remaining", flat=True).first()
+    if remaining == 0:
+        failed = Step.objects.filter(
+            run_id=row.run_id, position=row.position, branch__gte=0, superseded=False
+        ).exclude(status=StepStatus.SUCCEEDED).exists()
+        if group.filter(status=StepStatus.WAITING).update(
+            status=StepStatus.FAILED if failed else StepStatus.SUCCEEDED, finished_at=now
+        ):
+            request_wake(row.run_id, now)
+    release_held(row.run_id, now)
+
+
+def release_held(run_id: Any, now: datetime) -> None:
+    """Let the next held branch of the run start, keeping it under its parallelism cap."""
+    held = (
+        Step.objects.filter(run_id=run_id, held=True, superseded=False, status=StepStatus.PENDING)
+        .order_by("position", "branch")
+        .first()
+    )
+    if held is not None and Step.objects.filter(pk=held.pk, held=True).update(
+        held=False, wake_at=now + grace()
+    ):
+        dispatch_on_commit(held.pk, held.pool)
+
+
+def next_in_pool(pool: str, now: datetime, limit: int = 3) -> list[int]:
+    """The oldest steps waiting for room in ``pool``, in order."""
+    qs = Step.objects.filter(
+        pool=pool, status=StepStatus.PENDING, held=False, superseded=False
+    ).filter(Q(wake_at__isnull=True) | Q(wake_at__lte=now + grace()))
+    return list(qs.order_by("id").values_list("pk", flat=True)[:limit])
+
+
+def supports_skip_locked() -> bool:
+    return bool(connection.features.has_select_for_update_skip_locked)

@@ -1,0 +1,81 @@
+"""Who is working: this process's lease owner id and the heartbeat that renews its leases.
+
+A lease is (owner, expires_at) on a run or step row, taken by compare-and-swap. While a worker
+is alive its heartbeat pushes ``expires_at`` forward; when it dies (SIGKILL, OOM, deploy) the
+leases run out and the sweep makes the work runnable again.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+from django.utils import timezone
+
+log = logging.getLogger(__name__)
+
+_owner: tuple[int, str] | None = None
+_heartbeat: threading.Thread | None = None
+_heartbeat_pid: int | None = None
+_lock = threading.Lock()
+
+
+def owner_id() -> str:
+    """An id unique to this process (re-made after a fork)."""
+    global _owner
+    pid = os.getpid()
+    if _owner is None or _owner[0] != pid:
+        _owner = (pid, f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:6]}")
+    return _owner[1]
+
+
+def lease_seconds() -> float:
+    return float(settings.SLUICE_LEASE_SECONDS)
+
+
+def lease_until(now: datetime | None = None) -> datetime:
+    return (now or timezone.now()) + timedelta(seconds=lease_seconds())
+
+
+def renew_all() -> int:
+    """Push forward every lease this process holds. Returns the rows touched."""
+    from workflows.models import Run, Step
+
+    me = owner_id()
+    until = lease_until()
+    n = Run.objects.filter(lease_owner=me, status="running").update(lease_expires_at=until)
+    n += Step.objects.filter(lease_owner=me, status="running").update(lease_expires_at=until)
+    return n
+
+
+def _beat() -> None:
+    interval = max(0.5, lease_seconds() / 3)
+    stop = threading.Event()
+    while not stop.wait(interval):
+        try:
+            renew_all()
+        except Exception:  # A database hiccup must not kill the thread; the next beat retries.
+            log.exception("lease heartbeat failed")
+            close_old_connections()
+        finally:
+            if connection.vendor == "sqlite":
+                connection.close()
+
+
+def ensure_heartbeat() -> None:
+    """Start this process's heartbeat thread once (again after a fork)."""
+    global _heartbeat, _heartbeat_pid
+    pid = os.getpid()
+    if _heartbeat is not None and _heartbeat_pid == pid and _heartbeat.is_alive():
+        return
+    with _lock:
+        if _heartbeat is not None and _heartbeat_pid == pid and _heartbeat.is_alive():
+            return
+        _heartbeat = threading.Thread(target=_beat, name="sluice-heartbeat", daemon=True)
+        _heartbeat_pid = pid
+        _heartbeat.start()

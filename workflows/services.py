@@ -1,0 +1,303 @@
+"""The engine's domain functions: start, send_event, cancel, restart, get_run, and the hooks
+that run when a run ends. Views, API operations, tasks and admin actions call these.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from typing import Any
+
+import pydantic
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from workflows import payloads
+from workflows.definitions import get_workflow
+from workflows.doorbell import request_wake, ring_on_commit
+from workflows.errors import InvalidInputError, InvalidStateError, RunNotFoundError
+from workflows.models import (
+    ACTIVE_RUN,
+    TERMINAL_RUN,
+    Event,
+    Outbox,
+    Run,
+    RunStatus,
+    Step,
+    StepStatus,
+)
+from workflows.signals import run_finished
+
+log = logging.getLogger(__name__)
+
+
+def validate_input(workflow: str, input: Any) -> dict[str, Any]:
+    """Check a run's input against the workflow's input model; return it as JSON data."""
+    wf = get_workflow(workflow)
+    if not isinstance(input, dict):
+        raise InvalidInputError(
+            f"input of {workflow!r} must be a JSON object, not {type(input).__name__}"
+        )
+    try:
+        data = payloads.to_json(input, "input")
+        json.dumps(data)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"input of {workflow!r} is not JSON-serializable: {exc}") from None
+    payloads.check_size(data, f"input of {workflow!r}")
+    assert wf.input_model is not None
+    try:
+        wf.input_model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False, include_context=False, include_input=False)
+        ]
+        listing = "; ".join(f"{e['field'] or '(input)'}: {e['message']}" for e in errors)
+        raise InvalidInputError(f"invalid input for {workflow!r}: {listing}", errors) from None
+    return data  # type: ignore[no-any-return]
+
+
+def handler_kwargs(run: Run) -> dict[str, Any]:
+    wf = get_workflow(run.workflow)
+    assert wf.input_model is not None
+    model = wf.input_model.model_validate(run.input)
+    return {name: getattr(model, name) for name in type(model).model_fields}
+
+
+def create_run(
+    workflow: str,
+    input: dict[str, Any],
+    *,
+    idempotency_key: str | None = None,
+    on_complete: str = "",
+    context: dict[str, Any] | None = None,
+    parent: Run | None = None,
+    parent_step: Step | None = None,
+    max_parallel: int | None = None,
+) -> Run:
+    """Insert a pending run and ring for it on commit. Call inside a transaction."""
+    from django.conf import settings
+
+    wf = get_workflow(workflow)
+    data = validate_input(workflow, input)
+    ctx_data = payloads.to_json(context or {}, "context")
+    if on_complete:
+        try:
+            import_string(on_complete)
+        except ImportError as exc:
+            raise InvalidInputError(f"on_complete {on_complete!r} cannot be imported: {exc}") from None
+    now = timezone.now()
+    run = Run.objects.create(
+        workflow=workflow, version=wf.version, input=data, context=ctx_data,
+        idempotency_key=idempotency_key or None, on_complete=on_complete, parent=parent,
+        parent_step=parent_step,
+        max_parallel=max_parallel or wf.max_parallel or settings.SLUICE_MAX_PARALLEL,
+        wake_requested_at=now,
+    )
+    ring_on_commit(run.pk, run.generation)
+    return run
+
+
+def start(
+    workflow: str,
+    input: dict[str, Any] | None = None,
+    *,
+    idempotency_key: str | None = None,
+    on_complete: str = "",
+    context: dict[str, Any] | None = None,
+    max_parallel: int | None = None,
+) -> Run:
+    """Start a run of ``workflow``. A repeated ``idempotency_key`` returns the existing run."""
+    if idempotency_key:
+        existing = Run.objects.filter(idempotency_key=idempotency_key).first()
+        if existing is not None:
+            return existing
+    try:
+        with transaction.atomic():
+            return create_run(
+                workflow, input or {}, idempotency_key=idempotency_key, on_complete=on_complete,
+                context=context, max_parallel=max_parallel,
+            )
+    except IntegrityError:
+        # Two callers raced with the same key: the other insert won, return its run.
+        if idempotency_key:
+            existing = Run.objects.filter(idempotency_key=idempotency_key).first()
+            if existing is not None:
+                return existing
+        raise
+
+
+def get_run(run_id: Any) -> Run:
+    try:
+        return Run.objects.get(pk=run_id)
+    except (Run.DoesNotExist, ValueError, pydantic.ValidationError):
+        raise RunNotFoundError(f"no run with id {run_id}") from None
+    except Exception as exc:  # A malformed UUID raises ValidationError from Django.
+        if exc.__class__.__name__ == "ValidationError":
+            raise RunNotFoundError(f"no run with id {run_id}") from None
+        raise
+
+
+def _locked(run_id: Any) -> Run:
+    get_run(run_id)  # clear error for unknown ids and malformed UUIDs
+    qs = Run.objects.filter(pk=run_id)
+    if connection.features.has_select_for_update:
+        qs = qs.select_for_update()
+    return qs.get()
+
+
+def send_event(run_id: Any, name: str, payload: Any = None) -> Event:
+    """Deliver an event to a run. If no wait is open for it yet, it is kept for the next one."""
+    data = payloads.to_json(payload, "event payload")
+    payloads.check_size(data, "event payload")
+    now = timezone.now()
+    with transaction.atomic():
+        run = _locked(run_id)
+        if run.is_terminal:
+            raise InvalidStateError(f"run {run.pk} is {run.status}; it takes no more events")
+        event = Event.objects.create(run=run, name=name, payload=data)
+        waiting = Step.objects.filter(
+            run=run, kind="event", name=name, status=StepStatus.WAITING, superseded=False
+        ).order_by("position").first()
+        if waiting is not None and Step.objects.filter(
+            pk=waiting.pk, status=StepStatus.WAITING
+        ).update(status=StepStatus.SUCCEEDED, result=data, finished_at=now):
+            event.consumed_by = waiting
+            event.save(update_fields=["consumed_by"])
+            request_wake(run.pk, now)
+    return event
+
+
+def complete_waiting_step(
+    step_id: int, *, result: Any = None, error: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> bool:
+    """Resolve a waiting step (gate decided, child finished) and wake its run.
+
+    Call inside the caller's transaction. Compare-and-swap: returns False if the step was no
+    longer waiting (canceled, superseded, already resolved), and then nothing changed.
+    """
+    now = timezone.now()
+    fields: dict[str, Any] = {"finished_at": now}
+    if error is not None:
+        fields.update(status=StepStatus.FAILED, error=error)
+    else:
+        fields.update(status=StepStatus.SUCCEEDED, result=payloads.to_json(result, "result"))
+    if extra:
+        fields["usage"] = extra
+    run_id = Step.objects.filter(pk=step_id).values_list("run_id", flat=True).first()
+    n = Step.objects.filter(pk=step_id, status=StepStatus.WAITING, superseded=False).update(**fields)
+    if n and run_id is not None:
+        request_wake(run_id, now)
+    return bool(n)
+
+
+def run_terminal_hooks(run: Run) -> None:
+    """Inside the transaction that ended ``run``: on_complete, signals, the parent's wait.
+
+    ``on_complete`` runs in a savepoint: if it raises, its writes roll back, the failure is
+    logged and recorded on the run, and the run still ends (a broken hook must not wedge it).
+    """
+    if run.on_complete:
+        try:
+            with transaction.atomic():
+                import_string(run.on_complete)(run)
+        except Exception as exc:
+            log.exception("on_complete %s failed for run %s", run.on_complete, run.pk)
+            err = dict(run.error or {})
+            err["on_complete"] = f"{type(exc).__name__}: {exc}"
+            Run.objects.filter(pk=run.pk).update(error=err)
+            run.error = err
+    run_finished.send(sender=Run, run=run)
+    if run.parent_step_id:
+        if run.status == RunStatus.SUCCEEDED:
+            complete_waiting_step(run.parent_step_id, result=run.output)
+        else:
+            message = (run.error or {}).get("message", "") if isinstance(run.error, dict) else ""
+            complete_waiting_step(run.parent_step_id, error={
+                "type": "ChildWorkflowFailed", "message": f"child run {run.pk} {run.status}: {message}",
+                "child_run": str(run.pk),
+            })
+
+
+def cancel(run_id: Any, reason: str = "canceled") -> Run:
+    """Cancel a run and its children. Bumps the generation so in-flight work is ignored."""
+    with transaction.atomic():
+        run = _locked(run_id)
+        if run.is_terminal:
+            raise InvalidStateError(f"run {run.pk} already {run.status}; there is nothing to cancel")
+        _cancel_locked(run, reason)
+    run.refresh_from_db()
+    return run
+
+
+def _cancel_locked(run: Run, reason: str) -> None:
+    now = timezone.now()
+    n = Run.objects.filter(pk=run.pk, generation=run.generation, status__in=ACTIVE_RUN).update(
+        status=RunStatus.CANCELED, generation=F("generation") + 1, lease_owner="",
+        lease_expires_at=None, wake_requested_at=None, finished_at=now,
+        error={"type": "Canceled", "message": reason},
+    )
+    if n != 1:
+        return
+    Step.objects.filter(
+        run=run, superseded=False,
+        status__in=[StepStatus.PENDING, StepStatus.WAITING, StepStatus.RETRYING, StepStatus.RUNNING],
+    ).update(status=StepStatus.CANCELED, finished_at=now, lease_owner="", lease_expires_at=None)
+    run.refresh_from_db()
+    for child in Run.objects.filter(parent=run, status__in=ACTIVE_RUN):
+        _cancel_locked(child, f"parent run {run.pk} canceled")
+    run_terminal_hooks(run)
+
+
+def restart(run_id: Any, from_step: int | None = None) -> Run:
+    """Run a finished run again from journal position ``from_step`` under a new generation.
+
+    Journal rows from that position on (and rows a cancel interrupted) are superseded, not
+    deleted. Without ``from_step`` the run resumes at its first unfinished position.
+    """
+    with transaction.atomic():
+        run = _locked(run_id)
+        if not run.is_terminal:
+            raise InvalidStateError(
+                f"run {run.pk} is {run.status}; only a finished run can be restarted "
+                "(cancel it first)"
+            )
+        live = Step.objects.filter(run=run, superseded=False, branch=-1)
+        if from_step is None:
+            first_bad = live.exclude(status=StepStatus.SUCCEEDED).order_by("position").first()
+            from_step = first_bad.position if first_bad else 1
+        if from_step < 1:
+            raise InvalidInputError("from_step counts journal positions from 1")
+        stale = Step.objects.filter(run=run, superseded=False).filter(
+            Q(position__gte=from_step) | Q(status=StepStatus.CANCELED)
+        )
+        Event.objects.filter(consumed_by__in=stale).update(consumed_by=None)
+        stale.update(superseded=True, lease_owner="", lease_expires_at=None)
+        now = timezone.now()
+        Run.objects.filter(pk=run.pk, generation=run.generation).update(
+            status=RunStatus.PENDING, generation=F("generation") + 1, output=None, error=None,
+            finished_at=None, lease_owner="", lease_expires_at=None, wake_requested_at=now,
+        )
+        ring_on_commit(run.pk, run.generation + 1)
+    run.refresh_from_db()
+    return run
+
+
+def enqueue_outbox(kind: str, key: str, payload: dict[str, Any], run: Run | None = None,
+                   when: datetime | None = None) -> Outbox:
+    """Record a side effect to deliver after commit (idempotent on ``key``)."""
+    obj, _ = Outbox.objects.get_or_create(
+        key=key, defaults={
+            "kind": kind, "payload": payload, "run": run, "next_attempt_at": when or timezone.now(),
+        },
+    )
+    return obj
+
+
+__all__ = [
+    "ACTIVE_RUN", "TERMINAL_RUN", "cancel", "complete_waiting_step", "create_run", "enqueue_outbox",
+    "get_run", "restart", "run_terminal_hooks", "send_event", "start",
+]

@@ -1,0 +1,215 @@
+"""The sweep: the beat-driven pass that turns deadlines in columns into work.
+
+Run every few seconds by ``celery beat`` (``workflows.sweep``). Idempotent: two beats by
+mistake are harmless, because every change below is a compare-and-swap and batches skip rows
+another sweeper holds. Procedure:
+
+1. Fire due timers and event timeouts (waiting steps whose ``wake_at`` passed) and wake runs.
+2. Wake runs whose inline step finished its retry backoff; requeue branches likewise.
+3. Reclaim steps whose worker lease expired (the worker died): requeue them, or fail them
+   once their attempt budget is spent.
+4. Reclaim runs whose advancing worker died (run lease expired) and ring for them.
+5. Ring again for runs and steps whose doorbell went unanswered (lost or flushed messages).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from workflows import payloads
+from workflows.doorbell import dispatch_on_commit, grace, request_wake, send_advance
+from workflows.executor import step_finished
+from workflows.models import ACTIVE_RUN, TERMINAL_RUN, Run, RunStatus, Step, StepStatus
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+
+
+def _lock(qs: QuerySet[Any]) -> QuerySet[Any]:
+    if connection.features.has_select_for_update_skip_locked:
+        return qs.select_for_update(skip_locked=True, of=("self",))
+    return qs
+
+
+def _batches(qs: QuerySet[Any], handle: Callable[[Any], bool], limit: int = 20) -> int:
+    """Handle rows of ``qs`` in locked batches until none are left; a broken row is logged
+    and skipped, never retried forever within one sweep."""
+    done = 0
+    seen: set[Any] = set()
+    for _ in range(limit):
+        with transaction.atomic():
+            rows = list(_lock(qs.exclude(pk__in=seen))[:BATCH])
+            if not rows:
+                break
+            for row in rows:
+                seen.add(row.pk)
+                try:
+                    with transaction.atomic():
+                        done += bool(handle(row))
+                except Exception:
+                    log.exception("sweep could not handle %s %s", type(row).__name__, row.pk)
+        if len(rows) < BATCH:
+            break
+    return done
+
+
+def fire_timers(now: Any) -> int:
+    due = Step.objects.filter(
+        status=StepStatus.WAITING, wake_at__lte=now, superseded=False, kind__in=["sleep", "event"]
+    ).order_by("wake_at")
+
+    def fire(row: Step) -> bool:
+        fields: dict[str, Any] = {"status": StepStatus.SUCCEEDED, "finished_at": now}
+        if row.kind == "event":
+            fields["result"] = (row.args or {}).get("default")
+            fields["usage"] = {"timed_out": True}
+        if Step.objects.filter(pk=row.pk, status=StepStatus.WAITING).update(**fields):
+            request_wake(row.run_id, now)
+            return True
+        return False
+
+    return _batches(due, fire)
+
+
+def retry_due(now: Any) -> int:
+    due = Step.objects.filter(status=StepStatus.RETRYING, wake_at__lte=now, superseded=False)
+
+    def wake(row: Step) -> bool:
+        if row.branch >= 0:
+            if Step.objects.filter(pk=row.pk, status=StepStatus.RETRYING).update(
+                status=StepStatus.PENDING, wake_at=now + grace()
+            ):
+                dispatch_on_commit(row.pk, row.pool)
+                return True
+            return False
+        # An inline step: the advancing worker re-executes it on replay.
+        return bool(
+            Run.objects.filter(
+                pk=row.run_id, status=RunStatus.SUSPENDED, wake_requested_at__isnull=True
+            ).exists()
+            and request_wake(row.run_id, now)
+        )
+
+    return _batches(due, wake)
+
+
+def reclaim_steps(now: Any) -> int:
+    """Steps running under a dead worker's lease. Inline steps of a running run are left to
+    the run's own recovery (step 4), which replays and counts the attempt."""
+    expired = Step.objects.filter(
+        status=StepStatus.RUNNING, lease_expires_at__lt=now, superseded=False
+    ).filter(Q(branch__gte=0) | ~Q(run__status=RunStatus.RUNNING))
+
+    def reclaim(row: Step) -> bool:
+        fence = Step.objects.filter(
+            pk=row.pk, status=StepStatus.RUNNING, lease_owner=row.lease_owner, attempt=row.attempt
+        )
+        lost = {
+            "type": "WorkerLost",
+            "message": f"the worker running attempt {row.attempt} of {row.max_attempts} was "
+            "lost (killed or crashed)",
+            "attempt": row.attempt,
+        }
+        if row.attempt >= row.max_attempts:
+            lost["message"] += "; attempt budget exhausted"
+            if fence.update(
+                status=StepStatus.FAILED, error=lost, finished_at=now, lease_owner="",
+                lease_expires_at=None,
+            ):
+                step_finished(row, now)
+                return True
+            return False
+        if fence.update(
+            status=StepStatus.PENDING, error=lost, lease_owner="", lease_expires_at=None,
+            wake_at=now + grace(),
+        ):
+            dispatch_on_commit(row.pk, row.pool)
+            return True
+        return False
+
+    return _batches(expired, reclaim)
+
+
+def reclaim_runs(now: Any) -> int:
+    expired = Run.objects.filter(status=RunStatus.RUNNING, lease_expires_at__lt=now)
+
+    def reclaim(run: Run) -> bool:
+        if Run.objects.filter(
+            pk=run.pk, status=RunStatus.RUNNING, lease_owner=run.lease_owner,
+            lease_expires_at__lt=now,
+        ).update(lease_owner="", lease_expires_at=None, wake_requested_at=now):
+            gen = run.generation
+            transaction.on_commit(lambda: send_advance(run.pk, gen))
+            return True
+        return False
+
+    return _batches(expired, reclaim)
+
+
+def ring_lost(now: Any) -> int:
+    cutoff = now - grace()
+    runs = Run.objects.filter(status__in=ACTIVE_RUN, wake_requested_at__lte=cutoff).filter(
+        Q(lease_owner="") | Q(lease_expires_at__lt=now)
+    )
+
+    def ring_run(run: Run) -> bool:
+        if Run.objects.filter(pk=run.pk, wake_requested_at=run.wake_requested_at).update(
+            wake_requested_at=now
+        ):
+            gen = run.generation
+            transaction.on_commit(lambda: send_advance(run.pk, gen))
+            return True
+        return False
+
+    steps = Step.objects.filter(
+        status=StepStatus.PENDING, held=False, superseded=False, wake_at__lte=now
+    ).exclude(run__status__in=TERMINAL_RUN).order_by("id")
+
+    def ring_step(row: Step) -> bool:
+        if Step.objects.filter(pk=row.pk, status=StepStatus.PENDING, wake_at=row.wake_at).update(
+            wake_at=now + grace()
+        ):
+            dispatch_on_commit(row.pk, row.pool)
+            return True
+        return False
+
+    return _batches(runs, ring_run) + _batches(steps, ring_step)
+
+
+def sweep() -> dict[str, int]:
+    now = timezone.now()
+    return {
+        "timers": fire_timers(now),
+        "retries": retry_due(now),
+        "steps_reclaimed": reclaim_steps(now),
+        "runs_reclaimed": reclaim_runs(now),
+        "rung": ring_lost(now),
+    }
+
+
+def prune(now: Any = None) -> int:
+    """Delete finished runs older than SLUICE_RETENTION_DAYS, journal included, in batches."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=float(settings.SLUICE_RETENTION_DAYS))
+    deleted = 0
+    while True:
+        ids = list(
+            Run.objects.filter(status__in=TERMINAL_RUN, finished_at__lt=cutoff)
+            .values_list("pk", flat=True)[: settings.SLUICE_PRUNE_BATCH]
+        )
+        if not ids:
+            return deleted
+        with transaction.atomic():
+            Run.objects.filter(pk__in=ids).delete()
+        deleted += len(ids)
+
+
+__all__ = ["prune", "sweep", "payloads"]

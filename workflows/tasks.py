@@ -1,0 +1,41 @@
+"""Celery tasks: thin adapters over the executor and the sweep. Messages are doorbells."""
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+
+@shared_task(name="workflows.advance", ignore_result=True)
+def advance(run_id: str, generation: int) -> str:
+    from workflows.executor import advance as advance_run
+
+    return advance_run(run_id, generation)
+
+
+@shared_task(name="workflows.execute_step", ignore_result=True)
+def execute_step(step_id: int) -> int:
+    from workflows.executor import execute_step as run_step
+
+    return run_step(step_id)
+
+
+@shared_task(name="workflows.sweep", ignore_result=True)
+def sweep() -> dict[str, Any]:
+    from workflows.sweeper import sweep as run_sweep
+
+    return run_sweep()
+
+
+@shared_task(name="workflows.deliver_outbox", ignore_result=True)
+def deliver_outbox() -> int:
+    from workflows.outbox import deliver_due
+
+    return deliver_due()
+
+
+@shared_task(name="workflows.prune", ignore_result=True)
+def prune() -> int:
+    from workflows.sweeper import prune as run_prune
+
+    return run_prune()

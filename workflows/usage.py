@@ -1,0 +1,45 @@
+"""Per-step usage (tokens, cost) recorded by code running inside a step."""
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+
+@dataclass
+class StepScope:
+    step_id: int | None
+    run_id: Any
+    attempt: int
+    usage: dict[str, Any] = field(default_factory=dict)
+    cost: Decimal = Decimal(0)
+
+
+_current: contextvars.ContextVar[StepScope | None] = contextvars.ContextVar("sluice_step", default=None)
+
+
+def current_step() -> StepScope | None:
+    """The step being executed in this thread, or None outside a step."""
+    return _current.get()
+
+
+def record_usage(cost: float | Decimal = 0, **usage: Any) -> None:
+    """Add usage to the running step's journal entry (tokens summed, other keys replaced)."""
+    scope = _current.get()
+    if scope is None:
+        return
+    for key, value in usage.items():
+        if isinstance(value, int | float) and not isinstance(value, bool) and key.endswith("tokens"):
+            scope.usage[key] = scope.usage.get(key, 0) + value
+        else:
+            scope.usage[key] = value
+    scope.cost += Decimal(str(cost))
+
+
+def enter(scope: StepScope) -> contextvars.Token[StepScope | None]:
+    return _current.set(scope)
+
+
+def leave(token: contextvars.Token[StepScope | None]) -> None:
+    _current.reset(token)
