@@ -20,6 +20,16 @@ def bell(monkeypatch: pytest.MonkeyPatch) -> Iterator[Bell]:
     yield b
 
 
+@pytest.fixture(autouse=True)
+def _stop_heartbeat() -> Iterator[None]:
+    """The lease heartbeat thread holds its own database connection: close it after each test
+    so the test database can be flushed and dropped."""
+    yield
+    from workflows.leases import stop_heartbeat
+
+    stop_heartbeat()
+
+
 def services_required() -> bool:
     return os.environ.get("SLUICE_REQUIRE_SERVICES") == "1"
 

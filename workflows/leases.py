@@ -53,18 +53,17 @@ def renew_all() -> int:
     return n
 
 
-def _beat() -> None:
+def _beat(stop: threading.Event) -> None:
     interval = max(0.5, lease_seconds() / 3)
-    stop = threading.Event()
-    while not stop.wait(interval):
-        try:
-            renew_all()
-        except Exception:  # A database hiccup must not kill the thread; the next beat retries.
-            log.exception("lease heartbeat failed")
-            close_old_connections()
-        finally:
-            if connection.vendor == "sqlite":
-                connection.close()
+    try:
+        while not stop.wait(interval):
+            try:
+                renew_all()
+            except Exception:  # A database hiccup must not kill the thread; retry next beat.
+                log.exception("lease heartbeat failed")
+                close_old_connections()
+    finally:
+        connection.close()
 
 
 def ensure_heartbeat() -> None:
@@ -76,6 +75,20 @@ def ensure_heartbeat() -> None:
     with _lock:
         if _heartbeat is not None and _heartbeat_pid == pid and _heartbeat.is_alive():
             return
-        _heartbeat = threading.Thread(target=_beat, name="sluice-heartbeat", daemon=True)
+        stop = threading.Event()
+        _heartbeat = threading.Thread(
+            target=_beat, args=(stop,), name="sluice-heartbeat", daemon=True
+        )
+        _heartbeat.stop = stop  # type: ignore[attr-defined]
         _heartbeat_pid = pid
         _heartbeat.start()
+
+
+def stop_heartbeat() -> None:
+    """Stop this process's heartbeat (tests, shutdown); it restarts on the next lease."""
+    global _heartbeat
+    thread = _heartbeat
+    if thread is not None and thread.is_alive():
+        thread.stop.set()  # type: ignore[attr-defined]
+        thread.join(timeout=5)
+    _heartbeat = None

@@ -24,7 +24,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from workflows import payloads
-from workflows.doorbell import dispatch_on_commit, grace, request_wake, send_advance
+from workflows.doorbell import dispatch_on_commit, grace, request_wake, ring_on_commit
 from workflows.executor import step_finished
 from workflows.models import ACTIVE_RUN, TERMINAL_RUN, Run, RunStatus, Step, StepStatus
 
@@ -146,8 +146,7 @@ def reclaim_runs(now: Any) -> int:
             pk=run.pk, status=RunStatus.RUNNING, lease_owner=run.lease_owner,
             lease_expires_at__lt=now,
         ).update(lease_owner="", lease_expires_at=None, wake_requested_at=now):
-            gen = run.generation
-            transaction.on_commit(lambda: send_advance(run.pk, gen))
+            ring_on_commit(run.pk, run.generation)
             return True
         return False
 
@@ -164,8 +163,7 @@ def ring_lost(now: Any) -> int:
         if Run.objects.filter(pk=run.pk, wake_requested_at=run.wake_requested_at).update(
             wake_requested_at=now
         ):
-            gen = run.generation
-            transaction.on_commit(lambda: send_advance(run.pk, gen))
+            ring_on_commit(run.pk, run.generation)
             return True
         return False
 

@@ -1,0 +1,51 @@
+"""parallel / map: one row per branch, joined in the database, capped per run."""
+from __future__ import annotations
+
+import pytest
+
+from tests.support import Bell
+from workflows import get_run, start
+from workflows.models import Step
+
+pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
+
+
+def test_it_writes_one_row_per_branch_and_joins_them(bell: Bell) -> None:
+    run = start("test.fanout", {"items": [1, 2, 3, 4, 5]})
+    bell.drain(limit=1)  # the advance: writes the group and its branches, then suspends
+    group = Step.objects.get(run=run, kind="parallel", position=1)
+    assert (group.status, group.remaining) == ("waiting", 5)
+    branches = list(Step.objects.filter(run=run, position=1, branch__gte=0).order_by("branch"))
+    assert len(branches) == 5
+    assert get_run(run.pk).status == "suspended"
+    bell.drain()
+    run = get_run(run.pk)
+    assert run.status == "succeeded"
+    assert run.output == {"doubled": [2, 4, 6, 8, 10], "pair": [2, 10]}
+
+
+def test_the_completing_branch_rings_once(bell: Bell) -> None:
+    run = start("test.fanout", {"items": [1, 2, 3]})
+    bell.drain()
+    advances = [m for m in bell.sent if m[0] == "advance"]
+    # start, group 1 joined, group 2 joined: exactly one ring per join.
+    assert len(advances) == 3
+    assert get_run(run.pk).status == "succeeded"
+
+
+def test_the_parallelism_cap_holds_extra_branches_until_others_finish(bell: Bell) -> None:
+    run = start("test.fanout", {"items": list(range(8))})  # max_parallel=3
+    bell.drain(limit=1)
+    rows = Step.objects.filter(run=run, position=1, branch__gte=0)
+    assert rows.filter(held=False).count() == 3
+    assert rows.filter(held=True).count() == 5
+    dispatched = [m for m in bell.sent if m[0] == "step"]
+    assert len(dispatched) == 3
+    bell.drain()
+    assert get_run(run.pk).output["doubled"] == [0, 2, 4, 6, 8, 10, 12, 14]
+
+
+def test_an_empty_map_returns_an_empty_list(bell: Bell) -> None:
+    run = start("test.fanout", {"items": []})
+    bell.drain()
+    assert get_run(run.pk).output == {"doubled": [], "pair": [2, 10]}

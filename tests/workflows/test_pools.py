@@ -1,0 +1,84 @@
+"""Pools: global concurrency and rate limits enforced through the database."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from tests.support import Bell
+from workflows import get_run, start
+from workflows.models import Pool, Step
+from django.db import transaction
+
+from workflows.pools import clear_cache
+from workflows.pools import try_acquire as _try_acquire
+
+pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
+
+
+def try_acquire(pool: str, now: object) -> object:
+    with transaction.atomic():
+        return _try_acquire(pool, now)  # type: ignore[arg-type]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pool_cache() -> None:
+    clear_cache()
+
+
+def test_a_full_pool_keeps_steps_pending_in_order_and_hands_slots_over(bell: Bell) -> None:
+    Pool.objects.create(name="limited", max_concurrency=2)
+    run = start("test.limited", {"n": 6})
+    bell.drain(limit=1)
+    # Pretend two other workers hold both slots right now.
+    first, second = Step.objects.filter(run=run, branch__gte=0).order_by("branch")[:2]
+    Step.objects.filter(pk__in=[first.pk, second.pk]).update(
+        status="running", lease_owner="other", lease_expires_at=timezone.now() + timedelta(seconds=60), attempt=1
+    )
+    bell.drain()
+    waiting = Step.objects.filter(run=run, status="pending")
+    assert waiting.count() == 4  # nothing over the limit ran, nothing failed
+    assert not Step.objects.filter(run=run, status="failed").exists()
+    # The "other" workers finish: each hands its slot to the oldest waiting step.
+    from workflows.executor import complete_step, execute_step
+    from workflows.usage import StepScope
+
+    first.refresh_from_db()
+    oldest = list(waiting.order_by("id").values_list("pk", flat=True))
+    handoff = complete_step(first, "other", 0, None, StepScope(first.pk, run.pk, 1), None)
+    assert handoff[0] == oldest[0]
+    # This worker runs the handed-over step, then keeps taking the next waiting one.
+    assert execute_step(handoff[0]) == 4
+    assert list(
+        Step.objects.filter(pk__in=oldest).order_by("started_at").values_list("pk", flat=True)
+    ) == oldest  # in order
+    second.refresh_from_db()
+    assert complete_step(second, "other", 1, None, StepScope(second.pk, run.pk, 1), None) == []
+    assert get_run(run.pk).status == "suspended"
+    bell.settle()
+    assert get_run(run.pk).output == [0, 1, 2, 3, 4, 5]
+
+
+def test_expired_leases_do_not_hold_slots(bell: Bell) -> None:
+    Pool.objects.create(name="limited", max_concurrency=1)
+    run = start("test.limited", {"n": 1})
+    bell.drain(limit=1)
+    Step.objects.filter(run=run, branch=0).update(
+        status="running", lease_owner="dead", lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert try_acquire("limited", timezone.now()) is True
+
+
+def test_rate_limit_defers_steps_to_the_next_window(bell: Bell) -> None:
+    Pool.objects.create(name="limited", rate_limit=2, rate_period=3600)
+    now = timezone.now()
+    assert try_acquire("limited", now) is True
+    assert try_acquire("limited", now) is True
+    later = try_acquire("limited", now)
+    assert later == now + timedelta(seconds=3600)
+    assert try_acquire("limited", now + timedelta(seconds=3601)) is True
+
+
+def test_an_unlimited_pool_needs_no_lock(bell: Bell) -> None:
+    assert try_acquire("default", timezone.now()) is True

@@ -1,0 +1,96 @@
+"""The sweep: lost doorbells, expired leases, retention."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.test import override_settings
+from django.utils import timezone
+
+from tests.support import Bell
+from workflows import get_run, start
+from workflows.models import Event, Run, Step
+from workflows.sweeper import prune, sweep
+
+pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
+
+
+def test_a_lost_start_doorbell_is_rung_again(bell: Bell) -> None:
+    run = start("test.chain", {"n": 2})
+    assert bell.lose_all() == 1  # Redis flushed before any worker saw it
+    assert sweep()["rung"] == 0  # within the grace period nothing happens
+    Run.objects.filter(pk=run.pk).update(wake_requested_at=timezone.now() - timedelta(seconds=60))
+    assert sweep()["rung"] == 1
+    bell.drain()
+    assert get_run(run.pk).status == "succeeded"
+
+
+def test_lost_branch_messages_are_rung_again(bell: Bell) -> None:
+    run = start("test.fanout", {"items": [1, 2]})
+    bell.drain(limit=1)
+    bell.lose_all()
+    Step.objects.filter(run=run, status="pending").update(wake_at=timezone.now() - timedelta(seconds=1))
+    assert sweep()["rung"] == 2
+    bell.settle()
+    assert get_run(run.pk).status == "succeeded"
+
+
+def test_an_expired_branch_lease_is_reclaimed_and_counted(bell: Bell) -> None:
+    run = start("test.fanout", {"items": [7]})
+    bell.drain(limit=1)
+    bell.lose_all()
+    branch = Step.objects.get(run=run, position=1, branch=0)
+    Step.objects.filter(pk=branch.pk).update(
+        status="running", attempt=1, lease_owner="dead:1",
+        lease_expires_at=timezone.now() - timedelta(seconds=1),
+    )
+    assert sweep()["steps_reclaimed"] == 1
+    branch.refresh_from_db()
+    assert (branch.status, branch.error["type"]) == ("pending", "WorkerLost")
+    bell.settle()
+    branch.refresh_from_db()
+    assert (branch.status, branch.attempt) == ("succeeded", 2)
+    assert get_run(run.pk).status == "succeeded"
+
+
+def test_a_branch_that_keeps_killing_its_worker_fails_after_its_budget(bell: Bell) -> None:
+    run = start("test.fanout", {"items": [7]})
+    bell.drain(limit=1)
+    bell.lose_all()
+    branch = Step.objects.get(run=run, position=1, branch=0)
+    Step.objects.filter(pk=branch.pk).update(
+        status="running", attempt=branch.max_attempts, lease_owner="dead:1",
+        lease_expires_at=timezone.now() - timedelta(seconds=1),
+    )
+    sweep()
+    bell.settle()
+    branch.refresh_from_db()
+    assert branch.status == "failed"
+    assert "attempt budget exhausted" in branch.error["message"]
+    assert get_run(run.pk).status == "failed"
+
+
+def test_the_sweep_is_idempotent(bell: Bell) -> None:
+    run = start("test.chain", {"n": 1})
+    bell.lose_all()
+    Run.objects.filter(pk=run.pk).update(wake_requested_at=timezone.now() - timedelta(seconds=60))
+    assert sweep()["rung"] == 1
+    assert sweep()["rung"] == 0  # rung again only after another grace period
+
+
+@override_settings(SLUICE_RETENTION_DAYS=1, SLUICE_PRUNE_BATCH=2)
+def test_retention_prunes_old_finished_runs_with_their_journal(bell: Bell) -> None:
+    old = [start("test.event", {}) for _ in range(3)]
+    young = start("test.chain", {"n": 1})
+    live = start("test.event", {})
+    bell.drain()
+    for run in old:
+        from workflows import send_event
+
+        send_event(run.pk, "approved", {})
+    bell.drain()
+    Run.objects.filter(pk__in=[r.pk for r in old]).update(finished_at=timezone.now() - timedelta(days=2))
+    assert prune() == 3
+    assert set(Run.objects.values_list("pk", flat=True)) == {young.pk, live.pk}
+    assert not Step.objects.filter(run_id__in=[r.pk for r in old]).exists()
+    assert not Event.objects.filter(run_id__in=[r.pk for r in old]).exists()

@@ -1,0 +1,113 @@
+"""Durable timers, events with timeout and default, child workflows, journaled randomness."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from tests.support import Bell
+from workflows import cancel, get_run, send_event, start
+from workflows.models import Event, Run, Step
+
+pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
+
+
+def expire(run: Run, kind: str) -> None:
+    Step.objects.filter(run=run, kind=kind, status="waiting").update(
+        wake_at=timezone.now() - timedelta(seconds=1)
+    )
+
+
+def test_sleep_is_a_column_fired_by_the_sweep(bell: Bell) -> None:
+    run = start("test.sleep", {"seconds": 3600})
+    bell.settle()
+    timer = Step.objects.get(run=run, kind="sleep")
+    assert timer.status == "waiting"
+    assert timer.wake_at > timezone.now() + timedelta(minutes=59)
+    assert get_run(run.pk).status == "suspended"
+    expire(run, "sleep")
+    bell.settle()
+    timer.refresh_from_db()
+    assert timer.status == "succeeded"
+    assert get_run(run.pk).status == "succeeded"
+
+
+def test_an_event_sent_before_the_wait_is_kept_and_consumed_once(bell: Bell) -> None:
+    run = start("test.event", {})
+    send_event(run.pk, "approved", {"by": "early"})
+    send_event(run.pk, "approved", {"by": "second"})
+    bell.drain()
+    run = get_run(run.pk)
+    assert run.output["event"] == {"by": "early"}
+    consumed = Event.objects.filter(run=run, consumed_by__isnull=False)
+    assert [e.payload for e in consumed] == [{"by": "early"}]
+
+
+def test_an_event_wait_times_out_with_its_default(bell: Bell) -> None:
+    run = start("test.event", {"timeout": 60})
+    bell.settle()
+    expire(run, "event")
+    bell.settle()
+    run = get_run(run.pk)
+    assert run.output == {"first": 1, "event": {"by": None}}
+    assert Step.objects.get(run=run, kind="event").usage == {"timed_out": True}
+
+
+def test_a_child_workflow_returns_its_output(bell: Bell) -> None:
+    parent = start("test.parent", {"n": 3})
+    bell.drain()
+    parent = get_run(parent.pk)
+    assert parent.output == {"child": 3}
+    child = Run.objects.get(parent=parent)
+    assert child.status == "succeeded"
+
+
+def test_child_failure_raises_in_the_parent(bell: Bell) -> None:
+    parent = start("test.parent_of_failing", {})
+    bell.drain()
+    assert get_run(parent.pk).output.startswith("child failed: child run")
+
+
+def test_cancel_cascades_to_children(bell: Bell) -> None:
+    parent = start("test.parent_waiting_child", {})
+    bell.drain()
+    child = Run.objects.get(parent=parent)
+    assert child.status == "suspended"
+    cancel(parent.pk)
+    child.refresh_from_db()
+    assert child.status == "canceled"
+
+
+def test_canceling_a_child_fails_the_parents_wait(bell: Bell) -> None:
+    parent = start("test.parent_waiting_child", {})
+    bell.drain()
+    child = Run.objects.get(parent=parent)
+    cancel(child.pk)
+    bell.drain()
+    parent = get_run(parent.pk)
+    assert parent.status == "failed"
+    assert "canceled" in parent.error["message"]
+
+
+def test_now_random_and_uuid_are_journaled(bell: Bell) -> None:
+    run = start("test.random", {})
+    bell.drain()
+    rows = {s.kind: s.result for s in Step.objects.filter(run=run)}
+    expire(run, "sleep")
+    bell.settle()
+    out = get_run(run.pk).output
+    assert out == {"r": rows["random"], "u": rows["uuid"]}
+
+
+def test_replay_detects_a_changed_workflow(bell: Bell, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLUICE_TEST_VARIANT", "a")
+    run = start("test.nondeterministic", {})
+    bell.drain()
+    monkeypatch.setenv("SLUICE_TEST_VARIANT", "b")
+    expire(run, "sleep")
+    bell.settle()
+    run = get_run(run.pk)
+    assert run.status == "failed"
+    assert run.error["type"] == "DeterminismError"
+    assert "at position 1 the journal has step 'add_one' but the code now calls step 'double'" in run.error["message"]

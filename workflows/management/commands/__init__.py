@@ -1,0 +1,1 @@
+"""Sluice management commands: ``seed_demo`` and ``sluice_dev``."""
