@@ -183,3 +183,12 @@ SLUICE_POOLS = {
         "rate_period": env.float("SLUICE_LLM_RATE_PERIOD", default=60.0),
     },
 }
+
+# --- Reviews (gates, reviewer queue) ----------------------------------------------------------
+# Settings of the reviews app go here.
+
+# --- JSON API, API keys and completion webhooks ------------------------------------------------
+# Settings of the API and webhooks go here.
+
+# --- Pipelines and LLM providers ----------------------------------------------------------------
+# Settings of the pipelines app go here.

@@ -30,6 +30,24 @@ def _stop_heartbeat() -> Iterator[None]:
     stop_heartbeat()
 
 
+@pytest.fixture
+def live(transactional_db: None, tmp_path: Any) -> Iterator[Any]:
+    """Real Celery worker/beat processes on the test database (integration tests only).
+
+    ``live.worker()`` and ``live.beat()`` start processes; all are stopped afterwards. The
+    worker logs are printed when the test fails.
+    """
+    from tests.live import LiveProcesses, flush_broker
+
+    flush_broker()
+    procs = LiveProcesses(tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.stop()
+        print(procs.logs())
+
+
 def services_required() -> bool:
     return os.environ.get("SLUICE_REQUIRE_SERVICES") == "1"
 

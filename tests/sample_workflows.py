@@ -220,3 +220,22 @@ def nondeterministic(ctx: Any) -> str:
         ctx.run(double, 1)
     ctx.sleep(60)
     return name
+
+
+@step
+def costly(x: int) -> int:
+    from workflows import record_usage
+
+    record_usage(cost=0.4, input_tokens=100, output_tokens=20, model="offline")
+    return x + 1
+
+
+@workflow(name="test.budget")
+def budget(ctx: Any, n: int = 5) -> int:
+    value = 0
+    for _ in range(n):
+        try:
+            value = ctx.run(costly, value)
+        except Exception:  # a broad except must not be able to spend past the budget
+            pass
+    return value

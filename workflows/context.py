@@ -32,6 +32,7 @@ from workflows.calls import call_step, error_dict, is_retryable, retry_after, re
 from workflows.definitions import StepDef, as_step, get_workflow, resolve_step, step_path
 from workflows.doorbell import dispatch_on_commit, grace, ring_on_commit
 from workflows.errors import (
+    BudgetExceeded,
     ChildWorkflowFailed,
     DeterminismError,
     LeaseLost,
@@ -81,6 +82,7 @@ class Context:
         self._dirty: list[Step] = []
         self._inserts: list[Step] = []
         self._cost = Decimal(0)
+        self._spent = Decimal(run.cost or 0)
         self._current = ""
 
     # --- public surface -------------------------------------------------------------------
@@ -118,6 +120,7 @@ class Context:
         sd = as_step(fn)
         pos, row = self._next(StepKind.STEP, sd.name)
         if row is None:
+            self._check_budget(sd.name)
             return self._execute(sd, args, kwargs, pos, None)
         if row.status == StepStatus.SUCCEEDED:
             return self._value(sd, row.result)
@@ -234,7 +237,8 @@ class Context:
                 row.save()
                 child = create_run(
                     name, input or {}, parent=self._record, parent_step=row,
-                    context=options.pop("context", self._record.context), **options,
+                    context=options.pop("context", self._record.context),
+                    tenant=options.pop("tenant", self._record.tenant), **options,
                 )
                 row.args = {"run_id": str(child.pk)}
                 row.save(update_fields=["args"])
@@ -463,6 +467,15 @@ class Context:
         if scope.cost:
             row.cost = (row.cost or Decimal(0)) + scope.cost
             self._cost += scope.cost
+            self._spent += scope.cost
+
+    def _check_budget(self, name: str) -> None:
+        limit = self._record.max_cost
+        if limit is not None and self._spent >= limit:
+            raise BudgetExceeded(
+                f"budget exceeded: the run has spent ${self._spent:.4f} of its ${limit:.4f} "
+                f"budget (max_cost); stopped before step {name!r}"
+            )
 
     def _failed_attempt(self, sd: StepDef, row: Step, exc: Exception) -> Any:
         now = timezone.now()
@@ -492,6 +505,7 @@ class Context:
     def _fan_out(self, calls: list[Call], name: str, return_exceptions: bool) -> list[Any]:
         pos, group = self._next(StepKind.PARALLEL, name)
         if group is None:
+            self._check_budget(name)
             now = timezone.now()
             if not calls:
                 self._inserts.append(self._new_row(

@@ -69,3 +69,10 @@ class LeaseLost(BaseException):
 
 class StepTimeout(Exception):
     """A step ran longer than its ``timeout``."""
+
+
+class BudgetExceeded(BaseException):
+    """The run's recorded cost reached its ``max_cost``; it stops before the next step.
+
+    A BaseException so that a workflow's ``except Exception`` cannot spend past the budget.
+    """

@@ -22,7 +22,13 @@ from workflows.calls import call_step, error_dict, is_retryable, retry_after, re
 from workflows.context import Context
 from workflows.definitions import get_workflow, resolve_step
 from workflows.doorbell import dispatch_on_commit, grace, request_wake
-from workflows.errors import DeterminismError, LeaseLost, PayloadTooLargeError, Suspend
+from workflows.errors import (
+    BudgetExceeded,
+    DeterminismError,
+    LeaseLost,
+    PayloadTooLargeError,
+    Suspend,
+)
 from workflows.leases import ensure_heartbeat, lease_until, owner_id
 from workflows.models import ACTIVE_RUN, Run, RunStatus, Step, StepStatus
 from workflows.services import handler_kwargs
@@ -73,7 +79,7 @@ def _replay(run: Run, journal: list[Step], owner: str) -> str:
             output = ctx._pack(value, "workflow output")
         except Suspend:
             return "suspended" if ctx.suspend() else "woken"
-        except (DeterminismError, PayloadTooLargeError, Exception) as exc:
+        except (BudgetExceeded, DeterminismError, PayloadTooLargeError, Exception) as exc:
             ctx.finish(RunStatus.FAILED, error=error_dict(exc))
             return "failed"
         ctx.finish(RunStatus.SUCCEEDED, output=output)

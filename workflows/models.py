@@ -72,6 +72,13 @@ class Run(models.Model):
         "Step", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     max_parallel = models.PositiveIntegerField(default=10)
+    # Who started the run (an API key's tenant, a user); the API shows a tenant only its own.
+    tenant = models.CharField(max_length=100, blank=True, default="", db_index=True)
+    created_by = models.CharField(max_length=150, blank=True, default="")
+    # Where to POST the run summary when it ends (delivered through the outbox).
+    callback_url = models.URLField(max_length=2000, blank=True, default="")
+    # A budget: the run stops cleanly before a step once its recorded cost reaches this.
+    max_cost = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True)
     # The run lease: whoever holds it advances the run. Renewed with every checkpoint and by
     # the worker's heartbeat; when it expires the sweep rings for the run again.
     lease_owner = models.CharField(max_length=100, blank=True, default="")

@@ -76,6 +76,10 @@ def create_run(
     parent: Run | None = None,
     parent_step: Step | None = None,
     max_parallel: int | None = None,
+    tenant: str = "",
+    created_by: str = "",
+    callback_url: str = "",
+    max_cost: Any = None,
 ) -> Run:
     """Insert a pending run and ring for it on commit. Call inside a transaction."""
     from django.conf import settings
@@ -94,7 +98,8 @@ def create_run(
         idempotency_key=idempotency_key or None, on_complete=on_complete, parent=parent,
         parent_step=parent_step,
         max_parallel=max_parallel or wf.max_parallel or settings.SLUICE_MAX_PARALLEL,
-        wake_requested_at=now,
+        wake_requested_at=now, tenant=tenant, created_by=created_by, callback_url=callback_url,
+        max_cost=max_cost,
     )
     ring_on_commit(run.pk, run.generation)
     return run
@@ -108,8 +113,12 @@ def start(
     on_complete: str = "",
     context: dict[str, Any] | None = None,
     max_parallel: int | None = None,
+    **options: Any,
 ) -> Run:
-    """Start a run of ``workflow``. A repeated ``idempotency_key`` returns the existing run."""
+    """Start a run of ``workflow``. A repeated ``idempotency_key`` returns the existing run.
+
+    ``options``: ``tenant``, ``created_by``, ``callback_url``, ``max_cost`` (see ``Run``).
+    """
     if idempotency_key:
         existing = Run.objects.filter(idempotency_key=idempotency_key).first()
         if existing is not None:
@@ -118,7 +127,7 @@ def start(
         with transaction.atomic():
             return create_run(
                 workflow, input or {}, idempotency_key=idempotency_key, on_complete=on_complete,
-                context=context, max_parallel=max_parallel,
+                context=context, max_parallel=max_parallel, **options,
             )
     except IntegrityError:
         # Two callers raced with the same key: the other insert won, return its run.
