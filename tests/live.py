@@ -41,6 +41,7 @@ class LiveProcesses:
     def __init__(self, tmp: Path, env: dict[str, str] | None = None) -> None:
         self.tmp = tmp
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.files: list[Any] = []
         self.env = {
             **os.environ,
             "DATABASE_URL": database_url(),
@@ -58,6 +59,7 @@ class LiveProcesses:
     def worker(self, name: str = "w1", concurrency: int = 2, queues: str = "default,llm,limited",
                pool: str = "prefork", **env: str) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"worker-{name}.log", "ab")
+        self.files.append(log)
         proc = subprocess.Popen(
             [CELERY, "-A", "config", "worker", "-Q", queues, "-c", str(concurrency), "-P", pool,
              "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
@@ -70,6 +72,7 @@ class LiveProcesses:
 
     def beat(self) -> subprocess.Popen[bytes]:
         log = open(self.tmp / "beat.log", "ab")
+        self.files.append(log)
         proc = subprocess.Popen(
             [CELERY, "-A", "config", "beat", "-s", str(self.tmp / "beat-schedule"), "-l", "info"],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -94,6 +97,9 @@ class LiveProcesses:
                 self.kill(proc, signal.SIGKILL)
                 proc.wait(timeout=5)
         self.procs.clear()
+        for fh in self.files:
+            fh.close()
+        self.files.clear()
 
     def logs(self) -> str:
         return "\n".join(
