@@ -7,6 +7,10 @@ from typing import Any
 
 import pytest
 
+# Playwright's sync API runs an event loop in the test thread; Django's ORM calls made from
+# that thread (fixtures, assertions) are still synchronous and safe here.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
 import tests.sample_workflows  # noqa: F401  (registers the test workflows)
 from tests.support import Bell
 
@@ -46,6 +50,22 @@ def live(transactional_db: None, tmp_path: Any) -> Iterator[Any]:
     finally:
         procs.stop()
         print(procs.logs())
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
+    """Drive Debian's chromium (Playwright never downloads a browser here)."""
+    return {
+        **browser_type_launch_args,
+        "executable_path": CHROMIUM,
+        "args": [
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run",
+        ],
+    }
 
 
 def services_required() -> bool:
