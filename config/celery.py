@@ -1,17 +1,32 @@
 """The Celery application, configured the documented Django way.
 
 Messages are doorbells ("look at run X"); every fact lives in the database, so the
-broker settings below favour redelivery over loss: late acks, requeue when a worker dies,
+broker settings favour redelivery over loss: late acks, requeue when a worker dies,
 prefetch one.
 """
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from celery import Celery
+from celery.signals import task_postrun, task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("sluice")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+# Celery's Django fixup closes every database connection before and after each task unless
+# told otherwise; reconnecting (and re-preparing the engine's statements) costs more than the
+# task itself. Keep connections and let Django's own CONN_MAX_AGE / health checks decide
+# (the handlers below), the way a request does.
+app.conf.CELERY_DB_REUSE_MAX = 1_000_000
 app.autodiscover_tasks()
+
+
+@task_prerun.connect
+@task_postrun.connect
+def _recycle_connections(**kwargs: Any) -> None:
+    from django.db import close_old_connections
+
+    close_old_connections()

@@ -27,7 +27,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from workflows import payloads, pools, usage
+from workflows import fastpath, payloads, pools, usage
 from workflows.calls import call_step, error_dict, is_retryable, retry_after, return_annotation
 from workflows.definitions import StepDef, as_step, get_workflow, resolve_step, step_path
 from workflows.doorbell import dispatch_on_commit, grace, ring_on_commit
@@ -40,7 +40,7 @@ from workflows.errors import (
     StepFailed,
     Suspend,
 )
-from workflows.leases import lease_until
+from workflows.leases import lease_seconds, lease_until
 from workflows.models import Event, Run, RunStatus, Step, StepKind, StepStatus
 
 _STEP_FIELDS = [
@@ -84,6 +84,9 @@ class Context:
         self._cost = Decimal(0)
         self._spent = Decimal(run.cost or 0)
         self._current = ""
+        self._shown_step = run.current_step
+        # take_run() just set the lease.
+        self._lease_renewed: datetime | None = timezone.now()
 
     # --- public surface -------------------------------------------------------------------
 
@@ -359,6 +362,8 @@ class Context:
         ).update(**fields)
         if n != 1:
             raise LeaseLost
+        self._lease_renewed = now
+        self._shown_step = fields.get("current_step", self._shown_step)
         self._cost = Decimal(0)
         for row in self._dirty:
             row.save(update_fields=_STEP_FIELDS)
@@ -397,6 +402,32 @@ class Context:
         else:
             target = step_path(sd)
         attempt = (row.attempt if row is not None else 0) + 1
+        if row is None and not conf.is_limited and not self._inserts and fastpath.available():
+            row = self._new_row(
+                pos, StepKind.STEP, sd.name, StepStatus.RUNNING, pool=sd.pool, target=target,
+                args=packed_args, max_attempts=sd.retry.max_attempts, attempt=1,
+                lease_owner=self.owner, lease_expires_at=lease_until(now), started_at=now,
+            )
+            # The heartbeat keeps the lease alive; rewrite it here only when it is getting old,
+            # so a checkpoint usually leaves the run row untouched (no index churn).
+            renew = self._lease_renewed is None or (now - self._lease_renewed).total_seconds() > (
+                lease_seconds() / 3
+            )
+            ok, row.pk = fastpath.checkpoint(
+                run_id=self._record.pk, owner=self.owner, generation=self.generation,
+                lease_expires_at=lease_until(now) if renew else None,
+                current_step=sd.name[:200] if sd.name != self._shown_step else None,
+                cost=self._cost, dirty=self._dirty, new_row=row,
+            )
+            if renew:
+                self._lease_renewed = now
+            self._shown_step = sd.name
+            if not ok:
+                raise LeaseLost
+            self._cost = Decimal(0)
+            self._dirty.clear()
+            self._current = sd.name
+            return self._call(sd, args, kwargs, row)
         with transaction.atomic():
             self._flush()
             capacity = pools.try_acquire(sd.pool, now) if conf.is_limited else True
@@ -581,12 +612,20 @@ class Context:
         from workflows.services import run_terminal_hooks
 
         now = timezone.now()
+        fields: dict[str, Any] = {
+            "status": status, "output": output, "error": error, "finished_at": now,
+            "lease_owner": "", "lease_expires_at": None, "wake_requested_at": None,
+        }
         with transaction.atomic():
-            self._flush(
-                status=status, output=output, error=error, finished_at=now, lease_owner="",
-                lease_expires_at=None, wake_requested_at=None,
-            )
-            self._record.refresh_from_db()
+            cost = self._cost
+            self._flush(**fields)
+            # What we wrote is what the row now holds: no need to read it back.
+            fields.pop("cost", None)
+            for key, value in fields.items():
+                setattr(self._record, key, value)
+            self._record.cost = Decimal(self._record.cost or 0) + cost
+            if self._current:
+                self._record.current_step = self._current[:200]
             run_terminal_hooks(self._record)
 
     def ring_again(self) -> None:

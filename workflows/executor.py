@@ -14,7 +14,6 @@ from typing import Any
 
 from django.db import connection, transaction
 from django.db.models import F, Q
-from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from workflows import payloads, pools, usage
@@ -38,18 +37,24 @@ log = logging.getLogger(__name__)
 MAX_REPLAYS_PER_MESSAGE = 50
 
 
-def take_run(run_id: Any, generation: int, owner: str) -> bool:
-    """Compare-and-swap the run lease to ``owner`` if it is free (or expired)."""
+def take_run(run_id: Any, generation: int, owner: str) -> Run | None:
+    """Compare-and-swap the run lease to ``owner`` if it is free (or expired).
+
+    Returns the run as updated (one statement: UPDATE … RETURNING), or None.
+    """
     now = timezone.now()
-    return bool(
-        Run.objects.filter(
-            Q(lease_owner="") | Q(lease_expires_at__lt=now),
-            pk=run_id, generation=generation, status__in=ACTIVE_RUN,
-        ).update(
-            status=RunStatus.RUNNING, lease_owner=owner, lease_expires_at=lease_until(now),
-            wake_requested_at=None, started_at=Coalesce("started_at", now),
-        )
+    table = Run._meta.db_table
+    active = ", ".join(["%s"] * len(ACTIVE_RUN))
+    sql = (
+        f"UPDATE {table} SET status = %s, lease_owner = %s, lease_expires_at = %s, "
+        "wake_requested_at = NULL, started_at = COALESCE(started_at, %s) "
+        f"WHERE id = %s AND generation = %s AND status IN ({active}) "
+        "AND (lease_owner = '' OR lease_expires_at < %s) RETURNING *"
     )
+    pk = Run._meta.pk.get_db_prep_value(run_id, connection)  # type: ignore[union-attr]
+    params = [RunStatus.RUNNING, owner, lease_until(now), now, pk, generation, *ACTIVE_RUN, now]
+    rows = list(Run.objects.raw(sql, params))
+    return rows[0] if rows else None
 
 
 def advance(run_id: Any, generation: int) -> str:
@@ -57,10 +62,10 @@ def advance(run_id: Any, generation: int) -> str:
     owner = owner_id()
     outcome = "skipped"
     for _ in range(MAX_REPLAYS_PER_MESSAGE):
-        if not take_run(run_id, generation, owner):
+        run = take_run(run_id, generation, owner)
+        if run is None:
             return outcome
         ensure_heartbeat()
-        run = Run.objects.get(pk=run_id)
         journal = list(Step.objects.filter(run_id=run_id, superseded=False).order_by("position", "branch"))
         outcome = _replay(run, journal, owner)
         if outcome != "woken":

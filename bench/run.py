@@ -1,0 +1,332 @@
+"""Sluice benchmark: W1, W2, W3, W6 measured here; peers (DBOS, plain Celery) side by side.
+
+Run with ``make bench``. Everything runs on this machine's PostgreSQL and Redis in databases
+of its own (``bench_sluice``; DBOS uses ``bench_dbos``; Redis db 10 for Sluice, 9 for Celery),
+created fresh and dropped afterwards. Figures are printed and written to bench/results.json
+(existing keys from other benches, W4/W5, are kept).
+
+- W1: 200 runs x 10 sequential trivial steps, 2 worker processes (``celery worker -P solo``
+  each): steps/s from the first ``start()`` to the last run's ``finished_at``.
+- W2: one run fanning out 100 steps of 200 ms (sleep) in a pool limited to 20 (one worker,
+  20 threads): wall time from ``start()`` to the run finished, over the ideal 1.0 s.
+- W3: one run of 1,000 sequential steps and one of 10, one worker: ms per step from the run's
+  ``started_at`` to ``finished_at`` (the engine's time; the doorbell's latency is excluded).
+- W6: SIGKILL of the worker (parent and children) holding a running step; seconds until the
+  step runs again (attempt 2) on a second worker, with the default lease and sweep settings.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+BROKER = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/10")
+DBNAME = "bench_sluice"
+RESULTS = ROOT / "bench" / "results.json"
+LOGS = ROOT / "var" / "bench"
+
+
+def _db_url(name: str) -> str:
+    base, _, _ = SERVER.rpartition("/")
+    return f"{base}/{name}"
+
+
+def _setup_env() -> None:
+    os.environ["DATABASE_URL"] = _db_url(DBNAME)
+    os.environ["CELERY_BROKER_URL"] = BROKER
+    os.environ["SLUICE_WORKFLOW_MODULES"] = "bench.workloads"
+    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
+    os.environ.setdefault("SLUICE_LOG_LEVEL", "WARNING")
+    sys.path.insert(0, str(ROOT))
+
+
+def _recreate_db() -> None:
+    import psycopg
+
+    with psycopg.connect(SERVER.replace("postgres://", "postgresql://"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{DBNAME}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{DBNAME}"')
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, check=True, env=os.environ
+    )
+
+
+def _drop_db() -> None:
+    import psycopg
+
+    from django.db import connections
+
+    connections.close_all()
+    with psycopg.connect(SERVER.replace("postgres://", "postgresql://"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{DBNAME}" WITH (FORCE)')
+
+
+class Workers:
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        LOGS.mkdir(parents=True, exist_ok=True)
+
+    def start(self, name: str, pool: str = "solo", concurrency: int = 1, **env: str) -> subprocess.Popen[bytes]:
+        log = open(LOGS / f"{name}.log", "wb")
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("celery")), "-A", "config", "worker", "-Q", "default,llm",
+             "-P", pool, "-c", str(concurrency), "-n", f"{name}@%h", "--without-gossip",
+             "--without-mingle", "--without-heartbeat", "-l", "warning"],
+            cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def beat(self) -> None:
+        log = open(LOGS / "beat.log", "wb")
+        self.procs.append(subprocess.Popen(
+            [str(Path(sys.executable).with_name("celery")), "-A", "config", "beat", "-s",
+             str(LOGS / "beat-schedule"), "-l", "warning"],
+            cwd=ROOT, env=os.environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        ))
+        log.close()
+
+    def stop(self) -> None:
+        for p in self.procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in self.procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        self.procs.clear()
+
+
+def _flush_broker() -> None:
+    import redis
+
+    redis.Redis.from_url(BROKER).flushdb()
+
+
+def _reset_tables() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute("TRUNCATE workflows_run, workflows_step, workflows_event, workflows_blob CASCADE")
+
+
+def _wait_runs(ids: list[Any], timeout: float = 300) -> None:
+    from workflows.models import Run
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if Run.objects.filter(pk__in=ids, status="succeeded").count() == len(ids):
+            return
+        bad = Run.objects.filter(pk__in=ids, status__in=["failed", "canceled"]).first()
+        if bad is not None:
+            raise RuntimeError(f"bench run failed: {bad.error}")
+        time.sleep(0.02)
+    raise TimeoutError("bench runs did not finish")
+
+
+def _warm_up(n: int = 10) -> None:
+    from workflows import start
+
+    _wait_runs([start("bench.chain", {"steps": 2}).pk for _ in range(n)])
+    _reset_tables()
+
+
+def sluice_w1(runs: int = 200, steps: int = 10) -> dict[str, float]:
+    from django.db.models import Max
+
+    from workflows import start
+    from workflows.models import Run
+
+    _flush_broker()
+    workers = Workers()
+    try:
+        workers.start("w1a")
+        workers.start("w1b")
+        _warm_up()
+        from django.utils import timezone
+
+        t0 = timezone.now()
+        ids = [start("bench.chain", {"steps": steps}).pk for _ in range(runs)]
+        _wait_runs(ids)
+        end = Run.objects.filter(pk__in=ids).aggregate(m=Max("finished_at"))["m"]
+        wall = (end - t0).total_seconds()
+    finally:
+        workers.stop()
+    _reset_tables()
+    return {"steps_per_s": runs * steps / wall, "wall_s": wall, "steps": runs * steps}
+
+
+def sluice_w3(steps: int) -> dict[str, float]:
+    from workflows import get_run, start
+
+    _flush_broker()
+    workers = Workers()
+    try:
+        workers.start("w3")
+        _warm_up(3)
+        run = start("bench.chain", {"steps": steps})
+        _wait_runs([run.pk])
+        run = get_run(run.pk)
+        engine_s = (run.finished_at - run.started_at).total_seconds()
+    finally:
+        workers.stop()
+    _reset_tables()
+    return {"ms_per_step": engine_s * 1000 / steps, "run_s": engine_s}
+
+
+def sluice_w2(n: int = 100, limit: int = 20) -> dict[str, float]:
+    from workflows import get_run, start
+    from workflows.models import Pool
+
+    _flush_broker()
+    Pool.objects.update_or_create(name="bench20", defaults={"max_concurrency": limit})
+    workers = Workers()
+    try:
+        workers.start("w2", pool="threads", concurrency=limit + 4)
+        _warm_up(3)
+        t0 = time.time()
+        run = start("bench.fanout", {"n": n})
+        _wait_runs([run.pk], timeout=120)
+        run = get_run(run.pk)
+        wall = run.finished_at.timestamp() - t0
+        from workflows.models import Step
+
+        peak = _peak_concurrency(list(Step.objects.filter(run=run, branch__gte=0).values_list("started_at", "finished_at")))
+    finally:
+        workers.stop()
+    _reset_tables()
+    ideal = n * 0.2 / limit
+    return {"wall_s": wall, "ratio_to_ideal": wall / ideal, "ideal_s": ideal, "peak_running": peak}
+
+
+def _peak_concurrency(spans: list[tuple[Any, Any]]) -> int:
+    events = sorted([(s, 1) for s, _ in spans] + [(f, -1) for _, f in spans])
+    peak = cur = 0
+    for _, d in events:
+        cur += d
+        peak = max(peak, cur)
+    return peak
+
+
+def sluice_w6() -> dict[str, float]:
+    from workflows import start
+    from workflows.models import Step
+
+    _flush_broker()
+    workers = Workers()
+    try:
+        workers.beat()
+        victim = workers.start("w6a", pool="prefork", concurrency=1)
+        run = start("bench.crash", {"seconds": 30})
+        deadline = time.monotonic() + 60
+        row = None
+        while time.monotonic() < deadline and row is None:
+            row = Step.objects.filter(run=run, status="running").first()
+            time.sleep(0.05)
+        assert row is not None, "step never started"
+        time.sleep(0.5)
+        os.kill(int(row.lease_owner.split(":")[1]), signal.SIGKILL)
+        os.killpg(victim.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        workers.start("w6b", pool="prefork", concurrency=1)
+        while time.monotonic() < killed + 60:
+            if Step.objects.filter(run=run, status="running", attempt=2).exists():
+                break
+            time.sleep(0.05)
+        recovery = time.monotonic() - killed
+    finally:
+        workers.stop()
+    _reset_tables()
+    return {"recovery_s": recovery}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="W1,W2,W3,W6,W4,W5", help="comma-separated workloads")
+    parser.add_argument("--no-peers", action="store_true", help="skip DBOS and plain Celery")
+    parser.add_argument("--repeat", type=int, default=3, help="repeats of W1 (median)")
+    args = parser.parse_args(argv)
+    only = set(args.only.split(","))
+    _setup_env()
+    _recreate_db()
+    import django
+
+    django.setup()
+    results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    try:
+        if "W1" in only:
+            w1 = [sluice_w1() for _ in range(args.repeat)]
+            sl = statistics.median(r["steps_per_s"] for r in w1)
+            entry: dict[str, Any] = {"sluice_steps_per_s": round(sl, 1)}
+            if not args.no_peers:
+                from bench.peers import celery_peer, dbos_peer
+
+                dbos = statistics.median(
+                    dbos_peer.run_w1(SERVER, runs=200, steps=10, workers=2)["steps_per_s"]
+                    for _ in range(args.repeat)
+                )
+                cel = statistics.median(
+                    celery_peer.run_w1("redis://127.0.0.1:6379/9", runs=200, steps=10, workers=2, pool="solo")["tasks_per_s"]
+                    for _ in range(args.repeat)
+                )
+                entry.update(dbos_steps_per_s=round(dbos, 1), celery_tasks_per_s=round(cel, 1),
+                             ratio_vs_dbos=round(sl / dbos, 2), ratio_vs_celery=round(sl / cel, 2))
+            results["W1"] = entry
+            print("W1", json.dumps(entry), flush=True)
+        if "W3" in only:
+            s1000 = sluice_w3(1000)["ms_per_step"]
+            s10 = sluice_w3(10)["ms_per_step"]
+            entry = {"sluice_ms_per_step_1000": round(s1000, 3), "sluice_ms_per_step_10": round(s10, 3),
+                     "growth_ratio": round(s1000 / s10, 3)}
+            if not args.no_peers:
+                from bench.peers import dbos_peer
+
+                d1000 = dbos_peer.run_w3(SERVER, 1000)["ms_per_step"]
+                d10 = dbos_peer.run_w3(SERVER, 10)["ms_per_step"]
+                entry.update(dbos_ms_per_step_1000=round(d1000, 3), dbos_ms_per_step_10=round(d10, 3),
+                             ratio_vs_dbos_1000=round(d1000 / s1000, 2))
+            results["W3"] = entry
+            print("W3", json.dumps(entry), flush=True)
+        if "W2" in only:
+            w2 = sluice_w2()
+            results["W2"] = {"wall_s": round(w2["wall_s"], 3), "ratio_to_ideal": round(w2["ratio_to_ideal"], 3),
+                             "peak_running": w2["peak_running"]}
+            print("W2", json.dumps(results["W2"]), flush=True)
+        if "W6" in only:
+            results["W6"] = {"recovery_s": round(sluice_w6()["recovery_s"], 2)}
+            print("W6", json.dumps(results["W6"]), flush=True)
+    finally:
+        _drop_db()
+    if {"W4", "W5"} & only:
+        try:
+            from bench import reviews_bench
+        except ImportError:
+            print("W4/W5: bench/reviews_bench.py not present", flush=True)
+        else:
+            if "W4" in only:
+                results["W4"] = reviews_bench.run_w4()
+                print("W4", json.dumps(results["W4"]), flush=True)
+            if "W5" in only:
+                results["W5"] = reviews_bench.run_w5()
+                print("W5", json.dumps(results["W5"]), flush=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
