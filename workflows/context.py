@@ -618,7 +618,18 @@ class Context:
         }
         with transaction.atomic():
             cost = self._cost
-            self._flush(**fields)
+            if fastpath.available() and not self._inserts:
+                ok, _ = fastpath.checkpoint(
+                    run_id=self._record.pk, owner=self.owner, generation=self.generation,
+                    lease_expires_at=None, current_step=self._current[:200] or None, cost=cost,
+                    dirty=self._dirty, new_row=None, run_fields=fields,
+                )
+                if not ok:
+                    raise LeaseLost
+                self._dirty.clear()
+                self._cost = Decimal(0)
+            else:
+                self._flush(**fields)
             # What we wrote is what the row now holds: no need to read it back.
             fields.pop("cost", None)
             for key, value in fields.items():

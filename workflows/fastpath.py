@@ -26,7 +26,7 @@ _UPDATE_FIELDS = [
 
 
 def available() -> bool:
-    return connection.vendor == "postgresql" and not connection.in_atomic_block
+    return connection.vendor == "postgresql"
 
 
 @lru_cache(maxsize=1)
@@ -46,8 +46,8 @@ def _update_sql() -> tuple[str, list[Any]]:
     return f"UPDATE {Step._meta.db_table} SET {sets}", fields
 
 
-def _prep(field: Any, obj: Step) -> Any:
-    value = getattr(obj, field.attname)
+def _prep(field: Any, obj: Any, raw: bool = False) -> Any:
+    value = obj if raw else getattr(obj, field.attname)
     if field.get_internal_type() == "JSONField":
         return None if value is None else Jsonb(value)
     if value is None and field.attname == "created_at":
@@ -58,6 +58,7 @@ def _prep(field: Any, obj: Step) -> Any:
 def checkpoint(
     *, run_id: Any, owner: str, generation: int, lease_expires_at: Any, current_step: str | None,
     cost: Decimal, dirty: list[Step], new_row: Step | None,
+    run_fields: dict[str, Any] | None = None,
 ) -> tuple[bool, int | None]:
     """Write ``dirty`` rows and insert ``new_row`` if the run is still ours.
 
@@ -75,6 +76,10 @@ def checkpoint(
     if cost:
         sets.append("cost = cost + %s")
         params.append(cost)
+    for name, value in (run_fields or {}).items():
+        field = Run._meta.get_field(name)
+        sets.append(f"{connection.ops.quote_name(field.column)} = %s::{field.db_type(connection)}")
+        params.append(_prep(field, value, raw=True))
     fence = "WHERE id = %s AND lease_owner = %s AND generation = %s"
     if sets:
         ctes = [f"r AS (UPDATE {run_table} SET {', '.join(sets)} {fence} RETURNING id)"]
