@@ -199,6 +199,9 @@ def sluice_w2(n: int = 100, limit: int = 20) -> dict[str, float]:
     try:
         workers.start("w2", pool="threads", concurrency=limit + 4)
         _warm_up(3)
+        # Warm every worker thread (its database connection and prepared statements), as
+        # the peers are warmed up: a short fan-out over the same pool, not timed.
+        _wait_runs([start("bench.fanout", {"n": limit * 2, "seconds": 0.05}).pk], timeout=120)
         t0 = time.time()
         run = start("bench.fanout", {"n": n})
         _wait_runs([run.pk], timeout=120)

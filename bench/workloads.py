@@ -20,14 +20,14 @@ def chain(ctx: Any, steps: int = 10, x: int = 0) -> int:
 
 
 @step(pool="bench20")
-def nap(i: int) -> int:
-    time.sleep(0.2)
+def nap(i: int, seconds: float = 0.2) -> int:
+    time.sleep(seconds)
     return i
 
 
 @workflow(name="bench.fanout", max_parallel=100)
-def fanout(ctx: Any, n: int = 100) -> int:
-    return len(ctx.map(nap, list(range(n))))
+def fanout(ctx: Any, n: int = 100, seconds: float = 0.2) -> int:
+    return len(ctx.parallel([ctx.call(nap, i, seconds) for i in range(n)]))
 
 
 @step(retry=RetryPolicy(max_attempts=3))

@@ -565,12 +565,32 @@ class Context:
                 self._flush()
                 self._new_row(
                     pos, StepKind.PARALLEL, name, StepStatus.WAITING, remaining=len(calls),
-                    started_at=now,
+                    started_at=now, args={"branches": len(calls)},
                 ).save()
-                Step.objects.bulk_create(branches)
+                # In a pool limited by concurrency, reserve the free slots for the first
+                # branches now (one pool lock for the whole fan-out) and ring only for those;
+                # the rest wait for a finishing step to hand its slot over (the sweep rings
+                # for them too if that chain ever breaks), instead of flooding the broker
+                # with doorbells that would only find the pool full.
+                by_pool: dict[str, list[Step]] = defaultdict(list)
                 for b in branches:
                     if not b.held:
-                        dispatch_on_commit(b.pk, b.pool)
+                        by_pool[b.pool].append(b)
+                ring: list[Step] = []
+                for pool_name, rows in by_pool.items():
+                    conf = pools.get_pool(pool_name)
+                    if conf.max_concurrency and not conf.rate_limit:
+                        free = pools.reserve(pool_name, len(rows), now)
+                        for b in rows[:free]:
+                            b.status = StepStatus.RUNNING
+                            b.lease_owner = pools.RESERVED
+                            b.lease_expires_at = now + grace()
+                        ring += rows[:free]
+                    else:
+                        ring += rows
+                Step.objects.bulk_create(branches)
+                for b in ring:
+                    dispatch_on_commit(b.pk, b.pool)
             raise Suspend
         if group.status == StepStatus.WAITING:
             raise Suspend

@@ -7,6 +7,7 @@ records the outcome; the branch that finishes a group rings for the run, once.
 """
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -99,6 +100,15 @@ def _replay(run: Run, journal: list[Step], owner: str) -> str:
 def claim_step(step_id: int, owner: str) -> Step | None:
     """Compare-and-swap a pending step to running under ``owner``, if its pool has room."""
     now = timezone.now()
+    # A branch whose slot was reserved when it was fanned out needs no pool lock.
+    if Step.objects.filter(
+        pk=step_id, status=StepStatus.RUNNING, lease_owner=pools.RESERVED, superseded=False,
+        run__status__in=ACTIVE_RUN,
+    ).update(
+        attempt=F("attempt") + 1, lease_owner=owner, lease_expires_at=lease_until(now),
+        started_at=now,
+    ):
+        return Step.objects.select_related("run").get(pk=step_id)
     with transaction.atomic():
         row = (
             Step.objects.filter(pk=step_id, status=StepStatus.PENDING, held=False, superseded=False)
@@ -134,23 +144,20 @@ def execute_step(step_id: int) -> int:
     """
     owner = owner_id()
     executed = 0
-    queue = [step_id]
-    while queue:
-        row = claim_step(queue.pop(0), owner)
-        if row is None:
-            continue
+    row = claim_step(step_id, owner)
+    while row is not None:
         ensure_heartbeat()
         executed += 1
-        handoff = _run_claimed(row, owner)
-        queue = handoff + queue
+        row = _run_claimed(row, owner)
     return executed
 
 
-def _run_claimed(row: Step, owner: str) -> list[int]:
+def _run_claimed(row: Step, owner: str) -> Step | None:
     scope = usage.StepScope(step_id=row.pk, run_id=row.run_id, attempt=row.attempt)
     token = usage.enter(scope)
     exc: Exception | None = None
     data: Any = None
+    sd = None
     try:
         sd = resolve_step(row.target)
         call = payloads.unpack(row.args) or {}
@@ -159,10 +166,8 @@ def _run_claimed(row: Step, owner: str) -> list[int]:
         if blob is not None:
             blob.save()
             data = payloads.blob_ref(blob)
-        return_annotation(sd)
     except Exception as e:
         exc = e
-        sd = None
     finally:
         usage.leave(token)
     return complete_step(row, owner, data, exc, scope, sd)
@@ -170,8 +175,8 @@ def _run_claimed(row: Step, owner: str) -> list[int]:
 
 def complete_step(
     row: Step, owner: str, data: Any, exc: Exception | None, scope: usage.StepScope, sd: Any
-) -> list[int]:
-    """Record a claimed step's outcome (fenced on owner and attempt); return hand-over ids.
+) -> Step | None:
+    """Record a claimed step's outcome (fenced on owner and attempt), all in one transaction.
 
     1. Compare-and-swap running → succeeded / retrying / failed. A stale worker (the step was
        reclaimed, canceled or superseded) changes nothing and stops.
@@ -179,7 +184,9 @@ def complete_step(
        zero closes the group and rings for the run. The row lock taken by that decrement
        serializes the branches, so exactly one sees zero.
     3. A terminal branch lets the next held branch of the run start (the parallelism cap).
-    4. In a limited pool, the slot goes to the oldest waiting step, run by this same worker.
+    4. In a pool with a concurrency limit, this worker's slot passes straight to the oldest
+       waiting step, claimed in this same transaction: the count of running steps never
+       changes, so no pool lock is needed. Returns that step for the caller to run.
     """
     now = timezone.now()
     fence = Step.objects.filter(
@@ -191,7 +198,6 @@ def complete_step(
         common["usage"] = scope.usage
     if scope.cost:
         common["cost"] = scope.cost
-    handoff: list[int] = []
     with transaction.atomic():
         if exc is None:
             n = fence.update(status=StepStatus.SUCCEEDED, result=data, error=None, **common)
@@ -211,14 +217,31 @@ def complete_step(
                 n = fence.update(status=StepStatus.FAILED, error=err, **common)
                 terminal = True
         if n != 1:
-            return []
+            return None
         if scope.cost:
             Run.objects.filter(pk=row.run_id).update(cost=F("cost") + Decimal(scope.cost))
         if terminal:
             step_finished(row, now)
-        if pools.get_pool(row.pool).max_concurrency:
-            handoff = next_in_pool(row.pool, now)
-    return handoff
+        return handoff(row.pool, owner, now)
+
+
+def _decrement_group(row: Step) -> tuple[int, int, int] | None:
+    """``remaining - 1`` on the branch's group; returns (group id, remaining, branches)."""
+    table = Step._meta.db_table
+    run_pk = Run._meta.pk.get_db_prep_value(row.run_id, connection)  # type: ignore[union-attr]
+    with connection.cursor() as cur:
+        cur.execute(
+            f"UPDATE {table} SET remaining = remaining - 1 WHERE run_id = %s AND position = %s "
+            "AND branch = -1 AND superseded = %s RETURNING id, remaining, args",
+            [run_pk, row.position, False],
+        )
+        found = cur.fetchone()
+    if not found:
+        return None
+    args = found[2]
+    if isinstance(args, str):
+        args = json.loads(args)
+    return found[0], found[1], int((args or {}).get("branches", 0))
 
 
 def step_finished(row: Step, now: datetime) -> None:
@@ -226,18 +249,21 @@ def step_finished(row: Step, now: datetime) -> None:
     if row.branch < 0:
         request_wake(row.run_id, now)
         return
-    group = Step.objects.filter(run_id=row.run_id, position=row.position, branch=-1, superseded=False)
-    group.update(remaining=F("remaining") - 1)
-    remaining = group.values_list("remaining", flat=True).first()
+    group = _decrement_group(row)
+    if group is None:
+        return
+    group_id, remaining, branches = group
     if remaining == 0:
         failed = Step.objects.filter(
             run_id=row.run_id, position=row.position, branch__gte=0, superseded=False
         ).exclude(status=StepStatus.SUCCEEDED).exists()
-        if group.filter(status=StepStatus.WAITING).update(
+        if Step.objects.filter(pk=group_id, status=StepStatus.WAITING).update(
             status=StepStatus.FAILED if failed else StepStatus.SUCCEEDED, finished_at=now
         ):
             request_wake(row.run_id, now)
-    release_held(row.run_id, now)
+    # Only a group wider than the run's parallelism cap holds branches back.
+    if branches > row.run.max_parallel:
+        release_held(row.run_id, now)
 
 
 def release_held(run_id: Any, now: datetime) -> None:
@@ -253,12 +279,38 @@ def release_held(run_id: Any, now: datetime) -> None:
         dispatch_on_commit(held.pk, held.pool)
 
 
-def next_in_pool(pool: str, now: datetime, limit: int = 3) -> list[int]:
-    """The oldest steps waiting for room in ``pool``, in order."""
-    qs = Step.objects.filter(
-        pool=pool, status=StepStatus.PENDING, held=False, superseded=False
-    ).filter(Q(wake_at__isnull=True) | Q(wake_at__lte=now + grace()))
-    return list(qs.order_by("id").values_list("pk", flat=True)[:limit])
+def handoff(pool: str, owner: str, now: datetime) -> Step | None:
+    """Claim the oldest step waiting in ``pool`` for this worker, taking over its slot.
+
+    Call inside the transaction that took this worker's own step out of ``running``. Only for
+    pools limited by concurrency alone; a rate-limited pool's steps go through ``claim_step``
+    (and its window) when their doorbell rings.
+    """
+    conf = pools.get_pool(pool)
+    if not conf.max_concurrency or conf.rate_limit:
+        return None
+    qs = (
+        Step.objects.filter(pool=pool, status=StepStatus.PENDING, held=False, superseded=False)
+        .filter(Q(wake_at__isnull=True) | Q(wake_at__lte=now + grace()))
+        .select_related("run")
+        .order_by("id")
+    )
+    if connection.features.has_select_for_update_skip_locked:
+        qs = qs.select_for_update(skip_locked=True, of=("self",))
+    for cand in qs[:3]:
+        if cand.run.status not in ACTIVE_RUN:
+            continue
+        if Step.objects.filter(
+            pk=cand.pk, status=StepStatus.PENDING, held=False, superseded=False
+        ).update(
+            status=StepStatus.RUNNING, attempt=F("attempt") + 1, lease_owner=owner,
+            lease_expires_at=lease_until(now), started_at=now, wake_at=None,
+        ):
+            cand.status = StepStatus.RUNNING
+            cand.attempt += 1
+            cand.lease_owner = owner
+            return cand
+    return None
 
 
 def supports_skip_locked() -> bool:

@@ -19,6 +19,8 @@ from django.db import connection
 from workflows.models import Pool, Step, StepStatus
 
 _cache: dict[str, tuple[float, PoolConfig]] = {}
+# The lease owner of a slot reserved for a branch at fan-out, before a worker picks it up.
+RESERVED = "(reserved)"
 _CACHE_SECONDS = 5.0
 
 
@@ -108,3 +110,22 @@ def try_acquire(pool_name: str, now: datetime) -> datetime | bool:
         else:
             Pool.objects.filter(pk=pool_name).update(window_count=row.window_count + 1)
     return True
+
+
+def reserve(pool_name: str, wanted: int, now: datetime) -> int:
+    """Call inside a transaction: how many of ``wanted`` new steps may take a slot now.
+
+    The caller writes that many rows as running under the ``RESERVED`` owner with a short
+    lease, so the count stays true after this transaction commits, and the workers that pick
+    them up need no pool lock. A reservation nobody picks up expires like any lease.
+    """
+    conf = get_pool(pool_name)
+    if not conf.max_concurrency or conf.rate_limit:
+        return 0
+    qs = Pool.objects.filter(pk=pool_name)
+    if connection.features.has_select_for_update:
+        qs = qs.select_for_update()
+    row = qs.get()
+    if not row.max_concurrency:
+        return 0
+    return max(0, min(wanted, row.max_concurrency - running_in(pool_name, now)))

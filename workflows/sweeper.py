@@ -26,6 +26,7 @@ from django.utils import timezone
 from workflows import payloads
 from workflows.doorbell import dispatch_on_commit, grace, request_wake, ring_on_commit
 from workflows.executor import step_finished
+from workflows.pools import RESERVED
 from workflows.models import ACTIVE_RUN, TERMINAL_RUN, Run, RunStatus, Step, StepStatus
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,15 @@ def reclaim_steps(now: Any) -> int:
         fence = Step.objects.filter(
             pk=row.pk, status=StepStatus.RUNNING, lease_owner=row.lease_owner, attempt=row.attempt
         )
+        if row.lease_owner == RESERVED:
+            # A slot reserved at fan-out whose doorbell was lost: nothing ran, nothing counts.
+            if fence.update(
+                status=StepStatus.PENDING, lease_owner="", lease_expires_at=None,
+                wake_at=now + grace(),
+            ):
+                dispatch_on_commit(row.pk, row.pool)
+                return True
+            return False
         lost = {
             "type": "WorkerLost",
             "message": f"the worker running attempt {row.attempt} of {row.max_attempts} was "

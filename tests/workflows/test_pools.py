@@ -41,20 +41,25 @@ def test_a_full_pool_keeps_steps_pending_in_order_and_hands_slots_over(bell: Bel
     assert waiting.count() == 4  # nothing over the limit ran, nothing failed
     assert not Step.objects.filter(run=run, status="failed").exists()
     # The "other" workers finish: each hands its slot to the oldest waiting step.
-    from workflows.executor import complete_step, execute_step
+    from workflows.executor import _run_claimed, complete_step
     from workflows.usage import StepScope
 
     first.refresh_from_db()
     oldest = list(waiting.order_by("id").values_list("pk", flat=True))
-    handoff = complete_step(first, "other", 0, None, StepScope(first.pk, run.pk, 1), None)
-    assert handoff[0] == oldest[0]
-    # This worker runs the handed-over step, then keeps taking the next waiting one.
-    assert execute_step(handoff[0]) == 4
+    handed = complete_step(first, "other", 0, None, StepScope(first.pk, run.pk, 1), None)
+    assert handed is not None
+    assert (handed.pk, handed.status, handed.lease_owner) == (oldest[0], "running", "other")
+    # The worker runs the handed-over step, then keeps taking the next waiting one.
+    executed = 0
+    while handed is not None:
+        executed += 1
+        handed = _run_claimed(handed, "other")
+    assert executed == 4
     assert list(
         Step.objects.filter(pk__in=oldest).order_by("started_at").values_list("pk", flat=True)
     ) == oldest  # in order
     second.refresh_from_db()
-    assert complete_step(second, "other", 1, None, StepScope(second.pk, run.pk, 1), None) == []
+    assert complete_step(second, "other", 1, None, StepScope(second.pk, run.pk, 1), None) is None
     assert get_run(run.pk).status == "suspended"
     bell.settle()
     assert get_run(run.pk).output == [0, 1, 2, 3, 4, 5]
@@ -82,3 +87,31 @@ def test_rate_limit_defers_steps_to_the_next_window(bell: Bell) -> None:
 
 def test_an_unlimited_pool_needs_no_lock(bell: Bell) -> None:
     assert try_acquire("default", timezone.now()) is True
+
+
+def test_fan_out_reserves_free_slots_and_rings_only_for_them(bell: Bell) -> None:
+    Pool.objects.create(name="limited", max_concurrency=2)
+    run = start("test.limited", {"n": 5})
+    bell.drain(limit=1)
+    rows = Step.objects.filter(run=run, branch__gte=0).order_by("branch")
+    assert [r.status for r in rows] == ["running", "running", "pending", "pending", "pending"]
+    assert [m for m in bell.sent if m[0] == "step"] == [("step", (rows[0].pk,)), ("step", (rows[1].pk,))]
+    bell.settle()
+    assert get_run(run.pk).output == [0, 1, 2, 3, 4]
+    assert all(r.attempt == 1 for r in Step.objects.filter(run=run, branch__gte=0))
+
+
+def test_a_reservation_whose_doorbell_was_lost_expires_without_counting(bell: Bell) -> None:
+    from workflows.sweeper import sweep
+
+    Pool.objects.create(name="limited", max_concurrency=1)
+    run = start("test.limited", {"n": 1})
+    bell.drain(limit=1)
+    bell.lose_all()
+    Step.objects.filter(run=run, branch=0).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert sweep()["steps_reclaimed"] == 1
+    row = Step.objects.get(run=run, branch=0)
+    assert (row.status, row.attempt, row.error) == ("pending", 0, None)
+    bell.settle()
+    row.refresh_from_db()
+    assert (row.status, row.attempt) == ("succeeded", 1)
