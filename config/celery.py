@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import task_postrun, task_prerun
+from celery.signals import task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -25,7 +25,6 @@ app.autodiscover_tasks()
 
 
 @task_prerun.connect
-@task_postrun.connect
 def _recycle_connections(**kwargs: Any) -> None:
     from django.db import close_old_connections
 

@@ -449,13 +449,14 @@ class Context:
                 queued = True
             else:
                 queued = False
-                fields = {
+                fields: dict[str, Any] = {
                     "status": StepStatus.RUNNING, "attempt": attempt, "lease_owner": self.owner,
                     "lease_expires_at": lease_until(now), "started_at": now, "wake_at": None,
                 }
                 if row is None:
-                    row = self._new_row(
-                        pos, StepKind.STEP, sd.name, pool=sd.pool, target=target,
+                    row = Step(
+                        run_id=self._record.pk, generation=self.generation, position=pos,
+                        kind=StepKind.STEP, name=sd.name, pool=sd.pool, target=target,
                         args=packed_args, max_attempts=sd.retry.max_attempts, **fields,
                     )
                     row.save()

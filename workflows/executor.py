@@ -67,7 +67,13 @@ def advance(run_id: Any, generation: int) -> str:
         if run is None:
             return outcome
         ensure_heartbeat()
-        journal = list(Step.objects.filter(run_id=run_id, superseded=False).order_by("position", "branch"))
+        # A run that never reached a step has no journal: skip the query (every journal
+        # write also records the step's name on the run).
+        journal = (
+            list(Step.objects.filter(run_id=run_id, superseded=False).order_by("position", "branch"))
+            if run.current_step
+            else []
+        )
         outcome = _replay(run, journal, owner)
         if outcome != "woken":
             return outcome

@@ -31,7 +31,7 @@ def available() -> bool:
 
 @lru_cache(maxsize=1)
 def _insert_sql() -> tuple[str, list[Any]]:
-    fields = [f for f in Step._meta.concrete_fields if not f.primary_key]
+    fields: list[Any] = [f for f in Step._meta.concrete_fields if not f.primary_key]
     cols = ", ".join(connection.ops.quote_name(f.column) for f in fields)
     casts = ", ".join(f"%s::{f.db_type(connection)}" for f in fields)
     return f"INSERT INTO {Step._meta.db_table} ({cols}) SELECT {casts}", fields
@@ -39,7 +39,7 @@ def _insert_sql() -> tuple[str, list[Any]]:
 
 @lru_cache(maxsize=1)
 def _update_sql() -> tuple[str, list[Any]]:
-    fields = [Step._meta.get_field(name) for name in _UPDATE_FIELDS]
+    fields: list[Any] = [Step._meta.get_field(name) for name in _UPDATE_FIELDS]
     sets = ", ".join(
         f"{connection.ops.quote_name(f.column)} = %s::{f.db_type(connection)}" for f in fields
     )
@@ -77,7 +77,7 @@ def checkpoint(
         sets.append("cost = cost + %s")
         params.append(cost)
     for name, value in (run_fields or {}).items():
-        field = Run._meta.get_field(name)
+        field: Any = Run._meta.get_field(name)
         sets.append(f"{connection.ops.quote_name(field.column)} = %s::{field.db_type(connection)}")
         params.append(_prep(field, value, raw=True))
     fence = "WHERE id = %s AND lease_owner = %s AND generation = %s"

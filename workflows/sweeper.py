@@ -122,7 +122,7 @@ def reclaim_steps(now: Any) -> int:
                 dispatch_on_commit(row.pk, row.pool)
                 return True
             return False
-        lost = {
+        lost: dict[str, Any] = {
             "type": "WorkerLost",
             "message": f"the worker running attempt {row.attempt} of {row.max_attempts} was "
             "lost (killed or crashed)",

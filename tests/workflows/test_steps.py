@@ -111,7 +111,7 @@ def test_a_step_that_crashed_its_worker_counts_the_attempt_on_replay(bell: Bell)
 
 def test_a_step_out_of_attempts_after_crashes_fails(bell: Bell) -> None:
     run = start("test.chain", {"n": 1})
-    Run.objects.filter(pk=run.pk).update(status="running", lease_owner="dead:1", lease_expires_at=timezone.now() - timedelta(seconds=1))
+    Run.objects.filter(pk=run.pk).update(status="running", lease_owner="dead:1", lease_expires_at=timezone.now() - timedelta(seconds=1), current_step="add_one")
     Step.objects.create(run=run, position=1, name="add_one", kind="step", status="running", attempt=3, max_attempts=3, lease_owner="dead:1")
     bell.lose_all()
     bell.settle()
