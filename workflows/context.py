@@ -40,6 +40,7 @@ from workflows.errors import (
     StepFailed,
     Suspend,
 )
+from workflows import leases
 from workflows.leases import lease_seconds, lease_until
 from workflows.models import Event, Run, RunStatus, Step, StepKind, StepStatus
 
@@ -406,8 +407,8 @@ class Context:
             row = self._new_row(
                 pos, StepKind.STEP, sd.name, StepStatus.RUNNING, pool=sd.pool, target=target,
                 args=packed_args, max_attempts=sd.retry.max_attempts, attempt=1,
-                lease_owner=self.owner, lease_expires_at=lease_until(now), started_at=now,
-            )
+                started_at=now,
+            )  # No step lease: the run's lease covers the steps its worker runs inline.
             # The heartbeat keeps the lease alive; rewrite it here only when it is getting old,
             # so a checkpoint usually leaves the run row untouched (no index churn).
             renew = self._lease_renewed is None or (now - self._lease_renewed).total_seconds() > (
@@ -470,7 +471,11 @@ class Context:
                         setattr(row, key, value)
         if queued:
             raise Suspend
-        return self._call(sd, args, kwargs, row)
+        leases.hold(row.pk)  # It holds a slot of a limited pool under its own lease.
+        try:
+            return self._call(sd, args, kwargs, row)
+        finally:
+            leases.drop(row.pk)
 
     def _call(self, sd: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any], row: Step) -> Any:
         scope = usage.StepScope(step_id=row.pk, run_id=self._record.pk, attempt=row.attempt)

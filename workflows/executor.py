@@ -29,7 +29,7 @@ from workflows.errors import (
     PayloadTooLargeError,
     Suspend,
 )
-from workflows.leases import ensure_heartbeat, lease_until, owner_id
+from workflows.leases import drop, ensure_heartbeat, hold, lease_until, owner_id
 from workflows.models import ACTIVE_RUN, Run, RunStatus, Step, StepStatus
 from workflows.services import handler_kwargs
 
@@ -114,6 +114,7 @@ def claim_step(step_id: int, owner: str) -> Step | None:
         attempt=F("attempt") + 1, lease_owner=owner, lease_expires_at=lease_until(now),
         started_at=now,
     ):
+        hold(step_id)
         return Step.objects.select_related("run").get(pk=step_id)
     with transaction.atomic():
         row = (
@@ -140,6 +141,7 @@ def claim_step(step_id: int, owner: str) -> Step | None:
     row.status = StepStatus.RUNNING
     row.attempt += 1
     row.lease_owner = owner
+    hold(row.pk)
     return row
 
 
@@ -195,6 +197,7 @@ def complete_step(
        changes, so no pool lock is needed. Returns that step for the caller to run.
     """
     now = timezone.now()
+    drop(row.pk)
     fence = Step.objects.filter(
         pk=row.pk, status=StepStatus.RUNNING, lease_owner=owner, attempt=row.attempt,
         superseded=False,
@@ -315,6 +318,7 @@ def handoff(pool: str, owner: str, now: datetime) -> Step | None:
             cand.status = StepStatus.RUNNING
             cand.attempt += 1
             cand.lease_owner = owner
+            hold(cand.pk)
             return cand
     return None
 

@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 _owner: tuple[int, str] | None = None
 _heartbeat: threading.Thread | None = None
+# Steps this process is executing under its own lease (branches, queued steps, inline steps of
+# limited pools). The heartbeat renews them by primary key: no scan, no extra index.
+_held: set[int] = set()
 _heartbeat_pid: int | None = None
 _lock = threading.Lock()
 
@@ -49,8 +52,22 @@ def renew_all() -> int:
     me = owner_id()
     until = lease_until()
     n = Run.objects.filter(lease_owner=me, status="running").update(lease_expires_at=until)
-    n += Step.objects.filter(lease_owner=me, status="running").update(lease_expires_at=until)
+    held = list(_held)
+    if held:
+        n += Step.objects.filter(pk__in=held, lease_owner=me, status="running").update(
+            lease_expires_at=until
+        )
     return n
+
+
+def hold(step_id: int | None) -> None:
+    """This process now executes ``step_id`` under its lease: keep renewing it."""
+    if step_id is not None:
+        _held.add(step_id)
+
+
+def drop(step_id: int | None) -> None:
+    _held.discard(step_id)  # type: ignore[arg-type]
 
 
 def _beat(stop: threading.Event) -> None:

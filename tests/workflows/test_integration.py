@@ -43,7 +43,9 @@ def test_a_worker_killed_mid_step_is_survived_and_the_attempt_counted(live: Any,
         lambda: Step.objects.filter(run=run, position=2, status="running").first(), 60,
         message="step 2 running",
     )
-    owner_pid = int(row.lease_owner.split(":")[1])
+    # An inline step runs under its run's lease: the owner names the process running it.
+    owner_pid = int(Run.objects.get(pk=run.pk).lease_owner.split(":")[1])
+    assert row.lease_owner == ""
     os.kill(owner_pid, signal.SIGKILL)  # the prefork child executing the step
     live.kill(worker, signal.SIGKILL)  # and its parent, so nothing requeues for us
     killed_at = time.monotonic()
