@@ -14,6 +14,7 @@ created fresh and dropped afterwards. Figures are printed and written to bench/r
 - W6: SIGKILL of the worker (parent and children) holding a running step; seconds until the
   step runs again (attempt 2) on a second worker, with the default lease and sweep settings.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,7 +67,6 @@ def _recreate_db() -> None:
 
 def _drop_db() -> None:
     import psycopg
-
     from django.db import connections
 
     connections.close_all()
@@ -79,13 +79,34 @@ class Workers:
         self.procs: list[subprocess.Popen[bytes]] = []
         LOGS.mkdir(parents=True, exist_ok=True)
 
-    def start(self, name: str, pool: str = "solo", concurrency: int = 1, **env: str) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, pool: str = "solo", concurrency: int = 1, **env: str
+    ) -> subprocess.Popen[bytes]:
         log = open(LOGS / f"{name}.log", "wb")
         proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("celery")), "-A", "config", "worker", "-Q", "default,llm",
-             "-P", pool, "-c", str(concurrency), "-n", f"{name}@%h", "--without-gossip",
-             "--without-mingle", "--without-heartbeat", "-l", "warning"],
-            cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+            [
+                str(Path(sys.executable).with_name("celery")),
+                "-A",
+                "config",
+                "worker",
+                "-Q",
+                "default,llm",
+                "-P",
+                pool,
+                "-c",
+                str(concurrency),
+                "-n",
+                f"{name}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-l",
+                "warning",
+            ],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         log.close()
@@ -94,11 +115,25 @@ class Workers:
 
     def beat(self) -> None:
         log = open(LOGS / "beat.log", "wb")
-        self.procs.append(subprocess.Popen(
-            [str(Path(sys.executable).with_name("celery")), "-A", "config", "beat", "-s",
-             str(LOGS / "beat-schedule"), "-l", "warning"],
-            cwd=ROOT, env=os.environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        ))
+        self.procs.append(
+            subprocess.Popen(
+                [
+                    str(Path(sys.executable).with_name("celery")),
+                    "-A",
+                    "config",
+                    "beat",
+                    "-s",
+                    str(LOGS / "beat-schedule"),
+                    "-l",
+                    "warning",
+                ],
+                cwd=ROOT,
+                env=os.environ,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         log.close()
 
     def stop(self) -> None:
@@ -126,7 +161,9 @@ def _reset_tables() -> None:
     from django.db import connection
 
     with connection.cursor() as cur:
-        cur.execute("TRUNCATE workflows_run, workflows_step, workflows_event, workflows_blob CASCADE")
+        cur.execute(
+            "TRUNCATE workflows_run, workflows_step, workflows_event, workflows_blob CASCADE"
+        )
 
 
 def _wait_runs(ids: list[Any], timeout: float = 300) -> None:
@@ -213,7 +250,11 @@ def sluice_w2(n: int = 100, limit: int = 20) -> dict[str, float]:
         wall = run.finished_at.timestamp() - t0
         from workflows.models import Step
 
-        peak = _peak_concurrency(list(Step.objects.filter(run=run, branch__gte=0).values_list("started_at", "finished_at")))
+        peak = _peak_concurrency(
+            list(
+                Step.objects.filter(run=run, branch__gte=0).values_list("started_at", "finished_at")
+            )
+        )
     finally:
         workers.stop()
     _reset_tables()
@@ -266,7 +307,9 @@ def sluice_w6() -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--only", default="W1,W2,W3,W6,W4,W5", help="comma-separated workloads")
     parser.add_argument("--no-peers", action="store_true", help="skip DBOS and plain Celery")
     parser.add_argument("--repeat", type=int, default=3, help="repeats of W1 (median)")
@@ -291,31 +334,46 @@ def main(argv: list[str] | None = None) -> None:
                     for _ in range(args.repeat)
                 )
                 cel = statistics.median(
-                    celery_peer.run_w1("redis://127.0.0.1:6379/9", runs=200, steps=10, workers=2, pool="solo")["tasks_per_s"]
+                    celery_peer.run_w1(
+                        "redis://127.0.0.1:6379/9", runs=200, steps=10, workers=2, pool="solo"
+                    )["tasks_per_s"]
                     for _ in range(args.repeat)
                 )
-                entry.update(dbos_steps_per_s=round(dbos, 1), celery_tasks_per_s=round(cel, 1),
-                             ratio_vs_dbos=round(sl / dbos, 2), ratio_vs_celery=round(sl / cel, 2))
+                entry.update(
+                    dbos_steps_per_s=round(dbos, 1),
+                    celery_tasks_per_s=round(cel, 1),
+                    ratio_vs_dbos=round(sl / dbos, 2),
+                    ratio_vs_celery=round(sl / cel, 2),
+                )
             results["W1"] = entry
             print("W1", json.dumps(entry), flush=True)
         if "W3" in only:
             s1000 = sluice_w3(1000)["ms_per_step"]
             s10 = sluice_w3(10)["ms_per_step"]
-            entry = {"sluice_ms_per_step_1000": round(s1000, 3), "sluice_ms_per_step_10": round(s10, 3),
-                     "growth_ratio": round(s1000 / s10, 3)}
+            entry = {
+                "sluice_ms_per_step_1000": round(s1000, 3),
+                "sluice_ms_per_step_10": round(s10, 3),
+                "growth_ratio": round(s1000 / s10, 3),
+            }
             if not args.no_peers:
                 from bench.peers import dbos_peer
 
                 d1000 = dbos_peer.run_w3(SERVER, 1000)["ms_per_step"]
                 d10 = dbos_peer.run_w3(SERVER, 10)["ms_per_step"]
-                entry.update(dbos_ms_per_step_1000=round(d1000, 3), dbos_ms_per_step_10=round(d10, 3),
-                             ratio_vs_dbos_1000=round(d1000 / s1000, 2))
+                entry.update(
+                    dbos_ms_per_step_1000=round(d1000, 3),
+                    dbos_ms_per_step_10=round(d10, 3),
+                    ratio_vs_dbos_1000=round(d1000 / s1000, 2),
+                )
             results["W3"] = entry
             print("W3", json.dumps(entry), flush=True)
         if "W2" in only:
             w2 = sluice_w2()
-            results["W2"] = {"wall_s": round(w2["wall_s"], 3), "ratio_to_ideal": round(w2["ratio_to_ideal"], 3),
-                             "peak_running": w2["peak_running"]}
+            results["W2"] = {
+                "wall_s": round(w2["wall_s"], 3),
+                "ratio_to_ideal": round(w2["ratio_to_ideal"], 3),
+                "peak_running": w2["peak_running"],
+            }
             print("W2", json.dumps(results["W2"]), flush=True)
         if "W6" in only:
             results["W6"] = {"recovery_s": round(sluice_w6()["recovery_s"], 2)}

@@ -1,4 +1,5 @@
 """The workflows the benchmark runs (imported by the bench driver and its workers)."""
+
 from __future__ import annotations
 
 import time

@@ -4,6 +4,7 @@ Messages are doorbells ("look at run X"); every fact lives in the database, so t
 broker settings favour redelivery over loss: late acks, requeue when a worker dies,
 prefetch one.
 """
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 They run against the test database (the same PostgreSQL database pytest-django created) and
 the Redis broker from CELERY_BROKER_URL, importing the test workflows.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,15 +57,40 @@ class LiveProcesses:
         }
         self.env.pop("SLUICE_TEST_DB_NAME", None)
 
-    def worker(self, name: str = "w1", concurrency: int = 2, queues: str = "default,llm,limited",
-               pool: str = "prefork", **env: str) -> subprocess.Popen[bytes]:
+    def worker(
+        self,
+        name: str = "w1",
+        concurrency: int = 2,
+        queues: str = "default,llm,limited",
+        pool: str = "prefork",
+        **env: str,
+    ) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"worker-{name}.log", "ab")
         self.files.append(log)
         proc = subprocess.Popen(
-            [CELERY, "-A", "config", "worker", "-Q", queues, "-c", str(concurrency), "-P", pool,
-             "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
-             "-l", "info"],
-            cwd=ROOT, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT,
+            [
+                CELERY,
+                "-A",
+                "config",
+                "worker",
+                "-Q",
+                queues,
+                "-c",
+                str(concurrency),
+                "-P",
+                pool,
+                "-n",
+                f"{name}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-l",
+                "info",
+            ],
+            cwd=ROOT,
+            env={**self.env, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.procs.append(proc)
@@ -75,7 +101,11 @@ class LiveProcesses:
         self.files.append(log)
         proc = subprocess.Popen(
             [CELERY, "-A", "config", "beat", "-s", str(self.tmp / "beat-schedule"), "-l", "info"],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.procs.append(proc)
         return proc
@@ -103,12 +133,17 @@ class LiveProcesses:
 
     def logs(self) -> str:
         return "\n".join(
-            f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in sorted(self.tmp.glob("*.log"))
+            f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}"
+            for p in sorted(self.tmp.glob("*.log"))
         )
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.1,
-               message: str = "condition") -> Any:
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 60,
+    interval: float = 0.1,
+    message: str = "condition",
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

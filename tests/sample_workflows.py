@@ -1,4 +1,5 @@
 """Workflows the engine tests run (imported by tests and by real worker processes)."""
+
 from __future__ import annotations
 
 import os

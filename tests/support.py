@@ -1,4 +1,5 @@
 """Test helpers: an in-memory broker stand-in and small utilities."""
+
 from __future__ import annotations
 
 from collections import deque

@@ -1,4 +1,5 @@
 """The README's commands and code stay true."""
+
 from __future__ import annotations
 
 import re
@@ -19,7 +20,7 @@ README = (ROOT / "README.md").read_text()
 def section(title: str) -> str:
     start = README.index(f"## {title}")
     end = README.find("\n## ", start + 3)
-    return README[start:end if end > 0 else None]
+    return README[start : end if end > 0 else None]
 
 
 def test_it_shows_the_two_commands_first() -> None:
@@ -45,7 +46,9 @@ def test_the_python_api_example_runs(bell: Bell) -> None:
         run = Run.objects.get(idempotency_key="req-42")
         bell.settle()
         assert Run.objects.get(pk=run.pk).status == "suspended"  # the durable timer
-        Step.objects.filter(run=run, kind="sleep").update(wake_at=timezone.now() - timedelta(seconds=1))
+        Step.objects.filter(run=run, kind="sleep").update(
+            wake_at=timezone.now() - timedelta(seconds=1)
+        )
         bell.settle()
         run.refresh_from_db()
         assert run.status == "succeeded", run.error

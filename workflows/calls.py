@@ -1,4 +1,5 @@
 """Calling step code: timeouts, error records, return types."""
+
 from __future__ import annotations
 
 import signal
@@ -53,6 +54,7 @@ def call_step(sd: StepDef, args: tuple[Any, ...] | list[Any], kwargs: dict[str, 
     if not sd.timeout:
         return sd.fn(*args, **kwargs)
     if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+
         def on_alarm(signum: int, frame: Any) -> None:
             raise StepTimeout(f"step {sd.name!r} timed out after {sd.timeout:g}s")
 

@@ -12,6 +12,7 @@ One ``Context`` lives for one advance of a run. It replays the handler against t
    a restart or another worker took the run, the commit raises ``LeaseLost`` and nothing of
    ours is written.
 """
+
 from __future__ import annotations
 
 import random as _random
@@ -27,7 +28,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from workflows import fastpath, payloads, pools, usage
+from workflows import fastpath, leases, payloads, pools, usage
 from workflows.calls import call_step, error_dict, is_retryable, retry_after, return_annotation
 from workflows.definitions import StepDef, as_step, get_workflow, resolve_step, step_path
 from workflows.doorbell import dispatch_on_commit, grace, ring_on_commit
@@ -40,13 +41,20 @@ from workflows.errors import (
     StepFailed,
     Suspend,
 )
-from workflows import leases
 from workflows.leases import lease_seconds, lease_until
 from workflows.models import Event, Run, RunStatus, Step, StepKind, StepStatus
 
 _STEP_FIELDS = [
-    "status", "result", "error", "finished_at", "lease_owner", "lease_expires_at", "usage",
-    "cost", "wake_at", "attempt",
+    "status",
+    "result",
+    "error",
+    "finished_at",
+    "lease_owner",
+    "lease_expires_at",
+    "usage",
+    "cost",
+    "wake_at",
+    "attempt",
 ]
 
 
@@ -132,17 +140,24 @@ class Context:
             raise StepFailed(row.name, row.error or {})
         now = timezone.now()
         if row.status == StepStatus.RUNNING:
-            if row.lease_owner and row.lease_owner != self.owner and row.lease_expires_at and (
-                row.lease_expires_at > now
+            if (
+                row.lease_owner
+                and row.lease_owner != self.owner
+                and row.lease_expires_at
+                and (row.lease_expires_at > now)
             ):
                 raise Suspend  # Another worker is executing it (it was queued in its pool).
             # The attempt recorded as running died with its worker: it counts.
             if row.attempt >= row.max_attempts:
-                return self._fail(row, {
-                    "type": "WorkerLost",
-                    "message": f"the worker running attempt {row.attempt} of {row.max_attempts} "
-                    "was lost (killed or crashed); attempt budget exhausted",
-                })
+                return self._fail(
+                    row,
+                    {
+                        "type": "WorkerLost",
+                        "message": f"the worker running attempt {row.attempt} of "
+                        f"{row.max_attempts} was lost (killed or crashed); attempt budget "
+                        "exhausted",
+                    },
+                )
             return self._execute(sd, args, kwargs, pos, row)
         if row.status == StepStatus.RETRYING:
             if row.wake_at and row.wake_at > now:
@@ -174,12 +189,18 @@ class Context:
         if row is None:
             now = timezone.now()
             done = seconds <= 0
-            self._inserts.append(self._new_row(
-                pos, StepKind.SLEEP, "sleep",
-                StepStatus.SUCCEEDED if done else StepStatus.WAITING,
-                args={"seconds": seconds}, wake_at=now + timedelta(seconds=seconds),
-                started_at=now, finished_at=now if done else None,
-            ))
+            self._inserts.append(
+                self._new_row(
+                    pos,
+                    StepKind.SLEEP,
+                    "sleep",
+                    StepStatus.SUCCEEDED if done else StepStatus.WAITING,
+                    args={"seconds": seconds},
+                    wake_at=now + timedelta(seconds=seconds),
+                    started_at=now,
+                    finished_at=now if done else None,
+                )
+            )
             if done:
                 return None
             raise Suspend
@@ -199,7 +220,10 @@ class Context:
             now = timezone.now()
             seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
             row = self._new_row(
-                pos, StepKind.EVENT, name, StepStatus.WAITING,
+                pos,
+                StepKind.EVENT,
+                name,
+                StepStatus.WAITING,
                 args={"default": payloads.to_json(default, "default"), "timeout": seconds},
                 wake_at=now + timedelta(seconds=seconds) if seconds is not None else None,
                 started_at=now,
@@ -209,9 +233,13 @@ class Context:
                 # either the event is committed before we look, or it sees our waiting row.
                 self._flush()
                 row.save()
-                event = Event.objects.filter(
-                    run_id=self._record.pk, name=name, consumed_by__isnull=True
-                ).order_by("id").first()
+                event = (
+                    Event.objects.filter(
+                        run_id=self._record.pk, name=name, consumed_by__isnull=True
+                    )
+                    .order_by("id")
+                    .first()
+                )
                 if event is not None and Event.objects.filter(
                     pk=event.pk, consumed_by__isnull=True
                 ).update(consumed_by=row):
@@ -226,9 +254,7 @@ class Context:
             return payloads.unpack(row.result)
         raise Suspend
 
-    def run_workflow(
-        self, name: str, input: dict[str, Any] | None = None, **options: Any
-    ) -> Any:
+    def run_workflow(self, name: str, input: dict[str, Any] | None = None, **options: Any) -> Any:
         """Start a child run and wait for its output. Its failure raises here."""
         pos, row = self._next(StepKind.CHILD, name)
         if row is None:
@@ -240,9 +266,13 @@ class Context:
                 self._flush()
                 row.save()
                 child = create_run(
-                    name, input or {}, parent=self._record, parent_step=row,
+                    name,
+                    input or {},
+                    parent=self._record,
+                    parent_step=row,
                     context=options.pop("context", self._record.context),
-                    tenant=options.pop("tenant", self._record.tenant), **options,
+                    tenant=options.pop("tenant", self._record.tenant),
+                    **options,
                 )
                 row.args = {"run_id": str(child.pk)}
                 row.save(update_fields=["args"])
@@ -255,7 +285,9 @@ class Context:
 
     def now(self) -> datetime:
         """The current time, journaled so a replay sees the same value."""
-        return datetime.fromisoformat(self._recorded(StepKind.NOW, lambda: timezone.now().isoformat()))
+        return datetime.fromisoformat(
+            self._recorded(StepKind.NOW, lambda: timezone.now().isoformat())
+        )
 
     def random(self) -> float:
         """A random float in [0, 1), journaled."""
@@ -283,9 +315,13 @@ class Context:
         if row is None:
             now = timezone.now()
             row = self._new_row(
-                pos, kind, name, StepStatus.WAITING,
+                pos,
+                kind,
+                name,
+                StepStatus.WAITING,
                 args={"default": payloads.to_json(default, "default")},
-                wake_at=now + timeout if timeout is not None else None, started_at=now,
+                wake_at=now + timeout if timeout is not None else None,
+                started_at=now,
             )
             with transaction.atomic():
                 self._flush()
@@ -322,8 +358,13 @@ class Context:
 
     def _new_row(self, pos: int, kind: str, name: str, status: str, **fields: Any) -> Step:
         return Step(
-            run_id=self._record.pk, generation=self.generation, position=pos, kind=kind, name=name,
-            status=status, **fields,
+            run_id=self._record.pk,
+            generation=self.generation,
+            position=pos,
+            kind=kind,
+            name=name,
+            status=status,
+            **fields,
         )
 
     def _recorded(self, kind: str, make: Callable[[], Any]) -> Any:
@@ -332,9 +373,11 @@ class Context:
             return row.result
         value = make()
         now = timezone.now()
-        self._inserts.append(self._new_row(
-            pos, kind, kind, StepStatus.SUCCEEDED, result=value, started_at=now, finished_at=now
-        ))
+        self._inserts.append(
+            self._new_row(
+                pos, kind, kind, StepStatus.SUCCEEDED, result=value, started_at=now, finished_at=now
+            )
+        )
         return value
 
     def _value(self, sd: StepDef, data: Any) -> Any:
@@ -388,7 +431,9 @@ class Context:
         now = timezone.now()
         conf = pools.get_pool(sd.pool)
         try:
-            packed_args = self._pack({"args": list(args), "kwargs": kwargs}, f"arguments of {sd.name}")
+            packed_args = self._pack(
+                {"args": list(args), "kwargs": kwargs}, f"arguments of {sd.name}"
+            )
         except (TypeError, PayloadTooLargeError) as exc:
             row = row or self._new_row(pos, StepKind.STEP, sd.name, StepStatus.RUNNING)
             if row.pk is None:
@@ -405,8 +450,15 @@ class Context:
         attempt = (row.attempt if row is not None else 0) + 1
         if row is None and not conf.is_limited and not self._inserts and fastpath.available():
             row = self._new_row(
-                pos, StepKind.STEP, sd.name, StepStatus.RUNNING, pool=sd.pool, target=target,
-                args=packed_args, max_attempts=sd.retry.max_attempts, attempt=1,
+                pos,
+                StepKind.STEP,
+                sd.name,
+                StepStatus.RUNNING,
+                pool=sd.pool,
+                target=target,
+                args=packed_args,
+                max_attempts=sd.retry.max_attempts,
+                attempt=1,
                 started_at=now,
             )  # No step lease: the run's lease covers the steps its worker runs inline.
             # The heartbeat keeps the lease alive; rewrite it here only when it is getting old,
@@ -415,10 +467,14 @@ class Context:
                 lease_seconds() / 3
             )
             ok, row.pk = fastpath.checkpoint(
-                run_id=self._record.pk, owner=self.owner, generation=self.generation,
+                run_id=self._record.pk,
+                owner=self.owner,
+                generation=self.generation,
                 lease_expires_at=lease_until(now) if renew else None,
                 current_step=sd.name[:200] if sd.name != self._shown_step else None,
-                cost=self._cost, dirty=self._dirty, new_row=row,
+                cost=self._cost,
+                dirty=self._dirty,
+                new_row=row,
             )
             if renew:
                 self._lease_renewed = now
@@ -437,8 +493,14 @@ class Context:
                 wake = capacity if isinstance(capacity, datetime) else now + grace()
                 if row is None:
                     row = self._new_row(
-                        pos, StepKind.STEP, sd.name, StepStatus.PENDING, pool=sd.pool,
-                        target=target, args=packed_args, max_attempts=sd.retry.max_attempts,
+                        pos,
+                        StepKind.STEP,
+                        sd.name,
+                        StepStatus.PENDING,
+                        pool=sd.pool,
+                        target=target,
+                        args=packed_args,
+                        max_attempts=sd.retry.max_attempts,
                         wake_at=wake,
                     )
                     row.save()
@@ -451,14 +513,25 @@ class Context:
             else:
                 queued = False
                 fields: dict[str, Any] = {
-                    "status": StepStatus.RUNNING, "attempt": attempt, "lease_owner": self.owner,
-                    "lease_expires_at": lease_until(now), "started_at": now, "wake_at": None,
+                    "status": StepStatus.RUNNING,
+                    "attempt": attempt,
+                    "lease_owner": self.owner,
+                    "lease_expires_at": lease_until(now),
+                    "started_at": now,
+                    "wake_at": None,
                 }
                 if row is None:
                     row = Step(
-                        run_id=self._record.pk, generation=self.generation, position=pos,
-                        kind=StepKind.STEP, name=sd.name, pool=sd.pool, target=target,
-                        args=packed_args, max_attempts=sd.retry.max_attempts, **fields,
+                        run_id=self._record.pk,
+                        generation=self.generation,
+                        position=pos,
+                        kind=StepKind.STEP,
+                        name=sd.name,
+                        pool=sd.pool,
+                        target=target,
+                        args=packed_args,
+                        max_attempts=sd.retry.max_attempts,
+                        **fields,
                     )
                     row.save()
                 else:
@@ -545,10 +618,16 @@ class Context:
             self._check_budget(name)
             now = timezone.now()
             if not calls:
-                self._inserts.append(self._new_row(
-                    pos, StepKind.PARALLEL, name, StepStatus.SUCCEEDED, started_at=now,
-                    finished_at=now,
-                ))
+                self._inserts.append(
+                    self._new_row(
+                        pos,
+                        StepKind.PARALLEL,
+                        name,
+                        StepStatus.SUCCEEDED,
+                        started_at=now,
+                        finished_at=now,
+                    )
+                )
                 return []
             branches = []
             cap = max(1, self._record.max_parallel)
@@ -561,17 +640,34 @@ class Context:
                         f"step {c.step.name!r} cannot run in parallel: branches run in other "
                         "processes, so the step must be a module-level function"
                     ) from None
-                branches.append(self._new_row(
-                    pos, StepKind.BRANCH, c.step.name, StepStatus.PENDING, branch=i,
-                    pool=c.step.pool, held=i >= cap, target=target,
-                    args=self._pack({"args": list(c.args), "kwargs": c.kwargs}, f"arguments of {c.step.name}"),
-                    max_attempts=c.step.retry.max_attempts, wake_at=now + grace(),
-                ))
+                branches.append(
+                    self._new_row(
+                        pos,
+                        StepKind.BRANCH,
+                        c.step.name,
+                        StepStatus.PENDING,
+                        branch=i,
+                        pool=c.step.pool,
+                        held=i >= cap,
+                        target=target,
+                        args=self._pack(
+                            {"args": list(c.args), "kwargs": c.kwargs},
+                            f"arguments of {c.step.name}",
+                        ),
+                        max_attempts=c.step.retry.max_attempts,
+                        wake_at=now + grace(),
+                    )
+                )
             with transaction.atomic():
                 self._flush()
                 self._new_row(
-                    pos, StepKind.PARALLEL, name, StepStatus.WAITING, remaining=len(calls),
-                    started_at=now, args={"branches": len(calls)},
+                    pos,
+                    StepKind.PARALLEL,
+                    name,
+                    StepStatus.WAITING,
+                    remaining=len(calls),
+                    started_at=now,
+                    args={"branches": len(calls)},
                 ).save()
                 # In a pool limited by concurrency, reserve the free slots for the first
                 # branches now (one pool lock for the whole fan-out) and ring only for those;
@@ -606,7 +702,9 @@ class Context:
             if b.status == StepStatus.SUCCEEDED:
                 sd = calls[i].step if i < len(calls) else None
                 results.append(
-                    payloads.revive(payloads.unpack(b.result), return_annotation(sd) if sd else None)
+                    payloads.revive(
+                        payloads.unpack(b.result), return_annotation(sd) if sd else None
+                    )
                 )
             else:
                 failure = StepFailed(b.name, b.error or {"type": "Canceled", "message": b.status})
@@ -622,7 +720,9 @@ class Context:
         with transaction.atomic():
             self._flush()
             n = Run.objects.filter(
-                pk=self._record.pk, lease_owner=self.owner, generation=self.generation,
+                pk=self._record.pk,
+                lease_owner=self.owner,
+                generation=self.generation,
                 wake_requested_at__isnull=True,
             ).update(status=RunStatus.SUSPENDED, lease_owner="", lease_expires_at=None)
             if n == 0:
@@ -633,22 +733,35 @@ class Context:
                 ).update(lease_owner="", lease_expires_at=None)
         return n == 1
 
-    def finish(self, status: str, *, output: Any = None, error: dict[str, Any] | None = None) -> None:
+    def finish(
+        self, status: str, *, output: Any = None, error: dict[str, Any] | None = None
+    ) -> None:
         """End the run: one transaction records it, runs ``on_complete`` and the signals."""
         from workflows.services import run_terminal_hooks
 
         now = timezone.now()
         fields: dict[str, Any] = {
-            "status": status, "output": output, "error": error, "finished_at": now,
-            "lease_owner": "", "lease_expires_at": None, "wake_requested_at": None,
+            "status": status,
+            "output": output,
+            "error": error,
+            "finished_at": now,
+            "lease_owner": "",
+            "lease_expires_at": None,
+            "wake_requested_at": None,
         }
         with transaction.atomic():
             cost = self._cost
             if fastpath.available() and not self._inserts:
                 ok, _ = fastpath.checkpoint(
-                    run_id=self._record.pk, owner=self.owner, generation=self.generation,
-                    lease_expires_at=None, current_step=self._current[:200] or None, cost=cost,
-                    dirty=self._dirty, new_row=None, run_fields=fields,
+                    run_id=self._record.pk,
+                    owner=self.owner,
+                    generation=self.generation,
+                    lease_expires_at=None,
+                    current_step=self._current[:200] or None,
+                    cost=cost,
+                    dirty=self._dirty,
+                    new_row=None,
+                    run_fields=fields,
                 )
                 if not ok:
                     raise LeaseLost

@@ -3,6 +3,7 @@
 A workflow is a plain function ``handler(ctx, **input)``. Its input model is derived from the
 signature, so a bad input fails at ``start`` with a clear error instead of later in a worker.
 """
+
 from __future__ import annotations
 
 import functools
@@ -120,7 +121,11 @@ def workflow(
         model = input_model or _input_model_for(f, wf_name)
         doc = description if description is not None else inspect.getdoc(f) or ""
         definition = WorkflowDef(
-            fn=f, name=wf_name, version=version, description=doc, max_parallel=max_parallel,
+            fn=f,
+            name=wf_name,
+            version=version,
+            description=doc,
+            max_parallel=max_parallel,
             input_model=model,
         )
         functools.update_wrapper(definition, f)  # type: ignore[arg-type]

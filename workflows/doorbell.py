@@ -3,6 +3,7 @@
 Messages are sent after the transaction that made the work runnable commits. If sending fails
 (broker down, flushed), nothing is lost: the sweep finds the work from the tables and rings again.
 """
+
 from __future__ import annotations
 
 import logging

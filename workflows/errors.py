@@ -1,4 +1,5 @@
 """Exceptions raised by the engine, public and internal."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -45,7 +46,9 @@ class StepFailed(Exception):
     def __init__(self, name: str, error: dict[str, Any]) -> None:
         self.step_name = name
         self.error = error
-        super().__init__(f"step {name!r} failed: {error.get('type', 'Error')}: {error.get('message', '')}")
+        super().__init__(
+            f"step {name!r} failed: {error.get('type', 'Error')}: {error.get('message', '')}"
+        )
 
 
 class ChildWorkflowFailed(StepFailed):

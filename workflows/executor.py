@@ -5,6 +5,7 @@ one query and replays the handler (see ``workflows.context``). ``execute_step(st
 one queued step (a fan-out branch, or a step that waited for room in its pool), runs it, and
 records the outcome; the branch that finishes a group rings for the run, once.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from workflows import payloads, pools, usage
-from workflows.calls import call_step, error_dict, is_retryable, retry_after, return_annotation
+from workflows.calls import call_step, error_dict, is_retryable, retry_after
 from workflows.context import Context
 from workflows.definitions import get_workflow, resolve_step
 from workflows.doorbell import dispatch_on_commit, grace, request_wake
@@ -70,7 +71,9 @@ def advance(run_id: Any, generation: int) -> str:
         # A run that never reached a step has no journal: skip the query (every journal
         # write also records the step's name on the run).
         journal = (
-            list(Step.objects.filter(run_id=run_id, superseded=False).order_by("position", "branch"))
+            list(
+                Step.objects.filter(run_id=run_id, superseded=False).order_by("position", "branch")
+            )
             if run.current_step
             else []
         )
@@ -108,10 +111,15 @@ def claim_step(step_id: int, owner: str) -> Step | None:
     now = timezone.now()
     # A branch whose slot was reserved when it was fanned out needs no pool lock.
     if Step.objects.filter(
-        pk=step_id, status=StepStatus.RUNNING, lease_owner=pools.RESERVED, superseded=False,
+        pk=step_id,
+        status=StepStatus.RUNNING,
+        lease_owner=pools.RESERVED,
+        superseded=False,
         run__status__in=ACTIVE_RUN,
     ).update(
-        attempt=F("attempt") + 1, lease_owner=owner, lease_expires_at=lease_until(now),
+        attempt=F("attempt") + 1,
+        lease_owner=owner,
+        lease_expires_at=lease_until(now),
         started_at=now,
     ):
         hold(step_id)
@@ -133,8 +141,12 @@ def claim_step(step_id: int, owner: str) -> Step | None:
         n = Step.objects.filter(
             pk=row.pk, status=StepStatus.PENDING, held=False, superseded=False
         ).update(
-            status=StepStatus.RUNNING, attempt=F("attempt") + 1, lease_owner=owner,
-            lease_expires_at=lease_until(now), started_at=now, wake_at=None,
+            status=StepStatus.RUNNING,
+            attempt=F("attempt") + 1,
+            lease_owner=owner,
+            lease_expires_at=lease_until(now),
+            started_at=now,
+            wake_at=None,
         )
         if n != 1:
             return None
@@ -199,7 +211,10 @@ def complete_step(
     now = timezone.now()
     drop(row.pk)
     fence = Step.objects.filter(
-        pk=row.pk, status=StepStatus.RUNNING, lease_owner=owner, attempt=row.attempt,
+        pk=row.pk,
+        status=StepStatus.RUNNING,
+        lease_owner=owner,
+        attempt=row.attempt,
         superseded=False,
     )
     common: dict[str, Any] = {"finished_at": now, "lease_owner": "", "lease_expires_at": None}
@@ -218,8 +233,10 @@ def complete_step(
                 delay = policy.backoff(row.attempt) if policy else 1.0
                 delay = max(delay, retry_after(exc) or 0.0)
                 n = fence.update(
-                    status=StepStatus.RETRYING, error=err,
-                    wake_at=now + timedelta(seconds=delay), **common,
+                    status=StepStatus.RETRYING,
+                    error=err,
+                    wake_at=now + timedelta(seconds=delay),
+                    **common,
                 )
                 terminal = False
             else:
@@ -263,9 +280,13 @@ def step_finished(row: Step, now: datetime) -> None:
         return
     group_id, remaining, branches = group
     if remaining == 0:
-        failed = Step.objects.filter(
-            run_id=row.run_id, position=row.position, branch__gte=0, superseded=False
-        ).exclude(status=StepStatus.SUCCEEDED).exists()
+        failed = (
+            Step.objects.filter(
+                run_id=row.run_id, position=row.position, branch__gte=0, superseded=False
+            )
+            .exclude(status=StepStatus.SUCCEEDED)
+            .exists()
+        )
         if Step.objects.filter(pk=group_id, status=StepStatus.WAITING).update(
             status=StepStatus.FAILED if failed else StepStatus.SUCCEEDED, finished_at=now
         ):
@@ -312,8 +333,12 @@ def handoff(pool: str, owner: str, now: datetime) -> Step | None:
         if Step.objects.filter(
             pk=cand.pk, status=StepStatus.PENDING, held=False, superseded=False
         ).update(
-            status=StepStatus.RUNNING, attempt=F("attempt") + 1, lease_owner=owner,
-            lease_expires_at=lease_until(now), started_at=now, wake_at=None,
+            status=StepStatus.RUNNING,
+            attempt=F("attempt") + 1,
+            lease_owner=owner,
+            lease_expires_at=lease_until(now),
+            started_at=now,
+            wake_at=None,
         ):
             cand.status = StepStatus.RUNNING
             cand.attempt += 1

@@ -7,6 +7,7 @@ data-modifying CTEs run in autocommit, which PostgreSQL applies atomically. The 
 are conditioned on the run CAS (``EXISTS (SELECT 1 FROM r)``), so a run that is no longer
 ours changes nothing. Other databases (SQLite, the embedded default) use the ORM path.
 """
+
 from __future__ import annotations
 
 from decimal import Decimal
@@ -20,8 +21,16 @@ from psycopg.types.json import Jsonb
 from workflows.models import Run, Step
 
 _UPDATE_FIELDS = [
-    "status", "result", "error", "finished_at", "lease_owner", "lease_expires_at", "usage", "cost",
-    "wake_at", "attempt",
+    "status",
+    "result",
+    "error",
+    "finished_at",
+    "lease_owner",
+    "lease_expires_at",
+    "usage",
+    "cost",
+    "wake_at",
+    "attempt",
 ]
 
 
@@ -56,8 +65,15 @@ def _prep(field: Any, obj: Any, raw: bool = False) -> Any:
 
 
 def checkpoint(
-    *, run_id: Any, owner: str, generation: int, lease_expires_at: Any, current_step: str | None,
-    cost: Decimal, dirty: list[Step], new_row: Step | None,
+    *,
+    run_id: Any,
+    owner: str,
+    generation: int,
+    lease_expires_at: Any,
+    current_step: str | None,
+    cost: Decimal,
+    dirty: list[Step],
+    new_row: Step | None,
     run_fields: dict[str, Any] | None = None,
 ) -> tuple[bool, int | None]:
     """Write ``dirty`` rows and insert ``new_row`` if the run is still ours.

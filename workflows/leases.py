@@ -4,6 +4,7 @@ A lease is (owner, expires_at) on a run or step row, taken by compare-and-swap. 
 is alive its heartbeat pushes ``expires_at`` forward; when it dies (SIGKILL, OOM, deploy) the
 leases run out and the sweep makes the work runnable again.
 """
+
 from __future__ import annotations
 
 import logging

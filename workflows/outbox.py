@@ -4,6 +4,7 @@ Other apps register a handler per ``kind`` (webhooks, sending a reply). A handle
 row and must be idempotent on ``row.key``; it raises to ask for a retry. Delivery claims each
 row with a short lease (compare-and-swap), so two deliverers never send the same row at once.
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,7 +39,9 @@ def deliver_one(row: Outbox) -> bool:
     now = timezone.now()
     if not Outbox.objects.filter(
         Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now),
-        pk=row.pk, status=OutboxStatus.PENDING, attempts=row.attempts,
+        pk=row.pk,
+        status=OutboxStatus.PENDING,
+        attempts=row.attempts,
     ).update(lease_expires_at=now + timedelta(seconds=CLAIM_SECONDS), attempts=row.attempts + 1):
         return False
     row.attempts += 1
@@ -59,7 +62,9 @@ def deliver_one(row: Outbox) -> bool:
         log.warning("outbox %s attempt %s failed: %s", row.key, row.attempts, exc)
         return False
     Outbox.objects.filter(pk=row.pk).update(
-        status=OutboxStatus.DELIVERED, delivered_at=timezone.now(), lease_expires_at=None,
+        status=OutboxStatus.DELIVERED,
+        delivered_at=timezone.now(),
+        lease_expires_at=None,
         last_error="",
     )
     return True

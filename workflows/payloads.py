@@ -1,4 +1,5 @@
 """Values crossing the journal: JSON (pydantic models allowed), bounded, large ones out of row."""
+
 from __future__ import annotations
 
 import json

@@ -6,6 +6,7 @@ Claims on a limited pool lock its row, so two workers cannot both take the last 
 that finds no room stays ``pending`` and waits its turn in order: the worker that frees a slot
 hands it to the oldest waiting step, and the sweep does the same for anything left over.
 """
+
 from __future__ import annotations
 
 import time
@@ -61,8 +62,11 @@ def get_pool(name: str) -> PoolConfig:
         return hit[1]
     row, _ = Pool.objects.get_or_create(name=name, defaults=_defaults(name))
     conf = PoolConfig(
-        name=name, max_concurrency=row.max_concurrency, rate_limit=row.rate_limit,
-        rate_period=row.rate_period, queue=queue_for(name),
+        name=name,
+        max_concurrency=row.max_concurrency,
+        rate_limit=row.rate_limit,
+        rate_period=row.rate_period,
+        queue=queue_for(name),
     )
     _cache[name] = (now, conf)
     return conf

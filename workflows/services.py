@@ -1,6 +1,7 @@
 """The engine's domain functions: start, send_event, cancel, restart, get_run, and the hooks
 that run when a run ends. Views, API operations, tasks and admin actions call these.
 """
+
 from __future__ import annotations
 
 import json
@@ -91,14 +92,24 @@ def create_run(
         try:
             import_string(on_complete)
         except ImportError as exc:
-            raise InvalidInputError(f"on_complete {on_complete!r} cannot be imported: {exc}") from None
+            raise InvalidInputError(
+                f"on_complete {on_complete!r} cannot be imported: {exc}"
+            ) from None
     now = timezone.now()
     run = Run.objects.create(
-        workflow=workflow, version=wf.version, input=data, context=ctx_data,
-        idempotency_key=idempotency_key or None, on_complete=on_complete, parent=parent,
+        workflow=workflow,
+        version=wf.version,
+        input=data,
+        context=ctx_data,
+        idempotency_key=idempotency_key or None,
+        on_complete=on_complete,
+        parent=parent,
         parent_step=parent_step,
         max_parallel=max_parallel or wf.max_parallel or settings.SLUICE_MAX_PARALLEL,
-        wake_requested_at=now, tenant=tenant, created_by=created_by, callback_url=callback_url,
+        wake_requested_at=now,
+        tenant=tenant,
+        created_by=created_by,
+        callback_url=callback_url,
         max_cost=max_cost,
     )
     ring_on_commit(run.pk, run.generation)
@@ -126,8 +137,13 @@ def start(
     try:
         with transaction.atomic():
             return create_run(
-                workflow, input or {}, idempotency_key=idempotency_key, on_complete=on_complete,
-                context=context, max_parallel=max_parallel, **options,
+                workflow,
+                input or {},
+                idempotency_key=idempotency_key,
+                on_complete=on_complete,
+                context=context,
+                max_parallel=max_parallel,
+                **options,
             )
     except IntegrityError:
         # Two callers raced with the same key: the other insert won, return its run.
@@ -167,9 +183,13 @@ def send_event(run_id: Any, name: str, payload: Any = None) -> Event:
         if run.is_terminal:
             raise InvalidStateError(f"run {run.pk} is {run.status}; it takes no more events")
         event = Event.objects.create(run=run, name=name, payload=data)
-        waiting = Step.objects.filter(
-            run=run, kind="event", name=name, status=StepStatus.WAITING, superseded=False
-        ).order_by("position").first()
+        waiting = (
+            Step.objects.filter(
+                run=run, kind="event", name=name, status=StepStatus.WAITING, superseded=False
+            )
+            .order_by("position")
+            .first()
+        )
         if waiting is not None and Step.objects.filter(
             pk=waiting.pk, status=StepStatus.WAITING
         ).update(status=StepStatus.SUCCEEDED, result=data, finished_at=now):
@@ -180,7 +200,10 @@ def send_event(run_id: Any, name: str, payload: Any = None) -> Event:
 
 
 def complete_waiting_step(
-    step_id: int, *, result: Any = None, error: dict[str, Any] | None = None,
+    step_id: int,
+    *,
+    result: Any = None,
+    error: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> bool:
     """Resolve a waiting step (gate decided, child finished) and wake its run.
@@ -197,7 +220,9 @@ def complete_waiting_step(
     if extra:
         fields["usage"] = extra
     run_id = Step.objects.filter(pk=step_id).values_list("run_id", flat=True).first()
-    n = Step.objects.filter(pk=step_id, status=StepStatus.WAITING, superseded=False).update(**fields)
+    n = Step.objects.filter(pk=step_id, status=StepStatus.WAITING, superseded=False).update(
+        **fields
+    )
     if n and run_id is not None:
         request_wake(run_id, now)
     return bool(n)
@@ -225,10 +250,14 @@ def run_terminal_hooks(run: Run) -> None:
             complete_waiting_step(run.parent_step_id, result=run.output)
         else:
             message = (run.error or {}).get("message", "") if isinstance(run.error, dict) else ""
-            complete_waiting_step(run.parent_step_id, error={
-                "type": "ChildWorkflowFailed", "message": f"child run {run.pk} {run.status}: {message}",
-                "child_run": str(run.pk),
-            })
+            complete_waiting_step(
+                run.parent_step_id,
+                error={
+                    "type": "ChildWorkflowFailed",
+                    "message": f"child run {run.pk} {run.status}: {message}",
+                    "child_run": str(run.pk),
+                },
+            )
 
 
 def cancel(run_id: Any, reason: str = "canceled") -> Run:
@@ -236,7 +265,9 @@ def cancel(run_id: Any, reason: str = "canceled") -> Run:
     with transaction.atomic():
         run = _locked(run_id)
         if run.is_terminal:
-            raise InvalidStateError(f"run {run.pk} already {run.status}; there is nothing to cancel")
+            raise InvalidStateError(
+                f"run {run.pk} already {run.status}; there is nothing to cancel"
+            )
         _cancel_locked(run, reason)
     run.refresh_from_db()
     return run
@@ -245,15 +276,25 @@ def cancel(run_id: Any, reason: str = "canceled") -> Run:
 def _cancel_locked(run: Run, reason: str) -> None:
     now = timezone.now()
     n = Run.objects.filter(pk=run.pk, generation=run.generation, status__in=ACTIVE_RUN).update(
-        status=RunStatus.CANCELED, generation=F("generation") + 1, lease_owner="",
-        lease_expires_at=None, wake_requested_at=None, finished_at=now,
+        status=RunStatus.CANCELED,
+        generation=F("generation") + 1,
+        lease_owner="",
+        lease_expires_at=None,
+        wake_requested_at=None,
+        finished_at=now,
         error={"type": "Canceled", "message": reason},
     )
     if n != 1:
         return
     Step.objects.filter(
-        run=run, superseded=False,
-        status__in=[StepStatus.PENDING, StepStatus.WAITING, StepStatus.RETRYING, StepStatus.RUNNING],
+        run=run,
+        superseded=False,
+        status__in=[
+            StepStatus.PENDING,
+            StepStatus.WAITING,
+            StepStatus.RETRYING,
+            StepStatus.RUNNING,
+        ],
     ).update(status=StepStatus.CANCELED, finished_at=now, lease_owner="", lease_expires_at=None)
     run.refresh_from_db()
     for child in Run.objects.filter(parent=run, status__in=ACTIVE_RUN):
@@ -287,26 +328,50 @@ def restart(run_id: Any, from_step: int | None = None) -> Run:
         stale.update(superseded=True, lease_owner="", lease_expires_at=None)
         now = timezone.now()
         Run.objects.filter(pk=run.pk, generation=run.generation).update(
-            status=RunStatus.PENDING, generation=F("generation") + 1, output=None, error=None,
-            finished_at=None, lease_owner="", lease_expires_at=None, wake_requested_at=now,
+            status=RunStatus.PENDING,
+            generation=F("generation") + 1,
+            output=None,
+            error=None,
+            finished_at=None,
+            lease_owner="",
+            lease_expires_at=None,
+            wake_requested_at=now,
         )
         ring_on_commit(run.pk, run.generation + 1)
     run.refresh_from_db()
     return run
 
 
-def enqueue_outbox(kind: str, key: str, payload: dict[str, Any], run: Run | None = None,
-                   when: datetime | None = None) -> Outbox:
+def enqueue_outbox(
+    kind: str,
+    key: str,
+    payload: dict[str, Any],
+    run: Run | None = None,
+    when: datetime | None = None,
+) -> Outbox:
     """Record a side effect to deliver after commit (idempotent on ``key``)."""
     obj, _ = Outbox.objects.get_or_create(
-        key=key, defaults={
-            "kind": kind, "payload": payload, "run": run, "next_attempt_at": when or timezone.now(),
+        key=key,
+        defaults={
+            "kind": kind,
+            "payload": payload,
+            "run": run,
+            "next_attempt_at": when or timezone.now(),
         },
     )
     return obj
 
 
 __all__ = [
-    "ACTIVE_RUN", "TERMINAL_RUN", "cancel", "complete_waiting_step", "create_run", "enqueue_outbox",
-    "get_run", "restart", "run_terminal_hooks", "send_event", "start",
+    "ACTIVE_RUN",
+    "TERMINAL_RUN",
+    "cancel",
+    "complete_waiting_step",
+    "create_run",
+    "enqueue_outbox",
+    "get_run",
+    "restart",
+    "run_terminal_hooks",
+    "send_event",
+    "start",
 ]

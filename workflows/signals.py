@@ -4,6 +4,7 @@
 (succeeded, failed or canceled), after ``on_complete`` ran: receivers may write rows (gates to
 cancel, webhook outbox rows) and those writes commit or roll back with the run's own.
 """
+
 from __future__ import annotations
 
 from django.dispatch import Signal

@@ -11,6 +11,7 @@ another sweeper holds. Procedure:
 4. Reclaim runs whose advancing worker died (run lease expired) and ring for them.
 5. Ring again for runs and steps whose doorbell went unanswered (lost or flushed messages).
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,8 @@ from django.utils import timezone
 from workflows import payloads
 from workflows.doorbell import dispatch_on_commit, grace, request_wake, ring_on_commit
 from workflows.executor import step_finished
-from workflows.pools import RESERVED
 from workflows.models import ACTIVE_RUN, TERMINAL_RUN, Run, RunStatus, Step, StepStatus
+from workflows.pools import RESERVED
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,9 @@ def reclaim_steps(now: Any) -> int:
         if row.lease_owner == RESERVED:
             # A slot reserved at fan-out whose doorbell was lost: nothing ran, nothing counts.
             if fence.update(
-                status=StepStatus.PENDING, lease_owner="", lease_expires_at=None,
+                status=StepStatus.PENDING,
+                lease_owner="",
+                lease_expires_at=None,
                 wake_at=now + grace(),
             ):
                 dispatch_on_commit(row.pk, row.pool)
@@ -131,14 +134,20 @@ def reclaim_steps(now: Any) -> int:
         if row.attempt >= row.max_attempts:
             lost["message"] += "; attempt budget exhausted"
             if fence.update(
-                status=StepStatus.FAILED, error=lost, finished_at=now, lease_owner="",
+                status=StepStatus.FAILED,
+                error=lost,
+                finished_at=now,
+                lease_owner="",
                 lease_expires_at=None,
             ):
                 step_finished(row, now)
                 return True
             return False
         if fence.update(
-            status=StepStatus.PENDING, error=lost, lease_owner="", lease_expires_at=None,
+            status=StepStatus.PENDING,
+            error=lost,
+            lease_owner="",
+            lease_expires_at=None,
             wake_at=now + grace(),
         ):
             dispatch_on_commit(row.pk, row.pool)
@@ -153,7 +162,9 @@ def reclaim_runs(now: Any) -> int:
 
     def reclaim(run: Run) -> bool:
         if Run.objects.filter(
-            pk=run.pk, status=RunStatus.RUNNING, lease_owner=run.lease_owner,
+            pk=run.pk,
+            status=RunStatus.RUNNING,
+            lease_owner=run.lease_owner,
             lease_expires_at__lt=now,
         ).update(lease_owner="", lease_expires_at=None, wake_requested_at=now):
             ring_on_commit(run.pk, run.generation)
@@ -177,9 +188,13 @@ def ring_lost(now: Any) -> int:
             return True
         return False
 
-    steps = Step.objects.filter(
-        status=StepStatus.PENDING, held=False, superseded=False, wake_at__lte=now
-    ).exclude(run__status__in=TERMINAL_RUN).order_by("id")
+    steps = (
+        Step.objects.filter(
+            status=StepStatus.PENDING, held=False, superseded=False, wake_at__lte=now
+        )
+        .exclude(run__status__in=TERMINAL_RUN)
+        .order_by("id")
+    )
 
     def ring_step(row: Step) -> bool:
         if Step.objects.filter(pk=row.pk, status=StepStatus.PENDING, wake_at=row.wake_at).update(
@@ -210,8 +225,9 @@ def prune(now: Any = None) -> int:
     deleted = 0
     while True:
         ids = list(
-            Run.objects.filter(status__in=TERMINAL_RUN, finished_at__lt=cutoff)
-            .values_list("pk", flat=True)[: settings.SLUICE_PRUNE_BATCH]
+            Run.objects.filter(status__in=TERMINAL_RUN, finished_at__lt=cutoff).values_list(
+                "pk", flat=True
+            )[: settings.SLUICE_PRUNE_BATCH]
         )
         if not ids:
             return deleted

@@ -1,4 +1,5 @@
 """Celery tasks: thin adapters over the executor and the sweep. Messages are doorbells."""
+
 from __future__ import annotations
 
 from typing import Any

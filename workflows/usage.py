@@ -1,4 +1,5 @@
 """Per-step usage (tokens, cost) recorded by code running inside a step."""
+
 from __future__ import annotations
 
 import contextvars
@@ -16,7 +17,9 @@ class StepScope:
     cost: Decimal = Decimal(0)
 
 
-_current: contextvars.ContextVar[StepScope | None] = contextvars.ContextVar("sluice_step", default=None)
+_current: contextvars.ContextVar[StepScope | None] = contextvars.ContextVar(
+    "sluice_step", default=None
+)
 
 
 def current_step() -> StepScope | None:
@@ -30,7 +33,11 @@ def record_usage(cost: float | Decimal = 0, **usage: Any) -> None:
     if scope is None:
         return
     for key, value in usage.items():
-        if isinstance(value, int | float) and not isinstance(value, bool) and key.endswith("tokens"):
+        if (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and key.endswith("tokens")
+        ):
             scope.usage[key] = scope.usage.get(key, 0) + value
         else:
             scope.usage[key] = value

@@ -1,4 +1,5 @@
 """on_complete hooks used by the tests."""
+
 from __future__ import annotations
 
 from typing import Any

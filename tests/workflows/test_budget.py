@@ -1,4 +1,5 @@
 """Usage and cost per step; a per-run budget stops the run cleanly before the next step."""
+
 from __future__ import annotations
 
 from decimal import Decimal

@@ -1,4 +1,5 @@
 """parallel / map: one row per branch, joined in the database, capped per run."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """Real Celery worker processes on PostgreSQL + Redis: runs complete, crashes are survived,
 a flushed broker loses nothing."""
+
 from __future__ import annotations
 
 import os
@@ -34,13 +35,16 @@ def test_it_runs_sequential_and_parallel_steps_on_real_workers(live: Any) -> Non
     assert fan.output["doubled"] == [i * 2 for i in range(12)]
 
 
-def test_a_worker_killed_mid_step_is_survived_and_the_attempt_counted(live: Any, tmp_path: Path) -> None:
+def test_a_worker_killed_mid_step_is_survived_and_the_attempt_counted(
+    live: Any, tmp_path: Path
+) -> None:
     """SIGKILL the whole worker (parent and children) while it runs a step."""
     live.beat()
     worker = live.worker()
     run = start("test.nap_chain", {"n": 3, "seconds": 2})
     row = wait_until(
-        lambda: Step.objects.filter(run=run, position=2, status="running").first(), 60,
+        lambda: Step.objects.filter(run=run, position=2, status="running").first(),
+        60,
         message="step 2 running",
     )
     # An inline step runs under its run's lease: the owner names the process running it.
@@ -51,9 +55,12 @@ def test_a_worker_killed_mid_step_is_survived_and_the_attempt_counted(live: Any,
     killed_at = time.monotonic()
     live.worker(name="w2")
     wait_until(
-        lambda: Step.objects.filter(run=run, position=2, status="running", attempt=2).exists()
-        or Step.objects.filter(run=run, position=2, status="succeeded", attempt=2).exists(),
-        30, message="step 2 running again",
+        lambda: (
+            Step.objects.filter(run=run, position=2, status="running", attempt=2).exists()
+            or Step.objects.filter(run=run, position=2, status="succeeded", attempt=2).exists()
+        ),
+        30,
+        message="step 2 running again",
     )
     assert time.monotonic() - killed_at <= 15
     run = wait_until(lambda: finished(run), 60, message="run to finish")

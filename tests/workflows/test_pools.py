@@ -1,16 +1,16 @@
 """Pools: global concurrency and rate limits enforced through the database."""
+
 from __future__ import annotations
 
 from datetime import timedelta
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 
 from tests.support import Bell
 from workflows import get_run, start
 from workflows.models import Pool, Step
-from django.db import transaction
-
 from workflows.pools import clear_cache
 from workflows.pools import try_acquire as _try_acquire
 
@@ -34,7 +34,10 @@ def test_a_full_pool_keeps_steps_pending_in_order_and_hands_slots_over(bell: Bel
     # Pretend two other workers hold both slots right now.
     first, second = Step.objects.filter(run=run, branch__gte=0).order_by("branch")[:2]
     Step.objects.filter(pk__in=[first.pk, second.pk]).update(
-        status="running", lease_owner="other", lease_expires_at=timezone.now() + timedelta(seconds=60), attempt=1
+        status="running",
+        lease_owner="other",
+        lease_expires_at=timezone.now() + timedelta(seconds=60),
+        attempt=1,
     )
     bell.drain()
     waiting = Step.objects.filter(run=run, status="pending")
@@ -55,9 +58,10 @@ def test_a_full_pool_keeps_steps_pending_in_order_and_hands_slots_over(bell: Bel
         executed += 1
         handed = _run_claimed(handed, "other")
     assert executed == 4
-    assert list(
-        Step.objects.filter(pk__in=oldest).order_by("started_at").values_list("pk", flat=True)
-    ) == oldest  # in order
+    assert (
+        list(Step.objects.filter(pk__in=oldest).order_by("started_at").values_list("pk", flat=True))
+        == oldest
+    )  # in order
     second.refresh_from_db()
     assert complete_step(second, "other", 1, None, StepScope(second.pk, run.pk, 1), None) is None
     assert get_run(run.pk).status == "suspended"
@@ -95,7 +99,10 @@ def test_fan_out_reserves_free_slots_and_rings_only_for_them(bell: Bell) -> None
     bell.drain(limit=1)
     rows = Step.objects.filter(run=run, branch__gte=0).order_by("branch")
     assert [r.status for r in rows] == ["running", "running", "pending", "pending", "pending"]
-    assert [m for m in bell.sent if m[0] == "step"] == [("step", (rows[0].pk,)), ("step", (rows[1].pk,))]
+    assert [m for m in bell.sent if m[0] == "step"] == [
+        ("step", (rows[0].pk,)),
+        ("step", (rows[1].pk,)),
+    ]
     bell.settle()
     assert get_run(run.pk).output == [0, 1, 2, 3, 4]
     assert all(r.attempt == 1 for r in Step.objects.filter(run=run, branch__gte=0))
@@ -108,7 +115,9 @@ def test_a_reservation_whose_doorbell_was_lost_expires_without_counting(bell: Be
     run = start("test.limited", {"n": 1})
     bell.drain(limit=1)
     bell.lose_all()
-    Step.objects.filter(run=run, branch=0).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    Step.objects.filter(run=run, branch=0).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
     assert sweep()["steps_reclaimed"] == 1
     row = Step.objects.get(run=run, branch=0)
     assert (row.status, row.attempt, row.error) == ("pending", 0, None)

@@ -1,4 +1,5 @@
 """Run lifecycle: pending → running ⇄ suspended → succeeded | failed | canceled, restart."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """Step lifecycle: pending → running → succeeded | failed, running → retrying → running,
 timeouts, payload limits, usage."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -19,7 +20,9 @@ pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 
 def due_now(run: Run) -> None:
     """Pretend the backoff is over: write a past timestamp instead of sleeping."""
-    Step.objects.filter(run=run, status="retrying").update(wake_at=timezone.now() - timedelta(seconds=1))
+    Step.objects.filter(run=run, status="retrying").update(
+        wake_at=timezone.now() - timedelta(seconds=1)
+    )
 
 
 def test_it_retries_with_backoff_in_a_column_then_succeeds(bell: Bell) -> None:
@@ -101,8 +104,15 @@ def test_a_step_that_crashed_its_worker_counts_the_attempt_on_replay(bell: Bell)
     """Simulate a SIGKILL: the journal says 'running, attempt 1' and the lease expired."""
     run = start("test.chain", {"n": 2})
     bell.drain()
-    Run.objects.filter(pk=run.pk).update(status="running", lease_owner="dead:1", lease_expires_at=timezone.now() - timedelta(seconds=1), output=None)
-    Step.objects.filter(run=run, position=2).update(status="running", attempt=1, result=None, lease_owner="dead:1")
+    Run.objects.filter(pk=run.pk).update(
+        status="running",
+        lease_owner="dead:1",
+        lease_expires_at=timezone.now() - timedelta(seconds=1),
+        output=None,
+    )
+    Step.objects.filter(run=run, position=2).update(
+        status="running", attempt=1, result=None, lease_owner="dead:1"
+    )
     bell.settle()
     step = Step.objects.get(run=run, position=2)
     assert (step.status, step.attempt) == ("succeeded", 2)
@@ -111,8 +121,22 @@ def test_a_step_that_crashed_its_worker_counts_the_attempt_on_replay(bell: Bell)
 
 def test_a_step_out_of_attempts_after_crashes_fails(bell: Bell) -> None:
     run = start("test.chain", {"n": 1})
-    Run.objects.filter(pk=run.pk).update(status="running", lease_owner="dead:1", lease_expires_at=timezone.now() - timedelta(seconds=1), current_step="add_one")
-    Step.objects.create(run=run, position=1, name="add_one", kind="step", status="running", attempt=3, max_attempts=3, lease_owner="dead:1")
+    Run.objects.filter(pk=run.pk).update(
+        status="running",
+        lease_owner="dead:1",
+        lease_expires_at=timezone.now() - timedelta(seconds=1),
+        current_step="add_one",
+    )
+    Step.objects.create(
+        run=run,
+        position=1,
+        name="add_one",
+        kind="step",
+        status="running",
+        attempt=3,
+        max_attempts=3,
+        lease_owner="dead:1",
+    )
     bell.lose_all()
     bell.settle()
     step = Step.objects.get(run=run)

@@ -1,4 +1,5 @@
 """The sweep: lost doorbells, expired leases, retention."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -29,7 +30,9 @@ def test_lost_branch_messages_are_rung_again(bell: Bell) -> None:
     run = start("test.fanout", {"items": [1, 2]})
     bell.drain(limit=1)
     bell.lose_all()
-    Step.objects.filter(run=run, status="pending").update(wake_at=timezone.now() - timedelta(seconds=1))
+    Step.objects.filter(run=run, status="pending").update(
+        wake_at=timezone.now() - timedelta(seconds=1)
+    )
     assert sweep()["rung"] == 2
     bell.settle()
     assert get_run(run.pk).status == "succeeded"
@@ -41,7 +44,9 @@ def test_an_expired_branch_lease_is_reclaimed_and_counted(bell: Bell) -> None:
     bell.lose_all()
     branch = Step.objects.get(run=run, position=1, branch=0)
     Step.objects.filter(pk=branch.pk).update(
-        status="running", attempt=1, lease_owner="dead:1",
+        status="running",
+        attempt=1,
+        lease_owner="dead:1",
         lease_expires_at=timezone.now() - timedelta(seconds=1),
     )
     assert sweep()["steps_reclaimed"] == 1
@@ -59,7 +64,9 @@ def test_a_branch_that_keeps_killing_its_worker_fails_after_its_budget(bell: Bel
     bell.lose_all()
     branch = Step.objects.get(run=run, position=1, branch=0)
     Step.objects.filter(pk=branch.pk).update(
-        status="running", attempt=branch.max_attempts, lease_owner="dead:1",
+        status="running",
+        attempt=branch.max_attempts,
+        lease_owner="dead:1",
         lease_expires_at=timezone.now() - timedelta(seconds=1),
     )
     sweep()
@@ -89,7 +96,9 @@ def test_retention_prunes_old_finished_runs_with_their_journal(bell: Bell) -> No
 
         send_event(run.pk, "approved", {})
     bell.drain()
-    Run.objects.filter(pk__in=[r.pk for r in old]).update(finished_at=timezone.now() - timedelta(days=2))
+    Run.objects.filter(pk__in=[r.pk for r in old]).update(
+        finished_at=timezone.now() - timedelta(days=2)
+    )
     assert prune() == 3
     assert set(Run.objects.values_list("pk", flat=True)) == {young.pk, live.pk}
     assert not Step.objects.filter(run_id__in=[r.pk for r in old]).exists()

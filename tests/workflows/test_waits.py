@@ -1,4 +1,5 @@
 """Durable timers, events with timeout and default, child workflows, journaled randomness."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -110,4 +111,7 @@ def test_replay_detects_a_changed_workflow(bell: Bell, monkeypatch: pytest.Monke
     run = get_run(run.pk)
     assert run.status == "failed"
     assert run.error["type"] == "DeterminismError"
-    assert "at position 1 the journal has step 'add_one' but the code now calls step 'double'" in run.error["message"]
+    assert (
+        "at position 1 the journal has step 'add_one' but the code now calls step 'double'"
+        in run.error["message"]
+    )
