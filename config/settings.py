@@ -201,8 +201,12 @@ SLUICE_REVIEW_POLL_SECONDS = env.float("SLUICE_REVIEW_POLL_SECONDS", default=4.0
 # The expiry sweep closes due gates this many per transaction, at most this many batches a run.
 SLUICE_GATE_EXPIRY_BATCH = env.int("SLUICE_GATE_EXPIRY_BATCH", default=1000)
 SLUICE_GATE_EXPIRY_MAX_BATCHES = env.int("SLUICE_GATE_EXPIRY_MAX_BATCHES", default=100)
+# When this many runs or more wake at once, they are resumed in messages of this many runs.
+SLUICE_GATE_RESUME_CHUNK = env.int("SLUICE_GATE_RESUME_CHUNK", default=50)
 
 # --- JSON API, API keys and completion webhooks ------------------------------------------------
+# django-ninja as an app: /api/docs then serves its vendored Swagger UI (no CDN).
+INSTALLED_APPS += ["ninja"]
 # Requests each API key may make per period (a key's own ``rate_limit`` overrides the number).
 SLUICE_API_RATE_LIMIT = env.int("SLUICE_API_RATE_LIMIT", default=600)
 SLUICE_API_RATE_PERIOD = env.float("SLUICE_API_RATE_PERIOD", default=60.0)
@@ -217,8 +221,54 @@ SLUICE_WEBHOOK_SECRET = env("SLUICE_WEBHOOK_SECRET", default="")
 # Deliver a webhook right after the run's transaction commits instead of waiting for the next
 # ``workflows.deliver_outbox`` beat (every 5 s). Either way the outbox row is the truth.
 SLUICE_WEBHOOK_DISPATCH_ON_COMMIT = env.bool("SLUICE_WEBHOOK_DISPATCH_ON_COMMIT", default=True)
-# Groups whose members may see the run pages (staff always may; only staff act on runs).
-SLUICE_RUN_VIEWER_GROUPS = env.list("SLUICE_RUN_VIEWER_GROUPS", default=["reviewers"])
 
 # --- Pipelines and LLM providers ----------------------------------------------------------------
-# Settings of the pipelines app go here.
+# The model that answers LLM tasks: "offline" (the default: deterministic text analysis, no key,
+# no network), "openai:gpt-4o-mini", "anthropic:claude-3-5-haiku-latest",
+# "openai-compatible:<model>@http://host:port/v1", "ollama:llama3.1", "vllm:…", "llamacpp:…".
+SLUICE_LLM_MODEL = env("SLUICE_LLM_MODEL", default="offline")
+# Per pipeline or per task: "thread_analysis=openai:gpt-4o,support_ticket.grade=anthropic:…".
+SLUICE_LLM_MODELS = env.dict("SLUICE_LLM_MODELS", default={})
+# Base URL of openai / openai-compatible models that do not name one with "@url".
+SLUICE_LLM_BASE_URL = env("SLUICE_LLM_BASE_URL", default="")
+# One key for every provider; otherwise OPENAI_API_KEY / ANTHROPIC_API_KEY as usual.
+SLUICE_LLM_API_KEY = env("SLUICE_LLM_API_KEY", default="")
+# Seconds one provider request may take; LLM steps time out 15 s later as a backstop.
+SLUICE_LLM_TIMEOUT = env.float("SLUICE_LLM_TIMEOUT", default=60.0)
+# Structured output: "tool" (tool calls, widest support), "native" (JSON-schema mode) or
+# "prompted" (JSON asked for in the prompt, for servers with neither).
+SLUICE_LLM_OUTPUT_MODE = env("SLUICE_LLM_OUTPUT_MODE", default="tool")
+# Simulated latency of the offline provider, in seconds (demos; crash tests).
+SLUICE_LLM_OFFLINE_LATENCY = env.float("SLUICE_LLM_OFFLINE_LATENCY", default=0.0)
+# USD per million tokens, (input, output), by "provider:model", "model" or "provider:*".
+# The offline provider and self-hosted OpenAI-compatible servers cost nothing by default.
+# Add or override from the environment: SLUICE_LLM_PRICES="openai:gpt-5=1.25/10,…".
+SLUICE_LLM_PRICES: dict[str, tuple[float, float]] = {
+    "offline": (0.0, 0.0),
+    "openai:gpt-4o-mini": (0.15, 0.60),
+    "openai:gpt-4o": (2.50, 10.00),
+    "openai:gpt-4.1-mini": (0.40, 1.60),
+    "openai:gpt-4.1": (2.00, 8.00),
+    "anthropic:claude-3-5-haiku-latest": (0.80, 4.00),
+    "anthropic:claude-sonnet-4-0": (3.00, 15.00),
+    "anthropic:claude-opus-4-0": (15.00, 75.00),
+}
+for _model, _price in env.dict("SLUICE_LLM_PRICES", default={}).items():
+    _in, _, _out = _price.partition("/")
+    SLUICE_LLM_PRICES[_model] = (float(_in), float(_out or _in))
+# Per-provider limits: LLM steps of a provider run in its own pool ("llm-openai", …; the
+# offline provider uses "llm"), all served by workers of the "llm" queue. Concurrency is across
+# all workers; the rate limit is step starts per period. Env: SLUICE_LLM_OPENAI_CONCURRENCY,
+# SLUICE_LLM_OPENAI_RATE_LIMIT, SLUICE_LLM_OPENAI_RATE_PERIOD (and ANTHROPIC_, COMPATIBLE_).
+for _provider, _concurrency in (("openai", 8), ("anthropic", 4), ("openai-compatible", 2)):
+    _key = "SLUICE_LLM_" + _provider.split("-")[-1].upper()
+    SLUICE_POOLS[f"llm-{_provider}"] = {
+        "max_concurrency": env.int(f"{_key}_CONCURRENCY", default=_concurrency),
+        "rate_limit": env.int(f"{_key}_RATE_LIMIT", default=0) or None,
+        "rate_period": env.float(f"{_key}_RATE_PERIOD", default=60.0),
+        "queue": "llm",
+    }
+# support_ticket: also e-mail the reply (Django's EMAIL_* settings) when it leaves the outbox;
+# off by default, so the demo records the reply on the ticket without a mail server.
+SLUICE_SUPPORT_SEND_EMAIL = env.bool("SLUICE_SUPPORT_SEND_EMAIL", default=False)
+SLUICE_SUPPORT_FROM_EMAIL = env("SLUICE_SUPPORT_FROM_EMAIL", default="support@sluice.invalid")

@@ -573,7 +573,7 @@ class Context:
 
     def _record_usage(self, row: Step, scope: usage.StepScope) -> None:
         if scope.usage:
-            row.usage = {**(row.usage or {}), **scope.usage}
+            row.usage = usage.merge(row.usage, scope.usage)
         if scope.cost:
             row.cost = (row.cost or Decimal(0)) + scope.cost
             self._cost += scope.cost

@@ -219,9 +219,9 @@ def complete_step(
     )
     common: dict[str, Any] = {"finished_at": now, "lease_owner": "", "lease_expires_at": None}
     if scope.usage:
-        common["usage"] = scope.usage
+        common["usage"] = usage.merge(row.usage, scope.usage)
     if scope.cost:
-        common["cost"] = scope.cost
+        common["cost"] = F("cost") + scope.cost  # over all attempts, like the run's cost
     with transaction.atomic():
         if exc is None:
             n = fence.update(status=StepStatus.SUCCEEDED, result=data, error=None, **common)

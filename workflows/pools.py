@@ -102,7 +102,10 @@ def try_acquire(pool_name: str, now: datetime) -> datetime | bool:
     qs = Pool.objects.filter(pk=pool_name)
     if connection.features.has_select_for_update:
         qs = qs.select_for_update()
-    row = qs.get()
+    row = qs.first()
+    if row is None:  # The table was emptied under a cached configuration (tests, a reset).
+        clear_cache()
+        row, _ = Pool.objects.get_or_create(name=pool_name, defaults=_defaults(pool_name))
     if row.max_concurrency and running_in(pool_name, now) >= row.max_concurrency:
         return False
     if row.rate_limit:
@@ -129,7 +132,7 @@ def reserve(pool_name: str, wanted: int, now: datetime) -> int:
     qs = Pool.objects.filter(pk=pool_name)
     if connection.features.has_select_for_update:
         qs = qs.select_for_update()
-    row = qs.get()
-    if not row.max_concurrency:
+    row = qs.first()
+    if row is None or not row.max_concurrency:
         return 0
     return max(0, min(wanted, row.max_concurrency - running_in(pool_name, now)))

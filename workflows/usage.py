@@ -50,3 +50,14 @@ def enter(scope: StepScope) -> contextvars.Token[StepScope | None]:
 
 def leave(token: contextvars.Token[StepScope | None]) -> None:
     _current.reset(token)
+
+
+def merge(previous: dict[str, Any] | None, current: dict[str, Any]) -> dict[str, Any]:
+    """Usage over all attempts of a step: token counts add up, other keys take the latest."""
+    merged = dict(previous or {})
+    for key, value in current.items():
+        if key.endswith("tokens") and isinstance(value, int | float) and not isinstance(value, bool):
+            merged[key] = merged.get(key, 0) + value
+        else:
+            merged[key] = value
+    return merged

@@ -1,7 +1,9 @@
-"""Create the demo users that ``make run`` prints: an admin and a reviewer.
+"""Create the demo users that ``make run`` prints: an admin and a reviewer, and start a few demo
+runs of the built-in pipelines so the review queue is not empty.
 
 Idempotent: running it again leaves one of each, puts the reviewer back in the ``reviewers``
-group and resets both passwords to the printed ones, so the credentials shown always work.
+group and resets both passwords to the printed ones, so the credentials shown always work. The
+demo runs carry idempotency keys, so they are started once (``--no-runs`` skips them).
 Only for the embedded demo; never run it against a production database.
 """
 
@@ -23,10 +25,66 @@ DEMO_USERS: tuple[tuple[str, str, bool, bool, tuple[str, ...]], ...] = (
 )
 
 
+# (idempotency key, pipeline, input): each stops at a review gate once a worker ran it.
+DEMO_RUNS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("demo:thread_analysis:1", "thread_analysis", {}),  # the pipeline's sample input
+    (
+        "demo:thread_analysis:2",
+        "thread_analysis",
+        {
+            "title": "Weekend plans",
+            "thread": "Jo: Can we talk about the weekend?\nKim: Sure, what's up?\n"
+            "Jo: I feel like we never see my family.\n"
+            "Kim: That's not true, we saw them last month. You're overreacting.\n"
+            "Jo: I just want us to plan it together.\nKim: Whatever. Plan it then.",
+        },
+    ),
+    (
+        "demo:support_ticket:1",
+        "support_ticket",
+        {
+            "customer_email": "lee@example.com",
+            "subject": "Parrot in the office",
+            "message": "Our office parrot keeps chewing the plants. What should we feed him?",
+            "channel": "chat",
+        },
+    ),
+    ("demo:document_batch:1", "document_batch", {}),
+)
+
+
 class Command(BaseCommand):
-    help = "Create (or repair) the demo admin and demo reviewer, and print their credentials."
+    help = (
+        "Create (or repair) the demo admin and demo reviewer, print their credentials, and "
+        "start the demo pipeline runs."
+    )
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--no-runs", action="store_true", help="Do not start demo runs.")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        self.create_users()
+        if not options.get("no_runs"):
+            self.start_runs()
+
+    def start_runs(self) -> None:
+        """Start each demo run once; the workers of ``make run`` take them from there."""
+        from pipelines.registry import get_pipeline
+        from workflows import start
+
+        for key, name, data in DEMO_RUNS:
+            definition = get_pipeline(name)
+            if definition is None:
+                continue
+            run = start(
+                name,
+                data or definition.extra["sample_input"],
+                idempotency_key=key,
+                created_by="admin",
+            )
+            self.stdout.write(f"demo run {name}: /runs/{run.pk}/ ({run.status})")
+
+    def create_users(self) -> None:
         User = get_user_model()
         with transaction.atomic():
             group, _ = Group.objects.get_or_create(name=REVIEWERS_GROUP)

@@ -1,0 +1,584 @@
+"""thread_analysis: psychological analysis of a message thread, as a state machine.
+
+parse → three analyses in parallel (DARVO, manipulation tactics, psychological profile; two
+of three must succeed) → a guard picks the review path (DARVO found or not) → a 24-hour gate
+(approve → synthesis; reject → the analyses run again with the reviewer's comment in their
+prompts; no decision → approved) → synthesis.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipelines.builtin.common import llm_step
+from pipelines.llm import LLMTask, complete, offline
+from pipelines.machine import final, goto, human, machine, parallel, state
+from workflows import NonRetryableError, step
+
+# --- input and parsing ------------------------------------------------------------------------
+
+
+class ThreadInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(
+        "",
+        max_length=200,
+        title="Title",
+        description="A name for this analysis, shown to reviewers.",
+    )
+    thread: str = Field(
+        ...,
+        min_length=1,
+        max_length=50_000,
+        title="Message thread",
+        description="One message per line, written as “Name: message”. Lines without a name "
+        "continue the previous message.",
+        json_schema_extra={"widget": "textarea", "rows": 10},
+    )
+
+
+SPEAKER = re.compile(r"^\s*([A-Z][\w .'-]{0,40}?)\s*:\s*(.+)$")
+
+
+@step
+def parse_thread(data: dict[str, Any]) -> dict[str, Any]:
+    """Split the thread into messages by speaker."""
+    messages: list[dict[str, Any]] = []
+    for line in data["thread"].splitlines():
+        if not line.strip():
+            continue
+        m = SPEAKER.match(line)
+        if m:
+            messages.append(
+                {"n": len(messages) + 1, "speaker": m.group(1).strip(), "text": m.group(2).strip()}
+            )
+        elif messages:
+            messages[-1]["text"] += " " + line.strip()
+    if not messages:
+        raise NonRetryableError("no messages found: write one message per line as “Name: message”")
+    participants = list(dict.fromkeys(msg["speaker"] for msg in messages))
+    return {"messages": messages, "participants": participants}
+
+
+# --- shared output pieces ---------------------------------------------------------------------
+
+
+class Finding(BaseModel):
+    label: str
+    speaker: str
+    quote: str
+
+
+def _findings(
+    messages: list[dict[str, Any]], lexicon: dict[str, list[re.Pattern[str]]]
+) -> list[Finding]:
+    found = []
+    for msg in messages:
+        for hit in offline.find(msg["text"], lexicon):
+            found.append(Finding(label=hit.label, speaker=msg["speaker"], quote=hit.evidence))
+    return found
+
+
+def _transcript(data: dict[str, Any]) -> str:
+    lines = [f"{m['speaker']}: {m['text']}" for m in data.get("messages", [])]
+    feedback = data.get("reviewer_comment") or ""
+    if feedback:
+        lines.append("")
+        lines.append(f"A reviewer rejected the previous analysis with this comment: {feedback}")
+        lines.append("Take it into account.")
+    return "\n".join(lines)
+
+
+def _revision(data: dict[str, Any]) -> str:
+    comment = data.get("reviewer_comment") or ""
+    return f"Revised after reviewer feedback: “{comment}”." if comment else ""
+
+
+# --- DARVO ------------------------------------------------------------------------------------
+
+
+class DarvoAnalysis(BaseModel):
+    detected: bool = Field(
+        description="True when one speaker shows at least two of deny, attack "
+        "and reverse victim/offender."
+    )
+    confidence: float = Field(ge=0, le=1)
+    speaker: str = Field("", description="Who shows the pattern most, if anyone.")
+    findings: list[Finding]
+    explanation: str
+    revision_note: str = ""
+
+
+DARVO_LEXICON = offline.compile_lexicon(
+    {
+        "deny": [
+            "I never",
+            "never said",
+            "that never happened",
+            "didn't happen",
+            "not true",
+            "you're making that up",
+            "making things up",
+            "I did not",
+            "I didn't do",
+            "you imagined",
+        ],
+        "attack": [
+            "you always",
+            "you never",
+            "you're crazy",
+            "you are crazy",
+            "your fault",
+            "you're the one",
+            "you are the one",
+            "what is wrong with you",
+            "you're insane",
+            "you're pathetic",
+            "you're so dramatic",
+            "you're unstable",
+            "liar",
+        ],
+        "reverse": [
+            "I'm the victim",
+            "I am the victim",
+            "you're hurting me",
+            "you are hurting me",
+            "after everything I",
+            "look what you made me",
+            "you made me",
+            "I'm the one suffering",
+            "you're attacking me",
+            "you are attacking me",
+            "how could you do this to me",
+            "you're abusing me",
+            "you are abusing me",
+        ],
+    }
+)
+
+
+def _darvo_offline(data: dict[str, Any]) -> DarvoAnalysis:
+    findings = _findings(data["messages"], DARVO_LEXICON)
+    by_speaker: dict[str, set[str]] = {}
+    for f in findings:
+        by_speaker.setdefault(f.speaker, set()).add(f.label)
+    speaker, parts = max(by_speaker.items(), key=lambda kv: len(kv[1]), default=("", set()))
+    detected = len(parts) >= 2
+    confidence = round(min(0.95, len(parts) / 3 * 0.8 + min(len(findings), 6) * 0.025), 2)
+    if detected:
+        text = (
+            f"{speaker} shows {len(parts)} of 3 DARVO components ({', '.join(sorted(parts))}) "
+            f"across {len(findings)} matching statements."
+        )
+    elif findings:
+        text = "Isolated DARVO-like statements, but no speaker shows two components."
+    else:
+        text = "No statements matching deny, attack or reverse-victim patterns."
+    return DarvoAnalysis(
+        detected=detected,
+        confidence=confidence if findings else 0.05,
+        speaker=speaker if detected else "",
+        findings=findings,
+        explanation=text,
+        revision_note=_revision(data),
+    )
+
+
+DARVO = LLMTask(
+    name="thread_analysis.analyze_darvo",
+    output_type=DarvoAnalysis,
+    instructions=(
+        "You analyse message threads for DARVO (Deny, Attack, Reverse Victim and Offender). "
+        "Quote the statements that show each component and name the speaker. Report DARVO as "
+        "detected only when one speaker shows at least two components. Be conservative."
+    ),
+    prompt=_transcript,
+    offline=_darvo_offline,
+)
+
+
+@llm_step(DARVO)
+def analyze_darvo(data: dict[str, Any]) -> dict[str, Any]:
+    answer = complete(DARVO, data)
+    return {"darvo": answer.result(), "darvo_detected": answer.output.detected}
+
+
+# --- manipulation tactics ---------------------------------------------------------------------
+
+
+class Tactic(BaseModel):
+    name: str
+    count: int = Field(ge=0)
+    examples: list[Finding]
+
+
+class TacticsAnalysis(BaseModel):
+    tactics: list[Tactic]
+    most_frequent: str = ""
+    explanation: str
+    revision_note: str = ""
+
+
+TACTICS_LEXICON = offline.compile_lexicon(
+    {
+        "gaslighting": [
+            "you're imagining",
+            "you are imagining",
+            "that never happened",
+            "you're too sensitive",
+            "you're remembering it wrong",
+            "you're overthinking",
+            "nobody else thinks",
+            "you're confused",
+            "I never said that",
+        ],
+        "guilt-tripping": [
+            "after everything I",
+            "if you really loved me",
+            "I guess I'm just",
+            "you don't care about",
+            "I sacrificed",
+            "you owe me",
+        ],
+        "blame-shifting": [
+            "your fault",
+            "you made me",
+            "because of you",
+            "if you hadn't",
+            "look what you made me",
+        ],
+        "minimizing": [
+            "just a joke",
+            "overreacting",
+            "not a big deal",
+            "calm down",
+            "relax",
+            "making a big deal",
+            "so dramatic",
+        ],
+        "stonewalling": [
+            "I'm not talking about this",
+            "I'm done talking",
+            "whatever",
+            "not discussing",
+            "leave me alone",
+            "this conversation is over",
+        ],
+        "threats": [
+            "or else",
+            "you'll regret",
+            "I'll leave",
+            "I will leave",
+            "you'll be sorry",
+            "I'll tell everyone",
+            "I'll make sure",
+        ],
+        "name-calling": ["idiot", "stupid", "pathetic", "crazy", "psycho", "loser", "insane"],
+    }
+)
+
+
+def _tactics_offline(data: dict[str, Any]) -> TacticsAnalysis:
+    findings = _findings(data["messages"], TACTICS_LEXICON)
+    grouped: dict[str, list[Finding]] = {}
+    for f in findings:
+        grouped.setdefault(f.label, []).append(f)
+    tactics = sorted(
+        (Tactic(name=k, count=len(v), examples=v[:3]) for k, v in grouped.items()),
+        key=lambda t: (-t.count, t.name),
+    )
+    if tactics:
+        text = "Found " + ", ".join(f"{t.name} ×{t.count}" for t in tactics) + "."
+    else:
+        text = "No manipulation tactics from the lexicon were found."
+    return TacticsAnalysis(
+        tactics=tactics,
+        most_frequent=tactics[0].name if tactics else "",
+        explanation=text,
+        revision_note=_revision(data),
+    )
+
+
+TACTICS = LLMTask(
+    name="thread_analysis.analyze_tactics",
+    output_type=TacticsAnalysis,
+    instructions=(
+        "You identify manipulation tactics in a message thread (gaslighting, guilt-tripping, "
+        "blame-shifting, minimizing, stonewalling, threats, name-calling). Count each tactic and "
+        "quote up to three examples with their speaker."
+    ),
+    prompt=_transcript,
+    offline=_tactics_offline,
+)
+
+
+@llm_step(TACTICS)
+def analyze_tactics(data: dict[str, Any]) -> dict[str, Any]:
+    return {"tactics": complete(TACTICS, data).result()}
+
+
+# --- psychological profile --------------------------------------------------------------------
+
+
+class SpeakerProfile(BaseModel):
+    speaker: str
+    messages: int = Field(ge=0)
+    sentiment: float = Field(ge=-1, le=1, description="-1 hostile … 1 warm")
+    intensity: float = Field(ge=0, le=1)
+    you_statements: int = Field(ge=0)
+    i_statements: int = Field(ge=0)
+    apologies: int = Field(ge=0)
+    questions: int = Field(ge=0)
+    tone: str
+
+
+class PsychologicalAnalysis(BaseModel):
+    speakers: list[SpeakerProfile]
+    escalation: bool = Field(description="True when hostility rises over the thread.")
+    dynamics: str
+    revision_note: str = ""
+
+
+YOU = re.compile(r"\byou(?:'re| are|'ve| have| always| never)?\b", re.I)
+I_STATEMENT = re.compile(r"\bI (?:feel|felt|think|need|want|am|was)\b")
+APOLOGY = re.compile(r"\b(?:sorry|apologi[sz]e|my bad|my fault)\b", re.I)
+
+
+def _tone(sentiment: float, intensity: float) -> str:
+    if sentiment <= -0.3:
+        return "hostile" if intensity >= 0.3 else "negative"
+    if sentiment >= 0.3:
+        return "warm"
+    return "tense" if intensity >= 0.3 else "neutral"
+
+
+def _psych_offline(data: dict[str, Any]) -> PsychologicalAnalysis:
+    profiles = []
+    for speaker in data["participants"]:
+        texts = [m["text"] for m in data["messages"] if m["speaker"] == speaker]
+        joined = " ".join(texts)
+        sent, inten = offline.sentiment(joined), offline.intensity(joined)
+        profiles.append(
+            SpeakerProfile(
+                speaker=speaker,
+                messages=len(texts),
+                sentiment=sent,
+                intensity=inten,
+                you_statements=len(YOU.findall(joined)),
+                i_statements=len(I_STATEMENT.findall(joined)),
+                apologies=len(APOLOGY.findall(joined)),
+                questions=joined.count("?"),
+                tone=_tone(sent, inten),
+            )
+        )
+    scores = [offline.sentiment(m["text"]) for m in data["messages"]]
+    half = len(scores) // 2
+    escalation = (
+        half > 0 and sum(scores[half:]) / (len(scores) - half) < sum(scores[:half]) / half - 0.2
+    )
+    accusatory = [p.speaker for p in profiles if p.you_statements > max(1, 2 * p.i_statements)]
+    parts = [
+        f"{p.speaker}: {p.tone} (sentiment {p.sentiment:+.2f}, {p.apologies} apologies)"
+        for p in profiles
+    ]
+    if accusatory:
+        parts.append(f"accusatory “you” language dominates for {', '.join(accusatory)}")
+    if escalation:
+        parts.append("the exchange grows more hostile over time")
+    return PsychologicalAnalysis(
+        speakers=profiles,
+        escalation=escalation,
+        dynamics="; ".join(parts) + ".",
+        revision_note=_revision(data),
+    )
+
+
+PSYCH = LLMTask(
+    name="thread_analysis.analyze_psychological",
+    output_type=PsychologicalAnalysis,
+    instructions=(
+        "You describe the psychological dynamics of a message thread: per speaker, the tone, "
+        "sentiment (-1..1), intensity (0..1), 'you' versus 'I' statements, apologies and "
+        "questions; then whether the exchange escalates. Describe behaviour, do not diagnose."
+    ),
+    prompt=_transcript,
+    offline=_psych_offline,
+)
+
+
+@llm_step(PSYCH)
+def analyze_psychological(data: dict[str, Any]) -> dict[str, Any]:
+    return {"psychological": complete(PSYCH, data).result()}
+
+
+# --- synthesis --------------------------------------------------------------------------------
+
+
+class Synthesis(BaseModel):
+    summary: str
+    risk_level: Literal["low", "moderate", "high"]
+    key_findings: list[str]
+    recommendations: list[str]
+    caveats: list[str]
+
+
+def _synthesis_prompt(data: dict[str, Any]) -> str:
+    import json
+
+    parts = {
+        k: data.get(k) for k in ("darvo", "tactics", "psychological", "branch_failures", "review")
+    }
+    return "Analyses of the thread (JSON):\n" + json.dumps(parts, indent=1)[:20_000]
+
+
+def _synthesis_offline(data: dict[str, Any]) -> Synthesis:
+    darvo, tactics, psych = data.get("darvo"), data.get("tactics"), data.get("psychological")
+    findings: list[str] = []
+    score = 0
+    if darvo:
+        findings.append(darvo["explanation"])
+        score += 2 if darvo["detected"] else 0
+    if tactics:
+        findings.append(tactics["explanation"])
+        score += min(2, sum(t["count"] for t in tactics["tactics"]) // 2)
+    if psych:
+        findings.append("Dynamics: " + psych["dynamics"])
+        score += 1 if psych["escalation"] else 0
+    risk: Literal["low", "moderate", "high"] = (
+        "high" if score >= 4 else "moderate" if score >= 2 else "low"
+    )
+    recs = {
+        "high": [
+            "Treat the pattern as serious; document further incidents with dates.",
+            "Consider support from a counsellor or a trusted third party.",
+        ],
+        "moderate": [
+            "Name the behaviour calmly and set a clear boundary.",
+            "Watch whether the pattern repeats.",
+        ],
+        "low": ["No action needed beyond ordinary communication."],
+    }[risk]
+    caveats = [
+        "Produced by the offline analyzer from word lists and patterns; it misses sarcasm, "
+        "context and anything not phrased in its lexicons."
+    ]
+    failed = {s: f for s, f in (data.get("branch_failures") or {}).items() if f}
+    for state_name, branches in failed.items():
+        caveats.append(f"Analyses missing from {state_name}: {', '.join(branches)} failed.")
+    review = data.get("review") or {}
+    if review.get("timed_out"):
+        caveats.append("No reviewer decided in time; the analysis was approved by default.")
+    summary = f"Risk {risk}: " + (findings[0] if findings else "no analysis available.")
+    return Synthesis(
+        summary=summary,
+        risk_level=risk,
+        key_findings=findings,
+        recommendations=recs,
+        caveats=caveats,
+    )
+
+
+SYNTHESIS = LLMTask(
+    name="thread_analysis.synthesize",
+    output_type=Synthesis,
+    instructions=(
+        "You combine analyses of a message thread into a short, careful report: a summary, a risk "
+        "level (low, moderate, high), key findings, recommendations and caveats (including any "
+        "analysis that failed)."
+    ),
+    prompt=_synthesis_prompt,
+    offline=_synthesis_offline,
+)
+
+
+@llm_step(SYNTHESIS)
+def synthesize(data: dict[str, Any]) -> dict[str, Any]:
+    return {"report": complete(SYNTHESIS, data).result()}
+
+
+# --- the machine ------------------------------------------------------------------------------
+
+
+def darvo_detected(data: dict[str, Any]) -> bool:
+    return bool(data.get("darvo_detected"))
+
+
+def review_payload(data: dict[str, Any]) -> dict[str, Any]:
+    """What the reviewer sees: the analyses, not the raw parse."""
+    return {
+        "title": data.get("title") or "Message thread",
+        "participants": data.get("participants", []),
+        "darvo": data.get("darvo"),
+        "tactics": data.get("tactics"),
+        "psychological": data.get("psychological"),
+        "failed_analyses": {k: v for k, v in (data.get("branch_failures") or {}).items() if v},
+    }
+
+
+SAMPLE_THREAD = """\
+Alex: You said you'd pick me up at 6 and I waited an hour.
+Sam: I never said 6. You're making that up again.
+Alex: I have the message right here.
+Sam: You always do this. You're so dramatic about everything, it was just a joke.
+Alex: I feel hurt that you forgot. I just want to talk about it.
+Sam: After everything I do for you, you're attacking me? I'm the victim here.
+Sam: Whatever. I'm done talking about this.
+"""
+
+REVIEW = "Please verify the analysis results. Reject with a comment to have them redone."
+
+thread_analysis = machine(
+    id="thread_analysis",
+    version=1,
+    initial="parsing",
+    title="Thread analysis",
+    description=(
+        "Psychological analysis of a message thread: DARVO, manipulation tactics and a "
+        "psychological profile run in parallel (two of three must succeed), a reviewer "
+        "verifies them within 24 hours (reject sends them back with the comment), then a "
+        "synthesis report."
+    ),
+    input_model=ThreadInput,
+    context={"darvo_detected": False},
+    sample_input={"title": "Pick-up argument", "thread": SAMPLE_THREAD},
+    order=1,
+    states={
+        "parsing": state(run=parse_thread, on_done="analysis", on_error="failed"),
+        "analysis": parallel(
+            {
+                "darvo": state(run=analyze_darvo),
+                "tactics": state(run=analyze_tactics),
+                "psychological": state(run=analyze_psychological),
+            },
+            min_success=2,
+            on_done=[
+                goto("darvo_review", guard=darvo_detected, label="DARVO detected"),
+                goto("standard_review"),
+            ],
+            on_error="failed",
+        ),
+        "darvo_review": human(
+            title="Verify DARVO analysis",
+            instruction=REVIEW,
+            timeout="24h",
+            on={"approve": "synthesis", "reject": "analysis"},
+            on_timeout="approve",
+            payload=review_payload,
+        ),
+        "standard_review": human(
+            title="Verify thread analysis",
+            instruction=REVIEW,
+            timeout="24h",
+            on={"approve": "synthesis", "reject": "analysis"},
+            on_timeout="approve",
+            payload=review_payload,
+        ),
+        "synthesis": state(run=synthesize, on_done="complete", on_error="failed"),
+        "complete": final(),
+        "failed": final(status="failed"),
+    },
+)

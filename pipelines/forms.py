@@ -1,0 +1,321 @@
+"""The "Start run" form, generated from a pipeline's input JSON Schema.
+
+``build_fields(schema, values, errors)`` turns the schema into ``Field`` objects the template
+renders (recursively); ``parse_post(schema, post)`` reads the submitted form back into input
+data. Input names are ``input.<path>`` with list indexes in the path
+(``input.documents.0.title``), which is also how the engine names validation errors, so each
+error lands under its field.
+
+Supported: strings (text, ``widget: textarea``, ``enum`` as a select), integers, numbers,
+booleans, nullable variants, nested objects, arrays of objects (repeatable fieldsets), arrays
+of scalars (one per line). Anything else is edited as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+PREFIX = "input"
+INDEX = "__index__"
+
+
+@dataclass
+class Field:
+    name: str  # the form input name: input.documents.0.title
+    label: str
+    # text | textarea | integer | number | checkbox | select | lines | json | object | array
+    kind: str
+    required: bool = False
+    help: str = ""
+    value: Any = None
+    choices: list[str] = field(default_factory=list)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    children: list[Field] = field(default_factory=list)  # object fields / array items
+    template: Field | None = None  # a blank array item, named with __index__
+    index: int | None = None  # position in its array
+
+    @property
+    def id(self) -> str:
+        return "f-" + re.sub(r"[^\w-]", "-", self.name)
+
+    @property
+    def display_value(self) -> str:
+        """The value as the input shows it."""
+        if self.value is None:
+            return ""
+        if self.kind == "lines":
+            return (
+                "\n".join(str(v) for v in self.value)
+                if isinstance(self.value, list)
+                else str(self.value)
+            )
+        if self.kind == "json":
+            return self.value if isinstance(self.value, str) else json.dumps(self.value, indent=2)
+        return str(self.value)
+
+    @property
+    def item_label(self) -> str:
+        return f"{self.label} {self.index + 1}" if self.index is not None else self.label
+
+
+def resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Follow ``$ref`` and unwrap ``anyOf [X, null]``: (schema, nullable)."""
+    node = dict(schema)
+    nullable = False
+    for _ in range(10):
+        if "$ref" in node:
+            name = str(node["$ref"]).rsplit("/", 1)[-1]
+            merged = dict(root.get("$defs", {}).get(name, {}))
+            merged.update({k: v for k, v in node.items() if k != "$ref"})
+            node = merged
+            continue
+        options = node.get("anyOf") or node.get("oneOf")
+        if options:
+            rest = [o for o in options if o.get("type") != "null"]
+            nullable = nullable or len(rest) < len(options)
+            if len(rest) == 1:
+                merged = dict(rest[0])
+                merged.update({k: v for k, v in node.items() if k not in ("anyOf", "oneOf")})
+                node = merged
+                continue
+        break
+    return node, nullable
+
+
+def kind_of(schema: Mapping[str, Any], root: Mapping[str, Any]) -> str:
+    node, _ = resolve(schema, root)
+    t = node.get("type")
+    if "enum" in node and t in ("string", None):
+        return "select"
+    if t == "string":
+        return "textarea" if node.get("widget") == "textarea" else "text"
+    if t in ("integer", "number"):
+        return str(t)
+    if t == "boolean":
+        return "checkbox"
+    if t == "object" and node.get("properties"):
+        return "object"
+    if t == "array":
+        items, _ = resolve(node.get("items", {}), root)
+        if items.get("type") == "object" and items.get("properties"):
+            return "array"
+        if items.get("type") in ("string", "integer", "number"):
+            return "lines"
+    return "json"
+
+
+def build_fields(
+    schema: Mapping[str, Any],
+    values: Mapping[str, Any] | None,
+    errors: Mapping[str, list[str]] | None = None,
+) -> list[Field]:
+    """The form's fields for an object schema, filled with ``values``."""
+    root = schema
+    obj = build(schema, root, PREFIX, "", dict(values or {}), dict(errors or {}), required=True)
+    return obj.children
+
+
+def build(
+    schema: Mapping[str, Any],
+    root: Mapping[str, Any],
+    name: str,
+    label: str,
+    value: Any,
+    errors: Mapping[str, list[str]],
+    required: bool = False,
+) -> Field:
+    node, nullable = resolve(schema, root)
+    kind = kind_of(node, root)
+    f = Field(
+        name=name,
+        label=str(node.get("title") or label.replace("_", " ").capitalize()),
+        kind=kind,
+        required=required and not nullable,
+        help=str(node.get("description") or ""),
+        value=value,
+        errors=list(errors.get(_path(name), [])),
+    )
+    if kind == "object":
+        req = set(node.get("required", []))
+        props = node.get("properties", {})
+        data = value if isinstance(value, dict) else {}
+        f.children = [
+            build(
+                sub,
+                root,
+                f"{name}.{key}",
+                key,
+                data.get(key, sub.get("default")),
+                errors,
+                key in req,
+            )
+            for key, sub in props.items()
+        ]
+    elif kind == "array":
+        items = node.get("items", {})
+        rows = value if isinstance(value, list) else []
+        f.children = [_item(items, root, name, i, row, errors) for i, row in enumerate(rows)]
+        f.template = _item(items, root, name, None, {}, {})
+        f.attrs = {k: node[k] for k in ("minItems", "maxItems") if k in node}
+    else:
+        f.attrs = _attrs(node, kind)
+        if kind == "select":
+            f.choices = [str(c) for c in node.get("enum", [])]
+    return f
+
+
+def _item(
+    items: Mapping[str, Any],
+    root: Mapping[str, Any],
+    name: str,
+    index: int | None,
+    value: Any,
+    errors: Mapping[str, list[str]],
+) -> Field:
+    key = str(index) if index is not None else INDEX
+    item = build(items, root, f"{name}.{key}", "", value, errors, required=True)
+    item.index = index
+    return item
+
+
+def _attrs(node: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    if kind in ("text", "textarea"):
+        if "maxLength" in node:
+            attrs["maxlength"] = node["maxLength"]
+        if "pattern" in node and kind == "text":
+            attrs["pattern"] = node["pattern"]
+        if kind == "textarea":
+            attrs["rows"] = node.get("rows", 5)
+    if kind in ("integer", "number"):
+        for src, dst in (("minimum", "min"), ("maximum", "max")):
+            if src in node:
+                attrs[dst] = node[src]
+        attrs["step"] = "1" if kind == "integer" else "any"
+    return attrs
+
+
+def _path(name: str) -> str:
+    """``input.documents.0.title`` → ``documents.0.title`` (the engine's error field)."""
+    return name[len(PREFIX) + 1 :] if name.startswith(PREFIX + ".") else ""
+
+
+# --- reading a submitted form -----------------------------------------------------------------
+
+
+def parse_post(
+    schema: Mapping[str, Any], post: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Input data from the form, and errors the form itself finds (bad numbers, bad JSON)."""
+    errors: dict[str, list[str]] = {}
+    data = _parse(schema, schema, PREFIX, post, errors)
+    return (data if isinstance(data, dict) else {}), errors
+
+
+_MISSING = object()
+
+
+def _parse(
+    schema: Mapping[str, Any],
+    root: Mapping[str, Any],
+    name: str,
+    post: Mapping[str, Any],
+    errors: dict[str, list[str]],
+) -> Any:
+    node, nullable = resolve(schema, root)
+    kind = kind_of(node, root)
+    if kind == "object":
+        out: dict[str, Any] = {}
+        for key, sub in node.get("properties", {}).items():
+            value = _parse(sub, root, f"{name}.{key}", post, errors)
+            if value is not _MISSING:
+                out[key] = value
+        return out
+    if kind == "array":
+        pattern = re.compile(re.escape(name) + r"\.(\d+)\.")
+        indexes = sorted({int(m.group(1)) for k in post for m in [pattern.match(k)] if m})
+        return [_parse(node.get("items", {}), root, f"{name}.{i}", post, errors) for i in indexes]
+    if kind == "checkbox":
+        return name in post
+    if name not in post:
+        return _MISSING
+    raw = str(post.get(name, ""))
+    if kind in ("text", "textarea", "select"):
+        if raw == "" and nullable:
+            return None
+        return raw.replace("\r\n", "\n")
+    if raw.strip() == "":
+        return None if nullable else _MISSING
+    if kind in ("integer", "number"):
+        try:
+            number = Decimal(raw.strip())
+        except InvalidOperation:
+            errors.setdefault(_path(name), []).append("Enter a number.")
+            return _MISSING
+        if kind == "integer":
+            if number != number.to_integral_value():
+                errors.setdefault(_path(name), []).append("Enter a whole number.")
+                return _MISSING
+            return int(number)
+        return float(number)
+    if kind == "lines":
+        items_kind = resolve(node.get("items", {}), root)[0].get("type")
+        lines = [line.strip() for line in raw.splitlines() if line.strip()]
+        if items_kind in ("integer", "number"):
+            try:
+                return [int(x) if items_kind == "integer" else float(x) for x in lines]
+            except ValueError:
+                errors.setdefault(_path(name), []).append("Enter one number per line.")
+                return _MISSING
+        return lines
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        errors.setdefault(_path(name), []).append(f"Not valid JSON: {exc}")
+        return _MISSING
+
+
+def parse_budget(raw: str) -> tuple[Decimal | None, str]:
+    """The optional budget (max_cost, USD): (value, error)."""
+    text = (raw or "").strip()
+    if not text:
+        return None, ""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        return None, "Enter an amount in USD, like 0.50."
+    if value <= 0 or value >= Decimal("100000000"):
+        return None, "The budget must be more than 0."
+    return value, ""
+
+
+def attach_errors(errors: list[dict[str, Any]]) -> tuple[dict[str, list[str]], list[str]]:
+    """The engine's ``InvalidInputError.errors`` as (by field path, errors of the whole input)."""
+    by_field: dict[str, list[str]] = {}
+    general: list[str] = []
+    for e in errors:
+        path = str(e.get("field") or "")
+        if path:
+            by_field.setdefault(path, []).append(str(e.get("message", "")))
+        else:
+            general.append(str(e.get("message", "")))
+    return by_field, general
+
+
+def unplaced(errors: Mapping[str, list[str]], fields: list[Field]) -> list[str]:
+    """Errors whose field the form does not show (so they are listed at the top instead)."""
+    shown: set[str] = set()
+
+    def walk(fs: list[Field]) -> None:
+        for f in fs:
+            shown.add(_path(f.name))
+            walk(f.children)
+
+    walk(fields)
+    return [f"{path}: {m}" for path, msgs in errors.items() if path not in shown for m in msgs]

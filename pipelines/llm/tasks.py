@@ -1,0 +1,147 @@
+"""LLM tasks: one prompt, one output model, one offline analyzer; ``complete`` runs a task.
+
+A pipeline step calls ``complete(task, inputs)``. The model comes from settings
+(``pipelines.llm.config``); the offline provider runs ``task.offline(inputs)`` instead of a
+model. Either way the step's journal entry gets the provider, model, tokens, latency and cost
+(``workflows.record_usage``), failed attempts included.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import pydantic
+from django.conf import settings
+
+from pipelines.llm import config, offline, pricing, providers
+from pipelines.llm.config import ModelSpec
+from pipelines.llm.errors import MalformedAnswer, ProviderError
+from workflows import record_usage
+
+OFFLINE_NOTE = (
+    "Produced by Sluice's offline analyzer (lexicons and text patterns), not by a language model."
+)
+
+
+@dataclass(frozen=True)
+class LLMTask[T: pydantic.BaseModel]:
+    """What to ask (``instructions`` + ``prompt(inputs)``), what comes back (``output_type``)
+    and how the offline provider answers it (``offline(inputs)``)."""
+
+    name: str
+    output_type: type[T]
+    instructions: str
+    prompt: Callable[[dict[str, Any]], str]
+    offline: Callable[[dict[str, Any]], T]
+
+    def __post_init__(self) -> None:
+        TASKS[self.name] = self
+
+    @property
+    def pool(self) -> str:
+        return config.pool_for(self.name)
+
+
+# Every task defined, by name: the pages show which model answers a pipeline's tasks and the
+# system check validates each task's model setting.
+TASKS: dict[str, LLMTask[Any]] = {}
+
+
+def models_for_pipeline(pipeline: str) -> list[str]:
+    """The distinct models (``offline`` / ``provider:model``) answering a pipeline's tasks."""
+    found = []
+    for name in sorted(TASKS):
+        if name.split(".", 1)[0] == pipeline:
+            try:
+                found.append(config.model_for(name).name)
+            except Exception:
+                found.append("misconfigured")
+    return list(dict.fromkeys(found))
+
+
+@dataclass
+class Completion[T: pydantic.BaseModel]:
+    """A task's validated output and what producing it took."""
+
+    output: T
+    spec: ModelSpec
+    input_tokens: int
+    output_tokens: int
+    latency_ms: int
+    cost: Decimal
+
+    @property
+    def generated_by(self) -> str:
+        """``offline`` or ``provider:model``: shown next to every result."""
+        return self.spec.name
+
+    def result(self) -> dict[str, Any]:
+        """The output as journal JSON, labelled with who produced it."""
+        return {**self.output.model_dump(mode="json"), "generated_by": self.generated_by}
+
+
+def complete[T: pydantic.BaseModel](
+    task: LLMTask[T], inputs: dict[str, Any], *, model: str | None = None
+) -> Completion[T]:
+    """Run ``task`` on ``inputs`` with the configured model (or ``model``, a model string)."""
+    spec = config.parse_model(model) if model else config.model_for(task.name)
+    prompt = task.prompt(inputs)
+    started = time.perf_counter()
+    if spec.offline:
+        return _offline(task, inputs, spec, prompt, started)
+    try:
+        answer = providers.ask(
+            spec, instructions=task.instructions, prompt=prompt, output_type=task.output_type
+        )
+    except ProviderError as exc:
+        # A failed attempt may still have used (and cost) tokens: journal them with it.
+        used = getattr(exc, "usage", None) or providers.Usage()
+        _record(spec, used.input_tokens, used.output_tokens, started, failed=True)
+        raise
+    output = answer.output
+    if not isinstance(output, task.output_type):  # pragma: no cover - pydantic-ai validated it
+        raise MalformedAnswer(f"{spec.name}: unexpected output type", raw_text=repr(output))
+    cost = _record(spec, answer.input_tokens, answer.output_tokens, started)
+    return Completion(output, spec, answer.input_tokens, answer.output_tokens, _ms(started), cost)
+
+
+def _offline[T: pydantic.BaseModel](
+    task: LLMTask[T], inputs: dict[str, Any], spec: ModelSpec, prompt: str, started: float
+) -> Completion[T]:
+    delay = float(getattr(settings, "SLUICE_LLM_OFFLINE_LATENCY", 0.0) or 0.0)
+    if delay > 0:
+        # Simulated model latency, for demos and crash tests that need a step to take a while.
+        time.sleep(delay)
+    output = task.offline(inputs)
+    # Round-trip through the schema: the offline answer obeys the same contract as a model's.
+    output = task.output_type.model_validate(output.model_dump(mode="json"))
+    in_tokens = offline.estimate_tokens(task.instructions + prompt)
+    out_tokens = offline.estimate_tokens(json.dumps(output.model_dump(mode="json")))
+    cost = _record(spec, in_tokens, out_tokens, started)
+    return Completion(output, spec, in_tokens, out_tokens, _ms(started), cost)
+
+
+def _record(
+    spec: ModelSpec, in_tokens: int, out_tokens: int, started: float, failed: bool = False
+) -> Decimal:
+    cost = pricing.cost_of(spec, in_tokens, out_tokens)
+    extra: dict[str, Any] = {"failed_call": True} if failed else {}
+    record_usage(
+        cost=cost,
+        provider=spec.provider,
+        model=spec.model,
+        input_tokens=in_tokens,
+        output_tokens=out_tokens,
+        latency_ms=_ms(started),
+        **extra,
+    )
+    return cost
+
+
+def _ms(started: float) -> int:
+    return int((time.perf_counter() - started) * 1000)

@@ -1,0 +1,559 @@
+"""Declarative state machines that compile to ordinary durable workflows.
+
+    thread_analysis = machine(
+        id="thread_analysis", version=1, initial="parsing", input_model=ThreadInput,
+        context={"darvo_detected": False},
+        states={
+            "parsing": state(run=parse_thread, on_done="analysis", on_error="failed"),
+            "analysis": parallel({"darvo": state(run=analyze_darvo), ...}, min_success=2,
+                                 on_done=[goto("darvo_review", guard=darvo_found),
+                                          goto("standard_review")]),
+            "darvo_review": human(instruction="…", on={"approve": "synthesis",
+                                                       "reject": "analysis"}),
+            ...
+            "complete": final(), "failed": final(status="failed"),
+        })
+
+The machine is registered as a workflow whose handler walks the states. Each state entry is a
+journal entry: ``state(run=f)`` runs step ``f`` (journaled as ``state:<name>``), ``parallel``
+runs its branches as fan-out steps (``state:<name>/<branch>``), ``human`` opens a gate (named
+by its title), ``wait`` waits for an event, and ``final`` records ``state:<name>``. Step
+results (dicts) merge into the machine's context, which guards read; the journal therefore
+tells which states a run visited, and replaying it walks the same path.
+
+Definitions are validated when made (and again by the ``pipelines`` system check): unknown
+targets, unreachable states, no reachable final state, guarded transitions without a default
+branch and other dead ends raise ``MachineDefinitionError`` naming the state.
+
+Versions: defining a machine again with a higher ``version`` keeps the old definition for the
+runs that started on it (``Run.version``); see ``docs/pipelines.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pydantic
+
+from pipelines.dsl import (
+    AnyState,
+    Final,
+    Goto,
+    Human,
+    Parallel,
+    State,
+    Transition,
+    Wait,
+    final,
+    goto,
+    human,
+    parallel,
+    parse_duration,
+    state,
+    targets_of,
+    wait,
+)
+from pipelines.graph import Diagram, mermaid_id
+from workflows.definitions import StepDef, as_step, workflow
+from workflows.errors import StepFailed
+
+MAX_VISITS = 25
+TIMED_OUT = {"$sluice": "timed-out"}
+
+
+class MachineDefinitionError(ValueError):
+    """A machine definition is invalid; ``errors`` lists every problem found."""
+
+    def __init__(self, machine_id: str, errors: list[str]) -> None:
+        self.machine_id = machine_id
+        self.errors = errors
+        super().__init__(f"machine {machine_id!r} is invalid: " + "; ".join(errors))
+
+
+class MachineError(RuntimeError):
+    """A run of a machine cannot go on (a guard raised, a loop ran away, too few branches)."""
+
+
+class MachineFailed(RuntimeError):
+    """The run reached a final state declared ``status="failed"``."""
+
+
+# --- the machine ------------------------------------------------------------------------------
+
+
+@dataclass
+class Machine:
+    id: str
+    version: int
+    initial: str
+    states: dict[str, AnyState]
+    context: dict[str, Any] = field(default_factory=dict)
+    input_model: type[pydantic.BaseModel] | None = None
+    description: str = ""
+    title: str = ""
+
+    def human_title(self, name: str) -> str:
+        st = self.states[name]
+        assert isinstance(st, Human)
+        return st.title or name.replace("_", " ").capitalize()
+
+    def edges(self) -> list[tuple[str, str, str]]:
+        """(source, target, label) for every transition."""
+        out: list[tuple[str, str, str]] = []
+        for name, st in self.states.items():
+            if isinstance(st, State | Parallel | Wait):
+                gotos = targets_of(st.on_done)
+                guarded = any(g.guard is not None for g in gotos)
+                for g in gotos:
+                    # The default branch of a guarded choice reads "otherwise" on the graph.
+                    out.append((name, g.target, g.text or ("otherwise" if guarded else "")))
+                on_error = getattr(st, "on_error", None)
+                if on_error:
+                    out.append((name, on_error, "error"))
+            if isinstance(st, Wait) and st.on_timeout:
+                out.append((name, st.on_timeout, "timeout"))
+            if isinstance(st, Human):
+                for outcome, target in st.on.items():
+                    label = outcome + (" / timeout" if outcome == st.on_timeout else "")
+                    out.append((name, target, label))
+        return out
+
+    def validate(self) -> list[str]:
+        """Every problem with the definition, each naming its state (empty when valid)."""
+        errors: list[str] = []
+        if self.initial not in self.states:
+            errors.append(f"initial state {self.initial!r} is not defined")
+        titles: dict[str, str] = {}
+        for name, st in self.states.items():
+            where = f"state {name!r}"
+            if not isinstance(st, State | Parallel | Human | Wait | Final):
+                errors.append(
+                    f"{where}: {type(st).__name__} is not a state "
+                    "(use state(), parallel(), human(), wait() or final())"
+                )
+                continue
+            if isinstance(st, State) and st.run is None:
+                errors.append(f"{where}: state() needs run=<step>")
+            if isinstance(st, State | Parallel | Wait):
+                gotos = targets_of(st.on_done)
+                if not gotos:
+                    errors.append(
+                        f"{where} has no on_done transition (a dead end; end in a final() state)"
+                    )
+                for g in gotos[:-1]:
+                    if g.guard is None:
+                        errors.append(
+                            f"{where}: an unguarded goto({g.target!r}) must be the last transition"
+                        )
+                if gotos and gotos[-1].guard is not None:
+                    errors.append(
+                        f"{where}: guarded transitions need a default branch "
+                        "(end the list with a goto() without guard)"
+                    )
+            if isinstance(st, Parallel):
+                if not st.branches:
+                    errors.append(f"{where}: parallel() needs at least one branch")
+                for branch, sub in st.branches.items():
+                    if not isinstance(sub, State) or sub.run is None:
+                        errors.append(f"{where}: branch {branch!r} must be state(run=<step>)")
+                    elif sub.on_done is not None or sub.on_error is not None:
+                        errors.append(
+                            f"{where}: branch {branch!r} cannot have transitions of its own"
+                        )
+                n = len(st.branches)
+                if st.min_success is not None and not 1 <= st.min_success <= max(n, 1):
+                    errors.append(
+                        f"{where}: min_success={st.min_success} must be between 1 and {n}"
+                    )
+            if isinstance(st, Human):
+                if not st.on:
+                    errors.append(f"{where}: human() needs on={{outcome: target}}")
+                if st.on and st.on_timeout not in st.on:
+                    errors.append(
+                        f"{where}: on_timeout={st.on_timeout!r} is not one of its outcomes "
+                        f"{sorted(st.on)}"
+                    )
+                title = self.human_title(name)
+                if title in titles:
+                    errors.append(
+                        f"{where}: title {title!r} is already used by state {titles[title]!r}"
+                    )
+                titles[title] = name
+        for src, dst, _ in self.edges():
+            if dst not in self.states:
+                errors.append(f"state {src!r}: transition to unknown state {dst!r}")
+        if self.initial in self.states:
+            reachable = self._reachable()
+            for name in self.states:
+                if name not in reachable:
+                    errors.append(f"state {name!r} is unreachable from {self.initial!r}")
+            if not any(isinstance(self.states[n], Final) for n in reachable):
+                errors.append(f"no final state is reachable from {self.initial!r}")
+        return errors
+
+    def _reachable(self) -> set[str]:
+        graph: dict[str, list[str]] = {}
+        for src, dst, _ in self.edges():
+            graph.setdefault(src, []).append(dst)
+        seen, todo = {self.initial}, [self.initial]
+        while todo:
+            for nxt in graph.get(todo.pop(), []):
+                if nxt in self.states and nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    # --- diagrams --------------------------------------------------------------------------
+
+    def diagram(self) -> Diagram:
+        d = Diagram(initial=self.initial)
+        for name, st in self.states.items():
+            if isinstance(st, Parallel):
+                regions = [f"{name}__{b}" for b in st.branches]
+                for b, region in zip(st.branches, regions, strict=True):
+                    d.add(region, b)
+                d.add(name, name, "parallel", regions)
+            elif isinstance(st, Human):
+                d.add(name, name, "gate")
+            elif isinstance(st, Wait):
+                d.add(name, f"{name} (event {st.event})", "wait")
+            elif isinstance(st, Final):
+                d.add(name, name, "final")
+            else:
+                d.add(name, name)
+        for src, dst, label in self.edges():
+            d.edge(src, dst, label)
+        return d
+
+    def to_mermaid(self) -> str:
+        """The machine as a mermaid ``stateDiagram-v2``."""
+        return self.diagram().render()
+
+    def locate(self, kind: str, name: str) -> str | None:
+        """The state a journal row belongs to (see the module docstring for the names)."""
+        if name.startswith("state:"):
+            return name[6:].replace("/", "__")
+        if kind == "parallel" and name.startswith("parallel:state:"):
+            return name[15:].split("/", 1)[0]
+        if kind == "gate":
+            return next(
+                (
+                    n
+                    for n, st in self.states.items()
+                    if isinstance(st, Human) and self.human_title(n) == name
+                ),
+                None,
+            )
+        if kind == "event":
+            return next(
+                (n for n, st in self.states.items() if isinstance(st, Wait) and st.event == name),
+                None,
+            )
+        return None
+
+    def mermaid_for_run(self, run: Any) -> str:
+        return self.diagram().for_run(run, self.locate)
+
+    # --- running ---------------------------------------------------------------------------
+
+    def step_for(self, name: str, run: Any) -> StepDef:
+        """The state's step, renamed ``state:<name>`` so the journal reads as the path taken.
+
+        The code and its policy (retries, pool, timeout) are the step's own; a queued or
+        parallel execution imports it by its dotted path, which the renaming keeps.
+        """
+        return replace(as_step(run), name=f"state:{name}"[:200])
+
+    def walk(self, ctx: Any, data: dict[str, Any]) -> dict[str, Any]:
+        """The workflow handler's body: walk from the initial state to a final one."""
+        name = self.initial
+        trail: list[str] = []
+        visits: dict[str, int] = {}
+        while True:
+            visits[name] = visits.get(name, 0) + 1
+            if visits[name] > MAX_VISITS:
+                raise MachineError(
+                    f"state {name!r} entered more than {MAX_VISITS} times; stopping a runaway loop"
+                )
+            trail.append(name)
+            st = self.states[name]
+            if isinstance(st, Final):
+                ctx.run(replace(_FINAL, name=f"state:{name}"), name)
+                if st.status == "failed":
+                    error = data.get("error") or {}
+                    detail = (
+                        f": {error.get('state')} failed with {error.get('type')}: "
+                        f"{error.get('message')}"
+                        if error
+                        else ""
+                    )
+                    raise MachineFailed(f"{self.id} ended in final state {name!r}{detail}")
+                return {"final_state": name, "trail": trail, "context": data}
+            name = self._enter(ctx, name, st, data)
+
+    def _enter(self, ctx: Any, name: str, st: AnyState, data: dict[str, Any]) -> str:
+        if isinstance(st, State):
+            try:
+                merge(data, ctx.run(self.step_for(name, st.run), copy.deepcopy(data)))
+            except StepFailed as exc:
+                if not st.on_error:
+                    raise
+                data["error"] = {"state": name, **_error_summary(exc)}
+                return st.on_error
+            return self._choose(name, st.on_done, data)
+        if isinstance(st, Parallel):
+            return self._parallel(ctx, name, st, data)
+        if isinstance(st, Human):
+            return self._human(ctx, name, st, data)
+        if isinstance(st, Wait):
+            payload = ctx.wait_for_event(st.event, timeout=st.timeout, default=TIMED_OUT)
+            if payload == TIMED_OUT:
+                data.setdefault("timed_out", []).append(st.event)
+                return st.on_timeout or self._choose(name, st.on_done, data)
+            merge(data, payload if isinstance(payload, dict) else {st.event: payload})
+            return self._choose(name, st.on_done, data)
+        raise MachineError(f"state {name!r}: cannot enter a {type(st).__name__}")
+
+    def _parallel(self, ctx: Any, name: str, st: Parallel, data: dict[str, Any]) -> str:
+        snapshot = copy.deepcopy(data)
+        calls = [
+            ctx.call(self.step_for(f"{name}/{branch}", sub.run), snapshot)
+            for branch, sub in st.branches.items()
+        ]
+        results = ctx.parallel(calls, return_exceptions=True)
+        failures: dict[str, dict[str, str]] = {}
+        succeeded = 0
+        for branch, result in zip(st.branches, results, strict=True):
+            if isinstance(result, StepFailed):
+                failures[branch] = _error_summary(result)
+            else:
+                succeeded += 1
+                merge(data, result)
+        # Recorded per visit: a loop back here replaces the previous visit's record.
+        data.setdefault("branch_failures", {})[name] = failures
+        needed = st.min_success if st.min_success is not None else len(st.branches)
+        if succeeded < needed:
+            listing = ", ".join(f"{b} ({e['type']}: {e['message']})" for b, e in failures.items())
+            message = (
+                f"state {name!r}: {succeeded} of {len(st.branches)} branches succeeded, "
+                f"{needed} needed; failed: {listing}"
+            )
+            if st.on_error:
+                data["error"] = {"state": name, "type": "TooFewBranches", "message": message}
+                return st.on_error
+            raise MachineError(message)
+        return self._choose(name, st.on_done, data)
+
+    def _human(self, ctx: Any, name: str, st: Human, data: dict[str, Any]) -> str:
+        if callable(st.payload):
+            payload = st.payload(copy.deepcopy(data))
+        elif st.payload is not None:
+            payload = {k: data.get(k) for k in st.payload}
+        else:
+            payload = data
+        decision = ctx.review(
+            title=self.human_title(name),
+            instruction=st.instruction,
+            payload=payload,
+            timeout=st.timeout,
+            on_timeout=st.on_timeout,
+            choices=tuple(st.on),
+            group=st.group,
+            fields=st.fields,
+        )
+        outcome = getattr(decision, "outcome", None)
+        comment = getattr(decision, "comment", "") or ""
+        data["review"] = {
+            "state": name,
+            "outcome": outcome,
+            "comment": comment,
+            "decided_by": getattr(decision, "decided_by", ""),
+            "timed_out": bool(getattr(decision, "timed_out", False)),
+        }
+        data["reviewer_comment"] = comment
+        edits = getattr(decision, "edits", None)
+        if isinstance(edits, pydantic.BaseModel):
+            edits = edits.model_dump(mode="json")
+        if isinstance(edits, dict):
+            merge(data, edits)
+        if outcome not in st.on:
+            raise MachineError(
+                f"state {name!r}: the gate was decided {outcome!r}, which has no transition"
+            )
+        return st.on[str(outcome)]
+
+    def _choose(self, name: str, transition: Transition, data: dict[str, Any]) -> str:
+        for g in targets_of(transition):
+            if g.guard is None:
+                return g.target
+            try:
+                if g.guard(data):
+                    return g.target
+            except Exception as exc:
+                raise MachineError(
+                    f"state {name!r}: guard {g.text!r} for goto({g.target!r}) raised "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+        raise MachineError(f"state {name!r}: no transition applies")  # validation prevents it
+
+
+def merge(data: dict[str, Any], result: Any) -> None:
+    """Merge a step result into the context (a pydantic model merges as its fields)."""
+    if result is None:
+        return
+    if isinstance(result, pydantic.BaseModel):
+        result = result.model_dump(mode="json")
+    if not isinstance(result, dict):
+        raise MachineError(
+            f"a state's step must return a dict (or None), not {type(result).__name__}"
+        )
+    data.update(result)
+
+
+def _error_summary(exc: StepFailed) -> dict[str, str]:
+    return {
+        "type": str(exc.error.get("type", "Error")),
+        "message": str(exc.error.get("message", ""))[:500],
+    }
+
+
+def _enter_final(name: str) -> dict[str, str]:
+    """The journal entry of a final state (it does nothing but say the run got there)."""
+    return {"final_state": name}
+
+
+_FINAL = as_step(_enter_final)
+
+
+# --- definition and registry ------------------------------------------------------------------
+
+_machines: dict[str, dict[int, Machine]] = {}
+
+
+def machine(
+    *,
+    id: str,
+    version: int = 1,
+    initial: str,
+    states: Mapping[str, AnyState],
+    context: dict[str, Any] | None = None,
+    input_model: type[pydantic.BaseModel] | None = None,
+    description: str = "",
+    title: str = "",
+    sample_input: dict[str, Any] | None = None,
+    order: int = 100,
+) -> Machine:
+    """Define, validate and register a machine as the workflow ``id``.
+
+    Raises ``MachineDefinitionError`` listing every problem. The workflow registered under
+    ``id`` runs each run on the machine version it started with.
+    """
+    m = Machine(
+        id=id,
+        version=version,
+        initial=initial,
+        states=dict(states),
+        context=dict(context or {}),
+        input_model=input_model,
+        description=description,
+        title=title,
+    )
+    errors = m.validate()
+    if errors:
+        raise MachineDefinitionError(id, errors)
+    register(m, sample_input=sample_input, order=order)
+    return m
+
+
+def register(m: Machine, *, sample_input: dict[str, Any] | None = None, order: int = 100) -> None:
+    """Register ``m`` (already validated, or deliberately not: the system check reports it)."""
+    versions = _machines.setdefault(m.id, {})
+    versions[m.version] = m
+    latest = versions[max(versions)]
+    if latest is not m:
+        return  # An older version: kept for its in-flight runs, the workflow stays the latest.
+    model = m.input_model or pydantic.create_model(
+        _model_name(m.id), __config__=pydantic.ConfigDict(extra="allow")
+    )
+
+    def handler(ctx: Any, **_: Any) -> dict[str, Any]:
+        pinned = version_of(m.id, ctx.record.version)
+        data = copy.deepcopy(pinned.context)
+        data.update(model.model_validate(ctx.input).model_dump(mode="json"))
+        return pinned.walk(ctx, data)
+
+    handler.__name__ = handler.__qualname__ = _model_name(m.id)
+    handler.__module__ = __name__
+    definition = workflow(
+        name=m.id, version=m.version, description=m.description, input_model=model
+    )(handler)
+    from pipelines.registry import mark_pipeline
+
+    mark_pipeline(
+        definition,
+        title=m.title or m.id.replace("_", " ").capitalize(),
+        kind="machine",
+        mermaid=m.to_mermaid(),
+        mermaid_for_run=lambda run: version_of(m.id, run.version).mermaid_for_run(run),
+        sample_input=sample_input,
+        order=order,
+    )
+    definition.extra["machine"] = m
+
+
+def version_of(machine_id: str, version: int) -> Machine:
+    """The definition a run of ``version`` walks; a clear error once it was removed."""
+    versions = _machines.get(machine_id, {})
+    if version not in versions:
+        known = ", ".join(str(v) for v in sorted(versions)) or "none"
+        raise MachineError(
+            f"machine {machine_id!r} version {version} is no longer defined (defined: {known}); "
+            "keep an old version's definition until its runs have finished"
+        )
+    return versions[version]
+
+
+def registered_machines() -> dict[str, dict[int, Machine]]:
+    return {k: dict(v) for k, v in _machines.items()}
+
+
+def unregister(machine_id: str) -> None:
+    """Forget a machine and its workflow (tests define throwaway ones)."""
+    from workflows import definitions
+
+    _machines.pop(machine_id, None)
+    # The engine has no public unregister; its registry is a plain dict keyed by name.
+    definitions._workflows.pop(machine_id, None)
+
+
+def _model_name(machine_id: str) -> str:
+    return "".join(p.capitalize() for p in re.split(r"\W|_", machine_id) if p) + "Input"
+
+
+__all__ = [
+    "Final",
+    "Goto",
+    "Human",
+    "Machine",
+    "MachineDefinitionError",
+    "MachineError",
+    "MachineFailed",
+    "Parallel",
+    "State",
+    "Wait",
+    "final",
+    "goto",
+    "human",
+    "machine",
+    "mermaid_id",
+    "parallel",
+    "parse_duration",
+    "registered_machines",
+    "state",
+    "version_of",
+    "wait",
+]

@@ -1,0 +1,142 @@
+"""Pipeline pages: the list (with graphs), the "Start run" form, and a run's live graph (JSON).
+
+Thin adapters: read the registry, parse the form, call ``workflows.start``, format.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods
+
+from pipelines import forms
+from pipelines.llm.tasks import OFFLINE_NOTE, models_for_pipeline
+from pipelines.registry import get_pipeline, mermaid_for_run, pipelines
+from workflows import InvalidInputError, RunNotFoundError, get_run, start
+from workflows.definitions import WorkflowDef
+from workflows.services import validate_input
+
+
+def _card(definition: WorkflowDef) -> dict[str, Any]:
+    models = models_for_pipeline(definition.name)
+    return {
+        "name": definition.name,
+        "title": definition.extra.get("title") or definition.name,
+        "version": definition.version,
+        "kind": definition.extra.get("kind", "code"),
+        "description": definition.description,
+        "mermaid": definition.extra.get("mermaid", ""),
+        "models": models,
+        "offline": "offline" in models,
+        "offline_note": OFFLINE_NOTE,
+    }
+
+
+@login_required
+@require_GET
+def pipeline_list(request: HttpRequest) -> HttpResponse:
+    cards = [_card(d) for d in pipelines()]
+    return render(request, "pipelines/list.html", {"nav": "pipelines", "pipelines": cards})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def start_run(request: HttpRequest, name: str) -> HttpResponse:
+    """GET: the form, prefilled with the sample input. POST: start the run, or show errors.
+
+    The form carries an idempotency key made when it was shown, so a double submit (or a
+    browser resubmitting after "back") returns the run already started instead of a second one.
+    """
+    definition = get_pipeline(name)
+    if definition is None:
+        raise Http404(f"no pipeline called {name!r}")
+    schema = definition.input_schema()
+    values: Any = definition.extra.get("sample_input") or {}
+    errors: dict[str, list[str]] = {}
+    general: list[str] = []
+    budget_raw, budget_error = "", ""
+    form_key = uuid.uuid4().hex
+    if request.method == "POST":
+        values, errors = forms.parse_post(schema, request.POST)
+        budget_raw = request.POST.get("max_cost", "")
+        budget, budget_error = forms.parse_budget(budget_raw)
+        posted_key = request.POST.get("form_key", "")
+        form_key = posted_key if re.fullmatch(r"[0-9a-f]{32}", posted_key) else form_key
+        try:
+            if errors:
+                raise InvalidInputError("the form has errors")
+            # Validated here as well as in start(), so a bad budget shows with the rest.
+            validate_input(name, values)
+            if not budget_error:
+                run = start(
+                    name,
+                    values,
+                    idempotency_key=f"form:{request.user.pk}:{form_key}",
+                    created_by=request.user.get_username(),
+                    max_cost=budget,
+                )
+                return redirect(f"/runs/{run.pk}/")
+        except InvalidInputError as exc:
+            if exc.errors:
+                errors, general = forms.attach_errors(exc.errors)
+            elif not errors:
+                general = [str(exc)]
+    fields = forms.build_fields(schema, values, errors)
+    general += forms.unplaced(errors, fields)
+    status = 400 if (errors or general or budget_error) else 200
+    context = {
+        "nav": "pipelines",
+        "pipeline": _card(definition),
+        "fields": fields,
+        "general_errors": general,
+        "budget": budget_raw,
+        "budget_error": budget_error,
+        "form_key": form_key,
+        "has_errors": status == 400,
+    }
+    return render(request, "pipelines/start.html", context, status=status)
+
+
+def can_view_run(user: Any, run: Any) -> bool:
+    """Staff, the run's starter, and members of SLUICE_RUN_VIEWER_GROUPS may see a run."""
+    if not user.is_authenticated or not user.is_active:
+        return False
+    if user.is_staff or (run.created_by and run.created_by == user.get_username()):
+        return True
+    groups = list(getattr(settings, "SLUICE_RUN_VIEWER_GROUPS", ["reviewers"]))
+    return bool(groups) and user.groups.filter(name__in=groups).exists()
+
+
+_MARK = re.compile(r"^\s*class (\S+) (visited|current|failed)$", re.M)
+
+
+@login_required
+@require_GET
+def run_graph(request: HttpRequest, run_id: Any) -> JsonResponse:
+    """A run's graph for live updates: ``{"mermaid", "status", "active", "current", ...}``."""
+    try:
+        run = get_run(run_id)
+    except RunNotFoundError:
+        raise Http404("no such run") from None
+    if not can_view_run(request.user, run) or get_pipeline(run.workflow) is None:
+        raise Http404("no such run")
+    text = mermaid_for_run(run)
+    marks: dict[str, list[str]] = {"visited": [], "current": [], "failed": []}
+    for ids, mark in _MARK.findall(text):
+        marks[mark] += ids.split(",")
+    return JsonResponse(
+        {
+            "run": str(run.pk),
+            "workflow": run.workflow,
+            "status": run.status,
+            "active": not run.is_terminal,
+            "mermaid": text,
+            **marks,
+        }
+    )

@@ -1,0 +1,51 @@
+/* The start-run form: add and remove items of repeatable fields (arrays of objects). New
+ * items take the next free index, so the server reads every item present, gaps and all. */
+(function () {
+  "use strict";
+  function refresh(array) {
+    var items = array.querySelectorAll(":scope > .array-items > .array-item");
+    var count = array.querySelector("[data-count]");
+    if (count) count.textContent = items.length + (items.length === 1 ? " item" : " items");
+    var max = parseInt(array.dataset.maxItems || "0", 10);
+    var add = array.querySelector(":scope > [data-add-item]");
+    if (add) add.disabled = max > 0 && items.length >= max;
+  }
+  document.addEventListener("click", function (e) {
+    var add = e.target.closest("[data-add-item]");
+    if (add) {
+      var array = add.closest("[data-array]");
+      var list = array.querySelector(":scope > .array-items");
+      var used = Array.prototype.map.call(list.children, function (el) { return parseInt(el.dataset.index || "-1", 10); });
+      var next = used.length ? Math.max.apply(null, used) + 1 : 0;
+      var html = array.querySelector(":scope > template").innerHTML.split("__index__").join(String(next));
+      var holder = document.createElement("div");
+      holder.innerHTML = html.trim();
+      var item = holder.firstElementChild;
+      item.dataset.index = String(next);
+      var legend = item.querySelector("legend");
+      if (legend) legend.textContent = legend.textContent.trim() + " " + (list.children.length + 1);
+      list.appendChild(item);
+      refresh(array);
+      var first = item.querySelector("input, textarea, select");
+      if (first) first.focus();
+      return;
+    }
+    var remove = e.target.closest("[data-remove-item]");
+    if (remove) {
+      var arr = remove.closest("[data-array]");
+      remove.closest(".array-item").remove();
+      refresh(arr);
+    }
+  });
+  document.querySelectorAll("[data-array]").forEach(refresh);
+  var form = document.getElementById("start-form");
+  if (form) {
+    form.addEventListener("submit", function () {
+      var btn = form.querySelector("button[type=submit]");
+      // The idempotency key makes a second submit harmless; this only avoids the double click.
+      if (btn) { setTimeout(function () { btn.disabled = true; btn.textContent = "Starting…"; }, 0); }
+    });
+    var invalid = form.querySelector("[aria-invalid=true]");
+    if (invalid) invalid.focus();
+  }
+})();
