@@ -1,6 +1,19 @@
+"""App config: plugs ``ctx.review`` into the engine and cancels gates when their run ends."""
+from __future__ import annotations
+
 from django.apps import AppConfig
 
 
 class ReviewsConfig(AppConfig):
     name = "reviews"
+    verbose_name = "Reviews"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from reviews.decision import review
+        from reviews.services import on_run_finished
+        from workflows.context import Context
+        from workflows.signals import run_finished
+
+        Context.extensions["review"] = review
+        run_finished.connect(on_run_finished, dispatch_uid="reviews.cancel_open_gates")

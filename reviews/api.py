@@ -1,0 +1,128 @@
+"""The gates router of the JSON API: services list open gates and decide them.
+
+Deciding goes through ``reviews.services.decide_gate``, so the API follows the same race rules
+as the browser: the first decision wins, a closed gate is a 409, an outcome outside the gate's
+choices a 422. A key sees only gates of its tenant's runs, of the pipelines it may use.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from ninja import Field, Query, Router, Schema
+from pydantic import ConfigDict
+
+from reviews.models import Gate
+from reviews.services import decide_gate
+from workflows.api_auth import (
+    AUTH_ERRORS,
+    BODY_ERRORS,
+    NO_NUL,
+    api_key,
+    errors,
+    key_auth,
+    not_found,
+    parse_int,
+)
+from workflows.models import ApiKey
+
+router = Router(tags=["gates"])
+
+
+class GateOut(Schema):
+    id: int
+    run_id: UUID
+    step_id: int | None
+    pipeline: str
+    title: str
+    instruction: str
+    payload: Any = None
+    choices: list[str]
+    group: str
+    status: str
+    deadline: datetime | None
+    claimed_by: str | None
+    outcome: str | None
+    comment: str
+    edits: Any = None
+    decided_by: str | None
+    decided_at: datetime | None
+    decision_url: str
+    run_url: str
+
+
+class DecisionIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    outcome: str = Field(..., min_length=1, max_length=100,
+                         description="One of the gate's choices.")
+    comment: str = Field("", max_length=10_000)
+    edits: dict[str, Any] | None = Field(
+        None, description="Corrections to the reviewed payload, if the gate accepts edits."
+    )
+
+
+def visible_gates(key: ApiKey) -> QuerySet[Gate]:
+    qs = Gate.objects.select_related("run").filter(run__tenant=key.tenant)
+    if key.pipelines:
+        qs = qs.filter(run__workflow__in=key.pipelines)
+    return qs
+
+
+def _str_or_none(value: Any) -> str | None:
+    return str(value) if value not in (None, "") else None
+
+
+def gate_out(gate: Gate) -> dict[str, Any]:
+    return {
+        "id": gate.pk, "run_id": gate.run_id, "step_id": getattr(gate, "step_id", None),
+        "pipeline": getattr(gate, "pipeline", "") or gate.run.workflow,
+        "title": gate.title or "", "instruction": getattr(gate, "instruction", "") or "",
+        "payload": getattr(gate, "payload", None),
+        "choices": list(getattr(gate, "choices", None) or []),
+        "group": getattr(gate, "group", "") or "", "status": gate.status,
+        "deadline": getattr(gate, "deadline", None),
+        "claimed_by": _str_or_none(getattr(gate, "claimed_by", None)),
+        "outcome": _str_or_none(getattr(gate, "outcome", None)),
+        "comment": getattr(gate, "comment", "") or "",
+        "edits": getattr(gate, "edits", None),
+        "decided_by": _str_or_none(getattr(gate, "decided_by", None)),
+        "decided_at": getattr(gate, "decided_at", None),
+        "decision_url": f"/api/gates/{gate.pk}/decision", "run_url": f"/api/runs/{gate.run_id}",
+    }
+
+
+@router.get("/gates", auth=key_auth("gates:decide", "runs:read"),
+            response={200: list[GateOut], **errors(*AUTH_ERRORS, 422)}, summary="List open gates")
+def list_gates(
+    request: HttpRequest,
+    pipeline: str | None = Query(None, max_length=200, pattern=NO_NUL),
+    limit: int = Query(100, ge=1, le=500),
+) -> list[dict[str, Any]]:
+    """Open gates this key may see, soonest deadline first."""
+    qs = visible_gates(api_key(request)).filter(status="open")
+    if pipeline:
+        qs = qs.filter(run__workflow=pipeline)
+    return [gate_out(g) for g in qs.order_by("deadline", "pk")[:limit]]
+
+
+@router.post("/gates/{gate_id}/decision", auth=key_auth("gates:decide"),
+             response={200: GateOut, **errors(*AUTH_ERRORS, *BODY_ERRORS, 404, 409)},
+             summary="Decide a gate")
+def decide(request: HttpRequest, gate_id: str, body: DecisionIn) -> dict[str, Any]:
+    """Approve, reject (or any of the gate's choices) with a comment and optional edits.
+
+    The first decision wins: deciding a gate that is already decided, expired or canceled is a
+    409. The decision is recorded as made by ``api:<key prefix>``.
+    """
+    key = api_key(request)
+    gate = visible_gates(key).filter(pk=parse_int(gate_id, "gate")).first()
+    if gate is None:
+        raise not_found("gate")
+    decided = decide_gate(gate.pk, outcome=body.outcome, comment=body.comment, edits=body.edits,
+                          actor=key.actor)
+    decided = Gate.objects.select_related("run").get(pk=decided.pk)
+    return gate_out(decided)

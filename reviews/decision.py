@@ -1,0 +1,114 @@
+"""``ctx.review(...)``: open a gate and suspend the run until a person (or the clock) decides.
+
+Registered as ``Context.extensions["review"]`` by ``ReviewsConfig.ready()``. The gate rides on
+the engine's generic suspension: ``ctx.wait_for(kind="gate", name=title, on_open=...)`` writes a
+waiting journal row, and ``on_open`` creates the ``Gate`` in that same transaction, so a run is
+never suspended on a gate nobody can see. On replay the journal returns the decision that
+``reviews.services`` recorded, and it is wrapped into a ``Decision`` here.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import pydantic
+
+from workflows import payloads
+from workflows.models import Step
+
+DEFAULT_TIMEOUT = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a gate decided. ``edits`` is the reviewer's corrected values (an instance of the
+    ``fields`` model when ``fields`` was a pydantic model), or None when nothing was edited."""
+
+    outcome: str
+    comment: str = ""
+    edits: Any = None
+    decided_by: str = ""
+    timed_out: bool = False
+    decided_at: datetime | None = None
+
+    @property
+    def approved(self) -> bool:
+        return self.outcome == "approve"
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], fields: Any = None) -> Decision:
+        edits = data.get("edits")
+        model = _model_class(fields)
+        if model is not None and isinstance(edits, dict):
+            try:
+                edits = model.model_validate(edits)
+            except pydantic.ValidationError:
+                pass  # The schema changed since the decision; hand back the recorded JSON.
+        at = data.get("decided_at")
+        return cls(
+            outcome=str(data.get("outcome", "")), comment=str(data.get("comment") or ""),
+            edits=edits, decided_by=str(data.get("decided_by") or ""),
+            timed_out=bool(data.get("timed_out")),
+            decided_at=datetime.fromisoformat(at) if isinstance(at, str) else None,
+        )
+
+
+def _model_class(fields: Any) -> type[pydantic.BaseModel] | None:
+    if isinstance(fields, pydantic.BaseModel):
+        return type(fields)
+    if isinstance(fields, type) and issubclass(fields, pydantic.BaseModel):
+        return fields
+    return None
+
+
+def review(
+    ctx: Any,
+    title: str,
+    instruction: str = "",
+    payload: Any = None,
+    timeout: timedelta | float = DEFAULT_TIMEOUT,
+    on_timeout: str = "approve",
+    choices: Sequence[str] = ("approve", "reject"),
+    group: str = "reviewers",
+    fields: Any = None,
+) -> Decision:
+    """Open a review gate and wait for its decision (see the module docstring).
+
+    The arguments are checked on every replay, before anything is written, so a mistake in a
+    pipeline fails its run with a clear message instead of opening a gate nobody can close.
+    """
+    from reviews.schema import schema_of
+    from reviews.services import open_gate
+
+    title = str(title).strip()
+    if not title or len(title) > 200:
+        raise ValueError("a gate needs a title of 1 to 200 characters")
+    options = tuple(str(c) for c in choices)
+    if not options or len(set(options)) != len(options) or not all(options):
+        raise ValueError(f"choices must be distinct non-empty strings, not {choices!r}")
+    if any(len(c) > 64 for c in options):
+        raise ValueError("each choice must be at most 64 characters")
+    if on_timeout not in options:
+        raise ValueError(f"on_timeout {on_timeout!r} is not one of the choices {options!r}")
+    seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+    if seconds <= 0:
+        raise ValueError("a gate's timeout must be positive")
+    if not group:
+        raise ValueError("a gate needs the name of the group that reviews it")
+    schema = schema_of(fields)
+    data = payloads.to_json(payload, "gate payload")
+    payloads.check_size(data, f"payload of gate {title!r}")
+
+    def on_open(step_row: Step) -> None:
+        open_gate(
+            step_row, pipeline=ctx.record.workflow, title=title, instruction=str(instruction),
+            payload=data, choices=list(options), on_timeout=on_timeout, group=group,
+            fields_schema=schema, timeout=timedelta(seconds=seconds),
+        )
+
+    # The deadline lives on the Gate row and the reviews sweep fires it, so the engine's
+    # own wait has no timeout.
+    result = ctx.wait_for(kind="gate", name=title, on_open=on_open, timeout=None)
+    return Decision.from_json(result or {}, fields)

@@ -1,0 +1,121 @@
+"""Forms of the gate page: the decision (outcome + comment) and the gate's editable fields.
+
+``EditsForm`` is built from the gate's JSON Schema so each editable value gets a real input
+(a select for an enum, a number input with its bounds, a checkbox, a text area for long text).
+It converts what the browser sends into JSON values; ``reviews.services.decide_gate`` then
+validates them against the schema, the same check an API decision gets, and its errors are put
+back on the fields here.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+
+from reviews.models import Gate
+from reviews.schema import initial_values, nullable, properties
+
+EDITS_PREFIX = "edit"
+LONG_TEXT = 160
+
+
+class DecisionForm(forms.Form):
+    outcome = forms.ChoiceField(choices=())
+    comment = forms.CharField(
+        required=False, max_length=5000,
+        widget=forms.Textarea(
+            attrs={"rows": 3, "placeholder": "Why? (optional, kept in the audit trail)"}
+        ),
+    )
+
+    def __init__(self, gate: Gate, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)
+        self.fields["outcome"].choices = [(c, c) for c in gate.choices]  # type: ignore[attr-defined]
+
+
+class LinesField(forms.CharField):
+    """A list of strings edited as one line each."""
+
+    widget = forms.Textarea(attrs={"rows": 4})
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return "\n".join(str(v) for v in value)
+        return value
+
+    def to_python(self, value: Any) -> Any:
+        text = super().to_python(value)
+        return [line.strip() for line in str(text).splitlines() if line.strip()]
+
+
+class JSONValueField(forms.JSONField):
+    widget = forms.Textarea(attrs={"rows": 4, "class": "mono"})
+
+
+class EditsForm(forms.Form):
+    """One input per property of the gate's schema."""
+
+    def __init__(self, gate: Gate, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("prefix", EDITS_PREFIX)
+        kwargs.setdefault("label_suffix", "")
+        kwargs.setdefault("initial", initial_values(gate.fields_schema or {}, gate.payload))
+        super().__init__(*args, **kwargs)
+        schema = gate.fields_schema or {}
+        required = set(schema.get("required") or [])
+        for name, prop in properties(schema).items():
+            self.fields[name] = field_for(prop if isinstance(prop, dict) else {},
+                                          name in required)
+
+    def edits(self) -> dict[str, Any]:
+        """The cleaned values as JSON data (absent numbers become null, not missing)."""
+        return {name: self.cleaned_data.get(name) for name in self.fields}
+
+
+def field_for(prop: dict[str, Any], required: bool) -> forms.Field:
+    prop, is_nullable = nullable(prop)
+    label = str(prop.get("title") or "")
+    common: dict[str, Any] = {
+        "required": required and not is_nullable, "help_text": str(prop.get("description") or ""),
+    }
+    if label:
+        common["label"] = label
+    kind = prop.get("type")
+    enum = prop.get("enum")
+    if isinstance(enum, list) and enum:
+        choices = [(json.dumps(v) if not isinstance(v, str) else v, str(v)) for v in enum]
+        if not common["required"]:
+            choices = [("", "—"), *choices]
+        if all(isinstance(v, str) for v in enum):
+            return forms.ChoiceField(choices=choices, **common)
+        return forms.TypedChoiceField(choices=choices, coerce=json.loads, empty_value=None,
+                                      **common)
+    if kind == "boolean":
+        return forms.BooleanField(required=False, help_text=common["help_text"],
+                                  label=label or None)
+    if kind == "integer":
+        return forms.IntegerField(min_value=prop.get("minimum"), max_value=prop.get("maximum"),
+                                  **common)
+    if kind == "number":
+        return forms.FloatField(min_value=prop.get("minimum"), max_value=prop.get("maximum"),
+                                widget=forms.NumberInput(attrs={"step": "any"}), **common)
+    if kind == "string":
+        default = prop.get("default")
+        long = (prop.get("format") == "textarea" or (prop.get("maxLength") or 0) > LONG_TEXT
+                or (isinstance(default, str) and len(default) > 60))
+        widget: forms.Widget = forms.Textarea(attrs={"rows": 3}) if long else forms.TextInput()
+        return forms.CharField(min_length=prop.get("minLength"), max_length=prop.get("maxLength"),
+                               strip=True, widget=widget, empty_value=None if is_nullable else "",
+                               **common)
+    if kind == "array":
+        items = prop.get("items")
+        item, _ = nullable(items if isinstance(items, dict) else {})
+        if isinstance(item.get("enum"), list):
+            return forms.MultipleChoiceField(
+                choices=[(str(v), str(v)) for v in item["enum"]],
+                widget=forms.CheckboxSelectMultiple, **common,
+            )
+        if item.get("type", "string") == "string":
+            return LinesField(**common)
+    return JSONValueField(**common)

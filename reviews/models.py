@@ -1,0 +1,132 @@
+"""Gates and their audit trail.
+
+A ``Gate`` is the human side of a waiting journal row (``Step`` of kind ``gate``): the run is
+suspended on that step until the gate is decided, expires or is canceled. Every state change is
+a compare-and-swap in ``reviews.services``; this module only declares the tables.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from workflows.models import Run, Step
+
+
+class GateStatus(models.TextChoices):
+    OPEN = "open"
+    DECIDED = "decided"
+    EXPIRED = "expired"
+    CANCELED = "canceled"
+
+
+CLOSED_GATE = (GateStatus.DECIDED, GateStatus.EXPIRED, GateStatus.CANCELED)
+
+
+class Gate(models.Model):
+    """One review gate: a question to people, with a deadline and a default answer."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="gates")
+    step = models.OneToOneField(Step, on_delete=models.CASCADE, related_name="gate")
+    # The run's workflow, copied here so the queue filters on it without a join.
+    pipeline = models.CharField(max_length=200)
+    title = models.CharField(max_length=200)
+    instruction = models.TextField(blank=True, default="")
+    # What the AI produced, for a person to check. Untrusted: always rendered escaped.
+    payload = models.JSONField(null=True, blank=True)
+    choices = models.JSONField(default=list)
+    on_timeout = models.CharField(max_length=64)
+    # The Django auth group whose members may decide (staff may decide any gate).
+    group = models.CharField(max_length=150, default="reviewers")
+    # JSON Schema of the values a reviewer may correct ({} when there are none).
+    fields_schema = models.JSONField(default=dict, blank=True)
+    # 1 for the first gate of this title in the run, 2 when the run looped back to it, …
+    attempt = models.PositiveIntegerField(default=1)
+    deadline = models.DateTimeField()
+    status = models.CharField(max_length=16, choices=GateStatus.choices, default=GateStatus.OPEN)
+    # A claim says "I am on it"; it is orthogonal to the status and ends with the gate.
+    claimed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="claimed_gates",
+    )
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=64, blank=True, default="")
+    comment = models.TextField(blank=True, default="")
+    edits = models.JSONField(null=True, blank=True)
+    # Who decided: a username, "api:<key prefix>", or "" when the gate expired.
+    decided_by = models.CharField(max_length=150, blank=True, default="")
+    decided_by_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="decided_gates",
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    timed_out = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["deadline", "id"]
+        indexes = [
+            # The queue (open gates by deadline) and the expiry sweep (open gates whose deadline
+            # passed) both read this partial index, which holds only the open gates.
+            models.Index(fields=["deadline", "id"], name="gate_open_deadline",
+                         condition=Q(status="open")),
+            models.Index(fields=["group", "deadline", "id"], name="gate_open_group_deadline",
+                         condition=Q(status="open")),
+            models.Index(fields=["pipeline", "deadline"], name="gate_open_pipeline",
+                         condition=Q(status="open")),
+            # "My decisions" and the earlier attempts of a gate.
+            models.Index(fields=["decided_by_user", "-decided_at"], name="gate_decided_by_user"),
+            models.Index(fields=["run", "title", "id"], name="gate_run_title"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.title} ({self.status})"
+
+    @property
+    def is_open(self) -> bool:
+        return self.status == GateStatus.OPEN
+
+    def decision_data(self) -> dict[str, Any]:
+        """The decision as the workflow receives it (journal JSON)."""
+        return decision_json(
+            outcome=self.outcome, comment=self.comment, edits=self.edits,
+            decided_by=self.decided_by, timed_out=self.timed_out,
+            decided_at=self.decided_at.isoformat() if self.decided_at else None,
+        )
+
+
+def decision_json(*, outcome: str, comment: str, edits: Any, decided_by: str, timed_out: bool,
+                  decided_at: str | None) -> dict[str, Any]:
+    return {
+        "outcome": outcome, "comment": comment, "edits": edits, "decided_by": decided_by,
+        "timed_out": timed_out, "decided_at": decided_at,
+    }
+
+
+class GateEventKind(models.TextChoices):
+    OPENED = "opened"
+    CLAIMED = "claimed"
+    RELEASED = "released"
+    DECIDED = "decided"
+    EXPIRED = "expired"
+    CANCELED = "canceled"
+
+
+class GateEvent(models.Model):
+    """The audit trail of a gate: what happened, who did it, when. Written, never edited."""
+
+    gate = models.ForeignKey(Gate, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=16, choices=GateEventKind.choices)
+    # A username, "api:<key prefix>", or "" for the system (the pipeline, the sweep, a cancel).
+    actor = models.CharField(max_length=150, blank=True, default="")
+    at = models.DateTimeField()
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+        indexes = [models.Index(fields=["gate", "at"], name="gate_event_gate_at")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} by {self.actor or 'system'}"

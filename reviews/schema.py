@@ -1,0 +1,186 @@
+"""Editable fields of a gate: a JSON Schema (or a pydantic model) turned into a validator.
+
+``ctx.review(fields=...)`` accepts a JSON Schema object or a pydantic model class (or instance,
+whose values then pre-fill the form). The gate stores the JSON Schema; every decision's edits,
+from the browser or the API, are validated here against it by a pydantic model built from the
+schema, so both paths give the same errors. The supported subset is what a form can show:
+strings (with ``enum``, ``minLength``, ``maxLength``, ``pattern``), integers and numbers (with
+``minimum``/``maximum``), booleans, arrays of those, nullable variants, ``required`` and
+``default``. Anything else is accepted as any JSON value.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any, Literal, Optional
+
+import pydantic
+
+from workflows import payloads
+
+FieldError = dict[str, str]
+
+
+def schema_of(fields: Any) -> dict[str, Any]:
+    """The JSON Schema of ``fields`` (None, a schema dict, a pydantic model class or instance)."""
+    if fields is None:
+        return {}
+    if isinstance(fields, pydantic.BaseModel):
+        schema = _inline_refs(type(fields).model_json_schema())
+        values = fields.model_dump(mode="json")
+        for name, prop in schema.get("properties", {}).items():
+            if name in values:
+                prop["default"] = values[name]
+        return schema
+    if isinstance(fields, type) and issubclass(fields, pydantic.BaseModel):
+        return _inline_refs(fields.model_json_schema())
+    if isinstance(fields, dict):
+        schema = payloads.to_json(fields, "fields")
+        if schema.get("type", "object") != "object" or not isinstance(
+            schema.get("properties"), dict
+        ):
+            raise ValueError(
+                "fields must be a JSON Schema object with 'properties' (or a pydantic model)"
+            )
+        return _inline_refs(schema)
+    raise TypeError(
+        f"fields must be a JSON Schema dict or a pydantic model, not {type(fields).__name__}"
+    )
+
+
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """Replace ``{"$ref": "#/$defs/X"}`` by the definition (pydantic puts enums there)."""
+    defs = schema.get("$defs", {})
+
+    def walk(node: Any, depth: int = 0) -> Any:
+        if depth > 20:
+            return {}
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                target = defs.get(ref.rsplit("/", 1)[1], {})
+                rest = {k: v for k, v in node.items() if k != "$ref"}
+                return {**walk(target, depth + 1), **rest}
+            return {k: walk(v, depth + 1) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [walk(v, depth + 1) for v in node]
+        return node
+
+    return walk(schema)  # type: ignore[no-any-return]
+
+
+def properties(schema: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    props = schema.get("properties") or {}
+    return props if isinstance(props, dict) else {}
+
+
+def nullable(prop: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Unwrap pydantic's ``anyOf: [X, {"type": "null"}]``; return (X, whether null is allowed)."""
+    options = prop.get("anyOf")
+    if isinstance(options, list):
+        rest = [o for o in options if not (isinstance(o, dict) and o.get("type") == "null")]
+        if len(rest) == 1 and len(rest) < len(options):
+            merged = {**{k: v for k, v in prop.items() if k != "anyOf"}, **rest[0]}
+            return merged, True
+    kind = prop.get("type")
+    if isinstance(kind, list) and "null" in kind:
+        others = [k for k in kind if k != "null"]
+        return {**prop, "type": others[0] if len(others) == 1 else others}, True
+    return prop, False
+
+
+def _python_type(prop: dict[str, Any]) -> Any:
+    prop, is_nullable = nullable(prop)
+    kind = prop.get("type")
+    enum = prop.get("enum")
+    annotated: Any
+    if isinstance(enum, list) and enum:
+        annotated = Literal[tuple(enum)]  # type: ignore[valid-type]
+    elif kind == "string":
+        annotated = _constrained(str, prop, {"minLength": "min_length", "maxLength": "max_length",
+                                             "pattern": "pattern"})
+    elif kind == "integer":
+        annotated = _constrained(int, prop, _NUMERIC)
+    elif kind == "number":
+        annotated = _constrained(float, prop, _NUMERIC)
+    elif kind == "boolean":
+        annotated = bool
+    elif kind == "array":
+        item = prop.get("items") if isinstance(prop.get("items"), dict) else {}
+        annotated = _constrained(list[_python_type(item) if item else Any], prop,  # type: ignore[misc]
+                                 {"minItems": "min_length", "maxItems": "max_length"})
+    else:
+        annotated = Any
+    return Optional[annotated] if is_nullable else annotated  # noqa: UP045
+
+
+_NUMERIC = {"minimum": "ge", "maximum": "le", "exclusiveMinimum": "gt", "exclusiveMaximum": "lt"}
+
+
+def _constrained(base: Any, prop: dict[str, Any], names: dict[str, str]) -> Any:
+    from typing import Annotated
+
+    kwargs = {ours: prop[theirs] for theirs, ours in names.items() if theirs in prop}
+    return Annotated[base, pydantic.Field(**kwargs)] if kwargs else base
+
+
+@lru_cache(maxsize=256)
+def _model_for(schema_text: str) -> type[pydantic.BaseModel]:
+    schema = json.loads(schema_text)
+    required = set(schema.get("required") or [])
+    fields: dict[str, Any] = {}
+    for name, prop in properties(schema).items():
+        prop = prop if isinstance(prop, dict) else {}
+        if name in required:
+            default: Any = ...
+        else:
+            default = prop.get("default")
+        fields[name] = (_python_type(prop), default)
+    return pydantic.create_model(  # type: ignore[call-overload,no-any-return]
+        "GateEdits", __config__=pydantic.ConfigDict(extra="forbid"), **fields
+    )
+
+
+def validate_edits(
+    schema: dict[str, Any], edits: Any
+) -> tuple[dict[str, Any] | None, list[FieldError]]:
+    """Validate ``edits`` against the gate's schema; return (clean JSON data, errors)."""
+    if not properties(schema):
+        if edits in (None, {}):
+            return None, []
+        return None, [{"field": "edits", "message": "this gate has no editable fields"}]
+    if edits is None:
+        return None, []
+    if not isinstance(edits, dict):
+        return None, [{"field": "edits", "message": "edits must be an object of field values"}]
+    model = _model_for(json.dumps(schema, sort_keys=True))
+    try:
+        clean = model.model_validate(edits)
+    except pydantic.ValidationError as exc:
+        errors = []
+        for e in exc.errors(include_url=False, include_context=False, include_input=False):
+            loc = [str(p) for p in e["loc"]]
+            errors.append({"field": loc[0] if loc else "edits", "message": _message(e)})
+        return None, errors
+    return clean.model_dump(mode="json"), []
+
+
+def _message(error: Any) -> str:
+    msg = str(error["msg"])
+    if error["type"] == "extra_forbidden":
+        return "this is not one of the gate's editable fields"
+    if error["type"] == "missing":
+        return "this field is required"
+    return msg[:1].lower() + msg[1:]
+
+
+def initial_values(schema: dict[str, Any], payload: Any) -> dict[str, Any]:
+    """Form values before the reviewer touches them: the schema's defaults, or else the value
+    of the same name at the top level of the payload (the AI's answer to correct)."""
+    values: dict[str, Any] = {}
+    for name, prop in properties(schema).items():
+        if isinstance(prop, dict) and "default" in prop:
+            values[name] = prop["default"]
+        elif isinstance(payload, dict) and name in payload:
+            values[name] = payload[name]
+    return values

@@ -1,0 +1,494 @@
+"""The gate lifecycle: open, claim, release, decide, expire, cancel. Views, the API, the admin and
+the beat task call these; each state change is a named compare-and-swap.
+
+::
+
+    open ──decide──▶ decided
+      │ ──expire──▶ expired (auto-advanced with on_timeout)
+      │ ──cancel──▶ canceled (the run ended)
+      └─ claim / release change claimed_by only, while open
+
+Lock order. Deciding and canceling lock the run row first (``cancel`` does it in the engine),
+then touch the gate and the journal row; the expiry sweep only ever *skips* locked rows. So two
+transactions never wait on each other in opposite orders, and the races (decide vs expire, two
+reviewers, decide vs cancel) serialize instead of deadlocking: exactly one of them closes the
+gate and the loser gets a message saying who won and when.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F, Q, QuerySet
+from django.utils import timezone
+
+from reviews.models import Gate, GateEvent, GateEventKind, GateStatus, decision_json
+from reviews.schema import validate_edits
+from workflows.doorbell import ring_on_commit
+from workflows.errors import InvalidInputError, InvalidStateError, SluiceError
+from workflows.models import ACTIVE_RUN, Run, RunStatus, Step, StepStatus
+from workflows.services import complete_waiting_step
+
+log = logging.getLogger(__name__)
+
+class GateNotFoundError(SluiceError, LookupError):
+    """No gate has this id (or the caller may not see it)."""
+
+
+class GateClosedError(InvalidStateError):
+    """The gate was already decided, expired or canceled; the message says how and when."""
+
+    def __init__(self, message: str, gate: Gate | None = None) -> None:
+        super().__init__(message)
+        self.gate = gate
+
+
+class GateClaimedError(InvalidStateError):
+    """Another reviewer holds the claim on this gate."""
+
+    def __init__(self, message: str, gate: Gate | None = None) -> None:
+        super().__init__(message)
+        self.gate = gate
+
+
+class InvalidDecisionError(InvalidInputError):
+    """The outcome is not one of the gate's choices, or the edits do not fit its fields.
+
+    ``errors`` lists ``{"field", "message"}`` (field ``outcome`` or the edited field's name).
+    """
+
+
+# --- who may see what ---------------------------------------------------------------------------
+
+
+def review_groups(user: Any) -> list[str]:
+    """The user's auth group names, cached on the user object for the request."""
+    cached = getattr(user, "_sluice_review_groups", None)
+    if cached is None:
+        cached = list(user.groups.values_list("name", flat=True)) if user.is_authenticated else []
+        user._sluice_review_groups = cached
+    return cached
+
+
+def is_reviewer(user: Any) -> bool:
+    """Staff, or a member of at least one group (each group reviews the gates named after it)."""
+    return bool(user.is_authenticated and user.is_active and (user.is_staff or review_groups(user)))
+
+
+def gates_visible_to(user: Any) -> QuerySet[Gate]:
+    """Gates ``user`` may see and decide: staff all, a reviewer those of their groups."""
+    if not user.is_authenticated or not user.is_active:
+        return Gate.objects.none()
+    if user.is_staff:
+        return Gate.objects.all()
+    groups = review_groups(user)
+    if not groups:
+        return Gate.objects.none()
+    return Gate.objects.filter(group__in=groups)
+
+
+def open_queue(
+    user: Any, *, mine: bool = False, unclaimed: bool = False, pipeline: str = "",
+    due_within: timedelta | None = None, now: datetime | None = None,
+) -> QuerySet[Gate]:
+    """Open gates for the reviewer queue, by deadline; only the columns the queue shows."""
+    qs = gates_visible_to(user).filter(status=GateStatus.OPEN)
+    if mine:
+        qs = qs.filter(claimed_by=user)
+    if unclaimed:
+        qs = qs.filter(claimed_by__isnull=True)
+    if pipeline:
+        qs = qs.filter(pipeline=pipeline)
+    if due_within is not None:
+        qs = qs.filter(deadline__lte=(now or timezone.now()) + due_within)
+    return (
+        qs.select_related("claimed_by")
+        .only("id", "run_id", "pipeline", "title", "group", "attempt", "deadline", "status",
+              "on_timeout", "claimed_at", "created_at", "claimed_by__username")
+        .order_by("deadline", "id")
+    )
+
+
+def open_pipelines(user: Any) -> list[str]:
+    """Pipelines that have open gates this user can see (for the queue's filter)."""
+    qs = gates_visible_to(user).filter(status=GateStatus.OPEN).order_by("pipeline")
+    return list(qs.values_list("pipeline", flat=True).distinct())
+
+
+def next_gate_for(user: Any, after: Gate | None = None) -> Gate | None:
+    """The open gate to show after a decision: the most urgent one nobody else has claimed."""
+    qs = gates_visible_to(user).filter(status=GateStatus.OPEN).filter(
+        Q(claimed_by__isnull=True) | Q(claimed_by=user)
+    )
+    if after is not None:
+        qs = qs.exclude(pk=after.pk)
+    return qs.only("id", "title").order_by("deadline", "id").first()
+
+
+def get_gate(gate_id: Any, user: Any = None) -> Gate:
+    """A gate by id, scoped to what ``user`` may see when a user is given."""
+    qs = Gate.objects.all() if user is None else gates_visible_to(user)
+    try:
+        return qs.select_related("run", "claimed_by").get(pk=gate_id)
+    except (Gate.DoesNotExist, ValueError, TypeError):
+        raise GateNotFoundError(f"no gate with id {gate_id}") from None
+
+
+# --- messages -----------------------------------------------------------------------------------
+
+
+def _when(moment: datetime | None) -> str:
+    """14:02 today, or 2025-05-03 14:02 on another day (local time)."""
+    if moment is None:
+        return "an unknown time"
+    local = timezone.localtime(moment)
+    if local.date() == timezone.localdate():
+        return local.strftime("%H:%M")
+    return local.strftime("%Y-%m-%d %H:%M")
+
+
+def closed_message(gate: Gate) -> str:
+    """Why a gate no longer takes decisions, in the words a reviewer sees."""
+    if gate.status == GateStatus.EXPIRED:
+        return (f"this gate expired at {_when(gate.deadline)} and auto-advanced with "
+                f"{gate.outcome}")
+    if gate.status == GateStatus.DECIDED:
+        return (f"already decided by {gate.decided_by or 'someone'} at {_when(gate.decided_at)} "
+                f"({gate.outcome})")
+    if gate.status == GateStatus.CANCELED:
+        return f"this gate was canceled at {_when(gate.decided_at)} because its run ended"
+    return "this gate is open"
+
+
+def _claimed_message(gate: Gate) -> str:
+    who = gate.claimed_by.get_username() if gate.claimed_by else "another reviewer"
+    return (f"claimed by {who} at {_when(gate.claimed_at)}; only {who} (or staff) can decide it "
+            "until it is released")
+
+
+# --- opening ------------------------------------------------------------------------------------
+
+
+def open_gate(
+    step_row: Step, *, pipeline: str, title: str, instruction: str, payload: Any,
+    choices: list[str], on_timeout: str, group: str, fields_schema: dict[str, Any],
+    timeout: timedelta,
+) -> Gate:
+    """Create the gate of a waiting journal row. Called by ``ctx.review`` inside the transaction
+    that writes that row, so the two commit together."""
+    now = step_row.started_at or timezone.now()
+    earlier = Gate.objects.filter(run_id=step_row.run_id, title=title).count()
+    gate = Gate.objects.create(
+        run_id=step_row.run_id, step_id=step_row.pk, pipeline=pipeline, title=title,
+        instruction=instruction, payload=payload, choices=choices, on_timeout=on_timeout,
+        group=group, fields_schema=fields_schema, attempt=earlier + 1, deadline=now + timeout,
+    )
+    GateEvent.objects.create(gate=gate, kind=GateEventKind.OPENED, at=now, detail={
+        "deadline": gate.deadline.isoformat(), "group": group, "attempt": gate.attempt,
+    })
+    return gate
+
+
+# --- claims -------------------------------------------------------------------------------------
+
+
+def claim_gate(gate_id: Any, user: Any) -> Gate:
+    """Claim an open gate for ``user`` ("I am on it"). Claiming your own claim is a no-op."""
+    now = timezone.now()
+    with transaction.atomic():
+        n = Gate.objects.filter(
+            pk=gate_id, status=GateStatus.OPEN, claimed_by__isnull=True
+        ).update(claimed_by=user, claimed_at=now)
+        if n:
+            GateEvent.objects.create(
+                gate_id=gate_id, kind=GateEventKind.CLAIMED, actor=user.get_username(), at=now
+            )
+    gate = get_gate(gate_id)
+    if n or (gate.is_open and gate.claimed_by_id == user.pk):
+        return gate
+    if not gate.is_open:
+        raise GateClosedError(closed_message(gate), gate)
+    raise GateClaimedError(_claimed_message(gate), gate)
+
+
+def release_gate(gate_id: Any, user: Any) -> Gate:
+    """Give up the claim. Only its holder may, or staff (who can free a gate someone left)."""
+    now = timezone.now()
+    with transaction.atomic():
+        gate = get_gate(gate_id)
+        holder = gate.claimed_by.get_username() if gate.claimed_by else ""
+        qs = Gate.objects.filter(pk=gate_id, status=GateStatus.OPEN, claimed_by__isnull=False)
+        if not user.is_staff:
+            qs = qs.filter(claimed_by=user)
+        # Compare-and-swap on the holder we read, so a claim taken meanwhile is not dropped.
+        n = qs.filter(claimed_by_id=gate.claimed_by_id).update(claimed_by=None, claimed_at=None)
+        if n:
+            detail = {"holder": holder} if holder != user.get_username() else {}
+            GateEvent.objects.create(
+                gate_id=gate_id, kind=GateEventKind.RELEASED, actor=user.get_username(), at=now,
+                detail=detail,
+            )
+    gate = get_gate(gate_id)
+    if n or (gate.is_open and gate.claimed_by_id is None):
+        return gate
+    if not gate.is_open:
+        raise GateClosedError(closed_message(gate), gate)
+    raise GateClaimedError(_claimed_message(gate), gate)
+
+
+# --- deciding -----------------------------------------------------------------------------------
+
+
+def decide_gate(
+    gate_id: Any, *, outcome: str, comment: str = "", edits: Any = None, actor: str,
+    user: Any = None,
+) -> Gate:
+    """Record a person's (or a service's) decision and resume the run.
+
+    1. Validate the outcome against the gate's choices and the edits against its fields
+       (``InvalidDecisionError`` lists what is wrong, field by field).
+    2. In one transaction: lock the run row (the same first lock ``cancel`` takes, so the two
+       serialize), compare-and-swap the gate from open to decided, resolve its journal row with
+       ``complete_waiting_step`` (which wakes the run on commit) and write the audit event.
+    3. If the swap touched no row, someone else closed the gate first: raise ``GateClosedError``
+       saying who and when (or ``GateClaimedError`` if another user holds the claim; a service
+       deciding with ``user=None`` and staff are not bound by claims).
+    """
+    gate = get_gate(gate_id)
+    errors: list[dict[str, str]] = []
+    if outcome not in gate.choices:
+        errors.append({"field": "outcome", "message": (
+            f"{outcome!r} is not a choice of this gate; choose one of {', '.join(gate.choices)}"
+        )})
+    clean, edit_errors = validate_edits(gate.fields_schema or {}, edits)
+    errors += edit_errors
+    if errors:
+        listing = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        raise InvalidDecisionError(f"invalid decision: {listing}", errors)
+    comment = (comment or "").strip()
+    now = timezone.now()
+    stale_step = False
+    with transaction.atomic():
+        _lock_run(gate.run_id)
+        qs = Gate.objects.filter(pk=gate.pk, status=GateStatus.OPEN)
+        if user is not None and not user.is_staff:
+            qs = qs.filter(Q(claimed_by__isnull=True) | Q(claimed_by=user))
+        n = qs.update(
+            status=GateStatus.DECIDED, outcome=outcome, comment=comment, edits=clean,
+            decided_by=actor[:150], decided_by_user=user, decided_at=now, timed_out=False,
+        )
+        if n:
+            result = decision_json(outcome=outcome, comment=comment, edits=clean,
+                                   decided_by=actor[:150], timed_out=False,
+                                   decided_at=now.isoformat())
+            if complete_waiting_step(gate.step_id, result=result, extra={"decided_by": actor}):
+                GateEvent.objects.create(gate=gate, kind=GateEventKind.DECIDED, actor=actor[:150],
+                                         at=now, detail=_detail(outcome, comment, clean))
+            else:
+                # The journal row no longer waits (the run was restarted or canceled without
+                # the gate hearing of it): the decision cannot reach the run, so close the gate
+                # as canceled rather than pretend it was decided.
+                Gate.objects.filter(pk=gate.pk).update(
+                    status=GateStatus.CANCELED, outcome="", comment="", edits=None,
+                    decided_by="", decided_by_user=None, timed_out=False,
+                )
+                GateEvent.objects.create(gate=gate, kind=GateEventKind.CANCELED, at=now,
+                                         detail={"reason": "the run no longer waits for it"})
+                stale_step = True
+    gate = get_gate(gate.pk)
+    if n and not stale_step:
+        return gate
+    if gate.is_open:
+        raise GateClaimedError(_claimed_message(gate), gate)
+    raise GateClosedError(closed_message(gate), gate)
+
+
+def _detail(outcome: str, comment: str, edits: Any) -> dict[str, Any]:
+    detail: dict[str, Any] = {"outcome": outcome}
+    if comment:
+        detail["comment"] = comment
+    if edits is not None:
+        detail["edits"] = edits
+    return detail
+
+
+def _lock_run(run_id: Any) -> None:
+    qs = Run.objects.filter(pk=run_id)
+    if connection.features.has_select_for_update:
+        qs = qs.select_for_update()
+    list(qs.values_list("pk", flat=True))
+
+
+# --- expiry -------------------------------------------------------------------------------------
+
+
+def expire_due_gates(now: datetime | None = None, batch: int | None = None,
+                     max_batches: int | None = None) -> int:
+    """Close every open gate whose deadline passed with its ``on_timeout`` outcome and resume
+    the runs. Called by the ``reviews.expire_gates`` beat task; idempotent. Returns how many
+    gates it expired.
+
+    Works in batches, each one transaction:
+
+    1. Select due open gates ``FOR UPDATE SKIP LOCKED`` (a second sweeper, or a reviewer who
+       is deciding one of them right now, makes us skip rather than wait).
+    2. Lock their runs, skipping those locked by a decision or a cancel in flight: their gate
+       is left for the next sweep, by which time it is closed or still due.
+    3. Compare-and-swap the gates open → expired (outcome = on_timeout, decided_by empty,
+       timed_out) and read back which ones this batch closed.
+    4. Resolve their waiting journal rows and wake their runs, in bulk (one statement per
+       distinct outcome), then write the audit events. The doorbells ring on commit.
+
+    A batch that fails is logged and the sweep stops there; the next one retries it.
+    """
+    now = now or timezone.now()
+    batch = batch or settings.SLUICE_GATE_EXPIRY_BATCH
+    max_batches = max_batches or settings.SLUICE_GATE_EXPIRY_MAX_BATCHES
+    total = 0
+    skip: set[int] = set()
+    for _ in range(max_batches):
+        try:
+            selected, expired, skipped = _expire_batch(now, batch, skip)
+        except Exception:
+            log.exception("gate expiry batch failed; the next sweep retries it")
+            break
+        total += expired
+        skip |= skipped
+        if selected < batch:
+            break
+    if total:
+        log.info("expired %d gates", total)
+    return total
+
+
+def _expire_batch(now: datetime, batch: int, skip: set[int]) -> tuple[int, int, set[int]]:
+    skip_locked = connection.features.has_select_for_update_skip_locked
+    with transaction.atomic():
+        due = Gate.objects.filter(status=GateStatus.OPEN, deadline__lte=now)
+        if skip:
+            due = due.exclude(pk__in=skip)
+        if skip_locked:
+            due = due.select_for_update(skip_locked=True)
+        rows = list(due.order_by("deadline", "id").values_list("pk", "run_id", "step_id",
+                                                                "on_timeout")[:batch])
+        if not rows:
+            return 0, 0, set()
+        run_ids = {r[1] for r in rows}
+        runs = Run.objects.filter(pk__in=run_ids)
+        if skip_locked:
+            runs = runs.select_for_update(skip_locked=True)
+        locked = set(runs.values_list("pk", flat=True))
+        skipped = {r[0] for r in rows if r[1] not in locked}
+        rows = [r for r in rows if r[1] in locked]
+        if not rows:
+            return len(skipped), 0, skipped
+        closed_at = timezone.now()
+        ids = [r[0] for r in rows]
+        n = Gate.objects.filter(pk__in=ids, status=GateStatus.OPEN).update(
+            status=GateStatus.EXPIRED, outcome=F("on_timeout"), comment="", edits=None,
+            decided_by="", decided_by_user=None, decided_at=closed_at, timed_out=True,
+        )
+        if n != len(ids):
+            # Only without row locks (SQLite serializes writers instead) could another closer
+            # slip in between; keep exactly the gates this update closed.
+            mine = set(Gate.objects.filter(
+                pk__in=ids, status=GateStatus.EXPIRED, decided_at=closed_at
+            ).values_list("pk", flat=True))
+            rows = [r for r in rows if r[0] in mine]
+        _resolve_expired(rows, closed_at)
+    return len(rows) + len(skipped), len(rows), skipped
+
+
+def _resolve_expired(rows: list[tuple[int, Any, int, str]], closed_at: datetime) -> None:
+    """The bulk form of ``complete_waiting_step`` for expired gates: the same compare-and-swap
+    (waiting, not superseded → succeeded with the decision) and the same wake-up (mark the run
+    runnable, ring on commit), in a few statements for a whole batch."""
+    by_outcome: dict[str, list[int]] = defaultdict(list)
+    for _gate_id, _run_id, step_id, outcome in rows:
+        by_outcome[outcome].append(step_id)
+    for outcome, step_ids in by_outcome.items():
+        result = decision_json(outcome=outcome, comment="", edits=None, decided_by="",
+                               timed_out=True, decided_at=closed_at.isoformat())
+        Step.objects.filter(
+            pk__in=step_ids, status=StepStatus.WAITING, superseded=False
+        ).update(status=StepStatus.SUCCEEDED, result=result, finished_at=closed_at,
+                 usage={"timed_out": True})
+    run_ids = list({r[1] for r in rows})
+    woken = Run.objects.filter(pk__in=run_ids, status__in=ACTIVE_RUN)
+    woken.update(wake_requested_at=closed_at)
+    ring_for_runs([(str(pk), gen) for pk, gen in woken.values_list("pk", "generation")])
+    GateEvent.objects.bulk_create([
+        GateEvent(gate_id=gate_id, kind=GateEventKind.EXPIRED, at=closed_at,
+                  detail={"outcome": outcome})
+        for gate_id, _run_id, _step_id, outcome in rows
+    ])
+
+
+def ring_for_runs(runs: list[tuple[str, int]]) -> None:
+    """Ring for the runs woken in this transaction, once it commits.
+
+    A few runs get the engine's own doorbell each. A burst (many gates due at once) is sent as
+    ``reviews.resume_runs`` messages of ``SLUICE_GATE_RESUME_CHUNK`` runs, each advancing its
+    runs one after the other in whichever worker takes it: sending and receiving a Celery
+    message costs about as much as resuming a run, so 10,000 single doorbells would double the
+    work. Nothing is lost if a message is: every run is marked runnable
+    (``wake_requested_at``) in this transaction, and the engine's sweep rings again for any
+    run nobody took.
+    """
+    chunk = max(1, int(settings.SLUICE_GATE_RESUME_CHUNK))
+    if len(runs) < chunk:
+        for run_id, generation in runs:
+            ring_on_commit(run_id, generation)
+        return
+    chunks = [runs[i:i + chunk] for i in range(0, len(runs), chunk)]
+    transaction.on_commit(lambda: send_resume_chunks(chunks))
+
+
+def send_resume_chunks(chunks: list[list[tuple[str, int]]]) -> None:
+    from reviews.tasks import resume_runs
+
+    try:
+        # One producer (one broker connection) for the whole burst.
+        with resume_runs.app.producer_or_acquire() as producer:
+            for runs in chunks:
+                resume_runs.apply_async((runs,), queue="default", producer=producer)
+    except Exception:  # The engine's sweep rings again from the tables.
+        log.warning("could not send resume messages; the sweep will ring", exc_info=True)
+
+
+# --- canceling ----------------------------------------------------------------------------------
+
+
+def cancel_open_gates(run: Run) -> int:
+    """Close the open gates of a run that ended. Runs inside the transaction that ended it
+    (``workflows.signals.run_finished``), which holds the run's lock."""
+    now = timezone.now()
+    open_gates = Gate.objects.filter(run_id=run.pk, status=GateStatus.OPEN)
+    ids = list(open_gates.values_list("pk", flat=True))
+    if not ids:
+        return 0
+    n = Gate.objects.filter(pk__in=ids, status=GateStatus.OPEN).update(
+        status=GateStatus.CANCELED, decided_at=now
+    )
+    GateEvent.objects.bulk_create([
+        GateEvent(gate_id=gate_id, kind=GateEventKind.CANCELED, at=now,
+                  detail={"reason": f"run {run.status}"})
+        for gate_id in ids
+    ])
+    return n
+
+
+def on_run_finished(sender: Any, run: Run, **kwargs: Any) -> None:
+    """Receiver of ``run_finished``.
+
+    A run that succeeded got past every gate it opened (it cannot return while suspended on
+    one), so only failed and canceled runs can leave a gate open; skipping the query for the
+    rest keeps the common path free.
+    """
+    if run.status == RunStatus.SUCCEEDED:
+        return
+    cancel_open_gates(run)

@@ -1,0 +1,18 @@
+"""Reviewer pages, mounted at /reviews/."""
+from __future__ import annotations
+
+from django.urls import path
+
+from reviews import views
+
+app_name = "reviews"
+
+urlpatterns = [
+    path("", views.queue, name="queue"),
+    path("mine/", views.my_decisions, name="decisions"),
+    path("<int:pk>/", views.gate_detail, name="gate"),
+    path("<int:pk>/status/", views.gate_status, name="gate-status"),
+    path("<int:pk>/claim/", views.gate_claim, name="claim"),
+    path("<int:pk>/release/", views.gate_release, name="release"),
+    path("<int:pk>/decide/", views.gate_decide, name="decide"),
+]

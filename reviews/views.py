@@ -1,0 +1,275 @@
+"""Reviewer pages: the live queue, the gate page, "My decisions". Thin adapters over
+``reviews.services``: parse the request, call one service, render or redirect.
+
+Access: anonymous users go to the login page (an htmx poll gets an ``HX-Redirect`` there instead
+of a login form swapped into the page); logged-in users who review nothing get 403; a gate of
+another group is 404, as if it did not exist.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import wraps
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+
+from reviews import services
+from reviews.forms import DecisionForm, EditsForm
+from reviews.models import Gate, GateStatus
+from reviews.presenters import present
+from reviews.templatetags.reviews_tags import countdown, short_time, urgency
+
+View = Callable[..., HttpResponseBase]
+
+
+def reviewer_required(view: View) -> View:
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        if not request.user.is_authenticated:
+            if getattr(request, "htmx", False):
+                response = HttpResponse(status=204)
+                response["HX-Redirect"] = f"{settings.LOGIN_URL}?next={request.path}"
+                return response
+            return redirect_to_login(request.get_full_path())
+        if not services.is_reviewer(request.user):
+            raise PermissionDenied("You are not in a reviewer group.")
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def _gate_or_404(request: HttpRequest, pk: int) -> Gate:
+    try:
+        return services.get_gate(pk, request.user)
+    except services.GateNotFoundError:
+        raise Http404("No such gate.") from None
+
+
+# --- queue --------------------------------------------------------------------------------------
+
+FILTERS = {"mine": "Claimed by me", "unclaimed": "Unclaimed"}
+
+
+@require_GET
+@reviewer_required
+def queue(request: HttpRequest) -> HttpResponse:
+    """Open gates by deadline. An htmx poll gets only the list, or 204 when nothing changed."""
+    claim = request.GET.get("claim", "")
+    pipeline = request.GET.get("pipeline", "")[:200]
+    due = request.GET.get("due", "")
+    qs = services.open_queue(
+        request.user, mine=claim == "mine", unclaimed=claim == "unclaimed", pipeline=pipeline,
+        due_within=timedelta(hours=1) if due == "1h" else None,
+    )
+    paginator = Paginator(qs, settings.SLUICE_REVIEW_PAGE_SIZE)
+    page = paginator.get_page(request.GET.get("page"))
+    gates = list(page.object_list)
+    fingerprint = _fingerprint(paginator.count, gates)
+    is_poll = bool(getattr(request, "htmx", False)) and request.GET.get("poll") == "1"
+    if is_poll and request.GET.get("fp") == fingerprint:
+        return HttpResponse(status=204)  # Nothing changed: htmx keeps the list as it is.
+    context = {
+        "nav": "reviews", "page": page, "gates": gates, "fingerprint": fingerprint,
+        "rows": queue_rows(gates, request.user, timezone.now()),
+        "claim": claim, "pipeline": pipeline, "due": due, "filters": FILTERS,
+        "poll_seconds": settings.SLUICE_REVIEW_POLL_SECONDS, "now": timezone.now(),
+    }
+    if is_poll:
+        return render(request, "reviews/queue.html#queue-list", context)
+    context["pipelines"] = services.open_pipelines(request.user)
+    return render(request, "reviews/queue.html", context)
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    """One row of the queue, computed once in Python: the template only prints it (rendering
+    50 rows through template filters and ``{% url %}`` tags costs more than the queries)."""
+
+    pk: int
+    href: str
+    title: str
+    attempt: int
+    group: str
+    opened: str
+    pipeline: str
+    run_id: str
+    run_href: str
+    run_short: str
+    deadline_iso: str
+    deadline_title: str
+    countdown: str
+    urgency: str
+    claimed_by: str
+    claimed_by_me: bool
+    on_timeout: str
+
+
+def queue_rows(gates: list[Gate], user: Any, now: datetime) -> list[QueueRow]:
+    base = reverse("reviews:queue")
+    rows = []
+    for g in gates:
+        run_id = str(g.run_id)
+        deadline = timezone.localtime(g.deadline)
+        rows.append(QueueRow(
+            pk=g.pk, href=f"{base}{g.pk}/", title=g.title, attempt=g.attempt, group=g.group,
+            opened=short_time(g.created_at), pipeline=g.pipeline, run_id=run_id,
+            run_href=f"/runs/{run_id}/", run_short=run_id[:8],
+            deadline_iso=g.deadline.isoformat(),
+            deadline_title=deadline.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            countdown=countdown(g.deadline, now), urgency=urgency(g.deadline, now),
+            claimed_by=g.claimed_by.get_username() if g.claimed_by else "",
+            claimed_by_me=g.claimed_by_id is not None and g.claimed_by_id == user.pk,
+            on_timeout=g.on_timeout,
+        ))
+    return rows
+
+
+def _fingerprint(total: int, gates: list[Gate]) -> str:
+    """What the list shows, hashed: a poll that would render the same list gets 204."""
+    parts = [str(total)] + [f"{g.pk}:{g.claimed_by_id or ''}" for g in gates]
+    return hashlib.blake2b("|".join(parts).encode(), digest_size=8).hexdigest()
+
+
+# --- gate page ----------------------------------------------------------------------------------
+
+
+def _gate_context(request: HttpRequest, gate: Gate, *, form: DecisionForm | None = None,
+                  edits_form: EditsForm | None = None) -> dict[str, Any]:
+    earlier = list(
+        Gate.objects.filter(run_id=gate.run_id, title=gate.title, pk__lt=gate.pk)
+        .select_related("decided_by_user").order_by("-pk")
+    )
+    has_fields = bool((gate.fields_schema or {}).get("properties"))
+    return {
+        "nav": "reviews", "gate": gate, "view": present(gate.payload), "earlier": earlier,
+        "events": list(gate.events.all()),
+        "form": form or DecisionForm(gate, initial={"outcome": gate.on_timeout}),
+        "edits_form": edits_form or (EditsForm(gate) if has_fields else None),
+        "can_decide": gate.is_open and (
+            gate.claimed_by_id in (None, request.user.pk) or request.user.is_staff
+        ),
+        "closed_message": "" if gate.is_open else services.closed_message(gate),
+        "now": timezone.now(), "poll_seconds": settings.SLUICE_REVIEW_POLL_SECONDS,
+    }
+
+
+@require_GET
+@reviewer_required
+def gate_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    gate = _gate_or_404(request, pk)
+    return render(request, "reviews/gate.html", _gate_context(request, gate))
+
+
+@require_GET
+@reviewer_required
+def gate_status(request: HttpRequest, pk: int) -> HttpResponse:
+    """Polled by an open gate's page: 204 while it stays open, a banner once it closed."""
+    gate = _gate_or_404(request, pk)
+    if gate.is_open:
+        return HttpResponse(status=204)
+    return render(request, "reviews/gate.html#closed-banner",
+                  {"gate": gate, "closed_message": services.closed_message(gate)})
+
+
+@require_POST
+@reviewer_required
+def gate_claim(request: HttpRequest, pk: int) -> HttpResponse:
+    return _claim_action(request, pk, services.claim_gate, "You claimed this gate.")
+
+
+@require_POST
+@reviewer_required
+def gate_release(request: HttpRequest, pk: int) -> HttpResponse:
+    return _claim_action(request, pk, services.release_gate, "You released this gate.")
+
+
+def _claim_action(request: HttpRequest, pk: int, action: Callable[[Any, Any], Gate],
+                  done: str) -> HttpResponse:
+    gate = _gate_or_404(request, pk)
+    error = ""
+    try:
+        gate = action(gate.pk, request.user)
+    except (services.GateClosedError, services.GateClaimedError) as exc:
+        error = str(exc)
+        gate = services.get_gate(pk)
+    if getattr(request, "htmx", False):
+        context = _gate_context(request, gate)
+        context["claim_error"] = error
+        response = render(request, "reviews/gate.html#decision-panel", context)
+        response["HX-Trigger"] = "gate-claim-changed"
+        return response
+    if error:
+        messages.error(request, error[:1].upper() + error[1:])
+    else:
+        messages.success(request, done)
+    return redirect("reviews:gate", pk=pk)
+
+
+@require_POST
+@reviewer_required
+def gate_decide(request: HttpRequest, pk: int) -> HttpResponse:
+    """Decide, then go straight to the next gate (or back to the queue when it is empty)."""
+    gate = _gate_or_404(request, pk)
+    form = DecisionForm(gate, request.POST)
+    has_fields = bool((gate.fields_schema or {}).get("properties"))
+    edits_form = EditsForm(gate, request.POST) if has_fields else None
+    forms_ok = form.is_valid() & (edits_form is None or edits_form.is_valid())
+    if forms_ok:
+        try:
+            services.decide_gate(
+                gate.pk, outcome=form.cleaned_data["outcome"],
+                comment=form.cleaned_data["comment"],
+                edits=edits_form.edits() if edits_form is not None else None,
+                actor=request.user.get_username(), user=request.user,
+            )
+        except services.InvalidDecisionError as exc:
+            for err in exc.errors:
+                on_edits = edits_form is not None and err["field"] in edits_form.fields
+                target = edits_form if on_edits and edits_form is not None else form
+                name = err["field"] if err["field"] in target.fields else None
+                target.add_error(name, err["message"])
+        except (services.GateClosedError, services.GateClaimedError) as exc:
+            message = str(exc)
+            messages.error(request, message[:1].upper() + message[1:])
+            return redirect("reviews:gate", pk=gate.pk)
+        else:
+            return _after_decision(request, gate, form.cleaned_data["outcome"])
+    context = _gate_context(request, gate, form=form, edits_form=edits_form)
+    return render(request, "reviews/gate.html", context, status=422)
+
+
+def _after_decision(request: HttpRequest, gate: Gate, outcome: str) -> HttpResponse:
+    verb = {"approve": "Approved", "reject": "Rejected"}.get(outcome, f"Decided “{outcome}” on")
+    following = services.next_gate_for(request.user, after=gate)
+    if following is None:
+        messages.success(request, f"{verb} “{gate.title}”. The queue is empty — nice work.")
+        return redirect("reviews:queue")
+    messages.success(request, f"{verb} “{gate.title}”. Next up: “{following.title}”.")
+    return redirect("reviews:gate", pk=following.pk)
+
+
+# --- my decisions -------------------------------------------------------------------------------
+
+
+@require_GET
+@reviewer_required
+def my_decisions(request: HttpRequest) -> HttpResponse:
+    qs = (
+        Gate.objects.filter(decided_by_user_id=request.user.pk, status=GateStatus.DECIDED)
+        .defer("payload", "fields_schema", "instruction")
+        .order_by("-decided_at", "-pk")
+    )
+    page = Paginator(qs, settings.SLUICE_REVIEW_PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "reviews/decisions.html", {"nav": "decisions", "page": page})

@@ -1,0 +1,123 @@
+/* Reviewer pages: live countdowns and keyboard shortcuts. The pages work without it. */
+(function () {
+  "use strict";
+
+  // --- countdowns (same format as reviews_tags.remaining_text) --------------------------------
+  function remaining(seconds) {
+    if (seconds <= 0) return "due now";
+    var s = Math.floor(seconds);
+    var d = Math.floor(s / 86400); s -= d * 86400;
+    var h = Math.floor(s / 3600); s -= h * 3600;
+    var m = Math.floor(s / 60); s -= m * 60;
+    var pad = function (n) { return n < 10 ? "0" + n : "" + n; };
+    if (d) return d + "d " + h + "h";
+    if (h) return h + "h " + pad(m) + "m";
+    if (m) return m + "m " + pad(s) + "s";
+    return s + "s";
+  }
+  function urgency(seconds) {
+    if (seconds <= 0) return "overdue";
+    if (seconds < 3600) return "soon";
+    return seconds < 86400 ? "today" : "later";
+  }
+  function tick() {
+    var now = Date.now();
+    document.querySelectorAll("time[data-deadline]").forEach(function (el) {
+      var left = (Date.parse(el.dataset.deadline) - now) / 1000;
+      if (isNaN(left)) return;
+      var text = remaining(left);
+      if (el.textContent !== text) el.textContent = text;
+      var level = "rv-urgency-" + urgency(left);
+      if (!el.classList.contains(level)) {
+        el.className = el.className.replace(/\brv-urgency-\w+/g, "").trim() + " " + level;
+      }
+    });
+  }
+  tick();
+  setInterval(tick, 1000);
+
+  // --- queue: j/k selection that survives live refreshes --------------------------------------
+  var selectedId = null;
+  var knownIds = null;
+
+  function rows() { return Array.prototype.slice.call(document.querySelectorAll("#queue .rv-row")); }
+
+  function select(row, scroll) {
+    rows().forEach(function (r) { r.classList.remove("selected"); r.removeAttribute("aria-selected"); });
+    if (!row) { selectedId = null; return; }
+    row.classList.add("selected");
+    row.setAttribute("aria-selected", "true");
+    selectedId = row.dataset.gateId;
+    if (scroll) row.scrollIntoView({ block: "nearest" });
+  }
+
+  function reselect() {
+    var list = rows();
+    var ids = list.map(function (r) { return r.dataset.gateId; });
+    if (knownIds) {
+      list.forEach(function (r) { if (knownIds.indexOf(r.dataset.gateId) < 0) r.classList.add("rv-new"); });
+    }
+    knownIds = ids;
+    if (selectedId) {
+      var again = list.filter(function (r) { return r.dataset.gateId === selectedId; })[0];
+      select(again || null, false);
+    }
+  }
+
+  function move(step) {
+    var list = rows();
+    if (!list.length) return;
+    var at = list.findIndex(function (r) { return r.dataset.gateId === selectedId; });
+    var next = at < 0 ? (step > 0 ? 0 : list.length - 1) : Math.min(list.length - 1, Math.max(0, at + step));
+    select(list[next], true);
+  }
+
+  document.addEventListener("click", function (e) {
+    var row = e.target.closest && e.target.closest("#queue .rv-row");
+    if (!row || e.target.closest("a, button, input, select")) return;
+    window.location.href = row.dataset.href;
+  });
+
+  document.addEventListener("change", function (e) {
+    if (e.target.matches && e.target.matches("select[data-autosubmit]")) e.target.form.submit();
+  });
+
+  document.body.addEventListener("htmx:afterSettle", reselect);
+  document.addEventListener("DOMContentLoaded", reselect);
+  if (document.readyState !== "loading") reselect();
+
+  // --- keys --------------------------------------------------------------------------------------
+  function typing(el) {
+    return el && (el.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(el.tagName));
+  }
+
+  function press(key) {
+    var button = document.querySelector('#decision-panel [data-key="' + key + '"]');
+    if (button && !button.disabled) { button.click(); return true; }
+    return false;
+  }
+
+  document.addEventListener("keydown", function (e) {
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    if (e.key === "Escape" && typing(document.activeElement)) { document.activeElement.blur(); return; }
+    if (typing(e.target)) return;
+    var inQueue = !!document.getElementById("queue");
+    if (inQueue) {
+      if (e.key === "j") { move(1); e.preventDefault(); }
+      else if (e.key === "k") { move(-1); e.preventDefault(); }
+      else if ((e.key === "Enter" || e.key === "o") && selectedId) {
+        var row = rows().filter(function (r) { return r.dataset.gateId === selectedId; })[0];
+        if (row) { window.location.href = row.dataset.href; e.preventDefault(); }
+      }
+      return;
+    }
+    if (document.getElementById("decision-panel")) {
+      if (e.key === "u") {
+        var back = document.querySelector(".rv-crumbs a");
+        if (back) window.location.href = back.href;
+        return;
+      }
+      if (/^[arc1-9]$/.test(e.key) && press(e.key)) e.preventDefault();
+    }
+  });
+})();

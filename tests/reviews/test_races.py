@@ -1,0 +1,138 @@
+"""Races on real concurrent PostgreSQL connections: exactly one decision wins, every time.
+
+Each contender runs in its own thread with its own database connection; a barrier releases
+them together. Each race is repeated many times, because a race that passes once proves little.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import connection, connections
+from django.utils import timezone
+
+from reviews.models import Gate, GateEvent
+from reviews.services import GateClosedError, decide_gate, expire_due_gates
+from tests.reviews.conftest import People, open_gate
+from tests.support import Bell
+from workflows import cancel, get_run
+from workflows.models import Step
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+ROUNDS = 50
+
+
+@pytest.fixture(autouse=True)
+def _postgres_only() -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("row-level races need PostgreSQL (SQLite serializes every writer)")
+
+
+def contend(*contenders: Callable[[], Any]) -> list[Any]:
+    """Run the callables at the same moment, each on its own connection; return what each
+    returned or raised."""
+    barrier = threading.Barrier(len(contenders))
+    results: list[Any] = [None] * len(contenders)
+
+    def run(i: int, fn: Callable[[], Any]) -> None:
+        try:
+            barrier.wait(timeout=10)
+            results[i] = fn()
+        except Exception as exc:  # The loser's error is the result we check.
+            results[i] = exc
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, args=(i, fn)) for i, fn in enumerate(contenders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return results
+
+
+def assert_one_decision(gate: Gate, bell: Bell) -> Gate:
+    gate.refresh_from_db()
+    closing = GateEvent.objects.filter(gate=gate, kind__in=["decided", "expired", "canceled"])
+    assert closing.count() == 1, list(closing.values_list("kind", "actor"))
+    step = Step.objects.get(pk=gate.step_id)
+    assert step.status == "succeeded"
+    assert step.result["outcome"] == gate.outcome
+    bell.drain()
+    run = get_run(gate.run_id)
+    assert run.status == "succeeded"
+    assert run.output["outcome"] == gate.outcome
+    assert run.output["decided_by"] == gate.decided_by
+    return gate
+
+
+def test_it_lets_exactly_one_of_decide_and_expire_win(bell: Bell, people: People) -> None:
+    wins = {"decided": 0, "expired": 0}
+    for _ in range(ROUNDS):
+        gate = open_gate(bell, on_timeout="approve")
+        Gate.objects.filter(pk=gate.pk).update(deadline=timezone.now() - timedelta(seconds=1))
+        decision, expired = contend(
+            lambda g=gate: decide_gate(g.pk, outcome="reject", comment="no", actor="ana",
+                                       user=people.ana),
+            lambda: expire_due_gates(),
+        )
+        gate = assert_one_decision(gate, bell)
+        wins[gate.status] += 1
+        if gate.status == "decided":
+            assert isinstance(decision, Gate) and expired == 0
+            assert (gate.outcome, gate.decided_by, gate.timed_out) == ("reject", "ana", False)
+        else:
+            assert expired == 1
+            assert isinstance(decision, GateClosedError)
+            assert "expired at" in str(decision) and "auto-advanced with approve" in str(decision)
+            assert (gate.outcome, gate.decided_by, gate.timed_out) == ("approve", "", True)
+    assert sum(wins.values()) == ROUNDS
+
+
+def test_it_lets_exactly_one_of_two_reviewers_win(bell: Bell, people: People) -> None:
+    for _ in range(ROUNDS):
+        gate = open_gate(bell)
+        a, b = contend(
+            lambda g=gate: decide_gate(g.pk, outcome="approve", actor="ana", user=people.ana),
+            lambda g=gate: decide_gate(g.pk, outcome="reject", actor="ben", user=people.ben),
+        )
+        gate = assert_one_decision(gate, bell)
+        winner, loser = (a, b) if isinstance(a, Gate) else (b, a)
+        assert isinstance(winner, Gate) and isinstance(loser, GateClosedError)
+        assert gate.decided_by in ("ana", "ben")
+        assert str(loser).startswith(f"already decided by {gate.decided_by} at ")
+
+
+def test_it_lets_exactly_one_of_decide_and_cancel_win(bell: Bell, people: People) -> None:
+    for _ in range(ROUNDS // 2):
+        gate = open_gate(bell)
+        decision, canceled = contend(
+            lambda g=gate: decide_gate(g.pk, outcome="approve", actor="ana", user=people.ana),
+            lambda g=gate: cancel(g.run_id),
+        )
+        gate.refresh_from_db()
+        closing = GateEvent.objects.filter(gate=gate, kind__in=["decided", "expired", "canceled"])
+        assert closing.count() == 1
+        run = get_run(gate.run_id)
+        if gate.status == "canceled":
+            assert isinstance(decision, GateClosedError) or run.status == "canceled"
+            assert run.status == "canceled"
+        else:
+            # The decision committed first; the cancel then ended the run with the gate closed.
+            assert gate.status == "decided" and isinstance(decision, Gate)
+            assert run.status in ("canceled", "suspended", "succeeded")
+
+
+def test_two_sweeps_at_once_expire_each_gate_once(bell: Bell) -> None:
+    gates = [open_gate(bell) for _ in range(40)]
+    Gate.objects.update(deadline=timezone.now() - timedelta(seconds=1))
+    a, b = contend(lambda: expire_due_gates(batch=7), lambda: expire_due_gates(batch=7))
+    assert a + b == 40
+    assert GateEvent.objects.filter(kind="expired").count() == 40
+    bell.drain()
+    for gate in gates:
+        assert get_run(gate.run_id).output["timed_out"] is True
