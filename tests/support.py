@@ -25,6 +25,11 @@ class Bell:
         self.messages.append(msg)
         self.sent.append(msg)
 
+    def send_advance_many(self, items: list[tuple[Any, int]]) -> None:
+        msg = ("advance_many", ([(str(pk), gen) for pk, gen in items],))
+        self.messages.append(msg)
+        self.sent.append(msg)
+
     def send_step(self, step_id: int, queue: str) -> None:
         msg = ("step", (step_id,))
         self.messages.append(msg)
@@ -36,13 +41,15 @@ class Bell:
         return n
 
     def drain(self, limit: int = 10_000) -> int:
-        from workflows.executor import advance, execute_step
+        from workflows.executor import advance, advance_many, execute_step
 
         handled = 0
         while self.messages and handled < limit:
             kind, args = self.messages.popleft()
             if kind == "advance":
                 advance(*args)
+            elif kind == "advance_many":
+                advance_many(*args)
             else:
                 execute_step(*args)
             handled += 1

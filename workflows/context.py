@@ -737,6 +737,19 @@ class Context:
         self, status: str, *, output: Any = None, error: dict[str, Any] | None = None
     ) -> None:
         """End the run: one transaction records it, runs ``on_complete`` and the signals."""
+        with transaction.atomic():
+            if not self.write_finish(status, output=output, error=error):
+                raise LeaseLost
+
+    def write_finish(
+        self, status: str, *, output: Any = None, error: dict[str, Any] | None = None
+    ) -> bool:
+        """Inside the caller's transaction: record the end and run the terminal hooks.
+
+        Returns False, having written nothing, when the run is no longer ours (on PostgreSQL;
+        elsewhere it raises ``LeaseLost``). Several runs may end in one transaction this way
+        (``executor.advance_many``): each run's end and its hooks still commit together.
+        """
         from workflows.services import run_terminal_hooks
 
         now = timezone.now()
@@ -749,34 +762,33 @@ class Context:
             "lease_expires_at": None,
             "wake_requested_at": None,
         }
-        with transaction.atomic():
-            cost = self._cost
-            if fastpath.available() and not self._inserts:
-                ok, _ = fastpath.checkpoint(
-                    run_id=self._record.pk,
-                    owner=self.owner,
-                    generation=self.generation,
-                    lease_expires_at=None,
-                    current_step=self._current[:200] or None,
-                    cost=cost,
-                    dirty=self._dirty,
-                    new_row=None,
-                    run_fields=fields,
-                )
-                if not ok:
-                    raise LeaseLost
-                self._dirty.clear()
-                self._cost = Decimal(0)
-            else:
-                self._flush(**fields)
-            # What we wrote is what the row now holds: no need to read it back.
-            fields.pop("cost", None)
-            for key, value in fields.items():
-                setattr(self._record, key, value)
-            self._record.cost = Decimal(self._record.cost or 0) + cost
-            if self._current:
-                self._record.current_step = self._current[:200]
-            run_terminal_hooks(self._record)
+        cost = self._cost
+        if fastpath.available() and not self._inserts:
+            ok, _ = fastpath.checkpoint(
+                run_id=self._record.pk,
+                owner=self.owner,
+                generation=self.generation,
+                lease_expires_at=None,
+                current_step=self._current[:200] or None,
+                cost=cost,
+                dirty=self._dirty,
+                new_row=None,
+                run_fields=fields,
+            )
+            if not ok:
+                return False
+            self._dirty.clear()
+            self._cost = Decimal(0)
+        else:
+            self._flush(**fields)
+        # What we wrote is what the row now holds: no need to read it back.
+        for key, value in fields.items():
+            setattr(self._record, key, value)
+        self._record.cost = Decimal(self._record.cost or 0) + cost
+        if self._current:
+            self._record.current_step = self._current[:200]
+        run_terminal_hooks(self._record)
+        return True
 
     def ring_again(self) -> None:
         ring_on_commit(self._record.pk, self.generation)

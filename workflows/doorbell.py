@@ -32,6 +32,16 @@ def send_advance(run_id: Any, generation: int) -> None:
         log.warning("could not ring for run %s; the sweep will", run_id, exc_info=True)
 
 
+def send_advance_many(items: list[tuple[Any, int]]) -> None:
+    """One doorbell for a burst of runs (``workflows.advance_many``)."""
+    from workflows.tasks import advance_many
+
+    try:
+        advance_many.apply_async(([[str(pk), gen] for pk, gen in items],), queue="default")
+    except Exception:
+        log.warning("could not ring for %s runs; the sweep will", len(items), exc_info=True)
+
+
 def send_step(step_id: int, queue: str) -> None:
     from workflows.tasks import execute_step
 

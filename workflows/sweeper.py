@@ -174,19 +174,33 @@ def reclaim_runs(now: Any) -> int:
     return _batches(expired, reclaim)
 
 
-def ring_lost(now: Any) -> int:
-    cutoff = now - grace()
-    runs = Run.objects.filter(status__in=ACTIVE_RUN, wake_requested_at__lte=cutoff).filter(
-        Q(lease_owner="") | Q(lease_expires_at__lt=now)
-    )
+RING_CHUNK = 50
+RING_LIMIT = 2000
 
-    def ring_run(run: Run) -> bool:
-        if Run.objects.filter(pk=run.pk, wake_requested_at=run.wake_requested_at).update(
-            wake_requested_at=now
-        ):
-            ring_on_commit(run.pk, run.generation)
-            return True
-        return False
+
+def ring_lost(now: Any) -> int:
+    """Ring again for work whose doorbell went unanswered for a grace period.
+
+    Runs are rung in ``workflows.advance_many`` messages of RING_CHUNK (a flushed broker can
+    strand thousands at once), at most RING_LIMIT per pass: a backlog that workers are still
+    chewing through is not re-rung wholesale every few seconds.
+    """
+    cutoff = now - grace()
+    with transaction.atomic():
+        stale = list(
+            _lock(
+                Run.objects.filter(status__in=ACTIVE_RUN, wake_requested_at__lte=cutoff)
+                .filter(Q(lease_owner="") | Q(lease_expires_at__lt=now))
+                .order_by("wake_requested_at")
+            ).values_list("pk", "generation")[:RING_LIMIT]
+        )
+        if stale:
+            Run.objects.filter(
+                pk__in=[pk for pk, _ in stale], wake_requested_at__lte=cutoff
+            ).update(wake_requested_at=now)
+            chunks = [stale[i : i + RING_CHUNK] for i in range(0, len(stale), RING_CHUNK)]
+            transaction.on_commit(lambda: _send_chunks(chunks))
+    rung = len(stale)
 
     steps = (
         Step.objects.filter(
@@ -204,7 +218,17 @@ def ring_lost(now: Any) -> int:
             return True
         return False
 
-    return _batches(runs, ring_run) + _batches(steps, ring_step)
+    return rung + _batches(steps, ring_step)
+
+
+def _send_chunks(chunks: list[list[tuple[Any, int]]]) -> None:
+    from workflows import doorbell
+
+    for chunk in chunks:
+        if len(chunk) == 1:
+            doorbell.send_advance(*chunk[0])
+        else:
+            doorbell.send_advance_many(chunk)
 
 
 def sweep() -> dict[str, int]:

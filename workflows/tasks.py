@@ -14,6 +14,14 @@ def advance(run_id: str, generation: int) -> str:
     return advance_run(run_id, generation)
 
 
+@shared_task(name="workflows.advance_many", ignore_result=True)
+def advance_many(runs: list[Any]) -> dict[str, int]:
+    """One doorbell for a burst of runs: ``[[run_id, generation], ...]``."""
+    from workflows.executor import advance_many as advance_runs
+
+    return advance_runs([(run_id, generation) for run_id, generation in runs])
+
+
 @shared_task(name="workflows.execute_step", ignore_result=True)
 def execute_step(step_id: int) -> int:
     from workflows.executor import execute_step as run_step

@@ -103,3 +103,13 @@ def test_retention_prunes_old_finished_runs_with_their_journal(bell: Bell) -> No
     assert set(Run.objects.values_list("pk", flat=True)) == {young.pk, live.pk}
     assert not Step.objects.filter(run_id__in=[r.pk for r in old]).exists()
     assert not Event.objects.filter(run_id__in=[r.pk for r in old]).exists()
+
+
+def test_a_flushed_burst_is_rung_again_in_chunks(bell: Bell) -> None:
+    runs = [start("test.chain", {"n": 1}) for _ in range(120)]
+    bell.lose_all()
+    Run.objects.update(wake_requested_at=timezone.now() - timedelta(seconds=60))
+    assert sweep()["rung"] == 120
+    assert [m[0] for m in bell.messages] == ["advance_many"] * 3  # 50 + 50 + 20
+    bell.drain()
+    assert Run.objects.filter(pk__in=[r.pk for r in runs], status="succeeded").count() == 120
