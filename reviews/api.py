@@ -4,6 +4,7 @@ Deciding goes through ``reviews.services.decide_gate``, so the API follows the s
 as the browser: the first decision wins, a closed gate is a 409, an outcome outside the gate's
 choices a 422. A key sees only gates of its tenant's runs, of the pipelines it may use.
 """
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -57,8 +58,9 @@ class GateOut(Schema):
 class DecisionIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
-    outcome: str = Field(..., min_length=1, max_length=100,
-                         description="One of the gate's choices.")
+    outcome: str = Field(
+        ..., min_length=1, max_length=100, description="One of the gate's choices."
+    )
     comment: str = Field("", max_length=10_000)
     edits: dict[str, Any] | None = Field(
         None, description="Corrections to the reviewed payload, if the gate accepts edits."
@@ -66,7 +68,7 @@ class DecisionIn(Schema):
 
 
 def visible_gates(key: ApiKey) -> QuerySet[Gate]:
-    qs = Gate.objects.select_related("run").filter(run__tenant=key.tenant)
+    qs = Gate.objects.select_related("run", "claimed_by").filter(run__tenant=key.tenant)
     if key.pipelines:
         qs = qs.filter(run__workflow__in=key.pipelines)
     return qs
@@ -78,12 +80,16 @@ def _str_or_none(value: Any) -> str | None:
 
 def gate_out(gate: Gate) -> dict[str, Any]:
     return {
-        "id": gate.pk, "run_id": gate.run_id, "step_id": getattr(gate, "step_id", None),
+        "id": gate.pk,
+        "run_id": gate.run_id,
+        "step_id": getattr(gate, "step_id", None),
         "pipeline": getattr(gate, "pipeline", "") or gate.run.workflow,
-        "title": gate.title or "", "instruction": getattr(gate, "instruction", "") or "",
+        "title": gate.title or "",
+        "instruction": getattr(gate, "instruction", "") or "",
         "payload": getattr(gate, "payload", None),
         "choices": list(getattr(gate, "choices", None) or []),
-        "group": getattr(gate, "group", "") or "", "status": gate.status,
+        "group": getattr(gate, "group", "") or "",
+        "status": gate.status,
         "deadline": getattr(gate, "deadline", None),
         "claimed_by": _str_or_none(getattr(gate, "claimed_by", None)),
         "outcome": _str_or_none(getattr(gate, "outcome", None)),
@@ -91,12 +97,17 @@ def gate_out(gate: Gate) -> dict[str, Any]:
         "edits": getattr(gate, "edits", None),
         "decided_by": _str_or_none(getattr(gate, "decided_by", None)),
         "decided_at": getattr(gate, "decided_at", None),
-        "decision_url": f"/api/gates/{gate.pk}/decision", "run_url": f"/api/runs/{gate.run_id}",
+        "decision_url": f"/api/gates/{gate.pk}/decision",
+        "run_url": f"/api/runs/{gate.run_id}",
     }
 
 
-@router.get("/gates", auth=key_auth("gates:decide", "runs:read"),
-            response={200: list[GateOut], **errors(*AUTH_ERRORS, 422)}, summary="List open gates")
+@router.get(
+    "/gates",
+    auth=key_auth("gates:decide", "runs:read"),
+    response={200: list[GateOut], **errors(*AUTH_ERRORS, 422)},
+    summary="List open gates",
+)
 def list_gates(
     request: HttpRequest,
     pipeline: str | None = Query(None, max_length=200, pattern=NO_NUL),
@@ -109,9 +120,12 @@ def list_gates(
     return [gate_out(g) for g in qs.order_by("deadline", "pk")[:limit]]
 
 
-@router.post("/gates/{gate_id}/decision", auth=key_auth("gates:decide"),
-             response={200: GateOut, **errors(*AUTH_ERRORS, *BODY_ERRORS, 404, 409)},
-             summary="Decide a gate")
+@router.post(
+    "/gates/{gate_id}/decision",
+    auth=key_auth("gates:decide"),
+    response={200: GateOut, **errors(*AUTH_ERRORS, *BODY_ERRORS, 404, 409)},
+    summary="Decide a gate",
+)
 def decide(request: HttpRequest, gate_id: str, body: DecisionIn) -> dict[str, Any]:
     """Approve, reject (or any of the gate's choices) with a comment and optional edits.
 
@@ -122,7 +136,8 @@ def decide(request: HttpRequest, gate_id: str, body: DecisionIn) -> dict[str, An
     gate = visible_gates(key).filter(pk=parse_int(gate_id, "gate")).first()
     if gate is None:
         raise not_found("gate")
-    decided = decide_gate(gate.pk, outcome=body.outcome, comment=body.comment, edits=body.edits,
-                          actor=key.actor)
-    decided = Gate.objects.select_related("run").get(pk=decided.pk)
+    decided = decide_gate(
+        gate.pk, outcome=body.outcome, comment=body.comment, edits=body.edits, actor=key.actor
+    )
+    decided = Gate.objects.select_related("run", "claimed_by").get(pk=decided.pk)
     return gate_out(decided)

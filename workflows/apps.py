@@ -15,6 +15,9 @@ class WorkflowsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        # Connects run_finished and registers the "webhook" outbox handler, in every process.
+        from workflows import webhooks  # noqa: F401
+
         discover()
 
 

@@ -283,3 +283,120 @@ class Pool(models.Model):
             "max_concurrency": self.max_concurrency, "rate_limit": self.rate_limit,
             "rate_period": self.rate_period,
         }
+
+
+# --- JSON API keys and completion webhooks ----------------------------------------------------
+
+
+class ApiScope(models.TextChoices):
+    RUNS_READ = "runs:read", "runs:read — list and read runs, steps and pipelines"
+    RUNS_WRITE = "runs:write", "runs:write — start, cancel and restart runs, send events"
+    GATES_DECIDE = "gates:decide", "gates:decide — list and decide open gates"
+
+
+class ApiKey(models.Model):
+    """A service's credential for the JSON API.
+
+    Only a hash of the key is stored; ``prefix`` is its visible first part, shown in admin and
+    logs and used to find the row. A key acts for one ``tenant`` (it sees only that tenant's
+    runs) and may be restricted to some pipelines. ``webhook_secret`` signs the completion
+    webhooks of the runs it starts.
+    """
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=24, unique=True, editable=False)
+    key_hash = models.CharField(max_length=64, editable=False)
+    tenant = models.CharField(max_length=100, blank=True, default="", db_index=True)
+    scopes = models.JSONField(default=list, blank=True)
+    # Pipeline names this key may use; empty means every pipeline.
+    pipelines = models.JSONField(default=list, blank=True)
+    # Requests per rate period (SLUICE_API_RATE_PERIOD); null uses SLUICE_API_RATE_LIMIT.
+    rate_limit = models.PositiveIntegerField(null=True, blank=True)
+    webhook_secret = models.CharField(max_length=80, editable=False)
+    is_active = models.BooleanField(default=True)
+    created_by = models.CharField(max_length=150, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    # The rate limiter's fixed window: both columns change only by compare-and-swap.
+    window_start = models.DateTimeField(null=True, blank=True, editable=False)
+    window_count = models.PositiveIntegerField(default=0, editable=False)
+
+    class Meta:
+        ordering = ["name", "id"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in (self.scopes or [])
+
+    def allows_pipeline(self, name: str) -> bool:
+        return not self.pipelines or name in self.pipelines
+
+    @property
+    def actor(self) -> str:
+        """How runs, events and decisions made with this key name who did it."""
+        return f"api:{self.prefix}"
+
+
+class WebhookStatus(models.TextChoices):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    # Gave up: the receiver kept failing for the outbox's whole retry window (24 h).
+    FAILED = "failed"
+    # Never sent: the URL is not allowed (a loopback or private address, say).
+    REFUSED = "refused"
+
+
+class WebhookDelivery(models.Model):
+    """One completion webhook of a run: its body, fixed when the run ended, and its fate.
+
+    ``id`` is the delivery id: the ``Idempotency-Key`` header and the body's ``id`` are both
+    this value on every attempt, so a receiver can drop repeats.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="webhook_deliveries")
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="webhook_deliveries"
+    )
+    url = models.URLField(max_length=2000)
+    event = models.CharField(max_length=64, default="run.finished")
+    payload = models.JSONField(default=dict)
+    status = models.CharField(
+        max_length=16, choices=WebhookStatus.choices, default=WebhookStatus.PENDING
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    last_status_code = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "webhook deliveries"
+
+    def __str__(self) -> str:
+        return f"{self.event} {self.id}"
+
+
+class WebhookAttempt(models.Model):
+    """One HTTP attempt of a webhook delivery, as the operators see it in admin."""
+
+    delivery = models.ForeignKey(
+        WebhookDelivery, on_delete=models.CASCADE, related_name="attempt_log"
+    )
+    number = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    status_code = models.PositiveIntegerField(null=True, blank=True)
+    latency_ms = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    response_excerpt = models.TextField(blank=True, default="")
+    succeeded = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["delivery", "number", "id"]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of {self.delivery_id}"

@@ -1,0 +1,733 @@
+"""Django admin for operators: runs with their journal, steps, events, the outbox, webhook
+deliveries, API keys and pools.
+
+Machine-written rows (runs, steps, events, outbox, deliveries) are read-only: operators repair
+runs only through the actions below, which call the engine's services (``cancel``,
+``restart``) exactly as the API and the run pages do. API keys and pool limits are the only
+rows people edit.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString, mark_safe
+
+from workflows import operations
+from workflows.definitions import registered_workflows
+from workflows.keys import SCOPES, assign_new_secret
+from workflows.models import (
+    ApiKey,
+    Event,
+    Outbox,
+    Pool,
+    Run,
+    Step,
+    WebhookAttempt,
+    WebhookDelivery,
+)
+from workflows.webhooks import retry_now
+
+admin.site.site_header = "Sluice administration"
+admin.site.site_title = "Sluice admin"
+
+JSON_LIMIT = 20_000
+
+
+def pretty_json(value: Any) -> SafeString:
+    """A JSON value as an indented, escaped <pre> (long values cut, with a note)."""
+    if value is None:
+        return mark_safe('<span class="quiet">—</span>')  # noqa: S308  (constant)
+    text = json.dumps(value, indent=2, sort_keys=True, default=str)
+    if len(text) > JSON_LIMIT:
+        text = text[:JSON_LIMIT] + f"\n… ({len(text) - JSON_LIMIT:,} more characters)"
+    return format_html(
+        '<pre style="white-space:pre-wrap;max-height:24rem;overflow:auto;margin:0;'
+        'font-size:12px">{}</pre>',
+        text,
+    )
+
+
+STATUS_COLORS = {
+    "succeeded": ("#1a7f37", "#e6f4ea"),
+    "delivered": ("#1a7f37", "#e6f4ea"),
+    "failed": ("#c62828", "#fde8e8"),
+    "canceled": ("#c62828", "#fde8e8"),
+    "dead": ("#c62828", "#fde8e8"),
+    "refused": ("#c62828", "#fde8e8"),
+    "running": ("#1f6feb", "#e8f0fe"),
+    "pending": ("#9a6700", "#fff5d6"),
+    "suspended": ("#9a6700", "#fff5d6"),
+    "waiting": ("#9a6700", "#fff5d6"),
+    "retrying": ("#9a6700", "#fff5d6"),
+}
+
+
+def status_badge(status: str) -> SafeString:
+    fg, bg = STATUS_COLORS.get(status, ("#5b6472", "#eef0f3"))
+    return format_html(
+        '<span style="display:inline-block;padding:1px 8px;border-radius:999px;font-weight:600;'
+        'font-size:11px;color:{};background:{}">{}</span>',
+        fg,
+        bg,
+        status,
+    )
+
+
+def seconds(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
+    if value < 120:
+        return f"{value:.1f} s"
+    return f"{value / 60:.1f} min"
+
+
+class ReadOnlyMixin:
+    """Machine-written rows: visible, never added, edited or deleted by hand."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+class StepInline(ReadOnlyMixin, admin.TabularInline):
+    model = Step
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    ordering = ("superseded", "position", "branch", "id")
+    fields = (
+        "where",
+        "kind",
+        "name",
+        "badge",
+        "attempts",
+        "pool",
+        "started_at",
+        "took",
+        "tokens",
+        "cost",
+        "value",
+    )
+    readonly_fields = fields
+    verbose_name = "journal entry"
+    verbose_name_plural = "journal"
+
+    @admin.display(description="#")
+    def where(self, obj: Step) -> str:
+        if obj.superseded:
+            return f"{obj.label} (superseded, gen {obj.generation})"
+        return obj.label
+
+    @admin.display(description="status")
+    def badge(self, obj: Step) -> SafeString:
+        return status_badge(obj.status)
+
+    @admin.display(description="attempts")
+    def attempts(self, obj: Step) -> str:
+        return f"{obj.attempt}/{obj.max_attempts}" if obj.kind in ("step", "branch") else "—"
+
+    @admin.display(description="duration")
+    def took(self, obj: Step) -> str:
+        return seconds(obj.duration)
+
+    @admin.display(description="tokens")
+    def tokens(self, obj: Step) -> str:
+        usage = obj.usage if isinstance(obj.usage, dict) else {}
+        if "input_tokens" not in usage and "output_tokens" not in usage:
+            return "—"
+        return f"{usage.get('input_tokens', 0)} in / {usage.get('output_tokens', 0)} out"
+
+    @admin.display(description="result or error")
+    def value(self, obj: Step) -> SafeString:
+        return pretty_json(obj.error if obj.error else obj.result)
+
+
+class WebhookDeliveryInline(ReadOnlyMixin, admin.TabularInline):
+    model = WebhookDelivery
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    fields = (
+        "id",
+        "url",
+        "status",
+        "attempts",
+        "last_status_code",
+        "last_error",
+        "created_at",
+        "delivered_at",
+    )
+    readonly_fields = fields
+
+
+class RestartForm(forms.Form):
+    from_step = forms.IntegerField(
+        min_value=1,
+        label="Restart from journal position",
+        help_text="Entries from this position on are superseded (kept, not deleted) and run "
+        "again under a new generation.",
+    )
+
+
+@admin.register(Run)
+class RunAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = (
+        "short_id",
+        "workflow",
+        "badge",
+        "current_step",
+        "tenant",
+        "created_at",
+        "took",
+        "cost",
+    )
+    list_filter = ("status", ("workflow", admin.AllValuesFieldListFilter), "created_at", "tenant")
+    date_hierarchy = "created_at"
+    search_fields = ("idempotency_key",)
+    search_help_text = "Search by run id (full UUID) or idempotency key."
+    list_select_related = False
+    ordering = ("-created_at",)
+    actions = ("cancel_runs", "retry_failed_step", "restart_from_step")
+    inlines = (StepInline, WebhookDeliveryInline)
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "id",
+                    "workflow",
+                    "version",
+                    "badge",
+                    "generation",
+                    "current_step",
+                    "page_link",
+                )
+            },
+        ),
+        (
+            "Who and when",
+            {
+                "fields": (
+                    "tenant",
+                    "created_by",
+                    "idempotency_key",
+                    "parent",
+                    "created_at",
+                    "started_at",
+                    "finished_at",
+                    "took",
+                )
+            },
+        ),
+        ("Values", {"fields": ("input_json", "output_json", "error_json", "context_json")}),
+        (
+            "Budget and callbacks",
+            {"fields": ("cost", "max_cost", "callback_url", "on_complete", "max_parallel")},
+        ),
+        (
+            "Engine",
+            {
+                "classes": ("collapse",),
+                "fields": ("lease_owner", "lease_expires_at", "wake_requested_at"),
+            },
+        ),
+    )
+    readonly_fields = (
+        "id",
+        "workflow",
+        "version",
+        "badge",
+        "generation",
+        "current_step",
+        "page_link",
+        "tenant",
+        "created_by",
+        "idempotency_key",
+        "parent",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "took",
+        "input_json",
+        "output_json",
+        "error_json",
+        "context_json",
+        "cost",
+        "max_cost",
+        "callback_url",
+        "on_complete",
+        "max_parallel",
+        "lease_owner",
+        "lease_expires_at",
+        "wake_requested_at",
+    )
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Run], search_term: str
+    ) -> tuple[QuerySet[Run], bool]:
+        term = search_term.strip()
+        try:
+            return queryset.filter(pk=uuid.UUID(term)), False
+        except ValueError:
+            return super().get_search_results(request, queryset, search_term)
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        """Acting on runs (cancel, retry, restart) needs staff with change rights on runs."""
+        user = request.user
+        return bool(user.is_staff and user.has_perm("workflows.change_run"))
+
+    @admin.display(description="run", ordering="created_at")
+    def short_id(self, obj: Run) -> str:
+        return str(obj.pk)[:8]
+
+    @admin.display(description="status", ordering="status")
+    def badge(self, obj: Run) -> SafeString:
+        return status_badge(obj.status)
+
+    @admin.display(description="duration")
+    def took(self, obj: Run) -> str:
+        if obj.started_at and obj.finished_at:
+            return seconds((obj.finished_at - obj.started_at).total_seconds())
+        return "—"
+
+    @admin.display(description="run page")
+    def page_link(self, obj: Run) -> SafeString:
+        return format_html('<a href="/runs/{}/">Open the run page (timeline, graph)</a>', obj.pk)
+
+    @admin.display(description="input")
+    def input_json(self, obj: Run) -> SafeString:
+        return pretty_json(obj.input)
+
+    @admin.display(description="output")
+    def output_json(self, obj: Run) -> SafeString:
+        return pretty_json(obj.output)
+
+    @admin.display(description="error")
+    def error_json(self, obj: Run) -> SafeString:
+        return pretty_json(obj.error)
+
+    @admin.display(description="context")
+    def context_json(self, obj: Run) -> SafeString:
+        return pretty_json(obj.context or None)
+
+    def _report(self, request: HttpRequest, verb: str, results: list[operations.Outcome]) -> None:
+        done = [r for r in results if r.ok]
+        if done:
+            self.message_user(request, f"{verb} {len(done)} run(s).", messages.SUCCESS)
+        for r in results:
+            if not r.ok:
+                self.message_user(
+                    request, f"Run {str(r.run_id)[:8]}: {r.message}", messages.WARNING
+                )
+
+    @admin.action(description="Cancel selected runs", permissions=["operate"])
+    def cancel_runs(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+        actor = f"admin:{request.user.get_username()}"
+        self._report(
+            request, "Canceled", [operations.cancel_run(run.pk, actor) for run in queryset]
+        )
+
+    @admin.action(description="Retry the failed step of selected runs", permissions=["operate"])
+    def retry_failed_step(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+        self._report(
+            request, "Restarted", [operations.retry_failed_step(run.pk) for run in queryset]
+        )
+
+    @admin.action(description="Restart selected runs from a step…", permissions=["operate"])
+    def restart_from_step(
+        self, request: HttpRequest, queryset: QuerySet[Run]
+    ) -> HttpResponse | None:
+        form = RestartForm(request.POST if "apply" in request.POST else None)
+        if "apply" in request.POST and form.is_valid():
+            position = form.cleaned_data["from_step"]
+            self._report(
+                request,
+                f"Restarted from step {position}",
+                [operations.restart_run(run.pk, position) for run in queryset],
+            )
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Restart runs from a step",
+            "runs": queryset,
+            "form": form,
+            "opts": self.model._meta,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "workflows/admin_restart.html", context)
+
+
+@admin.register(Step)
+class StepAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = (
+        "__str__",
+        "run_link",
+        "kind",
+        "badge",
+        "attempt",
+        "max_attempts",
+        "pool",
+        "started_at",
+        "took",
+        "cost",
+        "superseded",
+    )
+    list_filter = ("status", "kind", "pool", "superseded")
+    search_fields = ("name",)
+    search_help_text = "Search by step name, or a run's full UUID."
+    list_select_related = ("run",)
+    readonly_fields = (
+        "run",
+        "generation",
+        "superseded",
+        "position",
+        "branch",
+        "kind",
+        "name",
+        "badge",
+        "pool",
+        "held",
+        "attempt",
+        "max_attempts",
+        "target",
+        "args_json",
+        "result_json",
+        "error_json",
+        "usage_json",
+        "cost",
+        "wake_at",
+        "started_at",
+        "finished_at",
+        "took",
+        "lease_owner",
+        "lease_expires_at",
+    )
+    fields = readonly_fields
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Step], search_term: str
+    ) -> tuple[QuerySet[Step], bool]:
+        try:
+            return queryset.filter(run_id=uuid.UUID(search_term.strip())), False
+        except ValueError:
+            return super().get_search_results(request, queryset, search_term)
+
+    @admin.display(description="run")
+    def run_link(self, obj: Step) -> SafeString:
+        return format_html(
+            '<a href="../run/{}/change/">{} {}</a>',
+            obj.run_id,
+            obj.run.workflow,
+            str(obj.run_id)[:8],
+        )
+
+    @admin.display(description="status", ordering="status")
+    def badge(self, obj: Step) -> SafeString:
+        return status_badge(obj.status)
+
+    @admin.display(description="duration")
+    def took(self, obj: Step) -> str:
+        return seconds(obj.duration)
+
+    @admin.display(description="arguments")
+    def args_json(self, obj: Step) -> SafeString:
+        return pretty_json(obj.args)
+
+    @admin.display(description="result")
+    def result_json(self, obj: Step) -> SafeString:
+        return pretty_json(obj.result)
+
+    @admin.display(description="error")
+    def error_json(self, obj: Step) -> SafeString:
+        return pretty_json(obj.error)
+
+    @admin.display(description="usage")
+    def usage_json(self, obj: Step) -> SafeString:
+        return pretty_json(obj.usage)
+
+
+@admin.register(Event)
+class EventAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ("name", "run", "consumed_by", "created_at")
+    search_fields = ("name",)
+    list_select_related = ("run", "consumed_by")
+    readonly_fields = ("run", "name", "payload_json", "consumed_by", "created_at")
+    fields = readonly_fields
+
+    @admin.display(description="payload")
+    def payload_json(self, obj: Event) -> SafeString:
+        return pretty_json(obj.payload)
+
+
+@admin.register(Outbox)
+class OutboxAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = (
+        "kind",
+        "key",
+        "badge",
+        "attempts",
+        "next_attempt_at",
+        "created_at",
+        "delivered_at",
+        "last_error",
+    )
+    list_filter = ("status", "kind")
+    search_fields = ("key",)
+    readonly_fields = (
+        "run",
+        "kind",
+        "key",
+        "badge",
+        "attempts",
+        "next_attempt_at",
+        "lease_expires_at",
+        "last_error",
+        "created_at",
+        "delivered_at",
+        "payload_json",
+    )
+    fields = readonly_fields
+
+    @admin.display(description="status", ordering="status")
+    def badge(self, obj: Outbox) -> SafeString:
+        return status_badge(obj.status)
+
+    @admin.display(description="payload")
+    def payload_json(self, obj: Outbox) -> SafeString:
+        return pretty_json(obj.payload)
+
+
+# --- webhooks ---------------------------------------------------------------------------------
+
+
+class WebhookAttemptInline(ReadOnlyMixin, admin.TabularInline):
+    model = WebhookAttempt
+    extra = 0
+    can_delete = False
+    fields = (
+        "number",
+        "started_at",
+        "status_code",
+        "latency",
+        "succeeded",
+        "error",
+        "response_excerpt",
+    )
+    readonly_fields = fields
+    verbose_name_plural = "attempts"
+
+    @admin.display(description="latency")
+    def latency(self, obj: WebhookAttempt) -> str:
+        return f"{obj.latency_ms:.0f} ms" if obj.latency_ms is not None else "—"
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = (
+        "id",
+        "run",
+        "url",
+        "badge",
+        "attempts",
+        "last_status_code",
+        "created_at",
+        "delivered_at",
+    )
+    list_filter = ("status", "event")
+    search_fields = ("url",)
+    list_select_related = ("run",)
+    inlines = (WebhookAttemptInline,)
+    actions = ("retry_deliveries",)
+    readonly_fields = (
+        "id",
+        "run",
+        "api_key",
+        "url",
+        "event",
+        "badge",
+        "attempts",
+        "last_status_code",
+        "last_error",
+        "created_at",
+        "delivered_at",
+        "body_json",
+    )
+    fields = readonly_fields
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[WebhookDelivery], search_term: str
+    ) -> tuple[QuerySet[WebhookDelivery], bool]:
+        try:
+            term = uuid.UUID(search_term.strip())
+        except ValueError:
+            return super().get_search_results(request, queryset, search_term)
+        return queryset.filter(pk=term) | queryset.filter(run_id=term), False
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        user = request.user
+        return bool(user.is_staff and user.has_perm("workflows.view_webhookdelivery"))
+
+    @admin.display(description="status", ordering="status")
+    def badge(self, obj: WebhookDelivery) -> SafeString:
+        return status_badge(obj.status)
+
+    @admin.display(description="body")
+    def body_json(self, obj: WebhookDelivery) -> SafeString:
+        return pretty_json(obj.payload)
+
+    @admin.action(description="Retry selected deliveries now", permissions=["operate"])
+    def retry_deliveries(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> None:
+        n = sum(retry_now(d) for d in queryset)
+        self.message_user(
+            request,
+            f"{n} deliveries are due again; the outbox sends them within seconds.",
+            messages.SUCCESS,
+        )
+
+
+# --- API keys ---------------------------------------------------------------------------------
+
+
+class ApiKeyForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        choices=[(s, s) for s in SCOPES],
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+    )
+    pipelines = forms.MultipleChoiceField(
+        choices=(),
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+        help_text="Leave all unticked to allow every pipeline.",
+    )
+
+    class Meta:
+        model = ApiKey
+        fields = ("name", "tenant", "scopes", "pipelines", "rate_limit", "is_active")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        names = set(registered_workflows()) | set(self.initial.get("pipelines") or [])
+        pipelines = self.fields["pipelines"]
+        assert isinstance(pipelines, forms.MultipleChoiceField)
+        pipelines.choices = [(n, n) for n in sorted(names)]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    form = ApiKeyForm
+    list_display = (
+        "name",
+        "prefix",
+        "tenant",
+        "scope_list",
+        "pipeline_list",
+        "rate_limit",
+        "is_active",
+        "last_used_at",
+        "created_at",
+    )
+    list_filter = ("is_active", "tenant")
+    search_fields = ("name", "prefix", "tenant")
+    readonly_fields = ("prefix", "webhook_secret", "created_by", "created_at", "last_used_at")
+    actions = ("rotate_keys", "deactivate_keys")
+
+    def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> Any:
+        editable = ["name", "tenant", "scopes", "pipelines", "rate_limit", "is_active"]
+        return editable if obj is None else [*editable, *self.readonly_fields]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> Any:
+        return () if obj is None else self.readonly_fields
+
+    @admin.display(description="scopes")
+    def scope_list(self, obj: ApiKey) -> str:
+        return ", ".join(obj.scopes or []) or "—"
+
+    @admin.display(description="pipelines")
+    def pipeline_list(self, obj: ApiKey) -> str:
+        return ", ".join(obj.pipelines or []) or "all"
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        obj.created_by = f"admin:{request.user.get_username()}"
+        raw = assign_new_secret(obj)
+        self.message_user(
+            request,
+            format_html(
+                "API key created. Copy it now, it is not shown again: <code>{}</code>", raw
+            ),
+            messages.SUCCESS,
+        )
+
+    @admin.action(description="Rotate selected keys (issue new ones, old ones stop working)")
+    def rotate_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        for key in queryset:
+            raw = assign_new_secret(key)
+            self.message_user(
+                request,
+                format_html("New key for {}: <code>{}</code> (shown once)", key.name, raw),
+                messages.SUCCESS,
+            )
+
+    @admin.action(description="Deactivate selected keys")
+    def deactivate_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        n = queryset.update(is_active=False)
+        self.message_user(request, f"Deactivated {n} key(s).", messages.SUCCESS)
+
+
+# --- pools ------------------------------------------------------------------------------------
+
+
+@admin.register(Pool)
+class PoolAdmin(admin.ModelAdmin):
+    list_display = ("name", "max_concurrency", "rate_limit", "rate_period", "running", "backlog")
+    list_editable = ("max_concurrency", "rate_limit", "rate_period")
+    fields = (
+        "name",
+        "max_concurrency",
+        "rate_limit",
+        "rate_period",
+        "window_start",
+        "window_count",
+    )
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Pool | None = None) -> Any:
+        # The window columns are the rate limiter's state: written by workers only.
+        return (
+            ("window_start", "window_count")
+            if obj is None
+            else ("name", "window_start", "window_count")
+        )
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="running now")
+    def running(self, obj: Pool) -> int:
+        return Step.objects.filter(pool=obj.name, status="running").count()
+
+    @admin.display(description="waiting for a slot")
+    def backlog(self, obj: Pool) -> int:
+        return Step.objects.filter(pool=obj.name, status="pending", superseded=False).count()

@@ -1,0 +1,608 @@
+"""The runs and pipelines routers of the JSON API (assembled in ``config/api.py``).
+
+Operations are thin: parse, check the key's tenant and pipelines, call one engine service
+(``workflows.start``, ``cancel``, ``restart``, ``send_event``), format. Engine errors become
+API errors in ``config/api.py``'s exception handlers (422, 409, 404, 413).
+
+A key sees only its tenant's runs, and only of the pipelines it may use: anything else is a
+404, exactly as if it did not exist.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+from ninja import Field, Header, Query, Router, Schema, Status
+from pydantic import BeforeValidator, ConfigDict
+
+from workflows import gateinfo, services
+from workflows.api_auth import (
+    AUTH_ERRORS,
+    BODY_ERRORS,
+    NO_NUL,
+    ApiError,
+    api_key,
+    errors,
+    key_auth,
+    not_found,
+    parse_int,
+    parse_uuid,
+)
+from workflows.definitions import registered_workflows
+from workflows.errors import UnknownWorkflowError
+from workflows.models import ApiKey, Blob, Run, Step
+from workflows.payloads import BLOB_KEY, is_blob_ref
+from workflows.webhooks import CallbackUrlError, check_callback_url
+
+runs_router = Router(tags=["runs"])
+pipelines_router = Router(tags=["pipelines"])
+
+READ = key_auth("runs:read")
+WRITE = key_auth("runs:write")
+
+_STATUS = "(pending|running|suspended|succeeded|failed|canceled)"
+STATUS_LIST_PATTERN = f"^{_STATUS}(,{_STATUS})*$"
+
+
+def _not_a_number(value: Any) -> Any:
+    """pydantic reads a number as a Unix timestamp; a filter must be an ISO 8601 date-time."""
+    number = isinstance(value, int | float)
+    if isinstance(value, str):
+        try:
+            float(value)
+            number = True
+        except ValueError:
+            pass
+    if number:
+        raise ValueError("expected an ISO 8601 date-time such as 2026-11-21T09:00:00Z")
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_not_a_number)]
+
+RunStatusName = Literal["pending", "running", "suspended", "succeeded", "failed", "canceled"]
+
+
+# --- schemas ----------------------------------------------------------------------------------
+
+
+class RunCreateIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline: str = Field(..., min_length=1, max_length=200, description="A pipeline's name.")
+    input: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The run's input; validated against the pipeline's "
+        "input schema (see GET /api/pipelines).",
+    )
+    callback_url: str | None = Field(
+        None, max_length=2000, description="POSTed the run summary when the run ends."
+    )
+    max_cost: Decimal | None = Field(
+        None,
+        ge=0,
+        max_digits=14,
+        decimal_places=6,
+        description="Budget in dollars: the run stops before the next step once spent.",
+    )
+
+
+class GateBrief(Schema):
+    id: int
+    title: str
+    step_id: int | None
+    group: str
+    choices: list[str]
+    deadline: datetime | None
+    claimed_by: str | None
+    decision_url: str
+
+
+class RunSummary(Schema):
+    id: UUID
+    pipeline: str
+    version: int
+    status: RunStatusName
+    generation: int
+    current_step: str = Field(description="The last step the run reached.")
+    cost: float
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    url: str
+
+
+class RunDetail(RunSummary):
+    input: dict[str, Any]
+    output: Any = Field(
+        None, description="The result, when succeeded (null if large: see output_url)."
+    )
+    output_url: str | None
+    error: dict[str, Any] | None
+    max_cost: float | None
+    callback_url: str | None
+    idempotency_key: str | None
+    created_by: str
+    open_gates: list[GateBrief]
+    links: dict[str, str]
+
+
+class RunPage(Schema):
+    items: list[RunSummary]
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page; null at the end."
+    )
+
+
+class StepOut(Schema):
+    id: int
+    position: int
+    branch: int | None = Field(description="The branch of a parallel group (0-based), or null.")
+    label: str
+    kind: str
+    name: str
+    status: str
+    pool: str
+    attempt: int
+    max_attempts: int
+    generation: int
+    superseded: bool
+    started_at: datetime | None
+    finished_at: datetime | None
+    wake_at: datetime | None
+    duration_ms: float | None
+    input_tokens: int | None
+    output_tokens: int | None
+    cost: float
+    usage: dict[str, Any] | None
+    args: Any = None
+    args_url: str | None
+    result: Any = None
+    result_url: str | None
+    error: dict[str, Any] | None
+
+
+class EventIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, max_length=200)
+    payload: Any = None
+
+
+class EventOut(Schema):
+    id: int
+    run_id: UUID
+    name: str
+    consumed: bool = Field(
+        description="True when a waiting step took it at once; otherwise it "
+        "is kept for the run's next wait of that name."
+    )
+    created_at: datetime
+
+
+class RestartIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    from_step: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="Journal position to restart from (1-based); "
+        "omitted: the first unfinished position.",
+    )
+
+
+class PipelineOut(Schema):
+    name: str
+    version: int
+    description: str
+    input_schema: dict[str, Any]
+    graph: str | None = Field(description="The pipeline's graph as mermaid text, if it has one.")
+    sample_input: dict[str, Any] | None
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def visible_runs(key: ApiKey) -> QuerySet[Run]:
+    """The runs ``key`` may see: its tenant's, of the pipelines it may use."""
+    qs = Run.objects.filter(tenant=key.tenant)
+    if key.pipelines:
+        qs = qs.filter(workflow__in=key.pipelines)
+    return qs
+
+
+def get_visible_run(key: ApiKey, run_id: str) -> Run:
+    run = visible_runs(key).filter(pk=parse_uuid(run_id)).first()
+    if run is None:
+        raise not_found("run")
+    return run
+
+
+def namespaced_key(tenant: str, key: str) -> str:
+    """Idempotency keys are per tenant: two tenants may both send ``req-42``."""
+    return f"api:{len(tenant)}:{tenant}:{key}"
+
+
+def public_key(run: Run) -> str | None:
+    value = run.idempotency_key
+    if value and value.startswith("api:"):
+        _, length, rest = value.split(":", 2)
+        return rest[int(length) + 1 :]
+    return value
+
+
+def value_link(run_id: Any, data: Any) -> tuple[Any, str | None]:
+    """A journal value inline, or a link to it when it is stored out of row."""
+    if is_blob_ref(data):
+        return None, f"/api/runs/{run_id}/values/{data[BLOB_KEY]}"
+    return data, None
+
+
+def run_summary(run: Run) -> dict[str, Any]:
+    return {
+        "id": run.pk,
+        "pipeline": run.workflow,
+        "version": run.version,
+        "status": run.status,
+        "generation": run.generation,
+        "current_step": run.current_step,
+        "cost": float(run.cost or 0),
+        "created_at": run.created_at,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "url": f"/api/runs/{run.pk}",
+    }
+
+
+def run_detail(run: Run) -> dict[str, Any]:
+    output, output_url = value_link(run.pk, run.output)
+    gates = gateinfo.open_gates([run.pk]).get(run.pk, [])
+    return {
+        **run_summary(run),
+        "input": run.input or {},
+        "output": output,
+        "output_url": output_url,
+        "error": run.error,
+        "max_cost": float(run.max_cost) if run.max_cost is not None else None,
+        "callback_url": run.callback_url or None,
+        "idempotency_key": public_key(run),
+        "created_by": run.created_by,
+        "open_gates": [{**g, "decision_url": f"/api/gates/{g['id']}/decision"} for g in gates],
+        "links": {
+            "self": f"/api/runs/{run.pk}",
+            "steps": f"/api/runs/{run.pk}/steps",
+            "page": f"/runs/{run.pk}/",
+        },
+    }
+
+
+def step_out(row: Step) -> dict[str, Any]:
+    args, args_url = value_link(row.run_id, row.args)
+    result, result_url = value_link(row.run_id, row.result)
+    usage = row.usage if isinstance(row.usage, dict) else None
+    duration = row.duration
+    return {
+        "id": row.pk,
+        "position": row.position,
+        "branch": row.branch if row.branch >= 0 else None,
+        "label": row.label,
+        "kind": row.kind,
+        "name": row.name,
+        "status": row.status,
+        "pool": row.pool,
+        "attempt": row.attempt,
+        "max_attempts": row.max_attempts,
+        "generation": row.generation,
+        "superseded": row.superseded,
+        "started_at": row.started_at,
+        "finished_at": row.finished_at,
+        "wake_at": row.wake_at,
+        "duration_ms": round(duration * 1000, 3) if duration is not None else None,
+        "input_tokens": _int((usage or {}).get("input_tokens")),
+        "output_tokens": _int((usage or {}).get("output_tokens")),
+        "cost": float(row.cost or 0),
+        "usage": usage,
+        "args": args,
+        "args_url": args_url,
+        "result": result,
+        "result_url": result_url,
+        "error": row.error,
+    }
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and timezone.is_naive(value):
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def encode_cursor(run: Run) -> str:
+    raw = json.dumps([run.created_at.isoformat(), str(run.pk)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, run_id = json.loads(raw)
+        at = datetime.fromisoformat(created)
+        if timezone.is_naive(at):
+            raise ValueError("naive timestamp")
+        return at, UUID(run_id)
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise ApiError(
+            422,
+            "invalid_cursor",
+            "the cursor is not one this API returned",
+            [{"field": "cursor", "message": "invalid cursor", "type": "value_error"}],
+        ) from None
+
+
+def _same_request(run: Run, body: RunCreateIn) -> bool:
+    max_cost = Decimal(run.max_cost) if run.max_cost is not None else None
+    return (
+        run.workflow == body.pipeline
+        and (run.input or {}) == body.input
+        and (run.callback_url or None) == (body.callback_url or None)
+        and max_cost == (Decimal(body.max_cost) if body.max_cost is not None else None)
+    )
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+@runs_router.post(
+    "/runs",
+    auth=WRITE,
+    response={200: RunDetail, 201: RunDetail, **errors(*AUTH_ERRORS, *BODY_ERRORS)},
+    summary="Start a run",
+)
+def create_run(
+    request: HttpRequest,
+    body: RunCreateIn,
+    idempotency_key: str | None = Header(
+        None, alias="Idempotency-Key", max_length=128, pattern=NO_NUL
+    ),
+) -> Status[dict[str, Any]]:
+    """Start a run of ``pipeline`` with ``input``.
+
+    With an ``Idempotency-Key`` header the same key and body again answer 200 with the same run;
+    the same key with a different body is a 422.
+    """
+    key = api_key(request)
+    if not key.allows_pipeline(body.pipeline):
+        raise ApiError(
+            403,
+            "forbidden",
+            f"this API key may not use pipeline {body.pipeline!r}",
+            {"pipelines": key.pipelines},
+        )
+    if body.callback_url:
+        try:
+            check_callback_url(body.callback_url)
+        except CallbackUrlError as exc:
+            raise ApiError(
+                422,
+                "invalid_callback_url",
+                str(exc),
+                [{"field": "callback_url", "message": str(exc), "type": "value_error"}],
+            ) from None
+    stored_key = namespaced_key(key.tenant, idempotency_key) if idempotency_key else None
+    existing = Run.objects.filter(idempotency_key=stored_key).first() if stored_key else None
+    if existing is None:
+        try:
+            run = services.start(
+                body.pipeline,
+                body.input,
+                idempotency_key=stored_key,
+                tenant=key.tenant,
+                created_by=key.actor,
+                callback_url=body.callback_url or "",
+                max_cost=body.max_cost,
+            )
+        except UnknownWorkflowError as exc:
+            raise ApiError(
+                422,
+                "unknown_pipeline",
+                str(exc),
+                [
+                    {
+                        "field": "pipeline",
+                        "message": "no pipeline has this name",
+                        "type": "value_error",
+                    }
+                ],
+            ) from None
+        # A concurrent request with the same key may have won the insert: start() then
+        # returned its run, which is checked like any existing one below.
+        status = 201
+    else:
+        run, status = existing, 200
+    if stored_key and not _same_request(run, body):
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was already used with a different request body",
+            {"run_id": str(run.pk)},
+        )
+    return Status(status, run_detail(run))
+
+
+@runs_router.get(
+    "/runs", auth=READ, response={200: RunPage, **errors(*AUTH_ERRORS, 422)}, summary="List runs"
+)
+def list_runs(
+    request: HttpRequest,
+    status: str | None = Query(
+        None,
+        max_length=200,
+        pattern=STATUS_LIST_PATTERN,
+        description="Comma-separated statuses, e.g. running,suspended.",
+    ),
+    pipeline: str | None = Query(None, max_length=200, pattern=NO_NUL),
+    created_after: IsoDateTime | None = Query(None),
+    created_before: IsoDateTime | None = Query(None),
+    cursor: str | None = Query(None, max_length=500),
+    limit: int = Query(50, ge=1, le=200),
+) -> dict[str, Any]:
+    """Newest first, ``limit`` at a time; follow ``next_cursor`` for more."""
+    qs = visible_runs(api_key(request))
+    if status:  # The pattern admits only known statuses.
+        qs = qs.filter(status__in=status.split(","))
+    if pipeline:
+        qs = qs.filter(workflow=pipeline)
+    if created_after:
+        qs = qs.filter(created_at__gte=_aware(created_after))
+    if created_before:
+        qs = qs.filter(created_at__lt=_aware(created_before))
+    if cursor:
+        at, run_id = decode_cursor(cursor)
+        qs = qs.filter(Q(created_at__lt=at) | Q(created_at=at, id__lt=run_id))
+    rows = list(qs.order_by("-created_at", "-id")[: limit + 1])
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "items": [run_summary(r) for r in rows],
+        "next_cursor": encode_cursor(rows[-1]) if more and rows else None,
+    }
+
+
+@runs_router.get(
+    "/runs/{run_id}",
+    auth=READ,
+    response={200: RunDetail, **errors(*AUTH_ERRORS, 404)},
+    summary="Get a run",
+)
+def get_run(request: HttpRequest, run_id: str) -> dict[str, Any]:
+    """Status, current step, result or error, open gates and cost so far."""
+    return run_detail(get_visible_run(api_key(request), run_id))
+
+
+@runs_router.get(
+    "/runs/{run_id}/steps",
+    auth=READ,
+    response={200: list[StepOut], **errors(*AUTH_ERRORS, 404, 422)},
+    summary="The run's journal",
+)
+def list_steps(
+    request: HttpRequest, run_id: str, include_superseded: bool = Query(False)
+) -> list[dict[str, Any]]:
+    """One entry per step, timer, wait, fan-out group and branch, in journal order. Values
+    stored out of row are given as ``*_url`` links."""
+    run = get_visible_run(api_key(request), run_id)
+    rows = Step.objects.filter(run=run)
+    if not include_superseded:
+        rows = rows.filter(superseded=False)
+    return [step_out(r) for r in rows.order_by("position", "branch", "id")]
+
+
+@runs_router.get(
+    "/runs/{run_id}/values/{value_id}",
+    auth=READ,
+    response={200: Any, **errors(*AUTH_ERRORS, 404)},
+    summary="A large value",
+)
+def get_value(request: HttpRequest, run_id: str, value_id: str) -> Any:
+    """A journal value (argument, result or output) too large to show inline."""
+    run = get_visible_run(api_key(request), run_id)
+    blob = Blob.objects.filter(pk=parse_int(value_id, "value"), run=run).first()
+    if blob is None:
+        raise not_found("value")
+    return json.loads(blob.data)
+
+
+@runs_router.post(
+    "/runs/{run_id}/events",
+    auth=WRITE,
+    response={202: EventOut, **errors(*AUTH_ERRORS, *BODY_ERRORS, 404, 409)},
+    summary="Send an event to a run",
+)
+def send_event(request: HttpRequest, run_id: str, body: EventIn) -> Status[dict[str, Any]]:
+    """Deliver ``payload`` to the run's ``wait_for_event(name)``; kept until one consumes it."""
+    run = get_visible_run(api_key(request), run_id)
+    event = services.send_event(run.pk, body.name, body.payload)
+    return Status(
+        202,
+        {
+            "id": event.pk,
+            "run_id": run.pk,
+            "name": event.name,
+            "consumed": event.consumed_by_id is not None,
+            "created_at": event.created_at,
+        },
+    )
+
+
+@runs_router.post(
+    "/runs/{run_id}/cancel",
+    auth=WRITE,
+    response={200: RunDetail, **errors(*AUTH_ERRORS, 404, 409)},
+    summary="Cancel a run",
+)
+def cancel_run(request: HttpRequest, run_id: str) -> dict[str, Any]:
+    """Cancel the run and its children. A run that already ended is a 409."""
+    key = api_key(request)
+    run = get_visible_run(key, run_id)
+    return run_detail(services.cancel(run.pk, reason=f"canceled by {key.actor}"))
+
+
+@runs_router.post(
+    "/runs/{run_id}/restart",
+    auth=WRITE,
+    response={200: RunDetail, **errors(*AUTH_ERRORS, *BODY_ERRORS, 404, 409)},
+    summary="Restart a finished run",
+)
+def restart_run(request: HttpRequest, run_id: str, body: RestartIn | None = None) -> dict[str, Any]:
+    """Run a finished run again from journal position ``from_step``, under a new generation.
+    Earlier journal entries are kept; later ones are superseded (never deleted). Without a
+    body (or ``from_step``) it resumes at the first unfinished position."""
+    run = get_visible_run(api_key(request), run_id)
+    return run_detail(services.restart(run.pk, from_step=body.from_step if body else None))
+
+
+# --- pipelines --------------------------------------------------------------------------------
+
+
+def pipeline_out(wf: Any) -> dict[str, Any]:
+    try:
+        schema = wf.input_schema()
+    except Exception:  # A model pydantic cannot describe still lists, without a schema.
+        schema = {}
+    sample = wf.extra.get("sample_input")
+    graph = wf.extra.get("mermaid")
+    return {
+        "name": wf.name,
+        "version": wf.version,
+        "description": wf.description or "",
+        "input_schema": schema,
+        "graph": str(graph) if graph else None,
+        "sample_input": sample if isinstance(sample, dict) else None,
+    }
+
+
+@pipelines_router.get(
+    "/pipelines",
+    auth=key_auth(),
+    response={200: list[PipelineOut], **errors(*AUTH_ERRORS)},
+    summary="List pipelines",
+)
+def list_pipelines(request: HttpRequest) -> list[dict[str, Any]]:
+    """Every pipeline this key may start: name, version, description, input JSON Schema and
+    graph (mermaid text) when it has one."""
+    key = api_key(request)
+    defs = registered_workflows()
+    return [pipeline_out(defs[name]) for name in sorted(defs) if key.allows_pipeline(name)]

@@ -1,0 +1,69 @@
+"""``manage.py create_api_key NAME --scopes runs:read,runs:write [--tenant T] [--pipelines a,b]``
+
+Prints what the key may do, then the new key alone on the last line (so scripts can take it
+with ``tail -n1``). The key is shown only now: Sluice stores a hash of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from workflows.definitions import registered_workflows
+from workflows.keys import SCOPES, ScopeError, create_api_key
+
+
+def _split(values: list[str] | None) -> list[str]:
+    return [part.strip() for v in values or [] for part in v.split(",") if part.strip()]
+
+
+class Command(BaseCommand):
+    help = "Create an API key for the JSON API and print it (once) on the last line."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("name", help="What the key is for (a service's name).")
+        parser.add_argument(
+            "--scopes",
+            action="append",
+            required=True,
+            help=f"Comma-separated scopes (repeatable): {', '.join(SCOPES)}.",
+        )
+        parser.add_argument("--tenant", default="", help="The tenant the key acts for.")
+        parser.add_argument(
+            "--pipelines",
+            action="append",
+            help="Comma-separated pipeline names the key may use (default: all).",
+        )
+        parser.add_argument(
+            "--rate-limit",
+            type=int,
+            default=None,
+            help="Requests per rate period (default: SLUICE_API_RATE_LIMIT; 0: unlimited).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        pipelines = _split(options["pipelines"])
+        unknown = sorted(set(pipelines) - set(registered_workflows()))
+        if unknown:
+            raise CommandError(f"unknown pipeline(s): {', '.join(unknown)}")
+        if options["rate_limit"] is not None and options["rate_limit"] < 0:
+            raise CommandError("--rate-limit must be 0 (unlimited) or more")
+        try:
+            key, raw = create_api_key(
+                options["name"],
+                scopes=_split(options["scopes"]),
+                tenant=options["tenant"],
+                pipelines=pipelines,
+                rate_limit=options["rate_limit"],
+                created_by="manage.py create_api_key",
+            )
+        except ScopeError as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(
+            f"API key {key.name!r} ({key.prefix}): scopes {', '.join(key.scopes) or 'none'}; "
+            f"tenant {key.tenant or '(default)'}; pipelines {', '.join(key.pipelines) or 'all'}"
+        )
+        self.stdout.write(f"webhook signing secret: {key.webhook_secret}")
+        self.stdout.write("Store the key now; it is not shown again:")
+        self.stdout.write(raw)

@@ -1,0 +1,65 @@
+"""What operators do to runs from the admin and the run pages: cancel, retry the failed step,
+restart from a step. Each is one call to the engine's services; this module only picks the
+step to retry and turns the engine's refusals into messages for people.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from workflows import services
+from workflows.errors import InvalidInputError, InvalidStateError, RunNotFoundError
+from workflows.models import Step, StepStatus
+
+
+@dataclass(frozen=True)
+class Outcome:
+    run_id: Any
+    ok: bool
+    message: str
+
+
+def failed_position(run_id: Any) -> int | None:
+    """The journal position of the run's first failed step (a failed branch counts for its
+    group's position), or None when no step failed (the run failed elsewhere)."""
+    row = (
+        Step.objects.filter(run_id=run_id, superseded=False, status=StepStatus.FAILED)
+        .order_by("position")
+        .values_list("position", flat=True)
+        .first()
+    )
+    return int(row) if row is not None else None
+
+
+def cancel_run(run_id: Any, actor: str) -> Outcome:
+    try:
+        services.cancel(run_id, reason=f"canceled by {actor}")
+    except (InvalidStateError, RunNotFoundError) as exc:
+        return Outcome(run_id, False, str(exc))
+    return Outcome(run_id, True, "canceled")
+
+
+def retry_failed_step(run_id: Any) -> Outcome:
+    """Restart a failed run from its failed step's position (earlier results are kept)."""
+    try:
+        run = services.get_run(run_id)
+    except RunNotFoundError as exc:
+        return Outcome(run_id, False, str(exc))
+    if run.status != "failed":
+        return Outcome(run_id, False, f"is {run.status}; only a failed run has a step to retry")
+    position = failed_position(run_id)
+    try:
+        services.restart(run_id, from_step=position)
+    except (InvalidStateError, InvalidInputError) as exc:
+        return Outcome(run_id, False, str(exc))
+    where = f"step {position}" if position else "its first unfinished step"
+    return Outcome(run_id, True, f"retrying from {where}")
+
+
+def restart_run(run_id: Any, from_step: int) -> Outcome:
+    try:
+        services.restart(run_id, from_step=from_step)
+    except (InvalidStateError, InvalidInputError, RunNotFoundError) as exc:
+        return Outcome(run_id, False, str(exc))
+    return Outcome(run_id, True, f"restarted from step {from_step}")

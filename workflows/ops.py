@@ -1,0 +1,224 @@
+"""The ops overview's numbers: runs by status, throughput and failure rate per hour, step
+latency and load per pool, open gates, and LLM cost per pipeline per day.
+
+Read-only queries, grouped in the database where they can be (counts, sums by hour and day);
+latency percentiles come from the most recent finished steps of each pool, which stays cheap
+on any database.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Count, Sum
+from django.db.models.functions import TruncDate, TruncHour
+from django.utils import timezone
+
+from workflows import gateinfo
+from workflows.models import ACTIVE_RUN, Pool, Run, RunStatus, Step
+
+LATENCY_SAMPLE = 5000
+HOURS = 24
+DAYS = 14
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """The q-th percentile (0–100) by linear interpolation; 0.0 for no values."""
+    if not sorted_values:
+        return 0.0
+    k = (len(sorted_values) - 1) * q / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    if lo == hi:
+        return sorted_values[int(k)]
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
+
+
+@dataclass
+class PoolLoad:
+    name: str
+    running: int
+    backlog: int
+    retrying: int
+    limit: int | None
+    rate_limit: int | None
+    rate_period: float
+    p50: float = 0.0
+    p95: float = 0.0
+    samples: int = 0
+
+    @property
+    def utilization(self) -> float | None:
+        """Running steps as a percentage of the pool's concurrency limit."""
+        if not self.limit:
+            return None
+        return min(100.0, 100.0 * self.running / self.limit)
+
+
+def runs_by_status() -> dict[str, int]:
+    counts = dict.fromkeys(RunStatus.values, 0)
+    for row in Run.objects.values("status").annotate(n=Count("id")):
+        counts[row["status"]] = row["n"]
+    return counts
+
+
+def hourly(now: datetime) -> dict[str, Any]:
+    """Runs finished per hour over the last 24 hours, by outcome, and the failure rate."""
+    here = timezone.localtime(now).replace(minute=0, second=0, microsecond=0)
+    hours = [here - timedelta(hours=HOURS - 1 - i) for i in range(HOURS)]
+    index = {h: i for i, h in enumerate(hours)}
+    series: dict[str, list[int]] = {s: [0] * HOURS for s in ("succeeded", "failed", "canceled")}
+    started = [0] * HOURS
+    rows = (
+        Run.objects.filter(finished_at__gte=hours[0])
+        .annotate(hour=TruncHour("finished_at"))
+        .values("hour", "status")
+        .annotate(n=Count("id"))
+    )
+    for row in rows:
+        i = index.get(timezone.localtime(row["hour"]))
+        if i is not None and row["status"] in series:
+            series[row["status"]][i] += row["n"]
+    created = (
+        Run.objects.filter(created_at__gte=hours[0])
+        .annotate(hour=TruncHour("created_at"))
+        .values("hour")
+        .annotate(n=Count("id"))
+    )
+    for bucket in created:
+        i = index.get(timezone.localtime(bucket["hour"]))
+        if i is not None:
+            started[i] += bucket["n"]
+    rate: list[float] = []
+    for i in range(HOURS):
+        ended = series["succeeded"][i] + series["failed"][i]
+        rate.append(100.0 * series["failed"][i] / ended if ended else float("nan"))
+    ok, bad = sum(series["succeeded"]), sum(series["failed"])
+    return {
+        "labels": [f"{h:%H}" for h in hours],
+        "series": series,
+        "started": started,
+        "failure_rate": rate,
+        "failure_rate_24h": 100.0 * bad / (ok + bad) if ok + bad else None,
+        "finished_24h": ok + bad + sum(series["canceled"]),
+        "started_24h": sum(started),
+    }
+
+
+def pools(now: datetime) -> list[PoolLoad]:
+    """Each pool's load now (running, backlog, retrying) against its limits, and its step
+    latency over the last 24 hours."""
+    names = set(settings.SLUICE_POOLS) | set(Pool.objects.values_list("name", flat=True))
+    live = Step.objects.filter(superseded=False)
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    busy = live.filter(status__in=["running", "pending", "retrying"], kind__in=["step", "branch"])
+    for row in busy.values("pool", "status").annotate(n=Count("id")):
+        counts[row["pool"]][row["status"]] += row["n"]
+        names.add(row["pool"])
+    rows = {p.name: p for p in Pool.objects.all()}
+    durations: dict[str, list[float]] = defaultdict(list)
+    recent = (
+        Step.objects.filter(
+            finished_at__gte=now - timedelta(hours=HOURS),
+            started_at__isnull=False,
+            kind__in=["step", "branch"],
+            status__in=["succeeded", "failed"],
+        )
+        .order_by("-finished_at")
+        .values_list("pool", "started_at", "finished_at")
+    )[: LATENCY_SAMPLE * 4]
+    for pool, began, ended in recent:
+        if began and ended and len(durations[pool]) < LATENCY_SAMPLE:
+            durations[pool].append(max(0.0, (ended - began).total_seconds()))
+        names.add(pool)
+    loads = []
+    for name in sorted(names):
+        conf = rows.get(name)
+        defaults = settings.SLUICE_POOLS.get(name, {})
+        values = sorted(durations.get(name, []))
+        loads.append(
+            PoolLoad(
+                name=name,
+                running=counts[name]["running"],
+                backlog=counts[name]["pending"],
+                retrying=counts[name]["retrying"],
+                limit=conf.max_concurrency if conf else defaults.get("max_concurrency"),
+                rate_limit=conf.rate_limit if conf else defaults.get("rate_limit"),
+                rate_period=conf.rate_period if conf else float(defaults.get("rate_period") or 1.0),
+                p50=percentile(values, 50),
+                p95=percentile(values, 95),
+                samples=len(values),
+            )
+        )
+    return loads
+
+
+def cost_by_pipeline(now: datetime) -> dict[str, Any]:
+    """LLM cost per pipeline per day over the last 14 days (from the journal's step costs)."""
+    today = timezone.localdate(now)
+    days = [today - timedelta(days=DAYS - 1 - i) for i in range(DAYS)]
+    index = {d: i for i, d in enumerate(days)}
+    since = timezone.make_aware(datetime.combine(days[0], datetime.min.time()))
+    by_pipeline: dict[str, list[float]] = defaultdict(lambda: [0.0] * DAYS)
+    rows = (
+        Step.objects.filter(finished_at__gte=since, cost__gt=0)
+        .annotate(day=TruncDate("finished_at"))
+        .values("day", "run__workflow")
+        .annotate(total=Sum("cost"))
+    )
+    for row in rows:
+        i = index.get(row["day"])
+        if i is not None:
+            by_pipeline[row["run__workflow"]][i] += float(row["total"] or Decimal(0))
+    totals = {name: sum(values) for name, values in by_pipeline.items()}
+    ordered = sorted(by_pipeline, key=lambda n: -totals[n])
+    return {
+        "labels": [f"{d:%b %d}" for d in days],
+        "pipelines": ordered,
+        "values": {n: by_pipeline[n] for n in ordered},
+        "totals": totals,
+        "total": sum(totals.values()),
+        "today": sum(v[-1] for v in by_pipeline.values()),
+    }
+
+
+def attention(now: datetime) -> dict[str, Any]:
+    """Things an operator should look at: recent failures, runs waiting longest to start."""
+    failures = list(
+        Run.objects.filter(status="failed", finished_at__gte=now - timedelta(hours=HOURS))
+        .order_by("-finished_at")
+        .only("id", "workflow", "error", "finished_at", "current_step")[:8]
+    )
+    oldest_pending = (
+        Run.objects.filter(status="pending")
+        .order_by("created_at")
+        .values_list("created_at", flat=True)
+        .first()
+    )
+    stuck = Run.objects.filter(
+        wake_requested_at__lt=now - 4 * timedelta(seconds=settings.SLUICE_DOORBELL_GRACE_SECONDS),
+        status__in=ACTIVE_RUN,
+    ).count()
+    return {
+        "failures": failures,
+        "stuck": stuck,
+        "oldest_pending_age": (now - oldest_pending).total_seconds() if oldest_pending else None,
+    }
+
+
+def overview(now: datetime | None = None) -> dict[str, Any]:
+    now = now or timezone.now()
+    return {
+        "now": now,
+        "status": runs_by_status(),
+        "hourly": hourly(now),
+        "pools": pools(now),
+        "gates": gateinfo.open_gate_counts(now),
+        "cost": cost_by_pipeline(now),
+        "attention": attention(now),
+    }

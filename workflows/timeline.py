@@ -1,0 +1,208 @@
+"""The run page's timeline: the journal arranged for people.
+
+Each journal position becomes one entry; a fan-out group carries its branches, shown side by
+side. Every entry knows where it sits on the run's time axis (as percentages), how long it
+took, how many attempts it used and what it waits for, so the template only lays it out.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.utils import timezone
+
+from workflows.models import Run, Step
+
+MAX_BRANCHES_SHOWN = 24
+WAIT_KINDS = {"sleep", "event", "gate", "child"}
+
+
+def human_duration(seconds: float | None) -> str:
+    """``850 ms``, ``4.2 s``, ``3 min 05 s``, ``2 h 10 min``."""
+    if seconds is None:
+        return ""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes:02d} min"
+    return f"{hours // 24} d {hours % 24} h"
+
+
+@dataclass
+class Entry:
+    """One journal row as the timeline shows it."""
+
+    row: Step
+    left: float = 0.0  # where it starts on the run's time axis, in percent
+    width: float = 0.0  # how much of the axis it covers, in percent
+    open_ended: bool = False  # still running or waiting: the bar reaches "now"
+    duration: str = ""
+    note: str = ""
+
+    @property
+    def display_name(self) -> str:
+        """``map:fetch`` reads "fetch"; ``parallel:a,b`` reads "a · b"."""
+        name = self.row.name
+        if self.row.kind == "parallel" and ":" in name:
+            return name.split(":", 1)[1].replace(",", " · ")
+        return name
+
+    @property
+    def group_kind(self) -> str:
+        return "map" if self.row.name.startswith("map:") else "parallel"
+
+    @property
+    def is_wait(self) -> bool:
+        return self.row.kind in WAIT_KINDS
+
+    @property
+    def retried(self) -> bool:
+        return self.row.attempt > 1 or self.row.status == "retrying"
+
+    @property
+    def error_message(self) -> str:
+        err = self.row.error if isinstance(self.row.error, dict) else {}
+        if not err:
+            return ""
+        return f"{err.get('type', 'Error')}: {err.get('message', '')}"[:300]
+
+
+@dataclass
+class Item:
+    """A position of the journal: a single entry, or a fan-out group and its branches."""
+
+    entry: Entry
+    branches: list[Entry] = field(default_factory=list)
+    hidden: int = 0
+
+    @property
+    def is_group(self) -> bool:
+        return self.entry.row.kind == "parallel"
+
+    @property
+    def status_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = defaultdict(int)
+        for b in self.branches:
+            counts[b.row.status] += 1
+        return dict(counts)
+
+
+@dataclass
+class Timeline:
+    items: list[Item]
+    start: datetime | None
+    end: datetime | None
+    total: str
+    ticks: list[tuple[float, str]]
+    live: bool
+
+
+def _note(row: Step, now: datetime) -> str:
+    """What a person wants to know about an entry beyond its status."""
+    if row.status == "retrying" and row.wake_at:
+        wait = max(0.0, (row.wake_at - now).total_seconds())
+        return f"attempt {row.attempt} of {row.max_attempts} failed; next in {human_duration(wait)}"
+    if row.status == "pending" and row.kind in ("step", "branch"):
+        return "held: the run's parallelism cap" if row.held else f"queued in pool {row.pool}"
+    if row.status == "waiting":
+        if row.kind == "sleep" and row.wake_at:
+            return f"sleeping until {timezone.localtime(row.wake_at):%H:%M:%S}"
+        if row.kind == "event":
+            until = f" until {timezone.localtime(row.wake_at):%H:%M}" if row.wake_at else ""
+            return f"waiting for event “{row.name}”{until}"
+        if row.kind == "gate":
+            return "waiting for a reviewer"
+        if row.kind == "child":
+            return "waiting for the child run"
+        if row.kind == "parallel":
+            return f"{row.remaining} branch(es) still running"
+    if (
+        row.kind == "event"
+        and row.status == "succeeded"
+        and isinstance(row.usage, dict)
+        and (row.usage.get("timed_out"))
+    ):
+        return "timed out; went on with the default"
+    if row.attempt > 1 and row.status in ("succeeded", "failed"):
+        return f"{row.status} on attempt {row.attempt} of {row.max_attempts}"
+    return ""
+
+
+def build(run: Run, journal: list[Step], now: datetime | None = None) -> Timeline:
+    """Arrange the live journal of ``run`` (not superseded rows) for the timeline."""
+    now = now or timezone.now()
+    rows = [r for r in journal if not r.superseded and r.kind not in ("now", "random", "uuid")]
+    starts = [r.started_at for r in rows if r.started_at] + [run.started_at or run.created_at]
+    start = min(s for s in starts if s) if starts else None
+    live = not run.is_terminal
+    ends = [r.finished_at for r in rows if r.finished_at]
+    end = run.finished_at or (now if live else max(ends, default=start))
+    if start and end and end < start:
+        end = start
+    span = (end - start).total_seconds() if start and end else 0.0
+
+    def place(row: Step, axis_start: datetime | None = start, axis_span: float = span) -> Entry:
+        """Position ``row`` on an axis (the run's, or its group's for a branch)."""
+        entry = Entry(row=row, note=_note(row, now))
+        begin = row.started_at
+        finish = row.finished_at
+        if begin is None:
+            return entry
+        if finish is None and row.status in ("running", "waiting", "retrying"):
+            finish, entry.open_ended = (end or now), True
+        if finish is None:
+            return entry
+        seconds = max(0.0, (finish - begin).total_seconds())
+        entry.duration = human_duration(seconds) + (" so far" if entry.open_ended else "")
+        if axis_span > 0 and axis_start is not None:
+            offset = (begin - axis_start).total_seconds()
+            entry.left = min(100.0, max(0.0, offset / axis_span * 100))
+            entry.width = min(100.0 - entry.left, seconds / axis_span * 100)
+        else:
+            entry.left, entry.width = 0.0, 100.0
+        entry.width = max(entry.width, 0.6)  # a sliver stays visible
+        return entry
+
+    branches: dict[int, list[Step]] = defaultdict(list)
+    heads: list[Step] = []
+    for r in rows:
+        (branches[r.position].append(r) if r.branch >= 0 else heads.append(r))
+    items = []
+    for head in sorted(heads, key=lambda r: r.position):
+        item = Item(entry=place(head))
+        if head.kind == "parallel":
+            group = sorted(branches.get(head.position, []), key=lambda r: r.branch)
+            # Branches are drawn against their group's own span, so they compare with each
+            # other even when the run's span is dominated by a long wait.
+            g_start = min((b.started_at for b in group if b.started_at), default=head.started_at)
+            g_end = head.finished_at or max(
+                (b.finished_at for b in group if b.finished_at), default=None
+            )
+            if not head.finished_at and any(b.status in ("running", "retrying") for b in group):
+                g_end = now
+            g_span = (g_end - g_start).total_seconds() if g_start and g_end else 0.0
+            item.branches = [place(b, g_start, g_span) for b in group[:MAX_BRANCHES_SHOWN]]
+            item.hidden = max(0, len(group) - MAX_BRANCHES_SHOWN)
+        items.append(item)
+    ticks = [(float(p), human_duration(span * p / 100) if p else "0") for p in (0, 25, 50, 75, 100)]
+    return Timeline(
+        items=items, start=start, end=end, total=human_duration(span), ticks=ticks, live=live
+    )
+
+
+def value_link(run_id: Any, data: Any) -> str | None:
+    """The page link of a journal value stored out of row, or None if it is inline."""
+    from workflows.payloads import BLOB_KEY, is_blob_ref
+
+    if is_blob_ref(data):
+        return f"/runs/{run_id}/values/{data[BLOB_KEY]}/"
+    return None

@@ -1,0 +1,17 @@
+"""Operator pages, mounted at the site root: /runs/, /runs/<id>/ and /ops/."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from workflows import views
+
+app_name = "workflows"
+
+urlpatterns = [
+    path("runs/", views.runs_list, name="runs"),
+    path("runs/<uuid:run_id>/", views.run_page, name="run"),
+    path("runs/<uuid:run_id>/actions/<slug:action>/", views.run_action, name="run-action"),
+    path("runs/<uuid:run_id>/values/<int:blob_id>/", views.run_value, name="run-value"),
+    path("ops/", views.ops_overview, name="ops"),
+]

@@ -1,0 +1,299 @@
+"""Operator pages: the runs list (/runs/), a run's page (/runs/<id>/) and the ops overview
+(/ops/).
+
+Staff and reviewers (members of any group, as in the reviews app) see runs; only staff with
+change rights on runs act on them, through ``workflows.operations`` (the same functions the
+admin actions call); only staff see the ops overview. Pages refresh themselves with HTMX
+while something is still moving.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db.models import Count, Q
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.shortcuts import get_object_or_404, render
+from django.template import TemplateDoesNotExist
+from django.template.loader import select_template
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+
+from workflows import charts, gateinfo, operations, ops, timeline
+from workflows.definitions import registered_workflows
+from workflows.models import ACTIVE_RUN, Blob, Run, RunStatus, Step
+
+PAGE_SIZE = 50
+JOURNAL_LIMIT = 400
+STATUSES = [s.value for s in RunStatus]
+
+
+# --- who may do what --------------------------------------------------------------------------
+
+
+def can_view_runs(user: Any) -> bool:
+    """Staff, or a reviewer (a member of at least one group)."""
+    return bool(
+        user.is_authenticated and user.is_active and (user.is_staff or user.groups.exists())
+    )
+
+
+def can_operate(user: Any) -> bool:
+    return bool(user.is_active and user.is_staff and user.has_perm("workflows.change_run"))
+
+
+def _require_viewer(request: HttpRequest) -> None:
+    if not can_view_runs(request.user):
+        raise PermissionDenied("Runs are visible to staff and reviewers.")
+
+
+# --- runs list --------------------------------------------------------------------------------
+
+
+def _filtered_runs(request: HttpRequest) -> tuple[Any, dict[str, str]]:
+    params = {
+        "status": request.GET.get("status", ""),
+        "pipeline": request.GET.get("pipeline", ""),
+        "q": request.GET.get("q", "").strip(),
+    }
+    qs = Run.objects.all()
+    if params["status"] == "active":
+        qs = qs.filter(status__in=ACTIVE_RUN)
+    elif params["status"] in STATUSES:
+        qs = qs.filter(status=params["status"])
+    if params["pipeline"]:
+        qs = qs.filter(workflow=params["pipeline"].replace("\x00", ""))
+    if params["q"]:
+        term = params["q"].replace("\x00", "")
+        try:
+            qs = qs.filter(pk=UUID(term))
+        except ValueError:
+            qs = qs.filter(
+                Q(idempotency_key__icontains=term) | Q(workflow__icontains=term) | Q(tenant=term)
+            )
+    return qs.order_by("-created_at", "-id"), params
+
+
+def _query_without(request: HttpRequest, *names: str) -> str:
+    query = request.GET.copy()
+    for name in names:
+        query.pop(name, None)
+    return query.urlencode()
+
+
+@login_required
+@require_GET
+def runs_list(request: HttpRequest) -> HttpResponse:
+    _require_viewer(request)
+    qs, params = _filtered_runs(request)
+    page = Paginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
+    runs = list(page.object_list)
+    by_status = Run.objects.values("status").annotate(n=Count("id"))
+    counts = {row["status"]: row["n"] for row in by_status}
+    context = {
+        "nav": "runs",
+        "page": page,
+        "runs": runs,
+        "params": params,
+        "counts": counts,
+        "active_total": sum(counts.get(s, 0) for s in ACTIVE_RUN),
+        "total": sum(counts.values()),
+        "statuses": STATUSES,
+        "pipelines": sorted(
+            set(registered_workflows())
+            | set(Run.objects.order_by().values_list("workflow", flat=True).distinct()[:200])
+        ),
+        "live": any(r.status in ACTIVE_RUN for r in runs),
+        "query": _query_without(request, "partial", "page"),
+    }
+    if request.headers.get("HX-Request") and request.GET.get("partial") == "rows":
+        return render(request, "workflows/_runs_rows.html", context)
+    return render(request, "workflows/runs.html", context)
+
+
+# --- a run's page -----------------------------------------------------------------------------
+
+
+def _graph(run: Run) -> tuple[str, bool]:
+    """The pipeline's graph (mermaid text, with the run's states highlighted when the pipeline
+    can) and whether the pipelines app's renderer template exists."""
+    wf = registered_workflows().get(run.workflow)
+    if wf is None:
+        return "", False
+    text = ""
+    for_run = wf.extra.get("mermaid_for_run")
+    if callable(for_run):
+        try:
+            text = str(for_run(run) or "")
+        except Exception:  # A broken highlighter must not take the run page down.
+            text = ""
+    if not text and wf.extra.get("mermaid"):
+        text = str(wf.extra["mermaid"])
+    if not text:
+        return "", False
+    try:
+        select_template(["pipelines/_graph.html"])
+        return text, True
+    except TemplateDoesNotExist:
+        return text, False
+
+
+def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
+    steps = Step.objects.filter(run=run)
+    # The timeline needs every live entry but not their values; the journal table shows the
+    # values of the first JOURNAL_LIMIT entries (a map over thousands of items stays a page).
+    live = list(
+        steps.filter(superseded=False)
+        .defer("args", "result", "target")
+        .order_by("position", "branch", "id")
+    )
+    shown = list(steps.order_by("superseded", "position", "branch", "id")[: JOURNAL_LIMIT + 1])
+    more = len(shown) > JOURNAL_LIMIT
+    shown = shown[:JOURNAL_LIMIT]
+    live_rows = [r for r in shown if not r.superseded]
+    superseded = [r for r in shown if r.superseded]
+    wf = registered_workflows().get(run.workflow)
+    tl = timeline.build(run, live)
+    positions = sorted({r.position for r in live if r.branch < 0})
+    return {
+        "nav": "runs",
+        "run": run,
+        "wf": wf,
+        "timeline": tl,
+        "journal": live_rows,
+        "journal_total": len(live),
+        "journal_cut": more,
+        "superseded": superseded,
+        "gates": gateinfo.open_gates([run.pk]).get(run.pk, []),
+        "children": list(run.children.order_by("created_at")[:50]),
+        "deliveries": list(run.webhook_deliveries.order_by("-created_at")[:10]),
+        "events": list(run.events.order_by("-id")[:20]),
+        "can_operate": can_operate(request.user),
+        "positions": positions,
+        "failed_position": operations.failed_position(run.pk) if run.status == "failed" else None,
+        "live": not run.is_terminal,
+        "now": timezone.now(),
+        "duration": timeline.human_duration(
+            ((run.finished_at or timezone.now()) - run.started_at).total_seconds()
+        )
+        if run.started_at
+        else "",
+    }
+
+
+@login_required
+@require_GET
+def run_page(request: HttpRequest, run_id: UUID) -> HttpResponse:
+    _require_viewer(request)
+    run = get_object_or_404(Run, pk=run_id)
+    context = _run_context(request, run)
+    if request.headers.get("HX-Request") and request.GET.get("partial") == "live":
+        return render(request, "workflows/_run_live.html", context)
+    context["mermaid_text"], context["graph_template"] = _graph(run)
+    return render(request, "workflows/run.html", context)
+
+
+@login_required
+@require_POST
+def run_action(request: HttpRequest, run_id: UUID, action: str) -> HttpResponse:
+    """Cancel, retry the failed step, or restart from a step; then back to the run page."""
+    if not can_operate(request.user):
+        raise PermissionDenied("Only staff act on runs.")
+    run = get_object_or_404(Run, pk=run_id)
+    if action == "cancel":
+        outcome = operations.cancel_run(run.pk, f"user:{request.user.get_username()}")
+    elif action == "retry":
+        outcome = operations.retry_failed_step(run.pk)
+    elif action == "restart":
+        try:
+            position = int(request.POST.get("from_step", ""))
+        except ValueError:
+            position = 0
+        if position < 1:
+            messages.error(request, "Choose a journal position (1 or more) to restart from.")
+            return HttpResponseRedirect(reverse("workflows:run", args=[run.pk]))
+        outcome = operations.restart_run(run.pk, position)
+    else:
+        raise Http404("no such action")
+    if outcome.ok:
+        messages.success(request, f"Run {str(run.pk)[:8]}: {outcome.message}.")
+    else:
+        messages.error(request, f"Run {str(run.pk)[:8]}: {outcome.message}")
+    return HttpResponseRedirect(reverse("workflows:run", args=[run.pk]))
+
+
+@login_required
+@require_GET
+def run_value(request: HttpRequest, run_id: UUID, blob_id: int) -> HttpResponse:
+    """A journal value too large to show inline, as JSON."""
+    _require_viewer(request)
+    blob = get_object_or_404(Blob, pk=blob_id, run_id=run_id)
+    return JsonResponse(json.loads(blob.data), safe=False, json_dumps_params={"indent": 2})
+
+
+# --- ops overview -----------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def ops_overview(request: HttpRequest) -> HttpResponse:
+    if not (request.user.is_active and request.user.is_staff):
+        raise PermissionDenied("The ops overview is for staff.")
+    data = ops.overview()
+    hourly = data["hourly"]
+    outcome_series = [
+        charts.Series(name, charts.STATUS_COLORS[name], hourly["series"][name])
+        for name in ("succeeded", "failed", "canceled")
+    ]
+    rate = charts.Series("failure rate", "#cf222e", hourly["failure_rate"])
+    cost = data["cost"]
+    cost_series = [
+        charts.Series(name, charts.PALETTE[i % len(charts.PALETTE)], cost["values"][name])
+        for i, name in enumerate(cost["pipelines"])
+    ]
+    status = data["status"]
+    context = {
+        "nav": "ops",
+        **data,
+        "throughput_svg": charts.stacked_columns(
+            hourly["labels"],
+            outcome_series,
+            line=rate,
+            label_every=3,
+            aria="runs finished per hour, by outcome, with the failure rate",
+        ),
+        "throughput_legend": charts.legend(
+            outcome_series, [("failure rate (right axis)", "#cf222e")]
+        ),
+        "latency_svg": charts.range_bars(
+            [(p.name, p.p50, p.p95, p.samples) for p in data["pools"]],
+            fmt=lambda s: timeline.human_duration(s) or "0 ms",
+            aria="step latency per pool",
+        ),
+        "cost_svg": charts.stacked_columns(
+            cost["labels"],
+            cost_series,
+            fmt=lambda v: f"${v:,.2f}",
+            label_every=2,
+            aria="LLM cost per pipeline per day",
+        ),
+        "cost_legend": charts.legend(cost_series),
+        "status_svg": charts.stacked_bar(
+            [(s, status[s], charts.STATUS_COLORS[s]) for s in STATUSES],
+            aria="runs by status",
+        ),
+        "status_colors": charts.STATUS_COLORS,
+        "statuses": STATUSES,
+        "retention_days": settings.SLUICE_RETENTION_DAYS,
+    }
+    if request.headers.get("HX-Request"):
+        return render(request, "workflows/_ops_body.html", context)
+    return render(request, "workflows/ops.html", context)

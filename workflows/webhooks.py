@@ -1,0 +1,394 @@
+"""Completion webhooks: POST a run's summary to its ``callback_url`` when it ends.
+
+1. ``run_finished`` is sent inside the transaction that ends the run. The receiver below writes
+   a ``WebhookDelivery`` (the body, fixed now) and an outbox row keyed by the delivery id, so
+   both commit or roll back with the run's own terminal state: a webhook is never announced
+   for a run that did not end, nor lost for one that did.
+2. After commit a Celery task tries it at once (low latency); the ``workflows.deliver_outbox``
+   beat task picks up whatever that missed. The outbox claims a row by compare-and-swap, so
+   the two never send the same attempt twice at once.
+3. ``deliver`` signs the body (``Sluice-Signature``: HMAC-SHA256 of timestamp and body with the
+   starting key's secret), sends it with ``Idempotency-Key`` = the delivery id, and records
+   the attempt. A non-2xx answer or a network error raises, and the outbox retries with
+   backoff and jitter for up to 24 hours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import socket
+import time
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from celery import shared_task
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from workflows import outbox
+from workflows.models import (
+    ApiKey,
+    Outbox,
+    OutboxStatus,
+    Run,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookStatus,
+)
+from workflows.payloads import BLOB_KEY, is_blob_ref
+from workflows.signals import run_finished
+
+log = logging.getLogger(__name__)
+
+KIND = "webhook"
+EVENT = "run.finished"
+SIGNATURE_HEADER = "Sluice-Signature"
+USER_AGENT = "Sluice-Webhooks/1"
+
+
+class CallbackUrlError(ValueError):
+    """A callback URL Sluice will not call."""
+
+
+class WebhookFailed(Exception):
+    """The receiver did not answer 2xx; the outbox retries."""
+
+
+# --- which URLs may be called -----------------------------------------------------------------
+
+
+def _blocked_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+def check_callback_url(url: str, *, resolve: bool = False) -> None:
+    """Raise ``CallbackUrlError`` unless ``url`` is an http(s) URL Sluice may call.
+
+    Loopback, private, link-local and reserved addresses are refused unless
+    ``SLUICE_WEBHOOK_ALLOW_PRIVATE``. With ``resolve`` the host name is looked up and every
+    address it resolves to must pass: that is what delivery does, right before each attempt.
+    """
+    if len(url) > 2000:
+        raise CallbackUrlError("callback_url is longer than 2000 characters")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError as exc:
+        raise CallbackUrlError(f"callback_url is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise CallbackUrlError("callback_url must be an http or https URL")
+    if not host:
+        raise CallbackUrlError("callback_url has no host")
+    if parts.username or parts.password:
+        raise CallbackUrlError("callback_url must not carry credentials")
+    if settings.SLUICE_WEBHOOK_ALLOW_PRIVATE:
+        return
+    if host == "localhost" or host.endswith(".localhost"):
+        raise CallbackUrlError(f"callback_url host {host!r} is a loopback name")
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        if _blocked_address(literal):
+            raise CallbackUrlError(f"callback_url address {host} is loopback, private or reserved")
+        return
+    if not resolve:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port or (443 if parts.scheme == "https" else 80))
+    except OSError as exc:
+        raise CallbackUrlError(f"callback_url host {host!r} does not resolve: {exc}") from None
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if _blocked_address(address):
+            raise CallbackUrlError(
+                f"callback_url host {host!r} resolves to {address}, a loopback, private or "
+                "reserved address"
+            )
+
+
+# --- signing ----------------------------------------------------------------------------------
+
+
+def default_secret() -> str:
+    """The secret for runs started without an API key."""
+    if settings.SLUICE_WEBHOOK_SECRET:
+        return str(settings.SLUICE_WEBHOOK_SECRET)
+    return hmac.new(settings.SECRET_KEY.encode(), b"sluice-webhooks", hashlib.sha256).hexdigest()
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The ``Sluice-Signature`` value: ``t=<unix seconds>,v1=<hex HMAC-SHA256>``.
+
+    The MAC covers ``f"{t}." + body``, so a receiver can refuse replays of old bodies.
+    """
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+def verify(
+    secret: str, header: str, body: bytes, *, tolerance: float = 300, now: float | None = None
+) -> bool:
+    """Check a ``Sluice-Signature`` header (what a receiver does; see docs/api.md)."""
+    try:
+        fields = dict(part.split("=", 1) for part in header.split(","))
+        timestamp = int(fields["t"])
+    except (ValueError, KeyError):
+        return False
+    if abs((now if now is not None else time.time()) - timestamp) > tolerance:
+        return False
+    expected = sign(secret, timestamp, body)
+    return hmac.compare_digest(expected, f"t={timestamp},v1={fields.get('v1', '')}")
+
+
+# --- enqueueing -------------------------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def run_summary(run: Run) -> dict[str, Any]:
+    """The run as a webhook body shows it (large outputs as a link, like the API)."""
+    output: Any = run.output
+    output_url = None
+    if is_blob_ref(output):
+        output_url = f"/api/runs/{run.pk}/values/{output[BLOB_KEY]}"
+        output = None
+    return {
+        "id": str(run.pk),
+        "pipeline": run.workflow,
+        "version": run.version,
+        "status": run.status,
+        "generation": run.generation,
+        "output": output,
+        "output_url": output_url,
+        "error": run.error,
+        "cost": float(run.cost or 0),
+        "created_at": _iso(run.created_at),
+        "started_at": _iso(run.started_at),
+        "finished_at": _iso(run.finished_at),
+        "url": f"/api/runs/{run.pk}",
+    }
+
+
+def key_for_run(run: Run) -> ApiKey | None:
+    """The API key that started ``run`` (``created_by`` is ``api:<prefix>``), if any."""
+    if run.created_by.startswith("api:"):
+        return ApiKey.objects.filter(prefix=run.created_by[4:]).first()
+    return None
+
+
+def enqueue_webhook(run: Run) -> WebhookDelivery | None:
+    """Write the delivery and its outbox row. Call inside the run's terminal transaction."""
+    if not run.callback_url:
+        return None
+    from workflows.services import enqueue_outbox
+
+    delivery = WebhookDelivery(run=run, api_key=key_for_run(run), url=run.callback_url, event=EVENT)
+    delivery.payload = {
+        "id": str(delivery.id),
+        "type": EVENT,
+        "created_at": timezone.now().isoformat(),
+        "run": run_summary(run),
+    }
+    delivery.save(force_insert=True)
+    row = enqueue_outbox(KIND, str(delivery.id), {"delivery": str(delivery.id)}, run=run)
+    if settings.SLUICE_WEBHOOK_DISPATCH_ON_COMMIT:
+        transaction.on_commit(lambda: dispatch(row.pk))
+    return delivery
+
+
+def _on_run_finished(sender: Any, run: Run, **kwargs: Any) -> None:
+    if not run.callback_url:
+        return
+    # A savepoint: a webhook that cannot be written is logged, and the run still ends.
+    try:
+        with transaction.atomic():
+            enqueue_webhook(run)
+    except Exception:
+        log.exception("could not enqueue the completion webhook of run %s", run.pk)
+
+
+def dispatch(outbox_id: int) -> None:
+    """Ask a worker to try this row now. The beat delivers it anyway if the message is lost."""
+    try:
+        deliver_webhook_task.apply_async((outbox_id,), queue="default")
+    except Exception:
+        log.warning(
+            "could not dispatch webhook outbox row %s; the beat will", outbox_id, exc_info=True
+        )
+
+
+@shared_task(name="workflows.deliver_webhook", ignore_result=True)
+def deliver_webhook_task(outbox_id: int) -> bool:
+    row = Outbox.objects.filter(pk=outbox_id, kind=KIND, status=OutboxStatus.PENDING).first()
+    return outbox.deliver_one(row) if row is not None else False
+
+
+# --- delivering -------------------------------------------------------------------------------
+
+
+def encode_body(payload: dict[str, Any]) -> bytes:
+    """The exact bytes sent: the same on every attempt, so the signature covers one body."""
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _record(
+    delivery: WebhookDelivery,
+    number: int,
+    started: datetime,
+    *,
+    status_code: int | None,
+    latency_ms: float | None,
+    error: str = "",
+    excerpt: str = "",
+    succeeded: bool = False,
+    final: str | None = None,
+) -> None:
+    WebhookAttempt.objects.create(
+        delivery=delivery,
+        number=number,
+        started_at=started,
+        status_code=status_code,
+        latency_ms=latency_ms,
+        error=error[:2000],
+        response_excerpt=excerpt[:500],
+        succeeded=succeeded,
+    )
+    fields: dict[str, Any] = {
+        "attempts": F("attempts") + 1,
+        "last_status_code": status_code,
+        "last_error": error[:2000],
+    }
+    if final is not None:
+        fields["status"] = final
+        if final == WebhookStatus.DELIVERED:
+            fields["delivered_at"] = timezone.now()
+    # Only a pending delivery changes: a late duplicate attempt cannot undo a recorded success.
+    WebhookDelivery.objects.filter(pk=delivery.pk, status=WebhookStatus.PENDING).update(**fields)
+
+
+def deliver(row: Outbox) -> None:
+    """The outbox handler for ``webhook`` rows: one attempt. Raises to ask for a retry."""
+    delivery = WebhookDelivery.objects.select_related("api_key").filter(pk=row.key).first()
+    if delivery is None or delivery.status != WebhookStatus.PENDING:
+        return  # Deleted with its run, or already settled: nothing to send.
+    number = row.attempts
+    started = timezone.now()
+    try:
+        check_callback_url(delivery.url, resolve=True)
+    except CallbackUrlError as exc:
+        _record(
+            delivery,
+            number,
+            started,
+            status_code=None,
+            latency_ms=None,
+            error=f"refused: {exc}",
+            final=WebhookStatus.REFUSED,
+        )
+        return
+    body = encode_body(delivery.payload)
+    secret = delivery.api_key.webhook_secret if delivery.api_key else default_secret()
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "Idempotency-Key": str(delivery.id),
+        "Sluice-Delivery": str(delivery.id),
+        "Sluice-Event": delivery.event,
+        SIGNATURE_HEADER: sign(secret, int(time.time()), body),
+    }
+    t0 = time.perf_counter()
+    try:
+        response = httpx.post(
+            delivery.url,
+            content=body,
+            headers=headers,
+            follow_redirects=False,
+            timeout=float(settings.SLUICE_WEBHOOK_TIMEOUT),
+        )
+    except httpx.HTTPError as exc:
+        latency = (time.perf_counter() - t0) * 1000
+        error = f"{type(exc).__name__}: {exc}" or type(exc).__name__
+        _record(
+            delivery,
+            number,
+            started,
+            status_code=None,
+            latency_ms=latency,
+            error=error,
+            final=_final_if_expired(row),
+        )
+        raise WebhookFailed(error) from None
+    latency = (time.perf_counter() - t0) * 1000
+    excerpt = response.text[:500]
+    if 200 <= response.status_code < 300:
+        _record(
+            delivery,
+            number,
+            started,
+            status_code=response.status_code,
+            latency_ms=latency,
+            excerpt=excerpt,
+            succeeded=True,
+            final=WebhookStatus.DELIVERED,
+        )
+        return
+    error = f"HTTP {response.status_code}"
+    _record(
+        delivery,
+        number,
+        started,
+        status_code=response.status_code,
+        latency_ms=latency,
+        error=error,
+        excerpt=excerpt,
+        final=_final_if_expired(row),
+    )
+    raise WebhookFailed(f"{error} from {delivery.url}")
+
+
+def _final_if_expired(row: Outbox) -> str | None:
+    """Mirror the outbox giving up (after ``outbox.MAX_AGE``) on the delivery row."""
+    return WebhookStatus.FAILED if timezone.now() - row.created_at > outbox.MAX_AGE else None
+
+
+def retry_now(delivery: WebhookDelivery) -> bool:
+    """An operator's "retry now": make a pending or given-up delivery due again."""
+    with transaction.atomic():
+        n = (
+            Outbox.objects.filter(key=str(delivery.pk), kind=KIND)
+            .exclude(status=OutboxStatus.DELIVERED)
+            .update(
+                status=OutboxStatus.PENDING, next_attempt_at=timezone.now(), lease_expires_at=None
+            )
+        )
+        if n:
+            WebhookDelivery.objects.filter(pk=delivery.pk).exclude(
+                status=WebhookStatus.DELIVERED
+            ).update(status=WebhookStatus.PENDING)
+    return bool(n)
+
+
+outbox.register_outbox_handler(KIND, deliver)
+run_finished.connect(_on_run_finished, dispatch_uid="sluice-completion-webhooks")
