@@ -22,6 +22,7 @@ def bell(monkeypatch: pytest.MonkeyPatch) -> Iterator[Bell]:
     b = Bell()
     monkeypatch.setattr("workflows.doorbell.send_advance", b.send_advance)
     monkeypatch.setattr("workflows.doorbell.send_step", b.send_step)
+    monkeypatch.setattr("workflows.doorbell.send_steps", b.send_steps)
     monkeypatch.setattr("workflows.doorbell.send_advance_many", b.send_advance_many)
     yield b
 

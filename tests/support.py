@@ -30,6 +30,10 @@ class Bell:
         self.messages.append(msg)
         self.sent.append(msg)
 
+    def send_steps(self, items: list[tuple[int, str]]) -> None:
+        for step_id, queue in items:
+            self.send_step(step_id, queue)
+
     def send_step(self, step_id: int, queue: str) -> None:
         msg = ("step", (step_id,))
         self.messages.append(msg)

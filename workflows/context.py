@@ -31,7 +31,7 @@ from django.utils import timezone
 from workflows import fastpath, leases, payloads, pools, usage
 from workflows.calls import call_step, error_dict, is_retryable, retry_after, return_annotation
 from workflows.definitions import StepDef, as_step, get_workflow, resolve_step, step_path
-from workflows.doorbell import dispatch_on_commit, grace, ring_on_commit
+from workflows.doorbell import dispatch_many_on_commit, dispatch_on_commit, grace, ring_on_commit
 from workflows.errors import (
     BudgetExceeded,
     ChildWorkflowFailed,
@@ -667,7 +667,7 @@ class Context:
                     StepStatus.WAITING,
                     remaining=len(calls),
                     started_at=now,
-                    args={"branches": len(calls)},
+                    args={"branches": len(calls), "held": len(calls) > cap},
                 ).save()
                 # In a pool limited by concurrency, reserve the free slots for the first
                 # branches now (one pool lock for the whole fan-out) and ring only for those;
@@ -691,8 +691,7 @@ class Context:
                     else:
                         ring += rows
                 Step.objects.bulk_create(branches)
-                for b in ring:
-                    dispatch_on_commit(b.pk, b.pool)
+                dispatch_many_on_commit(ring)
             raise Suspend
         if group.status == StepStatus.WAITING:
             raise Suspend

@@ -51,6 +51,26 @@ def send_step(step_id: int, queue: str) -> None:
         log.warning("could not dispatch step %s; the sweep will", step_id, exc_info=True)
 
 
+def send_steps(items: list[tuple[int, str]]) -> None:
+    """Dispatch many steps over one broker connection (a fan-out's first branches)."""
+    from workflows.tasks import execute_step
+
+    try:
+        with execute_step.app.producer_or_acquire() as producer:
+            for step_id, queue in items:
+                execute_step.apply_async((step_id,), queue=queue, producer=producer)
+    except Exception:
+        log.warning("could not dispatch %s steps; the sweep will", len(items), exc_info=True)
+
+
+def dispatch_many_on_commit(rows: list[Any]) -> None:
+    from workflows.pools import queue_for
+
+    items = [(row.pk, queue_for(row.pool)) for row in rows]
+    if items:
+        transaction.on_commit(lambda: send_steps(items))
+
+
 def ring_on_commit(run_id: Any, generation: int) -> None:
     transaction.on_commit(lambda: send_advance(run_id, generation))
 

@@ -193,21 +193,32 @@ def advance_many(items: list[tuple[Any, int]]) -> dict[str, int]:
 def claim_step(step_id: int, owner: str) -> Step | None:
     """Compare-and-swap a pending step to running under ``owner``, if its pool has room."""
     now = timezone.now()
-    # A branch whose slot was reserved when it was fanned out needs no pool lock.
-    if Step.objects.filter(
-        pk=step_id,
-        status=StepStatus.RUNNING,
-        lease_owner=pools.RESERVED,
-        superseded=False,
-        run__status__in=ACTIVE_RUN,
-    ).update(
-        attempt=F("attempt") + 1,
-        lease_owner=owner,
-        lease_expires_at=lease_until(now),
-        started_at=now,
-    ):
+    # A branch whose slot was reserved when it was fanned out needs no pool lock: one
+    # compare-and-swap from the reserved owner, returning the row.
+    table = Step._meta.db_table
+    run_table = Run._meta.db_table
+    active = ", ".join(["%s"] * len(ACTIVE_RUN))
+    reserved = list(
+        Step.objects.raw(
+            f"UPDATE {table} SET attempt = attempt + 1, lease_owner = %s, lease_expires_at = %s, "
+            "started_at = %s WHERE id = %s AND status = %s AND lease_owner = %s "
+            f"AND superseded = %s AND run_id IN (SELECT id FROM {run_table} "
+            f"WHERE status IN ({active})) RETURNING *",
+            [
+                owner,
+                lease_until(now),
+                now,
+                step_id,
+                StepStatus.RUNNING,
+                pools.RESERVED,
+                False,
+                *ACTIVE_RUN,
+            ],
+        )
+    )
+    if reserved:
         hold(step_id)
-        return Step.objects.select_related("run").get(pk=step_id)
+        return reserved[0]
     with transaction.atomic():
         row = (
             Step.objects.filter(pk=step_id, status=StepStatus.PENDING, held=False, superseded=False)
@@ -335,8 +346,8 @@ def complete_step(
         return handoff(row.pool, owner, now)
 
 
-def _decrement_group(row: Step) -> tuple[int, int, int] | None:
-    """``remaining - 1`` on the branch's group; returns (group id, remaining, branches)."""
+def _decrement_group(row: Step) -> tuple[int, int, bool] | None:
+    """``remaining - 1`` on the branch's group; returns (group id, remaining, holds back)."""
     table = Step._meta.db_table
     run_pk = Run._meta.pk.get_db_prep_value(row.run_id, connection)  # type: ignore[union-attr]
     with connection.cursor() as cur:
@@ -351,7 +362,7 @@ def _decrement_group(row: Step) -> tuple[int, int, int] | None:
     args = found[2]
     if isinstance(args, str):
         args = json.loads(args)
-    return found[0], found[1], int((args or {}).get("branches", 0))
+    return found[0], found[1], bool((args or {}).get("held", True))
 
 
 def step_finished(row: Step, now: datetime) -> None:
@@ -362,7 +373,7 @@ def step_finished(row: Step, now: datetime) -> None:
     group = _decrement_group(row)
     if group is None:
         return
-    group_id, remaining, branches = group
+    group_id, remaining, holds_back = group
     if remaining == 0:
         failed = (
             Step.objects.filter(
@@ -376,7 +387,7 @@ def step_finished(row: Step, now: datetime) -> None:
         ):
             request_wake(row.run_id, now)
     # Only a group wider than the run's parallelism cap holds branches back.
-    if branches > row.run.max_parallel:
+    if holds_back:
         release_held(row.run_id, now)
 
 
@@ -403,14 +414,44 @@ def handoff(pool: str, owner: str, now: datetime) -> Step | None:
     conf = pools.get_pool(pool)
     if not conf.max_concurrency or conf.rate_limit:
         return None
+    if connection.vendor == "postgresql":
+        # One statement: pick the oldest waiting step nobody else is taking (SKIP LOCKED) and
+        # claim it.
+        table = Step._meta.db_table
+        run_table = Run._meta.db_table
+        active = ", ".join(["%s"] * len(ACTIVE_RUN))
+        rows = list(
+            Step.objects.raw(
+                f"UPDATE {table} SET status = %s, attempt = attempt + 1, lease_owner = %s, "
+                "lease_expires_at = %s, started_at = %s, wake_at = NULL WHERE id = ("
+                f"SELECT s.id FROM {table} s JOIN {run_table} r ON r.id = s.run_id "
+                "WHERE s.pool = %s AND s.status = %s AND s.held = %s AND s.superseded = %s "
+                f"AND (s.wake_at IS NULL OR s.wake_at <= %s) AND r.status IN ({active}) "
+                "ORDER BY s.id LIMIT 1 FOR UPDATE OF s SKIP LOCKED) RETURNING *",
+                [
+                    StepStatus.RUNNING,
+                    owner,
+                    lease_until(now),
+                    now,
+                    pool,
+                    StepStatus.PENDING,
+                    False,
+                    False,
+                    now + grace(),
+                    *ACTIVE_RUN,
+                ],
+            )
+        )
+        if rows:
+            hold(rows[0].pk)
+            return rows[0]
+        return None
     qs = (
         Step.objects.filter(pool=pool, status=StepStatus.PENDING, held=False, superseded=False)
         .filter(Q(wake_at__isnull=True) | Q(wake_at__lte=now + grace()))
         .select_related("run")
         .order_by("id")
     )
-    if connection.features.has_select_for_update_skip_locked:
-        qs = qs.select_for_update(skip_locked=True, of=("self",))
     for cand in qs[:3]:
         if cand.run.status not in ACTIVE_RUN:
             continue
