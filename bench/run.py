@@ -5,10 +5,10 @@ of its own (``bench_sluice``; DBOS uses ``bench_dbos``; Redis db 10 for Sluice, 
 created fresh and dropped afterwards. Figures are printed and written to bench/results.json
 (existing keys from other benches, W4/W5, are kept).
 
-- W1: 200 runs x 10 sequential trivial steps, 2 worker processes (``celery worker -P solo``
-  each): steps/s from the first ``start()`` to the last run's ``finished_at``.
-- W2: one run fanning out 100 steps of 200 ms (sleep) in a pool limited to 20 (one worker,
-  20 threads): wall time from ``start()`` to the run finished, over the ideal 1.0 s.
+- W1: 200 runs x 10 sequential trivial steps, 2 worker processes (``celery worker -P threads
+  -c 4`` each): steps/s from the first ``start()`` to the last run's ``finished_at``.
+- W2: one run fanning out 100 steps of 200 ms (sleep) in a pool limited to 20 (two worker
+  processes of 10 threads): wall time from ``start()`` to the run finished, over the ideal 1.0 s.
 - W3: one run of 1,000 sequential steps and one of 10, one worker: ms per step from the run's
   ``started_at`` to ``finished_at`` (the engine's time; the doorbell's latency is excluded).
 - W6: SIGKILL of the worker (parent and children) holding a running step; seconds until the
@@ -37,7 +37,7 @@ LOGS = ROOT / "var" / "bench"
 # W1's two worker processes each run this many threads: a step mostly waits for PostgreSQL's
 # commit, and threads let one process overlap those waits (DBOS runs its workflows as threads).
 W1_POOL = os.environ.get("BENCH_W1_POOL", "threads")
-W1_THREADS = int(os.environ.get("BENCH_W1_THREADS", "8"))
+W1_THREADS = int(os.environ.get("BENCH_W1_THREADS", "4"))
 
 
 def _db_url(name: str) -> str:
@@ -238,7 +238,10 @@ def sluice_w2(n: int = 100, limit: int = 20) -> dict[str, float]:
     Pool.objects.update_or_create(name="bench20", defaults={"max_concurrency": limit})
     workers = Workers()
     try:
-        workers.start("w2", pool="threads", concurrency=limit + 4)
+        # Two worker processes of limit/2 threads: two consumers hand out the first wave's
+        # doorbells twice as fast, and no more threads than slots keeps the GIL quiet.
+        workers.start("w2a", pool="threads", concurrency=max(1, limit // 2))
+        workers.start("w2b", pool="threads", concurrency=max(1, limit - limit // 2))
         _warm_up(3)
         # Warm every worker thread (its database connection and prepared statements), as
         # the peers are warmed up: a short fan-out over the same pool, not timed.

@@ -690,7 +690,7 @@ class Context:
                         ring += rows[:free]
                     else:
                         ring += rows
-                Step.objects.bulk_create(branches)
+                fastpath.insert_steps(branches)
                 dispatch_many_on_commit(ring)
             raise Suspend
         if group.status == StepStatus.WAITING:

@@ -72,7 +72,9 @@ def advance(run_id: Any, generation: int) -> str:
         # write also records the step's name on the run).
         journal = (
             list(
-                Step.objects.filter(run_id=run_id, superseded=False).order_by("position", "branch")
+                Step.objects.filter(run_id=run_id, superseded=False)
+                .defer("args")  # replay never reads a step's arguments
+                .order_by("position", "branch")
             )
             if run.current_step
             else []
@@ -154,8 +156,10 @@ def advance_many(items: list[tuple[Any, int]]) -> dict[str, int]:
     journals: dict[Any, list[Step]] = {run.pk: [] for run in runs}
     with_journal = [run.pk for run in runs if run.current_step]
     if with_journal:
-        for row in Step.objects.filter(run_id__in=with_journal, superseded=False).order_by(
-            "run_id", "position", "branch"
+        for row in (
+            Step.objects.filter(run_id__in=with_journal, superseded=False)
+            .defer("args")
+            .order_by("run_id", "position", "branch")
         ):
             journals[row.run_id].append(row)
     counts: dict[str, int] = {}
@@ -255,19 +259,27 @@ def claim_step(step_id: int, owner: str) -> Step | None:
 def execute_step(step_id: int) -> int:
     """Run a queued step, then keep running steps handed over from the same pool.
 
-    Returns how many steps this call executed.
+    When the last step this worker ran completed its group (or was the step its run waited
+    for), the worker advances that run itself rather than leave it to the doorbell it rang:
+    it is idle anyway, and the doorbell then finds the run done. Returns the steps executed.
     """
     owner = owner_id()
     executed = 0
+    woke: list[Any] = []
     row = claim_step(step_id, owner)
     while row is not None:
         ensure_heartbeat()
         executed += 1
-        row = _run_claimed(row, owner)
+        woke.clear()
+        row = _run_claimed(row, owner, woke)
+    for run_id in woke:
+        generation = Run.objects.filter(pk=run_id).values_list("generation", flat=True).first()
+        if generation is not None:
+            advance(run_id, generation)
     return executed
 
 
-def _run_claimed(row: Step, owner: str) -> Step | None:
+def _run_claimed(row: Step, owner: str, woke: list[Any] | None = None) -> Step | None:
     scope = usage.StepScope(step_id=row.pk, run_id=row.run_id, attempt=row.attempt)
     token = usage.enter(scope)
     exc: Exception | None = None
@@ -285,11 +297,17 @@ def _run_claimed(row: Step, owner: str) -> Step | None:
         exc = e
     finally:
         usage.leave(token)
-    return complete_step(row, owner, data, exc, scope, sd)
+    return complete_step(row, owner, data, exc, scope, sd, woke)
 
 
 def complete_step(
-    row: Step, owner: str, data: Any, exc: Exception | None, scope: usage.StepScope, sd: Any
+    row: Step,
+    owner: str,
+    data: Any,
+    exc: Exception | None,
+    scope: usage.StepScope,
+    sd: Any,
+    woke: list[Any] | None = None,
 ) -> Step | None:
     """Record a claimed step's outcome (fenced on owner and attempt), all in one transaction.
 
@@ -341,8 +359,8 @@ def complete_step(
             return None
         if scope.cost:
             Run.objects.filter(pk=row.run_id).update(cost=F("cost") + Decimal(scope.cost))
-        if terminal:
-            step_finished(row, now)
+        if terminal and step_finished(row, now) and woke is not None:
+            woke.append(row.run_id)
         return handoff(row.pool, owner, now)
 
 
@@ -365,15 +383,18 @@ def _decrement_group(row: Step) -> tuple[int, int, bool] | None:
     return found[0], found[1], bool((args or {}).get("held", True))
 
 
-def step_finished(row: Step, now: datetime) -> None:
-    """A queued step reached a terminal state: join its group or wake its run."""
+def step_finished(row: Step, now: datetime) -> bool:
+    """A queued step reached a terminal state: join its group or wake its run.
+
+    Returns True when this made the run runnable.
+    """
     if row.branch < 0:
-        request_wake(row.run_id, now)
-        return
+        return request_wake(row.run_id, now)
     group = _decrement_group(row)
     if group is None:
-        return
+        return False
     group_id, remaining, holds_back = group
+    woke = False
     if remaining == 0:
         failed = (
             Step.objects.filter(
@@ -385,10 +406,11 @@ def step_finished(row: Step, now: datetime) -> None:
         if Step.objects.filter(pk=group_id, status=StepStatus.WAITING).update(
             status=StepStatus.FAILED if failed else StepStatus.SUCCEEDED, finished_at=now
         ):
-            request_wake(row.run_id, now)
+            woke = request_wake(row.run_id, now)
     # Only a group wider than the run's parallelism cap holds branches back.
     if holds_back:
         release_held(row.run_id, now)
+    return woke
 
 
 def release_held(run_id: Any, now: datetime) -> None:
