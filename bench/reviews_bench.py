@@ -16,6 +16,7 @@ workers use Redis database ``BENCH_REVIEWS_BROKER_URL`` (default ``redis://127.0
   server-side time over 200 requests, and the number of queries per request with 100 and with
   10,000 open gates (the queue is paginated, so it must not grow).
 """
+
 from __future__ import annotations
 
 import json
@@ -44,10 +45,18 @@ TITLE = "Verify the extracted figures"
 PAYLOAD: dict[str, Any] = {
     "summary": "Quarterly report: revenue and headcount extracted by two models.",
     "analyses": [
-        {"title": "Revenue", "result": "$4.2M", "confidence": 0.91,
-         "evidence": [{"quote": "Revenue for the quarter was $4.2 million", "source": "p. 3"}]},
-        {"title": "Headcount", "result": "118", "confidence": 0.62,
-         "evidence": ["We ended the quarter with 118 employees"]},
+        {
+            "title": "Revenue",
+            "result": "$4.2M",
+            "confidence": 0.91,
+            "evidence": [{"quote": "Revenue for the quarter was $4.2 million", "source": "p. 3"}],
+        },
+        {
+            "title": "Headcount",
+            "result": "118",
+            "confidence": 0.62,
+            "evidence": ["We ended the quarter with 118 employees"],
+        },
     ],
 }
 
@@ -55,8 +64,13 @@ PAYLOAD: dict[str, Any] = {
 @workflow(name="bench.review")
 def bench_review(ctx: Any) -> str:
     """One gate, then done: resuming the run is all the work there is after the gate."""
-    decision = ctx.review(TITLE, "Check the figures against the quotes.", PAYLOAD,
-                          timeout=timedelta(hours=24), on_timeout="approve")
+    decision = ctx.review(
+        TITLE,
+        "Check the figures against the quotes.",
+        PAYLOAD,
+        timeout=timedelta(hours=24),
+        on_timeout="approve",
+    )
     return str(decision.outcome)
 
 
@@ -112,8 +126,12 @@ def bench_database() -> Iterator[str]:
         saved = dict(conn.settings_dict)
         parts = urlsplit(url)
         conn.settings_dict.update(
-            ENGINE="django.db.backends.postgresql", NAME=DBNAME, USER=parts.username or "",
-            PASSWORD=parts.password or "", HOST=parts.hostname or "", PORT=parts.port or "",
+            ENGINE="django.db.backends.postgresql",
+            NAME=DBNAME,
+            USER=parts.username or "",
+            PASSWORD=parts.password or "",
+            HOST=parts.hostname or "",
+            PORT=parts.port or "",
         )
     from django.core.management import call_command
     from django.db import connections
@@ -132,8 +150,14 @@ def bench_database() -> Iterator[str]:
 # --- bulk setup ---------------------------------------------------------------------------------
 
 
-def create_open_gates(n: int, *, deadline: Any, spread: timedelta | None = None,
-                      group: str = "reviewers", batch: int = 2000) -> None:
+def create_open_gates(
+    n: int,
+    *,
+    deadline: Any,
+    spread: timedelta | None = None,
+    group: str = "reviewers",
+    batch: int = 2000,
+) -> None:
     """Write ``n`` runs suspended at an open gate: the rows ``ctx.review`` would have written
     (run, waiting ``gate`` journal row, gate, its "opened" event), in bulk."""
     from django.db import transaction
@@ -147,26 +171,53 @@ def create_open_gates(n: int, *, deadline: Any, spread: timedelta | None = None,
     for start in range(0, n, batch):
         size = min(batch, n - start)
         with transaction.atomic():
-            runs = Run.objects.bulk_create([
-                Run(id=uuid.uuid4(), workflow="bench.review", status="suspended", input={},
-                    started_at=now, current_step=TITLE)
-                for _ in range(size)
-            ])
-            steps = Step.objects.bulk_create([
-                Step(run=r, position=1, kind="gate", name=TITLE, status="waiting",
-                     args={"default": None}, started_at=now)
-                for r in runs
-            ])
-            gates = Gate.objects.bulk_create([
-                Gate(run=r, step=s, pipeline=pipelines[(start + i) % 3], title=TITLE,
-                     instruction="Check the figures against the quotes.", payload=PAYLOAD,
-                     choices=["approve", "reject"], on_timeout="approve", group=group,
-                     deadline=deadline + (spread * (start + i) / n if spread else timedelta(0)))
-                for i, (r, s) in enumerate(zip(runs, steps, strict=True))
-            ])
-            GateEvent.objects.bulk_create([
-                GateEvent(gate=g, kind="opened", at=now, detail={}) for g in gates
-            ])
+            runs = Run.objects.bulk_create(
+                [
+                    Run(
+                        id=uuid.uuid4(),
+                        workflow="bench.review",
+                        status="suspended",
+                        input={},
+                        started_at=now,
+                        current_step=TITLE,
+                    )
+                    for _ in range(size)
+                ]
+            )
+            steps = Step.objects.bulk_create(
+                [
+                    Step(
+                        run=r,
+                        position=1,
+                        kind="gate",
+                        name=TITLE,
+                        status="waiting",
+                        args={"default": None},
+                        started_at=now,
+                    )
+                    for r in runs
+                ]
+            )
+            gates = Gate.objects.bulk_create(
+                [
+                    Gate(
+                        run=r,
+                        step=s,
+                        pipeline=pipelines[(start + i) % 3],
+                        title=TITLE,
+                        instruction="Check the figures against the quotes.",
+                        payload=PAYLOAD,
+                        choices=["approve", "reject"],
+                        on_timeout="approve",
+                        group=group,
+                        deadline=deadline + (spread * (start + i) / n if spread else timedelta(0)),
+                    )
+                    for i, (r, s) in enumerate(zip(runs, steps, strict=True))
+                ]
+            )
+            GateEvent.objects.bulk_create(
+                [GateEvent(gate=g, kind="opened", at=now, detail={}) for g in gates]
+            )
 
 
 def _analyze() -> None:
@@ -180,8 +231,10 @@ def _reset() -> None:
     from django.db import connection
 
     with connection.cursor() as cur:
-        cur.execute("TRUNCATE reviews_gateevent, reviews_gate, workflows_run, workflows_step, "
-                    "workflows_event, workflows_blob CASCADE")
+        cur.execute(
+            "TRUNCATE reviews_gateevent, reviews_gate, workflows_run, workflows_step, "
+            "workflows_event, workflows_blob CASCADE"
+        )
 
 
 # --- processes ------------------------------------------------------------------------------------
@@ -191,9 +244,12 @@ class Processes:
     def __init__(self, url: str) -> None:
         LOGS.mkdir(parents=True, exist_ok=True)
         self.env = {
-            **os.environ, "DATABASE_URL": url, "CELERY_BROKER_URL": BROKER,
+            **os.environ,
+            "DATABASE_URL": url,
+            "CELERY_BROKER_URL": BROKER,
             "SLUICE_WORKFLOW_MODULES": "bench.reviews_bench",
-            "DJANGO_SETTINGS_MODULE": "config.settings", "SLUICE_LOG_LEVEL": "WARNING",
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "SLUICE_LOG_LEVEL": "WARNING",
             "PYTHONPATH": str(ROOT),
         }
         self.env.pop("SLUICE_TEST_DB_NAME", None)
@@ -202,15 +258,37 @@ class Processes:
 
     def _spawn(self, name: str, args: list[str]) -> None:
         with open(LOGS / f"{name}.log", "wb") as log:
-            self.procs.append(subprocess.Popen(
-                [self.celery, "-A", "config", *args], cwd=ROOT, env=self.env, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            ))
+            self.procs.append(
+                subprocess.Popen(
+                    [self.celery, "-A", "config", *args],
+                    cwd=ROOT,
+                    env=self.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
 
     def worker(self, name: str, pool: str = "solo", concurrency: int = 1) -> None:
-        self._spawn(name, ["worker", "-Q", "default,llm", "-P", pool, "-c", str(concurrency),
-                           "-n", f"{name}@%h", "--without-gossip", "--without-mingle",
-                           "--without-heartbeat", "-l", "warning"])
+        self._spawn(
+            name,
+            [
+                "worker",
+                "-Q",
+                "default,llm",
+                "-P",
+                pool,
+                "-c",
+                str(concurrency),
+                "-n",
+                f"{name}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-l",
+                "warning",
+            ],
+        )
 
     def beat(self) -> None:
         self._spawn("beat", ["beat", "-s", str(LOGS / "beat-schedule"), "-l", "warning"])
@@ -264,18 +342,25 @@ def _w4(url: str, n: int, workers: int, concurrency: int) -> dict[str, Any]:
     procs = Processes(url)
     try:
         for i in range(workers):
-            procs.worker(f"w4-{i}", pool="prefork" if concurrency > 1 else "solo",
-                         concurrency=concurrency)
+            procs.worker(
+                f"w4-{i}", pool="prefork" if concurrency > 1 else "solo", concurrency=concurrency
+            )
         procs.beat()
         # Warm-up, untimed: a burst of gates expires and their runs resume, so every worker
         # process has imported its code and opened its connections before the clock starts.
         create_open_gates(workers * concurrency * 60, deadline=far)
-        warm = list(Gate.objects.order_by("-pk").values_list("run_id", flat=True)[
-            : workers * concurrency * 60])
+        warm = list(
+            Gate.objects.order_by("-pk").values_list("run_id", flat=True)[
+                : workers * concurrency * 60
+            ]
+        )
         Gate.objects.filter(run_id__in=warm).update(deadline=timezone.now())
         sender.send_task("reviews.expire_gates", queue="default")
-        _wait(lambda: Run.objects.filter(pk__in=warm, status="succeeded").count() == len(warm),
-              120, "warm-up runs")
+        _wait(
+            lambda: Run.objects.filter(pk__in=warm, status="succeeded").count() == len(warm),
+            120,
+            "warm-up runs",
+        )
         bench = Run.objects.filter(workflow="bench.review").exclude(pk__in=warm)
         time.sleep(1)
         # Every deadline passes at the same instant; the expiry is triggered right then, as
@@ -283,10 +368,18 @@ def _w4(url: str, n: int, workers: int, concurrency: int) -> dict[str, Any]:
         t0 = timezone.now()
         Gate.objects.filter(status="open").update(deadline=t0)
         sender.send_task("reviews.expire_gates", queue="default")
-        _wait(lambda: not Gate.objects.filter(status="open").exists(), 120, "all gates expired",
-              interval=0.02)
-        _wait(lambda: not bench.exclude(status="succeeded").exists(), 300, "all runs resumed",
-              interval=0.05)
+        _wait(
+            lambda: not Gate.objects.filter(status="open").exists(),
+            120,
+            "all gates expired",
+            interval=0.02,
+        )
+        _wait(
+            lambda: not bench.exclude(status="succeeded").exists(),
+            300,
+            "all runs resumed",
+            interval=0.05,
+        )
         last = bench.aggregate(m=Max("finished_at"))["m"]
         last_gate = Gate.objects.exclude(run_id__in=warm).aggregate(m=Max("decided_at"))["m"]
         assert bench.count() == n
@@ -298,7 +391,8 @@ def _w4(url: str, n: int, workers: int, concurrency: int) -> dict[str, Any]:
     return {
         "expire_s": round((last - t0).total_seconds(), 3),
         "expired_s": round((last_gate - t0).total_seconds(), 3),
-        "gates": n, "worker_processes": workers * concurrency,
+        "gates": n,
+        "worker_processes": workers * concurrency,
     }
 
 
@@ -358,8 +452,12 @@ def _w5(n: int, requests: int) -> dict[str, float]:
     p95 = times[max(0, int(round(0.95 * len(times))) - 1)]
     _reset()
     return {
-        "p95_ms": round(p95, 2), "median_ms": round(statistics.median(times), 2),
-        "queries_100": q100, f"queries_{n}": q_n, "gates": n, "requests": requests,
+        "p95_ms": round(p95, 2),
+        "median_ms": round(statistics.median(times), 2),
+        "queries_100": q100,
+        f"queries_{n}": q_n,
+        "gates": n,
+        "requests": requests,
     }
 
 
@@ -372,8 +470,9 @@ def run_w5(n: int = 10_000, requests: int = 200) -> dict[str, float]:
 def main() -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--only", default="W4,W5")
     parser.add_argument("-n", type=int, default=10_000, help="gates")
     parser.add_argument("--workers", type=int, default=2, help="W4 worker processes")

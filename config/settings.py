@@ -4,6 +4,7 @@ So one can check out the code and run ``make run`` with nothing else: with no en
 database is SQLite under ``var/`` and the Celery broker is kombu's filesystem transport (no
 server). Production sets ``DATABASE_URL`` (PostgreSQL) and ``CELERY_BROKER_URL`` (Redis).
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """URL configuration: each app mounts its own URLs; the JSON API is assembled in config.api."""
+
 from __future__ import annotations
 
 from importlib import import_module

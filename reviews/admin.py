@@ -1,5 +1,6 @@
 """Admin for gates: read-only (gates change only through ``reviews.services``), with an action
 to free gates whose reviewer walked away from a claim."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,8 +29,18 @@ class GateEventInline(admin.TabularInline):
 
 @admin.register(Gate)
 class GateAdmin(admin.ModelAdmin):
-    list_display = ("id", "title", "pipeline", "group", "status", "outcome", "deadline",
-                    "claimed_by", "decided_by", "decided_at")
+    list_display = (
+        "id",
+        "title",
+        "pipeline",
+        "group",
+        "status",
+        "outcome",
+        "deadline",
+        "claimed_by",
+        "decided_by",
+        "decided_at",
+    )
     list_filter = ("status", "pipeline", "group", "timed_out")
     search_fields = ("title", "pipeline", "decided_by", "=run__id")
     date_hierarchy = "deadline"

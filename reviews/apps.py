@@ -1,4 +1,5 @@
 """App config: plugs ``ctx.review`` into the engine and cancels gates when their run ends."""
+
 from __future__ import annotations
 
 from django.apps import AppConfig

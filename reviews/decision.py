@@ -6,6 +6,7 @@ waiting journal row, and ``on_open`` creates the ``Gate`` in that same transacti
 never suspended on a gate nobody can see. On replay the journal returns the decision that
 ``reviews.services`` recorded, and it is wrapped into a ``Decision`` here.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -48,8 +49,10 @@ class Decision:
                 pass  # The schema changed since the decision; hand back the recorded JSON.
         at = data.get("decided_at")
         return cls(
-            outcome=str(data.get("outcome", "")), comment=str(data.get("comment") or ""),
-            edits=edits, decided_by=str(data.get("decided_by") or ""),
+            outcome=str(data.get("outcome", "")),
+            comment=str(data.get("comment") or ""),
+            edits=edits,
+            decided_by=str(data.get("decided_by") or ""),
             timed_out=bool(data.get("timed_out")),
             decided_at=datetime.fromisoformat(at) if isinstance(at, str) else None,
         )
@@ -103,9 +106,16 @@ def review(
 
     def on_open(step_row: Step) -> None:
         open_gate(
-            step_row, pipeline=ctx.record.workflow, title=title, instruction=str(instruction),
-            payload=data, choices=list(options), on_timeout=on_timeout, group=group,
-            fields_schema=schema, timeout=timedelta(seconds=seconds),
+            step_row,
+            pipeline=ctx.record.workflow,
+            title=title,
+            instruction=str(instruction),
+            payload=data,
+            choices=list(options),
+            on_timeout=on_timeout,
+            group=group,
+            fields_schema=schema,
+            timeout=timedelta(seconds=seconds),
         )
 
     # The deadline lives on the Gate row and the reviews sweep fires it, so the engine's

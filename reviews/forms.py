@@ -6,6 +6,7 @@ It converts what the browser sends into JSON values; ``reviews.services.decide_g
 validates them against the schema, the same check an API decision gets, and its errors are put
 back on the fields here.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,8 @@ LONG_TEXT = 160
 class DecisionForm(forms.Form):
     outcome = forms.ChoiceField(choices=())
     comment = forms.CharField(
-        required=False, max_length=5000,
+        required=False,
+        max_length=5000,
         widget=forms.Textarea(
             attrs={"rows": 3, "placeholder": "Why? (optional, kept in the audit trail)"}
         ),
@@ -65,8 +67,7 @@ class EditsForm(forms.Form):
         schema = gate.fields_schema or {}
         required = set(schema.get("required") or [])
         for name, prop in properties(schema).items():
-            self.fields[name] = field_for(prop if isinstance(prop, dict) else {},
-                                          name in required)
+            self.fields[name] = field_for(prop if isinstance(prop, dict) else {}, name in required)
 
     def edits(self) -> dict[str, Any]:
         """The cleaned values as JSON data (absent numbers become null, not missing)."""
@@ -77,7 +78,8 @@ def field_for(prop: dict[str, Any], required: bool) -> forms.Field:
     prop, is_nullable = nullable(prop)
     label = str(prop.get("title") or "")
     common: dict[str, Any] = {
-        "required": required and not is_nullable, "help_text": str(prop.get("description") or ""),
+        "required": required and not is_nullable,
+        "help_text": str(prop.get("description") or ""),
     }
     if label:
         common["label"] = label
@@ -89,32 +91,48 @@ def field_for(prop: dict[str, Any], required: bool) -> forms.Field:
             choices = [("", "—"), *choices]
         if all(isinstance(v, str) for v in enum):
             return forms.ChoiceField(choices=choices, **common)
-        return forms.TypedChoiceField(choices=choices, coerce=json.loads, empty_value=None,
-                                      **common)
+        return forms.TypedChoiceField(
+            choices=choices, coerce=json.loads, empty_value=None, **common
+        )
     if kind == "boolean":
-        return forms.BooleanField(required=False, help_text=common["help_text"],
-                                  label=label or None)
+        return forms.BooleanField(
+            required=False, help_text=common["help_text"], label=label or None
+        )
     if kind == "integer":
-        return forms.IntegerField(min_value=prop.get("minimum"), max_value=prop.get("maximum"),
-                                  **common)
+        return forms.IntegerField(
+            min_value=prop.get("minimum"), max_value=prop.get("maximum"), **common
+        )
     if kind == "number":
-        return forms.FloatField(min_value=prop.get("minimum"), max_value=prop.get("maximum"),
-                                widget=forms.NumberInput(attrs={"step": "any"}), **common)
+        return forms.FloatField(
+            min_value=prop.get("minimum"),
+            max_value=prop.get("maximum"),
+            widget=forms.NumberInput(attrs={"step": "any"}),
+            **common,
+        )
     if kind == "string":
         default = prop.get("default")
-        long = (prop.get("format") == "textarea" or (prop.get("maxLength") or 0) > LONG_TEXT
-                or (isinstance(default, str) and len(default) > 60))
+        long = (
+            prop.get("format") == "textarea"
+            or (prop.get("maxLength") or 0) > LONG_TEXT
+            or (isinstance(default, str) and len(default) > 60)
+        )
         widget: forms.Widget = forms.Textarea(attrs={"rows": 3}) if long else forms.TextInput()
-        return forms.CharField(min_length=prop.get("minLength"), max_length=prop.get("maxLength"),
-                               strip=True, widget=widget, empty_value=None if is_nullable else "",
-                               **common)
+        return forms.CharField(
+            min_length=prop.get("minLength"),
+            max_length=prop.get("maxLength"),
+            strip=True,
+            widget=widget,
+            empty_value=None if is_nullable else "",
+            **common,
+        )
     if kind == "array":
         items = prop.get("items")
         item, _ = nullable(items if isinstance(items, dict) else {})
         if isinstance(item.get("enum"), list):
             return forms.MultipleChoiceField(
                 choices=[(str(v), str(v)) for v in item["enum"]],
-                widget=forms.CheckboxSelectMultiple, **common,
+                widget=forms.CheckboxSelectMultiple,
+                **common,
             )
         if item.get("type", "string") == "string":
             return LinesField(**common)

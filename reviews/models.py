@@ -4,6 +4,7 @@ A ``Gate`` is the human side of a waiting journal row (``Step`` of kind ``gate``
 suspended on that step until the gate is decided, expires or is canceled. Every state change is
 a compare-and-swap in ``reviews.services``; this module only declares the tables.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -48,7 +49,10 @@ class Gate(models.Model):
     status = models.CharField(max_length=16, choices=GateStatus.choices, default=GateStatus.OPEN)
     # A claim says "I am on it"; it is orthogonal to the status and ends with the gate.
     claimed_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="claimed_gates",
     )
     claimed_at = models.DateTimeField(null=True, blank=True)
@@ -58,7 +62,10 @@ class Gate(models.Model):
     # Who decided: a username, "api:<key prefix>", or "" when the gate expired.
     decided_by = models.CharField(max_length=150, blank=True, default="")
     decided_by_user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="decided_gates",
     )
     decided_at = models.DateTimeField(null=True, blank=True)
@@ -70,12 +77,19 @@ class Gate(models.Model):
         indexes = [
             # The queue (open gates by deadline) and the expiry sweep (open gates whose deadline
             # passed) both read this partial index, which holds only the open gates.
-            models.Index(fields=["deadline", "id"], name="gate_open_deadline",
-                         condition=Q(status="open")),
-            models.Index(fields=["group", "deadline", "id"], name="gate_open_group_deadline",
-                         condition=Q(status="open")),
-            models.Index(fields=["pipeline", "deadline"], name="gate_open_pipeline",
-                         condition=Q(status="open")),
+            models.Index(
+                fields=["deadline", "id"], name="gate_open_deadline", condition=Q(status="open")
+            ),
+            models.Index(
+                fields=["group", "deadline", "id"],
+                name="gate_open_group_deadline",
+                condition=Q(status="open"),
+            ),
+            models.Index(
+                fields=["pipeline", "deadline"],
+                name="gate_open_pipeline",
+                condition=Q(status="open"),
+            ),
             # "My decisions" and the earlier attempts of a gate.
             models.Index(fields=["decided_by_user", "-decided_at"], name="gate_decided_by_user"),
             models.Index(fields=["run", "title", "id"], name="gate_run_title"),
@@ -91,17 +105,31 @@ class Gate(models.Model):
     def decision_data(self) -> dict[str, Any]:
         """The decision as the workflow receives it (journal JSON)."""
         return decision_json(
-            outcome=self.outcome, comment=self.comment, edits=self.edits,
-            decided_by=self.decided_by, timed_out=self.timed_out,
+            outcome=self.outcome,
+            comment=self.comment,
+            edits=self.edits,
+            decided_by=self.decided_by,
+            timed_out=self.timed_out,
             decided_at=self.decided_at.isoformat() if self.decided_at else None,
         )
 
 
-def decision_json(*, outcome: str, comment: str, edits: Any, decided_by: str, timed_out: bool,
-                  decided_at: str | None) -> dict[str, Any]:
+def decision_json(
+    *,
+    outcome: str,
+    comment: str,
+    edits: Any,
+    decided_by: str,
+    timed_out: bool,
+    decided_at: str | None,
+) -> dict[str, Any]:
     return {
-        "outcome": outcome, "comment": comment, "edits": edits, "decided_by": decided_by,
-        "timed_out": timed_out, "decided_at": decided_at,
+        "outcome": outcome,
+        "comment": comment,
+        "edits": edits,
+        "decided_by": decided_by,
+        "timed_out": timed_out,
+        "decided_at": decided_at,
     }
 
 

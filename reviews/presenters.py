@@ -9,6 +9,7 @@ Recognized shape (all optional): a list of "analyses" (under ``analyses``, ``res
 a ``confidence`` (0–1, or a percentage) and ``evidence`` (quotes as strings or objects with
 ``quote``/``source``/``url``). Other top-level values become facts above the cards.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,15 +17,56 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-LIST_KEYS = ("analyses", "analysis", "results", "findings", "items", "claims", "checks",
-             "entities", "documents", "answers")
-TITLE_KEYS = ("title", "name", "label", "analysis", "claim", "question", "field", "kind", "type",
-              "category", "id")
-BODY_KEYS = ("summary", "finding", "result", "answer", "conclusion", "explanation", "rationale",
-             "reasoning", "text", "verdict", "value", "output", "description")
+LIST_KEYS = (
+    "analyses",
+    "analysis",
+    "results",
+    "findings",
+    "items",
+    "claims",
+    "checks",
+    "entities",
+    "documents",
+    "answers",
+)
+TITLE_KEYS = (
+    "title",
+    "name",
+    "label",
+    "analysis",
+    "claim",
+    "question",
+    "field",
+    "kind",
+    "type",
+    "category",
+    "id",
+)
+BODY_KEYS = (
+    "summary",
+    "finding",
+    "result",
+    "answer",
+    "conclusion",
+    "explanation",
+    "rationale",
+    "reasoning",
+    "text",
+    "verdict",
+    "value",
+    "output",
+    "description",
+)
 CONFIDENCE_KEYS = ("confidence", "score", "probability", "certainty")
-EVIDENCE_KEYS = ("evidence", "quotes", "citations", "sources", "supporting_quotes", "references",
-                 "excerpts")
+EVIDENCE_KEYS = (
+    "evidence",
+    "quotes",
+    "citations",
+    "sources",
+    "supporting_quotes",
+    "references",
+    "excerpts",
+)
 QUOTE_KEYS = ("quote", "text", "excerpt", "snippet", "content", "span")
 SOURCE_KEYS = ("source", "document", "doc", "title", "file", "page", "section", "location")
 URL_KEYS = ("url", "href", "link", "uri")
@@ -78,8 +120,10 @@ def safe_url(value: Any) -> str:
         parts = urlsplit(text)
     except ValueError:
         return ""
-    if parts.scheme.lower() in ("http", "https") and parts.netloc and not any(
-        c in text for c in "\x00\r\n\t "
+    if (
+        parts.scheme.lower() in ("http", "https")
+        and parts.netloc
+        and not any(c in text for c in "\x00\r\n\t ")
     ):
         return text
     return ""
@@ -100,8 +144,9 @@ def as_text(value: Any) -> str:
         return f"{value:.4g}"
     if isinstance(value, (str, int)):
         return _clip(str(value))
-    if isinstance(value, list) and all(isinstance(v, (str, int, float, bool)) or v is None
-                                       for v in value):
+    if isinstance(value, list) and all(
+        isinstance(v, (str, int, float, bool)) or v is None for v in value
+    ):
         return _clip(", ".join(as_text(v) for v in value))
     return _clip(json.dumps(value, ensure_ascii=False, separators=(", ", ": ")))
 
@@ -128,8 +173,9 @@ def _confidence(value: Any) -> float | None:
     return None
 
 
-def _first(data: dict[str, Any], keys: tuple[str, ...], kind: type | tuple[type, ...] = str
-           ) -> tuple[str | None, Any]:
+def _first(
+    data: dict[str, Any], keys: tuple[str, ...], kind: type | tuple[type, ...] = str
+) -> tuple[str | None, Any]:
     for key in keys:
         value = data.get(key)
         if isinstance(value, kind) and not isinstance(value, bool) and value != "":
@@ -148,10 +194,13 @@ def _evidence(value: Any) -> list[Evidence]:
             _, source = _first(item, SOURCE_KEYS, (str, int))
             _, url = _first(item, URL_KEYS)
             if quote or source or url:
-                found.append(Evidence(
-                    quote=_clip(str(quote or "")), source=as_text(source) if source else "",
-                    url=safe_url(url),
-                ))
+                found.append(
+                    Evidence(
+                        quote=_clip(str(quote or "")),
+                        source=as_text(source) if source else "",
+                        url=safe_url(url),
+                    )
+                )
                 if url and not safe_url(url) and not source:
                     found[-1].source = _clip(str(url))
     return found
@@ -162,8 +211,10 @@ def card_for(item: dict[str, Any], index: int) -> Card:
     title_key, title = _first(item, TITLE_KEYS, (str, int))
     body_key, body = _first(item, BODY_KEYS)
     used |= {k for k in (title_key, body_key) if k}
-    card = Card(title=as_text(title) if title is not None else f"Analysis {index}",
-                body=_clip(body) if body else "")
+    card = Card(
+        title=as_text(title) if title is not None else f"Analysis {index}",
+        body=_clip(body) if body else "",
+    )
     for key in CONFIDENCE_KEYS:
         if key in item and (conf := _confidence(item[key])) is not None:
             card.confidence = conf

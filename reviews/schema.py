@@ -8,6 +8,7 @@ strings (with ``enum``, ``minLength``, ``maxLength``, ``pattern``), integers and
 ``minimum``/``maximum``), booleans, arrays of those, nullable variants, ``required`` and
 ``default``. Anything else is accepted as any JSON value.
 """
+
 from __future__ import annotations
 
 import json
@@ -97,8 +98,9 @@ def _python_type(prop: dict[str, Any]) -> Any:
     if isinstance(enum, list) and enum:
         annotated = Literal[tuple(enum)]  # type: ignore[valid-type]
     elif kind == "string":
-        annotated = _constrained(str, prop, {"minLength": "min_length", "maxLength": "max_length",
-                                             "pattern": "pattern"})
+        annotated = _constrained(
+            str, prop, {"minLength": "min_length", "maxLength": "max_length", "pattern": "pattern"}
+        )
     elif kind == "integer":
         annotated = _constrained(int, prop, _NUMERIC)
     elif kind == "number":
@@ -107,8 +109,11 @@ def _python_type(prop: dict[str, Any]) -> Any:
         annotated = bool
     elif kind == "array":
         item = prop.get("items") if isinstance(prop.get("items"), dict) else {}
-        annotated = _constrained(list[_python_type(item) if item else Any], prop,  # type: ignore[misc]
-                                 {"minItems": "min_length", "maxItems": "max_length"})
+        annotated = _constrained(
+            list[_python_type(item) if item else Any],
+            prop,  # type: ignore[misc]
+            {"minItems": "min_length", "maxItems": "max_length"},
+        )
     else:
         annotated = Any
     return Optional[annotated] if is_nullable else annotated  # noqa: UP045

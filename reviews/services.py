@@ -14,6 +14,7 @@ transactions never wait on each other in opposite orders, and the races (decide 
 reviewers, decide vs cancel) serialize instead of deadlocking: exactly one of them closes the
 gate and the loser gets a message saying who won and when.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,6 +35,7 @@ from workflows.models import ACTIVE_RUN, Run, RunStatus, Step, StepStatus
 from workflows.services import complete_waiting_step
 
 log = logging.getLogger(__name__)
+
 
 class GateNotFoundError(SluiceError, LookupError):
     """No gate has this id (or the caller may not see it)."""
@@ -92,8 +94,13 @@ def gates_visible_to(user: Any) -> QuerySet[Gate]:
 
 
 def open_queue(
-    user: Any, *, mine: bool = False, unclaimed: bool = False, pipeline: str = "",
-    due_within: timedelta | None = None, now: datetime | None = None,
+    user: Any,
+    *,
+    mine: bool = False,
+    unclaimed: bool = False,
+    pipeline: str = "",
+    due_within: timedelta | None = None,
+    now: datetime | None = None,
 ) -> QuerySet[Gate]:
     """Open gates for the reviewer queue, by deadline; only the columns the queue shows."""
     qs = gates_visible_to(user).filter(status=GateStatus.OPEN)
@@ -107,8 +114,20 @@ def open_queue(
         qs = qs.filter(deadline__lte=(now or timezone.now()) + due_within)
     return (
         qs.select_related("claimed_by")
-        .only("id", "run_id", "pipeline", "title", "group", "attempt", "deadline", "status",
-              "on_timeout", "claimed_at", "created_at", "claimed_by__username")
+        .only(
+            "id",
+            "run_id",
+            "pipeline",
+            "title",
+            "group",
+            "attempt",
+            "deadline",
+            "status",
+            "on_timeout",
+            "claimed_at",
+            "created_at",
+            "claimed_by__username",
+        )
         .order_by("deadline", "id")
     )
 
@@ -121,8 +140,10 @@ def open_pipelines(user: Any) -> list[str]:
 
 def next_gate_for(user: Any, after: Gate | None = None) -> Gate | None:
     """The open gate to show after a decision: the most urgent one nobody else has claimed."""
-    qs = gates_visible_to(user).filter(status=GateStatus.OPEN).filter(
-        Q(claimed_by__isnull=True) | Q(claimed_by=user)
+    qs = (
+        gates_visible_to(user)
+        .filter(status=GateStatus.OPEN)
+        .filter(Q(claimed_by__isnull=True) | Q(claimed_by=user))
     )
     if after is not None:
         qs = qs.exclude(pk=after.pk)
@@ -154,11 +175,12 @@ def _when(moment: datetime | None) -> str:
 def closed_message(gate: Gate) -> str:
     """Why a gate no longer takes decisions, in the words a reviewer sees."""
     if gate.status == GateStatus.EXPIRED:
-        return (f"this gate expired at {_when(gate.deadline)} and auto-advanced with "
-                f"{gate.outcome}")
+        return f"this gate expired at {_when(gate.deadline)} and auto-advanced with {gate.outcome}"
     if gate.status == GateStatus.DECIDED:
-        return (f"already decided by {gate.decided_by or 'someone'} at {_when(gate.decided_at)} "
-                f"({gate.outcome})")
+        return (
+            f"already decided by {gate.decided_by or 'someone'} at {_when(gate.decided_at)} "
+            f"({gate.outcome})"
+        )
     if gate.status == GateStatus.CANCELED:
         return f"this gate was canceled at {_when(gate.decided_at)} because its run ended"
     return "this gate is open"
@@ -166,16 +188,26 @@ def closed_message(gate: Gate) -> str:
 
 def _claimed_message(gate: Gate) -> str:
     who = gate.claimed_by.get_username() if gate.claimed_by else "another reviewer"
-    return (f"claimed by {who} at {_when(gate.claimed_at)}; only {who} (or staff) can decide it "
-            "until it is released")
+    return (
+        f"claimed by {who} at {_when(gate.claimed_at)}; only {who} (or staff) can decide it "
+        "until it is released"
+    )
 
 
 # --- opening ------------------------------------------------------------------------------------
 
 
 def open_gate(
-    step_row: Step, *, pipeline: str, title: str, instruction: str, payload: Any,
-    choices: list[str], on_timeout: str, group: str, fields_schema: dict[str, Any],
+    step_row: Step,
+    *,
+    pipeline: str,
+    title: str,
+    instruction: str,
+    payload: Any,
+    choices: list[str],
+    on_timeout: str,
+    group: str,
+    fields_schema: dict[str, Any],
     timeout: timedelta,
 ) -> Gate:
     """Create the gate of a waiting journal row. Called by ``ctx.review`` inside the transaction
@@ -183,13 +215,29 @@ def open_gate(
     now = step_row.started_at or timezone.now()
     earlier = Gate.objects.filter(run_id=step_row.run_id, title=title).count()
     gate = Gate.objects.create(
-        run_id=step_row.run_id, step_id=step_row.pk, pipeline=pipeline, title=title,
-        instruction=instruction, payload=payload, choices=choices, on_timeout=on_timeout,
-        group=group, fields_schema=fields_schema, attempt=earlier + 1, deadline=now + timeout,
+        run_id=step_row.run_id,
+        step_id=step_row.pk,
+        pipeline=pipeline,
+        title=title,
+        instruction=instruction,
+        payload=payload,
+        choices=choices,
+        on_timeout=on_timeout,
+        group=group,
+        fields_schema=fields_schema,
+        attempt=earlier + 1,
+        deadline=now + timeout,
     )
-    GateEvent.objects.create(gate=gate, kind=GateEventKind.OPENED, at=now, detail={
-        "deadline": gate.deadline.isoformat(), "group": group, "attempt": gate.attempt,
-    })
+    GateEvent.objects.create(
+        gate=gate,
+        kind=GateEventKind.OPENED,
+        at=now,
+        detail={
+            "deadline": gate.deadline.isoformat(),
+            "group": group,
+            "attempt": gate.attempt,
+        },
+    )
     return gate
 
 
@@ -200,9 +248,9 @@ def claim_gate(gate_id: Any, user: Any) -> Gate:
     """Claim an open gate for ``user`` ("I am on it"). Claiming your own claim is a no-op."""
     now = timezone.now()
     with transaction.atomic():
-        n = Gate.objects.filter(
-            pk=gate_id, status=GateStatus.OPEN, claimed_by__isnull=True
-        ).update(claimed_by=user, claimed_at=now)
+        n = Gate.objects.filter(pk=gate_id, status=GateStatus.OPEN, claimed_by__isnull=True).update(
+            claimed_by=user, claimed_at=now
+        )
         if n:
             GateEvent.objects.create(
                 gate_id=gate_id, kind=GateEventKind.CLAIMED, actor=user.get_username(), at=now
@@ -229,7 +277,10 @@ def release_gate(gate_id: Any, user: Any) -> Gate:
         if n:
             detail = {"holder": holder} if holder != user.get_username() else {}
             GateEvent.objects.create(
-                gate_id=gate_id, kind=GateEventKind.RELEASED, actor=user.get_username(), at=now,
+                gate_id=gate_id,
+                kind=GateEventKind.RELEASED,
+                actor=user.get_username(),
+                at=now,
                 detail=detail,
             )
     gate = get_gate(gate_id)
@@ -244,7 +295,12 @@ def release_gate(gate_id: Any, user: Any) -> Gate:
 
 
 def decide_gate(
-    gate_id: Any, *, outcome: str, comment: str = "", edits: Any = None, actor: str,
+    gate_id: Any,
+    *,
+    outcome: str,
+    comment: str = "",
+    edits: Any = None,
+    actor: str,
     user: Any = None,
 ) -> Gate:
     """Record a person's (or a service's) decision and resume the run.
@@ -261,9 +317,15 @@ def decide_gate(
     gate = get_gate(gate_id)
     errors: list[dict[str, str]] = []
     if outcome not in gate.choices:
-        errors.append({"field": "outcome", "message": (
-            f"{outcome!r} is not a choice of this gate; choose one of {', '.join(gate.choices)}"
-        )})
+        errors.append(
+            {
+                "field": "outcome",
+                "message": (
+                    f"{outcome!r} is not a choice of this gate; "
+                    f"choose one of {', '.join(gate.choices)}"
+                ),
+            }
+        )
     clean, edit_errors = validate_edits(gate.fields_schema or {}, edits)
     errors += edit_errors
     if errors:
@@ -278,26 +340,51 @@ def decide_gate(
         if user is not None and not user.is_staff:
             qs = qs.filter(Q(claimed_by__isnull=True) | Q(claimed_by=user))
         n = qs.update(
-            status=GateStatus.DECIDED, outcome=outcome, comment=comment, edits=clean,
-            decided_by=actor[:150], decided_by_user=user, decided_at=now, timed_out=False,
+            status=GateStatus.DECIDED,
+            outcome=outcome,
+            comment=comment,
+            edits=clean,
+            decided_by=actor[:150],
+            decided_by_user=user,
+            decided_at=now,
+            timed_out=False,
         )
         if n:
-            result = decision_json(outcome=outcome, comment=comment, edits=clean,
-                                   decided_by=actor[:150], timed_out=False,
-                                   decided_at=now.isoformat())
+            result = decision_json(
+                outcome=outcome,
+                comment=comment,
+                edits=clean,
+                decided_by=actor[:150],
+                timed_out=False,
+                decided_at=now.isoformat(),
+            )
             if complete_waiting_step(gate.step_id, result=result, extra={"decided_by": actor}):
-                GateEvent.objects.create(gate=gate, kind=GateEventKind.DECIDED, actor=actor[:150],
-                                         at=now, detail=_detail(outcome, comment, clean))
+                GateEvent.objects.create(
+                    gate=gate,
+                    kind=GateEventKind.DECIDED,
+                    actor=actor[:150],
+                    at=now,
+                    detail=_detail(outcome, comment, clean),
+                )
             else:
                 # The journal row no longer waits (the run was restarted or canceled without
                 # the gate hearing of it): the decision cannot reach the run, so close the gate
                 # as canceled rather than pretend it was decided.
                 Gate.objects.filter(pk=gate.pk).update(
-                    status=GateStatus.CANCELED, outcome="", comment="", edits=None,
-                    decided_by="", decided_by_user=None, timed_out=False,
+                    status=GateStatus.CANCELED,
+                    outcome="",
+                    comment="",
+                    edits=None,
+                    decided_by="",
+                    decided_by_user=None,
+                    timed_out=False,
                 )
-                GateEvent.objects.create(gate=gate, kind=GateEventKind.CANCELED, at=now,
-                                         detail={"reason": "the run no longer waits for it"})
+                GateEvent.objects.create(
+                    gate=gate,
+                    kind=GateEventKind.CANCELED,
+                    at=now,
+                    detail={"reason": "the run no longer waits for it"},
+                )
                 stale_step = True
     gate = get_gate(gate.pk)
     if n and not stale_step:
@@ -326,8 +413,9 @@ def _lock_run(run_id: Any) -> None:
 # --- expiry -------------------------------------------------------------------------------------
 
 
-def expire_due_gates(now: datetime | None = None, batch: int | None = None,
-                     max_batches: int | None = None) -> int:
+def expire_due_gates(
+    now: datetime | None = None, batch: int | None = None, max_batches: int | None = None
+) -> int:
     """Close every open gate whose deadline passed with its ``on_timeout`` outcome and resume
     the runs. Called by the ``reviews.expire_gates`` beat task; idempotent. Returns how many
     gates it expired.
@@ -373,8 +461,11 @@ def _expire_batch(now: datetime, batch: int, skip: set[int]) -> tuple[int, int, 
             due = due.exclude(pk__in=skip)
         if skip_locked:
             due = due.select_for_update(skip_locked=True)
-        rows = list(due.order_by("deadline", "id").values_list("pk", "run_id", "step_id",
-                                                                "on_timeout")[:batch])
+        rows = list(
+            due.order_by("deadline", "id").values_list("pk", "run_id", "step_id", "on_timeout")[
+                :batch
+            ]
+        )
         if not rows:
             return 0, 0, set()
         run_ids = {r[1] for r in rows}
@@ -389,15 +480,23 @@ def _expire_batch(now: datetime, batch: int, skip: set[int]) -> tuple[int, int, 
         closed_at = timezone.now()
         ids = [r[0] for r in rows]
         n = Gate.objects.filter(pk__in=ids, status=GateStatus.OPEN).update(
-            status=GateStatus.EXPIRED, outcome=F("on_timeout"), comment="", edits=None,
-            decided_by="", decided_by_user=None, decided_at=closed_at, timed_out=True,
+            status=GateStatus.EXPIRED,
+            outcome=F("on_timeout"),
+            comment="",
+            edits=None,
+            decided_by="",
+            decided_by_user=None,
+            decided_at=closed_at,
+            timed_out=True,
         )
         if n != len(ids):
             # Only without row locks (SQLite serializes writers instead) could another closer
             # slip in between; keep exactly the gates this update closed.
-            mine = set(Gate.objects.filter(
-                pk__in=ids, status=GateStatus.EXPIRED, decided_at=closed_at
-            ).values_list("pk", flat=True))
+            mine = set(
+                Gate.objects.filter(
+                    pk__in=ids, status=GateStatus.EXPIRED, decided_at=closed_at
+                ).values_list("pk", flat=True)
+            )
             rows = [r for r in rows if r[0] in mine]
         _resolve_expired(rows, closed_at)
     return len(rows) + len(skipped), len(rows), skipped
@@ -411,21 +510,35 @@ def _resolve_expired(rows: list[tuple[int, Any, int, str]], closed_at: datetime)
     for _gate_id, _run_id, step_id, outcome in rows:
         by_outcome[outcome].append(step_id)
     for outcome, step_ids in by_outcome.items():
-        result = decision_json(outcome=outcome, comment="", edits=None, decided_by="",
-                               timed_out=True, decided_at=closed_at.isoformat())
-        Step.objects.filter(
-            pk__in=step_ids, status=StepStatus.WAITING, superseded=False
-        ).update(status=StepStatus.SUCCEEDED, result=result, finished_at=closed_at,
-                 usage={"timed_out": True})
+        result = decision_json(
+            outcome=outcome,
+            comment="",
+            edits=None,
+            decided_by="",
+            timed_out=True,
+            decided_at=closed_at.isoformat(),
+        )
+        Step.objects.filter(pk__in=step_ids, status=StepStatus.WAITING, superseded=False).update(
+            status=StepStatus.SUCCEEDED,
+            result=result,
+            finished_at=closed_at,
+            usage={"timed_out": True},
+        )
     run_ids = list({r[1] for r in rows})
     woken = Run.objects.filter(pk__in=run_ids, status__in=ACTIVE_RUN)
     woken.update(wake_requested_at=closed_at)
     ring_for_runs([(str(pk), gen) for pk, gen in woken.values_list("pk", "generation")])
-    GateEvent.objects.bulk_create([
-        GateEvent(gate_id=gate_id, kind=GateEventKind.EXPIRED, at=closed_at,
-                  detail={"outcome": outcome})
-        for gate_id, _run_id, _step_id, outcome in rows
-    ])
+    GateEvent.objects.bulk_create(
+        [
+            GateEvent(
+                gate_id=gate_id,
+                kind=GateEventKind.EXPIRED,
+                at=closed_at,
+                detail={"outcome": outcome},
+            )
+            for gate_id, _run_id, _step_id, outcome in rows
+        ]
+    )
 
 
 def ring_for_runs(runs: list[tuple[str, int]]) -> None:
@@ -444,7 +557,7 @@ def ring_for_runs(runs: list[tuple[str, int]]) -> None:
         for run_id, generation in runs:
             ring_on_commit(run_id, generation)
         return
-    chunks = [runs[i:i + chunk] for i in range(0, len(runs), chunk)]
+    chunks = [runs[i : i + chunk] for i in range(0, len(runs), chunk)]
     transaction.on_commit(lambda: send_resume_chunks(chunks))
 
 
@@ -474,11 +587,17 @@ def cancel_open_gates(run: Run) -> int:
     n = Gate.objects.filter(pk__in=ids, status=GateStatus.OPEN).update(
         status=GateStatus.CANCELED, decided_at=now
     )
-    GateEvent.objects.bulk_create([
-        GateEvent(gate_id=gate_id, kind=GateEventKind.CANCELED, at=now,
-                  detail={"reason": f"run {run.status}"})
-        for gate_id in ids
-    ])
+    GateEvent.objects.bulk_create(
+        [
+            GateEvent(
+                gate_id=gate_id,
+                kind=GateEventKind.CANCELED,
+                at=now,
+                detail={"reason": f"run {run.status}"},
+            )
+            for gate_id in ids
+        ]
+    )
     return n
 
 

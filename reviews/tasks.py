@@ -1,4 +1,5 @@
 """Celery tasks of the reviews app: thin adapters over ``reviews.services``."""
+
 from __future__ import annotations
 
 import logging

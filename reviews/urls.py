@@ -1,4 +1,5 @@
 """Reviewer pages, mounted at /reviews/."""
+
 from __future__ import annotations
 
 from django.urls import path

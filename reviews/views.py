@@ -5,6 +5,7 @@ Access: anonymous users go to the login page (an htmx poll gets an ``HX-Redirect
 of a login form swapped into the page); logged-in users who review nothing get 403; a gate of
 another group is 404, as if it did not exist.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -70,7 +71,10 @@ def queue(request: HttpRequest) -> HttpResponse:
     pipeline = request.GET.get("pipeline", "")[:200]
     due = request.GET.get("due", "")
     qs = services.open_queue(
-        request.user, mine=claim == "mine", unclaimed=claim == "unclaimed", pipeline=pipeline,
+        request.user,
+        mine=claim == "mine",
+        unclaimed=claim == "unclaimed",
+        pipeline=pipeline,
         due_within=timedelta(hours=1) if due == "1h" else None,
     )
     paginator = Paginator(qs, settings.SLUICE_REVIEW_PAGE_SIZE)
@@ -81,10 +85,17 @@ def queue(request: HttpRequest) -> HttpResponse:
     if is_poll and request.GET.get("fp") == fingerprint:
         return HttpResponse(status=204)  # Nothing changed: htmx keeps the list as it is.
     context = {
-        "nav": "reviews", "page": page, "gates": gates, "fingerprint": fingerprint,
+        "nav": "reviews",
+        "page": page,
+        "gates": gates,
+        "fingerprint": fingerprint,
         "rows": queue_rows(gates, request.user, timezone.now()),
-        "claim": claim, "pipeline": pipeline, "due": due, "filters": FILTERS,
-        "poll_seconds": settings.SLUICE_REVIEW_POLL_SECONDS, "now": timezone.now(),
+        "claim": claim,
+        "pipeline": pipeline,
+        "due": due,
+        "filters": FILTERS,
+        "poll_seconds": settings.SLUICE_REVIEW_POLL_SECONDS,
+        "now": timezone.now(),
     }
     if is_poll:
         return render(request, "reviews/queue.html#queue-list", context)
@@ -122,17 +133,27 @@ def queue_rows(gates: list[Gate], user: Any, now: datetime) -> list[QueueRow]:
     for g in gates:
         run_id = str(g.run_id)
         deadline = timezone.localtime(g.deadline)
-        rows.append(QueueRow(
-            pk=g.pk, href=f"{base}{g.pk}/", title=g.title, attempt=g.attempt, group=g.group,
-            opened=short_time(g.created_at), pipeline=g.pipeline, run_id=run_id,
-            run_href=f"/runs/{run_id}/", run_short=run_id[:8],
-            deadline_iso=g.deadline.isoformat(),
-            deadline_title=deadline.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            countdown=countdown(g.deadline, now), urgency=urgency(g.deadline, now),
-            claimed_by=g.claimed_by.get_username() if g.claimed_by else "",
-            claimed_by_me=g.claimed_by_id is not None and g.claimed_by_id == user.pk,
-            on_timeout=g.on_timeout,
-        ))
+        rows.append(
+            QueueRow(
+                pk=g.pk,
+                href=f"{base}{g.pk}/",
+                title=g.title,
+                attempt=g.attempt,
+                group=g.group,
+                opened=short_time(g.created_at),
+                pipeline=g.pipeline,
+                run_id=run_id,
+                run_href=f"/runs/{run_id}/",
+                run_short=run_id[:8],
+                deadline_iso=g.deadline.isoformat(),
+                deadline_title=deadline.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                countdown=countdown(g.deadline, now),
+                urgency=urgency(g.deadline, now),
+                claimed_by=g.claimed_by.get_username() if g.claimed_by else "",
+                claimed_by_me=g.claimed_by_id is not None and g.claimed_by_id == user.pk,
+                on_timeout=g.on_timeout,
+            )
+        )
     return rows
 
 
@@ -145,23 +166,32 @@ def _fingerprint(total: int, gates: list[Gate]) -> str:
 # --- gate page ----------------------------------------------------------------------------------
 
 
-def _gate_context(request: HttpRequest, gate: Gate, *, form: DecisionForm | None = None,
-                  edits_form: EditsForm | None = None) -> dict[str, Any]:
+def _gate_context(
+    request: HttpRequest,
+    gate: Gate,
+    *,
+    form: DecisionForm | None = None,
+    edits_form: EditsForm | None = None,
+) -> dict[str, Any]:
     earlier = list(
         Gate.objects.filter(run_id=gate.run_id, title=gate.title, pk__lt=gate.pk)
-        .select_related("decided_by_user").order_by("-pk")
+        .select_related("decided_by_user")
+        .order_by("-pk")
     )
     has_fields = bool((gate.fields_schema or {}).get("properties"))
     return {
-        "nav": "reviews", "gate": gate, "view": present(gate.payload), "earlier": earlier,
+        "nav": "reviews",
+        "gate": gate,
+        "view": present(gate.payload),
+        "earlier": earlier,
         "events": list(gate.events.all()),
         "form": form or DecisionForm(gate, initial={"outcome": gate.on_timeout}),
         "edits_form": edits_form or (EditsForm(gate) if has_fields else None),
-        "can_decide": gate.is_open and (
-            gate.claimed_by_id in (None, request.user.pk) or request.user.is_staff
-        ),
+        "can_decide": gate.is_open
+        and (gate.claimed_by_id in (None, request.user.pk) or request.user.is_staff),
         "closed_message": "" if gate.is_open else services.closed_message(gate),
-        "now": timezone.now(), "poll_seconds": settings.SLUICE_REVIEW_POLL_SECONDS,
+        "now": timezone.now(),
+        "poll_seconds": settings.SLUICE_REVIEW_POLL_SECONDS,
     }
 
 
@@ -179,8 +209,11 @@ def gate_status(request: HttpRequest, pk: int) -> HttpResponse:
     gate = _gate_or_404(request, pk)
     if gate.is_open:
         return HttpResponse(status=204)
-    return render(request, "reviews/gate.html#closed-banner",
-                  {"gate": gate, "closed_message": services.closed_message(gate)})
+    return render(
+        request,
+        "reviews/gate.html#closed-banner",
+        {"gate": gate, "closed_message": services.closed_message(gate)},
+    )
 
 
 @require_POST
@@ -195,8 +228,9 @@ def gate_release(request: HttpRequest, pk: int) -> HttpResponse:
     return _claim_action(request, pk, services.release_gate, "You released this gate.")
 
 
-def _claim_action(request: HttpRequest, pk: int, action: Callable[[Any, Any], Gate],
-                  done: str) -> HttpResponse:
+def _claim_action(
+    request: HttpRequest, pk: int, action: Callable[[Any, Any], Gate], done: str
+) -> HttpResponse:
     gate = _gate_or_404(request, pk)
     error = ""
     try:
@@ -229,10 +263,12 @@ def gate_decide(request: HttpRequest, pk: int) -> HttpResponse:
     if forms_ok:
         try:
             services.decide_gate(
-                gate.pk, outcome=form.cleaned_data["outcome"],
+                gate.pk,
+                outcome=form.cleaned_data["outcome"],
                 comment=form.cleaned_data["comment"],
                 edits=edits_form.edits() if edits_form is not None else None,
-                actor=request.user.get_username(), user=request.user,
+                actor=request.user.get_username(),
+                user=request.user,
             )
         except services.InvalidDecisionError as exc:
             for err in exc.errors:

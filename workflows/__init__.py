@@ -5,6 +5,7 @@ Public API (see the README)::
     from workflows import workflow, step, RetryPolicy, NonRetryableError
     from workflows import start, send_event, cancel, restart, get_run
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -37,8 +38,23 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "ChildWorkflowFailed", "DeterminismError", "InvalidInputError", "InvalidStateError",
-    "NonRetryableError", "PayloadTooLargeError", "RetryPolicy", "RunNotFoundError", "StepFailed",
-    "UnknownWorkflowError", "cancel", "current_step", "get_run", "record_usage", "restart",
-    "send_event", "start", "step", "workflow",
+    "ChildWorkflowFailed",
+    "DeterminismError",
+    "InvalidInputError",
+    "InvalidStateError",
+    "NonRetryableError",
+    "PayloadTooLargeError",
+    "RetryPolicy",
+    "RunNotFoundError",
+    "StepFailed",
+    "UnknownWorkflowError",
+    "cancel",
+    "current_step",
+    "get_run",
+    "record_usage",
+    "restart",
+    "send_event",
+    "start",
+    "step",
+    "workflow",
 ]

@@ -1,4 +1,5 @@
 """App config: discovers workflow modules when Django starts."""
+
 from __future__ import annotations
 
 import importlib

@@ -3,6 +3,7 @@
 Every state change below is a compare-and-swap in ``workflows.executor`` / ``services``:
 ``filter(pk=..., status=OLD).update(...)`` and act only when it touched one row.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -100,11 +101,13 @@ class Run(models.Model):
         indexes = [
             models.Index(fields=["status", "created_at"], name="run_status_created"),
             models.Index(
-                fields=["wake_requested_at"], name="run_wake_requested",
+                fields=["wake_requested_at"],
+                name="run_wake_requested",
                 condition=Q(wake_requested_at__isnull=False),
             ),
             models.Index(
-                fields=["lease_expires_at"], name="run_lease",
+                fields=["lease_expires_at"],
+                name="run_lease",
                 condition=Q(status="running"),
             ),
             models.Index(fields=["finished_at"], name="run_finished"),
@@ -158,22 +161,26 @@ class Step(models.Model):
         ordering = ["position", "branch", "id"]
         constraints = [
             models.UniqueConstraint(
-                fields=["run", "position", "branch"], condition=Q(superseded=False),
+                fields=["run", "position", "branch"],
+                condition=Q(superseded=False),
                 name="step_unique_live_position",
             ),
         ]
         indexes = [
             models.Index(fields=["run", "position"], name="step_run_position"),
             models.Index(
-                fields=["status", "wake_at"], name="step_due",
+                fields=["status", "wake_at"],
+                name="step_due",
                 condition=Q(status__in=["waiting", "retrying"]),
             ),
             models.Index(
-                fields=["pool", "status", "id"], name="step_pool_queue",
+                fields=["pool", "status", "id"],
+                name="step_pool_queue",
                 condition=Q(branch__gte=0, status__in=["pending", "running"]),
             ),
             models.Index(
-                fields=["lease_expires_at"], name="step_lease",
+                fields=["lease_expires_at"],
+                name="step_lease",
                 condition=Q(status="running", branch__gte=0),
             ),
         ]
@@ -220,6 +227,9 @@ class Blob(models.Model):
     size = models.PositiveIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)
 
+    def __str__(self) -> str:
+        return f"blob {self.pk} ({self.size:,} bytes)"
+
 
 class OutboxStatus(models.TextChoices):
     PENDING = "pending"
@@ -233,11 +243,15 @@ class Outbox(models.Model):
     Delivered by ``workflows.deliver_outbox`` with ``key`` as the idempotency key.
     """
 
-    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="outbox")
+    run = models.ForeignKey(
+        Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="outbox"
+    )
     kind = models.CharField(max_length=64)
     key = models.CharField(max_length=255, unique=True)
     payload = models.JSONField(default=dict)
-    status = models.CharField(max_length=16, choices=OutboxStatus.choices, default=OutboxStatus.PENDING)
+    status = models.CharField(
+        max_length=16, choices=OutboxStatus.choices, default=OutboxStatus.PENDING
+    )
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
@@ -280,7 +294,8 @@ class Pool(models.Model):
 
     def as_config(self) -> dict[str, Any]:
         return {
-            "max_concurrency": self.max_concurrency, "rate_limit": self.rate_limit,
+            "max_concurrency": self.max_concurrency,
+            "rate_limit": self.rate_limit,
             "rate_period": self.rate_period,
         }
 

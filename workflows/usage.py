@@ -56,7 +56,11 @@ def merge(previous: dict[str, Any] | None, current: dict[str, Any]) -> dict[str,
     """Usage over all attempts of a step: token counts add up, other keys take the latest."""
     merged = dict(previous or {})
     for key, value in current.items():
-        if key.endswith("tokens") and isinstance(value, int | float) and not isinstance(value, bool):
+        if (
+            key.endswith("tokens")
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+        ):
             merged[key] = merged.get(key, 0) + value
         else:
             merged[key] = value

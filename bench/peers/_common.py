@@ -1,4 +1,5 @@
 """Small helpers shared by the peers: URL rewriting, database recreation, child plumbing."""
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,9 @@ def recreate_database(server_url: str, dbname: str) -> None:
 
     admin = with_database(server_url, "postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
+        )
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
 
 
@@ -44,7 +47,9 @@ def drop_database(server_url: str, dbname: str) -> None:
 
     admin = with_database(server_url, "postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
+        )
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -59,7 +64,9 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def spawn_child(module: str, args: list[str], stderr_path: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+def spawn_child(
+    module: str, args: list[str], stderr_path: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen:
     """Start ``python -m module args...`` with pipes for stdin/stdout and stderr to a file."""
     return subprocess.Popen(
         [sys.executable, "-m", module, *args],
@@ -81,9 +88,11 @@ def read_msg(proc: subprocess.Popen, stderr_path: Path) -> dict:
         if not line:
             proc.wait(timeout=30)
             tail = Path(stderr_path).read_text(errors="replace")[-4000:]
-            raise RuntimeError(f"peer child exited (rc={proc.returncode}) before reporting:\n{tail}")
+            raise RuntimeError(
+                f"peer child exited (rc={proc.returncode}) before reporting:\n{tail}"
+            )
         if line.startswith(MSG_PREFIX):
-            return json.loads(line[len(MSG_PREFIX):])
+            return json.loads(line[len(MSG_PREFIX) :])
 
 
 def send_msg(obj: dict) -> None:

@@ -6,6 +6,7 @@ Protocol (stdout lines prefixed by ``_common.MSG_PREFIX``, stdin lines from the 
   child -> {"t0": ..., "t1": ..., ...} timings on time.monotonic() (system-wide on Linux,
                                         so comparable between processes)
 """
+
 from __future__ import annotations
 
 import argparse

@@ -11,6 +11,7 @@ subprocess (and read the same way in the driver):
                         or "late" (acks_late, prefetch 1, reject on worker lost - the
                         settings the Sluice project runs its own Celery with)
 """
+
 from __future__ import annotations
 
 import os

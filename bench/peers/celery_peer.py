@@ -38,6 +38,7 @@ CLI (from the repo root with the venv python)::
     python -m bench.peers.celery_peer w1 [--runs 200 --steps 10 --workers 2 --mode signal
                                           --acks early --pool prefork]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,20 +83,43 @@ def _stop_worker(proc: subprocess.Popen, timeout: float = 30.0) -> None:
         pass
 
 
-def run_w1(broker_url: str, runs: int = 200, steps: int = 10, workers: int = 2, *,
-           mode: str = "signal", acks: str = "early", pool: str = "prefork", warmup: int = 20,
-           db: int = BENCH_DB,
-           timeout: float = 300.0) -> dict:
+def run_w1(
+    broker_url: str,
+    runs: int = 200,
+    steps: int = 10,
+    workers: int = 2,
+    *,
+    mode: str = "signal",
+    acks: str = "early",
+    pool: str = "prefork",
+    warmup: int = 20,
+    db: int = BENCH_DB,
+    timeout: float = 300.0,
+) -> dict:
     """W1: ``runs`` chains of ``steps`` tasks on one prefork worker with ``workers`` processes.
 
     Runs the driver in a ``python -m bench.peers.celery_peer _drive`` subprocess (which in
     turn starts the worker), so no Celery app or environment change enters the caller.
     Returns {"tasks_per_s", "wall_s", "tasks"} plus "workers", "mode", "acks".
     """
-    if mode not in ("signal", "backend") or acks not in ("early", "late") or pool not in ("prefork", "solo"):
+    if (
+        mode not in ("signal", "backend")
+        or acks not in ("early", "late")
+        or pool not in ("prefork", "solo")
+    ):
         raise ValueError((mode, acks, pool))
-    args = {"broker_url": broker_url, "runs": runs, "steps": steps, "workers": workers,
-            "mode": mode, "acks": acks, "pool": pool, "warmup": warmup, "db": db, "timeout": timeout}
+    args = {
+        "broker_url": broker_url,
+        "runs": runs,
+        "steps": steps,
+        "workers": workers,
+        "mode": mode,
+        "acks": acks,
+        "pool": pool,
+        "warmup": warmup,
+        "db": db,
+        "timeout": timeout,
+    }
     tmp = Path(tempfile.mkdtemp(prefix="bench-celery-drv-"))
     err = tmp / "driver.stderr"
     p = spawn_child("bench.peers.celery_peer", ["_drive", json.dumps(args)], err)
@@ -152,17 +176,41 @@ def _drive(
         pool_args = [["-P", "solo"] for _ in range(workers)]
     wprocs: list[subprocess.Popen] = []
     for i, pa in enumerate(pool_args):
-        wprocs.append(subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "bench.peers.celery_app", "worker", *pa,
-             "-Q", capp.QUEUE, "-n", f"benchpeer-{os.getpid()}-{i}@%h", "--without-gossip",
-             "--without-mingle", "--without-heartbeat", "-l", "WARNING"],
-            cwd=str(REPO_ROOT), env=child_env(env), stdin=subprocess.DEVNULL,
-            stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
-        ))
+        wprocs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "bench.peers.celery_app",
+                    "worker",
+                    *pa,
+                    "-Q",
+                    capp.QUEUE,
+                    "-n",
+                    f"benchpeer-{os.getpid()}-{i}@%h",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                    "-l",
+                    "WARNING",
+                ],
+                cwd=str(REPO_ROOT),
+                env=child_env(env),
+                stdin=subprocess.DEVNULL,
+                stdout=open(log, "ab"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
 
     def make(key: str):
-        return chain(capp.inc.s(0), *[capp.inc.s() for _ in range(steps - 2)],
-                     capp.inc_last.s(key)) if steps > 1 else capp.inc_last.s(0, key)
+        return (
+            chain(capp.inc.s(0), *[capp.inc.s() for _ in range(steps - 2)], capp.inc_last.s(key))
+            if steps > 1
+            else capp.inc_last.s(0, key)
+        )
 
     def send_and_wait(n: int, deadline: float) -> tuple[float, float, list[int]]:
         key = f"bench:done:{uuid.uuid4().hex}"
@@ -207,8 +255,15 @@ def _drive(
         raise RuntimeError(f"Celery W1: {bad} chains returned a wrong value")
     wall = t1 - t0
     tasks = runs * steps
-    return {"tasks_per_s": tasks / wall, "wall_s": wall, "tasks": tasks,
-            "workers": workers, "mode": mode, "acks": acks, "pool": pool}
+    return {
+        "tasks_per_s": tasks / wall,
+        "wall_s": wall,
+        "tasks": tasks,
+        "workers": workers,
+        "mode": mode,
+        "acks": acks,
+        "pool": pool,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -219,8 +274,11 @@ def main(argv: list[str] | None = None) -> None:
         send_msg(_drive(**json.loads(argv[1])))
         return
     ap = argparse.ArgumentParser(prog="python -m bench.peers.celery_peer")
-    ap.add_argument("--broker-url", default=DEFAULT_BROKER,
-                    help="Redis server URL; its DB number is replaced by 9")
+    ap.add_argument(
+        "--broker-url",
+        default=DEFAULT_BROKER,
+        help="Redis server URL; its DB number is replaced by 9",
+    )
     sub = ap.add_subparsers(dest="workload", required=True)
     w1 = sub.add_parser("w1")
     w1.add_argument("--runs", type=int, default=200)
@@ -230,8 +288,11 @@ def main(argv: list[str] | None = None) -> None:
     w1.add_argument("--acks", choices=["early", "late"], default="early")
     w1.add_argument("--pool", choices=["prefork", "solo"], default="prefork")
     a = ap.parse_args(argv)
-    print(json.dumps(run_w1(a.broker_url, a.runs, a.steps, a.workers, mode=a.mode, acks=a.acks,
-                            pool=a.pool)))
+    print(
+        json.dumps(
+            run_w1(a.broker_url, a.runs, a.steps, a.workers, mode=a.mode, acks=a.acks, pool=a.pool)
+        )
+    )
 
 
 if __name__ == "__main__":

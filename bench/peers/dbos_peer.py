@@ -4,8 +4,8 @@ Nothing here imports ``dbos``: every measurement runs in fresh ``python -m
 bench.peers._dbos_child`` subprocesses, so DBOS's process-global singleton and registry
 never touch the caller. Before each measurement the DBOS system database (``bench_dbos``
 by default, on the server ``database_url`` points at) is dropped WITH (FORCE) and
-recreated, so runs don't accumulate rows (and dropped again afterwards). DBOS 3.x needs only the system database here
-(no ``@DBOS.transaction``, so no application database).
+recreated, so runs don't accumulate rows (and dropped again afterwards). DBOS 3.x needs
+only the system database here (no ``@DBOS.transaction``, so no application database).
 
 Workload code (``_dbos_child.py``)::
 
@@ -47,6 +47,7 @@ CLI (from the repo root with the venv python)::
     python -m bench.peers.dbos_peer w1 [--runs 200 --steps 10 --workers 2 --dispatch direct]
     python -m bench.peers.dbos_peer w3 1000 [--repeat 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,7 +58,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.peers._common import drop_database, read_msg, recreate_database, spawn_child, with_database
+from bench.peers._common import (
+    drop_database,
+    read_msg,
+    recreate_database,
+    spawn_child,
+    with_database,
+)
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 CHILD = "bench.peers._dbos_child"
@@ -112,9 +119,23 @@ def run_w1(
             err = tmp / f"child{i}.stderr"
             p = spawn_child(
                 CHILD,
-                ["w1", "--sysdb", sysdb, "--executor-id", f"bench-{i}", "--count", str(count),
-                 "--steps", str(steps), "--warmup", str(warmup), "--dispatch", dispatch,
-                 "--poll", str(poll)],
+                [
+                    "w1",
+                    "--sysdb",
+                    sysdb,
+                    "--executor-id",
+                    f"bench-{i}",
+                    "--count",
+                    str(count),
+                    "--steps",
+                    str(steps),
+                    "--warmup",
+                    str(warmup),
+                    "--dispatch",
+                    dispatch,
+                    "--poll",
+                    str(poll),
+                ],
                 err,
             )
             procs.append(p)
@@ -124,13 +145,13 @@ def run_w1(
             p.stdin.write("go\n")
             p.stdin.flush()
         if dispatch == "direct":
-            reports = [read_msg(p, e) for p, e in zip(procs, errs)]
+            reports = [read_msg(p, e) for p, e in zip(procs, errs, strict=True)]
         else:
             reports = [read_msg(procs[0], errs[0])]
             for p in procs[1:]:
                 p.stdin.write("stop\n")
                 p.stdin.flush()
-            reports += [read_msg(p, e) for p, e in zip(procs[1:], errs[1:])]
+            reports += [read_msg(p, e) for p, e in zip(procs[1:], errs[1:], strict=True)]
             reports = reports[:1]
         _stop(procs)
     finally:
@@ -146,16 +167,22 @@ def run_w1(
         raise RuntimeError(f"DBOS W1: {done}/{runs} workflows returned, {bad} wrong results")
     wall = max(r["t1"] for r in reports) - min(r["t0"] for r in reports)
     total = runs * steps
-    out = {"steps_per_s": total / wall, "wall_s": wall, "steps": total,
-           "workers": workers, "dispatch": dispatch}
+    out = {
+        "steps_per_s": total / wall,
+        "wall_s": wall,
+        "steps": total,
+        "workers": workers,
+        "dispatch": dispatch,
+    }
     if dispatch == "queue":
         out["executors"] = reports[0]["executors"]
         out["poll_s"] = poll
     return out
 
 
-def run_w3(database_url: str, steps: int, *, repeat: int = 1, warmup: int = 10,
-           dbname: str = "bench_dbos") -> dict:
+def run_w3(
+    database_url: str, steps: int, *, repeat: int = 1, warmup: int = 10, dbname: str = "bench_dbos"
+) -> dict:
     """W3: one workflow of ``steps`` sequential steps in one DBOS process.
 
     Returns {"ms_per_step", "wall_s"} (median over ``repeat`` runs) plus "steps" and
@@ -165,8 +192,21 @@ def run_w3(database_url: str, steps: int, *, repeat: int = 1, warmup: int = 10,
     recreate_database(database_url, dbname)
     tmp = Path(tempfile.mkdtemp(prefix="bench-dbos-"))
     err = tmp / "child.stderr"
-    p = spawn_child(CHILD, ["w3", "--sysdb", sysdb, "--steps", str(steps),
-                            "--repeat", str(repeat), "--warmup", str(warmup)], err)
+    p = spawn_child(
+        CHILD,
+        [
+            "w3",
+            "--sysdb",
+            sysdb,
+            "--steps",
+            str(steps),
+            "--repeat",
+            str(repeat),
+            "--warmup",
+            str(warmup),
+        ],
+        err,
+    )
     try:
         samples = read_msg(p, err)["samples"]
         _stop([p])
@@ -177,8 +217,12 @@ def run_w3(database_url: str, steps: int, *, repeat: int = 1, warmup: int = 10,
         shutil.rmtree(tmp, ignore_errors=True)
         drop_database(database_url, dbname)
     wall = statistics.median(samples)
-    return {"ms_per_step": wall * 1000.0 / steps, "wall_s": wall, "steps": steps,
-            "samples_wall_s": samples}
+    return {
+        "ms_per_step": wall * 1000.0 / steps,
+        "wall_s": wall,
+        "steps": steps,
+        "samples_wall_s": samples,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

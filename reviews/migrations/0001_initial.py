@@ -6,83 +6,170 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('workflows', '0002_run_tenant_callback_budget'),
+        ("workflows", "0002_run_tenant_callback_budget"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Gate',
+            name="Gate",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('pipeline', models.CharField(max_length=200)),
-                ('title', models.CharField(max_length=200)),
-                ('instruction', models.TextField(blank=True, default='')),
-                ('payload', models.JSONField(blank=True, null=True)),
-                ('choices', models.JSONField(default=list)),
-                ('on_timeout', models.CharField(max_length=64)),
-                ('group', models.CharField(default='reviewers', max_length=150)),
-                ('fields_schema', models.JSONField(blank=True, default=dict)),
-                ('attempt', models.PositiveIntegerField(default=1)),
-                ('deadline', models.DateTimeField()),
-                ('status', models.CharField(choices=[('open', 'Open'), ('decided', 'Decided'), ('expired', 'Expired'), ('canceled', 'Canceled')], default='open', max_length=16)),
-                ('claimed_at', models.DateTimeField(blank=True, null=True)),
-                ('outcome', models.CharField(blank=True, default='', max_length=64)),
-                ('comment', models.TextField(blank=True, default='')),
-                ('edits', models.JSONField(blank=True, null=True)),
-                ('decided_by', models.CharField(blank=True, default='', max_length=150)),
-                ('decided_at', models.DateTimeField(blank=True, null=True)),
-                ('timed_out', models.BooleanField(default=False)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('claimed_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='claimed_gates', to=settings.AUTH_USER_MODEL)),
-                ('decided_by_user', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='decided_gates', to=settings.AUTH_USER_MODEL)),
-                ('run', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='gates', to='workflows.run')),
-                ('step', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='gate', to='workflows.step')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("pipeline", models.CharField(max_length=200)),
+                ("title", models.CharField(max_length=200)),
+                ("instruction", models.TextField(blank=True, default="")),
+                ("payload", models.JSONField(blank=True, null=True)),
+                ("choices", models.JSONField(default=list)),
+                ("on_timeout", models.CharField(max_length=64)),
+                ("group", models.CharField(default="reviewers", max_length=150)),
+                ("fields_schema", models.JSONField(blank=True, default=dict)),
+                ("attempt", models.PositiveIntegerField(default=1)),
+                ("deadline", models.DateTimeField()),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("open", "Open"),
+                            ("decided", "Decided"),
+                            ("expired", "Expired"),
+                            ("canceled", "Canceled"),
+                        ],
+                        default="open",
+                        max_length=16,
+                    ),
+                ),
+                ("claimed_at", models.DateTimeField(blank=True, null=True)),
+                ("outcome", models.CharField(blank=True, default="", max_length=64)),
+                ("comment", models.TextField(blank=True, default="")),
+                ("edits", models.JSONField(blank=True, null=True)),
+                ("decided_by", models.CharField(blank=True, default="", max_length=150)),
+                ("decided_at", models.DateTimeField(blank=True, null=True)),
+                ("timed_out", models.BooleanField(default=False)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "claimed_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="claimed_gates",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "decided_by_user",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="decided_gates",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "run",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="gates",
+                        to="workflows.run",
+                    ),
+                ),
+                (
+                    "step",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="gate",
+                        to="workflows.step",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['deadline', 'id'],
+                "ordering": ["deadline", "id"],
             },
         ),
         migrations.CreateModel(
-            name='GateEvent',
+            name="GateEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('opened', 'Opened'), ('claimed', 'Claimed'), ('released', 'Released'), ('decided', 'Decided'), ('expired', 'Expired'), ('canceled', 'Canceled')], max_length=16)),
-                ('actor', models.CharField(blank=True, default='', max_length=150)),
-                ('at', models.DateTimeField()),
-                ('detail', models.JSONField(blank=True, default=dict)),
-                ('gate', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='reviews.gate')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("opened", "Opened"),
+                            ("claimed", "Claimed"),
+                            ("released", "Released"),
+                            ("decided", "Decided"),
+                            ("expired", "Expired"),
+                            ("canceled", "Canceled"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("actor", models.CharField(blank=True, default="", max_length=150)),
+                ("at", models.DateTimeField()),
+                ("detail", models.JSONField(blank=True, default=dict)),
+                (
+                    "gate",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="events",
+                        to="reviews.gate",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['at', 'id'],
+                "ordering": ["at", "id"],
             },
         ),
         migrations.AddIndex(
-            model_name='gate',
-            index=models.Index(condition=models.Q(('status', 'open')), fields=['deadline', 'id'], name='gate_open_deadline'),
+            model_name="gate",
+            index=models.Index(
+                condition=models.Q(("status", "open")),
+                fields=["deadline", "id"],
+                name="gate_open_deadline",
+            ),
         ),
         migrations.AddIndex(
-            model_name='gate',
-            index=models.Index(condition=models.Q(('status', 'open')), fields=['group', 'deadline', 'id'], name='gate_open_group_deadline'),
+            model_name="gate",
+            index=models.Index(
+                condition=models.Q(("status", "open")),
+                fields=["group", "deadline", "id"],
+                name="gate_open_group_deadline",
+            ),
         ),
         migrations.AddIndex(
-            model_name='gate',
-            index=models.Index(condition=models.Q(('status', 'open')), fields=['pipeline', 'deadline'], name='gate_open_pipeline'),
+            model_name="gate",
+            index=models.Index(
+                condition=models.Q(("status", "open")),
+                fields=["pipeline", "deadline"],
+                name="gate_open_pipeline",
+            ),
         ),
         migrations.AddIndex(
-            model_name='gate',
-            index=models.Index(fields=['decided_by_user', '-decided_at'], name='gate_decided_by_user'),
+            model_name="gate",
+            index=models.Index(
+                fields=["decided_by_user", "-decided_at"], name="gate_decided_by_user"
+            ),
         ),
         migrations.AddIndex(
-            model_name='gate',
-            index=models.Index(fields=['run', 'title', 'id'], name='gate_run_title'),
+            model_name="gate",
+            index=models.Index(fields=["run", "title", "id"], name="gate_run_title"),
         ),
         migrations.AddIndex(
-            model_name='gateevent',
-            index=models.Index(fields=['gate', 'at'], name='gate_event_gate_at'),
+            model_name="gateevent",
+            index=models.Index(fields=["gate", "at"], name="gate_event_gate_at"),
         ),
     ]

@@ -1,4 +1,5 @@
 """Template helpers of the reviewer pages: countdowns and short times (the JS keeps them live)."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -88,8 +89,11 @@ def took(start: datetime | None, end: datetime | None) -> str:
 @register.filter
 def event_verb(kind: str) -> str:
     return {
-        "opened": "opened the gate", "claimed": "claimed it", "released": "released it",
-        "decided": "decided", "expired": "passed: auto-advanced with",
+        "opened": "opened the gate",
+        "claimed": "claimed it",
+        "released": "released it",
+        "decided": "decided",
+        "expired": "passed: auto-advanced with",
         "canceled": "ended: gate canceled",
     }.get(kind, kind)
 

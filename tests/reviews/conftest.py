@@ -5,6 +5,7 @@
 - sam is staff (sees and decides everything);
 - otto is logged in but in no group (an outsider: 403).
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -5,6 +5,7 @@ logs in, sees a gate appear live, claims it, corrects a field, approves, and the
 a gate whose deadline passes leaves the open queue by itself and its run continues with the
 default. Screenshots of the pages go to docs/screenshots/.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -53,8 +54,11 @@ def log_in(page: Page, base: str, username: str, then: str = "/reviews/") -> Non
 
 
 def open_gate_of(run: Run) -> Gate:
-    return wait_until(lambda: Gate.objects.filter(run=run, status="open").first(), 30,
-                      message=f"a gate of {run.workflow}")
+    return wait_until(
+        lambda: Gate.objects.filter(run=run, status="open").first(),
+        30,
+        message=f"a gate of {run.workflow}",
+    )
 
 
 def finished(run: Run) -> Run | None:
@@ -63,17 +67,21 @@ def finished(run: Run) -> Run | None:
 
 
 @pytest.mark.integration
-def test_it_reviews_a_gate_that_appears_live(live: Any, live_server: Any, viewport: Page,
-                                            people: People) -> None:
+def test_it_reviews_a_gate_that_appears_live(
+    live: Any, live_server: Any, viewport: Page, people: People
+) -> None:
     page = viewport
     live.worker(SLUICE_WORKFLOW_MODULES=MODULES)
     background = [
-        start("contracts.clause_check", {"title": "Verify the indemnity clause",
-                                         "timeout_s": 2400}),
+        start(
+            "contracts.clause_check", {"title": "Verify the indemnity clause", "timeout_s": 2400}
+        ),
         start("news.daily_digest", {}),
         start("contracts.clause_check", {}),
-        start("contracts.clause_check", {"title": "Check the termination terms",
-                                         "timeout_s": 9 * 3600}),
+        start(
+            "contracts.clause_check",
+            {"title": "Check the termination terms", "timeout_s": 9 * 3600},
+        ),
     ]
     gates = [open_gate_of(r) for r in background]
     claim_gate(gates[2].pk, people.ben)
@@ -135,35 +143,48 @@ def test_a_gate_past_its_deadline_leaves_the_queue_and_the_run_continues(
     live.worker(SLUICE_WORKFLOW_MODULES=MODULES)
     live.beat()
     log_in(page, live_server.url, "ana")
-    run = start("news.daily_digest", {"title": "Digest that nobody reviews", "timeout_s": 6,
-                                      "on_timeout": "reject"})
+    run = start(
+        "news.daily_digest",
+        {"title": "Digest that nobody reviews", "timeout_s": 6, "on_timeout": "reject"},
+    )
     row = page.locator("#queue .rv-row", has_text="Digest that nobody reviews")
     expect(row).to_be_visible()
     gate = Gate.objects.get(run=run)
     expect(row).to_have_count(0, timeout=25_000)  # expired by the beat sweep, gone by itself
     done = wait_until(lambda: finished(run), 30, message="the run to continue")
     assert (done.status, done.output["outcome"], done.output["timed_out"]) == (
-        "succeeded", "reject", True)
+        "succeeded",
+        "reject",
+        True,
+    )
     assert done.output["decided_by"] == ""
     page.goto(f"{live_server.url}/reviews/{gate.pk}/")
     expect(page.get_by_test_id("closed-banner")).to_contain_text("auto-advanced with reject")
     shot(page, "reviews-gate-expired.png")
 
 
-def test_a_hostile_payload_is_inert_in_the_browser(bell: Bell, live_server: Any, viewport: Page,
-                                                  people: People) -> None:
+def test_a_hostile_payload_is_inert_in_the_browser(
+    bell: Bell, live_server: Any, viewport: Page, people: People
+) -> None:
     page = viewport
     payload = {
         "summary": "<script>window.pwned = 1; alert('summary')</script>",
-        "analyses": [{
-            "title": "<img src=x onerror=\"window.pwned = 2\">",
-            "finding": "<a href=\"javascript:window.pwned = 3\">click me</a>",
-            "confidence": 0.5,
-            "evidence": [{"quote": "quoted evidence", "source": "evil source",
-                          "url": "javascript:window.pwned = 4"},
-                         {"quote": "second quote", "url": " JaVaScRiPt:window.pwned = 5"}],
-            "link": "javascript:window.pwned = 6",
-        }],
+        "analyses": [
+            {
+                "title": '<img src=x onerror="window.pwned = 2">',
+                "finding": '<a href="javascript:window.pwned = 3">click me</a>',
+                "confidence": 0.5,
+                "evidence": [
+                    {
+                        "quote": "quoted evidence",
+                        "source": "evil source",
+                        "url": "javascript:window.pwned = 4",
+                    },
+                    {"quote": "second quote", "url": " JaVaScRiPt:window.pwned = 5"},
+                ],
+                "link": "javascript:window.pwned = 6",
+            }
+        ],
     }
     gate = open_gate(bell, payload=payload, title="<script>window.pwned = 7</script>")
     dialogs: list[str] = []
@@ -172,7 +193,7 @@ def test_a_hostile_payload_is_inert_in_the_browser(bell: Bell, live_server: Any,
     expect(page.locator("#queue")).to_contain_text("<script>window.pwned = 7</script>")
     page.goto(f"{live_server.url}/reviews/{gate.pk}/")
     expect(page.locator(".rv-lead")).to_contain_text("<script>window.pwned = 1;")
-    expect(page.locator(".rv-card h3")).to_have_text("<img src=x onerror=\"window.pwned = 2\">")
+    expect(page.locator(".rv-card h3")).to_have_text('<img src=x onerror="window.pwned = 2">')
     assert page.locator("a[href^='javascript' i], a[href*='javascript:' i]").count() == 0
     assert page.locator(".rv-main img, .rv-main script").count() == 0
     url = page.url
@@ -189,8 +210,9 @@ def test_a_hostile_payload_is_inert_in_the_browser(bell: Bell, live_server: Any,
     shot(page, "reviews-escaping.png")
 
 
-def test_the_keyboard_moves_through_the_queue_and_decides(bell: Bell, live_server: Any,
-                                                       viewport: Page, people: People) -> None:
+def test_the_keyboard_moves_through_the_queue_and_decides(
+    bell: Bell, live_server: Any, viewport: Page, people: People
+) -> None:
     page = viewport
     first = open_gate(bell, title="First in line", timeout_s=600)
     second = open_gate(bell, title="Second in line", timeout_s=1200)

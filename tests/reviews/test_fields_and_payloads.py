@@ -1,5 +1,6 @@
 """Editable fields (JSON Schema / pydantic → validation, form inputs) and how payloads are
 presented to people (cards, confidence, evidence, safe links)."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -30,12 +31,22 @@ def test_it_validates_edits_against_the_schema_subset() -> None:
     clean, errors = validate_edits(SCHEMA, {"label": "ham", "votes": "3", "tags": ["a"]})
     assert errors == []
     assert clean == {"label": "ham", "votes": 3, "urgent": False, "tags": ["a"], "note": None}
-    _, errors = validate_edits(SCHEMA, {"label": "eggs", "votes": 9, "tags": ["a", "b", "c", "d"],
-                                        "note": "far too long", "extra": 1})
+    _, errors = validate_edits(
+        SCHEMA,
+        {
+            "label": "eggs",
+            "votes": 9,
+            "tags": ["a", "b", "c", "d"],
+            "note": "far too long",
+            "extra": 1,
+        },
+    )
     assert {e["field"] for e in errors} == {"label", "votes", "tags", "note", "extra"}
     _, errors = validate_edits(SCHEMA, {})
     assert {(e["field"], e["message"]) for e in errors} == {
-        ("label", "this field is required"), ("votes", "this field is required")}
+        ("label", "this field is required"),
+        ("votes", "this field is required"),
+    }
 
 
 def test_it_takes_a_pydantic_model_or_instance_as_fields() -> None:
@@ -46,7 +57,9 @@ def test_it_takes_a_pydantic_model_or_instance_as_fields() -> None:
     schema = schema_of(Verdict)
     assert schema["properties"]["label"]["enum"] == ["spam", "ham"]
     assert validate_edits(schema, {"label": "spam", "score": 0.5}) == (
-        {"label": "spam", "score": 0.5}, [])
+        {"label": "spam", "score": 0.5},
+        [],
+    )
     prefilled = schema_of(Verdict(label="ham", score=0.25))
     assert initial_values(prefilled, None) == {"label": "ham", "score": 0.25}
     with pytest.raises(ValueError):
@@ -57,7 +70,9 @@ def test_it_takes_a_pydantic_model_or_instance_as_fields() -> None:
 
 def test_it_prefills_from_the_payload_of_the_same_name() -> None:
     assert initial_values(SCHEMA, {"label": "spam", "other": 1}) == {
-        "label": "spam", "urgent": False}
+        "label": "spam",
+        "urgent": False,
+    }
 
 
 def test_it_builds_a_real_input_per_field() -> None:
@@ -73,15 +88,24 @@ def test_it_builds_a_real_input_per_field() -> None:
 
 
 def test_it_presents_analyses_as_cards() -> None:
-    view = present({
-        "summary": "Two findings.", "document": "a.pdf",
-        "results": [
-            {"name": "Tone", "verdict": "calm", "score": 87, "quotes": ["all is well"]},
-            {"label": "Risk", "explanation": "low", "confidence": "40%",
-             "citations": [{"text": "no risk", "document": "p. 2", "url": "https://x.test/2"}],
-             "model": "m-1"},
-        ],
-    })
+    view = present(
+        {
+            "summary": "Two findings.",
+            "document": "a.pdf",
+            "results": [
+                {"name": "Tone", "verdict": "calm", "score": 87, "quotes": ["all is well"]},
+                {
+                    "label": "Risk",
+                    "explanation": "low",
+                    "confidence": "40%",
+                    "citations": [
+                        {"text": "no risk", "document": "p. 2", "url": "https://x.test/2"}
+                    ],
+                    "model": "m-1",
+                },
+            ],
+        }
+    )
     assert view.lead == "Two findings." and view.facts == [("Document", "a.pdf")]
     tone, risk = view.cards
     assert (tone.title, tone.body, tone.confidence_pct, tone.level) == ("Tone", "calm", 87, "high")
@@ -99,10 +123,19 @@ def test_a_plain_payload_still_shows_something() -> None:
     assert '"confidence": 0.7' in one.raw
 
 
-@pytest.mark.parametrize("url,ok", [
-    ("https://example.com/a?b=1", True), ("http://example.com", True),
-    ("javascript:alert(1)", False), (" JaVaScRiPt:alert(1)", False), ("data:text/html,x", False),
-    ("//evil.test/x", False), ("https://exa mple.com", False), ("vbscript:x", False), (3, False),
-])
+@pytest.mark.parametrize(
+    "url,ok",
+    [
+        ("https://example.com/a?b=1", True),
+        ("http://example.com", True),
+        ("javascript:alert(1)", False),
+        (" JaVaScRiPt:alert(1)", False),
+        ("data:text/html,x", False),
+        ("//evil.test/x", False),
+        ("https://exa mple.com", False),
+        ("vbscript:x", False),
+        (3, False),
+    ],
+)
 def test_only_http_links_survive(url: object, ok: bool) -> None:
     assert (safe_url(url) != "") is ok

@@ -1,5 +1,6 @@
 """Gates on real Celery workers and beat (PostgreSQL + Redis): a decision resumes its run, a
 burst of expiring gates is swept by beat and every run resumes, in chunks."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -23,11 +24,15 @@ MODULES = "tests.sample_workflows,tests.reviews.workflows"
 def test_it_resumes_a_run_on_a_real_worker_after_a_decision(live: Any, people: People) -> None:
     live.worker(SLUICE_WORKFLOW_MODULES=MODULES)
     run = start("test.review_loop", {})
-    gate = wait_until(lambda: Gate.objects.filter(run=run, status="open").first(), 30,
-                      message="the first gate")
+    gate = wait_until(
+        lambda: Gate.objects.filter(run=run, status="open").first(), 30, message="the first gate"
+    )
     decide_gate(gate.pk, outcome="reject", comment="again", actor="ana", user=people.ana)
-    again = wait_until(lambda: Gate.objects.filter(run=run, status="open").first(), 30,
-                       message="the second attempt")
+    again = wait_until(
+        lambda: Gate.objects.filter(run=run, status="open").first(),
+        30,
+        message="the second attempt",
+    )
     assert again.attempt == 2
     decide_gate(again.pk, outcome="approve", actor="ana", user=people.ana)
     done = wait_until(lambda: (r := get_run(run.pk)).is_terminal and r, 30, message="the run")
@@ -36,14 +41,19 @@ def test_it_resumes_a_run_on_a_real_worker_after_a_decision(live: Any, people: P
 
 def test_beat_expires_a_burst_of_gates_and_every_run_resumes(live: Any) -> None:
     live.worker(SLUICE_WORKFLOW_MODULES=MODULES, SLUICE_GATE_RESUME_CHUNK="10")
-    runs = [start("test.review", {"on_timeout": "reject" if i % 2 else "approve"})
-            for i in range(60)]
-    wait_until(lambda: Gate.objects.filter(status="open").count() == 60, 60,
-               message="60 open gates")
+    runs = [
+        start("test.review", {"on_timeout": "reject" if i % 2 else "approve"}) for i in range(60)
+    ]
+    wait_until(
+        lambda: Gate.objects.filter(status="open").count() == 60, 60, message="60 open gates"
+    )
     Gate.objects.update(deadline=timezone.now() - timedelta(seconds=1))
     live.beat()
-    wait_until(lambda: Run.objects.filter(status="succeeded").count() == 60, 60,
-               message="every run resumed")
+    wait_until(
+        lambda: Run.objects.filter(status="succeeded").count() == 60,
+        60,
+        message="every run resumed",
+    )
     for run in runs:
         out = get_run(run.pk).output
         assert out["timed_out"] is True and out["decided_by"] == ""

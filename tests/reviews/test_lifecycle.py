@@ -1,5 +1,6 @@
 """Every transition of the gate lifecycle (docs/reviews.md): open → decided | expired |
 canceled, with claims orthogonal; the decision the workflow gets back; the audit trail."""
+
 from __future__ import annotations
 
 from collections import deque
@@ -67,8 +68,9 @@ def test_it_fails_the_run_when_on_timeout_is_not_a_choice(bell: Bell) -> None:
 
 def test_it_resumes_the_run_with_the_decision(bell: Bell, people: People) -> None:
     gate = open_gate(bell)
-    decided = decide_gate(gate.pk, outcome="reject", comment="  Wrong clause. ", actor="ana",
-                          user=people.ana)
+    decided = decide_gate(
+        gate.pk, outcome="reject", comment="  Wrong clause. ", actor="ana", user=people.ana
+    )
     assert (decided.status, decided.outcome) == ("decided", "reject")
     assert decided.comment == "Wrong clause."
     assert decided.decided_by == "ana" and decided.decided_by_user == people.ana
@@ -104,15 +106,28 @@ def test_it_validates_edits_against_a_json_schema(bell: Bell, people: People) ->
 
     gate = open_gate(bell, fields=SENTIMENT_FIELDS, payload={"sentiment": "positive", "score": 0.9})
     with pytest.raises(InvalidDecisionError) as exc:
-        decide_gate(gate.pk, outcome="approve", edits={"sentiment": "angry", "score": 1.5},
-                    actor="ana", user=people.ana)
+        decide_gate(
+            gate.pk,
+            outcome="approve",
+            edits={"sentiment": "angry", "score": 1.5},
+            actor="ana",
+            user=people.ana,
+        )
     fields = {e["field"] for e in exc.value.errors}
     assert fields == {"sentiment", "score"}
-    decide_gate(gate.pk, outcome="approve", edits={"sentiment": "neutral", "score": "0.4"},
-                actor="ana", user=people.ana)
+    decide_gate(
+        gate.pk,
+        outcome="approve",
+        edits={"sentiment": "neutral", "score": "0.4"},
+        actor="ana",
+        user=people.ana,
+    )
     bell.drain()
-    assert get_run(gate.run_id).output["edits"] == {"sentiment": "neutral", "score": 0.4,
-                                                    "notes": None}
+    assert get_run(gate.run_id).output["edits"] == {
+        "sentiment": "neutral",
+        "score": 0.4,
+        "notes": None,
+    }
 
 
 def test_it_returns_edits_as_the_pydantic_model_given_as_fields(bell: Bell, people: People) -> None:
@@ -120,13 +135,24 @@ def test_it_returns_edits_as_the_pydantic_model_given_as_fields(bell: Bell, peop
     sentiment = gate.fields_schema["properties"]["sentiment"]
     assert sentiment["enum"] == ["positive", "neutral", "negative"]
     with pytest.raises(InvalidDecisionError):
-        decide_gate(gate.pk, outcome="approve", edits={"sentiment": "positive", "score": 2},
-                    actor="ana", user=people.ana)
-    decide_gate(gate.pk, outcome="approve", edits={"sentiment": "negative", "score": 0.2},
-                actor="ana", user=people.ana)
+        decide_gate(
+            gate.pk,
+            outcome="approve",
+            edits={"sentiment": "positive", "score": 2},
+            actor="ana",
+            user=people.ana,
+        )
+    decide_gate(
+        gate.pk,
+        outcome="approve",
+        edits={"sentiment": "negative", "score": 0.2},
+        actor="ana",
+        user=people.ana,
+    )
     bell.drain()
     assert get_run(gate.run_id).output == {
-        "type": "Correction", "edits": {"sentiment": "negative", "score": 0.2},
+        "type": "Correction",
+        "edits": {"sentiment": "negative", "score": 0.2},
     }
 
 
@@ -157,7 +183,11 @@ def test_it_expires_a_due_gate_with_its_default_and_resumes_the_run(bell: Bell) 
     assert expire_due_gates() == 1
     gate.refresh_from_db()
     assert (gate.status, gate.outcome, gate.decided_by, gate.timed_out) == (
-        "expired", "reject", "", True)
+        "expired",
+        "reject",
+        "",
+        True,
+    )
     bell.drain()
     run = get_run(gate.run_id)
     assert run.status == "succeeded"

@@ -1,5 +1,6 @@
 """The reviewer pages: who may see what, CSRF on every form, the queue's filters and live
 refresh, the gate page's form, "My decisions", escaping of untrusted payloads."""
+
 from __future__ import annotations
 
 import re
@@ -42,7 +43,9 @@ def csrf_token(c: Client, url: str) -> str:
 
 def urls(gate: Gate) -> dict[str, str]:
     return {
-        "queue": "/reviews/", "mine": "/reviews/mine/", "gate": f"/reviews/{gate.pk}/",
+        "queue": "/reviews/",
+        "mine": "/reviews/mine/",
+        "gate": f"/reviews/{gate.pk}/",
         "status": f"/reviews/{gate.pk}/status/",
     }
 
@@ -205,12 +208,19 @@ def test_the_queue_costs_the_same_queries_for_3_or_60_gates(bell: Bell, people: 
     assert gate is not None
     clones = []
     for i in range(57):
-        clones.append(Gate(
-            run_id=gate.run_id, step_id=None, pipeline=f"p{i % 4}", title=f"Clone {i}",
-            choices=gate.choices, on_timeout="approve", group="reviewers",
-            deadline=timezone.now() + timedelta(minutes=i),
-            claimed_by=people.ben if i % 3 else None,
-        ))
+        clones.append(
+            Gate(
+                run_id=gate.run_id,
+                step_id=None,
+                pipeline=f"p{i % 4}",
+                title=f"Clone {i}",
+                choices=gate.choices,
+                on_timeout="approve",
+                group="reviewers",
+                deadline=timezone.now() + timedelta(minutes=i),
+                claimed_by=people.ben if i % 3 else None,
+            )
+        )
     _bulk_clones(clones)
     with CaptureQueriesContext(connection) as many:
         response = c.get("/reviews/")
@@ -224,10 +234,12 @@ def _bulk_clones(clones: list[Gate]) -> None:
 
     base = Step.objects.order_by("-position").first()
     assert base is not None
-    steps = Step.objects.bulk_create([
-        Step(run_id=base.run_id, position=100 + i, kind="gate", name=g.title, status="waiting")
-        for i, g in enumerate(clones)
-    ])
+    steps = Step.objects.bulk_create(
+        [
+            Step(run_id=base.run_id, position=100 + i, kind="gate", name=g.title, status="waiting")
+            for i, g in enumerate(clones)
+        ]
+    )
     for g, s in zip(clones, steps, strict=True):
         g.step_id = s.pk
     Gate.objects.bulk_create(clones)
@@ -251,13 +263,18 @@ def test_it_shows_cards_with_confidence_and_evidence(bell: Bell, people: People)
 def test_it_renders_a_hostile_payload_inert(bell: Bell, people: People) -> None:
     payload = {
         "summary": "<script>window.pwned = 1</script>",
-        "analyses": [{
-            "title": "<img src=x onerror=alert(1)>", "finding": "<b>bold</b>",
-            "confidence": 0.5,
-            "evidence": [{"quote": "click", "url": "javascript:alert(1)"},
-                         {"quote": "q", "source": "s", "url": "JaVaScRiPt:alert(2)"}],
-            "link": "javascript:alert(3)",
-        }],
+        "analyses": [
+            {
+                "title": "<img src=x onerror=alert(1)>",
+                "finding": "<b>bold</b>",
+                "confidence": 0.5,
+                "evidence": [
+                    {"quote": "click", "url": "javascript:alert(1)"},
+                    {"quote": "q", "source": "s", "url": "JaVaScRiPt:alert(2)"},
+                ],
+                "link": "javascript:alert(3)",
+            }
+        ],
     }
     gate = open_gate(bell, payload=payload, title="<script>alert('t')</script>")
     text = client_for(people.ana).get(f"/reviews/{gate.pk}/").content.decode()
@@ -276,17 +293,27 @@ def test_it_shows_invalid_edits_inline_and_keeps_the_gate_open(bell: Bell, peopl
     page = c.get(f"/reviews/{gate.pk}/").content.decode()
     assert 'name="edit-sentiment"' in page and 'name="edit-score"' in page
     assert 'value="0.9"' in page  # pre-filled from the payload
-    response = c.post(f"/reviews/{gate.pk}/decide/", {
-        "outcome": "approve", "edit-sentiment": "neutral", "edit-score": "7",
-    })
+    response = c.post(
+        f"/reviews/{gate.pk}/decide/",
+        {
+            "outcome": "approve",
+            "edit-sentiment": "neutral",
+            "edit-score": "7",
+        },
+    )
     assert response.status_code == 422
     assert response.context["edits_form"].errors["score"]
     assert "less than or equal to 1" in response.content.decode()
     assert Gate.objects.get(pk=gate.pk).status == "open"
-    ok = c.post(f"/reviews/{gate.pk}/decide/", {
-        "outcome": "approve", "edit-sentiment": "neutral", "edit-score": "0.35",
-        "comment": "Tone is flat.",
-    })
+    ok = c.post(
+        f"/reviews/{gate.pk}/decide/",
+        {
+            "outcome": "approve",
+            "edit-sentiment": "neutral",
+            "edit-score": "0.35",
+            "comment": "Tone is flat.",
+        },
+    )
     assert ok.status_code == 302
     bell.drain()
     out = get_run(gate.run_id).output
@@ -310,8 +337,9 @@ def test_after_a_decision_it_goes_to_the_next_gate(bell: Bell, people: People) -
 def test_a_late_decision_shows_who_won(bell: Bell, people: People) -> None:
     gate = open_gate(bell)
     decide_gate(gate.pk, outcome="reject", actor="ben", user=people.ben)
-    response = client_for(people.ana).post(f"/reviews/{gate.pk}/decide/", {"outcome": "approve"},
-                                           follow=True)
+    response = client_for(people.ana).post(
+        f"/reviews/{gate.pk}/decide/", {"outcome": "approve"}, follow=True
+    )
     text = response.content.decode()
     assert "Already decided by ben at" in text
     assert Gate.objects.get(pk=gate.pk).outcome == "reject"
@@ -370,8 +398,12 @@ def test_the_admin_shows_gates_read_only_with_their_audit_trail(bell: Bell, peop
     page = c.get(f"/admin/reviews/gate/{gate.pk}/change/")
     assert page.status_code == 200 and "claimed" in page.content.decode()
     assert c.post(f"/admin/reviews/gate/{gate.pk}/change/", {"title": "x"}).status_code == 403
-    response = c.post("/admin/reviews/gate/", {
-        "action": "release_claims", "_selected_action": [gate.pk],
-    })
+    response = c.post(
+        "/admin/reviews/gate/",
+        {
+            "action": "release_claims",
+            "_selected_action": [gate.pk],
+        },
+    )
     assert response.status_code == 302
     assert Gate.objects.get(pk=gate.pk).claimed_by is None

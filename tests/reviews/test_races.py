@@ -3,6 +3,7 @@
 Each contender runs in its own thread with its own database connection; a barrier releases
 them together. Each race is repeated many times, because a race that passes once proves little.
 """
+
 from __future__ import annotations
 
 import threading
@@ -76,8 +77,9 @@ def test_it_lets_exactly_one_of_decide_and_expire_win(bell: Bell, people: People
         gate = open_gate(bell, on_timeout="approve")
         Gate.objects.filter(pk=gate.pk).update(deadline=timezone.now() - timedelta(seconds=1))
         decision, expired = contend(
-            lambda g=gate: decide_gate(g.pk, outcome="reject", comment="no", actor="ana",
-                                       user=people.ana),
+            lambda g=gate: decide_gate(
+                g.pk, outcome="reject", comment="no", actor="ana", user=people.ana
+            ),
             lambda: expire_due_gates(),
         )
         gate = assert_one_decision(gate, bell)

@@ -1,4 +1,5 @@
 """Workflows with review gates, for the reviews tests (imported by tests and real workers)."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -17,8 +18,12 @@ ANALYSES: dict[str, Any] = {
             "finding": "Auto-renews for 12 months; notice period is 90 days.",
             "confidence": 0.92,
             "evidence": [
-                {"quote": "This Agreement shall renew automatically for successive twelve (12) "
-                          "month terms", "source": "§ 14.2", "url": "https://example.com/c/14"},
+                {
+                    "quote": "This Agreement shall renew automatically for successive twelve (12) "
+                    "month terms",
+                    "source": "§ 14.2",
+                    "url": "https://example.com/c/14",
+                },
                 "Notice of non-renewal must be given ninety (90) days prior.",
             ],
         },
@@ -26,8 +31,9 @@ ANALYSES: dict[str, Any] = {
             "title": "Liability cap",
             "finding": "Capped at fees paid in the prior 12 months; gross negligence excluded.",
             "confidence": 0.64,
-            "evidence": [{"quote": "aggregate liability shall not exceed the fees paid",
-                          "source": "§ 9.1"}],
+            "evidence": [
+                {"quote": "aggregate liability shall not exceed the fees paid", "source": "§ 9.1"}
+            ],
         },
         {
             "title": "Data processing",
@@ -42,8 +48,11 @@ ANALYSES: dict[str, Any] = {
 SENTIMENT_FIELDS: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "sentiment": {"type": "string", "enum": ["positive", "neutral", "negative"],
-                      "title": "Sentiment"},
+        "sentiment": {
+            "type": "string",
+            "enum": ["positive", "neutral", "negative"],
+            "title": "Sentiment",
+        },
         "score": {"type": "number", "minimum": 0, "maximum": 1, "title": "Score"},
         "notes": {"type": "string", "maxLength": 500, "title": "Notes"},
     },
@@ -53,21 +62,35 @@ SENTIMENT_FIELDS: dict[str, Any] = {
 
 def decision_output(d: Any) -> dict[str, Any]:
     return {
-        "outcome": d.outcome, "comment": d.comment, "edits": d.edits, "decided_by": d.decided_by,
-        "timed_out": d.timed_out, "decided_at": d.decided_at.isoformat() if d.decided_at else None,
+        "outcome": d.outcome,
+        "comment": d.comment,
+        "edits": d.edits,
+        "decided_by": d.decided_by,
+        "timed_out": d.timed_out,
+        "decided_at": d.decided_at.isoformat() if d.decided_at else None,
     }
 
 
 @workflow(name="test.review")
 def review_wf(
-    ctx: Any, title: str = "Check the contract analysis", timeout_s: float = 3600,
-    on_timeout: str = "approve", group: str = "reviewers", payload: Any = None,
-    fields: dict[str, Any] | None = None, choices: list[str] | None = None,
+    ctx: Any,
+    title: str = "Check the contract analysis",
+    timeout_s: float = 3600,
+    on_timeout: str = "approve",
+    group: str = "reviewers",
+    payload: Any = None,
+    fields: dict[str, Any] | None = None,
+    choices: list[str] | None = None,
 ) -> dict[str, Any]:
     d = ctx.review(
-        title, "Please verify the analysis results.", ANALYSES if payload is None else payload,
-        timeout=timedelta(seconds=timeout_s), on_timeout=on_timeout,
-        choices=tuple(choices or ("approve", "reject")), group=group, fields=fields,
+        title,
+        "Please verify the analysis results.",
+        ANALYSES if payload is None else payload,
+        timeout=timedelta(seconds=timeout_s),
+        on_timeout=on_timeout,
+        choices=tuple(choices or ("approve", "reject")),
+        group=group,
+        fields=fields,
     )
     return decision_output(d)
 
@@ -79,15 +102,21 @@ class Correction(pydantic.BaseModel):
 
 @workflow(name="test.review_model")
 def review_model_wf(ctx: Any) -> dict[str, Any]:
-    d = ctx.review("Check the sentiment", "Correct it if needed.",
-                   {"sentiment": "positive", "score": 0.7}, fields=Correction)
+    d = ctx.review(
+        "Check the sentiment",
+        "Correct it if needed.",
+        {"sentiment": "positive", "score": 0.7},
+        fields=Correction,
+    )
     return {"type": type(d.edits).__name__, "edits": d.edits.model_dump() if d.edits else None}
 
 
 @step
 def draft(round_no: int) -> dict[str, Any]:
-    return {"summary": f"Draft number {round_no}", "analyses": [
-        {"title": "Tone", "finding": "Neutral", "confidence": 0.5 + round_no / 10}]}
+    return {
+        "summary": f"Draft number {round_no}",
+        "analyses": [{"title": "Tone", "finding": "Neutral", "confidence": 0.5 + round_no / 10}],
+    }
 
 
 @step
@@ -100,8 +129,9 @@ def review_loop_wf(ctx: Any, max_rounds: int = 3) -> dict[str, Any]:
     """Draft, review, redraft until approved: the run loops back to the same gate."""
     for round_no in range(1, max_rounds + 1):
         text = ctx.run(draft, round_no)
-        d = ctx.review("Approve the draft", "Approve it or send it back.", text,
-                       on_timeout="reject")
+        d = ctx.review(
+            "Approve the draft", "Approve it or send it back.", text, on_timeout="reject"
+        )
         if d.approved:
             return {"rounds": round_no, "published": ctx.run(publish, text["summary"])}
     return {"rounds": None}
@@ -117,12 +147,23 @@ def review_bad_wf(ctx: Any) -> None:
 TICKET: dict[str, Any] = {
     "summary": "Customer reports double charge after upgrading plan; asks for refund.",
     "analyses": [
-        {"title": "Category", "result": "billing", "confidence": 0.88,
-         "evidence": [{"quote": "I was charged twice for the Pro plan this month",
-                       "source": "ticket #48213"}]},
-        {"title": "Urgency", "result": "high: the customer mentions a chargeback",
-         "confidence": 0.57,
-         "evidence": ["If this isn't fixed by Friday I'll file a chargeback"]},
+        {
+            "title": "Category",
+            "result": "billing",
+            "confidence": 0.88,
+            "evidence": [
+                {
+                    "quote": "I was charged twice for the Pro plan this month",
+                    "source": "ticket #48213",
+                }
+            ],
+        },
+        {
+            "title": "Urgency",
+            "result": "high: the customer mentions a chargeback",
+            "confidence": 0.57,
+            "evidence": ["If this isn't fixed by Friday I'll file a chargeback"],
+        },
     ],
     "category": "billing",
     "priority": 2,
@@ -131,40 +172,75 @@ TICKET: dict[str, Any] = {
 TICKET_FIELDS: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "category": {"type": "string", "title": "Category",
-                     "enum": ["billing", "bug", "account", "feature request"]},
-        "priority": {"type": "integer", "title": "Priority", "minimum": 1, "maximum": 4,
-                     "description": "1 is the most urgent."},
-        "reply_draft": {"type": "string", "title": "Reply draft", "format": "textarea",
-                        "default": "Hi! Sorry about the double charge — we have refunded it."},
+        "category": {
+            "type": "string",
+            "title": "Category",
+            "enum": ["billing", "bug", "account", "feature request"],
+        },
+        "priority": {
+            "type": "integer",
+            "title": "Priority",
+            "minimum": 1,
+            "maximum": 4,
+            "description": "1 is the most urgent.",
+        },
+        "reply_draft": {
+            "type": "string",
+            "title": "Reply draft",
+            "format": "textarea",
+            "default": "Hi! Sorry about the double charge — we have refunded it.",
+        },
     },
     "required": ["category", "priority"],
 }
 
 
 @workflow(name="contracts.clause_check")
-def clause_check_wf(ctx: Any, title: str = "Verify the renewal and liability clauses",
-                    timeout_s: float = 6 * 3600) -> dict[str, Any]:
-    d = ctx.review(title, "Check each finding against the quoted clause. Reject if a finding is "
-                   "not supported by its evidence.", ANALYSES, timeout=timedelta(seconds=timeout_s))
+def clause_check_wf(
+    ctx: Any, title: str = "Verify the renewal and liability clauses", timeout_s: float = 6 * 3600
+) -> dict[str, Any]:
+    d = ctx.review(
+        title,
+        "Check each finding against the quoted clause. Reject if a finding is "
+        "not supported by its evidence.",
+        ANALYSES,
+        timeout=timedelta(seconds=timeout_s),
+    )
     return decision_output(d)
 
 
 @workflow(name="support.ticket_triage")
-def triage_wf(ctx: Any, title: str = "Confirm the triage of ticket #48213",
-              timeout_s: float = 3600) -> dict[str, Any]:
-    d = ctx.review(title, "Confirm the category and priority the model chose; correct them if "
-                   "they are wrong.", TICKET, timeout=timedelta(seconds=timeout_s),
-                   fields=TICKET_FIELDS, group="reviewers")
+def triage_wf(
+    ctx: Any, title: str = "Confirm the triage of ticket #48213", timeout_s: float = 3600
+) -> dict[str, Any]:
+    d = ctx.review(
+        title,
+        "Confirm the category and priority the model chose; correct them if they are wrong.",
+        TICKET,
+        timeout=timedelta(seconds=timeout_s),
+        fields=TICKET_FIELDS,
+        group="reviewers",
+    )
     return decision_output(d)
 
 
 @workflow(name="news.daily_digest")
-def digest_wf(ctx: Any, title: str = "Approve today's digest", timeout_s: float = 20 * 3600,
-              on_timeout: str = "reject") -> dict[str, Any]:
-    d = ctx.review(title, "Approve the digest for sending.", {
-        "summary": "Five stories selected from 212 candidates.",
-        "analyses": [{"title": "Story selection", "summary": "Balanced across regions.",
-                      "score": 81}],
-    }, timeout=timedelta(seconds=timeout_s), on_timeout=on_timeout)
+def digest_wf(
+    ctx: Any,
+    title: str = "Approve today's digest",
+    timeout_s: float = 20 * 3600,
+    on_timeout: str = "reject",
+) -> dict[str, Any]:
+    d = ctx.review(
+        title,
+        "Approve the digest for sending.",
+        {
+            "summary": "Five stories selected from 212 candidates.",
+            "analyses": [
+                {"title": "Story selection", "summary": "Balanced across regions.", "score": 81}
+            ],
+        },
+        timeout=timedelta(seconds=timeout_s),
+        on_timeout=on_timeout,
+    )
     return decision_output(d)

@@ -4,30 +4,29 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('workflows', '0001_initial'),
+        ("workflows", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='run',
-            name='callback_url',
-            field=models.URLField(blank=True, default='', max_length=2000),
+            model_name="run",
+            name="callback_url",
+            field=models.URLField(blank=True, default="", max_length=2000),
         ),
         migrations.AddField(
-            model_name='run',
-            name='created_by',
-            field=models.CharField(blank=True, default='', max_length=150),
+            model_name="run",
+            name="created_by",
+            field=models.CharField(blank=True, default="", max_length=150),
         ),
         migrations.AddField(
-            model_name='run',
-            name='max_cost',
+            model_name="run",
+            name="max_cost",
             field=models.DecimalField(blank=True, decimal_places=6, max_digits=14, null=True),
         ),
         migrations.AddField(
-            model_name='run',
-            name='tenant',
-            field=models.CharField(blank=True, db_index=True, default='', max_length=100),
+            model_name="run",
+            name="tenant",
+            field=models.CharField(blank=True, db_index=True, default="", max_length=100),
         ),
     ]
