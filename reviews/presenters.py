@@ -266,8 +266,27 @@ def present(payload: Any) -> Presentation:
     elif rest and isinstance(payload, dict) and _looks_like_one_analysis(rest):
         view.cards.append(card_for(rest, 1))
         rest = {}
-    view.facts = [(humanize(k), as_text(v)) for k, v in rest.items()]
+    elif rest:
+        # No list of analyses: each nested object (one per analysis, say) becomes a card
+        # titled by its key.
+        for key, value in list(rest.items()):
+            if isinstance(value, dict) and value:
+                card = card_for(value, len(view.cards) + 1)
+                if not any(k in value for k in TITLE_KEYS):
+                    card.title = humanize(key)
+                view.cards.append(card)
+                rest.pop(key)
+    # Facts are the plain values; nested structures stay readable in the raw JSON below.
+    view.facts = [(humanize(k), as_text(v)) for k, v in rest.items() if _is_plain(v)]
     return view
+
+
+def _is_plain(value: Any) -> bool:
+    if isinstance(value, dict):
+        return False
+    if isinstance(value, list):
+        return all(not isinstance(v, dict | list) for v in value)
+    return True
 
 
 def _is_records(value: Any) -> bool:

@@ -508,14 +508,64 @@ def darvo_detected(data: dict[str, Any]) -> bool:
 
 
 def review_payload(data: dict[str, Any]) -> dict[str, Any]:
-    """What the reviewer sees: the analyses, not the raw parse."""
+    """What the reviewer sees: one card per analysis (summary, confidence, evidence quotes),
+    plus the analyses themselves for the raw view and for the synthesis."""
+    darvo = data.get("darvo") or None
+    tactics = data.get("tactics") or None
+    psych = data.get("psychological") or None
+    failed = {k: v for k, v in (data.get("branch_failures") or {}).items() if v}
+    analyses: list[dict[str, Any]] = []
+    if darvo:
+        verdict = "DARVO detected" if darvo.get("detected") else "No DARVO pattern"
+        who = f" ({darvo['speaker']})" if darvo.get("speaker") else ""
+        analyses.append(
+            {
+                "title": "DARVO",
+                "summary": f"{verdict}{who}. {darvo.get('explanation', '')}".strip(),
+                "confidence": darvo.get("confidence"),
+                "evidence": [
+                    {"quote": f["quote"], "source": f"{f['speaker']} · {f['label']}"}
+                    for f in darvo.get("findings", [])
+                ],
+            }
+        )
+    if tactics:
+        analyses.append(
+            {
+                "title": "Manipulation tactics",
+                "summary": tactics.get("explanation", ""),
+                "evidence": [
+                    {"quote": ex["quote"], "source": f"{ex['speaker']} · {t['name']}"}
+                    for t in tactics.get("tactics", [])
+                    for ex in t.get("examples", [])
+                ],
+            }
+        )
+    if psych:
+        analyses.append(
+            {
+                "title": "Psychological profile",
+                "summary": psych.get("dynamics", ""),
+                "evidence": [
+                    f"{p['speaker']}: {p['tone']}, sentiment {p['sentiment']:+.2f}, "
+                    f"{p['you_statements']} you-statements, {p['apologies']} apologies"
+                    for p in psych.get("speakers", [])
+                ],
+            }
+        )
+    for name, why in failed.items():
+        analyses.append({"title": f"{name} (failed)", "summary": str(why)})
+    made_by = {a.get("generated_by") for a in (darvo, tactics, psych) if a} - {None}
     return {
         "title": data.get("title") or "Message thread",
         "participants": data.get("participants", []),
-        "darvo": data.get("darvo"),
-        "tactics": data.get("tactics"),
-        "psychological": data.get("psychological"),
-        "failed_analyses": {k: v for k, v in (data.get("branch_failures") or {}).items() if v},
+        "produced_by": ", ".join(sorted(made_by))
+        + (" (lexicons and patterns, not a language model)" if made_by == {"offline"} else ""),
+        "analyses": analyses,
+        "darvo": darvo,
+        "tactics": tactics,
+        "psychological": psych,
+        "failed_analyses": failed,
     }
 
 
