@@ -240,3 +240,23 @@ def budget(ctx: Any, n: int = 5) -> int:
         except Exception:  # a broad except must not be able to spend past the budget
             pass
     return value
+
+
+@step
+def nul_text() -> str:
+    return "before\x00after"
+
+
+@workflow(name="test.nul")
+def nul_wf(ctx: Any) -> str:
+    return ctx.run(nul_text)
+
+
+@workflow(name="test.bad_child_caught")
+def bad_child_caught(ctx: Any) -> int:
+    first = ctx.run(add_one, 1)
+    try:
+        ctx.run_workflow("test.chain", {"n": "not a number"})
+    except Exception:
+        pass
+    return first

@@ -18,7 +18,8 @@ from __future__ import annotations
 import random as _random
 import uuid as _uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -228,7 +229,7 @@ class Context:
                 wake_at=now + timedelta(seconds=seconds) if seconds is not None else None,
                 started_at=now,
             )
-            with transaction.atomic():
+            with self._writing():
                 # The run row update in _flush locks the run, and send_event locks it too:
                 # either the event is committed before we look, or it sees our waiting row.
                 self._flush()
@@ -262,7 +263,7 @@ class Context:
 
             now = timezone.now()
             row = self._new_row(pos, StepKind.CHILD, name, StepStatus.WAITING, started_at=now)
-            with transaction.atomic():
+            with self._writing():
                 self._flush()
                 row.save()
                 child = create_run(
@@ -323,7 +324,7 @@ class Context:
                 wake_at=now + timeout if timeout is not None else None,
                 started_at=now,
             )
-            with transaction.atomic():
+            with self._writing():
                 self._flush()
                 row.save()
                 on_open(row)
@@ -416,6 +417,28 @@ class Context:
             Step.objects.bulk_create(self._inserts)
             self._inserts.clear()
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A transaction that flushes the buffers. If it rolls back, the buffers come back:
+        the results they hold were not written, and must be with the next commit."""
+        saved = (list(self._dirty), list(self._inserts), self._cost, self._spent)
+        try:
+            with transaction.atomic():
+                yield
+        except BaseException:
+            self._dirty[:] = saved[0]
+            self._inserts[:] = saved[1]
+            self._cost, self._spent = saved[2], saved[3]
+            for row in self._inserts:
+                row.pk = None
+            raise
+
+    def discard_buffers(self) -> None:
+        """Forget unwritten results (the run is being failed because they cannot be written)."""
+        self._dirty.clear()
+        self._inserts.clear()
+        self._cost = Decimal(0)
+
     def _pack(self, value: Any, what: str) -> Any:
         data, blob = payloads.pack(value, self._record.pk, what)
         if blob is not None:
@@ -439,14 +462,17 @@ class Context:
             if row.pk is None:
                 self._inserts.append(row)
             return self._fail(row, error_dict(exc), now=now)
+        target = step_path(sd)
         if conf.is_limited:
             try:
-                target = step_path(sd)
                 resolve_step(target)
             except Exception:
-                target = ""
-        else:
-            target = step_path(sd)
+                # A full pool queues the step for whichever worker frees a slot, which must
+                # be able to import it.
+                raise TypeError(
+                    f"step {sd.name!r} runs in the limited pool {sd.pool!r}, so it must be a "
+                    "module-level function (a queued step runs in another process)"
+                ) from None
         attempt = (row.attempt if row is not None else 0) + 1
         if row is None and not conf.is_limited and not self._inserts and fastpath.available():
             row = self._new_row(
@@ -485,7 +511,7 @@ class Context:
             self._dirty.clear()
             self._current = sd.name
             return self._call(sd, args, kwargs, row)
-        with transaction.atomic():
+        with self._writing():
             self._flush()
             capacity = pools.try_acquire(sd.pool, now) if conf.is_limited else True
             if capacity is not True and target:
@@ -658,7 +684,7 @@ class Context:
                         wake_at=now + grace(),
                     )
                 )
-            with transaction.atomic():
+            with self._writing():
                 self._flush()
                 self._new_row(
                     pos,
@@ -716,7 +742,7 @@ class Context:
 
     def suspend(self) -> bool:
         """Write what is buffered and park the run. False when it was woken meanwhile."""
-        with transaction.atomic():
+        with self._writing():
             self._flush()
             n = Run.objects.filter(
                 pk=self._record.pk,
@@ -779,7 +805,10 @@ class Context:
             self._dirty.clear()
             self._cost = Decimal(0)
         else:
-            self._flush(**fields)
+            try:
+                self._flush(**fields)
+            except LeaseLost:  # raised by the run's compare-and-swap, before any write
+                return False
         # What we wrote is what the row now holds: no need to read it back.
         for key, value in fields.items():
             setattr(self._record, key, value)

@@ -30,7 +30,15 @@ from workflows.errors import (
     PayloadTooLargeError,
     Suspend,
 )
-from workflows.leases import drop, ensure_heartbeat, hold, lease_until, owner_id
+from workflows.leases import (
+    drop,
+    drop_run,
+    ensure_heartbeat,
+    hold,
+    hold_run,
+    lease_until,
+    owner_id,
+)
 from workflows.models import ACTIVE_RUN, Run, RunStatus, Step, StepStatus
 from workflows.services import handler_kwargs
 
@@ -67,22 +75,41 @@ def advance(run_id: Any, generation: int) -> str:
         run = take_run(run_id, generation, owner)
         if run is None:
             return outcome
+        hold_run(run.pk)
         ensure_heartbeat()
-        # A run that never reached a step has no journal: skip the query (every journal
-        # write also records the step's name on the run).
-        journal = (
-            list(
-                Step.objects.filter(run_id=run_id, superseded=False)
-                .defer("args")  # replay never reads a step's arguments
-                .order_by("position", "branch")
+        try:
+            # A run that never reached a step has no journal: skip the query (every journal
+            # write also records the step's name on the run).
+            journal = (
+                list(
+                    Step.objects.filter(run_id=run_id, superseded=False)
+                    .defer("args")  # replay never reads a step's arguments
+                    .order_by("position", "branch")
+                )
+                if run.current_step
+                else []
             )
-            if run.current_step
-            else []
-        )
-        outcome = _replay(run, journal, owner)
+            outcome = _replay(run, journal, owner)
+        except BaseException:
+            let_go(run, owner)
+            raise
+        finally:
+            drop_run(run.pk)
         if outcome != "woken":
             return outcome
     return outcome
+
+
+def let_go(run: Run, owner: str) -> None:
+    """After an unexpected error (the database went away, a bug): release the lease so the
+    run is not held by a worker that is no longer advancing it; the sweep rings again after
+    the doorbell grace. Best effort: if even this fails, the lease simply expires."""
+    try:
+        Run.objects.filter(
+            pk=run.pk, lease_owner=owner, generation=run.generation, status=RunStatus.RUNNING
+        ).update(lease_owner="", lease_expires_at=None, wake_requested_at=timezone.now())
+    except Exception:
+        log.exception("could not release run %s after an error", run.pk)
 
 
 def _run_handler(ctx: Context, run: Run) -> tuple[str, Any]:
@@ -107,13 +134,25 @@ def _replay(run: Run, journal: list[Step], owner: str) -> str:
     try:
         if outcome == "suspend":
             return "suspended" if ctx.suspend() else "woken"
-        if outcome == RunStatus.SUCCEEDED:
-            ctx.finish(RunStatus.SUCCEEDED, output=value)
-        elif outcome == RunStatus.FAILED:
-            ctx.finish(RunStatus.FAILED, error=value)
+        if outcome in (RunStatus.SUCCEEDED, RunStatus.FAILED):
+            _end(ctx, outcome, value)
         return str(outcome)
     except LeaseLost:
         return "lease-lost"
+
+
+def _end(ctx: Context, outcome: str, value: Any) -> None:
+    """Record the run's end. If writing it fails (a value the database refuses, a hook that
+    raises), the run still ends: failed, with that error, its unwritten buffers dropped."""
+    kwargs = {"output": value} if outcome == RunStatus.SUCCEEDED else {"error": value}
+    try:
+        ctx.finish(outcome, **kwargs)
+    except LeaseLost:
+        raise
+    except Exception as exc:
+        log.exception("could not record the end of run %s; failing it", ctx.run_id)
+        ctx.discard_buffers()
+        ctx.finish(RunStatus.FAILED, error=error_dict(exc))
 
 
 def take_runs(items: list[tuple[Any, int]], owner: str) -> list[Run]:
@@ -152,7 +191,21 @@ def advance_many(items: list[tuple[Any, int]]) -> dict[str, int]:
     runs = take_runs(items, owner)
     if not runs:
         return {}
+    for run in runs:
+        hold_run(run.pk)
     ensure_heartbeat()
+    try:
+        return _advance_taken(runs, owner)
+    except BaseException:
+        for run in runs:
+            let_go(run, owner)
+        raise
+    finally:
+        for run in runs:
+            drop_run(run.pk)
+
+
+def _advance_taken(runs: list[Run], owner: str) -> dict[str, int]:
     journals: dict[Any, list[Step]] = {run.pk: [] for run in runs}
     with_journal = [run.pk for run in runs if run.current_step]
     if with_journal:
@@ -182,11 +235,32 @@ def advance_many(items: list[tuple[Any, int]]) -> dict[str, int]:
     if ending:
         with transaction.atomic():
             for ctx, outcome, value in ending:
-                kwargs = {"output": value} if outcome == RunStatus.SUCCEEDED else {"error": value}
-                done = ctx.write_finish(outcome, **kwargs)
-                key = str(outcome) if done else "lease-lost"
+                # A savepoint each: one run that cannot end (fenced out, a hook that raises)
+                # must not roll back the others' ends.
+                try:
+                    with transaction.atomic():
+                        done = ctx.write_finish(
+                            outcome,
+                            **(
+                                {"output": value}
+                                if outcome == RunStatus.SUCCEEDED
+                                else {"error": value}
+                            ),
+                        )
+                        if not done:
+                            raise LeaseLost
+                    key = str(outcome)
+                except LeaseLost:
+                    key = "lease-lost"
+                except Exception:
+                    log.exception("could not end run %s in a burst; advancing it alone", ctx.run_id)
+                    ctx.discard_buffers()
+                    again.append(ctx.record)
+                    continue
                 counts[key] = counts.get(key, 0) + 1
     for run in again:
+        let_go(run, owner)
+        drop_run(run.pk)
         advance(run.pk, run.generation)
     return counts
 
@@ -206,6 +280,7 @@ def claim_step(step_id: int, owner: str) -> Step | None:
         Step.objects.raw(
             f"UPDATE {table} SET attempt = attempt + 1, lease_owner = %s, lease_expires_at = %s, "
             "started_at = %s WHERE id = %s AND status = %s AND lease_owner = %s "
+            "AND lease_expires_at > %s "
             f"AND superseded = %s AND run_id IN (SELECT id FROM {run_table} "
             f"WHERE status IN ({active})) RETURNING *",
             [
@@ -215,6 +290,7 @@ def claim_step(step_id: int, owner: str) -> Step | None:
                 step_id,
                 StepStatus.RUNNING,
                 pools.RESERVED,
+                now,
                 False,
                 *ACTIVE_RUN,
             ],

@@ -13,6 +13,7 @@ import socket
 import threading
 import uuid
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connection
@@ -25,6 +26,9 @@ _heartbeat: threading.Thread | None = None
 # Steps this process is executing under its own lease (branches, queued steps, inline steps of
 # limited pools). The heartbeat renews them by primary key: no scan, no extra index.
 _held: set[int] = set()
+# Runs this process is advancing. Only these are renewed: a run whose advance died with an
+# exception (and let go of it) must not be kept alive by the heartbeat.
+_held_runs: set[Any] = set()
 _heartbeat_pid: int | None = None
 _lock = threading.Lock()
 
@@ -52,7 +56,12 @@ def renew_all() -> int:
 
     me = owner_id()
     until = lease_until()
-    n = Run.objects.filter(lease_owner=me, status="running").update(lease_expires_at=until)
+    n = 0
+    runs = list(_held_runs)
+    if runs:
+        n += Run.objects.filter(pk__in=runs, lease_owner=me, status="running").update(
+            lease_expires_at=until
+        )
     held = list(_held)
     if held:
         n += Step.objects.filter(pk__in=held, lease_owner=me, status="running").update(
@@ -65,6 +74,14 @@ def hold(step_id: int | None) -> None:
     """This process now executes ``step_id`` under its lease: keep renewing it."""
     if step_id is not None:
         _held.add(step_id)
+
+
+def hold_run(run_id: Any) -> None:
+    _held_runs.add(run_id)
+
+
+def drop_run(run_id: Any) -> None:
+    _held_runs.discard(run_id)
 
 
 def drop(step_id: int | None) -> None:

@@ -28,7 +28,12 @@ def encoded_size(data: Any) -> int:
 
 
 def check_size(data: Any, what: str = "value") -> int:
-    size = encoded_size(data)
+    encoded = json.dumps(data, separators=(",", ":"))
+    if "\\u0000" in encoded:
+        # PostgreSQL's jsonb cannot store NUL; refuse it here, as a clear step failure,
+        # rather than as a database error in the middle of a checkpoint.
+        raise TypeError(f"{what} contains a NUL character (\\u0000), which cannot be stored")
+    size = len(encoded)
     limit = settings.SLUICE_PAYLOAD_HARD_LIMIT
     if size > limit:
         raise PayloadTooLargeError(

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 import pydantic
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.module_loading import import_string
@@ -262,13 +262,21 @@ def run_terminal_hooks(run: Run) -> None:
 
 def cancel(run_id: Any, reason: str = "canceled") -> Run:
     """Cancel a run and its children. Bumps the generation so in-flight work is ignored."""
-    with transaction.atomic():
-        run = _locked(run_id)
-        if run.is_terminal:
-            raise InvalidStateError(
-                f"run {run.pk} already {run.status}; there is nothing to cancel"
-            )
-        _cancel_locked(run, reason)
+    for attempt in range(3):
+        try:
+            with transaction.atomic():
+                run = _locked(run_id)
+                if run.is_terminal:
+                    raise InvalidStateError(
+                        f"run {run.pk} already {run.status}; there is nothing to cancel"
+                    )
+                _cancel_locked(run, reason)
+            break
+        except OperationalError:
+            # Cancel locks the run, then its steps; a finishing branch locks its step, then
+            # the run. PostgreSQL breaks such a deadlock by aborting one side: try again.
+            if attempt == 2:
+                raise
     run.refresh_from_db()
     return run
 

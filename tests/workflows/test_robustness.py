@@ -1,0 +1,74 @@
+"""Failures of the machinery itself: nothing wedges, nothing is lost."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from tests.support import Bell
+from workflows import get_run, start
+from workflows.models import Pool, Run, Step
+from workflows.pools import clear_cache
+
+pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
+
+
+def test_a_value_the_database_cannot_store_fails_the_step_cleanly(bell: Bell) -> None:
+    run = start("test.nul", {})
+    bell.drain()
+    run = get_run(run.pk)
+    assert run.status == "failed"
+    step = Step.objects.get(run=run)
+    assert step.status == "failed"
+    assert "NUL character" in step.error["message"]
+
+
+def test_an_error_escaping_an_advance_lets_go_of_the_run(
+    bell: Bell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workflows import executor
+
+    run = start("test.chain", {"n": 1})
+
+    def explode(*args: Any) -> str:
+        raise RuntimeError("database went away")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(executor, "_replay", explode)
+        with pytest.raises(RuntimeError):
+            bell.drain()
+    fresh = Run.objects.get(pk=run.pk)
+    assert fresh.lease_owner == "" and fresh.wake_requested_at is not None
+    Run.objects.filter(pk=run.pk).update(wake_requested_at=timezone.now() - timedelta(seconds=60))
+    bell.settle()
+    assert get_run(run.pk).status == "succeeded"
+
+
+def test_a_rolled_back_write_keeps_the_results_it_carried(bell: Bell) -> None:
+    """A step's result rides on the next commit; if that transaction rolls back (here: a
+    child run with bad input), the result is written with the one after."""
+    run = start("test.bad_child_caught", {})
+    bell.drain()
+    run = get_run(run.pk)
+    assert (run.status, run.output) == ("succeeded", 2)
+    step = Step.objects.get(run=run, position=1)
+    assert (step.status, step.result, step.attempt) == ("succeeded", 2, 1)
+
+
+def test_an_expired_reservation_is_not_claimed(bell: Bell) -> None:
+    from workflows.executor import claim_step
+
+    clear_cache()
+    Pool.objects.create(name="limited", max_concurrency=1)
+    run = start("test.limited", {"n": 1})
+    bell.drain(limit=1)
+    bell.lose_all()
+    row = Step.objects.get(run=run, branch=0)
+    assert row.lease_owner == "(reserved)"
+    Step.objects.filter(pk=row.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert claim_step(row.pk, "late-worker") is None
+    bell.settle()
+    assert get_run(run.pk).status == "succeeded"
