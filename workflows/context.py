@@ -657,10 +657,13 @@ class Context:
                 return []
             branches = []
             cap = max(1, self._record.max_parallel)
+            checked: set[str] = set()
             for i, c in enumerate(calls):
                 target = step_path(c.step)
                 try:
-                    resolve_step(target)
+                    if target not in checked:
+                        resolve_step(target)
+                        checked.add(target)
                 except Exception:
                     raise TypeError(
                         f"step {c.step.name!r} cannot run in parallel: branches run in other "
