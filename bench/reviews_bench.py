@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -34,6 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from bench.procs import CeleryProcesses
 from workflows import workflow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -240,10 +239,9 @@ def _reset() -> None:
 # --- processes ------------------------------------------------------------------------------------
 
 
-class Processes:
+class Processes(CeleryProcesses):
     def __init__(self, url: str) -> None:
-        LOGS.mkdir(parents=True, exist_ok=True)
-        self.env = {
+        env = {
             **os.environ,
             "DATABASE_URL": url,
             "CELERY_BROKER_URL": BROKER,
@@ -252,60 +250,11 @@ class Processes:
             "SLUICE_LOG_LEVEL": "WARNING",
             "PYTHONPATH": str(ROOT),
         }
-        self.env.pop("SLUICE_TEST_DB_NAME", None)
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.celery = str(Path(sys.executable).with_name("celery"))
-
-    def _spawn(self, name: str, args: list[str]) -> None:
-        with open(LOGS / f"{name}.log", "wb") as log:
-            self.procs.append(
-                subprocess.Popen(
-                    [self.celery, "-A", "config", *args],
-                    cwd=ROOT,
-                    env=self.env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
+        env.pop("SLUICE_TEST_DB_NAME", None)
+        super().__init__(LOGS, env)
 
     def worker(self, name: str, pool: str = "solo", concurrency: int = 1) -> None:
-        self._spawn(
-            name,
-            [
-                "worker",
-                "-Q",
-                "default,llm",
-                "-P",
-                pool,
-                "-c",
-                str(concurrency),
-                "-n",
-                f"{name}@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "-l",
-                "warning",
-            ],
-        )
-
-    def beat(self) -> None:
-        self._spawn("beat", ["beat", "-s", str(LOGS / "beat-schedule"), "-l", "warning"])
-
-    def stop(self) -> None:
-        for p in self.procs:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in self.procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        self.procs.clear()
+        self.start(name, pool=pool, concurrency=concurrency)
 
 
 def _flush_broker() -> None:

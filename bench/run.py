@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.procs import CeleryProcesses
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 BROKER = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/10")
@@ -74,81 +76,9 @@ def _drop_db() -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{DBNAME}" WITH (FORCE)')
 
 
-class Workers:
+class Workers(CeleryProcesses):
     def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-        LOGS.mkdir(parents=True, exist_ok=True)
-
-    def start(
-        self, name: str, pool: str = "solo", concurrency: int = 1, **env: str
-    ) -> subprocess.Popen[bytes]:
-        log = open(LOGS / f"{name}.log", "wb")
-        proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("celery")),
-                "-A",
-                "config",
-                "worker",
-                "-Q",
-                "default,llm",
-                "-P",
-                pool,
-                "-c",
-                str(concurrency),
-                "-n",
-                f"{name}@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "-l",
-                "warning",
-            ],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        self.procs.append(proc)
-        return proc
-
-    def beat(self) -> None:
-        log = open(LOGS / "beat.log", "wb")
-        self.procs.append(
-            subprocess.Popen(
-                [
-                    str(Path(sys.executable).with_name("celery")),
-                    "-A",
-                    "config",
-                    "beat",
-                    "-s",
-                    str(LOGS / "beat-schedule"),
-                    "-l",
-                    "warning",
-                ],
-                cwd=ROOT,
-                env=os.environ,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        )
-        log.close()
-
-    def stop(self) -> None:
-        for p in self.procs:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in self.procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        self.procs.clear()
+        super().__init__(LOGS)
 
 
 def _flush_broker() -> None:
