@@ -28,9 +28,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.procs import CeleryProcesses
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as ``python bench/run.py`` from anywhere
+
+from bench.procs import CeleryProcesses  # noqa: E402
+
 SERVER = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 BROKER = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/10")
 DBNAME = "bench_sluice"
