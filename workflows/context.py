@@ -31,8 +31,8 @@ from django.utils import timezone
 
 from workflows import fastpath, leases, payloads, pools, usage
 from workflows.calls import call_step, error_dict, is_retryable, retry_after, return_annotation
-from workflows.definitions import StepDef, as_step, get_workflow, resolve_step, step_path
-from workflows.doorbell import dispatch_many_on_commit, dispatch_on_commit, grace, ring_on_commit
+from workflows.definitions import StepDef, as_step, resolve_step, step_path
+from workflows.doorbell import dispatch_many_on_commit, dispatch_on_commit, grace
 from workflows.errors import (
     BudgetExceeded,
     ChildWorkflowFailed,
@@ -820,14 +820,3 @@ class Context:
             self._record.current_step = self._current[:200]
         run_terminal_hooks(self._record)
         return True
-
-    def ring_again(self) -> None:
-        ring_on_commit(self._record.pk, self.generation)
-
-
-def step_for_path(path: str) -> StepDef:
-    return resolve_step(path)
-
-
-def workflow_for(run: Run) -> Any:
-    return get_workflow(run.workflow)

@@ -569,7 +569,3 @@ def handoff(pool: str, owner: str, now: datetime) -> Step | None:
             hold(cand.pk)
             return cand
     return None
-
-
-def supports_skip_locked() -> bool:
-    return bool(connection.features.has_select_for_update_skip_locked)

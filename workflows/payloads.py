@@ -23,10 +23,6 @@ def to_json(value: Any, what: str = "value") -> Any:
         raise TypeError(f"{what} is not JSON-serializable: {exc}") from None
 
 
-def encoded_size(data: Any) -> int:
-    return len(json.dumps(data, separators=(",", ":")))
-
-
 def check_size(data: Any, what: str = "value") -> int:
     encoded = json.dumps(data, separators=(",", ":"))
     if "\\u0000" in encoded:

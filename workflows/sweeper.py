@@ -24,7 +24,6 @@ from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from workflows import payloads
 from workflows.doorbell import dispatch_on_commit, grace, request_wake, ring_on_commit
 from workflows.executor import step_finished
 from workflows.models import ACTIVE_RUN, TERMINAL_RUN, Run, RunStatus, Step, StepStatus
@@ -260,4 +259,4 @@ def prune(now: Any = None) -> int:
         deleted += len(ids)
 
 
-__all__ = ["prune", "sweep", "payloads"]
+__all__ = ["prune", "sweep"]
