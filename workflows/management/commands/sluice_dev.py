@@ -4,7 +4,7 @@
    terminal reaches only this supervisor (a Celery worker that got SIGINT twice would do a cold
    shutdown instead of a warm one):
    - web: ``manage.py runserver HOST:PORT --noreload``
-   - worker: ``celery -A config worker -Q <queues> -c N -l info``
+   - worker: ``celery -A config worker -Q <queues> -c N -l warning``
    - beat: ``celery -A config beat -s var/celerybeat-schedule``
 2. Prefix every line they print with the process's name.
 3. On SIGINT/SIGTERM/SIGHUP, send SIGTERM to all three, wait for them (a worker finishes its
@@ -110,7 +110,13 @@ class Command(BaseCommand):
             "--queues", default=None, help="worker queues (default: the default queue + pools)"
         )
         parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
-        parser.add_argument("--loglevel", default="info", help="Celery log level")
+        # Beat sends the sweep every two seconds; at "info" every tick fills the terminal.
+        # Sluice's own loggers (workflows, reviews, pipelines) still log at SLUICE_LOG_LEVEL.
+        parser.add_argument(
+            "--loglevel",
+            default=os.environ.get("CELERY_LOG_LEVEL", "warning"),
+            help="Celery log level (CELERY_LOG_LEVEL)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         base_dir = Path(settings.BASE_DIR)
