@@ -30,6 +30,17 @@ def error_dict(exc: BaseException, **extra: Any) -> dict[str, Any]:
     return data
 
 
+def worker_lost(step: Any, exhausted: bool) -> dict[str, Any]:
+    """The error recorded when the worker running a step's attempt died (SIGKILL, OOM)."""
+    message = (
+        f"the worker running attempt {step.attempt} of {step.max_attempts} was lost "
+        "(killed or crashed)"
+    )
+    if exhausted:
+        message += "; attempt budget exhausted"
+    return {"type": "WorkerLost", "message": message, "attempt": step.attempt}
+
+
 def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, NonRetryableError | PayloadTooLargeError | TypeError):
         return False

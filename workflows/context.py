@@ -30,7 +30,14 @@ from django.db.models import F
 from django.utils import timezone
 
 from workflows import fastpath, leases, payloads, pools, usage
-from workflows.calls import call_step, error_dict, is_retryable, retry_after, return_annotation
+from workflows.calls import (
+    call_step,
+    error_dict,
+    is_retryable,
+    retry_after,
+    return_annotation,
+    worker_lost,
+)
 from workflows.definitions import StepDef, as_step, resolve_step, step_path
 from workflows.doorbell import dispatch_many_on_commit, dispatch_on_commit, grace
 from workflows.errors import (
@@ -44,19 +51,6 @@ from workflows.errors import (
 )
 from workflows.leases import lease_seconds, lease_until
 from workflows.models import Event, Run, RunStatus, Step, StepKind, StepStatus
-
-_STEP_FIELDS = [
-    "status",
-    "result",
-    "error",
-    "finished_at",
-    "lease_owner",
-    "lease_expires_at",
-    "usage",
-    "cost",
-    "wake_at",
-    "attempt",
-]
 
 
 @dataclass(frozen=True)
@@ -152,12 +146,7 @@ class Context:
             if row.attempt >= row.max_attempts:
                 return self._fail(
                     row,
-                    {
-                        "type": "WorkerLost",
-                        "message": f"the worker running attempt {row.attempt} of "
-                        f"{row.max_attempts} was lost (killed or crashed); attempt budget "
-                        "exhausted",
-                    },
+                    worker_lost(row, exhausted=True),
                 )
             return self._execute(sd, args, kwargs, pos, row)
         if row.status == StepStatus.RETRYING:
@@ -411,7 +400,7 @@ class Context:
         self._shown_step = fields.get("current_step", self._shown_step)
         self._cost = Decimal(0)
         for row in self._dirty:
-            row.save(update_fields=_STEP_FIELDS)
+            row.save(update_fields=fastpath.CHECKPOINT_FIELDS)
         self._dirty.clear()
         if self._inserts:
             Step.objects.bulk_create(self._inserts)

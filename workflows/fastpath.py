@@ -20,7 +20,8 @@ from psycopg.types.json import Jsonb
 
 from workflows.models import Run, Step
 
-_UPDATE_FIELDS = [
+# The step columns a checkpoint writes (the ORM path in context.py writes the same ones).
+CHECKPOINT_FIELDS = [
     "status",
     "result",
     "error",
@@ -48,7 +49,7 @@ def _insert_sql() -> tuple[str, list[Any]]:
 
 @lru_cache(maxsize=1)
 def _update_sql() -> tuple[str, list[Any]]:
-    fields: list[Any] = [Step._meta.get_field(name) for name in _UPDATE_FIELDS]
+    fields: list[Any] = [Step._meta.get_field(name) for name in CHECKPOINT_FIELDS]
     sets = ", ".join(
         f"{connection.ops.quote_name(f.column)} = %s::{f.db_type(connection)}" for f in fields
     )

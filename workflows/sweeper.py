@@ -24,6 +24,7 @@ from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from workflows.calls import worker_lost
 from workflows.doorbell import dispatch_on_commit, grace, request_wake, ring_on_commit
 from workflows.executor import step_finished
 from workflows.models import ACTIVE_RUN, TERMINAL_RUN, Run, RunStatus, Step, StepStatus
@@ -113,28 +114,26 @@ def reclaim_steps(now: Any) -> int:
         fence = Step.objects.filter(
             pk=row.pk, status=StepStatus.RUNNING, lease_owner=row.lease_owner, attempt=row.attempt
         )
-        if row.lease_owner == RESERVED:
-            # A slot reserved at fan-out whose doorbell was lost: nothing ran, nothing counts.
+
+        def requeue(**fields: Any) -> bool:
             if fence.update(
                 status=StepStatus.PENDING,
                 lease_owner="",
                 lease_expires_at=None,
                 wake_at=now + grace(),
+                **fields,
             ):
                 dispatch_on_commit(row.pk, row.pool)
                 return True
             return False
-        lost: dict[str, Any] = {
-            "type": "WorkerLost",
-            "message": f"the worker running attempt {row.attempt} of {row.max_attempts} was "
-            "lost (killed or crashed)",
-            "attempt": row.attempt,
-        }
+
+        if row.lease_owner == RESERVED:
+            # A slot reserved at fan-out whose doorbell was lost: nothing ran, nothing counts.
+            return requeue()
         if row.attempt >= row.max_attempts:
-            lost["message"] += "; attempt budget exhausted"
             if fence.update(
                 status=StepStatus.FAILED,
-                error=lost,
+                error=worker_lost(row, exhausted=True),
                 finished_at=now,
                 lease_owner="",
                 lease_expires_at=None,
@@ -142,16 +141,7 @@ def reclaim_steps(now: Any) -> int:
                 step_finished(row, now)
                 return True
             return False
-        if fence.update(
-            status=StepStatus.PENDING,
-            error=lost,
-            lease_owner="",
-            lease_expires_at=None,
-            wake_at=now + grace(),
-        ):
-            dispatch_on_commit(row.pk, row.pool)
-            return True
-        return False
+        return requeue(error=worker_lost(row, exhausted=False))
 
     return _batches(expired, reclaim)
 
