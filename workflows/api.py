@@ -40,7 +40,7 @@ from workflows.api_auth import (
 from workflows.definitions import registered_workflows
 from workflows.errors import UnknownWorkflowError
 from workflows.models import ApiKey, Blob, Run, Step
-from workflows.payloads import BLOB_KEY, is_blob_ref
+from workflows.payloads import stored
 from workflows.webhooks import CallbackUrlError, check_callback_url
 
 runs_router = Router(tags=["runs"])
@@ -243,9 +243,10 @@ def public_key(run: Run) -> str | None:
 
 def value_link(run_id: Any, data: Any) -> tuple[Any, str | None]:
     """A journal value inline, or a link to it when it is stored out of row."""
-    if is_blob_ref(data):
-        return None, f"/api/runs/{run_id}/values/{data[BLOB_KEY]}"
-    return data, None
+    value, blob_id = stored(data)
+    if blob_id is not None:
+        return None, f"/api/runs/{run_id}/values/{blob_id}"
+    return value, None
 
 
 def run_summary(run: Run) -> dict[str, Any]:
@@ -288,7 +289,9 @@ def run_detail(run: Run) -> dict[str, Any]:
 
 def step_out(row: Step) -> dict[str, Any]:
     args, args_url = value_link(row.run_id, row.args)
-    result, result_url = value_link(row.run_id, row.result)
+    # A run_workflow step's result is its child's output, stored among the child's values.
+    child = row.args.get("run_id") if row.kind == "child" and isinstance(row.args, dict) else None
+    result, result_url = value_link(child or row.run_id, row.result)
     usage = row.usage if isinstance(row.usage, dict) else None
     duration = row.duration
     return {

@@ -214,7 +214,10 @@ class Context:
                 StepKind.EVENT,
                 name,
                 StepStatus.WAITING,
-                args={"default": payloads.to_json(default, "default"), "timeout": seconds},
+                args={
+                    "default": payloads.escape(payloads.to_json(default, "default")),
+                    "timeout": seconds,
+                },
                 wake_at=now + timedelta(seconds=seconds) if seconds is not None else None,
                 started_at=now,
             )
@@ -238,10 +241,10 @@ class Context:
                     row.finished_at = now
                     row.save(update_fields=["status", "result", "finished_at"])
             if row.status == StepStatus.SUCCEEDED:
-                return payloads.unpack(row.result)
+                return payloads.unpack(row.result, self.run_id)
             raise Suspend
         if row.status == StepStatus.SUCCEEDED:
-            return payloads.unpack(row.result)
+            return payloads.unpack(row.result, self.run_id)
         raise Suspend
 
     def run_workflow(self, name: str, input: dict[str, Any] | None = None, **options: Any) -> Any:
@@ -268,7 +271,8 @@ class Context:
                 row.save(update_fields=["args"])
             raise Suspend
         if row.status == StepStatus.SUCCEEDED:
-            return payloads.unpack(row.result)
+            # The child's output arrives as the child's own reference (the hand-over).
+            return payloads.unpack(row.result, self.run_id, child_step=row.pk)
         if row.status == StepStatus.FAILED:
             raise ChildWorkflowFailed(row.name, row.error or {})
         raise Suspend
@@ -309,7 +313,7 @@ class Context:
                 kind,
                 name,
                 StepStatus.WAITING,
-                args={"default": payloads.to_json(default, "default")},
+                args={"default": payloads.escape(payloads.to_json(default, "default"))},
                 wake_at=now + timeout if timeout is not None else None,
                 started_at=now,
             )
@@ -319,7 +323,7 @@ class Context:
                 on_open(row)
             raise Suspend
         if row.status == StepStatus.SUCCEEDED:
-            return payloads.unpack(row.result)
+            return payloads.unpack(row.result, self.run_id)
         if row.status == StepStatus.FAILED:
             raise StepFailed(row.name, row.error or {})
         raise Suspend
@@ -371,7 +375,7 @@ class Context:
         return value
 
     def _value(self, sd: StepDef, data: Any) -> Any:
-        return payloads.revive(payloads.unpack(data), return_annotation(sd))
+        return payloads.revive(payloads.unpack(data, self.run_id), return_annotation(sd))
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -584,7 +588,7 @@ class Context:
         row.lease_owner = ""
         row.lease_expires_at = None
         self._dirty.append(row)
-        return payloads.revive(payloads.unpack(data), return_annotation(sd))
+        return payloads.revive(payloads.unpack(data, self.run_id), return_annotation(sd))
 
     def _record_usage(self, row: Step, scope: usage.StepScope) -> None:
         if scope.usage:
@@ -720,7 +724,8 @@ class Context:
                 sd = calls[i].step if i < len(calls) else None
                 results.append(
                     payloads.revive(
-                        payloads.unpack(b.result), return_annotation(sd) if sd else None
+                        payloads.unpack(b.result, self.run_id),
+                        return_annotation(sd) if sd else None,
                     )
                 )
             else:

@@ -363,7 +363,7 @@ def _run_claimed(row: Step, owner: str, woke: list[Any] | None = None) -> Step |
     sd = None
     try:
         sd = resolve_step(row.target)
-        call = payloads.unpack(row.args) or {}
+        call = payloads.unpack(row.args, row.run_id) or {}
         value = call_step(sd, call.get("args", []), call.get("kwargs", {}))
         data, blob = payloads.pack(value, row.run_id, f"result of {row.name}")
         if blob is not None:

@@ -1,4 +1,18 @@
-"""Values crossing the journal: JSON (pydantic models allowed), bounded, large ones out of row."""
+"""Values crossing the journal: JSON (pydantic models allowed), bounded, large ones out of row.
+
+A value over ``SLUICE_PAYLOAD_INLINE_LIMIT`` is stored as a ``Blob`` and its column holds a
+reference, ``{"$blob": id, "size": n}``. Only the engine writes references, so only the engine's
+own columns are ever read as one, and only under two rules:
+
+1. Every value written to a journal column goes through ``pack`` or ``escape``: a dict that
+   merely looks like a reference (or like an escape) is wrapped as ``{"$literal": value}`` and
+   reads back as that same dict. Run input, events, gate edits, form fields, a state machine's
+   state and an LLM's answer are data, never references.
+2. ``unpack`` reads a blob only of the run it is told about (and, for a ``run_workflow`` step,
+   of the child run that step started: the hand-over). Anything else is refused with
+   ``ForeignBlobError``, never read: blob ids are sequential, so trusting the id alone would hand
+   one tenant's documents to another.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +24,14 @@ import pydantic
 import pydantic_core
 from django.conf import settings
 
-from workflows.errors import PayloadTooLargeError
+from workflows.errors import PayloadTooLargeError, SluiceError
 
 BLOB_KEY = "$blob"
+LITERAL_KEY = "$literal"
+
+
+class ForeignBlobError(SluiceError, LookupError):
+    """A blob reference points at a blob the reader may not read (another run's)."""
 
 
 def to_json(value: Any, what: str = "value") -> Any:
@@ -39,14 +58,23 @@ def check_size(data: Any, what: str = "value") -> int:
     return size
 
 
+def escape(data: Any) -> Any:
+    """JSON data as a journal column holds it: a dict with a ``$blob`` or ``$literal`` key is
+    wrapped, so that it reads back as data and is never taken for a reference."""
+    if isinstance(data, dict) and (BLOB_KEY in data or LITERAL_KEY in data):
+        return {LITERAL_KEY: data}
+    return data
+
+
 def pack(value: Any, run_id: Any, what: str = "value") -> tuple[Any, Any | None]:
     """Encode for a JSON column. Returns (column value, Blob to save first or None)."""
     data = to_json(value, what)
     size = check_size(data, what)
     if size <= settings.SLUICE_PAYLOAD_INLINE_LIMIT:
-        return data, None
+        return escape(data), None
     from workflows.models import Blob
 
+    # A blob's text is the value itself: it is never read as a reference, so needs no escape.
     blob = Blob(run_id=run_id, data=json.dumps(data), size=size)
     return None, blob
 
@@ -56,16 +84,57 @@ def blob_ref(blob: Any) -> dict[str, Any]:
 
 
 def is_blob_ref(data: Any) -> bool:
+    """Whether a journal column's value is a reference (only meaningful for values the engine
+    stored: everything else was escaped on the way in)."""
     return isinstance(data, dict) and BLOB_KEY in data and len(data) <= 2
 
 
-def unpack(data: Any) -> Any:
-    """Inverse of ``pack``: follow a blob reference when there is one."""
-    if is_blob_ref(data):
-        from workflows.models import Blob
+def is_literal(data: Any) -> bool:
+    return isinstance(data, dict) and len(data) == 1 and LITERAL_KEY in data
 
-        return json.loads(Blob.objects.get(pk=data[BLOB_KEY]).data)
-    return data
+
+def stored(data: Any) -> tuple[Any, int | None]:
+    """A journal column's value for display: (the inline value, None) or (None, blob id).
+
+    Reads no blob; whoever shows the link checks the blob belongs to the run it shows.
+    """
+    if is_literal(data):
+        return data[LITERAL_KEY], None
+    if is_blob_ref(data):
+        ref = data[BLOB_KEY]
+        return None, ref if isinstance(ref, int) and not isinstance(ref, bool) else None
+    return data, None
+
+
+def unpack(data: Any, run_id: Any, *, child_step: int | None = None) -> Any:
+    """Inverse of ``pack``: the value a journal column holds, following a blob reference.
+
+    A blob is read only if it belongs to run ``run_id`` or, given ``child_step`` (the journal
+    row of a ``run_workflow`` call), to the child run that row started: the child's output is
+    handed over to the parent as the child's own reference. Any other reference raises
+    ``ForeignBlobError`` (a clear failure of the reading step or run, never another run's data).
+    """
+    if is_literal(data):
+        return data[LITERAL_KEY]
+    if not is_blob_ref(data):
+        return data
+    from django.db.models import Q
+
+    from workflows.models import Blob
+
+    ref = data[BLOB_KEY]
+    blob = None
+    if isinstance(ref, int) and not isinstance(ref, bool) and 0 < ref < 2**63:
+        allowed = Q(run_id=run_id)
+        if child_step is not None:
+            allowed |= Q(run__parent_step_id=child_step)
+        blob = Blob.objects.filter(allowed, pk=ref).only("data").first()
+    if blob is None:
+        raise ForeignBlobError(
+            f"the value refers to stored value {ref!r}, which does not belong to run {run_id}; "
+            "it was not read"
+        )
+    return json.loads(blob.data)
 
 
 @lru_cache(maxsize=512)

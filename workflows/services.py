@@ -177,6 +177,9 @@ def send_event(run_id: Any, name: str, payload: Any = None) -> Event:
     """Deliver an event to a run. If no wait is open for it yet, it is kept for the next one."""
     data = payloads.to_json(payload, "event payload")
     payloads.check_size(data, "event payload")
+    # An event's payload is data from outside: stored escaped, it can never pass for a blob
+    # reference when the waiting step hands it to the workflow.
+    data = payloads.escape(data)
     now = timezone.now()
     with transaction.atomic():
         run = _locked(run_id)
@@ -211,14 +214,22 @@ def complete_waiting_step(
     Call inside the caller's transaction. Compare-and-swap: returns False if the step was no
     longer waiting (canceled, superseded, already resolved), and then nothing changed.
     """
-    now = timezone.now()
-    fields: dict[str, Any] = {"finished_at": now}
+    fields: dict[str, Any] = {}
     if error is not None:
         fields.update(status=StepStatus.FAILED, error=error)
     else:
-        fields.update(status=StepStatus.SUCCEEDED, result=payloads.to_json(result, "result"))
+        # The result comes from a plug-in (a gate's decision with a reviewer's edits): data,
+        # escaped so that it is never read as a blob reference.
+        result = payloads.escape(payloads.to_json(result, "result"))
+        fields.update(status=StepStatus.SUCCEEDED, result=result)
     if extra:
         fields["usage"] = extra
+    return _resolve_waiting(step_id, fields)
+
+
+def _resolve_waiting(step_id: int, fields: dict[str, Any]) -> bool:
+    now = timezone.now()
+    fields = {"finished_at": now, **fields}
     run_id = Step.objects.filter(pk=step_id).values_list("run_id", flat=True).first()
     n = Step.objects.filter(pk=step_id, status=StepStatus.WAITING, superseded=False).update(
         **fields
@@ -247,7 +258,11 @@ def run_terminal_hooks(run: Run) -> None:
     run_finished.send(sender=Run, run=run)
     if run.parent_step_id:
         if run.status == RunStatus.SUCCEEDED:
-            complete_waiting_step(run.parent_step_id, result=run.output)
+            # The output as the child stored it (inline, or the child's blob reference): the
+            # parent's run_workflow call reads it with the child's blobs allowed.
+            _resolve_waiting(
+                run.parent_step_id, {"status": StepStatus.SUCCEEDED, "result": run.output}
+            )
         else:
             message = (run.error or {}).get("message", "") if isinstance(run.error, dict) else ""
             complete_waiting_step(

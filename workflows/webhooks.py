@@ -43,7 +43,7 @@ from workflows.models import (
     WebhookDelivery,
     WebhookStatus,
 )
-from workflows.payloads import BLOB_KEY, is_blob_ref
+from workflows.payloads import stored
 from workflows.signals import run_finished
 
 log = logging.getLogger(__name__)
@@ -169,11 +169,8 @@ def _iso(value: datetime | None) -> str | None:
 
 def run_summary(run: Run) -> dict[str, Any]:
     """The run as a webhook body shows it (large outputs as a link, like the API)."""
-    output: Any = run.output
-    output_url = None
-    if is_blob_ref(output):
-        output_url = f"/api/runs/{run.pk}/values/{output[BLOB_KEY]}"
-        output = None
+    output, blob_id = stored(run.output)
+    output_url = f"/api/runs/{run.pk}/values/{blob_id}" if blob_id is not None else None
     return {
         "id": str(run.pk),
         "pipeline": run.workflow,
