@@ -84,6 +84,7 @@ def test_a_large_child_output_is_linked_where_it_is_stored(
     bell.settle()
     run_id = r.json()["id"]
     assert api.get(f"/runs/{run_id}", as_=service).json()["output"] == {"length": 350}
-    (child,) = [s for s in api.get(f"/runs/{run_id}/steps", as_=service).json() if s["kind"] == "child"]
+    steps = api.get(f"/runs/{run_id}/steps", as_=service).json()
+    (child,) = [s for s in steps if s["kind"] == "child"]
     value = api.get(child["result_url"].removeprefix("/api"), as_=service)
     assert value.status_code == 200 and value.json()["text"].startswith("secret")

@@ -50,7 +50,8 @@ def test_it_refuses_to_unpack_a_blob_of_another_run(bell: Bell) -> None:
 
 
 def test_a_dict_that_looks_like_a_reference_round_trips_as_data() -> None:
-    for value in ({"$blob": 1}, {"$blob": 1, "size": 2}, {"$literal": 3}, {"$literal": {"$blob": 1}}):
+    looks_like = [{"$blob": 1}, {"$blob": 1, "size": 2}, {"$literal": 3}, {"$literal": {"$blob": 1}}]
+    for value in looks_like:
         column, blob = pack(value, run_id=None)
         assert blob is None
         assert unpack(column, None) == value
