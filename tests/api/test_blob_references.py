@@ -49,9 +49,7 @@ def test_it_never_reads_an_event_payload_as_another_tenants_blob(
     assert api.get(f"/runs/{run_id}/values/{blob_id}", as_=other).status_code == 404
     bell.drain()
     # ... and gets nothing more by forging a reference in an event.
-    r = api.post(
-        f"/runs/{run_id}/events", {"name": "go", "payload": {"$blob": blob_id}}, as_=other
-    )
+    r = api.post(f"/runs/{run_id}/events", {"name": "go", "payload": {"$blob": blob_id}}, as_=other)
     assert r.status_code == 202
     bell.drain()
     detail = api.get(f"/runs/{run_id}", as_=other).json()

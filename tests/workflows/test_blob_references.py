@@ -50,7 +50,12 @@ def test_it_refuses_to_unpack_a_blob_of_another_run(bell: Bell) -> None:
 
 
 def test_a_dict_that_looks_like_a_reference_round_trips_as_data() -> None:
-    looks_like = [{"$blob": 1}, {"$blob": 1, "size": 2}, {"$literal": 3}, {"$literal": {"$blob": 1}}]
+    looks_like = [
+        {"$blob": 1},
+        {"$blob": 1, "size": 2},
+        {"$literal": 3},
+        {"$literal": {"$blob": 1}},
+    ]
     for value in looks_like:
         column, blob = pack(value, run_id=None)
         assert blob is None
@@ -94,9 +99,7 @@ def test_a_wait_default_is_never_read_as_a_reference(bell: Bell) -> None:
     blob = secret_blob(bell)
     run = start("blobs.echo_default", {"default": {"$blob": blob.pk}}, tenant="other")
     bell.drain()
-    Step.objects.filter(run=run, kind="event").update(
-        wake_at=timezone.now() - timedelta(seconds=1)
-    )
+    Step.objects.filter(run=run, kind="event").update(wake_at=timezone.now() - timedelta(seconds=1))
     sweep()
     bell.settle()
     run = get_run(run.pk)
@@ -149,5 +152,3 @@ def test_the_child_hand_over_does_not_open_other_runs(bell: Bell) -> None:
     step = Step.objects.get(run=get_run(run.pk), kind="child")
     with pytest.raises(ForeignBlobError):
         unpack({"$blob": blob.pk}, run.pk, child_step=step.pk)
-
-
