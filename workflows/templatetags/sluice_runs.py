@@ -27,6 +27,14 @@ def pretty(value: Any) -> str:
 
 
 @register.filter
+def journal_value(value: Any) -> Any:
+    """A journal column's value as data (an escaped dict unwrapped; see workflows.payloads)."""
+    from workflows.payloads import stored
+
+    return stored(value)[0]
+
+
+@register.filter
 def large_value_url(value: Any, run_id: Any) -> str:
     """The page link of a value stored out of row ("" when it is inline)."""
     return value_link(run_id, value) or ""
