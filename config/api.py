@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -61,15 +62,41 @@ def _check_value(value: Any, depth: int = 0) -> None:
             _check_value(v, depth + 1)
 
 
+class NotJson(BadJson):
+    """A request body sent with a content type other than JSON."""
+
+
 def _no_constants(name: str) -> Any:
     raise BadJson(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    # Python reads 1e400 as Infinity, which no JSON column can store.
+    value = float(text)
+    if not math.isfinite(value):
+        raise BadJson(f"the number {text[:40]} is out of range (not a finite number)")
+    return value
+
+
+def is_json_type(content_type: str) -> bool:
+    """``application/json`` or a structured ``+json`` type such as ``application/merge+json``."""
+    main = content_type.split(";", 1)[0].strip().lower()
+    return main == "application/json" or (
+        main.startswith("application/") and main.endswith("+json")
+    )
+
+
 class StrictJsonParser(Parser):
-    """JSON bodies without NaN/Infinity, NUL characters, lone surrogates or extreme nesting."""
+    """JSON bodies only (415 otherwise), without NaN/Infinity (spelled out or overflowing), NUL
+    characters, lone surrogates or extreme nesting (400)."""
 
     def parse_body(self, request: HttpRequest) -> Any:
-        data = json.loads(request.body, parse_constant=_no_constants)
+        if not is_json_type(request.content_type or ""):
+            raise NotJson(
+                f"the body must be JSON (Content-Type: application/json), "
+                f"not {request.content_type or 'without a content type'}"
+            )
+        data = json.loads(request.body, parse_constant=_no_constants, parse_float=_finite)
         _check_value(data)
         return data
 
@@ -112,6 +139,7 @@ CODES = {
     405: "method_not_allowed",
     409: "conflict",
     413: "payload_too_large",
+    415: "unsupported_media_type",
     422: "invalid_input",
     429: "rate_limited",
 }
@@ -146,6 +174,8 @@ def _unauthorized(request: HttpRequest, exc: AuthenticationError) -> HttpRespons
 
 @api.exception_handler(HttpError)
 def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    if exc.status_code == 400 and isinstance(exc.__cause__, NotJson):
+        return error_response(415, "unsupported_media_type", str(exc.__cause__))
     if exc.status_code == 400 and isinstance(exc.__cause__, Exception):
         cause = exc.__cause__
         message = str(cause) if isinstance(cause, BadJson) else "the request body is not valid JSON"

@@ -22,7 +22,7 @@ from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 from ninja import Field, Header, Query, Router, Schema, Status
-from pydantic import BeforeValidator, ConfigDict
+from pydantic import AfterValidator, BeforeValidator, ConfigDict
 
 from workflows import gateinfo, services
 from workflows.api_auth import (
@@ -67,7 +67,18 @@ def _not_a_number(value: Any) -> Any:
     return value
 
 
-IsoDateTime = Annotated[datetime, BeforeValidator(_not_a_number)]
+def _in_utc(value: datetime) -> datetime:
+    """A filter is compared in UTC: a date-time that has no UTC equivalent (9999-12-31 at
+    -14:00, 0001-01-01 at +14:00) is out of range, a 422 rather than an OverflowError."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("date-time out of range: it has no UTC equivalent") from None
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator(_in_utc)]
 
 RunStatusName = Literal["pending", "running", "suspended", "succeeded", "failed", "canceled"]
 
@@ -327,12 +338,6 @@ def _int(value: Any) -> int | None:
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and timezone.is_naive(value):
-        return value.replace(tzinfo=UTC)
-    return value
-
-
 def encode_cursor(run: Run) -> str:
     raw = json.dumps([run.created_at.isoformat(), str(run.pk)]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -342,11 +347,14 @@ def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, run_id = json.loads(raw)
+        if not isinstance(created, str) or not isinstance(run_id, str):
+            raise ValueError("not a position")
         at = datetime.fromisoformat(created)
         if timezone.is_naive(at):
             raise ValueError("naive timestamp")
-        return at, UUID(run_id)
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        # A forged offset can put the moment outside the range of a UTC datetime.
+        return at.astimezone(UTC), UUID(run_id)
+    except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise ApiError(
             422,
             "invalid_cursor",
@@ -405,36 +413,26 @@ def create_run(
                 [{"field": "callback_url", "message": str(exc), "type": "value_error"}],
             ) from None
     stored_key = namespaced_key(key.tenant, idempotency_key) if idempotency_key else None
-    existing = Run.objects.filter(idempotency_key=stored_key).first() if stored_key else None
-    if existing is None:
-        try:
-            run = services.start(
-                body.pipeline,
-                body.input,
-                idempotency_key=stored_key,
-                tenant=key.tenant,
-                created_by=key.actor,
-                callback_url=body.callback_url or "",
-                max_cost=body.max_cost,
-            )
-        except UnknownWorkflowError as exc:
-            raise ApiError(
-                422,
-                "unknown_pipeline",
-                str(exc),
-                [
-                    {
-                        "field": "pipeline",
-                        "message": "no pipeline has this name",
-                        "type": "value_error",
-                    }
-                ],
-            ) from None
-        # A concurrent request with the same key may have won the insert: start() then
-        # returned its run, which is checked like any existing one below.
-        status = 201
-    else:
-        run, status = existing, 200
+    try:
+        # A concurrent request with the same key may win the insert: this one then gets that
+        # run as found (200), and checks it like any earlier run with the key, below.
+        run, created = services.start_or_find(
+            body.pipeline,
+            body.input,
+            idempotency_key=stored_key,
+            tenant=key.tenant,
+            created_by=key.actor,
+            callback_url=body.callback_url or "",
+            max_cost=body.max_cost,
+        )
+    except UnknownWorkflowError as exc:
+        raise ApiError(
+            422,
+            "unknown_pipeline",
+            str(exc),
+            [{"field": "pipeline", "message": "no pipeline has this name", "type": "value_error"}],
+        ) from None
+    status = 201 if created else 200
     if stored_key and not _same_request(run, body):
         raise ApiError(
             422,
@@ -469,9 +467,9 @@ def list_runs(
     if pipeline:
         qs = qs.filter(workflow=pipeline)
     if created_after:
-        qs = qs.filter(created_at__gte=_aware(created_after))
+        qs = qs.filter(created_at__gte=created_after)
     if created_before:
-        qs = qs.filter(created_at__lt=_aware(created_before))
+        qs = qs.filter(created_at__lt=created_before)
     if cursor:
         at, run_id = decode_cursor(cursor)
         qs = qs.filter(Q(created_at__lt=at) | Q(created_at=at, id__lt=run_id))

@@ -66,8 +66,8 @@ def errors(*statuses: int) -> dict[int, type[ErrorOut]]:
 NO_NUL = r"^[^\x00]*$"
 
 AUTH_ERRORS = (401, 403, 429)
-# A JSON body may be malformed (400), too large (413) or invalid (422).
-BODY_ERRORS = (400, 413, 422)
+# A JSON body may be malformed (400), too large (413), not JSON at all (415) or invalid (422).
+BODY_ERRORS = (400, 413, 415, 422)
 
 
 def _check(request: HttpRequest, raw: str | None, scopes: tuple[str, ...]) -> ApiKey | None:

@@ -43,7 +43,11 @@ def to_json(value: Any, what: str = "value") -> Any:
 
 
 def check_size(data: Any, what: str = "value") -> int:
-    encoded = json.dumps(data, separators=(",", ":"))
+    try:
+        encoded = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        # NaN and Infinity are not JSON: PostgreSQL's jsonb refuses them, so refuse them here.
+        raise TypeError(f"{what} contains NaN or Infinity, which is not JSON") from None
     if "\\u0000" in encoded:
         # PostgreSQL's jsonb cannot store NUL; refuse it here, as a clear step failure,
         # rather than as a database error in the middle of a checkpoint.

@@ -4,7 +4,6 @@ that run when a run ends. Views, API operations, tasks and admin actions call th
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import datetime
 from typing import Any
@@ -43,10 +42,9 @@ def validate_input(workflow: str, input: Any) -> dict[str, Any]:
         )
     try:
         data = payloads.to_json(input, "input")
-        json.dumps(data)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"input of {workflow!r} is not JSON-serializable: {exc}") from None
-    payloads.check_size(data, f"input of {workflow!r}")
+        payloads.check_size(data, f"input of {workflow!r}")
+    except TypeError as exc:
+        raise InvalidInputError(f"invalid input for {workflow!r}: {exc}") from None
     assert wf.input_model is not None
     try:
         wf.input_model.model_validate(data)
@@ -130,27 +128,42 @@ def start(
 
     ``options``: ``tenant``, ``created_by``, ``callback_url``, ``max_cost`` (see ``Run``).
     """
+    run, _ = start_or_find(
+        workflow,
+        input,
+        idempotency_key=idempotency_key,
+        on_complete=on_complete,
+        context=context,
+        max_parallel=max_parallel,
+        **options,
+    )
+    return run
+
+
+def start_or_find(
+    workflow: str,
+    input: dict[str, Any] | None = None,
+    *,
+    idempotency_key: str | None = None,
+    **options: Any,
+) -> tuple[Run, bool]:
+    """``start``, also saying whether this call created the run (True) or found the run an
+    earlier call with the same ``idempotency_key`` created (False): the API answers 201 once."""
     if idempotency_key:
         existing = Run.objects.filter(idempotency_key=idempotency_key).first()
         if existing is not None:
-            return existing
+            return existing, False
     try:
         with transaction.atomic():
-            return create_run(
-                workflow,
-                input or {},
-                idempotency_key=idempotency_key,
-                on_complete=on_complete,
-                context=context,
-                max_parallel=max_parallel,
-                **options,
-            )
+            run = create_run(workflow, input or {}, idempotency_key=idempotency_key, **options)
+            return run, True
     except IntegrityError:
-        # Two callers raced with the same key: the other insert won, return its run.
+        # Two callers raced with the same key: the other insert won (the unique index made us
+        # wait for its commit), so its run is visible now: return it, as found.
         if idempotency_key:
             existing = Run.objects.filter(idempotency_key=idempotency_key).first()
             if existing is not None:
-                return existing
+                return existing, False
         raise
 
 
@@ -175,8 +188,11 @@ def _locked(run_id: Any) -> Run:
 
 def send_event(run_id: Any, name: str, payload: Any = None) -> Event:
     """Deliver an event to a run. If no wait is open for it yet, it is kept for the next one."""
-    data = payloads.to_json(payload, "event payload")
-    payloads.check_size(data, "event payload")
+    try:
+        data = payloads.to_json(payload, "event payload")
+        payloads.check_size(data, "event payload")
+    except TypeError as exc:
+        raise InvalidInputError(str(exc)) from None
     # An event's payload is data from outside: stored escaped, it can never pass for a blob
     # reference when the waiting step hands it to the workflow.
     data = payloads.escape(data)
@@ -344,6 +360,13 @@ def restart(run_id: Any, from_step: int | None = None) -> Run:
             from_step = first_bad.position if first_bad else 1
         if from_step < 1:
             raise InvalidInputError("from_step counts journal positions from 1")
+        last = live.order_by("-position").values_list("position", flat=True).first() or 1
+        if from_step > last:
+            raise InvalidInputError(
+                f"from_step {from_step} is past the journal: run {run.pk} has positions 1 to "
+                f"{last}",
+                [{"field": "from_step", "message": f"at most {last}", "type": "less_than_equal"}],
+            )
         stale = Step.objects.filter(run=run, superseded=False).filter(
             Q(position__gte=from_step) | Q(status=StepStatus.CANCELED)
         )
@@ -397,4 +420,5 @@ __all__ = [
     "run_terminal_hooks",
     "send_event",
     "start",
+    "start_or_find",
 ]

@@ -1,0 +1,202 @@
+"""Bad input found in issue 8 gets a clear 4xx in the API's error shape, never a 500:
+numbers that overflow to Infinity, date-times with no UTC equivalent (in filters and cursors),
+bodies that are not JSON, and a restart position past the journal."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+import tests.workflows.blob_workflows  # noqa: F401  (registers blobs.echo_input)
+from reviews.models import Gate
+from tests.api.conftest import Api, Persona, error_code
+from tests.support import Bell
+from workflows import get_run, restart, start
+from workflows.errors import InvalidInputError
+from workflows.models import Event, Run
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+OVERFLOWING = ("1e400", "-1e400", "1E999", "123456789e999")
+
+
+def _cursor(value: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+def _assert_refused(r: Any, status: int, code: str) -> None:
+    assert r.status_code == status, r.content
+    assert error_code(r) == code
+
+
+# --- Infinity and NaN ---------------------------------------------------------------------------
+
+
+def test_an_event_payload_that_overflows_to_infinity_is_a_400(
+    api: Api, service: Persona, bell: Bell
+) -> None:
+    run = start("test.event", {}, tenant="acme")
+    bell.drain()
+    for number in OVERFLOWING:
+        raw = f'{{"name": "approved", "payload": {{"x": {number}}}}}'
+        r = api.post(f"/runs/{run.pk}/events", raw=raw, as_=service)
+        _assert_refused(r, 400, "malformed_json")
+        assert "out of range" in r.json()["error"]["message"]
+    for raw in ('{"name": "approved", "payload": [NaN]}', '{"name": "a", "payload": -Infinity}'):
+        _assert_refused(
+            api.post(f"/runs/{run.pk}/events", raw=raw, as_=service), 400, "malformed_json"
+        )
+    assert not Event.objects.exists()
+    # The run is not wedged: a proper event still resumes it.
+    r = api.post(
+        f"/runs/{run.pk}/events", {"name": "approved", "payload": {"x": 1e300}}, as_=service
+    )
+    assert r.status_code == 202
+    bell.drain()
+    assert get_run(run.pk).output == {"first": 1, "event": {"x": 1e300}}
+
+
+def test_run_input_that_overflows_is_a_400(api: Api, service: Persona) -> None:
+    raw = '{"pipeline": "blobs.echo_input", "input": {"doc": {"x": [1e400]}}}'
+    _assert_refused(api.post("/runs", raw=raw, as_=service), 400, "malformed_json")
+    assert not Run.objects.exists()
+
+
+def test_gate_edits_that_overflow_are_a_400(api: Api, service: Persona, bell: Bell) -> None:
+    run = start("api.review", {"text": "Revenue rose 4%."}, tenant="acme")
+    bell.drain()
+    gate = Gate.objects.get(run=run)
+    raw = '{"outcome": "approve", "edits": {"summary": 1e400}}'
+    r = api.post(f"/gates/{gate.pk}/decision", raw=raw, as_=service)
+    _assert_refused(r, 400, "malformed_json")
+    gate.refresh_from_db()
+    assert gate.status == "open"
+
+
+def test_the_python_api_refuses_infinity_with_a_clear_error(bell: Bell) -> None:
+    with pytest.raises(InvalidInputError, match="NaN or Infinity"):
+        start("blobs.echo_input", {"doc": {"x": float("inf")}})
+    run = start("test.event", {})
+    from workflows import send_event
+
+    with pytest.raises(InvalidInputError, match="NaN or Infinity"):
+        send_event(run.pk, "approved", {"x": float("nan")})
+
+
+# --- date-times and cursors ---------------------------------------------------------------------
+
+EXTREMES = (
+    "9999-12-31T23:59:59-14:00",
+    "0001-01-01T00:00:00+14:00",
+    "9999-12-31T23:59:59.999999-00:01",
+    "0001-01-01T00:00:00+00:01",
+)
+
+
+def test_date_times_with_no_utc_equivalent_are_a_422(api: Api, service: Persona) -> None:
+    for param in ("created_after", "created_before"):
+        for value in EXTREMES:
+            r = api.get(f"/runs?{param}={quote(value)}", as_=service)
+            _assert_refused(r, 422, "invalid_request")
+            (detail,) = r.json()["error"]["details"]
+            assert detail["field"] == param and "out of range" in detail["message"]
+
+
+def test_the_extreme_date_times_that_do_exist_are_fine(api: Api, service: Persona) -> None:
+    start("test.chain", {"n": 1}, tenant="acme")
+    for query, count in (
+        ("created_after=0001-01-01T00:00:00Z", 1),
+        ("created_before=9999-12-31T23:59:59Z", 1),
+        ("created_after=9999-12-31T23:59:59%2B14:00", 0),
+        ("created_before=0001-01-01T00:00:00-14:00", 0),
+    ):
+        r = api.get(f"/runs?{query}", as_=service)
+        assert r.status_code == 200, (query, r.content)
+        assert len(r.json()["items"]) == count, query
+
+
+def test_a_cursor_with_an_extreme_or_garbage_position_is_a_422(api: Api, service: Persona) -> None:
+    run_id = "00000000-0000-0000-0000-000000000000"
+    cursors = [_cursor([value, run_id]) for value in EXTREMES]
+    cursors += [
+        _cursor(value)
+        for value in (
+            [5, run_id],
+            ["2026-01-01T00:00:00Z", 5],
+            ["2026-01-01T00:00:00Z", None],
+            ["2026-01-01T00:00:00Z", "not-a-uuid"],
+            ["2026-01-01T00:00:00", run_id],  # naive
+            ["2026-01-01T00:00:00Z"],
+            {"a": 1},
+            "x",
+            None,
+            [[], {}],
+        )
+    ]
+    cursors += ["", "%FF", "====", "\u00e9\u00e9", "W" * 499]
+    for cursor in cursors:
+        r = api.get(f"/runs?cursor={quote(cursor)}", as_=service)
+        if cursor == "":
+            assert r.status_code == 200  # an empty cursor is the first page
+            continue
+        _assert_refused(r, 422, "invalid_cursor")
+
+
+# --- content types ------------------------------------------------------------------------------
+
+
+def test_a_body_that_is_not_json_is_a_415(api: Api, service: Persona, bell: Bell) -> None:
+    run = start("test.event", {}, tenant="acme")
+    bell.drain()
+    gate_run = start("api.review", {}, tenant="acme")
+    bell.drain()
+    gate = Gate.objects.get(run=gate_run)
+    bodies = {
+        "/runs": {"pipeline": "test.chain", "input": {"n": 1}},
+        f"/runs/{run.pk}/events": {"name": "approved"},
+        f"/gates/{gate.pk}/decision": {"outcome": "approve"},
+        f"/runs/{run.pk}/restart": {"from_step": 1},
+    }
+    for path, body in bodies.items():
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", "text/json", ""):
+            r = api.client.post(
+                f"/api{path}",
+                data=json.dumps(body),
+                content_type=content_type,
+                headers=service.headers,
+            )
+            _assert_refused(r, 415, "unsupported_media_type")
+            assert "application/json" in r.json()["error"]["message"]
+    assert Run.objects.count() == 2 and not Event.objects.exists()
+    gate.refresh_from_db()
+    assert gate.status == "open"
+    # JSON with a charset, or a structured +json type, is JSON.
+    r = api.client.post(
+        f"/api/runs/{run.pk}/events",
+        data=json.dumps({"name": "approved"}),
+        content_type="application/json; charset=utf-8",
+        headers=service.headers,
+    )
+    assert r.status_code == 202
+
+
+# --- restart past the journal -------------------------------------------------------------------
+
+
+def test_restarting_past_the_journal_is_a_422(api: Api, service: Persona, bell: Bell) -> None:
+    run = start("test.chain", {"n": 3}, tenant="acme")
+    bell.drain()
+    for position in (4, 1_000_000):
+        r = api.post(f"/runs/{run.pk}/restart", {"from_step": position}, as_=service)
+        _assert_refused(r, 422, "invalid_input")
+        assert f"from_step {position} is past the journal" in r.json()["error"]["message"]
+        assert r.json()["error"]["details"][0]["field"] == "from_step"
+    assert get_run(run.pk).generation == 1  # nothing was superseded
+    with pytest.raises(InvalidInputError, match="past the journal"):
+        restart(run.pk, from_step=10**30)
+    r = api.post(f"/runs/{run.pk}/restart", {"from_step": 3}, as_=service)
+    assert r.status_code == 200 and r.json()["generation"] == 2
