@@ -23,6 +23,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from workflows import operations
+from workflows.audit import MAX_REASON, Actor
 from workflows.definitions import registered_workflows
 from workflows.keys import SCOPES, assign_new_secret
 from workflows.models import (
@@ -31,6 +32,7 @@ from workflows.models import (
     Outbox,
     Pool,
     Run,
+    RunAudit,
     Step,
     WebhookAttempt,
     WebhookDelivery,
@@ -180,13 +182,52 @@ class WebhookDeliveryInline(ReadOnlyMixin, admin.TabularInline):
     readonly_fields = fields
 
 
+class RunActionForm(helpers.ActionForm):
+    """The action bar of the runs list, with the reason that goes into each run's audit."""
+
+    reason = forms.CharField(
+        required=False,
+        max_length=MAX_REASON,
+        label="Reason",
+        widget=forms.TextInput(attrs={"placeholder": "why (optional, kept in the audit trail)"}),
+    )
+
+
 class RestartForm(forms.Form):
     from_step = forms.IntegerField(
         min_value=1,
+        max_value=1_000_000,
         label="Restart from journal position",
         help_text="Entries from this position on are superseded (kept, not deleted) and run "
         "again under a new generation.",
     )
+    reason = forms.CharField(
+        required=False,
+        max_length=MAX_REASON,
+        label="Reason",
+        help_text="Optional; kept in each run's audit trail with your name.",
+    )
+
+
+class RunAuditInline(ReadOnlyMixin, admin.TabularInline):
+    """Who canceled, restarted or retried the run, and why (append-only, read-only)."""
+
+    model = RunAudit
+    extra = 0
+    can_delete = False
+    ordering = ("created_at", "id")
+    fields = ("created_at", "action", "generation", "from_step", "actor", "api_key", "reason")
+    readonly_fields = fields
+    verbose_name = "audit entry"
+    verbose_name_plural = "audit trail"
+
+
+def _actor(request: HttpRequest) -> Actor:
+    return Actor.of_user(request.user, via="admin")
+
+
+def _reason(request: HttpRequest) -> str:
+    return str(request.POST.get("reason", ""))[:MAX_REASON]
 
 
 @admin.register(Run)
@@ -208,7 +249,8 @@ class RunAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_select_related = False
     ordering = ("-created_at",)
     actions = ("cancel_runs", "retry_failed_step", "restart_from_step")
-    inlines = (StepInline, WebhookDeliveryInline)
+    action_form = RunActionForm
+    inlines = (RunAuditInline, StepInline, WebhookDeliveryInline)
     fieldsets = (
         (
             None,
@@ -342,28 +384,37 @@ class RunAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
     @admin.action(description="Cancel selected runs", permissions=["operate"])
     def cancel_runs(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
-        actor = f"admin:{request.user.get_username()}"
+        actor, reason = _actor(request), _reason(request)
         self._report(
-            request, "Canceled", [operations.cancel_run(run.pk, actor) for run in queryset]
+            request,
+            "Canceled",
+            [operations.cancel_run(run.pk, actor, reason) for run in queryset],
         )
 
     @admin.action(description="Retry the failed step of selected runs", permissions=["operate"])
     def retry_failed_step(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+        actor, reason = _actor(request), _reason(request)
         self._report(
-            request, "Restarted", [operations.retry_failed_step(run.pk) for run in queryset]
+            request,
+            "Restarted",
+            [operations.retry_failed_step(run.pk, actor, reason) for run in queryset],
         )
 
     @admin.action(description="Restart selected runs from a step…", permissions=["operate"])
     def restart_from_step(
         self, request: HttpRequest, queryset: QuerySet[Run]
     ) -> HttpResponse | None:
-        form = RestartForm(request.POST if "apply" in request.POST else None)
-        if "apply" in request.POST and form.is_valid():
+        if "apply" in request.POST:
+            form = RestartForm(request.POST)
+        else:  # From the action bar: carry its reason over.
+            form = RestartForm(initial={"reason": _reason(request)})
+        if form.is_bound and form.is_valid():
             position = form.cleaned_data["from_step"]
+            actor, reason = _actor(request), form.cleaned_data["reason"]
             self._report(
                 request,
                 f"Restarted from step {position}",
-                [operations.restart_run(run.pk, position) for run in queryset],
+                [operations.restart_run(run.pk, position, actor, reason) for run in queryset],
             )
             return None
         context = {

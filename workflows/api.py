@@ -37,9 +37,10 @@ from workflows.api_auth import (
     parse_int,
     parse_uuid,
 )
+from workflows.audit import MAX_REASON, Actor
 from workflows.definitions import registered_workflows
 from workflows.errors import UnknownWorkflowError
-from workflows.models import ApiKey, Blob, Run, Step
+from workflows.models import ApiKey, Blob, Run, RunAudit, Step
 from workflows.payloads import stored
 from workflows.webhooks import CallbackUrlError, check_callback_url
 
@@ -132,6 +133,15 @@ class RunSummary(Schema):
     url: str
 
 
+class AuditEntry(Schema):
+    action: Literal["cancel", "restart", "retry"]
+    actor: str = Field(description="Who: user:<name>, admin:<name> or api:<key prefix>.")
+    reason: str
+    generation: int = Field(description="The generation the action ended or replaced.")
+    from_step: int | None
+    created_at: datetime
+
+
 class RunDetail(RunSummary):
     input: dict[str, Any]
     output: Any = Field(
@@ -144,6 +154,9 @@ class RunDetail(RunSummary):
     idempotency_key: str | None
     created_by: str
     open_gates: list[GateBrief]
+    audit: list[AuditEntry] = Field(
+        description="Who canceled, restarted or retried the run, and why; oldest first."
+    )
     links: dict[str, str]
 
 
@@ -200,8 +213,19 @@ class EventOut(Schema):
     created_at: datetime
 
 
+REASON = Field("", max_length=MAX_REASON, description="Why (kept in the run's audit trail).")
+
+
+class CancelIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = REASON
+
+
 class RestartIn(Schema):
     model_config = ConfigDict(extra="forbid")
+
+    reason: str = REASON
 
     from_step: int | None = Field(
         None,
@@ -290,6 +314,11 @@ def run_detail(run: Run) -> dict[str, Any]:
         "idempotency_key": public_key(run),
         "created_by": run.created_by,
         "open_gates": [{**g, "decision_url": f"/api/gates/{g['id']}/decision"} for g in gates],
+        "audit": list(
+            RunAudit.objects.filter(run=run).values(
+                "action", "actor", "reason", "generation", "from_step", "created_at"
+            )
+        ),
         "links": {
             "self": f"/api/runs/{run.pk}",
             "steps": f"/api/runs/{run.pk}/steps",
@@ -551,14 +580,16 @@ def send_event(request: HttpRequest, run_id: str, body: EventIn) -> Status[dict[
 @runs_router.post(
     "/runs/{run_id}/cancel",
     auth=WRITE,
-    response={200: RunDetail, **errors(*AUTH_ERRORS, 404, 409)},
+    response={200: RunDetail, **errors(*AUTH_ERRORS, *BODY_ERRORS, 404, 409)},
     summary="Cancel a run",
 )
-def cancel_run(request: HttpRequest, run_id: str) -> dict[str, Any]:
-    """Cancel the run and its children. A run that already ended is a 409."""
+def cancel_run(request: HttpRequest, run_id: str, body: CancelIn | None = None) -> dict[str, Any]:
+    """Cancel the run and its children. A run that already ended is a 409. The key and the
+    optional ``reason`` are recorded in the run's audit trail."""
     key = api_key(request)
     run = get_visible_run(key, run_id)
-    return run_detail(services.cancel(run.pk, reason=f"canceled by {key.actor}"))
+    reason = body.reason if body else ""
+    return run_detail(services.cancel(run.pk, reason, actor=Actor.of_key(key)))
 
 
 @runs_router.post(
@@ -570,9 +601,18 @@ def cancel_run(request: HttpRequest, run_id: str) -> dict[str, Any]:
 def restart_run(request: HttpRequest, run_id: str, body: RestartIn | None = None) -> dict[str, Any]:
     """Run a finished run again from journal position ``from_step``, under a new generation.
     Earlier journal entries are kept; later ones are superseded (never deleted). Without a
-    body (or ``from_step``) it resumes at the first unfinished position."""
-    run = get_visible_run(api_key(request), run_id)
-    return run_detail(services.restart(run.pk, from_step=body.from_step if body else None))
+    body (or ``from_step``) it resumes at the first unfinished position; a position past the
+    journal is a 422. The key and the optional ``reason`` go into the run's audit trail."""
+    key = api_key(request)
+    run = get_visible_run(key, run_id)
+    return run_detail(
+        services.restart(
+            run.pk,
+            from_step=body.from_step if body else None,
+            actor=Actor.of_key(key),
+            reason=body.reason if body else "",
+        )
+    )
 
 
 # --- pipelines --------------------------------------------------------------------------------

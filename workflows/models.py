@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -415,3 +416,45 @@ class WebhookAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"attempt {self.number} of {self.delivery_id}"
+
+
+class RunAction(models.TextChoices):
+    CANCEL = "cancel"
+    RESTART = "restart"
+    RETRY = "retry"
+
+
+class RunAudit(models.Model):
+    """Who canceled, restarted or retried a run, and why: one row per operator action.
+
+    Append-only: written in the transaction of the action itself (``workflows.services``), so
+    an action that happened always has its row, and one that was refused has none. The actor
+    is kept as text too, so the trail survives the user or API key being deleted.
+    """
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="audit")
+    # The generation the action ended (cancel) or replaced (restart, retry).
+    generation = models.PositiveIntegerField()
+    action = models.CharField(max_length=16, choices=RunAction.choices)
+    from_step = models.PositiveIntegerField(null=True, blank=True)
+    actor = models.CharField(max_length=200, blank=True, default="")
+    actor_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reason = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        verbose_name = "run audit entry"
+        verbose_name_plural = "run audit trail"
+
+    def __str__(self) -> str:
+        return f"{self.action} by {self.actor or 'the engine'}"

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from workflows import services
+from workflows.audit import Actor
 from workflows.errors import InvalidInputError, InvalidStateError, RunNotFoundError
-from workflows.models import Step, StepStatus
+from workflows.models import RunAction, Step, StepStatus
 
 
 @dataclass(frozen=True)
@@ -32,15 +33,15 @@ def failed_position(run_id: Any) -> int | None:
     return int(row) if row is not None else None
 
 
-def cancel_run(run_id: Any, actor: str) -> Outcome:
+def cancel_run(run_id: Any, actor: Actor, reason: str = "") -> Outcome:
     try:
-        services.cancel(run_id, reason=f"canceled by {actor}")
+        services.cancel(run_id, reason, actor=actor)
     except (InvalidStateError, RunNotFoundError) as exc:
         return Outcome(run_id, False, str(exc))
     return Outcome(run_id, True, "canceled")
 
 
-def retry_failed_step(run_id: Any) -> Outcome:
+def retry_failed_step(run_id: Any, actor: Actor | None = None, reason: str = "") -> Outcome:
     """Restart a failed run from its failed step's position (earlier results are kept)."""
     try:
         run = services.get_run(run_id)
@@ -50,16 +51,20 @@ def retry_failed_step(run_id: Any) -> Outcome:
         return Outcome(run_id, False, f"is {run.status}; only a failed run has a step to retry")
     position = failed_position(run_id)
     try:
-        services.restart(run_id, from_step=position)
+        services.restart(
+            run_id, from_step=position, actor=actor, reason=reason, action=RunAction.RETRY
+        )
     except (InvalidStateError, InvalidInputError) as exc:
         return Outcome(run_id, False, str(exc))
     where = f"step {position}" if position else "its first unfinished step"
     return Outcome(run_id, True, f"retrying from {where}")
 
 
-def restart_run(run_id: Any, from_step: int) -> Outcome:
+def restart_run(
+    run_id: Any, from_step: int, actor: Actor | None = None, reason: str = ""
+) -> Outcome:
     try:
-        services.restart(run_id, from_step=from_step)
+        services.restart(run_id, from_step=from_step, actor=actor, reason=reason)
     except (InvalidStateError, InvalidInputError, RunNotFoundError) as exc:
         return Outcome(run_id, False, str(exc))
     return Outcome(run_id, True, f"restarted from step {from_step}")

@@ -14,7 +14,8 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from workflows import payloads
+from workflows import audit, payloads
+from workflows.audit import Actor
 from workflows.definitions import get_workflow
 from workflows.doorbell import request_wake, ring_on_commit
 from workflows.errors import InvalidInputError, InvalidStateError, RunNotFoundError
@@ -24,6 +25,7 @@ from workflows.models import (
     Event,
     Outbox,
     Run,
+    RunAction,
     RunStatus,
     Step,
     StepStatus,
@@ -291,8 +293,16 @@ def run_terminal_hooks(run: Run) -> None:
             )
 
 
-def cancel(run_id: Any, reason: str = "canceled") -> Run:
-    """Cancel a run and its children. Bumps the generation so in-flight work is ignored."""
+def cancel(run_id: Any, reason: str = "", *, actor: Actor | None = None) -> Run:
+    """Cancel a run and its children. Bumps the generation so in-flight work is ignored.
+
+    ``actor`` (who) and ``reason`` (why, optional) go into the run's error message and its
+    audit trail, written in the same transaction as the cancel.
+    """
+    reason = (reason or "").strip()
+    message = f"canceled by {actor.description}" if actor else "canceled"
+    if reason:
+        message = f"{message}: {reason}"
     for attempt in range(3):
         try:
             with transaction.atomic():
@@ -301,7 +311,11 @@ def cancel(run_id: Any, reason: str = "canceled") -> Run:
                     raise InvalidStateError(
                         f"run {run.pk} already {run.status}; there is nothing to cancel"
                     )
-                _cancel_locked(run, reason)
+                generation = run.generation
+                if _cancel_locked(run, message[:2000]):
+                    audit.record(
+                        run, RunAction.CANCEL, generation=generation, actor=actor, reason=reason
+                    )
             break
         except OperationalError:
             # Cancel locks the run, then its steps; a finishing branch locks its step, then
@@ -312,7 +326,7 @@ def cancel(run_id: Any, reason: str = "canceled") -> Run:
     return run
 
 
-def _cancel_locked(run: Run, reason: str) -> None:
+def _cancel_locked(run: Run, reason: str) -> bool:
     now = timezone.now()
     n = Run.objects.filter(pk=run.pk, generation=run.generation, status__in=ACTIVE_RUN).update(
         status=RunStatus.CANCELED,
@@ -324,7 +338,7 @@ def _cancel_locked(run: Run, reason: str) -> None:
         error={"type": "Canceled", "message": reason},
     )
     if n != 1:
-        return
+        return False
     Step.objects.filter(
         run=run,
         superseded=False,
@@ -339,13 +353,24 @@ def _cancel_locked(run: Run, reason: str) -> None:
     for child in Run.objects.filter(parent=run, status__in=ACTIVE_RUN):
         _cancel_locked(child, f"parent run {run.pk} canceled")
     run_terminal_hooks(run)
+    return True
 
 
-def restart(run_id: Any, from_step: int | None = None) -> Run:
+def restart(
+    run_id: Any,
+    from_step: int | None = None,
+    *,
+    actor: Actor | None = None,
+    reason: str = "",
+    action: str = RunAction.RESTART,
+) -> Run:
     """Run a finished run again from journal position ``from_step`` under a new generation.
 
     Journal rows from that position on (and rows a cancel interrupted) are superseded, not
-    deleted. Without ``from_step`` the run resumes at its first unfinished position.
+    deleted. Without ``from_step`` the run resumes at its first unfinished position. A
+    position past the journal is an ``InvalidInputError``. ``actor``, ``reason`` and
+    ``action`` (``restart``, or ``retry`` for retrying the failed step) go into the run's
+    audit trail, written in the same transaction.
     """
     with transaction.atomic():
         run = _locked(run_id)
@@ -382,6 +407,14 @@ def restart(run_id: Any, from_step: int | None = None) -> Run:
             lease_owner="",
             lease_expires_at=None,
             wake_requested_at=now,
+        )
+        audit.record(
+            run,
+            action,
+            generation=run.generation,
+            actor=actor,
+            reason=reason,
+            from_step=from_step,
         )
         ring_on_commit(run.pk, run.generation + 1)
     run.refresh_from_db()

@@ -28,6 +28,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from workflows import charts, gateinfo, operations, ops, timeline
+from workflows.audit import MAX_REASON, Actor
 from workflows.definitions import registered_workflows
 from workflows.models import ACTIVE_RUN, Blob, Run, RunStatus, Step
 
@@ -208,10 +209,12 @@ def run_action(request: HttpRequest, run_id: UUID, action: str) -> HttpResponse:
     if not can_operate(request.user):
         raise PermissionDenied("Only staff act on runs.")
     run = get_object_or_404(Run, pk=run_id)
+    actor = Actor.of_user(request.user)
+    reason = request.POST.get("reason", "")[:MAX_REASON]
     if action == "cancel":
-        outcome = operations.cancel_run(run.pk, f"user:{request.user.get_username()}")
+        outcome = operations.cancel_run(run.pk, actor, reason)
     elif action == "retry":
-        outcome = operations.retry_failed_step(run.pk)
+        outcome = operations.retry_failed_step(run.pk, actor, reason)
     elif action == "restart":
         try:
             position = int(request.POST.get("from_step", ""))
@@ -220,7 +223,7 @@ def run_action(request: HttpRequest, run_id: UUID, action: str) -> HttpResponse:
         if position < 1:
             messages.error(request, "Choose a journal position (1 or more) to restart from.")
             return HttpResponseRedirect(reverse("workflows:run", args=[run.pk]))
-        outcome = operations.restart_run(run.pk, position)
+        outcome = operations.restart_run(run.pk, position, actor, reason)
     else:
         raise Http404("no such action")
     if outcome.ok:

@@ -1,0 +1,67 @@
+"""The run audit trail: cancel and restart through the services record who and why, in the
+transaction of the action; a refused action records nothing."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import User
+
+from tests.support import Bell
+from workflows import cancel, get_run, restart, start
+from workflows.audit import Actor
+from workflows.errors import InvalidInputError, InvalidStateError
+from workflows.models import RunAudit
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_it_records_who_canceled_a_run_and_why(bell: Bell) -> None:
+    ops = User.objects.create_user("ops", is_staff=True)
+    run = start("test.event", {})
+    bell.drain()
+    run = cancel(run.pk, "customer withdrew the ticket", actor=Actor.of_user(ops))
+    assert run.error["message"] == "canceled by user:ops: customer withdrew the ticket"
+    (entry,) = RunAudit.objects.filter(run=run)
+    assert entry.action == "cancel" and entry.generation == 1
+    assert entry.actor == "user:ops" and entry.actor_user == ops and entry.api_key is None
+    assert entry.reason == "customer withdrew the ticket"
+
+
+def test_it_records_restarts_with_their_position(bell: Bell) -> None:
+    run = start("test.chain", {"n": 3})
+    bell.drain()
+    restart(run.pk, from_step=2, actor=Actor("script:nightly"), reason="flaky provider")
+    bell.drain()
+    restart(run.pk)  # no actor: the Python API called without one
+    entries = list(
+        RunAudit.objects.filter(run=run).values_list(
+            "action", "generation", "from_step", "actor", "reason"
+        )
+    )
+    assert entries == [
+        ("restart", 1, 2, "script:nightly", "flaky provider"),
+        ("restart", 2, 1, "", ""),  # all succeeded: from the start
+    ]
+
+
+def test_a_refused_action_leaves_no_entry(bell: Bell) -> None:
+    run = start("test.chain", {"n": 1})
+    bell.drain()
+    with pytest.raises(InvalidStateError):
+        cancel(run.pk, "too late", actor=Actor("user:ops"))
+    with pytest.raises(InvalidInputError):
+        restart(run.pk, from_step=99, actor=Actor("user:ops"))
+    waiting = start("test.event", {})
+    bell.drain()
+    with pytest.raises(InvalidStateError):
+        restart(waiting.pk, actor=Actor("user:ops"))
+    assert not RunAudit.objects.exists()
+    assert get_run(run.pk).generation == 1
+
+
+def test_canceling_a_parent_records_the_operator_on_the_parent_only(bell: Bell) -> None:
+    parent = start("test.parent_waiting_child", {})
+    bell.settle()
+    cancel(parent.pk, actor=Actor("user:ops"))
+    assert list(RunAudit.objects.values_list("run_id", "action")) == [(parent.pk, "cancel")]
+    assert get_run(parent.pk).error["message"] == "canceled by user:ops"

@@ -1,0 +1,56 @@
+"""The run audit trail: who canceled, restarted or retried a run, and why.
+
+The engine's services (``cancel``, ``restart``) take an ``actor`` and a ``reason`` and write the
+``RunAudit`` row in the transaction of the action. The admin, the run pages and the API build
+the actor from the request: a user, or an API key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from workflows.models import ApiKey, Run, RunAudit
+
+MAX_REASON = 2000
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts on a run: a description for people (``user:alice``, ``api:sk_abc``), and the
+    user or API key row when there is one."""
+
+    description: str
+    user: Any = None
+    api_key: ApiKey | None = None
+
+    @classmethod
+    def of_user(cls, user: Any, via: str = "user") -> Actor:
+        """A logged-in user; ``via`` says where (``user`` for the run pages, ``admin``)."""
+        return cls(f"{via}:{user.get_username()}", user=user)
+
+    @classmethod
+    def of_key(cls, key: ApiKey) -> Actor:
+        return cls(key.actor, api_key=key)
+
+
+def record(
+    run: Run,
+    action: str,
+    *,
+    generation: int,
+    actor: Actor | None,
+    reason: str = "",
+    from_step: int | None = None,
+) -> RunAudit:
+    """Append one entry. Call inside the transaction of the action."""
+    return RunAudit.objects.create(
+        run=run,
+        generation=generation,
+        action=action,
+        from_step=from_step,
+        actor=(actor.description if actor else "")[:200],
+        actor_user=actor.user if actor else None,
+        api_key=actor.api_key if actor else None,
+        reason=(reason or "").strip()[:MAX_REASON],
+    )
