@@ -152,3 +152,16 @@ def test_the_child_hand_over_does_not_open_other_runs(bell: Bell) -> None:
     step = Step.objects.get(run=get_run(run.pk), kind="child")
     with pytest.raises(ForeignBlobError):
         unpack({"$blob": blob.pk}, run.pk, child_step=step.pk)
+
+
+def test_the_run_page_links_a_large_child_output_where_it_is_stored(
+    bell: Bell, admin_client: Any
+) -> None:
+    run = start("blobs.parent", {"n": 50})
+    bell.settle()
+    child = Run.objects.get(parent=run)
+    step = Step.objects.get(run=run, kind="child")
+    page = admin_client.get(f"/runs/{run.pk}/").content.decode()
+    url = f"/runs/{child.pk}/values/{step.result['$blob']}/"
+    assert url in page
+    assert admin_client.get(url).json()["text"].startswith("secret")

@@ -35,6 +35,18 @@ def journal_value(value: Any) -> Any:
 
 
 @register.filter
+def result_url(step: Any) -> str:
+    """The page link of a journal entry's result stored out of row ("" when it is inline).
+
+    A ``run_workflow`` entry's result is its child's output, stored among the child's values.
+    """
+    run_id = step.run_id
+    if step.kind == "child" and isinstance(step.args, dict) and step.args.get("run_id"):
+        run_id = step.args["run_id"]
+    return value_link(run_id, step.result) or ""
+
+
+@register.filter
 def large_value_url(value: Any, run_id: Any) -> str:
     """The page link of a value stored out of row ("" when it is inline)."""
     return value_link(run_id, value) or ""
