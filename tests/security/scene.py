@@ -53,9 +53,7 @@ def user(name: str, *, tenant: str = "", groups: tuple[str, ...] = (), **kw: Any
 def grant(u: User, *codenames: str) -> User:
     for codename in codenames:
         app, code = codename.split(".")
-        u.user_permissions.add(
-            Permission.objects.get(content_type__app_label=app, codename=code)
-        )
+        u.user_permissions.add(Permission.objects.get(content_type__app_label=app, codename=code))
     return u
 
 

@@ -41,9 +41,7 @@ def test_another_tenants_gate_of_the_same_group_is_404(scene: Scene) -> None:
 def test_my_decisions_hide_gates_outside_the_reviewers_scope(scene: Scene) -> None:
     alice = scene.users["rev_a"]
     gate_a = scene.gates["gate_a"]
-    services.decide_gate(
-        gate_a.pk, outcome="approve", comment="ok", actor="alice", user=alice
-    )
+    services.decide_gate(gate_a.pk, outcome="approve", comment="ok", actor="alice", user=alice)
     c = login(alice)
     assert [g.pk for g in c.get("/reviews/mine/").context["page"].object_list] == [gate_a.pk]
     # alice moves to globex: her acme decision (and its payload) is no longer hers to see.
