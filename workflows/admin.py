@@ -751,18 +751,17 @@ class TenantMembershipInline(admin.StackedInline):
 
 
 User = get_user_model()
+# django.contrib.auth registered its UserAdmin first (it comes first in INSTALLED_APPS): the
+# same admin, plus the tenant.
 if admin.site.is_registered(User):
-    _UserAdmin: type[admin.ModelAdmin[Any]] = type(admin.site.get_model_admin(User))
     admin.site.unregister(User)
-else:  # pragma: no cover - a project without django.contrib.auth's admin
-    _UserAdmin = BaseUserAdmin
 
 
 @admin.register(User)
-class SluiceUserAdmin(_UserAdmin):  # type: ignore[valid-type,misc]
-    inlines = [*getattr(_UserAdmin, "inlines", ()), TenantMembershipInline]
-    list_display = (*BaseUserAdmin.list_display, "tenant")
-    list_filter = (*BaseUserAdmin.list_filter, "tenant_membership__tenant")
+class SluiceUserAdmin(BaseUserAdmin):
+    inlines = [TenantMembershipInline]
+    list_display = ("username", "email", "first_name", "last_name", "is_staff", "tenant")
+    list_filter = ("is_staff", "is_superuser", "is_active", "groups", "tenant_membership__tenant")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         return super().get_queryset(request).select_related("tenant_membership")
