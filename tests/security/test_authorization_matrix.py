@@ -615,6 +615,11 @@ def test_every_route_and_operation_is_in_the_table_and_holds(matrix_scene: Scene
     stale |= set(OPERATIONS) - set(operations)
     assert not stale, f"entries for routes that no longer exist: {sorted(stale)}"
 
+    # The CSRF check is on, and its failure is told apart from the access model's 403.
+    unsigned = Client(enforce_csrf_checks=True)
+    unsigned.force_login(scene.users["rev_a"])
+    assert unsigned.post(fill("/reviews/{gate_a}/claim/", scene)).status_code == 419
+
     failures: list[str] = []
     started, runs = time.monotonic(), 0
     for route_cases in cases.values():
