@@ -575,6 +575,26 @@ def run_case(case: Case, persona: str, client: Client, token: str, scene: Scene)
     return None
 
 
+def table_cases(scene: Scene, operations: list[str]) -> tuple[dict[str, list[Case]], list[str]]:
+    """The cases of every URL pattern and API operation, and what the tables lack."""
+    cases: dict[str, list[Case]] = {}
+    missing: list[str] = []
+    for pattern, callback in url_patterns():
+        if is_api_operation(callback):
+            continue  # checked against the OpenAPI schema
+        listed = PAGES.get(pattern) or ADMIN_SITE.get(pattern) or admin_cases(pattern, scene)
+        if listed is None:
+            missing.append(f"URL pattern {pattern!r}")
+        else:
+            cases[pattern] = listed
+    for op in operations:
+        if op not in OPERATIONS:
+            missing.append(f"API operation {op!r}")
+        else:
+            cases[op] = OPERATIONS[op]
+    return cases, missing
+
+
 @pytest.fixture
 def matrix_scene(scene: Scene, settings: Any) -> Scene:
     """The scene plus one row of each admin-managed table the engine would have written."""
@@ -594,22 +614,8 @@ def matrix_scene(scene: Scene, settings: Any) -> Scene:
 def test_every_route_and_operation_is_in_the_table_and_holds(matrix_scene: Scene) -> None:
     scene = matrix_scene
     clients = persona_clients(scene)
-    cases: dict[str, list[Case]] = {}
-    missing: list[str] = []
-    for pattern, callback in url_patterns():
-        if is_api_operation(callback):
-            continue  # checked against the OpenAPI schema below
-        listed = PAGES.get(pattern) or ADMIN_SITE.get(pattern) or admin_cases(pattern, scene)
-        if listed is None:
-            missing.append(f"URL pattern {pattern!r}")
-        else:
-            cases[pattern] = listed
     operations = schema_operations(clients["anon"][0])
-    for op in operations:
-        if op not in OPERATIONS:
-            missing.append(f"API operation {op!r}")
-        else:
-            cases[op] = OPERATIONS[op]
+    cases, missing = table_cases(scene, operations)
     assert not missing, "add these to the expectation tables:\n" + "\n".join(missing)
     stale = (set(PAGES) | set(ADMIN_SITE)) - {p for p, _ in url_patterns()}
     stale |= set(OPERATIONS) - set(operations)
@@ -637,3 +643,12 @@ def test_every_route_and_operation_is_in_the_table_and_holds(matrix_scene: Scene
         f" {runs} requests in {took:.1f} s"
     )
     assert not failures, f"{len(failures)} of {runs} cases failed:\n" + "\n".join(failures)
+
+
+def test_a_route_missing_from_the_table_fails_the_matrix(
+    matrix_scene: Scene, settings: Any
+) -> None:
+    """A page added without an expectation is reported, never skipped."""
+    settings.ROOT_URLCONF = "tests.security.extra_urls"
+    _, missing = table_cases(matrix_scene, [*OPERATIONS, "GET /api/secrets"])
+    assert missing == ["URL pattern 'secrets/'", "API operation 'GET /api/secrets'"]
