@@ -204,6 +204,9 @@ SLUICE_GATE_EXPIRY_BATCH = env.int("SLUICE_GATE_EXPIRY_BATCH", default=1000)
 SLUICE_GATE_EXPIRY_MAX_BATCHES = env.int("SLUICE_GATE_EXPIRY_MAX_BATCHES", default=100)
 # When this many runs or more wake at once, they are resumed in messages of this many runs.
 SLUICE_GATE_RESUME_CHUNK = env.int("SLUICE_GATE_RESUME_CHUNK", default=50)
+# Members of these groups see every run of their tenant; other users see only the runs they
+# started or that have a gate of one of their groups (staff see all; docs/security.md).
+SLUICE_RUN_VIEWER_GROUPS = env.list("SLUICE_RUN_VIEWER_GROUPS", default=["reviewers"])
 
 # --- JSON API, API keys and completion webhooks ------------------------------------------------
 # django-ninja as an app: /api/docs then serves its vendored Swagger UI (no CDN).

@@ -1,6 +1,11 @@
 """Pipeline pages: the list (with graphs), the "Start run" form, and a run's live graph (JSON).
 
 Thin adapters: read the registry, parse the form, call ``workflows.start``, format.
+
+Access (docs/security.md): the list is for users who may use the run pages at all (else 403);
+the start form, and its buttons on the list, only for holders of the ``workflows.start_run``
+permission (else 403); a run's graph follows the run visibility rule of ``workflows.access``
+(404 outside it). A run started here gets the user's tenant and username.
 """
 
 from __future__ import annotations
@@ -9,8 +14,8 @@ import re
 import uuid
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
@@ -18,7 +23,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from pipelines import forms
 from pipelines.llm.tasks import OFFLINE_NOTE, models_for_pipeline
 from pipelines.registry import get_pipeline, mermaid_for_run, pipelines
-from workflows import InvalidInputError, RunNotFoundError, get_run, start
+from workflows import InvalidInputError, RunNotFoundError, access, get_run, start
 from workflows.definitions import WorkflowDef
 from workflows.services import validate_input
 
@@ -41,8 +46,24 @@ def _card(definition: WorkflowDef) -> dict[str, Any]:
 @login_required
 @require_GET
 def pipeline_list(request: HttpRequest) -> HttpResponse:
+    if not access.can_use_run_pages(request.user):
+        raise PermissionDenied(
+            "Pipelines are for staff, reviewers and users who may start runs; "
+            "ask an administrator to add you to a group."
+        )
     cards = [_card(d) for d in pipelines()]
-    return render(request, "pipelines/list.html", {"nav": "pipelines", "pipelines": cards})
+    context = {
+        "nav": "pipelines",
+        "pipelines": cards,
+        "can_start": access.can_start_runs(request.user),
+    }
+    return render(request, "pipelines/list.html", context)
+
+
+START_DENIED = (
+    "Starting runs needs the “Can start runs from the web” permission (workflows.start_run); "
+    "ask an administrator to grant it to you or to one of your groups."
+)
 
 
 @login_required
@@ -53,6 +74,8 @@ def start_run(request: HttpRequest, name: str) -> HttpResponse:
     The form carries an idempotency key made when it was shown, so a double submit (or a
     browser resubmitting after "back") returns the run already started instead of a second one.
     """
+    if not access.can_start_runs(request.user):
+        raise PermissionDenied(START_DENIED)
     definition = get_pipeline(name)
     if definition is None:
         raise Http404(f"no pipeline called {name!r}")
@@ -78,6 +101,7 @@ def start_run(request: HttpRequest, name: str) -> HttpResponse:
                     name,
                     values,
                     idempotency_key=f"form:{request.user.pk}:{form_key}",
+                    tenant=access.user_tenant(request.user),
                     created_by=request.user.get_username(),
                     max_cost=budget,
                 )
@@ -103,16 +127,6 @@ def start_run(request: HttpRequest, name: str) -> HttpResponse:
     return render(request, "pipelines/start.html", context, status=status)
 
 
-def can_view_run(user: Any, run: Any) -> bool:
-    """Staff, the run's starter, and members of SLUICE_RUN_VIEWER_GROUPS may see a run."""
-    if not user.is_authenticated or not user.is_active:
-        return False
-    if user.is_staff or (run.created_by and run.created_by == user.get_username()):
-        return True
-    groups = list(getattr(settings, "SLUICE_RUN_VIEWER_GROUPS", ["reviewers"]))
-    return bool(groups) and user.groups.filter(name__in=groups).exists()
-
-
 _MARK = re.compile(r"^\s*class (\S+) (visited|current|failed)$", re.M)
 
 
@@ -124,7 +138,7 @@ def run_graph(request: HttpRequest, run_id: Any) -> JsonResponse:
         run = get_run(run_id)
     except RunNotFoundError:
         raise Http404("no such run") from None
-    if not can_view_run(request.user, run) or get_pipeline(run.workflow) is None:
+    if not access.can_view_run(request.user, run) or get_pipeline(run.workflow) is None:
         raise Http404("no such run")
     text = mermaid_for_run(run)
     marks: dict[str, list[str]] = {"visited": [], "current": [], "failed": []}

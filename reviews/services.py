@@ -29,6 +29,7 @@ from django.utils import timezone
 
 from reviews.models import Gate, GateEvent, GateEventKind, GateStatus, decision_json
 from reviews.schema import validate_edits
+from workflows import access
 from workflows.doorbell import ring_on_commit
 from workflows.errors import InvalidInputError, InvalidStateError, SluiceError
 from workflows.models import ACTIVE_RUN, Run, RunStatus, Step, StepStatus
@@ -69,11 +70,7 @@ class InvalidDecisionError(InvalidInputError):
 
 def review_groups(user: Any) -> list[str]:
     """The user's auth group names, cached on the user object for the request."""
-    cached = getattr(user, "_sluice_review_groups", None)
-    if cached is None:
-        cached = list(user.groups.values_list("name", flat=True)) if user.is_authenticated else []
-        user._sluice_review_groups = cached
-    return cached
+    return access.user_groups(user)
 
 
 def is_reviewer(user: Any) -> bool:
@@ -82,7 +79,8 @@ def is_reviewer(user: Any) -> bool:
 
 
 def gates_visible_to(user: Any) -> QuerySet[Gate]:
-    """Gates ``user`` may see and decide: staff all, a reviewer those of their groups."""
+    """Gates ``user`` may see and decide: staff all; a reviewer those of their groups on runs
+    of their tenant (``workflows.access``; docs/security.md)."""
     if not user.is_authenticated or not user.is_active:
         return Gate.objects.none()
     if user.is_staff:
@@ -90,7 +88,7 @@ def gates_visible_to(user: Any) -> QuerySet[Gate]:
     groups = review_groups(user)
     if not groups:
         return Gate.objects.none()
-    return Gate.objects.filter(group__in=groups)
+    return Gate.objects.filter(group__in=groups, run__tenant=access.user_tenant(user))
 
 
 def open_queue(

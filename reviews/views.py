@@ -3,7 +3,7 @@
 
 Access: anonymous users go to the login page (an htmx poll gets an ``HX-Redirect`` there instead
 of a login form swapped into the page); logged-in users who review nothing get 403; a gate of
-another group is 404, as if it did not exist.
+another group or of another tenant's run is 404, as if it did not exist (docs/security.md).
 """
 
 from __future__ import annotations
@@ -302,8 +302,11 @@ def _after_decision(request: HttpRequest, gate: Gate, outcome: str) -> HttpRespo
 @require_GET
 @reviewer_required
 def my_decisions(request: HttpRequest) -> HttpResponse:
+    # Scoped like every gate page: a reviewer who left a group or a tenant no longer sees the
+    # payloads of the gates they decided there.
     qs = (
-        Gate.objects.filter(decided_by_user_id=request.user.pk, status=GateStatus.DECIDED)
+        services.gates_visible_to(request.user)
+        .filter(decided_by_user_id=request.user.pk, status=GateStatus.DECIDED)
         .defer("payload", "fields_schema", "instruction")
         .order_by("-decided_at", "-pk")
     )

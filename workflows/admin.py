@@ -4,7 +4,7 @@ deliveries, API keys and pools.
 Machine-written rows (runs, steps, events, outbox, deliveries) are read-only: operators repair
 runs only through the actions below, which call the engine's services (``cancel``,
 ``restart``) exactly as the API and the run pages do. API keys and pool limits are the only
-rows people edit.
+rows people edit, with the tenant of each web user (an inline on the user's page).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -34,6 +36,7 @@ from workflows.models import (
     Run,
     RunAudit,
     Step,
+    TenantMembership,
     WebhookAttempt,
     WebhookDelivery,
 )
@@ -782,3 +785,39 @@ class PoolAdmin(admin.ModelAdmin):
     @admin.display(description="waiting for a slot")
     def backlog(self, obj: Pool) -> int:
         return Step.objects.filter(pool=obj.name, status="pending", superseded=False).count()
+
+
+# --- web users' tenants -----------------------------------------------------------------------
+
+
+class TenantMembershipInline(admin.StackedInline):
+    """The user's tenant, edited on the user's own admin page (docs/security.md)."""
+
+    model = TenantMembership
+    can_delete = True
+    extra = 0
+    max_num = 1
+    verbose_name = "tenant"
+    verbose_name_plural = "tenant (runs and gates this user sees; staff see every tenant)"
+
+
+User = get_user_model()
+# django.contrib.auth registered its UserAdmin first (it comes first in INSTALLED_APPS): the
+# same admin, plus the tenant.
+if admin.site.is_registered(User):
+    admin.site.unregister(User)
+
+
+@admin.register(User)
+class SluiceUserAdmin(BaseUserAdmin):
+    inlines = [TenantMembershipInline]
+    list_display = ("username", "email", "first_name", "last_name", "is_staff", "tenant")
+    list_filter = ("is_staff", "is_superuser", "is_active", "groups", "tenant_membership__tenant")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        return super().get_queryset(request).select_related("tenant_membership")
+
+    @admin.display(description="tenant", ordering="tenant_membership__tenant")
+    def tenant(self, obj: Any) -> str:
+        membership = getattr(obj, "tenant_membership", None)
+        return membership.tenant if membership is not None and membership.tenant else "—"

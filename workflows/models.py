@@ -113,6 +113,9 @@ class Run(models.Model):
             ),
             models.Index(fields=["finished_at"], name="run_finished"),
         ]
+        # Starting a run from the web spends LLM money: only users (or groups) granted this
+        # permission see the start form (docs/security.md). The API has its own key scope.
+        permissions = [("start_run", "Can start runs from the web")]
 
     def __str__(self) -> str:
         return f"{self.workflow} {self.id}"
@@ -458,3 +461,33 @@ class RunAudit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} by {self.actor or 'the engine'}"
+
+
+# --- web users' tenants -----------------------------------------------------------------------
+
+
+class TenantMembership(models.Model):
+    """The tenant a web user works for, as ``ApiKey.tenant`` is a key's.
+
+    One row per user at most: a user without a row works for the default tenant ``""`` (the
+    tenant of runs started from Python and the demo). Staff see every tenant regardless; see
+    ``workflows.access`` and docs/security.md.
+    """
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tenant_membership"
+    )
+    tenant = models.CharField(
+        max_length=100,
+        blank=True,
+        default="",
+        db_index=True,
+        help_text="The user sees runs and gates of this tenant only (staff see all). "
+        "Empty is the default tenant.",
+    )
+
+    class Meta:
+        verbose_name = "tenant membership"
+
+    def __str__(self) -> str:
+        return f"{self.user} → {self.tenant or '(default tenant)'}"

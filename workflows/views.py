@@ -1,10 +1,11 @@
 """Operator pages: the runs list (/runs/), a run's page (/runs/<id>/) and the ops overview
 (/ops/).
 
-Staff and reviewers (members of any group, as in the reviews app) see runs; only staff with
-change rights on runs act on them, through ``workflows.operations`` (the same functions the
-admin actions call); only staff see the ops overview. Pages refresh themselves with HTMX
-while something is still moving.
+Who sees which run is one rule, ``workflows.access`` (tenant, viewer groups, gate groups, the
+starter; staff see all): a run outside it is a 404, and a user who may see no run page at all
+gets 403. Only staff with change rights on runs act on them, through ``workflows.operations``
+(the same functions the admin actions call); only staff see the ops overview, whose figures
+cover every tenant. Pages refresh themselves with HTMX while something is still moving.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from workflows import charts, gateinfo, operations, ops, timeline
+from workflows import access, charts, gateinfo, operations, ops, timeline
 from workflows.audit import MAX_REASON, Actor
 from workflows.definitions import registered_workflows
 from workflows.models import ACTIVE_RUN, Blob, Run, RunStatus, Step
@@ -41,10 +42,8 @@ STATUSES = [s.value for s in RunStatus]
 
 
 def can_view_runs(user: Any) -> bool:
-    """Staff, or a reviewer (a member of at least one group)."""
-    return bool(
-        user.is_authenticated and user.is_active and (user.is_staff or user.groups.exists())
-    )
+    """May open the run pages at all (which runs they then see is ``access.visible_runs``)."""
+    return access.can_use_run_pages(user)
 
 
 def can_operate(user: Any) -> bool:
@@ -53,7 +52,18 @@ def can_operate(user: Any) -> bool:
 
 def _require_viewer(request: HttpRequest) -> None:
     if not can_view_runs(request.user):
-        raise PermissionDenied("Runs are visible to staff and reviewers.")
+        raise PermissionDenied(
+            "Run pages are for staff, reviewers and users who may start runs; "
+            "ask an administrator to add you to a group."
+        )
+
+
+def _visible_run_or_404(request: HttpRequest, run_id: UUID) -> Run:
+    """The run, or 404 when it does not exist or is outside what the user may see."""
+    run = get_object_or_404(Run, pk=run_id)
+    if not access.can_view_run(request.user, run):
+        raise Http404("No such run.")
+    return run
 
 
 # --- runs list --------------------------------------------------------------------------------
@@ -65,7 +75,7 @@ def _filtered_runs(request: HttpRequest) -> tuple[Any, dict[str, str]]:
         "pipeline": request.GET.get("pipeline", ""),
         "q": request.GET.get("q", "").strip(),
     }
-    qs = Run.objects.all()
+    qs = access.visible_runs(request.user)
     if params["status"] == "active":
         qs = qs.filter(status__in=ACTIVE_RUN)
     elif params["status"] in STATUSES:
@@ -97,7 +107,8 @@ def runs_list(request: HttpRequest) -> HttpResponse:
     qs, params = _filtered_runs(request)
     page = Paginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
     runs = list(page.object_list)
-    by_status = Run.objects.values("status").annotate(n=Count("id"))
+    visible = access.visible_runs(request.user)
+    by_status = visible.order_by().values("status").annotate(n=Count("id"))
     counts = {row["status"]: row["n"] for row in by_status}
     context = {
         "nav": "runs",
@@ -110,7 +121,7 @@ def runs_list(request: HttpRequest) -> HttpResponse:
         "statuses": STATUSES,
         "pipelines": sorted(
             set(registered_workflows())
-            | set(Run.objects.order_by().values_list("workflow", flat=True).distinct()[:200])
+            | set(visible.order_by().values_list("workflow", flat=True).distinct()[:200])
         ),
         "live": any(r.status in ACTIVE_RUN for r in runs),
         "query": _query_without(request, "partial", "page"),
@@ -194,7 +205,7 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
 @require_GET
 def run_page(request: HttpRequest, run_id: UUID) -> HttpResponse:
     _require_viewer(request)
-    run = get_object_or_404(Run, pk=run_id)
+    run = _visible_run_or_404(request, run_id)
     context = _run_context(request, run)
     if request.headers.get("HX-Request") and request.GET.get("partial") == "live":
         return render(request, "workflows/_run_live.html", context)
@@ -238,7 +249,8 @@ def run_action(request: HttpRequest, run_id: UUID, action: str) -> HttpResponse:
 def run_value(request: HttpRequest, run_id: UUID, blob_id: int) -> HttpResponse:
     """A journal value too large to show inline, as JSON."""
     _require_viewer(request)
-    blob = get_object_or_404(Blob, pk=blob_id, run_id=run_id)
+    run = _visible_run_or_404(request, run_id)
+    blob = get_object_or_404(Blob, pk=blob_id, run_id=run.pk)
     return JsonResponse(json.loads(blob.data), safe=False, json_dumps_params={"indent": 2})
 
 

@@ -2,7 +2,8 @@
 
 - ops is staff with every permission (acts on runs, sees the ops overview);
 - watcher is staff without model permissions (sees, cannot act);
-- ana reviews for the ``reviewers`` group (sees runs, not ops, cannot act);
+- ana reviews for the ``reviewers`` group of tenant ``acme``, the scenes' tenant (sees its
+  runs, not ops, cannot act);
 - otto is logged in but in no group (an outsider: 403 everywhere).
 """
 
@@ -16,6 +17,7 @@ from django.contrib.auth.models import Group, User
 from django.test import Client
 
 import tests.operators.workflows  # noqa: F401  (registers the pipelines)
+from workflows.models import TenantMembership
 
 
 class People:
@@ -27,6 +29,7 @@ class People:
         self.watcher = User.objects.create_user("watcher", password="pw-watch-123", is_staff=True)
         self.ana = User.objects.create_user("ana", password="pw-ana-123")
         self.ana.groups.add(reviewers)
+        TenantMembership.objects.create(user=self.ana, tenant="acme")
         self.otto = User.objects.create_user("otto", password="pw-otto-123")
 
     def client(self, user: User | None) -> Client:

@@ -6,7 +6,7 @@ import re
 from decimal import Decimal
 
 import pytest
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import Group, Permission, User
 from django.test import Client
 
 from pipelines.builtin import document_batch
@@ -15,10 +15,16 @@ from workflows.models import Run
 pytestmark = [pytest.mark.core, pytest.mark.django_db]
 
 
+def may_start(user: User) -> User:
+    """Grant the permission that starting a run from the web needs."""
+    user.user_permissions.add(Permission.objects.get(codename="start_run"))
+    return user
+
+
 @pytest.fixture
 def starter(client: Client) -> Client:
-    """A signed-in user (any signed-in user may start pipelines)."""
-    user = User.objects.create_user("starter", password="pw")
+    """A signed-in user who may start runs (``workflows.start_run``)."""
+    user = may_start(User.objects.create_user("starter", password="pw"))
     client.force_login(user)
     return client
 
@@ -140,7 +146,7 @@ def test_an_unknown_pipeline_is_404(starter: Client) -> None:
 
 def test_the_form_needs_its_csrf_token() -> None:
     client = Client(enforce_csrf_checks=True)
-    client.force_login(User.objects.create_user("csrf", password="pw"))
+    client.force_login(may_start(User.objects.create_user("csrf", password="pw")))
     response = client.post("/pipelines/thread_analysis/start/", {"input.thread": "A: b"})
     assert response.status_code == 403
     assert not Run.objects.exists()

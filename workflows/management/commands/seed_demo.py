@@ -2,7 +2,10 @@
 runs of the built-in pipelines so the review queue is not empty.
 
 Idempotent: running it again leaves one of each, puts the reviewer back in the ``reviewers``
-group and resets both passwords to the printed ones, so the credentials shown always work. The
+group (which sees every run of the default tenant, ``SLUICE_RUN_VIEWER_GROUPS``) with the
+``workflows.start_run`` permission (so the demo's "Start run" buttons work for them), takes any
+tenant membership away from both (the demo runs are of the default tenant), and resets both
+passwords to the printed ones, so the credentials shown always work. The
 demo runs carry idempotency keys, so they are started once (``--no-runs`` skips them).
 Only for the embedded demo; never run it against a production database.
 """
@@ -12,16 +15,16 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, Permission
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
 REVIEWERS_GROUP = "reviewers"
 
-# (username, password, is_staff, is_superuser, groups)
-DEMO_USERS: tuple[tuple[str, str, bool, bool, tuple[str, ...]], ...] = (
-    ("admin", "admin", True, True, ()),
-    ("reviewer", "reviewer", False, False, (REVIEWERS_GROUP,)),
+# (username, password, is_staff, is_superuser, groups, may start runs from the web)
+DEMO_USERS: tuple[tuple[str, str, bool, bool, tuple[str, ...], bool], ...] = (
+    ("admin", "admin", True, True, (), True),
+    ("reviewer", "reviewer", False, False, (REVIEWERS_GROUP,), True),
 )
 
 
@@ -85,10 +88,15 @@ class Command(BaseCommand):
             self.stdout.write(f"demo run {name}: /runs/{run.pk}/ ({run.status})")
 
     def create_users(self) -> None:
+        from workflows.models import TenantMembership
+
         User = get_user_model()
         with transaction.atomic():
             group, _ = Group.objects.get_or_create(name=REVIEWERS_GROUP)
-            for username, password, is_staff, is_superuser, groups in DEMO_USERS:
+            start_run = Permission.objects.get(
+                content_type__app_label="workflows", codename="start_run"
+            )
+            for username, password, is_staff, is_superuser, groups, starts in DEMO_USERS:
                 user, created = User.objects.get_or_create(
                     username=username,
                     defaults={"is_staff": is_staff, "is_superuser": is_superuser},
@@ -108,12 +116,16 @@ class Command(BaseCommand):
                     user.save()
                 if REVIEWERS_GROUP in groups:
                     user.groups.add(group)
+                if starts:
+                    user.user_permissions.add(start_run)
+                # The demo runs are of the default tenant: a membership would hide them.
+                TenantMembership.objects.filter(user=user).delete()
                 verb = "created" if created else "ready"
                 self.stdout.write(f"demo user {verb}: {username} / {password}")
 
         self.stdout.write(
             self.style.SUCCESS(
                 "Log in at /admin/ as admin/admin (staff, superuser) "
-                "or at /accounts/login/ as reviewer/reviewer (group 'reviewers')."
+                "or at /accounts/login/ as reviewer/reviewer (group 'reviewers', may start runs)."
             )
         )

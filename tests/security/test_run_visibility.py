@@ -1,0 +1,123 @@
+"""Run pages show a web user only the runs of their tenant that are theirs to see.
+
+The rule (``workflows.access``): staff see every run; anyone else a run of their tenant when
+they are in a run viewer group, the run has a gate of one of their groups, or they started it.
+Outside it a run, its values and its graph are 404; the runs list leaves it out.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Group
+from django.test import Client
+
+from tests.security.scene import Scene, user
+
+pytestmark = [pytest.mark.django_db]
+
+
+def login(u: Any) -> Client:
+    c = Client()
+    c.force_login(u)
+    return c
+
+
+def test_it_hides_another_tenants_run_and_its_values(scene: Scene) -> None:
+    # gus reviews alpha, as alice does, but for globex: acme's alpha run is not his.
+    gus, alice = login(scene.users["rev_other"]), login(scene.users["rev_a"])
+    run_a, blob_a = scene.runs["run_a"], scene.blobs["blob_a"]
+    assert gus.get(f"/runs/{run_a.pk}/").status_code == 404
+    assert gus.get(f"/runs/{run_a.pk}/values/{blob_a.pk}/").status_code == 404
+    assert alice.get(f"/runs/{run_a.pk}/").status_code == 200
+    assert alice.get(f"/runs/{run_a.pk}/values/{blob_a.pk}/").json() == {"secret": "acme document"}
+    run_g = scene.runs["run_g"]
+    assert gus.get(f"/runs/{run_g.pk}/").status_code == 200
+    assert alice.get(f"/runs/{run_g.pk}/").status_code == 404
+
+
+def test_it_shows_a_reviewer_only_runs_with_a_gate_of_their_group(scene: Scene) -> None:
+    bob = login(scene.users["rev_b"])  # beta, acme
+    assert bob.get(f"/runs/{scene.runs['run_a'].pk}/").status_code == 404  # alpha's gate
+    assert bob.get(f"/runs/{scene.runs['run_b'].pk}/").status_code == 200
+    html = bob.get("/runs/").content.decode()
+    assert str(scene.runs["run_b"].pk)[:8] in html
+    for other in ("run_a", "run_g", "run_p"):
+        assert str(scene.runs[other].pk)[:8] not in html
+
+
+def test_the_runs_list_and_its_live_refresh_count_only_visible_runs(scene: Scene) -> None:
+    gus = login(scene.users["rev_other"])
+    page = gus.get("/runs/")
+    assert page.context["total"] == 1 and [r.pk for r in page.context["runs"]] == [
+        scene.runs["run_g"].pk
+    ]
+    rows = gus.get("/runs/?partial=rows", headers={"HX-Request": "true"}).content.decode()
+    assert str(scene.runs["run_g"].pk)[:8] in rows
+    assert str(scene.runs["run_a"].pk)[:8] not in rows
+
+
+def test_a_starter_sees_their_run_and_its_graph(scene: Scene) -> None:
+    run_p = scene.runs["run_p"]  # started by alice
+    alice, bob = login(scene.users["rev_a"]), login(scene.users["rev_b"])
+    assert alice.get(f"/runs/{run_p.pk}/").status_code == 200
+    assert alice.get(f"/pipelines/runs/{run_p.pk}/graph/").json()["run"] == str(run_p.pk)
+    assert bob.get(f"/runs/{run_p.pk}/").status_code == 404
+    assert bob.get(f"/pipelines/runs/{run_p.pk}/graph/").status_code == 404
+
+
+def test_a_viewer_group_sees_every_run_of_its_tenant_only(scene: Scene, settings: Any) -> None:
+    settings.SLUICE_RUN_VIEWER_GROUPS = ["auditors"]
+    vera = user("vera", tenant="acme", groups=("auditors",))
+    c = login(vera)
+    for name in ("run_a", "run_b", "run_p"):
+        assert c.get(f"/runs/{scene.runs[name].pk}/").status_code == 200, name
+    assert c.get(f"/runs/{scene.runs['run_g'].pk}/").status_code == 404
+    assert c.get("/runs/").context["total"] == 3
+
+
+def test_staff_see_every_tenant(scene: Scene) -> None:
+    c = login(scene.users["operator"])
+    for run in scene.runs.values():
+        assert c.get(f"/runs/{run.pk}/").status_code == 200
+    assert c.get("/runs/").context["total"] == len(scene.runs)
+
+
+def test_a_user_who_may_see_no_run_gets_403(scene: Scene) -> None:
+    nora = login(scene.users["nogroup"])
+    assert nora.get("/runs/").status_code == 403
+    assert nora.get(f"/runs/{scene.runs['run_a'].pk}/").status_code == 403
+    assert nora.get("/pipelines/").status_code == 403
+
+
+def test_a_user_without_a_membership_works_for_the_default_tenant(scene: Scene) -> None:
+    Group.objects.get_or_create(name="reviewers")
+    rita = user("rita", groups=("reviewers",))  # a viewer, of the default tenant ""
+    c = login(rita)
+    assert c.get(f"/runs/{scene.runs['run_a'].pk}/").status_code == 404
+    assert c.get("/runs/").context["total"] == 0
+
+
+def test_the_viewer_groups_are_read_from_the_environment() -> None:
+    code = (
+        "import django; django.setup(); from django.conf import settings; "
+        "print(settings.SLUICE_RUN_VIEWER_GROUPS)"
+    )
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "SLUICE_RUN_VIEWER_GROUPS": "auditors,ops",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "['auditors', 'ops']"
+    env.pop("SLUICE_RUN_VIEWER_GROUPS")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "['reviewers']"

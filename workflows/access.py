@@ -1,0 +1,101 @@
+"""Who may see which runs in the browser: one rule, used by every page that shows a run.
+
+A web user works for one tenant (``TenantMembership``; no row is the default tenant ``""``), as
+an API key does (``ApiKey.tenant``). Staff see every run of every tenant. Anyone else sees a
+run only when it is of their tenant AND one of these holds:
+
+1. they are in one of ``settings.SLUICE_RUN_VIEWER_GROUPS`` (every run of the tenant);
+2. the run has a gate of one of their groups (open or closed: the run is the gate's context);
+3. they started it from the web (``run.created_by`` is their username).
+
+Pages that show one run answer 404 for a run outside this rule, as the reviews app does for
+another group's gate; pages a user may not use at all (``can_use_run_pages``) answer 403.
+docs/security.md describes the whole access model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Q, QuerySet
+
+from workflows.gateinfo import gate_model
+from workflows.models import Run, TenantMembership
+
+START_RUN_PERMISSION = "workflows.start_run"
+
+
+def user_tenant(user: Any) -> str:
+    """The tenant ``user`` works for ("" without a membership), cached for the request."""
+    cached = getattr(user, "_sluice_tenant", None)
+    if cached is None:
+        cached = ""
+        if user.is_authenticated:
+            row = TenantMembership.objects.filter(user_id=user.pk).values("tenant").first()
+            cached = row["tenant"] if row else ""
+        user._sluice_tenant = cached
+    return cached
+
+
+def user_groups(user: Any) -> list[str]:
+    """The user's auth group names, cached on the user object for the request."""
+    cached = getattr(user, "_sluice_review_groups", None)
+    if cached is None:
+        cached = list(user.groups.values_list("name", flat=True)) if user.is_authenticated else []
+        user._sluice_review_groups = cached
+    return cached
+
+
+def _active(user: Any) -> bool:
+    return bool(user.is_authenticated and user.is_active)
+
+
+def can_start_runs(user: Any) -> bool:
+    """Holds the ``workflows.start_run`` permission (superusers hold every permission)."""
+    return _active(user) and user.has_perm(START_RUN_PERMISSION)
+
+
+def can_use_run_pages(user: Any) -> bool:
+    """May open the runs list and the pipelines pages at all: staff, a member of any group,
+    or someone who may start runs (and so see their own). Everyone else gets 403."""
+    return _active(user) and bool(user.is_staff or user_groups(user) or can_start_runs(user))
+
+
+def is_run_viewer(user: Any) -> bool:
+    viewers = set(getattr(settings, "SLUICE_RUN_VIEWER_GROUPS", ()) or ())
+    return bool(viewers & set(user_groups(user)))
+
+
+def visible_runs(user: Any) -> QuerySet[Run]:
+    """The runs ``user`` may see (the rule in the module docstring), as a queryset."""
+    if not _active(user):
+        return Run.objects.none()
+    if user.is_staff:
+        return Run.objects.all()
+    qs = Run.objects.filter(tenant=user_tenant(user))
+    if is_run_viewer(user):
+        return qs
+    mine = Q(created_by=user.get_username())
+    groups = user_groups(user)
+    Gate = gate_model()
+    if groups and Gate is not None:
+        mine |= Q(pk__in=Gate._default_manager.filter(group__in=groups).values("run_id"))
+    return qs.filter(mine)
+
+
+def can_view_run(user: Any, run: Run) -> bool:
+    """Whether ``user`` may see ``run``; the same rule as ``visible_runs``, for one run."""
+    if not _active(user):
+        return False
+    if user.is_staff:
+        return True
+    if run.tenant != user_tenant(user):
+        return False
+    if is_run_viewer(user) or (run.created_by and run.created_by == user.get_username()):
+        return True
+    groups = user_groups(user)
+    Gate = gate_model()
+    if not groups or Gate is None:
+        return False
+    return Gate._default_manager.filter(run_id=run.pk, group__in=groups).exists()
