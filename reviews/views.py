@@ -205,15 +205,13 @@ def gate_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @require_GET
 @reviewer_required
 def gate_status(request: HttpRequest, pk: int) -> HttpResponse:
-    """Polled by an open gate's page: 204 while it stays open, a banner once it closed."""
+    """Polled by an open gate's page: 204 while it stays open; once it closed, the banner plus
+    the header and decision panel in their closed state (out-of-band swaps), so no part of the
+    page still offers Claim/Approve or shows the gate as open."""
     gate = _gate_or_404(request, pk)
     if gate.is_open:
         return HttpResponse(status=204)
-    return render(
-        request,
-        "reviews/gate.html#closed-banner",
-        {"gate": gate, "closed_message": services.closed_message(gate)},
-    )
+    return render(request, "reviews/gate.html#closed-update", _gate_context(request, gate))
 
 
 @require_POST
@@ -241,7 +239,7 @@ def _claim_action(
     if getattr(request, "htmx", False):
         context = _gate_context(request, gate)
         context["claim_error"] = error
-        response = render(request, "reviews/gate.html#decision-panel", context)
+        response = render(request, "reviews/gate.html#panel-update", context)
         response["HX-Trigger"] = "gate-claim-changed"
         return response
     if error:
@@ -276,10 +274,20 @@ def gate_decide(request: HttpRequest, pk: int) -> HttpResponse:
                 target = edits_form if on_edits and edits_form is not None else form
                 name = err["field"] if err["field"] in target.fields else None
                 target.add_error(name, err["message"])
-        except (services.GateClosedError, services.GateClaimedError) as exc:
-            message = str(exc)
-            messages.error(request, message[:1].upper() + message[1:])
-            return redirect("reviews:gate", pk=gate.pk)
+        except services.GateClosedError:
+            # The gate closed before this decision arrived. The closed banner says why (once:
+            # no flash message on top), and the typed comment is shown read-only, not dropped.
+            # The same goes for a claim taken meanwhile (below): the claim bar says who.
+            gate = services.get_gate(gate.pk)
+            context = _gate_context(request, gate)
+            context["unsent_comment"] = form.cleaned_data["comment"]
+            return render(request, "reviews/gate.html", context, status=409)
+        except services.GateClaimedError:
+            # Someone else took the claim: the panel says who, and the comment is handed back.
+            gate = services.get_gate(gate.pk)
+            context = _gate_context(request, gate)
+            context["unsent_comment"] = form.cleaned_data["comment"]
+            return render(request, "reviews/gate.html", context, status=409)
         else:
             return _after_decision(request, gate, form.cleaned_data["outcome"])
     context = _gate_context(request, gate, form=form, edits_form=edits_form)
