@@ -142,6 +142,9 @@ def test_hostile_text_stays_inside_the_viewport(
     assert isolated(page, "#queue a.rv-title")
     box = title.bounding_box()
     assert box and box["height"] < 60  # two lines at most
+    # The override itself is shown as a marker, so the file name reads as it was sent.
+    expect(title.locator(".bidi-mark")).to_have_text("RLO")
+    assert "gnp.exe" in title.inner_text() and RLO not in title.inner_text()
     page.goto(f"{base}/reviews/{gate.pk}/")
     expect(page.get_by_test_id("gate-title")).to_have_attribute("title", TITLE)
     assert isolated(page, "[data-testid=gate-title]")
