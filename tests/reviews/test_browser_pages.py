@@ -8,7 +8,8 @@ browser (Debian's chromium through Playwright). Issue 8, items 5 and 6, and the 
   comment is shown back instead of being dropped.
 - No page logs a CSP violation.
 
-Screenshots: docs/screenshots/reviews-gate-long-words.png, error-403.png, error-404.png.
+Screenshots: docs/screenshots/reviews-gate-long-words.png, reviews-gate-closed-live.png,
+error-403.png, error-404.png.
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ def test_hostile_text_stays_inside_the_viewport(
     page.goto(f"{base}/runs/{gate.run_id}/")
     banner = page.locator(".callout-wait strong").first
     expect(banner).to_have_attribute("title", TITLE)
-    assert isolated(page, ".callout-wait bdi")
+    assert isolated(page, ".callout-wait strong")
 
 
 def expire(gate: Gate) -> None:
@@ -199,6 +200,9 @@ def test_an_open_gate_page_closes_wholly_when_the_gate_expires(
     expect(unsent).to_contain_text("not saved")
     expect(unsent.locator("textarea")).to_have_value("The refund matches the invoice.")
     expect(page.get_by_test_id("closed-banner")).to_have_count(1)
+    expect(page.locator(".rv-activity")).to_contain_text("auto-advanced")  # the audit trail too
+    expect(page.locator(".rv-keyhelp")).to_have_count(0)
+    shot(page, "reviews-gate-closed-live.png")
 
 
 def test_approving_after_expiry_says_so_once_and_keeps_the_comment(

@@ -46,11 +46,12 @@ def test_it_switches_header_and_panel_when_the_poll_sees_the_gate_closed(
     body = c.get(f"/reviews/{gate.pk}/status/", **HTMX).content.decode()
     assert 'id="gate-closed"' in body and "expired at" in body
     # Header and panel come along as out-of-band swaps, in their closed state.
-    assert body.count('hx-swap-oob="true"') == 2
+    assert body.count('hx-swap-oob="true"') == 3  # header, panel, activity
     assert 'id="gate-head"' in body and 'id="decision-panel"' in body
     assert "Expired" in body and "data-deadline" not in body  # no countdown, no "due now"
     assert 'name="outcome"' not in body and "/claim/" not in body  # no Approve/Reject/Claim
     assert 'id="unsent-comment"' in body  # where the page puts a comment it could not send
+    assert "{#" not in body and "{%" not in body
 
 
 def test_a_decision_after_expiry_says_so_once_and_keeps_the_comment(
