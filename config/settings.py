@@ -63,6 +63,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "django.template.context_processors.csp",  # {{ csp_nonce }}, see SECURE_CSP
             ],
         },
     },
@@ -280,7 +281,7 @@ SLUICE_SUPPORT_FROM_EMAIL = env("SLUICE_SUPPORT_FROM_EMAIL", default="support@sl
 # or an inline block carrying the per-request nonce ({{ csp_nonce }}; no page needs one today).
 # No inline event handlers, no eval: base.html turns off htmx's eval and injected indicator
 # style, and static/sluice/sluice.js holds the confirm/autosubmit/poll-pause behaviour.
-# Styles allow 'unsafe-inline' on purpose: mermaid draws graphs (pipelines, start form, run page)
+# Styles allow 'unsafe-inline' on purpose (except on the reviewer pages, below): mermaid draws graphs (pipelines, start form, run page)
 # as SVG carrying its own <style> element and style attributes, the run timeline positions its
 # bars and the admin colours status badges with style attributes. A style cannot run code, and
 # every user or LLM text is escaped before it reaches a page, so this keeps the protection that
@@ -289,8 +290,7 @@ MIDDLEWARE.insert(
     MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
 )
-TEMPLATES[0]["OPTIONS"]["context_processors"].append("django.template.context_processors.csp")
-SECURE_CSP = {
+SECURE_CSP: dict[str, list[str]] = {
     "default-src": [CSP.SELF],
     "script-src": [CSP.SELF, CSP.NONCE],
     "style-src": [CSP.SELF, CSP.UNSAFE_INLINE],
@@ -302,3 +302,6 @@ SECURE_CSP = {
     "form-action": [CSP.SELF],
     "frame-ancestors": [CSP.NONE],
 }
+# The reviewer pages (queue, gate, my decisions), which show LLM output and outside text, draw no
+# graph and use no style attribute: there styles are strict too (reviews/views.py applies it).
+SLUICE_CSP_REVIEW_PAGES: dict[str, list[str]] = {**SECURE_CSP, "style-src": [CSP.SELF]}

@@ -24,6 +24,7 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.views.decorators.csp import csp_override
 from django.views.decorators.http import require_GET, require_POST
 
 from reviews import services
@@ -33,6 +34,9 @@ from reviews.presenters import present
 from reviews.templatetags.reviews_tags import countdown, short_time, urgency
 
 View = Callable[..., HttpResponseBase]
+
+# The reviewer pages allow no inline style at all (config/settings.py, SLUICE_CSP_REVIEW_PAGES).
+strict_styles = csp_override(settings.SLUICE_CSP_REVIEW_PAGES)
 
 
 def reviewer_required(view: View) -> View:
@@ -64,6 +68,7 @@ FILTERS = {"mine": "Claimed by me", "unclaimed": "Unclaimed"}
 
 
 @require_GET
+@strict_styles
 @reviewer_required
 def queue(request: HttpRequest) -> HttpResponse:
     """Open gates by deadline. An htmx poll gets only the list, or 204 when nothing changed."""
@@ -196,6 +201,7 @@ def _gate_context(
 
 
 @require_GET
+@strict_styles
 @reviewer_required
 def gate_detail(request: HttpRequest, pk: int) -> HttpResponse:
     gate = _gate_or_404(request, pk)
@@ -250,6 +256,7 @@ def _claim_action(
 
 
 @require_POST
+@strict_styles
 @reviewer_required
 def gate_decide(request: HttpRequest, pk: int) -> HttpResponse:
     """Decide, then go straight to the next gate (or back to the queue when it is empty)."""
@@ -308,6 +315,7 @@ def _after_decision(request: HttpRequest, gate: Gate, outcome: str) -> HttpRespo
 
 
 @require_GET
+@strict_styles
 @reviewer_required
 def my_decisions(request: HttpRequest) -> HttpResponse:
     qs = (

@@ -35,7 +35,7 @@ def show_bidi(value: Any) -> SafeString | Any:
     text = str(value)
     if not any(ch in BIDI_CONTROLS for ch in text):
         return value
-    parts = []
+    parts: list[str] = []
     for ch in text:
         if ch in BIDI_CONTROLS:
             short, name = BIDI_CONTROLS[ch]

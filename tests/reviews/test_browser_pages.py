@@ -252,8 +252,11 @@ def test_no_page_breaks_the_content_security_policy(
 
     log_in(page, base, "ana")
     for url in ("/reviews/", f"/reviews/{gate.pk}/", f"/reviews/{decided.pk}/", "/reviews/mine/"):
-        page.goto(base + url)
+        response = page.goto(base + url)
         page.wait_for_load_state("load")
+        # The pages showing LLM output allow no inline style either.
+        assert response is not None
+        assert "style-src 'self';" in response.headers["content-security-policy"] + ";"
     # The live parts run under the policy: claiming swaps the panel, the queue polls.
     page.goto(f"{base}/reviews/{gate.pk}/")
     page.get_by_role("button", name="Claim").click()

@@ -9,6 +9,7 @@ by itself, the comment kept) is in test_browser.py.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.test import Client
@@ -21,7 +22,7 @@ from tests.support import Bell
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 
-HTMX = {"HTTP_HX_REQUEST": "true"}
+HTMX: dict[str, Any] = {"HTTP_HX_REQUEST": "true"}
 
 
 def expire(gate: Gate) -> None:
