@@ -27,6 +27,7 @@ from reviews.models import Gate
 from reviews.services import decide_gate, expire_due_gates
 from tests.reviews.conftest import People, open_gate
 from tests.support import Bell
+from workflows import get_run, start
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -122,8 +123,10 @@ def test_hostile_text_stays_inside_the_viewport(
     gate = open_gate(bell, title=TITLE, payload=hostile_payload())
     decided = open_gate(bell, title=TITLE, payload=hostile_payload())
     decide_gate(decided.pk, outcome="approve", comment=COMMENT, actor="ana", user=people.ana)
-    root = superuser()
-    assert root.pk
+    failed = start("test.refuse", {"reason": f"{WORD} {RLO}gnp.exe"})  # a 10,000-char error
+    bell.drain()
+    assert get_run(failed.pk).status == "failed"
+    superuser()
 
     base = live_server.url
     log_in(page, base, "ana")
@@ -158,11 +161,13 @@ def test_hostile_text_stays_inside_the_viewport(
     staff_pages = {
         "run": f"/runs/{gate.run_id}/",
         "decided run": f"/runs/{decided.run_id}/",
+        "failed run": f"/runs/{failed.pk}/",
         "runs": "/runs/",
         "pipelines": "/pipelines/",
         "ops": "/ops/",
         "admin gate": f"/admin/reviews/gate/{decided.pk}/change/",
         "admin run": f"/admin/workflows/run/{gate.run_id}/change/",
+        "admin failed run": f"/admin/workflows/run/{failed.pk}/change/",
     }
     for url in staff_pages.values():
         assert_fits(page, base + url)
