@@ -114,7 +114,7 @@ def isolated(page: Page, selector: str) -> bool:
     )
 
 
-@pytest.mark.parametrize("width", [1360, 760])
+@pytest.mark.parametrize("width", [1360, 760, 390])
 def test_hostile_text_stays_inside_the_viewport(
     bell: Bell, live_server: Any, viewport: Page, people: People, width: int
 ) -> None:
