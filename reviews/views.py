@@ -35,6 +35,9 @@ from reviews.templatetags.reviews_tags import countdown, short_time, urgency
 
 View = Callable[..., HttpResponseBase]
 
+# A comment handed back after a late decision is cut at the form's own limit (DecisionForm).
+UNSENT_COMMENT_LIMIT = 5000
+
 # The reviewer pages allow no inline style at all (config/settings.py, SLUICE_CSP_REVIEW_PAGES).
 strict_styles = csp_override(settings.SLUICE_CSP_REVIEW_PAGES)
 
@@ -261,6 +264,8 @@ def _claim_action(
 def gate_decide(request: HttpRequest, pk: int) -> HttpResponse:
     """Decide, then go straight to the next gate (or back to the queue when it is empty)."""
     gate = _gate_or_404(request, pk)
+    if not gate.is_open:
+        return _not_taken(request, gate, request.POST.get("comment", ""))
     form = DecisionForm(gate, request.POST)
     has_fields = bool((gate.fields_schema or {}).get("properties"))
     edits_form = EditsForm(gate, request.POST) if has_fields else None
@@ -281,24 +286,25 @@ def gate_decide(request: HttpRequest, pk: int) -> HttpResponse:
                 target = edits_form if on_edits and edits_form is not None else form
                 name = err["field"] if err["field"] in target.fields else None
                 target.add_error(name, err["message"])
-        except services.GateClosedError:
-            # The gate closed before this decision arrived. The closed banner says why (once:
-            # no flash message on top), and the typed comment is shown read-only, not dropped.
-            # The same goes for a claim taken meanwhile (below): the claim bar says who.
-            gate = services.get_gate(gate.pk)
-            context = _gate_context(request, gate)
-            context["unsent_comment"] = form.cleaned_data["comment"]
-            return render(request, "reviews/gate.html", context, status=409)
-        except services.GateClaimedError:
-            # Someone else took the claim: the panel says who, and the comment is handed back.
-            gate = services.get_gate(gate.pk)
-            context = _gate_context(request, gate)
-            context["unsent_comment"] = form.cleaned_data["comment"]
-            return render(request, "reviews/gate.html", context, status=409)
+        except (services.GateClosedError, services.GateClaimedError):
+            return _not_taken(request, gate, form.cleaned_data["comment"])
         else:
             return _after_decision(request, gate, form.cleaned_data["outcome"])
     context = _gate_context(request, gate, form=form, edits_form=edits_form)
     return render(request, "reviews/gate.html", context, status=422)
+
+
+def _not_taken(request: HttpRequest, gate: Gate, comment: str) -> HttpResponse:
+    """409: the decision arrived after the gate closed, or after someone else claimed it.
+
+    The page comes back in the gate's current state, which says why exactly once (the closed
+    banner, or the claim bar naming the holder; no flash message on top), and the reviewer's
+    comment is shown read-only with a note that it was not saved, instead of being dropped.
+    """
+    gate = services.get_gate(gate.pk)
+    context = _gate_context(request, gate)
+    context["unsent_comment"] = comment[:UNSENT_COMMENT_LIMIT]
+    return render(request, "reviews/gate.html", context, status=409)
 
 
 def _after_decision(request: HttpRequest, gate: Gate, outcome: str) -> HttpResponse:

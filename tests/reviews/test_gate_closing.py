@@ -93,3 +93,15 @@ def test_a_claim_click_on_a_closed_gate_closes_the_whole_page(bell: Bell, people
     assert 'id="decision-panel"' in body and 'name="outcome"' not in body
     assert 'id="gate-head" hx-swap-oob="true"' in body
     assert 'id="gate-closed"' in body and "Already decided by ben" in body
+
+
+def test_an_invalid_decision_on_a_closed_gate_still_hands_the_comment_back(
+    bell: Bell, people: People
+) -> None:
+    gate = open_gate(bell)
+    c = logged_in(people.ana)
+    expire(gate)
+    response = c.post(f"/reviews/{gate.pk}/decide/", {"outcome": "maybe", "comment": "Keep me"})
+    assert response.status_code == 409
+    body = response.content.decode()
+    assert ">Keep me</textarea>" in body and body.count("expired at") == 1
