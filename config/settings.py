@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import environ
+from django.utils.csp import CSP
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("SLUICE_VAR_DIR", BASE_DIR / "var"))
@@ -62,6 +63,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "django.template.context_processors.csp",  # {{ csp_nonce }}, see SECURE_CSP
             ],
         },
     },
@@ -276,3 +278,33 @@ for _provider, _concurrency in (("openai", 8), ("anthropic", 4), ("openai-compat
 # off by default, so the demo records the reply on the ticket without a mail server.
 SLUICE_SUPPORT_SEND_EMAIL = env.bool("SLUICE_SUPPORT_SEND_EMAIL", default=False)
 SLUICE_SUPPORT_FROM_EMAIL = env("SLUICE_SUPPORT_FROM_EMAIL", default="support@sluice.invalid")
+
+# --- Content-Security-Policy (Django's built-in CSP support) ----------------------------------
+# Scripts are strict: only files served by Sluice itself (static/, vendored htmx and mermaid),
+# or an inline block carrying the per-request nonce ({{ csp_nonce }}; no page needs one today).
+# No inline event handlers, no eval: base.html turns off htmx's eval and injected indicator
+# style, and static/sluice/sluice.js holds the confirm/autosubmit/poll-pause behaviour.
+# Styles allow 'unsafe-inline' on purpose (except on the reviewer pages, below): mermaid draws graphs (pipelines, start form, run page)
+# as SVG carrying its own <style> element and style attributes, the run timeline positions its
+# bars and the admin colours status badges with style attributes. A style cannot run code, and
+# every user or LLM text is escaped before it reaches a page, so this keeps the protection that
+# matters (no script injection) without forking mermaid.
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
+)
+SECURE_CSP: dict[str, list[str]] = {
+    "default-src": [CSP.SELF],
+    "script-src": [CSP.SELF, CSP.NONCE],
+    "style-src": [CSP.SELF, CSP.UNSAFE_INLINE],
+    "img-src": [CSP.SELF, "data:"],
+    "font-src": [CSP.SELF, "data:"],
+    "connect-src": [CSP.SELF],
+    "object-src": [CSP.NONE],
+    "base-uri": [CSP.NONE],
+    "form-action": [CSP.SELF],
+    "frame-ancestors": [CSP.NONE],
+}
+# The reviewer pages (queue, gate, my decisions), which show LLM output and outside text, draw no
+# graph and use no style attribute: there styles are strict too (reviews/views.py applies it).
+SLUICE_CSP_REVIEW_PAGES: dict[str, list[str]] = {**SECURE_CSP, "style-src": [CSP.SELF]}

@@ -24,6 +24,7 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.views.decorators.csp import csp_override
 from django.views.decorators.http import require_GET, require_POST
 
 from reviews import services
@@ -33,6 +34,12 @@ from reviews.presenters import present
 from reviews.templatetags.reviews_tags import countdown, short_time, urgency
 
 View = Callable[..., HttpResponseBase]
+
+# A comment handed back after a late decision is cut at the form's own limit (DecisionForm).
+UNSENT_COMMENT_LIMIT = 5000
+
+# The reviewer pages allow no inline style at all (config/settings.py, SLUICE_CSP_REVIEW_PAGES).
+strict_styles = csp_override(settings.SLUICE_CSP_REVIEW_PAGES)
 
 
 def reviewer_required(view: View) -> View:
@@ -64,6 +71,7 @@ FILTERS = {"mine": "Claimed by me", "unclaimed": "Unclaimed"}
 
 
 @require_GET
+@strict_styles
 @reviewer_required
 def queue(request: HttpRequest) -> HttpResponse:
     """Open gates by deadline. An htmx poll gets only the list, or 204 when nothing changed."""
@@ -196,6 +204,7 @@ def _gate_context(
 
 
 @require_GET
+@strict_styles
 @reviewer_required
 def gate_detail(request: HttpRequest, pk: int) -> HttpResponse:
     gate = _gate_or_404(request, pk)
@@ -205,15 +214,13 @@ def gate_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @require_GET
 @reviewer_required
 def gate_status(request: HttpRequest, pk: int) -> HttpResponse:
-    """Polled by an open gate's page: 204 while it stays open, a banner once it closed."""
+    """Polled by an open gate's page: 204 while it stays open; once it closed, the banner plus
+    the header and decision panel in their closed state (out-of-band swaps), so no part of the
+    page still offers Claim/Approve or shows the gate as open."""
     gate = _gate_or_404(request, pk)
     if gate.is_open:
         return HttpResponse(status=204)
-    return render(
-        request,
-        "reviews/gate.html#closed-banner",
-        {"gate": gate, "closed_message": services.closed_message(gate)},
-    )
+    return render(request, "reviews/gate.html#closed-update", _gate_context(request, gate))
 
 
 @require_POST
@@ -241,7 +248,7 @@ def _claim_action(
     if getattr(request, "htmx", False):
         context = _gate_context(request, gate)
         context["claim_error"] = error
-        response = render(request, "reviews/gate.html#decision-panel", context)
+        response = render(request, "reviews/gate.html#panel-update", context)
         response["HX-Trigger"] = "gate-claim-changed"
         return response
     if error:
@@ -252,10 +259,13 @@ def _claim_action(
 
 
 @require_POST
+@strict_styles
 @reviewer_required
 def gate_decide(request: HttpRequest, pk: int) -> HttpResponse:
     """Decide, then go straight to the next gate (or back to the queue when it is empty)."""
     gate = _gate_or_404(request, pk)
+    if not gate.is_open:
+        return _not_taken(request, gate, request.POST.get("comment", ""))
     form = DecisionForm(gate, request.POST)
     has_fields = bool((gate.fields_schema or {}).get("properties"))
     edits_form = EditsForm(gate, request.POST) if has_fields else None
@@ -276,14 +286,25 @@ def gate_decide(request: HttpRequest, pk: int) -> HttpResponse:
                 target = edits_form if on_edits and edits_form is not None else form
                 name = err["field"] if err["field"] in target.fields else None
                 target.add_error(name, err["message"])
-        except (services.GateClosedError, services.GateClaimedError) as exc:
-            message = str(exc)
-            messages.error(request, message[:1].upper() + message[1:])
-            return redirect("reviews:gate", pk=gate.pk)
+        except (services.GateClosedError, services.GateClaimedError):
+            return _not_taken(request, gate, form.cleaned_data["comment"])
         else:
             return _after_decision(request, gate, form.cleaned_data["outcome"])
     context = _gate_context(request, gate, form=form, edits_form=edits_form)
     return render(request, "reviews/gate.html", context, status=422)
+
+
+def _not_taken(request: HttpRequest, gate: Gate, comment: str) -> HttpResponse:
+    """409: the decision arrived after the gate closed, or after someone else claimed it.
+
+    The page comes back in the gate's current state, which says why exactly once (the closed
+    banner, or the claim bar naming the holder; no flash message on top), and the reviewer's
+    comment is shown read-only with a note that it was not saved, instead of being dropped.
+    """
+    gate = services.get_gate(gate.pk)
+    context = _gate_context(request, gate)
+    context["unsent_comment"] = comment[:UNSENT_COMMENT_LIMIT]
+    return render(request, "reviews/gate.html", context, status=409)
 
 
 def _after_decision(request: HttpRequest, gate: Gate, outcome: str) -> HttpResponse:
@@ -300,6 +321,7 @@ def _after_decision(request: HttpRequest, gate: Gate, outcome: str) -> HttpRespo
 
 
 @require_GET
+@strict_styles
 @reviewer_required
 def my_decisions(request: HttpRequest) -> HttpResponse:
     # Scoped like every gate page: a reviewer who left a group or a tenant no longer sees the

@@ -78,13 +78,33 @@
     window.location.href = row.dataset.href;
   });
 
-  document.addEventListener("change", function (e) {
-    if (e.target.matches && e.target.matches("select[data-autosubmit]")) e.target.form.submit();
-  });
-
   document.body.addEventListener("htmx:afterSettle", reselect);
   document.addEventListener("DOMContentLoaded", reselect);
   if (document.readyState !== "loading") reselect();
+
+  // --- a typed comment survives live updates of the decision panel -----------------------------
+  // Claiming, releasing or the gate closing re-renders #decision-panel. Text the reviewer typed
+  // goes back into the new form; when the gate closed there is no form any more, so it is shown
+  // read-only in #unsent-comment with a note that it was not saved.
+  var pendingComment = "";
+  document.addEventListener("htmx:beforeSwap", function () {
+    var box = document.querySelector("#decision-form textarea[name=comment]");
+    if (box && box.value.trim()) pendingComment = box.value;
+  });
+  document.addEventListener("htmx:afterSettle", function () {
+    if (!pendingComment) return;
+    var box = document.querySelector("#decision-form textarea[name=comment]");
+    var unsent = document.getElementById("unsent-comment");
+    if (box) {
+      if (!box.value) box.value = pendingComment;
+    } else if (unsent) {
+      unsent.querySelector("textarea").value = pendingComment;
+      unsent.hidden = false;
+    } else {
+      return;
+    }
+    pendingComment = "";
+  });
 
   // --- keys --------------------------------------------------------------------------------------
   function typing(el) {
