@@ -216,6 +216,9 @@ SLUICE_API_RATE_PERIOD = env.float("SLUICE_API_RATE_PERIOD", default=60.0)
 # service make Sluice call into its own network; tests turn it on for a local receiver).
 SLUICE_WEBHOOK_TIMEOUT = env.float("SLUICE_WEBHOOK_TIMEOUT", default=10.0)
 SLUICE_WEBHOOK_ALLOW_PRIVATE = env.bool("SLUICE_WEBHOOK_ALLOW_PRIVATE", default=False)
+# Networks (CIDR, comma separated) the callback guard counts as public although they are not,
+# e.g. a partner reached over a private link. Tests use 127.0.0.2/32 for a "public" receiver.
+SLUICE_WEBHOOK_TREAT_AS_PUBLIC = env.list("SLUICE_WEBHOOK_TREAT_AS_PUBLIC", default=[])
 # Signs webhooks of runs started without an API key (from Python, say). Empty: derived from
 # SECRET_KEY.
 SLUICE_WEBHOOK_SECRET = env("SLUICE_WEBHOOK_SECRET", default="")
