@@ -115,3 +115,16 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
                 item.add_marker(pytest.mark.xfail(reason=reason, strict=True, run=False))
             else:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How many fuzz cases the HTML form fuzzing ran (tests/test_form_fuzz.py), if it ran."""
+    import sys
+
+    fuzz = sys.modules.get("tests.test_form_fuzz")
+    if fuzz is None or not fuzz.CASES:
+        return
+    by_form = ", ".join(f"{k} {v}" for k, v in sorted(fuzz.CASES.items()))
+    statuses = ", ".join(f"{f} {s}: {n}" for (f, s), n in sorted(fuzz.STATUSES.items()))
+    terminalreporter.write_line(f"form fuzzing: {sum(fuzz.CASES.values())} requests ({by_form})")
+    terminalreporter.write_line(f"form fuzzing statuses: {statuses}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -13,6 +14,9 @@ from django.conf import settings
 from workflows.errors import PayloadTooLargeError
 
 BLOB_KEY = "$blob"
+# A NUL as json.dumps escapes it: "\u0000" after an even number of backslashes. Text that
+# merely shows the six characters \u0000 is encoded "\\u0000", which is storable.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def to_json(value: Any, what: str = "value") -> Any:
@@ -25,7 +29,7 @@ def to_json(value: Any, what: str = "value") -> Any:
 
 def check_size(data: Any, what: str = "value") -> int:
     encoded = json.dumps(data, separators=(",", ":"))
-    if "\\u0000" in encoded:
+    if "\\u0000" in encoded and _NUL_ESCAPE.search(encoded):
         # PostgreSQL's jsonb cannot store NUL; refuse it here, as a clear step failure,
         # rather than as a database error in the middle of a checkpoint.
         raise TypeError(f"{what} contains a NUL character (\\u0000), which cannot be stored")
