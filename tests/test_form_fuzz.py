@@ -296,6 +296,11 @@ def test_the_start_form_refuses_nul_and_nan_with_form_errors(reviewer: User, bel
     r = post(client, url, {"input.thread": "A: hi", "max_cost": "0.25"}, "start:regression")
     assert r.status_code == 302
     assert str(Run.objects.get().max_cost) == "0.250000"
+    # The six characters \u0000 are text, not a NUL: they are stored as typed.
+    text = "A: in JSON a NUL is written \\u0000"
+    r = post(client, url, {"input.thread": text}, "start:regression")
+    assert r.status_code == 302
+    assert Run.objects.latest("created_at").input["thread"] == text
 
 
 # --- the gate decision form, claim and release -------------------------------------------------
@@ -333,6 +338,18 @@ VALID_EDITS: dict[str, st.SearchStrategy[Any]] = {
     "tags": st.lists(st.text(max_size=10), max_size=3).map("\n".join),
     "labels": st.lists(st.sampled_from(["a", "b"]), max_size=2, unique=True),
     "extra": st.sampled_from(['{"k": 1}', "{}", '{"a": [1, "x", null]}']),
+}
+
+
+VALID_FORM = {
+    "edit-sentiment": "neutral",
+    "edit-level": "2",
+    "edit-score": "0.5",
+    "edit-priority": "2",
+    "edit-count": "7",
+    "edit-notes": "ok",
+    "edit-tags": "a\nb",
+    "edit-extra": "{}",
 }
 
 
@@ -393,6 +410,41 @@ def test_no_decision_form_input_gives_a_5xx_or_a_wedged_run(reviewer: User, bell
             current["gate"] = open_gate(bell)
 
     check()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("edit-tags", "fine\na\x00b"),
+        ("edit-extra", "[" * 100_000),
+        ("edit-extra", '{"x": NaN}'),
+        ("edit-extra", '{"x": "\\u0000"}'),
+        ("edit-extra", '{"x": 1e400}'),
+    ],
+)
+def test_the_decision_form_refuses_edits_that_cannot_be_stored(
+    reviewer: User, bell: Bell, field: str, value: str
+) -> None:
+    import tests.reviews.workflows  # noqa: F401
+
+    gate = open_gate(bell)
+    client = logged_in(reviewer)
+    fields = {"outcome": "approve", **VALID_FORM, field: value}
+    response = post(client, f"/reviews/{gate.pk}/decide/", fields, "gate:regression")
+    assert response.status_code == 422
+    assert response.context["edits_form"].errors[field.removeprefix("edit-")]
+    assert_consistent(gate, bell)
+    assert gate.status == "open"
+    # The same form with storable values goes through and the run finishes.
+    response = post(
+        client,
+        f"/reviews/{gate.pk}/decide/",
+        {"outcome": "approve", **VALID_FORM},
+        "gate:regression",
+    )
+    assert response.status_code == 302
+    assert_consistent(gate, bell)
+    assert gate.status == "decided"
 
 
 def test_no_claim_or_release_gives_a_5xx_or_a_wedged_run(
