@@ -19,7 +19,11 @@ VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 env = environ.Env()
 
-SECRET_KEY = env("SECRET_KEY", default="dev-only-insecure-key-change-me-in-production-0123456789")
+# The "django-insecure-" prefix makes `manage.py check --deploy` flag a production that forgot
+# to set its own key.
+SECRET_KEY = env(
+    "SECRET_KEY", default="django-insecure-dev-only-key-change-me-in-production-0123456789"
+)
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -118,6 +122,44 @@ STORAGES = {
 
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2 * 1024 * 1024)
 
+# --- Security (production) --------------------------------------------------------------------
+# Secure by default whenever DEBUG is off, so `manage.py check --deploy` passes with no more than
+# SECRET_KEY, ALLOWED_HOSTS and DATABASE_URL set; `make run` (DEBUG=1, plain http on 127.0.0.1)
+# gets none of it. Each can still be set from the environment, e.g. SECURE_SSL_REDIRECT=0 when
+# the proxy in front already redirects http to https.
+_SECURE = not DEBUG
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=_SECURE)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000 if _SECURE else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=_SECURE)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=_SECURE)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=_SECURE)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=_SECURE)
+# Behind a TLS-terminating proxy: the header it sets on https requests, "X-Forwarded-Proto" (or
+# "X-Forwarded-Proto=https" for another value). Only set it when the proxy always sets or
+# strips that header: a client could otherwise claim https.
+_proxy_header, _, _proxy_value = env("SLUICE_PROXY_SSL_HEADER", default="").partition("=")
+if _proxy_header.strip():
+    SECURE_PROXY_SSL_HEADER = (
+        "HTTP_" + _proxy_header.strip().upper().replace("-", "_"),
+        _proxy_value.strip() or "https",
+    )
+# The request header holding the client address behind that proxy ("X-Forwarded-For"; its last
+# entry, the one the proxy appended, is used). Empty: REMOTE_ADDR. Login throttling counts
+# failures per client address, so behind a proxy this must be set.
+SLUICE_CLIENT_IP_HEADER = env("SLUICE_CLIENT_IP_HEADER", default="")
+
+# Login throttling (config.security): this many failed logins for one username, or from one
+# client address, within the window lock further attempts out until the oldest failure ages
+# out of it. Failures are counted in the cache below.
+SLUICE_LOGIN_MAX_FAILURES = env.int("SLUICE_LOGIN_MAX_FAILURES", default=5)
+SLUICE_LOGIN_MAX_FAILURES_PER_IP = env.int("SLUICE_LOGIN_MAX_FAILURES_PER_IP", default=20)
+SLUICE_LOGIN_WINDOW_SECONDS = env.int("SLUICE_LOGIN_WINDOW_SECONDS", default=15 * 60)
+
+# The cache holds the login failure counts, so every web process must share it: by default a
+# file cache under SLUICE_VAR_DIR (all processes of one machine); several machines set
+# CACHE_URL=redis://host:6379/1 (a database other than the broker's).
+CACHES = {"default": env.cache("CACHE_URL", default=f"filecache://{VAR_DIR / 'cache'}")}
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -127,6 +169,8 @@ LOGGING = {
         "workflows": {"handlers": ["console"], "level": env("SLUICE_LOG_LEVEL", default="INFO")},
         "reviews": {"handlers": ["console"], "level": env("SLUICE_LOG_LEVEL", default="INFO")},
         "pipelines": {"handlers": ["console"], "level": env("SLUICE_LOG_LEVEL", default="INFO")},
+        # Failed logins and lockouts (username and client address, never the password).
+        "sluice.security": {"handlers": ["console"], "level": "INFO"},
     },
 }
 
@@ -221,6 +265,9 @@ SLUICE_API_RATE_PERIOD = env.float("SLUICE_API_RATE_PERIOD", default=60.0)
 # service make Sluice call into its own network; tests turn it on for a local receiver).
 SLUICE_WEBHOOK_TIMEOUT = env.float("SLUICE_WEBHOOK_TIMEOUT", default=10.0)
 SLUICE_WEBHOOK_ALLOW_PRIVATE = env.bool("SLUICE_WEBHOOK_ALLOW_PRIVATE", default=False)
+# Networks (CIDR, comma separated) the callback guard counts as public although they are not,
+# e.g. a partner reached over a private link. Tests use 127.0.0.2/32 for a "public" receiver.
+SLUICE_WEBHOOK_TREAT_AS_PUBLIC = env.list("SLUICE_WEBHOOK_TREAT_AS_PUBLIC", default=[])
 # Signs webhooks of runs started without an API key (from Python, say). Empty: derived from
 # SECRET_KEY.
 SLUICE_WEBHOOK_SECRET = env("SLUICE_WEBHOOK_SECRET", default="")

@@ -8,9 +8,15 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from config.security import ThrottledAdminAuthenticationForm, ThrottledLoginView
+
+# Both login pages count failed logins and lock out a username or address (config.security).
+admin.site.login_form = ThrottledAdminAuthenticationForm
+
 urlpatterns = [
     path("", RedirectView.as_view(url="/reviews/", permanent=False)),
     path("admin/", admin.site.urls),
+    path("accounts/login/", ThrottledLoginView.as_view(), name="login"),
     path("accounts/", include("django.contrib.auth.urls")),
 ]
 

@@ -14,6 +14,7 @@ of scalars (one per line). Anything else is edited as JSON.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -238,7 +239,8 @@ def _parse(
                 out[key] = value
         return out
     if kind == "array":
-        pattern = re.compile(re.escape(name) + r"\.(\d+)\.")
+        # ASCII digits, at most 4: int() of a long digit string raises; no form has 10,000 items.
+        pattern = re.compile(re.escape(name) + r"\.([0-9]{1,4})\.")
         indexes = sorted({int(m.group(1)) for k in post for m in [pattern.match(k)] if m})
         return [_parse(node.get("items", {}), root, f"{name}.{i}", post, errors) for i in indexes]
     if kind == "checkbox":
@@ -246,6 +248,10 @@ def _parse(
     if name not in post:
         return _MISSING
     raw = str(post.get(name, ""))
+    problem = text_problem(raw)
+    if problem:
+        errors.setdefault(_path(name), []).append(problem)
+        return _MISSING
     if kind in ("text", "textarea", "select"):
         if raw == "" and nullable:
             return None
@@ -253,45 +259,124 @@ def _parse(
     if raw.strip() == "":
         return None if nullable else _MISSING
     if kind in ("integer", "number"):
-        try:
-            number = Decimal(raw.strip())
-        except InvalidOperation:
-            errors.setdefault(_path(name), []).append("Enter a number.")
+        number = _number(raw, kind)
+        if isinstance(number, str):
+            errors.setdefault(_path(name), []).append(number)
             return _MISSING
-        if kind == "integer":
-            if number != number.to_integral_value():
-                errors.setdefault(_path(name), []).append("Enter a whole number.")
-                return _MISSING
-            return int(number)
-        return float(number)
+        return number
     if kind == "lines":
         items_kind = resolve(node.get("items", {}), root)[0].get("type")
         lines = [line.strip() for line in raw.splitlines() if line.strip()]
         if items_kind in ("integer", "number"):
-            try:
-                return [int(x) if items_kind == "integer" else float(x) for x in lines]
-            except ValueError:
+            numbers = [_number(x, str(items_kind)) for x in lines]
+            if any(isinstance(x, str) for x in numbers):
                 errors.setdefault(_path(name), []).append("Enter one number per line.")
                 return _MISSING
+            return numbers
         return lines
     try:
-        return json.loads(raw)
-    except ValueError as exc:
-        errors.setdefault(_path(name), []).append(f"Not valid JSON: {exc}")
+        value = json.loads(raw, parse_constant=_no_constant)
+        problem = json_problem(value)
+    except (ValueError, RecursionError) as exc:
+        problem = f"Not valid JSON: {exc}"[:300]
+    if problem:
+        errors.setdefault(_path(name), []).append(problem)
         return _MISSING
+    return value
+
+
+# Beyond these a number is not one a run's input can carry as JSON (a float overflows to
+# Infinity, which no JSON column stores) nor one a person means.
+MAX_DIGITS = 40
+MAX_FLOAT = 1e300
+
+
+def _number(raw: str, kind: str) -> int | float | str:
+    """A number from a form input, or the error to show."""
+    text = raw.strip()
+    if len(text) > MAX_DIGITS + 10:
+        return "Enter a number with at most 40 digits."
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        return "Enter a number."
+    if not number.is_finite():
+        return "Enter a number (not NaN or Infinity)."
+    if abs(number) >= Decimal(MAX_FLOAT) or (number != 0 and number.adjusted() > MAX_DIGITS):
+        return "Enter a smaller number."
+    if kind == "integer":
+        if number != number.to_integral_value():
+            return "Enter a whole number."
+        return int(number)
+    return float(number)
+
+
+MAX_JSON_DEPTH = 64
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def text_problem(text: str) -> str:
+    """Why ``text`` cannot be stored in a run's input (PostgreSQL's jsonb refuses NUL and lone
+    surrogates), or ''."""
+    if "\x00" in text:
+        return "Remove the NUL character (\\u0000): it cannot be stored."
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "The text is not valid Unicode (it holds a lone surrogate)."
+    return ""
+
+
+def json_problem(value: Any, depth: int = 0) -> str:
+    """Why a parsed JSON value cannot be stored (NUL, lone surrogates, deep nesting), or ''."""
+    if depth > MAX_JSON_DEPTH:
+        return f"The JSON is nested deeper than {MAX_JSON_DEPTH} levels."
+    if isinstance(value, str):
+        return text_problem(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "Numbers must be finite (not NaN or Infinity)."
+    if isinstance(value, dict):
+        items: list[Any] = [*value.keys(), *value.values()]
+    elif isinstance(value, list):
+        items = value
+    else:
+        return ""
+    for item in items:
+        problem = json_problem(item, depth + 1)
+        if problem:
+            return problem
+    return ""
+
+
+BUDGET_PLACES = Decimal("0.000001")  # Run.max_cost: 14 digits, 6 of them decimals
+BUDGET_LIMIT = Decimal("100000000")
 
 
 def parse_budget(raw: str) -> tuple[Decimal | None, str]:
-    """The optional budget (max_cost, USD): (value, error)."""
+    """The optional budget (max_cost, USD): (value, error).
+
+    NaN and Infinity parse as Decimals but compare with an exception, and a value with more
+    digits than the column holds fails in the database: both are form errors here.
+    """
     text = (raw or "").strip()
     if not text:
         return None, ""
+    if len(text) > 40:
+        return None, "Enter an amount in USD, like 0.50."
     try:
         value = Decimal(text)
     except InvalidOperation:
         return None, "Enter an amount in USD, like 0.50."
-    if value <= 0 or value >= Decimal("100000000"):
-        return None, "The budget must be more than 0."
+    if not value.is_finite():
+        return None, "Enter an amount in USD, like 0.50."
+    if value <= 0 or value >= BUDGET_LIMIT:
+        return None, "The budget must be more than 0 and less than 100,000,000 USD."
+    value = value.quantize(BUDGET_PLACES)
+    if value <= 0 or value >= BUDGET_LIMIT:
+        return None, "The budget must be more than 0 and less than 100,000,000 USD."
     return value, ""
 
 

@@ -10,9 +10,11 @@ back on the fields here.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from django import forms
+from django.forms.fields import InvalidJSONInput
 
 from reviews.models import Gate
 from reviews.schema import initial_values, nullable, properties
@@ -51,9 +53,73 @@ class LinesField(forms.CharField):
         text = super().to_python(value)
         return [line.strip() for line in str(text).splitlines() if line.strip()]
 
+    def run_validators(self, value: Any) -> None:
+        # CharField's NUL check looks at str(list), where a NUL shows as "\\x00": check the lines.
+        for line in value if isinstance(value, list) else [value]:
+            super().run_validators(line)
+
+
+MAX_JSON_DEPTH = 64
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def storable_problem(value: Any, depth: int = 0) -> str:
+    """Why a JSON value cannot be stored in a gate's edits (PostgreSQL's jsonb refuses NUL and
+    lone surrogates; deep nesting is a denial of service), or ''."""
+    if depth > MAX_JSON_DEPTH:
+        return f"Nested deeper than {MAX_JSON_DEPTH} levels."
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "Remove the NUL character (\\u0000): it cannot be stored."
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "Not valid Unicode (a lone surrogate)."
+        return ""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "Numbers must be finite (not NaN or Infinity)."
+    items: list[Any] = []
+    if isinstance(value, dict):
+        items = [*value.keys(), *value.values()]
+    elif isinstance(value, list):
+        items = value
+    for item in items:
+        problem = storable_problem(item, depth + 1)
+        if problem:
+            return problem
+    return ""
+
 
 class JSONValueField(forms.JSONField):
+    """Strict JSON: no NaN/Infinity, NUL, lone surrogates or deep nesting (Django's own
+    JSONField accepts the first three and fails with RecursionError on the last)."""
+
     widget = forms.Textarea(attrs={"rows": 4, "class": "mono"})
+
+    def to_python(self, value: Any) -> Any:
+        if self.disabled or value in self.empty_values:
+            return super().to_python(value)
+        if isinstance(value, str):
+            try:
+                parsed = json.loads(value, parse_constant=_no_constant)
+            except (ValueError, RecursionError):
+                raise forms.ValidationError(
+                    self.error_messages["invalid"], code="invalid", params={"value": value[:100]}
+                ) from None
+            problem = storable_problem(parsed)
+            if problem:
+                raise forms.ValidationError(problem, code="invalid")
+        return super().to_python(value)
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        # Re-displaying a refused value parses it again: keep deep nesting as the text it was.
+        try:
+            return super().bound_data(data, initial)
+        except RecursionError:
+            return InvalidJSONInput(data)
 
 
 class EditsForm(forms.Form):

@@ -16,6 +16,28 @@ import tests.sample_workflows  # noqa: F401  (registers the test workflows)
 from tests.support import Bell
 
 
+def pytest_configure(config: Any) -> None:
+    """The suite speaks plain http to the test client and the live server, with DEBUG off as
+    pytest-django sets it: turn off production's https-only defaults (HSTS, redirects, secure
+    cookies; tests/test_security_settings.py checks them in a subprocess). Login failure
+    counts go to a per-process memory cache, emptied after each test."""
+    from django.conf import settings
+
+    settings.SECURE_SSL_REDIRECT = False
+    settings.SECURE_HSTS_SECONDS = 0
+    settings.SESSION_COOKIE_SECURE = False
+    settings.CSRF_COOKIE_SECURE = False
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+
+@pytest.fixture(autouse=True)
+def _empty_cache() -> Iterator[None]:
+    yield
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture
 def bell(monkeypatch: pytest.MonkeyPatch) -> Iterator[Bell]:
     """Replace the broker with an in-memory queue; ``bell.drain()`` processes messages."""
@@ -93,3 +115,16 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
                 item.add_marker(pytest.mark.xfail(reason=reason, strict=True, run=False))
             else:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How many fuzz cases the HTML form fuzzing ran (tests/test_form_fuzz.py), if it ran."""
+    import sys
+
+    fuzz = sys.modules.get("tests.test_form_fuzz")
+    if fuzz is None or not fuzz.CASES:
+        return
+    by_form = ", ".join(f"{k} {v}" for k, v in sorted(fuzz.CASES.items()))
+    statuses = ", ".join(f"{f} {s}: {n}" for (f, s), n in sorted(fuzz.STATUSES.items()))
+    terminalreporter.write_line(f"form fuzzing: {sum(fuzz.CASES.values())} requests ({by_form})")
+    terminalreporter.write_line(f"form fuzzing statuses: {statuses}")

@@ -17,6 +17,7 @@ own columns are ever read as one, and only under two rules:
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -28,6 +29,9 @@ from workflows.errors import PayloadTooLargeError, SluiceError
 
 BLOB_KEY = "$blob"
 LITERAL_KEY = "$literal"
+# A NUL as json.dumps escapes it: "\u0000" after an even number of backslashes. Text that
+# merely shows the six characters \u0000 is encoded "\\u0000", which is storable.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class ForeignBlobError(SluiceError, LookupError):
@@ -48,7 +52,7 @@ def check_size(data: Any, what: str = "value") -> int:
     except ValueError:
         # NaN and Infinity are not JSON: PostgreSQL's jsonb refuses them, so refuse them here.
         raise TypeError(f"{what} contains NaN or Infinity, which is not JSON") from None
-    if "\\u0000" in encoded:
+    if "\\u0000" in encoded and _NUL_ESCAPE.search(encoded):
         # PostgreSQL's jsonb cannot store NUL; refuse it here, as a clear step failure,
         # rather than as a database error in the middle of a checkpoint.
         raise TypeError(f"{what} contains a NUL character (\\u0000), which cannot be stored")

@@ -11,6 +11,9 @@
    starting key's secret), sends it with ``Idempotency-Key`` = the delivery id, and records
    the attempt. A non-2xx answer or a network error raises, and the outbox retries with
    backoff and jitter for up to 24 hours.
+4. Before each attempt the callback host is resolved once and every address checked; the
+   request then goes to a checked address (Host header and TLS name kept), so a DNS answer
+   that changes after the check (rebinding) cannot send it into the private network.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import ipaddress
 import json
 import logging
 import socket
+import ssl
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from celery import shared_task
@@ -78,12 +83,51 @@ def _blocked_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     )
 
 
-def check_callback_url(url: str, *, resolve: bool = False) -> None:
+def _counted_as_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """``SLUICE_WEBHOOK_TREAT_AS_PUBLIC``: networks the guard treats as public (tests serve a
+    "public" receiver on 127.0.0.2 this way, so their traffic stays on loopback)."""
+    for network in settings.SLUICE_WEBHOOK_TREAT_AS_PUBLIC:
+        try:
+            if ip in ipaddress.ip_network(network, strict=False):
+                return True
+        except (ValueError, TypeError):
+            continue
+    return False
+
+
+def _refused(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return _blocked_address(ip) and not _counted_as_public(ip)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a delivery goes: the URL as given, and the addresses checked for it.
+
+    ``addresses`` is empty when the host is not pinned (``SLUICE_WEBHOOK_ALLOW_PRIVATE``
+    without ``resolve``). A literal IP host is its own single address.
+    """
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    addresses: tuple[str, ...] = ()
+
+
+# The resolver, one name so tests can answer for host names that do not exist.
+_getaddrinfo = socket.getaddrinfo
+
+
+def check_callback_url(url: str, *, resolve: bool = False) -> Target:
     """Raise ``CallbackUrlError`` unless ``url`` is an http(s) URL Sluice may call.
 
     Loopback, private, link-local and reserved addresses are refused unless
-    ``SLUICE_WEBHOOK_ALLOW_PRIVATE``. With ``resolve`` the host name is looked up and every
-    address it resolves to must pass: that is what delivery does, right before each attempt.
+    ``SLUICE_WEBHOOK_ALLOW_PRIVATE``. With ``resolve`` the host name is looked up once and every
+    address it resolves to must pass: that is what delivery does, right before each attempt,
+    and it then connects to one of exactly those addresses (``Target.addresses``), so a DNS
+    answer that changes between the check and the connection cannot point it elsewhere.
     """
     if len(url) > 2000:
         raise CallbackUrlError("callback_url is longer than 2000 characters")
@@ -99,31 +143,94 @@ def check_callback_url(url: str, *, resolve: bool = False) -> None:
         raise CallbackUrlError("callback_url has no host")
     if parts.username or parts.password:
         raise CallbackUrlError("callback_url must not carry credentials")
-    if settings.SLUICE_WEBHOOK_ALLOW_PRIVATE:
-        return
-    if host == "localhost" or host.endswith(".localhost"):
+    port = port or (443 if parts.scheme == "https" else 80)
+    target = Target(url=url, scheme=parts.scheme, host=host, port=port)
+    allow_private = bool(settings.SLUICE_WEBHOOK_ALLOW_PRIVATE)
+    if not allow_private and (host == "localhost" or host.endswith(".localhost")):
         raise CallbackUrlError(f"callback_url host {host!r} is a loopback name")
     try:
         literal = ipaddress.ip_address(host)
     except ValueError:
         literal = None
     if literal is not None:
-        if _blocked_address(literal):
+        if not allow_private and _refused(literal):
             raise CallbackUrlError(f"callback_url address {host} is loopback, private or reserved")
-        return
+        return Target(url=url, scheme=parts.scheme, host=host, port=port, addresses=(host,))
     if not resolve:
-        return
+        return target
     try:
-        infos = socket.getaddrinfo(host, port or (443 if parts.scheme == "https" else 80))
-    except OSError as exc:
+        infos = _getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
         raise CallbackUrlError(f"callback_url host {host!r} does not resolve: {exc}") from None
+    addresses: list[str] = []
     for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        if _blocked_address(address):
+        text = str(info[4][0]).split("%", 1)[0]
+        address = ipaddress.ip_address(text)
+        if not allow_private and _refused(address):
             raise CallbackUrlError(
                 f"callback_url host {host!r} resolves to {address}, a loopback, private or "
                 "reserved address"
             )
+        if text not in addresses:
+            addresses.append(text)
+    if not addresses:
+        raise CallbackUrlError(f"callback_url host {host!r} does not resolve")
+    return Target(url=url, scheme=parts.scheme, host=host, port=port, addresses=tuple(addresses))
+
+
+def pinned_request(target: Target, address: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """The URL, extra headers and httpx extensions that send a request for ``target`` to
+    ``address`` (one it was checked with), as if the host name had resolved to it.
+
+    The URL names the address, so the HTTP client does not resolve anything; the ``Host``
+    header and the TLS server name (SNI, and the name the certificate is verified against)
+    stay the original host name.
+    """
+    parts = urlsplit(target.url)
+    ip = ipaddress.ip_address(address)
+    netloc = f"[{address}]" if ip.version == 6 else address
+    default_port = 443 if target.scheme == "https" else 80
+    netloc += f":{target.port}"
+    url = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+    host_header = f"[{target.host}]" if ":" in target.host else target.host
+    if target.port != default_port:
+        host_header += f":{target.port}"
+    extensions: dict[str, Any] = {}
+    if target.scheme == "https":
+        extensions["sni_hostname"] = target.host
+    return url, {"Host": host_header}, extensions
+
+
+def _post(target: Target, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    """POST to the checked addresses of ``target`` in turn, never resolving the host again.
+
+    Only a failure to connect moves on to the next address (as a client does when a name has
+    several); any other error, or an answer, ends the attempt.
+    """
+    timeout = float(settings.SLUICE_WEBHOOK_TIMEOUT)
+    # trust_env=False: an HTTP(S)_PROXY from the environment would resolve the name itself.
+    with httpx.Client(
+        timeout=timeout, follow_redirects=False, trust_env=False, verify=_tls_verify()
+    ) as client:
+        if not target.addresses:
+            return client.post(target.url, content=body, headers=headers)
+        last: httpx.ConnectError | None = None
+        for address in target.addresses:
+            url, extra, extensions = pinned_request(target, address)
+            request = client.build_request(
+                "POST", url, content=body, headers={**headers, **extra}, extensions=extensions
+            )
+            try:
+                return client.send(request)
+            except httpx.ConnectError as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+
+def _tls_verify() -> ssl.SSLContext | bool:
+    """Certificate verification for webhook receivers (a hook so tests can trust their CA)."""
+    return True
 
 
 # --- signing ----------------------------------------------------------------------------------
@@ -293,7 +400,7 @@ def deliver(row: Outbox) -> None:
     number = row.attempts
     started = timezone.now()
     try:
-        check_callback_url(delivery.url, resolve=True)
+        target = check_callback_url(delivery.url, resolve=True)
     except CallbackUrlError as exc:
         _record(
             delivery,
@@ -317,13 +424,7 @@ def deliver(row: Outbox) -> None:
     }
     t0 = time.perf_counter()
     try:
-        response = httpx.post(
-            delivery.url,
-            content=body,
-            headers=headers,
-            follow_redirects=False,
-            timeout=float(settings.SLUICE_WEBHOOK_TIMEOUT),
-        )
+        response = _post(target, body, headers)
     except httpx.HTTPError as exc:
         latency = (time.perf_counter() - t0) * 1000
         error = f"{type(exc).__name__}: {exc}" or type(exc).__name__

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,15 +30,23 @@ class Receiver:
     script: list[int] = field(default_factory=list)
     requests: list[Received] = field(default_factory=list)
     port: int = 0
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks/sluice"
+        return f"http://{self.host}:{self.port}/hooks/sluice"
 
 
 @contextmanager
-def receiver(script: list[int] | None = None) -> Iterator[Receiver]:
-    state = Receiver(script=list(script or []))
+def receiver(
+    script: list[int] | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    tls: ssl.SSLContext | None = None,
+) -> Iterator[Receiver]:
+    """Serve on ``host:port`` (port 0: any free one), over TLS with a server context ``tls``."""
+    state = Receiver(script=list(script or []), host=host)
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
@@ -57,7 +66,9 @@ def receiver(script: list[int] | None = None) -> Iterator[Receiver]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer((host, port), Handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     state.port = server.server_address[1]
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True

@@ -1,0 +1,170 @@
+"""Login throttling: too many failed logins lock a username, or a client address, out for a while.
+
+1. Before checking a password, the login form asks ``locked_out``: a username with
+   ``SLUICE_LOGIN_MAX_FAILURES`` failures, or a client address with
+   ``SLUICE_LOGIN_MAX_FAILURES_PER_IP`` failures, within the last
+   ``SLUICE_LOGIN_WINDOW_SECONDS``, is refused without the password being tried, so guessing
+   cannot go on during a lockout.
+2. A failed login appends its time to both lists (``record_failure``); a successful one clears
+   the username's list. The address's list is not cleared, or an attacker holding one account
+   could reset the count of the address they guess from.
+3. Every failure and every refused attempt is logged on ``sluice.security`` with the username
+   and client address, never the password.
+
+The lists live in Django's cache, which every web process must share (settings.CACHES). A lockout
+lifts when its oldest counted failure leaves the window. Appending is read-modify-write, so two
+processes failing at the same instant may count one failure instead of two: a throttle, not
+an exact count, and the next attempts are still counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import math
+import time
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth.forms import AuthenticationForm
+from django.contrib.auth.views import LoginView
+from django.core.cache import cache
+from django.http import HttpRequest, HttpResponse
+
+log = logging.getLogger("sluice.security")
+
+LOCKED = "locked"
+
+
+def client_ip(request: HttpRequest | None) -> str:
+    """The client address: REMOTE_ADDR, or the last entry of ``SLUICE_CLIENT_IP_HEADER``
+    (the one the trusted proxy appended; earlier entries are whatever the client sent)."""
+    if request is None:
+        return "unknown"
+    header = str(settings.SLUICE_CLIENT_IP_HEADER or "")
+    raw = ""
+    if header:
+        raw = request.META.get("HTTP_" + header.upper().replace("-", "_"), "").split(",")[-1]
+    raw = raw.strip() or str(request.META.get("REMOTE_ADDR") or "")
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        return "unknown"
+
+
+def _key(kind: str, value: str) -> str:
+    # Hashed: usernames may hold characters a cache backend does not accept in keys.
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"sluice:login-failures:{kind}:{digest}"
+
+
+def _keys(username: str, ip: str) -> dict[str, tuple[str, int]]:
+    return {
+        "username": (_key("user", username.casefold()), int(settings.SLUICE_LOGIN_MAX_FAILURES)),
+        "address": (_key("ip", ip), int(settings.SLUICE_LOGIN_MAX_FAILURES_PER_IP)),
+    }
+
+
+def _recent(key: str, now: float) -> list[float]:
+    window = float(settings.SLUICE_LOGIN_WINDOW_SECONDS)
+    stored = cache.get(key)
+    if not isinstance(stored, list):
+        return []
+    return [t for t in stored if isinstance(t, (int, float)) and now - t < window]
+
+
+def locked_out(username: str, ip: str, *, now: float | None = None) -> int:
+    """Seconds until ``username`` (and ``ip``) may try again; 0 when not locked out."""
+    now = time.time() if now is None else now
+    window = float(settings.SLUICE_LOGIN_WINDOW_SECONDS)
+    wait = 0.0
+    for key, limit in _keys(username, ip).values():
+        recent = _recent(key, now)
+        if limit > 0 and len(recent) >= limit:
+            # The lockout lifts when enough failures age out to bring the count under the limit.
+            wait = max(wait, sorted(recent)[-limit] + window - now)
+    return math.ceil(wait) if wait > 0 else 0
+
+
+def record_failure(username: str, ip: str, *, now: float | None = None) -> None:
+    now = time.time() if now is None else now
+    timeout = int(settings.SLUICE_LOGIN_WINDOW_SECONDS) + 60
+    counts = {}
+    for kind, (key, limit) in _keys(username, ip).items():
+        # Keep no more than the limit needs, so a flood of failures stores a bounded list.
+        recent = (_recent(key, now) + [now])[-max(limit, 1) :]
+        cache.set(key, recent, timeout)
+        counts[kind] = len(recent)
+    log.warning(
+        "login failed: username=%r ip=%s failures_for_username=%d failures_from_ip=%d",
+        username,
+        ip,
+        counts["username"],
+        counts["address"],
+    )
+
+
+def record_success(username: str) -> None:
+    cache.delete(_key("user", username.casefold()))
+
+
+class ThrottledLoginMixin:
+    """For an ``AuthenticationForm``: refuse during a lockout, count failures, reset on
+    success."""
+
+    request: HttpRequest | None
+    cleaned_data: dict[str, Any]
+
+    def clean(self) -> dict[str, Any]:
+        username = str(self.cleaned_data.get("username") or "")
+        ip = client_ip(self.request)
+        wait = locked_out(username, ip)
+        if wait:
+            log.warning("login refused (locked out): username=%r ip=%s", username, ip)
+            minutes = max(1, math.ceil(wait / 60))
+            raise forms.ValidationError(
+                "Too many failed logins for this account or from your address. "
+                f"Try again in {minutes} minute{'s' if minutes != 1 else ''}.",
+                code=LOCKED,
+            )
+        try:
+            cleaned: dict[str, Any] = super().clean()  # type: ignore[misc]
+        except forms.ValidationError as exc:
+            if username and self.cleaned_data.get("password") is not None:
+                if getattr(exc, "code", None) == "invalid_login":
+                    record_failure(username, ip)
+            raise
+        if username:
+            record_success(username)
+        return cleaned
+
+    @property
+    def locked(self) -> bool:
+        errors = getattr(self, "errors", None)
+        return bool(errors) and any(
+            e.code == LOCKED
+            for e in self.non_field_errors().as_data()  # type: ignore[attr-defined]
+        )
+
+
+class ThrottledAuthenticationForm(ThrottledLoginMixin, AuthenticationForm):
+    pass
+
+
+class ThrottledAdminAuthenticationForm(ThrottledLoginMixin, AdminAuthenticationForm):
+    pass
+
+
+class ThrottledLoginView(LoginView):
+    """The login page: a locked-out attempt gets 429 and the page with the lockout message."""
+
+    form_class = ThrottledAuthenticationForm
+
+    def form_invalid(self, form: Any) -> HttpResponse:
+        response = super().form_invalid(form)
+        if getattr(form, "locked", False):
+            response.status_code = 429
+        return response
