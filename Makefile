@@ -99,9 +99,13 @@ migrate: install
 seed: migrate
 	@$(PY) manage.py seed_demo
 
+# DEBUG stays off (the product's own error pages, static files served by whitenoise from
+# STATIC_ROOT); plain http on 127.0.0.1, so SLUICE_HTTPS=0. `DEBUG=1 make run` for Django's
+# debug pages.
 run: seed
-	@echo "==> starting web + worker + beat on http://127.0.0.1:$(PORT)/ (Ctrl-C stops all three)"
-	DEBUG=$${DEBUG:-1} exec $(PY) manage.py sluice_dev --port $(PORT)
+	@$(PY) manage.py collectstatic --no-input -v 0
+	echo "==> starting web + worker + beat on http://127.0.0.1:$(PORT)/ (Ctrl-C stops all three)"
+	DEBUG=$${DEBUG:-0} SLUICE_HTTPS=$${SLUICE_HTTPS:-0} exec $(PY) manage.py sluice_dev --port $(PORT)
 
 # --- test -------------------------------------------------------------------------------------
 # Browser tests drive Debian's chromium. As root it is installed with apt-get when missing; a

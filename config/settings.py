@@ -124,10 +124,11 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2 *
 
 # --- Security (production) --------------------------------------------------------------------
 # Secure by default whenever DEBUG is off, so `manage.py check --deploy` passes with no more than
-# SECRET_KEY, ALLOWED_HOSTS and DATABASE_URL set; `make run` (DEBUG=1, plain http on 127.0.0.1)
-# gets none of it. Each can still be set from the environment, e.g. SECURE_SSL_REDIRECT=0 when
+# SECRET_KEY, ALLOWED_HOSTS and DATABASE_URL set. `make run` serves plain http on 127.0.0.1 with
+# DEBUG off (so its error pages are the product's own) and SLUICE_HTTPS=0, which turns all of
+# this off at once. Each can still be set from the environment, e.g. SECURE_SSL_REDIRECT=0 when
 # the proxy in front already redirects http to https.
-_SECURE = not DEBUG
+_SECURE = env.bool("SLUICE_HTTPS", default=not DEBUG)
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=_SECURE)
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000 if _SECURE else 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=_SECURE)
