@@ -39,7 +39,7 @@ from workflows.api_auth import (
 )
 from workflows.audit import MAX_REASON, Actor
 from workflows.definitions import registered_workflows
-from workflows.errors import UnknownWorkflowError
+from workflows.errors import IdempotencyConflict, UnknownWorkflowError
 from workflows.models import ApiKey, Blob, Run, RunAudit, Step
 from workflows.payloads import stored
 from workflows.webhooks import CallbackUrlError, check_callback_url
@@ -454,6 +454,15 @@ def create_run(
             callback_url=body.callback_url or "",
             max_cost=body.max_cost,
         )
+    except IdempotencyConflict as exc:
+        # The same answer as a reused key with another body, below (the IETF Idempotency-Key
+        # draft's 422 for a reused key with a different payload).
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was already used with a different request body",
+            {"run_id": str(exc.run_id)},
+        ) from None
     except UnknownWorkflowError as exc:
         raise ApiError(
             422,

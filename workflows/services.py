@@ -18,7 +18,12 @@ from workflows import audit, payloads
 from workflows.audit import Actor
 from workflows.definitions import get_workflow
 from workflows.doorbell import request_wake, ring_on_commit
-from workflows.errors import InvalidInputError, InvalidStateError, RunNotFoundError
+from workflows.errors import (
+    IdempotencyConflict,
+    InvalidInputError,
+    InvalidStateError,
+    RunNotFoundError,
+)
 from workflows.models import (
     ACTIVE_RUN,
     TERMINAL_RUN,
@@ -126,7 +131,8 @@ def start(
     max_parallel: int | None = None,
     **options: Any,
 ) -> Run:
-    """Start a run of ``workflow``. A repeated ``idempotency_key`` returns the existing run.
+    """Start a run of ``workflow``. A repeated ``idempotency_key`` returns the existing run;
+    the key used before for another workflow or another input raises ``IdempotencyConflict``.
 
     ``options``: ``tenant``, ``created_by``, ``callback_url``, ``max_cost`` (see ``Run``).
     """
@@ -150,11 +156,15 @@ def start_or_find(
     **options: Any,
 ) -> tuple[Run, bool]:
     """``start``, also saying whether this call created the run (True) or found the run an
-    earlier call with the same ``idempotency_key`` created (False): the API answers 201 once."""
+    earlier call with the same ``idempotency_key`` created (False): the API answers 201 once.
+
+    A found run must be the same request: another workflow or another input under the key
+    raises ``IdempotencyConflict`` (checked on both paths, the early look-up and the lost race).
+    """
     if idempotency_key:
         existing = Run.objects.filter(idempotency_key=idempotency_key).first()
         if existing is not None:
-            return existing, False
+            return _same_start(existing, workflow, input), False
     try:
         with transaction.atomic():
             run = create_run(workflow, input or {}, idempotency_key=idempotency_key, **options)
@@ -165,8 +175,27 @@ def start_or_find(
         if idempotency_key:
             existing = Run.objects.filter(idempotency_key=idempotency_key).first()
             if existing is not None:
-                return existing, False
+                return _same_start(existing, workflow, input), False
         raise
+
+
+def _same_start(run: Run, workflow: str, input: dict[str, Any] | None) -> Run:
+    """``run`` if it was started for this workflow and input, else ``IdempotencyConflict``."""
+    if run.workflow != workflow:
+        raise IdempotencyConflict(
+            f"idempotency key already used by run {run.pk} of workflow {run.workflow!r}, "
+            f"not {workflow!r}",
+            run.pk,
+        )
+    try:
+        data = payloads.to_json(input or {}, "input")
+    except TypeError:
+        data = None
+    if (run.input or {}) != data:
+        raise IdempotencyConflict(
+            f"idempotency key already used by run {run.pk} with another input", run.pk
+        )
+    return run
 
 
 def get_run(run_id: Any) -> Run:
