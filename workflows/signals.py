@@ -15,10 +15,26 @@ import logging
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from django.db import transaction
+from django.db import connection, transaction
 from django.dispatch import Signal
 
 log = logging.getLogger(__name__)
+
+
+class _LazySavepoint:
+    """An execute wrapper that opens a savepoint just before a receiver's first statement: a
+    receiver that writes nothing (the common case: no callback URL, a run that succeeded) costs
+    no round trip, and one that writes can still be rolled back alone."""
+
+    def __init__(self) -> None:
+        self.opened = False
+        self.sid: str | None = None
+
+    def __call__(self, execute: Any, sql: Any, params: Any, many: bool, context: Any) -> Any:
+        if not self.opened:
+            self.opened = True  # before savepoint(): its own statement passes through here
+            self.sid = transaction.savepoint_create()
+        return execute(sql, params, many, context)
 
 
 class IsolatedSignal(Signal):
@@ -30,15 +46,22 @@ class IsolatedSignal(Signal):
         sync_receivers, async_receivers = self._live_receivers(sender)
         responses: list[tuple[Any, Any]] = []
         for receiver in [*sync_receivers, *async_receivers]:
+            guard = _LazySavepoint()
             try:
-                with transaction.atomic():
+                with connection.execute_wrapper(guard):
                     if receiver in async_receivers:
                         response = async_to_sync(receiver)(signal=self, sender=sender, **named)
                     else:
                         response = receiver(signal=self, sender=sender, **named)
             except Exception as exc:
                 log.exception("run_finished receiver %r failed; its writes rolled back", receiver)
+                if guard.sid is not None:
+                    transaction.savepoint_rollback(guard.sid)
+                    transaction.set_rollback(False)
                 response = exc
+            else:
+                if guard.sid is not None:
+                    transaction.savepoint_commit(guard.sid)
             responses.append((receiver, response))
         return responses
 
