@@ -207,6 +207,15 @@ class RestartForm(forms.Form):
         label="Reason",
         help_text="Optional; kept in each run's audit trail with your name.",
     )
+    max_cost = forms.DecimalField(
+        required=False,
+        min_value=0,
+        max_digits=14,
+        decimal_places=6,
+        label="New budget (max_cost, $)",
+        help_text="Optional; raises (or sets) the runs' budget, e.g. after BudgetExceeded. "
+        "Empty: unchanged.",
+    )
 
 
 class RunAuditInline(ReadOnlyMixin, admin.TabularInline):
@@ -414,7 +423,12 @@ class RunAdmin(ReadOnlyMixin, admin.ModelAdmin):
             self._report(
                 request,
                 f"Restarted from step {position}",
-                [operations.restart_run(run.pk, position, actor, reason) for run in queryset],
+                [
+                    operations.restart_run(
+                        run.pk, position, actor, reason, form.cleaned_data.get("max_cost")
+                    )
+                    for run in queryset
+                ],
             )
             return None
         context = {

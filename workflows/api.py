@@ -232,7 +232,21 @@ class RestartIn(Schema):
         ge=1,
         le=1_000_000,
         description="Journal position to restart from (1-based); "
-        "omitted: the first unfinished position.",
+        "omitted: the first unfinished position (after the last finished one when the run "
+        "failed between steps).",
+    )
+    only_failed_branches: bool = Field(
+        False,
+        description="When the restart position is a fan-out, re-run only its branches that did "
+        "not succeed; the others keep their results.",
+    )
+    max_cost: Decimal | None = Field(
+        None,
+        ge=0,
+        max_digits=14,
+        decimal_places=6,
+        description="A new budget in dollars for the run (e.g. to go on after BudgetExceeded); "
+        "omitted: unchanged.",
     )
 
 
@@ -618,6 +632,8 @@ def restart_run(request: HttpRequest, run_id: str, body: RestartIn | None = None
         services.restart(
             run.pk,
             from_step=body.from_step if body else None,
+            only_failed_branches=body.only_failed_branches if body else False,
+            max_cost=body.max_cost if body else None,
             actor=Actor.of_key(key),
             reason=body.reason if body else "",
         )

@@ -703,6 +703,8 @@ class Context:
                 return []
             branches = []
             cap = max(1, self._record.max_parallel)
+            # Under a budget each branch checks it again when a worker is about to start it.
+            budgeted = {"budgeted": True} if self._record.max_cost is not None else {}
             checked: set[str] = set()
             for i, c in enumerate(calls):
                 target = step_path(c.step)
@@ -726,7 +728,7 @@ class Context:
                         held=i >= cap,
                         target=target,
                         args=self._pack(
-                            {"args": list(c.args), "kwargs": c.kwargs},
+                            {"args": list(c.args), "kwargs": c.kwargs, **budgeted},
                             f"arguments of {c.step.name}",
                         ),
                         max_attempts=c.step.retry.max_attempts,
@@ -773,6 +775,13 @@ class Context:
             raise Suspend
         results: list[Any] = []
         rows = sorted(self._branches.get(pos, []), key=lambda r: r.branch)
+        refused = [b for b in rows if (b.error or {}).get("type") == "BranchBudgetExceeded"]
+        if refused:
+            # Not a StepFailed: a workflow's except (or return_exceptions) cannot spend on.
+            raise BudgetExceeded(
+                f"{(refused[0].error or {}).get('message', 'budget exceeded')} "
+                f"({len(refused)} of {len(rows)} branches not started)"
+            )
         for i, b in enumerate(rows):
             if b.status == StepStatus.SUCCEEDED:
                 sd = calls[i].step if i < len(calls) else None

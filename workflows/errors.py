@@ -92,3 +92,8 @@ class BudgetExceeded(BaseException):
 
     A BaseException so that a workflow's ``except Exception`` cannot spend past the budget.
     """
+
+
+class BranchBudgetExceeded(NonRetryableError):
+    """A fan-out branch was not started: the run's spent plus reserved cost reached its
+    ``max_cost``. The branch fails with this error, and the run with ``BudgetExceeded``."""

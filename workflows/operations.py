@@ -68,10 +68,14 @@ def retry_failed_step(run_id: Any, actor: Actor | None = None, reason: str = "")
 
 
 def restart_run(
-    run_id: Any, from_step: int, actor: Actor | None = None, reason: str = ""
+    run_id: Any,
+    from_step: int,
+    actor: Actor | None = None,
+    reason: str = "",
+    max_cost: Any = None,
 ) -> Outcome:
     try:
-        services.restart(run_id, from_step=from_step, actor=actor, reason=reason)
+        services.restart(run_id, from_step=from_step, actor=actor, reason=reason, max_cost=max_cost)
     except (InvalidStateError, InvalidInputError, RunNotFoundError) as exc:
         return Outcome(run_id, False, str(exc))
     return Outcome(run_id, True, f"restarted from step {from_step}")

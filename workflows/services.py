@@ -463,9 +463,7 @@ def restart(
         )
         if group is not None:
             # Keep the group's succeeded branches live: only the rest is superseded and re-run.
-            stale = stale.exclude(
-                position=from_step, branch__gte=0, status=StepStatus.SUCCEEDED
-            )
+            stale = stale.exclude(position=from_step, branch__gte=0, status=StepStatus.SUCCEEDED)
         rerun = (
             list(
                 Step.objects.filter(run=run, superseded=False, position=from_step, branch__gte=0)
@@ -508,9 +506,7 @@ def restart(
     return run
 
 
-def _reopen_group(
-    run: Run, group: Step, rerun: list[Step], generation: int, now: datetime
-) -> None:
+def _reopen_group(run: Run, group: Step, rerun: list[Step], generation: int, now: datetime) -> None:
     """A fresh live copy of fan-out ``group`` waiting for fresh copies of the ``rerun``
     branches (their old rows were just superseded); the succeeded siblings stay as they are."""
     cap = max(1, run.max_parallel)
