@@ -276,6 +276,53 @@ def complete_waiting_step(
     return _resolve_waiting(step_id, fields)
 
 
+def complete_waiting_steps(
+    step_ids: list[int],
+    *,
+    result: Any = None,
+    timed_out: bool = False,
+    now: datetime | None = None,
+) -> tuple[set[int], list[tuple[Any, int]]]:
+    """The bulk form of ``complete_waiting_step`` for steps resolved with one result (gates
+    that expired together with the same outcome): one compare-and-swap statement
+    (waiting, not superseded → succeeded) and one to mark their runs runnable.
+
+    Call inside the caller's transaction. Returns the ids of the steps this call resolved (a
+    step that no longer waited is left alone and missing here) and the (run id, generation)
+    of the active runs it woke: the caller rings for them on commit (``ring_on_commit``, or
+    in bursts). ``timed_out`` marks the steps as auto-advanced on expiry in the journal.
+    """
+    if not step_ids:
+        return set(), []
+    now = now or timezone.now()
+    data = payloads.escape(payloads.to_json(result, "result"))
+    fields: dict[str, Any] = {"status": StepStatus.SUCCEEDED, "result": data, "finished_at": now}
+    if timed_out:
+        fields["usage"] = {"timed_out": True}
+    table = Step._meta.db_table
+    sets = ", ".join(f"{connection.ops.quote_name(name)} = %s" for name in fields)
+    params = [
+        Step._meta.get_field(name).get_db_prep_save(value, connection)
+        for name, value in fields.items()
+    ]
+    marks = ", ".join(["%s"] * len(step_ids))
+    with connection.cursor() as cur:
+        cur.execute(
+            f"UPDATE {table} SET {sets} WHERE id IN ({marks}) AND status = %s "
+            "AND superseded = %s RETURNING id, run_id",
+            [*params, *step_ids, StepStatus.WAITING, False],
+        )
+        done = cur.fetchall()
+    if not done:
+        return set(), []
+    run_pk = Run._meta.pk
+    assert run_pk is not None
+    run_ids = {run_pk.to_python(run_id) for _id, run_id in done}
+    woken = Run.objects.filter(pk__in=run_ids, status__in=ACTIVE_RUN)
+    woken.update(wake_requested_at=now)
+    return {step_id for step_id, _ in done}, list(woken.values_list("pk", "generation"))
+
+
 def _resolve_waiting(step_id: int, fields: dict[str, Any]) -> bool:
     now = timezone.now()
     fields = {"finished_at": now, **fields}
@@ -576,6 +623,7 @@ __all__ = [
     "TERMINAL_RUN",
     "cancel",
     "complete_waiting_step",
+    "complete_waiting_steps",
     "create_run",
     "enqueue_outbox",
     "get_run",
