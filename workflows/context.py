@@ -356,6 +356,9 @@ class Context:
     # --- replay bookkeeping -----------------------------------------------------------------
 
     def _next(self, kind: str, name: str) -> tuple[int, Step | None]:
+        if self._mismatch is not None:
+            # The handler swallowed a mismatch: it may not journal or wait for anything more.
+            raise DeterminismError(str(self._mismatch))
         self._pos += 1
         self._current = name
         row = self._rows.get(self._pos)
@@ -365,6 +368,11 @@ class Context:
                 f"{row.kind} {row.name!r} but the code now calls {kind} {name!r}"
             )
         return self._pos, row
+
+    @property
+    def mismatch(self) -> DeterminismError | None:
+        """The first determinism mismatch this replay found (even if the handler caught it)."""
+        return self._mismatch
 
     def _fail_determinism(self, message: str) -> None:
         self._mismatch = self._mismatch or DeterminismError(message)

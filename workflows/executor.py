@@ -122,10 +122,14 @@ def _run_handler(ctx: Context, run: Run) -> tuple[str, Any]:
         ctx.check_complete()
         return RunStatus.SUCCEEDED, ctx._pack(value, "workflow output")
     except Suspend:
+        if ctx.mismatch is not None:  # swallowed by the handler, which then waited
+            return RunStatus.FAILED, error_dict(ctx.mismatch)
         return "suspend", None
     except LeaseLost:
         return "lease-lost", None
     except (BudgetExceeded, DeterminismError, PayloadTooLargeError, Exception) as exc:
+        if ctx.mismatch is not None and not isinstance(exc, DeterminismError):
+            return RunStatus.FAILED, error_dict(ctx.mismatch)
         return RunStatus.FAILED, error_dict(exc)
 
 

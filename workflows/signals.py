@@ -47,6 +47,7 @@ class IsolatedSignal(Signal):
         responses: list[tuple[Any, Any]] = []
         for receiver in [*sync_receivers, *async_receivers]:
             guard = _LazySavepoint()
+            callbacks = len(connection.run_on_commit)
             try:
                 with connection.execute_wrapper(guard):
                     if receiver in async_receivers:
@@ -58,6 +59,9 @@ class IsolatedSignal(Signal):
                 if guard.sid is not None:
                     transaction.savepoint_rollback(guard.sid)
                     transaction.set_rollback(False)
+                # Its on_commit callbacks go with its writes (a manual savepoint's rollback
+                # does not drop them the way an atomic block's does).
+                del connection.run_on_commit[callbacks:]
                 response = exc
             else:
                 if guard.sid is not None:

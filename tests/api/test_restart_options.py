@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from tests.api.conftest import Api, Persona, error_code
-from tests.support import Bell
 from tests.sample_workflows import costly
+from tests.support import Bell
 from workflows import get_run, start, workflow
 from workflows.models import Step
 

@@ -35,28 +35,33 @@ def test_it_raises_a_conflict_for_a_used_key_with_another_workflow(bell: Bell) -
     assert list(Run.objects.values_list("pk", flat=True)) == [first.pk]
 
 
+def race(key: str, contenders: int = 8) -> list[object]:
+    """``start_or_find`` with ``key`` from ``contenders`` threads released together."""
+    barrier = threading.Barrier(contenders)
+    outcomes: list[object] = [None] * contenders
+
+    def go(i: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+            outcomes[i] = start_or_find("test.chain", {"n": 1}, idempotency_key=key)
+        except Exception as exc:  # collected and asserted by the caller
+            outcomes[i] = exc
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(contenders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return outcomes
+
+
 def test_concurrent_starts_with_one_key_create_exactly_once(bell: Bell) -> None:
     if connection.vendor != "postgresql":
         pytest.skip("concurrent inserts need PostgreSQL (SQLite serializes every writer)")
-    contenders = 8
     for round_ in range(3):
-        barrier = threading.Barrier(contenders)
-        outcomes: list[object] = [None] * contenders
-
-        def go(i: int, key: str = f"race-{round_}") -> None:
-            try:
-                barrier.wait(timeout=10)
-                outcomes[i] = start_or_find("test.chain", {"n": 1}, idempotency_key=key)
-            except Exception as exc:  # collected and asserted below
-                outcomes[i] = exc
-            finally:
-                connections.close_all()
-
-        threads = [threading.Thread(target=go, args=(i,)) for i in range(contenders)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=30)
+        outcomes = race(f"race-{round_}")
         assert all(isinstance(o, tuple) for o in outcomes), outcomes
         assert sum(created for _run, created in outcomes) == 1  # type: ignore[misc]
         assert len({run.pk for run, _created in outcomes}) == 1  # type: ignore[misc]

@@ -36,6 +36,16 @@ def swallowing(ctx: Any) -> str:
     return variant()
 
 
+@workflow(name="test.replay.swallow_then_wait")
+def swallow_then_wait(ctx: Any) -> Any:
+    try:
+        ctx.run(add_one if variant() == "a" else double, 1)
+    except BaseException:  # noqa: BLE001  (even the broadest except must not hide it)
+        pass
+    ctx.sleep(60)
+    return ctx.wait_for_event("never", timeout=3600)
+
+
 @workflow(name="test.replay.arguments")
 def arguments(ctx: Any) -> int:
     value = ctx.run(add_one, 1 if variant() == "a" else 2)
@@ -115,3 +125,13 @@ def test_it_replays_unchanged_code_and_old_rows_without_a_digest(
     assert get_run(fresh.pk).output == [2, 3]
     assert get_run(old.pk).status == "succeeded"
     assert get_run(old.pk).output == 2
+
+
+def test_it_fails_the_run_when_the_handler_swallows_the_error_and_then_waits(
+    bell: Bell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLUICE_TEST_VARIANT", "a")
+    run = _replay_as_b(bell, start("test.replay.swallow_then_wait", {}), monkeypatch)
+    assert run.status == "failed"
+    assert run.error["type"] == "DeterminismError"
+    assert not Step.objects.filter(run=run, kind="event").exists()

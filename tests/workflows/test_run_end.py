@@ -8,12 +8,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from tests.support import Bell
 from tests.workflows import hooks
 from workflows import get_run, send_event, start
 from workflows.executor import advance_many
+from workflows.models import Run
 from workflows.signals import run_finished
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
@@ -57,3 +58,28 @@ def test_it_runs_on_complete_once_for_a_burst_when_a_receiver_raises(
     bell.settle()
     assert sorted(hooks.SEEN) == sorted((str(r.pk), "succeeded") for r in runs)
     assert all(get_run(r.pk).status == "succeeded" for r in runs)
+
+
+CALLBACKS: list[str] = []
+
+
+def writes_then_raises(sender: Any, run: Any, **kwargs: Any) -> None:
+    Run.objects.filter(pk=run.pk).update(current_step="written by a broken receiver")
+    transaction.on_commit(lambda: CALLBACKS.append("broken"))
+    raise RuntimeError("after writing")
+
+
+def test_a_failing_receivers_writes_and_callbacks_roll_back_alone(bell: Bell) -> None:
+    CALLBACKS.clear()
+    hooks.SEEN.clear()
+    run_finished.connect(writes_then_raises, dispatch_uid="test.writes_then_raises")
+    try:
+        run = start("test.chain", {"n": 1}, on_complete="tests.workflows.hooks.record")
+        bell.settle()
+    finally:
+        run_finished.disconnect(dispatch_uid="test.writes_then_raises")
+    run = get_run(run.pk)
+    assert run.status == "succeeded"
+    assert run.current_step != "written by a broken receiver"
+    assert CALLBACKS == []
+    assert hooks.SEEN == [(str(run.pk), "succeeded")]
