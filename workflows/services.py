@@ -301,9 +301,10 @@ def complete_waiting_steps(
         fields["usage"] = {"timed_out": True}
     table = Step._meta.db_table
     sets = ", ".join(f"{connection.ops.quote_name(name)} = %s" for name in fields)
+    step_fields: list[Any] = [Step._meta.get_field(name) for name in fields]
     params = [
-        Step._meta.get_field(name).get_db_prep_save(value, connection)
-        for name, value in fields.items()
+        field.get_db_prep_save(value, connection)
+        for field, value in zip(step_fields, fields.values(), strict=True)
     ]
     marks = ", ".join(["%s"] * len(step_ids))
     with connection.cursor() as cur:
