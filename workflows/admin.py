@@ -37,6 +37,7 @@ from workflows.models import (
     WebhookAttempt,
     WebhookDelivery,
 )
+from workflows.timeline import status_label
 from workflows.webhooks import retry_now
 
 admin.site.site_header = "Sluice administration"
@@ -74,14 +75,14 @@ STATUS_COLORS = {
 }
 
 
-def status_badge(status: str) -> SafeString:
+def status_badge(status: str, label: str | None = None) -> SafeString:
     fg, bg = STATUS_COLORS.get(status, ("#5b6472", "#eef0f3"))
     return format_html(
         '<span style="display:inline-block;padding:1px 8px;border-radius:999px;font-weight:600;'
         'font-size:11px;color:{};background:{}">{}</span>',
         fg,
         bg,
-        status,
+        label or status,
     )
 
 
@@ -142,7 +143,7 @@ class StepInline(ReadOnlyMixin, admin.TabularInline):
 
     @admin.display(description="status")
     def badge(self, obj: Step) -> SafeString:
-        return status_badge(obj.status)
+        return status_badge(obj.status, status_label(obj))
 
     @admin.display(description="attempts")
     def attempts(self, obj: Step) -> str:
@@ -508,7 +509,7 @@ class StepAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
     @admin.display(description="status", ordering="status")
     def badge(self, obj: Step) -> SafeString:
-        return status_badge(obj.status)
+        return status_badge(obj.status, status_label(obj))
 
     @admin.display(description="duration")
     def took(self, obj: Step) -> str:

@@ -135,6 +135,14 @@ def _note(row: Step, now: datetime) -> str:
     return ""
 
 
+def status_label(row: Step) -> str:
+    """A journal row's status as people read it: a wait that went on because its deadline
+    passed says so ("auto-advanced on expiry" for a gate) instead of a plain "succeeded"."""
+    if row.status == "succeeded" and isinstance(row.usage, dict) and row.usage.get("timed_out"):
+        return "auto-advanced on expiry" if row.kind == "gate" else "timed out"
+    return str(row.status)
+
+
 def build(run: Run, journal: list[Step], now: datetime | None = None) -> Timeline:
     """Arrange the live journal of ``run`` (not superseded rows) for the timeline."""
     now = now or timezone.now()

@@ -18,6 +18,7 @@ from reviews.services import expire_due_gates
 from tests.reviews.conftest import open_gate
 from tests.support import Bell
 from workflows import get_run, timeline
+from workflows.admin import StepAdmin
 from workflows.models import Step
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
@@ -61,6 +62,10 @@ def test_the_timeline_says_auto_advanced_on_expiry(bell: Bell) -> None:
     entries = [item.entry for item in timeline.build(run, journal).items]
     (entry,) = [e for e in entries if e.row.kind == "gate"]
     assert entry.note == "auto-advanced on expiry (approve)"
+    # The admin's journal says it too, in the status column.
+    row = Step.objects.get(pk=gate.step_id)
+    assert "auto-advanced on expiry" in StepAdmin.badge(None, row)  # type: ignore[arg-type]
+    assert ">succeeded<" not in StepAdmin.badge(None, row)  # type: ignore[arg-type]
 
 
 def test_the_reviews_app_writes_no_engine_rows() -> None:
