@@ -32,8 +32,8 @@ from reviews.schema import validate_edits
 from workflows import access
 from workflows.doorbell import ring_on_commit
 from workflows.errors import InvalidInputError, InvalidStateError, SluiceError
-from workflows.models import ACTIVE_RUN, Run, RunStatus, Step, StepStatus
-from workflows.services import complete_waiting_step
+from workflows.models import Run, RunStatus, Step
+from workflows.services import complete_waiting_step, complete_waiting_steps
 
 log = logging.getLogger(__name__)
 
@@ -426,8 +426,10 @@ def expire_due_gates(
        is left for the next sweep, by which time it is closed or still due.
     3. Compare-and-swap the gates open → expired (outcome = on_timeout, decided_by empty,
        timed_out) and read back which ones this batch closed.
-    4. Resolve their waiting journal rows and wake their runs, in bulk (one statement per
-       distinct outcome), then write the audit events. The doorbells ring on commit.
+    4. Resolve their waiting journal rows through the engine's ``complete_waiting_steps`` and
+       wake their runs, in bulk (one statement per distinct outcome), then write the audit
+       events. A gate whose step no longer waits is closed as canceled, not as expired. The
+       doorbells ring on commit.
 
     A batch that fails is logged and the sweep stops there; the next one retries it.
     """
@@ -501,12 +503,19 @@ def _expire_batch(now: datetime, batch: int, skip: set[int]) -> tuple[int, int, 
 
 
 def _resolve_expired(rows: list[tuple[int, Any, int, str]], closed_at: datetime) -> None:
-    """The bulk form of ``complete_waiting_step`` for expired gates: the same compare-and-swap
-    (waiting, not superseded → succeeded with the decision) and the same wake-up (mark the run
-    runnable, ring on commit), in a few statements for a whole batch."""
+    """Resolve the journal rows of the gates this batch expired through the engine's
+    ``complete_waiting_steps`` (one compare-and-swap per distinct outcome), ring for the runs
+    it woke, and write the audit events.
+
+    A gate whose step no longer waits (its run was restarted or canceled without the gate
+    hearing of it) did not advance anything: it is closed as canceled, not as expired and
+    auto-advanced, like a decision that comes too late (``decide_gate``).
+    """
     by_outcome: dict[str, list[int]] = defaultdict(list)
     for _gate_id, _run_id, step_id, outcome in rows:
         by_outcome[outcome].append(step_id)
+    resolved: set[int] = set()
+    woken: list[tuple[Any, int]] = []
     for outcome, step_ids in by_outcome.items():
         result = decision_json(
             outcome=outcome,
@@ -516,16 +525,15 @@ def _resolve_expired(rows: list[tuple[int, Any, int, str]], closed_at: datetime)
             timed_out=True,
             decided_at=closed_at.isoformat(),
         )
-        Step.objects.filter(pk__in=step_ids, status=StepStatus.WAITING, superseded=False).update(
-            status=StepStatus.SUCCEEDED,
-            result=result,
-            finished_at=closed_at,
-            usage={"timed_out": True},
+        done, runs = complete_waiting_steps(step_ids, result=result, timed_out=True, now=closed_at)
+        resolved |= done
+        woken += runs
+    ring_for_runs(sorted({(str(pk), gen) for pk, gen in woken}))
+    stale = [gate_id for gate_id, _run_id, step_id, _outcome in rows if step_id not in resolved]
+    if stale:
+        Gate.objects.filter(pk__in=stale, status=GateStatus.EXPIRED).update(
+            status=GateStatus.CANCELED, outcome="", timed_out=False
         )
-    run_ids = list({r[1] for r in rows})
-    woken = Run.objects.filter(pk__in=run_ids, status__in=ACTIVE_RUN)
-    woken.update(wake_requested_at=closed_at)
-    ring_for_runs([(str(pk), gen) for pk, gen in woken.values_list("pk", "generation")])
     GateEvent.objects.bulk_create(
         [
             GateEvent(
@@ -534,7 +542,14 @@ def _resolve_expired(rows: list[tuple[int, Any, int, str]], closed_at: datetime)
                 at=closed_at,
                 detail={"outcome": outcome},
             )
-            for gate_id, _run_id, _step_id, outcome in rows
+            if step_id in resolved
+            else GateEvent(
+                gate_id=gate_id,
+                kind=GateEventKind.CANCELED,
+                at=closed_at,
+                detail={"reason": "the run no longer waits for it"},
+            )
+            for gate_id, _run_id, step_id, outcome in rows
         ]
     )
 

@@ -40,6 +40,7 @@ from workflows.models import (
     WebhookAttempt,
     WebhookDelivery,
 )
+from workflows.timeline import status_label
 from workflows.webhooks import retry_now
 
 admin.site.site_header = "Sluice administration"
@@ -77,14 +78,14 @@ STATUS_COLORS = {
 }
 
 
-def status_badge(status: str) -> SafeString:
+def status_badge(status: str, label: str | None = None) -> SafeString:
     fg, bg = STATUS_COLORS.get(status, ("#5b6472", "#eef0f3"))
     return format_html(
         '<span style="display:inline-block;padding:1px 8px;border-radius:999px;font-weight:600;'
         'font-size:11px;color:{};background:{}">{}</span>',
         fg,
         bg,
-        status,
+        label or status,
     )
 
 
@@ -145,7 +146,7 @@ class StepInline(ReadOnlyMixin, admin.TabularInline):
 
     @admin.display(description="status")
     def badge(self, obj: Step) -> SafeString:
-        return status_badge(obj.status)
+        return status_badge(obj.status, status_label(obj))
 
     @admin.display(description="attempts")
     def attempts(self, obj: Step) -> str:
@@ -209,6 +210,15 @@ class RestartForm(forms.Form):
         max_length=MAX_REASON,
         label="Reason",
         help_text="Optional; kept in each run's audit trail with your name.",
+    )
+    max_cost = forms.DecimalField(
+        required=False,
+        min_value=0,
+        max_digits=14,
+        decimal_places=6,
+        label="New budget (max_cost, $)",
+        help_text="Optional; raises (or sets) the runs' budget, e.g. after BudgetExceeded. "
+        "Empty: unchanged.",
     )
 
 
@@ -417,7 +427,12 @@ class RunAdmin(ReadOnlyMixin, admin.ModelAdmin):
             self._report(
                 request,
                 f"Restarted from step {position}",
-                [operations.restart_run(run.pk, position, actor, reason) for run in queryset],
+                [
+                    operations.restart_run(
+                        run.pk, position, actor, reason, form.cleaned_data.get("max_cost")
+                    )
+                    for run in queryset
+                ],
             )
             return None
         context = {
@@ -497,7 +512,7 @@ class StepAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
     @admin.display(description="status", ordering="status")
     def badge(self, obj: Step) -> SafeString:
-        return status_badge(obj.status)
+        return status_badge(obj.status, status_label(obj))
 
     @admin.display(description="duration")
     def took(self, obj: Step) -> str:
