@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("workflows", "0004_runaudit"),
+        ("workflows", "0005_tenant_membership_start_run"),
     ]
 
     operations = [
