@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.utils import timezone
@@ -73,3 +74,17 @@ def test_the_reviews_app_writes_no_engine_rows() -> None:
     assert not re.search(r"\bStep\.objects\b", source)
     assert not re.search(r"\bRun\.objects\.filter\([^)]*\)\s*\.update\(", source)
     assert ".update(wake_requested_at" not in source
+
+
+def test_the_run_page_badges_say_auto_advanced_on_expiry(
+    bell: Bell, django_user_model: Any, client: Any
+) -> None:
+    gate = open_gate(bell, on_timeout="approve")
+    past_deadline(gate)
+    expire_due_gates()
+    bell.drain()
+    staff = django_user_model.objects.create_superuser("olga", password="pw")
+    client.force_login(staff)
+    page = client.get(f"/runs/{gate.run_id}/").content.decode()
+    # Both the timeline's badge and the journal's status column, not a plain "succeeded".
+    assert page.count(">auto-advanced on expiry</span>") == 2
