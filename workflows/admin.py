@@ -25,7 +25,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from workflows import operations
-from workflows.audit import MAX_REASON, Actor
+from workflows.audit import MAX_REASON, Actor, reason_problem
 from workflows.definitions import registered_workflows
 from workflows.keys import SCOPES, assign_new_secret
 from workflows.models import (
@@ -374,6 +374,19 @@ class RunAdmin(ReadOnlyMixin, admin.ModelAdmin):
     @admin.display(description="context")
     def context_json(self, obj: Run) -> SafeString:
         return pretty_json(obj.context or None)
+
+    def response_action(self, request: HttpRequest, queryset: QuerySet[Run]) -> Any:
+        # Django answers any invalid action bar with "No action selected."; a reason with a
+        # NUL character or over MAX_REASON characters gets its own message instead.
+        form = self.action_form(request.POST, auto_id=None)
+        form.fields["action"].choices = self.get_action_choices(request)
+        if not form.is_valid() and "reason" in form.errors:
+            problem = reason_problem(str(request.POST.get("reason", ""))) or " ".join(
+                form.errors["reason"]
+            )
+            self.message_user(request, f"Nothing was done: {problem}", messages.ERROR)
+            return None
+        return super().response_action(request, queryset)
 
     def _report(self, request: HttpRequest, verb: str, results: list[operations.Outcome]) -> None:
         done = [r for r in results if r.ok]
