@@ -375,18 +375,15 @@ class RunAdmin(ReadOnlyMixin, admin.ModelAdmin):
     def context_json(self, obj: Run) -> SafeString:
         return pretty_json(obj.context or None)
 
-    def response_action(self, request: HttpRequest, queryset: QuerySet[Run]) -> Any:
+    def response_action(self, request: HttpRequest, queryset: QuerySet[Run], **kw: Any) -> Any:
         # Django answers any invalid action bar with "No action selected."; a reason with a
         # NUL character or over MAX_REASON characters gets its own message instead.
-        form = self.action_form(request.POST, auto_id=None)
-        form.fields["action"].choices = self.get_action_choices(request)
-        if not form.is_valid() and "reason" in form.errors:
-            problem = reason_problem(str(request.POST.get("reason", ""))) or " ".join(
-                form.errors["reason"]
-            )
-            self.message_user(request, f"Nothing was done: {problem}", messages.ERROR)
-            return None
-        return super().response_action(request, queryset)
+        for name, value in request.POST.items():
+            problem = reason_problem(str(value)) if name.split("-")[-1] == "reason" else ""
+            if problem:
+                self.message_user(request, f"Nothing was done: {problem}", messages.ERROR)
+                return None
+        return super().response_action(request, queryset, **kw)
 
     def _report(self, request: HttpRequest, verb: str, results: list[operations.Outcome]) -> None:
         done = [r for r in results if r.ok]
