@@ -153,8 +153,9 @@ def check_schema(schema: dict[str, Any]) -> dict[str, Any]:
                 if key in inner and not _is_number(inner[key]):
                     raise ValueError(f"{key} must be a number, not {inner[key]!r}")
             for key in ("minLength", "maxLength", "minItems", "maxItems"):
-                if key in inner and not (_is_number(inner[key]) and isinstance(inner[key], int)):
-                    raise ValueError(f"{key} must be a whole number, not {inner[key]!r}")
+                value = inner.get(key, 0)
+                if not (_is_number(value) and isinstance(value, int) and value >= 0):
+                    raise ValueError(f"{key} must be a whole number, not {value!r}")
             pydantic.create_model(  # type: ignore[call-overload]
                 "GateField", value=(_python_type(prop), None)
             )

@@ -62,6 +62,15 @@ def check_size(data: Any, what: str = "value") -> int:
         # PostgreSQL's jsonb cannot store NUL; refuse it here, as a clear step failure,
         # rather than as a database error in the middle of a checkpoint.
         raise TypeError(f"{what} contains a NUL character (\\u0000), which cannot be stored")
+    if "\\ud" in encoded:
+        # Characters outside the BMP are escaped as surrogate pairs; a lone surrogate is not
+        # Unicode, and jsonb refuses it ("Unicode low surrogate must follow a high surrogate").
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise TypeError(
+                f"{what} contains a lone surrogate (not valid Unicode), which cannot be stored"
+            ) from None
     size = len(encoded)
     limit = settings.SLUICE_PAYLOAD_HARD_LIMIT
     if size > limit:

@@ -100,3 +100,20 @@ def test_a_value_nested_too_deep_to_store_is_an_input_error(bell: Bell, depth: i
     run = get_run(run.pk)
     assert run.status == "succeeded"
     assert run.output["event"] == {"by": _nested(50)}
+
+
+def test_a_lone_surrogate_is_an_input_error_not_a_database_error(bell: Bell) -> None:
+    # PostgreSQL's jsonb refuses "\ud800" (a DataError when the run row was inserted); a
+    # character outside the BMP, sent as a surrogate pair, is fine.
+    from workflows import send_event
+    from workflows.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="lone surrogate"):
+        start("test.event", {"note": "half an emoji \ud83d"})
+    run = start("test.event", {})
+    bell.drain()
+    with pytest.raises(InvalidInputError, match="lone surrogate"):
+        send_event(run.pk, "approved", {"by": "\udfff"})
+    send_event(run.pk, "approved", {"by": "\U0001f600"})
+    bell.drain()
+    assert get_run(run.pk).output["event"] == {"by": "\U0001f600"}
