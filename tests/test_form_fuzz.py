@@ -581,8 +581,9 @@ steps = st.one_of(
 
 # Reasons for the audit trail: NUL and lone surrogates (which no PostgreSQL column stores),
 # the longest kept, one character too long, and hostile text.
-reasons = st.one_of(
-    st.none(), nasty_text, st.sampled_from(["x" * 2000, "x" * 2001, "why\x00not", "\ud800"])
+reasons = mostly(
+    st.sampled_from(["why\x00not", "\x00", "\ud800", "x" * 2001, "x" * 2000, "duplicate"]),
+    st.one_of(st.none(), nasty_text),
 )
 
 
