@@ -184,7 +184,10 @@ def field_for(prop: dict[str, Any], required: bool) -> forms.Field:
         )
     if kind == "integer":
         return forms.IntegerField(
-            min_value=_number(prop, "minimum"), max_value=_number(prop, "maximum"), **common
+            # A fractional bound (minimum 0.5) is valid JSON Schema and compares fine.
+            min_value=_number(prop, "minimum"),  # type: ignore[arg-type]
+            max_value=_number(prop, "maximum"),  # type: ignore[arg-type]
+            **common,
         )
     if kind == "number":
         return forms.FloatField(

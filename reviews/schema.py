@@ -110,8 +110,8 @@ def _python_type(prop: dict[str, Any]) -> Any:
     elif kind == "array":
         item = prop.get("items") if isinstance(prop.get("items"), dict) else {}
         annotated = _constrained(
-            list[_python_type(item) if item else Any],
-            prop,  # type: ignore[misc]
+            list[_python_type(item) if item else Any],  # type: ignore[misc]
+            prop,
             {"minItems": "min_length", "maxItems": "max_length"},
         )
     else:

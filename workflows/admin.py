@@ -16,6 +16,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.options import ActionLocation
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.db.models import QuerySet
@@ -375,7 +376,12 @@ class RunAdmin(ReadOnlyMixin, admin.ModelAdmin):
     def context_json(self, obj: Run) -> SafeString:
         return pretty_json(obj.context or None)
 
-    def response_action(self, request: HttpRequest, queryset: QuerySet[Run], **kw: Any) -> Any:
+    def response_action(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[Run],
+        action_location: ActionLocation = ActionLocation.CHANGE_LIST,
+    ) -> HttpResponse | None:
         # Django answers any invalid action bar with "No action selected."; a reason with a
         # NUL character or over MAX_REASON characters gets its own message instead.
         for name, value in request.POST.items():
@@ -383,7 +389,7 @@ class RunAdmin(ReadOnlyMixin, admin.ModelAdmin):
             if problem:
                 self.message_user(request, f"Nothing was done: {problem}", messages.ERROR)
                 return None
-        return super().response_action(request, queryset, **kw)
+        return super().response_action(request, queryset, action_location=action_location)
 
     def _report(self, request: HttpRequest, verb: str, results: list[operations.Outcome]) -> None:
         done = [r for r in results if r.ok]
