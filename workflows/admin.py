@@ -16,6 +16,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.options import ActionLocation
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.db.models import QuerySet
@@ -25,7 +26,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from workflows import operations
-from workflows.audit import MAX_REASON, Actor
+from workflows.audit import MAX_REASON, Actor, reason_problem
 from workflows.definitions import registered_workflows
 from workflows.keys import SCOPES, assign_new_secret
 from workflows.models import (
@@ -384,6 +385,21 @@ class RunAdmin(ReadOnlyMixin, admin.ModelAdmin):
     @admin.display(description="context")
     def context_json(self, obj: Run) -> SafeString:
         return pretty_json(obj.context or None)
+
+    def response_action(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[Run],
+        action_location: ActionLocation = ActionLocation.CHANGE_LIST,
+    ) -> HttpResponse | None:
+        # Django answers any invalid action bar with "No action selected."; a reason with a
+        # NUL character or over MAX_REASON characters gets its own message instead.
+        for name, value in request.POST.items():
+            problem = reason_problem(str(value)) if name.split("-")[-1] == "reason" else ""
+            if problem:
+                self.message_user(request, f"Nothing was done: {problem}", messages.ERROR)
+                return None
+        return super().response_action(request, queryset, action_location=action_location)
 
     def _report(self, request: HttpRequest, verb: str, results: list[operations.Outcome]) -> None:
         done = [r for r in results if r.ok]

@@ -36,7 +36,7 @@ def failed_position(run_id: Any) -> int | None:
 def cancel_run(run_id: Any, actor: Actor, reason: str = "") -> Outcome:
     try:
         services.cancel(run_id, reason, actor=actor)
-    except (InvalidStateError, RunNotFoundError) as exc:
+    except (InvalidStateError, InvalidInputError, RunNotFoundError) as exc:
         return Outcome(run_id, False, str(exc))
     return Outcome(run_id, True, "canceled")
 

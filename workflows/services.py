@@ -378,7 +378,7 @@ def cancel(run_id: Any, reason: str = "", *, actor: Actor | None = None) -> Run:
     ``actor`` (who) and ``reason`` (why, optional) go into the run's error message and its
     audit trail, written in the same transaction as the cancel.
     """
-    reason = (reason or "").strip()
+    reason = audit.check_reason(reason)
     message = f"canceled by {actor.description}" if actor else "canceled"
     if reason:
         message = f"{message}: {reason}"
@@ -470,6 +470,7 @@ def restart(
                 "max_cost must be a non-negative amount",
                 [{"field": "max_cost", "message": "must be >= 0", "type": "greater_than_equal"}],
             )
+    reason = audit.check_reason(reason)
     with transaction.atomic():
         run = _locked(run_id)
         if not run.is_terminal:

@@ -180,3 +180,19 @@ def test_webhook_deliveries_show_their_attempts_and_can_be_retried(
         {"action": "retry_deliveries", "_selected_action": [str(delivery.pk)]},
     )
     assert Outbox.objects.get().status == "pending"
+
+
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [("a\x00b", "NUL character"), ("x" * 2001, "at most 2,000 are kept")],
+    ids=["nul", "too-long"],
+)
+def test_an_action_reason_that_cannot_be_kept_says_why(
+    people: People, runs: dict[str, Run], reason: str, message: str
+) -> None:
+    # Django answers an invalid action bar with "No action selected.", which it was not.
+    r = _act(people.client(people.ops), "cancel_runs", runs["waiting"], reason=reason)
+    html = r.content.decode()
+    assert "Nothing was done" in html and message in html
+    assert "No action selected" not in html
+    assert get_run(runs["waiting"].pk).status == "suspended"
