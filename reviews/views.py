@@ -196,7 +196,8 @@ def _gate_context(
         "form": form or DecisionForm(gate, initial={"outcome": gate.on_timeout}),
         "edits_form": edits_form or (EditsForm(gate) if has_fields else None),
         "can_decide": gate.is_open
-        and (gate.claimed_by_id in (None, request.user.pk) or request.user.is_staff),
+        and (gate.claimed_by_id in (None, request.user.pk) or services.overrides_claims(request.user)),
+        "frees_others": services.overrides_claims(request.user),
         "closed_message": "" if gate.is_open else services.closed_message(gate),
         "now": timezone.now(),
         "poll_seconds": settings.SLUICE_REVIEW_POLL_SECONDS,
