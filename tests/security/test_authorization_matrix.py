@@ -20,6 +20,7 @@ the persona may see.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import json
 import re
@@ -30,6 +31,7 @@ from typing import Any
 
 import pytest
 from django.contrib import admin
+from django.contrib.admin.options import ActionLocation
 from django.contrib.contenttypes.models import ContentType
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
@@ -512,6 +514,65 @@ def admin_cases(pattern: str, scene: Scene) -> list[Case] | None:
     return cases
 
 
+# --- the expectation table: admin actions -------------------------------------------------------
+
+# Every action of every registered model admin (its own and the site's, such as
+# delete_selected), keyed "app.model:action", with the personas who may run it. The others get
+# what the changelist gives them: non-staff the admin's login page, staff who may not view the
+# table 403, staff who may view it but not run the action the list again, the action not run
+# (Django offers and accepts only the actions one may run: it shows the list, or redirects back
+# to it saying no action was selected, when the persona may run other actions there).
+ADMIN_ACTIONS: dict[str, set[str]] = {
+    "auth.group:delete_selected": {"superuser"},
+    "auth.user:delete_selected": {"superuser"},
+    "workflows.run:delete_selected": set(),  # runs are never deleted by hand
+    "workflows.run:cancel_runs": {"operator", "superuser"},
+    "workflows.run:retry_failed_step": {"operator", "superuser"},
+    "workflows.run:restart_from_step": {"operator", "superuser"},
+    "workflows.step:delete_selected": set(),
+    "workflows.event:delete_selected": set(),
+    "workflows.outbox:delete_selected": set(),
+    "workflows.webhookdelivery:delete_selected": set(),
+    "workflows.webhookdelivery:retry_deliveries": {"superuser"},
+    "workflows.apikey:delete_selected": {"superuser"},
+    "workflows.apikey:rotate_keys": {"superuser"},
+    "workflows.apikey:deactivate_keys": {"superuser"},
+    "workflows.pool:delete_selected": set(),
+    "pipelines.ticket:delete_selected": set(),
+    "reviews.gate:delete_selected": set(),
+    "reviews.gate:release_claims": {"superuser"},
+}
+RAN = "the action ran"
+REFUSED = "the list again, the action not run"
+
+
+def admin_actions() -> Iterator[tuple[str, Any, Any]]:
+    """Every registered model admin's actions, unfiltered: (key, model admin, action)."""
+    for model, model_admin in admin.site._registry.items():
+        for action in model_admin._get_base_actions():
+            yield f"{model._meta.label_lower}:{action.name}", model_admin, action
+
+
+def action_expectations(key: str) -> dict[str, Outcome | str]:
+    label = key.split(":")[0]
+    caps_super, caps_operator = ADMIN_MODELS[label]
+    views = {
+        "operator": "v" in caps_operator,
+        "superuser": "v" in caps_super,
+        "viewer": "v" in VIEWER_CAPS,
+        "staff_rev": False,
+    }
+    expect: dict[str, Outcome | str] = {}
+    for persona in PERSONAS:
+        if persona in ADMIN_ACTIONS[key]:
+            expect[persona] = RAN
+        elif persona not in views:
+            expect[persona] = ADMIN_LOGIN  # not staff (keys are anonymous to the admin)
+        else:
+            expect[persona] = REFUSED if views[persona] else 403
+    return expect
+
+
 # --- walking the URLconf and the schema ---------------------------------------------------------
 
 
@@ -741,3 +802,83 @@ def test_a_route_missing_from_the_table_fails_the_matrix(
         "API operation 'POST /internal/hidden'",
         "API operation 'PUT /internal/visible'",
     ]
+
+
+def test_every_admin_action_declares_the_permission_it_needs() -> None:
+    """An action without ``permissions`` is offered to anyone who may view the list."""
+    undeclared = [
+        key
+        for key, _, action in admin_actions()
+        if not getattr(action.func, "allowed_permissions", ())
+    ]
+    assert not undeclared, f"declare @admin.action(permissions=[...]) on {undeclared}"
+
+
+def test_every_admin_action_is_in_the_table_and_holds(
+    matrix_scene: Scene, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each action posted by each persona with a valid CSRF token, as the changelist's action
+    bar posts it, on a real object: it runs for exactly the personas the table names."""
+    scene = matrix_scene
+    actions = list(admin_actions())
+    keys = [key for key, _, _ in actions]
+    missing = sorted(set(keys) - set(ADMIN_ACTIONS))
+    assert not missing, f"add these admin actions to ADMIN_ACTIONS: {missing}"
+    stale = sorted(set(ADMIN_ACTIONS) - set(keys))
+    assert not stale, f"entries for admin actions that no longer exist: {stale}"
+
+    ran: list[str] = []
+
+    def recording(key: str, func: Any) -> Any:
+        @functools.wraps(func)  # keeps allowed_permissions and the description
+        def action(*args: Any, **kwargs: Any) -> Any:
+            ran.append(func.__name__)
+            return func(*args, **kwargs)
+
+        return action
+
+    for key, model_admin, action in actions:
+        assert action.locations == [ActionLocation.CHANGE_LIST], (
+            f"{key} is offered on the change form too: post it there in this test as well"
+        )
+        if hasattr(type(model_admin), action.name):
+            monkeypatch.setattr(type(model_admin), action.name, recording(key, action.func))
+        else:  # a site-wide action such as delete_selected
+            monkeypatch.setitem(admin.site._actions, action.name, recording(key, action.func))
+
+    clients = persona_clients(scene)
+    failures: list[str] = []
+    for key, model_admin, action in actions:
+        label = key.split(":")[0]
+        obj = admin_object(model_admin.model, scene)
+        url = "/admin/{}/{}/".format(*label.split("."))
+        expect = action_expectations(key)
+        for persona in PERSONAS:
+            client, token = clients[persona]
+            cookies = copy.deepcopy(client.cookies)
+            ran.clear()
+            try:
+                with transaction.atomic():
+                    response = client.post(
+                        url,
+                        {
+                            "action": action.name,
+                            "_selected_action": [str(obj.pk)],
+                            "index": "0",
+                            "csrfmiddlewaretoken": token,
+                        },
+                    )
+                    transaction.set_rollback(True)
+            finally:
+                client.cookies = cookies
+            got: Outcome | str = RAN if ran == [action.func.__name__] else outcome_of(response)
+            want = expect[persona]
+            if want == REFUSED:
+                ok = got == 200 or (isinstance(got, Redirect) and got.to == url)
+            elif isinstance(want, str) or isinstance(got, str):
+                ok = got == want
+            else:
+                ok = matches(got, want)
+            if not ok:
+                failures.append(f"{key} as {persona}: got {got}, expected {want}")
+    assert not failures, f"{len(failures)} admin action cases failed:\n" + "\n".join(failures)
