@@ -219,8 +219,8 @@ def closed_message(gate: Gate) -> str:
 def _claimed_message(gate: Gate) -> str:
     who = gate.claimed_by.get_username() if gate.claimed_by else "another reviewer"
     return (
-        f"claimed by {who} at {_when(gate.claimed_at)}; only {who} (or staff) can decide it "
-        "until it is released"
+        f"claimed by {who} at {_when(gate.claimed_at)}; only {who} (or an operator who may "
+        "change gates) can decide it until it is released"
     )
 
 
