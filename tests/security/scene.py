@@ -110,7 +110,7 @@ def build(bell: Bell) -> Scene:
         "reviews.view_gate",
     )
     s.users["superuser"] = User.objects.create_superuser("root", "root@example.com", "pw-root")
-    s.users["viewer"] = user("vera", is_staff=True)
+    s.users["viewer"] = user("viola", is_staff=True)
     s.users["viewer"].user_permissions.add(*Permission.objects.filter(codename__startswith="view_"))
     s.users["staff_rev"] = user("stan", tenant="acme", groups=("alpha",), is_staff=True)
     s.keys["key_read"] = create_api_key("acme-read", scopes=("runs:read",), tenant="acme")
