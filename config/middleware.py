@@ -4,8 +4,10 @@ PostgreSQL text cannot hold NUL (``\\x00``): a query parameter or header value w
 a filter (the review queue's ``?pipeline=``, the admin's list filters, an API key looked up by
 its prefix), makes the database driver raise, which is a 500. No legitimate request carries a
 NUL in its query string, path or headers, so one check here answers every such request with a
-400 (the styled error page; the API's JSON error shape under ``/api/``) instead of fixing each
-view that might pass the value on. ``workflows.keys.find_key`` also refuses such a key itself.
+400 with the styled error page instead of fixing each view that might pass the value on. Under
+``/api/`` the answer is the API's own for a bad request parameter: a 422 ``invalid_request`` in
+its JSON error shape (config.api), as ninja's validation answers any other bad query value.
+``workflows.keys.find_key`` also refuses such a key itself.
 """
 
 from __future__ import annotations
@@ -45,5 +47,8 @@ class RefuseNulMiddleware:
         if request.path_info.startswith("/api/"):
             from config.api import error_response  # the API's one error shape
 
-            return error_response(400, "bad_request", message)
+            details = [{"field": "", "location": where, "message": message, "type": "nul"}]
+            return error_response(
+                422, "invalid_request", f"the request is invalid: {message}", details
+            )
         return render(request, "400.html", {"exception": message}, status=400)
