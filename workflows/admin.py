@@ -805,7 +805,10 @@ class TenantMembershipInline(admin.StackedInline):
     extra = 0
     max_num = 1
     verbose_name = "tenant"
-    verbose_name_plural = "tenant (runs and gates this user sees; staff see every tenant)"
+    verbose_name_plural = (
+        "tenant (runs and gates this user sees; operators, staff with the view permissions, see "
+        "every tenant)"
+    )
 
 
 User = get_user_model()
