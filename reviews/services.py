@@ -73,17 +73,49 @@ def review_groups(user: Any) -> list[str]:
     return access.user_groups(user)
 
 
+VIEW_GATE_PERMISSION = "reviews.view_gate"
+
+
+def sees_every_gate(user: Any) -> bool:
+    """An operator for gates: staff holding the gate view permission (superusers hold every
+    one). Such a user sees, decides and frees the gates of every group and tenant; the staff
+    flag alone does not (docs/security.md)."""
+    return bool(
+        user.is_authenticated
+        and user.is_active
+        and user.is_staff
+        and user.has_perm(VIEW_GATE_PERMISSION)
+    )
+
+
+CHANGE_GATE_PERMISSION = "reviews.change_gate"
+
+
+def overrides_claims(user: Any) -> bool:
+    """May free or decide a gate another reviewer claimed: staff with the gate change
+    permission (the admin's "release claims" action asks for the same)."""
+    return bool(
+        user.is_authenticated
+        and user.is_active
+        and user.is_staff
+        and user.has_perm(CHANGE_GATE_PERMISSION)
+    )
+
+
 def is_reviewer(user: Any) -> bool:
-    """Staff, or a member of at least one group (each group reviews the gates named after it)."""
-    return bool(user.is_authenticated and user.is_active and (user.is_staff or review_groups(user)))
+    """A gate operator, or a member of at least one group (each group reviews the gates named
+    after it)."""
+    return bool(
+        user.is_authenticated and user.is_active and (sees_every_gate(user) or review_groups(user))
+    )
 
 
 def gates_visible_to(user: Any) -> QuerySet[Gate]:
-    """Gates ``user`` may see and decide: staff all; a reviewer those of their groups on runs
-    of their tenant (``workflows.access``; docs/security.md)."""
+    """Gates ``user`` may see and decide: a gate operator all; a reviewer those of their groups
+    on runs of their tenant (``workflows.access``; docs/security.md)."""
     if not user.is_authenticated or not user.is_active:
         return Gate.objects.none()
-    if user.is_staff:
+    if sees_every_gate(user):
         return Gate.objects.all()
     groups = review_groups(user)
     if not groups:
@@ -187,8 +219,8 @@ def closed_message(gate: Gate) -> str:
 def _claimed_message(gate: Gate) -> str:
     who = gate.claimed_by.get_username() if gate.claimed_by else "another reviewer"
     return (
-        f"claimed by {who} at {_when(gate.claimed_at)}; only {who} (or staff) can decide it "
-        "until it is released"
+        f"claimed by {who} at {_when(gate.claimed_at)}; only {who} (or an operator who may "
+        "change gates) can decide it until it is released"
     )
 
 
@@ -262,13 +294,14 @@ def claim_gate(gate_id: Any, user: Any) -> Gate:
 
 
 def release_gate(gate_id: Any, user: Any) -> Gate:
-    """Give up the claim. Only its holder may, or staff (who can free a gate someone left)."""
+    """Give up the claim. Only its holder may, or staff who may change gates (``overrides_claims``:
+    they can free a gate someone left)."""
     now = timezone.now()
     with transaction.atomic():
         gate = get_gate(gate_id)
         holder = gate.claimed_by.get_username() if gate.claimed_by else ""
         qs = Gate.objects.filter(pk=gate_id, status=GateStatus.OPEN, claimed_by__isnull=False)
-        if not user.is_staff:
+        if not overrides_claims(user):
             qs = qs.filter(claimed_by=user)
         # Compare-and-swap on the holder we read, so a claim taken meanwhile is not dropped.
         n = qs.filter(claimed_by_id=gate.claimed_by_id).update(claimed_by=None, claimed_at=None)
@@ -335,7 +368,7 @@ def decide_gate(
     with transaction.atomic():
         _lock_run(gate.run_id)
         qs = Gate.objects.filter(pk=gate.pk, status=GateStatus.OPEN)
-        if user is not None and not user.is_staff:
+        if user is not None and not overrides_claims(user):
             qs = qs.filter(Q(claimed_by__isnull=True) | Q(claimed_by=user))
         n = qs.update(
             status=GateStatus.DECIDED,

@@ -187,6 +187,7 @@ def _gate_context(
         .order_by("-pk")
     )
     has_fields = bool((gate.fields_schema or {}).get("properties"))
+    frees_others = services.overrides_claims(request.user)
     return {
         "nav": "reviews",
         "gate": gate,
@@ -196,7 +197,8 @@ def _gate_context(
         "form": form or DecisionForm(gate, initial={"outcome": gate.on_timeout}),
         "edits_form": edits_form or (EditsForm(gate) if has_fields else None),
         "can_decide": gate.is_open
-        and (gate.claimed_by_id in (None, request.user.pk) or request.user.is_staff),
+        and (gate.claimed_by_id in (None, request.user.pk) or frees_others),
+        "frees_others": frees_others,
         "closed_message": "" if gate.is_open else services.closed_message(gate),
         "now": timezone.now(),
         "poll_seconds": settings.SLUICE_REVIEW_POLL_SECONDS,

@@ -669,8 +669,10 @@ class WebhookDeliveryAdmin(ReadOnlyMixin, admin.ModelAdmin):
         return queryset.filter(pk=term) | queryset.filter(run_id=term), False
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
+        """Sending a delivery again changes it (and calls out): the change permission, which
+        the page itself never uses (deliveries are read-only here), not the view one."""
         user = request.user
-        return bool(user.is_staff and user.has_perm("workflows.view_webhookdelivery"))
+        return bool(user.is_staff and user.has_perm("workflows.change_webhookdelivery"))
 
     @admin.display(description="status", ordering="status")
     def badge(self, obj: WebhookDelivery) -> SafeString:
@@ -766,7 +768,12 @@ class ApiKeyAdmin(admin.ModelAdmin):
             messages.SUCCESS,
         )
 
-    @admin.action(description="Rotate selected keys (issue new ones, old ones stop working)")
+    # Both actions change keys: they need the change permission, as the key's change page
+    # does (a viewer of keys must not mint a working secret or switch keys off).
+    @admin.action(
+        description="Rotate selected keys (issue new ones, old ones stop working)",
+        permissions=["change"],
+    )
     def rotate_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         for key in queryset:
             raw = assign_new_secret(key)
@@ -776,7 +783,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
                 messages.SUCCESS,
             )
 
-    @admin.action(description="Deactivate selected keys")
+    @admin.action(description="Deactivate selected keys", permissions=["change"])
     def deactivate_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         n = queryset.update(is_active=False)
         self.message_user(request, f"Deactivated {n} key(s).", messages.SUCCESS)
@@ -829,7 +836,10 @@ class TenantMembershipInline(admin.StackedInline):
     extra = 0
     max_num = 1
     verbose_name = "tenant"
-    verbose_name_plural = "tenant (runs and gates this user sees; staff see every tenant)"
+    verbose_name_plural = (
+        "tenant (runs and gates this user sees; operators, staff with the view permissions, see "
+        "every tenant)"
+    )
 
 
 User = get_user_model()

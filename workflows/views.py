@@ -264,8 +264,8 @@ def run_value(request: HttpRequest, run_id: UUID, blob_id: int) -> HttpResponse:
 @login_required
 @require_GET
 def ops_overview(request: HttpRequest) -> HttpResponse:
-    if not (request.user.is_active and request.user.is_staff):
-        raise PermissionDenied("The ops overview is for staff.")
+    if not access.sees_every_run(request.user):
+        raise PermissionDenied("The ops overview is for operators (staff who may view runs).")
     data = ops.overview()
     hourly = data["hourly"]
     outcome_series = [

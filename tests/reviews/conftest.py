@@ -2,7 +2,8 @@
 
 - ana and ben review for the ``reviewers`` group;
 - olga reviews for ``legal`` (a reviewer of another group);
-- sam is staff (sees and decides everything);
+- sam is staff with the gate and run view permissions and the gate change permission (sees
+  and decides everything, frees others' claims; staff alone would not, docs/security.md);
 - otto is logged in but in no group (an outsider: 403).
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import Group, Permission, User
 
 import tests.reviews.workflows  # noqa: F401  (registers the review workflows)
 from reviews.models import Gate
@@ -27,6 +28,12 @@ class People:
         self.ben = User.objects.create_user("ben", password="pw-ben-123")
         self.olga = User.objects.create_user("olga", password="pw-olga-123")
         self.sam = User.objects.create_user("sam", password="pw-sam-123", is_staff=True)
+        self.sam.user_permissions.add(
+            *Permission.objects.filter(
+                codename__in=("view_gate", "change_gate", "view_run"),
+                content_type__app_label__in=("reviews", "workflows"),
+            )
+        )
         self.otto = User.objects.create_user("otto", password="pw-otto-123")
         self.ana.groups.add(reviewers)
         self.ben.groups.add(reviewers)
