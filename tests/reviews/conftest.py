@@ -3,7 +3,8 @@
 - ana and ben review for the ``reviewers`` group;
 - olga reviews for ``legal`` (a reviewer of another group);
 - sam is staff (sees and decides everything);
-- otto is logged in but in no group (an outsider: 403).
+- otto is logged in but in no group (an outsider: 403);
+- lea reviews for ``leads``, the escalation group of the escalation tests.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ class People:
         self.ana.groups.add(reviewers)
         self.ben.groups.add(reviewers)
         self.olga.groups.add(legal)
+        # lea leads: she sees a gate of ``reviewers`` only once it escalated to ``leads``.
+        leads = Group.objects.create(name="leads")
+        self.lea = User.objects.create_user("lea", password="pw-lea-123")
+        self.lea.groups.add(leads)
 
 
 @pytest.fixture(autouse=True)
@@ -44,8 +49,10 @@ def people(db: None) -> People:
     return People()
 
 
-def open_gate(bell: Bell, workflow: str = "test.review", **input: Any) -> Gate:
+def open_gate(
+    bell: Bell, workflow: str = "test.review", *, created_by: str = "", **input: Any
+) -> Gate:
     """Start a run that stops at a gate; return the gate."""
-    run = start(workflow, input)
+    run = start(workflow, input, created_by=created_by)
     bell.drain()
     return Gate.objects.get(run=run, status="open")

@@ -81,6 +81,10 @@ def review_wf(
     payload: Any = None,
     fields: dict[str, Any] | None = None,
     choices: list[str] | None = None,
+    approvals: int = 1,
+    separation_of_duties: bool = False,
+    escalate_after_s: float | None = None,
+    escalate_to: str = "",
 ) -> dict[str, Any]:
     d = ctx.review(
         title,
@@ -91,8 +95,12 @@ def review_wf(
         choices=tuple(choices or ("approve", "reject")),
         group=group,
         fields=fields,
+        approvals=approvals,
+        separation_of_duties=separation_of_duties,
+        escalate_after=timedelta(seconds=escalate_after_s) if escalate_after_s else None,
+        escalate_to=escalate_to,
     )
-    return decision_output(d)
+    return decision_output(d) | ({"approvals": list(d.approvals)} if d.approvals else {})
 
 
 class Correction(pydantic.BaseModel):
