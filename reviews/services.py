@@ -158,6 +158,8 @@ def next_gate_for(user: Any, after: Gate | None = None) -> Gate | None:
     )
     if after is not None:
         qs = qs.exclude(pk=after.pk)
+    # A four-eyes gate this reviewer already approved waits for someone else.
+    qs = qs.exclude(approvals__approver=user.get_username())
     return qs.only("id", "title").order_by("deadline", "id").first()
 
 
@@ -466,8 +468,11 @@ def _close_decided(
 # --- four eyes ----------------------------------------------------------------------------------
 
 
-class SeparationOfDutiesError(SluiceError, PermissionError):
-    """Whoever started the run may not approve it (the gate has ``separation_of_duties``)."""
+class SeparationOfDutiesError(InvalidStateError, PermissionError):
+    """Whoever started the run may not approve it (the gate has ``separation_of_duties``).
+
+    An ``InvalidStateError`` so that a caller handling "this gate does not take my decision"
+    in general handles it too; the pages answer 403 and the API 403 ``forbidden``."""
 
     def __init__(self, message: str, gate: Gate | None = None) -> None:
         super().__init__(message)

@@ -259,3 +259,18 @@ def test_the_api_shows_approvals_and_refuses_the_starting_key(bell: Bell, people
     decide_gate(gate.pk, outcome="approve", actor="ben", user=people.ben)
     gate.refresh_from_db()
     assert gate.decided_by == f"{other.actor}, ben"
+
+
+def test_after_deciding_it_does_not_send_an_approver_back_to_a_gate_they_approved(
+    bell: Bell, people: People
+) -> None:
+    approved = open_gate(bell, approvals=2, title="Approved already", timeout_s=600)
+    decide_gate(approved.pk, outcome="approve", actor="ana", user=people.ana)
+    current = open_gate(bell, title="The one in hand", timeout_s=3600)
+    response = logged_in(people.ana).post(f"/reviews/{current.pk}/decide/", {"outcome": "approve"})
+    # The only other open gate is one ana approved: the queue is empty for her.
+    assert response.status_code == 302 and response["Location"] == "/reviews/"
+    later = open_gate(bell, title="Still to do", timeout_s=7200)
+    again = open_gate(bell, title="Next", timeout_s=3000)
+    response = logged_in(people.ana).post(f"/reviews/{again.pk}/decide/", {"outcome": "approve"})
+    assert response["Location"] == f"/reviews/{later.pk}/"
