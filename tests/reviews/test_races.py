@@ -16,7 +16,15 @@ from django.db import connection, connections
 from django.utils import timezone
 
 from reviews.models import Gate, GateApproval, GateEvent
-from reviews.services import GateClosedError, decide_gate, escalate_due_gates, expire_due_gates
+from reviews.services import (
+    GateClaimedError,
+    GateClosedError,
+    claim_gate,
+    decide_gate,
+    escalate_due_gates,
+    expire_due_gates,
+    reassign_gate,
+)
 from tests.reviews.conftest import People, open_gate
 from tests.support import Bell
 from workflows import cancel, get_run
@@ -228,3 +236,24 @@ def test_two_escalation_sweeps_at_once_escalate_each_gate_once(bell: Bell) -> No
         Gate.objects.filter(pk__in=[g.pk for g in gates], escalated_at__isnull=False).count() == 30
     )
     assert escalate_due_gates() == 0
+
+
+def test_a_reassign_and_the_claimants_decision_at_once_never_both_take(
+    bell: Bell, people: People
+) -> None:
+    for _ in range(ROUNDS // 2):
+        gate = open_gate(bell)
+        claim_gate(gate.pk, people.ana)
+        moved, decided = contend(
+            lambda g=gate: reassign_gate(g.pk, people.ana, "ben"),
+            lambda g=gate: decide_gate(g.pk, outcome="approve", actor="ana", user=people.ana),
+        )
+        gate.refresh_from_db()
+        reassigned = GateEvent.objects.filter(gate=gate, kind="reassigned").count()
+        if gate.status == "decided":
+            assert isinstance(decided, Gate) and isinstance(moved, GateClosedError)
+            assert reassigned == 0 and gate.decided_by == "ana"
+            assert_one_decision(gate, bell)
+        else:
+            assert isinstance(moved, Gate) and isinstance(decided, GateClaimedError)
+            assert reassigned == 1 and gate.claimed_by == people.ben
