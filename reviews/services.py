@@ -369,7 +369,9 @@ def decide_gate(
         if gate.approvals_required > 1 and outcome == "approve":
             # Four eyes. The run lock serializes every decision on this gate (and keeps the
             # expiry sweep and a cancel out), so counting the approvals here cannot race.
-            step = record_approval(qs, gate, actor=actor, user=user, comment=comment, now=now)
+            step = record_approval(
+                qs, gate, actor=actor, user=user, comment=comment, edits=clean, now=now
+            )
             approved_once = step.outcome in ("partial", "already")
             approvals = step.approvers
         if approved_once:
@@ -514,7 +516,14 @@ def approvers_of(gate_id: Any) -> list[str]:
 
 
 def record_approval(
-    qs: QuerySet[Gate], gate: Gate, *, actor: str, user: Any, comment: str, now: datetime
+    qs: QuerySet[Gate],
+    gate: Gate,
+    *,
+    actor: str,
+    user: Any,
+    comment: str,
+    now: datetime,
+    edits: Any = None,
 ) -> ApprovalStep:
     """Record ``actor``'s approval of a gate that needs several. Call inside ``decide_gate``'s
     transaction, after the run row is locked.
@@ -523,7 +532,9 @@ def record_approval(
        claimed by someone else); otherwise report ``closed`` and let the caller explain.
     2. An approver who already approved counts once: nothing is written.
     3. Otherwise write the approval; if it is not the last one needed, audit it as an
-       ``approved`` event and drop the approver's claim, so the next approver can decide.
+       ``approved`` event (with the approver's comment and edits: the decision itself carries
+       the edits of the approval that closes the gate) and drop the approver's claim, so the
+       next approver can decide.
     """
     locked = qs
     if connection.features.has_select_for_update:
@@ -541,6 +552,8 @@ def record_approval(
     detail: dict[str, Any] = {"count": len(approvers), "required": gate.approvals_required}
     if comment:
         detail["comment"] = comment
+    if edits is not None:
+        detail["edits"] = edits
     GateEvent.objects.create(
         gate=gate, kind=GateEventKind.APPROVED, actor=approver, at=now, detail=detail
     )

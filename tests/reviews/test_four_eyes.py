@@ -23,6 +23,7 @@ from reviews.services import (
     expire_due_gates,
 )
 from tests.reviews.conftest import People, open_gate
+from tests.reviews.workflows import SENTIMENT_FIELDS
 from tests.support import Bell
 from workflows import get_run, start
 from workflows.keys import create_api_key
@@ -274,3 +275,18 @@ def test_after_deciding_it_does_not_send_an_approver_back_to_a_gate_they_approve
     again = open_gate(bell, title="Next", timeout_s=3000)
     response = logged_in(people.ana).post(f"/reviews/{again.pk}/decide/", {"outcome": "approve"})
     assert response["Location"] == f"/reviews/{later.pk}/"
+
+
+def test_each_approvals_edits_are_audited_and_the_closing_ones_decide(
+    bell: Bell, people: People
+) -> None:
+    gate = open_gate(bell, approvals=2, fields=SENTIMENT_FIELDS)
+    first = {"sentiment": "neutral", "score": 0.5}
+    decide_gate(gate.pk, outcome="approve", edits=first, actor="ana", user=people.ana)
+    audited = GateEvent.objects.get(gate=gate, kind="approved").detail["edits"]
+    assert (audited["sentiment"], audited["score"]) == ("neutral", 0.5)
+    last = {"sentiment": "negative", "score": 0.2}
+    decide_gate(gate.pk, outcome="approve", edits=last, actor="ben", user=people.ben)
+    bell.drain()
+    edits = get_run(gate.run_id).output["edits"]
+    assert (edits["sentiment"], edits["score"]) == ("negative", 0.2)
