@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,7 +28,14 @@ from django.db import connection, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from reviews.models import Gate, GateEvent, GateEventKind, GateStatus, decision_json
+from reviews.models import (
+    Gate,
+    GateApproval,
+    GateEvent,
+    GateEventKind,
+    GateStatus,
+    decision_json,
+)
 from reviews.schema import validate_edits
 from workflows import access
 from workflows.doorbell import ring_on_commit
@@ -120,7 +128,12 @@ def gates_visible_to(user: Any) -> QuerySet[Gate]:
     groups = review_groups(user)
     if not groups:
         return Gate.objects.none()
-    return Gate.objects.filter(group__in=groups, run__tenant=access.user_tenant(user))
+    # An escalated gate is seen by its own group and by the escalation group, on runs of the
+    # reviewer's tenant only: escalation widens the group, never the tenant.
+    return Gate.objects.filter(
+        Q(group__in=groups) | Q(escalate_to__in=groups, escalated_at__isnull=False),
+        run__tenant=access.user_tenant(user),
+    )
 
 
 def open_queue(
@@ -177,6 +190,8 @@ def next_gate_for(user: Any, after: Gate | None = None) -> Gate | None:
     )
     if after is not None:
         qs = qs.exclude(pk=after.pk)
+    # A four-eyes gate this reviewer already approved waits for someone else.
+    qs = qs.exclude(approvals__approver=user.get_username())
     return qs.only("id", "title").order_by("deadline", "id").first()
 
 
@@ -239,6 +254,10 @@ def open_gate(
     group: str,
     fields_schema: dict[str, Any],
     timeout: timedelta,
+    approvals_required: int = 1,
+    separation_of_duties: bool = False,
+    escalate_after: timedelta | None = None,
+    escalate_to: str = "",
 ) -> Gate:
     """Create the gate of a waiting journal row. Called by ``ctx.review`` inside the transaction
     that writes that row, so the two commit together."""
@@ -257,17 +276,24 @@ def open_gate(
         fields_schema=fields_schema,
         attempt=earlier + 1,
         deadline=now + timeout,
+        approvals_required=approvals_required,
+        separation_of_duties=separation_of_duties,
+        escalate_at=now + escalate_after if escalate_after is not None else None,
+        escalate_to=escalate_to,
     )
-    GateEvent.objects.create(
-        gate=gate,
-        kind=GateEventKind.OPENED,
-        at=now,
-        detail={
-            "deadline": gate.deadline.isoformat(),
-            "group": group,
-            "attempt": gate.attempt,
-        },
-    )
+    detail: dict[str, Any] = {
+        "deadline": gate.deadline.isoformat(),
+        "group": group,
+        "attempt": gate.attempt,
+    }
+    if approvals_required > 1:
+        detail["approvals_required"] = approvals_required
+    if separation_of_duties:
+        detail["separation_of_duties"] = True
+    if gate.escalate_at is not None:
+        detail["escalate_at"] = gate.escalate_at.isoformat()
+        detail["escalate_to"] = escalate_to
+    GateEvent.objects.create(gate=gate, kind=GateEventKind.OPENED, at=now, detail=detail)
     return gate
 
 
@@ -363,66 +389,210 @@ def decide_gate(
         listing = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         raise InvalidDecisionError(f"invalid decision: {listing}", errors)
     comment = (comment or "").strip()
+    check_separation_of_duties(gate, outcome, actor)
     now = timezone.now()
     stale_step = False
+    approved_once = False
     with transaction.atomic():
         _lock_run(gate.run_id)
         qs = Gate.objects.filter(pk=gate.pk, status=GateStatus.OPEN)
         if user is not None and not overrides_claims(user):
             qs = qs.filter(Q(claimed_by__isnull=True) | Q(claimed_by=user))
-        n = qs.update(
-            status=GateStatus.DECIDED,
-            outcome=outcome,
-            comment=comment,
-            edits=clean,
-            decided_by=actor[:150],
-            decided_by_user=user,
-            decided_at=now,
-            timed_out=False,
-        )
-        if n:
-            result = decision_json(
+        approvals: list[str] = []
+        if gate.approvals_required > 1 and outcome == "approve":
+            # Four eyes. The run lock serializes every decision on this gate (and keeps the
+            # expiry sweep and a cancel out), so counting the approvals here cannot race.
+            step = record_approval(
+                qs, gate, actor=actor, user=user, comment=comment, edits=clean, now=now
+            )
+            approved_once = step.outcome in ("partial", "already")
+            approvals = step.approvers
+        if approved_once:
+            n = 1
+        else:
+            decided_by = ", ".join(approvals) if approvals else actor
+            n, stale_step = _close_decided(
+                qs,
+                gate,
                 outcome=outcome,
                 comment=comment,
                 edits=clean,
-                decided_by=actor[:150],
-                timed_out=False,
-                decided_at=now.isoformat(),
+                decided_by=decided_by[:150],
+                actor=actor,
+                user=user,
+                now=now,
+                approvals=approvals,
             )
-            if complete_waiting_step(gate.step_id, result=result, extra={"decided_by": actor}):
-                GateEvent.objects.create(
-                    gate=gate,
-                    kind=GateEventKind.DECIDED,
-                    actor=actor[:150],
-                    at=now,
-                    detail=_detail(outcome, comment, clean),
-                )
-            else:
-                # The journal row no longer waits (the run was restarted or canceled without
-                # the gate hearing of it): the decision cannot reach the run, so close the gate
-                # as canceled rather than pretend it was decided.
-                Gate.objects.filter(pk=gate.pk).update(
-                    status=GateStatus.CANCELED,
-                    outcome="",
-                    comment="",
-                    edits=None,
-                    decided_by="",
-                    decided_by_user=None,
-                    timed_out=False,
-                )
-                GateEvent.objects.create(
-                    gate=gate,
-                    kind=GateEventKind.CANCELED,
-                    at=now,
-                    detail={"reason": "the run no longer waits for it"},
-                )
-                stale_step = True
     gate = get_gate(gate.pk)
     if n and not stale_step:
         return gate
     if gate.is_open:
         raise GateClaimedError(_claimed_message(gate), gate)
     raise GateClosedError(closed_message(gate), gate)
+
+
+def _close_decided(
+    qs: QuerySet[Gate],
+    gate: Gate,
+    *,
+    outcome: str,
+    comment: str,
+    edits: Any,
+    decided_by: str,
+    actor: str,
+    user: Any,
+    now: datetime,
+    approvals: list[str],
+) -> tuple[int, bool]:
+    """The closing compare-and-swap of ``decide_gate``: open → decided, the journal row
+    resolved, the audit event written. Returns (rows swapped, whether the step was stale)."""
+    n = qs.update(
+        status=GateStatus.DECIDED,
+        outcome=outcome,
+        comment=comment,
+        edits=edits,
+        decided_by=decided_by,
+        decided_by_user=user,
+        decided_at=now,
+        timed_out=False,
+    )
+    if not n:
+        return 0, False
+    result = decision_json(
+        outcome=outcome,
+        comment=comment,
+        edits=edits,
+        decided_by=decided_by,
+        timed_out=False,
+        decided_at=now.isoformat(),
+        approvals=approvals,
+    )
+    if complete_waiting_step(gate.step_id, result=result, extra={"decided_by": decided_by}):
+        detail = _detail(outcome, comment, edits)
+        if approvals:
+            detail["approvals"] = approvals
+        GateEvent.objects.create(
+            gate=gate,
+            kind=GateEventKind.DECIDED,
+            actor=actor[:150],
+            at=now,
+            detail=detail,
+        )
+        return n, False
+    # The journal row no longer waits (the run was restarted or canceled without the gate
+    # hearing of it): the decision cannot reach the run, so close the gate as canceled rather
+    # than pretend it was decided.
+    Gate.objects.filter(pk=gate.pk).update(
+        status=GateStatus.CANCELED,
+        outcome="",
+        comment="",
+        edits=None,
+        decided_by="",
+        decided_by_user=None,
+        timed_out=False,
+    )
+    GateEvent.objects.create(
+        gate=gate,
+        kind=GateEventKind.CANCELED,
+        at=now,
+        detail={"reason": "the run no longer waits for it"},
+    )
+    return n, True
+
+
+# --- four eyes ----------------------------------------------------------------------------------
+
+
+class SeparationOfDutiesError(InvalidStateError, PermissionError):
+    """Whoever started the run may not approve it (the gate has ``separation_of_duties``).
+
+    An ``InvalidStateError`` so that a caller handling "this gate does not take my decision"
+    in general handles it too; the pages answer 403 and the API 403 ``forbidden``."""
+
+    def __init__(self, message: str, gate: Gate | None = None) -> None:
+        super().__init__(message)
+        self.gate = gate
+
+
+def started_the_run(gate: Gate, actor: str) -> bool:
+    """Whether ``actor`` (a username or ``api:<key prefix>``) started the gate's run."""
+    return bool(actor) and gate.run.created_by == actor
+
+
+def check_separation_of_duties(gate: Gate, outcome: str, actor: str) -> None:
+    """Raise ``SeparationOfDutiesError`` if ``actor`` started the run and tries to approve a
+    gate with separation of duties. Rejecting (or any other outcome) stays allowed: the rule
+    only stops anyone from waving through their own work."""
+    if gate.separation_of_duties and outcome == "approve" and started_the_run(gate, actor):
+        raise SeparationOfDutiesError(
+            f"separation of duties: {actor} started this run, so another reviewer must approve it",
+            gate,
+        )
+
+
+@dataclass(frozen=True)
+class ApprovalStep:
+    """What one approval did: ``partial`` (recorded, more needed), ``complete`` (this one was
+    the last needed), ``already`` (this approver had approved; it counts once) or ``closed``
+    (the gate no longer takes decisions from this caller)."""
+
+    outcome: str
+    approvers: list[str]
+
+
+def approvers_of(gate_id: Any) -> list[str]:
+    return list(
+        GateApproval.objects.filter(gate_id=gate_id)
+        .order_by("at", "id")
+        .values_list("approver", flat=True)
+    )
+
+
+def record_approval(
+    qs: QuerySet[Gate],
+    gate: Gate,
+    *,
+    actor: str,
+    user: Any,
+    comment: str,
+    now: datetime,
+    edits: Any = None,
+) -> ApprovalStep:
+    """Record ``actor``'s approval of a gate that needs several. Call inside ``decide_gate``'s
+    transaction, after the run row is locked.
+
+    1. Lock the gate row if it still takes this caller's decision (``qs``: open, and not
+       claimed by someone else); otherwise report ``closed`` and let the caller explain.
+    2. An approver who already approved counts once: nothing is written.
+    3. Otherwise write the approval; if it is not the last one needed, audit it as an
+       ``approved`` event (with the approver's comment and edits: the decision itself carries
+       the edits of the approval that closes the gate) and drop the approver's claim, so the
+       next approver can decide.
+    """
+    locked = qs
+    if connection.features.has_select_for_update:
+        locked = locked.select_for_update()
+    if not locked.exists():
+        return ApprovalStep("closed", [])
+    approver = actor[:150]
+    approvers = approvers_of(gate.pk)
+    if approver in approvers:
+        return ApprovalStep("already", approvers)
+    GateApproval.objects.create(gate=gate, approver=approver, user=user, comment=comment, at=now)
+    approvers.append(approver)
+    if len(approvers) >= gate.approvals_required:
+        return ApprovalStep("complete", approvers)
+    detail: dict[str, Any] = {"count": len(approvers), "required": gate.approvals_required}
+    if comment:
+        detail["comment"] = comment
+    if edits is not None:
+        detail["edits"] = edits
+    GateEvent.objects.create(
+        gate=gate, kind=GateEventKind.APPROVED, actor=approver, at=now, detail=detail
+    )
+    if user is not None:
+        Gate.objects.filter(pk=gate.pk, claimed_by=user).update(claimed_by=None, claimed_at=None)
+    return ApprovalStep("partial", approvers)
 
 
 def _detail(outcome: str, comment: str, edits: Any) -> dict[str, Any]:
@@ -567,13 +737,20 @@ def _resolve_expired(rows: list[tuple[int, Any, int, str]], closed_at: datetime)
         Gate.objects.filter(pk__in=stale, status=GateStatus.EXPIRED).update(
             status=GateStatus.CANCELED, outcome="", timed_out=False
         )
+    # A four-eyes gate that expired with some approvals keeps them (GateApproval rows), and
+    # its audit event names them next to the default it advanced with.
+    partial: dict[int, list[str]] = defaultdict(list)
+    approvals = GateApproval.objects.filter(gate_id__in=[r[0] for r in rows]).order_by("at", "id")
+    for gate_id, approver in approvals.values_list("gate_id", "approver"):
+        partial[gate_id].append(approver)
     GateEvent.objects.bulk_create(
         [
             GateEvent(
                 gate_id=gate_id,
                 kind=GateEventKind.EXPIRED,
                 at=closed_at,
-                detail={"outcome": outcome},
+                detail={"outcome": outcome}
+                | ({"approvals": partial[gate_id]} if gate_id in partial else {}),
             )
             if step_id in resolved
             else GateEvent(
@@ -617,6 +794,130 @@ def send_resume_chunks(chunks: list[list[tuple[str, int]]]) -> None:
                 resume_runs.apply_async((runs,), queue="default", producer=producer)
     except Exception:  # The engine's sweep rings again from the tables.
         log.warning("could not send resume messages; the sweep will ring", exc_info=True)
+
+
+# --- reassigning --------------------------------------------------------------------------------
+
+
+class ReassignError(InvalidInputError):
+    """The gate cannot be handed to that reviewer (unknown, cannot see the gate, …)."""
+
+
+def may_reassign(gate: Gate, user: Any) -> bool:
+    """The claimant of an open gate, a member of its escalation group once it escalated, or
+    staff may hand it to another reviewer."""
+    if not gate.is_open or not user.is_authenticated:
+        return False
+    if user.is_staff or (gate.claimed_by_id is not None and gate.claimed_by_id == user.pk):
+        return True
+    return gate.escalated_at is not None and gate.escalate_to in review_groups(user)
+
+
+def reassign_gate(gate_id: Any, user: Any, to: str) -> Gate:
+    """Hand an open gate to the reviewer named ``to``: they hold its claim from now on.
+
+    1. ``user`` must be allowed (``may_reassign``); the target must be an active user who can
+       see the gate (its group or, once escalated, its escalation group, and the run's
+       tenant), so a gate is never handed to someone who could not open it.
+    2. Compare-and-swap the claim from the holder read in step 1 to the target, so a claim or
+       a decision that happened meanwhile is not overwritten.
+    3. Audit it as a ``reassigned`` event (from whom, to whom), for a later notification
+       feature to read.
+    """
+    from django.contrib.auth import get_user_model
+
+    gate = get_gate(gate_id, user)
+    if not gate.is_open:
+        raise GateClosedError(closed_message(gate), gate)
+    if not may_reassign(gate, user):
+        raise GateClaimedError(
+            "only the reviewer who claimed this gate, a member of its escalation group once it "
+            "escalated, or staff can reassign it",
+            gate,
+        )
+    name = (to or "").strip()
+    target = get_user_model().objects.filter(username=name, is_active=True).first()
+    if target is None or not gates_visible_to(target).filter(pk=gate.pk).exists():
+        raise ReassignError(
+            f"{name or 'nobody'} is not a reviewer who can see this gate",
+            [{"field": "to", "message": "name a reviewer of the gate's group and tenant"}],
+        )
+    if gate.claimed_by_id == target.pk:
+        raise ReassignError(
+            f"{name} already holds this gate", [{"field": "to", "message": "already holds it"}]
+        )
+    holder = gate.claimed_by.get_username() if gate.claimed_by else ""
+    now = timezone.now()
+    with transaction.atomic():
+        n = Gate.objects.filter(
+            pk=gate.pk, status=GateStatus.OPEN, claimed_by_id=gate.claimed_by_id
+        ).update(claimed_by=target, claimed_at=now)
+        if n:
+            GateEvent.objects.create(
+                gate=gate,
+                kind=GateEventKind.REASSIGNED,
+                actor=user.get_username(),
+                at=now,
+                detail={"from": holder, "to": target.get_username()},
+            )
+    gate = get_gate(gate.pk)
+    if n:
+        return gate
+    if not gate.is_open:
+        raise GateClosedError(closed_message(gate), gate)
+    raise GateClaimedError(_claimed_message(gate), gate)
+
+
+# --- escalation ---------------------------------------------------------------------------------
+
+
+def escalate_due_gates(now: datetime | None = None, batch: int | None = None) -> int:
+    """Escalate every open, unclaimed gate whose ``escalate_at`` passed: from now on the members
+    of its ``escalate_to`` group see it too. Called by the same beat task as the expiry sweep
+    (a deadline column, not a scheduled task per gate); idempotent. Returns how many gates it
+    escalated.
+
+    1. Select the due gates ``FOR UPDATE SKIP LOCKED`` (a decision or a claim in flight, or a
+       second sweeper, makes us skip the row; the next sweep sees it again if still due).
+    2. Compare-and-swap ``escalated_at`` from empty to now, on the gates still open and
+       unclaimed, and read back which ones this sweep set.
+    3. Write one ``escalated`` audit event per gate (a later notification feature can read
+       them).
+
+    A gate claimed when it becomes due is not escalated while the claim lasts: someone is on
+    it. If the claim is released before the deadline, the next sweep escalates it.
+    """
+    now = now or timezone.now()
+    batch = batch or settings.SLUICE_GATE_EXPIRY_BATCH
+    skip_locked = connection.features.has_select_for_update_skip_locked
+    with transaction.atomic():
+        due = Gate.objects.filter(
+            status=GateStatus.OPEN,
+            escalate_at__lte=now,
+            escalated_at__isnull=True,
+            claimed_by__isnull=True,
+        )
+        if skip_locked:
+            due = due.select_for_update(skip_locked=True)
+        ids = list(due.order_by("escalate_at", "id").values_list("pk", flat=True)[:batch])
+        if not ids:
+            return 0
+        at = timezone.now()
+        Gate.objects.filter(
+            pk__in=ids, status=GateStatus.OPEN, escalated_at__isnull=True, claimed_by__isnull=True
+        ).update(escalated_at=at)
+        mine = list(
+            Gate.objects.filter(pk__in=ids, escalated_at=at).values_list("pk", "escalate_to")
+        )
+        GateEvent.objects.bulk_create(
+            [
+                GateEvent(gate_id=pk, kind=GateEventKind.ESCALATED, at=at, detail={"to": to})
+                for pk, to in mine
+            ]
+        )
+    if mine:
+        log.info("escalated %d gates", len(mine))
+    return len(mine)
 
 
 # --- canceling ----------------------------------------------------------------------------------

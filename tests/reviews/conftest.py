@@ -4,7 +4,8 @@
 - olga reviews for ``legal`` (a reviewer of another group);
 - sam is staff with the gate and run view permissions and the gate change permission (sees
   and decides everything, frees others' claims; staff alone would not, docs/security.md);
-- otto is logged in but in no group (an outsider: 403).
+- otto is logged in but in no group (an outsider: 403);
+- lea reviews for ``leads``, the escalation group of the escalation tests.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class People:
         self.ana.groups.add(reviewers)
         self.ben.groups.add(reviewers)
         self.olga.groups.add(legal)
+        # lea leads: she sees a gate of ``reviewers`` only once it escalated to ``leads``.
+        leads = Group.objects.create(name="leads")
+        self.lea = User.objects.create_user("lea", password="pw-lea-123")
+        self.lea.groups.add(leads)
 
 
 @pytest.fixture(autouse=True)
@@ -51,8 +56,10 @@ def people(db: None) -> People:
     return People()
 
 
-def open_gate(bell: Bell, workflow: str = "test.review", **input: Any) -> Gate:
+def open_gate(
+    bell: Bell, workflow: str = "test.review", *, created_by: str = "", **input: Any
+) -> Gate:
     """Start a run that stops at a gate; return the gate."""
-    run = start(workflow, input)
+    run = start(workflow, input, created_by=created_by)
     bell.drain()
     return Gate.objects.get(run=run, status="open")

@@ -246,6 +246,22 @@ PAGES: dict[str, list[Case]] = {
             data={"outcome": "approve"},
         ),
     ],
+    # Reassigning: the claimant, the escalation group once the gate escalated, or staff; the
+    # scene's gates are unclaimed and not escalated, so their reviewers get 403.
+    "reviews/<int:pk>/reassign/": [
+        Case(
+            "POST",
+            "/reviews/{gate_a}/reassign/",
+            web(LOGIN, 403, 403, 404, 404, TO_GATE, TO_GATE),
+            data={"to": "alice"},
+        ),
+        Case(
+            "POST",
+            "/reviews/{gate_g}/reassign/",
+            web(LOGIN, 403, 404, 404, 403, TO_GATE, TO_GATE),
+            data={"to": "gus"},
+        ),
+    ],
     # Pipelines: the list for anyone who may use run pages, the start form with the permission
     # (only the operator and the superuser hold it here), a run's graph by the run rule.
     "pipelines/": [Case("GET", "/pipelines/", web(LOGIN, 403, 200, 200, 200, 200, 200))],
