@@ -805,10 +805,10 @@ class ReassignError(InvalidInputError):
 
 def may_reassign(gate: Gate, user: Any) -> bool:
     """The claimant of an open gate, a member of its escalation group once it escalated, or
-    staff may hand it to another reviewer."""
+    staff who may override claims (``overrides_claims``) may hand it to another reviewer."""
     if not gate.is_open or not user.is_authenticated:
         return False
-    if user.is_staff or (gate.claimed_by_id is not None and gate.claimed_by_id == user.pk):
+    if overrides_claims(user) or (gate.claimed_by_id is not None and gate.claimed_by_id == user.pk):
         return True
     return gate.escalated_at is not None and gate.escalate_to in review_groups(user)
 
@@ -832,7 +832,7 @@ def reassign_gate(gate_id: Any, user: Any, to: str) -> Gate:
     if not may_reassign(gate, user):
         raise GateClaimedError(
             "only the reviewer who claimed this gate, a member of its escalation group once it "
-            "escalated, or staff can reassign it",
+            "escalated, or staff who may override claims can reassign it",
             gate,
         )
     name = (to or "").strip()

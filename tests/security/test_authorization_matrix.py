@@ -246,19 +246,20 @@ PAGES: dict[str, list[Case]] = {
             data={"outcome": "approve"},
         ),
     ],
-    # Reassigning: the claimant, the escalation group once the gate escalated, or staff; the
-    # scene's gates are unclaimed and not escalated, so their reviewers get 403.
+    # Reassigning: the claimant, the escalation group once the gate escalated, or staff who may
+    # override claims (reviews.change_gate: the superuser here; the operator holds only
+    # view_gate); the scene's gates are unclaimed and not escalated, so their reviewers get 403.
     "reviews/<int:pk>/reassign/": [
         Case(
             "POST",
             "/reviews/{gate_a}/reassign/",
-            web(LOGIN, 403, 403, 404, 404, TO_GATE, TO_GATE),
+            web(LOGIN, 403, 403, 404, 404, 403, TO_GATE),
             data={"to": "alice"},
         ),
         Case(
             "POST",
             "/reviews/{gate_g}/reassign/",
-            web(LOGIN, 403, 404, 404, 403, TO_GATE, TO_GATE),
+            web(LOGIN, 403, 404, 404, 403, 403, TO_GATE),
             data={"to": "gus"},
         ),
     ],
