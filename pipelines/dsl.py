@@ -62,7 +62,8 @@ class Human:
 
     instruction: str
     on: Mapping[str, str]
-    timeout: timedelta = timedelta(hours=24)
+    # None: the run's review timeout (``review_timeout`` when it was started; else 24 hours).
+    timeout: timedelta | None = None
     on_timeout: str = "approve"
     title: str = ""
     group: str = "reviewers"
@@ -111,15 +112,24 @@ def human(
     *,
     instruction: str,
     on: Mapping[str, str],
-    timeout: str | float | timedelta = "24h",
+    timeout: str | float | timedelta | None = None,
     on_timeout: str = "approve",
     title: str = "",
     group: str = "reviewers",
     payload: Callable[[dict[str, Any]], Any] | Sequence[str] | None = None,
     fields: dict[str, Any] | None = None,
 ) -> Human:
+    """A review gate. Without ``timeout`` it takes the run's review timeout (24 h unless the run
+    was started with ``review_timeout``)."""
     return Human(
-        instruction, dict(on), parse_duration(timeout), on_timeout, title, group, payload, fields
+        instruction,
+        dict(on),
+        parse_duration(timeout) if timeout is not None else None,
+        on_timeout,
+        title,
+        group,
+        payload,
+        fields,
     )
 
 

@@ -19,6 +19,8 @@ import pydantic
 from workflows import payloads
 from workflows.models import Step
 
+# Without a ``timeout``, a gate gets its run's review timeout (``ctx.review_timeout``), which is
+# this unless the run was started with ``review_timeout``.
 DEFAULT_TIMEOUT = timedelta(hours=24)
 
 
@@ -71,7 +73,7 @@ def review(
     title: str,
     instruction: str = "",
     payload: Any = None,
-    timeout: timedelta | float = DEFAULT_TIMEOUT,
+    timeout: timedelta | float | None = None,
     on_timeout: str = "approve",
     choices: Sequence[str] = ("approve", "reject"),
     group: str = "reviewers",
@@ -95,6 +97,8 @@ def review(
         raise ValueError("each choice must be at most 64 characters")
     if on_timeout not in options:
         raise ValueError(f"on_timeout {on_timeout!r} is not one of the choices {options!r}")
+    if timeout is None:
+        timeout = getattr(ctx, "review_timeout", None) or DEFAULT_TIMEOUT
     seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
     if seconds <= 0:
         raise ValueError("a gate's timeout must be positive")
