@@ -86,6 +86,7 @@ def review(
     """
     from reviews.schema import schema_of
     from reviews.services import open_gate
+    from reviews.summary import describe_run
 
     title = str(title).strip()
     if not title or len(title) > 200:
@@ -109,6 +110,7 @@ def review(
     payloads.check_size(data, f"payload of gate {title!r}")
 
     def on_open(step_row: Step) -> None:
+        subject, excerpt = describe_run(ctx.record)
         open_gate(
             step_row,
             pipeline=ctx.record.workflow,
@@ -120,6 +122,8 @@ def review(
             group=group,
             fields_schema=schema,
             timeout=timedelta(seconds=seconds),
+            subject=subject,
+            excerpt=excerpt,
         )
 
     # The deadline lives on the Gate row and the reviews sweep fires it, so the engine's

@@ -117,6 +117,8 @@ def open_queue(
             "run_id",
             "pipeline",
             "title",
+            "subject",
+            "excerpt",
             "group",
             "attempt",
             "deadline",
@@ -207,6 +209,8 @@ def open_gate(
     group: str,
     fields_schema: dict[str, Any],
     timeout: timedelta,
+    subject: str = "",
+    excerpt: str = "",
 ) -> Gate:
     """Create the gate of a waiting journal row. Called by ``ctx.review`` inside the transaction
     that writes that row, so the two commit together."""
@@ -217,6 +221,8 @@ def open_gate(
         step_id=step_row.pk,
         pipeline=pipeline,
         title=title,
+        subject=subject[:200],
+        excerpt=excerpt[:300],
         instruction=instruction,
         payload=payload,
         choices=choices,

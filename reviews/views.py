@@ -119,6 +119,8 @@ class QueueRow:
     pk: int
     href: str
     title: str
+    subject: str
+    excerpt: str
     attempt: int
     group: str
     opened: str
@@ -146,6 +148,9 @@ def queue_rows(gates: list[Gate], user: Any, now: datetime) -> list[QueueRow]:
                 pk=g.pk,
                 href=f"{base}{g.pk}/",
                 title=g.title,
+                # The run's own title, unless it only repeats the gate's.
+                subject=g.subject if g.subject != g.title else "",
+                excerpt=g.excerpt,
                 attempt=g.attempt,
                 group=g.group,
                 opened=short_time(g.created_at),
