@@ -202,7 +202,8 @@ def _gate_context(
         "edits_form": edits_form or (EditsForm(gate) if has_fields else None),
         "can_decide": gate.is_open
         and (gate.claimed_by_id in (None, request.user.pk) or request.user.is_staff),
-        "closed_message": "" if gate.is_open else services.closed_message(gate),
+        "closed_message": ("" if gate.is_open else services.closed_message_for(gate, request.user)),
+        "next_attempt": services.next_attempt(gate, request.user),
         "now": timezone.now(),
         "poll_seconds": settings.SLUICE_REVIEW_POLL_SECONDS,
     }
@@ -250,6 +251,8 @@ def _claim_action(
     except (services.GateClosedError, services.GateClaimedError) as exc:
         error = str(exc)
         gate = services.get_gate(pk)
+        if not gate.is_open:
+            error = services.closed_message_for(gate, request.user)
     if getattr(request, "htmx", False):
         context = _gate_context(request, gate)
         context["claim_error"] = error

@@ -106,6 +106,27 @@
     pendingComment = "";
   });
 
+  // --- text boxes grow with what is typed in them --------------------------------------------
+  // The comment and the editable fields (a reply draft runs to many lines) start small and grow
+  // to fit their text, up to 70% of the screen (reviews.css), then scroll. Heights are set
+  // through the CSSOM, which the pages' CSP allows (it forbids only style attributes in HTML).
+  var GROW = "#decision-panel textarea:not([readonly]), .rv-main textarea:not([readonly])";
+  function grow(box) {
+    if (!box.hasAttribute("data-autogrow")) box.setAttribute("data-autogrow", "");
+    var limit = window.innerHeight * 0.7;
+    box.style.height = "auto";
+    var wanted = box.scrollHeight + (box.offsetHeight - box.clientHeight);
+    box.style.height = Math.min(wanted, limit) + "px";
+    box.classList.toggle("rv-grown-max", wanted > limit);
+  }
+  function growAll() { document.querySelectorAll(GROW).forEach(grow); }
+  document.addEventListener("input", function (e) {
+    if (e.target.matches && e.target.matches(GROW)) grow(e.target);
+  });
+  document.addEventListener("htmx:afterSettle", growAll);
+  if (document.readyState !== "loading") growAll();
+  else document.addEventListener("DOMContentLoaded", growAll);
+
   // --- keys --------------------------------------------------------------------------------------
   function typing(el) {
     return el && (el.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(el.tagName));
