@@ -180,16 +180,22 @@
 
   // --- text boxes grow with what is typed in them --------------------------------------------
   // The comment and the editable fields (a reply draft runs to many lines) start small and grow
-  // to fit their text, up to 70% of the screen (reviews.css), then scroll. Heights are set
-  // through the CSSOM, which the pages' CSP allows (it forbids only style attributes in HTML).
+  // to fit their text, up to 70% of the window, then scroll. The height is set through the
+  // rows attribute, not a style: htmx re-applies a swapped element's attributes, and a style
+  // attribute would break the pages' CSP (no inline styles at all).
   var GROW = "#decision-panel textarea:not([readonly]), .rv-main textarea:not([readonly])";
   function grow(box) {
     if (!box.hasAttribute("data-autogrow")) box.setAttribute("data-autogrow", "");
-    var limit = window.innerHeight * 0.7;
-    box.style.height = "auto";
-    var wanted = box.scrollHeight + (box.offsetHeight - box.clientHeight);
-    box.style.height = Math.min(wanted, limit) + "px";
-    box.classList.toggle("rv-grown-max", wanted > limit);
+    if (!box.dataset.minRows) box.dataset.minRows = box.getAttribute("rows") || "2";
+    var min = parseInt(box.dataset.minRows, 10) || 2;
+    var css = window.getComputedStyle(box);
+    var line = parseFloat(css.lineHeight) || (parseFloat(css.fontSize) || 16) * 1.4;
+    var pad = (parseFloat(css.paddingTop) || 0) + (parseFloat(css.paddingBottom) || 0);
+    var max = Math.max(min, Math.floor((window.innerHeight * 0.7 - pad) / line));
+    box.rows = min;
+    var need = Math.ceil((box.scrollHeight - pad) / line);
+    box.rows = Math.max(min, Math.min(need, max));
+    box.classList.toggle("rv-grown-max", need > max);
   }
   function growAll() { document.querySelectorAll(GROW).forEach(grow); }
   document.addEventListener("input", function (e) {
