@@ -45,6 +45,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Before anything reads the query or the headers: a NUL there is a 400, never a 500.
+    "config.middleware.RefuseNulMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -332,11 +334,12 @@ SLUICE_SUPPORT_FROM_EMAIL = env("SLUICE_SUPPORT_FROM_EMAIL", default="support@sl
 # or an inline block carrying the per-request nonce ({{ csp_nonce }}; no page needs one today).
 # No inline event handlers, no eval: base.html turns off htmx's eval and injected indicator
 # style, and static/sluice/sluice.js holds the confirm/autosubmit/poll-pause behaviour.
-# Styles allow 'unsafe-inline' on purpose (except on the reviewer pages, below): mermaid draws graphs (pipelines, start form, run page)
-# as SVG carrying its own <style> element and style attributes, the run timeline positions its
-# bars and the admin colours status badges with style attributes. A style cannot run code, and
-# every user or LLM text is escaped before it reaches a page, so this keeps the protection that
-# matters (no script injection) without forking mermaid.
+# Styles allow 'unsafe-inline' on purpose (except on the reviewer pages, below): mermaid draws
+# graphs (pipelines, start form, run page) as SVG carrying its own <style> element and style
+# attributes, the run timeline positions its bars and the admin colours status badges with style
+# attributes. A style cannot run code, and every user or LLM text is escaped before it reaches
+# a page, so this keeps the protection that matters (no script injection) without forking
+# mermaid.
 MIDDLEWARE.insert(
     MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
     "django.middleware.csp.ContentSecurityPolicyMiddleware",

@@ -69,6 +69,11 @@ class Human:
     group: str = "reviewers"
     payload: Callable[[dict[str, Any]], Any] | Sequence[str] | None = None
     fields: dict[str, Any] | None = None
+    # The same four-eyes and escalation options as ``ctx.review`` (docs/reviews.md).
+    approvals: int = 1
+    separation_of_duties: bool = False
+    escalate_after: timedelta | None = None
+    escalate_to: str = ""
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,10 @@ def human(
     group: str = "reviewers",
     payload: Callable[[dict[str, Any]], Any] | Sequence[str] | None = None,
     fields: dict[str, Any] | None = None,
+    approvals: int = 1,
+    separation_of_duties: bool = False,
+    escalate_after: str | float | timedelta | None = None,
+    escalate_to: str = "",
 ) -> Human:
     """A review gate. Without ``timeout`` it takes the run's review timeout (24 h unless the run
     was started with ``review_timeout``)."""
@@ -130,6 +139,10 @@ def human(
         group,
         payload,
         fields,
+        approvals,
+        separation_of_duties,
+        parse_duration(escalate_after) if escalate_after is not None else None,
+        escalate_to,
     )
 
 

@@ -177,6 +177,10 @@ class Machine:
                         f"{where}: on_timeout={st.on_timeout!r} is not one of its outcomes "
                         f"{sorted(st.on)}"
                     )
+                if st.approvals > 1 and "approve" not in st.on:
+                    errors.append(f"{where}: approvals={st.approvals} needs an 'approve' outcome")
+                if (st.escalate_after is None) != (not st.escalate_to):
+                    errors.append(f"{where}: escalate_after and escalate_to go together")
                 title = self.human_title(name)
                 if title in titles:
                     errors.append(
@@ -364,6 +368,10 @@ class Machine:
             choices=tuple(st.on),
             group=st.group,
             fields=st.fields,
+            approvals=st.approvals,
+            separation_of_duties=st.separation_of_duties,
+            escalate_after=st.escalate_after,
+            escalate_to=st.escalate_to,
         )
         outcome = getattr(decision, "outcome", None)
         comment = getattr(decision, "comment", "") or ""

@@ -59,7 +59,14 @@ class GateAdmin(admin.ModelAdmin):
         # Staff with view permission get the read-only detail page; nothing on it can be saved.
         return False
 
-    @admin.action(description="Release the claim on the selected open gates")
+    def has_release_permission(self, request: HttpRequest) -> bool:
+        """Freeing another reviewer's claim changes the gate: staff with the gate change
+        permission (a permission the read-only pages never use), not viewers."""
+        return services.overrides_claims(request.user)
+
+    @admin.action(
+        description="Release the claim on the selected open gates", permissions=["release"]
+    )
     def release_claims(self, request: HttpRequest, queryset: QuerySet[Gate]) -> None:
         released = 0
         for gate in queryset.filter(status="open", claimed_by__isnull=False):

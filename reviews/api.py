@@ -17,11 +17,12 @@ from ninja import Field, Query, Router, Schema
 from pydantic import ConfigDict
 
 from reviews.models import Gate
-from reviews.services import decide_gate
+from reviews.services import SeparationOfDutiesError, decide_gate
 from workflows.api_auth import (
     AUTH_ERRORS,
     BODY_ERRORS,
     NO_NUL,
+    ApiError,
     api_key,
     errors,
     key_auth,
@@ -31,6 +32,11 @@ from workflows.api_auth import (
 from workflows.models import ApiKey
 
 router = Router(tags=["gates"])
+
+
+class ApprovalOut(Schema):
+    by: str = Field(..., description="A username or api:<key prefix>.")
+    at: datetime
 
 
 class GateOut(Schema):
@@ -51,6 +57,14 @@ class GateOut(Schema):
     edits: Any = None
     decided_by: str | None
     decided_at: datetime | None
+    approvals_required: int = Field(1, description="Distinct approvers needed (four eyes).")
+    approvals: list[ApprovalOut] = Field(
+        default_factory=list, description="The approvals so far, oldest first."
+    )
+    separation_of_duties: bool = False
+    escalate_to: str | None = None
+    escalate_at: datetime | None = None
+    escalated_at: datetime | None = None
     decision_url: str
     run_url: str
 
@@ -68,7 +82,11 @@ class DecisionIn(Schema):
 
 
 def visible_gates(key: ApiKey) -> QuerySet[Gate]:
-    qs = Gate.objects.select_related("run", "claimed_by").filter(run__tenant=key.tenant)
+    qs = (
+        Gate.objects.select_related("run", "claimed_by")
+        .prefetch_related("approvals")
+        .filter(run__tenant=key.tenant)
+    )
     if key.pipelines:
         qs = qs.filter(run__workflow__in=key.pipelines)
     return qs
@@ -97,6 +115,14 @@ def gate_out(gate: Gate) -> dict[str, Any]:
         "edits": getattr(gate, "edits", None),
         "decided_by": _str_or_none(getattr(gate, "decided_by", None)),
         "decided_at": getattr(gate, "decided_at", None),
+        "approvals_required": gate.approvals_required,
+        "approvals": [{"by": a.approver, "at": a.at} for a in gate.approvals.all()]
+        if gate.approvals_required > 1
+        else [],
+        "separation_of_duties": gate.separation_of_duties,
+        "escalate_to": gate.escalate_to or None,
+        "escalate_at": gate.escalate_at,
+        "escalated_at": gate.escalated_at,
         "decision_url": f"/api/gates/{gate.pk}/decision",
         "run_url": f"/api/runs/{gate.run_id}",
     }
@@ -131,13 +157,21 @@ def decide(request: HttpRequest, gate_id: str, body: DecisionIn) -> dict[str, An
 
     The first decision wins: deciding a gate that is already decided, expired or canceled is a
     409. The decision is recorded as made by ``api:<key prefix>``.
+
+    A gate that needs several approvals (``approvals_required``) stays open after an approval
+    that is not the last one: the answer lists ``approvals`` so far, and the same key approving
+    again counts once. On a gate with ``separation_of_duties``, the key that started the run
+    may not approve it (403).
     """
     key = api_key(request)
     gate = visible_gates(key).filter(pk=parse_int(gate_id, "gate")).first()
     if gate is None:
         raise not_found("gate")
-    decided = decide_gate(
-        gate.pk, outcome=body.outcome, comment=body.comment, edits=body.edits, actor=key.actor
-    )
-    decided = Gate.objects.select_related("run", "claimed_by").get(pk=decided.pk)
+    try:
+        decided = decide_gate(
+            gate.pk, outcome=body.outcome, comment=body.comment, edits=body.edits, actor=key.actor
+        )
+    except SeparationOfDutiesError as exc:
+        raise ApiError(403, "forbidden", str(exc)) from None
+    decided = visible_gates(key).get(pk=decided.pk)
     return gate_out(decided)

@@ -6,6 +6,10 @@ expired, was decided or claimed by someone else meanwhile is skipped with the re
 others are decided regardless. Only gates the reviewer may see are touched (``gates_visible_to``:
 their groups, their tenant); an id they may not see is skipped as "not found", the same answer
 as for an id that does not exist, so the result leaks nothing.
+
+Four-eyes gates (``approvals=2``) take a bulk approval as one approval: when more are needed the
+gate stays open, and the result lists it as approved "1 of 2" rather than decided. A gate the
+reviewer already approved, or may not approve under separation of duties, is skipped with why.
 """
 
 from __future__ import annotations
@@ -30,10 +34,20 @@ class Skipped:
     message: str  # the reason in a reviewer's words
 
 
+@dataclass(frozen=True)
+class Partial:
+    """A four-eyes gate whose approval was recorded but that awaits more approvers."""
+
+    gate: Gate
+    count: int  # approvals so far, this one included
+    required: int
+
+
 @dataclass
 class BulkResult:
     outcome: str
     decided: list[Gate] = field(default_factory=list)
+    partial: list[Partial] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
 
 
@@ -94,12 +108,17 @@ def bulk_decide(
         if not gate.is_open:
             skip(gate, pk, _closed_reason(gate), services.closed_message_for(gate, user))
             continue
-        if gate.claimed_by_id not in (None, user.pk) and not user.is_staff:
+        if gate.claimed_by_id not in (None, user.pk) and not services.overrides_claims(user):
             holder = gate.claimed_by.get_username() if gate.claimed_by else "another reviewer"
             skip(gate, pk, "claimed", f"claimed by {holder}")
             continue
         if outcome not in gate.choices:
             skip(gate, pk, "no_choice", f"“{outcome}” is not one of its choices")
+            continue
+        four_eyes = outcome == "approve" and gate.approvals_required > 1
+        if four_eyes and actor[:150] in services.approvers_of(gate.pk):
+            # decide_gate would count it once and change nothing: say so instead of "approved".
+            skip(gate, pk, "already_approved", "you already approved it; it awaits others")
             continue
         edits, errors = _prefilled_edits(gate)
         if errors:
@@ -110,6 +129,8 @@ def bulk_decide(
             decided = services.decide_gate(
                 gate.pk, outcome=outcome, comment=comment, edits=edits, actor=actor, user=user
             )
+        except services.SeparationOfDutiesError as exc:
+            skip(gate, pk, "separation_of_duties", str(exc))
         except services.GateClaimedError as exc:
             skip(gate, pk, "claimed", str(exc).split(";")[0])
         except services.GateClosedError as exc:
@@ -118,5 +139,9 @@ def bulk_decide(
         except services.InvalidDecisionError as exc:
             skip(gate, pk, "needs_edits", f"needs edits: {exc}")
         else:
-            result.decided.append(decided)
+            if decided.is_open:
+                count = len(services.approvers_of(decided.pk))
+                result.partial.append(Partial(decided, count, decided.approvals_required))
+            else:
+                result.decided.append(decided)
     return result

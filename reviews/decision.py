@@ -35,6 +35,9 @@ class Decision:
     decided_by: str = ""
     timed_out: bool = False
     decided_at: datetime | None = None
+    # Who approved a gate that needed several approvals (``approvals=2``), in order; empty for
+    # a gate that needed one.
+    approvals: tuple[str, ...] = ()
 
     @property
     def approved(self) -> bool:
@@ -57,6 +60,7 @@ class Decision:
             decided_by=str(data.get("decided_by") or ""),
             timed_out=bool(data.get("timed_out")),
             decided_at=datetime.fromisoformat(at) if isinstance(at, str) else None,
+            approvals=tuple(str(a) for a in data.get("approvals") or ()),
         )
 
 
@@ -78,8 +82,17 @@ def review(
     choices: Sequence[str] = ("approve", "reject"),
     group: str = "reviewers",
     fields: Any = None,
+    approvals: int = 1,
+    separation_of_duties: bool = False,
+    escalate_after: timedelta | float | None = None,
+    escalate_to: str = "",
 ) -> Decision:
     """Open a review gate and wait for its decision (see the module docstring).
+
+    ``approvals=2`` needs two distinct approvers ("approve" must be a choice); any other outcome
+    from one reviewer closes the gate at once. ``separation_of_duties=True`` bars whoever
+    started the run (a user, or ``api:<key prefix>``) from approving it. ``escalate_after`` with
+    ``escalate_to``: a gate still unclaimed after that long becomes visible to that group too.
 
     The arguments are checked on every replay, before anything is written, so a mistake in a
     pipeline fails its run with a clear message instead of opening a gate nobody can close.
@@ -105,6 +118,10 @@ def review(
         raise ValueError("a gate's timeout must be positive")
     if not group:
         raise ValueError("a gate needs the name of the group that reviews it")
+    needed = _approvals(approvals)
+    if needed > 1 and "approve" not in options:
+        raise ValueError(f"approvals={needed} needs 'approve' among the choices {options!r}")
+    escalate = _escalation(escalate_after, escalate_to, group)
     schema = schema_of(fields)
     data = payloads.to_json(payload, "gate payload")
     payloads.check_size(data, f"payload of gate {title!r}")
@@ -124,9 +141,40 @@ def review(
             timeout=timedelta(seconds=seconds),
             subject=subject,
             excerpt=excerpt,
+            approvals_required=needed,
+            separation_of_duties=bool(separation_of_duties),
+            escalate_after=escalate[0] if escalate else None,
+            escalate_to=escalate[1] if escalate else "",
         )
 
     # The deadline lives on the Gate row and the reviews sweep fires it, so the engine's
     # own wait has no timeout.
     result = ctx.wait_for(kind="gate", name=title, on_open=on_open, timeout=None)
     return Decision.from_json(result or {}, fields)
+
+
+MAX_APPROVALS = 10
+
+
+def _approvals(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_APPROVALS:
+        raise ValueError(f"approvals must be a whole number from 1 to {MAX_APPROVALS}: {value!r}")
+    return value
+
+
+def _escalation(after: Any, to: Any, group: str) -> tuple[timedelta, str] | None:
+    """``(escalate_after, escalate_to)`` checked, or None when the gate does not escalate."""
+    if after is None and not to:
+        return None
+    if after is None or not to:
+        raise ValueError("escalate_after and escalate_to go together: when, and to which group")
+    if not isinstance(to, str) or len(to) > 150:
+        raise ValueError("escalate_to is the name of a group (at most 150 characters)")
+    if to == group:
+        raise ValueError(f"escalate_to {to!r} is the gate's own group; name a second group")
+    if isinstance(after, bool) or not isinstance(after, (timedelta, int, float)):
+        raise ValueError(f"escalate_after must be a timedelta or seconds, not {after!r}")
+    delay = after if isinstance(after, timedelta) else timedelta(seconds=float(after))
+    if delay.total_seconds() <= 0:
+        raise ValueError("escalate_after must be positive")
+    return delay, to

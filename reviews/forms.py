@@ -132,12 +132,30 @@ class EditsForm(forms.Form):
         super().__init__(*args, **kwargs)
         schema = gate.fields_schema or {}
         required = set(schema.get("required") or [])
+        self.nullable: set[str] = set()
         for name, prop in properties(schema).items():
-            self.fields[name] = field_for(prop if isinstance(prop, dict) else {}, name in required)
+            prop = prop if isinstance(prop, dict) else {}
+            self.fields[name] = field_for(prop, name in required)
+            if nullable(prop)[1]:
+                self.nullable.add(name)
 
     def edits(self) -> dict[str, Any]:
-        """The cleaned values as JSON data (absent numbers become null, not missing)."""
-        return {name: self.cleaned_data.get(name) for name in self.fields}
+        """The cleaned values as JSON data.
+
+        A field left blank whose schema allows null is null; any other blank field (a number,
+        a choice, JSON) is left out, as an API decision that omits it: "not edited", so the
+        schema's default applies instead of a null the field does not accept.
+        """
+        out: dict[str, Any] = {}
+        for name, field in self.fields.items():
+            value = self.cleaned_data.get(name)
+            blank = value is None or (value == "" and isinstance(field, forms.ChoiceField))
+            if blank:
+                if name in self.nullable:
+                    out[name] = None
+                continue
+            out[name] = value
+        return out
 
 
 def field_for(prop: dict[str, Any], required: bool) -> forms.Field:
@@ -166,12 +184,15 @@ def field_for(prop: dict[str, Any], required: bool) -> forms.Field:
         )
     if kind == "integer":
         return forms.IntegerField(
-            min_value=prop.get("minimum"), max_value=prop.get("maximum"), **common
+            # A fractional bound (minimum 0.5) is valid JSON Schema and compares fine.
+            min_value=_number(prop, "minimum"),  # type: ignore[arg-type]
+            max_value=_number(prop, "maximum"),  # type: ignore[arg-type]
+            **common,
         )
     if kind == "number":
         return forms.FloatField(
-            min_value=prop.get("minimum"),
-            max_value=prop.get("maximum"),
+            min_value=_number(prop, "minimum"),
+            max_value=_number(prop, "maximum"),
             widget=forms.NumberInput(attrs={"step": "any"}),
             **common,
         )
@@ -179,13 +200,13 @@ def field_for(prop: dict[str, Any], required: bool) -> forms.Field:
         default = prop.get("default")
         long = (
             prop.get("format") == "textarea"
-            or (prop.get("maxLength") or 0) > LONG_TEXT
+            or (_length(prop, "maxLength") or 0) > LONG_TEXT
             or (isinstance(default, str) and len(default) > 60)
         )
         widget: forms.Widget = forms.Textarea(attrs={"rows": 3}) if long else forms.TextInput()
         return forms.CharField(
-            min_length=prop.get("minLength"),
-            max_length=prop.get("maxLength"),
+            min_length=_length(prop, "minLength"),
+            max_length=_length(prop, "maxLength"),
             strip=True,
             widget=widget,
             empty_value=None if is_nullable else "",
@@ -203,3 +224,18 @@ def field_for(prop: dict[str, Any], required: bool) -> forms.Field:
         if item.get("type", "string") == "string":
             return LinesField(**common)
     return JSONValueField(**common)
+
+
+# A gate opened before its schema was checked may hold a bound that is not a number: the
+# input then goes without it (the decision's own validation says what is wrong), rather than
+# a validator comparing a number with text.
+def _number(prop: dict[str, Any], key: str) -> int | float | None:
+    value = prop.get(key)
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return value
+    return None
+
+
+def _length(prop: dict[str, Any], key: str) -> int | None:
+    value = prop.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None

@@ -74,6 +74,16 @@ class Gate(models.Model):
     )
     decided_at = models.DateTimeField(null=True, blank=True)
     timed_out = models.BooleanField(default=False)
+    # Four eyes: how many distinct approvers close the gate with "approve" (one rejection
+    # closes it at once), and whether whoever started the run is barred from approving it.
+    approvals_required = models.PositiveSmallIntegerField(default=1)
+    separation_of_duties = models.BooleanField(default=False)
+    # Escalation: a deadline column like ``deadline``. The expiry sweep sets ``escalated_at``
+    # once the gate is still unclaimed at ``escalate_at``; from then on the members of
+    # ``escalate_to`` see it too (``reviews.services.gates_visible_to``).
+    escalate_at = models.DateTimeField(null=True, blank=True)
+    escalate_to = models.CharField(max_length=150, blank=True, default="")
+    escalated_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -97,6 +107,12 @@ class Gate(models.Model):
             # "My decisions" and the earlier attempts of a gate.
             models.Index(fields=["decided_by_user", "-decided_at"], name="gate_decided_by_user"),
             models.Index(fields=["run", "title", "id"], name="gate_run_title"),
+            # The escalation sweep: open gates with an escalation not yet fired.
+            models.Index(
+                fields=["escalate_at"],
+                name="gate_open_escalate_at",
+                condition=Q(status="open", escalate_at__isnull=False, escalated_at__isnull=True),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -126,8 +142,9 @@ def decision_json(
     decided_by: str,
     timed_out: bool,
     decided_at: str | None,
+    approvals: list[str] | None = None,
 ) -> dict[str, Any]:
-    return {
+    data = {
         "outcome": outcome,
         "comment": comment,
         "edits": edits,
@@ -135,6 +152,11 @@ def decision_json(
         "timed_out": timed_out,
         "decided_at": decided_at,
     }
+    # Only multi-approver gates carry the list, so the journal of every other gate (and the
+    # replays that compare it) stays as it was.
+    if approvals:
+        data["approvals"] = approvals
+    return data
 
 
 class GateEventKind(models.TextChoices):
@@ -144,6 +166,10 @@ class GateEventKind(models.TextChoices):
     DECIDED = "decided"
     EXPIRED = "expired"
     CANCELED = "canceled"
+    # One approval of a gate that needs several (the last one is the ``decided`` event).
+    APPROVED = "approved"
+    ESCALATED = "escalated"
+    REASSIGNED = "reassigned"
 
 
 class GateEvent(models.Model):
@@ -162,3 +188,26 @@ class GateEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} by {self.actor or 'system'}"
+
+
+class GateApproval(models.Model):
+    """One approver's "approve" on a gate that needs several. The unique constraint makes the
+    same approver count once even if two of their requests race past the service's check."""
+
+    gate = models.ForeignKey(Gate, on_delete=models.CASCADE, related_name="approvals")
+    # A username or "api:<key prefix>", like ``Gate.decided_by``.
+    approver = models.CharField(max_length=150)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    comment = models.TextField(blank=True, default="")
+    at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["gate", "approver"], name="gate_approval_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"approved by {self.approver}"

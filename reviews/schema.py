@@ -32,9 +32,9 @@ def schema_of(fields: Any) -> dict[str, Any]:
         for name, prop in schema.get("properties", {}).items():
             if name in values:
                 prop["default"] = values[name]
-        return schema
+        return check_schema(schema)
     if isinstance(fields, type) and issubclass(fields, pydantic.BaseModel):
-        return _inline_refs(fields.model_json_schema())
+        return check_schema(_inline_refs(fields.model_json_schema()))
     if isinstance(fields, dict):
         schema = payloads.to_json(fields, "fields")
         if schema.get("type", "object") != "object" or not isinstance(
@@ -43,7 +43,7 @@ def schema_of(fields: Any) -> dict[str, Any]:
             raise ValueError(
                 "fields must be a JSON Schema object with 'properties' (or a pydantic model)"
             )
-        return _inline_refs(schema)
+        return check_schema(_inline_refs(schema))
     raise TypeError(
         f"fields must be a JSON Schema dict or a pydantic model, not {type(fields).__name__}"
     )
@@ -110,8 +110,8 @@ def _python_type(prop: dict[str, Any]) -> Any:
     elif kind == "array":
         item = prop.get("items") if isinstance(prop.get("items"), dict) else {}
         annotated = _constrained(
-            list[_python_type(item) if item else Any],
-            prop,  # type: ignore[misc]
+            list[_python_type(item) if item else Any],  # type: ignore[misc]
+            prop,
             {"minItems": "min_length", "maxItems": "max_length"},
         )
     else:
@@ -127,6 +127,61 @@ def _constrained(base: Any, prop: dict[str, Any], names: dict[str, str]) -> Any:
 
     kwargs = {ours: prop[theirs] for theirs, ours in names.items() if theirs in prop}
     return Annotated[base, pydantic.Field(**kwargs)] if kwargs else base
+
+
+class SchemaProblem(ValueError):
+    """A gate's fields schema that no validator can be built from (a bad ``pattern``, a
+    ``minimum`` that is not a number...): ``field`` names the property at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"field {field!r} of the gate's fields schema is invalid: {message}")
+        self.field = field
+        self.message = message
+
+
+def check_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """Build the validator of ``schema`` now, so a mistake in it fails ``ctx.review`` before
+    the gate is opened instead of every decision on it; raise ``SchemaProblem`` naming the
+    field. Returns ``schema``."""
+    for name, prop in properties(schema).items():
+        prop = prop if isinstance(prop, dict) else {}
+        inner = nullable(prop)[0]
+        try:
+            # The form's inputs take these bounds too (a number input's min, a text's
+            # maxlength): they must be numbers even where pydantic would coerce "5".
+            for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+                if key in inner and not _is_number(inner[key]):
+                    raise ValueError(f"{key} must be a number, not {inner[key]!r}")
+            for key in ("minLength", "maxLength", "minItems", "maxItems"):
+                value = inner.get(key, 0)
+                if not (_is_number(value) and isinstance(value, int) and value >= 0):
+                    raise ValueError(f"{key} must be a whole number, not {value!r}")
+            pydantic.create_model(  # type: ignore[call-overload]
+                "GateField", value=(_python_type(prop), None)
+            )
+        except Exception as exc:  # pydantic's SchemaError, TypeError (an unhashable enum)...
+            raise SchemaProblem(str(name), _first_line(exc)) from None
+    try:
+        _model_for(json.dumps(schema, sort_keys=True))
+    except Exception as exc:
+        raise SchemaProblem("(schema)", _first_line(exc)) from None
+    return schema
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _first_line(exc: BaseException) -> str:
+    # pydantic's SchemaError nests 'Error building ... validator:' lines around the cause.
+    lines = [
+        line.strip().removeprefix("SchemaError:").strip()
+        for line in str(exc).splitlines()
+        if line.strip()
+        and "Error building" not in line
+        and not line.strip().startswith("SchemaError: Field")
+    ]
+    return "; ".join(lines)[:300] or type(exc).__name__
 
 
 @lru_cache(maxsize=256)
@@ -158,7 +213,23 @@ def validate_edits(
         return None, []
     if not isinstance(edits, dict):
         return None, [{"field": "edits", "message": "edits must be an object of field values"}]
-    model = _model_for(json.dumps(schema, sort_keys=True))
+    errors = []
+    for name, value in edits.items():
+        try:
+            # Deep nesting, NaN, NUL: what no JSON column stores is a mistake in the edit.
+            payloads.check_size(payloads.to_json(value, str(name)), str(name))
+        except (TypeError, ValueError) as exc:
+            errors.append({"field": str(name), "message": str(exc)})
+    if errors:
+        return None, errors
+    try:
+        check_schema(schema)
+        model = _model_for(json.dumps(schema, sort_keys=True))
+    except SchemaProblem as exc:
+        # A gate opened before its schema was checked when opened: it can still be decided
+        # (with a clear 422 on the field) or expire, never a 500.
+        message = f"this field cannot be edited: {exc.message}"
+        return None, [{"field": exc.field, "message": message}]
     try:
         clean = model.model_validate(edits)
     except pydantic.ValidationError as exc:

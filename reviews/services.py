@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,13 +28,20 @@ from django.db import connection, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from reviews.models import Gate, GateEvent, GateEventKind, GateStatus, decision_json
+from reviews.models import (
+    Gate,
+    GateApproval,
+    GateEvent,
+    GateEventKind,
+    GateStatus,
+    decision_json,
+)
 from reviews.schema import validate_edits
 from workflows import access
 from workflows.doorbell import ring_on_commit
 from workflows.errors import InvalidInputError, InvalidStateError, SluiceError
-from workflows.models import ACTIVE_RUN, Run, RunStatus, Step, StepStatus
-from workflows.services import complete_waiting_step
+from workflows.models import Run, RunStatus, Step
+from workflows.services import complete_waiting_step, complete_waiting_steps
 
 log = logging.getLogger(__name__)
 
@@ -73,22 +81,59 @@ def review_groups(user: Any) -> list[str]:
     return access.user_groups(user)
 
 
+VIEW_GATE_PERMISSION = "reviews.view_gate"
+
+
+def sees_every_gate(user: Any) -> bool:
+    """An operator for gates: staff holding the gate view permission (superusers hold every
+    one). Such a user sees, decides and frees the gates of every group and tenant; the staff
+    flag alone does not (docs/security.md)."""
+    return bool(
+        user.is_authenticated
+        and user.is_active
+        and user.is_staff
+        and user.has_perm(VIEW_GATE_PERMISSION)
+    )
+
+
+CHANGE_GATE_PERMISSION = "reviews.change_gate"
+
+
+def overrides_claims(user: Any) -> bool:
+    """May free or decide a gate another reviewer claimed: staff with the gate change
+    permission (the admin's "release claims" action asks for the same)."""
+    return bool(
+        user.is_authenticated
+        and user.is_active
+        and user.is_staff
+        and user.has_perm(CHANGE_GATE_PERMISSION)
+    )
+
+
 def is_reviewer(user: Any) -> bool:
-    """Staff, or a member of at least one group (each group reviews the gates named after it)."""
-    return bool(user.is_authenticated and user.is_active and (user.is_staff or review_groups(user)))
+    """A gate operator, or a member of at least one group (each group reviews the gates named
+    after it)."""
+    return bool(
+        user.is_authenticated and user.is_active and (sees_every_gate(user) or review_groups(user))
+    )
 
 
 def gates_visible_to(user: Any) -> QuerySet[Gate]:
-    """Gates ``user`` may see and decide: staff all; a reviewer those of their groups on runs
-    of their tenant (``workflows.access``; docs/security.md)."""
+    """Gates ``user`` may see and decide: a gate operator all; a reviewer those of their groups
+    on runs of their tenant (``workflows.access``; docs/security.md)."""
     if not user.is_authenticated or not user.is_active:
         return Gate.objects.none()
-    if user.is_staff:
+    if sees_every_gate(user):
         return Gate.objects.all()
     groups = review_groups(user)
     if not groups:
         return Gate.objects.none()
-    return Gate.objects.filter(group__in=groups, run__tenant=access.user_tenant(user))
+    # An escalated gate is seen by its own group and by the escalation group, on runs of the
+    # reviewer's tenant only: escalation widens the group, never the tenant.
+    return Gate.objects.filter(
+        Q(group__in=groups) | Q(escalate_to__in=groups, escalated_at__isnull=False),
+        run__tenant=access.user_tenant(user),
+    )
 
 
 def open_queue(
@@ -147,6 +192,8 @@ def next_gate_for(user: Any, after: Gate | None = None) -> Gate | None:
     )
     if after is not None:
         qs = qs.exclude(pk=after.pk)
+    # A four-eyes gate this reviewer already approved waits for someone else.
+    qs = qs.exclude(approvals__approver=user.get_username())
     return qs.only("id", "title").order_by("deadline", "id").first()
 
 
@@ -214,8 +261,8 @@ def next_attempt(gate: Gate, user: Any) -> Gate | None:
 def _claimed_message(gate: Gate) -> str:
     who = gate.claimed_by.get_username() if gate.claimed_by else "another reviewer"
     return (
-        f"claimed by {who} at {_when(gate.claimed_at)}; only {who} (or staff) can decide it "
-        "until it is released"
+        f"claimed by {who} at {_when(gate.claimed_at)}; only {who} (or an operator who may "
+        "change gates) can decide it until it is released"
     )
 
 
@@ -236,6 +283,10 @@ def open_gate(
     timeout: timedelta,
     subject: str = "",
     excerpt: str = "",
+    approvals_required: int = 1,
+    separation_of_duties: bool = False,
+    escalate_after: timedelta | None = None,
+    escalate_to: str = "",
 ) -> Gate:
     """Create the gate of a waiting journal row. Called by ``ctx.review`` inside the transaction
     that writes that row, so the two commit together."""
@@ -256,17 +307,24 @@ def open_gate(
         fields_schema=fields_schema,
         attempt=earlier + 1,
         deadline=now + timeout,
+        approvals_required=approvals_required,
+        separation_of_duties=separation_of_duties,
+        escalate_at=now + escalate_after if escalate_after is not None else None,
+        escalate_to=escalate_to,
     )
-    GateEvent.objects.create(
-        gate=gate,
-        kind=GateEventKind.OPENED,
-        at=now,
-        detail={
-            "deadline": gate.deadline.isoformat(),
-            "group": group,
-            "attempt": gate.attempt,
-        },
-    )
+    detail: dict[str, Any] = {
+        "deadline": gate.deadline.isoformat(),
+        "group": group,
+        "attempt": gate.attempt,
+    }
+    if approvals_required > 1:
+        detail["approvals_required"] = approvals_required
+    if separation_of_duties:
+        detail["separation_of_duties"] = True
+    if gate.escalate_at is not None:
+        detail["escalate_at"] = gate.escalate_at.isoformat()
+        detail["escalate_to"] = escalate_to
+    GateEvent.objects.create(gate=gate, kind=GateEventKind.OPENED, at=now, detail=detail)
     return gate
 
 
@@ -293,13 +351,14 @@ def claim_gate(gate_id: Any, user: Any) -> Gate:
 
 
 def release_gate(gate_id: Any, user: Any) -> Gate:
-    """Give up the claim. Only its holder may, or staff (who can free a gate someone left)."""
+    """Give up the claim. Only its holder may, or staff who may change gates (``overrides_claims``:
+    they can free a gate someone left)."""
     now = timezone.now()
     with transaction.atomic():
         gate = get_gate(gate_id)
         holder = gate.claimed_by.get_username() if gate.claimed_by else ""
         qs = Gate.objects.filter(pk=gate_id, status=GateStatus.OPEN, claimed_by__isnull=False)
-        if not user.is_staff:
+        if not overrides_claims(user):
             qs = qs.filter(claimed_by=user)
         # Compare-and-swap on the holder we read, so a claim taken meanwhile is not dropped.
         n = qs.filter(claimed_by_id=gate.claimed_by_id).update(claimed_by=None, claimed_at=None)
@@ -361,66 +420,210 @@ def decide_gate(
         listing = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         raise InvalidDecisionError(f"invalid decision: {listing}", errors)
     comment = (comment or "").strip()
+    check_separation_of_duties(gate, outcome, actor)
     now = timezone.now()
     stale_step = False
+    approved_once = False
     with transaction.atomic():
         _lock_run(gate.run_id)
         qs = Gate.objects.filter(pk=gate.pk, status=GateStatus.OPEN)
-        if user is not None and not user.is_staff:
+        if user is not None and not overrides_claims(user):
             qs = qs.filter(Q(claimed_by__isnull=True) | Q(claimed_by=user))
-        n = qs.update(
-            status=GateStatus.DECIDED,
-            outcome=outcome,
-            comment=comment,
-            edits=clean,
-            decided_by=actor[:150],
-            decided_by_user=user,
-            decided_at=now,
-            timed_out=False,
-        )
-        if n:
-            result = decision_json(
+        approvals: list[str] = []
+        if gate.approvals_required > 1 and outcome == "approve":
+            # Four eyes. The run lock serializes every decision on this gate (and keeps the
+            # expiry sweep and a cancel out), so counting the approvals here cannot race.
+            step = record_approval(
+                qs, gate, actor=actor, user=user, comment=comment, edits=clean, now=now
+            )
+            approved_once = step.outcome in ("partial", "already")
+            approvals = step.approvers
+        if approved_once:
+            n = 1
+        else:
+            decided_by = ", ".join(approvals) if approvals else actor
+            n, stale_step = _close_decided(
+                qs,
+                gate,
                 outcome=outcome,
                 comment=comment,
                 edits=clean,
-                decided_by=actor[:150],
-                timed_out=False,
-                decided_at=now.isoformat(),
+                decided_by=decided_by[:150],
+                actor=actor,
+                user=user,
+                now=now,
+                approvals=approvals,
             )
-            if complete_waiting_step(gate.step_id, result=result, extra={"decided_by": actor}):
-                GateEvent.objects.create(
-                    gate=gate,
-                    kind=GateEventKind.DECIDED,
-                    actor=actor[:150],
-                    at=now,
-                    detail=_detail(outcome, comment, clean),
-                )
-            else:
-                # The journal row no longer waits (the run was restarted or canceled without
-                # the gate hearing of it): the decision cannot reach the run, so close the gate
-                # as canceled rather than pretend it was decided.
-                Gate.objects.filter(pk=gate.pk).update(
-                    status=GateStatus.CANCELED,
-                    outcome="",
-                    comment="",
-                    edits=None,
-                    decided_by="",
-                    decided_by_user=None,
-                    timed_out=False,
-                )
-                GateEvent.objects.create(
-                    gate=gate,
-                    kind=GateEventKind.CANCELED,
-                    at=now,
-                    detail={"reason": "the run no longer waits for it"},
-                )
-                stale_step = True
     gate = get_gate(gate.pk)
     if n and not stale_step:
         return gate
     if gate.is_open:
         raise GateClaimedError(_claimed_message(gate), gate)
     raise GateClosedError(closed_message(gate), gate)
+
+
+def _close_decided(
+    qs: QuerySet[Gate],
+    gate: Gate,
+    *,
+    outcome: str,
+    comment: str,
+    edits: Any,
+    decided_by: str,
+    actor: str,
+    user: Any,
+    now: datetime,
+    approvals: list[str],
+) -> tuple[int, bool]:
+    """The closing compare-and-swap of ``decide_gate``: open → decided, the journal row
+    resolved, the audit event written. Returns (rows swapped, whether the step was stale)."""
+    n = qs.update(
+        status=GateStatus.DECIDED,
+        outcome=outcome,
+        comment=comment,
+        edits=edits,
+        decided_by=decided_by,
+        decided_by_user=user,
+        decided_at=now,
+        timed_out=False,
+    )
+    if not n:
+        return 0, False
+    result = decision_json(
+        outcome=outcome,
+        comment=comment,
+        edits=edits,
+        decided_by=decided_by,
+        timed_out=False,
+        decided_at=now.isoformat(),
+        approvals=approvals,
+    )
+    if complete_waiting_step(gate.step_id, result=result, extra={"decided_by": decided_by}):
+        detail = _detail(outcome, comment, edits)
+        if approvals:
+            detail["approvals"] = approvals
+        GateEvent.objects.create(
+            gate=gate,
+            kind=GateEventKind.DECIDED,
+            actor=actor[:150],
+            at=now,
+            detail=detail,
+        )
+        return n, False
+    # The journal row no longer waits (the run was restarted or canceled without the gate
+    # hearing of it): the decision cannot reach the run, so close the gate as canceled rather
+    # than pretend it was decided.
+    Gate.objects.filter(pk=gate.pk).update(
+        status=GateStatus.CANCELED,
+        outcome="",
+        comment="",
+        edits=None,
+        decided_by="",
+        decided_by_user=None,
+        timed_out=False,
+    )
+    GateEvent.objects.create(
+        gate=gate,
+        kind=GateEventKind.CANCELED,
+        at=now,
+        detail={"reason": "the run no longer waits for it"},
+    )
+    return n, True
+
+
+# --- four eyes ----------------------------------------------------------------------------------
+
+
+class SeparationOfDutiesError(InvalidStateError, PermissionError):
+    """Whoever started the run may not approve it (the gate has ``separation_of_duties``).
+
+    An ``InvalidStateError`` so that a caller handling "this gate does not take my decision"
+    in general handles it too; the pages answer 403 and the API 403 ``forbidden``."""
+
+    def __init__(self, message: str, gate: Gate | None = None) -> None:
+        super().__init__(message)
+        self.gate = gate
+
+
+def started_the_run(gate: Gate, actor: str) -> bool:
+    """Whether ``actor`` (a username or ``api:<key prefix>``) started the gate's run."""
+    return bool(actor) and gate.run.created_by == actor
+
+
+def check_separation_of_duties(gate: Gate, outcome: str, actor: str) -> None:
+    """Raise ``SeparationOfDutiesError`` if ``actor`` started the run and tries to approve a
+    gate with separation of duties. Rejecting (or any other outcome) stays allowed: the rule
+    only stops anyone from waving through their own work."""
+    if gate.separation_of_duties and outcome == "approve" and started_the_run(gate, actor):
+        raise SeparationOfDutiesError(
+            f"separation of duties: {actor} started this run, so another reviewer must approve it",
+            gate,
+        )
+
+
+@dataclass(frozen=True)
+class ApprovalStep:
+    """What one approval did: ``partial`` (recorded, more needed), ``complete`` (this one was
+    the last needed), ``already`` (this approver had approved; it counts once) or ``closed``
+    (the gate no longer takes decisions from this caller)."""
+
+    outcome: str
+    approvers: list[str]
+
+
+def approvers_of(gate_id: Any) -> list[str]:
+    return list(
+        GateApproval.objects.filter(gate_id=gate_id)
+        .order_by("at", "id")
+        .values_list("approver", flat=True)
+    )
+
+
+def record_approval(
+    qs: QuerySet[Gate],
+    gate: Gate,
+    *,
+    actor: str,
+    user: Any,
+    comment: str,
+    now: datetime,
+    edits: Any = None,
+) -> ApprovalStep:
+    """Record ``actor``'s approval of a gate that needs several. Call inside ``decide_gate``'s
+    transaction, after the run row is locked.
+
+    1. Lock the gate row if it still takes this caller's decision (``qs``: open, and not
+       claimed by someone else); otherwise report ``closed`` and let the caller explain.
+    2. An approver who already approved counts once: nothing is written.
+    3. Otherwise write the approval; if it is not the last one needed, audit it as an
+       ``approved`` event (with the approver's comment and edits: the decision itself carries
+       the edits of the approval that closes the gate) and drop the approver's claim, so the
+       next approver can decide.
+    """
+    locked = qs
+    if connection.features.has_select_for_update:
+        locked = locked.select_for_update()
+    if not locked.exists():
+        return ApprovalStep("closed", [])
+    approver = actor[:150]
+    approvers = approvers_of(gate.pk)
+    if approver in approvers:
+        return ApprovalStep("already", approvers)
+    GateApproval.objects.create(gate=gate, approver=approver, user=user, comment=comment, at=now)
+    approvers.append(approver)
+    if len(approvers) >= gate.approvals_required:
+        return ApprovalStep("complete", approvers)
+    detail: dict[str, Any] = {"count": len(approvers), "required": gate.approvals_required}
+    if comment:
+        detail["comment"] = comment
+    if edits is not None:
+        detail["edits"] = edits
+    GateEvent.objects.create(
+        gate=gate, kind=GateEventKind.APPROVED, actor=approver, at=now, detail=detail
+    )
+    if user is not None:
+        Gate.objects.filter(pk=gate.pk, claimed_by=user).update(claimed_by=None, claimed_at=None)
+    return ApprovalStep("partial", approvers)
 
 
 def _detail(outcome: str, comment: str, edits: Any) -> dict[str, Any]:
@@ -457,8 +660,10 @@ def expire_due_gates(
        is left for the next sweep, by which time it is closed or still due.
     3. Compare-and-swap the gates open → expired (outcome = on_timeout, decided_by empty,
        timed_out) and read back which ones this batch closed.
-    4. Resolve their waiting journal rows and wake their runs, in bulk (one statement per
-       distinct outcome), then write the audit events. The doorbells ring on commit.
+    4. Resolve their waiting journal rows through the engine's ``complete_waiting_steps`` and
+       wake their runs, in bulk (one statement per distinct outcome), then write the audit
+       events. A gate whose step no longer waits is closed as canceled, not as expired. The
+       doorbells ring on commit.
 
     A batch that fails is logged and the sweep stops there; the next one retries it.
     """
@@ -532,12 +737,19 @@ def _expire_batch(now: datetime, batch: int, skip: set[int]) -> tuple[int, int, 
 
 
 def _resolve_expired(rows: list[tuple[int, Any, int, str]], closed_at: datetime) -> None:
-    """The bulk form of ``complete_waiting_step`` for expired gates: the same compare-and-swap
-    (waiting, not superseded → succeeded with the decision) and the same wake-up (mark the run
-    runnable, ring on commit), in a few statements for a whole batch."""
+    """Resolve the journal rows of the gates this batch expired through the engine's
+    ``complete_waiting_steps`` (one compare-and-swap per distinct outcome), ring for the runs
+    it woke, and write the audit events.
+
+    A gate whose step no longer waits (its run was restarted or canceled without the gate
+    hearing of it) did not advance anything: it is closed as canceled, not as expired and
+    auto-advanced, like a decision that comes too late (``decide_gate``).
+    """
     by_outcome: dict[str, list[int]] = defaultdict(list)
     for _gate_id, _run_id, step_id, outcome in rows:
         by_outcome[outcome].append(step_id)
+    resolved: set[int] = set()
+    woken: list[tuple[Any, int]] = []
     for outcome, step_ids in by_outcome.items():
         result = decision_json(
             outcome=outcome,
@@ -547,25 +759,38 @@ def _resolve_expired(rows: list[tuple[int, Any, int, str]], closed_at: datetime)
             timed_out=True,
             decided_at=closed_at.isoformat(),
         )
-        Step.objects.filter(pk__in=step_ids, status=StepStatus.WAITING, superseded=False).update(
-            status=StepStatus.SUCCEEDED,
-            result=result,
-            finished_at=closed_at,
-            usage={"timed_out": True},
+        done, runs = complete_waiting_steps(step_ids, result=result, timed_out=True, now=closed_at)
+        resolved |= done
+        woken += runs
+    ring_for_runs(sorted({(str(pk), gen) for pk, gen in woken}))
+    stale = [gate_id for gate_id, _run_id, step_id, _outcome in rows if step_id not in resolved]
+    if stale:
+        Gate.objects.filter(pk__in=stale, status=GateStatus.EXPIRED).update(
+            status=GateStatus.CANCELED, outcome="", timed_out=False
         )
-    run_ids = list({r[1] for r in rows})
-    woken = Run.objects.filter(pk__in=run_ids, status__in=ACTIVE_RUN)
-    woken.update(wake_requested_at=closed_at)
-    ring_for_runs([(str(pk), gen) for pk, gen in woken.values_list("pk", "generation")])
+    # A four-eyes gate that expired with some approvals keeps them (GateApproval rows), and
+    # its audit event names them next to the default it advanced with.
+    partial: dict[int, list[str]] = defaultdict(list)
+    approvals = GateApproval.objects.filter(gate_id__in=[r[0] for r in rows]).order_by("at", "id")
+    for gate_id, approver in approvals.values_list("gate_id", "approver"):
+        partial[gate_id].append(approver)
     GateEvent.objects.bulk_create(
         [
             GateEvent(
                 gate_id=gate_id,
                 kind=GateEventKind.EXPIRED,
                 at=closed_at,
-                detail={"outcome": outcome},
+                detail={"outcome": outcome}
+                | ({"approvals": partial[gate_id]} if gate_id in partial else {}),
             )
-            for gate_id, _run_id, _step_id, outcome in rows
+            if step_id in resolved
+            else GateEvent(
+                gate_id=gate_id,
+                kind=GateEventKind.CANCELED,
+                at=closed_at,
+                detail={"reason": "the run no longer waits for it"},
+            )
+            for gate_id, _run_id, step_id, outcome in rows
         ]
     )
 
@@ -600,6 +825,130 @@ def send_resume_chunks(chunks: list[list[tuple[str, int]]]) -> None:
                 resume_runs.apply_async((runs,), queue="default", producer=producer)
     except Exception:  # The engine's sweep rings again from the tables.
         log.warning("could not send resume messages; the sweep will ring", exc_info=True)
+
+
+# --- reassigning --------------------------------------------------------------------------------
+
+
+class ReassignError(InvalidInputError):
+    """The gate cannot be handed to that reviewer (unknown, cannot see the gate, …)."""
+
+
+def may_reassign(gate: Gate, user: Any) -> bool:
+    """The claimant of an open gate, a member of its escalation group once it escalated, or
+    staff who may override claims (``overrides_claims``) may hand it to another reviewer."""
+    if not gate.is_open or not user.is_authenticated:
+        return False
+    if overrides_claims(user) or (gate.claimed_by_id is not None and gate.claimed_by_id == user.pk):
+        return True
+    return gate.escalated_at is not None and gate.escalate_to in review_groups(user)
+
+
+def reassign_gate(gate_id: Any, user: Any, to: str) -> Gate:
+    """Hand an open gate to the reviewer named ``to``: they hold its claim from now on.
+
+    1. ``user`` must be allowed (``may_reassign``); the target must be an active user who can
+       see the gate (its group or, once escalated, its escalation group, and the run's
+       tenant), so a gate is never handed to someone who could not open it.
+    2. Compare-and-swap the claim from the holder read in step 1 to the target, so a claim or
+       a decision that happened meanwhile is not overwritten.
+    3. Audit it as a ``reassigned`` event (from whom, to whom), for a later notification
+       feature to read.
+    """
+    from django.contrib.auth import get_user_model
+
+    gate = get_gate(gate_id, user)
+    if not gate.is_open:
+        raise GateClosedError(closed_message(gate), gate)
+    if not may_reassign(gate, user):
+        raise GateClaimedError(
+            "only the reviewer who claimed this gate, a member of its escalation group once it "
+            "escalated, or staff who may override claims can reassign it",
+            gate,
+        )
+    name = (to or "").strip()
+    target = get_user_model().objects.filter(username=name, is_active=True).first()
+    if target is None or not gates_visible_to(target).filter(pk=gate.pk).exists():
+        raise ReassignError(
+            f"{name or 'nobody'} is not a reviewer who can see this gate",
+            [{"field": "to", "message": "name a reviewer of the gate's group and tenant"}],
+        )
+    if gate.claimed_by_id == target.pk:
+        raise ReassignError(
+            f"{name} already holds this gate", [{"field": "to", "message": "already holds it"}]
+        )
+    holder = gate.claimed_by.get_username() if gate.claimed_by else ""
+    now = timezone.now()
+    with transaction.atomic():
+        n = Gate.objects.filter(
+            pk=gate.pk, status=GateStatus.OPEN, claimed_by_id=gate.claimed_by_id
+        ).update(claimed_by=target, claimed_at=now)
+        if n:
+            GateEvent.objects.create(
+                gate=gate,
+                kind=GateEventKind.REASSIGNED,
+                actor=user.get_username(),
+                at=now,
+                detail={"from": holder, "to": target.get_username()},
+            )
+    gate = get_gate(gate.pk)
+    if n:
+        return gate
+    if not gate.is_open:
+        raise GateClosedError(closed_message(gate), gate)
+    raise GateClaimedError(_claimed_message(gate), gate)
+
+
+# --- escalation ---------------------------------------------------------------------------------
+
+
+def escalate_due_gates(now: datetime | None = None, batch: int | None = None) -> int:
+    """Escalate every open, unclaimed gate whose ``escalate_at`` passed: from now on the members
+    of its ``escalate_to`` group see it too. Called by the same beat task as the expiry sweep
+    (a deadline column, not a scheduled task per gate); idempotent. Returns how many gates it
+    escalated.
+
+    1. Select the due gates ``FOR UPDATE SKIP LOCKED`` (a decision or a claim in flight, or a
+       second sweeper, makes us skip the row; the next sweep sees it again if still due).
+    2. Compare-and-swap ``escalated_at`` from empty to now, on the gates still open and
+       unclaimed, and read back which ones this sweep set.
+    3. Write one ``escalated`` audit event per gate (a later notification feature can read
+       them).
+
+    A gate claimed when it becomes due is not escalated while the claim lasts: someone is on
+    it. If the claim is released before the deadline, the next sweep escalates it.
+    """
+    now = now or timezone.now()
+    batch = batch or settings.SLUICE_GATE_EXPIRY_BATCH
+    skip_locked = connection.features.has_select_for_update_skip_locked
+    with transaction.atomic():
+        due = Gate.objects.filter(
+            status=GateStatus.OPEN,
+            escalate_at__lte=now,
+            escalated_at__isnull=True,
+            claimed_by__isnull=True,
+        )
+        if skip_locked:
+            due = due.select_for_update(skip_locked=True)
+        ids = list(due.order_by("escalate_at", "id").values_list("pk", flat=True)[:batch])
+        if not ids:
+            return 0
+        at = timezone.now()
+        Gate.objects.filter(
+            pk__in=ids, status=GateStatus.OPEN, escalated_at__isnull=True, claimed_by__isnull=True
+        ).update(escalated_at=at)
+        mine = list(
+            Gate.objects.filter(pk__in=ids, escalated_at=at).values_list("pk", "escalate_to")
+        )
+        GateEvent.objects.bulk_create(
+            [
+                GateEvent(gate_id=pk, kind=GateEventKind.ESCALATED, at=at, detail={"to": to})
+                for pk, to in mine
+            ]
+        )
+    if mine:
+        log.info("escalated %d gates", len(mine))
+    return len(mine)
 
 
 # --- canceling ----------------------------------------------------------------------------------

@@ -12,12 +12,18 @@ log = logging.getLogger(__name__)
 
 @shared_task(name="reviews.expire_gates", ignore_result=True)
 def expire_gates() -> int:
-    """Beat-driven (every ``SLUICE_SWEEP_INTERVAL`` seconds): expire the gates that are due.
+    """Beat-driven (every ``SLUICE_SWEEP_INTERVAL`` seconds): escalate, then expire, the gates
+    that are due.
 
     Idempotent and safe to run twice at once: the batches skip rows another sweep holds.
     """
-    from reviews.services import expire_due_gates
+    from reviews.services import escalate_due_gates, expire_due_gates
 
+    # Escalation first: a gate due for both is expired right after, and its trail shows both.
+    try:
+        escalate_due_gates()
+    except Exception:  # Never let escalation stop the expiry sweep; the next sweep retries.
+        log.exception("gate escalation sweep failed")
     return expire_due_gates()
 
 

@@ -17,4 +17,5 @@ urlpatterns = [
     path("<int:pk>/claim/", views.gate_claim, name="claim"),
     path("<int:pk>/release/", views.gate_release, name="release"),
     path("<int:pk>/decide/", views.gate_decide, name="decide"),
+    path("<int:pk>/reassign/", views.gate_reassign, name="reassign"),
 ]

@@ -212,9 +212,29 @@ def bulk_decide(request: HttpRequest) -> HttpResponse:
     n = len(result.decided)
     if n:
         messages.success(request, f"{verb} {n} gate{'s' if n != 1 else ''}.")
+    if result.partial:
+        messages.success(request, _partial_message(result.partial))
     if result.skipped:
-        messages.warning(request, _skipped_message(result.skipped, decided_any=bool(n)))
+        acted = bool(n or result.partial)
+        messages.warning(request, _skipped_message(result.skipped, decided_any=acted))
     return redirect(back)
+
+
+def _partial_message(partial: list[bulk.Partial]) -> str:
+    """Four-eyes gates approved once by this reviewer: still open, awaiting another approver."""
+    k = len(partial)
+    head = (
+        f"Your approval was recorded on {k} gate{'s' if k != 1 else ''} "
+        "that need{} another approver:".format("s" if k == 1 else "")
+    )
+    items = format_html_join(
+        "",
+        '<li data-testid="bulk-partial"><bdi>“{}”</bdi> — approved ({} of {}).</li>',
+        ((p.gate.title, p.count, p.required) for p in partial[:BULK_SKIPS_LISTED]),
+    )
+    more = f"<li>… and {k - BULK_SKIPS_LISTED} more.</li>" if k > BULK_SKIPS_LISTED else ""
+    more_html = mark_safe(more)  # noqa: S308  (a number only)
+    return format_html('{} <ul class="rv-skipped">{}{}</ul>', head, items, more_html)
 
 
 def _skipped_message(skipped: list[bulk.Skipped], *, decided_any: bool) -> str:
@@ -249,7 +269,9 @@ def _gate_context(
         .order_by("-pk")
     )
     has_fields = bool((gate.fields_schema or {}).get("properties"))
+    frees_others = services.overrides_claims(request.user)
     return {
+        **_four_eyes_context(request, gate),
         "nav": "reviews",
         "gate": gate,
         "view": present(gate.payload),
@@ -258,11 +280,30 @@ def _gate_context(
         "form": form or DecisionForm(gate, initial={"outcome": gate.on_timeout}),
         "edits_form": edits_form or (EditsForm(gate) if has_fields else None),
         "can_decide": gate.is_open
-        and (gate.claimed_by_id in (None, request.user.pk) or request.user.is_staff),
+        and (gate.claimed_by_id in (None, request.user.pk) or frees_others),
+        "frees_others": frees_others,
         "closed_message": ("" if gate.is_open else services.closed_message_for(gate, request.user)),
         "next_attempt": services.next_attempt(gate, request.user),
         "now": timezone.now(),
         "poll_seconds": settings.SLUICE_REVIEW_POLL_SECONDS,
+    }
+
+
+def _four_eyes_context(request: HttpRequest, gate: Gate) -> dict[str, Any]:
+    """What the decision panel shows of approvals, separation of duties and reassigning, and
+    which choices this reviewer still has (no "approve" for someone who already approved or
+    who started the run of a separation-of-duties gate)."""
+    me = request.user.get_username()
+    approvals = list(gate.approvals.all()) if gate.approvals_required > 1 else []
+    approved_by_me = any(a.approver == me for a in approvals)
+    barred = gate.separation_of_duties and services.started_the_run(gate, me)
+    no_approve = approved_by_me or barred
+    return {
+        "approvals": approvals,
+        "approved_by_me": approved_by_me,
+        "barred_from_approving": barred,
+        "my_choices": [c for c in gate.choices if not (no_approve and c == "approve")],
+        "can_reassign": services.may_reassign(gate, request.user),
     }
 
 
@@ -351,6 +392,10 @@ def gate_decide(request: HttpRequest, pk: int) -> HttpResponse:
                 target = edits_form if on_edits and edits_form is not None else form
                 name = err["field"] if err["field"] in target.fields else None
                 target.add_error(name, err["message"])
+        except services.SeparationOfDutiesError as exc:
+            form.add_error(None, str(exc)[:1].upper() + str(exc)[1:] + ".")
+            context = _gate_context(request, gate, form=form, edits_form=edits_form)
+            return render(request, "reviews/gate.html", context, status=403)
         except (services.GateClosedError, services.GateClaimedError):
             return _not_taken(request, gate, form.cleaned_data["comment"])
         else:
@@ -373,6 +418,16 @@ def _not_taken(request: HttpRequest, gate: Gate, comment: str) -> HttpResponse:
 
 
 def _after_decision(request: HttpRequest, gate: Gate, outcome: str) -> HttpResponse:
+    gate = services.get_gate(gate.pk)
+    if gate.is_open and outcome == "approve":
+        # One approval of a four-eyes gate: it stays open for the next approver.
+        count = gate.approvals.count()
+        messages.success(
+            request,
+            f"You approved “{gate.title}” ({count} of {gate.approvals_required} approvals); "
+            "it waits for another reviewer.",
+        )
+        return redirect("reviews:gate", pk=gate.pk)
     verb = {"approve": "Approved", "reject": "Rejected"}.get(outcome, f"Decided “{outcome}” on")
     following = services.next_gate_for(request.user, after=gate)
     if following is None:
@@ -380,6 +435,31 @@ def _after_decision(request: HttpRequest, gate: Gate, outcome: str) -> HttpRespo
         return redirect("reviews:queue")
     messages.success(request, f"{verb} “{gate.title}”. Next up: “{following.title}”.")
     return redirect("reviews:gate", pk=following.pk)
+
+
+@require_POST
+@reviewer_required
+def gate_reassign(request: HttpRequest, pk: int) -> HttpResponse:
+    """Hand the gate to a named reviewer (``services.reassign_gate`` says who may)."""
+    gate = _gate_or_404(request, pk)
+    if not services.may_reassign(gate, request.user) and gate.is_open:
+        raise PermissionDenied(
+            "Only the reviewer who claimed this gate, its escalation group once it escalated, "
+            "or staff can reassign it."
+        )
+    to = request.POST.get("to", "")[:150]
+    try:
+        gate = services.reassign_gate(gate.pk, request.user, to)
+    except (
+        services.GateClosedError,
+        services.GateClaimedError,
+        services.ReassignError,
+    ) as exc:
+        messages.error(request, str(exc)[:1].upper() + str(exc)[1:] + ".")
+    else:
+        holder = gate.claimed_by.get_username() if gate.claimed_by else to
+        messages.success(request, f"You handed this gate to {holder}.")
+    return redirect("reviews:gate", pk=pk)
 
 
 # --- my decisions -------------------------------------------------------------------------------

@@ -118,6 +118,8 @@ nasty_text = st.one_of(
     st.integers().map(str),
     st.floats().map(str),
     st.integers(min_value=1, max_value=200_000).map(lambda n: "[" * n + "]" * n),
+    # Objects nested past what pydantic serializes (~255 levels) and past the recursion limit.
+    st.integers(min_value=1, max_value=5000).map(lambda n: '{"a":' * n + "1" + "}" * n),
 )
 
 
@@ -326,18 +328,21 @@ EVERY_FIELD: dict[str, Any] = {
     "required": ["sentiment", "score"],
 }
 # A value each field accepts: most examples mix valid fields with a few hostile ones, so the
-# fuzzing also reaches decisions that go through and runs that resume.
+# fuzzing also reaches decisions that go through and runs that resume. (Text without NUL,
+# which no column stores: with no hostile field and a valid outcome, a decision must pass.)
+plain = st.characters(exclude_characters="\x00")
 VALID_EDITS: dict[str, st.SearchStrategy[Any]] = {
     "sentiment": st.sampled_from(["positive", "neutral", "negative"]),
     "level": st.sampled_from(["1", "2", "3"]),
     "score": st.floats(0, 1).map(str),
     "ratio": st.one_of(st.just(""), st.floats(-1e6, 1e6).map(str)),
-    "priority": st.integers(1, 4).map(str),
-    "count": st.integers(-(10**30), 10**30).map(str),
-    "notes": st.text(max_size=100),
-    "reply": st.text(max_size=100),
+    # Blank optional numbers mean "not edited", as an API decision that leaves them out.
+    "priority": st.one_of(st.just(""), st.integers(1, 4).map(str)),
+    "count": st.one_of(st.just(""), st.integers(-(10**30), 10**30).map(str)),
+    "notes": st.text(plain, max_size=100),
+    "reply": st.text(plain, max_size=100),
     "urgent": st.sampled_from(["on", ""]),
-    "tags": st.lists(st.text(max_size=10), max_size=3).map("\n".join),
+    "tags": st.lists(st.text(plain, max_size=10), max_size=3).map("\n".join),
     "labels": st.lists(st.sampled_from(["a", "b"]), max_size=2, unique=True),
     "extra": st.sampled_from(['{"k": 1}', "{}", '{"a": [1, "x", null]}']),
 }
@@ -406,6 +411,10 @@ def test_no_decision_form_input_gives_a_5xx_or_a_wedged_run(reviewer: User, bell
             fields["comment"] = comment
         response = post(client, f"/reviews/{gate.pk}/decide/", fields, "gate:decide")
         assert response.status_code in (302, 422, 400, 413), response.status_code
+        if not hostile and comment is None and outcome in ("approve", "reject"):
+            # Only valid values: the decision goes through (a blank optional number once
+            # answered 422 "input should be a valid integer").
+            assert response.status_code == 302, response.context["edits_form"].errors
         assert_consistent(gate, bell)
         if gate.status != "open":
             assert response.status_code == 302
@@ -447,6 +456,76 @@ def test_the_decision_form_refuses_edits_that_cannot_be_stored(
     assert response.status_code == 302
     assert_consistent(gate, bell)
     assert gate.status == "decided"
+
+
+# A gate's fields schema comes from the pipeline's code (or a run's input, for test.review):
+# bounds that are not numbers, patterns that do not compile, lengths that are text.
+bounds = st.one_of(
+    st.integers(-(10**20), 10**20),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.none(),
+    nasty_text,
+)
+field_schemas = st.fixed_dictionaries(
+    {"type": st.sampled_from(["string", "integer", "number", "boolean", "array", "object", "x"])},
+    optional={
+        "pattern": st.one_of(
+            st.sampled_from(["[", "(", "a{2,1}", "\\", "^a+$", "(?P<"]), nasty_text
+        ),
+        "minimum": bounds,
+        "maximum": bounds,
+        "exclusiveMinimum": bounds,
+        "minLength": bounds,
+        "maxLength": bounds,
+        "maxItems": bounds,
+        "enum": st.lists(st.one_of(st.text(max_size=5), st.integers(), st.none()), max_size=3),
+        "items": st.sampled_from([{"type": "string"}, {"enum": ["a", "b"]}, {"type": "integer"}]),
+        "default": st.one_of(st.integers(), st.text(max_size=5), st.none()),
+    },
+)
+
+
+def test_no_fields_schema_gives_a_5xx_or_a_gate_nobody_can_close(
+    reviewer: User, bell: Bell
+) -> None:
+    """A schema no validator can be built from fails its run when the gate would open, naming
+    the field; any gate that opens can be shown, decided through the form without a 5xx, and
+    always closed by a decision without edits."""
+    import tests.reviews.workflows  # noqa: F401
+    from reviews.services import decide_gate
+    from workflows.errors import InvalidInputError
+
+    client = logged_in(reviewer)
+
+    @FUZZ
+    @given(prop=field_schemas, value=mostly(st.text(plain, max_size=10), nasty_text))
+    def check(prop: dict[str, Any], value: str) -> None:
+        fields = {"type": "object", "properties": {"a": prop, "note": {"type": "string"}}}
+        try:
+            run = start("test.review", {"payload": {"a": "x"}, "fields": fields})
+        except InvalidInputError:
+            return  # NUL or a lone surrogate in the schema itself: refused at the door
+        bell.drain()
+        run.refresh_from_db()
+        gate = Gate.objects.filter(run=run, status="open").first()
+        if gate is None:
+            assert run.status == "failed", (run.status, run.error)
+            assert "field 'a' of the gate's fields schema is invalid" in run.error["message"]
+            return
+        CASES["gate:schema"] += 1
+        assert client.get(f"/reviews/{gate.pk}/").status_code == 200
+        fields_posted = {"outcome": "approve", "edit-a": value, "edit-note": "n"}
+        response = post(client, f"/reviews/{gate.pk}/decide/", fields_posted, "gate:schema")
+        assert response.status_code in (302, 400, 413, 422), response.status_code
+        gate.refresh_from_db()
+        if gate.status == "open":
+            decide_gate(gate.pk, outcome="approve", actor="fuzz")
+        bell.drain()
+        run.refresh_from_db()
+        assert run.status == "succeeded", (run.status, run.error)
+
+    check()
 
 
 def test_no_claim_or_release_gives_a_5xx_or_a_wedged_run(
@@ -500,25 +579,40 @@ steps = st.one_of(
 )
 
 
+# Reasons for the audit trail: NUL and lone surrogates (which no PostgreSQL column stores),
+# the longest kept, one character too long, and hostile text.
+reasons = mostly(
+    st.sampled_from(["why\x00not", "\x00", "\ud800", "x" * 2001, "x" * 2000, "duplicate"]),
+    st.one_of(st.none(), nasty_text),
+)
+
+
 def test_no_run_action_gives_a_5xx_or_a_wedged_run(operator: User, bell: Bell) -> None:
     client = logged_in(operator)
-    run = start("test.chain", {"n": 2})
+    finished = start("test.chain", {"n": 2})  # ends "succeeded" (or "canceled": never cancels)
+    waiting = start("test.event", {})  # waits for an event: "suspended", or "canceled"
     bell.drain()
 
     @FUZZ
     @given(
+        which=st.sampled_from(["finished", "waiting"]),
         action=mostly(
             st.sampled_from(["cancel", "retry", "restart"]), st.from_regex(r"\A[a-z-]{1,12}\Z")
         ),
         from_step=st.one_of(st.none(), steps),
+        reason=reasons,
     )
-    def check(action: str, from_step: str | None) -> None:
+    def check(which: str, action: str, from_step: str | None, reason: str | None) -> None:
+        run = finished if which == "finished" else waiting
         fields = {"from_step": from_step} if from_step is not None else {}
+        if reason is not None:
+            fields["reason"] = reason
         response = post(client, f"/runs/{run.pk}/actions/{action}/", fields, "run:action")
         assert response.status_code in (302, 400, 403, 404, 413, 422), response.status_code
         bell.drain()
         run.refresh_from_db()
-        assert run.status in ("succeeded", "canceled"), (run.status, run.error)
+        settled = ("succeeded",) if run is finished else ("suspended",)
+        assert run.status in (*settled, "canceled"), (run.status, run.error)
 
     check()
 
@@ -529,14 +623,20 @@ def test_no_admin_restart_form_input_gives_a_5xx(operator: User, bell: Bell) -> 
     bell.drain()
 
     @FUZZ
-    @given(from_step=steps)
-    def check(from_step: str) -> None:
+    @given(
+        action=st.sampled_from(["restart_from_step", "cancel_runs", "retry_failed_step"]),
+        from_step=steps,
+        reason=reasons,
+    )
+    def check(action: str, from_step: str, reason: str | None) -> None:
         fields = {
-            "action": "restart_from_step",
+            "action": action,
             "_selected_action": str(run.pk),
             "apply": "1",
             "from_step": from_step,
         }
+        if reason is not None:
+            fields["reason"] = reason
         response = post(client, "/admin/workflows/run/", fields, "admin:restart")
         assert response.status_code in (200, 302, 400, 413), response.status_code
         bell.drain()

@@ -4,6 +4,7 @@ Public API (see the README)::
 
     from workflows import workflow, step, RetryPolicy, NonRetryableError
     from workflows import start, send_event, cancel, restart, get_run
+    from workflows import BudgetExceeded, DeterminismError, IdempotencyConflict
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from typing import Any
 
 from workflows.definitions import RetryPolicy, step, workflow
 from workflows.errors import (
+    BudgetExceeded,
     ChildWorkflowFailed,
     DeterminismError,
+    IdempotencyConflict,
     InvalidInputError,
     InvalidStateError,
     NonRetryableError,
@@ -38,8 +41,10 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "BudgetExceeded",
     "ChildWorkflowFailed",
     "DeterminismError",
+    "IdempotencyConflict",
     "InvalidInputError",
     "InvalidStateError",
     "NonRetryableError",

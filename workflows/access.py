@@ -1,8 +1,9 @@
 """Who may see which runs in the browser: one rule, used by every page that shows a run.
 
 A web user works for one tenant (``TenantMembership``; no row is the default tenant ``""``), as
-an API key does (``ApiKey.tenant``). Staff see every run of every tenant. Anyone else sees a
-run only when it is of their tenant AND one of these holds:
+an API key does (``ApiKey.tenant``). Operators (staff who hold ``workflows.view_run``, and
+superusers) see every run of every tenant. Anyone else, staff without that permission included,
+sees a run only when it is of their tenant AND one of these holds:
 
 1. they are in one of ``settings.SLUICE_RUN_VIEWER_GROUPS`` (every run of the tenant);
 2. the run has a gate of one of their groups (open or closed: the run is the gate's context);
@@ -24,6 +25,7 @@ from workflows.gateinfo import gate_model
 from workflows.models import Run, TenantMembership
 
 START_RUN_PERMISSION = "workflows.start_run"
+VIEW_RUN_PERMISSION = "workflows.view_run"
 
 
 def user_tenant(user: Any) -> str:
@@ -51,15 +53,21 @@ def _active(user: Any) -> bool:
     return bool(user.is_authenticated and user.is_active)
 
 
+def sees_every_run(user: Any) -> bool:
+    """An operator: staff holding the run view permission (superusers hold every one). The
+    staff flag alone only opens the admin's door; it must not show every tenant's runs."""
+    return _active(user) and bool(user.is_staff and user.has_perm(VIEW_RUN_PERMISSION))
+
+
 def can_start_runs(user: Any) -> bool:
     """Holds the ``workflows.start_run`` permission (superusers hold every permission)."""
     return _active(user) and user.has_perm(START_RUN_PERMISSION)
 
 
 def can_use_run_pages(user: Any) -> bool:
-    """May open the runs list and the pipelines pages at all: staff, a member of any group,
-    or someone who may start runs (and so see their own). Everyone else gets 403."""
-    return _active(user) and bool(user.is_staff or user_groups(user) or can_start_runs(user))
+    """May open the runs list and the pipelines pages at all: an operator, a member of any
+    group, or someone who may start runs (and so see their own). Everyone else gets 403."""
+    return _active(user) and bool(sees_every_run(user) or user_groups(user) or can_start_runs(user))
 
 
 def is_run_viewer(user: Any) -> bool:
@@ -71,7 +79,7 @@ def visible_runs(user: Any) -> QuerySet[Run]:
     """The runs ``user`` may see (the rule in the module docstring), as a queryset."""
     if not _active(user):
         return Run.objects.none()
-    if user.is_staff:
+    if sees_every_run(user):
         return Run.objects.all()
     qs = Run.objects.filter(tenant=user_tenant(user))
     if is_run_viewer(user):
@@ -88,7 +96,7 @@ def can_view_run(user: Any, run: Run) -> bool:
     """Whether ``user`` may see ``run``; the same rule as ``visible_runs``, for one run."""
     if not _active(user):
         return False
-    if user.is_staff:
+    if sees_every_run(user):
         return True
     if run.tenant != user_tenant(user):
         return False

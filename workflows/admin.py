@@ -16,6 +16,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.options import ActionLocation
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.db.models import QuerySet
@@ -25,7 +26,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from workflows import operations
-from workflows.audit import MAX_REASON, Actor
+from workflows.audit import MAX_REASON, Actor, reason_problem
 from workflows.definitions import registered_workflows
 from workflows.keys import SCOPES, assign_new_secret
 from workflows.models import (
@@ -40,6 +41,7 @@ from workflows.models import (
     WebhookAttempt,
     WebhookDelivery,
 )
+from workflows.timeline import status_label
 from workflows.webhooks import retry_now
 
 admin.site.site_header = "Sluice administration"
@@ -77,14 +79,14 @@ STATUS_COLORS = {
 }
 
 
-def status_badge(status: str) -> SafeString:
+def status_badge(status: str, label: str | None = None) -> SafeString:
     fg, bg = STATUS_COLORS.get(status, ("#5b6472", "#eef0f3"))
     return format_html(
         '<span style="display:inline-block;padding:1px 8px;border-radius:999px;font-weight:600;'
         'font-size:11px;color:{};background:{}">{}</span>',
         fg,
         bg,
-        status,
+        label or status,
     )
 
 
@@ -145,7 +147,7 @@ class StepInline(ReadOnlyMixin, admin.TabularInline):
 
     @admin.display(description="status")
     def badge(self, obj: Step) -> SafeString:
-        return status_badge(obj.status)
+        return status_badge(obj.status, status_label(obj))
 
     @admin.display(description="attempts")
     def attempts(self, obj: Step) -> str:
@@ -209,6 +211,15 @@ class RestartForm(forms.Form):
         max_length=MAX_REASON,
         label="Reason",
         help_text="Optional; kept in each run's audit trail with your name.",
+    )
+    max_cost = forms.DecimalField(
+        required=False,
+        min_value=0,
+        max_digits=14,
+        decimal_places=6,
+        label="New budget (max_cost, $)",
+        help_text="Optional; raises (or sets) the runs' budget, e.g. after BudgetExceeded. "
+        "Empty: unchanged.",
     )
 
 
@@ -375,6 +386,21 @@ class RunAdmin(ReadOnlyMixin, admin.ModelAdmin):
     def context_json(self, obj: Run) -> SafeString:
         return pretty_json(obj.context or None)
 
+    def response_action(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[Run],
+        action_location: ActionLocation = ActionLocation.CHANGE_LIST,
+    ) -> HttpResponse | None:
+        # Django answers any invalid action bar with "No action selected."; a reason with a
+        # NUL character or over MAX_REASON characters gets its own message instead.
+        for name, value in request.POST.items():
+            problem = reason_problem(str(value)) if name.split("-")[-1] == "reason" else ""
+            if problem:
+                self.message_user(request, f"Nothing was done: {problem}", messages.ERROR)
+                return None
+        return super().response_action(request, queryset, action_location=action_location)
+
     def _report(self, request: HttpRequest, verb: str, results: list[operations.Outcome]) -> None:
         done = [r for r in results if r.ok]
         if done:
@@ -417,7 +443,12 @@ class RunAdmin(ReadOnlyMixin, admin.ModelAdmin):
             self._report(
                 request,
                 f"Restarted from step {position}",
-                [operations.restart_run(run.pk, position, actor, reason) for run in queryset],
+                [
+                    operations.restart_run(
+                        run.pk, position, actor, reason, form.cleaned_data.get("max_cost")
+                    )
+                    for run in queryset
+                ],
             )
             return None
         context = {
@@ -497,7 +528,7 @@ class StepAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
     @admin.display(description="status", ordering="status")
     def badge(self, obj: Step) -> SafeString:
-        return status_badge(obj.status)
+        return status_badge(obj.status, status_label(obj))
 
     @admin.display(description="duration")
     def took(self, obj: Step) -> str:
@@ -638,8 +669,10 @@ class WebhookDeliveryAdmin(ReadOnlyMixin, admin.ModelAdmin):
         return queryset.filter(pk=term) | queryset.filter(run_id=term), False
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
+        """Sending a delivery again changes it (and calls out): the change permission, which
+        the page itself never uses (deliveries are read-only here), not the view one."""
         user = request.user
-        return bool(user.is_staff and user.has_perm("workflows.view_webhookdelivery"))
+        return bool(user.is_staff and user.has_perm("workflows.change_webhookdelivery"))
 
     @admin.display(description="status", ordering="status")
     def badge(self, obj: WebhookDelivery) -> SafeString:
@@ -735,7 +768,12 @@ class ApiKeyAdmin(admin.ModelAdmin):
             messages.SUCCESS,
         )
 
-    @admin.action(description="Rotate selected keys (issue new ones, old ones stop working)")
+    # Both actions change keys: they need the change permission, as the key's change page
+    # does (a viewer of keys must not mint a working secret or switch keys off).
+    @admin.action(
+        description="Rotate selected keys (issue new ones, old ones stop working)",
+        permissions=["change"],
+    )
     def rotate_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         for key in queryset:
             raw = assign_new_secret(key)
@@ -745,7 +783,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
                 messages.SUCCESS,
             )
 
-    @admin.action(description="Deactivate selected keys")
+    @admin.action(description="Deactivate selected keys", permissions=["change"])
     def deactivate_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         n = queryset.update(is_active=False)
         self.message_user(request, f"Deactivated {n} key(s).", messages.SUCCESS)
@@ -798,7 +836,10 @@ class TenantMembershipInline(admin.StackedInline):
     extra = 0
     max_num = 1
     verbose_name = "tenant"
-    verbose_name_plural = "tenant (runs and gates this user sees; staff see every tenant)"
+    verbose_name_plural = (
+        "tenant (runs and gates this user sees; operators, staff with the view permissions, see "
+        "every tenant)"
+    )
 
 
 User = get_user_model()

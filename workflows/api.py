@@ -39,7 +39,7 @@ from workflows.api_auth import (
 )
 from workflows.audit import MAX_REASON, Actor
 from workflows.definitions import registered_workflows
-from workflows.errors import InvalidInputError, UnknownWorkflowError
+from workflows.errors import IdempotencyConflict, InvalidInputError, UnknownWorkflowError
 from workflows.models import ApiKey, Blob, Run, RunAudit, Step
 from workflows.payloads import stored
 from workflows.webhooks import CallbackUrlError, check_callback_url
@@ -242,7 +242,21 @@ class RestartIn(Schema):
         ge=1,
         le=1_000_000,
         description="Journal position to restart from (1-based); "
-        "omitted: the first unfinished position.",
+        "omitted: the first unfinished position (after the last finished one when the run "
+        "failed between steps).",
+    )
+    only_failed_branches: bool = Field(
+        False,
+        description="When the restart position is a fan-out, re-run only its branches that did "
+        "not succeed; the others keep their results.",
+    )
+    max_cost: Decimal | None = Field(
+        None,
+        ge=0,
+        max_digits=14,
+        decimal_places=6,
+        description="A new budget in dollars for the run (e.g. to go on after BudgetExceeded); "
+        "omitted: unchanged.",
     )
 
 
@@ -478,6 +492,15 @@ def create_run(
             max_cost=body.max_cost,
             review_timeout=review_timeout,
         )
+    except IdempotencyConflict as exc:
+        # The same answer as a reused key with another body, below (the IETF Idempotency-Key
+        # draft's 422 for a reused key with a different payload).
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was already used with a different request body",
+            {"run_id": str(exc.run_id)},
+        ) from None
     except UnknownWorkflowError as exc:
         raise ApiError(
             422,
@@ -633,6 +656,8 @@ def restart_run(request: HttpRequest, run_id: str, body: RestartIn | None = None
         services.restart(
             run.pk,
             from_step=body.from_step if body else None,
+            only_failed_branches=body.only_failed_branches if body else False,
+            max_cost=body.max_cost if body else None,
             actor=Actor.of_key(key),
             reason=body.reason if body else "",
         )

@@ -10,9 +10,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from workflows.errors import InvalidInputError
 from workflows.models import ApiKey, Run, RunAudit
 
 MAX_REASON = 2000
+
+
+def reason_problem(reason: str) -> str:
+    """Why ``reason`` cannot be kept in the audit trail, or ''. PostgreSQL's text and jsonb
+    columns (the audit row, the canceled run's error) refuse NUL and lone surrogates."""
+    if len(reason) > MAX_REASON:
+        return f"The reason is {len(reason):,} characters long; at most {MAX_REASON:,} are kept."
+    if "\x00" in reason:
+        return "The reason contains a NUL character (\\u0000), which cannot be stored."
+    try:
+        reason.encode("utf-8")
+    except UnicodeEncodeError:
+        return "The reason is not valid Unicode (it holds a lone surrogate)."
+    return ""
+
+
+def check_reason(reason: str | None) -> str:
+    """The reason, stripped, or ``InvalidInputError`` (field ``reason``) saying what is wrong.
+    The services call this before they change anything."""
+    text = str(reason or "").strip()
+    problem = reason_problem(text)
+    if problem:
+        raise InvalidInputError(problem, [{"field": "reason", "message": problem}])
+    return text
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ One ``Context`` lives for one advance of a run. It replays the handler against t
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random as _random
 import uuid as _uuid
 from collections import defaultdict
@@ -53,6 +55,17 @@ from workflows.leases import lease_seconds, lease_until
 from workflows.models import Event, Run, RunStatus, Step, StepKind, StepStatus
 
 
+def call_digest(value: Any) -> str:
+    """A short digest of a step call's arguments (canonical JSON), journaled with the step so
+    that a replay notices a call made with other arguments. Cheap: no blob, no database."""
+    try:
+        data = payloads.to_json(value, "arguments")
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    except (TypeError, ValueError):
+        return ""  # Unserializable arguments fail the step anyway; nothing to compare.
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
 @dataclass(frozen=True)
 class Call:
     """A step call not yet made: built by ``ctx.call``, made by ``ctx.parallel``."""
@@ -89,6 +102,9 @@ class Context:
         self._spent = Decimal(run.cost or 0)
         self._current = ""
         self._shown_step = run.current_step
+        # A mismatch found on replay, kept so that a handler that swallowed it (a bare
+        # ``except BaseException``) still fails the run when it returns.
+        self._mismatch: DeterminismError | None = None
         # take_run() just set the lease.
         self._lease_renewed: datetime | None = timezone.now()
 
@@ -137,9 +153,18 @@ class Context:
         if row is None:
             self._check_budget(sd.name)
             return self._execute(sd, args, kwargs, pos, None)
+        if row.digest:  # Rows written before digests were journaled are not compared.
+            digest = call_digest({"args": list(args), "kwargs": kwargs})
+            if digest and digest != row.digest:
+                self._fail_determinism(
+                    f"non-deterministic workflow: at position {pos} the journal has step "
+                    f"{row.name!r} called with other arguments than the code now passes"
+                )
         if row.status == StepStatus.SUCCEEDED:
             return self._value(sd, row.result)
         if row.status == StepStatus.FAILED:
+            if (row.error or {}).get("type") == "BudgetExceeded":
+                raise BudgetExceeded((row.error or {}).get("message", "budget exceeded"))
             raise StepFailed(row.name, row.error or {})
         now = timezone.now()
         if row.status == StepStatus.RUNNING:
@@ -339,21 +364,36 @@ class Context:
     # --- replay bookkeeping -----------------------------------------------------------------
 
     def _next(self, kind: str, name: str) -> tuple[int, Step | None]:
+        if self._mismatch is not None:
+            # The handler swallowed a mismatch: it may not journal or wait for anything more.
+            raise DeterminismError(str(self._mismatch))
         self._pos += 1
         self._current = name
         row = self._rows.get(self._pos)
         if row is not None and (row.kind != kind or row.name != name):
-            raise DeterminismError(
+            self._fail_determinism(
                 f"non-deterministic workflow: at position {self._pos} the journal has "
                 f"{row.kind} {row.name!r} but the code now calls {kind} {name!r}"
             )
         return self._pos, row
 
+    @property
+    def mismatch(self) -> DeterminismError | None:
+        """The first determinism mismatch this replay found (even if the handler caught it)."""
+        return self._mismatch
+
+    def _fail_determinism(self, message: str) -> None:
+        self._mismatch = self._mismatch or DeterminismError(message)
+        raise DeterminismError(message)
+
     def check_complete(self) -> None:
-        """After the handler returned: the journal must not hold entries it never reached."""
+        """After the handler returned: no mismatch may have been swallowed, and the journal
+        must not hold entries the code never reached."""
+        if self._mismatch is not None:
+            raise self._mismatch
         if self._max_position > self._pos:
             row = self._rows[self._max_position]
-            raise DeterminismError(
+            self._fail_determinism(
                 f"non-deterministic workflow: the code returned after position {self._pos} but "
                 f"the journal has {row.kind} {row.name!r} at position {self._max_position}"
             )
@@ -454,10 +494,10 @@ class Context:
         buffer the result for the next commit."""
         now = timezone.now()
         conf = pools.get_pool(sd.pool)
+        call = {"args": list(args), "kwargs": kwargs}
+        digest = call_digest(call) if row is None else row.digest
         try:
-            packed_args = self._pack(
-                {"args": list(args), "kwargs": kwargs}, f"arguments of {sd.name}"
-            )
+            packed_args = self._pack(call, f"arguments of {sd.name}")
         except (TypeError, PayloadTooLargeError) as exc:
             row = row or self._new_row(pos, StepKind.STEP, sd.name, StepStatus.RUNNING)
             if row.pk is None:
@@ -484,6 +524,7 @@ class Context:
                 pool=sd.pool,
                 target=target,
                 args=packed_args,
+                digest=digest,
                 max_attempts=sd.retry.max_attempts,
                 attempt=1,
                 started_at=now,
@@ -527,6 +568,7 @@ class Context:
                         pool=sd.pool,
                         target=target,
                         args=packed_args,
+                        digest=digest,
                         max_attempts=sd.retry.max_attempts,
                         wake_at=wake,
                     )
@@ -557,6 +599,7 @@ class Context:
                         pool=sd.pool,
                         target=target,
                         args=packed_args,
+                        digest=digest,
                         max_attempts=sd.retry.max_attempts,
                         **fields,
                     )
@@ -641,6 +684,23 @@ class Context:
 
     def _fan_out(self, calls: list[Call], name: str, return_exceptions: bool) -> list[Any]:
         pos, group = self._next(StepKind.PARALLEL, name)
+        digest = (
+            call_digest([[c.step.name, list(c.args), c.kwargs] for c in calls])
+            if group is None or group.digest
+            else ""
+        )
+        if group is not None:
+            width = len(self._branches.get(pos, ()))
+            if width and width != len(calls):
+                self._fail_determinism(
+                    f"non-deterministic workflow: at position {pos} the journal has {name!r} "
+                    f"with {width} branches but the code now fans out {len(calls)}"
+                )
+            if group.digest and digest and digest != group.digest:
+                self._fail_determinism(
+                    f"non-deterministic workflow: at position {pos} the journal has {name!r} "
+                    "with other branch arguments than the code now passes"
+                )
         if group is None:
             self._check_budget(name)
             now = timezone.now()
@@ -653,11 +713,14 @@ class Context:
                         StepStatus.SUCCEEDED,
                         started_at=now,
                         finished_at=now,
+                        digest=digest,
                     )
                 )
                 return []
             branches = []
             cap = max(1, self._record.max_parallel)
+            # Under a budget each branch checks it again when a worker is about to start it.
+            budgeted = {"budgeted": True} if self._record.max_cost is not None else {}
             checked: set[str] = set()
             for i, c in enumerate(calls):
                 target = step_path(c.step)
@@ -681,7 +744,7 @@ class Context:
                         held=i >= cap,
                         target=target,
                         args=self._pack(
-                            {"args": list(c.args), "kwargs": c.kwargs},
+                            {"args": list(c.args), "kwargs": c.kwargs, **budgeted},
                             f"arguments of {c.step.name}",
                         ),
                         max_attempts=c.step.retry.max_attempts,
@@ -697,6 +760,7 @@ class Context:
                     StepStatus.WAITING,
                     remaining=len(calls),
                     started_at=now,
+                    digest=digest,
                     args={"branches": len(calls), "held": len(calls) > cap},
                 ).save()
                 # In a pool limited by concurrency, reserve the free slots for the first
@@ -727,6 +791,13 @@ class Context:
             raise Suspend
         results: list[Any] = []
         rows = sorted(self._branches.get(pos, []), key=lambda r: r.branch)
+        refused = [b for b in rows if (b.error or {}).get("type") == "BranchBudgetExceeded"]
+        if refused:
+            # Not a StepFailed: a workflow's except (or return_exceptions) cannot spend on.
+            raise BudgetExceeded(
+                f"{(refused[0].error or {}).get('message', 'budget exceeded')} "
+                f"({len(refused)} of {len(rows)} branches not started)"
+            )
         for i, b in enumerate(rows):
             if b.status == StepStatus.SUCCEEDED:
                 sd = calls[i].step if i < len(calls) else None

@@ -55,8 +55,21 @@ class ChildWorkflowFailed(StepFailed):
     """A child workflow started with ``ctx.run_workflow`` failed or was canceled."""
 
 
-class DeterminismError(Exception):
-    """Replay found a different step call than the journal recorded at that position."""
+class DeterminismError(BaseException):
+    """Replay found a different step call than the journal recorded at that position (another
+    kind or name, other arguments, another fan-out width).
+
+    A BaseException so that a workflow's ``except Exception`` cannot swallow it and go on with
+    a journal that no longer matches its code: the run always fails.
+    """
+
+
+class IdempotencyConflict(SluiceError, ValueError):
+    """``start`` got an idempotency key already used for another workflow or another input."""
+
+    def __init__(self, message: str, run_id: Any = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
 
 
 class Suspend(BaseException):
@@ -79,3 +92,8 @@ class BudgetExceeded(BaseException):
 
     A BaseException so that a workflow's ``except Exception`` cannot spend past the budget.
     """
+
+
+class BranchBudgetExceeded(NonRetryableError):
+    """A fan-out branch was not started: the run's spent plus reserved cost reached its
+    ``max_cost``. The branch fails with this error, and the run with ``BudgetExceeded``."""

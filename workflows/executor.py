@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import Avg, Count, F, Q
 from django.utils import timezone
 
 from workflows import payloads, pools, usage
@@ -24,6 +24,7 @@ from workflows.context import Context
 from workflows.definitions import get_workflow, resolve_step
 from workflows.doorbell import dispatch_on_commit, grace, request_wake
 from workflows.errors import (
+    BranchBudgetExceeded,
     BudgetExceeded,
     DeterminismError,
     LeaseLost,
@@ -121,10 +122,14 @@ def _run_handler(ctx: Context, run: Run) -> tuple[str, Any]:
         ctx.check_complete()
         return RunStatus.SUCCEEDED, ctx._pack(value, "workflow output")
     except Suspend:
+        if ctx.mismatch is not None:  # swallowed by the handler, which then waited
+            return RunStatus.FAILED, error_dict(ctx.mismatch)
         return "suspend", None
     except LeaseLost:
         return "lease-lost", None
     except (BudgetExceeded, DeterminismError, PayloadTooLargeError, Exception) as exc:
+        if ctx.mismatch is not None and not isinstance(exc, DeterminismError):
+            return RunStatus.FAILED, error_dict(ctx.mismatch)
         return RunStatus.FAILED, error_dict(exc)
 
 
@@ -364,6 +369,10 @@ def _run_claimed(row: Step, owner: str, woke: list[Any] | None = None) -> Step |
     try:
         sd = resolve_step(row.target)
         call = payloads.unpack(row.args, row.run_id) or {}
+        if call.get("budgeted"):
+            refusal = budget_refusal(row)
+            if refusal:
+                raise BranchBudgetExceeded(refusal)
         value = call_step(sd, call.get("args", []), call.get("kwargs", {}))
         data, blob = payloads.pack(value, row.run_id, f"result of {row.name}")
         if blob is not None:
@@ -374,6 +383,38 @@ def _run_claimed(row: Step, owner: str, woke: list[Any] | None = None) -> Step |
     finally:
         usage.leave(token)
     return complete_step(row, owner, data, exc, scope, sd, woke)
+
+
+def budget_refusal(row: Step) -> str:
+    """Why this branch must not start under its run's ``max_cost`` ("" when it may).
+
+    Spent is the run's recorded cost; reserved is what the run's other branches in flight will
+    likely spend, estimated at the mean cost of the run's finished steps that had a cost. A
+    branch starts only while spent + reserved is under the cap, so a map of $0.40 steps under
+    $0.50 stops after the step that crossed it, not after every branch ran.
+    """
+    run = Run.objects.filter(pk=row.run_id).values("cost", "max_cost").first()
+    if run is None or run["max_cost"] is None:
+        return ""
+    cap = Decimal(run["max_cost"])
+    spent = Decimal(run["cost"] or 0)
+    stats = Step.objects.filter(run_id=row.run_id, superseded=False).aggregate(
+        in_flight=Count(
+            "pk",
+            filter=Q(status=StepStatus.RUNNING, branch__gte=0)
+            & ~Q(pk=row.pk)
+            & ~Q(lease_owner=pools.RESERVED),
+        ),
+        mean=Avg("cost", filter=Q(cost__gt=0, finished_at__isnull=False)),
+    )
+    reserved = Decimal(stats["mean"] or 0) * stats["in_flight"]
+    if spent + reserved < cap:
+        return ""
+    return (
+        f"budget exceeded: the run has spent ${spent:.4f} of its ${cap:.4f} budget (max_cost)"
+        f", with ${reserved:.4f} reserved by {stats['in_flight']} branch(es) in flight; "
+        f"branch {row.branch} of {row.name!r} at position {row.position} was not started"
+    )
 
 
 def complete_step(

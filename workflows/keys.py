@@ -84,7 +84,8 @@ def assign_new_secret(key: ApiKey) -> str:
 
 def find_key(raw: str | None) -> ApiKey | None:
     """The active key ``raw`` stands for, or None. Compares hashes in constant time."""
-    if not raw or "." not in raw or len(raw) > 200:
+    # A NUL cannot be in a key we minted, and PostgreSQL refuses it in a query (a 500).
+    if not raw or "." not in raw or len(raw) > 200 or "\x00" in raw:
         return None
     prefix = raw.split(".", 1)[0]
     key = ApiKey.objects.filter(prefix=prefix, is_active=True).first()

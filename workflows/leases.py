@@ -1,8 +1,12 @@
-"""Who is working: this process's lease owner id and the heartbeat that renews its leases.
+"""Who is working: the lease owner id of this thread and the heartbeat that renews leases.
 
 A lease is (owner, expires_at) on a run or step row, taken by compare-and-swap. While a worker
 is alive its heartbeat pushes ``expires_at`` forward; when it dies (SIGKILL, OOM, deploy) the
 leases run out and the sweep makes the work runnable again.
+
+The owner is per thread, not per process: workers may run thread pools, and a thread whose
+lease expired (it stalled) must be fenced out when another thread of the same process takes
+the work over, which only works if the two hold different owner ids.
 """
 
 from __future__ import annotations
@@ -21,25 +25,28 @@ from django.utils import timezone
 
 log = logging.getLogger(__name__)
 
-_owner: tuple[int, str] | None = None
+_local = threading.local()
 _heartbeat: threading.Thread | None = None
-# Steps this process is executing under its own lease (branches, queued steps, inline steps of
-# limited pools). The heartbeat renews them by primary key: no scan, no extra index.
-_held: set[int] = set()
-# Runs this process is advancing. Only these are renewed: a run whose advance died with an
-# exception (and let go of it) must not be kept alive by the heartbeat.
-_held_runs: set[Any] = set()
+# Steps this process is executing under a lease (branches, queued steps, inline steps of
+# limited pools), each with the owner id of the thread that holds it. The heartbeat renews them
+# by primary key: no scan, no extra index.
+_held: dict[int, str] = {}
+# Runs this process is advancing (with their thread's owner id). Only these are renewed: a run
+# whose advance died with an exception (and let go of it) must not be kept alive.
+_held_runs: dict[Any, str] = {}
 _heartbeat_pid: int | None = None
 _lock = threading.Lock()
 
 
 def owner_id() -> str:
-    """An id unique to this process (re-made after a fork)."""
-    global _owner
+    """An id unique to this thread of this process (re-made after a fork)."""
     pid = os.getpid()
-    if _owner is None or _owner[0] != pid:
-        _owner = (pid, f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:6]}")
-    return _owner[1]
+    mine: tuple[int, str] | None = getattr(_local, "owner", None)
+    if mine is None or mine[0] != pid:
+        thread = threading.get_ident()
+        mine = (pid, f"{socket.gethostname()[:50]}:{pid}:{thread}:{uuid.uuid4().hex[:6]}")
+        _local.owner = mine
+    return mine[1]
 
 
 def lease_seconds() -> float:
@@ -54,38 +61,35 @@ def renew_all() -> int:
     """Push forward every lease this process holds. Returns the rows touched."""
     from workflows.models import Run, Step
 
-    me = owner_id()
     until = lease_until()
     n = 0
-    runs = list(_held_runs)
-    if runs:
-        n += Run.objects.filter(pk__in=runs, lease_owner=me, status="running").update(
-            lease_expires_at=until
-        )
-    held = list(_held)
-    if held:
-        n += Step.objects.filter(pk__in=held, lease_owner=me, status="running").update(
-            lease_expires_at=until
-        )
+    for model, held in ((Run, dict(_held_runs)), (Step, dict(_held))):
+        by_owner: dict[str, list[Any]] = {}
+        for pk, owner in held.items():
+            by_owner.setdefault(owner, []).append(pk)
+        for owner, pks in by_owner.items():
+            n += model.objects.filter(pk__in=pks, lease_owner=owner, status="running").update(
+                lease_expires_at=until
+            )
     return n
 
 
 def hold(step_id: int | None) -> None:
-    """This process now executes ``step_id`` under its lease: keep renewing it."""
+    """This thread now executes ``step_id`` under its lease: keep renewing it."""
     if step_id is not None:
-        _held.add(step_id)
+        _held[step_id] = owner_id()
 
 
 def hold_run(run_id: Any) -> None:
-    _held_runs.add(run_id)
+    _held_runs[run_id] = owner_id()
 
 
 def drop_run(run_id: Any) -> None:
-    _held_runs.discard(run_id)
+    _held_runs.pop(run_id, None)
 
 
 def drop(step_id: int | None) -> None:
-    _held.discard(step_id)  # type: ignore[arg-type]
+    _held.pop(step_id, None)  # type: ignore[arg-type]
 
 
 def _beat(stop: threading.Event) -> None:

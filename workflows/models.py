@@ -150,6 +150,9 @@ class Step(models.Model):
     # Where to find the code of a branch, and its arguments (branches run in other processes).
     target = models.CharField(max_length=300, blank=True, default="")
     args = models.JSONField(null=True, blank=True)
+    # A digest of the call's arguments (a step) or of its branches' calls (a fan-out), compared
+    # on replay; empty on rows journaled before digests were (they are not compared).
+    digest = models.CharField(max_length=32, blank=True, default="")
     result = models.JSONField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True)
     # Timer deadline, event timeout, or retry backoff: fired by the sweep, never an ETA task.

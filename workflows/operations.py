@@ -36,13 +36,15 @@ def failed_position(run_id: Any) -> int | None:
 def cancel_run(run_id: Any, actor: Actor, reason: str = "") -> Outcome:
     try:
         services.cancel(run_id, reason, actor=actor)
-    except (InvalidStateError, RunNotFoundError) as exc:
+    except (InvalidStateError, InvalidInputError, RunNotFoundError) as exc:
         return Outcome(run_id, False, str(exc))
     return Outcome(run_id, True, "canceled")
 
 
 def retry_failed_step(run_id: Any, actor: Actor | None = None, reason: str = "") -> Outcome:
-    """Restart a failed run from its failed step's position (earlier results are kept)."""
+    """Restart a failed run from its failed step's position (earlier results are kept). A
+    failed fan-out re-runs only its branches that did not succeed; a run that failed between
+    steps resumes after its last finished position."""
     try:
         run = services.get_run(run_id)
     except RunNotFoundError as exc:
@@ -52,19 +54,28 @@ def retry_failed_step(run_id: Any, actor: Actor | None = None, reason: str = "")
     position = failed_position(run_id)
     try:
         services.restart(
-            run_id, from_step=position, actor=actor, reason=reason, action=RunAction.RETRY
+            run_id,
+            from_step=position,
+            only_failed_branches=True,
+            actor=actor,
+            reason=reason,
+            action=RunAction.RETRY,
         )
     except (InvalidStateError, InvalidInputError) as exc:
         return Outcome(run_id, False, str(exc))
-    where = f"step {position}" if position else "its first unfinished step"
+    where = f"step {position}" if position else "after its last finished step"
     return Outcome(run_id, True, f"retrying from {where}")
 
 
 def restart_run(
-    run_id: Any, from_step: int, actor: Actor | None = None, reason: str = ""
+    run_id: Any,
+    from_step: int,
+    actor: Actor | None = None,
+    reason: str = "",
+    max_cost: Any = None,
 ) -> Outcome:
     try:
-        services.restart(run_id, from_step=from_step, actor=actor, reason=reason)
+        services.restart(run_id, from_step=from_step, actor=actor, reason=reason, max_cost=max_cost)
     except (InvalidStateError, InvalidInputError, RunNotFoundError) as exc:
         return Outcome(run_id, False, str(exc))
     return Outcome(run_id, True, f"restarted from step {from_step}")

@@ -35,16 +35,26 @@ def backoff(attempts: int) -> float:
 
 
 def deliver_one(row: Outbox) -> bool:
-    """Claim and deliver one row. Returns True when it was delivered now."""
+    """Claim and deliver one row. Returns True when it was delivered now.
+
+    The claim is (attempts + 1, lease until): every write after delivery is fenced on it, so a
+    deliverer whose claim ran out while its handler was slow, and whose row another deliverer
+    claimed meanwhile, changes nothing (it cannot undo the other's "delivered" or reschedule
+    the row under the other's claim).
+    """
     now = timezone.now()
+    until = now + timedelta(seconds=CLAIM_SECONDS)
     if not Outbox.objects.filter(
         Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now),
         pk=row.pk,
         status=OutboxStatus.PENDING,
         attempts=row.attempts,
-    ).update(lease_expires_at=now + timedelta(seconds=CLAIM_SECONDS), attempts=row.attempts + 1):
+    ).update(lease_expires_at=until, attempts=row.attempts + 1):
         return False
     row.attempts += 1
+    mine = Outbox.objects.filter(
+        pk=row.pk, status=OutboxStatus.PENDING, attempts=row.attempts, lease_expires_at=until
+    )
     handler = _handlers.get(row.kind)
     try:
         if handler is None:
@@ -53,20 +63,23 @@ def deliver_one(row: Outbox) -> bool:
     except Exception as exc:
         later = timezone.now()
         dead = later - row.created_at > MAX_AGE
-        Outbox.objects.filter(pk=row.pk).update(
+        if not mine.update(
             status=OutboxStatus.DEAD if dead else OutboxStatus.PENDING,
             last_error=f"{type(exc).__name__}: {exc}"[:2000],
             next_attempt_at=later + timedelta(seconds=backoff(row.attempts)),
             lease_expires_at=None,
-        )
+        ):
+            log.warning("outbox %s: claim lost during attempt %s", row.key, row.attempts)
         log.warning("outbox %s attempt %s failed: %s", row.key, row.attempts, exc)
         return False
-    Outbox.objects.filter(pk=row.pk).update(
+    if not mine.update(
         status=OutboxStatus.DELIVERED,
         delivered_at=timezone.now(),
         lease_expires_at=None,
         last_error="",
-    )
+    ):
+        log.warning("outbox %s: claim lost during attempt %s", row.key, row.attempts)
+        return False
     return True
 
 

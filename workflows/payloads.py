@@ -39,11 +39,17 @@ class ForeignBlobError(SluiceError, LookupError):
 
 
 def to_json(value: Any, what: str = "value") -> Any:
-    """Return ``value`` as plain JSON data, or raise ``TypeError`` naming what is wrong."""
+    """Return ``value`` as plain JSON data, or raise ``TypeError`` naming what is wrong (not
+    serializable, nested too deeply, or containing itself)."""
     try:
         return pydantic_core.to_jsonable_python(value)
     except pydantic_core.PydanticSerializationError as exc:
         raise TypeError(f"{what} is not JSON-serializable: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        # pydantic_core raises a plain ValueError for nesting deeper than it serializes
+        # ("Maximum serialization depth exceeded") and for a value that contains itself:
+        # the caller's input is at fault, and callers turn TypeError into an input error.
+        raise TypeError(f"{what} cannot be stored as JSON: {exc}") from None
 
 
 def check_size(data: Any, what: str = "value") -> int:
@@ -56,6 +62,15 @@ def check_size(data: Any, what: str = "value") -> int:
         # PostgreSQL's jsonb cannot store NUL; refuse it here, as a clear step failure,
         # rather than as a database error in the middle of a checkpoint.
         raise TypeError(f"{what} contains a NUL character (\\u0000), which cannot be stored")
+    if "\\ud" in encoded:
+        # Characters outside the BMP are escaped as surrogate pairs; a lone surrogate is not
+        # Unicode, and jsonb refuses it ("Unicode low surrogate must follow a high surrogate").
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise TypeError(
+                f"{what} contains a lone surrogate (not valid Unicode), which cannot be stored"
+            ) from None
     size = len(encoded)
     limit = settings.SLUICE_PAYLOAD_HARD_LIMIT
     if size > limit:

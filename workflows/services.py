@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pydantic
@@ -18,8 +19,13 @@ from django.utils.module_loading import import_string
 from workflows import audit, payloads
 from workflows.audit import Actor
 from workflows.definitions import get_workflow
-from workflows.doorbell import request_wake, ring_on_commit
-from workflows.errors import InvalidInputError, InvalidStateError, RunNotFoundError
+from workflows.doorbell import dispatch_on_commit, grace, request_wake, ring_on_commit
+from workflows.errors import (
+    IdempotencyConflict,
+    InvalidInputError,
+    InvalidStateError,
+    RunNotFoundError,
+)
 from workflows.models import (
     ACTIVE_RUN,
     TERMINAL_RUN,
@@ -29,6 +35,7 @@ from workflows.models import (
     RunAction,
     RunStatus,
     Step,
+    StepKind,
     StepStatus,
 )
 from workflows.signals import run_finished
@@ -169,7 +176,8 @@ def start(
     max_parallel: int | None = None,
     **options: Any,
 ) -> Run:
-    """Start a run of ``workflow``. A repeated ``idempotency_key`` returns the existing run.
+    """Start a run of ``workflow``. A repeated ``idempotency_key`` returns the existing run;
+    the key used before for another workflow or another input raises ``IdempotencyConflict``.
 
     ``options``: ``tenant``, ``created_by``, ``callback_url``, ``max_cost``, ``review_timeout``
     (see ``Run``; ``parse_review_timeout`` reads the last).
@@ -194,11 +202,15 @@ def start_or_find(
     **options: Any,
 ) -> tuple[Run, bool]:
     """``start``, also saying whether this call created the run (True) or found the run an
-    earlier call with the same ``idempotency_key`` created (False): the API answers 201 once."""
+    earlier call with the same ``idempotency_key`` created (False): the API answers 201 once.
+
+    A found run must be the same request: another workflow or another input under the key
+    raises ``IdempotencyConflict`` (checked on both paths, the early look-up and the lost race).
+    """
     if idempotency_key:
         existing = Run.objects.filter(idempotency_key=idempotency_key).first()
         if existing is not None:
-            return existing, False
+            return _same_start(existing, workflow, input), False
     try:
         with transaction.atomic():
             run = create_run(workflow, input or {}, idempotency_key=idempotency_key, **options)
@@ -209,8 +221,27 @@ def start_or_find(
         if idempotency_key:
             existing = Run.objects.filter(idempotency_key=idempotency_key).first()
             if existing is not None:
-                return existing, False
+                return _same_start(existing, workflow, input), False
         raise
+
+
+def _same_start(run: Run, workflow: str, input: dict[str, Any] | None) -> Run:
+    """``run`` if it was started for this workflow and input, else ``IdempotencyConflict``."""
+    if run.workflow != workflow:
+        raise IdempotencyConflict(
+            f"idempotency key already used by run {run.pk} of workflow {run.workflow!r}, "
+            f"not {workflow!r}",
+            run.pk,
+        )
+    try:
+        data = payloads.to_json(input or {}, "input")
+    except TypeError:
+        data = None
+    if (run.input or {}) != data:
+        raise IdempotencyConflict(
+            f"idempotency key already used by run {run.pk} with another input", run.pk
+        )
+    return run
 
 
 def get_run(run_id: Any) -> Run:
@@ -289,6 +320,54 @@ def complete_waiting_step(
     return _resolve_waiting(step_id, fields)
 
 
+def complete_waiting_steps(
+    step_ids: list[int],
+    *,
+    result: Any = None,
+    timed_out: bool = False,
+    now: datetime | None = None,
+) -> tuple[set[int], list[tuple[Any, int]]]:
+    """The bulk form of ``complete_waiting_step`` for steps resolved with one result (gates
+    that expired together with the same outcome): one compare-and-swap statement
+    (waiting, not superseded → succeeded) and one to mark their runs runnable.
+
+    Call inside the caller's transaction. Returns the ids of the steps this call resolved (a
+    step that no longer waited is left alone and missing here) and the (run id, generation)
+    of the active runs it woke: the caller rings for them on commit (``ring_on_commit``, or
+    in bursts). ``timed_out`` marks the steps as auto-advanced on expiry in the journal.
+    """
+    if not step_ids:
+        return set(), []
+    now = now or timezone.now()
+    data = payloads.escape(payloads.to_json(result, "result"))
+    fields: dict[str, Any] = {"status": StepStatus.SUCCEEDED, "result": data, "finished_at": now}
+    if timed_out:
+        fields["usage"] = {"timed_out": True}
+    table = Step._meta.db_table
+    sets = ", ".join(f"{connection.ops.quote_name(name)} = %s" for name in fields)
+    step_fields: list[Any] = [Step._meta.get_field(name) for name in fields]
+    params = [
+        field.get_db_prep_save(value, connection)
+        for field, value in zip(step_fields, fields.values(), strict=True)
+    ]
+    marks = ", ".join(["%s"] * len(step_ids))
+    with connection.cursor() as cur:
+        cur.execute(
+            f"UPDATE {table} SET {sets} WHERE id IN ({marks}) AND status = %s "
+            "AND superseded = %s RETURNING id, run_id",
+            [*params, *step_ids, StepStatus.WAITING, False],
+        )
+        done = cur.fetchall()
+    if not done:
+        return set(), []
+    run_pk = Run._meta.pk
+    assert run_pk is not None
+    run_ids = {run_pk.to_python(run_id) for _id, run_id in done}
+    woken = Run.objects.filter(pk__in=run_ids, status__in=ACTIVE_RUN)
+    woken.update(wake_requested_at=now)
+    return {step_id for step_id, _ in done}, list(woken.values_list("pk", "generation"))
+
+
 def _resolve_waiting(step_id: int, fields: dict[str, Any]) -> bool:
     now = timezone.now()
     fields = {"finished_at": now, **fields}
@@ -343,7 +422,7 @@ def cancel(run_id: Any, reason: str = "", *, actor: Actor | None = None) -> Run:
     ``actor`` (who) and ``reason`` (why, optional) go into the run's error message and its
     audit trail, written in the same transaction as the cancel.
     """
-    reason = (reason or "").strip()
+    reason = audit.check_reason(reason)
     message = f"canceled by {actor.description}" if actor else "canceled"
     if reason:
         message = f"{message}: {reason}"
@@ -404,6 +483,8 @@ def restart(
     run_id: Any,
     from_step: int | None = None,
     *,
+    only_failed_branches: bool = False,
+    max_cost: Any = None,
     actor: Actor | None = None,
     reason: str = "",
     action: str = RunAction.RESTART,
@@ -411,11 +492,29 @@ def restart(
     """Run a finished run again from journal position ``from_step`` under a new generation.
 
     Journal rows from that position on (and rows a cancel interrupted) are superseded, not
-    deleted. Without ``from_step`` the run resumes at its first unfinished position. A
-    position past the journal is an ``InvalidInputError``. ``actor``, ``reason`` and
-    ``action`` (``restart``, or ``retry`` for retrying the failed step) go into the run's
-    audit trail, written in the same transaction.
+    deleted. Without ``from_step`` the run resumes at its first unfinished position, or, when
+    every journaled position finished but the run failed or was canceled (the handler itself
+    raised between steps), right after the last one: nothing that finished runs again. A run
+    that succeeded runs again from position 1. A position past the journal is an
+    ``InvalidInputError``.
+
+    ``only_failed_branches``: when the restart position is a fan-out (``map``/``parallel``),
+    only its branches that did not succeed run again; the siblings that succeeded keep their
+    results. At any other position it changes nothing.
+
+    ``max_cost`` sets a new budget for the run (e.g. to go on after ``BudgetExceeded``).
+
+    ``actor``, ``reason`` and ``action`` (``restart``, or ``retry`` for retrying the failed
+    step) go into the run's audit trail, written in the same transaction.
     """
+    if max_cost is not None:
+        max_cost = Decimal(str(max_cost))
+        if not max_cost.is_finite() or max_cost < 0:
+            raise InvalidInputError(
+                "max_cost must be a non-negative amount",
+                [{"field": "max_cost", "message": "must be >= 0", "type": "greater_than_equal"}],
+            )
+    reason = audit.check_reason(reason)
     with transaction.atomic():
         run = _locked(run_id)
         if not run.is_terminal:
@@ -424,24 +523,58 @@ def restart(
                 "(cancel it first)"
             )
         live = Step.objects.filter(run=run, superseded=False, branch=-1)
+        last = live.order_by("-position").values_list("position", flat=True).first() or 0
         if from_step is None:
             first_bad = live.exclude(status=StepStatus.SUCCEEDED).order_by("position").first()
-            from_step = first_bad.position if first_bad else 1
-        if from_step < 1:
+            if first_bad is not None:
+                from_step = first_bad.position
+            elif run.status == RunStatus.SUCCEEDED:
+                from_step = 1  # A run that succeeded runs again from the start.
+            else:
+                from_step = last + 1  # It failed between steps: keep everything journaled.
+        elif from_step < 1:
             raise InvalidInputError("from_step counts journal positions from 1")
-        last = live.order_by("-position").values_list("position", flat=True).first() or 1
-        if from_step > last:
+        elif from_step > max(last, 1):
             raise InvalidInputError(
                 f"from_step {from_step} is past the journal: run {run.pk} has positions 1 to "
-                f"{last}",
-                [{"field": "from_step", "message": f"at most {last}", "type": "less_than_equal"}],
+                f"{max(last, 1)}",
+                [
+                    {
+                        "field": "from_step",
+                        "message": f"at most {max(last, 1)}",
+                        "type": "less_than_equal",
+                    }
+                ],
             )
+        group = (
+            live.filter(position=from_step, kind=StepKind.PARALLEL).first()
+            if only_failed_branches
+            else None
+        )
         stale = Step.objects.filter(run=run, superseded=False).filter(
             Q(position__gte=from_step) | Q(status=StepStatus.CANCELED)
+        )
+        if group is not None:
+            # Keep the group's succeeded branches live: only the rest is superseded and re-run.
+            stale = stale.exclude(position=from_step, branch__gte=0, status=StepStatus.SUCCEEDED)
+        rerun = (
+            list(
+                Step.objects.filter(run=run, superseded=False, position=from_step, branch__gte=0)
+                .exclude(status=StepStatus.SUCCEEDED)
+                .order_by("branch")
+            )
+            if group is not None
+            else []
         )
         Event.objects.filter(consumed_by__in=stale).update(consumed_by=None)
         stale.update(superseded=True, lease_owner="", lease_expires_at=None)
         now = timezone.now()
+        generation = run.generation + 1
+        if group is not None:
+            _reopen_group(run, group, rerun, generation, now)
+        fields: dict[str, Any] = {}
+        if max_cost is not None:
+            fields["max_cost"] = max_cost
         Run.objects.filter(pk=run.pk, generation=run.generation).update(
             status=RunStatus.PENDING,
             generation=F("generation") + 1,
@@ -451,6 +584,7 @@ def restart(
             lease_owner="",
             lease_expires_at=None,
             wake_requested_at=now,
+            **fields,
         )
         audit.record(
             run,
@@ -460,9 +594,54 @@ def restart(
             reason=reason,
             from_step=from_step,
         )
-        ring_on_commit(run.pk, run.generation + 1)
+        ring_on_commit(run.pk, generation)
     run.refresh_from_db()
     return run
+
+
+def _reopen_group(run: Run, group: Step, rerun: list[Step], generation: int, now: datetime) -> None:
+    """A fresh live copy of fan-out ``group`` waiting for fresh copies of the ``rerun``
+    branches (their old rows were just superseded); the succeeded siblings stay as they are."""
+    cap = max(1, run.max_parallel)
+    copies = []
+    for i, old in enumerate(rerun):
+        copies.append(
+            Step(
+                run=run,
+                generation=generation,
+                position=old.position,
+                branch=old.branch,
+                kind=old.kind,
+                name=old.name,
+                status=StepStatus.PENDING,
+                pool=old.pool,
+                held=i >= cap,
+                target=old.target,
+                args=old.args,
+                digest=old.digest,
+                max_attempts=old.max_attempts,
+                wake_at=now + grace(),
+            )
+        )
+    args = dict(group.args or {})
+    args["held"] = len(copies) > cap
+    Step.objects.create(
+        run=run,
+        generation=generation,
+        position=group.position,
+        kind=group.kind,
+        name=group.name,
+        status=StepStatus.WAITING if copies else StepStatus.SUCCEEDED,
+        remaining=len(copies),
+        args=args,
+        digest=group.digest,
+        started_at=now,
+        finished_at=None if copies else now,
+    )
+    Step.objects.bulk_create(copies)
+    for row in copies:
+        if not row.held:
+            dispatch_on_commit(row.pk, row.pool)
 
 
 def enqueue_outbox(
@@ -490,6 +669,7 @@ __all__ = [
     "TERMINAL_RUN",
     "cancel",
     "complete_waiting_step",
+    "complete_waiting_steps",
     "create_run",
     "enqueue_outbox",
     "get_run",

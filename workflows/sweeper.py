@@ -4,7 +4,8 @@ Run every few seconds by ``celery beat`` (``workflows.sweep``). Idempotent: two 
 mistake are harmless, because every change below is a compare-and-swap and batches skip rows
 another sweeper holds. Procedure:
 
-1. Fire due timers and event timeouts (waiting steps whose ``wake_at`` passed) and wake runs.
+1. Fire due timers and wait timeouts (waiting steps whose ``wake_at`` passed, any kind) and
+   wake runs.
 2. Wake runs whose inline step finished its retry backoff; requeue branches likewise.
 3. Reclaim steps whose worker lease expired (the worker died): requeue them, or fail them
    once their attempt budget is spent.
@@ -64,13 +65,18 @@ def _batches(qs: QuerySet[Any], handle: Callable[[Any], bool], limit: int = 20) 
 
 
 def fire_timers(now: Any) -> int:
-    due = Step.objects.filter(
-        status=StepStatus.WAITING, wake_at__lte=now, superseded=False, kind__in=["sleep", "event"]
-    ).order_by("wake_at")
+    """Every waiting row with a deadline that passed: a sleep ends; any other wait (an event,
+    a plug-in's ``ctx.wait_for(..., timeout=)``) goes on with its journaled default, marked
+    timed out. Fan-out groups and child runs never carry a deadline."""
+    due = (
+        Step.objects.filter(status=StepStatus.WAITING, wake_at__lte=now, superseded=False)
+        .exclude(kind__in=["parallel", "child"])
+        .order_by("wake_at")
+    )
 
     def fire(row: Step) -> bool:
         fields: dict[str, Any] = {"status": StepStatus.SUCCEEDED, "finished_at": now}
-        if row.kind == "event":
+        if row.kind != "sleep":
             fields["result"] = (row.args or {}).get("default")
             fields["usage"] = {"timed_out": True}
         if Step.objects.filter(pk=row.pk, status=StepStatus.WAITING).update(**fields):

@@ -125,16 +125,22 @@ def _note(row: Step, now: datetime) -> str:
             return "waiting for the child run"
         if row.kind == "parallel":
             return f"{row.remaining} branch(es) still running"
-    if (
-        row.kind == "event"
-        and row.status == "succeeded"
-        and isinstance(row.usage, dict)
-        and (row.usage.get("timed_out"))
-    ):
+    if row.status == "succeeded" and isinstance(row.usage, dict) and row.usage.get("timed_out"):
+        if row.kind == "gate":
+            outcome = row.result.get("outcome") if isinstance(row.result, dict) else None
+            return "auto-advanced on expiry" + (f" ({outcome})" if outcome else "")
         return "timed out; went on with the default"
     if row.attempt > 1 and row.status in ("succeeded", "failed"):
         return f"{row.status} on attempt {row.attempt} of {row.max_attempts}"
     return ""
+
+
+def status_label(row: Step) -> str:
+    """A journal row's status as people read it: a wait that went on because its deadline
+    passed says so ("auto-advanced on expiry" for a gate) instead of a plain "succeeded"."""
+    if row.status == "succeeded" and isinstance(row.usage, dict) and row.usage.get("timed_out"):
+        return "auto-advanced on expiry" if row.kind == "gate" else "timed out"
+    return str(row.status)
 
 
 def build(run: Run, journal: list[Step], now: datetime | None = None) -> Timeline:

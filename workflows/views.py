@@ -29,7 +29,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from workflows import access, charts, gateinfo, operations, ops, timeline
-from workflows.audit import MAX_REASON, Actor
+from workflows.audit import Actor, reason_problem
 from workflows.definitions import registered_workflows
 from workflows.models import ACTIVE_RUN, Blob, Run, RunStatus, Step
 
@@ -221,7 +221,11 @@ def run_action(request: HttpRequest, run_id: UUID, action: str) -> HttpResponse:
         raise PermissionDenied("Only staff act on runs.")
     run = get_object_or_404(Run, pk=run_id)
     actor = Actor.of_user(request.user)
-    reason = request.POST.get("reason", "")[:MAX_REASON]
+    reason = request.POST.get("reason", "")
+    problem = reason_problem(reason) if action in ("cancel", "retry", "restart") else ""
+    if problem:
+        messages.error(request, f"Run {str(run.pk)[:8]}: {problem}")
+        return HttpResponseRedirect(reverse("workflows:run", args=[run.pk]))
     if action == "cancel":
         outcome = operations.cancel_run(run.pk, actor, reason)
     elif action == "retry":
@@ -260,8 +264,8 @@ def run_value(request: HttpRequest, run_id: UUID, blob_id: int) -> HttpResponse:
 @login_required
 @require_GET
 def ops_overview(request: HttpRequest) -> HttpResponse:
-    if not (request.user.is_active and request.user.is_staff):
-        raise PermissionDenied("The ops overview is for staff.")
+    if not access.sees_every_run(request.user):
+        raise PermissionDenied("The ops overview is for operators (staff who may view runs).")
     data = ops.overview()
     hourly = data["hourly"]
     outcome_series = [

@@ -95,10 +95,18 @@ def event_verb(kind: str) -> str:
         "decided": "decided",
         "expired": "passed: auto-advanced with",
         "canceled": "ended: gate canceled",
+        "approved": "approved",
+        "escalated": "escalated it to",
+        "reassigned": "handed it",
     }.get(kind, kind)
 
 
 @register.filter
 def system_actor(kind: str) -> str:
     """Who an event without a person was: the pipeline opened, the deadline expired…"""
-    return {"opened": "Pipeline", "expired": "Deadline", "canceled": "Run"}.get(kind, "System")
+    return {
+        "opened": "Pipeline",
+        "expired": "Deadline",
+        "canceled": "Run",
+        "escalated": "Deadline",
+    }.get(kind, "System")

@@ -3,6 +3,8 @@ and the run detail shows the trail."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.api.conftest import Api, Persona, error_code
@@ -65,3 +67,19 @@ def test_a_reason_is_bounded_and_refused_actions_leave_no_entry(
     r = api.post(f"/runs/{run.pk}/restart", {"reason": "still running"}, as_=service)
     assert r.status_code == 409
     assert not RunAudit.objects.exists()
+
+
+@pytest.mark.parametrize("reason", ["a\x00b", "lone \ud800"], ids=["nul", "surrogate"])
+def test_a_reason_that_cannot_be_stored_is_a_4xx(
+    api: Api, service: Persona, bell: Bell, reason: str
+) -> None:
+    waiting = start("test.event", {}, tenant="acme")
+    done = start("test.chain", {"n": 1}, tenant="acme")
+    bell.drain()
+    body = json.dumps({"reason": reason})  # \u0000 and \ud800 as JSON escapes
+    for run, action in ((waiting, "cancel"), (done, "restart")):
+        r = api.post(f"/runs/{run.pk}/{action}", raw=body, as_=service)
+        assert r.status_code in (400, 422), (action, r.status_code)
+        error_code(r)
+    assert not RunAudit.objects.exists()
+    assert api.get(f"/runs/{waiting.pk}", as_=service).json()["status"] == "suspended"

@@ -91,3 +91,30 @@ def test_deciding_needs_the_gates_scope(api: Api, reader: Persona, bell: Bell) -
     assert api.get("/gates", as_=reader).status_code == 200  # reading is fine with runs:read
     r = api.post(f"/gates/{gate.pk}/decision", {"outcome": "approve"}, as_=reader)
     assert r.status_code == 403
+
+
+@pytest.mark.parametrize(
+    "prop", [{"type": "string", "pattern": "["}, {"type": "integer", "minimum": "x"}]
+)
+def test_a_gate_whose_schema_cannot_be_built_answers_422_not_500(
+    api: Api, service: Persona, bell: Bell, prop: dict[str, object]
+) -> None:
+    import tests.reviews.workflows  # noqa: F401  (registers test.review)
+
+    fields = {"type": "object", "properties": {"a": prop}}
+    # Opening such a gate now fails its run, naming the field...
+    run = start("test.review", {"fields": fields}, tenant="acme")
+    bell.drain()
+    assert get_run(run.pk).status == "failed" and not Gate.objects.filter(run=run).exists()
+    # ...and one opened before that check (its schema stored as is) answers a 422.
+    run = start("test.review", {"fields": {"properties": {"a": {}}}}, tenant="acme")
+    bell.drain()
+    gate = Gate.objects.get(run=run, status="open")
+    Gate.objects.filter(pk=gate.pk).update(fields_schema=fields)
+    url = f"/gates/{gate.pk}/decision"
+    r = api.post(url, {"outcome": "approve", "edits": {"a": "x"}}, as_=service)
+    assert r.status_code == 422 and error_code(r) == "invalid_input", r.content
+    assert r.json()["error"]["details"][0]["field"] == "a"
+    assert api.post(url, {"outcome": "approve"}, as_=service).status_code == 200
+    bell.drain()
+    assert get_run(run.pk).status == "succeeded"

@@ -1,7 +1,7 @@
 """Personas for the operator pages.
 
 - ops is staff with every permission (acts on runs, sees the ops overview);
-- watcher is staff without model permissions (sees, cannot act);
+- watcher is staff with only the run view permission (sees every run, cannot act);
 - ana reviews for the ``reviewers`` group of tenant ``acme``, the scenes' tenant (sees its
   runs, not ops, cannot act);
 - otto is logged in but in no group (an outsider: 403 everywhere).
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import Group, Permission, User
 from django.test import Client
 
 import tests.operators.workflows  # noqa: F401  (registers the pipelines)
@@ -27,6 +27,9 @@ class People:
             "ops", password="pw-ops-123", is_staff=True, is_superuser=True
         )
         self.watcher = User.objects.create_user("watcher", password="pw-watch-123", is_staff=True)
+        self.watcher.user_permissions.add(
+            Permission.objects.get(content_type__app_label="workflows", codename="view_run")
+        )
         self.ana = User.objects.create_user("ana", password="pw-ana-123")
         self.ana.groups.add(reviewers)
         TenantMembership.objects.create(user=self.ana, tenant="acme")

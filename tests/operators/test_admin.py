@@ -71,7 +71,8 @@ def test_it_filters_and_searches_runs(people: People, runs: dict[str, Run]) -> N
     assert [r.pk for r in found] == [runs["waiting"].pk]
     found = c.get("/admin/workflows/run/?q=req-77").context["cl"].result_list
     assert [r.pk for r in found] == [runs["waiting"].pk]
-    assert c.get("/admin/workflows/run/?q=not-a-uuid%00").status_code == 200
+    # A NUL in the query is refused before any view (config.middleware): a 400, never a 500.
+    assert c.get("/admin/workflows/run/?q=not-a-uuid%00").status_code == 400
     only = c.get("/admin/workflows/run/?status__exact=failed").context["cl"].result_list
     assert [r.pk for r in only] == [runs["failed"].pk]
     by_pipeline = c.get("/admin/workflows/run/?workflow=test.fanout").context["cl"].result_list
@@ -180,3 +181,19 @@ def test_webhook_deliveries_show_their_attempts_and_can_be_retried(
         {"action": "retry_deliveries", "_selected_action": [str(delivery.pk)]},
     )
     assert Outbox.objects.get().status == "pending"
+
+
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [("a\x00b", "NUL character"), ("x" * 2001, "at most 2,000 are kept")],
+    ids=["nul", "too-long"],
+)
+def test_an_action_reason_that_cannot_be_kept_says_why(
+    people: People, runs: dict[str, Run], reason: str, message: str
+) -> None:
+    # Django answers an invalid action bar with "No action selected.", which it was not.
+    r = _act(people.client(people.ops), "cancel_runs", runs["waiting"], reason=reason)
+    html = r.content.decode()
+    assert "Nothing was done" in html and message in html
+    assert "No action selected" not in html
+    assert get_run(runs["waiting"].pk).status == "suspended"

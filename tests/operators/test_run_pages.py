@@ -75,7 +75,9 @@ def test_the_list_shows_runs_with_live_status_and_filters(
     assert [r.pk for r in only_review] == [scene["review"].pk]
     by_id = c.get(f"/runs/?q={scene['waiting'].pk}").context["runs"]
     assert [r.pk for r in by_id] == [scene["waiting"].pk]
-    assert c.get("/runs/?q=%00&pipeline=%00&status=bogus&page=x").status_code == 200
+    assert c.get("/runs/?q=x&pipeline=nope&status=bogus&page=x").status_code == 200
+    # A NUL in the query is refused before any view (config.middleware): a 400, never a 500.
+    assert c.get("/runs/?q=%00&pipeline=%00&status=bogus&page=x").status_code == 400
 
 
 def test_the_list_refreshes_its_rows_with_htmx(people: People, scene: dict[str, Run]) -> None:
@@ -200,3 +202,31 @@ def test_a_huge_journal_is_cut_on_the_page(people: People, bell: Bell, monkeypat
     assert len(r.context["journal"]) == 5 and r.context["journal_total"] == 12
     assert "Showing the first 5 of 12 entries" in html
     assert html.count('class="tl-branch ') == 10  # the timeline still shows every branch
+
+
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [("a\x00b", "NUL character"), ("x" * 2001, "at most 2,000 are kept")],
+    ids=["nul", "too-long"],
+)
+def test_a_reason_that_cannot_be_kept_is_a_message_not_a_500(
+    people: People, bell: Bell, reason: str, message: str
+) -> None:
+    c = people.client(people.ops)
+    waiting = start("test.event", {})
+    done = start("test.chain", {"n": 2})
+    settle(bell)
+    for run, action, extra in (
+        (waiting, "cancel", {}),
+        (done, "restart", {"from_step": "1"}),
+        (done, "retry", {}),
+    ):
+        r = c.post(f"/runs/{run.pk}/actions/{action}/", {"reason": reason, **extra}, follow=True)
+        assert r.status_code == 200, action
+        assert message in r.content.decode(), action
+    assert get_run(waiting.pk).status == "suspended"
+    assert get_run(done.pk).status == "succeeded" and get_run(done.pk).generation == 1
+    # A reason that can be kept goes through as before.
+    r = c.post(f"/runs/{waiting.pk}/actions/cancel/", {"reason": "duplicate"}, follow=True)
+    assert get_run(waiting.pk).status == "canceled"
+    assert get_run(waiting.pk).error["message"].endswith(": duplicate")

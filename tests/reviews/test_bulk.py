@@ -187,3 +187,48 @@ def test_the_queue_offers_the_bulk_form_and_a_box_per_row(bell: Bell, people: Pe
     assert 'id="bulk-form"' in html and 'action="/reviews/bulk/"' in html
     assert "csrfmiddlewaretoken" in html.split('<form id="bulk-form"')[1].split("</form>")[0]
     assert f'name="gate" value="{gate.pk}" form="bulk-form"' in html
+
+
+# --- four eyes ---------------------------------------------------------------------------------
+
+
+def test_a_four_eyes_approval_is_partial_until_another_approves(bell: Bell, people: People) -> None:
+    gate = open_gate(bell, approvals=2)
+    first = bulk.bulk_decide(people.ana, [gate.pk], outcome="approve", comment="one")
+    assert first.decided == [] and first.skipped == []
+    assert [(p.gate.pk, p.count, p.required) for p in first.partial] == [(gate.pk, 1, 2)]
+    assert Gate.objects.get(pk=gate.pk).status == "open"
+    # The same reviewer again changes nothing and says so; a second reviewer closes the gate.
+    again = bulk.bulk_decide(people.ana, [gate.pk], outcome="approve")
+    assert again.partial == [] and [s.reason for s in again.skipped] == ["already_approved"]
+    second = bulk.bulk_decide(people.ben, [gate.pk], outcome="approve")
+    assert [g.pk for g in second.decided] == [gate.pk] and second.partial == []
+    closed = Gate.objects.get(pk=gate.pk)
+    assert (closed.status, closed.decided_by) == ("decided", "ana, ben")
+    bell.drain()
+    assert get_run(gate.run_id).output["approvals"] == ["ana", "ben"]
+
+
+def test_separation_of_duties_is_a_skip_with_its_reason(bell: Bell, people: People) -> None:
+    own = open_gate(bell, created_by="ana", separation_of_duties=True)
+    other = open_gate(bell, title="Other")
+    result = bulk.bulk_decide(people.ana, [own.pk, other.pk], outcome="approve")
+    assert [g.pk for g in result.decided] == [other.pk]
+    [skipped] = result.skipped
+    assert (skipped.gate_id, skipped.reason) == (own.pk, "separation_of_duties")
+    assert "ana started this run" in skipped.message
+    assert Gate.objects.get(pk=own.pk).status == "open"
+    # Rejecting your own run's gate stays allowed, in bulk as on the page.
+    rejected = bulk.bulk_decide(people.ana, [own.pk], outcome="reject")
+    assert [g.pk for g in rejected.decided] == [own.pk]
+
+
+def test_the_form_reports_a_partial_approval_as_one_of_two(bell: Bell, people: People) -> None:
+    gate = open_gate(bell, title="Payout", approvals=2)
+    response = as_user(people.ana).post(
+        "/reviews/bulk/", {"gate": [gate.pk], "outcome": "approve"}, follow=True
+    )
+    html = response.content.decode()
+    assert "Approved 1 gate" not in html
+    assert 'data-testid="bulk-partial"' in html and "approved (1 of 2)" in html
+    assert Gate.objects.get(pk=gate.pk).status == "open"

@@ -15,8 +15,16 @@ import pytest
 from django.db import connection, connections
 from django.utils import timezone
 
-from reviews.models import Gate, GateEvent
-from reviews.services import GateClosedError, decide_gate, expire_due_gates
+from reviews.models import Gate, GateApproval, GateEvent
+from reviews.services import (
+    GateClaimedError,
+    GateClosedError,
+    claim_gate,
+    decide_gate,
+    escalate_due_gates,
+    expire_due_gates,
+    reassign_gate,
+)
 from tests.reviews.conftest import People, open_gate
 from tests.support import Bell
 from workflows import cancel, get_run
@@ -138,3 +146,114 @@ def test_two_sweeps_at_once_expire_each_gate_once(bell: Bell) -> None:
     bell.drain()
     for gate in gates:
         assert get_run(gate.run_id).output["timed_out"] is True
+
+
+# --- four eyes, escalation -----------------------------------------------------------------------
+
+
+def test_two_approvers_at_once_close_a_two_approval_gate_exactly_once(
+    bell: Bell, people: People
+) -> None:
+    for _ in range(ROUNDS // 2):
+        gate = open_gate(bell, approvals=2)
+        a, b = contend(
+            lambda g=gate: decide_gate(g.pk, outcome="approve", actor="ana", user=people.ana),
+            lambda g=gate: decide_gate(g.pk, outcome="approve", actor="ben", user=people.ben),
+        )
+        assert isinstance(a, Gate) and isinstance(b, Gate)  # Neither approval is lost.
+        gate = assert_one_decision(gate, bell)
+        assert gate.outcome == "approve"
+        assert sorted(gate.decided_by.split(", ")) == ["ana", "ben"]
+        assert GateEvent.objects.filter(gate=gate, kind="approved").count() == 1
+        assert sorted(get_run(gate.run_id).output["approvals"]) == ["ana", "ben"]
+
+
+def test_the_same_approver_twice_at_once_counts_once(bell: Bell, people: People) -> None:
+    for _ in range(ROUNDS // 2):
+        gate = open_gate(bell, approvals=2)
+        a, b = contend(
+            lambda g=gate: decide_gate(g.pk, outcome="approve", actor="ana", user=people.ana),
+            lambda g=gate: decide_gate(g.pk, outcome="approve", actor="ana", user=people.ana),
+        )
+        assert isinstance(a, Gate) and isinstance(b, Gate)
+        gate.refresh_from_db()
+        assert gate.status == "open"
+        assert GateApproval.objects.filter(gate=gate).count() == 1
+        assert GateEvent.objects.filter(gate=gate, kind="approved").count() == 1
+        assert Step.objects.get(pk=gate.step_id).status == "waiting"
+
+
+def test_the_last_approval_and_a_rejection_at_once_close_the_gate_once(
+    bell: Bell, people: People
+) -> None:
+    outcomes = set()
+    for _ in range(ROUNDS // 2):
+        gate = open_gate(bell, approvals=2)
+        decide_gate(gate.pk, outcome="approve", actor="ana", user=people.ana)
+        approve, reject = contend(
+            lambda g=gate: decide_gate(g.pk, outcome="approve", actor="ben", user=people.ben),
+            lambda g=gate: decide_gate(g.pk, outcome="reject", actor="sam", user=people.sam),
+        )
+        gate = assert_one_decision(gate, bell)
+        outcomes.add(gate.outcome)
+        if gate.outcome == "approve":
+            assert isinstance(approve, Gate) and isinstance(reject, GateClosedError)
+            assert gate.decided_by == "ana, ben"
+        else:
+            assert isinstance(reject, Gate) and isinstance(approve, GateClosedError)
+            assert gate.decided_by == "sam"
+    assert outcomes <= {"approve", "reject"}
+
+
+def test_an_approval_and_expiry_at_once_close_a_four_eyes_gate_once(
+    bell: Bell, people: People
+) -> None:
+    for _ in range(ROUNDS // 2):
+        gate = open_gate(bell, approvals=2, on_timeout="reject")
+        decide_gate(gate.pk, outcome="approve", actor="ana", user=people.ana)
+        Gate.objects.filter(pk=gate.pk).update(deadline=timezone.now() - timedelta(seconds=1))
+        approve, expired = contend(
+            lambda g=gate: decide_gate(g.pk, outcome="approve", actor="ben", user=people.ben),
+            lambda: expire_due_gates(),
+        )
+        gate = assert_one_decision(gate, bell)
+        if gate.status == "expired":
+            assert isinstance(approve, GateClosedError) and expired == 1
+            event = GateEvent.objects.get(gate=gate, kind="expired")
+            assert event.detail["approvals"] == ["ana"]
+        else:
+            assert isinstance(approve, Gate) and expired == 0
+            assert gate.decided_by == "ana, ben"
+
+
+def test_two_escalation_sweeps_at_once_escalate_each_gate_once(bell: Bell) -> None:
+    gates = [open_gate(bell, escalate_after_s=60, escalate_to="leads") for _ in range(30)]
+    Gate.objects.update(escalate_at=timezone.now() - timedelta(seconds=1))
+    a, b = contend(lambda: escalate_due_gates(batch=100), lambda: escalate_due_gates(batch=100))
+    assert a + b == 30
+    assert GateEvent.objects.filter(kind="escalated").count() == 30
+    assert (
+        Gate.objects.filter(pk__in=[g.pk for g in gates], escalated_at__isnull=False).count() == 30
+    )
+    assert escalate_due_gates() == 0
+
+
+def test_a_reassign_and_the_claimants_decision_at_once_never_both_take(
+    bell: Bell, people: People
+) -> None:
+    for _ in range(ROUNDS // 2):
+        gate = open_gate(bell)
+        claim_gate(gate.pk, people.ana)
+        moved, decided = contend(
+            lambda g=gate: reassign_gate(g.pk, people.ana, "ben"),
+            lambda g=gate: decide_gate(g.pk, outcome="approve", actor="ana", user=people.ana),
+        )
+        gate.refresh_from_db()
+        reassigned = GateEvent.objects.filter(gate=gate, kind="reassigned").count()
+        if gate.status == "decided":
+            assert isinstance(decided, Gate) and isinstance(moved, GateClosedError)
+            assert reassigned == 0 and gate.decided_by == "ana"
+            assert_one_decision(gate, bell)
+        else:
+            assert isinstance(moved, Gate) and isinstance(decided, GateClaimedError)
+            assert reassigned == 1 and gate.claimed_by == people.ben

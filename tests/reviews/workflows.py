@@ -81,6 +81,10 @@ def review_wf(
     payload: Any = None,
     fields: dict[str, Any] | None = None,
     choices: list[str] | None = None,
+    approvals: int = 1,
+    separation_of_duties: bool = False,
+    escalate_after_s: float | None = None,
+    escalate_to: str = "",
 ) -> dict[str, Any]:
     d = ctx.review(
         title,
@@ -91,8 +95,12 @@ def review_wf(
         choices=tuple(choices or ("approve", "reject")),
         group=group,
         fields=fields,
+        approvals=approvals,
+        separation_of_duties=separation_of_duties,
+        escalate_after=timedelta(seconds=escalate_after_s) if escalate_after_s else None,
+        escalate_to=escalate_to,
     )
-    return decision_output(d)
+    return decision_output(d) | ({"approvals": list(d.approvals)} if d.approvals else {})
 
 
 class Correction(pydantic.BaseModel):
@@ -244,3 +252,42 @@ def digest_wf(
         on_timeout=on_timeout,
     )
     return decision_output(d)
+
+
+@workflow(name="finance.payment_release")
+def payment_release_wf(
+    ctx: Any,
+    title: str = "Release payment #7781 to Nordwind Logistics",
+    timeout_s: float = 8 * 3600,
+) -> dict[str, Any]:
+    """A four-eyes gate: two people approve, and not the one who started the run."""
+    d = ctx.review(
+        title,
+        "Check the amount and the bank details against the invoice. Two reviewers must approve.",
+        {
+            "summary": "Invoice INV-2291 matches the purchase order; the IBAN changed last week.",
+            "amount": "EUR 48,250.00",
+            "payee": "Nordwind Logistics GmbH",
+            "analyses": [
+                {
+                    "title": "Amount matches the purchase order",
+                    "finding": "PO-5512 and INV-2291 both total EUR 48,250.00.",
+                    "confidence": 0.97,
+                    "evidence": [{"quote": "Total due: EUR 48,250.00", "source": "INV-2291"}],
+                },
+                {
+                    "title": "Bank details changed recently",
+                    "finding": "The IBAN on the invoice differs from the one on file since 3 days.",
+                    "confidence": 0.62,
+                    "evidence": ["Please note our new bank account: DE89 3704 0044 0532 0130 00"],
+                },
+            ],
+        },
+        timeout=timedelta(seconds=timeout_s),
+        on_timeout="reject",
+        approvals=2,
+        separation_of_duties=True,
+        escalate_after=timedelta(hours=4),
+        escalate_to="leads",
+    )
+    return decision_output(d) | {"approvals": list(d.approvals)}

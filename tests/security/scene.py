@@ -12,6 +12,11 @@ Personas (docs/security.md):
 - ``operator``: staff, may view and change runs, start runs and view gates (no other model
   permission);
 - ``superuser``;
+- ``viewer``: staff holding every view permission and nothing else (reads the admin's tables
+  and every tenant's runs and gates; may run no admin action, decide nothing claimed, start
+  and change nothing);
+- ``staff_rev``: staff with no permission at all, a reviewer of alpha in tenant acme: the staff
+  flag alone opens the admin's door, never every tenant (they see what rev_a sees);
 - ``key_read`` / ``key_write`` / ``key_decide``: acme API keys with one scope each;
 - ``key_other``: a globex API key with every scope.
 
@@ -36,7 +41,17 @@ from workflows import start
 from workflows.keys import SCOPES, create_api_key
 from workflows.models import ApiKey, Blob, Run, TenantMembership
 
-WEB_PERSONAS = ("anon", "nogroup", "rev_a", "rev_b", "rev_other", "operator", "superuser")
+WEB_PERSONAS = (
+    "anon",
+    "nogroup",
+    "rev_a",
+    "rev_b",
+    "rev_other",
+    "operator",
+    "superuser",
+    "viewer",
+    "staff_rev",
+)
 KEY_PERSONAS = ("key_read", "key_write", "key_decide", "key_other")
 PERSONAS = WEB_PERSONAS + KEY_PERSONAS
 
@@ -95,6 +110,9 @@ def build(bell: Bell) -> Scene:
         "reviews.view_gate",
     )
     s.users["superuser"] = User.objects.create_superuser("root", "root@example.com", "pw-root")
+    s.users["viewer"] = user("viola", is_staff=True)
+    s.users["viewer"].user_permissions.add(*Permission.objects.filter(codename__startswith="view_"))
+    s.users["staff_rev"] = user("stan", tenant="acme", groups=("alpha",), is_staff=True)
     s.keys["key_read"] = create_api_key("acme-read", scopes=("runs:read",), tenant="acme")
     s.keys["key_write"] = create_api_key("acme-write", scopes=("runs:write",), tenant="acme")
     s.keys["key_decide"] = create_api_key("acme-decide", scopes=("gates:decide",), tenant="acme")

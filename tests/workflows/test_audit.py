@@ -65,3 +65,30 @@ def test_canceling_a_parent_records_the_operator_on_the_parent_only(bell: Bell) 
     cancel(parent.pk, actor=Actor("user:ops"))
     assert list(RunAudit.objects.values_list("run_id", "action")) == [(parent.pk, "cancel")]
     assert get_run(parent.pk).error["message"] == "canceled by user:ops"
+
+
+@pytest.mark.parametrize(
+    "reason",
+    ["a\x00b", "lone \ud800 surrogate", "x" * 2001],
+    ids=["nul", "surrogate", "too-long"],
+)
+def test_a_reason_that_cannot_be_kept_is_refused_before_anything_changes(
+    bell: Bell, reason: str
+) -> None:
+    # PostgreSQL's text and jsonb columns refuse NUL and lone surrogates: a cancel failed
+    # writing run.error, a restart failed writing RunAudit.reason (a 500 on the run page).
+    waiting = start("test.event", {})
+    done = start("test.chain", {"n": 1})
+    bell.drain()
+    with pytest.raises(InvalidInputError) as cancel_error:
+        cancel(waiting.pk, reason, actor=Actor("user:ops"))
+    with pytest.raises(InvalidInputError) as restart_error:
+        restart(done.pk, from_step=1, actor=Actor("user:ops"), reason=reason)
+    for exc in (cancel_error.value, restart_error.value):
+        assert [e["field"] for e in exc.errors] == ["reason"]
+    assert get_run(waiting.pk).status == "suspended"
+    assert get_run(done.pk).status == "succeeded" and get_run(done.pk).generation == 1
+    assert not RunAudit.objects.exists()
+    # A reason of exactly the limit is kept whole.
+    cancel(waiting.pk, "y" * 2000, actor=Actor("user:ops"))
+    assert RunAudit.objects.get(run=waiting).reason == "y" * 2000

@@ -72,3 +72,48 @@ def test_an_expired_reservation_is_not_claimed(bell: Bell) -> None:
     assert claim_step(row.pk, "late-worker") is None
     bell.settle()
     assert get_run(run.pk).status == "succeeded"
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("depth", [300, 5000])
+def test_a_value_nested_too_deep_to_store_is_an_input_error(bell: Bell, depth: int) -> None:
+    # pydantic_core gives up past ~255 levels with a plain ValueError, which start and
+    # send_event let through (a 500 for their callers) instead of an InvalidInputError.
+    from workflows import send_event
+    from workflows.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="cannot be stored as JSON"):
+        start("test.event", {"note": _nested(depth)})
+    assert not Run.objects.exists()
+    run = start("test.event", {})
+    bell.drain()
+    with pytest.raises(InvalidInputError, match="cannot be stored as JSON"):
+        send_event(run.pk, "approved", {"by": _nested(depth)})
+    send_event(run.pk, "approved", {"by": _nested(50)})  # deep, but storable
+    bell.drain()
+    run = get_run(run.pk)
+    assert run.status == "succeeded"
+    assert run.output["event"] == {"by": _nested(50)}
+
+
+def test_a_lone_surrogate_is_an_input_error_not_a_database_error(bell: Bell) -> None:
+    # PostgreSQL's jsonb refuses "\ud800" (a DataError when the run row was inserted); a
+    # character outside the BMP, sent as a surrogate pair, is fine.
+    from workflows import send_event
+    from workflows.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="lone surrogate"):
+        start("test.event", {"note": "half an emoji \ud83d"})
+    run = start("test.event", {})
+    bell.drain()
+    with pytest.raises(InvalidInputError, match="lone surrogate"):
+        send_event(run.pk, "approved", {"by": "\udfff"})
+    send_event(run.pk, "approved", {"by": "\U0001f600"})
+    bell.drain()
+    assert get_run(run.pk).output["event"] == {"by": "\U0001f600"}

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.utils import timezone
 
 from tests.support import Bell
-from workflows import cancel, get_run, send_event, start
+from workflows import cancel, get_run, send_event, start, workflow
 from workflows.models import Event, Run, Step
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
@@ -115,3 +116,27 @@ def test_replay_detects_a_changed_workflow(bell: Bell, monkeypatch: pytest.Monke
         "at position 1 the journal has step 'add_one' but the code now calls step 'double'"
         in run.error["message"]
     )
+
+
+@workflow(name="test.waits.plugin_timeout")
+def plugin_timeout(ctx: Any) -> Any:
+    return ctx.wait_for(
+        "approval",
+        "sign-off",
+        on_open=lambda row: None,
+        timeout=timedelta(hours=1),
+        default={"signed": False},
+    )
+
+
+def test_it_fires_a_plugin_wait_with_a_timeout_and_goes_on_with_its_default(bell: Bell) -> None:
+    run = start("test.waits.plugin_timeout", {})
+    bell.settle()
+    assert get_run(run.pk).status == "suspended"
+    expire(run, "approval")
+    bell.settle()
+    run = get_run(run.pk)
+    assert run.status == "succeeded"
+    assert run.output == {"signed": False}
+    row = Step.objects.get(run=run, kind="approval")
+    assert row.usage == {"timed_out": True}

@@ -10,6 +10,7 @@ from typing import Any
 from django import template
 from django.utils import timezone
 
+from workflows import timeline
 from workflows.timeline import human_duration, value_link
 
 register = template.Library()
@@ -24,6 +25,13 @@ def pretty(value: Any) -> str:
     if len(text) > PRETTY_LIMIT:
         return text[:PRETTY_LIMIT] + f"\n… ({len(text) - PRETTY_LIMIT:,} more characters)"
     return text
+
+
+@register.filter
+def status_label(step: Any) -> str:
+    """A journal row's status as people read it ("auto-advanced on expiry" for a gate that
+    went on with its default), as the admin shows it."""
+    return timeline.status_label(step)
 
 
 @register.filter

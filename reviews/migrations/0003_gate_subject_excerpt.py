@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("reviews", "0001_initial"),
+        ("reviews", "0002_four_eyes_escalation"),
     ]
 
     operations = [

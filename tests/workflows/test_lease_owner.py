@@ -1,0 +1,86 @@
+"""Lease owners are per thread: two threads of one worker process hold different owner ids, so
+a thread whose run lease expired (it stalled) is fenced out once another thread of the same
+process took the run over; the heartbeat renews each thread's leases under its own owner."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import connections
+from django.utils import timezone
+
+from tests.support import Bell
+from workflows import leases, start
+from workflows.context import Context
+from workflows.errors import LeaseLost
+from workflows.executor import take_run
+from workflows.models import Run
+from workflows.sweeper import reclaim_runs
+
+pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
+
+
+def in_thread(fn: Any) -> Any:
+    out: list[Any] = []
+
+    def body() -> None:
+        try:
+            out.append(fn())
+        finally:
+            connections.close_all()
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join(timeout=30)
+    return out[0]
+
+
+def test_it_gives_each_thread_its_own_owner_id() -> None:
+    mine = leases.owner_id()
+    assert leases.owner_id() == mine  # stable within a thread
+    other = in_thread(leases.owner_id)
+    assert other != mine
+    assert other.split(":")[1] == mine.split(":")[1]  # same process
+
+
+def test_a_stalled_thread_is_fenced_out_by_another_thread_of_its_process(bell: Bell) -> None:
+    run = start("test.event", {})
+    bell.drain()
+    stalled_owner = leases.owner_id()
+    stalled = take_run(run.pk, 1, stalled_owner)
+    assert stalled is not None
+    # The stalled thread's lease runs out; the sweep frees the run; another thread takes it.
+    Run.objects.filter(pk=run.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert reclaim_runs(timezone.now()) == 1
+    taker = in_thread(lambda: take_run(run.pk, 1, leases.owner_id()))
+    assert taker is not None and taker.lease_owner != stalled_owner
+    # The stalled thread wakes up and tries to write: it must not pass the fence.
+    with pytest.raises(LeaseLost):
+        Context(stalled, [], stalled_owner).suspend()
+    assert Run.objects.get(pk=run.pk).lease_owner == taker.lease_owner
+
+
+def test_the_heartbeat_renews_each_threads_run_under_its_owner(bell: Bell) -> None:
+    a, b = start("test.event", {}), start("test.event", {})
+    bell.drain()
+    soon = timezone.now() + timedelta(seconds=2)
+
+    def take_and_hold(run_id: Any) -> str:
+        owner = leases.owner_id()
+        assert take_run(run_id, 1, owner) is not None
+        leases.hold_run(run_id)
+        return owner
+
+    owners = [take_and_hold(a.pk), in_thread(lambda: take_and_hold(b.pk))]
+    try:
+        Run.objects.filter(pk__in=[a.pk, b.pk]).update(lease_expires_at=soon)
+        assert leases.renew_all() == 2
+        for run, owner in zip((a, b), owners, strict=True):
+            fresh = Run.objects.get(pk=run.pk)
+            assert fresh.lease_owner == owner and fresh.lease_expires_at > soon
+    finally:
+        leases.drop_run(a.pk)
+        leases.drop_run(b.pk)

@@ -1,0 +1,85 @@
+"""A run ends once: a ``run_finished`` receiver that raises (or breaks the transaction with a
+failed statement) is logged and rolled back alone; it never makes the engine end the run again,
+so ``on_complete`` runs exactly once, with the run's real status."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.db import connection, transaction
+
+from tests.support import Bell
+from tests.workflows import hooks
+from workflows import get_run, send_event, start
+from workflows.executor import advance_many
+from workflows.models import Run
+from workflows.signals import run_finished
+
+pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
+
+
+def broken_receiver(sender: Any, run: Any, **kwargs: Any) -> None:
+    with connection.cursor() as cur:
+        cur.execute("SELECT * FROM no_such_table_for_sluice")  # aborts the transaction on PG
+
+
+def raising_receiver(sender: Any, run: Any, **kwargs: Any) -> None:
+    raise RuntimeError("receiver exploded")
+
+
+@pytest.fixture(params=[raising_receiver, broken_receiver], ids=["raises", "bad-sql"])
+def bad_receiver(request: pytest.FixtureRequest) -> Iterator[None]:
+    run_finished.connect(request.param, dispatch_uid="test.bad_receiver")
+    hooks.SEEN.clear()
+    yield
+    run_finished.disconnect(dispatch_uid="test.bad_receiver")
+
+
+def test_it_runs_on_complete_once_when_a_receiver_raises(bell: Bell, bad_receiver: None) -> None:
+    run = start("test.chain", {"n": 2}, on_complete="tests.workflows.hooks.record")
+    bell.settle()
+    run = get_run(run.pk)
+    assert run.status == "succeeded"
+    assert run.output == 2
+    assert hooks.SEEN == [(str(run.pk), "succeeded")]
+
+
+def test_it_runs_on_complete_once_for_a_burst_when_a_receiver_raises(
+    bell: Bell, bad_receiver: None
+) -> None:
+    runs = [start("test.event", {}, on_complete="tests.workflows.hooks.record") for _ in range(3)]
+    bell.drain()
+    for run in runs:
+        send_event(run.pk, "approved", {})
+    bell.lose_all()
+    advance_many([(r.pk, r.generation) for r in runs])
+    bell.settle()
+    assert sorted(hooks.SEEN) == sorted((str(r.pk), "succeeded") for r in runs)
+    assert all(get_run(r.pk).status == "succeeded" for r in runs)
+
+
+CALLBACKS: list[str] = []
+
+
+def writes_then_raises(sender: Any, run: Any, **kwargs: Any) -> None:
+    Run.objects.filter(pk=run.pk).update(current_step="written by a broken receiver")
+    transaction.on_commit(lambda: CALLBACKS.append("broken"))
+    raise RuntimeError("after writing")
+
+
+def test_a_failing_receivers_writes_and_callbacks_roll_back_alone(bell: Bell) -> None:
+    CALLBACKS.clear()
+    hooks.SEEN.clear()
+    run_finished.connect(writes_then_raises, dispatch_uid="test.writes_then_raises")
+    try:
+        run = start("test.chain", {"n": 1}, on_complete="tests.workflows.hooks.record")
+        bell.settle()
+    finally:
+        run_finished.disconnect(dispatch_uid="test.writes_then_raises")
+    run = get_run(run.pk)
+    assert run.status == "succeeded"
+    assert run.current_step != "written by a broken receiver"
+    assert CALLBACKS == []
+    assert hooks.SEEN == [(str(run.pk), "succeeded")]
