@@ -62,7 +62,8 @@ class Human:
 
     instruction: str
     on: Mapping[str, str]
-    timeout: timedelta = timedelta(hours=24)
+    # None: the run's review timeout (``review_timeout`` when it was started; else 24 hours).
+    timeout: timedelta | None = None
     on_timeout: str = "approve"
     title: str = ""
     group: str = "reviewers"
@@ -116,7 +117,7 @@ def human(
     *,
     instruction: str,
     on: Mapping[str, str],
-    timeout: str | float | timedelta = "24h",
+    timeout: str | float | timedelta | None = None,
     on_timeout: str = "approve",
     title: str = "",
     group: str = "reviewers",
@@ -127,10 +128,12 @@ def human(
     escalate_after: str | float | timedelta | None = None,
     escalate_to: str = "",
 ) -> Human:
+    """A review gate. Without ``timeout`` it takes the run's review timeout (24 h unless the run
+    was started with ``review_timeout``)."""
     return Human(
         instruction,
         dict(on),
-        parse_duration(timeout),
+        parse_duration(timeout) if timeout is not None else None,
         on_timeout,
         title,
         group,

@@ -18,8 +18,12 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
+
+from workflows.errors import InvalidInputError
+from workflows.services import parse_review_timeout as parse_review_timeout_value
 
 PREFIX = "input"
 INDEX = "__index__"
@@ -378,6 +382,31 @@ def parse_budget(raw: str) -> tuple[Decimal | None, str]:
     if value <= 0 or value >= BUDGET_LIMIT:
         return None, "The budget must be more than 0 and less than 100,000,000 USD."
     return value, ""
+
+
+REVIEW_TIMEOUT_UNITS = {"minutes": 60, "hours": 3600, "days": 86400}
+
+
+def parse_review_timeout(amount: str, unit: str) -> tuple[timedelta | None, str]:
+    """The optional review timeout (a number and a unit): (value, error). Empty is the
+    pipeline's default (24 hours); the range, 1 minute to 30 days, is the engine's."""
+    text = (amount or "").strip()
+    if not text:
+        return None, ""
+    seconds = REVIEW_TIMEOUT_UNITS.get(unit)
+    if seconds is None or len(text) > 20:
+        return None, "Enter a number of minutes, hours or days, like 36 hours."
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        return None, "Enter a number of minutes, hours or days, like 36 hours."
+    if not value.is_finite():
+        return None, "Enter a number of minutes, hours or days, like 36 hours."
+    try:
+        duration = parse_review_timeout_value(float(value * seconds))
+    except InvalidInputError:
+        return None, "The review timeout must be from 1 minute to 30 days."
+    return duration, ""
 
 
 def attach_errors(errors: list[dict[str, Any]]) -> tuple[dict[str, list[str]], list[str]]:

@@ -84,11 +84,17 @@ def start_run(request: HttpRequest, name: str) -> HttpResponse:
     errors: dict[str, list[str]] = {}
     general: list[str] = []
     budget_raw, budget_error = "", ""
+    timeout_raw, timeout_unit, timeout_error = "", "hours", ""
     form_key = uuid.uuid4().hex
     if request.method == "POST":
         values, errors = forms.parse_post(schema, request.POST)
         budget_raw = request.POST.get("max_cost", "")
         budget, budget_error = forms.parse_budget(budget_raw)
+        timeout_raw = request.POST.get("review_timeout", "")[:40]
+        timeout_unit = request.POST.get("review_timeout_unit", "hours")
+        if timeout_unit not in forms.REVIEW_TIMEOUT_UNITS:
+            timeout_unit = "hours"
+        review_timeout, timeout_error = forms.parse_review_timeout(timeout_raw, timeout_unit)
         posted_key = request.POST.get("form_key", "")
         form_key = posted_key if re.fullmatch(r"[0-9a-f]{32}", posted_key) else form_key
         try:
@@ -96,7 +102,7 @@ def start_run(request: HttpRequest, name: str) -> HttpResponse:
                 raise InvalidInputError("the form has errors")
             # Validated here as well as in start(), so a bad budget shows with the rest.
             validate_input(name, values)
-            if not budget_error:
+            if not budget_error and not timeout_error:
                 run = start(
                     name,
                     values,
@@ -104,6 +110,7 @@ def start_run(request: HttpRequest, name: str) -> HttpResponse:
                     tenant=access.user_tenant(request.user),
                     created_by=request.user.get_username(),
                     max_cost=budget,
+                    review_timeout=review_timeout,
                 )
                 return redirect(f"/runs/{run.pk}/")
         except InvalidInputError as exc:
@@ -113,7 +120,7 @@ def start_run(request: HttpRequest, name: str) -> HttpResponse:
                 general = [str(exc)]
     fields = forms.build_fields(schema, values, errors)
     general += forms.unplaced(errors, fields)
-    status = 400 if (errors or general or budget_error) else 200
+    status = 400 if (errors or general or budget_error or timeout_error) else 200
     context = {
         "nav": "pipelines",
         "pipeline": _card(definition),
@@ -121,6 +128,10 @@ def start_run(request: HttpRequest, name: str) -> HttpResponse:
         "general_errors": general,
         "budget": budget_raw,
         "budget_error": budget_error,
+        "review_timeout": timeout_raw,
+        "review_timeout_unit": timeout_unit,
+        "review_timeout_units": list(forms.REVIEW_TIMEOUT_UNITS),
+        "review_timeout_error": timeout_error,
         "form_key": form_key,
         "has_errors": status == 400,
     }

@@ -19,6 +19,8 @@ import pydantic
 from workflows import payloads
 from workflows.models import Step
 
+# Without a ``timeout``, a gate gets its run's review timeout (``ctx.review_timeout``), which is
+# this unless the run was started with ``review_timeout``.
 DEFAULT_TIMEOUT = timedelta(hours=24)
 
 
@@ -75,7 +77,7 @@ def review(
     title: str,
     instruction: str = "",
     payload: Any = None,
-    timeout: timedelta | float = DEFAULT_TIMEOUT,
+    timeout: timedelta | float | None = None,
     on_timeout: str = "approve",
     choices: Sequence[str] = ("approve", "reject"),
     group: str = "reviewers",
@@ -97,6 +99,7 @@ def review(
     """
     from reviews.schema import schema_of
     from reviews.services import open_gate
+    from reviews.summary import describe_run
 
     title = str(title).strip()
     if not title or len(title) > 200:
@@ -108,6 +111,8 @@ def review(
         raise ValueError("each choice must be at most 64 characters")
     if on_timeout not in options:
         raise ValueError(f"on_timeout {on_timeout!r} is not one of the choices {options!r}")
+    if timeout is None:
+        timeout = getattr(ctx, "review_timeout", None) or DEFAULT_TIMEOUT
     seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
     if seconds <= 0:
         raise ValueError("a gate's timeout must be positive")
@@ -122,6 +127,7 @@ def review(
     payloads.check_size(data, f"payload of gate {title!r}")
 
     def on_open(step_row: Step) -> None:
+        subject, excerpt = describe_run(ctx.record)
         open_gate(
             step_row,
             pipeline=ctx.record.workflow,
@@ -133,6 +139,8 @@ def review(
             group=group,
             fields_schema=schema,
             timeout=timedelta(seconds=seconds),
+            subject=subject,
+            excerpt=excerpt,
             approvals_required=needed,
             separation_of_duties=bool(separation_of_duties),
             escalate_after=escalate[0] if escalate else None,

@@ -34,6 +34,10 @@ class Gate(models.Model):
     # The run's workflow, copied here so the queue filters on it without a join.
     pipeline = models.CharField(max_length=200)
     title = models.CharField(max_length=200)
+    # Which run this is, for the queue: the input's title and a one-line excerpt of its main
+    # text, read when the gate opened (reviews.summary). Untrusted text, always escaped.
+    subject = models.CharField(max_length=200, blank=True, default="")
+    excerpt = models.CharField(max_length=300, blank=True, default="")
     instruction = models.TextField(blank=True, default="")
     # What the AI produced, for a person to check. Untrusted: always rendered escaped.
     payload = models.JSONField(null=True, blank=True)

@@ -162,6 +162,8 @@ def open_queue(
             "run_id",
             "pipeline",
             "title",
+            "subject",
+            "excerpt",
             "group",
             "attempt",
             "deadline",
@@ -231,6 +233,31 @@ def closed_message(gate: Gate) -> str:
     return "this gate is open"
 
 
+def closed_message_for(gate: Gate, user: Any) -> str:
+    """``closed_message`` as ``user`` reads it: the person who decided sees "you rejected this
+    gate at 14:02", not their own name as if someone else had."""
+    mine = user is not None and getattr(user, "pk", None) is not None
+    if mine and gate.status == GateStatus.DECIDED and gate.decided_by_user_id == user.pk:
+        verb = {"approve": "approved", "reject": "rejected"}.get(gate.outcome)
+        what = f"you {verb} this gate" if verb else f"you decided “{gate.outcome}” on this gate"
+        return f"{what} at {_when(gate.decided_at)}"
+    return closed_message(gate)
+
+
+def next_attempt(gate: Gate, user: Any) -> Gate | None:
+    """The gate the run opened after this one was turned down (rejected, or expired into a
+    rejection): usually the same review again, attempt n + 1. None when the gate was approved,
+    is still open, or the run opened nothing after it that ``user`` may see."""
+    if gate.is_open or gate.status == GateStatus.CANCELED or gate.outcome == "approve":
+        return None
+    later = gates_visible_to(user).filter(run_id=gate.run_id, pk__gt=gate.pk)
+    fields = ("id", "title", "attempt", "status")
+    return (
+        later.filter(title=gate.title).only(*fields).order_by("pk").first()
+        or later.only(*fields).order_by("pk").first()
+    )
+
+
 def _claimed_message(gate: Gate) -> str:
     who = gate.claimed_by.get_username() if gate.claimed_by else "another reviewer"
     return (
@@ -254,6 +281,8 @@ def open_gate(
     group: str,
     fields_schema: dict[str, Any],
     timeout: timedelta,
+    subject: str = "",
+    excerpt: str = "",
     approvals_required: int = 1,
     separation_of_duties: bool = False,
     escalate_after: timedelta | None = None,
@@ -268,6 +297,8 @@ def open_gate(
         step_id=step_row.pk,
         pipeline=pipeline,
         title=title,
+        subject=subject[:200],
+        excerpt=excerpt[:300],
         instruction=instruction,
         payload=payload,
         choices=choices,

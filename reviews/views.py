@@ -24,10 +24,12 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from django.views.decorators.csp import csp_override
 from django.views.decorators.http import require_GET, require_POST
 
-from reviews import services
+from reviews import bulk, services
 from reviews.forms import DecisionForm, EditsForm
 from reviews.models import Gate, GateStatus
 from reviews.presenters import present
@@ -119,6 +121,8 @@ class QueueRow:
     pk: int
     href: str
     title: str
+    subject: str
+    excerpt: str
     attempt: int
     group: str
     opened: str
@@ -146,6 +150,9 @@ def queue_rows(gates: list[Gate], user: Any, now: datetime) -> list[QueueRow]:
                 pk=g.pk,
                 href=f"{base}{g.pk}/",
                 title=g.title,
+                # The run's own title, unless it only repeats the gate's.
+                subject=g.subject if g.subject != g.title else "",
+                excerpt=g.excerpt,
                 attempt=g.attempt,
                 group=g.group,
                 opened=short_time(g.created_at),
@@ -169,6 +176,81 @@ def _fingerprint(total: int, gates: list[Gate]) -> str:
     """What the list shows, hashed: a poll that would render the same list gets 204."""
     parts = [str(total)] + [f"{g.pk}:{g.claimed_by_id or ''}" for g in gates]
     return hashlib.blake2b("|".join(parts).encode(), digest_size=8).hexdigest()
+
+
+# --- bulk decisions -----------------------------------------------------------------------------
+
+# At most this many skipped gates are listed one by one; the rest are counted.
+BULK_SKIPS_LISTED = 20
+
+
+@require_POST
+@reviewer_required
+def bulk_decide(request: HttpRequest) -> HttpResponse:
+    """Approve or reject the gates ticked in the queue, with one comment; then back to the
+    queue (its filters kept), which says how many were decided and which were skipped, why."""
+    back = request.POST.get("next", "")
+    if not (back.startswith("/reviews/") and "//" not in back and "\\" not in back):
+        back = reverse("reviews:queue")
+    outcome = request.POST.get("outcome", "")
+    comment = request.POST.get("comment", "").strip()
+    ids = request.POST.getlist("gate")[: bulk.MAX_BULK + 1]
+    if outcome not in bulk.OUTCOMES:
+        messages.error(request, "Choose Approve or Reject for the selected gates.")
+        return redirect(back)
+    if len(comment) > UNSENT_COMMENT_LIMIT:
+        messages.error(request, f"The comment is longer than {UNSENT_COMMENT_LIMIT} characters.")
+        return redirect(back)
+    if not ids:
+        messages.error(request, "Select at least one gate first.")
+        return redirect(back)
+    if len(ids) > bulk.MAX_BULK:
+        messages.error(request, f"Select at most {bulk.MAX_BULK} gates at a time.")
+        return redirect(back)
+    result = bulk.bulk_decide(request.user, ids, outcome=outcome, comment=comment)
+    verb = "Approved" if outcome == "approve" else "Rejected"
+    n = len(result.decided)
+    if n:
+        messages.success(request, f"{verb} {n} gate{'s' if n != 1 else ''}.")
+    if result.partial:
+        messages.success(request, _partial_message(result.partial))
+    if result.skipped:
+        acted = bool(n or result.partial)
+        messages.warning(request, _skipped_message(result.skipped, decided_any=acted))
+    return redirect(back)
+
+
+def _partial_message(partial: list[bulk.Partial]) -> str:
+    """Four-eyes gates approved once by this reviewer: still open, awaiting another approver."""
+    k = len(partial)
+    head = (
+        f"Your approval was recorded on {k} gate{'s' if k != 1 else ''} "
+        "that need{} another approver:".format("s" if k == 1 else "")
+    )
+    items = format_html_join(
+        "",
+        '<li data-testid="bulk-partial"><bdi>“{}”</bdi> — approved ({} of {}).</li>',
+        ((p.gate.title, p.count, p.required) for p in partial[:BULK_SKIPS_LISTED]),
+    )
+    more = f"<li>… and {k - BULK_SKIPS_LISTED} more.</li>" if k > BULK_SKIPS_LISTED else ""
+    more_html = mark_safe(more)  # noqa: S308  (a number only)
+    return format_html('{} <ul class="rv-skipped">{}{}</ul>', head, items, more_html)
+
+
+def _skipped_message(skipped: list[bulk.Skipped], *, decided_any: bool) -> str:
+    """One flash listing the skipped gates and why; titles are outside text, escaped and in
+    <bdi> (the flash area sits outside <main>, whose elements sluice.css isolates)."""
+    k = len(skipped)
+    plural = "s" if k != 1 else ""
+    head = f"Skipped {k} gate{plural}:" if decided_any else f"Nothing decided: skipped {k}:"
+    items = format_html_join(
+        "",
+        '<li data-testid="bulk-skipped"><bdi>“{}”</bdi> — {}.</li>',
+        ((s.title, s.message) for s in skipped[:BULK_SKIPS_LISTED]),
+    )
+    more = f"<li>… and {k - BULK_SKIPS_LISTED} more.</li>" if k > BULK_SKIPS_LISTED else ""
+    more_html = mark_safe(more)  # noqa: S308  (a number only)
+    return format_html('{} <ul class="rv-skipped">{}{}</ul>', head, items, more_html)
 
 
 # --- gate page ----------------------------------------------------------------------------------
@@ -200,7 +282,8 @@ def _gate_context(
         "can_decide": gate.is_open
         and (gate.claimed_by_id in (None, request.user.pk) or frees_others),
         "frees_others": frees_others,
-        "closed_message": "" if gate.is_open else services.closed_message(gate),
+        "closed_message": ("" if gate.is_open else services.closed_message_for(gate, request.user)),
+        "next_attempt": services.next_attempt(gate, request.user),
         "now": timezone.now(),
         "poll_seconds": settings.SLUICE_REVIEW_POLL_SECONDS,
     }
@@ -266,6 +349,8 @@ def _claim_action(
     except (services.GateClosedError, services.GateClaimedError) as exc:
         error = str(exc)
         gate = services.get_gate(pk)
+        if not gate.is_open:
+            error = services.closed_message_for(gate, request.user)
     if getattr(request, "htmx", False):
         context = _gate_context(request, gate)
         context["claim_error"] = error

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -39,7 +39,7 @@ from workflows.api_auth import (
 )
 from workflows.audit import MAX_REASON, Actor
 from workflows.definitions import registered_workflows
-from workflows.errors import IdempotencyConflict, UnknownWorkflowError
+from workflows.errors import IdempotencyConflict, InvalidInputError, UnknownWorkflowError
 from workflows.models import ApiKey, Blob, Run, RunAudit, Step
 from workflows.payloads import stored
 from workflows.webhooks import CallbackUrlError, check_callback_url
@@ -106,6 +106,13 @@ class RunCreateIn(Schema):
         decimal_places=6,
         description="Budget in dollars: the run stops before the next step once spent.",
     )
+    review_timeout: float | str | None = Field(
+        None,
+        description="How long reviewers have to decide each gate of this run that sets no "
+        "timeout of its own: seconds, or a duration such as '90m', '36h' or '7d'; from 1 minute "
+        "to 30 days. Default: the pipeline's, 24 hours.",
+        examples=["36h"],
+    )
 
 
 class GateBrief(Schema):
@@ -150,6 +157,9 @@ class RunDetail(RunSummary):
     output_url: str | None
     error: dict[str, Any] | None
     max_cost: float | None
+    review_timeout: int | None = Field(
+        description="Seconds reviewers have for each gate; null means the default, 24 hours."
+    )
     callback_url: str | None
     idempotency_key: str | None
     created_by: str
@@ -324,6 +334,9 @@ def run_detail(run: Run) -> dict[str, Any]:
         "output_url": output_url,
         "error": run.error,
         "max_cost": float(run.max_cost) if run.max_cost is not None else None,
+        "review_timeout": (
+            int(run.review_timeout.total_seconds()) if run.review_timeout is not None else None
+        ),
         "callback_url": run.callback_url or None,
         "idempotency_key": public_key(run),
         "created_by": run.created_by,
@@ -413,7 +426,16 @@ def _same_request(run: Run, body: RunCreateIn) -> bool:
         and (run.input or {}) == body.input
         and (run.callback_url or None) == (body.callback_url or None)
         and max_cost == (Decimal(body.max_cost) if body.max_cost is not None else None)
+        and run.review_timeout == _review_timeout(body)
     )
+
+
+def _review_timeout(body: RunCreateIn) -> timedelta | None:
+    """The body's ``review_timeout`` read, or a 422 naming the field."""
+    try:
+        return services.parse_review_timeout(body.review_timeout)
+    except InvalidInputError as exc:
+        raise ApiError(422, "invalid_review_timeout", str(exc), exc.errors) from None
 
 
 # --- runs -------------------------------------------------------------------------------------
@@ -455,6 +477,7 @@ def create_run(
                 str(exc),
                 [{"field": "callback_url", "message": str(exc), "type": "value_error"}],
             ) from None
+    review_timeout = _review_timeout(body)
     stored_key = namespaced_key(key.tenant, idempotency_key) if idempotency_key else None
     try:
         # A concurrent request with the same key may win the insert: this one then gets that
@@ -467,6 +490,7 @@ def create_run(
             created_by=key.actor,
             callback_url=body.callback_url or "",
             max_cost=body.max_cost,
+            review_timeout=review_timeout,
         )
     except IdempotencyConflict as exc:
         # The same answer as a reused key with another body, below (the IETF Idempotency-Key

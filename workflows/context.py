@@ -128,6 +128,14 @@ class Context:
         """The caller's ``context`` given to ``start`` (ticket ids and the like)."""
         return self._record.context
 
+    @property
+    def review_timeout(self) -> timedelta:
+        """How long reviewers have to decide a gate of this run: the run's ``review_timeout``
+        (``start(..., review_timeout=...)``, the API, the start form) or 24 hours."""
+        from workflows.services import DEFAULT_REVIEW_TIMEOUT
+
+        return self._record.review_timeout or DEFAULT_REVIEW_TIMEOUT
+
     def __getattr__(self, name: str) -> Any:
         ext = Context.extensions.get(name)
         if ext is None:

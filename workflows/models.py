@@ -81,6 +81,9 @@ class Run(models.Model):
     callback_url = models.URLField(max_length=2000, blank=True, default="")
     # A budget: the run stops cleanly before a step once its recorded cost reaches this.
     max_cost = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True)
+    # How long reviewers have to decide each gate this run opens without a timeout of its own
+    # (``ctx.review``, a machine's ``human`` state); null means the default, 24 hours.
+    review_timeout = models.DurationField(null=True, blank=True)
     # The run lease: whoever holds it advances the run. Renewed with every checkpoint and by
     # the worker's heartbeat; when it expires the sweep rings for the run again.
     lease_owner = models.CharField(max_length=100, blank=True, default="")

@@ -5,7 +5,8 @@ that run when a run ends. Views, API operations, tasks and admin actions call th
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+import re
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -67,6 +68,45 @@ def validate_input(workflow: str, input: Any) -> dict[str, Any]:
     return data  # type: ignore[no-any-return]
 
 
+# A run's review timeout (``review_timeout``): the time reviewers have to decide each of its gates.
+DEFAULT_REVIEW_TIMEOUT = timedelta(hours=24)
+MIN_REVIEW_TIMEOUT = timedelta(minutes=1)
+MAX_REVIEW_TIMEOUT = timedelta(days=30)
+_DURATION = re.compile(r"^\s*(\d{1,9}(?:\.\d{1,6})?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_review_timeout(value: Any) -> timedelta | None:
+    """A run's ``review_timeout`` from seconds (a number), a string such as ``"90m"``, ``"36h"``
+    or ``"7d"``, or a ``timedelta``; None stays None (the default, 24 hours).
+
+    Raises ``InvalidInputError`` (field ``review_timeout``) for anything unreadable or outside
+    1 minute to 30 days.
+    """
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        duration = value
+    elif isinstance(value, bool):
+        duration = None
+    elif isinstance(value, int | float):
+        duration = timedelta(seconds=value) if abs(value) < 1e12 else None
+    elif isinstance(value, str) and (m := _DURATION.match(value.lower())):
+        duration = timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    else:
+        duration = None
+    if duration is None:
+        message = "give seconds (a number) or a duration such as '90m', '36h' or '7d'"
+    elif not MIN_REVIEW_TIMEOUT <= duration <= MAX_REVIEW_TIMEOUT:
+        message = "must be from 1 minute to 30 days"
+    else:
+        return duration
+    raise InvalidInputError(
+        f"review_timeout: {message}",
+        [{"field": "review_timeout", "message": message, "type": "value_error"}],
+    )
+
+
 def handler_kwargs(run: Run) -> dict[str, Any]:
     wf = get_workflow(run.workflow)
     assert wf.input_model is not None
@@ -88,12 +128,14 @@ def create_run(
     created_by: str = "",
     callback_url: str = "",
     max_cost: Any = None,
+    review_timeout: Any = None,
 ) -> Run:
     """Insert a pending run and ring for it on commit. Call inside a transaction."""
     from django.conf import settings
 
     wf = get_workflow(workflow)
     data = validate_input(workflow, input)
+    review_timeout = parse_review_timeout(review_timeout)
     ctx_data = payloads.to_json(context or {}, "context")
     if on_complete:
         try:
@@ -118,6 +160,7 @@ def create_run(
         created_by=created_by,
         callback_url=callback_url,
         max_cost=max_cost,
+        review_timeout=review_timeout,
     )
     ring_on_commit(run.pk, run.generation)
     return run
@@ -136,7 +179,8 @@ def start(
     """Start a run of ``workflow``. A repeated ``idempotency_key`` returns the existing run;
     the key used before for another workflow or another input raises ``IdempotencyConflict``.
 
-    ``options``: ``tenant``, ``created_by``, ``callback_url``, ``max_cost`` (see ``Run``).
+    ``options``: ``tenant``, ``created_by``, ``callback_url``, ``max_cost``, ``review_timeout``
+    (see ``Run``; ``parse_review_timeout`` reads the last).
     """
     run, _ = start_or_find(
         workflow,

@@ -8,7 +8,6 @@ approves (and may edit) the reply or rejects it, which escalates the ticket inst
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any, Literal
 
 from django.conf import settings
@@ -442,7 +441,7 @@ def support_ticket(
                 "reply": reply,
                 "grade": grade,
             },
-            timeout=timedelta(hours=24),
+            timeout=ctx.review_timeout,  # 24 h unless the run was started with review_timeout
             on_timeout="reject",
             choices=("approve", "reject"),
             fields={

@@ -1,9 +1,10 @@
 """thread_analysis: psychological analysis of a message thread, as a state machine.
 
 parse → three analyses in parallel (DARVO, manipulation tactics, psychological profile; two
-of three must succeed) → a guard picks the review path (DARVO found or not) → a 24-hour gate
-(approve → synthesis; reject → the analyses run again with the reviewer's comment in their
-prompts; no decision → approved) → synthesis.
+of three must succeed) → a guard picks the review path (DARVO found or not) → a review gate
+that waits the run's review timeout, 24 hours by default (approve → synthesis; reject → the
+analyses run again with the reviewer's comment in their prompts; no decision → approved) →
+synthesis.
 """
 
 from __future__ import annotations
@@ -589,8 +590,8 @@ thread_analysis = machine(
     description=(
         "Psychological analysis of a message thread: DARVO, manipulation tactics and a "
         "psychological profile run in parallel (two of three must succeed), a reviewer "
-        "verifies them within 24 hours (reject sends them back with the comment), then a "
-        "synthesis report."
+        "verifies them within the run's review timeout, 24 hours by default (reject sends them "
+        "back with the comment), then a synthesis report."
     ),
     input_model=ThreadInput,
     context={"darvo_detected": False},
@@ -614,7 +615,6 @@ thread_analysis = machine(
         "darvo_review": human(
             title="Verify DARVO analysis",
             instruction=REVIEW,
-            timeout="24h",
             on={"approve": "synthesis", "reject": "analysis"},
             on_timeout="approve",
             payload=review_payload,
@@ -622,7 +622,6 @@ thread_analysis = machine(
         "standard_review": human(
             title="Verify thread analysis",
             instruction=REVIEW,
-            timeout="24h",
             on={"approve": "synthesis", "reject": "analysis"},
             on_timeout="approve",
             payload=review_payload,

@@ -74,9 +74,81 @@
 
   document.addEventListener("click", function (e) {
     var row = e.target.closest && e.target.closest("#queue .rv-row");
-    if (!row || e.target.closest("a, button, input, select")) return;
+    if (!row || e.target.closest("a, button, input, select, label")) return;
     window.location.href = row.dataset.href;
   });
+
+  // --- queue: ticking gates for a bulk decision ----------------------------------------------
+  // The ticks live here (by gate id), not in the DOM: the list is replaced by live refreshes,
+  // so after each one the boxes of gates still listed are ticked again and the others dropped.
+  // Shift-click ticks (or unticks) the range from the last box clicked; "x" ticks the row
+  // selected with j/k.
+  var picked = {};
+  var lastPicked = null;
+
+  function pickBoxes() { return Array.prototype.slice.call(document.querySelectorAll("#queue .rv-pick")); }
+
+  function setPicked(box, on) {
+    box.checked = on;
+    var row = box.closest(".rv-row");
+    if (row) row.classList.toggle("rv-picked", on);
+    if (on) picked[box.value] = true; else delete picked[box.value];
+  }
+
+  function showPicked() {
+    var boxes = pickBoxes();
+    var listed = {};
+    boxes.forEach(function (b) { listed[b.value] = true; setPicked(b, !!picked[b.value]); });
+    Object.keys(picked).forEach(function (id) { if (!listed[id]) delete picked[id]; });
+    var n = Object.keys(picked).length;
+    var count = document.querySelector("[data-testid=bulk-count]");
+    if (count) count.textContent = String(n);
+    document.querySelectorAll("[data-bulk-action]").forEach(function (b) { b.disabled = n === 0; });
+    var bar = document.getElementById("bulk-form");
+    if (bar) bar.classList.toggle("rv-bulk-active", n > 0);
+    var all = document.querySelector("#queue [data-pick-all]");
+    if (all) {
+      all.checked = boxes.length > 0 && n === boxes.length;
+      all.indeterminate = n > 0 && n < boxes.length;
+    }
+  }
+
+  document.addEventListener("click", function (e) {
+    var box = e.target.closest && e.target.closest("#queue .rv-pick");
+    if (box) {
+      var boxes = pickBoxes();
+      var at = boxes.indexOf(box);
+      var from = lastPicked === null ? -1 : boxes.findIndex(function (b) { return b.value === lastPicked; });
+      if (e.shiftKey && from >= 0 && at >= 0) {
+        var lo = Math.min(from, at), hi = Math.max(from, at);
+        for (var i = lo; i <= hi; i++) setPicked(boxes[i], box.checked);
+      } else {
+        setPicked(box, box.checked);
+      }
+      lastPicked = box.value;
+      showPicked();
+      return;
+    }
+    var all = e.target.closest && e.target.closest("#queue [data-pick-all]");
+    if (all) {
+      pickBoxes().forEach(function (b) { setPicked(b, all.checked); });
+      showPicked();
+    }
+  });
+
+  function toggleSelectedRow() {
+    var row = rows().filter(function (r) { return r.dataset.gateId === selectedId; })[0];
+    var box = row && row.querySelector(".rv-pick");
+    if (!box) return false;
+    setPicked(box, !box.checked);
+    lastPicked = box.value;
+    showPicked();
+    return true;
+  }
+
+  document.body.addEventListener("htmx:afterSettle", showPicked);
+  if (document.readyState !== "loading") showPicked();
+  else document.addEventListener("DOMContentLoaded", showPicked);
 
   document.body.addEventListener("htmx:afterSettle", reselect);
   document.addEventListener("DOMContentLoaded", reselect);
@@ -106,8 +178,36 @@
     pendingComment = "";
   });
 
+  // --- text boxes grow with what is typed in them --------------------------------------------
+  // The comment and the editable fields (a reply draft runs to many lines) start small and grow
+  // to fit their text, up to 70% of the window, then scroll. The height is set through the
+  // rows attribute, not a style: htmx re-applies a swapped element's attributes, and a style
+  // attribute would break the pages' CSP (no inline styles at all).
+  var GROW = "#decision-panel textarea:not([readonly]), .rv-main textarea:not([readonly])";
+  function grow(box) {
+    if (!box.hasAttribute("data-autogrow")) box.setAttribute("data-autogrow", "");
+    if (!box.dataset.minRows) box.dataset.minRows = box.getAttribute("rows") || "2";
+    var min = parseInt(box.dataset.minRows, 10) || 2;
+    var css = window.getComputedStyle(box);
+    var line = parseFloat(css.lineHeight) || (parseFloat(css.fontSize) || 16) * 1.4;
+    var pad = (parseFloat(css.paddingTop) || 0) + (parseFloat(css.paddingBottom) || 0);
+    var max = Math.max(min, Math.floor((window.innerHeight * 0.7 - pad) / line));
+    box.rows = min;
+    var need = Math.ceil((box.scrollHeight - pad) / line);
+    box.rows = Math.max(min, Math.min(need, max));
+    box.classList.toggle("rv-grown-max", need > max);
+  }
+  function growAll() { document.querySelectorAll(GROW).forEach(grow); }
+  document.addEventListener("input", function (e) {
+    if (e.target.matches && e.target.matches(GROW)) grow(e.target);
+  });
+  document.addEventListener("htmx:afterSettle", growAll);
+  if (document.readyState !== "loading") growAll();
+  else document.addEventListener("DOMContentLoaded", growAll);
+
   // --- keys --------------------------------------------------------------------------------------
   function typing(el) {
+    if (el && el.tagName === "INPUT" && /^(checkbox|radio)$/.test(el.type)) return false;
     return el && (el.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(el.tagName));
   }
 
@@ -125,6 +225,7 @@
     if (inQueue) {
       if (e.key === "j") { move(1); e.preventDefault(); }
       else if (e.key === "k") { move(-1); e.preventDefault(); }
+      else if (e.key === "x") { if (toggleSelectedRow()) e.preventDefault(); }
       else if ((e.key === "Enter" || e.key === "o") && selectedId) {
         var row = rows().filter(function (r) { return r.dataset.gateId === selectedId; })[0];
         if (row) { window.location.href = row.dataset.href; e.preventDefault(); }
