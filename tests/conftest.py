@@ -97,6 +97,15 @@ def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[s
     }
 
 
+@pytest.fixture
+def viewport(page: Any) -> Any:
+    """A browser page at the size the screenshots are taken at, with a patient default timeout
+    (the suite shares two cores with real worker processes)."""
+    page.set_viewport_size({"width": 1360, "height": 900})
+    page.set_default_timeout(15_000)
+    return page
+
+
 def services_required() -> bool:
     return os.environ.get("SLUICE_REQUIRE_SERVICES") == "1"
 

@@ -5,13 +5,13 @@ Screenshots go to docs/screenshots/ (runs-list.png, run-page.png, run-page-graph
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
+from tests.browser import log_in, shot
 from tests.operators.conftest import People
 from tests.operators.scenes import history, pool_pressure, settle, showcase, spread
 from tests.support import Bell
@@ -20,30 +20,6 @@ from workflows.definitions import get_workflow
 from workflows.models import Run
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-
-
-@pytest.fixture
-def viewport(page: Page) -> Page:
-    page.set_viewport_size({"width": 1360, "height": 900})
-    page.set_default_timeout(15_000)
-    return page
-
-
-def shot(page: Page, name: str, full_page: bool = True) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    # The top bar is sticky: scroll to the top so a full-page shot has it where it belongs.
-    page.evaluate("window.scrollTo(0, 0)")
-    page.screenshot(path=str(SHOTS / name), full_page=full_page)
-
-
-def log_in(page: Page, base: str, username: str, then: str) -> None:
-    page.goto(f"{base}{then}")
-    page.fill("#id_username", username)
-    page.fill("#id_password", f"pw-{username}-123")
-    page.click("form.form button[type=submit]")
-    page.wait_for_url(f"**{then}")
 
 
 @pytest.fixture

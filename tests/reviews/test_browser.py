@@ -9,7 +9,6 @@ default. Screenshots of the pages go to docs/screenshots/.
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ from playwright.sync_api import Page, expect
 
 from reviews.models import Gate
 from reviews.services import claim_gate, decide_gate
+from tests.browser import log_in, shot
 from tests.live import wait_until
 from tests.reviews.conftest import People, open_gate
 from tests.support import Bell
@@ -26,33 +26,12 @@ from workflows.models import Run
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 MODULES = "tests.sample_workflows,tests.reviews.workflows"
 
 
 @pytest.fixture(autouse=True)
 def _fast_polls(settings: Any) -> None:
     settings.SLUICE_REVIEW_POLL_SECONDS = 1
-
-
-@pytest.fixture
-def viewport(page: Page) -> Page:
-    page.set_viewport_size({"width": 1360, "height": 900})
-    page.set_default_timeout(15_000)
-    return page
-
-
-def shot(page: Page, name: str, full_page: bool = True) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / name), full_page=full_page)
-
-
-def log_in(page: Page, base: str, username: str, then: str = "/reviews/") -> None:
-    page.goto(f"{base}{then}")
-    page.fill("#id_username", username)
-    page.fill("#id_password", f"pw-{username}-123")
-    page.click("form.form button[type=submit]")
-    page.wait_for_url(f"**{then}")
 
 
 def open_gate_of(run: Run) -> Gate:

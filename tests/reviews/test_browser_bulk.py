@@ -6,7 +6,6 @@ Screenshot: docs/screenshots/reviews-bulk.png (the queue with three gates ticked
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +13,7 @@ from playwright.sync_api import Page, expect
 
 from reviews.models import Gate
 from reviews.services import claim_gate
+from tests.browser import log_in, shot
 from tests.reviews.conftest import People, open_gate
 from tests.reviews.workflows import SENTIMENT_FIELDS
 from tests.support import Bell
@@ -21,7 +21,6 @@ from workflows import start
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 THREADS = [
     ("Pick-up argument", "Alex: You said you'd pick me up at 6.\nSam: I never said 6."),
@@ -42,21 +41,6 @@ def _offline_pipelines(settings: Any) -> Iterator[None]:
     pools.clear_cache()
     yield
     pools.clear_cache()
-
-
-@pytest.fixture
-def viewport(page: Page) -> Page:
-    page.set_viewport_size({"width": 1360, "height": 900})
-    page.set_default_timeout(15_000)
-    return page
-
-
-def log_in(page: Page, base: str, username: str, then: str = "/reviews/") -> None:
-    page.goto(f"{base}/accounts/login/?next={then}")
-    page.fill("#id_username", username)
-    page.fill("#id_password", f"pw-{username}-123")
-    page.click("form.form button[type=submit]")
-    page.wait_for_url(f"**{then}")
 
 
 def thread_gates(bell: Bell) -> list[Gate]:
@@ -105,8 +89,7 @@ def test_it_ticks_gates_and_approves_them_with_one_comment(
     expect(approve).to_be_enabled()
     page.fill("#bulk-comment", "Checked the quotes, all fine.")
     page.mouse.move(0, 0)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / "reviews-bulk.png"))
+    shot(page, "reviews-bulk.png", full_page=False)
 
     approve.click()
     page.wait_for_url("**/reviews/")

@@ -5,7 +5,6 @@ the page live. Screenshot: docs/screenshots/reviews-four-eyes.png.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,33 +12,17 @@ from playwright.sync_api import ConsoleMessage, Page, expect
 
 from reviews.models import Gate
 from reviews.services import decide_gate
+from tests.browser import log_in, shot
 from tests.reviews.conftest import People
 from tests.support import Bell
 from workflows import get_run, start
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-
 
 @pytest.fixture(autouse=True)
 def _fast_polls(settings: Any) -> None:
     settings.SLUICE_REVIEW_POLL_SECONDS = 1
-
-
-@pytest.fixture
-def viewport(page: Page) -> Page:
-    page.set_viewport_size({"width": 1360, "height": 900})
-    page.set_default_timeout(15_000)
-    return page
-
-
-def log_in(page: Page, base: str, username: str, then: str) -> None:
-    page.goto(f"{base}/accounts/login/?next={then}")
-    page.fill("#id_username", username)
-    page.fill("#id_password", f"pw-{username}-123")
-    page.click("form.form button[type=submit]")
-    page.wait_for_url(f"**{then}")
 
 
 def test_a_four_eyes_gate_waits_for_a_second_approver(
@@ -76,9 +59,7 @@ def test_a_four_eyes_gate_waits_for_a_second_approver(
     expect(page.get_by_role("button", name="Approve")).to_have_count(0)
     expect(page.locator(".rv-timeline")).to_contain_text("approved (1 of 2)")
     page.mouse.move(0, 0)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.evaluate("window.scrollTo(0, 0)")
-    page.screenshot(path=str(SHOTS / "reviews-four-eyes.png"))
+    shot(page, "reviews-four-eyes.png", full_page=False)
     assert get_run(run.pk).status == "suspended"
 
     # The second approver decides elsewhere; ana's open page closes by itself.

@@ -15,7 +15,6 @@ error-403.png, error-404.png.
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,13 +24,13 @@ from playwright.sync_api import ConsoleMessage, Page, expect
 
 from reviews.models import Gate
 from reviews.services import decide_gate, expire_due_gates
+from tests.browser import log_in, shot
 from tests.reviews.conftest import People, open_gate
 from tests.support import Bell
 from workflows import get_run, start
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 WORD = "W" * 10_000  # one word, no break opportunity
 COMMENT = "c" * 3_000
@@ -43,27 +42,6 @@ assert len(TITLE) == 200
 @pytest.fixture(autouse=True)
 def _fast_polls(settings: Any) -> None:
     settings.SLUICE_REVIEW_POLL_SECONDS = 1
-
-
-@pytest.fixture
-def viewport(page: Page) -> Page:
-    page.set_viewport_size({"width": 1360, "height": 900})
-    page.set_default_timeout(15_000)
-    return page
-
-
-def shot(page: Page, name: str, full_page: bool = False) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.evaluate("window.scrollTo(0, 0)")
-    page.screenshot(path=str(SHOTS / name), full_page=full_page)
-
-
-def log_in(page: Page, base: str, username: str, then: str = "/reviews/") -> None:
-    page.goto(f"{base}/accounts/login/?next={then}")
-    page.fill("#id_username", username)
-    page.fill("#id_password", f"pw-{username}-123")
-    page.click("form.form button[type=submit]")
-    page.wait_for_url(f"**{then}")
 
 
 def superuser() -> User:
@@ -154,7 +132,7 @@ def test_hostile_text_stays_inside_the_viewport(
     assert isolated(page, "[data-testid=gate-title]")
     assert isolated(page, ".rv-card-body")
     if width == 1360:
-        shot(page, "reviews-gate-long-words.png")
+        shot(page, "reviews-gate-long-words.png", full_page=False)
 
     page.context.clear_cookies()
     log_in(page, base, "root", "/admin/")
@@ -207,7 +185,7 @@ def test_an_open_gate_page_closes_wholly_when_the_gate_expires(
     expect(page.get_by_test_id("closed-banner")).to_have_count(1)
     expect(page.locator(".rv-activity")).to_contain_text("auto-advanced")  # the audit trail too
     expect(page.locator(".rv-keyhelp")).to_have_count(0)
-    shot(page, "reviews-gate-closed-live.png")
+    shot(page, "reviews-gate-closed-live.png", full_page=False)
 
 
 def test_approving_after_expiry_says_so_once_and_keeps_the_comment(
@@ -304,12 +282,12 @@ def test_error_pages_in_the_browser(
     log_in(page, live_server.url, "otto", "/pipelines/")
     page.goto(f"{live_server.url}/reviews/")
     expect(page.locator("h1")).to_have_text("You are not allowed to open this page")
-    shot(page, "error-403.png")
+    shot(page, "error-403.png", full_page=False)
     page.goto(f"{live_server.url}/runs/00000000-0000-0000-0000-000000000000/")
     expect(page.get_by_test_id("error-page")).to_be_visible()
     page.goto(f"{live_server.url}/no-such-page/")
     expect(page.locator("h1")).to_have_text("There is nothing here")
-    shot(page, "error-404.png")
+    shot(page, "error-404.png", full_page=False)
     page.goto(f"{live_server.url}/reviews/")
     page.get_by_test_id("switch-user").click()
     page.wait_for_url("**/accounts/login/?next=/reviews/")

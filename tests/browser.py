@@ -1,0 +1,28 @@
+"""Helpers shared by the browser tests (Playwright driving Debian's chromium)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import quote
+
+from playwright.sync_api import Page
+
+SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+
+
+def log_in(page: Page, base: str, username: str, then: str = "/reviews/") -> None:
+    """Log in through the login form (the test personas' passwords are pw-<name>-123) and
+    land on ``then``."""
+    page.goto(f"{base}/accounts/login/?next={quote(then)}")
+    page.fill("#id_username", username)
+    page.fill("#id_password", f"pw-{username}-123")
+    page.click("form.form button[type=submit]")
+    page.wait_for_url(f"**{then}")
+
+
+def shot(page: Page, name: str, full_page: bool = True) -> None:
+    """Save a screenshot into docs/screenshots."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    # The top bar is sticky: scroll to the top so a full-page shot has it where it belongs.
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(SHOTS / name), full_page=full_page)
