@@ -4,6 +4,7 @@
 #                web + worker + beat on the embedded default (SQLite + filesystem broker)
 #   make test    install everything and run the whole suite (PostgreSQL + Redis when they
 #                answer), then the engine's core suite once more on SQLite
+#   make test-long  the fuzzers (HTML forms, schemathesis) with 300 examples per test
 #   make bench   install the peers (the `bench` extra) and run bench/run.py
 #   make lint    ruff + mypy
 #
@@ -28,11 +29,11 @@ TEST_BROKER_URL ?= redis://127.0.0.1:6379/$(SLUICE_TEST_REDIS_DB)
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv install install-test install-bench run migrate seed test test-chromium \
+.PHONY: help venv install install-test install-bench run migrate seed test test-long test-chromium \
         bench lint lock clean
 
 help:
-	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,10p' Makefile | sed 's/^# \{0,1\}//'
 
 # --- virtualenv -------------------------------------------------------------------------------
 # Reuses .venv when its interpreter is 3.12+; otherwise finds one (python3.13, python3.12 on
@@ -183,6 +184,14 @@ test: install-test test-chromium
 	    echo "==> make test failed: [a] exit $$rc_a, [b] exit $$rc_b" >&2
 	    exit 1
 	fi
+
+# The fuzzers with a long profile (not part of `make test`): every HTML form and the API's
+# schemathesis run with SLUICE_FUZZ_EXAMPLES examples per test (300 unless set), on PostgreSQL.
+test-long: install-test
+	@env -u DATABASE_URL -u CELERY_BROKER_URL DATABASE_URL=$(TEST_DATABASE_URL) \
+	    SLUICE_TEST_DB_NAME=test_sluice_long CELERY_BROKER_URL=$(TEST_BROKER_URL) SLUICE_TEST_SERVICES=1 \
+	    SLUICE_VAR_DIR=$(CURDIR)/$(VAR)/test-long SLUICE_FUZZ_EXAMPLES=$${SLUICE_FUZZ_EXAMPLES:-300} \
+	    $(PY) -m pytest tests/test_form_fuzz.py tests/api/test_schemathesis.py $(PYTEST_ARGS)
 
 # --- bench, lint ------------------------------------------------------------------------------
 bench: install-bench
