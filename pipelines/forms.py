@@ -19,7 +19,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, DecimalException, InvalidOperation
 from typing import Any
 
 from workflows.errors import InvalidInputError
@@ -306,13 +306,18 @@ def _number(raw: str, kind: str) -> int | float | str:
         return "Enter a number."
     if not number.is_finite():
         return "Enter a number (not NaN or Infinity)."
-    if abs(number) >= Decimal(MAX_FLOAT) or (number != 0 and number.adjusted() > MAX_DIGITS):
+    # adjusted() and copy_abs() do no context arithmetic, so an exponent such as 1E+999999999
+    # cannot overflow here (abs() would raise decimal.Overflow).
+    if number and (number.adjusted() > MAX_DIGITS or number.copy_abs() >= Decimal(MAX_FLOAT)):
         return "Enter a smaller number."
-    if kind == "integer":
-        if number != number.to_integral_value():
-            return "Enter a whole number."
-        return int(number)
-    return float(number)
+    try:
+        if kind == "integer":
+            if number != number.to_integral_value():
+                return "Enter a whole number."
+            return int(number)
+        return float(number)
+    except DecimalException:  # an exponent far below any meaningful value, say
+        return "Enter a number."
 
 
 MAX_JSON_DEPTH = 64
