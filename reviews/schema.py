@@ -159,6 +159,19 @@ def check_schema(schema: dict[str, Any]) -> dict[str, Any]:
             pydantic.create_model(  # type: ignore[call-overload]
                 "GateField", value=(_python_type(prop), None)
             )
+            if prop.get("default") is not None:
+                # A default is what a decision without edits stores: it must already be a value
+                # of the field's type, as its JSON (a "" for an integer would be stored as is).
+                adapter = pydantic.TypeAdapter(_python_type(prop))
+                try:
+                    fits = (
+                        adapter.dump_python(adapter.validate_python(prop["default"]), mode="json")
+                        == prop["default"]
+                    )
+                except pydantic.ValidationError:
+                    fits = False
+                if not fits:
+                    raise ValueError(f"its default {prop['default']!r} is not of the field's type")
         except Exception as exc:  # pydantic's SchemaError, TypeError (an unhashable enum)...
             raise SchemaProblem(str(name), _first_line(exc)) from None
     try:
