@@ -118,6 +118,12 @@ class Gate(models.Model):
     def __str__(self) -> str:
         return f"{self.title} ({self.status})"
 
+    @staticmethod
+    def of_groups(groups: list[str]) -> Q:
+        """The gates reviewers of ``groups`` work on: their own groups' gates, and gates that
+        escalated to one of their groups (the queue and the run pages use this one rule)."""
+        return Q(group__in=groups) | Q(escalate_to__in=groups, escalated_at__isnull=False)
+
     @property
     def is_open(self) -> bool:
         return self.status == GateStatus.OPEN

@@ -130,10 +130,7 @@ def gates_visible_to(user: Any) -> QuerySet[Gate]:
         return Gate.objects.none()
     # An escalated gate is seen by its own group and by the escalation group, on runs of the
     # reviewer's tenant only: escalation widens the group, never the tenant.
-    return Gate.objects.filter(
-        Q(group__in=groups) | Q(escalate_to__in=groups, escalated_at__isnull=False),
-        run__tenant=access.user_tenant(user),
-    )
+    return Gate.objects.filter(Gate.of_groups(groups), run__tenant=access.user_tenant(user))
 
 
 def open_queue(

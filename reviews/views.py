@@ -264,7 +264,8 @@ def _gate_context(
     edits_form: EditsForm | None = None,
 ) -> dict[str, Any]:
     earlier = list(
-        Gate.objects.filter(run_id=gate.run_id, title=gate.title, pk__lt=gate.pk)
+        services.gates_visible_to(request.user)
+        .filter(run_id=gate.run_id, title=gate.title, pk__lt=gate.pk)
         .select_related("decided_by_user")
         .order_by("-pk")
     )

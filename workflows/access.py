@@ -88,7 +88,9 @@ def visible_runs(user: Any) -> QuerySet[Run]:
     groups = user_groups(user)
     Gate = gate_model()
     if groups and Gate is not None:
-        mine |= Q(pk__in=Gate._default_manager.filter(group__in=groups).values("run_id"))
+        # Gate.of_groups: their groups' gates and gates escalated to them, as in the queue.
+        of_groups = Gate.of_groups(groups)  # type: ignore[attr-defined]
+        mine |= Q(pk__in=Gate._default_manager.filter(of_groups).values("run_id"))
     return qs.filter(mine)
 
 
@@ -106,4 +108,5 @@ def can_view_run(user: Any, run: Run) -> bool:
     Gate = gate_model()
     if not groups or Gate is None:
         return False
-    return Gate._default_manager.filter(run_id=run.pk, group__in=groups).exists()
+    of_groups = Gate.of_groups(groups)  # type: ignore[attr-defined]
+    return Gate._default_manager.filter(of_groups, run_id=run.pk).exists()

@@ -219,7 +219,7 @@ def run_action(request: HttpRequest, run_id: UUID, action: str) -> HttpResponse:
     """Cancel, retry the failed step, or restart from a step; then back to the run page."""
     if not can_operate(request.user):
         raise PermissionDenied("Only staff act on runs.")
-    run = get_object_or_404(Run, pk=run_id)
+    run = _visible_run_or_404(request, run_id)
     actor = Actor.of_user(request.user)
     reason = request.POST.get("reason", "")
     problem = reason_problem(reason) if action in ("cancel", "retry", "restart") else ""

@@ -121,3 +121,33 @@ def test_the_viewer_groups_are_read_from_the_environment() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "['reviewers']"
+
+
+def test_an_escalation_group_sees_the_run_of_a_gate_escalated_to_it(scene: Scene) -> None:
+    """The queue shows an escalated gate to its escalation group; its run page must open too
+    (one rule for both: ``Gate.of_groups``), and not before the gate escalated."""
+    from django.utils import timezone
+
+    from reviews.models import Gate
+
+    bob = login(scene.users["rev_b"])  # beta, acme
+    run_a, gate_a = scene.runs["run_a"], scene.gates["gate_a"]  # alpha's gate, acme
+    Gate.objects.filter(pk=gate_a.pk).update(escalate_to="beta")
+    assert bob.get(f"/runs/{run_a.pk}/").status_code == 404  # not escalated yet
+    Gate.objects.filter(pk=gate_a.pk).update(escalated_at=timezone.now())
+    assert bob.get(f"/reviews/{gate_a.pk}/").status_code == 200
+    assert bob.get(f"/runs/{run_a.pk}/").status_code == 200
+    assert str(run_a.pk)[:8] in bob.get("/runs/").content.decode()
+
+
+def test_an_operator_acts_only_on_runs_they_may_see(scene: Scene) -> None:
+    """Staff with workflows.change_run but not view_run do not see every tenant's runs, so
+    they may not cancel one either: 404, and the run goes on."""
+    from tests.security.scene import grant
+
+    clerk = grant(user("carl", tenant="acme", is_staff=True), "workflows.change_run")
+    run_g = scene.runs["run_g"]  # globex
+    response = login(clerk).post(f"/runs/{run_g.pk}/actions/cancel/")
+    assert response.status_code == 404
+    run_g.refresh_from_db()
+    assert run_g.status == "suspended"
