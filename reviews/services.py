@@ -88,12 +88,7 @@ def sees_every_gate(user: Any) -> bool:
     """An operator for gates: staff holding the gate view permission (superusers hold every
     one). Such a user sees, decides and frees the gates of every group and tenant; the staff
     flag alone does not (docs/security.md)."""
-    return bool(
-        user.is_authenticated
-        and user.is_active
-        and user.is_staff
-        and user.has_perm(VIEW_GATE_PERMISSION)
-    )
+    return access.staff_with(user, VIEW_GATE_PERMISSION)
 
 
 CHANGE_GATE_PERMISSION = "reviews.change_gate"
@@ -102,12 +97,7 @@ CHANGE_GATE_PERMISSION = "reviews.change_gate"
 def overrides_claims(user: Any) -> bool:
     """May free or decide a gate another reviewer claimed: staff with the gate change
     permission (the admin's "release claims" action asks for the same)."""
-    return bool(
-        user.is_authenticated
-        and user.is_active
-        and user.is_staff
-        and user.has_perm(CHANGE_GATE_PERMISSION)
-    )
+    return access.staff_with(user, CHANGE_GATE_PERMISSION)
 
 
 def is_reviewer(user: Any) -> bool:

@@ -53,10 +53,16 @@ def _active(user: Any) -> bool:
     return bool(user.is_authenticated and user.is_active)
 
 
+def staff_with(user: Any, permission: str) -> bool:
+    """An active staff user holding ``permission`` (superusers hold every one): the shape of
+    every operator right. The staff flag alone only opens the admin's door."""
+    return _active(user) and bool(user.is_staff and user.has_perm(permission))
+
+
 def sees_every_run(user: Any) -> bool:
-    """An operator: staff holding the run view permission (superusers hold every one). The
-    staff flag alone only opens the admin's door; it must not show every tenant's runs."""
-    return _active(user) and bool(user.is_staff and user.has_perm(VIEW_RUN_PERMISSION))
+    """An operator: staff holding the run view permission; it must not take less than that to
+    see every tenant's runs."""
+    return staff_with(user, VIEW_RUN_PERMISSION)
 
 
 def can_start_runs(user: Any) -> bool:

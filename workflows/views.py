@@ -47,7 +47,7 @@ def can_view_runs(user: Any) -> bool:
 
 
 def can_operate(user: Any) -> bool:
-    return bool(user.is_active and user.is_staff and user.has_perm("workflows.change_run"))
+    return access.staff_with(user, "workflows.change_run")
 
 
 def _require_viewer(request: HttpRequest) -> None:
