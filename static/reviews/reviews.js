@@ -157,11 +157,16 @@
   // --- a typed comment survives live updates of the decision panel -----------------------------
   // Claiming, releasing or the gate closing re-renders #decision-panel. Text the reviewer typed
   // goes back into the new form; when the gate closed there is no form any more, so it is shown
-  // read-only in #unsent-comment with a note that it was not saved.
+  // read-only in #unsent-comment with a note that it was not saved. A comment parked there while
+  // someone else held the claim goes back into the form when they release it.
   var pendingComment = "";
-  document.addEventListener("htmx:beforeSwap", function () {
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    if (e.detail && e.detail.shouldSwap === false) return;
     var box = document.querySelector("#decision-form textarea[name=comment]");
-    if (box && box.value.trim()) pendingComment = box.value;
+    if (box && box.value.trim()) { pendingComment = box.value; return; }
+    var unsent = document.getElementById("unsent-comment");
+    var parked = unsent && !unsent.hidden && unsent.querySelector("textarea");
+    if (parked && parked.value.trim()) pendingComment = parked.value;
   });
   document.addEventListener("htmx:afterSettle", function () {
     if (!pendingComment) return;

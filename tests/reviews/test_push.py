@@ -56,9 +56,7 @@ def listening(*users: Any) -> list[push.Subscriber]:
 
 
 @integration
-def test_committed_gate_changes_reach_exactly_who_may_see_them(
-    bell: Bell, people: People
-) -> None:
+def test_committed_gate_changes_reach_exactly_who_may_see_them(bell: Bell, people: People) -> None:
     acme = User.objects.create_user("acme-ann", password="pw-acme-ann-123")
     acme.groups.add(Group.objects.get(name="reviewers"))
     TenantMembership.objects.create(user=acme, tenant="acme")
@@ -260,9 +258,7 @@ def test_a_process_serves_at_most_its_stream_limit_then_pages_poll(
 
 
 @integration
-def test_who_may_open_a_stream(
-    live_server: Any, bell: Bell, people: People
-) -> None:
+def test_who_may_open_a_stream(live_server: Any, bell: Bell, people: People) -> None:
     gate = open_gate(bell)
     assert Stream(live_server.url, people.otto).response.status == 403  # in no review group
     olga = Stream(live_server.url, people.olga, f"/reviews/events/?gate={gate.pk}")
@@ -318,9 +314,7 @@ def test_with_push_pages_connect_their_stream_and_still_poll_as_fallback(
     assert "sse-connect" not in c.get(f"/reviews/{gate.pk}/").content.decode()
 
 
-def test_the_gate_status_sends_the_panel_when_the_claim_changed(
-    bell: Bell, people: People
-) -> None:
+def test_the_gate_status_sends_the_panel_when_the_claim_changed(bell: Bell, people: People) -> None:
     gate = open_gate(bell)
     c = Client()
     c.force_login(people.ana)
