@@ -20,13 +20,14 @@ poll (docs/reviews.md).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,15 +122,29 @@ def audience_for(user: Any, gate_id: int | None = None) -> Audience:
 
 
 class Subscriber:
-    """One open stream's inbox. ``None`` in it means "stop now" (shutdown)."""
+    """One open stream's inbox. ``None`` in it means "stop now" (shutdown).
 
-    def __init__(self, audience: Audience) -> None:
+    A stream served by a thread (WSGI) waits on a thread-safe queue; one served by an event
+    loop (ASGI) on an asyncio queue, which the listener thread fills through the loop."""
+
+    def __init__(self, audience: Audience, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.audience = audience
+        self.loop = loop
         self.inbox: queue.SimpleQueue[Notice | None] = queue.SimpleQueue()
+        self.ainbox: asyncio.Queue[Notice | None] = asyncio.Queue()
 
     def offer(self, notice: Notice) -> None:
         if self.audience.hears(notice):
-            self.inbox.put(notice)
+            self.deliver(notice)
+
+    def deliver(self, item: Notice | None) -> None:
+        if self.loop is None:
+            self.inbox.put(item)
+            return
+        try:
+            self.loop.call_soon_threadsafe(self.ainbox.put_nowait, item)
+        except RuntimeError:  # The loop closed: the stream is gone.
+            pass
 
 
 class Hub:
@@ -147,8 +162,10 @@ class Hub:
 
     # --- streams ---------------------------------------------------------------------------
 
-    def subscribe(self, audience: Audience) -> Subscriber:
-        sub = Subscriber(audience)
+    def subscribe(
+        self, audience: Audience, loop: asyncio.AbstractEventLoop | None = None
+    ) -> Subscriber:
+        sub = Subscriber(audience, loop)
         with self._lock:
             self._subscribers.add(sub)
         self._ensure_listener()
@@ -167,10 +184,6 @@ class Hub:
             subs = list(self._subscribers)
         for sub in subs:
             sub.offer(notice)
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
 
     # --- the listener ----------------------------------------------------------------------
 
@@ -237,7 +250,7 @@ class Hub:
             thread = self._thread
             self._thread = None
         for sub in subs:
-            sub.inbox.put(None)
+            sub.deliver(None)
         if thread is not None and thread.is_alive():
             thread.join(timeout=timeout)
 
@@ -286,7 +299,7 @@ def stream(audience: Audience, *, heartbeat: float, lifetime: float) -> Iterator
         yield SYNC.event()
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or hub.stopping:
+            if left <= 0:
                 return
             try:
                 notice = sub.inbox.get(timeout=min(heartbeat, left))
@@ -298,6 +311,33 @@ def stream(audience: Audience, *, heartbeat: float, lifetime: float) -> Iterator
             yield notice.event()
             if sub.audience.gate_id is not None and notice.kind in CLOSING:
                 # The gate page has what it needs; "bye" tells its EventSource not to reconnect.
+                yield "event: bye\ndata: closed\n\n"
+                return
+    finally:
+        hub.unsubscribe(sub)
+
+
+async def astream(audience: Audience, *, heartbeat: float, lifetime: float) -> AsyncIterator[str]:
+    """``stream`` for ASGI servers: the same frames, waiting on the event loop instead of a
+    thread (Django would read a synchronous iterator to its end before sending anything)."""
+    deadline = time.monotonic() + lifetime
+    sub = hub.subscribe(audience, asyncio.get_running_loop())
+    try:
+        yield f"retry: {int(settings.SLUICE_SSE_RETRY_SECONDS * 1000)}\n\n"
+        yield SYNC.event()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                notice = await asyncio.wait_for(sub.ainbox.get(), timeout=min(heartbeat, left))
+            except TimeoutError:
+                yield ": ping\n\n"
+                continue
+            if notice is None:
+                return
+            yield notice.event()
+            if sub.audience.gate_id is not None and notice.kind in CLOSING:
                 yield "event: bye\ndata: closed\n\n"
                 return
     finally:

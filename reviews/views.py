@@ -19,6 +19,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
+from django.core.handlers.asgi import ASGIRequest
 from django.core.paginator import Paginator
 from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
@@ -366,11 +367,13 @@ def gate_events(request: HttpRequest) -> HttpResponseBase:
     if not connection.in_atomic_block:
         # The stream waits on an in-memory queue for minutes: it holds no database connection.
         connection.close()
-    body = push.stream(
-        audience,
-        heartbeat=settings.SLUICE_SSE_HEARTBEAT_SECONDS,
-        lifetime=settings.SLUICE_SSE_MAX_SECONDS,
-    )
+    timing = {
+        "heartbeat": settings.SLUICE_SSE_HEARTBEAT_SECONDS,
+        "lifetime": settings.SLUICE_SSE_MAX_SECONDS,
+    }
+    # Under ASGI the stream waits on the event loop; under WSGI it holds its server thread.
+    asgi = isinstance(request, ASGIRequest)
+    body = push.astream(audience, **timing) if asgi else push.stream(audience, **timing)
     response = StreamingHttpResponse(body, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache, no-store"
     response["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once

@@ -8,10 +8,12 @@ tests/reviews/test_browser_push.py.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import http.client
 import json
 import queue
+import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -20,7 +22,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 from django.contrib.auth.models import Group, User
 from django.db import transaction
-from django.test import Client
+from django.test import AsyncClient, Client
 from django.utils import timezone
 
 from reviews import push
@@ -329,3 +331,35 @@ def test_the_gate_status_sends_the_panel_when_the_claim_changed(bell: Bell, peop
     assert 'name="outcome"' not in body  # ben holds it: ana cannot decide now
     assert c.get(f"/reviews/{gate.pk}/status/?claim={people.ben.pk}", **htmx).status_code == 204
     assert c.get(f"/reviews/{gate.pk}/status/", **htmx).status_code == 204  # old pollers
+
+
+def test_under_asgi_the_stream_waits_on_the_event_loop(
+    people: People, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under ASGI the view streams an async iterator (a sync one would be read to its end
+    before anything is sent); notices from the listener thread reach it through the loop."""
+    monkeypatch.setattr(push, "push_available", lambda: True)
+    monkeypatch.setattr(push.hub, "_ensure_listener", lambda: None)  # notices come from here
+    settings.SLUICE_SSE_HEARTBEAT_SECONDS = 0.2
+
+    async def main() -> None:
+        client = AsyncClient()
+        await client.aforce_login(people.ana)
+        response = await client.get("/reviews/events/")
+        assert response.status_code == 200 and response.is_async
+        frames = aiter(response.streaming_content)
+        assert (await anext(frames)).startswith(b"retry: ")
+        assert b'"kind": "sync"' in await anext(frames)
+        notices = [
+            push.Notice(kind="claimed", id=7, group="legal"),  # not hers: never sent
+            push.Notice(kind="claimed", id=8, group="reviewers"),
+        ]
+        threading.Timer(0.05, lambda: [push.hub.publish(n) for n in notices]).start()
+        assert await anext(frames) == b'event: gate\ndata: {"id": 8, "kind": "claimed"}\n\n'
+        assert await anext(frames) == b": ping\n\n"
+        push.hub.stop()  # shutdown ends it
+        with pytest.raises(StopAsyncIteration):
+            await anext(frames)
+
+    asyncio.run(main())
+    assert push.hub.count() == 0
