@@ -1,0 +1,645 @@
+"""The engine against a small reference model: a hypothesis state machine.
+
+Hypothesis drives the engine in-process (the broker is the in-memory ``Bell``) through random
+interleavings of what can happen to runs in production: doorbells delivered in any order,
+dropped or duplicated; a worker killed between a step's work and its checkpoint; a worker that
+stalls past its lease and wakes up to find its work taken over; leases running out; the sweep;
+cancel, restart (with or without a higher budget), fork; events, timers and review gates decided
+or expiring. A small model of each run (its generation, whether it is over, what it was told)
+predicts what the engine must show, and after every rule the invariants of docs/engine.md are
+checked against the tables:
+
+- the journal has no gap, and one live row per (position, branch);
+- ``on_complete`` ran at most once per run end, and exactly once when the run is terminal;
+- never two live leases on one piece of work, none on superseded rows or ended runs;
+- the generation only grows (and equals the model's count of cancels and restarts);
+- no step starts once the run's spent cost reached its cap, and the spent cost stays under the
+  cap plus the steps that may be in flight; each attempt of a step runs at most once, and a
+  step whose result was checkpointed never runs again.
+
+A ``settle`` rule lets every worker finish and the sweep run until nothing moves: then every run
+is ended (with the outcome the model predicts) or waits for something the model knows about.
+
+Examples: ``SLUICE_STATEFUL_EXAMPLES`` (default 25, ``make test-long`` runs 300) of at most
+``SLUICE_STATEFUL_STEPS`` rules (default 30).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.db import transaction
+from django.test import override_settings
+from django.utils import timezone
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import run_state_machine_as_test
+
+from reviews.models import Gate
+from reviews.services import GateClosedError, decide_gate, expire_due_gates
+from tests.support import Bell
+from workflows import InvalidInputError, InvalidStateError, RetryPolicy, cancel, restart
+from workflows import send_event, start, step
+from workflows import services, workflow
+from workflows import executor as executor_mod
+from workflows.executor import advance, advance_many, claim_step, complete_step, execute_step
+from workflows.leases import _held, _held_runs
+from workflows.models import Run, Step
+from workflows.sweeper import fire_timers, sweep
+from workflows.usage import current_step, record_usage
+
+pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
+
+EXAMPLES = int(os.environ.get("SLUICE_STATEFUL_EXAMPLES", "25"))
+STEPS = int(os.environ.get("SLUICE_STATEFUL_STEPS", "30"))
+
+COST = Decimal("0.1")  # what each ``work`` step spends
+SMALL_CAP = Decimal("0.15")  # room for the first step and one more, never two more
+BIG_CAP = Decimal("10")
+MAX_PARALLEL = 2
+MAX_RUNS = 3
+# Events that burn a step attempt (a crash, a stalled worker reclaimed) per example: below
+# ``work``'s attempt budget, so a run never fails for attempts and the model can say which
+# runs must succeed.
+MAX_LOST_ATTEMPTS = 3
+
+EVENT = {"go": 1}
+EVENT_DEFAULT = {"timed_out": True}
+
+
+class Crash(BaseException):
+    """A worker killed between a step's work and its checkpoint (SIGKILL: no cleanup runs)."""
+
+
+# What ran, seen from inside the steps and hooks (module state: the engine calls them).
+EXECUTED: list[tuple[int, int, Any, Decimal, Decimal | None]] = []  # step, attempt, run, cost, cap
+ENDS: list[tuple[str, int, str]] = []  # on_complete as committed: run, generation, status
+CRASH = {"armed": False}
+STATS: Counter[str] = Counter()  # what the examples did, printed and checked at the end
+
+
+def note(what: str) -> None:
+    STATS[what] += 1
+
+
+@step(retry=RetryPolicy(max_attempts=MAX_LOST_ATTEMPTS + 2, initial_backoff=0.01, jitter=False))
+def work(tag: str) -> str:
+    """Does the work (spends ``COST``), then dies before its checkpoint if a crash is armed."""
+    scope = current_step()
+    assert scope is not None
+    spent = Run.objects.filter(pk=scope.run_id).values_list("cost", "max_cost").get()
+    EXECUTED.append((scope.step_id, scope.attempt, scope.run_id, spent[0], spent[1]))
+    record_usage(cost=COST, model="offline")
+    if CRASH["armed"]:
+        CRASH["armed"] = False
+        raise Crash
+    return tag
+
+
+@workflow(name="proof.flow", max_parallel=MAX_PARALLEL)
+def flow(
+    ctx: Any, width: int = 0, sleep: bool = False, event: bool = False, gate: bool = False
+) -> dict[str, Any]:
+    first = ctx.run(work, "a")
+    parts = ctx.map(work, [f"b{i}" for i in range(width)]) if width else []
+    if sleep:
+        ctx.sleep(timedelta(hours=1))
+    ev = (
+        ctx.wait_for_event("go", timeout=timedelta(hours=1), default=EVENT_DEFAULT)
+        if event
+        else None
+    )
+    outcome = (
+        ctx.review("Proof gate", "Check it.", {"n": width}, timeout=timedelta(hours=1)).outcome
+        if gate
+        else None
+    )
+    last = ctx.run(work, "z")
+    return {"first": first, "parts": parts, "event": ev, "gate": outcome, "last": last}
+
+
+def on_done(run: Run) -> None:
+    """The run's on_complete hook: counted only if the transaction that ran it commits."""
+    key = (str(run.pk), run.generation, run.status)
+    transaction.on_commit(lambda: ENDS.append(key))
+
+
+@dataclass
+class ModelRun:
+    """What the model knows of one run."""
+
+    pk: Any
+    width: int
+    sleep: bool
+    event: bool
+    gate: bool
+    cap: Decimal | None
+    generation: int = 1
+    terminal: bool = False
+    canceled: bool = False
+    restarted: bool = False
+    events_sent: int = 0
+    gate_outcomes: set[str] = field(default_factory=set)
+
+    def budget_fails(self) -> bool:
+        """Under the small cap, the first step leaves room for exactly one more: a run with a
+        fan-out (or its last step after one) stops with BudgetExceeded, one without succeeds."""
+        return self.cap == SMALL_CAP and self.width >= 1
+
+
+class EngineMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        Run.objects.all().delete()
+        BELL.messages.clear()
+        EXECUTED.clear()
+        ENDS.clear()
+        CRASH["armed"] = False
+        _held.clear()
+        _held_runs.clear()
+        self.runs: list[ModelRun] = []
+        self.stalled: list[tuple[tuple[Any, ...], str, int]] = []  # complete_step args, owner, id
+        self.lost_attempts = 0
+        self.checkpointed: set[int] = set()
+        self.seen_executions = 0
+        self.generations: dict[str, int] = {}
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _run(self, i: int) -> ModelRun:
+        return self.runs[i % len(self.runs)]
+
+    def _handle(self, message: tuple[str, Any]) -> None:
+        kind, args = message
+        if kind == "advance":
+            advance(*args)
+        elif kind == "advance_many":
+            advance_many(*args)
+        else:
+            execute_step(*args)
+
+    def _refresh(self, m: ModelRun) -> Run:
+        run = Run.objects.get(pk=m.pk)
+        if run.is_terminal and not m.terminal:
+            m.terminal = True
+        return run
+
+    def _pending_branches(self) -> list[Step]:
+        return list(
+            Step.objects.filter(
+                run_id__in=[m.pk for m in self.runs],
+                superseded=False,
+                branch__gte=0,
+                status="pending",
+                held=False,
+            ).order_by("id")
+        )
+
+    # --- rules -----------------------------------------------------------------------------
+
+    @precondition(lambda self: len(self.runs) < MAX_RUNS)
+    @rule(
+        width=st.integers(0, 3),
+        sleep=st.booleans(),
+        event=st.booleans(),
+        gate=st.booleans(),
+        cap=st.sampled_from([None, SMALL_CAP, BIG_CAP]),
+    )
+    def start(self, width: int, sleep: bool, event: bool, gate: bool, cap: Decimal | None) -> None:
+        run = start(
+            "proof.flow",
+            {"width": width, "sleep": sleep, "event": event, "gate": gate},
+            on_complete=f"{__name__}.on_done",
+            max_cost=cap,
+        )
+        self.runs.append(ModelRun(run.pk, width, sleep, event, gate, cap))
+        note("rule: start")
+
+    @precondition(lambda self: BELL.messages)
+    @rule(i=st.integers(0, 30))
+    def deliver(self, i: int) -> None:
+        """A worker takes any one doorbell (not necessarily the oldest) and handles it."""
+        i %= len(BELL.messages)
+        message = BELL.messages[i]
+        del BELL.messages[i]
+        self._handle(message)
+
+    @precondition(lambda self: BELL.messages)
+    @rule(i=st.integers(0, 30))
+    def duplicate(self, i: int) -> None:
+        """A doorbell delivered twice (Celery is at-least-once): handle it, keep it queued."""
+        self._handle(BELL.messages[i % len(BELL.messages)])
+
+    @precondition(lambda self: BELL.messages)
+    @rule(i=st.integers(0, 30))
+    def drop(self, i: int) -> None:
+        """A lost doorbell (a flushed Redis): only the sweep can find the work again."""
+        del BELL.messages[i % len(BELL.messages)]
+
+    @precondition(lambda self: BELL.messages and self.lost_attempts < MAX_LOST_ATTEMPTS)
+    @rule(i=st.integers(0, 30))
+    def crash(self, i: int) -> None:
+        """The worker handling a doorbell dies after its step's work, before the checkpoint:
+        nothing is released (``let_go`` does not run, the heartbeat dies with it)."""
+        i %= len(BELL.messages)
+        message = BELL.messages[i]
+        del BELL.messages[i]
+        CRASH["armed"] = True
+        saved = executor_mod.let_go
+        executor_mod.let_go = lambda run, owner: None  # type: ignore[assignment]
+        try:
+            self._handle(message)
+        except Crash:
+            self.lost_attempts += 1
+            note("a worker crashed before its checkpoint")
+        finally:
+            executor_mod.let_go = saved  # type: ignore[assignment]
+            CRASH["armed"] = False
+            _held.clear()
+            _held_runs.clear()
+
+    @precondition(lambda self: self.runs and self._pending_branches())
+    @rule(i=st.integers(0, 30))
+    def finish_branch(self, i: int) -> None:
+        """A worker runs one pending branch directly (out of order with its doorbell)."""
+        branches = self._pending_branches()
+        if branches:
+            execute_step(branches[i % len(branches)].pk)
+            note("rule: finish_branch")
+
+    @precondition(
+        lambda self: (
+            self.lost_attempts < MAX_LOST_ATTEMPTS and self.runs and self._pending_branches()
+        )
+    )
+    @rule(i=st.integers(0, 30))
+    def stall(self, i: int) -> None:
+        """A worker claims a branch, does its work and stalls before recording it."""
+        branches = self._pending_branches()
+        if not branches:
+            return
+        owner = f"stalled:{next(OWNERS)}"
+        row = claim_step(branches[i % len(branches)].pk, owner)
+        if row is None:
+            return
+        captured: list[tuple[Any, ...]] = []
+        saved = executor_mod.complete_step
+        executor_mod.complete_step = lambda *a: captured.append(a)  # type: ignore[assignment]
+        try:
+            executor_mod._run_claimed(row, owner)
+        finally:
+            executor_mod.complete_step = saved  # type: ignore[assignment]
+            _held.clear()
+        self.stalled.append((captured[0], owner, row.pk))
+        note("rule: stall")
+        self.lost_attempts += 1
+
+    @precondition(lambda self: self.stalled)
+    @rule(i=st.integers(0, 30), late=st.booleans())
+    def wake_stalled(self, i: int, late: bool = False) -> None:
+        """The stalled worker wakes and records its result: it counts only if its claim still
+        holds (same owner, same attempt); otherwise it must change nothing. ``late``: it
+        stalled past its lease, the sweep reclaimed the step and another worker ran it."""
+        args, owner, step_id = self.stalled.pop(i % len(self.stalled))
+        if late:
+            Step.objects.filter(pk=step_id, lease_owner=owner).update(
+                lease_expires_at=timezone.now() - timedelta(seconds=1)
+            )
+            sweep()
+            BELL.drain()
+        before = Step.objects.get(pk=step_id)
+        still_ours = (
+            before.status == "running" and before.lease_owner == owner and not before.superseded
+        )
+        complete_step(*args)
+        after = Step.objects.get(pk=step_id)
+        note(f"stalled worker woke, claim {'held' if still_ours else 'lost'}")
+        if not still_ours:
+            assert (after.status, after.attempt, after.result, after.finished_at) == (
+                before.status,
+                before.attempt,
+                before.result,
+                before.finished_at,
+            ), "a fenced-out worker changed a step it no longer held"
+
+    @precondition(lambda self: self.runs)
+    @rule()
+    def expire_leases(self) -> None:
+        """Time passes beyond every lease: as if every worker holding one had died."""
+        past = timezone.now() - timedelta(seconds=1)
+        ids = [m.pk for m in self.runs]
+        Run.objects.filter(pk__in=ids).exclude(lease_owner="").update(lease_expires_at=past)
+        Step.objects.filter(run_id__in=ids).exclude(lease_owner="").update(lease_expires_at=past)
+
+    @rule()
+    def sweep(self) -> None:
+        sweep()
+
+    @precondition(lambda self: self.runs)
+    @rule(i=st.integers(0, 30))
+    def cancel(self, i: int) -> None:
+        m = self._run(i)
+        try:
+            cancel(m.pk, "the model says so")
+        except InvalidStateError:
+            assert self._refresh(m).is_terminal
+            return
+        m.generation += 1
+        m.terminal = m.canceled = True
+        note("rule: cancel")
+
+    @precondition(lambda self: self.runs)
+    @rule(i=st.integers(0, 30), raise_cap=st.booleans())
+    def restart(self, i: int, raise_cap: bool) -> None:
+        m = self._run(i)
+        try:
+            restart(m.pk, max_cost=BIG_CAP if raise_cap and m.cap is not None else None)
+        except InvalidStateError:
+            assert not self._refresh(m).is_terminal
+            return
+        if raise_cap and m.cap is not None:
+            m.cap = BIG_CAP
+        m.generation += 1
+        m.terminal = m.canceled = False
+        m.restarted = True
+        note("rule: restart")
+
+    @precondition(lambda self: self.runs and len(self.runs) < MAX_RUNS)
+    @rule(i=st.integers(0, 30), from_step=st.integers(1, 6))
+    def fork(self, i: int, from_step: int) -> None:
+        """FORK: ``workflows.fork(run_id, from_step=N)`` (issue 9) is not on main yet. When it
+        lands this rule starts checking it: the fork is a new run (generation 1) whose journal
+        before N is the original's, held to every invariant like any other run."""
+        fork = getattr(services, "fork", None)
+        if fork is None:
+            return
+        m = self._run(i)
+        try:
+            new = fork(m.pk, from_step=from_step)
+        except (InvalidStateError, InvalidInputError):
+            return
+        self.runs.append(ModelRun(new.pk, m.width, m.sleep, m.event, m.gate, new.max_cost))
+        note("rule: fork")
+
+    @precondition(lambda self: self.runs)
+    @rule(i=st.integers(0, 30))
+    def send_event(self, i: int) -> None:
+        m = self._run(i)
+        try:
+            send_event(m.pk, "go", EVENT)
+        except InvalidStateError:
+            assert self._refresh(m).is_terminal
+            return
+        m.events_sent += 1
+        note("rule: send_event")
+
+    @precondition(lambda self: self.runs)
+    @rule(i=st.integers(0, 30))
+    def fire_timer(self, i: int) -> None:
+        """The hour of a sleep or an event wait passes (gates have their own deadline)."""
+        due = list(
+            Step.objects.filter(
+                run_id__in=[m.pk for m in self.runs],
+                superseded=False,
+                status="waiting",
+                kind__in=["sleep", "event"],
+            ).order_by("id")
+        )
+        if not due:
+            return
+        row = due[i % len(due)]
+        now = timezone.now()
+        Step.objects.filter(pk=row.pk).update(wake_at=now - timedelta(seconds=1))
+        assert fire_timers(now) >= 1
+        note(f"rule: fire_timer ({row.kind})")
+
+    def _open_gates(self) -> list[Gate]:
+        return list(Gate.objects.filter(run_id__in=[m.pk for m in self.runs], status="open"))
+
+    @precondition(lambda self: self.runs)
+    @rule(i=st.integers(0, 30), outcome=st.sampled_from(["approve", "reject"]))
+    def decide_gate(self, i: int, outcome: str) -> None:
+        gates = self._open_gates()
+        if not gates:
+            return
+        gate = gates[i % len(gates)]
+        try:
+            decide_gate(gate.pk, outcome=outcome, actor="proof", user=None)
+        except GateClosedError:
+            return
+        note("rule: decide_gate")
+
+    @precondition(lambda self: self.runs)
+    @rule(i=st.integers(0, 30))
+    def expire_gate(self, i: int) -> None:
+        gates = self._open_gates()
+        if not gates:
+            return
+        gate = gates[i % len(gates)]
+        Gate.objects.filter(pk=gate.pk).update(deadline=timezone.now() - timedelta(seconds=1))
+        assert expire_due_gates() == 1
+        note("rule: expire_gate")
+
+    @precondition(lambda self: self.runs)
+    @rule()
+    def settle(self) -> None:
+        """Every stalled worker wakes, every lease runs out, workers and the sweep run until
+        nothing moves. Then each run is over, as the model predicts, or waits for a timer, an
+        event or a gate: nothing is stuck."""
+        while self.stalled:
+            self.wake_stalled(0)
+        for _ in range(30):
+            self.expire_leases()
+            BELL.drain()
+            # Retry backoff (10 ms) must have passed before the sweep looks for it.
+            Step.objects.filter(status="retrying").update(
+                wake_at=timezone.now() - timedelta(seconds=1)
+            )
+            sweep()
+            if not BELL.messages:
+                break
+        assert not BELL.messages, "the engine did not come to rest"
+        for m in self.runs:
+            self._check_settled(m)
+
+    @precondition(lambda self: self.runs)
+    @rule(i=st.integers(0, 30), outcome=st.sampled_from(["approve", "reject"]))
+    def conclude(self, i: int, outcome: str) -> None:
+        """Settle, then give one run whatever it waits for (its event, its timer's hour, its
+        gate's decision or deadline), until it is over: it must end as the model predicts."""
+        m = self._run(i)
+        for turn in range(8):
+            self.settle()
+            if self._refresh(m).is_terminal:
+                return
+            waiting = Step.objects.get(run_id=m.pk, superseded=False, status="waiting")
+            if waiting.kind == "event" and turn % 2 == 0:
+                send_event(m.pk, "go", EVENT)
+                m.events_sent += 1
+            elif waiting.kind == "gate":
+                gate = Gate.objects.get(step=waiting, status="open")
+                if turn % 2:
+                    decide_gate(gate.pk, outcome=outcome, actor="proof", user=None)
+                    note("rule: decide_gate")
+                else:
+                    Gate.objects.filter(pk=gate.pk).update(deadline=timezone.now())
+                    assert expire_due_gates() == 1
+                    note("rule: expire_gate")
+            else:
+                Step.objects.filter(pk=waiting.pk).update(wake_at=timezone.now())
+                assert fire_timers(timezone.now()) == 1
+                note(f"rule: fire_timer ({waiting.kind})")
+        raise AssertionError(f"run {m} never ended")
+
+    def _check_settled(self, m: ModelRun) -> None:
+        run = self._refresh(m)
+        label = f"run {m} ({run.status}: {run.error})"
+        note(f"settled: {run.status}")
+        if m.canceled:
+            assert run.status == "canceled", label
+            return
+        if run.status == "failed":
+            # Only the budget may stop a run here (attempts are never exhausted).
+            assert m.cap is not None and m.cap == SMALL_CAP, label
+            assert run.error["type"] == "BudgetExceeded", label
+            return
+        if run.status == "succeeded":
+            if not m.restarted:
+                assert not m.budget_fails(), f"{label}: should have stopped on its budget"
+            out = run.output
+            assert out["first"] == "a" and out["last"] == "z", label
+            assert out["parts"] == [f"b{k}" for k in range(m.width)], label
+            if m.event:
+                assert out["event"] in (EVENT, EVENT_DEFAULT), label
+                assert out["event"] == EVENT_DEFAULT or m.events_sent > 0, label
+            if m.gate:
+                assert out["gate"] in ("approve", "reject"), label
+            return
+        # Not over: it must wait for something only the outside world (or time) can bring.
+        assert run.status == "suspended", label
+        live = Step.objects.filter(run_id=m.pk, superseded=False)
+        waits = set(live.filter(status="waiting").values_list("kind", flat=True))
+        assert waits and waits <= {"sleep", "event", "gate"}, f"{label} is stuck: {waits}"
+        assert not live.filter(status__in=["pending", "running", "retrying"]).exists(), label
+
+    # --- invariants --------------------------------------------------------------------------
+
+    @invariant()
+    def journal_has_no_gap(self) -> None:
+        for m in self.runs:
+            rows = list(
+                Step.objects.filter(run_id=m.pk, superseded=False).values_list("position", "branch")
+            )
+            assert len(rows) == len(set(rows)), f"two live rows at one place in {m.pk}: {rows}"
+            positions = sorted(p for p, b in rows if b < 0)
+            assert positions == list(range(1, len(positions) + 1)), f"gap in {m.pk}: {positions}"
+            groups = set(positions)
+            assert all(p in groups for p, b in rows if b >= 0), f"orphan branch in {m.pk}"
+
+    @invariant()
+    def on_complete_once_per_end(self) -> None:
+        assert len(ENDS) == len(set(ENDS)), f"on_complete ran twice: {ENDS}"
+        by_end = [(pk, gen) for pk, gen, _ in ENDS]
+        assert len(by_end) == len(set(by_end)), f"a run ended twice in one generation: {ENDS}"
+        for m in self.runs:
+            run = Run.objects.get(pk=m.pk)
+            mine = {gen: status for pk, gen, status in ENDS if pk == str(m.pk)}
+            if run.is_terminal:
+                assert mine.get(run.generation) == run.status, (m, run.status, mine)
+            else:
+                assert run.generation not in mine, (m, run.status, mine)
+
+    @invariant()
+    def never_two_live_leases(self) -> None:
+        now = timezone.now()
+        for m in self.runs:
+            run = Run.objects.get(pk=m.pk)
+            live = list(
+                Step.objects.filter(run_id=m.pk, lease_expires_at__gt=now)
+                .exclude(lease_owner="")
+                .values_list("position", "branch", "superseded", "status")
+            )
+            places = [(p, b) for p, b, _, _ in live]
+            assert len(places) == len(set(places)), f"two live leases in {m.pk}: {live}"
+            assert not any(s for _, _, s, _ in live), f"a superseded row holds a lease: {live}"
+            assert all(st == "running" for *_, st in live), f"a lease on a step not running: {live}"
+            if run.is_terminal:
+                assert not live and not run.lease_owner, f"an ended run holds leases: {live}"
+
+    @invariant()
+    def generation_only_grows(self) -> None:
+        for m in self.runs:
+            gen = Run.objects.filter(pk=m.pk).values_list("generation", flat=True).get()
+            assert gen >= self.generations.get(str(m.pk), 1), "the generation went back"
+            assert gen == m.generation, f"generation {gen}, the model counted {m.generation}"
+            self.generations[str(m.pk)] = gen
+
+    @invariant()
+    def budget_and_attempts(self) -> None:
+        new = EXECUTED[self.seen_executions :]
+        self.seen_executions = len(EXECUTED)
+        attempts = [(step_id, attempt) for step_id, attempt, *_ in EXECUTED]
+        assert len(attempts) == len(set(attempts)), "one attempt of a step ran twice"
+        for step_id, attempt, run_id, spent, cap in new:
+            assert step_id not in self.checkpointed, f"checkpointed step {step_id} ran again"
+            assert cap is None or spent < cap, f"a step started with ${spent} spent of ${cap}"
+        for m in self.runs:
+            run = Run.objects.get(pk=m.pk)
+            if run.max_cost is not None:
+                # Branches in flight when the cap was crossed may finish: at most max_parallel.
+                assert run.cost <= run.max_cost + COST * MAX_PARALLEL, (m, run.cost)
+        self.checkpointed |= set(
+            Step.objects.filter(
+                run_id__in=[m.pk for m in self.runs], kind="step", status="succeeded"
+            ).values_list("pk", flat=True)
+        )
+
+
+BELL = Bell()
+OWNERS = itertools.count()
+
+
+def test_the_engine_agrees_with_its_model(bell: Bell, monkeypatch: pytest.MonkeyPatch) -> None:
+    STATS.clear()
+    # The machine's own Bell, so that each example starts with an empty queue.
+    for name in ("send_advance", "send_step", "send_steps", "send_advance_many"):
+        monkeypatch.setattr(f"workflows.doorbell.{name}", getattr(BELL, name))
+    # Each doorbell is handled by a fresh worker (its own lease owner), and no heartbeat renews
+    # leases behind the model's back: leases run out only when the model says time passed.
+    monkeypatch.setattr(executor_mod, "owner_id", lambda: f"worker:{next(OWNERS)}")
+    monkeypatch.setattr(executor_mod, "ensure_heartbeat", lambda: None)
+    with override_settings(SLUICE_DOORBELL_GRACE_SECONDS=0):
+        run_state_machine_as_test(
+            EngineMachine,
+            settings=settings(
+                max_examples=EXAMPLES,
+                stateful_step_count=STEPS,
+                deadline=None,
+                suppress_health_check=list(HealthCheck),
+                derandomize=os.environ.get("SLUICE_STATEFUL_RANDOM") != "1",
+                database=None,
+            ),
+        )
+    print("stateful examples:", EXAMPLES, "of up to", STEPS, "rules;", dict(sorted(STATS.items())))
+    if EXAMPLES >= 100:
+        # The examples must have reached the interesting places, or they prove nothing.
+        for what in (
+            "a worker crashed before its checkpoint",
+            "stalled worker woke, claim lost",
+            "rule: cancel",
+            "rule: restart",
+            "rule: decide_gate",
+            "rule: expire_gate",
+            "rule: fire_timer (sleep)",
+            "settled: succeeded",
+            "settled: failed",
+        ):
+            assert STATS[what], f"no example reached {what!r}: {dict(STATS)}"
