@@ -27,8 +27,8 @@ Examples: ``SLUICE_STATEFUL_EXAMPLES`` (default 25, ``make test-long`` runs 300)
 from __future__ import annotations
 
 import itertools
-from collections import Counter
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -40,15 +40,29 @@ from django.test import override_settings
 from django.utils import timezone
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from hypothesis.stateful import run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from reviews.models import Gate
 from reviews.services import GateClosedError, decide_gate, expire_due_gates
 from tests.support import Bell
-from workflows import InvalidInputError, InvalidStateError, RetryPolicy, cancel, restart
-from workflows import send_event, start, step
-from workflows import services, workflow
+from workflows import (
+    InvalidInputError,
+    InvalidStateError,
+    RetryPolicy,
+    cancel,
+    restart,
+    send_event,
+    services,
+    start,
+    step,
+    workflow,
+)
 from workflows import executor as executor_mod
 from workflows.executor import advance, advance_many, claim_step, complete_step, execute_step
 from workflows.leases import _held, _held_runs
@@ -588,7 +602,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.seen_executions = len(EXECUTED)
         attempts = [(step_id, attempt) for step_id, attempt, *_ in EXECUTED]
         assert len(attempts) == len(set(attempts)), "one attempt of a step ran twice"
-        for step_id, attempt, run_id, spent, cap in new:
+        for step_id, _attempt, _run, spent, cap in new:
             assert step_id not in self.checkpointed, f"checkpointed step {step_id} ran again"
             assert cap is None or spent < cap, f"a step started with ${spent} spent of ${cap}"
         for m in self.runs:
