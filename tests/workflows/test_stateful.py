@@ -94,9 +94,12 @@ class Crash(BaseException):
 
 
 # What ran, seen from inside the steps and hooks (module state: the engine calls them).
-EXECUTED: list[tuple[int, int, Any, Decimal, Decimal | None]] = []  # step, attempt, run, cost, cap
+# Each step attempt that ran: step id, attempt, run id, the run's cost and cap when it started.
+EXECUTED: list[tuple[int | None, int, Any, Decimal, Decimal | None]] = []
 ENDS: list[tuple[str, int, str]] = []  # on_complete as committed: run, generation, status
 CRASH = {"armed": False}
+BELL = Bell()  # the machine's broker: a fresh queue for each example
+OWNERS = itertools.count()
 STATS: Counter[str] = Counter()  # what the examples did, printed and checked at the end
 
 
@@ -237,7 +240,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.runs.append(ModelRun(run.pk, width, sleep, event, gate, cap))
         note("rule: start")
 
-    @precondition(lambda self: BELL.messages)
+    @precondition(lambda self: bool(BELL.messages))
     @rule(i=st.integers(0, 30))
     def deliver(self, i: int) -> None:
         """A worker takes any one doorbell (not necessarily the oldest) and handles it."""
@@ -246,19 +249,19 @@ class EngineMachine(RuleBasedStateMachine):
         del BELL.messages[i]
         self._handle(message)
 
-    @precondition(lambda self: BELL.messages)
+    @precondition(lambda self: bool(BELL.messages))
     @rule(i=st.integers(0, 30))
     def duplicate(self, i: int) -> None:
         """A doorbell delivered twice (Celery is at-least-once): handle it, keep it queued."""
         self._handle(BELL.messages[i % len(BELL.messages)])
 
-    @precondition(lambda self: BELL.messages)
+    @precondition(lambda self: bool(BELL.messages))
     @rule(i=st.integers(0, 30))
     def drop(self, i: int) -> None:
         """A lost doorbell (a flushed Redis): only the sweep can find the work again."""
         del BELL.messages[i % len(BELL.messages)]
 
-    @precondition(lambda self: BELL.messages and self.lost_attempts < MAX_LOST_ATTEMPTS)
+    @precondition(lambda self: bool(BELL.messages) and self.lost_attempts < MAX_LOST_ATTEMPTS)
     @rule(i=st.integers(0, 30))
     def crash(self, i: int) -> None:
         """The worker handling a doorbell dies after its step's work, before the checkpoint:
@@ -523,12 +526,12 @@ class EngineMachine(RuleBasedStateMachine):
         if run.status == "failed":
             # Only the budget may stop a run here (attempts are never exhausted).
             assert m.cap is not None and m.cap == SMALL_CAP, label
-            assert run.error["type"] == "BudgetExceeded", label
+            assert (run.error or {}).get("type") == "BudgetExceeded", label
             return
         if run.status == "succeeded":
             if not m.restarted:
                 assert not m.budget_fails(), f"{label}: should have stopped on its budget"
-            out = run.output
+            out = dict(run.output or {})
             assert out["first"] == "a" and out["last"] == "z", label
             assert out["parts"] == [f"b{k}" for k in range(m.width)], label
             if m.event:
@@ -547,57 +550,66 @@ class EngineMachine(RuleBasedStateMachine):
     # --- invariants --------------------------------------------------------------------------
 
     @invariant()
-    def journal_has_no_gap(self) -> None:
-        for m in self.runs:
-            rows = list(
-                Step.objects.filter(run_id=m.pk, superseded=False).values_list("position", "branch")
-            )
-            assert len(rows) == len(set(rows)), f"two live rows at one place in {m.pk}: {rows}"
-            positions = sorted(p for p, b in rows if b < 0)
-            assert positions == list(range(1, len(positions) + 1)), f"gap in {m.pk}: {positions}"
-            groups = set(positions)
-            assert all(p in groups for p, b in rows if b >= 0), f"orphan branch in {m.pk}"
-
-    @invariant()
-    def on_complete_once_per_end(self) -> None:
-        assert len(ENDS) == len(set(ENDS)), f"on_complete ran twice: {ENDS}"
-        by_end = [(pk, gen) for pk, gen, _ in ENDS]
-        assert len(by_end) == len(set(by_end)), f"a run ended twice in one generation: {ENDS}"
-        for m in self.runs:
-            run = Run.objects.get(pk=m.pk)
-            mine = {gen: status for pk, gen, status in ENDS if pk == str(m.pk)}
-            if run.is_terminal:
-                assert mine.get(run.generation) == run.status, (m, run.status, mine)
-            else:
-                assert run.generation not in mine, (m, run.status, mine)
-
-    @invariant()
-    def never_two_live_leases(self) -> None:
+    def invariants_hold(self) -> None:
+        """All of them, after every rule, from one read of the runs and one of their journals
+        (the examples must stay cheap enough for ``make test`` on both backends)."""
+        if not self.runs:
+            return
         now = timezone.now()
+        runs = {str(r.pk): r for r in Run.objects.filter(pk__in=[m.pk for m in self.runs])}
+        steps: dict[str, list[Step]] = {pk: [] for pk in runs}
+        for row in Step.objects.filter(run_id__in=list(runs)).defer("args", "result"):
+            steps[str(row.run_id)].append(row)
         for m in self.runs:
-            run = Run.objects.get(pk=m.pk)
-            live = list(
-                Step.objects.filter(run_id=m.pk, lease_expires_at__gt=now)
-                .exclude(lease_owner="")
-                .values_list("position", "branch", "superseded", "status")
-            )
-            places = [(p, b) for p, b, _, _ in live]
-            assert len(places) == len(set(places)), f"two live leases in {m.pk}: {live}"
-            assert not any(s for _, _, s, _ in live), f"a superseded row holds a lease: {live}"
-            assert all(st == "running" for *_, st in live), f"a lease on a step not running: {live}"
-            if run.is_terminal:
-                assert not live and not run.lease_owner, f"an ended run holds leases: {live}"
+            run, rows = runs[str(m.pk)], steps[str(m.pk)]
+            self.journal_has_no_gap(m, rows)
+            self.on_complete_once_per_end(m, run)
+            self.never_two_live_leases(m, run, rows, now)
+            self.generation_only_grows(m, run)
+            self.budget_holds(m, run)
+        self.attempts_run_once(steps)
 
-    @invariant()
-    def generation_only_grows(self) -> None:
-        for m in self.runs:
-            gen = Run.objects.filter(pk=m.pk).values_list("generation", flat=True).get()
-            assert gen >= self.generations.get(str(m.pk), 1), "the generation went back"
-            assert gen == m.generation, f"generation {gen}, the model counted {m.generation}"
-            self.generations[str(m.pk)] = gen
+    def journal_has_no_gap(self, m: ModelRun, rows: list[Step]) -> None:
+        places = [(r.position, r.branch) for r in rows if not r.superseded]
+        assert len(places) == len(set(places)), f"two live rows at one place in {m.pk}: {places}"
+        positions = sorted(p for p, b in places if b < 0)
+        assert positions == list(range(1, len(positions) + 1)), f"gap in {m.pk}: {positions}"
+        assert all(p in positions for p, b in places if b >= 0), f"orphan branch in {m.pk}"
 
-    @invariant()
-    def budget_and_attempts(self) -> None:
+    def on_complete_once_per_end(self, m: ModelRun, run: Run) -> None:
+        assert len(ENDS) == len(set(ENDS)), f"on_complete ran twice: {ENDS}"
+        mine = [(gen, status) for pk, gen, status in ENDS if pk == str(m.pk)]
+        ends = dict(mine)
+        assert len(ends) == len(mine), f"run {m.pk} ended twice in one generation: {mine}"
+        if run.is_terminal:
+            assert ends.get(run.generation) == run.status, (m, run.status, mine)
+        else:
+            assert run.generation not in ends, (m, run.status, mine)
+
+    def never_two_live_leases(self, m: ModelRun, run: Run, rows: list[Step], now: Any) -> None:
+        live = [
+            r for r in rows if r.lease_owner and r.lease_expires_at and r.lease_expires_at > now
+        ]
+        places = [(r.position, r.branch) for r in live]
+        assert len(places) == len(set(places)), f"two live leases in {m.pk}: {live}"
+        assert not any(r.superseded for r in live), f"a superseded row holds a lease: {live}"
+        assert all(r.status == "running" for r in live), f"a lease on a step not running: {live}"
+        if run.is_terminal:
+            assert not live and not run.lease_owner, f"an ended run holds leases: {live}"
+
+    def generation_only_grows(self, m: ModelRun, run: Run) -> None:
+        assert run.generation >= self.generations.get(str(m.pk), 1), "the generation went back"
+        assert run.generation == m.generation, (
+            f"generation {run.generation}, the model counted {m.generation}"
+        )
+        self.generations[str(m.pk)] = run.generation
+
+    def budget_holds(self, m: ModelRun, run: Run) -> None:
+        if run.max_cost is not None:
+            # Branches in flight when the cap was crossed may finish: at most max_parallel.
+            assert run.cost <= run.max_cost + COST * MAX_PARALLEL, (m, run.cost)
+
+    def attempts_run_once(self, steps: dict[str, list[Step]]) -> None:
         new = EXECUTED[self.seen_executions :]
         self.seen_executions = len(EXECUTED)
         attempts = [(step_id, attempt) for step_id, attempt, *_ in EXECUTED]
@@ -605,20 +617,12 @@ class EngineMachine(RuleBasedStateMachine):
         for step_id, _attempt, _run, spent, cap in new:
             assert step_id not in self.checkpointed, f"checkpointed step {step_id} ran again"
             assert cap is None or spent < cap, f"a step started with ${spent} spent of ${cap}"
-        for m in self.runs:
-            run = Run.objects.get(pk=m.pk)
-            if run.max_cost is not None:
-                # Branches in flight when the cap was crossed may finish: at most max_parallel.
-                assert run.cost <= run.max_cost + COST * MAX_PARALLEL, (m, run.cost)
-        self.checkpointed |= set(
-            Step.objects.filter(
-                run_id__in=[m.pk for m in self.runs], kind="step", status="succeeded"
-            ).values_list("pk", flat=True)
-        )
-
-
-BELL = Bell()
-OWNERS = itertools.count()
+        self.checkpointed |= {
+            r.pk
+            for rows in steps.values()
+            for r in rows
+            if r.kind == "step" and r.status == "succeeded"
+        }
 
 
 def test_the_engine_agrees_with_its_model(bell: Bell, monkeypatch: pytest.MonkeyPatch) -> None:
