@@ -38,7 +38,7 @@ import pytest
 from django.db import transaction
 from django.test import override_settings
 from django.utils import timezone
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -74,6 +74,7 @@ pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 
 EXAMPLES = int(os.environ.get("SLUICE_STATEFUL_EXAMPLES", "25"))
 STEPS = int(os.environ.get("SLUICE_STATEFUL_STEPS", "30"))
+SHRINK = os.environ.get("SLUICE_STATEFUL_SHRINK") != "0"
 
 COST = Decimal("0.1")  # what each ``work`` step spends
 SMALL_CAP = Decimal("0.15")  # room for the first step and one more, never two more
@@ -644,6 +645,8 @@ def test_the_engine_agrees_with_its_model(bell: Bell, monkeypatch: pytest.Monkey
                 suppress_health_check=list(HealthCheck),
                 derandomize=os.environ.get("SLUICE_STATEFUL_RANDOM") != "1",
                 database=None,
+                # SLUICE_STATEFUL_SHRINK=0: report the first failing sequence as found (fast).
+                phases=[p for p in Phase if p != Phase.shrink or SHRINK],
             ),
         )
     print("stateful examples:", EXAMPLES, "of up to", STEPS, "rules;", dict(sorted(STATS.items())))
