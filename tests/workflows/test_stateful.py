@@ -36,6 +36,7 @@ from typing import Any
 
 import pytest
 from django.db import transaction
+from django.db.models import Q
 from django.test import override_settings
 from django.utils import timezone
 from hypothesis import HealthCheck, Phase, settings
@@ -67,6 +68,7 @@ from workflows import executor as executor_mod
 from workflows.executor import advance, advance_many, claim_step, complete_step, execute_step
 from workflows.leases import _held, _held_runs
 from workflows.models import Run, Step
+from workflows.pools import RESERVED
 from workflows.sweeper import fire_timers, sweep
 from workflows.usage import current_step, record_usage
 
@@ -211,14 +213,17 @@ class EngineMachine(RuleBasedStateMachine):
         return run
 
     def _pending_branches(self) -> list[Step]:
+        """Branches a worker could claim now: pending, or running in a slot reserved for them
+        at fan-out (whose reservation has not run out)."""
         return list(
             Step.objects.filter(
-                run_id__in=[m.pk for m in self.runs],
-                superseded=False,
-                branch__gte=0,
-                status="pending",
-                held=False,
-            ).order_by("id")
+                run_id__in=[m.pk for m in self.runs], superseded=False, branch__gte=0
+            )
+            .filter(
+                Q(status="pending", held=False)
+                | Q(status="running", lease_owner=RESERVED, lease_expires_at__gt=timezone.now())
+            )
+            .order_by("id")
         )
 
     # --- rules -----------------------------------------------------------------------------
@@ -284,28 +289,66 @@ class EngineMachine(RuleBasedStateMachine):
             _held.clear()
             _held_runs.clear()
 
-    @precondition(lambda self: self.runs and self._pending_branches())
-    @rule(i=st.integers(0, 30))
-    def finish_branch(self, i: int) -> None:
-        """A worker runs one pending branch directly (out of order with its doorbell)."""
+    def _a_pending_branch(self, i: int) -> Step | None:
+        """A pending branch; if there is none yet, a worker advances a run towards its fan-out
+        (handles the oldest advance doorbell) and None is returned."""
         branches = self._pending_branches()
         if branches:
-            execute_step(branches[i % len(branches)].pk)
-            note("rule: finish_branch")
+            return branches[i % len(branches)]
+        for k, (kind, _) in enumerate(BELL.messages):
+            if kind != "step":
+                message = BELL.messages[k]
+                del BELL.messages[k]
+                self._handle(message)
+                break
+        return None
 
-    @precondition(
-        lambda self: (
-            self.lost_attempts < MAX_LOST_ATTEMPTS and self.runs and self._pending_branches()
-        )
-    )
+    @precondition(lambda self: self.runs)
+    @rule(i=st.integers(0, 30), crash=st.booleans())
+    def finish_branch(self, i: int, crash: bool) -> None:
+        """A worker runs one pending branch directly (out of order with its doorbell); with
+        ``crash`` it dies after the branch's work, before recording it."""
+        branch = self._a_pending_branch(i)
+        if branch is None:
+            return
+        if not crash or self.lost_attempts >= MAX_LOST_ATTEMPTS:
+            execute_step(branch.pk)
+            note("rule: finish_branch")
+            return
+        CRASH["armed"] = True
+        try:
+            execute_step(branch.pk)
+        except Crash:
+            self.lost_attempts += 1
+            note("a branch's worker crashed before its checkpoint")
+        finally:
+            CRASH["armed"] = False
+            _held.clear()
+
+    @precondition(lambda self: self.runs and self.lost_attempts < MAX_LOST_ATTEMPTS)
     @rule(i=st.integers(0, 30))
-    def stall(self, i: int) -> None:
+    def race_for_a_branch(self, i: int) -> None:
+        """Worker A claims a branch, does its work and stalls past its lease; the sweep gives
+        the branch to worker B, which records it; then A wakes and tries to record its result:
+        it must change nothing (fenced on owner and attempt), and the group counts the branch
+        once."""
+        branch = self._a_pending_branch(i)
+        if branch is None:
+            return
+        self.stall(0, branch)
+        if not self.stalled:
+            return
+        self.wake_stalled(len(self.stalled) - 1, late=True)
+
+    @precondition(lambda self: self.runs and self.lost_attempts < MAX_LOST_ATTEMPTS)
+    @rule(i=st.integers(0, 30))
+    def stall(self, i: int, branch: Step | None = None) -> None:
         """A worker claims a branch, does its work and stalls before recording it."""
-        branches = self._pending_branches()
-        if not branches:
+        branch = branch or self._a_pending_branch(i)
+        if branch is None:
             return
         owner = f"stalled:{next(OWNERS)}"
-        row = claim_step(branches[i % len(branches)].pk, owner)
+        row = claim_step(branch.pk, owner)
         if row is None:
             return
         captured: list[tuple[Any, ...]] = []
@@ -576,6 +619,24 @@ class EngineMachine(RuleBasedStateMachine):
         positions = sorted(p for p, b in places if b < 0)
         assert positions == list(range(1, len(positions) + 1)), f"gap in {m.pk}: {positions}"
         assert all(p in positions for p, b in places if b >= 0), f"orphan branch in {m.pk}"
+        # A waiting fan-out counts its unfinished branches exactly (each finish counted once).
+        for group in rows:
+            if group.superseded or group.branch >= 0 or group.status != "waiting":
+                continue
+            if group.kind != "parallel":
+                continue
+            open_branches = [
+                r
+                for r in rows
+                if not r.superseded
+                and r.position == group.position
+                and r.branch >= 0
+                and r.status not in ("succeeded", "failed")
+            ]
+            assert group.remaining == len(open_branches), (
+                f"group at {group.position} of {m.pk} counts {group.remaining} branches to go, "
+                f"{len(open_branches)} are unfinished"
+            )
 
     def on_complete_once_per_end(self, m: ModelRun, run: Run) -> None:
         assert len(ENDS) == len(set(ENDS)), f"on_complete ran twice: {ENDS}"
