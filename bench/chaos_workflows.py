@@ -52,7 +52,8 @@ def pipeline(
     """A step, a fan-out of ``width`` steps, a durable sleep, an optional review gate with a
     short timeout (so that it expires while the faults happen), a last step."""
     first = ctx.run(nap, "first", seconds)
-    parts = ctx.parallel([ctx.call(nap, f"part{i}", seconds) for i in range(width)]) if width else []
+    calls = [ctx.call(nap, f"part{i}", seconds) for i in range(width)]
+    parts = ctx.parallel(calls) if calls else []
     if pause:
         ctx.sleep(timedelta(seconds=pause))
     outcome = None
