@@ -402,7 +402,17 @@ class EngineMachine(RuleBasedStateMachine):
 
     @rule()
     def sweep(self) -> None:
+        """The sweep; after it, no work is left under a lease that ran out: each such branch
+        is runnable again (or failed, its attempts spent), each such run is rung for."""
+        now = timezone.now()
         sweep()
+        ids = [m.pk for m in self.runs]
+        dead_steps = Step.objects.filter(
+            run_id__in=ids, superseded=False, status="running", lease_expires_at__lt=now
+        ).filter(Q(branch__gte=0) | ~Q(run__status="running"))
+        assert not dead_steps.exists(), f"the sweep left dead leases: {list(dead_steps)}"
+        dead_runs = Run.objects.filter(pk__in=ids, status="running", lease_expires_at__lt=now)
+        assert not dead_runs.exists(), "the sweep left a run under a dead lease"
 
     @precondition(lambda self: self.runs)
     @rule(i=st.integers(0, 30))
