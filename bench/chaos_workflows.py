@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from workflows import RetryPolicy, step, workflow
-from workflows.usage import current_step
+from workflows.core.usage import current_step
 
 ON_COMPLETE_EVENT = "chaos.on_complete"
 
@@ -72,7 +72,7 @@ def pipeline(
 def on_done(run: Any) -> None:
     """on_complete: a row written in the transaction that ends the run (counted per
     generation by the driver: two rows for one generation is a run that ended twice)."""
-    from workflows.models import Event
+    from workflows.core.models import Event
 
     Event.objects.create(
         run_id=run.pk,

@@ -59,18 +59,18 @@ from workflows import (
     cancel,
     restart,
     send_event,
-    services,
     start,
     step,
     workflow,
 )
-from workflows import executor as executor_mod
-from workflows.executor import advance, advance_many, claim_step, complete_step, execute_step
-from workflows.leases import _held, _held_runs
+from workflows.core import executor as executor_mod
+from workflows.core import services
+from workflows.core.executor import advance, advance_many, claim_step, complete_step, execute_step
+from workflows.core.leases import _held, _held_runs
+from workflows.core.pools import RESERVED
+from workflows.core.sweeper import fire_timers, sweep
+from workflows.core.usage import current_step, record_usage
 from workflows.models import Run, Step
-from workflows.pools import RESERVED
-from workflows.sweeper import fire_timers, sweep
-from workflows.usage import current_step, record_usage
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 
@@ -701,7 +701,7 @@ def test_the_engine_agrees_with_its_model(bell: Bell, monkeypatch: pytest.Monkey
     STATS.clear()
     # The machine's own Bell, so that each example starts with an empty queue.
     for name in ("send_advance", "send_step", "send_steps", "send_advance_many"):
-        monkeypatch.setattr(f"workflows.doorbell.{name}", getattr(BELL, name))
+        monkeypatch.setattr(f"workflows.core.doorbell.{name}", getattr(BELL, name))
     # Each doorbell is handled by a fresh worker (its own lease owner), and no heartbeat renews
     # leases behind the model's back: leases run out only when the model says time passed.
     monkeypatch.setattr(executor_mod, "owner_id", lambda: f"worker:{next(OWNERS)}")
