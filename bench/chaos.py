@@ -292,15 +292,15 @@ class Phase:
                     self.beat = self.procs.beat()
                     self.log.append(f"{time.monotonic() - t0:6.1f}s beat back")
                 if now >= next_gate_pass:
-                    # A reviewer decides some open gates (every other one); the rest expire.
+                    # A reviewer decides the open gates with an even id; the rest expire.
                     next_gate_pass = now + 1.0
                     gates = _retry(
                         lambda: list(
-                            Gate.objects.filter(status="open").values_list("pk", flat=True)[:20]
+                            Gate.objects.filter(status="open").values_list("pk", flat=True)[:100]
                         ),
                         "gates",
                     )
-                    for gate_id in gates[::2]:
+                    for gate_id in [g for g in gates if g % 2 == 0]:
                         try:
                             decide_gate(gate_id, outcome="approve", actor="chaos", user=None)
                             self.counts["gates decided"] += 1
@@ -362,6 +362,9 @@ class Phase:
             1 for (_, step_id, attempt) in executions if attempt > final.get(step_id, attempt)
         )
         rerun = sum(1 for (_, _, attempt) in executions if attempt > 1)
+        from reviews.models import Gate
+
+        gates = Counter(Gate.objects.filter(run_id__in=self.ids).values_list("status", flat=True))
         return {
             "phase": self.name,
             "runs": len(self.ids),
@@ -373,6 +376,7 @@ class Phase:
             "step_attempts": sum(executions.values()),
             "step_attempts_redone": rerun,
             "stuck": sum(1 for r in runs.values() if not r.is_terminal),
+            "gates": dict(gates),
             "faults": dict(self.counts),
             "fault_log": self.log,
             "last_fault_s": round(self.last_fault, 1),
