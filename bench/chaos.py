@@ -30,6 +30,7 @@ that server loses its connections; ``--no-pg-restart`` skips it.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -267,8 +268,11 @@ class Phase:
                 now = time.monotonic() - t0
                 while plan and plan[0][1][0] <= now:
                     i, (_, params) = plan.pop(0)
+                    # The idempotency key makes a retried start (the commit may have landed
+                    # before the connection died) return the run it created.
                     run = _retry(
-                        lambda i=i, params=params: start(
+                        functools.partial(
+                            start,
                             "chaos.pipeline",
                             params,
                             idempotency_key=f"chaos-{self.name}-{i}",
