@@ -51,6 +51,7 @@ class StepKind(models.TextChoices):
     RANDOM = "random"
     UUID = "uuid"
     GATE = "gate"
+    PATCH = "patch"  # a ``ctx.patched`` / ``ctx.deprecate_patch`` marker (no result)
 
 
 class Run(models.Model):
