@@ -114,6 +114,14 @@ def fork(
     return new
 
 
+def last_forkable(rows: list[Step]) -> int:
+    """The highest ``from_step`` a fork of a run with these live journal rows accepts: one past
+    the last position, or the first position that has not finished."""
+    last = max((r.position for r in rows if r.branch < 0), default=0)
+    unfinished = [r.position for r in rows if r.status not in REUSABLE]
+    return min([last + 1, *unfinished])
+
+
 def _bad_step(message: str, short: str = "an integer") -> InvalidInputError:
     return InvalidInputError(
         message, [{"field": "from_step", "message": short, "type": "value_error"}]

@@ -5,30 +5,59 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('workflows', '0007_run_review_timeout'),
+        ("workflows", "0007_run_review_timeout"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='run',
-            name='forked_at_step',
+            model_name="run",
+            name="forked_at_step",
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='run',
-            name='forked_from',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='forks', to='workflows.run'),
+            model_name="run",
+            name="forked_from",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="forks",
+                to="workflows.run",
+            ),
         ),
         migrations.AlterField(
-            model_name='runaudit',
-            name='action',
-            field=models.CharField(choices=[('cancel', 'Cancel'), ('restart', 'Restart'), ('retry', 'Retry'), ('fork', 'Fork')], max_length=16),
+            model_name="runaudit",
+            name="action",
+            field=models.CharField(
+                choices=[
+                    ("cancel", "Cancel"),
+                    ("restart", "Restart"),
+                    ("retry", "Retry"),
+                    ("fork", "Fork"),
+                ],
+                max_length=16,
+            ),
         ),
         migrations.AlterField(
-            model_name='step',
-            name='kind',
-            field=models.CharField(choices=[('step', 'Step'), ('parallel', 'Parallel'), ('branch', 'Branch'), ('sleep', 'Sleep'), ('event', 'Event'), ('child', 'Child'), ('now', 'Now'), ('random', 'Random'), ('uuid', 'Uuid'), ('gate', 'Gate'), ('patch', 'Patch')], default='step', max_length=16),
+            model_name="step",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("step", "Step"),
+                    ("parallel", "Parallel"),
+                    ("branch", "Branch"),
+                    ("sleep", "Sleep"),
+                    ("event", "Event"),
+                    ("child", "Child"),
+                    ("now", "Now"),
+                    ("random", "Random"),
+                    ("uuid", "Uuid"),
+                    ("gate", "Gate"),
+                    ("patch", "Patch"),
+                ],
+                default="step",
+                max_length=16,
+            ),
         ),
     ]
