@@ -176,6 +176,7 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
     tl = timeline.build(run, live)
     positions = sorted({r.position for r in live if r.branch < 0})
     fork_upto = forking.last_forkable(live)
+    failed = operations.failed_position(run.pk) if run.status == "failed" else None
     return {
         "nav": "runs",
         "run": run,
@@ -192,8 +193,10 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         "can_operate": can_operate(request.user),
         "positions": positions,
         "fork_positions": list(range(1, fork_upto + 1)),
+        # Preselected: the failed step, else the last one (run it again, reuse the rest).
+        "fork_default": min(fork_upto, failed or (positions[-1] if positions else 1)),
         "last_position": positions[-1] if positions else 0,
-        "failed_position": operations.failed_position(run.pk) if run.status == "failed" else None,
+        "failed_position": failed,
         "live": not run.is_terminal,
         "now": timezone.now(),
         "duration": timeline.human_duration(
