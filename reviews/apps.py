@@ -14,8 +14,8 @@ class ReviewsConfig(AppConfig):
         from reviews.decision import review
         from reviews.retention import on_runs_pruning
         from reviews.services import on_run_finished
-        from workflows.context import Context
-        from workflows.signals import run_finished, runs_pruning
+        from workflows.core.context import Context
+        from workflows.core.signals import run_finished, runs_pruning
 
         Context.extensions["review"] = review
         run_finished.connect(on_run_finished, dispatch_uid="reviews.cancel_open_gates")

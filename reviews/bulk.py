@@ -51,15 +51,13 @@ class BulkResult:
     skipped: list[Skipped] = field(default_factory=list)
 
 
-_CLOSED_REASONS: dict[str, str] = {
-    GateStatus.EXPIRED: "expired",
-    GateStatus.DECIDED: "decided",
-    GateStatus.CANCELED: "canceled",
-}
-
-
 def _closed_reason(gate: Gate) -> str:
-    return _CLOSED_REASONS.get(gate.status, "closed")
+    reasons: dict[str, str] = {
+        GateStatus.EXPIRED: "expired",
+        GateStatus.DECIDED: "decided",
+        GateStatus.CANCELED: "canceled",
+    }
+    return reasons.get(gate.status, "closed")
 
 
 def _prefilled_edits(gate: Gate) -> tuple[Any, list[dict[str, str]]]:

@@ -4,30 +4,45 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('reviews', '0003_gate_subject_excerpt'),
+        ("reviews", "0003_gate_subject_excerpt"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='GateRecord',
+            name="GateRecord",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('gate_id', models.BigIntegerField(db_index=True)),
-                ('run_id', models.UUIDField(db_index=True)),
-                ('tenant', models.CharField(blank=True, db_index=True, default='', max_length=100)),
-                ('pipeline', models.CharField(max_length=200)),
-                ('title', models.CharField(max_length=200)),
-                ('status', models.CharField(choices=[('open', 'Open'), ('decided', 'Decided'), ('expired', 'Expired'), ('canceled', 'Canceled')], max_length=16)),
-                ('outcome', models.CharField(blank=True, default='', max_length=64)),
-                ('decided_by', models.CharField(blank=True, default='', max_length=150)),
-                ('decided_at', models.DateTimeField(blank=True, null=True)),
-                ('trail', models.JSONField()),
-                ('kept_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("gate_id", models.BigIntegerField(db_index=True)),
+                ("run_id", models.UUIDField(db_index=True)),
+                ("tenant", models.CharField(blank=True, db_index=True, default="", max_length=100)),
+                ("pipeline", models.CharField(max_length=200)),
+                ("title", models.CharField(max_length=200)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("open", "Open"),
+                            ("decided", "Decided"),
+                            ("expired", "Expired"),
+                            ("canceled", "Canceled"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("outcome", models.CharField(blank=True, default="", max_length=64)),
+                ("decided_by", models.CharField(blank=True, default="", max_length=150)),
+                ("decided_at", models.DateTimeField(blank=True, null=True)),
+                ("trail", models.JSONField()),
+                ("kept_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['-kept_at', 'id'],
+                "ordering": ["-kept_at", "id"],
             },
         ),
     ]

@@ -19,8 +19,8 @@ from reviews.services import claim_gate, decide_gate
 from tests.reviews.conftest import People, open_gate
 from tests.support import Bell
 from workflows import get_run
+from workflows.core.sweeper import prune, prune_outbox
 from workflows.models import Outbox, Run
-from workflows.sweeper import prune, prune_outbox
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 

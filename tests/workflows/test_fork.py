@@ -14,8 +14,8 @@ from django.test import override_settings
 import tests.workflows.blob_workflows  # noqa: F401  (registers blobs.parent)
 from tests.support import Bell
 from workflows import InvalidInputError, RunNotFoundError, fork, send_event, start, step, workflow
+from workflows.core.payloads import ForeignBlobError, unpack
 from workflows.models import Blob, Run, RunAudit, Step
-from workflows.payloads import ForeignBlobError, unpack
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 

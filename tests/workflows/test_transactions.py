@@ -21,8 +21,8 @@ import tests.workflows.hooks_tx  # noqa: F401  (the on_complete hooks)
 from tests.live import wait_until
 from tests.support import Bell
 from workflows import get_run, start
+from workflows.core.sweeper import sweep
 from workflows.models import Run
-from workflows.sweeper import sweep
 
 
 class Boom(Exception):

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from tests.support import Bell
-from workflows import definitions, get_run, send_event, start, workflow
-from workflows.context import Context
+from workflows import get_run, send_event, start, workflow
+from workflows.core import definitions
+from workflows.core.context import Context
 from workflows.models import Run, Step, StepKind
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]

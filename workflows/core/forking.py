@@ -6,7 +6,7 @@ N-1 (fan-out branches included), so its handler replays those results and runs p
 onwards anew. The original is left as it is (a fork is not a restart: nothing of it is
 superseded) and its audit trail records who forked it, from which step.
 
-Values stored out of row belong to one run (``workflows.payloads``: a blob is read only by its
+Values stored out of row belong to one run (``workflows.core.payloads``: a blob is read only by its
 run, or by the parent of the child run that wrote it). The copied rows therefore get copies of
 their blobs, owned by the new run: the fork can read them, and no third run can. A reference
 the original could not read itself (a foreign blob) is copied as it is, and stays unreadable.
@@ -20,13 +20,13 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from workflows import audit, payloads
-from workflows.audit import Actor
-from workflows.definitions import workflow_for_run
-from workflows.doorbell import ring_on_commit
-from workflows.errors import InvalidInputError, UnknownWorkflowError
-from workflows.models import Blob, Run, RunAction, RunStatus, Step, StepKind, StepStatus
-from workflows.services import get_run
+from workflows.core import audit, payloads
+from workflows.core.audit import Actor
+from workflows.core.definitions import workflow_for_run
+from workflows.core.doorbell import ring_on_commit
+from workflows.core.errors import InvalidInputError, UnknownWorkflowError
+from workflows.core.models import Blob, Run, RunAction, RunStatus, Step, StepKind, StepStatus
+from workflows.core.services import get_run
 
 # A fork replays these rows: each must hold its final answer (a result, or the failure the
 # handler saw and perhaps caught). A row still running or waiting belongs to the original.
