@@ -57,6 +57,7 @@ from workflows import (
     InvalidStateError,
     RetryPolicy,
     cancel,
+    fork,
     restart,
     send_event,
     start,
@@ -64,7 +65,6 @@ from workflows import (
     workflow,
 )
 from workflows.core import executor as executor_mod
-from workflows.core import services
 from workflows.core.executor import advance, advance_many, claim_step, complete_step, execute_step
 from workflows.core.leases import _held, _held_runs
 from workflows.core.pools import RESERVED
@@ -166,6 +166,7 @@ class ModelRun:
     terminal: bool = False
     canceled: bool = False
     restarted: bool = False
+    forked: bool = False  # reused journal rows cost it nothing: no budget prediction
     events_sent: int = 0
     gate_outcomes: set[str] = field(default_factory=set)
 
@@ -444,20 +445,39 @@ class EngineMachine(RuleBasedStateMachine):
         note("rule: restart")
 
     @precondition(lambda self: self.runs and len(self.runs) < MAX_RUNS)
-    @rule(i=st.integers(0, 30), from_step=st.integers(1, 6))
+    @rule(i=st.integers(0, 30), from_step=st.integers(1, 7))
     def fork(self, i: int, from_step: int) -> None:
-        """FORK: ``workflows.fork(run_id, from_step=N)`` (issue 9) is not on main yet. When it
-        lands this rule starts checking it: the fork is a new run (generation 1) whose journal
-        before N is the original's, held to every invariant like any other run."""
-        fork = getattr(services, "fork", None)
-        if fork is None:
-            return
+        """``fork(run_id, from_step=N)``: a new run (generation 1) whose journal before N is
+        the original's, finished rows only; held to every invariant like any other run. Its
+        reused steps are checkpointed, so they must never run in the fork."""
         m = self._run(i)
         try:
             new = fork(m.pk, from_step=from_step)
-        except (InvalidStateError, InvalidInputError):
+        except InvalidInputError:
+            note("rule: fork refused")
             return
-        self.runs.append(ModelRun(new.pk, m.width, m.sleep, m.event, m.gate, new.max_cost))
+
+        def journal(pk: Any) -> list[tuple[Any, ...]]:
+            return list(
+                Step.objects.filter(run_id=pk, superseded=False, position__lt=from_step)
+                .order_by("position", "branch")
+                .values_list("position", "branch", "kind", "name", "status", "result")
+            )
+
+        assert journal(new.pk) == journal(m.pk), "the fork does not hold the original's journal"
+        assert (new.generation, new.status) == (1, "pending"), new
+        self.runs.append(
+            ModelRun(
+                new.pk,
+                m.width,
+                m.sleep,
+                m.event,
+                m.gate,
+                new.max_cost,
+                forked=True,
+                events_sent=m.events_sent,
+            )
+        )
         note("rule: fork")
 
     @precondition(lambda self: self.runs)
@@ -583,7 +603,7 @@ class EngineMachine(RuleBasedStateMachine):
             assert (run.error or {}).get("type") == "BudgetExceeded", label
             return
         if run.status == "succeeded":
-            if not m.restarted:
+            if not (m.restarted or m.forked):
                 assert not m.budget_fails(), f"{label}: should have stopped on its budget"
             out = dict(run.output or {})
             assert out["first"] == "a" and out["last"] == "z", label
