@@ -193,7 +193,7 @@ test: install-test test-chromium
 # with SLUICE_FUZZ_EXAMPLES examples per test (300 unless set), on PostgreSQL; the engine's
 # state machine (tests/workflows/test_stateful.py) runs SLUICE_STATEFUL_EXAMPLES examples (300
 # unless set) on PostgreSQL and again on SQLite, with a fresh random seed each time (make test
-# runs 25 fixed ones).
+# runs 20 fixed ones).
 test-long: install-test
 	@env -u DATABASE_URL -u CELERY_BROKER_URL DATABASE_URL=$(TEST_DATABASE_URL) \
 	    SLUICE_TEST_DB_NAME=test_sluice_long CELERY_BROKER_URL=$(TEST_BROKER_URL) SLUICE_TEST_SERVICES=1 \
