@@ -14,8 +14,9 @@ Durability. A ``Notification`` row per recipient is written in the transaction t
 the gate (opened, expired, escalated, reassigned; the reminder sweep's own transaction sets
 ``reminded_at``), so a notification exists exactly when the change committed. Immediate ones
 get their outbox rows (one per channel, key ``notify:<id>:<channel>``) in that transaction;
-digest ones wait as ``pending`` rows with ``due_at``, the end of their recipient's window, and
-the beat sweep (``send_digests``) folds every pending row of a recipient into one message, in
+digest ones wait as ``pending`` rows with ``due_at``, the end of their digest window (windows
+of the recipient's interval, aligned on the clock: ``window_end``), and the beat sweep
+(``send_digests``) folds every pending row of a recipient into one message, in
 the transaction that marks them queued and writes its outbox rows (key
 ``digest:<recipient>:<first id>:<channel>``). The outbox delivers with a fenced claim (two
 deliverers never send the same row at once; a killed one's claim runs out and the row is
@@ -35,7 +36,7 @@ import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -44,7 +45,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import EmailMultiAlternatives
 from django.db import connection, transaction
-from django.db.models import Min, Q
+from django.db.models import Q
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -235,17 +236,23 @@ def _tenant_of(gate: Gate) -> str:
     return cached
 
 
+def window_end(now: datetime, minutes: int) -> datetime:
+    """The end of the digest window ``now`` falls in: windows of ``minutes`` aligned on the
+    epoch (a 60-minute digest goes out on the hour), so every row of one window shares its
+    ``due_at`` without reading anything, and one recipient gets at most one digest a window."""
+    step = minutes * 60
+    seconds = now.timestamp()
+    end = (int(seconds // step) + 1) * step
+    return datetime.fromtimestamp(end, tz=UTC)
+
+
 def _write(entries: list[tuple[Gate, str, list[Recipient]]], now: datetime) -> int:
     """Write the notifications of ``entries`` (gate, event, recipients) and the outbox rows of
     the immediate ones; return how many notifications were written."""
-    digest_keys = {r.key for _, _, rs in entries for r in rs if r.digest_minutes}
-    windows = _open_windows(digest_keys)
     rows: list[Notification] = []
     for gate, event, recipients in entries:
         for r in recipients:
-            due = None
-            if r.digest_minutes:
-                due = windows.setdefault(r.key, now + timedelta(minutes=r.digest_minutes))
+            due = window_end(now, r.digest_minutes) if r.digest_minutes else None
             rows.append(
                 Notification(
                     user_id=r.user_id,
@@ -273,34 +280,6 @@ def _write(entries: list[tuple[Gate, str, list[Recipient]]], now: datetime) -> i
     ]
     _enqueue(boxes)
     return len(rows)
-
-
-def _open_windows(keys: set[str]) -> dict[str, datetime]:
-    """The end of each digest recipient's current window: the earliest ``due_at`` of its
-    pending rows. A recipient with none starts a window now (in ``_write``)."""
-    if not keys:
-        return {}
-    user_ids = [int(k[1:]) for k in keys if k.startswith("u")]
-    channels = [k[2:] for k in keys if k.startswith("g:")]
-    pending = Notification.objects.filter(status=NotificationStatus.PENDING)
-    windows: dict[str, datetime] = {}
-    if user_ids:
-        for uid, due in (
-            pending.filter(user_id__in=user_ids)
-            .values("user_id")
-            .annotate(due=Min("due_at"))
-            .values_list("user_id", "due")
-        ):
-            windows[f"u{uid}"] = due
-    if channels:
-        for group, due in (
-            pending.filter(user__isnull=True, group__in=channels)
-            .values("group")
-            .annotate(due=Min("due_at"))
-            .values_list("group", "due")
-        ):
-            windows[f"g:{group}"] = due
-    return windows
 
 
 def _enqueue(boxes: list[Outbox]) -> None:
@@ -450,6 +429,7 @@ def send_digests(now: datetime | None = None, limit: int = 1000) -> int:
     now = now or timezone.now()
     due = (
         Notification.objects.filter(status=NotificationStatus.PENDING, due_at__lte=now)
+        .order_by()  # (the model's ordering would make every row distinct)
         .values_list("user_id", "group")
         .distinct()[:limit]
     )
@@ -612,6 +592,30 @@ def _message_id(key: str) -> str:
     return f"<{re.sub(r'[^A-Za-z0-9.-]', '.', key)}@{host}>"
 
 
+# What a message shows, and no more: the payload (large, untrusted) is never read.
+LOAD_FIELDS = (
+    "id",
+    "user_id",
+    "group",
+    "gate_id",
+    "event",
+    "gate__id",
+    "gate__title",
+    "gate__subject",
+    "gate__pipeline",
+    "gate__deadline",
+    "gate__status",
+    "gate__on_timeout",
+    "gate__run_id",
+    "gate__run__id",
+    "gate__run__tenant",
+    "user__id",
+    "user__username",
+    "user__email",
+    "user__is_active",
+)
+
+
 def _load(row: Outbox) -> tuple[Any, str, list[Notification]]:
     """The recipient (a user or a group channel key) and the notifications of ``row`` it may
     still be told about: a user who left the gate's group or tenant meanwhile is not."""
@@ -621,6 +625,7 @@ def _load(row: Outbox) -> tuple[Any, str, list[Notification]]:
     notes = list(
         Notification.objects.filter(pk__in=ids)
         .select_related("gate", "gate__run", "user")
+        .only(*LOAD_FIELDS)
         .order_by("id")
     )
     if not notes:

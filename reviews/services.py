@@ -315,6 +315,8 @@ def open_gate(
         detail["escalate_at"] = gate.escalate_at.isoformat()
         detail["escalate_to"] = escalate_to
     GateEvent.objects.create(gate=gate, kind=GateEventKind.OPENED, at=now, detail=detail)
+    if Step.run.is_cached(step_row):
+        gate.run = step_row.run
     notifications.gate_opened(gate)
     return gate
 

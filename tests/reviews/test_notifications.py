@@ -155,9 +155,7 @@ def test_chat_webhook_gets_slack_json_through_the_address_guard(bell: Bell, team
     assert recipients() == ["ben@example.com"]
 
 
-def test_chat_is_retried_with_backoff_until_the_receiver_takes_it(
-    bell: Bell, team: People
-) -> None:
+def test_chat_is_retried_with_backoff_until_the_receiver_takes_it(bell: Bell, team: People) -> None:
     with receiver(host=PUBLIC, script=[503]) as hook:
         prefs(team.ana, email_enabled=False, chat_enabled=True, chat_webhook_url=hook.url)
         open_gate(bell)
@@ -182,9 +180,14 @@ def test_a_private_chat_address_is_refused_and_not_retried(bell: Bell, team: Peo
     assert row.status == "delivered" and row.attempts == 1  # given up on, not retried forever
 
 
-def test_a_group_channel_hears_of_its_tenants_gates(settings: Any, bell: Bell, team: People) -> None:
+def test_a_group_channel_hears_of_its_tenants_gates(
+    settings: Any, bell: Bell, team: People
+) -> None:
     with receiver(host=PUBLIC) as hook, receiver(host=PUBLIC) as other:
-        settings.SLUICE_NOTIFY_GROUP_WEBHOOKS = {"reviewers": hook.url, "globex:reviewers": other.url}
+        settings.SLUICE_NOTIFY_GROUP_WEBHOOKS = {
+            "reviewers": hook.url,
+            "globex:reviewers": other.url,
+        }
         prefs(team.ana, email_enabled=False)
         prefs(team.ben, email_enabled=False)
         open_gate(bell, title="Group news")
@@ -275,21 +278,25 @@ def test_reassigning_tells_the_new_holder(bell: Bell, team: People) -> None:
 
 
 def test_digest_folds_a_window_into_one_message_per_user(bell: Bell, team: People) -> None:
-    prefs(team.ana, mode="digest", digest_minutes=30)
+    # Daily digests (windows end at midnight UTC, so the test's gates share one).
+    prefs(team.ana, mode="digest", digest_minutes=1440)
     with receiver(host=PUBLIC) as hook:
         prefs(
             team.ben,
             mode="digest",
-            digest_minutes=30,
+            digest_minutes=1440,
             chat_enabled=True,
             chat_webhook_url=hook.url,
         )
-        start = timezone.now()
         gates = [open_gate(bell, title=f"Gate {i}") for i in range(5)]
-        assert notifications.send_digests(now=start + timedelta(minutes=29)) == 0
+        ends = set(Notification.objects.values_list("due_at", flat=True))
+        assert len(ends) == 1
+        end = ends.pop()
+        assert end is not None and end <= timezone.now() + timedelta(days=1)
+        assert notifications.send_digests(now=end - timedelta(seconds=1)) == 0
         assert deliver_all() == 0
-        assert notifications.send_digests(now=start + timedelta(minutes=31)) == 2
-        assert notifications.send_digests(now=start + timedelta(minutes=31)) == 0
+        assert notifications.send_digests(now=end) == 2
+        assert notifications.send_digests(now=end) == 0
         deliver_all()
         assert recipients() == ["ana@example.com", "ben@example.com"]
         assert len(hook.requests) == 1
@@ -297,8 +304,36 @@ def test_digest_folds_a_window_into_one_message_per_user(bell: Bell, team: Peopl
             assert f"/reviews/{gate.pk}/" in mail.outbox[0].body
             assert f"/reviews/{gate.pk}/" in hook.requests[0].json["text"]
         assert "5 gate updates" in mail.outbox[0].subject
-        # The next gate starts a new window of 30 minutes from now: no message before then.
-        open_gate(bell, title="Later")
-        window = Notification.objects.filter(status="pending").values_list("due_at", flat=True)
-        assert len(window) == 2
-        assert all(due > timezone.now() + timedelta(minutes=29) for due in window)
+
+
+def test_digest_windows_are_aligned_on_the_clock() -> None:
+    from datetime import UTC, datetime
+
+    at = datetime(2026, 12, 6, 5, 14, 59, tzinfo=UTC)
+    assert notifications.window_end(at, 60) == datetime(2026, 12, 6, 6, 0, tzinfo=UTC)
+    assert notifications.window_end(at, 15) == datetime(2026, 12, 6, 5, 15, tzinfo=UTC)
+    # A row written at the very end of a window belongs to the next one.
+    edge = datetime(2026, 12, 6, 6, 0, tzinfo=UTC)
+    assert notifications.window_end(edge, 60) == datetime(2026, 12, 6, 7, 0, tzinfo=UTC)
+    assert notifications.window_end(at, 1440) == datetime(2026, 12, 7, 0, 0, tzinfo=UTC)
+
+
+def test_rows_of_a_later_window_wait_for_it(bell: Bell, team: People) -> None:
+    prefs(team.ana, mode="digest", digest_minutes=60)
+    open_gate(bell, title="First")
+    first = Notification.objects.get(user=team.ana)
+    # A row of the next window (as if written after the first window ended).
+    open_gate(bell, title="Second")
+    second = Notification.objects.filter(user=team.ana).exclude(pk=first.pk).get()
+    assert first.due_at is not None
+    Notification.objects.filter(pk=second.pk).update(due_at=first.due_at + timedelta(hours=1))
+    assert notifications.send_digests(now=first.due_at) == 1
+    deliver_all()
+    ana = [m for m in mail.outbox if m.to == ["ana@example.com"]]
+    assert len(ana) == 1
+    second.refresh_from_db()
+    # Already folded into the first digest, as a row that was pending when it went out.
+    assert (
+        second.status == "queued"
+        and second.message_key == ana[0].extra_headers["X-Sluice-Key"].rsplit(":", 1)[0]
+    )
