@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from workflows.models import Outbox, OutboxStatus
+from workflows.core.models import Outbox, OutboxStatus
 
 log = logging.getLogger(__name__)
 
