@@ -58,7 +58,8 @@ from reviews.models import (
     NotifyEvent,
     NotifyMode,
 )
-from workflows import outbox, webhooks
+from workflows import webhooks
+from workflows.core import outbox
 from workflows.models import Outbox, OutboxStatus, Run
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from reviews.services import claim_gate, escalate_due_gates, expire_due_gates, r
 from tests.api.receiver import receiver
 from tests.reviews.conftest import People, open_gate
 from tests.support import Bell
+from workflows.core.outbox import deliver_due
 from workflows.models import Outbox, TenantMembership
-from workflows.outbox import deliver_due
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 
@@ -99,7 +99,7 @@ def test_delivery_is_idempotent_once_delivered(bell: Bell, team: People) -> None
     row = Outbox.objects.filter(kind="notify").first()
     assert row is not None and row.status == "delivered"
     # A stale deliverer holding the old row object cannot claim it again.
-    from workflows.outbox import deliver_one
+    from workflows.core.outbox import deliver_one
 
     assert deliver_one(row) is False
     assert len(mail.outbox) == 2
