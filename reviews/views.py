@@ -493,13 +493,14 @@ def preferences(request: HttpRequest) -> HttpResponse:
     user here, so nobody reads or changes anyone else's."""
     from reviews.notifications import default_preferences
 
-    row = NotificationPreference.objects.filter(user=request.user).first()
-    instance = row or default_preferences(request.user)
+    user: Any = request.user  # a signed-in reviewer (reviewer_required)
+    row = NotificationPreference.objects.filter(user_id=user.pk).first()
+    instance = row or default_preferences(user)
     if request.method == "POST":
         form = PreferencesForm(request.POST, instance=instance)
         if form.is_valid():
             saved = form.save(commit=False)
-            saved.user = request.user
+            saved.user = user
             saved.save()
             messages.success(request, "Your notification preferences are saved.")
             return redirect("reviews:preferences")
@@ -510,8 +511,8 @@ def preferences(request: HttpRequest) -> HttpResponse:
     context = {
         "nav": "preferences",
         "form": form,
-        "has_email": bool(request.user.email),
-        "email": request.user.email,
+        "has_email": bool(user.email),
+        "email": user.email,
         "reminder_at": int(round(float(settings.SLUICE_REVIEW_REMINDER_AT or 0) * 100)),
     }
     return render(request, "reviews/preferences.html", context, status=status)

@@ -82,7 +82,7 @@ def test_an_opened_gate_emails_its_group_of_its_tenant_only(bell: Bell, team: Pe
     assert f"https://sluice.example.com/reviews/{gate.pk}/" in message.body
     deadline = timezone.localtime(gate.deadline).strftime("%Y-%m-%d %H:%M")
     assert deadline in message.body
-    html = message.alternatives[0].content
+    html = message.alternatives[0].content  # type: ignore[attr-defined]
     assert "Check the &lt;b&gt;renewal&lt;/b&gt; clause" in html and "<b>renewal" not in html
     # Never the payload: the AI's output stays in Sluice.
     for text in (message.body, html, message.subject):
