@@ -268,11 +268,13 @@ def _write(entries: list[tuple[Gate, str, list[Recipient]]], now: datetime) -> i
     if not rows:
         return 0
     Notification.objects.bulk_create(rows)
+    run_of = {gate.pk: gate.run_id for gate, _, _ in entries}
     boxes = [
         Outbox(
             kind=OUTBOX_KIND,
             key=f"notify:{n.pk}:{channel}",
             payload={"notifications": [n.pk], "channel": channel},
+            run_id=run_of.get(n.gate_id),  # (shown with the run's other side effects)
             next_attempt_at=now,
         )
         for n in rows
