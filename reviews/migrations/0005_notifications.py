@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("reviews", "0003_gate_subject_excerpt"),
+        ("reviews", "0004_gate_record"),
         ("workflows", "0007_run_review_timeout"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
