@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from django.core import mail
+from django.db import connection
 from django.utils import timezone
 
 from reviews import notifications
@@ -85,7 +86,8 @@ def test_a_burst_of_1000_gates_sends_one_digest_per_user_per_interval(
         sent_for_burst = len(mail.outbox) + len(hook.requests)
     with capsys.disabled():
         print(
-            f"\nburst: {BURST} gates opened in {opened:.1f}s (SQLite, engine included); "
+            f"\nburst: {BURST} gates opened in {opened:.1f}s ({connection.vendor}, engine "
+            "included); "
             f"{2 * BURST} notifications written; {len(windows)} digest window(s); messages sent "
             f"for the burst: {sent_for_burst} (ana 1 e-mail, ben 1 e-mail + 1 chat per window; "
             f"immediate mode would send {3 * BURST}); digests delivered in {delivered:.2f}s"
