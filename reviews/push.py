@@ -1,7 +1,7 @@
 """Live gate changes for the reviewer pages: PostgreSQL NOTIFY → one listener → Server-Sent Events.
 
 The database announces every committed gate change on the ``sluice_gates`` channel (a trigger,
-``reviews/migrations/0004_gate_change_notify.py``). Each web process holds **one** listening
+``reviews/migrations/0006_gate_change_notify.py``). Each web process holds **one** listening
 connection, in one thread (``Hub``), and fans every notice out to the in-memory queues of the
 event streams it serves: a hundred open queue pages cost one database connection, not a hundred.
 The stream view (``views.gate_events``) holds no database connection while it waits.

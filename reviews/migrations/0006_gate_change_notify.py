@@ -114,7 +114,7 @@ def drop(apps: Any, schema_editor: Any) -> None:
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("reviews", "0003_gate_subject_excerpt"),
+        ("reviews", "0005_notifications"),
         ("workflows", "0001_initial"),
     ]
 
