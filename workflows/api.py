@@ -24,7 +24,7 @@ from django.utils import timezone
 from ninja import Field, Header, Query, Router, Schema, Status
 from pydantic import AfterValidator, BeforeValidator, ConfigDict
 
-from workflows import gateinfo, services
+from workflows import gateinfo, services, timeline
 from workflows.api_auth import (
     AUTH_ERRORS,
     BODY_ERRORS,
@@ -40,7 +40,7 @@ from workflows.api_auth import (
 from workflows.audit import MAX_REASON, Actor
 from workflows.definitions import registered_workflows
 from workflows.errors import IdempotencyConflict, InvalidInputError, UnknownWorkflowError
-from workflows.models import ApiKey, Blob, Run, RunAudit, Step
+from workflows.models import ApiKey, Blob, Run, RunAudit, RunStatus, Step
 from workflows.payloads import stored
 from workflows.webhooks import CallbackUrlError, check_callback_url
 
@@ -50,7 +50,7 @@ pipelines_router = Router(tags=["pipelines"])
 READ = key_auth("runs:read")
 WRITE = key_auth("runs:write")
 
-_STATUS = "(pending|running|suspended|succeeded|failed|canceled)"
+_STATUS = "(pending|running|suspended|compensating|succeeded|failed|canceled)"
 STATUS_LIST_PATTERN = f"^{_STATUS}(,{_STATUS})*$"
 
 
@@ -81,7 +81,9 @@ def _in_utc(value: datetime) -> datetime:
 
 IsoDateTime = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator(_in_utc)]
 
-RunStatusName = Literal["pending", "running", "suspended", "succeeded", "failed", "canceled"]
+RunStatusName = Literal[
+    "pending", "running", "suspended", "compensating", "succeeded", "failed", "canceled"
+]
 
 
 # --- schemas ----------------------------------------------------------------------------------
@@ -149,6 +151,12 @@ class AuditEntry(Schema):
     created_at: datetime
 
 
+class GenerationCostOut(Schema):
+    generation: int
+    cost: float = Field(description="What the journal rows of this generation cost (USD).")
+    max_cost: float | None = Field(description="The budget this generation ran under.")
+
+
 class RunDetail(RunSummary):
     input: dict[str, Any]
     output: Any = Field(
@@ -166,6 +174,13 @@ class RunDetail(RunSummary):
     open_gates: list[GateBrief]
     audit: list[AuditEntry] = Field(
         description="Who canceled, restarted or retried the run, and why; oldest first."
+    )
+    after_compensation: str | None = Field(
+        description="While the run is compensating (running the undos of its completed "
+        "steps): the status it ends with, failed or canceled. Null otherwise."
+    )
+    generations: list[GenerationCostOut] = Field(
+        description="Cost per generation (a restart opens a new one), each with its budget."
     )
     links: dict[str, str]
 
@@ -346,6 +361,17 @@ def run_detail(run: Run) -> dict[str, Any]:
                 "action", "actor", "reason", "generation", "from_step", "created_at"
             )
         ),
+        "after_compensation": (
+            run.after_compensation or None if run.status == RunStatus.COMPENSATING else None
+        ),
+        "generations": [
+            {
+                "generation": g.generation,
+                "cost": float(g.spent),
+                "max_cost": float(g.cap) if g.cap is not None else None,
+            }
+            for g in timeline.generation_costs(run)
+        ],
         "links": {
             "self": f"/api/runs/{run.pk}",
             "steps": f"/api/runs/{run.pk}/steps",

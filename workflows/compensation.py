@@ -98,9 +98,7 @@ def first_undone_position(run_id: Any) -> int | None:
 
     A restart must run that step again: its effect was taken back.
     """
-    if not Step.objects.filter(
-        run_id=run_id, superseded=False, kind=StepKind.COMPENSATE
-    ).exists():
+    if not Step.objects.filter(run_id=run_id, superseded=False, kind=StepKind.COMPENSATE).exists():
         return None
     positions = [row.position for row in plan(run_id)]
     return min(positions) if positions else None
@@ -125,9 +123,7 @@ def drive(run: Run, owner: str) -> str:
     Returns "suspended" (parked for a retry backoff or a queued undo), "woken", "lease-lost",
     "failed" or "canceled".
     """
-    rows = list(
-        Step.objects.filter(run_id=run.pk, superseded=False).order_by("position", "branch")
-    )
+    rows = list(Step.objects.filter(run_id=run.pk, superseded=False).order_by("position", "branch"))
     ctx = Context(run, rows, owner)
     base = handler_end(run.pk)
     todo = plan(run.pk)

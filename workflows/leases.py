@@ -71,9 +71,7 @@ def renew_all() -> int:
             # A compensating run is advanced under its lease as a running one is.
             n += model.objects.filter(
                 pk__in=pks, lease_owner=owner, status__in=("running", "compensating")
-            ).update(
-                lease_expires_at=until
-            )
+            ).update(lease_expires_at=until)
     return n
 
 

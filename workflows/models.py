@@ -473,6 +473,9 @@ class RunAudit(models.Model):
         ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     reason = models.TextField(blank=True, default="")
+    # The budget (``Run.max_cost``) the ended or replaced generation ran under: the run page
+    # shows each generation's spending against its own cap.
+    max_cost = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

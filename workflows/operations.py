@@ -75,7 +75,15 @@ def restart_run(
     max_cost: Any = None,
 ) -> Outcome:
     try:
-        services.restart(run_id, from_step=from_step, actor=actor, reason=reason, max_cost=max_cost)
+        run = services.restart(
+            run_id, from_step=from_step, actor=actor, reason=reason, max_cost=max_cost
+        )
     except (InvalidStateError, InvalidInputError, RunNotFoundError) as exc:
         return Outcome(run_id, False, str(exc))
+    # A compensated run restarts at its first undone step at the latest: say where it did.
+    actual = run.audit.order_by("-id").values_list("from_step", flat=True).first() or from_step
+    if actual != from_step:
+        return Outcome(
+            run_id, True, f"restarted from step {actual} (steps from {actual} on were undone)"
+        )
     return Outcome(run_id, True, f"restarted from step {from_step}")

@@ -111,8 +111,7 @@ def retry_due(now: Any) -> int:
         return bool(
             Run.objects.filter(pk=row.run_id, wake_requested_at__isnull=True)
             .filter(
-                Q(status=RunStatus.SUSPENDED)
-                | Q(status=RunStatus.COMPENSATING, lease_owner="")
+                Q(status=RunStatus.SUSPENDED) | Q(status=RunStatus.COMPENSATING, lease_owner="")
             )
             .exists()
             and request_wake(row.run_id, now)

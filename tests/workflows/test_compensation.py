@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from pipelines.examples import trip_booking  # noqa: F401  (registers the example)
 from tests.support import Bell
-from tests.workflows import hooks, saga_workflows
+from tests.workflows import hooks
 from tests.workflows.saga_workflows import LOG
 from workflows import cancel, get_run, restart, send_event, start
 from workflows.executor import take_run
@@ -48,7 +48,9 @@ def settle(bell: Bell) -> None:
 
 def test_undos_run_in_reverse_order_once_then_the_run_fails_with_its_error(bell: Bell) -> None:
     run = start(
-        "test.saga", {"names": ["flight", "hotel", "car"]}, on_complete="tests.workflows.hooks.record"
+        "test.saga",
+        {"names": ["flight", "hotel", "car"]},
+        on_complete="tests.workflows.hooks.record",
     )
     settle(bell)
     run = get_run(run.pk)
@@ -72,7 +74,11 @@ def test_undos_run_in_reverse_order_once_then_the_run_fails_with_its_error(bell:
         (6, "unbook", "succeeded", 1),
         (7, "unbook", "succeeded", 1),
     ]
-    assert [r.result for r in rows] == ["cancelled ref-car", "cancelled ref-hotel", "cancelled ref-flight"]
+    assert [r.result for r in rows] == [
+        "cancelled ref-car",
+        "cancelled ref-hotel",
+        "cancelled ref-flight",
+    ]
     assert rows[0].args == {"args": ["car"], "kwargs": {"result": "ref-car"}}
     assert hooks.SEEN == [(str(run.pk), "failed")]  # once, at the real end
     # Replaying the finished run again changes nothing: no undo runs twice.
@@ -104,7 +110,11 @@ def test_a_flaky_undo_is_retried_with_its_own_policy(bell: Bell) -> None:
     assert run.status == "failed" and run.error["compensated"] is True
     assert LOG[-4:] == ["try-undo:hotel", "try-undo:hotel", "undo:hotel", "undo:flight"]
     hotel_undo = undo_rows(run)[0]
-    assert (hotel_undo.name, hotel_undo.status, hotel_undo.attempt) == ("flaky_unbook", "succeeded", 2)
+    assert (hotel_undo.name, hotel_undo.status, hotel_undo.attempt) == (
+        "flaky_unbook",
+        "succeeded",
+        2,
+    )
 
 
 def test_an_undo_that_fails_for_good_is_listed_and_the_others_still_run(bell: Bell) -> None:
@@ -117,8 +127,9 @@ def test_an_undo_that_fails_for_good_is_listed_and_the_others_still_run(bell: Be
     run = get_run(run.pk)
     assert run.status == "failed"
     assert run.error["type"] == "CompensationFailed"
-    assert "undo broken_unbook of book (#2) failed: RuntimeError: hotel: cannot cancel" in (
-        run.error["message"]
+    assert (
+        "undo broken_unbook of book (#2) failed: RuntimeError: hotel: cannot cancel"
+        in (run.error["message"])
     )
     assert "(the run had failed: StepFailed: step 'fail' failed" in run.error["message"]
     assert "sold out" in run.error["cause"]["message"]
