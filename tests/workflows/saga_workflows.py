@@ -79,9 +79,10 @@ UNDOS = {"flaky": flaky_unbook, "broken": broken_unbook}
 
 
 @workflow(name="test.saga_undos")
-def saga_undos(ctx: Any, undos: dict[str, str]) -> None:
-    """Book each name with the undo named for it ("flaky", "broken" or the plain one)."""
-    for name, which in undos.items():
+def saga_undos(ctx: Any, undos: list[tuple[str, str]]) -> None:
+    """Book each name with the undo named for it ("flaky", "broken" or the plain one), in
+    order (a list: PostgreSQL's jsonb does not keep an object's key order)."""
+    for name, which in undos:
         ctx.run(book, name, compensate=UNDOS.get(which, unbook))
     ctx.run(fail, "sold out")
 

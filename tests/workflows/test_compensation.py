@@ -104,7 +104,7 @@ def test_a_failure_without_undos_ends_as_before(bell: Bell) -> None:
 
 
 def test_a_flaky_undo_is_retried_with_its_own_policy(bell: Bell) -> None:
-    run = start("test.saga_undos", {"undos": {"flight": "plain", "hotel": "flaky"}})
+    run = start("test.saga_undos", {"undos": [["flight", "plain"], ["hotel", "flaky"]]})
     settle(bell)
     run = get_run(run.pk)
     assert run.status == "failed" and run.error["compensated"] is True
@@ -120,7 +120,7 @@ def test_a_flaky_undo_is_retried_with_its_own_policy(bell: Bell) -> None:
 def test_an_undo_that_fails_for_good_is_listed_and_the_others_still_run(bell: Bell) -> None:
     run = start(
         "test.saga_undos",
-        {"undos": {"flight": "plain", "hotel": "broken", "car": "plain"}},
+        {"undos": [["flight", "plain"], ["hotel", "broken"], ["car", "plain"]]},
         on_complete="tests.workflows.hooks.record",
     )
     settle(bell)
@@ -169,7 +169,7 @@ def test_cancel_compensates_then_ends_canceled(bell: Bell) -> None:
 def test_cancel_while_compensating_stops_and_lists_what_was_not_undone(bell: Bell) -> None:
     run = start(
         "test.saga_undos",
-        {"undos": {"flight": "plain", "hotel": "flaky"}},
+        {"undos": [["flight", "plain"], ["hotel", "flaky"]]},
         on_complete="tests.workflows.hooks.record",
     )
     settle_until = 0
