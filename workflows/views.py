@@ -175,7 +175,9 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
     superseded = [r for r in shown if r.superseded]
     wf = registered_workflows().get(run.workflow)
     tl = timeline.build(run, live)
-    positions = sorted({r.position for r in live if r.branch < 0})
+    # Undo entries are not places to restart from: a restart re-runs what they undid.
+    positions = sorted({r.position for r in live if r.branch < 0 and r.kind != "compensate"})
+    failed = operations.failed_position(run.pk) if run.status == "failed" else None
     return {
         "nav": "runs",
         "run": run,
@@ -191,7 +193,7 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         "events": list(run.events.order_by("-id")[:20]),
         "can_operate": can_operate(request.user),
         "positions": positions,
-        "failed_position": operations.failed_position(run.pk) if run.status == "failed" else None,
+        "failed_position": operations.retry_position(run.pk, failed),
         "generations": timeline.generation_costs(run),
         "live": not run.is_terminal,
         "now": timezone.now(),

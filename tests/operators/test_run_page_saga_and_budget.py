@@ -76,3 +76,17 @@ def test_a_bad_budget_on_the_restart_form_is_a_form_error_and_changes_nothing(
     run = get_run(run.pk)
     assert (run.status, run.generation, run.max_cost) == ("failed", 1, Decimal("1.00"))
     assert not RunAudit.objects.filter(run=run).exists()
+
+
+def test_retry_of_a_compensated_run_starts_at_its_first_undone_step(
+    people: People, bell: Bell
+) -> None:
+    c = people.client(people.ops)
+    run = start("test.saga", {"names": ["flight", "hotel"]})
+    settle(bell)
+    page = c.get(f"/runs/{run.pk}/")
+    assert page.context["failed_position"] == 1  # step 3 failed, but 1 and 2 were undone
+    assert page.context["positions"] == [1, 2, 3]  # undo entries are no restart points
+    r = c.post(f"/runs/{run.pk}/actions/retry/", follow=True)
+    assert "retrying from step 1" in r.content.decode()
+    assert get_run(run.pk).generation == 2
