@@ -170,6 +170,7 @@ def _undo_one(ctx: Context, run: Run, row: Step) -> str:
 
 def _end(ctx: Context, run: Run, failed: list[str]) -> str:
     cause = run.error if isinstance(run.error, dict) else {}
+    status: str
     if failed:
         status = RunStatus.FAILED
         error: dict[str, Any] = {
