@@ -15,9 +15,9 @@ from tests.support import Bell
 from tests.workflows import hooks
 from tests.workflows.saga_workflows import LOG
 from workflows import cancel, get_run, restart, send_event, start
-from workflows.executor import take_run
+from workflows.core.executor import take_run
+from workflows.core.sweeper import sweep
 from workflows.models import Run, Step
-from workflows.sweeper import sweep
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 
@@ -198,7 +198,7 @@ def test_a_crash_while_compensating_resumes_without_redoing_a_checkpointed_undo(
     # A worker takes the run and dies after undoing the car and checkpointing it (the
     # checkpoint rides with the commit that starts the hotel's undo): simulate it by
     # running one undo with a step that raises SystemExit on the second.
-    from workflows import compensation
+    from workflows.core import compensation
 
     real = compensation._undo_one
     calls = {"n": 0}

@@ -16,17 +16,17 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from workflows import audit, compensation, payloads
-from workflows.audit import Actor
-from workflows.definitions import get_workflow
-from workflows.doorbell import dispatch_on_commit, grace, request_wake, ring_on_commit
-from workflows.errors import (
+from workflows.core import audit, compensation, payloads
+from workflows.core.audit import Actor
+from workflows.core.definitions import get_workflow
+from workflows.core.doorbell import dispatch_on_commit, grace, request_wake, ring_on_commit
+from workflows.core.errors import (
     IdempotencyConflict,
     InvalidInputError,
     InvalidStateError,
     RunNotFoundError,
 )
-from workflows.models import (
+from workflows.core.models import (
     ACTIVE_RUN,
     TERMINAL_RUN,
     Event,
@@ -38,7 +38,7 @@ from workflows.models import (
     StepKind,
     StepStatus,
 )
-from workflows.signals import run_finished
+from workflows.core.signals import run_finished
 
 log = logging.getLogger(__name__)
 
@@ -453,7 +453,7 @@ def _cancel_locked(run: Run, reason: str) -> bool:
     """Cancel an active run (locked by the caller), fenced on its generation.
 
     A run with completed steps to undo is not canceled yet: it becomes compensating (its
-    undos run, then it ends canceled, see ``workflows.compensation``). Canceling a run that
+    undos run, then it ends canceled, see ``workflows.core.compensation``). Canceling a run that
     is compensating stops it: the undos not yet run are skipped, and listed in its error.
     """
     now = timezone.now()
@@ -529,7 +529,7 @@ def restart(
     only its branches that did not succeed run again; the siblings that succeeded keep their
     results. At any other position it changes nothing.
 
-    A run that compensated (see ``workflows.compensation``) restarts at the latest from its
+    A run that compensated (see ``workflows.core.compensation``) restarts at the latest from its
     first undone step: what was undone runs again, with the undos' own rows superseded.
 
     ``max_cost`` sets a new budget for the run (e.g. to go on after ``BudgetExceeded``).

@@ -16,7 +16,7 @@ from typing import Any
 
 import pydantic
 
-from workflows.errors import UnknownWorkflowError
+from workflows.core.errors import UnknownWorkflowError
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def step(
 
     ``compensate``: the step's undo (a module-level function or step). If the run fails or is
     canceled after this step succeeded, the undo runs with the step's arguments and
-    ``result=`` its result (see ``workflows.compensation``).
+    ``result=`` its result (see ``workflows.core.compensation``).
     """
 
     def wrap(f: Callable[..., Any]) -> StepDef:

@@ -34,12 +34,12 @@ from typing import Any
 from django.db import transaction
 from django.db.models import Max
 
-from workflows import payloads
-from workflows.calls import error_dict, return_annotation
-from workflows.context import Context
-from workflows.definitions import resolve_step
-from workflows.errors import DeterminismError, LeaseLost, StepFailed, Suspend
-from workflows.models import Run, RunStatus, Step, StepKind, StepStatus
+from workflows.core import payloads
+from workflows.core.calls import error_dict, return_annotation
+from workflows.core.context import Context
+from workflows.core.definitions import resolve_step
+from workflows.core.errors import DeterminismError, LeaseLost, StepFailed, Suspend
+from workflows.core.models import Run, RunStatus, Step, StepKind, StepStatus
 
 log = logging.getLogger(__name__)
 
