@@ -12,10 +12,10 @@ from django.utils import timezone
 
 from pipelines.examples import trip_booking  # noqa: F401  (registers the example)
 from tests.support import Bell
-from tests.workflows import hooks
+from tests.workflows import hooks, saga_workflows
 from tests.workflows.saga_workflows import LOG
 from workflows import cancel, get_run, restart, send_event, start
-from workflows.core.executor import take_run
+from workflows.core.executor import advance_many, take_run
 from workflows.core.sweeper import sweep
 from workflows.models import Run, Step
 
@@ -284,3 +284,33 @@ def test_the_example_booking_cancels_hotel_then_flight_when_the_car_fails(bell: 
     ok = start("examples.trip_booking", {})
     settle(bell)
     assert set(get_run(ok.pk).output) == {"flight", "hotel", "car"}
+
+
+def test_an_undo_must_be_importable_and_a_machine_says_so() -> None:
+    from pipelines.dsl import final, state
+    from pipelines.machine import machine
+    from workflows.core.definitions import undo_path
+
+    with pytest.raises(TypeError, match="must be a module-level function"):
+        undo_path(saga_workflows.book, lambda name, result: None)
+    with pytest.raises(Exception, match="compensate= must be a module-level function"):
+        machine(
+            id="test.saga_bad_machine",
+            initial="a",
+            states={
+                "a": state(run=saga_workflows.book, compensate=lambda d, result: None, on_done="z"),
+                "z": final(),
+            },
+        )
+
+
+def test_a_burst_advance_of_compensating_runs_finishes_their_compensation(bell: Bell) -> None:
+    runs = [start("test.saga_wait", {"names": [f"n{i}"]}) for i in range(3)]
+    settle(bell)
+    for run in runs:
+        cancel(run.pk)
+    bell.lose_all()  # the sweep's lost-doorbell pass rings in bursts (advance_many)
+    advance_many([(r.pk, get_run(r.pk).generation) for r in runs])
+    settle(bell)
+    assert [get_run(r.pk).status for r in runs] == ["canceled"] * 3
+    assert sorted(e for e in LOG if e.startswith("undo:")) == ["undo:n0", "undo:n1", "undo:n2"]
