@@ -30,6 +30,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from workflows import access, charts, gateinfo, operations, ops, timeline
+from workflows.core import forking
 from workflows.core.audit import Actor, reason_problem
 from workflows.core.definitions import registered_workflows
 from workflows.models import ACTIVE_RUN, Blob, Run, RunStatus, Step
@@ -177,6 +178,7 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
     tl = timeline.build(run, live)
     # Undo entries are not places to restart from: a restart re-runs what they undid.
     positions = sorted({r.position for r in live if r.branch < 0 and r.kind != "compensate"})
+    fork_upto = forking.last_forkable(live)
     failed = operations.failed_position(run.pk) if run.status == "failed" else None
     return {
         "nav": "runs",
@@ -193,6 +195,10 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         "events": list(run.events.order_by("-id")[:20]),
         "can_operate": can_operate(request.user),
         "positions": positions,
+        "fork_positions": list(range(1, fork_upto + 1)),
+        # Preselected: the failed step, else the last one (run it again, reuse the rest).
+        "fork_default": min(fork_upto, failed or (positions[-1] if positions else 1)),
+        "last_position": positions[-1] if positions else 0,
         "failed_position": operations.retry_position(run.pk, failed),
         "generations": timeline.generation_costs(run),
         "live": not run.is_terminal,
@@ -227,13 +233,14 @@ class BudgetForm(forms.Form):
 @login_required
 @require_POST
 def run_action(request: HttpRequest, run_id: UUID, action: str) -> HttpResponse:
-    """Cancel, retry the failed step, or restart from a step; then back to the run page."""
+    """Cancel, retry the failed step, restart from a step, or fork from a step; then back to
+    the run page (a fork: on to the new run's page)."""
     if not can_operate(request.user):
         raise PermissionDenied("Only staff act on runs.")
     run = _visible_run_or_404(request, run_id)
     actor = Actor.of_user(request.user)
     reason = request.POST.get("reason", "")
-    problem = reason_problem(reason) if action in ("cancel", "retry", "restart") else ""
+    problem = reason_problem(reason) if action in ("cancel", "retry", "restart", "fork") else ""
     if problem:
         messages.error(request, f"Run {str(run.pk)[:8]}: {problem}")
         return HttpResponseRedirect(reverse("workflows:run", args=[run.pk]))
@@ -257,6 +264,18 @@ def run_action(request: HttpRequest, run_id: UUID, action: str) -> HttpResponse:
         outcome = operations.restart_run(
             run.pk, position, actor, reason, budget.cleaned_data.get("max_cost")
         )
+    elif action == "fork":
+        try:
+            position = int(request.POST.get("from_step", ""))
+        except ValueError:
+            position = 0
+        if position < 1:
+            messages.error(request, "Choose a journal position (1 or more) to fork from.")
+            return HttpResponseRedirect(reverse("workflows:run", args=[run.pk]))
+        outcome = operations.fork_run(run.pk, position, actor, reason)
+        if outcome.ok:  # on to the new run's page
+            messages.success(request, f"Run {str(run.pk)[:8]}: {outcome.message}.")
+            return HttpResponseRedirect(reverse("workflows:run", args=[outcome.run_id]))
     else:
         raise Http404("no such action")
     if outcome.ok:

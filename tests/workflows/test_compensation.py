@@ -314,3 +314,21 @@ def test_a_burst_advance_of_compensating_runs_finishes_their_compensation(bell: 
     settle(bell)
     assert [get_run(r.pk).status for r in runs] == ["canceled"] * 3
     assert sorted(e for e in LOG if e.startswith("undo:")) == ["undo:n0", "undo:n1", "undo:n2"]
+
+
+def test_a_fork_reuses_no_undone_step_and_does_not_undo_what_it_reused(bell: Bell) -> None:
+    from workflows import fork
+    from workflows.core.errors import InvalidInputError
+
+    failed = start("test.saga", {"names": ["flight", "hotel"]})
+    settle(bell)
+    with pytest.raises(InvalidInputError, match="its steps from position 1 on were undone"):
+        fork(failed.pk, from_step=2)
+    ok = start("test.saga", {"names": ["flight", "hotel"], "fail_at_end": False})
+    settle(bell)
+    LOG.clear()
+    forked = fork(ok.pk, from_step=3)  # reuses both bookings of the original
+    settle(bell)
+    assert get_run(forked.pk).status == "succeeded"
+    assert LOG == []
+    assert not Step.objects.filter(run=forked).exclude(undo="").exists()
