@@ -197,6 +197,14 @@ PAGES: dict[str, list[Case]] = {
     # The reviewer pages: group AND tenant scoped (another's gate is 404).
     "reviews/": [Case("GET", "/reviews/", web(LOGIN, 403, 200, 200, 200, 200, 200), lists="gates")],
     "reviews/mine/": [Case("GET", "/reviews/mine/", web(LOGIN, 403, 200, 200, 200, 200, 200))],
+    # Review insights and their JSONL download: every reviewer, over the gates they may see
+    # (their groups, their tenant); operators over every tenant (docs/security.md).
+    "reviews/insights/": [
+        Case("GET", "/reviews/insights/", web(LOGIN, 403, 200, 200, 200, 200, 200))
+    ],
+    "reviews/insights/export.jsonl": [
+        Case("GET", "/reviews/insights/export.jsonl", web(LOGIN, 403, 200, 200, 200, 200, 200))
+    ],
     # Bulk decisions go back to the queue for every reviewer; a gate the reviewer may not see
     # is skipped there as "not found" (tests/reviews/test_bulk.py checks which were decided).
     "reviews/bulk/": [
@@ -390,6 +398,8 @@ OPERATIONS: dict[str, list[Case]] = {
     ],
     "GET /api/pipelines": [Case("GET", "/api/pipelines", api(200, 200, 200, 200))],
     "GET /api/gates": [Case("GET", "/api/gates", api(200, 403, 200, 200), lists="gates")],
+    # The evaluation dataset carries run inputs: runs:read, the key's own tenant.
+    "GET /api/gates/dataset": [Case("GET", "/api/gates/dataset", api(200, 403, 403, 200))],
     "POST /api/gates/{gate_id}/decision": [
         Case(
             "POST",
@@ -732,7 +742,9 @@ def run_case(case: Case, persona: str, client: Client, token: str, scene: Scene)
                 data = {k: fill_data(v, scene) for k, v in (case.data or {}).items()}
                 kwargs.update(data={**data, "csrfmiddlewaretoken": token})
             response = getattr(client, case.method.lower())(url, **kwargs)
-            body = response.content.decode(errors="replace")
+            # A streamed answer (the JSONL dataset) is read inside the savepoint too.
+            raw = b"".join(response.streaming_content) if response.streaming else response.content
+            body = raw.decode(errors="replace")
             transaction.set_rollback(True)
     finally:
         client.cookies = cookies  # a logout must not log the persona out of the next case
