@@ -72,8 +72,7 @@ class Median(Aggregate):
     function = "PERCENTILE_CONT"
     name = "Median"
     template = (
-        "%(function)s(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM (%(expressions)s)))"
-        "%(filter)s"
+        "%(function)s(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM (%(expressions)s)))%(filter)s"
     )
     output_field = FloatField()
 

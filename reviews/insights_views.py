@@ -67,7 +67,7 @@ def _charts(data: dict[str, Any]) -> dict[str, Any]:
         "trend_svg": charts.stacked_columns(
             week["labels"],
             series,
-            line=charts.Series("edit rate", "#8250df", week["edit_rate"]),
+            line=charts.Series("edit rate", "#0969da", week["edit_rate"]),
             label_every=max(1, n // 13 + (1 if n % 13 else 0)) if n > 13 else 1,
             height=230,
             aria="closed gates per week by outcome, with the share of decisions that edited",

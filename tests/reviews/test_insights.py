@@ -126,7 +126,8 @@ def test_a_decision_records_only_the_fields_it_changed(bell: Bell, people: Peopl
         user=people.ana,
     )
     assert not GateCorrection.objects.filter(gate=first).exists()
-    rows = sorted(GateCorrection.objects.filter(gate=second).values_list("field", "before", "after"))
+    corrected = GateCorrection.objects.filter(gate=second)
+    rows = sorted(corrected.values_list("field", "before", "after"))
     assert rows == [("notes", "fine", "sarcasm"), ("sentiment", "positive", "negative")]
     data = insights.summary(Gate.objects.all(), insights.Filters())
     (group,) = data["groups"]
