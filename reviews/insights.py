@@ -173,12 +173,14 @@ def groups(qs: QuerySet[Gate]) -> list[Group]:
     annotations: dict[str, Any] = _class_counts()
     if on_postgres():
         annotations["median"] = Median(_seconds(), filter=Q(status=GateStatus.DECIDED))
-    rows = (
-        qs.annotate(was_corrected=_corrected())
+    rows: list[dict[str, Any]] = [
+        dict(r)
+        for r in qs.annotate(was_corrected=_corrected())
         .values("pipeline", "title")
         .annotate(**annotations)
-        .order_by("-total", "pipeline", "title")
-    )
+        .order_by()
+    ]
+    rows.sort(key=lambda r: (-r["total"], r["pipeline"], r["title"]))
     out = [
         Group(
             pipeline=r["pipeline"],
@@ -204,7 +206,8 @@ def sampled_medians(qs: QuerySet[Gate]) -> dict[tuple[str, str], float]:
         .values_list("pipeline", "title", "created_at", "decided_at")[:MEDIAN_SAMPLE]
     )
     for pipeline, title, opened, decided in recent:
-        durations[(pipeline, title)].append(max(0.0, (decided - opened).total_seconds()))
+        if decided is not None:
+            durations[(pipeline, title)].append(max(0.0, (decided - opened).total_seconds()))
     return {k: statistics.median(v) for k, v in durations.items()}
 
 
@@ -229,13 +232,14 @@ def weekly(qs: QuerySet[Gate], now: datetime, weeks: int) -> dict[str, Any]:
         .order_by("week")
     )
     for r in rows:
-        week = r["week"]
+        counts: dict[str, Any] = dict(r)
+        week = counts["week"]
         day = timezone.localtime(week).date() if isinstance(week, datetime) else week
         i = index.get(day)
         if i is None:
             continue
         for c in CLASSES:
-            series[c][i] += r[c]
+            series[c][i] += counts[c]
     totals = [sum(series[c][i] for c in CLASSES) for i in range(weeks)]
     edit_rate = [
         100.0 * series["edited"][i] / (totals[i] - series["expired"][i])

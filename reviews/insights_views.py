@@ -49,7 +49,9 @@ class FilterForm(forms.Form):
 
 
 def _bad_filters(request: HttpRequest, form: FilterForm) -> HttpResponse:
-    problems = "; ".join(f"{name}: {' '.join(errs)}" for name, errs in form.errors.items())
+    problems = "; ".join(
+        f"{name}: {' '.join(str(e) for e in errs)}" for name, errs in form.errors.items()
+    )
     return render(
         request,
         "400.html",

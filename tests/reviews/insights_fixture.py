@@ -75,7 +75,9 @@ def closed_gate(
     gate.refresh_from_db()
     if not expired:
         GateCorrection.objects.bulk_create(
-            GateCorrection(gate=gate, field=n, before=b, after=a, at=gate.decided_at)
+            GateCorrection(
+                gate=gate, field=n, before=b, after=a, at=opened + timedelta(seconds=seconds)
+            )
             for n, b, a in corrections(FIELDS, payload, edits)
         )
     return gate

@@ -252,28 +252,30 @@ def test_the_download_holds_one_line_per_closed_gate_of_the_viewer(people: Peopl
 # --- the dataset: the API -----------------------------------------------------------------------
 
 
-def bearer(tenant: str = "acme", scopes: tuple[str, ...] = ("runs:read",), **kw: Any) -> dict:
+def bearer(
+    tenant: str = "acme", scopes: tuple[str, ...] = ("runs:read",), **kw: Any
+) -> dict[str, str]:
     _, raw = create_api_key(f"key-{tenant}-{len(scopes)}", scopes=scopes, tenant=tenant, **kw)
-    return {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
+    return {"Authorization": f"Bearer {raw}"}
 
 
 def test_a_key_exports_its_own_tenant_only(db: None) -> None:
     known_history(tenant="acme")
     closed_gate(tenant="globex", pipeline="globex-secret")
-    rows = lines(Client().get(API, **bearer("acme")))
+    rows = lines(Client().get(API, headers=bearer("acme")))
     assert len(rows) == 12
     assert all(r["pipeline"] != "globex-secret" for r in rows)
-    other = lines(Client().get(API, **bearer("globex")))
+    other = lines(Client().get(API, headers=bearer("globex")))
     assert [r["pipeline"] for r in other] == ["globex-secret"]
     # A key limited to some pipelines sees only those.
-    limited = lines(Client().get(API, **bearer("acme", pipelines=["news"])))
+    limited = lines(Client().get(API, headers=bearer("acme", pipelines=["news"])))
     assert {r["pipeline"] for r in limited} == {"news"}
 
 
 def test_the_api_needs_a_key_with_runs_read(db: None) -> None:
     known_history(tenant="acme")
     assert Client().get(API).status_code == 401
-    response = Client().get(API, **bearer("acme", ("gates:decide",)))
+    response = Client().get(API, headers=bearer("acme", ("gates:decide",)))
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "forbidden"
 
@@ -283,15 +285,15 @@ def test_the_api_filters_and_names_the_deciding_key(db: None) -> None:
     now = timezone.now()
     old = closed_gate(tenant="acme", opened=now - timedelta(days=10), decided_by=key.actor)
     new = closed_gate(tenant="acme", opened=now - timedelta(hours=2), decided_by="ana, bob")
-    auth = {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
-    rows = lines(Client().get(API, auth_params(since=now - timedelta(days=1)), **auth))
+    auth = {"Authorization": f"Bearer {raw}"}
+    rows = lines(Client().get(API, auth_params(since=now - timedelta(days=1)), headers=auth))
     assert [r["gate_id"] for r in rows] == [new.pk]
     assert rows[0]["reviewer"] == "ana, bob"
-    rows = lines(Client().get(API, auth_params(until=now - timedelta(days=1)), **auth))
+    rows = lines(Client().get(API, auth_params(until=now - timedelta(days=1)), headers=auth))
     assert [r["gate_id"] for r in rows] == [old.pk]
     assert rows[0]["reviewer"] == "triage-bot" and rows[0]["decided_by"] == key.actor
-    assert len(lines(Client().get(API, {"limit": 1}, **auth))) == 1
-    assert len(lines(Client().get(API, {"gate": "nope"}, **auth))) == 0
+    assert len(lines(Client().get(API, {"limit": 1}, headers=auth))) == 1
+    assert len(lines(Client().get(API, {"gate": "nope"}, headers=auth))) == 0
 
 
 def auth_params(**dates: Any) -> dict[str, str]:
@@ -311,7 +313,7 @@ def auth_params(**dates: Any) -> dict[str, str]:
     ],
 )
 def test_bad_api_parameters_are_a_422(db: None, query: dict[str, str]) -> None:
-    response = Client().get(API, query, **bearer())
+    response = Client().get(API, query, headers=bearer())
     assert response.status_code == 422, response.content
     assert set(response.json()["error"]) == {"code", "message", "details"}
 
