@@ -107,6 +107,12 @@ class Gate(models.Model):
             # "My decisions" and the earlier attempts of a gate.
             models.Index(fields=["decided_by_user", "-decided_at"], name="gate_decided_by_user"),
             models.Index(fields=["run", "title", "id"], name="gate_run_title"),
+            # Review insights and the evaluation dataset: closed gates by decision time.
+            models.Index(
+                fields=["decided_at"],
+                name="gate_closed_decided_at",
+                condition=Q(status__in=["decided", "expired"]),
+            ),
             # The escalation sweep: open gates with an escalation not yet fired.
             models.Index(
                 fields=["escalate_at"],

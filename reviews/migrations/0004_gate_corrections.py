@@ -68,5 +68,13 @@ class Migration(migrations.Migration):
                 "indexes": [models.Index(fields=["field", "at"], name="gate_correction_field_at")],
             },
         ),
+        migrations.AddIndex(
+            model_name="gate",
+            index=models.Index(
+                condition=models.Q(("status__in", ["decided", "expired"])),
+                fields=["decided_at"],
+                name="gate_closed_decided_at",
+            ),
+        ),
         migrations.RunPython(backfill, migrations.RunPython.noop),
     ]
