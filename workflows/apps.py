@@ -19,6 +19,10 @@ class WorkflowsConfig(AppConfig):
         # Connects run_finished and registers the "webhook" outbox handler, in every process.
         from workflows import webhooks  # noqa: F401
 
+        # The engine's Celery tasks live in the core package, where Celery's autodiscovery
+        # (which looks for ``<app>.tasks``) does not look; their names stay ``workflows.*``.
+        from workflows.core import tasks  # noqa: F401
+
         discover()
 
 
