@@ -11,10 +11,13 @@ class ReviewsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        import reviews.notifications  # noqa: F401  (registers the "notify" outbox handler)
         from reviews.decision import review
+        from reviews.retention import on_runs_pruning
         from reviews.services import on_run_finished
         from workflows.core.context import Context
-        from workflows.core.signals import run_finished
+        from workflows.core.signals import run_finished, runs_pruning
 
         Context.extensions["review"] = review
         run_finished.connect(on_run_finished, dispatch_uid="reviews.cancel_open_gates")
+        runs_pruning.connect(on_runs_pruning, dispatch_uid="reviews.keep_gate_trails")

@@ -14,6 +14,7 @@ urlpatterns = [
     path("bulk/", views.bulk_decide, name="bulk"),
     path("insights/", insights_views.insights_page, name="insights"),
     path("insights/export.jsonl", insights_views.insights_export, name="insights-export"),
+    path("preferences/", views.preferences, name="preferences"),
     path("<int:pk>/", views.gate_detail, name="gate"),
     path("<int:pk>/status/", views.gate_status, name="gate-status"),
     path("<int:pk>/claim/", views.gate_claim, name="claim"),

@@ -205,6 +205,17 @@ PAGES: dict[str, list[Case]] = {
     "reviews/insights/export.jsonl": [
         Case("GET", "/reviews/insights/export.jsonl", web(LOGIN, 403, 200, 200, 200, 200, 200))
     ],
+    # Notification preferences: every reviewer's own (the page names no user, so there is
+    # nobody else's to reach); saving goes back to the page.
+    "reviews/preferences/": [
+        Case("GET", "/reviews/preferences/", web(LOGIN, 403, 200, 200, 200, 200, 200)),
+        Case(
+            "POST",
+            "/reviews/preferences/",
+            web(LOGIN, 403, TO_GATE, TO_GATE, TO_GATE, TO_GATE, TO_GATE),
+            data={"email_enabled": "on", "mode": "digest", "digest_minutes": "30"},
+        ),
+    ],
     # Bulk decisions go back to the queue for every reviewer; a gate the reviewer may not see
     # is skipped there as "not found" (tests/reviews/test_bulk.py checks which were decided).
     "reviews/bulk/": [
@@ -337,6 +348,12 @@ PAGES: dict[str, list[Case]] = {
         ),
         Case(
             "POST",
+            "/runs/{run_a}/actions/fork/",
+            web(LOGIN, 403, 403, 403, 403, TO_RUNS, TO_RUNS, viewer=403),
+            data={"from_step": "1"},
+        ),
+        Case(
+            "POST",
             "/runs/{run_a}/actions/explode/",
             web(LOGIN, 403, 403, 403, 403, 404, 404, viewer=403),
         ),
@@ -395,6 +412,11 @@ OPERATIONS: dict[str, list[Case]] = {
     "POST /api/runs/{run_id}/restart": [
         Case("POST", "/api/runs/{run_a}/restart", api(403, 409, 403, 404), json={}),
         Case("POST", "/api/runs/{run_g}/restart", api(403, 404, 403, 409), json={}),
+    ],
+    # A fork starts a new run of the tenant's own run: write keys of that tenant only.
+    "POST /api/runs/{run_id}/fork": [
+        Case("POST", "/api/runs/{run_a}/fork", api(403, 201, 403, 404), json={"from_step": 1}),
+        Case("POST", "/api/runs/{run_g}/fork", api(403, 404, 403, 201), json={"from_step": 1}),
     ],
     "GET /api/pipelines": [Case("GET", "/api/pipelines", api(200, 200, 200, 200))],
     "GET /api/gates": [Case("GET", "/api/gates", api(200, 403, 200, 200), lists="gates")],

@@ -37,7 +37,7 @@ def backfill(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("reviews", "0003_gate_subject_excerpt"),
+        ("reviews", "0005_notifications"),
     ]
 
     operations = [
