@@ -198,6 +198,14 @@ PAGES: dict[str, list[Case]] = {
     # The reviewer pages: group AND tenant scoped (another's gate is 404).
     "reviews/": [Case("GET", "/reviews/", web(LOGIN, 403, 200, 200, 200, 200, 200), lists="gates")],
     "reviews/mine/": [Case("GET", "/reviews/mine/", web(LOGIN, 403, 200, 200, 200, 200, 200))],
+    # Review insights and their JSONL download: every reviewer, over the gates they may see
+    # (their groups, their tenant); operators over every tenant (docs/security.md).
+    "reviews/insights/": [
+        Case("GET", "/reviews/insights/", web(LOGIN, 403, 200, 200, 200, 200, 200))
+    ],
+    "reviews/insights/export.jsonl": [
+        Case("GET", "/reviews/insights/export.jsonl", web(LOGIN, 403, 200, 200, 200, 200, 200))
+    ],
     # Notification preferences: every reviewer's own (the page names no user, so there is
     # nobody else's to reach); saving goes back to the page.
     "reviews/preferences/": [
@@ -421,6 +429,8 @@ OPERATIONS: dict[str, list[Case]] = {
     ],
     "GET /api/pipelines": [Case("GET", "/api/pipelines", api(200, 200, 200, 200))],
     "GET /api/gates": [Case("GET", "/api/gates", api(200, 403, 200, 200), lists="gates")],
+    # The evaluation dataset carries run inputs: runs:read, the key's own tenant.
+    "GET /api/gates/dataset": [Case("GET", "/api/gates/dataset", api(200, 403, 403, 200))],
     "POST /api/gates/{gate_id}/decision": [
         Case(
             "POST",
@@ -763,7 +773,7 @@ def run_case(case: Case, persona: str, client: Client, token: str, scene: Scene)
                 data = {k: fill_data(v, scene) for k, v in (case.data or {}).items()}
                 kwargs.update(data={**data, "csrfmiddlewaretoken": token})
             response = getattr(client, case.method.lower())(url, **kwargs)
-            if response.streaming:  # an event stream (it ends at once here: matrix_scene)
+            if response.streaming:  # an event stream (it ends at once here: matrix_scene) or the JSONL dataset
                 body = b"".join(response.streaming_content).decode(errors="replace")
                 response.close()
             else:
