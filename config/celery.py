@@ -30,3 +30,21 @@ def _recycle_connections(**kwargs: Any) -> None:
     from django.db import close_old_connections
 
     close_old_connections()
+
+
+def _metrics_observer(name: str, **fields: Any) -> None:
+    """Feeds config.metrics from the engine's instrumentation events, in every process that
+    loads this app (web, workers, beat, manage.py). Imported on the first event, so a process
+    that never runs a step never loads prometheus-client."""
+    from config import metrics
+
+    metrics.observe(name, **fields)
+
+
+def _install_instrumentation() -> None:
+    from workflows import instrument
+
+    instrument.observe(_metrics_observer)
+
+
+_install_instrumentation()

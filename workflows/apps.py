@@ -18,7 +18,11 @@ class WorkflowsConfig(AppConfig):
     def ready(self) -> None:
         # Connects run_finished and registers the "webhook" outbox handler, in every process.
         from workflows import webhooks  # noqa: F401
+        from workflows.health import record_sweep
+        from workflows.instrument import observe
 
+        # Every sweep pass stamps the heartbeat /readyz reads.
+        observe(record_sweep)
         discover()
 
 

@@ -193,6 +193,13 @@ class Step(models.Model):
                 name="step_lease",
                 condition=Q(status="running", branch__gte=0),
             ),
+            # The metrics' pool in-flight and backlog gauges (inline steps included): a count
+            # over this small partial index, never over the journal.
+            models.Index(
+                fields=["pool", "status"],
+                name="step_pool_active",
+                condition=Q(status__in=["pending", "running"]),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -497,3 +504,18 @@ class TenantMembership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} → {self.tenant or '(default tenant)'}"
+
+
+# --- process heartbeats -----------------------------------------------------------------------
+
+
+class Heartbeat(models.Model):
+    """The last time a periodic duty ran, e.g. ``sweep``: what ``/readyz`` reads to tell a live
+    beat from a dead one. One row per duty, overwritten on every pass (no history)."""
+
+    name = models.CharField(max_length=64, primary_key=True)
+    at = models.DateTimeField()
+    detail = models.JSONField(default=dict, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.at:%Y-%m-%d %H:%M:%S}"
