@@ -69,7 +69,7 @@ class Stack:
             "SLUICE_SWEEP_INTERVAL": "1",
             "SLUICE_LEASE_SECONDS": "4",
             "SLUICE_DOORBELL_GRACE_SECONDS": "3",
-            "WEB_CONCURRENCY": "2",
+            "WEB_CONCURRENCY": "1",
             "SLUICE_WORKER_DEFAULT_CONCURRENCY": "1",
             "SLUICE_WORKER_LLM_CONCURRENCY": "1",
             "CELERY_LOG_LEVEL": "info",
@@ -212,14 +212,14 @@ def test_the_procfile_topology_serves_runs_and_stops_without_losing_one(stack: S
         except httpx.HTTPError:
             return False
 
-    wait_until(answers, timeout=40, interval=0.3, message="gunicorn to answer /healthz")
+    wait_until(answers, timeout=90, interval=0.3, message="gunicorn to answer /healthz")
     assert client.get("/healthz").json() == {"status": "ok"}
 
     def ready() -> dict[str, Any] | None:
         resp = client.get("/readyz")
         return resp.json() if resp.status_code == 200 else None
 
-    body = wait_until(ready, timeout=40, interval=0.5, message="/readyz to say ready")
+    body = wait_until(ready, timeout=60, interval=0.5, message="/readyz to say ready")
     assert body["status"] == "ready" and body["failing"] == []
     assert body["checks"]["queues"]["queues"]["llm"]["workers"] == 1
     assert body["checks"]["migrations"]["pending"] == 0
@@ -282,7 +282,7 @@ def test_the_procfile_topology_serves_runs_and_stops_without_losing_one(stack: S
 
     stack.start("--skip", "release")
     client = httpx.Client(base_url=stack.url(""), timeout=10)
-    wait_until(answers, timeout=40, interval=0.3, message="gunicorn to answer again")
+    wait_until(answers, timeout=90, interval=0.3, message="gunicorn to answer again")
     decide_and_finish(client, keys, second)
     linger = Step.objects.get(run_id=second, name="linger")
     assert linger.status == "succeeded"
