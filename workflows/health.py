@@ -202,10 +202,14 @@ def worker_command(queue: str) -> str:
 def queue_problems(counts: dict[str, int]) -> list[str]:
     """A sentence per queue without a worker (empty when every queue has one)."""
     problems = []
+    default = str(getattr(settings, "CELERY_TASK_DEFAULT_QUEUE", "default"))
     for queue, pools in pool_queues().items():
         if counts.get(queue, 0):
             continue
-        what = ", ".join(f"pool {p!r}" for p in pools) if pools else "the run doorbells and sweeps"
+        names = [f"pool {p!r}" for p in pools]
+        if queue == default:
+            names.append("every run's doorbell, the sweep and the outbox")
+        what = ", ".join(names[:-1]) + (" and " if len(names) > 1 else "") + names[-1]
         problems.append(
             f"{what} (queue {queue}) has no worker: runs that need it will wait forever; "
             f"start: {worker_command(queue)}"
