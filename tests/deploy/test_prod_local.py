@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -27,6 +26,7 @@ import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
 
+from tests.deploy.prom import sample
 from tests.live import ROOT, database_url, flush_broker, wait_until
 from workflows import health
 from workflows.keys import create_api_key
@@ -128,20 +128,6 @@ def json_lines(output: str, process: str) -> list[dict[str, Any]]:
             except ValueError:
                 pass
     return found
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The value of one series in a Prometheus text exposition (0 when absent)."""
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        match = re.match(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)$", line)
-        if not match or match[1] != name:
-            continue
-        got = dict(re.findall(r'(\w+)="([^"]*)"', match[2] or ""))
-        if all(got.get(k) == v for k, v in labels.items()):
-            return float(match[3])
-    return 0.0
 
 
 def push_to_gate(client: httpx.Client, write: str, slow: float = 0.0) -> str:
