@@ -25,6 +25,7 @@ import httpx
 import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
+from django.db import connection
 
 from tests.deploy.prom import sample
 from tests.live import ROOT, database_url, flush_broker, wait_until
@@ -229,6 +230,17 @@ def test_the_procfile_topology_serves_runs_and_stops_without_losing_one(stack: S
     # A run through the gate, over the API.
     first = push_to_gate(client, keys["write"])
     decide_and_finish(client, keys, first)
+
+    # Database connections: at most WEB_CONCURRENCY + 2 x (worker concurrencies), as
+    # docs/deploy.md says (1 + 2 x (1 + 1) here), not counting this test's own.
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        )
+        held = cur.fetchone()[0]
+    print(f"prod-local stack holds {held} database connections")
+    assert held <= 1 + 2 * (1 + 1), held
 
     # Metrics: counters from the two worker processes (the default queue's worker ran the inline
     # step, the llm queue's worker the branches), added up by the web process.
