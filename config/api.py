@@ -24,7 +24,7 @@ from ninja.parser import Parser
 
 from workflows.api import pipelines_router, runs_router
 from workflows.api_auth import ApiError
-from workflows.errors import (
+from workflows.core.errors import (
     InvalidInputError,
     InvalidStateError,
     PayloadTooLargeError,

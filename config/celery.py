@@ -58,7 +58,7 @@ def _metrics_observer(name: str, **fields: Any) -> None:
 
 
 def _install_instrumentation() -> None:
-    from workflows import instrument
+    from workflows.core import instrument
 
     instrument.observe(_metrics_observer)
 

@@ -4,7 +4,7 @@ Two honest sources:
 
 - **What processes did** (steps executed and their latency, runs that ended, doorbells the
   sweep rang again, leases it reclaimed, LLM tokens and cost) are counters and histograms fed by
-  the engine's instrumentation events (``workflows.instrument``). With
+  the engine's instrumentation events (``workflows.core.instrument``). With
   ``PROMETHEUS_MULTIPROC_DIR`` set (the production recipe sets it for every process),
   prometheus-client keeps them in files under that directory, one per process, and a scrape of
   any web process adds up every process's files, dead ones included. Without it a scrape sees
@@ -99,7 +99,7 @@ PROCESS_SERIES = (
 
 
 def observe(name: str, **fields: Any) -> None:
-    """The instrumentation observer (``workflows.instrument.observe``)."""
+    """The instrumentation observer (``workflows.core.instrument.observe``)."""
     if name == "step_finished":
         STEP_SECONDS.labels(fields.get("pool") or "default", fields.get("outcome") or "").observe(
             float(fields.get("seconds") or 0.0)
@@ -131,7 +131,7 @@ def _llm(usage: dict[str, Any], cost: Decimal | float) -> None:
 
 def install() -> None:
     """Feed the counters from the engine's events in this process (idempotent)."""
-    from workflows import instrument
+    from workflows.core import instrument
 
     instrument.observe(observe)
 

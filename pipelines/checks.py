@@ -18,7 +18,7 @@ from django.core import checks
 from pipelines.llm import config, pricing
 from pipelines.llm.errors import ConfigurationError
 from pipelines.machine import Parallel, State, registered_machines
-from workflows.definitions import resolve_step, step_path
+from workflows.core.definitions import resolve_step, step_path
 
 
 @checks.register("pipelines")
@@ -58,7 +58,7 @@ def _import_problem(fn: Any) -> str:
     if fn is None:
         return ""
     try:
-        from workflows.definitions import as_step
+        from workflows.core.definitions import as_step
 
         path = step_path(as_step(fn))
         resolve_step(path)

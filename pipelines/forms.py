@@ -22,8 +22,8 @@ from datetime import timedelta
 from decimal import Decimal, DecimalException, InvalidOperation
 from typing import Any
 
-from workflows.errors import InvalidInputError
-from workflows.services import parse_review_timeout as parse_review_timeout_value
+from workflows.core.errors import InvalidInputError
+from workflows.core.services import parse_review_timeout as parse_review_timeout_value
 
 PREFIX = "input"
 INDEX = "__index__"

@@ -58,8 +58,8 @@ from pipelines.dsl import (
     wait,
 )
 from pipelines.graph import Diagram, mermaid_id
-from workflows.definitions import StepDef, as_step, workflow
-from workflows.errors import StepFailed
+from workflows.core.definitions import StepDef, as_step, workflow
+from workflows.core.errors import StepFailed
 
 MAX_VISITS = 25
 TIMED_OUT = {"$sluice": "timed-out"}
@@ -531,7 +531,7 @@ def registered_machines() -> dict[str, dict[int, Machine]]:
 
 def unregister(machine_id: str) -> None:
     """Forget a machine and its workflow (tests define throwaway ones)."""
-    from workflows import definitions
+    from workflows.core import definitions
 
     _machines.pop(machine_id, None)
     # The engine has no public unregister; its registry is a plain dict keyed by name.

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from workflows.definitions import WorkflowDef, get_workflow, registered_workflows
+from workflows.core.definitions import WorkflowDef, get_workflow, registered_workflows
 
 
 def mark_pipeline(

@@ -24,8 +24,8 @@ from pipelines import forms
 from pipelines.llm.tasks import OFFLINE_NOTE, models_for_pipeline
 from pipelines.registry import get_pipeline, mermaid_for_run, pipelines
 from workflows import InvalidInputError, RunNotFoundError, access, get_run, start
-from workflows.definitions import WorkflowDef
-from workflows.services import validate_input
+from workflows.core.definitions import WorkflowDef
+from workflows.core.services import validate_input
 
 
 def _card(definition: WorkflowDef) -> dict[str, Any]:

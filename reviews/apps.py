@@ -13,8 +13,8 @@ class ReviewsConfig(AppConfig):
     def ready(self) -> None:
         from reviews.decision import review
         from reviews.services import on_run_finished
-        from workflows.context import Context
-        from workflows.signals import run_finished
+        from workflows.core.context import Context
+        from workflows.core.signals import run_finished
 
         Context.extensions["review"] = review
         run_finished.connect(on_run_finished, dispatch_uid="reviews.cancel_open_gates")

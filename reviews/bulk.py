@@ -52,11 +52,12 @@ class BulkResult:
 
 
 def _closed_reason(gate: Gate) -> str:
-    return {
+    reasons: dict[str, str] = {
         GateStatus.EXPIRED: "expired",
         GateStatus.DECIDED: "decided",
         GateStatus.CANCELED: "canceled",
-    }.get(gate.status, "closed")
+    }
+    return reasons.get(gate.status, "closed")
 
 
 def _prefilled_edits(gate: Gate) -> tuple[Any, list[dict[str, str]]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pydantic
 
-from workflows import payloads
+from workflows.core import payloads
 from workflows.models import Step
 
 # Without a ``timeout``, a gate gets its run's review timeout (``ctx.review_timeout``), which is

@@ -17,7 +17,7 @@ from typing import Any, Literal, Optional
 
 import pydantic
 
-from workflows import payloads
+from workflows.core import payloads
 
 FieldError = dict[str, str]
 

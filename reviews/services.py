@@ -38,10 +38,10 @@ from reviews.models import (
 )
 from reviews.schema import validate_edits
 from workflows import access
-from workflows.doorbell import ring_on_commit
-from workflows.errors import InvalidInputError, InvalidStateError, SluiceError
+from workflows.core.doorbell import ring_on_commit
+from workflows.core.errors import InvalidInputError, InvalidStateError, SluiceError
+from workflows.core.services import complete_waiting_step, complete_waiting_steps
 from workflows.models import Run, RunStatus, Step
-from workflows.services import complete_waiting_step, complete_waiting_steps
 
 log = logging.getLogger(__name__)
 
@@ -943,7 +943,7 @@ def escalate_due_gates(now: datetime | None = None, batch: int | None = None) ->
 
 def cancel_open_gates(run: Run) -> int:
     """Close the open gates of a run that ended. Runs inside the transaction that ended it
-    (``workflows.signals.run_finished``), which holds the run's lock."""
+    (``workflows.core.signals.run_finished``), which holds the run's lock."""
     now = timezone.now()
     open_gates = Gate.objects.filter(run_id=run.pk, status=GateStatus.OPEN)
     ids = list(open_gates.values_list("pk", flat=True))

@@ -76,8 +76,8 @@ def _item_name(item: Any) -> str:
 
 def describe_run(run: Any) -> tuple[str, str]:
     """``describe_input`` of a run, with its pipeline's input schema when it is registered."""
-    from workflows.definitions import get_workflow
-    from workflows.errors import UnknownWorkflowError
+    from workflows.core.definitions import get_workflow
+    from workflows.core.errors import UnknownWorkflowError
 
     schema: dict[str, Any] | None = None
     try:

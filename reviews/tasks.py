@@ -35,7 +35,7 @@ def resume_runs(runs: list[Any]) -> int:
 
     A run another worker already took is skipped by the engine's own compare-and-swap.
     """
-    from workflows.executor import advance_many
+    from workflows.core.executor import advance_many
 
     try:
         return sum(advance_many([(run_id, generation) for run_id, generation in runs]).values())

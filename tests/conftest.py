@@ -42,10 +42,10 @@ def _empty_cache() -> Iterator[None]:
 def bell(monkeypatch: pytest.MonkeyPatch) -> Iterator[Bell]:
     """Replace the broker with an in-memory queue; ``bell.drain()`` processes messages."""
     b = Bell()
-    monkeypatch.setattr("workflows.doorbell.send_advance", b.send_advance)
-    monkeypatch.setattr("workflows.doorbell.send_step", b.send_step)
-    monkeypatch.setattr("workflows.doorbell.send_steps", b.send_steps)
-    monkeypatch.setattr("workflows.doorbell.send_advance_many", b.send_advance_many)
+    monkeypatch.setattr("workflows.core.doorbell.send_advance", b.send_advance)
+    monkeypatch.setattr("workflows.core.doorbell.send_step", b.send_step)
+    monkeypatch.setattr("workflows.core.doorbell.send_steps", b.send_steps)
+    monkeypatch.setattr("workflows.core.doorbell.send_advance_many", b.send_advance_many)
     yield b
 
 
@@ -54,7 +54,7 @@ def _stop_heartbeat() -> Iterator[None]:
     """The lease heartbeat thread holds its own database connection: close it after each test
     so the test database can be flushed and dropped."""
     yield
-    from workflows.leases import stop_heartbeat
+    from workflows.core.leases import stop_heartbeat
 
     stop_heartbeat()
 

@@ -45,7 +45,7 @@ class Bell:
         return n
 
     def drain(self, limit: int = 10_000) -> int:
-        from workflows.executor import advance, advance_many, execute_step
+        from workflows.core.executor import advance, advance_many, execute_step
 
         handled = 0
         while self.messages and handled < limit:
@@ -61,7 +61,7 @@ class Bell:
 
     def settle(self, rounds: int = 20) -> None:
         """Drain, run the sweep, repeat until nothing more happens."""
-        from workflows.sweeper import sweep
+        from workflows.core.sweeper import sweep
 
         for _ in range(rounds):
             self.drain()

@@ -494,7 +494,7 @@ def test_no_fields_schema_gives_a_5xx_or_a_gate_nobody_can_close(
     always closed by a decision without edits."""
     import tests.reviews.workflows  # noqa: F401
     from reviews.services import decide_gate
-    from workflows.errors import InvalidInputError
+    from workflows.core.errors import InvalidInputError
 
     client = logged_in(reviewer)
 

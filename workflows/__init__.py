@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from workflows.definitions import RetryPolicy, step, workflow
-from workflows.errors import (
+from workflows.core.definitions import RetryPolicy, step, workflow
+from workflows.core.errors import (
     BudgetExceeded,
     ChildWorkflowFailed,
     DeterminismError,
@@ -25,7 +25,7 @@ from workflows.errors import (
     StepFailed,
     UnknownWorkflowError,
 )
-from workflows.usage import current_step, record_usage
+from workflows.core.usage import current_step, record_usage
 
 _SERVICES = {"start", "send_event", "cancel", "restart", "get_run"}
 
@@ -34,7 +34,7 @@ def __getattr__(name: str) -> Any:
     # The service functions touch models, which must not be imported before Django's app
     # registry is ready (this package is itself an installed app).
     if name in _SERVICES:
-        from workflows import services
+        from workflows.core import services
 
         return getattr(services, name)
     raise AttributeError(f"module 'workflows' has no attribute {name!r}")

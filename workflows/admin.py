@@ -26,8 +26,8 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from workflows import operations
-from workflows.audit import MAX_REASON, Actor, reason_problem
-from workflows.definitions import registered_workflows
+from workflows.core.audit import MAX_REASON, Actor, reason_problem
+from workflows.core.definitions import registered_workflows
 from workflows.keys import SCOPES, assign_new_secret
 from workflows.models import (
     ApiKey,

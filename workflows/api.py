@@ -24,7 +24,7 @@ from django.utils import timezone
 from ninja import Field, Header, Query, Router, Schema, Status
 from pydantic import AfterValidator, BeforeValidator, ConfigDict
 
-from workflows import gateinfo, services
+from workflows import gateinfo
 from workflows.api_auth import (
     AUTH_ERRORS,
     BODY_ERRORS,
@@ -37,11 +37,12 @@ from workflows.api_auth import (
     parse_int,
     parse_uuid,
 )
-from workflows.audit import MAX_REASON, Actor
-from workflows.definitions import registered_workflows
-from workflows.errors import IdempotencyConflict, InvalidInputError, UnknownWorkflowError
+from workflows.core import services
+from workflows.core.audit import MAX_REASON, Actor
+from workflows.core.definitions import registered_workflows
+from workflows.core.errors import IdempotencyConflict, InvalidInputError, UnknownWorkflowError
+from workflows.core.payloads import stored
 from workflows.models import ApiKey, Blob, Run, RunAudit, Step
-from workflows.payloads import stored
 from workflows.webhooks import CallbackUrlError, check_callback_url
 
 runs_router = Router(tags=["runs"])

@@ -18,8 +18,12 @@ class WorkflowsConfig(AppConfig):
     def ready(self) -> None:
         # Connects run_finished and registers the "webhook" outbox handler, in every process.
         from workflows import webhooks  # noqa: F401
+
+        # The engine's Celery tasks live in the core package, where Celery's autodiscovery
+        # (which looks for ``<app>.tasks``) does not look; their names stay ``workflows.*``.
+        from workflows.core import tasks  # noqa: F401
+        from workflows.core.instrument import observe
         from workflows.health import record_sweep
-        from workflows.instrument import observe
 
         # Every sweep pass stamps the heartbeat /readyz reads.
         observe(record_sweep)

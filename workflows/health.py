@@ -168,7 +168,7 @@ def check_broker() -> Check:
 def pool_queues() -> dict[str, list[str]]:
     """Queue name -> the pools whose steps it carries. The default queue also carries every
     run's doorbell (``workflows.advance``), the sweep and the outbox."""
-    from workflows.pools import queue_for
+    from workflows.core.pools import queue_for
 
     default = str(getattr(settings, "CELERY_TASK_DEFAULT_QUEUE", "default"))
     queues: dict[str, list[str]] = {default: []}

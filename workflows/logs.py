@@ -1,6 +1,6 @@
 """Log records that say which run and step they are about, optionally as JSON lines.
 
-``EngineContextFilter`` copies the engine's log context (``workflows.instrument.current()``:
+``EngineContextFilter`` copies the engine's log context (``workflows.core.instrument.current()``:
 run id, generation, step name and id, set by the executor around advancing a run and running a
 step) onto every record. ``JsonFormatter`` writes one JSON object per line, for log shippers
 (``SLUICE_LOG_FORMAT=json``; config/settings.py wires both).
@@ -13,7 +13,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from workflows import instrument
+from workflows.core import instrument
 
 CONTEXT_FIELDS = ("run_id", "generation", "step", "step_id")
 

@@ -1,321 +1,35 @@
-"""The engine's tables. PostgreSQL (or SQLite in the embedded default) is the truth.
+"""The ``workflows`` app's models: the engine's tables (defined in ``workflows.core.models``,
+re-exported here) and the product's own: JSON API keys, completion webhooks, web users' tenants.
 
-Every state change below is a compare-and-swap in ``workflows.executor`` / ``services``:
-``filter(pk=..., status=OLD).update(...)`` and act only when it touched one row.
+Django loads an app's models from ``<app>.models``; the engine's models live in the core
+package so that the core never imports product code, and keep the app label ``workflows``
+(Django takes it from the containing app), so no table or migration changed.
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
 
-
-class RunStatus(models.TextChoices):
-    PENDING = "pending"
-    RUNNING = "running"
-    SUSPENDED = "suspended"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELED = "canceled"
-
-
-TERMINAL_RUN = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELED)
-ACTIVE_RUN = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SUSPENDED)
-
-
-class StepStatus(models.TextChoices):
-    PENDING = "pending"
-    RUNNING = "running"
-    RETRYING = "retrying"
-    WAITING = "waiting"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELED = "canceled"
-
-
-TERMINAL_STEP = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.CANCELED)
-
-
-class StepKind(models.TextChoices):
-    STEP = "step"
-    PARALLEL = "parallel"
-    BRANCH = "branch"
-    SLEEP = "sleep"
-    EVENT = "event"
-    CHILD = "child"
-    NOW = "now"
-    RANDOM = "random"
-    UUID = "uuid"
-    GATE = "gate"
-
-
-class Run(models.Model):
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    workflow = models.CharField(max_length=200, db_index=True)
-    version = models.PositiveIntegerField(default=1)
-    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.PENDING)
-    # Bumped by cancel and restart; every task and step completion carries the generation it
-    # was started under, and a stale one is ignored.
-    generation = models.PositiveIntegerField(default=1)
-    input = models.JSONField(default=dict)
-    output = models.JSONField(null=True, blank=True)
-    error = models.JSONField(null=True, blank=True)
-    context = models.JSONField(default=dict, blank=True)
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True, unique=True)
-    on_complete = models.CharField(max_length=255, blank=True, default="")
-    parent = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
-    )
-    parent_step = models.ForeignKey(
-        "Step", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    max_parallel = models.PositiveIntegerField(default=10)
-    # Who started the run (an API key's tenant, a user); the API shows a tenant only its own.
-    tenant = models.CharField(max_length=100, blank=True, default="", db_index=True)
-    created_by = models.CharField(max_length=150, blank=True, default="")
-    # Where to POST the run summary when it ends (delivered through the outbox).
-    callback_url = models.URLField(max_length=2000, blank=True, default="")
-    # A budget: the run stops cleanly before a step once its recorded cost reaches this.
-    max_cost = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True)
-    # How long reviewers have to decide each gate this run opens without a timeout of its own
-    # (``ctx.review``, a machine's ``human`` state); null means the default, 24 hours.
-    review_timeout = models.DurationField(null=True, blank=True)
-    # The run lease: whoever holds it advances the run. Renewed with every checkpoint and by
-    # the worker's heartbeat; when it expires the sweep rings for the run again.
-    lease_owner = models.CharField(max_length=100, blank=True, default="")
-    lease_expires_at = models.DateTimeField(null=True, blank=True)
-    # Set in the same transaction as whatever made the run runnable (start, a branch joined,
-    # a timer fired, an event arrived). Cleared when a worker takes the lease. A value older
-    # than the doorbell grace means the message was lost: the sweep rings again.
-    wake_requested_at = models.DateTimeField(null=True, blank=True)
-    # Where the run is, for people: the last step name the handler reached.
-    current_step = models.CharField(max_length=200, blank=True, default="")
-    cost = models.DecimalField(max_digits=14, decimal_places=6, default=0)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    updated_at = models.DateTimeField(auto_now=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
-        indexes = [
-            models.Index(fields=["status", "created_at"], name="run_status_created"),
-            models.Index(
-                fields=["wake_requested_at"],
-                name="run_wake_requested",
-                condition=Q(wake_requested_at__isnull=False),
-            ),
-            models.Index(
-                fields=["lease_expires_at"],
-                name="run_lease",
-                condition=Q(status="running"),
-            ),
-            models.Index(fields=["finished_at"], name="run_finished"),
-        ]
-        # Starting a run from the web spends LLM money: only users (or groups) granted this
-        # permission see the start form (docs/security.md). The API has its own key scope.
-        permissions = [("start_run", "Can start runs from the web")]
-
-    def __str__(self) -> str:
-        return f"{self.workflow} {self.id}"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self.status in TERMINAL_RUN
-
-
-class Step(models.Model):
-    """One journal entry: a step call, a timer, an event wait, a fan-out group or branch."""
-
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps")
-    generation = models.PositiveIntegerField(default=1)
-    # Restart-from-step marks later rows superseded (with the generation they belonged to)
-    # instead of deleting them: the journal is the audit trail.
-    superseded = models.BooleanField(default=False)
-    position = models.PositiveIntegerField()
-    # -1 for an entry of the handler itself; 0..n-1 for the branches of a fan-out group.
-    branch = models.IntegerField(default=-1)
-    kind = models.CharField(max_length=16, choices=StepKind.choices, default=StepKind.STEP)
-    name = models.CharField(max_length=200)
-    status = models.CharField(max_length=16, choices=StepStatus.choices)
-    pool = models.CharField(max_length=64, default="default")
-    # Branches over the run's parallelism cap wait here until an earlier branch finishes.
-    held = models.BooleanField(default=False)
-    attempt = models.PositiveIntegerField(default=0)
-    max_attempts = models.PositiveIntegerField(default=1)
-    # Where to find the code of a branch, and its arguments (branches run in other processes).
-    target = models.CharField(max_length=300, blank=True, default="")
-    args = models.JSONField(null=True, blank=True)
-    # A digest of the call's arguments (a step) or of its branches' calls (a fan-out), compared
-    # on replay; empty on rows journaled before digests were (they are not compared).
-    digest = models.CharField(max_length=32, blank=True, default="")
-    result = models.JSONField(null=True, blank=True)
-    error = models.JSONField(null=True, blank=True)
-    # Timer deadline, event timeout, or retry backoff: fired by the sweep, never an ETA task.
-    wake_at = models.DateTimeField(null=True, blank=True)
-    # For fan-out groups: branches not yet finished. The branch that takes it to 0 rings.
-    remaining = models.IntegerField(default=0)
-    lease_owner = models.CharField(max_length=100, blank=True, default="")
-    lease_expires_at = models.DateTimeField(null=True, blank=True)
-    usage = models.JSONField(null=True, blank=True)
-    cost = models.DecimalField(max_digits=14, decimal_places=6, default=0)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["position", "branch", "id"]
-        constraints = [
-            models.UniqueConstraint(
-                fields=["run", "position", "branch"],
-                condition=Q(superseded=False),
-                name="step_unique_live_position",
-            ),
-        ]
-        indexes = [
-            models.Index(fields=["run", "position"], name="step_run_position"),
-            models.Index(
-                fields=["status", "wake_at"],
-                name="step_due",
-                condition=Q(status__in=["waiting", "retrying"]),
-            ),
-            models.Index(
-                fields=["pool", "status", "id"],
-                name="step_pool_queue",
-                condition=Q(branch__gte=0, status__in=["pending", "running"]),
-            ),
-            models.Index(
-                fields=["lease_expires_at"],
-                name="step_lease",
-                condition=Q(status="running", branch__gte=0),
-            ),
-            # The metrics' pool in-flight and backlog gauges (inline steps included): a count
-            # over this small partial index, never over the journal.
-            models.Index(
-                fields=["pool", "status"],
-                name="step_pool_active",
-                condition=Q(status__in=["pending", "running"]),
-            ),
-        ]
-
-    def __str__(self) -> str:
-        where = f"{self.position}" if self.branch < 0 else f"{self.position}.{self.branch}"
-        return f"#{where} {self.name} ({self.status})"
-
-    @property
-    def label(self) -> str:
-        return f"{self.position}" if self.branch < 0 else f"{self.position}.{self.branch}"
-
-    @property
-    def duration(self) -> float | None:
-        if self.started_at and self.finished_at:
-            return (self.finished_at - self.started_at).total_seconds()
-        return None
-
-
-class Event(models.Model):
-    """An event sent to a run. Kept until a ``wait_for_event`` of that name consumes it once."""
-
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events")
-    name = models.CharField(max_length=200)
-    payload = models.JSONField(null=True, blank=True)
-    consumed_by = models.OneToOneField(
-        Step, null=True, blank=True, on_delete=models.SET_NULL, related_name="consumed_event"
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["id"]
-        indexes = [models.Index(fields=["run", "name"], name="event_run_name")]
-
-    def __str__(self) -> str:
-        return f"{self.name} → {self.run_id}"
-
-
-class Blob(models.Model):
-    """A value too large to keep in its row. Referenced as ``{"$blob": id}``."""
-
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="blobs", null=True)
-    data = models.TextField()
-    size = models.PositiveIntegerField()
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    def __str__(self) -> str:
-        return f"blob {self.pk} ({self.size:,} bytes)"
-
-
-class OutboxStatus(models.TextChoices):
-    PENDING = "pending"
-    DELIVERED = "delivered"
-    DEAD = "dead"
-
-
-class Outbox(models.Model):
-    """A side effect that must leave the process, written in the transaction that caused it.
-
-    Delivered by ``workflows.deliver_outbox`` with ``key`` as the idempotency key.
-    """
-
-    run = models.ForeignKey(
-        Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="outbox"
-    )
-    kind = models.CharField(max_length=64)
-    key = models.CharField(max_length=255, unique=True)
-    payload = models.JSONField(default=dict)
-    status = models.CharField(
-        max_length=16, choices=OutboxStatus.choices, default=OutboxStatus.PENDING
-    )
-    attempts = models.PositiveIntegerField(default=0)
-    next_attempt_at = models.DateTimeField(null=True, blank=True)
-    lease_expires_at = models.DateTimeField(null=True, blank=True)
-    last_error = models.TextField(blank=True, default="")
-    created_at = models.DateTimeField(auto_now_add=True)
-    delivered_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-id"]
-        indexes = [
-            models.Index(
-                fields=["next_attempt_at"], name="outbox_due", condition=Q(status="pending")
-            ),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.kind} {self.key}"
-
-
-class Pool(models.Model):
-    """A named pool of step capacity shared by all workers.
-
-    ``max_concurrency`` caps running steps across every worker; ``rate_limit`` caps step starts
-    per ``rate_period`` seconds. The window columns are the rate limiter's state.
-    """
-
-    name = models.CharField(max_length=64, primary_key=True)
-    max_concurrency = models.PositiveIntegerField(null=True, blank=True)
-    rate_limit = models.PositiveIntegerField(null=True, blank=True)
-    rate_period = models.FloatField(default=1.0)
-    window_start = models.DateTimeField(null=True, blank=True)
-    window_count = models.PositiveIntegerField(default=0)
-
-    def __str__(self) -> str:
-        return self.name
-
-    @property
-    def is_limited(self) -> bool:
-        return bool(self.max_concurrency) or bool(self.rate_limit)
-
-    def as_config(self) -> dict[str, Any]:
-        return {
-            "max_concurrency": self.max_concurrency,
-            "rate_limit": self.rate_limit,
-            "rate_period": self.rate_period,
-        }
-
+from workflows.core.models import (
+    ACTIVE_RUN,
+    TERMINAL_RUN,
+    TERMINAL_STEP,
+    Blob,
+    Event,
+    Outbox,
+    OutboxStatus,
+    Pool,
+    Run,
+    RunAction,
+    RunAudit,
+    RunStatus,
+    Step,
+    StepKind,
+    StepStatus,
+)
 
 # --- JSON API keys and completion webhooks ----------------------------------------------------
 
@@ -434,48 +148,6 @@ class WebhookAttempt(models.Model):
         return f"attempt {self.number} of {self.delivery_id}"
 
 
-class RunAction(models.TextChoices):
-    CANCEL = "cancel"
-    RESTART = "restart"
-    RETRY = "retry"
-
-
-class RunAudit(models.Model):
-    """Who canceled, restarted or retried a run, and why: one row per operator action.
-
-    Append-only: written in the transaction of the action itself (``workflows.services``), so
-    an action that happened always has its row, and one that was refused has none. The actor
-    is kept as text too, so the trail survives the user or API key being deleted.
-    """
-
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="audit")
-    # The generation the action ended (cancel) or replaced (restart, retry).
-    generation = models.PositiveIntegerField()
-    action = models.CharField(max_length=16, choices=RunAction.choices)
-    from_step = models.PositiveIntegerField(null=True, blank=True)
-    actor = models.CharField(max_length=200, blank=True, default="")
-    actor_user = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-    )
-    api_key = models.ForeignKey(
-        ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    reason = models.TextField(blank=True, default="")
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["created_at", "id"]
-        verbose_name = "run audit entry"
-        verbose_name_plural = "run audit trail"
-
-    def __str__(self) -> str:
-        return f"{self.action} by {self.actor or 'the engine'}"
-
-
 # --- web users' tenants -----------------------------------------------------------------------
 
 
@@ -511,7 +183,8 @@ class TenantMembership(models.Model):
 
 class Heartbeat(models.Model):
     """The last time a periodic duty ran, e.g. ``sweep``: what ``/readyz`` reads to tell a live
-    beat from a dead one. One row per duty, overwritten on every pass (no history)."""
+    beat from a dead one. One row per duty, overwritten on every pass (no history). Written by
+    ``workflows.health.record_sweep``, an observer of the engine's ``sweep_finished`` event."""
 
     name = models.CharField(max_length=64, primary_key=True)
     at = models.DateTimeField()
@@ -519,3 +192,29 @@ class Heartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+__all__ = [
+    "ACTIVE_RUN",
+    "TERMINAL_RUN",
+    "TERMINAL_STEP",
+    "ApiKey",
+    "ApiScope",
+    "Blob",
+    "Event",
+    "Heartbeat",
+    "Outbox",
+    "OutboxStatus",
+    "Pool",
+    "Run",
+    "RunAction",
+    "RunAudit",
+    "RunStatus",
+    "Step",
+    "StepKind",
+    "StepStatus",
+    "TenantMembership",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookStatus",
+]

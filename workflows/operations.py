@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from workflows import services
-from workflows.audit import Actor
-from workflows.errors import InvalidInputError, InvalidStateError, RunNotFoundError
+from workflows.core import services
+from workflows.core.audit import Actor
+from workflows.core.errors import InvalidInputError, InvalidStateError, RunNotFoundError
 from workflows.models import RunAction, Step, StepStatus
 
 

@@ -207,7 +207,7 @@ def build(run: Run, journal: list[Step], now: datetime | None = None) -> Timelin
 
 def value_link(run_id: Any, data: Any) -> str | None:
     """The page link of a journal value stored out of row, or None if it is inline."""
-    from workflows.payloads import stored
+    from workflows.core.payloads import stored
 
     _, blob_id = stored(data)
     return f"/runs/{run_id}/values/{blob_id}/" if blob_id is not None else None

@@ -29,8 +29,8 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from workflows import access, charts, gateinfo, operations, ops, timeline
-from workflows.audit import Actor, reason_problem
-from workflows.definitions import registered_workflows
+from workflows.core.audit import Actor, reason_problem
+from workflows.core.definitions import registered_workflows
 from workflows.models import ACTIVE_RUN, Blob, Run, RunStatus, Step
 
 PAGE_SIZE = 50

@@ -38,7 +38,9 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from workflows import outbox
+from workflows.core import outbox
+from workflows.core.payloads import stored
+from workflows.core.signals import run_finished
 from workflows.models import (
     ApiKey,
     Outbox,
@@ -48,8 +50,6 @@ from workflows.models import (
     WebhookDelivery,
     WebhookStatus,
 )
-from workflows.payloads import stored
-from workflows.signals import run_finished
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ def enqueue_webhook(run: Run) -> WebhookDelivery | None:
     """Write the delivery and its outbox row. Call inside the run's terminal transaction."""
     if not run.callback_url:
         return None
-    from workflows.services import enqueue_outbox
+    from workflows.core.services import enqueue_outbox
 
     delivery = WebhookDelivery(run=run, api_key=key_for_run(run), url=run.callback_url, event=EVENT)
     delivery.payload = {

@@ -20,7 +20,7 @@ from pipelines.graph import Diagram
 from pipelines.llm import LLMTask, complete, offline
 from pipelines.registry import mark_pipeline
 from workflows import current_step, step, workflow
-from workflows.outbox import register_outbox_handler
+from workflows.core.outbox import register_outbox_handler
 
 MAX_ATTEMPTS = 5
 PASS_SCORE = 0.85
@@ -342,7 +342,7 @@ def update_ticket(
 def send_reply(ticket_id: int, to: str, subject: str, body: str) -> dict[str, Any]:
     """Queue the reply in the outbox. The key is the ticket, so a retried step (or a restarted
     run) finds the row it already wrote and the customer gets one reply."""
-    from workflows.services import enqueue_outbox
+    from workflows.core.services import enqueue_outbox
 
     scope = current_step()
     key = f"support-reply:{ticket_id}"

@@ -107,9 +107,9 @@ def error_code(response: Any) -> str:
 
 @pytest.fixture(autouse=True)
 def _fresh_pool_cache() -> Iterator[None]:
-    """workflows.pools caches pool rows for 5 s; the test database is flushed between tests,
+    """workflows.core.pools caches pool rows for 5 s; the test database is flushed between tests,
     so a cached pool must not outlive its row."""
-    from workflows.pools import clear_cache
+    from workflows.core.pools import clear_cache
 
     clear_cache()
     yield

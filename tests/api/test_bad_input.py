@@ -16,7 +16,7 @@ from reviews.models import Gate
 from tests.api.conftest import Api, Persona, error_code
 from tests.support import Bell
 from workflows import get_run, restart, start
-from workflows.errors import InvalidInputError
+from workflows.core.errors import InvalidInputError
 from workflows.models import Event, Run
 
 pytestmark = pytest.mark.django_db(transaction=True)

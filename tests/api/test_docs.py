@@ -12,7 +12,7 @@ import pytest
 from tests.api.conftest import Api, Persona
 from tests.api.receiver import receiver
 from tests.support import Bell
-from workflows.outbox import deliver_due
+from workflows.core.outbox import deliver_due
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tests.api.conftest import Api, Persona
-from workflows.definitions import get_workflow
+from workflows.core.definitions import get_workflow
 
 pytestmark = pytest.mark.django_db
 

@@ -20,8 +20,8 @@ import pytest
 from tests.api.conftest import Api, Persona
 from tests.api.receiver import receiver
 from tests.support import Bell
+from workflows.core.outbox import deliver_due
 from workflows.models import WebhookDelivery
-from workflows.outbox import deliver_due
 from workflows.webhooks import CallbackUrlError, check_callback_url, pinned_request
 
 pytestmark = pytest.mark.django_db(transaction=True)

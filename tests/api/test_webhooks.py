@@ -20,8 +20,8 @@ from tests.api.conftest import Api, Persona
 from tests.api.receiver import receiver
 from tests.support import Bell
 from workflows import cancel, start
+from workflows.core.outbox import deliver_due
 from workflows.models import Outbox, WebhookAttempt, WebhookDelivery
-from workflows.outbox import deliver_due
 from workflows.webhooks import default_secret, deliver_webhook_task, sign, verify
 
 pytestmark = pytest.mark.django_db(transaction=True)

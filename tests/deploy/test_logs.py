@@ -100,7 +100,7 @@ def settings_env(**extra: str) -> dict[str, str]:
 SCRIPT = """
 import logging, django
 django.setup()
-from workflows import instrument
+from workflows.core import instrument
 with instrument.run_scope("r-1", 4), instrument.step_scope("fetch", 9):
     logging.getLogger("workflows.executor").warning("inside %s", "a step")
 """

@@ -15,8 +15,8 @@ from django.utils import timezone
 from tests.operators.workflows import ATTEMPTS
 from tests.support import Bell
 from workflows import send_event, start
+from workflows.core.sweeper import sweep
 from workflows.models import Run, Step
-from workflows.sweeper import sweep
 
 DURATIONS = {
     "fetch_document": 1.8,

@@ -16,7 +16,7 @@ from tests.operators.conftest import People
 from tests.operators.scenes import history, pool_pressure, settle, showcase, spread
 from tests.support import Bell
 from workflows import start
-from workflows.definitions import get_workflow
+from workflows.core.definitions import get_workflow
 from workflows.models import Run
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]

@@ -11,7 +11,7 @@ from tests.operators.conftest import People
 from tests.operators.scenes import settle, showcase
 from tests.support import Bell
 from workflows import get_run, start
-from workflows.definitions import get_workflow
+from workflows.core.definitions import get_workflow
 from workflows.models import Run, Step
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -30,7 +30,7 @@ def offline(settings: Any) -> Any:
 def _fresh_pools() -> Iterator[None]:
     """Pool configurations are cached per process for a few seconds; a flushed test database
     no longer has the rows the cache remembers."""
-    from workflows import pools
+    from workflows.core import pools
 
     pools.clear_cache()
     yield

@@ -17,8 +17,8 @@ from tests.pipelines import fake_llm as fakes
 from tests.pipelines.fake_llm import FakeLLM
 from tests.support import Bell
 from workflows import get_run, start
+from workflows.core.outbox import deliver_due
 from workflows.models import Outbox, Run, Step
-from workflows.outbox import deliver_due
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 
@@ -41,7 +41,7 @@ def class_line(text: str, mark: str) -> set[str]:
 
 
 def test_every_built_in_pipeline_is_registered_with_a_valid_sample_input() -> None:
-    from workflows.services import validate_input
+    from workflows.core.services import validate_input
 
     for name in ("thread_analysis", "support_ticket", "document_batch"):
         definition = get_pipeline(name)

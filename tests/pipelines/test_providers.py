@@ -27,7 +27,7 @@ from tests.pipelines.fake_llm import FakeLLM
 from tests.pipelines.machines import PROBE, Verdict
 from tests.support import Bell
 from workflows import get_run, start
-from workflows.calls import is_retryable
+from workflows.core.calls import is_retryable
 from workflows.models import Run, Step
 
 SHAPES = ["openai-compatible", "anthropic"]

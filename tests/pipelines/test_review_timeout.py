@@ -16,7 +16,7 @@ from pipelines.registry import get_pipeline
 from reviews.models import Gate
 from tests.support import Bell
 from workflows import get_run, start
-from workflows.errors import InvalidInputError
+from workflows.core.errors import InvalidInputError
 from workflows.models import Run
 
 pytestmark = [pytest.mark.core]
@@ -85,7 +85,7 @@ def test_the_form_reads_a_number_and_a_unit() -> None:
 
 @pytest.fixture
 def starter(client: Client, monkeypatch: pytest.MonkeyPatch) -> Client:
-    monkeypatch.setattr("workflows.doorbell.send_advance", lambda *a: None)
+    monkeypatch.setattr("workflows.core.doorbell.send_advance", lambda *a: None)
     user = User.objects.create_user("starter", password="pw")
     user.user_permissions.add(Permission.objects.get(codename="start_run"))
     client.force_login(user)

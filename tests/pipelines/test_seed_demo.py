@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.core, pytest.mark.django_db]
 
 
 def test_it_starts_the_demo_runs_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("workflows.doorbell.send_advance", lambda *a: None)
+    monkeypatch.setattr("workflows.core.doorbell.send_advance", lambda *a: None)
     call_command("seed_demo", stdout=StringIO())
     call_command("seed_demo", stdout=StringIO())
     assert sorted(Run.objects.values_list("workflow", flat=True)) == [

@@ -32,7 +32,7 @@ def starter(client: Client) -> Client:
 @pytest.fixture(autouse=True)
 def _no_doorbell(monkeypatch: pytest.MonkeyPatch) -> None:
     """Runs are started, not executed, here: keep the doorbell quiet."""
-    monkeypatch.setattr("workflows.doorbell.send_advance", lambda *a: None)
+    monkeypatch.setattr("workflows.core.doorbell.send_advance", lambda *a: None)
 
 
 def form_key(html: str) -> str:

@@ -32,7 +32,7 @@ THREADS = [
 
 @pytest.fixture(autouse=True)
 def _offline_pipelines(settings: Any) -> Iterator[None]:
-    from workflows import pools
+    from workflows.core import pools
 
     settings.SLUICE_LLM_MODEL = "offline"
     settings.SLUICE_LLM_MODELS = {}

@@ -23,7 +23,7 @@ from reviews.services import (
 from tests.reviews.conftest import People, open_gate
 from tests.support import Bell
 from workflows import cancel, get_run, restart, start
-from workflows.errors import InvalidInputError, InvalidStateError
+from workflows.core.errors import InvalidInputError, InvalidStateError
 from workflows.models import Step
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]

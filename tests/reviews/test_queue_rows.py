@@ -16,7 +16,7 @@ from reviews.summary import describe_input, describe_run
 from tests.reviews.conftest import People
 from tests.support import Bell
 from workflows import start
-from workflows.definitions import get_workflow
+from workflows.core.definitions import get_workflow
 
 pytestmark = [pytest.mark.core]
 
@@ -32,7 +32,7 @@ def offline(settings: Any) -> Any:
 @pytest.fixture(autouse=True)
 def _fresh_pools() -> Iterator[None]:
     """Pool rows are cached per process; a flushed test database no longer has them."""
-    from workflows import pools
+    from workflows.core import pools
 
     pools.clear_cache()
     yield

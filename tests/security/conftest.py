@@ -21,7 +21,7 @@ def _fast_hashing_and_quiet_webhooks(settings: Any) -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def _fresh_pool_cache() -> Iterator[None]:
-    from workflows.pools import clear_cache
+    from workflows.core.pools import clear_cache
 
     clear_cache()
     yield

@@ -49,7 +49,7 @@ def test_a_reviewer_without_the_permission_sees_no_start_buttons(scene: Scene) -
 def test_a_run_started_from_the_web_gets_the_users_tenant_and_name(
     scene: Scene, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("workflows.doorbell.send_advance", lambda *a: None)
+    monkeypatch.setattr("workflows.core.doorbell.send_advance", lambda *a: None)
     alice = grant(scene.users["rev_a"], "workflows.start_run")
     c, token = csrf_client(User.objects.get(pk=alice.pk))
     html = c.get(START).content.decode()
@@ -66,7 +66,7 @@ def test_a_run_started_from_the_web_gets_the_users_tenant_and_name(
 def test_the_demo_reviewer_may_start_runs_and_see_the_demo_runs(
     db: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("workflows.doorbell.send_advance", lambda *a: None)
+    monkeypatch.setattr("workflows.core.doorbell.send_advance", lambda *a: None)
     call_command("seed_demo", stdout=StringIO())
     reviewer = User.objects.get(username="reviewer")
     assert reviewer.has_perm("workflows.start_run")

@@ -8,7 +8,7 @@ from django.test.utils import CaptureQueriesContext
 
 from tests.support import Bell
 from workflows import cancel, get_run, send_event, start
-from workflows.executor import advance_many
+from workflows.core.executor import advance_many
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 

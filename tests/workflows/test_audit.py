@@ -8,8 +8,8 @@ from django.contrib.auth.models import User
 
 from tests.support import Bell
 from workflows import cancel, get_run, restart, start
-from workflows.audit import Actor
-from workflows.errors import InvalidInputError, InvalidStateError
+from workflows.core.audit import Actor
+from workflows.core.errors import InvalidInputError, InvalidStateError
 from workflows.models import RunAudit
 
 pytestmark = pytest.mark.django_db(transaction=True)

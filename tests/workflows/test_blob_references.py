@@ -15,9 +15,9 @@ from django.utils import timezone
 import tests.workflows.blob_workflows  # noqa: F401  (registers the workflows)
 from tests.support import Bell
 from workflows import get_run, send_event, start
-from workflows.executor import advance
+from workflows.core.executor import advance
+from workflows.core.payloads import ForeignBlobError, pack, unpack
 from workflows.models import Blob, Run, Step
-from workflows.payloads import ForeignBlobError, pack, unpack
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -94,7 +94,7 @@ def test_run_input_is_never_read_as_a_reference(bell: Bell) -> None:
 
 
 def test_a_wait_default_is_never_read_as_a_reference(bell: Bell) -> None:
-    from workflows.sweeper import sweep
+    from workflows.core.sweeper import sweep
 
     blob = secret_blob(bell)
     run = start("blobs.echo_default", {"default": {"$blob": blob.pk}}, tenant="other")

@@ -63,7 +63,7 @@ def test_it_holds_the_cap_per_branch_of_a_fan_out(bell: Bell) -> None:
 
 
 def test_it_counts_branches_in_flight_as_reserved(bell: Bell) -> None:
-    from workflows.executor import budget_refusal
+    from workflows.core.executor import budget_refusal
 
     run = start("test.budget.map", {"n": 4}, max_cost=Decimal("10"))
     bell.settle()

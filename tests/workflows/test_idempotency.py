@@ -11,8 +11,8 @@ from django.db import connection, connections
 
 from tests.support import Bell
 from workflows import IdempotencyConflict, start
+from workflows.core.services import start_or_find
 from workflows.models import Run
-from workflows.services import start_or_find
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -13,12 +13,13 @@ from django.db import connections
 from django.utils import timezone
 
 from tests.support import Bell
-from workflows import leases, start
-from workflows.context import Context
-from workflows.errors import LeaseLost
-from workflows.executor import take_run
+from workflows import start
+from workflows.core import leases
+from workflows.core.context import Context
+from workflows.core.errors import LeaseLost
+from workflows.core.executor import take_run
+from workflows.core.sweeper import reclaim_runs
 from workflows.models import Run
-from workflows.sweeper import reclaim_runs
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 

@@ -10,9 +10,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from workflows.core.outbox import deliver_one, register_outbox_handler
+from workflows.core.services import enqueue_outbox
 from workflows.models import Outbox, OutboxStatus
-from workflows.outbox import deliver_one, register_outbox_handler
-from workflows.services import enqueue_outbox
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 

@@ -10,9 +10,9 @@ from django.utils import timezone
 
 from tests.support import Bell
 from workflows import get_run, start
+from workflows.core.pools import clear_cache
+from workflows.core.pools import try_acquire as _try_acquire
 from workflows.models import Pool, Step
-from workflows.pools import clear_cache
-from workflows.pools import try_acquire as _try_acquire
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 
@@ -44,8 +44,8 @@ def test_a_full_pool_keeps_steps_pending_in_order_and_hands_slots_over(bell: Bel
     assert waiting.count() == 4  # nothing over the limit ran, nothing failed
     assert not Step.objects.filter(run=run, status="failed").exists()
     # The "other" workers finish: each hands its slot to the oldest waiting step.
-    from workflows.executor import _run_claimed, complete_step
-    from workflows.usage import StepScope
+    from workflows.core.executor import _run_claimed, complete_step
+    from workflows.core.usage import StepScope
 
     first.refresh_from_db()
     oldest = list(waiting.order_by("id").values_list("pk", flat=True))
@@ -109,7 +109,7 @@ def test_fan_out_reserves_free_slots_and_rings_only_for_them(bell: Bell) -> None
 
 
 def test_a_reservation_whose_doorbell_was_lost_expires_without_counting(bell: Bell) -> None:
-    from workflows.sweeper import sweep
+    from workflows.core.sweeper import sweep
 
     Pool.objects.create(name="limited", max_concurrency=1)
     run = start("test.limited", {"n": 1})

@@ -14,7 +14,7 @@ from django.contrib.auth import get_user_model
 from tests.sample_workflows import CALLS, _count
 from tests.support import Bell
 from workflows import NonRetryableError, get_run, restart, start, step, workflow
-from workflows.audit import Actor
+from workflows.core.audit import Actor
 from workflows.models import RunAudit, Step
 from workflows.operations import retry_failed_step
 

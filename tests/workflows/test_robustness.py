@@ -10,8 +10,8 @@ from django.utils import timezone
 
 from tests.support import Bell
 from workflows import get_run, start
+from workflows.core.pools import clear_cache
 from workflows.models import Pool, Run, Step
-from workflows.pools import clear_cache
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 
@@ -29,7 +29,7 @@ def test_a_value_the_database_cannot_store_fails_the_step_cleanly(bell: Bell) ->
 def test_an_error_escaping_an_advance_lets_go_of_the_run(
     bell: Bell, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from workflows import executor
+    from workflows.core import executor
 
     run = start("test.chain", {"n": 1})
 
@@ -59,7 +59,7 @@ def test_a_rolled_back_write_keeps_the_results_it_carried(bell: Bell) -> None:
 
 
 def test_an_expired_reservation_is_not_claimed(bell: Bell) -> None:
-    from workflows.executor import claim_step
+    from workflows.core.executor import claim_step
 
     clear_cache()
     Pool.objects.create(name="limited", max_concurrency=1)
@@ -86,7 +86,7 @@ def test_a_value_nested_too_deep_to_store_is_an_input_error(bell: Bell, depth: i
     # pydantic_core gives up past ~255 levels with a plain ValueError, which start and
     # send_event let through (a 500 for their callers) instead of an InvalidInputError.
     from workflows import send_event
-    from workflows.errors import InvalidInputError
+    from workflows.core.errors import InvalidInputError
 
     with pytest.raises(InvalidInputError, match="cannot be stored as JSON"):
         start("test.event", {"note": _nested(depth)})
@@ -106,7 +106,7 @@ def test_a_lone_surrogate_is_an_input_error_not_a_database_error(bell: Bell) -> 
     # PostgreSQL's jsonb refuses "\ud800" (a DataError when the run row was inserted); a
     # character outside the BMP, sent as a surrogate pair, is fine.
     from workflows import send_event
-    from workflows.errors import InvalidInputError
+    from workflows.core.errors import InvalidInputError
 
     with pytest.raises(InvalidInputError, match="lone surrogate"):
         start("test.event", {"note": "half an emoji \ud83d"})

@@ -13,9 +13,9 @@ from django.db import connection, transaction
 from tests.support import Bell
 from tests.workflows import hooks
 from workflows import get_run, send_event, start
-from workflows.executor import advance_many
+from workflows.core.executor import advance_many
+from workflows.core.signals import run_finished
 from workflows.models import Run
-from workflows.signals import run_finished
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 

@@ -12,7 +12,7 @@ from django.utils import timezone
 from tests import sample_workflows
 from tests.support import Bell
 from workflows import get_run, start
-from workflows.definitions import RetryPolicy
+from workflows.core.definitions import RetryPolicy
 from workflows.models import Blob, Run, Step
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]

@@ -10,8 +10,8 @@ from django.utils import timezone
 
 from tests.support import Bell
 from workflows import get_run, start
+from workflows.core.sweeper import prune, sweep
 from workflows.models import Event, Run, Step
-from workflows.sweeper import prune, sweep
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 

@@ -36,8 +36,8 @@ def status_label(step: Any) -> str:
 
 @register.filter
 def journal_value(value: Any) -> Any:
-    """A journal column's value as data (an escaped dict unwrapped; see workflows.payloads)."""
-    from workflows.payloads import stored
+    """A journal column's value as data (an escaped dict unwrapped; see workflows.core.payloads)."""
+    from workflows.core.payloads import stored
 
     return stored(value)[0]
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from workflows.definitions import registered_workflows
+from workflows.core.definitions import registered_workflows
 from workflows.keys import SCOPES, ScopeError, create_api_key
 
 

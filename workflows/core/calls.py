@@ -10,8 +10,8 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
-from workflows.definitions import StepDef
-from workflows.errors import NonRetryableError, PayloadTooLargeError, StepTimeout
+from workflows.core.definitions import StepDef
+from workflows.core.errors import NonRetryableError, PayloadTooLargeError, StepTimeout
 
 TRACEBACK_LIMIT = 8000
 

@@ -59,7 +59,7 @@ def lease_until(now: datetime | None = None) -> datetime:
 
 def renew_all() -> int:
     """Push forward every lease this process holds. Returns the rows touched."""
-    from workflows.models import Run, Step
+    from workflows.core.models import Run, Step
 
     until = lease_until()
     n = 0

@@ -25,7 +25,7 @@ import pydantic
 import pydantic_core
 from django.conf import settings
 
-from workflows.errors import PayloadTooLargeError, SluiceError
+from workflows.core.errors import PayloadTooLargeError, SluiceError
 
 BLOB_KEY = "$blob"
 LITERAL_KEY = "$literal"
@@ -95,7 +95,7 @@ def pack(value: Any, run_id: Any, what: str = "value") -> tuple[Any, Any | None]
     size = check_size(data, what)
     if size <= settings.SLUICE_PAYLOAD_INLINE_LIMIT:
         return escape(data), None
-    from workflows.models import Blob
+    from workflows.core.models import Blob
 
     # A blob's text is the value itself: it is never read as a reference, so needs no escape.
     blob = Blob(run_id=run_id, data=json.dumps(data), size=size)
@@ -143,7 +143,7 @@ def unpack(data: Any, run_id: Any, *, child_step: int | None = None) -> Any:
         return data
     from django.db.models import Q
 
-    from workflows.models import Blob
+    from workflows.core.models import Blob
 
     ref = data[BLOB_KEY]
     blob = None

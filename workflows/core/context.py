@@ -32,8 +32,8 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from workflows import fastpath, instrument, leases, payloads, pools, usage
-from workflows.calls import (
+from workflows.core import fastpath, instrument, leases, payloads, pools, usage
+from workflows.core.calls import (
     call_step,
     error_dict,
     is_retryable,
@@ -41,9 +41,9 @@ from workflows.calls import (
     return_annotation,
     worker_lost,
 )
-from workflows.definitions import StepDef, as_step, resolve_step, step_path
-from workflows.doorbell import dispatch_many_on_commit, dispatch_on_commit, grace
-from workflows.errors import (
+from workflows.core.definitions import StepDef, as_step, resolve_step, step_path
+from workflows.core.doorbell import dispatch_many_on_commit, dispatch_on_commit, grace
+from workflows.core.errors import (
     BudgetExceeded,
     ChildWorkflowFailed,
     DeterminismError,
@@ -52,8 +52,8 @@ from workflows.errors import (
     StepFailed,
     Suspend,
 )
-from workflows.leases import lease_seconds, lease_until
-from workflows.models import Event, Run, RunStatus, Step, StepKind, StepStatus
+from workflows.core.leases import lease_seconds, lease_until
+from workflows.core.models import Event, Run, RunStatus, Step, StepKind, StepStatus
 
 
 def call_digest(value: Any) -> str:
@@ -133,7 +133,7 @@ class Context:
     def review_timeout(self) -> timedelta:
         """How long reviewers have to decide a gate of this run: the run's ``review_timeout``
         (``start(..., review_timeout=...)``, the API, the start form) or 24 hours."""
-        from workflows.services import DEFAULT_REVIEW_TIMEOUT
+        from workflows.core.services import DEFAULT_REVIEW_TIMEOUT
 
         return self._record.review_timeout or DEFAULT_REVIEW_TIMEOUT
 
@@ -285,7 +285,7 @@ class Context:
         """Start a child run and wait for its output. Its failure raises here."""
         pos, row = self._next(StepKind.CHILD, name)
         if row is None:
-            from workflows.services import create_run
+            from workflows.core.services import create_run
 
             now = timezone.now()
             row = self._new_row(pos, StepKind.CHILD, name, StepStatus.WAITING, started_at=now)
@@ -337,7 +337,7 @@ class Context:
         """Suspend on something a plug-in resolves (a review gate, say).
 
         ``on_open(step_row)`` runs in the transaction that writes the waiting row; the plug-in
-        later calls ``workflows.services.complete_waiting_step`` to resume the run.
+        later calls ``workflows.core.services.complete_waiting_step`` to resume the run.
         """
         pos, row = self._next(kind, name)
         if row is None:
@@ -869,7 +869,7 @@ class Context:
         elsewhere it raises ``LeaseLost``). Several runs may end in one transaction this way
         (``executor.advance_many``): each run's end and its hooks still commit together.
         """
-        from workflows.services import run_terminal_hooks
+        from workflows.core.services import run_terminal_hooks
 
         now = timezone.now()
         fields: dict[str, Any] = {

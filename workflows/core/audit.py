@@ -8,10 +8,13 @@ the actor from the request: a user, or an API key.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from workflows.errors import InvalidInputError
-from workflows.models import ApiKey, Run, RunAudit
+from workflows.core.errors import InvalidInputError
+from workflows.core.models import Run, RunAudit
+
+if TYPE_CHECKING:  # a product model; the engine only passes the row through
+    from workflows.models import ApiKey
 
 MAX_REASON = 2000
 

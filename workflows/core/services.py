@@ -16,17 +16,17 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from workflows import audit, instrument, payloads
-from workflows.audit import Actor
-from workflows.definitions import get_workflow
-from workflows.doorbell import dispatch_on_commit, grace, request_wake, ring_on_commit
-from workflows.errors import (
+from workflows.core import audit, instrument, payloads
+from workflows.core.audit import Actor
+from workflows.core.definitions import get_workflow
+from workflows.core.doorbell import dispatch_on_commit, grace, request_wake, ring_on_commit
+from workflows.core.errors import (
     IdempotencyConflict,
     InvalidInputError,
     InvalidStateError,
     RunNotFoundError,
 )
-from workflows.models import (
+from workflows.core.models import (
     ACTIVE_RUN,
     TERMINAL_RUN,
     Event,
@@ -38,7 +38,7 @@ from workflows.models import (
     StepKind,
     StepStatus,
 )
-from workflows.signals import run_finished
+from workflows.core.signals import run_finished
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from django.db import connection
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
-from workflows.models import Run, Step
+from workflows.core.models import Run, Step
 
 # The step columns a checkpoint writes (the ORM path in context.py writes the same ones).
 CHECKPOINT_FIELDS = [

@@ -25,12 +25,12 @@ from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from workflows import instrument
-from workflows.calls import worker_lost
-from workflows.doorbell import dispatch_on_commit, grace, request_wake, ring_on_commit
-from workflows.executor import step_finished
-from workflows.models import ACTIVE_RUN, TERMINAL_RUN, Run, RunStatus, Step, StepStatus
-from workflows.pools import RESERVED
+from workflows.core import instrument
+from workflows.core.calls import worker_lost
+from workflows.core.doorbell import dispatch_on_commit, grace, request_wake, ring_on_commit
+from workflows.core.executor import step_finished
+from workflows.core.models import ACTIVE_RUN, TERMINAL_RUN, Run, RunStatus, Step, StepStatus
+from workflows.core.pools import RESERVED
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ def ring_lost(now: Any) -> int:
 
 
 def _send_chunks(chunks: list[list[tuple[Any, int]]]) -> None:
-    from workflows import doorbell
+    from workflows.core import doorbell
 
     for chunk in chunks:
         if len(chunk) == 1:

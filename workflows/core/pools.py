@@ -17,7 +17,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 
-from workflows.models import Pool, Step, StepStatus
+from workflows.core.models import Pool, Step, StepStatus
 
 _cache: dict[str, tuple[float, PoolConfig]] = {}
 # The lease owner of a slot reserved for a branch at fan-out, before a worker picks it up.

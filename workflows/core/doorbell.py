@@ -14,7 +14,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from workflows.models import ACTIVE_RUN, Run
+from workflows.core.models import ACTIVE_RUN, Run
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def grace() -> timedelta:
 
 
 def send_advance(run_id: Any, generation: int) -> None:
-    from workflows.tasks import advance
+    from workflows.core.tasks import advance
 
     try:
         advance.apply_async((str(run_id), generation), queue="default")
@@ -34,7 +34,7 @@ def send_advance(run_id: Any, generation: int) -> None:
 
 def send_advance_many(items: list[tuple[Any, int]]) -> None:
     """One doorbell for a burst of runs (``workflows.advance_many``)."""
-    from workflows.tasks import advance_many
+    from workflows.core.tasks import advance_many
 
     try:
         advance_many.apply_async(([[str(pk), gen] for pk, gen in items],), queue="default")
@@ -43,7 +43,7 @@ def send_advance_many(items: list[tuple[Any, int]]) -> None:
 
 
 def send_step(step_id: int, queue: str) -> None:
-    from workflows.tasks import execute_step
+    from workflows.core.tasks import execute_step
 
     try:
         execute_step.apply_async((step_id,), queue=queue)
@@ -53,7 +53,7 @@ def send_step(step_id: int, queue: str) -> None:
 
 def send_steps(items: list[tuple[int, str]]) -> None:
     """Dispatch many steps over one broker connection (a fan-out's first branches)."""
-    from workflows.tasks import execute_step
+    from workflows.core.tasks import execute_step
 
     try:
         with execute_step.app.producer_or_acquire() as producer:
@@ -64,7 +64,7 @@ def send_steps(items: list[tuple[int, str]]) -> None:
 
 
 def dispatch_many_on_commit(rows: list[Any]) -> None:
-    from workflows.pools import queue_for
+    from workflows.core.pools import queue_for
 
     items = [(row.pk, queue_for(row.pool)) for row in rows]
     if items:
@@ -76,7 +76,7 @@ def ring_on_commit(run_id: Any, generation: int) -> None:
 
 
 def dispatch_on_commit(step_id: int, pool: str) -> None:
-    from workflows.pools import queue_for
+    from workflows.core.pools import queue_for
 
     queue = queue_for(pool)
     transaction.on_commit(lambda: send_step(step_id, queue))

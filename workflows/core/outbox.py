@@ -16,7 +16,7 @@ from typing import Any
 from django.db.models import Q
 from django.utils import timezone
 
-from workflows.models import Outbox, OutboxStatus
+from workflows.core.models import Outbox, OutboxStatus
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pydantic
 
-from workflows.errors import UnknownWorkflowError
+from workflows.core.errors import UnknownWorkflowError
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Advancing runs and executing branch steps: what a worker does when a doorbell rings.
 
 ``advance(run_id, generation)`` takes the run lease by compare-and-swap, loads the journal in
-one query and replays the handler (see ``workflows.context``). ``execute_step(step_id)`` claims
+one query and replays the handler (see ``workflows.core.context``). ``execute_step(step_id)`` claims
 one queued step (a fan-out branch, or a step that waited for room in its pool), runs it, and
 records the outcome; the branch that finishes a group rings for the run, once.
 """
@@ -19,12 +19,12 @@ from django.db import connection, transaction
 from django.db.models import Avg, Count, F, Q
 from django.utils import timezone
 
-from workflows import instrument, payloads, pools, usage
-from workflows.calls import call_step, error_dict, is_retryable, retry_after
-from workflows.context import Context
-from workflows.definitions import get_workflow, resolve_step
-from workflows.doorbell import dispatch_on_commit, grace, request_wake
-from workflows.errors import (
+from workflows.core import instrument, payloads, pools, usage
+from workflows.core.calls import call_step, error_dict, is_retryable, retry_after
+from workflows.core.context import Context
+from workflows.core.definitions import get_workflow, resolve_step
+from workflows.core.doorbell import dispatch_on_commit, grace, request_wake
+from workflows.core.errors import (
     BranchBudgetExceeded,
     BudgetExceeded,
     DeterminismError,
@@ -32,7 +32,7 @@ from workflows.errors import (
     PayloadTooLargeError,
     Suspend,
 )
-from workflows.leases import (
+from workflows.core.leases import (
     drop,
     drop_run,
     ensure_heartbeat,
@@ -41,8 +41,8 @@ from workflows.leases import (
     lease_until,
     owner_id,
 )
-from workflows.models import ACTIVE_RUN, Run, RunStatus, Step, StepStatus
-from workflows.services import handler_kwargs
+from workflows.core.models import ACTIVE_RUN, Run, RunStatus, Step, StepStatus
+from workflows.core.services import handler_kwargs
 
 log = logging.getLogger(__name__)
 
