@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("workflows", "0007_run_review_timeout"),
+        ("workflows", "0008_fork_and_patch_markers"),
     ]
 
     operations = [
