@@ -138,6 +138,7 @@ class Command(DevCommand):
             return
         import psycopg
         from psycopg import sql
+        from psycopg.conninfo import make_conninfo
 
         params = {
             "host": db.get("HOST") or "127.0.0.1",
@@ -146,9 +147,9 @@ class Command(DevCommand):
             "password": db.get("PASSWORD") or None,
             "dbname": "postgres",
             "connect_timeout": 5,
-            "autocommit": True,
         }
-        with psycopg.connect(**{k: v for k, v in params.items() if v is not None}) as conn:
+        conninfo = make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
+        with psycopg.connect(conninfo, autocommit=True) as conn:
             exists = conn.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]]
             ).fetchone()
