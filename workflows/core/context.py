@@ -829,7 +829,6 @@ class Context:
         self._record_usage(row, scope)
         row.status = StepStatus.SUCCEEDED
         self._emit_step(sd, row, scope, started)
-        row.status = StepStatus.SUCCEEDED
         row.result = data
         row.error = None
         row.finished_at = timezone.now()
