@@ -169,6 +169,8 @@ class Case:
 
 # --- the expectation table: pages ---------------------------------------------------------------
 
+METRICS_TOKEN = "matrix-metrics-token"
+
 # Keyed by the URL pattern as the URLconf spells it (includes joined).
 PAGES: dict[str, list[Case]] = {
     "": [Case("GET", "/", everyone(Redirect("/reviews/")))],
@@ -375,6 +377,17 @@ PAGES: dict[str, list[Case]] = {
     ],
     # The ops overview covers every tenant: staff only.
     "ops/": [Case("GET", "/ops/", web(LOGIN, 403, 403, 403, 403, 200, 200))],
+    # Probes: open to everyone (load balancers, orchestrators), they show no secret
+    # (tests/deploy/test_probes.py). Here no beat has swept and no worker answers: not ready.
+    "healthz": [Case("GET", "/healthz", everyone(200)), Case("POST", "/healthz", everyone(405))],
+    "readyz": [Case("GET", "/readyz", everyone(503))],
+    # Prometheus: the metrics token (matrix_scene sets one), never a login or an API key.
+    "metrics": [
+        Case("GET", "/metrics", everyone(401)),
+        Case(
+            "GET", "/metrics", everyone(200), headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+        ),
+    ],
 }
 
 
@@ -829,6 +842,8 @@ def matrix_scene(scene: Scene, settings: Any, monkeypatch: pytest.MonkeyPatch) -
     settings.SLUICE_SSE_MAX_SECONDS = 0
     # Count 127.0.0.1 webhooks as fine: a globex run here has none, but a started one may.
     settings.SLUICE_WEBHOOK_ALLOW_PRIVATE = True
+    settings.SLUICE_METRICS_TOKEN = METRICS_TOKEN
+    settings.SLUICE_METRICS_ALLOW = []
     run_a = scene.runs["run_a"]
     Event.objects.create(run=run_a, name="note", payload={"x": 1})
     Outbox.objects.create(run=run_a, kind="webhook", key=f"matrix:{run_a.pk}", payload={})

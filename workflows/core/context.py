@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random as _random
+import time
 import uuid as _uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -31,7 +32,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from workflows.core import fastpath, leases, payloads, pools, usage
+from workflows.core import fastpath, instrument, leases, payloads, pools, usage
 from workflows.core.calls import (
     call_step,
     error_dict,
@@ -812,16 +813,22 @@ class Context:
     def _call(self, sd: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any], row: Step) -> Any:
         scope = usage.StepScope(step_id=row.pk, run_id=self._record.pk, attempt=row.attempt)
         token = usage.enter(scope)
+        started = time.perf_counter()
         try:
-            value = call_step(sd, args, kwargs)
-            data = self._pack(value, f"result of {sd.name}")
+            with instrument.step_scope(sd.name, row.pk):
+                value = call_step(sd, args, kwargs)
+                data = self._pack(value, f"result of {sd.name}")
         except Exception as exc:
             usage.leave(token)
             self._record_usage(row, scope)
-            return self._failed_attempt(sd, row, exc)
+            try:
+                return self._failed_attempt(sd, row, exc)
+            finally:
+                self._emit_step(sd, row, scope, started)
         usage.leave(token)
         self._record_usage(row, scope)
         row.status = StepStatus.SUCCEEDED
+        self._emit_step(sd, row, scope, started)
         row.result = data
         row.error = None
         row.finished_at = timezone.now()
@@ -829,6 +836,16 @@ class Context:
         row.lease_expires_at = None
         self._dirty.append(row)
         return payloads.revive(payloads.unpack(data, self.run_id), return_annotation(sd))
+
+    def _emit_step(self, sd: StepDef, row: Step, scope: usage.StepScope, started: float) -> None:
+        instrument.emit(
+            "step_finished",
+            pool=sd.pool,
+            seconds=time.perf_counter() - started,
+            outcome=str(row.status),
+            usage=scope.usage,
+            cost=scope.cost,
+        )
 
     def _record_usage(self, row: Step, scope: usage.StepScope) -> None:
         if scope.usage:

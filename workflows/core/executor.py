@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -18,7 +19,7 @@ from django.db import connection, transaction
 from django.db.models import Avg, Count, F, Q
 from django.utils import timezone
 
-from workflows.core import compensation, payloads, pools, usage
+from workflows.core import compensation, instrument, payloads, pools, usage
 from workflows.core.calls import call_step, error_dict, is_retryable, retry_after
 from workflows.core.context import Context
 from workflows.core.definitions import resolve_step, workflow_for_run
@@ -85,6 +86,11 @@ def take_run(run_id: Any, generation: int, owner: str) -> Run | None:
 
 def advance(run_id: Any, generation: int) -> str:
     """Advance one run as far as it goes. Returns what happened (for logs and tests)."""
+    with instrument.run_scope(run_id, generation):
+        return _advance(run_id, generation)
+
+
+def _advance(run_id: Any, generation: int) -> str:
     owner = owner_id()
     outcome = "skipped"
     for _ in range(MAX_REPLAYS_PER_MESSAGE):
@@ -248,7 +254,8 @@ def _advance_taken(runs: list[Run], owner: str) -> dict[str, int]:
             again.append(run)  # Its undos run one run at a time, in ``advance``.
             continue
         ctx = Context(run, journals[run.pk], owner)
-        outcome, value = _run_handler(ctx, run)
+        with instrument.run_scope(run.pk, run.generation):
+            outcome, value = _run_handler(ctx, run)
         if outcome == "suspend":
             try:
                 outcome = "suspended" if ctx.suspend() else "woken"
@@ -384,11 +391,17 @@ def execute_step(step_id: int) -> int:
 
 
 def _run_claimed(row: Step, owner: str, woke: list[Any] | None = None) -> Step | None:
+    with instrument.step_scope(row.name, row.pk, row.run_id, row.generation):
+        return _run_claimed_step(row, owner, woke)
+
+
+def _run_claimed_step(row: Step, owner: str, woke: list[Any] | None) -> Step | None:
     scope = usage.StepScope(step_id=row.pk, run_id=row.run_id, attempt=row.attempt)
     token = usage.enter(scope)
     exc: Exception | None = None
     data: Any = None
     sd = None
+    started = time.perf_counter()
     try:
         sd = resolve_step(row.target)
         call = payloads.unpack(row.args, row.run_id) or {}
@@ -405,7 +418,26 @@ def _run_claimed(row: Step, owner: str, woke: list[Any] | None = None) -> Step |
         exc = e
     finally:
         usage.leave(token)
-    return complete_step(row, owner, data, exc, scope, sd, woke)
+    seconds = time.perf_counter() - started
+    handed = complete_step(row, owner, data, exc, scope, sd, woke)
+    instrument.emit(
+        "step_finished",
+        pool=row.pool,
+        seconds=seconds,
+        outcome=_outcome(row, exc),
+        usage=scope.usage,
+        cost=scope.cost,
+    )
+    return handed
+
+
+def _outcome(row: Step, exc: Exception | None) -> str:
+    """What ``complete_step`` made of an attempt (for instrumentation)."""
+    if exc is None:
+        return str(StepStatus.SUCCEEDED)
+    if is_retryable(exc) and row.attempt < row.max_attempts:
+        return str(StepStatus.RETRYING)
+    return str(StepStatus.FAILED)
 
 
 def budget_refusal(row: Step) -> str:

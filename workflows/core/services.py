@@ -16,7 +16,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from workflows.core import audit, compensation, payloads
+from workflows.core import audit, compensation, instrument, payloads
 from workflows.core.audit import Actor
 from workflows.core.definitions import get_workflow, workflow_for_run
 from workflows.core.doorbell import dispatch_on_commit, grace, request_wake, ring_on_commit
@@ -397,6 +397,7 @@ def run_terminal_hooks(run: Run) -> None:
             Run.objects.filter(pk=run.pk).update(error=err)
             run.error = err
     run_finished.send(sender=Run, run=run)
+    instrument.emit("run_finished", status=str(run.status), workflow=run.workflow)
     if run.parent_step_id:
         if run.status == RunStatus.SUCCEEDED:
             # The output as the child stored it (inline, or the child's blob reference): the

@@ -25,6 +25,7 @@ from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from workflows.core import instrument
 from workflows.core.calls import worker_lost
 from workflows.core.doorbell import dispatch_on_commit, grace, request_wake, ring_on_commit
 from workflows.core.executor import step_finished
@@ -242,13 +243,16 @@ def _send_chunks(chunks: list[list[tuple[Any, int]]]) -> None:
 
 def sweep() -> dict[str, int]:
     now = timezone.now()
-    return {
+    result = {
         "timers": fire_timers(now),
         "retries": retry_due(now),
         "steps_reclaimed": reclaim_steps(now),
         "runs_reclaimed": reclaim_runs(now),
         "rung": ring_lost(now),
     }
+    # Metrics count re-rung doorbells and reclaimed leases; /readyz reads the last pass.
+    instrument.emit("sweep_finished", result=result, at=now)
+    return result
 
 
 def prune(now: Any = None) -> int:
