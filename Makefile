@@ -6,7 +6,7 @@
 #                answer), then the engine's core suite once more on SQLite
 #   make test-long  the fuzzers (HTML forms, schemathesis) with 300 examples per test
 #   make bench   install the peers (the `bench` extra) and run bench/run.py
-#   make lint    ruff + mypy
+#   make lint    ruff, ruff format --check, mypy and the core's import contract (lint-imports)
 #
 # Each recipe runs as one bash script (.ONESHELL) with -euo pipefail.
 
@@ -204,6 +204,8 @@ lint: install-test
 	$(PY) -m ruff format --check .
 	echo "+ mypy config workflows pipelines reviews"
 	$(PY) -m mypy config workflows pipelines reviews
+	echo "+ lint-imports (the engine core imports no product module; see pyproject.toml)"
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	@rm -rf $(VAR)/test-services $(VAR)/test-sqlite $(VAR)/test-core $(VAR)/requirements-*.txt

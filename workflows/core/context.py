@@ -53,6 +53,7 @@ from workflows.core.errors import (
 )
 from workflows.core.leases import lease_seconds, lease_until
 from workflows.core.models import Event, Run, RunStatus, Step, StepKind, StepStatus
+from workflows.core.services import DEFAULT_REVIEW_TIMEOUT, create_run, run_terminal_hooks
 
 
 def call_digest(value: Any) -> str:
@@ -132,7 +133,6 @@ class Context:
     def review_timeout(self) -> timedelta:
         """How long reviewers have to decide a gate of this run: the run's ``review_timeout``
         (``start(..., review_timeout=...)``, the API, the start form) or 24 hours."""
-        from workflows.core.services import DEFAULT_REVIEW_TIMEOUT
 
         return self._record.review_timeout or DEFAULT_REVIEW_TIMEOUT
 
@@ -284,8 +284,6 @@ class Context:
         """Start a child run and wait for its output. Its failure raises here."""
         pos, row = self._next(StepKind.CHILD, name)
         if row is None:
-            from workflows.core.services import create_run
-
             now = timezone.now()
             row = self._new_row(pos, StepKind.CHILD, name, StepStatus.WAITING, started_at=now)
             with self._writing():
@@ -851,7 +849,6 @@ class Context:
         elsewhere it raises ``LeaseLost``). Several runs may end in one transaction this way
         (``executor.advance_many``): each run's end and its hooks still commit together.
         """
-        from workflows.core.services import run_terminal_hooks
 
         now = timezone.now()
         fields: dict[str, Any] = {

@@ -10,6 +10,7 @@ import functools
 import importlib
 import inspect
 import random
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,8 +95,6 @@ def _input_model_for(fn: Callable[..., Any], name: str) -> type[pydantic.BaseMod
 
 def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
     try:
-        import typing
-
         return typing.get_type_hints(fn)
     except Exception:
         return {}

@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import pydantic
+from django.conf import settings
 from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -131,8 +132,6 @@ def create_run(
     review_timeout: Any = None,
 ) -> Run:
     """Insert a pending run and ring for it on commit. Call inside a transaction."""
-    from django.conf import settings
-
     wf = get_workflow(workflow)
     data = validate_input(workflow, input)
     review_timeout = parse_review_timeout(review_timeout)

@@ -25,6 +25,7 @@ from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from workflows.core import doorbell
 from workflows.core.calls import worker_lost
 from workflows.core.doorbell import dispatch_on_commit, grace, request_wake, ring_on_commit
 from workflows.core.executor import step_finished
@@ -217,8 +218,6 @@ def ring_lost(now: Any) -> int:
 
 
 def _send_chunks(chunks: list[list[tuple[Any, int]]]) -> None:
-    from workflows.core import doorbell
-
     for chunk in chunks:
         if len(chunk) == 1:
             doorbell.send_advance(*chunk[0])
