@@ -28,10 +28,9 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
-from workflows.core import fastpath, leases, payloads, pools, usage
+from workflows.core import leases, payloads, pools, transitions, usage
 from workflows.core.calls import (
     call_step,
     error_dict,
@@ -52,8 +51,9 @@ from workflows.core.errors import (
     Suspend,
 )
 from workflows.core.leases import lease_seconds, lease_until
-from workflows.core.models import Event, Run, RunStatus, Step, StepKind, StepStatus
+from workflows.core.models import Event, Run, Step, StepKind, StepStatus
 from workflows.core.services import DEFAULT_REVIEW_TIMEOUT, create_run, run_terminal_hooks
+from workflows.core.storage import storage
 
 
 def call_digest(value: Any) -> str:
@@ -266,9 +266,7 @@ class Context:
                     .order_by("id")
                     .first()
                 )
-                if event is not None and Event.objects.filter(
-                    pk=event.pk, consumed_by__isnull=True
-                ).update(consumed_by=row):
+                if event is not None and transitions.consume_event(event.pk, row):
                     row.status = StepStatus.SUCCEEDED
                     row.result = event.payload
                     row.finished_at = now
@@ -437,24 +435,23 @@ class Context:
         fields: dict[str, Any] = {"lease_expires_at": lease_until(now), **run_fields}
         if self._current:
             fields.setdefault("current_step", self._current[:200])
-        if self._cost:
-            fields["cost"] = F("cost") + self._cost
         # The run row first: it fences (a cancel or restart bumped the generation) and it locks
         # the run for the rest of the transaction.
-        n = Run.objects.filter(
-            pk=self._record.pk, lease_owner=self.owner, generation=self.generation
-        ).update(**fields)
-        if n != 1:
+        if not transitions.checkpoint(
+            self._record.pk,
+            self.owner,
+            self.generation,
+            fields=fields,
+            cost=self._cost,
+            dirty=self._dirty,
+            inserts=self._inserts,
+        ):
             raise LeaseLost
         self._lease_renewed = now
         self._shown_step = fields.get("current_step", self._shown_step)
         self._cost = Decimal(0)
-        for row in self._dirty:
-            row.save(update_fields=fastpath.CHECKPOINT_FIELDS)
         self._dirty.clear()
-        if self._inserts:
-            Step.objects.bulk_create(self._inserts)
-            self._inserts.clear()
+        self._inserts.clear()
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
@@ -513,7 +510,7 @@ class Context:
                     "module-level function (a queued step runs in another process)"
                 ) from None
         attempt = (row.attempt if row is not None else 0) + 1
-        if row is None and not conf.is_limited and not self._inserts and fastpath.available():
+        if row is None and not conf.is_limited and not self._inserts:
             row = self._new_row(
                 pos,
                 StepKind.STEP,
@@ -532,15 +529,20 @@ class Context:
             renew = self._lease_renewed is None or (now - self._lease_renewed).total_seconds() > (
                 lease_seconds() / 3
             )
-            ok, row.pk = fastpath.checkpoint(
-                run_id=self._record.pk,
-                owner=self.owner,
-                generation=self.generation,
-                lease_expires_at=lease_until(now) if renew else None,
-                current_step=sd.name[:200] if sd.name != self._shown_step else None,
+            fields: dict[str, Any] = {}
+            if renew:
+                fields["lease_expires_at"] = lease_until(now)
+            if sd.name != self._shown_step:
+                fields["current_step"] = sd.name[:200]
+            # One commit: the previous results, this step "running, attempt 1", the lease.
+            ok = transitions.checkpoint(
+                self._record.pk,
+                self.owner,
+                self.generation,
+                fields=fields,
                 cost=self._cost,
                 dirty=self._dirty,
-                new_row=row,
+                inserts=[row],
             )
             if renew:
                 self._lease_renewed = now
@@ -572,14 +574,12 @@ class Context:
                     )
                     row.save()
                 else:
-                    Step.objects.filter(pk=row.pk, status=row.status).update(
-                        status=StepStatus.PENDING, wake_at=wake, target=target, args=packed_args
-                    )
+                    transitions.queue(row, wake_at=wake, target=target, args=packed_args)
                 dispatch_on_commit(row.pk, sd.pool)
                 queued = True
             else:
                 queued = False
-                fields: dict[str, Any] = {
+                fields = {
                     "status": StepStatus.RUNNING,
                     "attempt": attempt,
                     "lease_owner": self.owner,
@@ -603,10 +603,7 @@ class Context:
                     )
                     row.save()
                 else:
-                    n = Step.objects.filter(
-                        pk=row.pk, status=row.status, attempt=row.attempt
-                    ).update(**fields, args=packed_args)
-                    if n != 1:
+                    if not transitions.claim_inline(row, {**fields, "args": packed_args}):
                         queued = True  # Someone else claimed it meanwhile; wait for them.
                     for key, value in fields.items():
                         setattr(row, key, value)
@@ -782,7 +779,7 @@ class Context:
                         ring += rows[:free]
                     else:
                         ring += rows
-                fastpath.insert_steps(branches)
+                storage().insert_steps(branches)
                 dispatch_many_on_commit(ring)
             raise Suspend
         if group.status == StepStatus.WAITING:
@@ -818,19 +815,10 @@ class Context:
         """Write what is buffered and park the run. False when it was woken meanwhile."""
         with self._writing():
             self._flush()
-            n = Run.objects.filter(
-                pk=self._record.pk,
-                lease_owner=self.owner,
-                generation=self.generation,
-                wake_requested_at__isnull=True,
-            ).update(status=RunStatus.SUSPENDED, lease_owner="", lease_expires_at=None)
-            if n == 0:
-                # Something made the run runnable while we replayed: let go of the lease so
-                # the caller takes it again and replays once more.
-                Run.objects.filter(
-                    pk=self._record.pk, lease_owner=self.owner, generation=self.generation
-                ).update(lease_owner="", lease_expires_at=None)
-        return n == 1
+            # False when something made the run runnable while we replayed: the lease is let
+            # go so the caller takes it again and replays once more.
+            parked = transitions.suspend(self._record.pk, self.owner, self.generation)
+        return parked
 
     def finish(
         self, status: str, *, output: Any = None, error: dict[str, Any] | None = None
@@ -861,27 +849,10 @@ class Context:
             "wake_requested_at": None,
         }
         cost = self._cost
-        if fastpath.available() and not self._inserts:
-            ok, _ = fastpath.checkpoint(
-                run_id=self._record.pk,
-                owner=self.owner,
-                generation=self.generation,
-                lease_expires_at=None,
-                current_step=self._current[:200] or None,
-                cost=cost,
-                dirty=self._dirty,
-                new_row=None,
-                run_fields=fields,
-            )
-            if not ok:
-                return False
-            self._dirty.clear()
-            self._cost = Decimal(0)
-        else:
-            try:
-                self._flush(**fields)
-            except LeaseLost:  # raised by the run's compare-and-swap, before any write
-                return False
+        try:
+            self._flush(**fields)
+        except LeaseLost:  # the run's compare-and-swap failed: nothing was written
+            return False
         # What we wrote is what the row now holds: no need to read it back.
         for key, value in fields.items():
             setattr(self._record, key, value)

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from workflows.core.models import ACTIVE_RUN, Run
+from workflows.core import transitions
 from workflows.core.pools import queue_for
 
 # The doorbell names its tasks instead of importing them: ``workflows.core.tasks`` imports the
@@ -87,9 +87,7 @@ def request_wake(run_id: Any, now: datetime | None = None) -> bool:
     the mark makes it replay again instead of suspending, so no wake-up is lost.
     """
     now = now or timezone.now()
-    n = Run.objects.filter(pk=run_id, status__in=ACTIVE_RUN).update(wake_requested_at=now)
-    if n:
-        generation = Run.objects.filter(pk=run_id).values_list("generation", flat=True).first()
-        if generation is not None:
-            ring_on_commit(run_id, generation)
-    return bool(n)
+    generation = transitions.mark_runnable(run_id, now)
+    if generation is not None:
+        ring_on_commit(run_id, generation)
+    return generation is not None

@@ -8,17 +8,16 @@ records the outcome; the branch that finishes a group rings for the run, once.
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Avg, Count, F, Q
 from django.utils import timezone
 
-from workflows.core import payloads, pools, usage
+from workflows.core import payloads, pools, transitions, usage
 from workflows.core.calls import call_step, error_dict, is_retryable, retry_after
 from workflows.core.context import Context
 from workflows.core.definitions import get_workflow, resolve_step
@@ -37,7 +36,6 @@ from workflows.core.leases import (
     ensure_heartbeat,
     hold,
     hold_run,
-    lease_until,
     owner_id,
 )
 from workflows.core.models import ACTIVE_RUN, Run, RunStatus, Step, StepStatus
@@ -49,23 +47,8 @@ MAX_REPLAYS_PER_MESSAGE = 50
 
 
 def take_run(run_id: Any, generation: int, owner: str) -> Run | None:
-    """Compare-and-swap the run lease to ``owner`` if it is free (or expired).
-
-    Returns the run as updated (one statement: UPDATE … RETURNING), or None.
-    """
-    now = timezone.now()
-    table = Run._meta.db_table
-    active = ", ".join(["%s"] * len(ACTIVE_RUN))
-    sql = (
-        f"UPDATE {table} SET status = %s, lease_owner = %s, lease_expires_at = %s, "
-        "wake_requested_at = NULL, started_at = COALESCE(started_at, %s) "
-        f"WHERE id = %s AND generation = %s AND status IN ({active}) "
-        "AND (lease_owner = '' OR lease_expires_at < %s) RETURNING *"
-    )
-    pk = Run._meta.pk.get_db_prep_value(run_id, connection)  # type: ignore[union-attr]
-    params = [RunStatus.RUNNING, owner, lease_until(now), now, pk, generation, *ACTIVE_RUN, now]
-    rows = list(Run.objects.raw(sql, params))
-    return rows[0] if rows else None
+    """Compare-and-swap the run lease to ``owner`` if it is free (or expired); the run."""
+    return transitions.take(run_id, generation, owner, timezone.now())
 
 
 def advance(run_id: Any, generation: int) -> str:
@@ -106,9 +89,7 @@ def let_go(run: Run, owner: str) -> None:
     run is not held by a worker that is no longer advancing it; the sweep rings again after
     the doorbell grace. Best effort: if even this fails, the lease simply expires."""
     try:
-        Run.objects.filter(
-            pk=run.pk, lease_owner=owner, generation=run.generation, status=RunStatus.RUNNING
-        ).update(lease_owner="", lease_expires_at=None, wake_requested_at=timezone.now())
+        transitions.release(run.pk, owner, run.generation, timezone.now())
     except Exception:
         log.exception("could not release run %s after an error", run.pk)
 
@@ -162,25 +143,7 @@ def _end(ctx: Context, outcome: str, value: Any) -> None:
 
 def take_runs(items: list[tuple[Any, int]], owner: str) -> list[Run]:
     """``take_run`` for many runs in one statement; returns the runs taken."""
-    if not items:
-        return []
-    now = timezone.now()
-    table = Run._meta.db_table
-    pk_field = Run._meta.pk
-    assert pk_field is not None
-    pairs = ", ".join(["(%s, %s)"] * len(items))
-    active = ", ".join(["%s"] * len(ACTIVE_RUN))
-    params: list[Any] = [RunStatus.RUNNING, owner, lease_until(now), now]
-    for run_id, generation in items:
-        params += [pk_field.get_db_prep_value(run_id, connection), generation]
-    params += [*ACTIVE_RUN, now]
-    sql = (
-        f"UPDATE {table} SET status = %s, lease_owner = %s, lease_expires_at = %s, "
-        "wake_requested_at = NULL, started_at = COALESCE(started_at, %s) "
-        f"WHERE (id, generation) IN ({pairs}) AND status IN ({active}) "
-        "AND (lease_owner = '' OR lease_expires_at < %s) RETURNING *"
-    )
-    return list(Run.objects.raw(sql, params))
+    return transitions.take_many(items, owner, timezone.now())
 
 
 def advance_many(items: list[tuple[Any, int]]) -> dict[str, int]:
@@ -278,32 +241,10 @@ def claim_step(step_id: int, owner: str) -> Step | None:
     now = timezone.now()
     # A branch whose slot was reserved when it was fanned out needs no pool lock: one
     # compare-and-swap from the reserved owner, returning the row.
-    table = Step._meta.db_table
-    run_table = Run._meta.db_table
-    active = ", ".join(["%s"] * len(ACTIVE_RUN))
-    reserved = list(
-        Step.objects.raw(
-            f"UPDATE {table} SET attempt = attempt + 1, lease_owner = %s, lease_expires_at = %s, "
-            "started_at = %s WHERE id = %s AND status = %s AND lease_owner = %s "
-            "AND lease_expires_at > %s "
-            f"AND superseded = %s AND run_id IN (SELECT id FROM {run_table} "
-            f"WHERE status IN ({active})) RETURNING *",
-            [
-                owner,
-                lease_until(now),
-                now,
-                step_id,
-                StepStatus.RUNNING,
-                pools.RESERVED,
-                now,
-                False,
-                *ACTIVE_RUN,
-            ],
-        )
-    )
-    if reserved:
+    reserved = transitions.claim_reserved(step_id, owner, now)
+    if reserved is not None:
         hold(step_id)
-        return reserved[0]
+        return reserved
     with transaction.atomic():
         row = (
             Step.objects.filter(pk=step_id, status=StepStatus.PENDING, held=False, superseded=False)
@@ -316,19 +257,9 @@ def claim_step(step_id: int, owner: str) -> Step | None:
         if capacity is False:
             return None  # The pool is full; a finishing step hands its slot over.
         if isinstance(capacity, datetime):
-            Step.objects.filter(pk=row.pk, status=StepStatus.PENDING).update(wake_at=capacity)
+            transitions.defer(row.pk, capacity)
             return None
-        n = Step.objects.filter(
-            pk=row.pk, status=StepStatus.PENDING, held=False, superseded=False
-        ).update(
-            status=StepStatus.RUNNING,
-            attempt=F("attempt") + 1,
-            lease_owner=owner,
-            lease_expires_at=lease_until(now),
-            started_at=now,
-            wake_at=None,
-        )
-        if n != 1:
+        if not transitions.claim(row.pk, owner, now):
             return None
     row.status = StepStatus.RUNNING
     row.attempt += 1
@@ -440,13 +371,6 @@ def complete_step(
     """
     now = timezone.now()
     drop(row.pk)
-    fence = Step.objects.filter(
-        pk=row.pk,
-        status=StepStatus.RUNNING,
-        lease_owner=owner,
-        attempt=row.attempt,
-        superseded=False,
-    )
     common: dict[str, Any] = {"finished_at": now, "lease_owner": "", "lease_expires_at": None}
     if scope.usage:
         common["usage"] = usage.merge(row.usage, scope.usage)
@@ -454,7 +378,11 @@ def complete_step(
         common["cost"] = F("cost") + scope.cost  # over all attempts, like the run's cost
     with transaction.atomic():
         if exc is None:
-            n = fence.update(status=StepStatus.SUCCEEDED, result=data, error=None, **common)
+            n = transitions.complete(
+                row,
+                owner,
+                {"status": StepStatus.SUCCEEDED, "result": data, "error": None, **common},
+            )
             terminal = True
         else:
             err = error_dict(exc, attempt=row.attempt)
@@ -462,42 +390,29 @@ def complete_step(
                 policy = sd.retry if sd is not None else None
                 delay = policy.backoff(row.attempt) if policy else 1.0
                 delay = max(delay, retry_after(exc) or 0.0)
-                n = fence.update(
-                    status=StepStatus.RETRYING,
-                    error=err,
-                    wake_at=now + timedelta(seconds=delay),
-                    **common,
+                n = transitions.complete(
+                    row,
+                    owner,
+                    {
+                        "status": StepStatus.RETRYING,
+                        "error": err,
+                        "wake_at": now + timedelta(seconds=delay),
+                        **common,
+                    },
                 )
                 terminal = False
             else:
-                n = fence.update(status=StepStatus.FAILED, error=err, **common)
+                n = transitions.complete(
+                    row, owner, {"status": StepStatus.FAILED, "error": err, **common}
+                )
                 terminal = True
-        if n != 1:
+        if not n:
             return None
         if scope.cost:
             Run.objects.filter(pk=row.run_id).update(cost=F("cost") + Decimal(scope.cost))
         if terminal and step_finished(row, now) and woke is not None:
             woke.append(row.run_id)
         return handoff(row.pool, owner, now)
-
-
-def _decrement_group(row: Step) -> tuple[int, int, bool] | None:
-    """``remaining - 1`` on the branch's group; returns (group id, remaining, holds back)."""
-    table = Step._meta.db_table
-    run_pk = Run._meta.pk.get_db_prep_value(row.run_id, connection)  # type: ignore[union-attr]
-    with connection.cursor() as cur:
-        cur.execute(
-            f"UPDATE {table} SET remaining = remaining - 1 WHERE run_id = %s AND position = %s "
-            "AND branch = -1 AND superseded = %s RETURNING id, remaining, args",
-            [run_pk, row.position, False],
-        )
-        found = cur.fetchone()
-    if not found:
-        return None
-    args = found[2]
-    if isinstance(args, str):
-        args = json.loads(args)
-    return found[0], found[1], bool((args or {}).get("held", True))
 
 
 def step_finished(row: Step, now: datetime) -> bool:
@@ -507,7 +422,7 @@ def step_finished(row: Step, now: datetime) -> bool:
     """
     if row.branch < 0:
         return request_wake(row.run_id, now)
-    group = _decrement_group(row)
+    group = transitions.leave_group(row)
     if group is None:
         return False
     group_id, remaining, holds_back = group
@@ -520,9 +435,7 @@ def step_finished(row: Step, now: datetime) -> bool:
             .exclude(status=StepStatus.SUCCEEDED)
             .exists()
         )
-        if Step.objects.filter(pk=group_id, status=StepStatus.WAITING).update(
-            status=StepStatus.FAILED if failed else StepStatus.SUCCEEDED, finished_at=now
-        ):
+        if transitions.close_group(group_id, failed, now):
             woke = request_wake(row.run_id, now)
     # Only a group wider than the run's parallelism cap holds branches back.
     if holds_back:
@@ -537,9 +450,7 @@ def release_held(run_id: Any, now: datetime) -> None:
         .order_by("position", "branch")
         .first()
     )
-    if held is not None and Step.objects.filter(pk=held.pk, held=True).update(
-        held=False, wake_at=now + grace()
-    ):
+    if held is not None and transitions.release_held(held.pk, now + grace()):
         dispatch_on_commit(held.pk, held.pool)
 
 
@@ -553,60 +464,7 @@ def handoff(pool: str, owner: str, now: datetime) -> Step | None:
     conf = pools.get_pool(pool)
     if not conf.max_concurrency or conf.rate_limit:
         return None
-    if connection.vendor == "postgresql":
-        # One statement: pick the oldest waiting step nobody else is taking (SKIP LOCKED) and
-        # claim it.
-        table = Step._meta.db_table
-        run_table = Run._meta.db_table
-        active = ", ".join(["%s"] * len(ACTIVE_RUN))
-        rows = list(
-            Step.objects.raw(
-                f"UPDATE {table} SET status = %s, attempt = attempt + 1, lease_owner = %s, "
-                "lease_expires_at = %s, started_at = %s, wake_at = NULL WHERE id = ("
-                f"SELECT s.id FROM {table} s JOIN {run_table} r ON r.id = s.run_id "
-                "WHERE s.pool = %s AND s.status = %s AND s.held = %s AND s.superseded = %s "
-                f"AND (s.wake_at IS NULL OR s.wake_at <= %s) AND r.status IN ({active}) "
-                "ORDER BY s.id LIMIT 1 FOR UPDATE OF s SKIP LOCKED) RETURNING *",
-                [
-                    StepStatus.RUNNING,
-                    owner,
-                    lease_until(now),
-                    now,
-                    pool,
-                    StepStatus.PENDING,
-                    False,
-                    False,
-                    now + grace(),
-                    *ACTIVE_RUN,
-                ],
-            )
-        )
-        if rows:
-            hold(rows[0].pk)
-            return rows[0]
-        return None
-    qs = (
-        Step.objects.filter(pool=pool, status=StepStatus.PENDING, held=False, superseded=False)
-        .filter(Q(wake_at__isnull=True) | Q(wake_at__lte=now + grace()))
-        .select_related("run")
-        .order_by("id")
-    )
-    for cand in qs[:3]:
-        if cand.run.status not in ACTIVE_RUN:
-            continue
-        if Step.objects.filter(
-            pk=cand.pk, status=StepStatus.PENDING, held=False, superseded=False
-        ).update(
-            status=StepStatus.RUNNING,
-            attempt=F("attempt") + 1,
-            lease_owner=owner,
-            lease_expires_at=lease_until(now),
-            started_at=now,
-            wake_at=None,
-        ):
-            cand.status = StepStatus.RUNNING
-            cand.attempt += 1
-            cand.lease_owner = owner
-            hold(cand.pk)
-            return cand
-    return None
+    row = transitions.hand_over(pool, owner, now, now + grace())
+    if row is not None:
+        hold(row.pk)
+    return row

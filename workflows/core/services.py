@@ -13,11 +13,11 @@ from typing import Any
 import pydantic
 from django.conf import settings
 from django.db import IntegrityError, OperationalError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from workflows.core import audit, payloads
+from workflows.core import audit, payloads, transitions
 from workflows.core.audit import Actor
 from workflows.core.definitions import get_workflow
 from workflows.core.doorbell import dispatch_on_commit, grace, request_wake, ring_on_commit
@@ -285,9 +285,9 @@ def send_event(run_id: Any, name: str, payload: Any = None) -> Event:
             .order_by("position")
             .first()
         )
-        if waiting is not None and Step.objects.filter(
-            pk=waiting.pk, status=StepStatus.WAITING
-        ).update(status=StepStatus.SUCCEEDED, result=data, finished_at=now):
+        if waiting is not None and transitions.resolve_wait(
+            waiting.pk, {"status": StepStatus.SUCCEEDED, "result": data, "finished_at": now}
+        ):
             event.consumed_by = waiting
             event.save(update_fields=["consumed_by"])
             request_wake(run.pk, now)
@@ -371,12 +371,10 @@ def _resolve_waiting(step_id: int, fields: dict[str, Any]) -> bool:
     now = timezone.now()
     fields = {"finished_at": now, **fields}
     run_id = Step.objects.filter(pk=step_id).values_list("run_id", flat=True).first()
-    n = Step.objects.filter(pk=step_id, status=StepStatus.WAITING, superseded=False).update(
-        **fields
-    )
+    n = transitions.resolve_wait(step_id, fields)
     if n and run_id is not None:
         request_wake(run_id, now)
-    return bool(n)
+    return n
 
 
 def run_terminal_hooks(run: Run) -> None:
@@ -450,27 +448,8 @@ def cancel(run_id: Any, reason: str = "", *, actor: Actor | None = None) -> Run:
 
 def _cancel_locked(run: Run, reason: str) -> bool:
     now = timezone.now()
-    n = Run.objects.filter(pk=run.pk, generation=run.generation, status__in=ACTIVE_RUN).update(
-        status=RunStatus.CANCELED,
-        generation=F("generation") + 1,
-        lease_owner="",
-        lease_expires_at=None,
-        wake_requested_at=None,
-        finished_at=now,
-        error={"type": "Canceled", "message": reason},
-    )
-    if n != 1:
+    if not transitions.cancel(run, now, {"type": "Canceled", "message": reason}):
         return False
-    Step.objects.filter(
-        run=run,
-        superseded=False,
-        status__in=[
-            StepStatus.PENDING,
-            StepStatus.WAITING,
-            StepStatus.RETRYING,
-            StepStatus.RUNNING,
-        ],
-    ).update(status=StepStatus.CANCELED, finished_at=now, lease_owner="", lease_expires_at=None)
     run.refresh_from_db()
     for child in Run.objects.filter(parent=run, status__in=ACTIVE_RUN):
         _cancel_locked(child, f"parent run {run.pk} canceled")
@@ -565,8 +544,7 @@ def restart(
             if group is not None
             else []
         )
-        Event.objects.filter(consumed_by__in=stale).update(consumed_by=None)
-        stale.update(superseded=True, lease_owner="", lease_expires_at=None)
+        transitions.supersede(stale)
         now = timezone.now()
         generation = run.generation + 1
         if group is not None:
@@ -574,17 +552,7 @@ def restart(
         fields: dict[str, Any] = {}
         if max_cost is not None:
             fields["max_cost"] = max_cost
-        Run.objects.filter(pk=run.pk, generation=run.generation).update(
-            status=RunStatus.PENDING,
-            generation=F("generation") + 1,
-            output=None,
-            error=None,
-            finished_at=None,
-            lease_owner="",
-            lease_expires_at=None,
-            wake_requested_at=now,
-            **fields,
-        )
+        transitions.restart(run, now, **fields)
         audit.record(
             run,
             action,
