@@ -202,8 +202,8 @@ lint: install-test
 	$(PY) -m ruff check .
 	echo "+ ruff format --check ."
 	$(PY) -m ruff format --check .
-	echo "+ mypy config workflows pipelines reviews"
-	$(PY) -m mypy config workflows pipelines reviews
+	echo "+ mypy config workflows pipelines reviews tests/typing"
+	$(PY) -m mypy config workflows pipelines reviews tests/typing
 	echo "+ lint-imports (the engine core imports no product module; see pyproject.toml)"
 	$(VENV)/bin/lint-imports --no-cache
 

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal, overload
 
 from django.db import transaction
 from django.utils import timezone
@@ -79,8 +79,8 @@ class Call:
 class Context:
     """The ``ctx`` argument of a workflow handler."""
 
-    # Plug-ins (the reviews app adds ``review``) register methods here, so the engine never
-    # imports them.
+    # Plug-ins register their implementation here, so the engine never imports them; each has
+    # an explicit method below that calls it (``review``: the reviews app's gate).
     extensions: dict[str, Callable[..., Any]] = {}
 
     def __init__(self, run: Run, journal: Iterable[Step], owner: str) -> None:
@@ -136,17 +136,20 @@ class Context:
 
         return self._record.review_timeout or DEFAULT_REVIEW_TIMEOUT
 
-    def __getattr__(self, name: str) -> Any:
-        ext = Context.extensions.get(name)
+    def review(self, *args: Any, **kwargs: Any) -> Any:
+        """A human review gate: suspends the run until a reviewer decides (or the gate
+        expires) and returns the decision. Provided by the reviews app
+        (``reviews.decision.review``, registered as ``Context.extensions["review"]``)."""
+        ext = Context.extensions.get("review")
         if ext is None:
-            raise AttributeError(name)
-        return lambda *args, **kwargs: ext(self, *args, **kwargs)
+            raise RuntimeError("ctx.review needs the reviews app in INSTALLED_APPS")
+        return ext(self, *args, **kwargs)
 
-    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Call:
+    def call[**P, R](self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> Call:
         """Describe a step call for ``ctx.parallel`` without making it."""
         return Call(as_step(fn), args, kwargs)
 
-    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:  # noqa: F811
+    def run[**P, R](self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run a step inline (or return its journaled result on replay)."""
         sd = as_step(fn)
         pos, row = self._next(StepKind.STEP, sd.name)
@@ -195,6 +198,16 @@ class Context:
         calls = list(calls)
         name = "parallel:" + ",".join(c.step.name for c in calls)
         return self._fan_out(calls, name[:200], return_exceptions)
+
+    @overload
+    def map[T, R](
+        self, fn: Callable[[T], R], items: Iterable[T], *, return_exceptions: Literal[False] = ...
+    ) -> list[R]: ...
+
+    @overload
+    def map[T, R](
+        self, fn: Callable[[T], R], items: Iterable[T], *, return_exceptions: bool
+    ) -> list[R | StepFailed]: ...
 
     def map(
         self, fn: Callable[..., Any], items: Iterable[Any], *, return_exceptions: bool = False

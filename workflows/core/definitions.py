@@ -13,7 +13,7 @@ import random
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import pydantic
 
@@ -43,20 +43,25 @@ DEFAULT_RETRY = RetryPolicy()
 
 
 @dataclass
-class StepDef:
-    fn: Callable[..., Any]
+class StepDef[**P, R]:
+    """A step: ``fn`` with its retry policy, pool and timeout. Typed by ``fn``'s parameters
+    and return type, so ``ctx.run(step, ...)`` is checked and typed like a call of ``fn``."""
+
+    fn: Callable[P, R]
     name: str
     retry: RetryPolicy = DEFAULT_RETRY
     pool: str = "default"
     timeout: float | None = None
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
 
 
 @dataclass
-class WorkflowDef:
-    fn: Callable[..., Any]
+class WorkflowDef[R]:
+    """A registered workflow handler ``fn(ctx, **input)`` returning ``R``."""
+
+    fn: Callable[..., R]
     name: str
     version: int = 1
     description: str = ""
@@ -64,7 +69,7 @@ class WorkflowDef:
     input_model: type[pydantic.BaseModel] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> R:
         return self.fn(*args, **kwargs)
 
     def input_schema(self) -> dict[str, Any]:
@@ -72,7 +77,7 @@ class WorkflowDef:
         return self.input_model.model_json_schema()
 
 
-_workflows: dict[str, WorkflowDef] = {}
+_workflows: dict[str, WorkflowDef[Any]] = {}
 
 
 def _input_model_for(fn: Callable[..., Any], name: str) -> type[pydantic.BaseModel]:
@@ -100,6 +105,22 @@ def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
         return {}
 
 
+@overload
+def workflow[R](fn: Callable[..., R], /) -> WorkflowDef[R]: ...
+
+
+@overload
+def workflow[R](
+    fn: None = None,
+    *,
+    name: str | None = None,
+    version: int = 1,
+    description: str | None = None,
+    max_parallel: int | None = None,
+    input_model: type[pydantic.BaseModel] | None = None,
+) -> Callable[[Callable[..., R]], WorkflowDef[R]]: ...
+
+
 def workflow(
     fn: Callable[..., Any] | None = None,
     *,
@@ -115,7 +136,7 @@ def workflow(
     handler's keyword arguments).
     """
 
-    def register(f: Callable[..., Any]) -> WorkflowDef:
+    def register(f: Callable[..., Any]) -> WorkflowDef[Any]:
         wf_name = name or f"{f.__module__}.{f.__name__}"
         model = input_model or _input_model_for(f, wf_name)
         doc = description if description is not None else inspect.getdoc(f) or ""
@@ -134,6 +155,21 @@ def workflow(
     return register(fn) if fn is not None else register
 
 
+@overload
+def step[**P, R](fn: Callable[P, R], /) -> StepDef[P, R]: ...
+
+
+@overload
+def step[**P, R](
+    fn: None = None,
+    *,
+    name: str | None = None,
+    retry: RetryPolicy | None = None,
+    pool: str = "default",
+    timeout: float | None = None,
+) -> Callable[[Callable[P, R]], StepDef[P, R]]: ...
+
+
 def step(
     fn: Callable[..., Any] | None = None,
     *,
@@ -144,7 +180,7 @@ def step(
 ) -> Any:
     """Declare a step. Called directly it is a plain function; ``ctx.run`` makes it durable."""
 
-    def wrap(f: Callable[..., Any]) -> StepDef:
+    def wrap(f: Callable[..., Any]) -> StepDef[..., Any]:
         definition = StepDef(
             fn=f, name=name or f.__name__, retry=retry or DEFAULT_RETRY, pool=pool, timeout=timeout
         )
@@ -155,7 +191,7 @@ def step(
     return wrap(fn) if fn is not None else wrap
 
 
-def as_step(fn: Callable[..., Any] | StepDef) -> StepDef:
+def as_step(fn: Callable[..., Any]) -> StepDef[..., Any]:
     """Treat a plain function passed to ``ctx.run`` as a step with the default policy."""
     if isinstance(fn, StepDef):
         return fn

@@ -1,0 +1,58 @@
+# mypy: warn-unused-ignores
+"""Checked by mypy in ``make lint`` (never run): the engine's decorators keep types.
+
+``ctx.run(step, ...)`` returns what the step returns and checks its arguments; ``ctx.map``
+returns a list of it; a decorated function can still be called directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any, assert_type
+
+from workflows import step, workflow
+from workflows.core.context import Context
+from workflows.core.definitions import WorkflowDef
+from workflows.core.errors import StepFailed
+
+
+@step
+def count_words(text: str) -> int:
+    return len(text.split())
+
+
+@step(pool="llm", timeout=30)
+def summarize(text: str, *, words: int = 50) -> dict[str, str]:
+    return {"summary": text[:words]}
+
+
+def plain(n: int) -> float:
+    return n / 2
+
+
+@workflow(name="typing.check")
+def handler(ctx: Context, text: str) -> dict[str, Any]:
+    n = ctx.run(count_words, text)
+    assert_type(n, int)
+    s = ctx.run(summarize, text, words=10)
+    assert_type(s, dict[str, str])
+    assert_type(ctx.run(plain, 3), float)
+    assert_type(ctx.map(count_words, ["a b", "c"]), list[int])
+    assert_type(ctx.map(count_words, ["a"], return_exceptions=True), list[int | StepFailed])
+    ctx.parallel([ctx.call(count_words, "x"), ctx.call(summarize, "y", words=3)])
+    return {"n": n, **s}
+
+
+@workflow
+def bare(ctx: Context) -> int:
+    return 1
+
+
+assert_type(count_words("a b"), int)
+assert_type(handler, WorkflowDef[dict[str, Any]])
+assert_type(bare, WorkflowDef[int])
+
+
+def wrong_arguments(ctx: Context) -> None:
+    ctx.run(count_words, 3)  # type: ignore[arg-type]
+    ctx.run(summarize, "t", words="many")  # type: ignore[arg-type]
+    ctx.call(count_words)  # type: ignore[call-arg]
