@@ -231,6 +231,15 @@ SLUICE_PAYLOAD_HARD_LIMIT = env.int("SLUICE_PAYLOAD_HARD_LIMIT", default=8 * 102
 # Finished runs older than this are pruned by the sweep, journal included.
 SLUICE_RETENTION_DAYS = env.float("SLUICE_RETENTION_DAYS", default=30.0)
 SLUICE_PRUNE_BATCH = env.int("SLUICE_PRUNE_BATCH", default=500)
+# Outbox rows (webhook deliveries and other side effects) that were delivered, or gave up
+# ("dead"), are pruned this many days later; pending rows are never pruned.
+SLUICE_OUTBOX_RETENTION_DAYS = env.float("SLUICE_OUTBOX_RETENTION_DAYS", default=7.0)
+# What pruning a run does with its gates' audit trail (decisions, who/when, comments, edits,
+# approvals, every gate event): "keep" copies it into the reviews.GateRecord table, which
+# retention never prunes; "archive" appends it as JSON lines to a monthly file in
+# SLUICE_GATE_ARCHIVE_DIR (and keeps nothing in the database). See docs/reviews.md.
+SLUICE_GATE_TRAIL_ON_PRUNE = env.str("SLUICE_GATE_TRAIL_ON_PRUNE", default="keep")
+SLUICE_GATE_ARCHIVE_DIR = env.str("SLUICE_GATE_ARCHIVE_DIR", default=str(VAR_DIR / "archive"))
 # Pools: name -> max concurrency across all workers (None = unlimited) and an optional rate
 # limit of `rate_limit` step starts per `rate_period` seconds. Rows in the Pool table (editable
 # in admin) override these defaults.

@@ -12,9 +12,11 @@ class ReviewsConfig(AppConfig):
 
     def ready(self) -> None:
         from reviews.decision import review
+        from reviews.retention import on_runs_pruning
         from reviews.services import on_run_finished
         from workflows.core.context import Context
-        from workflows.core.signals import run_finished
+        from workflows.core.signals import run_finished, runs_pruning
 
         Context.extensions["review"] = review
         run_finished.connect(on_run_finished, dispatch_uid="reviews.cancel_open_gates")
+        runs_pruning.connect(on_runs_pruning, dispatch_uid="reviews.keep_gate_trails")

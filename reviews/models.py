@@ -217,3 +217,30 @@ class GateApproval(models.Model):
 
     def __str__(self) -> str:
         return f"approved by {self.approver}"
+
+
+class GateRecord(models.Model):
+    """A gate's audit trail kept after its run was pruned (``SLUICE_GATE_TRAIL_ON_PRUNE =
+    "keep"``, the default): the decision (outcome, who and when, comment, edits, approvals)
+    and every gate event, as JSON. No foreign key to the run, which is gone; retention never
+    deletes these rows. Written by ``reviews.retention`` in the prune's own transaction."""
+
+    gate_id = models.BigIntegerField(db_index=True)
+    run_id = models.UUIDField(db_index=True)
+    tenant = models.CharField(max_length=100, blank=True, default="", db_index=True)
+    pipeline = models.CharField(max_length=200)
+    title = models.CharField(max_length=200)
+    status = models.CharField(max_length=16, choices=GateStatus.choices)
+    outcome = models.CharField(max_length=64, blank=True, default="")
+    decided_by = models.CharField(max_length=150, blank=True, default="")
+    decided_at = models.DateTimeField(null=True, blank=True)
+    # Everything else, as ``reviews.retention.trail`` writes it (the same shape as the archive
+    # file's lines): the gate's fields, its approvals and its events.
+    trail = models.JSONField()
+    kept_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-kept_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.title} ({self.status}) of pruned run {self.run_id}"

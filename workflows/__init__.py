@@ -3,7 +3,7 @@
 Public API (see the README)::
 
     from workflows import workflow, step, RetryPolicy, NonRetryableError
-    from workflows import start, send_event, cancel, restart, get_run
+    from workflows import start, send_event, cancel, restart, get_run, fork
     from workflows import BudgetExceeded, DeterminismError, IdempotencyConflict
 """
 
@@ -37,6 +37,10 @@ def __getattr__(name: str) -> Any:
         from workflows.core import services
 
         return getattr(services, name)
+    if name == "fork":
+        from workflows.core import forking
+
+        return forking.fork
     raise AttributeError(f"module 'workflows' has no attribute {name!r}")
 
 
@@ -55,6 +59,7 @@ __all__ = [
     "UnknownWorkflowError",
     "cancel",
     "current_step",
+    "fork",
     "get_run",
     "record_usage",
     "restart",

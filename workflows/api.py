@@ -37,7 +37,7 @@ from workflows.api_auth import (
     parse_int,
     parse_uuid,
 )
-from workflows.core import services
+from workflows.core import forking, services
 from workflows.core.audit import MAX_REASON, Actor
 from workflows.core.definitions import registered_workflows
 from workflows.core.errors import IdempotencyConflict, InvalidInputError, UnknownWorkflowError
@@ -142,7 +142,7 @@ class RunSummary(Schema):
 
 
 class AuditEntry(Schema):
-    action: Literal["cancel", "restart", "retry"]
+    action: Literal["cancel", "restart", "retry", "fork"]
     actor: str = Field(description="Who: user:<name>, admin:<name> or api:<key prefix>.")
     reason: str
     generation: int = Field(description="The generation the action ended or replaced.")
@@ -166,7 +166,13 @@ class RunDetail(RunSummary):
     created_by: str
     open_gates: list[GateBrief]
     audit: list[AuditEntry] = Field(
-        description="Who canceled, restarted or retried the run, and why; oldest first."
+        description="Who canceled, restarted, retried or forked the run, and why; oldest first."
+    )
+    forked_from: UUID | None = Field(
+        description="The run this one was forked from (POST /api/runs/{id}/fork), if any."
+    )
+    forked_at_step: int | None = Field(
+        description="The position from which this fork ran anew (earlier ones were reused)."
     )
     links: dict[str, str]
 
@@ -261,6 +267,19 @@ class RestartIn(Schema):
     )
 
 
+class ForkIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = REASON
+    from_step: int = Field(
+        ...,
+        ge=1,
+        le=1_000_000,
+        description="The new run reuses the original's journal before this position (1-based) "
+        "and runs from it on; 1 reuses nothing, one past the last position reuses all of it.",
+    )
+
+
 class PipelineOut(Schema):
     name: str
     version: int
@@ -341,6 +360,8 @@ def run_detail(run: Run) -> dict[str, Any]:
         "callback_url": run.callback_url or None,
         "idempotency_key": public_key(run),
         "created_by": run.created_by,
+        "forked_from": run.forked_from_id,
+        "forked_at_step": run.forked_at_step,
         "open_gates": [{**g, "decision_url": f"/api/gates/{g['id']}/decision"} for g in gates],
         "audit": list(
             RunAudit.objects.filter(run=run).values(
@@ -663,6 +684,25 @@ def restart_run(request: HttpRequest, run_id: str, body: RestartIn | None = None
             reason=body.reason if body else "",
         )
     )
+
+
+@runs_router.post(
+    "/runs/{run_id}/fork",
+    auth=WRITE,
+    response={201: RunDetail, **errors(*AUTH_ERRORS, *BODY_ERRORS, 404)},
+    summary="Fork a run from a step",
+)
+def fork_run(request: HttpRequest, run_id: str, body: ForkIn) -> Status[dict[str, Any]]:
+    """Start a new run of the same pipeline, version and input that reuses this run's journal
+    before ``from_step`` (its results are not computed again) and runs from there on. The
+    original is not changed; the key and the optional ``reason`` go into its audit trail. A
+    position out of range, or one after a step that has not finished, is a 422."""
+    key = api_key(request)
+    run = get_visible_run(key, run_id)
+    new = forking.fork(
+        run.pk, from_step=body.from_step, actor=Actor.of_key(key), reason=body.reason
+    )
+    return Status(201, run_detail(new))
 
 
 # --- pipelines --------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """What operators do to runs from the admin and the run pages: cancel, retry the failed step,
-restart from a step. Each is one call to the engine's services; this module only picks the
-step to retry and turns the engine's refusals into messages for people.
+restart from a step, fork from a step. Each is one call to the engine's services; this module
+only picks the step to retry and turns the engine's refusals into messages for people.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from workflows.core import services
+from workflows.core import forking, services
 from workflows.core.audit import Actor
 from workflows.core.errors import InvalidInputError, InvalidStateError, RunNotFoundError
 from workflows.models import RunAction, Step, StepStatus
@@ -79,3 +79,13 @@ def restart_run(
     except (InvalidStateError, InvalidInputError, RunNotFoundError) as exc:
         return Outcome(run_id, False, str(exc))
     return Outcome(run_id, True, f"restarted from step {from_step}")
+
+
+def fork_run(run_id: Any, from_step: int, actor: Actor | None = None, reason: str = "") -> Outcome:
+    """A new run reusing ``run_id``'s journal before ``from_step``; the outcome's ``run_id`` is
+    the new run's when it worked (the page goes there), the original's when it was refused."""
+    try:
+        new = forking.fork(run_id, from_step=from_step, actor=actor, reason=reason)
+    except (InvalidInputError, RunNotFoundError) as exc:
+        return Outcome(run_id, False, str(exc))
+    return Outcome(new.pk, True, f"forked from step {from_step} as run {str(new.pk)[:8]}")

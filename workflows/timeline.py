@@ -146,7 +146,9 @@ def status_label(row: Step) -> str:
 def build(run: Run, journal: list[Step], now: datetime | None = None) -> Timeline:
     """Arrange the live journal of ``run`` (not superseded rows) for the timeline."""
     now = now or timezone.now()
-    rows = [r for r in journal if not r.superseded and r.kind not in ("now", "random", "uuid")]
+    rows = [
+        r for r in journal if not r.superseded and r.kind not in ("now", "random", "uuid", "patch")
+    ]
     starts = [r.started_at for r in rows if r.started_at] + [run.started_at or run.created_at]
     start = min(s for s in starts if s) if starts else None
     live = not run.is_terminal

@@ -29,6 +29,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from workflows import access, charts, gateinfo, operations, ops, timeline
+from workflows.core import forking
 from workflows.core.audit import Actor, reason_problem
 from workflows.core.definitions import registered_workflows
 from workflows.models import ACTIVE_RUN, Blob, Run, RunStatus, Step
@@ -175,6 +176,8 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
     wf = registered_workflows().get(run.workflow)
     tl = timeline.build(run, live)
     positions = sorted({r.position for r in live if r.branch < 0})
+    fork_upto = forking.last_forkable(live)
+    failed = operations.failed_position(run.pk) if run.status == "failed" else None
     return {
         "nav": "runs",
         "run": run,
@@ -190,7 +193,11 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         "events": list(run.events.order_by("-id")[:20]),
         "can_operate": can_operate(request.user),
         "positions": positions,
-        "failed_position": operations.failed_position(run.pk) if run.status == "failed" else None,
+        "fork_positions": list(range(1, fork_upto + 1)),
+        # Preselected: the failed step, else the last one (run it again, reuse the rest).
+        "fork_default": min(fork_upto, failed or (positions[-1] if positions else 1)),
+        "last_position": positions[-1] if positions else 0,
+        "failed_position": failed,
         "live": not run.is_terminal,
         "now": timezone.now(),
         "duration": timeline.human_duration(
@@ -216,13 +223,14 @@ def run_page(request: HttpRequest, run_id: UUID) -> HttpResponse:
 @login_required
 @require_POST
 def run_action(request: HttpRequest, run_id: UUID, action: str) -> HttpResponse:
-    """Cancel, retry the failed step, or restart from a step; then back to the run page."""
+    """Cancel, retry the failed step, restart from a step, or fork from a step; then back to
+    the run page (a fork: on to the new run's page)."""
     if not can_operate(request.user):
         raise PermissionDenied("Only staff act on runs.")
     run = _visible_run_or_404(request, run_id)
     actor = Actor.of_user(request.user)
     reason = request.POST.get("reason", "")
-    problem = reason_problem(reason) if action in ("cancel", "retry", "restart") else ""
+    problem = reason_problem(reason) if action in ("cancel", "retry", "restart", "fork") else ""
     if problem:
         messages.error(request, f"Run {str(run.pk)[:8]}: {problem}")
         return HttpResponseRedirect(reverse("workflows:run", args=[run.pk]))
@@ -239,6 +247,18 @@ def run_action(request: HttpRequest, run_id: UUID, action: str) -> HttpResponse:
             messages.error(request, "Choose a journal position (1 or more) to restart from.")
             return HttpResponseRedirect(reverse("workflows:run", args=[run.pk]))
         outcome = operations.restart_run(run.pk, position, actor, reason)
+    elif action == "fork":
+        try:
+            position = int(request.POST.get("from_step", ""))
+        except ValueError:
+            position = 0
+        if position < 1:
+            messages.error(request, "Choose a journal position (1 or more) to fork from.")
+            return HttpResponseRedirect(reverse("workflows:run", args=[run.pk]))
+        outcome = operations.fork_run(run.pk, position, actor, reason)
+        if outcome.ok:  # on to the new run's page
+            messages.success(request, f"Run {str(run.pk)[:8]}: {outcome.message}.")
+            return HttpResponseRedirect(reverse("workflows:run", args=[outcome.run_id]))
     else:
         raise Http404("no such action")
     if outcome.ok:

@@ -1,6 +1,7 @@
 """The run pages and the ops overview in a real browser (Debian's chromium via Playwright).
 
-Screenshots go to docs/screenshots/ (runs-list.png, run-page.png, run-page-graph.png, ops.png).
+Screenshots go to docs/screenshots/ (runs-list.png, run-page.png, run-page-graph.png, ops.png,
+run-page-fork.png).
 """
 
 from __future__ import annotations
@@ -90,6 +91,29 @@ def test_a_waiting_run_updates_live_and_staff_can_cancel_it(
     page.click("text=Cancel run")
     expect(page.locator(".run-title .badge")).to_have_text("canceled")
     expect(page.locator(".flash")).to_contain_text("canceled")
+
+
+def test_staff_fork_a_run_from_its_page(
+    viewport: Page, live_server: Any, scene: dict[str, Run]
+) -> None:
+    page = viewport
+    run = scene["succeeded"]
+    log_in(page, live_server.url, "ops", f"/runs/{run.pk}/")
+    form = page.locator("form.fork-form")
+    expect(form).to_be_visible()
+    form.locator("select").select_option("2")
+    form.locator("input.reason").fill("try the new prompt")
+    page.on("dialog", lambda dialog: dialog.accept())
+    form.locator("button", has_text="Fork").click()
+    page.wait_for_url(f"{live_server.url}/runs/*/")
+    assert str(run.pk) not in page.url
+    expect(page.locator(".flash")).to_contain_text("forked from step 2")
+    expect(page.locator(".run-ids")).to_contain_text("forked from")
+    expect(page.locator(".run-ids")).to_contain_text("at step 2")
+    shot(page, "run-page-fork.png", full_page=False)
+    page.locator(".run-ids a", has_text=str(run.pk)[:8]).click()
+    expect(page.locator(".audit")).to_contain_text("fork from step 2")
+    expect(page.locator(".audit")).to_contain_text("try the new prompt")
 
 
 def test_the_ops_overview(viewport: Page, live_server: Any, scene: dict[str, Run]) -> None:

@@ -329,6 +329,12 @@ PAGES: dict[str, list[Case]] = {
         ),
         Case(
             "POST",
+            "/runs/{run_a}/actions/fork/",
+            web(LOGIN, 403, 403, 403, 403, TO_RUNS, TO_RUNS, viewer=403),
+            data={"from_step": "1"},
+        ),
+        Case(
+            "POST",
             "/runs/{run_a}/actions/explode/",
             web(LOGIN, 403, 403, 403, 403, 404, 404, viewer=403),
         ),
@@ -387,6 +393,11 @@ OPERATIONS: dict[str, list[Case]] = {
     "POST /api/runs/{run_id}/restart": [
         Case("POST", "/api/runs/{run_a}/restart", api(403, 409, 403, 404), json={}),
         Case("POST", "/api/runs/{run_g}/restart", api(403, 404, 403, 409), json={}),
+    ],
+    # A fork starts a new run of the tenant's own run: write keys of that tenant only.
+    "POST /api/runs/{run_id}/fork": [
+        Case("POST", "/api/runs/{run_a}/fork", api(403, 201, 403, 404), json={"from_step": 1}),
+        Case("POST", "/api/runs/{run_g}/fork", api(403, 404, 403, 201), json={"from_step": 1}),
     ],
     "GET /api/pipelines": [Case("GET", "/api/pipelines", api(200, 200, 200, 200))],
     "GET /api/gates": [Case("GET", "/api/gates", api(200, 403, 200, 200), lists="gates")],

@@ -106,6 +106,8 @@ class Context:
         # A mismatch found on replay, kept so that a handler that swallowed it (a bare
         # ``except BaseException``) still fails the run when it returns.
         self._mismatch: DeterminismError | None = None
+        # ``ctx.patched`` answers, so asking twice in one replay gives one answer, one marker.
+        self._patches: dict[str, bool] = {}
         # take_run() just set the lease.
         self._lease_renewed: datetime | None = timezone.now()
 
@@ -370,12 +372,117 @@ class Context:
             raise StepFailed(row.name, row.error or {})
         raise Suspend
 
+    def patched(self, patch_id: str) -> bool:
+        """Whether this run takes the new code path of a change named ``patch_id``.
+
+        Temporal's patching, on a positional journal:
+
+        - A run that reaches this point for the first time (no journal entry here) takes the
+          new path: True, and a marker is journaled at this position.
+        - A replay that finds the marker here (the run took the new path before) gets True.
+        - A replay that finds anything else here is a run that was in flight before the patch
+          was deployed and passed this point on the old code: False, and no position is used,
+          so the old path's steps meet their journal entries where they were written.
+
+        Once no run from before the patch is in flight, replace the ``if``/``else`` with
+        ``ctx.deprecate_patch(patch_id)`` and the new branch alone; later still, drop that too.
+        """
+        self._check_patch_id(patch_id)
+        if patch_id in self._patches:
+            return self._patches[patch_id]
+        if self._mismatch is not None:
+            raise DeterminismError(str(self._mismatch))
+        found = self._take_marker(patch_id)
+        if found is None:
+            self._record_marker(patch_id)
+            found = True
+        self._patches[patch_id] = found
+        return found
+
+    def deprecate_patch(self, patch_id: str) -> None:
+        """Mark that the old path of patch ``patch_id`` is gone (only the new code remains).
+
+        A run that took the new path has the marker here: it is consumed, and the steps after
+        it keep their positions. A new run journals the marker too, so that a later version
+        without this call still replays it (markers nobody asks for are skipped). A replay
+        without the marker is a run from before the patch, still in flight: its journal holds
+        the old path's steps, which this code no longer has, so it fails at once with a
+        ``DeterminismError`` naming the patch, instead of at some later step.
+        """
+        self._check_patch_id(patch_id)
+        if patch_id in self._patches:
+            return
+        if self._mismatch is not None:
+            raise DeterminismError(str(self._mismatch))
+        found = self._take_marker(patch_id)
+        if found is None:
+            self._record_marker(patch_id)
+        elif not found:
+            row = self._rows.get(self._pos + 1)
+            self._fail_determinism(
+                f"non-deterministic workflow: patch {patch_id!r} is deprecated, but this run "
+                f"started before it and passed this point on the old code (at position "
+                f"{self._pos + 1} the journal has {row.kind if row else '?'} "
+                f"{row.name if row else '?'!r}, not the patch's marker); keep "
+                f"`if ctx.patched({patch_id!r})` and the old branch until no such run is in "
+                "flight"
+            )
+        self._patches[patch_id] = True
+
+    @staticmethod
+    def _check_patch_id(patch_id: str) -> None:
+        if not isinstance(patch_id, str) or not patch_id.strip() or len(patch_id) > 200:
+            raise ValueError("a patch id is a non-empty string of at most 200 characters")
+
+    def _take_marker(self, patch_id: str) -> bool | None:
+        """Look for ``patch_id``'s marker among the markers journaled at the next positions.
+
+        True: found, and the position moved past it (and past other markers before it, which
+        the code no longer asks for). False: the journal has something else here (a run from
+        before the patch); nothing consumed. None: no journal here, the run is new at this
+        point."""
+        pos = self._pos + 1
+        row = self._rows.get(pos)
+        if row is None:
+            return None
+        while row is not None and row.kind == StepKind.PATCH:
+            if row.name == patch_id:
+                self._pos = pos
+                return True
+            pos += 1
+            row = self._rows.get(pos)
+        return False
+
+    def _record_marker(self, patch_id: str) -> None:
+        self._pos += 1
+        now = timezone.now()
+        self._inserts.append(
+            self._new_row(
+                self._pos,
+                StepKind.PATCH,
+                patch_id,
+                StepStatus.SUCCEEDED,
+                started_at=now,
+                finished_at=now,
+            )
+        )
+
+    def _skip_markers(self) -> None:
+        """Step past patch markers the code no longer asks for (its ``patched`` or
+        ``deprecate_patch`` call was removed once no run needed it): they hold no result, and
+        the runs that recorded them took the path the code now has."""
+        row = self._rows.get(self._pos + 1)
+        while row is not None and row.kind == StepKind.PATCH:
+            self._pos += 1
+            row = self._rows.get(self._pos + 1)
+
     # --- replay bookkeeping -----------------------------------------------------------------
 
     def _next(self, kind: str, name: str) -> tuple[int, Step | None]:
         if self._mismatch is not None:
             # The handler swallowed a mismatch: it may not journal or wait for anything more.
             raise DeterminismError(str(self._mismatch))
+        self._skip_markers()
         self._pos += 1
         self._current = name
         row = self._rows.get(self._pos)
@@ -400,6 +507,7 @@ class Context:
         must not hold entries the code never reached."""
         if self._mismatch is not None:
             raise self._mismatch
+        self._skip_markers()
         if self._max_position > self._pos:
             row = self._rows[self._max_position]
             self._fail_determinism(

@@ -10,6 +10,7 @@ import functools
 import importlib
 import inspect
 import random
+import re
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -78,6 +79,10 @@ class WorkflowDef[R]:
 
 
 _workflows: dict[str, WorkflowDef[Any]] = {}
+# Every registered (name, version), the old handlers kept as ``name@N`` included: a run replays
+# the handler of the version it started with (``workflow_for_run``).
+_versions: dict[tuple[str, int], WorkflowDef[Any]] = {}
+_PINNED = re.compile(r"^(?P<name>.+)@(?P<version>[1-9][0-9]{0,8})$")
 
 
 def _input_model_for(fn: Callable[..., Any], name: str) -> type[pydantic.BaseModel]:
@@ -114,7 +119,7 @@ def workflow[R](
     fn: None = None,
     *,
     name: str | None = None,
-    version: int = 1,
+    version: int | None = None,
     description: str | None = None,
     max_parallel: int | None = None,
     input_model: type[pydantic.BaseModel] | None = None,
@@ -125,7 +130,7 @@ def workflow(
     fn: Callable[..., Any] | None = None,
     *,
     name: str | None = None,
-    version: int = 1,
+    version: int | None = None,
     description: str | None = None,
     max_parallel: int | None = None,
     input_model: type[pydantic.BaseModel] | None = None,
@@ -134,22 +139,37 @@ def workflow(
 
     ``input_model`` overrides the model derived from the signature (its fields become the
     handler's keyword arguments).
+
+    A name ending in ``@N`` (``"docs.summarize@1"``) keeps an old version's handler: it is not
+    startable and not listed, but runs that started on version N replay it, while new runs
+    start on the handler registered under the plain name. See docs/engine.md, "Versions".
     """
 
     def register(f: Callable[..., Any]) -> WorkflowDef[Any]:
         wf_name = name or f"{f.__module__}.{f.__name__}"
+        pinned = _PINNED.match(wf_name)
+        if pinned:
+            wf_name = pinned["name"]
+            if version is not None and version != int(pinned["version"]):
+                raise ValueError(
+                    f"workflow {name!r} says version {pinned['version']} in its name but "
+                    f"version={version}"
+                )
+        wf_version = int(pinned["version"]) if pinned else (version or 1)
         model = input_model or _input_model_for(f, wf_name)
         doc = description if description is not None else inspect.getdoc(f) or ""
         definition = WorkflowDef(
             fn=f,
             name=wf_name,
-            version=version,
+            version=wf_version,
             description=doc,
             max_parallel=max_parallel,
             input_model=model,
         )
         functools.update_wrapper(definition, f)  # type: ignore[arg-type]
-        _workflows[wf_name] = definition
+        _versions[(wf_name, wf_version)] = definition
+        if not pinned:
+            _workflows[wf_name] = definition
         return definition
 
     return register(fn) if fn is not None else register
@@ -211,7 +231,7 @@ def resolve_step(path: str) -> StepDef:
     return as_step(obj)
 
 
-def get_workflow(name: str) -> WorkflowDef:
+def get_workflow(name: str) -> WorkflowDef[Any]:
     try:
         return _workflows[name]
     except KeyError:
@@ -220,5 +240,16 @@ def get_workflow(name: str) -> WorkflowDef:
         ) from None
 
 
-def registered_workflows() -> dict[str, WorkflowDef]:
+def workflow_for_run(name: str, version: int) -> WorkflowDef[Any]:
+    """The handler a run of ``name`` started on ``version`` replays: that version's handler
+    if it is still registered (the current one, or an old one kept as ``name@version``), else
+    the current one (an additive change replays fine; anything else fails the run with a
+    ``DeterminismError`` naming the position, never silently)."""
+    kept = _versions.get((name, version))
+    if kept is not None:
+        return kept
+    return get_workflow(name)
+
+
+def registered_workflows() -> dict[str, WorkflowDef[Any]]:
     return dict(_workflows)

@@ -20,7 +20,7 @@ from django.utils import timezone
 from workflows.core import payloads, pools, transitions, usage
 from workflows.core.calls import call_step, error_dict, is_retryable, retry_after
 from workflows.core.context import Context
-from workflows.core.definitions import get_workflow, resolve_step
+from workflows.core.definitions import resolve_step, workflow_for_run
 from workflows.core.doorbell import dispatch_on_commit, grace, request_wake
 from workflows.core.errors import (
     BranchBudgetExceeded,
@@ -97,7 +97,7 @@ def let_go(run: Run, owner: str) -> None:
 def _run_handler(ctx: Context, run: Run) -> tuple[str, Any]:
     """Replay the handler: ("suspend" | "lease-lost" | "succeeded" | "failed", value)."""
     try:
-        wf = get_workflow(run.workflow)
+        wf = workflow_for_run(run.workflow, run.version)
         kwargs = handler_kwargs(run)
         value = wf.fn(ctx, **kwargs)
         ctx.check_complete()

@@ -51,6 +51,7 @@ class StepKind(models.TextChoices):
     RANDOM = "random"
     UUID = "uuid"
     GATE = "gate"
+    PATCH = "patch"  # a ``ctx.patched`` / ``ctx.deprecate_patch`` marker (no result)
 
 
 class Run(models.Model):
@@ -84,6 +85,12 @@ class Run(models.Model):
     # How long reviewers have to decide each gate this run opens without a timeout of its own
     # (``ctx.review``, a machine's ``human`` state); null means the default, 24 hours.
     review_timeout = models.DurationField(null=True, blank=True)
+    # ``fork(run_id, from_step=N)``: the run this one was forked from, reusing its journal
+    # before position N (``forked_at_step``). SET_NULL: pruning the original keeps the fork.
+    forked_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="forks"
+    )
+    forked_at_step = models.PositiveIntegerField(null=True, blank=True)
     # The run lease: whoever holds it advances the run. Renewed with every checkpoint and by
     # the worker's heartbeat; when it expires the sweep rings for the run again.
     lease_owner = models.CharField(max_length=100, blank=True, default="")
@@ -314,6 +321,7 @@ class RunAction(models.TextChoices):
     CANCEL = "cancel"
     RESTART = "restart"
     RETRY = "retry"
+    FORK = "fork"  # recorded on the original; from_step is where the new run parts from it
 
 
 class RunAudit(models.Model):

@@ -19,7 +19,7 @@ from django.utils.module_loading import import_string
 
 from workflows.core import audit, payloads, transitions
 from workflows.core.audit import Actor
-from workflows.core.definitions import get_workflow
+from workflows.core.definitions import get_workflow, workflow_for_run
 from workflows.core.doorbell import dispatch_on_commit, grace, request_wake, ring_on_commit
 from workflows.core.errors import (
     IdempotencyConflict,
@@ -109,7 +109,7 @@ def parse_review_timeout(value: Any) -> timedelta | None:
 
 
 def handler_kwargs(run: Run) -> dict[str, Any]:
-    wf = get_workflow(run.workflow)
+    wf = workflow_for_run(run.workflow, run.version)
     assert wf.input_model is not None
     model = wf.input_model.model_validate(run.input)
     return {name: getattr(model, name) for name in type(model).model_fields}

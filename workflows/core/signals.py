@@ -71,3 +71,9 @@ class IsolatedSignal(Signal):
 
 
 run_finished = IsolatedSignal()  # kwargs: run
+
+# Sent by the retention prune inside the transaction that deletes a batch of finished runs,
+# before the delete; kwargs: run_ids. Apps keep or archive what must outlive the run (the
+# reviews app: its gates' audit trail). A plain signal on purpose: a receiver that raises rolls
+# the batch back, so the runs stay rather than lose a trail.
+runs_pruning = Signal()

@@ -29,8 +29,18 @@ from workflows.core import doorbell, transitions
 from workflows.core.calls import worker_lost
 from workflows.core.doorbell import dispatch_on_commit, grace, request_wake, ring_on_commit
 from workflows.core.executor import step_finished
-from workflows.core.models import ACTIVE_RUN, TERMINAL_RUN, Run, RunStatus, Step, StepStatus
+from workflows.core.models import (
+    ACTIVE_RUN,
+    TERMINAL_RUN,
+    Outbox,
+    OutboxStatus,
+    Run,
+    RunStatus,
+    Step,
+    StepStatus,
+)
 from workflows.core.pools import RESERVED
+from workflows.core.signals import runs_pruning
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +231,12 @@ def sweep() -> dict[str, int]:
 
 
 def prune(now: Any = None) -> int:
-    """Delete finished runs older than SLUICE_RETENTION_DAYS, journal included, in batches."""
+    """Delete finished runs older than SLUICE_RETENTION_DAYS, journal included, in batches,
+    and outbox rows delivered or dead for SLUICE_OUTBOX_RETENTION_DAYS. Returns the runs
+    deleted.
+
+    Each batch first sends ``runs_pruning`` in its transaction, so apps keep or archive what
+    must outlive a run (a gate's audit trail) in the same commit as the delete."""
     now = now or timezone.now()
     cutoff = now - timedelta(days=float(settings.SLUICE_RETENTION_DAYS))
     deleted = 0
@@ -232,10 +247,34 @@ def prune(now: Any = None) -> int:
             )[: settings.SLUICE_PRUNE_BATCH]
         )
         if not ids:
-            return deleted
+            break
         with transaction.atomic():
+            runs_pruning.send(sender=Run, run_ids=ids)
             Run.objects.filter(pk__in=ids).delete()
         deleted += len(ids)
+    prune_outbox(now)
+    return deleted
 
 
-__all__ = ["prune", "sweep"]
+def prune_outbox(now: Any = None) -> int:
+    """Delete outbox rows delivered (by ``delivered_at``) or dead (by ``created_at``: a dead row
+    gave up after its attempts) more than SLUICE_OUTBOX_RETENTION_DAYS ago, in batches.
+    Pending rows stay, however old: they still have to leave."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=float(settings.SLUICE_OUTBOX_RETENTION_DAYS))
+    done = Q(status=OutboxStatus.DELIVERED, delivered_at__lt=cutoff) | Q(
+        status=OutboxStatus.DEAD, created_at__lt=cutoff
+    )
+    deleted = 0
+    while True:
+        ids = list(
+            Outbox.objects.filter(done).values_list("pk", flat=True)[: settings.SLUICE_PRUNE_BATCH]
+        )
+        if not ids:
+            return deleted
+        # The status again: a row is pruned only in the state it was selected in.
+        _, per_model = Outbox.objects.filter(done, pk__in=ids).delete()
+        deleted += per_model.get(Outbox._meta.label, 0)
+
+
+__all__ = ["prune", "prune_outbox", "sweep"]

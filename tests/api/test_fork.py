@@ -1,0 +1,71 @@
+"""POST /api/runs/{id}/fork: a new run reusing the journal before ``from_step``; the tenant
+rules of restart (another tenant's run is a 404); a position out of range is a clear 422."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.api.conftest import Api, Persona, error_code
+from tests.support import Bell
+from workflows import get_run, start
+from workflows.models import Run, Step
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_a_fork_starts_a_new_run_reusing_the_journal(
+    api: Api, service: Persona, bell: Bell
+) -> None:
+    run = start("test.chain", {"n": 3}, tenant="acme")
+    bell.drain()
+    r = api.post(f"/runs/{run.pk}/fork", {"from_step": 3, "reason": "try again"}, as_=service)
+    assert r.status_code == 201, r.content
+    body = r.json()
+    assert body["id"] != str(run.pk) and body["status"] == "pending"
+    assert body["forked_from"] == str(run.pk) and body["forked_at_step"] == 3
+    assert body["pipeline"] == "test.chain" and body["input"] == {"n": 3}
+    bell.drain()
+    new = get_run(body["id"])
+    assert new.status == "succeeded" and new.output == 3 and new.tenant == "acme"
+    # Positions 1 and 2 are copies, started before the fork was asked for; 3 ran anew.
+    copied = Step.objects.filter(run=new, position__lt=3)
+    assert copied.count() == 2 and all(s.started_at < new.created_at for s in copied)
+    audit = api.get(f"/runs/{run.pk}", as_=service).json()["audit"]
+    assert [(a["action"], a["from_step"], a["reason"]) for a in audit] == [("fork", 3, "try again")]
+    assert audit[0]["actor"] == f"api:{service.key.prefix}"
+
+
+def test_another_tenants_run_is_a_404_and_nothing_starts(
+    api: Api, outsider: Persona, reader: Persona, bell: Bell
+) -> None:
+    run = start("test.chain", {"n": 1}, tenant="acme")
+    bell.drain()
+    runs = Run.objects.count()
+    r = api.post(f"/runs/{run.pk}/fork", {"from_step": 1}, as_=outsider)
+    assert r.status_code == 404 and error_code(r) == "not_found"
+    r = api.post(f"/runs/{run.pk}/fork", {"from_step": 1}, as_=reader)
+    assert r.status_code == 403
+    assert Run.objects.count() == runs
+
+
+@pytest.mark.parametrize("body", [{"from_step": 9}, {"from_step": 0}, {}, {"from_step": "x"}])
+def test_a_bad_position_is_a_422_naming_the_field(
+    api: Api, service: Persona, bell: Bell, body: dict[str, object]
+) -> None:
+    run = start("test.chain", {"n": 2}, tenant="acme")
+    bell.drain()
+    runs = Run.objects.count()
+    r = api.post(f"/runs/{run.pk}/fork", body, as_=service)
+    assert r.status_code == 422, r.content
+    assert r.json()["error"]["details"][0]["field"] == "from_step"
+    assert Run.objects.count() == runs
+
+
+def test_a_position_after_an_unfinished_step_is_a_422(
+    api: Api, service: Persona, bell: Bell
+) -> None:
+    run = start("test.event", {}, tenant="acme")
+    bell.drain()  # waits at position 2
+    r = api.post(f"/runs/{run.pk}/fork", {"from_step": 3}, as_=service)
+    assert r.status_code == 422
+    assert "is waiting" in r.json()["error"]["message"]

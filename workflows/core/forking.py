@@ -1,0 +1,174 @@
+"""``fork(run_id, from_step=N)``: a new run of the same workflow and input that reuses the
+original's journal before position N, as DBOS's ``fork_workflow`` does.
+
+The new run starts pending with copies of the original's live journal rows at positions 1 to
+N-1 (fan-out branches included), so its handler replays those results and runs position N
+onwards anew. The original is left as it is (a fork is not a restart: nothing of it is
+superseded) and its audit trail records who forked it, from which step.
+
+Values stored out of row belong to one run (``workflows.core.payloads``: a blob is read only by its
+run, or by the parent of the child run that wrote it). The copied rows therefore get copies of
+their blobs, owned by the new run: the fork can read them, and no third run can. A reference
+the original could not read itself (a foreign blob) is copied as it is, and stays unreadable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from workflows.core import audit, payloads
+from workflows.core.audit import Actor
+from workflows.core.definitions import workflow_for_run
+from workflows.core.doorbell import ring_on_commit
+from workflows.core.errors import InvalidInputError, UnknownWorkflowError
+from workflows.core.models import Blob, Run, RunAction, RunStatus, Step, StepKind, StepStatus
+from workflows.core.services import get_run
+
+# A fork replays these rows: each must hold its final answer (a result, or the failure the
+# handler saw and perhaps caught). A row still running or waiting belongs to the original.
+REUSABLE = (StepStatus.SUCCEEDED, StepStatus.FAILED)
+
+
+def fork(
+    run_id: Any,
+    from_step: int = 1,
+    *,
+    actor: Actor | None = None,
+    reason: str = "",
+) -> Run:
+    """Start a new run of ``run_id``'s workflow (same version, input and context) reusing the
+    journal before position ``from_step``; return it, pending, as ``start`` does.
+
+    ``from_step`` is 1 to one past the original's last position (1 reuses nothing). Out of
+    that range, or when a position before it has not finished (still running, waiting or
+    canceled), it raises ``InvalidInputError`` (field ``from_step``) and starts nothing.
+    The original may be in any state; it is not changed, except for its audit trail.
+    """
+    reason = audit.check_reason(reason)
+    if isinstance(from_step, bool) or not isinstance(from_step, int):
+        raise _bad_step(f"from_step must be a journal position (an integer), not {from_step!r}")
+    with transaction.atomic():
+        source = get_run(run_id)  # a clear RunNotFoundError for unknown or malformed ids
+        if connection.features.has_select_for_update:
+            # A consistent journal: checkpoints of the original lock its row first.
+            source = Run.objects.select_for_update().get(pk=source.pk)
+        rows = list(
+            Step.objects.filter(run=source, superseded=False).order_by("position", "branch", "id")
+        )
+        last = max((r.position for r in rows if r.branch < 0), default=0)
+        if not 1 <= from_step <= last + 1:
+            raise _bad_step(
+                f"from_step {from_step} is out of range: run {source.pk} has journal positions "
+                f"1 to {last}, so a fork starts from 1 to {last + 1}",
+                f"from 1 to {last + 1}",
+            )
+        kept = [r for r in rows if r.position < from_step]
+        unfinished = [r for r in kept if r.status not in REUSABLE]
+        if unfinished:
+            row = unfinished[0]
+            raise _bad_step(
+                f"position {row.position} ({row.kind} {row.name!r}) of run {source.pk} is "
+                f"{row.status}: a fork reuses finished positions only; fork from step "
+                f"{row.position} at most",
+                f"at most {row.position}",
+            )
+        try:
+            workflow_for_run(source.workflow, source.version)
+        except UnknownWorkflowError as exc:
+            raise InvalidInputError(str(exc)) from None
+        now = timezone.now()
+        shown = [r for r in kept if r.branch < 0]
+        new = Run.objects.create(
+            workflow=source.workflow,
+            version=source.version,
+            input=source.input,
+            context=source.context,
+            on_complete=source.on_complete,
+            max_parallel=source.max_parallel,
+            tenant=source.tenant,
+            created_by=(actor.description if actor else "")[:150],
+            callback_url=source.callback_url,
+            max_cost=source.max_cost,
+            review_timeout=source.review_timeout,
+            forked_from=source,
+            forked_at_step=from_step,
+            status=RunStatus.PENDING,
+            wake_requested_at=now,
+            # The executor loads the journal of runs that reached a step only.
+            current_step=shown[-1].name[:200] if shown else "",
+        )
+        Step.objects.bulk_create([_copy(row, source, new) for row in kept])
+        audit.record(
+            source,
+            RunAction.FORK,
+            generation=source.generation,
+            actor=actor,
+            reason=reason or f"forked as run {new.pk}",
+            from_step=from_step,
+        )
+        ring_on_commit(new.pk, new.generation)
+    return new
+
+
+def last_forkable(rows: list[Step]) -> int:
+    """The highest ``from_step`` a fork of a run with these live journal rows accepts: one past
+    the last position, or the first position that has not finished."""
+    last = max((r.position for r in rows if r.branch < 0), default=0)
+    unfinished = [r.position for r in rows if r.status not in REUSABLE]
+    return min([last + 1, *unfinished])
+
+
+def _bad_step(message: str, short: str = "an integer") -> InvalidInputError:
+    return InvalidInputError(
+        message, [{"field": "from_step", "message": short, "type": "value_error"}]
+    )
+
+
+def _copy(row: Step, source: Run, new: Run) -> Step:
+    """A live copy of a finished journal row for the new run (generation 1, no lease, no
+    cost: the original paid for it and keeps the cost), its blobs copied to the new run."""
+    return Step(
+        run=new,
+        generation=new.generation,
+        position=row.position,
+        branch=row.branch,
+        kind=row.kind,
+        name=row.name,
+        status=row.status,
+        pool=row.pool,
+        attempt=row.attempt,
+        max_attempts=row.max_attempts,
+        target=row.target,
+        args=_own(row.args, row, source, new),
+        digest=row.digest,
+        result=_own(row.result, row, source, new),
+        error=row.error,
+        wake_at=row.wake_at,
+        remaining=0,
+        usage=row.usage,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+    )
+
+
+def _own(value: Any, row: Step, source: Run, new: Run) -> Any:
+    """``value`` as the new run may read it: a blob reference the original could read (its
+    own blob, or the output of the child run this row started) becomes a reference to a copy
+    owned by the new run. Anything else is returned as it is."""
+    if not payloads.is_blob_ref(value):
+        return value
+    allowed = Q(run_id=source.pk)
+    if row.kind == StepKind.CHILD:
+        allowed |= Q(run__parent_step_id=row.pk)
+    ref = value[payloads.BLOB_KEY]
+    if not isinstance(ref, int) or isinstance(ref, bool) or not 0 < ref < 2**63:
+        return value
+    blob = Blob.objects.filter(allowed, pk=ref).first()
+    if blob is None:
+        return value  # Foreign to the original too: the fork may not read it either.
+    copy = Blob.objects.create(run=new, data=blob.data, size=blob.size)
+    return payloads.blob_ref(copy)
