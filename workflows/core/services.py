@@ -483,6 +483,7 @@ def _cancel_locked(run: Run, reason: str) -> bool:
     )
     if n != 1:
         return False
+    transitions.cancel_steps(run.pk, now)
     run.refresh_from_db()
     for child in Run.objects.filter(parent=run, status__in=ACTIVE_RUN):
         _cancel_locked(child, f"parent run {run.pk} canceled")
