@@ -11,7 +11,7 @@
 #   make bench   install the peers (the `bench` extra) and run bench/run.py
 #   make prod-local  the production topology of the Procfile (gunicorn, a worker per pool,
 #                beat) on this machine's PostgreSQL and Redis, DEBUG off (docs/deploy.md)
-#   make lint    ruff + mypy
+#   make lint    ruff, ruff format --check, mypy and the core's import contract (lint-imports)
 #
 # Each recipe runs as one bash script (.ONESHELL) with -euo pipefail.
 
@@ -251,8 +251,10 @@ lint: install-test
 	$(PY) -m ruff check .
 	echo "+ ruff format --check ."
 	$(PY) -m ruff format --check .
-	echo "+ mypy config workflows pipelines reviews"
-	$(PY) -m mypy config workflows pipelines reviews
+	echo "+ mypy config workflows pipelines reviews tests/typing"
+	$(PY) -m mypy config workflows pipelines reviews tests/typing
+	echo "+ lint-imports (the engine core imports no product module; see pyproject.toml)"
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	@rm -rf $(VAR)/test-services $(VAR)/test-sqlite $(VAR)/test-core $(VAR)/requirements-*.txt

@@ -786,7 +786,8 @@ def run_case(case: Case, persona: str, client: Client, token: str, scene: Scene)
                 data = {k: fill_data(v, scene) for k, v in (case.data or {}).items()}
                 kwargs.update(data={**data, "csrfmiddlewaretoken": token})
             response = getattr(client, case.method.lower())(url, **kwargs)
-            if response.streaming:  # an event stream (it ends at once here: matrix_scene) or the JSONL dataset
+            # An event stream (it ends at once here: matrix_scene) or the JSONL dataset.
+            if response.streaming:
                 body = b"".join(response.streaming_content).decode(errors="replace")
                 response.close()
             else:
