@@ -90,6 +90,27 @@ def test_take_runs_returns_only_the_runs_it_took(store: Storage) -> None:
     assert store.take_runs([], "w1", now) == []
 
 
+def test_a_compensating_run_keeps_its_status_when_taken(store: Storage) -> None:
+    """Saga: a taken run is "running", except a compensating one, which stays compensating
+    while its undos run (the lease says who holds it); one at a time and in a burst alike."""
+    now = timezone.now()
+    alone = make_run(status=RunStatus.COMPENSATING, after_compensation=RunStatus.FAILED)
+    taken = store.take_run(alone.pk, 1, "w1", now)
+    assert taken is not None
+    assert (taken.status, taken.lease_owner) == (RunStatus.COMPENSATING, "w1")
+    assert Run.objects.get(pk=alone.pk).status == RunStatus.COMPENSATING
+    assert store.take_run(alone.pk, 1, "w2", now) is None  # held by w1
+    undoing = make_run(status=RunStatus.COMPENSATING, after_compensation=RunStatus.CANCELED)
+    pending, suspended = make_run(), make_run(status=RunStatus.SUSPENDED)
+    burst = store.take_runs([(undoing.pk, 1), (pending.pk, 1), (suspended.pk, 1)], "w1", now)
+    assert {r.pk: (r.status, r.lease_owner) for r in burst} == {
+        undoing.pk: (RunStatus.COMPENSATING, "w1"),
+        pending.pk: (RunStatus.RUNNING, "w1"),
+        suspended.pk: (RunStatus.RUNNING, "w1"),
+    }
+    assert Run.objects.get(pk=undoing.pk).status == RunStatus.COMPENSATING
+
+
 def test_checkpoint_writes_everything_while_the_run_is_ours(store: Storage) -> None:
     now = timezone.now()
     run = make_run()
@@ -172,6 +193,22 @@ def test_reclaim_run_frees_only_an_expired_lease(store: Storage) -> None:
     fresh = Run.objects.get(pk=dead.pk)
     assert (fresh.lease_owner, fresh.wake_requested_at) == ("", now)
     assert not store.reclaim_run(dead, now)  # the sweep's view is stale now: nothing happens
+
+
+def test_reclaim_run_frees_an_expired_compensating_lease_keeping_its_status(
+    store: Storage,
+) -> None:
+    now = timezone.now()
+    dead = make_run(
+        status=RunStatus.COMPENSATING, lease_owner="w", lease_expires_at=now - timedelta(seconds=1)
+    )
+    assert store.reclaim_run(dead, now)
+    fresh = Run.objects.get(pk=dead.pk)
+    assert (fresh.status, fresh.lease_owner, fresh.wake_requested_at) == (
+        RunStatus.COMPENSATING,
+        "",
+        now,
+    )
 
 
 # --- steps -----------------------------------------------------------------------------------

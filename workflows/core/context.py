@@ -1042,19 +1042,9 @@ class Context:
         )
         with self._writing():
             self._flush()
-            n = Run.objects.filter(
-                pk=self._record.pk,
-                lease_owner=self.owner,
-                generation=self.generation,
-                wake_requested_at__isnull=True,
-            ).update(status=parked, lease_owner="", lease_expires_at=None)
-            if n == 0:
-                # Something made the run runnable while we replayed: let go of the lease so
-                # the caller takes it again and replays once more.
-                Run.objects.filter(
-                    pk=self._record.pk, lease_owner=self.owner, generation=self.generation
-                ).update(lease_owner="", lease_expires_at=None)
-        return n == 1
+            # Unless something made the run runnable while we replayed: then the lease is let
+            # go so the caller takes it again and replays once more.
+            return transitions.suspend(self._record.pk, self.owner, self.generation, parked)
 
     def finish(
         self, status: str, *, output: Any = None, error: dict[str, Any] | None = None

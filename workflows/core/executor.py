@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Avg, Count, F, Q
 from django.utils import timezone
 
@@ -37,50 +37,14 @@ from workflows.core.leases import (
     ensure_heartbeat,
     hold,
     hold_run,
-    lease_until,
     owner_id,
 )
-from workflows.core.models import ACTIVE_RUN, LEASED_RUN, Run, RunStatus, Step, StepStatus
+from workflows.core.models import ACTIVE_RUN, Run, RunStatus, Step, StepStatus
 from workflows.core.services import handler_kwargs
 
 log = logging.getLogger(__name__)
 
 MAX_REPLAYS_PER_MESSAGE = 50
-
-
-# A taken run is "running", except a compensating one: it stays "compensating" while its
-# undos run (the lease columns say that a worker holds it).
-_TAKEN_STATUS = "CASE WHEN status = %s THEN status ELSE %s END"
-_TAKEN_PARAMS = (RunStatus.COMPENSATING, RunStatus.RUNNING)
-
-
-def take_run(run_id: Any, generation: int, owner: str) -> Run | None:
-    """Compare-and-swap the run lease to ``owner`` if it is free (or expired).
-
-    Returns the run as updated (one statement: UPDATE … RETURNING), or None.
-    """
-    now = timezone.now()
-    table = Run._meta.db_table
-    active = ", ".join(["%s"] * len(ACTIVE_RUN))
-    sql = (
-        f"UPDATE {table} SET status = {_TAKEN_STATUS}, lease_owner = %s, lease_expires_at = %s, "
-        "wake_requested_at = NULL, started_at = COALESCE(started_at, %s) "
-        f"WHERE id = %s AND generation = %s AND status IN ({active}) "
-        "AND (lease_owner = '' OR lease_expires_at < %s) RETURNING *"
-    )
-    pk = Run._meta.pk.get_db_prep_value(run_id, connection)  # type: ignore[union-attr]
-    params = [
-        *_TAKEN_PARAMS,
-        owner,
-        lease_until(now),
-        now,
-        pk,
-        generation,
-        *ACTIVE_RUN,
-        now,
-    ]
-    rows = list(Run.objects.raw(sql, params))
-    return rows[0] if rows else None
 
 
 def advance(run_id: Any, generation: int) -> str:
@@ -93,7 +57,7 @@ def _advance(run_id: Any, generation: int) -> str:
     owner = owner_id()
     outcome = "skipped"
     for _ in range(MAX_REPLAYS_PER_MESSAGE):
-        run = take_run(run_id, generation, owner)
+        run = transitions.take(run_id, generation, owner, timezone.now())
         if run is None:
             return outcome
         hold_run(run.pk)
@@ -131,9 +95,7 @@ def let_go(run: Run, owner: str) -> None:
     run is not held by a worker that is no longer advancing it; the sweep rings again after
     the doorbell grace. Best effort: if even this fails, the lease simply expires."""
     try:
-        Run.objects.filter(
-            pk=run.pk, lease_owner=owner, generation=run.generation, status__in=LEASED_RUN
-        ).update(lease_owner="", lease_expires_at=None, wake_requested_at=timezone.now())
+        transitions.release(run.pk, owner, run.generation, timezone.now())
     except Exception:
         log.exception("could not release run %s after an error", run.pk)
 
@@ -185,29 +147,6 @@ def _end(ctx: Context, outcome: str, value: Any) -> None:
         ctx.finish(RunStatus.FAILED, error=error_dict(exc))
 
 
-def take_runs(items: list[tuple[Any, int]], owner: str) -> list[Run]:
-    """``take_run`` for many runs in one statement; returns the runs taken."""
-    if not items:
-        return []
-    now = timezone.now()
-    table = Run._meta.db_table
-    pk_field = Run._meta.pk
-    assert pk_field is not None
-    pairs = ", ".join(["(%s, %s)"] * len(items))
-    active = ", ".join(["%s"] * len(ACTIVE_RUN))
-    params: list[Any] = [*_TAKEN_PARAMS, owner, lease_until(now), now]
-    for run_id, generation in items:
-        params += [pk_field.get_db_prep_value(run_id, connection), generation]
-    params += [*ACTIVE_RUN, now]
-    sql = (
-        f"UPDATE {table} SET status = {_TAKEN_STATUS}, lease_owner = %s, lease_expires_at = %s, "
-        "wake_requested_at = NULL, started_at = COALESCE(started_at, %s) "
-        f"WHERE (id, generation) IN ({pairs}) AND status IN ({active}) "
-        "AND (lease_owner = '' OR lease_expires_at < %s) RETURNING *"
-    )
-    return list(Run.objects.raw(sql, params))
-
-
 def advance_many(items: list[tuple[Any, int]]) -> dict[str, int]:
     """Advance a burst of runs (gates that closed together, say) with fewer round trips.
 
@@ -218,7 +157,7 @@ def advance_many(items: list[tuple[Any, int]]) -> dict[str, int]:
     4. A run woken while it replayed goes through ``advance`` again.
     """
     owner = owner_id()
-    runs = take_runs(items, owner)
+    runs = transitions.take_many(items, owner, timezone.now())
     if not runs:
         return {}
     for run in runs:

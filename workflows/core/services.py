@@ -13,7 +13,7 @@ from typing import Any
 import pydantic
 from django.conf import settings
 from django.db import IntegrityError, OperationalError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -456,11 +456,7 @@ def _cancel_locked(run: Run, reason: str) -> bool:
     """
     now = timezone.now()
     error: dict[str, Any] = {"type": "Canceled", "message": reason}
-    fields: dict[str, Any] = {
-        "status": RunStatus.CANCELED,
-        "finished_at": now,
-        "wake_requested_at": None,
-    }
+    compensate = False
     if run.status == RunStatus.COMPENSATING:
         skipped = undos.not_undone(run.pk)
         if skipped:
@@ -469,22 +465,10 @@ def _cancel_locked(run: Run, reason: str) -> bool:
             )[:2000]
             error["not_undone"] = skipped
         error["cause"] = run.error
-    elif undos.has_undos(run.pk):
-        fields = {
-            "status": RunStatus.COMPENSATING,
-            "after_compensation": RunStatus.CANCELED,
-            "wake_requested_at": now,
-        }
-    n = Run.objects.filter(pk=run.pk, generation=run.generation, status__in=ACTIVE_RUN).update(
-        generation=F("generation") + 1,
-        lease_owner="",
-        lease_expires_at=None,
-        error=error,
-        **fields,
-    )
-    if n != 1:
+    else:
+        compensate = undos.has_undos(run.pk)
+    if not transitions.cancel(run, now, error, compensate=compensate):
         return False
-    transitions.cancel_steps(run.pk, now)
     run.refresh_from_db()
     for child in Run.objects.filter(parent=run, status__in=ACTIVE_RUN):
         _cancel_locked(child, f"parent run {run.pk} canceled")
@@ -600,18 +584,7 @@ def restart(
         fields: dict[str, Any] = {}
         if max_cost is not None:
             fields["max_cost"] = max_cost
-        Run.objects.filter(pk=run.pk, generation=run.generation).update(
-            status=RunStatus.PENDING,
-            generation=F("generation") + 1,
-            output=None,
-            error=None,
-            finished_at=None,
-            lease_owner="",
-            lease_expires_at=None,
-            wake_requested_at=now,
-            after_compensation="",
-            **fields,
-        )
+        transitions.restart(run, now, **fields)
         audit.record(
             run,
             action,

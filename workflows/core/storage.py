@@ -4,7 +4,8 @@ As DBOS has one system-database interface with a PostgreSQL and a SQLite impleme
 engine talks to its tables through ``Storage`` for the writes that decide who owns what:
 
 ===============  ===========================================================================
-take_run(s)      pending/suspended/expired run → running under this worker's lease
+take_run(s)      pending/suspended/expired run → running under this worker's lease (a
+                 compensating run keeps its status)
 checkpoint       previous results + next step "running, attempt n" + lease, fenced on the run
 claim            a queued step (pending, or a slot reserved at fan-out) → running
 complete         running → succeeded | retrying | failed, fenced on owner and attempt
@@ -41,7 +42,7 @@ from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from workflows.core.leases import lease_until
-from workflows.core.models import ACTIVE_RUN, Run, RunStatus, Step, StepStatus
+from workflows.core.models import ACTIVE_RUN, LEASED_RUN, Run, RunStatus, Step, StepStatus
 from workflows.core.pools import RESERVED
 
 # The step columns a checkpoint writes for a row it already holds.
@@ -70,7 +71,8 @@ class Storage(ABC):
     @abstractmethod
     def take_run(self, run_id: Any, generation: int, owner: str, now: datetime) -> Run | None:
         """The run lease to ``owner`` if the run is active in ``generation`` and its lease is
-        free or expired; the run as updated."""
+        free or expired; the run as updated. A taken run is "running", except a compensating
+        one: it stays "compensating" while its undos run (the lease says a worker holds it)."""
 
     @abstractmethod
     def take_runs(self, items: list[tuple[Any, int]], owner: str, now: datetime) -> list[Run]:
@@ -94,7 +96,8 @@ class Storage(ABC):
 
     @abstractmethod
     def reclaim_run(self, run: Run, now: datetime) -> bool:
-        """A running run whose lease expired: free the lease and mark it runnable."""
+        """A running (or compensating) run whose lease expired: free the lease and mark it
+        runnable."""
 
     # --- steps ----------------------------------------------------------------------------
 
@@ -151,12 +154,19 @@ class SQLiteStorage(Storage):
         assert pk_field is not None
         pairs = ", ".join(["(%s, %s)"] * len(items))
         active = ", ".join(["%s"] * len(ACTIVE_RUN))
-        params: list[Any] = [RunStatus.RUNNING, owner, lease_until(now), now]
+        params: list[Any] = [
+            RunStatus.COMPENSATING,
+            RunStatus.RUNNING,
+            owner,
+            lease_until(now),
+            now,
+        ]
         for run_id, generation in items:
             params += [pk_field.get_db_prep_value(run_id, connection), generation]
         params += [*ACTIVE_RUN, now]
         sql = (
-            f"UPDATE {Run._meta.db_table} SET status = %s, lease_owner = %s, "
+            f"UPDATE {Run._meta.db_table} "
+            "SET status = CASE WHEN status = %s THEN status ELSE %s END, lease_owner = %s, "
             "lease_expires_at = %s, wake_requested_at = NULL, "
             "started_at = COALESCE(started_at, %s) "
             f"WHERE (id, generation) IN ({pairs}) AND status IN ({active}) "
@@ -195,7 +205,7 @@ class SQLiteStorage(Storage):
         return bool(
             Run.objects.filter(
                 pk=run.pk,
-                status=RunStatus.RUNNING,
+                status__in=LEASED_RUN,
                 lease_owner=run.lease_owner,
                 lease_expires_at__lt=now,
             ).update(lease_owner="", lease_expires_at=None, wake_requested_at=now)

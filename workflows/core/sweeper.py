@@ -162,12 +162,7 @@ def reclaim_runs(now: Any) -> int:
     expired = Run.objects.filter(status__in=LEASED_RUN, lease_expires_at__lt=now)
 
     def reclaim(run: Run) -> bool:
-        if Run.objects.filter(
-            pk=run.pk,
-            status__in=LEASED_RUN,
-            lease_owner=run.lease_owner,
-            lease_expires_at__lt=now,
-        ).update(lease_owner="", lease_expires_at=None, wake_requested_at=now):
+        if transitions.reclaim_run(run, now):
             ring_on_commit(run.pk, run.generation)
             return True
         return False

@@ -22,7 +22,15 @@ from typing import Any
 
 from django.db.models import F, QuerySet
 
-from workflows.core.models import ACTIVE_RUN, Event, Run, RunStatus, Step, StepStatus
+from workflows.core.models import (
+    ACTIVE_RUN,
+    LEASED_RUN,
+    Event,
+    Run,
+    RunStatus,
+    Step,
+    StepStatus,
+)
 from workflows.core.storage import storage
 
 LIVE_STEP = [StepStatus.PENDING, StepStatus.WAITING, StepStatus.RETRYING, StepStatus.RUNNING]
@@ -31,11 +39,13 @@ LIVE_STEP = [StepStatus.PENDING, StepStatus.WAITING, StepStatus.RETRYING, StepSt
 
 
 def take(run_id: Any, generation: int, owner: str, now: datetime) -> Run | None:
-    """pending | suspended | running with an expired lease → running under ``owner``."""
+    """pending | suspended | running with an expired lease → running under ``owner``; a
+    compensating run stays compensating (its lease says a worker holds it)."""
     return storage().take_run(run_id, generation, owner, now)
 
 
 def take_many(items: list[tuple[Any, int]], owner: str, now: datetime) -> list[Run]:
+    """``take`` for many (run id, generation) pairs in one statement; the runs taken."""
     return storage().take_runs(items, owner, now)
 
 
@@ -61,12 +71,13 @@ def checkpoint(
     )
 
 
-def suspend(run_id: Any, owner: str, generation: int) -> bool:
-    """running → suspended, unless something made the run runnable meanwhile (then the lease
-    is let go so the caller takes it again and replays once more). True when parked."""
+def suspend(run_id: Any, owner: str, generation: int, parked: str = RunStatus.SUSPENDED) -> bool:
+    """running → suspended (a compensating run parks as compensating: pass ``parked``),
+    unless something made the run runnable meanwhile (then the lease is let go so the caller
+    takes it again and replays once more). True when parked."""
     n = Run.objects.filter(
         pk=run_id, lease_owner=owner, generation=generation, wake_requested_at__isnull=True
-    ).update(status=RunStatus.SUSPENDED, lease_owner="", lease_expires_at=None)
+    ).update(status=parked, lease_owner="", lease_expires_at=None)
     if n == 0:
         Run.objects.filter(pk=run_id, lease_owner=owner, generation=generation).update(
             lease_owner="", lease_expires_at=None
@@ -75,10 +86,11 @@ def suspend(run_id: Any, owner: str, generation: int) -> bool:
 
 
 def release(run_id: Any, owner: str, generation: int, now: datetime) -> bool:
-    """running (ours) → lease free and runnable: after an unexpected error the sweep rings."""
+    """running or compensating (ours) → lease free and runnable: after an unexpected error
+    the sweep rings again."""
     return bool(
         Run.objects.filter(
-            pk=run_id, lease_owner=owner, generation=generation, status=RunStatus.RUNNING
+            pk=run_id, lease_owner=owner, generation=generation, status__in=LEASED_RUN
         ).update(lease_owner="", lease_expires_at=None, wake_requested_at=now)
     )
 
@@ -90,17 +102,25 @@ def mark_runnable(run_id: Any, now: datetime) -> int | None:
     return Run.objects.filter(pk=run_id).values_list("generation", flat=True).first()
 
 
-def cancel(run: Run, now: datetime, error: dict[str, Any]) -> bool:
+def cancel(run: Run, now: datetime, error: dict[str, Any], *, compensate: bool = False) -> bool:
     """active (this generation) → canceled, generation + 1 (fencing out in-flight work), and
-    its live steps canceled."""
+    its live steps canceled. With ``compensate`` (the run has completed steps to undo) →
+    compensating instead, runnable now, to end canceled once its undos ran."""
+    fields: dict[str, Any] = (
+        {
+            "status": RunStatus.COMPENSATING,
+            "after_compensation": RunStatus.CANCELED,
+            "wake_requested_at": now,
+        }
+        if compensate
+        else {"status": RunStatus.CANCELED, "finished_at": now, "wake_requested_at": None}
+    )
     n = Run.objects.filter(pk=run.pk, generation=run.generation, status__in=ACTIVE_RUN).update(
-        status=RunStatus.CANCELED,
         generation=F("generation") + 1,
         lease_owner="",
         lease_expires_at=None,
-        wake_requested_at=None,
-        finished_at=now,
         error=error,
+        **fields,
     )
     if n != 1:
         return False
@@ -120,13 +140,14 @@ def restart(run: Run, now: datetime, **fields: Any) -> bool:
             lease_owner="",
             lease_expires_at=None,
             wake_requested_at=now,
+            after_compensation="",
             **fields,
         )
     )
 
 
 def reclaim_run(run: Run, now: datetime) -> bool:
-    """running under an expired lease → lease free, runnable."""
+    """running or compensating under an expired lease → lease free, runnable."""
     return storage().reclaim_run(run, now)
 
 
