@@ -40,7 +40,15 @@ from workflows.core.calls import (
     return_annotation,
     worker_lost,
 )
-from workflows.core.definitions import StepDef, as_step, resolve_step, step_path, undo_path
+from workflows.core.definitions import (
+    StepDef,
+    WorkflowDef,
+    as_step,
+    resolve_step,
+    step_path,
+    undo_path,
+    workflow_name,
+)
 from workflows.core.doorbell import (
     dispatch_many_on_commit,
     dispatch_on_commit,
@@ -86,10 +94,11 @@ def _undo_of(sd: StepDef, compensate: Callable[..., Any] | None, kwargs: dict[st
 
 
 @dataclass(frozen=True)
-class Call:
-    """A step call not yet made: built by ``ctx.call``, made by ``ctx.parallel``."""
+class Call[R]:
+    """A step call not yet made: built by ``ctx.call``, made by ``ctx.parallel``. ``R`` is
+    the step's return type (what the call's slot of ``ctx.parallel``'s result holds)."""
 
-    step: StepDef
+    step: StepDef[..., R]
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     compensate: Callable[..., Any] | None = None
@@ -166,23 +175,47 @@ class Context:
             raise RuntimeError("ctx.review needs the reviews app in INSTALLED_APPS")
         return ext(self, *args, **kwargs)
 
+    # ``ctx.call``/``ctx.run`` are typed like a call of ``fn`` (ParamSpec). Their saga keyword
+    # ``compensate=`` cannot sit in a ParamSpec signature (PEP 612: nothing between *P.args
+    # and **P.kwargs), so a second overload takes it, keyword-only: the result is still
+    # typed, the step's arguments are not checked there. It comes first: a call without
+    # ``compensate=`` does not match it and falls through to the ParamSpec one.
+
+    @overload
+    def call[R](
+        self, fn: Callable[..., R], /, *args: Any, compensate: Callable[..., Any], **kwargs: Any
+    ) -> Call[R]: ...
+
+    @overload
+    def call[**P, R](self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Call[R]: ...
+
     def call(
         self,
         fn: Callable[..., Any],
+        /,
         *args: Any,
-        compensate: Callable[..., Any] | None = None,
+        compensate: Any = None,  # Callable | None; Any: a ParamSpec overload may pass anything
         **kwargs: Any,
-    ) -> Call:
+    ) -> Call[Any]:
         """Describe a step call for ``ctx.parallel`` without making it."""
         return Call(as_step(fn), args, kwargs, compensate)
+
+    @overload
+    def run[R](
+        self, fn: Callable[..., R], /, *args: Any, compensate: Callable[..., Any], **kwargs: Any
+    ) -> R: ...
+
+    @overload
+    def run[**P, R](self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R: ...
 
     def run(
         self,
         fn: Callable[..., Any],
+        /,
         *args: Any,
-        compensate: Callable[..., Any] | None = None,
+        compensate: Any = None,  # Callable | None; Any: a ParamSpec overload may pass anything
         **kwargs: Any,
-    ) -> Any:  # noqa: F811
+    ) -> Any:
         """Run a step inline (or return its journaled result on replay).
 
         ``compensate``: the step's undo (overrides ``@step(compensate=...)``), run with the
@@ -257,7 +290,7 @@ class Context:
         """Continue journaling after ``position`` (the undos follow the handler's journal)."""
         self._pos = position
 
-    def parallel(self, calls: Sequence[Call], *, return_exceptions: bool = False) -> list[Any]:
+    def parallel(self, calls: Sequence[Call[Any]], *, return_exceptions: bool = False) -> list[Any]:
         """Run the calls as parallel branches, joined in the database; results in order."""
         calls = list(calls)
         name = "parallel:" + ",".join(c.step.name for c in calls)
@@ -364,8 +397,12 @@ class Context:
             return payloads.unpack(row.result, self.run_id)
         raise Suspend
 
-    def run_workflow(self, name: str, input: dict[str, Any] | None = None, **options: Any) -> Any:
-        """Start a child run and wait for its output. Its failure raises here."""
+    def run_workflow(
+        self, workflow: str | WorkflowDef[Any], input: dict[str, Any] | None = None, **options: Any
+    ) -> Any:
+        """Start a child run of ``workflow`` (a name or the ``@workflow`` handler) and wait
+        for its output. Its failure raises here."""
+        name = workflow_name(workflow)
         pos, row = self._next(StepKind.CHILD, name)
         if row is None:
             now = timezone.now()
@@ -896,7 +933,7 @@ class Context:
             self._dirty.append(row)
         raise StepFailed(row.name, err)
 
-    def _fan_out(self, calls: list[Call], name: str, return_exceptions: bool) -> list[Any]:
+    def _fan_out(self, calls: list[Call[Any]], name: str, return_exceptions: bool) -> list[Any]:
         pos, group = self._next(StepKind.PARALLEL, name)
         digest = (
             call_digest([[c.step.name, list(c.args), c.kwargs] for c in calls])

@@ -272,6 +272,24 @@ def get_workflow(name: str) -> WorkflowDef[Any]:
         ) from None
 
 
+def workflow_name(workflow: str | WorkflowDef[Any]) -> str:
+    """The registered name of ``workflow``: a name, or the object ``@workflow`` returned
+    (``start(summarize, {...})``), which must be the handler new runs start on under its
+    name (not an old version kept as ``name@N``, nor one a later definition replaced)."""
+    if isinstance(workflow, str):
+        return workflow
+    if not isinstance(workflow, WorkflowDef):
+        raise TypeError(
+            f"expected a workflow name or a @workflow handler, not {type(workflow).__name__}"
+        )
+    if _workflows.get(workflow.name) is not workflow:
+        raise UnknownWorkflowError(
+            f"workflow {workflow.name!r} version {workflow.version} is not the handler new runs "
+            "start on (an old version kept as name@N, or replaced by a later definition)"
+        )
+    return workflow.name
+
+
 def workflow_for_run(name: str, version: int) -> WorkflowDef[Any]:
     """The handler a run of ``name`` started on ``version`` replays: that version's handler
     if it is still registered (the current one, or an old one kept as ``name@version``), else

@@ -19,7 +19,12 @@ from django.utils.module_loading import import_string
 
 from workflows.core import audit, instrument, payloads, transitions, undos
 from workflows.core.audit import Actor
-from workflows.core.definitions import get_workflow, workflow_for_run
+from workflows.core.definitions import (
+    WorkflowDef,
+    get_workflow,
+    workflow_for_run,
+    workflow_name,
+)
 from workflows.core.doorbell import dispatch_on_commit, grace, request_wake, ring_on_commit
 from workflows.core.errors import (
     IdempotencyConflict,
@@ -116,7 +121,7 @@ def handler_kwargs(run: Run) -> dict[str, Any]:
 
 
 def create_run(
-    workflow: str,
+    workflow: str | WorkflowDef[Any],
     input: dict[str, Any],
     *,
     idempotency_key: str | None = None,
@@ -132,6 +137,7 @@ def create_run(
     review_timeout: Any = None,
 ) -> Run:
     """Insert a pending run and ring for it on commit. Call inside a transaction."""
+    workflow = workflow_name(workflow)
     wf = get_workflow(workflow)
     data = validate_input(workflow, input)
     review_timeout = parse_review_timeout(review_timeout)
@@ -166,7 +172,7 @@ def create_run(
 
 
 def start(
-    workflow: str,
+    workflow: str | WorkflowDef[Any],
     input: dict[str, Any] | None = None,
     *,
     idempotency_key: str | None = None,
@@ -175,7 +181,8 @@ def start(
     max_parallel: int | None = None,
     **options: Any,
 ) -> Run:
-    """Start a run of ``workflow``. A repeated ``idempotency_key`` returns the existing run;
+    """Start a run of ``workflow``: its registered name, or the ``@workflow`` handler itself
+    (``start(summarize, {"text": ...})``). A repeated ``idempotency_key`` returns the existing run;
     the key used before for another workflow or another input raises ``IdempotencyConflict``.
 
     ``options``: ``tenant``, ``created_by``, ``callback_url``, ``max_cost``, ``review_timeout``
@@ -194,7 +201,7 @@ def start(
 
 
 def start_or_find(
-    workflow: str,
+    workflow: str | WorkflowDef[Any],
     input: dict[str, Any] | None = None,
     *,
     idempotency_key: str | None = None,
@@ -206,6 +213,7 @@ def start_or_find(
     A found run must be the same request: another workflow or another input under the key
     raises ``IdempotencyConflict`` (checked on both paths, the early look-up and the lost race).
     """
+    workflow = workflow_name(workflow)
     if idempotency_key:
         existing = Run.objects.filter(idempotency_key=idempotency_key).first()
         if existing is not None:
