@@ -101,44 +101,9 @@ def waiter(ctx: Any, timeout: float = 3600) -> Any:
     return {"first": first, "event": ev}
 
 
-@workflow(name="test.parent")
-def parent(ctx: Any, n: int = 2) -> Any:
-    child = ctx.run_workflow("test.chain", {"n": n})
-    return {"child": child}
-
-
-@step
-def boom() -> None:
-    raise NonRetryableError("child exploded")
-
-
-@workflow(name="test.failing_child")
-def failing_child(ctx: Any) -> None:
-    ctx.run(boom)
-
-
-@workflow(name="test.parent_of_failing")
-def parent_of_failing(ctx: Any) -> str:
-    from workflows import ChildWorkflowFailed
-
-    try:
-        ctx.run_workflow("test.failing_child", {})
-    except ChildWorkflowFailed as exc:
-        return f"child failed: {exc.error['message'][:40]}"
-    return "no"
-
-
 @workflow(name="test.parent_waiting_child")
 def parent_waiting_child(ctx: Any) -> Any:
     return ctx.run_workflow("test.event", {})
-
-
-@workflow(name="test.random")
-def randomness(ctx: Any) -> Any:
-    r = ctx.random()
-    u = ctx.uuid()
-    ctx.sleep(60)
-    return {"r": r, "u": str(u)}
 
 
 @step
@@ -210,17 +175,6 @@ def nap_chain(ctx: Any, n: int = 5, seconds: float = 0.5) -> int:
     for _ in range(n):
         ctx.run(nap, seconds)
     return n
-
-
-@workflow(name="test.nondeterministic")
-def nondeterministic(ctx: Any) -> str:
-    name = os.environ.get("SLUICE_TEST_VARIANT", "a")
-    if name == "a":
-        ctx.run(add_one, 1)
-    else:
-        ctx.run(double, 1)
-    ctx.sleep(60)
-    return name
 
 
 @step

@@ -2,17 +2,72 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.utils import timezone
 
+from tests.sample_workflows import add_one, chain, double, parent_waiting_child, sleeper, waiter
 from tests.support import Bell
-from workflows import cancel, get_run, send_event, start, workflow
+from workflows import (
+    ChildWorkflowFailed,
+    NonRetryableError,
+    cancel,
+    get_run,
+    send_event,
+    start,
+    step,
+    workflow,
+)
 from workflows.models import Event, Run, Step
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
+
+
+@workflow(name="test.parent")
+def parent_wf(ctx: Any, n: int = 2) -> Any:
+    child = ctx.run_workflow(chain, {"n": n})
+    return {"child": child}
+
+
+@step
+def boom() -> None:
+    raise NonRetryableError("child exploded")
+
+
+@workflow(name="test.failing_child")
+def failing_child(ctx: Any) -> None:
+    ctx.run(boom)
+
+
+@workflow(name="test.parent_of_failing")
+def parent_of_failing(ctx: Any) -> str:
+    try:
+        ctx.run_workflow(failing_child, {})
+    except ChildWorkflowFailed as exc:
+        return f"child failed: {exc.error['message'][:40]}"
+    return "no"
+
+
+@workflow(name="test.random")
+def randomness(ctx: Any) -> Any:
+    r = ctx.random()
+    u = ctx.uuid()
+    ctx.sleep(60)
+    return {"r": r, "u": str(u)}
+
+
+@workflow(name="test.nondeterministic")
+def nondeterministic(ctx: Any) -> str:
+    name = os.environ.get("SLUICE_TEST_VARIANT", "a")
+    if name == "a":
+        ctx.run(add_one, 1)
+    else:
+        ctx.run(double, 1)
+    ctx.sleep(60)
+    return name
 
 
 def expire(run: Run, kind: str) -> None:
@@ -22,7 +77,7 @@ def expire(run: Run, kind: str) -> None:
 
 
 def test_sleep_is_a_column_fired_by_the_sweep(bell: Bell) -> None:
-    run = start("test.sleep", {"seconds": 3600})
+    run = start(sleeper, {"seconds": 3600})
     bell.settle()
     timer = Step.objects.get(run=run, kind="sleep")
     assert timer.status == "waiting"
@@ -36,7 +91,7 @@ def test_sleep_is_a_column_fired_by_the_sweep(bell: Bell) -> None:
 
 
 def test_an_event_sent_before_the_wait_is_kept_and_consumed_once(bell: Bell) -> None:
-    run = start("test.event", {})
+    run = start(waiter, {})
     send_event(run.pk, "approved", {"by": "early"})
     send_event(run.pk, "approved", {"by": "second"})
     bell.drain()
@@ -47,7 +102,7 @@ def test_an_event_sent_before_the_wait_is_kept_and_consumed_once(bell: Bell) -> 
 
 
 def test_an_event_wait_times_out_with_its_default(bell: Bell) -> None:
-    run = start("test.event", {"timeout": 60})
+    run = start(waiter, {"timeout": 60})
     bell.settle()
     expire(run, "event")
     bell.settle()
@@ -57,7 +112,7 @@ def test_an_event_wait_times_out_with_its_default(bell: Bell) -> None:
 
 
 def test_a_child_workflow_returns_its_output(bell: Bell) -> None:
-    parent = start("test.parent", {"n": 3})
+    parent = start(parent_wf, {"n": 3})
     bell.drain()
     parent = get_run(parent.pk)
     assert parent.output == {"child": 3}
@@ -66,13 +121,13 @@ def test_a_child_workflow_returns_its_output(bell: Bell) -> None:
 
 
 def test_child_failure_raises_in_the_parent(bell: Bell) -> None:
-    parent = start("test.parent_of_failing", {})
+    parent = start(parent_of_failing, {})
     bell.drain()
     assert get_run(parent.pk).output.startswith("child failed: child run")
 
 
 def test_cancel_cascades_to_children(bell: Bell) -> None:
-    parent = start("test.parent_waiting_child", {})
+    parent = start(parent_waiting_child, {})
     bell.drain()
     child = Run.objects.get(parent=parent)
     assert child.status == "suspended"
@@ -82,7 +137,7 @@ def test_cancel_cascades_to_children(bell: Bell) -> None:
 
 
 def test_canceling_a_child_fails_the_parents_wait(bell: Bell) -> None:
-    parent = start("test.parent_waiting_child", {})
+    parent = start(parent_waiting_child, {})
     bell.drain()
     child = Run.objects.get(parent=parent)
     cancel(child.pk)
@@ -93,7 +148,7 @@ def test_canceling_a_child_fails_the_parents_wait(bell: Bell) -> None:
 
 
 def test_now_random_and_uuid_are_journaled(bell: Bell) -> None:
-    run = start("test.random", {})
+    run = start(randomness, {})
     bell.drain()
     rows = {s.kind: s.result for s in Step.objects.filter(run=run)}
     expire(run, "sleep")
@@ -104,7 +159,7 @@ def test_now_random_and_uuid_are_journaled(bell: Bell) -> None:
 
 def test_replay_detects_a_changed_workflow(bell: Bell, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLUICE_TEST_VARIANT", "a")
-    run = start("test.nondeterministic", {})
+    run = start(nondeterministic, {})
     bell.drain()
     monkeypatch.setenv("SLUICE_TEST_VARIANT", "b")
     expire(run, "sleep")
@@ -130,7 +185,7 @@ def plugin_timeout(ctx: Any) -> Any:
 
 
 def test_it_fires_a_plugin_wait_with_a_timeout_and_goes_on_with_its_default(bell: Bell) -> None:
-    run = start("test.waits.plugin_timeout", {})
+    run = start(plugin_timeout, {})
     bell.settle()
     assert get_run(run.pk).status == "suspended"
     expire(run, "approval")
