@@ -69,17 +69,6 @@ def refuse_wf(ctx: Any, reason: str = "no") -> None:
     ctx.run(refuse, reason)
 
 
-@workflow(name="test.catch")
-def catch_wf(ctx: Any) -> str:
-    from workflows import StepFailed
-
-    try:
-        ctx.run(refuse, "bad input")
-    except StepFailed as exc:
-        return f"caught: {exc.error['message']}"
-    return "not reached"
-
-
 @workflow(name="test.fanout", max_parallel=3)
 def fanout(ctx: Any, items: list[int]) -> dict[str, Any]:
     doubled = ctx.map(double, items)

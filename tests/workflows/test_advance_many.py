@@ -6,6 +6,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from tests import sample_workflows as samples
 from tests.support import Bell
 from workflows import cancel, get_run, send_event, start
 from workflows.core.executor import advance_many
@@ -14,7 +15,7 @@ pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 
 
 def test_it_resumes_a_burst_and_ends_them_in_one_transaction(bell: Bell) -> None:
-    runs = [start("test.event", {}) for _ in range(6)]
+    runs = [start(samples.waiter, {}) for _ in range(6)]
     bell.drain()
     for run in runs:
         send_event(run.pk, "approved", {"by": str(run.pk)[:4]})
@@ -31,8 +32,8 @@ def test_it_resumes_a_burst_and_ends_them_in_one_transaction(bell: Bell) -> None
 
 
 def test_it_skips_stale_generations_and_runs_it_cannot_take(bell: Bell) -> None:
-    a = start("test.event", {})
-    b = start("test.event", {})
+    a = start(samples.waiter, {})
+    b = start(samples.waiter, {})
     bell.drain()
     send_event(a.pk, "approved", {})
     cancel(b.pk)  # generation 2 now; the message below carries generation 1
@@ -43,7 +44,7 @@ def test_it_skips_stale_generations_and_runs_it_cannot_take(bell: Bell) -> None:
 
 
 def test_runs_that_must_wait_again_suspend(bell: Bell) -> None:
-    run = start("test.event", {})
+    run = start(samples.waiter, {})
     counts = advance_many([(run.pk, 1)])
     assert counts == {"suspended": 1}
     assert get_run(run.pk).status == "suspended"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import User
 
+from tests import sample_workflows as samples
 from tests.support import Bell
 from workflows import cancel, get_run, restart, start
 from workflows.core.audit import Actor
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def test_it_records_who_canceled_a_run_and_why(bell: Bell) -> None:
     ops = User.objects.create_user("ops", is_staff=True)
-    run = start("test.event", {})
+    run = start(samples.waiter, {})
     bell.drain()
     run = cancel(run.pk, "customer withdrew the ticket", actor=Actor.of_user(ops))
     assert run.error["message"] == "canceled by user:ops: customer withdrew the ticket"
@@ -28,7 +29,7 @@ def test_it_records_who_canceled_a_run_and_why(bell: Bell) -> None:
 
 
 def test_it_records_restarts_with_their_position(bell: Bell) -> None:
-    run = start("test.chain", {"n": 3})
+    run = start(samples.chain, {"n": 3})
     bell.drain()
     restart(run.pk, from_step=2, actor=Actor("script:nightly"), reason="flaky provider")
     bell.drain()
@@ -45,13 +46,13 @@ def test_it_records_restarts_with_their_position(bell: Bell) -> None:
 
 
 def test_a_refused_action_leaves_no_entry(bell: Bell) -> None:
-    run = start("test.chain", {"n": 1})
+    run = start(samples.chain, {"n": 1})
     bell.drain()
     with pytest.raises(InvalidStateError):
         cancel(run.pk, "too late", actor=Actor("user:ops"))
     with pytest.raises(InvalidInputError):
         restart(run.pk, from_step=99, actor=Actor("user:ops"))
-    waiting = start("test.event", {})
+    waiting = start(samples.waiter, {})
     bell.drain()
     with pytest.raises(InvalidStateError):
         restart(waiting.pk, actor=Actor("user:ops"))
@@ -60,7 +61,7 @@ def test_a_refused_action_leaves_no_entry(bell: Bell) -> None:
 
 
 def test_canceling_a_parent_records_the_operator_on_the_parent_only(bell: Bell) -> None:
-    parent = start("test.parent_waiting_child", {})
+    parent = start(samples.parent_waiting_child, {})
     bell.settle()
     cancel(parent.pk, actor=Actor("user:ops"))
     assert list(RunAudit.objects.values_list("run_id", "action")) == [(parent.pk, "cancel")]
@@ -77,8 +78,8 @@ def test_a_reason_that_cannot_be_kept_is_refused_before_anything_changes(
 ) -> None:
     # PostgreSQL's text and jsonb columns refuse NUL and lone surrogates: a cancel failed
     # writing run.error, a restart failed writing RunAudit.reason (a 500 on the run page).
-    waiting = start("test.event", {})
-    done = start("test.chain", {"n": 1})
+    waiting = start(samples.waiter, {})
+    done = start(samples.chain, {"n": 1})
     bell.drain()
     with pytest.raises(InvalidInputError) as cancel_error:
         cancel(waiting.pk, reason, actor=Actor("user:ops"))

@@ -13,6 +13,7 @@ import pytest
 from django.utils import timezone
 
 import tests.workflows.blob_workflows  # noqa: F401  (registers the workflows)
+from tests import sample_workflows as samples
 from tests.support import Bell
 from workflows import get_run, send_event, start
 from workflows.core.executor import advance
@@ -38,7 +39,7 @@ def secret_blob(bell: Bell) -> Blob:
 
 def test_it_refuses_to_unpack_a_blob_of_another_run(bell: Bell) -> None:
     blob = secret_blob(bell)
-    mine = start("test.chain", {"n": 1}, tenant="other")
+    mine = start(samples.chain, {"n": 1}, tenant="other")
     with pytest.raises(ForeignBlobError, match="does not belong to run"):
         unpack({"$blob": blob.pk, "size": blob.size}, mine.pk)
     with pytest.raises(ForeignBlobError):

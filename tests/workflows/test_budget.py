@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests import sample_workflows as samples
 from tests.sample_workflows import costly
 from tests.support import Bell
 from workflows import get_run, restart, start, workflow
@@ -16,7 +17,7 @@ pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 
 
 def test_usage_and_cost_are_journaled_and_summed_on_the_run(bell: Bell) -> None:
-    run = start("test.budget", {"n": 2})
+    run = start(samples.budget, {"n": 2})
     bell.drain()
     run = get_run(run.pk)
     assert run.cost == Decimal("0.8")
@@ -26,7 +27,7 @@ def test_usage_and_cost_are_journaled_and_summed_on_the_run(bell: Bell) -> None:
 
 
 def test_a_budget_stops_the_run_before_the_step_that_would_exceed_it(bell: Bell) -> None:
-    run = start("test.budget", {"n": 5}, max_cost=Decimal("1.0"))
+    run = start(samples.budget, {"n": 5}, max_cost=Decimal("1.0"))
     bell.drain()
     run = get_run(run.pk)
     assert run.status == "failed"

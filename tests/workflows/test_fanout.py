@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests import sample_workflows as samples
 from tests.support import Bell
 from workflows import get_run, start
 from workflows.models import Step
@@ -12,7 +13,7 @@ pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 
 
 def test_it_writes_one_row_per_branch_and_joins_them(bell: Bell) -> None:
-    run = start("test.fanout", {"items": [1, 2, 3, 4, 5]})
+    run = start(samples.fanout, {"items": [1, 2, 3, 4, 5]})
     bell.drain(limit=1)  # the advance: writes the group and its branches, then suspends
     group = Step.objects.get(run=run, kind="parallel", position=1)
     assert (group.status, group.remaining) == ("waiting", 5)
@@ -26,7 +27,7 @@ def test_it_writes_one_row_per_branch_and_joins_them(bell: Bell) -> None:
 
 
 def test_the_completing_branch_rings_once(bell: Bell) -> None:
-    run = start("test.fanout", {"items": [1, 2, 3]})
+    run = start(samples.fanout, {"items": [1, 2, 3]})
     bell.drain()
     advances = [m for m in bell.sent if m[0] == "advance"]
     # start, group 1 joined, group 2 joined: exactly one ring per join.
@@ -35,7 +36,7 @@ def test_the_completing_branch_rings_once(bell: Bell) -> None:
 
 
 def test_the_parallelism_cap_holds_extra_branches_until_others_finish(bell: Bell) -> None:
-    run = start("test.fanout", {"items": list(range(8))})  # max_parallel=3
+    run = start(samples.fanout, {"items": list(range(8))})  # max_parallel=3
     bell.drain(limit=1)
     rows = Step.objects.filter(run=run, position=1, branch__gte=0)
     assert rows.filter(held=False).count() == 3
@@ -47,6 +48,6 @@ def test_the_parallelism_cap_holds_extra_branches_until_others_finish(bell: Bell
 
 
 def test_an_empty_map_returns_an_empty_list(bell: Bell) -> None:
-    run = start("test.fanout", {"items": []})
+    run = start(samples.fanout, {"items": []})
     bell.drain()
     assert get_run(run.pk).output == {"doubled": [], "pair": [2, 10]}

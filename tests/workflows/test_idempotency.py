@@ -9,6 +9,7 @@ import threading
 import pytest
 from django.db import connection, connections
 
+from tests import sample_workflows as samples
 from tests.support import Bell
 from workflows import IdempotencyConflict, start
 from workflows.core.services import start_or_find
@@ -19,19 +20,19 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.mark.core
 def test_it_raises_a_conflict_for_a_used_key_with_another_input(bell: Bell) -> None:
-    first = start("test.chain", {"n": 1}, idempotency_key="req-7")
-    assert start("test.chain", {"n": 1}, idempotency_key="req-7").pk == first.pk
+    first = start(samples.chain, {"n": 1}, idempotency_key="req-7")
+    assert start(samples.chain, {"n": 1}, idempotency_key="req-7").pk == first.pk
     with pytest.raises(IdempotencyConflict, match="another input") as info:
-        start("test.chain", {"n": 2}, idempotency_key="req-7")
+        start(samples.chain, {"n": 2}, idempotency_key="req-7")
     assert info.value.run_id == first.pk
     assert Run.objects.count() == 1
 
 
 @pytest.mark.core
 def test_it_raises_a_conflict_for_a_used_key_with_another_workflow(bell: Bell) -> None:
-    first = start("test.chain", {"n": 1}, idempotency_key="req-8")
+    first = start(samples.chain, {"n": 1}, idempotency_key="req-8")
     with pytest.raises(IdempotencyConflict, match="workflow 'test.chain', not 'test.sleep'"):
-        start("test.sleep", {}, idempotency_key="req-8")
+        start(samples.sleeper, {}, idempotency_key="req-8")
     assert list(Run.objects.values_list("pk", flat=True)) == [first.pk]
 
 
@@ -43,7 +44,7 @@ def race(key: str, contenders: int = 8) -> list[object]:
     def go(i: int) -> None:
         try:
             barrier.wait(timeout=10)
-            outcomes[i] = start_or_find("test.chain", {"n": 1}, idempotency_key=key)
+            outcomes[i] = start_or_find(samples.chain, {"n": 1}, idempotency_key=key)
         except Exception as exc:  # collected and asserted by the caller
             outcomes[i] = exc
         finally:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests import sample_workflows as samples
 from tests.live import flush_broker, wait_until
 from workflows import get_run, send_event, start
 from workflows.models import Run, Step
@@ -26,8 +27,8 @@ def finished(run: Run) -> Run | None:
 def test_it_runs_sequential_and_parallel_steps_on_real_workers(live: Any) -> None:
     live.worker()
     live.beat()
-    chain = start("test.chain", {"n": 10})
-    fan = start("test.fanout", {"items": list(range(12))})
+    chain = start(samples.chain, {"n": 10})
+    fan = start(samples.fanout, {"items": list(range(12))})
     chain = wait_until(lambda: finished(chain), 60, message="chain run")
     fan = wait_until(lambda: finished(fan), 60, message="fan-out run")
     assert (chain.status, chain.output) == ("succeeded", 10)
@@ -41,7 +42,7 @@ def test_a_worker_killed_mid_step_is_survived_and_the_attempt_counted(
     """SIGKILL the whole worker (parent and children) while it runs a step."""
     live.beat()
     worker = live.worker()
-    run = start("test.nap_chain", {"n": 3, "seconds": 2})
+    run = start(samples.nap_chain, {"n": 3, "seconds": 2})
     row = wait_until(
         lambda: Step.objects.filter(run=run, position=2, status="running").first(),
         60,
@@ -73,7 +74,7 @@ def test_a_worker_killed_mid_step_is_survived_and_the_attempt_counted(
 def test_a_step_that_kills_its_worker_every_time_fails_after_its_budget(live: Any) -> None:
     live.beat()
     live.worker()
-    run = start("test.always_suicide", {})
+    run = start(samples.always_suicide_wf, {})
     run = wait_until(lambda: finished(run), 90, message="run to fail")
     assert run.status == "failed"
     step = Step.objects.get(run=run)
@@ -84,8 +85,8 @@ def test_a_step_that_kills_its_worker_every_time_fails_after_its_budget(live: An
 
 def test_a_flushed_broker_loses_no_run(live: Any) -> None:
     live.beat()
-    run = start("test.event", {})
-    fan = start("test.fanout", {"items": [1, 2, 3]})
+    run = start(samples.waiter, {})
+    fan = start(samples.fanout, {"items": [1, 2, 3]})
     flush_broker()  # every doorbell is gone before any worker saw it
     live.worker()
     wait_until(lambda: get_run(run.pk).status == "suspended", 60, message="run to suspend")
@@ -104,7 +105,7 @@ def test_a_limited_pool_never_runs_more_than_its_limit(live: Any) -> None:
     Pool.objects.create(name="limited", max_concurrency=2)
     live.beat()
     live.worker(concurrency=4)
-    run = start("test.limited", {"n": 12})
+    run = start(samples.limited, {"n": 12})
     peak = 0
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not get_run(run.pk).is_terminal:

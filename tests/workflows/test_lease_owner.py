@@ -12,6 +12,7 @@ import pytest
 from django.db import connections
 from django.utils import timezone
 
+from tests import sample_workflows as samples
 from tests.support import Bell
 from workflows import start
 from workflows.core import leases, transitions
@@ -53,7 +54,7 @@ def test_it_gives_each_thread_its_own_owner_id() -> None:
 
 
 def test_a_stalled_thread_is_fenced_out_by_another_thread_of_its_process(bell: Bell) -> None:
-    run = start("test.event", {})
+    run = start(samples.waiter, {})
     bell.drain()
     stalled_owner = leases.owner_id()
     stalled = take_run(run.pk, 1, stalled_owner)
@@ -70,7 +71,7 @@ def test_a_stalled_thread_is_fenced_out_by_another_thread_of_its_process(bell: B
 
 
 def test_the_heartbeat_renews_each_threads_run_under_its_owner(bell: Bell) -> None:
-    a, b = start("test.event", {}), start("test.event", {})
+    a, b = start(samples.waiter, {}), start(samples.waiter, {})
     bell.drain()
     soon = timezone.now() + timedelta(seconds=2)
 

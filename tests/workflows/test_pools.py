@@ -8,6 +8,7 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
+from tests import sample_workflows as samples
 from tests.support import Bell
 from workflows import get_run, start
 from workflows.core.pools import clear_cache
@@ -29,7 +30,7 @@ def _fresh_pool_cache() -> None:
 
 def test_a_full_pool_keeps_steps_pending_in_order_and_hands_slots_over(bell: Bell) -> None:
     Pool.objects.create(name="limited", max_concurrency=2)
-    run = start("test.limited", {"n": 6})
+    run = start(samples.limited, {"n": 6})
     bell.drain(limit=1)
     # Pretend two other workers hold both slots right now.
     first, second = Step.objects.filter(run=run, branch__gte=0).order_by("branch")[:2]
@@ -71,7 +72,7 @@ def test_a_full_pool_keeps_steps_pending_in_order_and_hands_slots_over(bell: Bel
 
 def test_expired_leases_do_not_hold_slots(bell: Bell) -> None:
     Pool.objects.create(name="limited", max_concurrency=1)
-    run = start("test.limited", {"n": 1})
+    run = start(samples.limited, {"n": 1})
     bell.drain(limit=1)
     Step.objects.filter(run=run, branch=0).update(
         status="running", lease_owner="dead", lease_expires_at=timezone.now() - timedelta(seconds=1)
@@ -95,7 +96,7 @@ def test_an_unlimited_pool_needs_no_lock(bell: Bell) -> None:
 
 def test_fan_out_reserves_free_slots_and_rings_only_for_them(bell: Bell) -> None:
     Pool.objects.create(name="limited", max_concurrency=2)
-    run = start("test.limited", {"n": 5})
+    run = start(samples.limited, {"n": 5})
     bell.drain(limit=1)
     rows = Step.objects.filter(run=run, branch__gte=0).order_by("branch")
     assert [r.status for r in rows] == ["running", "running", "pending", "pending", "pending"]
@@ -112,7 +113,7 @@ def test_a_reservation_whose_doorbell_was_lost_expires_without_counting(bell: Be
     from workflows.core.sweeper import sweep
 
     Pool.objects.create(name="limited", max_concurrency=1)
-    run = start("test.limited", {"n": 1})
+    run = start(samples.limited, {"n": 1})
     bell.drain(limit=1)
     bell.lose_all()
     Step.objects.filter(run=run, branch=0).update(

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
+from tests import sample_workflows as samples
 from tests.support import Bell
 from workflows import get_run, start
 from workflows.core.pools import clear_cache
@@ -17,7 +18,7 @@ pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 
 
 def test_a_value_the_database_cannot_store_fails_the_step_cleanly(bell: Bell) -> None:
-    run = start("test.nul", {})
+    run = start(samples.nul_wf, {})
     bell.drain()
     run = get_run(run.pk)
     assert run.status == "failed"
@@ -31,7 +32,7 @@ def test_an_error_escaping_an_advance_lets_go_of_the_run(
 ) -> None:
     from workflows.core import executor
 
-    run = start("test.chain", {"n": 1})
+    run = start(samples.chain, {"n": 1})
 
     def explode(*args: Any) -> str:
         raise RuntimeError("database went away")
@@ -50,7 +51,7 @@ def test_an_error_escaping_an_advance_lets_go_of_the_run(
 def test_a_rolled_back_write_keeps_the_results_it_carried(bell: Bell) -> None:
     """A step's result rides on the next commit; if that transaction rolls back (here: a
     child run with bad input), the result is written with the one after."""
-    run = start("test.bad_child_caught", {})
+    run = start(samples.bad_child_caught, {})
     bell.drain()
     run = get_run(run.pk)
     assert (run.status, run.output) == ("succeeded", 2)
@@ -63,7 +64,7 @@ def test_an_expired_reservation_is_not_claimed(bell: Bell) -> None:
 
     clear_cache()
     Pool.objects.create(name="limited", max_concurrency=1)
-    run = start("test.limited", {"n": 1})
+    run = start(samples.limited, {"n": 1})
     bell.drain(limit=1)
     bell.lose_all()
     row = Step.objects.get(run=run, branch=0)
@@ -89,9 +90,9 @@ def test_a_value_nested_too_deep_to_store_is_an_input_error(bell: Bell, depth: i
     from workflows.core.errors import InvalidInputError
 
     with pytest.raises(InvalidInputError, match="cannot be stored as JSON"):
-        start("test.event", {"note": _nested(depth)})
+        start(samples.waiter, {"note": _nested(depth)})
     assert not Run.objects.exists()
-    run = start("test.event", {})
+    run = start(samples.waiter, {})
     bell.drain()
     with pytest.raises(InvalidInputError, match="cannot be stored as JSON"):
         send_event(run.pk, "approved", {"by": _nested(depth)})
@@ -109,8 +110,8 @@ def test_a_lone_surrogate_is_an_input_error_not_a_database_error(bell: Bell) -> 
     from workflows.core.errors import InvalidInputError
 
     with pytest.raises(InvalidInputError, match="lone surrogate"):
-        start("test.event", {"note": "half an emoji \ud83d"})
-    run = start("test.event", {})
+        start(samples.waiter, {"note": "half an emoji \ud83d"})
+    run = start(samples.waiter, {})
     bell.drain()
     with pytest.raises(InvalidInputError, match="lone surrogate"):
         send_event(run.pk, "approved", {"by": "\udfff"})

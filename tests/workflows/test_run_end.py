@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from django.db import connection, transaction
 
+from tests import sample_workflows as samples
 from tests.support import Bell
 from tests.workflows import hooks
 from workflows import get_run, send_event, start
@@ -38,7 +39,7 @@ def bad_receiver(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 def test_it_runs_on_complete_once_when_a_receiver_raises(bell: Bell, bad_receiver: None) -> None:
-    run = start("test.chain", {"n": 2}, on_complete="tests.workflows.hooks.record")
+    run = start(samples.chain, {"n": 2}, on_complete="tests.workflows.hooks.record")
     bell.settle()
     run = get_run(run.pk)
     assert run.status == "succeeded"
@@ -49,7 +50,7 @@ def test_it_runs_on_complete_once_when_a_receiver_raises(bell: Bell, bad_receive
 def test_it_runs_on_complete_once_for_a_burst_when_a_receiver_raises(
     bell: Bell, bad_receiver: None
 ) -> None:
-    runs = [start("test.event", {}, on_complete="tests.workflows.hooks.record") for _ in range(3)]
+    runs = [start(samples.waiter, {}, on_complete="tests.workflows.hooks.record") for _ in range(3)]
     bell.drain()
     for run in runs:
         send_event(run.pk, "approved", {})
@@ -74,7 +75,7 @@ def test_a_failing_receivers_writes_and_callbacks_roll_back_alone(bell: Bell) ->
     hooks.SEEN.clear()
     run_finished.connect(writes_then_raises, dispatch_uid="test.writes_then_raises")
     try:
-        run = start("test.chain", {"n": 1}, on_complete="tests.workflows.hooks.record")
+        run = start(samples.chain, {"n": 1}, on_complete="tests.workflows.hooks.record")
         bell.settle()
     finally:
         run_finished.disconnect(dispatch_uid="test.writes_then_raises")

@@ -10,6 +10,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from tests import sample_workflows
+from tests import sample_workflows as samples
 from tests.support import Bell
 from workflows import get_run, start
 from workflows.core.definitions import RetryPolicy
@@ -27,7 +28,7 @@ def due_now(run: Run) -> None:
 
 def test_it_retries_with_backoff_in_a_column_then_succeeds(bell: Bell) -> None:
     sample_workflows.CALLS.clear()
-    run = start("test.flaky", {"key": "a", "failures": 2})
+    run = start(samples.flaky_wf, {"key": "a", "failures": 2})
     bell.drain()
     step = Step.objects.get(run=run)
     assert step.status == "retrying"
@@ -45,7 +46,7 @@ def test_it_retries_with_backoff_in_a_column_then_succeeds(bell: Bell) -> None:
 
 def test_it_fails_after_max_attempts(bell: Bell) -> None:
     sample_workflows.CALLS.clear()
-    run = start("test.flaky", {"key": "b", "failures": 10})
+    run = start(samples.flaky_wf, {"key": "b", "failures": 10})
     bell.drain()
     for _ in range(3):
         due_now(run)
@@ -63,7 +64,7 @@ def test_backoff_grows_exponentially_and_is_capped() -> None:
 
 
 def test_a_step_timeout_fails_the_attempt(bell: Bell) -> None:
-    run = start("test.slow", {"seconds": 2})
+    run = start(samples.slow_wf, {"seconds": 2})
     bell.drain()
     step = Step.objects.get(run=run)
     assert step.status == "retrying"
@@ -73,7 +74,7 @@ def test_a_step_timeout_fails_the_attempt(bell: Bell) -> None:
 
 @override_settings(SLUICE_PAYLOAD_INLINE_LIMIT=100, SLUICE_PAYLOAD_HARD_LIMIT=10_000)
 def test_large_values_are_stored_out_of_row(bell: Bell) -> None:
-    run = start("test.big", {"n": 500})
+    run = start(samples.big_wf, {"n": 500})
     bell.drain()
     step = Step.objects.get(run=run)
     assert step.result["$blob"] == Blob.objects.get(run=run).pk
@@ -82,7 +83,7 @@ def test_large_values_are_stored_out_of_row(bell: Bell) -> None:
 
 @override_settings(SLUICE_PAYLOAD_INLINE_LIMIT=100, SLUICE_PAYLOAD_HARD_LIMIT=10_000)
 def test_a_value_over_the_hard_limit_fails_the_step_cleanly(bell: Bell) -> None:
-    run = start("test.big", {"n": 20_000})
+    run = start(samples.big_wf, {"n": 20_000})
     bell.drain()
     step = Step.objects.get(run=run)
     assert step.status == "failed"
@@ -97,12 +98,12 @@ def test_oversized_input_is_refused_at_start(bell: Bell) -> None:
     from workflows import PayloadTooLargeError
 
     with pytest.raises(PayloadTooLargeError, match="over the hard limit"):
-        start("test.big", {"n": 1, "pad": "x" * 5000})
+        start(samples.big_wf, {"n": 1, "pad": "x" * 5000})
 
 
 def test_a_step_that_crashed_its_worker_counts_the_attempt_on_replay(bell: Bell) -> None:
     """Simulate a SIGKILL: the journal says 'running, attempt 1' and the lease expired."""
-    run = start("test.chain", {"n": 2})
+    run = start(samples.chain, {"n": 2})
     bell.drain()
     Run.objects.filter(pk=run.pk).update(
         status="running",
@@ -120,7 +121,7 @@ def test_a_step_that_crashed_its_worker_counts_the_attempt_on_replay(bell: Bell)
 
 
 def test_a_step_out_of_attempts_after_crashes_fails(bell: Bell) -> None:
-    run = start("test.chain", {"n": 1})
+    run = start(samples.chain, {"n": 1})
     Run.objects.filter(pk=run.pk).update(
         status="running",
         lease_owner="dead:1",

@@ -8,6 +8,7 @@ import pytest
 from django.test import override_settings
 from django.utils import timezone
 
+from tests import sample_workflows as samples
 from tests.support import Bell
 from workflows import get_run, start
 from workflows.core.sweeper import prune, sweep
@@ -17,7 +18,7 @@ pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 
 
 def test_a_lost_start_doorbell_is_rung_again(bell: Bell) -> None:
-    run = start("test.chain", {"n": 2})
+    run = start(samples.chain, {"n": 2})
     assert bell.lose_all() == 1  # Redis flushed before any worker saw it
     assert sweep()["rung"] == 0  # within the grace period nothing happens
     Run.objects.filter(pk=run.pk).update(wake_requested_at=timezone.now() - timedelta(seconds=60))
@@ -27,7 +28,7 @@ def test_a_lost_start_doorbell_is_rung_again(bell: Bell) -> None:
 
 
 def test_lost_branch_messages_are_rung_again(bell: Bell) -> None:
-    run = start("test.fanout", {"items": [1, 2]})
+    run = start(samples.fanout, {"items": [1, 2]})
     bell.drain(limit=1)
     bell.lose_all()
     Step.objects.filter(run=run, status="pending").update(
@@ -39,7 +40,7 @@ def test_lost_branch_messages_are_rung_again(bell: Bell) -> None:
 
 
 def test_an_expired_branch_lease_is_reclaimed_and_counted(bell: Bell) -> None:
-    run = start("test.fanout", {"items": [7]})
+    run = start(samples.fanout, {"items": [7]})
     bell.drain(limit=1)
     bell.lose_all()
     branch = Step.objects.get(run=run, position=1, branch=0)
@@ -59,7 +60,7 @@ def test_an_expired_branch_lease_is_reclaimed_and_counted(bell: Bell) -> None:
 
 
 def test_a_branch_that_keeps_killing_its_worker_fails_after_its_budget(bell: Bell) -> None:
-    run = start("test.fanout", {"items": [7]})
+    run = start(samples.fanout, {"items": [7]})
     bell.drain(limit=1)
     bell.lose_all()
     branch = Step.objects.get(run=run, position=1, branch=0)
@@ -78,7 +79,7 @@ def test_a_branch_that_keeps_killing_its_worker_fails_after_its_budget(bell: Bel
 
 
 def test_the_sweep_is_idempotent(bell: Bell) -> None:
-    run = start("test.chain", {"n": 1})
+    run = start(samples.chain, {"n": 1})
     bell.lose_all()
     Run.objects.filter(pk=run.pk).update(wake_requested_at=timezone.now() - timedelta(seconds=60))
     assert sweep()["rung"] == 1
@@ -87,9 +88,9 @@ def test_the_sweep_is_idempotent(bell: Bell) -> None:
 
 @override_settings(SLUICE_RETENTION_DAYS=1, SLUICE_PRUNE_BATCH=2)
 def test_retention_prunes_old_finished_runs_with_their_journal(bell: Bell) -> None:
-    old = [start("test.event", {}) for _ in range(3)]
-    young = start("test.chain", {"n": 1})
-    live = start("test.event", {})
+    old = [start(samples.waiter, {}) for _ in range(3)]
+    young = start(samples.chain, {"n": 1})
+    live = start(samples.waiter, {})
     bell.drain()
     for run in old:
         from workflows import send_event
@@ -106,7 +107,7 @@ def test_retention_prunes_old_finished_runs_with_their_journal(bell: Bell) -> No
 
 
 def test_a_flushed_burst_is_rung_again_in_chunks(bell: Bell) -> None:
-    runs = [start("test.chain", {"n": 1}) for _ in range(120)]
+    runs = [start(samples.chain, {"n": 1}) for _ in range(120)]
     bell.lose_all()
     Run.objects.update(wake_requested_at=timezone.now() - timedelta(seconds=60))
     assert sweep()["rung"] == 120

@@ -18,6 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 import tests.workflows.hooks_tx  # noqa: F401  (the on_complete hooks)
+from tests import sample_workflows as samples
 from tests.live import wait_until
 from tests.support import Bell
 from workflows import get_run, start
@@ -38,7 +39,7 @@ def advances(bell: Bell) -> list[Any]:
 def test_a_start_in_a_transaction_that_rolls_back_never_runs(bell: Bell) -> None:
     ids = []
     with pytest.raises(Boom), transaction.atomic():
-        ids.append(start("test.chain", {"n": 2}).pk)
+        ids.append(start(samples.chain, {"n": 2}).pk)
         assert Run.objects.filter(pk=ids[0]).exists()  # visible inside, as usual
         assert bell.sent == []  # nothing rung before the commit
         raise Boom
@@ -52,10 +53,10 @@ def test_a_start_in_a_transaction_that_rolls_back_never_runs(bell: Bell) -> None
 @pytest.mark.django_db(transaction=True)
 def test_a_start_in_a_savepoint_that_rolls_back_never_runs(bell: Bell) -> None:
     with transaction.atomic():
-        kept = start("test.chain", {"n": 1})
+        kept = start(samples.chain, {"n": 1})
         try:
             with transaction.atomic():
-                start("test.chain", {"n": 5}, idempotency_key="rolled-back")
+                start(samples.chain, {"n": 5}, idempotency_key="rolled-back")
                 raise Boom
         except Boom:
             pass
@@ -64,7 +65,7 @@ def test_a_start_in_a_savepoint_that_rolls_back_never_runs(bell: Bell) -> None:
     assert get_run(kept.pk).status == "succeeded"
     assert list(Run.objects.values_list("pk", flat=True)) == [kept.pk]
     # The key of the rolled-back start is free again.
-    again = start("test.chain", {"n": 5}, idempotency_key="rolled-back")
+    again = start(samples.chain, {"n": 5}, idempotency_key="rolled-back")
     bell.settle()
     assert get_run(again.pk).output == 5
 
@@ -73,7 +74,7 @@ def test_a_start_in_a_savepoint_that_rolls_back_never_runs(bell: Bell) -> None:
 @pytest.mark.django_db(transaction=True)
 def test_a_committed_start_always_runs_even_when_its_doorbell_is_lost(bell: Bell) -> None:
     with transaction.atomic():
-        run = start("test.chain", {"n": 3})
+        run = start(samples.chain, {"n": 3})
         assert bell.sent == []
     assert advances(bell) == [(str(run.pk), 1)]  # rung once, on commit
     bell.lose_all()  # the broker lost it (flushed, down at commit)
@@ -89,9 +90,9 @@ def test_a_committed_start_always_runs_even_when_its_doorbell_is_lost(bell: Bell
 def test_a_run_started_by_on_complete_commits_with_the_runs_end(bell: Bell) -> None:
     """on_complete runs in the transaction that ends the run (in a savepoint): a run it starts
     exists exactly when the hook succeeded."""
-    ok = start("test.chain", {"n": 1}, on_complete="tests.workflows.hooks_tx.start_follow_up")
+    ok = start(samples.chain, {"n": 1}, on_complete="tests.workflows.hooks_tx.start_follow_up")
     bad = start(
-        "test.chain", {"n": 1}, on_complete="tests.workflows.hooks_tx.start_follow_up_then_fail"
+        samples.chain, {"n": 1}, on_complete="tests.workflows.hooks_tx.start_follow_up_then_fail"
     )
     bell.settle()
     assert get_run(ok.pk).status == "succeeded"
@@ -110,11 +111,11 @@ def test_on_real_workers_a_rolled_back_start_never_runs_and_a_committed_one_does
     live.worker()
     live.beat()  # the sweep runs too: it must not find the rolled-back run either
     with pytest.raises(Boom), transaction.atomic():
-        doomed = start("test.chain", {"n": 2})
+        doomed = start(samples.chain, {"n": 2})
         time.sleep(1.5)  # the worker and the sweep are polling meanwhile
         raise Boom
     with transaction.atomic():
-        run = start("test.chain", {"n": 4})
+        run = start(samples.chain, {"n": 4})
         time.sleep(1.5)
         # Uncommitted: no worker could have taken it (the doorbell waits for the commit).
         assert Run.objects.get(pk=run.pk).status == "pending"
