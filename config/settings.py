@@ -8,6 +8,7 @@ server). Production sets ``DATABASE_URL`` (PostgreSQL) and ``CELERY_BROKER_URL``
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import environ
@@ -75,6 +76,11 @@ TEMPLATES = [
     },
 ]
 
+# PostgreSQL is reached through PgBouncer in transaction pooling mode: no session state (no
+# prepared statements, no server-side cursors). Sluice takes no advisory locks, sets nothing
+# per session and does not LISTEN, so that is all it takes.
+SLUICE_PGBOUNCER = env.bool("SLUICE_PGBOUNCER", default=False)
+
 # Database: SQLite by default (the embedded default), PostgreSQL via DATABASE_URL.
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'sluice.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -87,13 +93,19 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
 else:
     # Server-side binding lets psycopg prepare the engine's hot statements (the checkpoint
-    # runs once per step): measured 0.79 -> 0.53 ms per step. Set SLUICE_PG_PREPARE=0 behind a
-    # pooler in transaction mode (PgBouncer < 1.21), which cannot keep prepared statements.
+    # runs once per step): measured 0.79 -> 0.53 ms per step. Behind a pooler in transaction
+    # mode (SLUICE_PGBOUNCER=1, see docs/deploy-pgbouncer.md) a session's prepared statements
+    # live on a server connection the next transaction may not get, so nothing is prepared
+    # (PgBouncer < 1.21 cannot keep them at all); SLUICE_PG_PREPARE=0 turns only that off.
     DATABASES["default"].setdefault("OPTIONS", {})
-    if env.bool("SLUICE_PG_PREPARE", default=True):
+    if env.bool("SLUICE_PG_PREPARE", default=not SLUICE_PGBOUNCER):
         DATABASES["default"]["OPTIONS"].setdefault("server_side_binding", True)
         # Django disables psycopg's automatic prepare unless told; prepare on 2nd use.
         DATABASES["default"]["OPTIONS"].setdefault("prepare_threshold", 2)
+    if SLUICE_PGBOUNCER:
+        # A named server-side cursor (QuerySet.iterator()) outside a transaction is WITH HOLD:
+        # it outlives the transaction, hence the server connection PgBouncer hands back.
+        DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if env("SLUICE_TEST_DB_NAME", default=""):
@@ -219,6 +231,9 @@ CELERY_BEAT_SCHEDULE = {
 # --- Sluice engine ----------------------------------------------------------------------------
 # Extra modules that define workflows, comma separated dotted paths.
 SLUICE_WORKFLOW_MODULES = env.list("SLUICE_WORKFLOW_MODULES", default=[])
+# The host part of every lease owner id ("<host>:<pid>:<thread>:<nonce>"), shown on the ops
+# pages: which machine holds a run. The hostname unless set (containers often share one).
+SLUICE_HOST_ID = env("SLUICE_HOST_ID", default="") or socket.gethostname()
 # Seconds a run or step lease lasts; the worker renews it while it works.
 SLUICE_LEASE_SECONDS = env.float("SLUICE_LEASE_SECONDS", default=8.0)
 # How long a rung doorbell may go unanswered before the sweep rings again.
