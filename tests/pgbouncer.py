@@ -91,12 +91,13 @@ def start(directory: Path, upstream: str) -> tuple[subprocess.Popen[bytes], int]
     if os.geteuid() == 0:  # pgbouncer refuses to run as root
         user = "postgres" if _user_exists("postgres") else "nobody"
         cmd[1:1] = ["-u", user]
-    log = open(directory / "pgbouncer.log", "ab")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log = directory / "pgbouncer.log"
+    with open(log, "ab") as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"error: pgbouncer exited ({proc.returncode}), see {log.name}")
+            raise SystemExit(f"error: pgbouncer exited ({proc.returncode}), see {log}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             return proc, port

@@ -34,6 +34,18 @@ def ready(log: Path) -> bool:
     return log.exists() and " ready." in log.read_text(errors="replace")
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether a live (not zombie) process is left in process group ``pgid``."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
+
+
 def holders(run_ids: list[Any]) -> dict[Any, str]:
     """run id -> the host holding its lease ("" when none)."""
     rows = Run.objects.filter(pk__in=run_ids).values_list("pk", "status", "lease_owner")
@@ -54,11 +66,12 @@ def test_a_host_killed_whole_has_its_runs_finished_by_the_other(live: Any, tmp_p
 
     # The test process itself is neither host.
     assert not Run.objects.filter(lease_owner__startswith=f"{socket.gethostname()}:").exists()
-    # Runs of ~6 s started one by one until host A holds one; host B (4 slots to A's 2) keeps
-    # a slot free for A's work, so the takeover measures the lease and the sweep, not a queue.
+    # Runs of ~6 s started one by one until each host holds one; host B (4 slots to A's 2)
+    # keeps a slot free for A's work, so the takeover measures the lease and the sweep, not
+    # a queue.
     ids: list[Any] = []
-    while "host-a" not in holders(ids).values():
-        assert len(ids) < 5, f"host A took none of {len(ids)} runs: {holders(ids)}"
+    while not {"host-a", "host-b"} <= set(holders(ids).values()):
+        assert len(ids) < 5, f"a host took none of {len(ids)} runs: {holders(ids)}"
         ids.append(start("test.nap_chain", {"n": 6, "seconds": 1}).pk)
         wait_until(lambda: all(holders(ids).values()), 30, 0.05, "every run to be taken")
     held_by_a = [pk for pk, host in holders(ids).items() if host == "host-a"]
@@ -66,7 +79,7 @@ def test_a_host_killed_whole_has_its_runs_finished_by_the_other(live: Any, tmp_p
     os.killpg(a.pid, signal.SIGKILL)  # the worker and its pool children: the whole host
     killed_at = time.monotonic()
     a.wait(timeout=10)
-    assert b.poll() is None
+    wait_until(lambda: not group_alive(a.pid), 10, 0.1, "every process of host A to be gone")
 
     taken: dict[Any, float] = {}
 
@@ -77,6 +90,7 @@ def test_a_host_killed_whole_has_its_runs_finished_by_the_other(live: Any, tmp_p
                 taken[pk] = now
         return len(taken) == len(held_by_a)
 
+    assert held_by_a and b.poll() is None
     wait_until(all_taken_over, LEASE + SWEEP + SLACK, 0.1, "host B to take host A's runs over")
     takeover = max(taken.values())
     wait_until(
