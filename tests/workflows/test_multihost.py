@@ -28,6 +28,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 LEASE = 4.0  # SLUICE_LEASE_SECONDS of tests.live.LiveProcesses
 SWEEP = 1.0  # SLUICE_SWEEP_INTERVAL of tests.live.LiveProcesses
 SLACK = 30.0
+# What the test measured, for the terminal summary (tests/conftest.py).
+FIGURES: dict[str, Any] = {}
 
 
 def ready(log: Path) -> bool:
@@ -100,11 +102,13 @@ def test_a_host_killed_whole_has_its_runs_finished_by_the_other(live: Any, tmp_p
         "every run to succeed",
     )
     finished = time.monotonic() - killed_at
-    print(
-        f"\nmulti-host failover: host A held {len(held_by_a)} of {len(ids)} runs; host B took "
-        f"them all over {takeover:.1f} s after the SIGKILL (lease {LEASE:g} s + sweep "
-        f"{SWEEP:g} s) and every run had succeeded {finished:.1f} s after it"
+    summary = (
+        f"host A held {len(held_by_a)} of {len(ids)} runs; host B took them over "
+        f"{takeover:.1f} s after the SIGKILL (lease {LEASE:g} s + sweep {SWEEP:g} s), every run "
+        f"had succeeded {finished:.1f} s after it"
     )
+    print(f"\nmulti-host failover: {summary}")
+    FIGURES["summary"] = summary
     FIGURES["takeover_s"] = round(takeover, 1)
     FIGURES["finished_s"] = round(finished, 1)
 
@@ -118,6 +122,3 @@ def test_a_host_killed_whole_has_its_runs_finished_by_the_other(live: Any, tmp_p
     # The runs host A held ended on host B.
     for pk in held_by_a:
         assert Run.objects.get(pk=pk).lease_owner.split(":")[0] in ("", "host-b")
-
-
-FIGURES: dict[str, float] = {}
