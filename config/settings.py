@@ -225,6 +225,8 @@ CELERY_BEAT_SCHEDULE = {
     "sluice-sweep": {"task": "workflows.sweep", "schedule": SLUICE_SWEEP_INTERVAL},
     "sluice-expire-gates": {"task": "reviews.expire_gates", "schedule": SLUICE_SWEEP_INTERVAL},
     "sluice-deliver-outbox": {"task": "workflows.deliver_outbox", "schedule": 5.0},
+    # Reviewer notifications: reminders due and digests whose window ended.
+    "sluice-notify": {"task": "reviews.notify", "schedule": SLUICE_SWEEP_INTERVAL},
     "sluice-prune": {"task": "workflows.prune", "schedule": 3600.0},
 }
 
@@ -280,6 +282,48 @@ SLUICE_GATE_RESUME_CHUNK = env.int("SLUICE_GATE_RESUME_CHUNK", default=50)
 # Members of these groups see every run of their tenant; other users see only the runs they
 # started or that have a gate of one of their groups (staff see all; docs/security.md).
 SLUICE_RUN_VIEWER_GROUPS = env.list("SLUICE_RUN_VIEWER_GROUPS", default=["reviewers"])
+
+# --- Reviewer notifications (reviews.notifications; docs/reviews.md) ---------------------------
+# E-mail goes through Django's mail (the default mailer of MAILERS), configured by one URL,
+# parsed by django-environ's email_url: smtp+tls://user:password@mail.example.com:587,
+# smtp+ssl://…:465, consolemail:// (the default: print to the worker's log), memorymail://
+# (in memory), dummymail:// (drop everything).
+_email = environ.Env.email_url_config(env("EMAIL_URL", default="consolemail://"))
+_email_options: dict[str, object] = {}
+if _email["EMAIL_BACKEND"].endswith(".smtp.EmailBackend"):
+    _email_options = {
+        "host": _email.get("EMAIL_HOST"),
+        "port": _email.get("EMAIL_PORT"),
+        "username": _email.get("EMAIL_HOST_USER"),
+        "password": _email.get("EMAIL_HOST_PASSWORD"),
+        "use_tls": _email.get("EMAIL_USE_TLS"),
+        "use_ssl": _email.get("EMAIL_USE_SSL"),
+        "timeout": env.float("EMAIL_TIMEOUT", default=10.0),
+    }
+elif _email["EMAIL_BACKEND"].endswith(".filebased.EmailBackend"):
+    _email_options = {"file_path": _email.get("EMAIL_FILE_PATH") or str(VAR_DIR / "mail")}
+MAILERS = {
+    "default": {
+        "BACKEND": _email["EMAIL_BACKEND"],
+        "OPTIONS": {k: v for k, v in _email_options.items() if v is not None and v != ""},
+    }
+}
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Sluice <sluice@localhost>")
+# The absolute address of this Sluice, for links in messages (no trailing slash).
+SLUICE_BASE_URL = env("SLUICE_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
+# Remind reviewers of an open gate when this fraction of its time is gone (0 turns it off).
+SLUICE_REVIEW_REMINDER_AT = env.float("SLUICE_REVIEW_REMINDER_AT", default=0.75)
+# Group chat channels: "group=https://hooks.slack.com/…,leads=https://…" (Slack-compatible
+# incoming webhooks). They hear of their group's gates opening, reminders and escalations.
+SLUICE_NOTIFY_GROUP_WEBHOOKS = env.dict("SLUICE_NOTIFY_GROUP_WEBHOOKS", default={})
+# Minutes a group channel gathers events into one digest (0: one message per event).
+SLUICE_NOTIFY_GROUP_DIGEST_MINUTES = env.int("SLUICE_NOTIFY_GROUP_DIGEST_MINUTES", default=0)
+# Hand immediate notifications to a worker right after commit (the outbox beat sends them
+# anyway, every 5 s).
+SLUICE_NOTIFY_DISPATCH_ON_COMMIT = env.bool("SLUICE_NOTIFY_DISPATCH_ON_COMMIT", default=True)
+# Seconds an outbox delivery claim lasts before another deliverer may take the row over (a
+# delivery killed mid-way is retried after this, with the same idempotency key).
+SLUICE_OUTBOX_CLAIM_SECONDS = env.float("SLUICE_OUTBOX_CLAIM_SECONDS", default=60.0)
 
 # --- JSON API, API keys and completion webhooks ------------------------------------------------
 # django-ninja as an app: /api/docs then serves its vendored Swagger UI (no CDN).

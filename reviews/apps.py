@@ -11,6 +11,7 @@ class ReviewsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        import reviews.notifications  # noqa: F401  (registers the "notify" outbox handler)
         from reviews.decision import review
         from reviews.retention import on_runs_pruning
         from reviews.services import on_run_finished

@@ -128,6 +128,7 @@ def review(
 
     def on_open(step_row: Step) -> None:
         subject, excerpt = describe_run(ctx.record)
+        step_row.run = ctx.record  # The run at hand: notifying its gate reads its tenant.
         open_gate(
             step_row,
             pipeline=ctx.record.workflow,

@@ -239,3 +239,76 @@ def _number(prop: dict[str, Any], key: str) -> int | float | None:
 def _length(prop: dict[str, Any], key: str) -> int | None:
     value = prop.get(key)
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+class PreferencesForm(forms.ModelForm):
+    """A reviewer's notification preferences (reviews.notifications). The chat URL must pass
+    the webhooks' address guard (http(s), no credentials, no loopback or private address);
+    delivery checks it again, resolved, before every message."""
+
+    events = forms.MultipleChoiceField(
+        choices=(),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        label="Tell me when",
+    )
+
+    class Meta:
+        from reviews.models import NotificationPreference
+
+        model = NotificationPreference
+        fields = [
+            "email_enabled",
+            "chat_enabled",
+            "chat_webhook_url",
+            "mode",
+            "digest_minutes",
+            "events",
+        ]
+        labels = {
+            "email_enabled": "E-mail",
+            "chat_enabled": "Chat webhook",
+            "chat_webhook_url": "Chat webhook URL",
+            "mode": "Delivery",
+            "digest_minutes": "Digest interval (minutes)",
+        }
+        help_texts = {
+            "chat_webhook_url": "A Slack-compatible incoming webhook (https://hooks.slack.com/…).",
+            "digest_minutes": "Digests go out at the end of each interval, aligned on the clock "
+            "(60: on the hour).",
+        }
+        widgets = {"mode": forms.RadioSelect}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from reviews.models import NotifyEvent
+
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)
+        self.fields["events"].choices = NotifyEvent.choices  # type: ignore[attr-defined]
+        self.fields["digest_minutes"].min_value = 1  # type: ignore[attr-defined]
+        self.fields["digest_minutes"].max_value = 24 * 60  # type: ignore[attr-defined]
+        self.fields["digest_minutes"].widget.attrs.update({"min": 1, "max": 24 * 60})
+        from django.core.validators import MaxValueValidator, MinValueValidator
+
+        self.fields["digest_minutes"].validators += [
+            MinValueValidator(1),
+            MaxValueValidator(24 * 60),
+        ]
+
+    def clean_chat_webhook_url(self) -> str:
+        from workflows.webhooks import CallbackUrlError, check_callback_url
+
+        url = (self.cleaned_data.get("chat_webhook_url") or "").strip()
+        if url:
+            try:
+                check_callback_url(url)
+            except CallbackUrlError as exc:
+                message = str(exc).replace("callback_url", "the URL")
+                raise forms.ValidationError(message[:1].upper() + message[1:] + ".") from None
+        return url
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("chat_enabled") and not data.get("chat_webhook_url"):
+            self.add_error("chat_webhook_url", "Give the webhook URL to turn chat on.")
+        return data

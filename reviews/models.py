@@ -84,6 +84,10 @@ class Gate(models.Model):
     escalate_at = models.DateTimeField(null=True, blank=True)
     escalate_to = models.CharField(max_length=150, blank=True, default="")
     escalated_at = models.DateTimeField(null=True, blank=True)
+    # Reminder before the deadline (``SLUICE_REVIEW_REMINDER_AT`` of the time gone): another
+    # deadline column, fired once by the beat sweep (``reviews.notifications.remind_due``).
+    remind_at = models.DateTimeField(null=True, blank=True)
+    reminded_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -112,6 +116,12 @@ class Gate(models.Model):
                 fields=["escalate_at"],
                 name="gate_open_escalate_at",
                 condition=Q(status="open", escalate_at__isnull=False, escalated_at__isnull=True),
+            ),
+            # The reminder sweep: open gates with a reminder not yet sent.
+            models.Index(
+                fields=["remind_at"],
+                name="gate_open_remind_at",
+                condition=Q(status="open", remind_at__isnull=False, reminded_at__isnull=True),
             ),
         ]
 
@@ -217,6 +227,91 @@ class GateApproval(models.Model):
 
     def __str__(self) -> str:
         return f"approved by {self.approver}"
+
+
+# --- notifications (reviews.notifications) ------------------------------------------------------
+
+
+class NotifyEvent(models.TextChoices):
+    OPENED = "opened", "A gate of my group opens"
+    REMINDER = "reminder", "A gate is about to expire"
+    EXPIRED = "expired", "A gate I claimed expired"
+    ESCALATED = "escalated", "A gate escalates to my group"
+    REASSIGNED = "reassigned", "A gate is handed to me"
+
+
+class NotifyMode(models.TextChoices):
+    IMMEDIATE = "immediate", "One message per event"
+    DIGEST = "digest", "A digest per interval"
+
+
+class NotificationPreference(models.Model):
+    """How one user wants to hear about gates. No row: the defaults (``defaults_for``)."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notification_preference"
+    )
+    email_enabled = models.BooleanField(default=True)
+    chat_enabled = models.BooleanField(default=False)
+    # A Slack-compatible incoming webhook; checked by the webhooks' address guard on save and
+    # again (resolved) before every delivery.
+    chat_webhook_url = models.URLField(max_length=2000, blank=True, default="")
+    mode = models.CharField(max_length=16, choices=NotifyMode.choices, default=NotifyMode.IMMEDIATE)
+    digest_minutes = models.PositiveIntegerField(default=60)
+    # The NotifyEvent values this user wants.
+    events = models.JSONField(default=list)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"notifications of {self.user_id}"
+
+
+class NotificationStatus(models.TextChoices):
+    # Waiting for its digest (``due_at``: the end of the recipient's digest window).
+    PENDING = "pending"
+    # Handed to the outbox (at once, or in a digest).
+    QUEUED = "queued"
+
+
+class Notification(models.Model):
+    """One event for one recipient: a user, or a group's chat channel (``user`` empty).
+
+    Written in the transaction that changed the gate. Immediate ones get their outbox rows in
+    that same transaction; digest ones wait (``pending``) until the sweep folds every pending
+    row of the recipient into one message, in the transaction that writes its outbox rows.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="notifications",
+    )
+    group = models.CharField(max_length=150, blank=True, default="")
+    gate = models.ForeignKey(Gate, on_delete=models.CASCADE, related_name="notifications")
+    event = models.CharField(max_length=16, choices=NotifyEvent.choices)
+    # The channels this row goes to ("email", "chat"), fixed when it was written.
+    channels = models.JSONField(default=list)
+    status = models.CharField(
+        max_length=16, choices=NotificationStatus.choices, default=NotificationStatus.PENDING
+    )
+    due_at = models.DateTimeField(null=True, blank=True)
+    # The outbox key prefix of the message that carried it.
+    message_key = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(
+                fields=["due_at"], name="notification_pending_due", condition=Q(status="pending")
+            ),
+            models.Index(fields=["user", "status"], name="notification_user_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} of gate {self.gate_id} for {self.user_id or self.group}"
 
 
 class GateRecord(models.Model):

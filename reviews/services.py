@@ -277,6 +277,8 @@ def open_gate(
 ) -> Gate:
     """Create the gate of a waiting journal row. Called by ``ctx.review`` inside the transaction
     that writes that row, so the two commit together."""
+    from reviews import notifications
+
     now = step_row.started_at or timezone.now()
     earlier = Gate.objects.filter(run_id=step_row.run_id, title=title).count()
     gate = Gate.objects.create(
@@ -298,6 +300,7 @@ def open_gate(
         separation_of_duties=separation_of_duties,
         escalate_at=now + escalate_after if escalate_after is not None else None,
         escalate_to=escalate_to,
+        remind_at=notifications.reminder_time(now, timeout),
     )
     detail: dict[str, Any] = {
         "deadline": gate.deadline.isoformat(),
@@ -312,6 +315,9 @@ def open_gate(
         detail["escalate_at"] = gate.escalate_at.isoformat()
         detail["escalate_to"] = escalate_to
     GateEvent.objects.create(gate=gate, kind=GateEventKind.OPENED, at=now, detail=detail)
+    if Step.run.is_cached(step_row):
+        gate.run = step_row.run
+    notifications.gate_opened(gate)
     return gate
 
 
@@ -720,6 +726,10 @@ def _expire_batch(now: datetime, batch: int, skip: set[int]) -> tuple[int, int, 
             )
             rows = [r for r in rows if r[0] in mine]
         _resolve_expired(rows, closed_at)
+        # Tell the claimants, in this transaction (reviews.notifications).
+        from reviews.notifications import gates_expired
+
+        gates_expired([r[0] for r in rows])
     return len(rows) + len(skipped), len(rows), skipped
 
 
@@ -839,8 +849,8 @@ def reassign_gate(gate_id: Any, user: Any, to: str) -> Gate:
        tenant), so a gate is never handed to someone who could not open it.
     2. Compare-and-swap the claim from the holder read in step 1 to the target, so a claim or
        a decision that happened meanwhile is not overwritten.
-    3. Audit it as a ``reassigned`` event (from whom, to whom), for a later notification
-       feature to read.
+    3. Audit it as a ``reassigned`` event (from whom, to whom) and notify the new holder, in
+       the same transaction.
     """
     from django.contrib.auth import get_user_model
 
@@ -878,6 +888,9 @@ def reassign_gate(gate_id: Any, user: Any, to: str) -> Gate:
                 at=now,
                 detail={"from": holder, "to": target.get_username()},
             )
+            from reviews.notifications import gate_reassigned
+
+            gate_reassigned(gate, target.pk)
     gate = get_gate(gate.pk)
     if n:
         return gate
@@ -899,8 +912,8 @@ def escalate_due_gates(now: datetime | None = None, batch: int | None = None) ->
        second sweeper, makes us skip the row; the next sweep sees it again if still due).
     2. Compare-and-swap ``escalated_at`` from empty to now, on the gates still open and
        unclaimed, and read back which ones this sweep set.
-    3. Write one ``escalated`` audit event per gate (a later notification feature can read
-       them).
+    3. Write one ``escalated`` audit event per gate, and notify the escalation group
+       (``reviews.notifications``) in the same transaction.
 
     A gate claimed when it becomes due is not escalated while the claim lasts: someone is on
     it. If the claim is released before the deadline, the next sweep escalates it.
@@ -933,6 +946,9 @@ def escalate_due_gates(now: datetime | None = None, batch: int | None = None) ->
                 for pk, to in mine
             ]
         )
+        from reviews.notifications import gates_escalated
+
+        gates_escalated([pk for pk, _ in mine])
     if mine:
         log.info("escalated %d gates", len(mine))
     return len(mine)

@@ -42,3 +42,20 @@ def resume_runs(runs: list[Any]) -> int:
     except Exception:  # The runs stay marked runnable; the engine's sweep rings for them.
         log.exception("could not resume a burst of %s runs", len(runs))
         return 0
+
+
+@shared_task(name="reviews.notify", ignore_result=True)
+def notify() -> dict[str, int]:
+    """Beat-driven: reminders that are due, and digests whose window ended
+    (``reviews.notifications.sweep``); idempotent like every sweep."""
+    from reviews.notifications import sweep
+
+    return sweep()
+
+
+@shared_task(name="reviews.deliver_notifications", ignore_result=True)
+def deliver_notifications(keys: list[str]) -> int:
+    """Deliver these notification outbox rows now (sent after the commit that wrote them)."""
+    from reviews.notifications import deliver_keys
+
+    return deliver_keys(keys)

@@ -27,11 +27,11 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from django.views.decorators.csp import csp_override
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from reviews import bulk, services
-from reviews.forms import DecisionForm, EditsForm
-from reviews.models import Gate, GateStatus
+from reviews.forms import DecisionForm, EditsForm, PreferencesForm
+from reviews.models import Gate, GateStatus, NotificationPreference
 from reviews.presenters import present
 from reviews.templatetags.reviews_tags import countdown, short_time, urgency
 
@@ -480,3 +480,39 @@ def my_decisions(request: HttpRequest) -> HttpResponse:
     )
     page = Paginator(qs, settings.SLUICE_REVIEW_PAGE_SIZE).get_page(request.GET.get("page"))
     return render(request, "reviews/decisions.html", {"nav": "decisions", "page": page})
+
+
+# --- notification preferences -------------------------------------------------------------------
+
+
+@require_http_methods(["GET", "POST"])
+@strict_styles
+@reviewer_required
+def preferences(request: HttpRequest) -> HttpResponse:
+    """The signed-in reviewer's own notification preferences: there is no way to name another
+    user here, so nobody reads or changes anyone else's."""
+    from reviews.notifications import default_preferences
+
+    user: Any = request.user  # a signed-in reviewer (reviewer_required)
+    row = NotificationPreference.objects.filter(user_id=user.pk).first()
+    instance = row or default_preferences(user)
+    if request.method == "POST":
+        form = PreferencesForm(request.POST, instance=instance)
+        if form.is_valid():
+            saved = form.save(commit=False)
+            saved.user = user
+            saved.save()
+            messages.success(request, "Your notification preferences are saved.")
+            return redirect("reviews:preferences")
+        status = 422
+    else:
+        form = PreferencesForm(instance=instance)
+        status = 200
+    context = {
+        "nav": "preferences",
+        "form": form,
+        "has_email": bool(user.email),
+        "email": user.email,
+        "reminder_at": int(round(float(settings.SLUICE_REVIEW_REMINDER_AT or 0) * 100)),
+    }
+    return render(request, "reviews/preferences.html", context, status=status)

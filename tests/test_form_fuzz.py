@@ -671,3 +671,39 @@ def test_no_login_form_input_gives_a_5xx(reviewer: User, settings: Any) -> None:
             assert username == "ana" and password == "pw-ana-123"
 
     check()
+
+
+def test_no_preferences_form_input_gives_a_5xx(reviewer: User) -> None:
+    """The notification preferences form: any input is saved (302) or refused (4xx), and a
+    refused one changes nothing."""
+    from reviews.models import NotificationPreference
+
+    client = Client()
+    client.force_login(reviewer)
+
+    @FUZZ
+    @given(
+        email=st.one_of(st.none(), st.just("on"), nasty_text),
+        chat=st.one_of(st.none(), st.just("on"), nasty_text),
+        url=mostly(st.just("https://hooks.slack.com/services/T0/B0/x"), nasty_text),
+        mode=mostly(st.sampled_from(["immediate", "digest"]), nasty_text),
+        minutes=mostly(st.integers(-5, 2000).map(str), nasty_text),
+        events=st.lists(mostly(st.sampled_from(["opened", "reminder", "expired"]), nasty_text)),
+    )
+    def check(
+        email: str | None, chat: str | None, url: str, mode: str, minutes: str, events: list[str]
+    ) -> None:
+        before = list(NotificationPreference.objects.values())
+        fields: dict[str, Any] = {"chat_webhook_url": url, "mode": mode, "digest_minutes": minutes}
+        if email is not None:
+            fields["email_enabled"] = email
+        if chat is not None:
+            fields["chat_enabled"] = chat
+        if events:
+            fields["events"] = events
+        response = post(client, "/reviews/preferences/", fields, "preferences")
+        assert response.status_code in (302, 400, 413, 422), response.status_code
+        if response.status_code != 302:
+            assert list(NotificationPreference.objects.values()) == before
+
+    check()

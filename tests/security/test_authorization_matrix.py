@@ -197,6 +197,17 @@ PAGES: dict[str, list[Case]] = {
     # The reviewer pages: group AND tenant scoped (another's gate is 404).
     "reviews/": [Case("GET", "/reviews/", web(LOGIN, 403, 200, 200, 200, 200, 200), lists="gates")],
     "reviews/mine/": [Case("GET", "/reviews/mine/", web(LOGIN, 403, 200, 200, 200, 200, 200))],
+    # Notification preferences: every reviewer's own (the page names no user, so there is
+    # nobody else's to reach); saving goes back to the page.
+    "reviews/preferences/": [
+        Case("GET", "/reviews/preferences/", web(LOGIN, 403, 200, 200, 200, 200, 200)),
+        Case(
+            "POST",
+            "/reviews/preferences/",
+            web(LOGIN, 403, TO_GATE, TO_GATE, TO_GATE, TO_GATE, TO_GATE),
+            data={"email_enabled": "on", "mode": "digest", "digest_minutes": "30"},
+        ),
+    ],
     # Bulk decisions go back to the queue for every reviewer; a gate the reviewer may not see
     # is skipped there as "not found" (tests/reviews/test_bulk.py checks which were decided).
     "reviews/bulk/": [

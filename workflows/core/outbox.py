@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
@@ -22,7 +23,11 @@ log = logging.getLogger(__name__)
 
 _handlers: dict[str, Callable[[Outbox], Any]] = {}
 MAX_AGE = timedelta(hours=24)
-CLAIM_SECONDS = 60
+CLAIM_SECONDS = 60  # the default of settings.SLUICE_OUTBOX_CLAIM_SECONDS
+
+
+def claim_seconds() -> float:
+    return float(getattr(settings, "SLUICE_OUTBOX_CLAIM_SECONDS", CLAIM_SECONDS))
 
 
 def register_outbox_handler(kind: str, handler: Callable[[Outbox], Any]) -> None:
@@ -43,7 +48,7 @@ def deliver_one(row: Outbox) -> bool:
     the row under the other's claim).
     """
     now = timezone.now()
-    until = now + timedelta(seconds=CLAIM_SECONDS)
+    until = now + timedelta(seconds=claim_seconds())
     if not Outbox.objects.filter(
         Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now),
         pk=row.pk,

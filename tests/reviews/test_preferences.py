@@ -1,0 +1,112 @@
+"""The notification preferences page: a reviewer's own, CSRF-protected, validated."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from reviews.models import NotificationPreference
+from tests.reviews.conftest import People
+
+pytestmark = [pytest.mark.core, pytest.mark.django_db]
+
+URL = "/reviews/preferences/"
+
+
+def logged_in(user: Any, csrf: bool = False) -> Client:
+    c = Client(enforce_csrf_checks=csrf)
+    c.force_login(user)
+    return c
+
+
+def form(**fields: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "email_enabled": "on",
+        "mode": "immediate",
+        "digest_minutes": "60",
+        "events": ["opened", "reminder"],
+    }
+    data.update(fields)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def test_the_page_shows_the_defaults_and_the_nav_links_it(people: People) -> None:
+    page = logged_in(people.ana).get(URL)
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'href="/reviews/preferences/" aria-current="page"' in html
+    assert 'name="email_enabled" id="id_email_enabled" checked' in html
+    assert html.count('name="events"') == 5 and html.count("checked") >= 6
+    assert not NotificationPreference.objects.exists()  # nothing saved by looking
+
+
+def test_saving_stores_the_users_own_preferences(people: People) -> None:
+    r = logged_in(people.ana).post(
+        URL,
+        form(
+            mode="digest",
+            digest_minutes="15",
+            chat_enabled="on",
+            chat_webhook_url="https://hooks.slack.com/services/T0/B0/x",
+        ),
+    )
+    assert r.status_code == 302 and r["Location"] == URL
+    row = NotificationPreference.objects.get()
+    assert row.user == people.ana and row.mode == "digest" and row.digest_minutes == 15
+    assert row.chat_enabled and row.chat_webhook_url.startswith("https://hooks.slack.com/")
+    assert row.events == ["opened", "reminder"]
+    # A field naming another user is ignored: the form has no such field.
+    logged_in(people.ben).post(URL, form(user=str(people.ana.pk), email_enabled=None))
+    ana = NotificationPreference.objects.get(user=people.ana)
+    assert ana.email_enabled and ana.mode == "digest"
+    assert not NotificationPreference.objects.get(user=people.ben).email_enabled
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("http://127.0.0.1:9/hook", "loopback, private or reserved"),
+        ("http://10.0.0.5/hook", "loopback, private or reserved"),
+        ("http://localhost/hook", "loopback name"),
+        ("ftp://example.com/hook", "http or https"),
+        ("https://user:pw@example.com/hook", "credentials"),
+    ],
+)
+def test_a_chat_url_the_guard_refuses_is_a_clear_422(
+    people: People, url: str, message: str
+) -> None:
+    r = logged_in(people.ana).post(URL, form(chat_enabled="on", chat_webhook_url=url))
+    assert r.status_code == 422
+    assert message in r.content.decode()
+    assert not NotificationPreference.objects.exists()
+
+
+def test_bad_input_is_422_and_loses_nothing(people: People) -> None:
+    c = logged_in(people.ana)
+    for bad in (
+        form(digest_minutes="0"),
+        form(digest_minutes="99999"),
+        form(mode="sometimes"),
+        form(events=["opened", "bogus"]),
+        form(chat_enabled="on", chat_webhook_url=""),
+        form(digest_minutes="\x00"),
+    ):
+        r = c.post(URL, bad)
+        assert r.status_code in (400, 422), bad
+    assert not NotificationPreference.objects.exists()
+
+
+def test_csrf_is_required(people: People) -> None:
+    c = logged_in(people.ana, csrf=True)
+    assert c.post(URL, form()).status_code == 403
+    page = c.get(URL)
+    token = page.cookies["csrftoken"].value
+    assert c.post(URL, form(), HTTP_X_CSRFTOKEN=token).status_code == 302
+
+
+def test_outsiders_and_anonymous_get_no_page(people: People) -> None:
+    assert logged_in(people.otto).get(URL).status_code == 403
+    r = Client().get(URL)
+    assert r.status_code == 302 and r["Location"].startswith("/accounts/login/")
