@@ -274,6 +274,21 @@ SLUICE_POOLS = {
 SLUICE_REVIEW_PAGE_SIZE = env.int("SLUICE_REVIEW_PAGE_SIZE", default=50)
 # Seconds between two refreshes of the live queue (paused while the tab is hidden).
 SLUICE_REVIEW_POLL_SECONDS = env.float("SLUICE_REVIEW_POLL_SECONDS", default=4.0)
+# Push (docs/reviews.md, "Live updates"): on PostgreSQL the queue and gate pages hear of gate
+# changes through Server-Sent Events fed by LISTEN/NOTIFY, and poll only while that stream is
+# down. Off (0), or on SQLite, they poll. The listener needs a session-level connection: behind
+# a transaction-pooling PgBouncer, point SLUICE_PUSH_DATABASE_URL at PostgreSQL directly.
+SLUICE_REVIEW_PUSH = env.bool("SLUICE_REVIEW_PUSH", default=True)
+SLUICE_PUSH_DATABASE_URL = env.str("SLUICE_PUSH_DATABASE_URL", default="")
+# A comment line this often keeps proxies from closing an idle stream and finds closed tabs.
+SLUICE_SSE_HEARTBEAT_SECONDS = env.float("SLUICE_SSE_HEARTBEAT_SECONDS", default=15.0)
+# A stream ends after this long; the browser reconnects and the view checks who is asking again.
+SLUICE_SSE_MAX_SECONDS = env.float("SLUICE_SSE_MAX_SECONDS", default=300.0)
+# How long the browser waits before reconnecting after a stream ended.
+SLUICE_SSE_RETRY_SECONDS = env.float("SLUICE_SSE_RETRY_SECONDS", default=2.0)
+# At most this many open streams per web process (each holds a server thread); past it a page
+# is answered 204 and polls instead.
+SLUICE_SSE_MAX_STREAMS = env.int("SLUICE_SSE_MAX_STREAMS", default=200)
 # The expiry sweep closes due gates this many per transaction, at most this many batches a run.
 SLUICE_GATE_EXPIRY_BATCH = env.int("SLUICE_GATE_EXPIRY_BATCH", default=1000)
 SLUICE_GATE_EXPIRY_MAX_BATCHES = env.int("SLUICE_GATE_EXPIRY_MAX_BATCHES", default=100)

@@ -12,6 +12,7 @@ urlpatterns = [
     path("", views.queue, name="queue"),
     path("mine/", views.my_decisions, name="decisions"),
     path("bulk/", views.bulk_decide, name="bulk"),
+    path("events/", views.gate_events, name="events"),
     path("preferences/", views.preferences, name="preferences"),
     path("<int:pk>/", views.gate_detail, name="gate"),
     path("<int:pk>/status/", views.gate_status, name="gate-status"),
