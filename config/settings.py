@@ -277,9 +277,12 @@ SLUICE_REVIEW_POLL_SECONDS = env.float("SLUICE_REVIEW_POLL_SECONDS", default=4.0
 # Push (docs/reviews.md, "Live updates"): on PostgreSQL the queue and gate pages hear of gate
 # changes through Server-Sent Events fed by LISTEN/NOTIFY, and poll only while that stream is
 # down. Off (0), or on SQLite, they poll. The listener needs a session-level connection: behind
-# a transaction-pooling PgBouncer, point SLUICE_PUSH_DATABASE_URL at PostgreSQL directly.
-SLUICE_REVIEW_PUSH = env.bool("SLUICE_REVIEW_PUSH", default=True)
+# a transaction-pooling PgBouncer, point SLUICE_PUSH_DATABASE_URL at PostgreSQL directly; with
+# SLUICE_PGBOUNCER=1 and no such URL, push is off (a LISTEN through the pooler hears nothing).
 SLUICE_PUSH_DATABASE_URL = env.str("SLUICE_PUSH_DATABASE_URL", default="")
+SLUICE_REVIEW_PUSH = env.bool(
+    "SLUICE_REVIEW_PUSH", default=not (SLUICE_PGBOUNCER and not SLUICE_PUSH_DATABASE_URL)
+)
 # A comment line this often keeps proxies from closing an idle stream and finds closed tabs.
 SLUICE_SSE_HEARTBEAT_SECONDS = env.float("SLUICE_SSE_HEARTBEAT_SECONDS", default=15.0)
 # A stream ends after this long; the browser reconnects and the view checks who is asking again.

@@ -5,9 +5,10 @@
     python tests/pgbouncer.py --dir var/test-pgbouncer --db test_sluice_pgbouncer -- CMD...
 
 starts Debian's pgbouncer on a free loopback port (config and auth file written under --dir,
-``auth_type = trust`` for the local user), runs CMD with DATABASE_URL pointing at it and
-SLUICE_PGBOUNCER=1, stops it and exits with CMD's status. The test database is created and
-dropped directly on PostgreSQL (``DROP DATABASE`` fails while PgBouncer still holds idle server
+``auth_type = trust`` for the local user), runs CMD with DATABASE_URL pointing at it,
+SLUICE_PGBOUNCER=1 and SLUICE_PUSH_DATABASE_URL (the review pages' LISTEN) straight to the test
+database, stops it and exits with CMD's status. The test database is created and dropped
+directly on PostgreSQL (``DROP DATABASE`` fails while PgBouncer still holds idle server
 connections to it), so CMD must run pytest with ``--reuse-db``: pytest-django then creates it
 through PgBouncer only when missing and never drops it.
 """
@@ -142,6 +143,8 @@ def main() -> int:
         "SLUICE_TEST_DB_NAME": args.db,
         "SLUICE_PGBOUNCER": "1",
         "SLUICE_PGBOUNCER_PORT": str(port),
+        # The review pages' LISTEN needs a session: straight to PostgreSQL, as in production.
+        "SLUICE_PUSH_DATABASE_URL": urlsplit(args.upstream)._replace(path=f"/{args.db}").geturl(),
     }
     print(f"==> pgbouncer (transaction pooling) on 127.0.0.1:{port} -> {args.upstream}", flush=True)
     try:

@@ -31,9 +31,14 @@ def database_settings(**env: str) -> dict[str, Any]:
     """settings.DATABASES["default"] as config/settings.py builds it under ``env``."""
     code = (
         "import json, config.settings as s; d = s.DATABASES['default'];"
-        "print(json.dumps({k: d.get(k) for k in ('OPTIONS', 'DISABLE_SERVER_SIDE_CURSORS')}))"
+        "out = {k: d.get(k) for k in ('OPTIONS', 'DISABLE_SERVER_SIDE_CURSORS')};"
+        "out['push'] = s.SLUICE_REVIEW_PUSH; print(json.dumps(out))"
     )
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLUICE_PG", "DATABASE"))}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLUICE_PG", "SLUICE_PUSH", "SLUICE_REVIEW_PUSH", "DATABASE"))
+    }
     out = subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,
@@ -54,6 +59,10 @@ def test_pgbouncer_mode_prepares_nothing_and_opens_no_server_side_cursor() -> No
     assert "prepare_threshold" not in behind["OPTIONS"]
     assert "server_side_binding" not in behind["OPTIONS"]
     assert behind["DISABLE_SERVER_SIDE_CURSORS"] is True
+    # The review pages' LISTEN cannot go through the pooler: push only with a direct URL.
+    assert plain["push"] is True and behind["push"] is False
+    direct = database_settings(SLUICE_PGBOUNCER="1", SLUICE_PUSH_DATABASE_URL=PG)
+    assert direct["push"] is True
 
 
 def swap_servers(url: str, prepare_threshold: int | None) -> None:
