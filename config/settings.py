@@ -175,11 +175,26 @@ SLUICE_LOGIN_WINDOW_SECONDS = env.int("SLUICE_LOGIN_WINDOW_SECONDS", default=15 
 # CACHE_URL=redis://host:6379/1 (a database other than the broker's).
 CACHES = {"default": env.cache("CACHE_URL", default=f"filecache://{VAR_DIR / 'cache'}")}
 
+# SLUICE_LOG_FORMAT=json: one JSON object per line (time, level, logger, message, and the run
+# id, generation and step the engine is working on; workflows/logs.py). Default: plain text.
+SLUICE_LOG_FORMAT = env("SLUICE_LOG_FORMAT", default="plain").strip().lower()
+if SLUICE_LOG_FORMAT not in ("plain", "json"):
+    raise ValueError(f"SLUICE_LOG_FORMAT must be 'plain' or 'json', not {SLUICE_LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "workflows.logs.JsonFormatter"},
+    },
+    "filters": {"engine_context": {"()": "workflows.logs.EngineContextFilter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": SLUICE_LOG_FORMAT,
+            "filters": ["engine_context"],
+        }
+    },
     "loggers": {
         "workflows": {"handlers": ["console"], "level": env("SLUICE_LOG_LEVEL", default="INFO")},
         "reviews": {"handlers": ["console"], "level": env("SLUICE_LOG_LEVEL", default="INFO")},
@@ -229,6 +244,21 @@ CELERY_BEAT_SCHEDULE = {
     "sluice-notify": {"task": "reviews.notify", "schedule": SLUICE_SWEEP_INTERVAL},
     "sluice-prune": {"task": "workflows.prune", "schedule": 3600.0},
 }
+
+# --- Probes and metrics ------------------------------------------------------------------------
+# /healthz, /readyz and /metrics answer plain http too: load balancers and Prometheus probe the
+# processes directly, behind the TLS proxy.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+# /readyz fails "beat" when the last sweep is older than this many seconds (0: ten sweep
+# intervals, at least 30 s).
+SLUICE_READY_SWEEP_MAX_AGE = env.float("SLUICE_READY_SWEEP_MAX_AGE", default=0.0)
+# /metrics is off unless one of these is set; with both, a scrape needs both. The token goes in
+# "Authorization: Bearer <token>"; the networks are CIDRs matched against the client address
+# (SLUICE_CLIENT_IP_HEADER behind a proxy).
+SLUICE_METRICS_TOKEN = env("SLUICE_METRICS_TOKEN", default="")
+SLUICE_METRICS_ALLOW = env.list("SLUICE_METRICS_ALLOW", default=[])
+# Database gauges count at most this many rows each (a scrape's cost stays bounded).
+SLUICE_METRICS_COUNT_CAP = env.int("SLUICE_METRICS_COUNT_CAP", default=100_000)
 
 # --- Sluice engine ----------------------------------------------------------------------------
 # Extra modules that define workflows, comma separated dotted paths.

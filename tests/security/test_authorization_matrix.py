@@ -169,6 +169,8 @@ class Case:
 
 # --- the expectation table: pages ---------------------------------------------------------------
 
+METRICS_TOKEN = "matrix-metrics-token"
+
 # Keyed by the URL pattern as the URLconf spells it (includes joined).
 PAGES: dict[str, list[Case]] = {
     "": [Case("GET", "/", everyone(Redirect("/reviews/")))],
@@ -198,6 +200,14 @@ PAGES: dict[str, list[Case]] = {
     # The reviewer pages: group AND tenant scoped (another's gate is 404).
     "reviews/": [Case("GET", "/reviews/", web(LOGIN, 403, 200, 200, 200, 200, 200), lists="gates")],
     "reviews/mine/": [Case("GET", "/reviews/mine/", web(LOGIN, 403, 200, 200, 200, 200, 200))],
+    # Review insights and their JSONL download: every reviewer, over the gates they may see
+    # (their groups, their tenant); operators over every tenant (docs/security.md).
+    "reviews/insights/": [
+        Case("GET", "/reviews/insights/", web(LOGIN, 403, 200, 200, 200, 200, 200))
+    ],
+    "reviews/insights/export.jsonl": [
+        Case("GET", "/reviews/insights/export.jsonl", web(LOGIN, 403, 200, 200, 200, 200, 200))
+    ],
     # Notification preferences: every reviewer's own (the page names no user, so there is
     # nobody else's to reach); saving goes back to the page.
     "reviews/preferences/": [
@@ -367,6 +377,17 @@ PAGES: dict[str, list[Case]] = {
     ],
     # The ops overview covers every tenant: staff only.
     "ops/": [Case("GET", "/ops/", web(LOGIN, 403, 403, 403, 403, 200, 200))],
+    # Probes: open to everyone (load balancers, orchestrators), they show no secret
+    # (tests/deploy/test_probes.py). Here no beat has swept and no worker answers: not ready.
+    "healthz": [Case("GET", "/healthz", everyone(200)), Case("POST", "/healthz", everyone(405))],
+    "readyz": [Case("GET", "/readyz", everyone(503))],
+    # Prometheus: the metrics token (matrix_scene sets one), never a login or an API key.
+    "metrics": [
+        Case("GET", "/metrics", everyone(401)),
+        Case(
+            "GET", "/metrics", everyone(200), headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+        ),
+    ],
 }
 
 
@@ -421,6 +442,8 @@ OPERATIONS: dict[str, list[Case]] = {
     ],
     "GET /api/pipelines": [Case("GET", "/api/pipelines", api(200, 200, 200, 200))],
     "GET /api/gates": [Case("GET", "/api/gates", api(200, 403, 200, 200), lists="gates")],
+    # The evaluation dataset carries run inputs: runs:read, the key's own tenant.
+    "GET /api/gates/dataset": [Case("GET", "/api/gates/dataset", api(200, 403, 403, 200))],
     "POST /api/gates/{gate_id}/decision": [
         Case(
             "POST",
@@ -763,7 +786,8 @@ def run_case(case: Case, persona: str, client: Client, token: str, scene: Scene)
                 data = {k: fill_data(v, scene) for k, v in (case.data or {}).items()}
                 kwargs.update(data={**data, "csrfmiddlewaretoken": token})
             response = getattr(client, case.method.lower())(url, **kwargs)
-            if response.streaming:  # an event stream (it ends at once here: matrix_scene)
+            # An event stream (it ends at once here: matrix_scene) or the JSONL dataset.
+            if response.streaming:
                 body = b"".join(response.streaming_content).decode(errors="replace")
                 response.close()
             else:
@@ -819,6 +843,8 @@ def matrix_scene(scene: Scene, settings: Any, monkeypatch: pytest.MonkeyPatch) -
     settings.SLUICE_SSE_MAX_SECONDS = 0
     # Count 127.0.0.1 webhooks as fine: a globex run here has none, but a started one may.
     settings.SLUICE_WEBHOOK_ALLOW_PRIVATE = True
+    settings.SLUICE_METRICS_TOKEN = METRICS_TOKEN
+    settings.SLUICE_METRICS_ALLOW = []
     run_a = scene.runs["run_a"]
     Event.objects.create(run=run_a, name="note", payload={"x": 1})
     Outbox.objects.create(run=run_a, kind="webhook", key=f"matrix:{run_a.pk}", payload={})
