@@ -44,7 +44,7 @@ from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthen
 
 from workflows.models import OidcIdentity, TenantMembership
 
-logger = logging.getLogger("config.security")
+logger = logging.getLogger("sluice.security")
 
 BACKEND = "config.oidc.SluiceOIDCBackend"
 FAILURE_URL = "/accounts/login/?sso=failed"
