@@ -4,7 +4,10 @@
 #                web + worker + beat on the embedded default (SQLite + filesystem broker)
 #   make test    install everything and run the whole suite (PostgreSQL + Redis when they
 #                answer), then the engine's core suite once more on SQLite
-#   make test-long  the fuzzers (HTML forms, schemathesis) with 300 examples per test
+#   make test-long  the fuzzers (HTML forms, schemathesis) and the engine's state machine,
+#                300 examples per test
+#   make chaos   a load of runs through worker SIGKILLs, a broker flush, a PostgreSQL restart
+#                and a killed beat: lost / duplicated / stuck counts (docs/reliability.md)
 #   make bench   install the peers (the `bench` extra) and run bench/run.py
 #   make lint    ruff + mypy
 #
@@ -20,6 +23,7 @@ PY := $(VENV)/bin/python
 VAR := var
 PORT ?= 8000
 PYTEST_ARGS ?=
+CHAOS_ARGS ?=
 SLUICE_TEST_REDIS_DB ?= 3
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 TEST_BROKER_URL ?= redis://127.0.0.1:6379/$(SLUICE_TEST_REDIS_DB)
@@ -30,10 +34,10 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: help venv install install-test install-bench run migrate seed test test-long test-chromium \
-        bench lint lock clean
+        bench chaos lint lock clean
 
 help:
-	@sed -n '2,10p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,14p' Makefile | sed 's/^# \{0,1\}//'
 
 # --- virtualenv -------------------------------------------------------------------------------
 # Reuses .venv when its interpreter is 3.12+; otherwise finds one (python3.13, python3.12 on
@@ -185,17 +189,38 @@ test: install-test test-chromium
 	    exit 1
 	fi
 
-# The fuzzers with a long profile (not part of `make test`): every HTML form and the API's
-# schemathesis run with SLUICE_FUZZ_EXAMPLES examples per test (300 unless set), on PostgreSQL.
+# The long profile (not part of `make test`): every HTML form and the API's schemathesis run
+# with SLUICE_FUZZ_EXAMPLES examples per test (300 unless set), on PostgreSQL; the engine's
+# state machine (tests/workflows/test_stateful.py) runs SLUICE_STATEFUL_EXAMPLES examples (300
+# unless set) on PostgreSQL and again on SQLite, with a fresh random seed each time (make test
+# runs 20 fixed ones).
 test-long: install-test
 	@env -u DATABASE_URL -u CELERY_BROKER_URL DATABASE_URL=$(TEST_DATABASE_URL) \
 	    SLUICE_TEST_DB_NAME=test_sluice_long CELERY_BROKER_URL=$(TEST_BROKER_URL) SLUICE_TEST_SERVICES=1 \
 	    SLUICE_VAR_DIR=$(CURDIR)/$(VAR)/test-long SLUICE_FUZZ_EXAMPLES=$${SLUICE_FUZZ_EXAMPLES:-300} \
-	    $(PY) -m pytest tests/test_form_fuzz.py tests/api/test_schemathesis.py $(PYTEST_ARGS)
+	    SLUICE_STATEFUL_EXAMPLES=$${SLUICE_STATEFUL_EXAMPLES:-300} SLUICE_STATEFUL_RANDOM=1 \
+	    $(PY) -m pytest tests/test_form_fuzz.py tests/api/test_schemathesis.py \
+	    tests/workflows/test_stateful.py $(PYTEST_ARGS)
+	rm -rf $(VAR)/test-long-sqlite && mkdir -p $(VAR)/test-long-sqlite
+	env -u DATABASE_URL -u CELERY_BROKER_URL -u SLUICE_TEST_DB_NAME -u SLUICE_TEST_SERVICES \
+	    DATABASE_URL=sqlite:///$(CURDIR)/$(VAR)/test-long-sqlite/sluice.sqlite3 \
+	    SLUICE_VAR_DIR=$(CURDIR)/$(VAR)/test-long-sqlite \
+	    SLUICE_STATEFUL_EXAMPLES=$${SLUICE_STATEFUL_EXAMPLES:-300} SLUICE_STATEFUL_RANDOM=1 \
+	    $(PY) -m pytest tests/workflows/test_stateful.py $(PYTEST_ARGS)
 
 # --- bench, lint ------------------------------------------------------------------------------
 bench: install-bench
 	@$(PY) bench/run.py
+
+# Sluice under faults (not part of `make test`; about 4 minutes): bench/chaos.py runs one load
+# without and then with faults, in a database of its own (chaos_sluice, dropped afterwards)
+# and a Redis db of its own. It RESTARTS THE LOCAL POSTGRESQL CLUSTER (pg_ctlcluster, needs
+# root or the postgres user): every other client of that server loses its connections.
+# CHAOS_ARGS=--no-pg-restart skips that; see `bench/chaos.py --help`.
+CHAOS_BROKER_URL ?= redis://127.0.0.1:6379/11
+chaos: install-test
+	@env -u DATABASE_URL -u CELERY_BROKER_URL CHAOS_DATABASE_URL=$(TEST_DATABASE_URL) \
+	    CHAOS_BROKER_URL=$(CHAOS_BROKER_URL) $(PY) bench/chaos.py $(CHAOS_ARGS)
 
 lint: install-test
 	@echo "+ ruff check ."

@@ -39,11 +39,15 @@ Transition = str | Goto | Sequence[str | Goto] | None
 
 @dataclass(frozen=True)
 class State:
-    """Run a step; its result (a dict or pydantic model) merges into the context."""
+    """Run a step; its result (a dict or pydantic model) merges into the context.
+
+    ``compensate``: the state's undo, run (with the context the state got, and ``result=``
+    the step's result) if the run fails or is canceled after the state succeeded."""
 
     run: Any = None
     on_done: Transition = None
     on_error: str | None = None
+    compensate: Any = None
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,14 @@ def goto(target: str, guard: Guard | None = None, *, label: str = "") -> Goto:
     return Goto(target, guard, label)
 
 
-def state(*, run: Any, on_done: Transition = None, on_error: str | None = None) -> State:
-    return State(run=run, on_done=on_done, on_error=on_error)
+def state(
+    *,
+    run: Any,
+    on_done: Transition = None,
+    on_error: str | None = None,
+    compensate: Any = None,
+) -> State:
+    return State(run=run, on_done=on_done, on_error=on_error, compensate=compensate)
 
 
 def parallel(

@@ -58,7 +58,7 @@ from pipelines.dsl import (
     wait,
 )
 from pipelines.graph import Diagram, mermaid_id
-from workflows.core.definitions import StepDef, as_step, workflow
+from workflows.core.definitions import StepDef, as_step, undo_path, workflow
 from workflows.core.errors import StepFailed
 
 MAX_VISITS = 25
@@ -138,6 +138,17 @@ class Machine:
                 continue
             if isinstance(st, State) and st.run is None:
                 errors.append(f"{where}: state() needs run=<step>")
+            subs = st.branches.items() if isinstance(st, Parallel) else [("", st)]
+            for branch, sub in subs:
+                if isinstance(sub, State) and sub.compensate is not None:
+                    try:
+                        undo_path(as_step(sub.run), sub.compensate)
+                    except TypeError:
+                        label = f"{where} branch {branch!r}" if branch else where
+                        errors.append(
+                            f"{label}: compensate= must be a module-level function "
+                            "(the undo runs later, perhaps in another process)"
+                        )
             if isinstance(st, State | Parallel | Wait):
                 gotos = targets_of(st.on_done)
                 if not gotos:
@@ -302,7 +313,12 @@ class Machine:
     def _enter(self, ctx: Any, name: str, st: AnyState, data: dict[str, Any]) -> str:
         if isinstance(st, State):
             try:
-                merge(data, ctx.run(self.step_for(name, st.run), copy.deepcopy(data)))
+                merge(
+                    data,
+                    ctx.run(
+                        self.step_for(name, st.run), copy.deepcopy(data), compensate=st.compensate
+                    ),
+                )
             except StepFailed as exc:
                 if not st.on_error:
                     raise
@@ -325,7 +341,9 @@ class Machine:
     def _parallel(self, ctx: Any, name: str, st: Parallel, data: dict[str, Any]) -> str:
         snapshot = copy.deepcopy(data)
         calls = [
-            ctx.call(self.step_for(f"{name}/{branch}", sub.run), snapshot)
+            ctx.call(
+                self.step_for(f"{name}/{branch}", sub.run), snapshot, compensate=sub.compensate
+            )
             for branch, sub in st.branches.items()
         ]
         results = ctx.parallel(calls, return_exceptions=True)

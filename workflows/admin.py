@@ -74,6 +74,7 @@ STATUS_COLORS = {
     "running": ("#1f6feb", "#e8f0fe"),
     "pending": ("#9a6700", "#fff5d6"),
     "suspended": ("#9a6700", "#fff5d6"),
+    "compensating": ("#bc4c00", "#fff1e5"),
     "waiting": ("#9a6700", "#fff5d6"),
     "retrying": ("#9a6700", "#fff5d6"),
 }

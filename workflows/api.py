@@ -24,7 +24,7 @@ from django.utils import timezone
 from ninja import Field, Header, Query, Router, Schema, Status
 from pydantic import AfterValidator, BeforeValidator, ConfigDict
 
-from workflows import gateinfo
+from workflows import gateinfo, timeline
 from workflows.api_auth import (
     AUTH_ERRORS,
     BODY_ERRORS,
@@ -42,7 +42,7 @@ from workflows.core.audit import MAX_REASON, Actor
 from workflows.core.definitions import registered_workflows
 from workflows.core.errors import IdempotencyConflict, InvalidInputError, UnknownWorkflowError
 from workflows.core.payloads import stored
-from workflows.models import ApiKey, Blob, Run, RunAudit, Step
+from workflows.models import ApiKey, Blob, Run, RunAudit, RunStatus, Step
 from workflows.webhooks import CallbackUrlError, check_callback_url
 
 runs_router = Router(tags=["runs"])
@@ -51,7 +51,7 @@ pipelines_router = Router(tags=["pipelines"])
 READ = key_auth("runs:read")
 WRITE = key_auth("runs:write")
 
-_STATUS = "(pending|running|suspended|succeeded|failed|canceled)"
+_STATUS = "(pending|running|suspended|compensating|succeeded|failed|canceled)"
 STATUS_LIST_PATTERN = f"^{_STATUS}(,{_STATUS})*$"
 
 
@@ -82,7 +82,9 @@ def _in_utc(value: datetime) -> datetime:
 
 IsoDateTime = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator(_in_utc)]
 
-RunStatusName = Literal["pending", "running", "suspended", "succeeded", "failed", "canceled"]
+RunStatusName = Literal[
+    "pending", "running", "suspended", "compensating", "succeeded", "failed", "canceled"
+]
 
 
 # --- schemas ----------------------------------------------------------------------------------
@@ -150,6 +152,12 @@ class AuditEntry(Schema):
     created_at: datetime
 
 
+class GenerationCostOut(Schema):
+    generation: int
+    cost: float = Field(description="What the journal rows of this generation cost (USD).")
+    max_cost: float | None = Field(description="The budget this generation ran under.")
+
+
 class RunDetail(RunSummary):
     input: dict[str, Any]
     output: Any = Field(
@@ -173,6 +181,13 @@ class RunDetail(RunSummary):
     )
     forked_at_step: int | None = Field(
         description="The position from which this fork ran anew (earlier ones were reused)."
+    )
+    after_compensation: str | None = Field(
+        description="While the run is compensating (running the undos of its completed "
+        "steps): the status it ends with, failed or canceled. Null otherwise."
+    )
+    generations: list[GenerationCostOut] = Field(
+        description="Cost per generation (a restart opens a new one), each with its budget."
     )
     links: dict[str, str]
 
@@ -368,6 +383,17 @@ def run_detail(run: Run) -> dict[str, Any]:
                 "action", "actor", "reason", "generation", "from_step", "created_at"
             )
         ),
+        "after_compensation": (
+            run.after_compensation or None if run.status == RunStatus.COMPENSATING else None
+        ),
+        "generations": [
+            {
+                "generation": g.generation,
+                "cost": float(g.spent),
+                "max_cost": float(g.cap) if g.cap is not None else None,
+            }
+            for g in timeline.generation_costs(run)
+        ],
         "links": {
             "self": f"/api/runs/{run.pk}",
             "steps": f"/api/runs/{run.pk}/steps",

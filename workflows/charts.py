@@ -31,6 +31,7 @@ STATUS_COLORS = {
     "canceled": "#8c959f",
     "running": "#1f6feb",
     "suspended": "#d4a72c",
+    "compensating": "#bc4c00",
     "pending": "#9a6700",
 }
 FONT = 'font-family="system-ui, -apple-system, Segoe UI, Roboto, sans-serif"'

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from workflows.core import forking, services
+from workflows.core import compensation, forking, services
 from workflows.core.audit import Actor
 from workflows.core.errors import InvalidInputError, InvalidStateError, RunNotFoundError
 from workflows.models import RunAction, Step, StepStatus
@@ -33,6 +33,15 @@ def failed_position(run_id: Any) -> int | None:
     return int(row) if row is not None else None
 
 
+def retry_position(run_id: Any, failed: int | None) -> int | None:
+    """Where "retry failed step" restarts a failed run: its failed step, or, when the run
+    compensated, its first undone step if that comes earlier (what was undone runs again)."""
+    undone = compensation.first_undone_position(run_id) if failed is not None else None
+    if undone is not None and failed is not None:
+        return min(failed, undone)
+    return failed
+
+
 def cancel_run(run_id: Any, actor: Actor, reason: str = "") -> Outcome:
     try:
         services.cancel(run_id, reason, actor=actor)
@@ -53,7 +62,7 @@ def retry_failed_step(run_id: Any, actor: Actor | None = None, reason: str = "")
         return Outcome(run_id, False, f"is {run.status}; only a failed run has a step to retry")
     position = failed_position(run_id)
     try:
-        services.restart(
+        run = services.restart(
             run_id,
             from_step=position,
             only_failed_branches=True,
@@ -63,6 +72,12 @@ def retry_failed_step(run_id: Any, actor: Actor | None = None, reason: str = "")
         )
     except (InvalidStateError, InvalidInputError) as exc:
         return Outcome(run_id, False, str(exc))
+    # A compensated run restarts at the latest at its first undone step: say where it did.
+    actual = run.audit.order_by("-id").values_list("from_step", flat=True).first()
+    if position is not None and actual is not None and actual != position:
+        return Outcome(
+            run_id, True, f"retrying from step {actual} (steps from {actual} on were undone)"
+        )
     where = f"step {position}" if position else "after its last finished step"
     return Outcome(run_id, True, f"retrying from {where}")
 
@@ -75,9 +90,17 @@ def restart_run(
     max_cost: Any = None,
 ) -> Outcome:
     try:
-        services.restart(run_id, from_step=from_step, actor=actor, reason=reason, max_cost=max_cost)
+        run = services.restart(
+            run_id, from_step=from_step, actor=actor, reason=reason, max_cost=max_cost
+        )
     except (InvalidStateError, InvalidInputError, RunNotFoundError) as exc:
         return Outcome(run_id, False, str(exc))
+    # A compensated run restarts at its first undone step at the latest: say where it did.
+    actual = run.audit.order_by("-id").values_list("from_step", flat=True).first() or from_step
+    if actual != from_step:
+        return Outcome(
+            run_id, True, f"restarted from step {actual} (steps from {actual} on were undone)"
+        )
     return Outcome(run_id, True, f"restarted from step {from_step}")
 
 

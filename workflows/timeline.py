@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
+from django.db.models import Sum
 from django.utils import timezone
 
 from workflows.models import Run, Step
@@ -52,6 +54,8 @@ class Entry:
     def display_name(self) -> str:
         """``map:fetch`` reads "fetch"; ``parallel:a,b`` reads "a · b"."""
         name = self.row.name
+        if self.row.kind == "compensate":
+            return f"undo: {name}"
         if self.row.kind == "parallel" and ":" in name:
             return name.split(":", 1)[1].replace(",", " · ")
         return name
@@ -213,3 +217,44 @@ def value_link(run_id: Any, data: Any) -> str | None:
 
     _, blob_id = stored(data)
     return f"/runs/{run_id}/values/{blob_id}/" if blob_id is not None else None
+
+
+@dataclass
+class GenerationCost:
+    """What one generation of a run spent, and the budget it ran under."""
+
+    generation: int
+    spent: Decimal
+    cap: Decimal | None
+    current: bool
+
+    @property
+    def over(self) -> bool:
+        return self.cap is not None and self.spent > self.cap
+
+
+def generation_costs(run: Run) -> list[GenerationCost]:
+    """Cost per generation: the journal rows' cost grouped by the generation that wrote them
+    (superseded rows included), each against the cap it ran under. A restart may raise the
+    cap; the audit entry of the action that ended a generation records the cap it had."""
+    spent = {
+        row["generation"]: Decimal(row["spent"] or 0)
+        for row in Step.objects.filter(run=run)
+        .values("generation")
+        .annotate(spent=Sum("cost"))
+        .order_by()
+    }
+    caps: dict[int, Decimal | None] = {}
+    for generation, cap in run.audit.order_by("created_at", "id").values_list(
+        "generation", "max_cost"
+    ):
+        caps.setdefault(generation, cap)
+    return [
+        GenerationCost(
+            generation=g,
+            spent=spent.get(g, Decimal(0)),
+            cap=run.max_cost if g == run.generation else caps.get(g),
+            current=g == run.generation,
+        )
+        for g in range(1, run.generation + 1)
+    ]

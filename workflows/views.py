@@ -14,6 +14,7 @@ import json
 from typing import Any
 from uuid import UUID
 
+from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -175,7 +176,8 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
     superseded = [r for r in shown if r.superseded]
     wf = registered_workflows().get(run.workflow)
     tl = timeline.build(run, live)
-    positions = sorted({r.position for r in live if r.branch < 0})
+    # Undo entries are not places to restart from: a restart re-runs what they undid.
+    positions = sorted({r.position for r in live if r.branch < 0 and r.kind != "compensate"})
     fork_upto = forking.last_forkable(live)
     failed = operations.failed_position(run.pk) if run.status == "failed" else None
     return {
@@ -197,7 +199,8 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         # Preselected: the failed step, else the last one (run it again, reuse the rest).
         "fork_default": min(fork_upto, failed or (positions[-1] if positions else 1)),
         "last_position": positions[-1] if positions else 0,
-        "failed_position": failed,
+        "failed_position": operations.retry_position(run.pk, failed),
+        "generations": timeline.generation_costs(run),
         "live": not run.is_terminal,
         "now": timezone.now(),
         "duration": timeline.human_duration(
@@ -218,6 +221,13 @@ def run_page(request: HttpRequest, run_id: UUID) -> HttpResponse:
         return render(request, "workflows/_run_live.html", context)
     context["mermaid_text"], context["graph_template"] = _graph(run)
     return render(request, "workflows/run.html", context)
+
+
+class BudgetForm(forms.Form):
+    """The restart form's optional new budget, checked as admin's restart form checks it:
+    a number (not NaN or Infinity), 0 or more, that fits ``Run.max_cost``."""
+
+    max_cost = forms.DecimalField(required=False, min_value=0, max_digits=14, decimal_places=6)
 
 
 @login_required
@@ -246,7 +256,14 @@ def run_action(request: HttpRequest, run_id: UUID, action: str) -> HttpResponse:
         if position < 1:
             messages.error(request, "Choose a journal position (1 or more) to restart from.")
             return HttpResponseRedirect(reverse("workflows:run", args=[run.pk]))
-        outcome = operations.restart_run(run.pk, position, actor, reason)
+        budget = BudgetForm(request.POST)
+        if not budget.is_valid():
+            problems = " ".join(str(e) for e in budget.errors.get("max_cost", []))
+            messages.error(request, f"Run {str(run.pk)[:8]}: new budget (max_cost): {problems}")
+            return HttpResponseRedirect(reverse("workflows:run", args=[run.pk]))
+        outcome = operations.restart_run(
+            run.pk, position, actor, reason, budget.cleaned_data.get("max_cost")
+        )
     elif action == "fork":
         try:
             position = int(request.POST.get("from_step", ""))

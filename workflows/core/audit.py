@@ -81,4 +81,5 @@ def record(
         actor_user=actor.user if actor else None,
         api_key=actor.api_key if actor else None,
         reason=(reason or "").strip()[:MAX_REASON],
+        max_cost=run.max_cost,
     )

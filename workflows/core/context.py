@@ -40,8 +40,13 @@ from workflows.core.calls import (
     return_annotation,
     worker_lost,
 )
-from workflows.core.definitions import StepDef, as_step, resolve_step, step_path
-from workflows.core.doorbell import dispatch_many_on_commit, dispatch_on_commit, grace
+from workflows.core.definitions import StepDef, as_step, resolve_step, step_path, undo_path
+from workflows.core.doorbell import (
+    dispatch_many_on_commit,
+    dispatch_on_commit,
+    grace,
+    ring_on_commit,
+)
 from workflows.core.errors import (
     BudgetExceeded,
     ChildWorkflowFailed,
@@ -66,6 +71,18 @@ def call_digest(value: Any) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
+def _undo_of(sd: StepDef, compensate: Callable[..., Any] | None, kwargs: dict[str, Any]) -> str:
+    """The undo path journaled with a new step call ("" without one)."""
+    if compensate is None and sd.compensate is None:
+        return ""
+    if "result" in kwargs:
+        raise TypeError(
+            f"step {sd.name!r} has an undo, which receives the step's result as `result=`: "
+            "the step itself cannot take a keyword argument named `result`"
+        )
+    return undo_path(sd, compensate)
+
+
 @dataclass(frozen=True)
 class Call:
     """A step call not yet made: built by ``ctx.call``, made by ``ctx.parallel``."""
@@ -73,6 +90,7 @@ class Call:
     step: StepDef
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
+    compensate: Callable[..., Any] | None = None
 
 
 class Context:
@@ -144,17 +162,46 @@ class Context:
             raise AttributeError(name)
         return lambda *args, **kwargs: ext(self, *args, **kwargs)
 
-    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Call:
+    def call(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        compensate: Callable[..., Any] | None = None,
+        **kwargs: Any,
+    ) -> Call:
         """Describe a step call for ``ctx.parallel`` without making it."""
-        return Call(as_step(fn), args, kwargs)
+        return Call(as_step(fn), args, kwargs, compensate)
 
-    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:  # noqa: F811
-        """Run a step inline (or return its journaled result on replay)."""
+    def run(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        compensate: Callable[..., Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:  # noqa: F811
+        """Run a step inline (or return its journaled result on replay).
+
+        ``compensate``: the step's undo (overrides ``@step(compensate=...)``), run with the
+        step's arguments and ``result=`` its result if the run fails or is canceled later.
+        """
         sd = as_step(fn)
         pos, row = self._next(StepKind.STEP, sd.name)
         if row is None:
             self._check_budget(sd.name)
-            return self._execute(sd, args, kwargs, pos, None)
+            undo = _undo_of(sd, compensate, kwargs)
+            return self._execute(sd, args, kwargs, pos, None, undo=undo)
+        return self._resume(sd, args, kwargs, pos, row)
+
+    def _resume(
+        self,
+        sd: StepDef,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        pos: int,
+        row: Step,
+        kind: str = StepKind.STEP,
+    ) -> Any:
+        """A journaled step call on replay: its result, its failure, or run it (again)."""
         if row.digest:  # Rows written before digests were journaled are not compared.
             digest = call_digest({"args": list(args), "kwargs": kwargs})
             if digest and digest != row.digest:
@@ -183,14 +230,28 @@ class Context:
                     row,
                     worker_lost(row, exhausted=True),
                 )
-            return self._execute(sd, args, kwargs, pos, row)
+            return self._execute(sd, args, kwargs, pos, row, kind=kind)
         if row.status == StepStatus.RETRYING:
             if row.wake_at and row.wake_at > now:
                 raise Suspend
-            return self._execute(sd, args, kwargs, pos, row)
+            return self._execute(sd, args, kwargs, pos, row, kind=kind)
         if row.status == StepStatus.PENDING:
-            return self._execute(sd, args, kwargs, pos, row)
+            return self._execute(sd, args, kwargs, pos, row, kind=kind)
         raise Suspend
+
+    def undo(self, sd: StepDef, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """Run the undo ``sd`` as the next journal position, a step of kind "compensate"
+        (``workflows.core.compensation`` drives these while the run is compensating). Journaled,
+        retried with the undo's RetryPolicy, never budget-checked: an undo must run even when
+        the run spent its budget."""
+        pos, row = self._next(StepKind.COMPENSATE, sd.name)
+        if row is None:
+            return self._execute(sd, tuple(args), kwargs, pos, None, kind=StepKind.COMPENSATE)
+        return self._resume(sd, tuple(args), kwargs, pos, row, kind=StepKind.COMPENSATE)
+
+    def skip_to(self, position: int) -> None:
+        """Continue journaling after ``position`` (the undos follow the handler's journal)."""
+        self._pos = position
 
     def parallel(self, calls: Sequence[Call], *, return_exceptions: bool = False) -> list[Any]:
         """Run the calls as parallel branches, joined in the database; results in order."""
@@ -199,12 +260,21 @@ class Context:
         return self._fan_out(calls, name[:200], return_exceptions)
 
     def map(
-        self, fn: Callable[..., Any], items: Iterable[Any], *, return_exceptions: bool = False
+        self,
+        fn: Callable[..., Any],
+        items: Iterable[Any],
+        *,
+        return_exceptions: bool = False,
+        compensate: Callable[..., Any] | None = None,
     ) -> list[Any]:
-        """Run ``fn(item)`` for each item as parallel branches; results in order."""
+        """Run ``fn(item)`` for each item as parallel branches; results in order.
+
+        ``compensate``: each succeeded branch's undo (see ``run``)."""
         sd = as_step(fn)
         return self._fan_out(
-            [Call(sd, (item,), {}) for item in items], f"map:{sd.name}"[:200], return_exceptions
+            [Call(sd, (item,), {}, compensate) for item in items],
+            f"map:{sd.name}"[:200],
+            return_exceptions,
         )
 
     def sleep(self, duration: timedelta | float) -> None:
@@ -596,7 +666,15 @@ class Context:
         return data
 
     def _execute(
-        self, sd: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any], pos: int, row: Step | None
+        self,
+        sd: StepDef,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        pos: int,
+        row: Step | None,
+        *,
+        kind: str = StepKind.STEP,
+        undo: str = "",
     ) -> Any:
         """Run a step here and now: claim it (with the previous result) in one commit, call it,
         buffer the result for the next commit."""
@@ -607,7 +685,7 @@ class Context:
         try:
             packed_args = self._pack(call, f"arguments of {sd.name}")
         except (TypeError, PayloadTooLargeError) as exc:
-            row = row or self._new_row(pos, StepKind.STEP, sd.name, StepStatus.RUNNING)
+            row = row or self._new_row(pos, kind, sd.name, StepStatus.RUNNING)
             if row.pk is None:
                 self._inserts.append(row)
             return self._fail(row, error_dict(exc), now=now)
@@ -626,13 +704,14 @@ class Context:
         if row is None and not conf.is_limited and not self._inserts and fastpath.available():
             row = self._new_row(
                 pos,
-                StepKind.STEP,
+                kind,
                 sd.name,
                 StepStatus.RUNNING,
                 pool=sd.pool,
                 target=target,
                 args=packed_args,
                 digest=digest,
+                undo=undo,
                 max_attempts=sd.retry.max_attempts,
                 attempt=1,
                 started_at=now,
@@ -670,13 +749,14 @@ class Context:
                 if row is None:
                     row = self._new_row(
                         pos,
-                        StepKind.STEP,
+                        kind,
                         sd.name,
                         StepStatus.PENDING,
                         pool=sd.pool,
                         target=target,
                         args=packed_args,
                         digest=digest,
+                        undo=undo,
                         max_attempts=sd.retry.max_attempts,
                         wake_at=wake,
                     )
@@ -702,12 +782,13 @@ class Context:
                         run_id=self._record.pk,
                         generation=self.generation,
                         position=pos,
-                        kind=StepKind.STEP,
+                        kind=kind,
                         name=sd.name,
                         pool=sd.pool,
                         target=target,
                         args=packed_args,
                         digest=digest,
+                        undo=undo,
                         max_attempts=sd.retry.max_attempts,
                         **fields,
                     )
@@ -851,6 +932,7 @@ class Context:
                         pool=c.step.pool,
                         held=i >= cap,
                         target=target,
+                        undo=_undo_of(c.step, c.compensate, c.kwargs),
                         args=self._pack(
                             {"args": list(c.args), "kwargs": c.kwargs, **budgeted},
                             f"arguments of {c.step.name}",
@@ -925,7 +1007,14 @@ class Context:
     # --- endings ----------------------------------------------------------------------------
 
     def suspend(self) -> bool:
-        """Write what is buffered and park the run. False when it was woken meanwhile."""
+        """Write what is buffered and park the run. False when it was woken meanwhile.
+
+        A compensating run parks as it is (status "compensating", no lease holder)."""
+        parked = (
+            RunStatus.COMPENSATING
+            if self._record.status == RunStatus.COMPENSATING
+            else RunStatus.SUSPENDED
+        )
         with self._writing():
             self._flush()
             n = Run.objects.filter(
@@ -933,7 +1022,7 @@ class Context:
                 lease_owner=self.owner,
                 generation=self.generation,
                 wake_requested_at__isnull=True,
-            ).update(status=RunStatus.SUSPENDED, lease_owner="", lease_expires_at=None)
+            ).update(status=parked, lease_owner="", lease_expires_at=None)
             if n == 0:
                 # Something made the run runnable while we replayed: let go of the lease so
                 # the caller takes it again and replays once more.
@@ -962,6 +1051,7 @@ class Context:
         from workflows.core.services import run_terminal_hooks
 
         now = timezone.now()
+        compensate = status == RunStatus.FAILED and self._must_compensate()
         fields: dict[str, Any] = {
             "status": status,
             "output": output,
@@ -971,6 +1061,15 @@ class Context:
             "lease_expires_at": None,
             "wake_requested_at": None,
         }
+        if compensate:
+            # Not the end yet: the undos of the completed steps run first (their own
+            # advances, ringed for on commit); on_complete runs once they are done.
+            fields.update(
+                status=RunStatus.COMPENSATING,
+                after_compensation=RunStatus.FAILED,
+                finished_at=None,
+                wake_requested_at=now,
+            )
         cost = self._cost
         if fastpath.available() and not self._inserts:
             ok, _ = fastpath.checkpoint(
@@ -999,5 +1098,23 @@ class Context:
         self._record.cost = Decimal(self._record.cost or 0) + cost
         if self._current:
             self._record.current_step = self._current[:200]
+        if compensate:
+            ring_on_commit(self._record.pk, self.generation)
+            return True
         run_terminal_hooks(self._record)
         return True
+
+    def _must_compensate(self) -> bool:
+        """The handler failed: does a step it completed have an undo still to run?"""
+        if self._record.status == RunStatus.COMPENSATING:
+            return False  # The undos ran; this is the real end.
+        if any(row.undo and row.status == StepStatus.SUCCEEDED for row in self._dirty):
+            return True  # A result not written yet (it is, with the end)
+        return (
+            Step.objects.filter(
+                run_id=self._record.pk, superseded=False, status=StepStatus.SUCCEEDED
+            )
+            .exclude(undo="")
+            .exclude(kind=StepKind.COMPENSATE)
+            .exists()
+        )

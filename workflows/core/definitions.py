@@ -49,6 +49,8 @@ class StepDef:
     retry: RetryPolicy = DEFAULT_RETRY
     pool: str = "default"
     timeout: float | None = None
+    # The undo run if the run fails or is canceled after this step succeeded (a saga).
+    compensate: Callable[..., Any] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -162,12 +164,23 @@ def step(
     retry: RetryPolicy | None = None,
     pool: str = "default",
     timeout: float | None = None,
+    compensate: Callable[..., Any] | None = None,
 ) -> Any:
-    """Declare a step. Called directly it is a plain function; ``ctx.run`` makes it durable."""
+    """Declare a step. Called directly it is a plain function; ``ctx.run`` makes it durable.
+
+    ``compensate``: the step's undo (a module-level function or step). If the run fails or is
+    canceled after this step succeeded, the undo runs with the step's arguments and
+    ``result=`` its result (see ``workflows.core.compensation``).
+    """
 
     def wrap(f: Callable[..., Any]) -> StepDef:
         definition = StepDef(
-            fn=f, name=name or f.__name__, retry=retry or DEFAULT_RETRY, pool=pool, timeout=timeout
+            fn=f,
+            name=name or f.__name__,
+            retry=retry or DEFAULT_RETRY,
+            pool=pool,
+            timeout=timeout,
+            compensate=compensate,
         )
         functools.update_wrapper(definition, f)  # type: ignore[arg-type]
         definition.__dict__["path"] = f"{f.__module__}.{f.__qualname__}"
@@ -185,6 +198,24 @@ def as_step(fn: Callable[..., Any] | StepDef) -> StepDef:
 
 def step_path(sd: StepDef) -> str:
     return f"{sd.fn.__module__}.{sd.fn.__qualname__}"
+
+
+def undo_path(step_def: StepDef, compensate: Callable[..., Any] | None) -> str:
+    """The dotted path of a step call's undo ("" without one): the call's ``compensate=`` or
+    the step's own. The undo runs later, maybe in another process, so it must be importable.
+    """
+    undo = compensate if compensate is not None else step_def.compensate
+    if undo is None:
+        return ""
+    path = step_path(as_step(undo))
+    try:
+        resolve_step(path)
+    except Exception:
+        raise TypeError(
+            f"the undo of step {step_def.name!r} must be a module-level function: it runs "
+            "later, perhaps in another process"
+        ) from None
+    return path
 
 
 def resolve_step(path: str) -> StepDef:

@@ -18,7 +18,7 @@ from django.db import connection, transaction
 from django.db.models import Avg, Count, F, Q
 from django.utils import timezone
 
-from workflows.core import payloads, pools, usage
+from workflows.core import compensation, payloads, pools, usage
 from workflows.core.calls import call_step, error_dict, is_retryable, retry_after
 from workflows.core.context import Context
 from workflows.core.definitions import resolve_step, workflow_for_run
@@ -40,12 +40,18 @@ from workflows.core.leases import (
     lease_until,
     owner_id,
 )
-from workflows.core.models import ACTIVE_RUN, Run, RunStatus, Step, StepStatus
+from workflows.core.models import ACTIVE_RUN, LEASED_RUN, Run, RunStatus, Step, StepStatus
 from workflows.core.services import handler_kwargs
 
 log = logging.getLogger(__name__)
 
 MAX_REPLAYS_PER_MESSAGE = 50
+
+
+# A taken run is "running", except a compensating one: it stays "compensating" while its
+# undos run (the lease columns say that a worker holds it).
+_TAKEN_STATUS = "CASE WHEN status = %s THEN status ELSE %s END"
+_TAKEN_PARAMS = (RunStatus.COMPENSATING, RunStatus.RUNNING)
 
 
 def take_run(run_id: Any, generation: int, owner: str) -> Run | None:
@@ -57,13 +63,22 @@ def take_run(run_id: Any, generation: int, owner: str) -> Run | None:
     table = Run._meta.db_table
     active = ", ".join(["%s"] * len(ACTIVE_RUN))
     sql = (
-        f"UPDATE {table} SET status = %s, lease_owner = %s, lease_expires_at = %s, "
+        f"UPDATE {table} SET status = {_TAKEN_STATUS}, lease_owner = %s, lease_expires_at = %s, "
         "wake_requested_at = NULL, started_at = COALESCE(started_at, %s) "
         f"WHERE id = %s AND generation = %s AND status IN ({active}) "
         "AND (lease_owner = '' OR lease_expires_at < %s) RETURNING *"
     )
     pk = Run._meta.pk.get_db_prep_value(run_id, connection)  # type: ignore[union-attr]
-    params = [RunStatus.RUNNING, owner, lease_until(now), now, pk, generation, *ACTIVE_RUN, now]
+    params = [
+        *_TAKEN_PARAMS,
+        owner,
+        lease_until(now),
+        now,
+        pk,
+        generation,
+        *ACTIVE_RUN,
+        now,
+    ]
     rows = list(Run.objects.raw(sql, params))
     return rows[0] if rows else None
 
@@ -79,6 +94,11 @@ def advance(run_id: Any, generation: int) -> str:
         hold_run(run.pk)
         ensure_heartbeat()
         try:
+            if run.status == RunStatus.COMPENSATING:
+                outcome = compensation.drive(run, owner)
+                if outcome != "woken":
+                    return outcome
+                continue
             # A run that never reached a step has no journal: skip the query (every journal
             # write also records the step's name on the run).
             journal = (
@@ -107,7 +127,7 @@ def let_go(run: Run, owner: str) -> None:
     the doorbell grace. Best effort: if even this fails, the lease simply expires."""
     try:
         Run.objects.filter(
-            pk=run.pk, lease_owner=owner, generation=run.generation, status=RunStatus.RUNNING
+            pk=run.pk, lease_owner=owner, generation=run.generation, status__in=LEASED_RUN
         ).update(lease_owner="", lease_expires_at=None, wake_requested_at=timezone.now())
     except Exception:
         log.exception("could not release run %s after an error", run.pk)
@@ -170,12 +190,12 @@ def take_runs(items: list[tuple[Any, int]], owner: str) -> list[Run]:
     assert pk_field is not None
     pairs = ", ".join(["(%s, %s)"] * len(items))
     active = ", ".join(["%s"] * len(ACTIVE_RUN))
-    params: list[Any] = [RunStatus.RUNNING, owner, lease_until(now), now]
+    params: list[Any] = [*_TAKEN_PARAMS, owner, lease_until(now), now]
     for run_id, generation in items:
         params += [pk_field.get_db_prep_value(run_id, connection), generation]
     params += [*ACTIVE_RUN, now]
     sql = (
-        f"UPDATE {table} SET status = %s, lease_owner = %s, lease_expires_at = %s, "
+        f"UPDATE {table} SET status = {_TAKEN_STATUS}, lease_owner = %s, lease_expires_at = %s, "
         "wake_requested_at = NULL, started_at = COALESCE(started_at, %s) "
         f"WHERE (id, generation) IN ({pairs}) AND status IN ({active}) "
         "AND (lease_owner = '' OR lease_expires_at < %s) RETURNING *"
@@ -224,6 +244,9 @@ def _advance_taken(runs: list[Run], owner: str) -> dict[str, int]:
     ending: list[tuple[Context, str, Any]] = []
     again: list[Run] = []
     for run in runs:
+        if run.status == RunStatus.COMPENSATING:
+            again.append(run)  # Its undos run one run at a time, in ``advance``.
+            continue
         ctx = Context(run, journals[run.pk], owner)
         outcome, value = _run_handler(ctx, run)
         if outcome == "suspend":

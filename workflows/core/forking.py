@@ -66,6 +66,16 @@ def fork(
                 f"1 to {last}, so a fork starts from 1 to {last + 1}",
                 f"from 1 to {last + 1}",
             )
+        undone = _first_undone(rows)
+        if undone is not None and from_step > undone:
+            # The original compensated: from that step on its effects were taken back, and
+            # its undo entries are no results a replay could use.
+            raise _bad_step(
+                f"run {source.pk} compensated: its steps from position {undone} on were undone, "
+                f"so a fork reuses results before position {undone} at most; fork from step "
+                f"{undone} at most",
+                f"at most {undone}",
+            )
         kept = [r for r in rows if r.position < from_step]
         unfinished = [r for r in kept if r.status not in REUSABLE]
         if unfinished:
@@ -119,7 +129,21 @@ def last_forkable(rows: list[Step]) -> int:
     the last position, or the first position that has not finished."""
     last = max((r.position for r in rows if r.branch < 0), default=0)
     unfinished = [r.position for r in rows if r.status not in REUSABLE]
-    return min([last + 1, *unfinished])
+    undone = _first_undone(rows)
+    return min([last + 1, *unfinished, *([undone] if undone is not None else [])])
+
+
+def _first_undone(rows: list[Step]) -> int | None:
+    """The first position a compensation undid (None when the run has no undo entries): a fork
+    must run it again, as a restart does (``compensation.first_undone_position``)."""
+    if not any(r.kind == StepKind.COMPENSATE for r in rows):
+        return None
+    undone = [
+        r.position
+        for r in rows
+        if r.undo and r.status == StepStatus.SUCCEEDED and r.kind != StepKind.COMPENSATE
+    ]
+    return min(undone) if undone else None
 
 
 def _bad_step(message: str, short: str = "an integer") -> InvalidInputError:
@@ -143,6 +167,8 @@ def _copy(row: Step, source: Run, new: Run) -> Step:
         attempt=row.attempt,
         max_attempts=row.max_attempts,
         target=row.target,
+        # No undo (``Step.undo`` stays empty): the effects of the reused steps belong to the
+        # original run, which may still need them; a failing fork must not take them back.
         args=_own(row.args, row, source, new),
         digest=row.digest,
         result=_own(row.result, row, source, new),

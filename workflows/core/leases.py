@@ -68,9 +68,10 @@ def renew_all() -> int:
         for pk, owner in held.items():
             by_owner.setdefault(owner, []).append(pk)
         for owner, pks in by_owner.items():
-            n += model.objects.filter(pk__in=pks, lease_owner=owner, status="running").update(
-                lease_expires_at=until
-            )
+            # A compensating run is advanced under its lease as a running one is.
+            n += model.objects.filter(
+                pk__in=pks, lease_owner=owner, status__in=("running", "compensating")
+            ).update(lease_expires_at=until)
     return n
 
 

@@ -18,13 +18,20 @@ class RunStatus(models.TextChoices):
     PENDING = "pending"
     RUNNING = "running"
     SUSPENDED = "suspended"
+    # The handler failed or the run was canceled, and the undos (``compensate=``) of its
+    # completed steps are running, last completed first. Active: a worker advances it under
+    # the run lease (``lease_owner`` says whether one holds it now) and it parks between undos
+    # without changing status. Ends failed or canceled (``Run.after_compensation``).
+    COMPENSATING = "compensating"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELED = "canceled"
 
 
 TERMINAL_RUN = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELED)
-ACTIVE_RUN = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SUSPENDED)
+ACTIVE_RUN = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SUSPENDED, RunStatus.COMPENSATING)
+# A run a worker may be advancing right now: its lease is renewed and reclaimed when it expires.
+LEASED_RUN = (RunStatus.RUNNING, RunStatus.COMPENSATING)
 
 
 class StepStatus(models.TextChoices):
@@ -52,6 +59,8 @@ class StepKind(models.TextChoices):
     UUID = "uuid"
     GATE = "gate"
     PATCH = "patch"  # a ``ctx.patched`` / ``ctx.deprecate_patch`` marker (no result)
+    # The undo of a completed step, run while the run is compensating.
+    COMPENSATE = "compensate"
 
 
 class Run(models.Model):
@@ -102,6 +111,9 @@ class Run(models.Model):
     # Where the run is, for people: the last step name the handler reached.
     current_step = models.CharField(max_length=200, blank=True, default="")
     cost = models.DecimalField(max_digits=14, decimal_places=6, default=0)
+    # While compensating: the status the run takes once its undos ran ("failed" when its
+    # handler failed, "canceled" when it was canceled). Empty otherwise.
+    after_compensation = models.CharField(max_length=16, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -157,6 +169,9 @@ class Step(models.Model):
     # Where to find the code of a branch, and its arguments (branches run in other processes).
     target = models.CharField(max_length=300, blank=True, default="")
     args = models.JSONField(null=True, blank=True)
+    # The dotted path of this step's undo (``compensate=``): run with the step's arguments
+    # and its result if the run fails or is canceled after the step succeeded.
+    undo = models.CharField(max_length=300, blank=True, default="")
     # A digest of the call's arguments (a step) or of its branches' calls (a fan-out), compared
     # on replay; empty on rows journaled before digests were (they are not compared).
     digest = models.CharField(max_length=32, blank=True, default="")
@@ -350,6 +365,9 @@ class RunAudit(models.Model):
         "workflows.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     reason = models.TextField(blank=True, default="")
+    # The budget (``Run.max_cost``) the ended or replaced generation ran under: the run page
+    # shows each generation's spending against its own cap.
+    max_cost = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

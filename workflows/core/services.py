@@ -16,7 +16,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from workflows.core import audit, payloads
+from workflows.core import audit, compensation, payloads
 from workflows.core.audit import Actor
 from workflows.core.definitions import get_workflow, workflow_for_run
 from workflows.core.doorbell import dispatch_on_commit, grace, request_wake, ring_on_commit
@@ -450,15 +450,39 @@ def cancel(run_id: Any, reason: str = "", *, actor: Actor | None = None) -> Run:
 
 
 def _cancel_locked(run: Run, reason: str) -> bool:
+    """Cancel an active run (locked by the caller), fenced on its generation.
+
+    A run with completed steps to undo is not canceled yet: it becomes compensating (its
+    undos run, then it ends canceled, see ``workflows.core.compensation``). Canceling a run that
+    is compensating stops it: the undos not yet run are skipped, and listed in its error.
+    """
     now = timezone.now()
+    error: dict[str, Any] = {"type": "Canceled", "message": reason}
+    fields: dict[str, Any] = {
+        "status": RunStatus.CANCELED,
+        "finished_at": now,
+        "wake_requested_at": None,
+    }
+    if run.status == RunStatus.COMPENSATING:
+        skipped = compensation.not_undone(run.pk)
+        if skipped:
+            error["message"] = (
+                f"{reason}; compensation stopped before undoing: {', '.join(skipped)}"
+            )[:2000]
+            error["not_undone"] = skipped
+        error["cause"] = run.error
+    elif compensation.has_undos(run.pk):
+        fields = {
+            "status": RunStatus.COMPENSATING,
+            "after_compensation": RunStatus.CANCELED,
+            "wake_requested_at": now,
+        }
     n = Run.objects.filter(pk=run.pk, generation=run.generation, status__in=ACTIVE_RUN).update(
-        status=RunStatus.CANCELED,
         generation=F("generation") + 1,
         lease_owner="",
         lease_expires_at=None,
-        wake_requested_at=None,
-        finished_at=now,
-        error={"type": "Canceled", "message": reason},
+        error=error,
+        **fields,
     )
     if n != 1:
         return False
@@ -475,7 +499,10 @@ def _cancel_locked(run: Run, reason: str) -> bool:
     run.refresh_from_db()
     for child in Run.objects.filter(parent=run, status__in=ACTIVE_RUN):
         _cancel_locked(child, f"parent run {run.pk} canceled")
-    run_terminal_hooks(run)
+    if run.status == RunStatus.COMPENSATING:
+        ring_on_commit(run.pk, run.generation)  # on_complete runs after the undos
+    else:
+        run_terminal_hooks(run)
     return True
 
 
@@ -502,6 +529,9 @@ def restart(
     only its branches that did not succeed run again; the siblings that succeeded keep their
     results. At any other position it changes nothing.
 
+    A run that compensated (see ``workflows.core.compensation``) restarts at the latest from its
+    first undone step: what was undone runs again, with the undos' own rows superseded.
+
     ``max_cost`` sets a new budget for the run (e.g. to go on after ``BudgetExceeded``).
 
     ``actor``, ``reason`` and ``action`` (``restart``, or ``retry`` for retrying the failed
@@ -522,8 +552,11 @@ def restart(
                 f"run {run.pk} is {run.status}; only a finished run can be restarted "
                 "(cancel it first)"
             )
-        live = Step.objects.filter(run=run, superseded=False, branch=-1)
+        live = Step.objects.filter(run=run, superseded=False, branch=-1).exclude(
+            kind=StepKind.COMPENSATE
+        )
         last = live.order_by("-position").values_list("position", flat=True).first() or 0
+        undone = compensation.first_undone_position(run.pk)
         if from_step is None:
             first_bad = live.exclude(status=StepStatus.SUCCEEDED).order_by("position").first()
             if first_bad is not None:
@@ -546,9 +579,13 @@ def restart(
                     }
                 ],
             )
+        if undone is not None and undone < from_step:
+            # The run compensated: the steps from the first undone one on were taken back,
+            # so they run again (their undo rows, journaled after them, are superseded too).
+            from_step = undone
         group = (
             live.filter(position=from_step, kind=StepKind.PARALLEL).first()
-            if only_failed_branches
+            if only_failed_branches and undone is None
             else None
         )
         stale = Step.objects.filter(run=run, superseded=False).filter(
@@ -584,6 +621,7 @@ def restart(
             lease_owner="",
             lease_expires_at=None,
             wake_requested_at=now,
+            after_compensation="",
             **fields,
         )
         audit.record(

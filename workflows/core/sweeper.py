@@ -30,6 +30,7 @@ from workflows.core.doorbell import dispatch_on_commit, grace, request_wake, rin
 from workflows.core.executor import step_finished
 from workflows.core.models import (
     ACTIVE_RUN,
+    LEASED_RUN,
     TERMINAL_RUN,
     Outbox,
     OutboxStatus,
@@ -108,11 +109,14 @@ def retry_due(now: Any) -> int:
                 dispatch_on_commit(row.pk, row.pool)
                 return True
             return False
-        # An inline step: the advancing worker re-executes it on replay.
+        # An inline step: the advancing worker re-executes it on replay. A compensating run
+        # parks without changing status: nobody holding its lease says it is parked.
         return bool(
-            Run.objects.filter(
-                pk=row.run_id, status=RunStatus.SUSPENDED, wake_requested_at__isnull=True
-            ).exists()
+            Run.objects.filter(pk=row.run_id, wake_requested_at__isnull=True)
+            .filter(
+                Q(status=RunStatus.SUSPENDED) | Q(status=RunStatus.COMPENSATING, lease_owner="")
+            )
+            .exists()
             and request_wake(row.run_id, now)
         )
 
@@ -163,12 +167,12 @@ def reclaim_steps(now: Any) -> int:
 
 
 def reclaim_runs(now: Any) -> int:
-    expired = Run.objects.filter(status=RunStatus.RUNNING, lease_expires_at__lt=now)
+    expired = Run.objects.filter(status__in=LEASED_RUN, lease_expires_at__lt=now)
 
     def reclaim(run: Run) -> bool:
         if Run.objects.filter(
             pk=run.pk,
-            status=RunStatus.RUNNING,
+            status__in=LEASED_RUN,
             lease_owner=run.lease_owner,
             lease_expires_at__lt=now,
         ).update(lease_owner="", lease_expires_at=None, wake_requested_at=now):

@@ -163,6 +163,9 @@ _ICON_PATHS = {
     'stroke-width="1.6" stroke-linejoin="round" stroke-linecap="round"/>',
     "child": '<path d="M4 2.5v6.5h7.5M9 6.5l2.5 2.5L9 11.5" fill="none" stroke="currentColor" '
     'stroke-width="1.7" stroke-linecap="round" stroke-linejoin="round"/>',
+    # An undo: an arrow turning back.
+    "compensate": '<path d="M6 3.5L3 6.5l3 3M3.5 6.5H10a3 3 0 010 6H7" fill="none" '
+    'stroke="currentColor" stroke-width="1.7" stroke-linecap="round" stroke-linejoin="round"/>',
 }
 
 
