@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('workflows', '0008_fork_and_patch_markers'),
+        ('workflows', '0009_compensation'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
