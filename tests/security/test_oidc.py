@@ -239,3 +239,41 @@ def test_an_unreachable_provider_is_a_message_not_a_500(client: Client, settings
     settings.OIDC_OP_DISCOVERY_URL = "http://127.0.0.1:9/.well-known/openid-configuration"
     response = client.get("/oidc/authenticate/")
     assert response.status_code == 302 and response["Location"] == FAILURE_URL
+
+
+def test_an_administrator_links_an_account_on_the_user_admin_page(
+    client: Client, provider: FakeProvider
+) -> None:
+    lou = User.objects.create_user("lou", email="lou@example.com")
+    admin = User.objects.create_superuser("admin", "admin@example.com", "pw-admin-123")
+    client.force_login(admin)
+    page = client.get(f"/admin/auth/user/{lou.pk}/change/")
+    assert b"Single sign-on identities" in page.content
+    form = {
+        "username": "lou",
+        "email": "lou@example.com",
+        "is_active": "on",
+        "date_joined_0": "2026-01-01",
+        "date_joined_1": "00:00:00",
+        "initial-date_joined_0": "2026-01-01",
+        "initial-date_joined_1": "00:00:00",
+        "tenant_membership-TOTAL_FORMS": "0",
+        "tenant_membership-INITIAL_FORMS": "0",
+        "oidc_identities-TOTAL_FORMS": "1",
+        "oidc_identities-INITIAL_FORMS": "0",
+        "oidc_identities-0-issuer": provider.base,
+        "oidc_identities-0-subject": "u-lou",
+    }
+    response = client.post(f"/admin/auth/user/{lou.pk}/change/", form)
+    assert response.status_code == 302, response.content[:2000]
+    client.logout()
+
+    provider.claims = {"sub": "u-lou", "email": "lou@example.com"}
+    sso_login(client, provider)
+    assert logged_in_user(client) == lou
+
+
+def test_next_may_not_leave_the_site(client: Client, provider: FakeProvider) -> None:
+    response = sso_login(client, provider, next="https://evil.example/phish")
+    assert response.status_code == 302 and response["Location"] == "/reviews/"
+    assert logged_in_user(client) is not None
