@@ -9,7 +9,9 @@
 #   make chaos   a load of runs through worker SIGKILLs, a broker flush, a PostgreSQL restart
 #                and a killed beat: lost / duplicated / stuck counts (docs/reliability.md)
 #   make bench   install the peers (the `bench` extra) and run bench/run.py
-#   make lint    ruff + mypy
+#   make prod-local  the production topology of the Procfile (gunicorn, a worker per pool,
+#                beat) on this machine's PostgreSQL and Redis, DEBUG off (docs/deploy.md)
+#   make lint    ruff, ruff format --check, mypy and the core's import contract (lint-imports)
 #
 # Each recipe runs as one bash script (.ONESHELL) with -euo pipefail.
 
@@ -33,8 +35,8 @@ TEST_BROKER_URL ?= redis://127.0.0.1:6379/$(SLUICE_TEST_REDIS_DB)
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv install install-test install-bench run migrate seed test test-long test-chromium \
-        bench chaos lint lock clean
+.PHONY: help venv install install-test install-bench run prod-local migrate seed test test-long \
+        test-chromium bench chaos lint lock clean
 
 help:
 	@sed -n '2,14p' Makefile | sed 's/^# \{0,1\}//'
@@ -111,6 +113,28 @@ run: seed
 	@$(PY) manage.py collectstatic --no-input -v 0
 	echo "==> starting web + worker + beat on http://127.0.0.1:$(PORT)/ (Ctrl-C stops all three)"
 	DEBUG=$${DEBUG:-0} SLUICE_HTTPS=$${SLUICE_HTTPS:-0} exec $(PY) manage.py sluice_dev --port $(PORT)
+
+# The production recipe on this machine: the Procfile's processes (release = migrate +
+# collectstatic, then gunicorn, one Celery worker per pool queue and beat), supervised by
+# manage.py sluice_procfile, which reads the Procfile and adds nothing to its commands.
+# PostgreSQL and Redis from DATABASE_URL / CELERY_BROKER_URL, by default this machine's, with a
+# database of its own (created when missing). DEBUG off; plain http on 127.0.0.1 (SLUICE_HTTPS=0).
+PROD_LOCAL_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/sluice_prod_local
+PROD_LOCAL_BROKER_URL ?= redis://127.0.0.1:6379/5
+prod-local: install
+	@export DATABASE_URL="$${DATABASE_URL:-$(PROD_LOCAL_DATABASE_URL)}"
+	export CELERY_BROKER_URL="$${CELERY_BROKER_URL:-$(PROD_LOCAL_BROKER_URL)}"
+	export SLUICE_VAR_DIR="$${SLUICE_VAR_DIR:-$(CURDIR)/$(VAR)/prod-local}"
+	export STATIC_ROOT="$${STATIC_ROOT:-$$SLUICE_VAR_DIR/staticfiles}"
+	export DEBUG=0 SLUICE_HTTPS="$${SLUICE_HTTPS:-0}" PORT=$(PORT)
+	mkdir -p "$$SLUICE_VAR_DIR"
+	# A secret key of its own, made once (sessions survive restarts).
+	if [ -z "$${SECRET_KEY:-}" ]; then
+	    [ -s "$$SLUICE_VAR_DIR/secret_key" ] || $(PY) -c 'import secrets; print(secrets.token_urlsafe(50))' > "$$SLUICE_VAR_DIR/secret_key"
+	    export SECRET_KEY="$$(cat "$$SLUICE_VAR_DIR/secret_key")"
+	fi
+	echo "==> Procfile topology on http://127.0.0.1:$(PORT)/ (Ctrl-C stops it)"
+	exec $(PY) manage.py sluice_procfile --create-database
 
 # --- test -------------------------------------------------------------------------------------
 # Browser tests drive Debian's chromium. As root it is installed with apt-get when missing; a
@@ -227,8 +251,10 @@ lint: install-test
 	$(PY) -m ruff check .
 	echo "+ ruff format --check ."
 	$(PY) -m ruff format --check .
-	echo "+ mypy config workflows pipelines reviews"
-	$(PY) -m mypy config workflows pipelines reviews
+	echo "+ mypy config workflows pipelines reviews tests/typing"
+	$(PY) -m mypy config workflows pipelines reviews tests/typing
+	echo "+ lint-imports (the engine core imports no product module; see pyproject.toml)"
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	@rm -rf $(VAR)/test-services $(VAR)/test-sqlite $(VAR)/test-core $(VAR)/requirements-*.txt

@@ -163,11 +163,26 @@ SLUICE_LOGIN_WINDOW_SECONDS = env.int("SLUICE_LOGIN_WINDOW_SECONDS", default=15 
 # CACHE_URL=redis://host:6379/1 (a database other than the broker's).
 CACHES = {"default": env.cache("CACHE_URL", default=f"filecache://{VAR_DIR / 'cache'}")}
 
+# SLUICE_LOG_FORMAT=json: one JSON object per line (time, level, logger, message, and the run
+# id, generation and step the engine is working on; workflows/logs.py). Default: plain text.
+SLUICE_LOG_FORMAT = env("SLUICE_LOG_FORMAT", default="plain").strip().lower()
+if SLUICE_LOG_FORMAT not in ("plain", "json"):
+    raise ValueError(f"SLUICE_LOG_FORMAT must be 'plain' or 'json', not {SLUICE_LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "workflows.logs.JsonFormatter"},
+    },
+    "filters": {"engine_context": {"()": "workflows.logs.EngineContextFilter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": SLUICE_LOG_FORMAT,
+            "filters": ["engine_context"],
+        }
+    },
     "loggers": {
         "workflows": {"handlers": ["console"], "level": env("SLUICE_LOG_LEVEL", default="INFO")},
         "reviews": {"handlers": ["console"], "level": env("SLUICE_LOG_LEVEL", default="INFO")},
@@ -218,6 +233,21 @@ CELERY_BEAT_SCHEDULE = {
     "sluice-prune": {"task": "workflows.prune", "schedule": 3600.0},
 }
 
+# --- Probes and metrics ------------------------------------------------------------------------
+# /healthz, /readyz and /metrics answer plain http too: load balancers and Prometheus probe the
+# processes directly, behind the TLS proxy.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+# /readyz fails "beat" when the last sweep is older than this many seconds (0: ten sweep
+# intervals, at least 30 s).
+SLUICE_READY_SWEEP_MAX_AGE = env.float("SLUICE_READY_SWEEP_MAX_AGE", default=0.0)
+# /metrics is off unless one of these is set; with both, a scrape needs both. The token goes in
+# "Authorization: Bearer <token>"; the networks are CIDRs matched against the client address
+# (SLUICE_CLIENT_IP_HEADER behind a proxy).
+SLUICE_METRICS_TOKEN = env("SLUICE_METRICS_TOKEN", default="")
+SLUICE_METRICS_ALLOW = env.list("SLUICE_METRICS_ALLOW", default=[])
+# Database gauges count at most this many rows each (a scrape's cost stays bounded).
+SLUICE_METRICS_COUNT_CAP = env.int("SLUICE_METRICS_COUNT_CAP", default=100_000)
+
 # --- Sluice engine ----------------------------------------------------------------------------
 # Extra modules that define workflows, comma separated dotted paths.
 SLUICE_WORKFLOW_MODULES = env.list("SLUICE_WORKFLOW_MODULES", default=[])
@@ -259,6 +289,21 @@ SLUICE_POOLS = {
 SLUICE_REVIEW_PAGE_SIZE = env.int("SLUICE_REVIEW_PAGE_SIZE", default=50)
 # Seconds between two refreshes of the live queue (paused while the tab is hidden).
 SLUICE_REVIEW_POLL_SECONDS = env.float("SLUICE_REVIEW_POLL_SECONDS", default=4.0)
+# Push (docs/reviews.md, "Live updates"): on PostgreSQL the queue and gate pages hear of gate
+# changes through Server-Sent Events fed by LISTEN/NOTIFY, and poll only while that stream is
+# down. Off (0), or on SQLite, they poll. The listener needs a session-level connection: behind
+# a transaction-pooling PgBouncer, point SLUICE_PUSH_DATABASE_URL at PostgreSQL directly.
+SLUICE_REVIEW_PUSH = env.bool("SLUICE_REVIEW_PUSH", default=True)
+SLUICE_PUSH_DATABASE_URL = env.str("SLUICE_PUSH_DATABASE_URL", default="")
+# A comment line this often keeps proxies from closing an idle stream and finds closed tabs.
+SLUICE_SSE_HEARTBEAT_SECONDS = env.float("SLUICE_SSE_HEARTBEAT_SECONDS", default=15.0)
+# A stream ends after this long; the browser reconnects and the view checks who is asking again.
+SLUICE_SSE_MAX_SECONDS = env.float("SLUICE_SSE_MAX_SECONDS", default=300.0)
+# How long the browser waits before reconnecting after a stream ended.
+SLUICE_SSE_RETRY_SECONDS = env.float("SLUICE_SSE_RETRY_SECONDS", default=2.0)
+# At most this many open streams per web process (each holds a server thread); past it a page
+# is answered 204 and polls instead.
+SLUICE_SSE_MAX_STREAMS = env.int("SLUICE_SSE_MAX_STREAMS", default=200)
 # The expiry sweep closes due gates this many per transaction, at most this many batches a run.
 SLUICE_GATE_EXPIRY_BATCH = env.int("SLUICE_GATE_EXPIRY_BATCH", default=1000)
 SLUICE_GATE_EXPIRY_MAX_BATCHES = env.int("SLUICE_GATE_EXPIRY_MAX_BATCHES", default=100)

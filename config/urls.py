@@ -8,6 +8,7 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from config.metrics import metrics_view
 from config.oidc import SluiceOIDCAuthenticate, SluiceOIDCCallback
 from config.security import ThrottledAdminAuthenticationForm, ThrottledLoginView
 
@@ -23,6 +24,8 @@ urlpatterns = [
     # /accounts/logout/ for SSO users too.
     path("oidc/authenticate/", SluiceOIDCAuthenticate.as_view(), name="oidc_authentication_init"),
     path("oidc/callback/", SluiceOIDCCallback.as_view(), name="oidc_authentication_callback"),
+    # Prometheus: off unless SLUICE_METRICS_TOKEN or SLUICE_METRICS_ALLOW is set.
+    path("metrics", metrics_view, name="metrics"),
 ]
 
 

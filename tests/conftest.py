@@ -59,6 +59,17 @@ def _stop_heartbeat() -> Iterator[None]:
     stop_heartbeat()
 
 
+@pytest.fixture(autouse=True)
+def _stop_gate_listener() -> Iterator[None]:
+    """The gate listener (reviews.push) holds its own LISTEN connection and ends every open
+    event stream when stopped: stop it after each test, so live-server threads streaming to a
+    page end and the test database can be flushed and dropped."""
+    yield
+    from reviews.push import hub
+
+    hub.stop()
+
+
 @pytest.fixture
 def live(transactional_db: None, tmp_path: Any) -> Iterator[Any]:
     """Real Celery worker/beat processes on the test database (integration tests only).

@@ -201,6 +201,22 @@ class OidcIdentity(models.Model):
         return f"{self.subject} @ {self.issuer} → {self.user}"
 
 
+# --- process heartbeats -----------------------------------------------------------------------
+
+
+class Heartbeat(models.Model):
+    """The last time a periodic duty ran, e.g. ``sweep``: what ``/readyz`` reads to tell a live
+    beat from a dead one. One row per duty, overwritten on every pass (no history). Written by
+    ``workflows.health.record_sweep``, an observer of the engine's ``sweep_finished`` event."""
+
+    name = models.CharField(max_length=64, primary_key=True)
+    at = models.DateTimeField()
+    detail = models.JSONField(default=dict, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
 __all__ = [
     "ACTIVE_RUN",
     "TERMINAL_RUN",
@@ -209,6 +225,7 @@ __all__ = [
     "ApiScope",
     "Blob",
     "Event",
+    "Heartbeat",
     "Outbox",
     "OutboxStatus",
     "Pool",

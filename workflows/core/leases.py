@@ -23,6 +23,8 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
+from workflows.core.models import Run, Step
+
 log = logging.getLogger(__name__)
 
 _local = threading.local()
@@ -59,8 +61,6 @@ def lease_until(now: datetime | None = None) -> datetime:
 
 def renew_all() -> int:
     """Push forward every lease this process holds. Returns the rows touched."""
-    from workflows.core.models import Run, Step
-
     until = lease_until()
     n = 0
     for model, held in ((Run, dict(_held_runs)), (Step, dict(_held))):

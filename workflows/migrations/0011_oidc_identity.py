@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("workflows", "0009_compensation"),
+        ("workflows", "0010_heartbeat_pool_index"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
