@@ -475,3 +475,36 @@ SECURE_CSP: dict[str, list[str]] = {
 # The reviewer pages (queue, gate, my decisions), which show LLM output and outside text, draw no
 # graph and use no style attribute: there styles are strict too (reviews/views.py applies it).
 SLUICE_CSP_REVIEW_PAGES: dict[str, list[str]] = {**SECURE_CSP, "style-src": [CSP.SELF]}
+
+# Single sign-on with OpenID Connect (config.oidc, docs/security.md). Off unless
+# OIDC_RP_CLIENT_ID is set; local accounts keep working either way.
+OIDC_RP_CLIENT_ID = env("OIDC_RP_CLIENT_ID", default="")
+OIDC_RP_CLIENT_SECRET = env("OIDC_RP_CLIENT_SECRET", default="")
+# The provider's endpoints: from its discovery document, or each one set explicitly.
+OIDC_OP_DISCOVERY_URL = env("OIDC_OP_DISCOVERY_URL", default="")
+OIDC_OP_ISSUER = env("OIDC_OP_ISSUER", default="")
+OIDC_OP_AUTHORIZATION_ENDPOINT = env("OIDC_OP_AUTHORIZATION_ENDPOINT", default="")
+OIDC_OP_TOKEN_ENDPOINT = env("OIDC_OP_TOKEN_ENDPOINT", default="")
+OIDC_OP_USER_ENDPOINT = env("OIDC_OP_USER_ENDPOINT", default="")
+OIDC_OP_JWKS_ENDPOINT = env("OIDC_OP_JWKS_ENDPOINT", default="")
+OIDC_RP_SIGN_ALGO = env("OIDC_RP_SIGN_ALGO", default="RS256")
+OIDC_RP_SCOPES = env("OIDC_RP_SCOPES", default="openid email profile")
+OIDC_USE_PKCE = True
+OIDC_TIMEOUT = env.int("OIDC_TIMEOUT", default=10)
+OIDC_CREATE_USER = True
+LOGIN_REDIRECT_URL_FAILURE = "/accounts/login/?sso=failed"
+SLUICE_OIDC_PROVIDER_NAME = env("SLUICE_OIDC_PROVIDER_NAME", default="single sign-on")
+SLUICE_OIDC_LEEWAY_SECONDS = env.int("SLUICE_OIDC_LEEWAY_SECONDS", default=30)
+# Claim mapping: provider group → Django group ("idp-name=group,same-name"); groups the map
+# does not name are ignored. The tenant claim → TenantMembership, from SLUICE_OIDC_TENANTS
+# only when that list is set. Staff only when SLUICE_OIDC_STAFF_CLAIM holds
+# SLUICE_OIDC_STAFF_VALUE; never superuser.
+SLUICE_OIDC_GROUPS_CLAIM = env("SLUICE_OIDC_GROUPS_CLAIM", default="groups")
+SLUICE_OIDC_GROUP_MAP = env("SLUICE_OIDC_GROUP_MAP", default="")
+SLUICE_OIDC_TENANT_CLAIM = env("SLUICE_OIDC_TENANT_CLAIM", default="tenant")
+SLUICE_OIDC_TENANTS = env.list("SLUICE_OIDC_TENANTS", default=[])
+SLUICE_OIDC_STAFF_CLAIM = env("SLUICE_OIDC_STAFF_CLAIM", default="")
+SLUICE_OIDC_STAFF_VALUE = env("SLUICE_OIDC_STAFF_VALUE", default="")
+AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]
+if OIDC_RP_CLIENT_ID:
+    AUTHENTICATION_BACKENDS.append("config.oidc.SluiceOIDCBackend")
