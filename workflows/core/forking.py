@@ -101,7 +101,7 @@ def fork(
             on_complete=source.on_complete,
             max_parallel=source.max_parallel,
             tenant=source.tenant,
-            created_by=(actor.description if actor else "")[:150],
+            created_by=_creator(actor),
             callback_url=source.callback_url,
             max_cost=source.max_cost,
             review_timeout=source.review_timeout,
@@ -123,6 +123,16 @@ def fork(
         )
         ring_on_commit(new.pk, new.generation)
     return new
+
+
+def _creator(actor: Actor | None) -> str:
+    """``Run.created_by`` of the fork, as a start by the same actor records it: a user's bare
+    name (the run pages show a user the runs they started by it), else the key's actor."""
+    if actor is None:
+        return ""
+    if actor.user is not None and actor.api_key is None:
+        return str(actor.user.get_username())[:150]
+    return actor.description[:150]
 
 
 def last_forkable(rows: list[Step], *, compensating: bool = False) -> int:
