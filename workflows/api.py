@@ -82,6 +82,16 @@ def _in_utc(value: datetime) -> datetime:
 
 IsoDateTime = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator(_in_utc)]
 
+
+def _not_a_bool(value: Any) -> Any:
+    """pydantic's lax mode reads ``true`` as 1: a journal position must be a number."""
+    if isinstance(value, bool):
+        raise ValueError("expected a journal position (an integer), not true or false")
+    return value
+
+
+Position = Annotated[int, BeforeValidator(_not_a_bool)]
+
 RunStatusName = Literal[
     "pending", "running", "suspended", "compensating", "succeeded", "failed", "canceled"
 ]
@@ -259,7 +269,7 @@ class RestartIn(Schema):
 
     reason: str = REASON
 
-    from_step: int | None = Field(
+    from_step: Position | None = Field(
         None,
         ge=1,
         le=1_000_000,
@@ -286,7 +296,7 @@ class ForkIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = REASON
-    from_step: int = Field(
+    from_step: Position = Field(
         ...,
         ge=1,
         le=1_000_000,
