@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
+import pydantic
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
@@ -90,7 +91,7 @@ def _not_a_bool(value: Any) -> Any:
     return value
 
 
-Position = Annotated[int, BeforeValidator(_not_a_bool)]
+Position = Annotated[int, pydantic.Field(ge=1, le=1_000_000), BeforeValidator(_not_a_bool)]
 
 RunStatusName = Literal[
     "pending", "running", "suspended", "compensating", "succeeded", "failed", "canceled"
@@ -271,8 +272,6 @@ class RestartIn(Schema):
 
     from_step: Position | None = Field(
         None,
-        ge=1,
-        le=1_000_000,
         description="Journal position to restart from (1-based); "
         "omitted: the first unfinished position (after the last finished one when the run "
         "failed between steps).",
@@ -298,8 +297,6 @@ class ForkIn(Schema):
     reason: str = REASON
     from_step: Position = Field(
         ...,
-        ge=1,
-        le=1_000_000,
         description="The new run reuses the original's journal before this position (1-based) "
         "and runs from it on; 1 reuses nothing, one past the last position reuses all of it.",
     )
