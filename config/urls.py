@@ -8,6 +8,7 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from config.metrics import metrics_view
 from config.security import ThrottledAdminAuthenticationForm, ThrottledLoginView
 
 # Both login pages count failed logins and lock out a username or address (config.security).
@@ -18,6 +19,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/login/", ThrottledLoginView.as_view(), name="login"),
     path("accounts/", include("django.contrib.auth.urls")),
+    # Prometheus: off unless SLUICE_METRICS_TOKEN or SLUICE_METRICS_ALLOW is set.
+    path("metrics", metrics_view, name="metrics"),
 ]
 
 

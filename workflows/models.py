@@ -178,6 +178,22 @@ class TenantMembership(models.Model):
         return f"{self.user} → {self.tenant or '(default tenant)'}"
 
 
+# --- process heartbeats -----------------------------------------------------------------------
+
+
+class Heartbeat(models.Model):
+    """The last time a periodic duty ran, e.g. ``sweep``: what ``/readyz`` reads to tell a live
+    beat from a dead one. One row per duty, overwritten on every pass (no history). Written by
+    ``workflows.health.record_sweep``, an observer of the engine's ``sweep_finished`` event."""
+
+    name = models.CharField(max_length=64, primary_key=True)
+    at = models.DateTimeField()
+    detail = models.JSONField(default=dict, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
 __all__ = [
     "ACTIVE_RUN",
     "TERMINAL_RUN",
@@ -186,6 +202,7 @@ __all__ = [
     "ApiScope",
     "Blob",
     "Event",
+    "Heartbeat",
     "Outbox",
     "OutboxStatus",
     "Pool",

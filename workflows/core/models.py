@@ -215,6 +215,13 @@ class Step(models.Model):
                 name="step_lease",
                 condition=Q(status="running", branch__gte=0),
             ),
+            # The metrics' pool in-flight and backlog gauges (inline steps included): a count
+            # over this small partial index, never over the journal.
+            models.Index(
+                fields=["pool", "status"],
+                name="step_pool_active",
+                condition=Q(status__in=["pending", "running"]),
+            ),
         ]
 
     def __str__(self) -> str:
