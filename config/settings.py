@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 from django.utils.csp import CSP
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -285,7 +287,14 @@ SLUICE_OUTBOX_RETENTION_DAYS = env.float("SLUICE_OUTBOX_RETENTION_DAYS", default
 # approvals, every gate event): "keep" copies it into the reviews.GateRecord table, which
 # retention never prunes; "archive" appends it as JSON lines to a monthly file in
 # SLUICE_GATE_ARCHIVE_DIR (and keeps nothing in the database). See docs/reviews.md.
-SLUICE_GATE_TRAIL_ON_PRUNE = env.str("SLUICE_GATE_TRAIL_ON_PRUNE", default="keep")
+SLUICE_GATE_TRAIL_ON_PRUNE = env.str("SLUICE_GATE_TRAIL_ON_PRUNE", default="keep").strip().lower()
+if SLUICE_GATE_TRAIL_ON_PRUNE not in ("keep", "archive"):
+    # Refused at startup, not at the first prune an hour later (which would refuse too: a
+    # typo must not lose a trail).
+    raise ImproperlyConfigured(
+        f"SLUICE_GATE_TRAIL_ON_PRUNE is {SLUICE_GATE_TRAIL_ON_PRUNE[:40]!r}; "
+        "it must be keep or archive"
+    )
 SLUICE_GATE_ARCHIVE_DIR = env.str("SLUICE_GATE_ARCHIVE_DIR", default=str(VAR_DIR / "archive"))
 # Pools: name -> max concurrency across all workers (None = unlimited) and an optional rate
 # limit of `rate_limit` step starts per `rate_period` seconds. Rows in the Pool table (editable
@@ -336,7 +345,24 @@ SLUICE_RUN_VIEWER_GROUPS = env.list("SLUICE_RUN_VIEWER_GROUPS", default=["review
 # parsed by django-environ's email_url: smtp+tls://user:password@mail.example.com:587,
 # smtp+ssl://…:465, consolemail:// (the default: print to the worker's log), memorymail://
 # (in memory), dummymail:// (drop everything).
-_email = environ.Env.email_url_config(env("EMAIL_URL", default="consolemail://"))
+
+
+def _email_config(url: str) -> dict[str, object]:
+    """django-environ's reading of ``EMAIL_URL``, or a clear startup error naming the variable
+    (without echoing the URL: it may hold the SMTP password)."""
+    try:
+        return dict(environ.Env.email_url_config(url))
+    except (ValueError, ImproperlyConfigured):
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        what = f"its scheme {scheme[:20]!r}" if scheme else "it"
+        raise ImproperlyConfigured(
+            f"EMAIL_URL is not a mail URL Sluice can use ({what} or its port is wrong): give "
+            "smtp://, smtp+tls://, smtp+ssl:// (host, optional numeric port, user:password@), "
+            "consolemail://, filemail://, memorymail:// or dummymail://"
+        ) from None
+
+
+_email: dict[str, Any] = _email_config(env("EMAIL_URL", default="consolemail://"))
 _email_options: dict[str, object] = {}
 if _email["EMAIL_BACKEND"].endswith(".smtp.EmailBackend"):
     _email_options = {
@@ -361,6 +387,11 @@ DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Sluice <sluice@localhost
 SLUICE_BASE_URL = env("SLUICE_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
 # Remind reviewers of an open gate when this fraction of its time is gone (0 turns it off).
 SLUICE_REVIEW_REMINDER_AT = env.float("SLUICE_REVIEW_REMINDER_AT", default=0.75)
+if not 0 <= SLUICE_REVIEW_REMINDER_AT < 1:  # (NaN too) 75 meaning 75 % must not turn it off
+    raise ImproperlyConfigured(
+        f"SLUICE_REVIEW_REMINDER_AT is {SLUICE_REVIEW_REMINDER_AT}; it must be a fraction of "
+        "the gate's time, 0 (no reminders) or more and below 1, e.g. 0.75"
+    )
 # Group chat channels: "group=https://hooks.slack.com/…,leads=https://…" (Slack-compatible
 # incoming webhooks). They hear of their group's gates opening, reminders and escalations.
 SLUICE_NOTIFY_GROUP_WEBHOOKS = env.dict("SLUICE_NOTIFY_GROUP_WEBHOOKS", default={})
