@@ -3,7 +3,8 @@
 #   make run     create the virtualenv, install, migrate, seed the demo users and start
 #                web + worker + beat on the embedded default (SQLite + filesystem broker)
 #   make test    install everything and run the whole suite (PostgreSQL + Redis when they
-#                answer), then the engine's core suite once more on SQLite
+#                answer), then the engine's core suite once more on SQLite and the
+#                integration tests once more through PgBouncer
 #   make test-long  the fuzzers (HTML forms, schemathesis) and the engine's state machine,
 #                300 examples per test
 #   make chaos   a load of runs through worker SIGKILLs, a broker flush, a PostgreSQL restart
@@ -36,10 +37,10 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: help venv install install-test install-bench run prod-local migrate seed test test-long \
-        test-chromium bench chaos lint lock clean
+        test-chromium test-pgbouncer bench chaos lint lock clean
 
 help:
-	@sed -n '2,14p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,16p' Makefile | sed 's/^# \{0,1\}//'
 
 # --- virtualenv -------------------------------------------------------------------------------
 # Reuses .venv when its interpreter is 3.12+; otherwise finds one (python3.13, python3.12 on
@@ -155,12 +156,31 @@ test-chromium:
 	    echo "         deselected. Install it with 'sudo apt-get install chromium'." >&2
 	fi
 
+# Step [c] runs the integration tests through Debian's pgbouncer, installed the same way.
+test-pgbouncer:
+	@if command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ]; then exit 0; fi
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+	    echo "==> installing Debian's pgbouncer (apt-get)"
+	    export DEBIAN_FRONTEND=noninteractive
+	    apt-get install -y -q --no-install-recommends pgbouncer \
+	        || { apt-get update -q && apt-get install -y -q --no-install-recommends pgbouncer; }
+	elif [ -n "$${CI:-}" ]; then
+	    echo "error: pgbouncer is missing and this CI run cannot install it (not root)." >&2
+	    exit 1
+	else
+	    echo "warning: pgbouncer is missing and this is not root: step [c] is skipped." >&2
+	    echo "         Install it with 'sudo apt-get install pgbouncer'." >&2
+	fi
+
 # (a) the whole suite against PostgreSQL + Redis when they answer (SQLite, integration tests
 #     deselected, when they don't — or a failure when SLUICE_REQUIRE_SERVICES=1);
-# (b) the engine's core suite once more on SQLite, the embedded default.
-# Both always run; the target fails if either did. pytest's exit 5 ("no tests collected") is a
+# (b) the engine's core suite once more on SQLite, the embedded default;
+# (c) with the services, the integration tests of tests/workflows and tests/reviews once more
+#     through a throwaway PgBouncer in transaction pooling mode (tests/pgbouncer.py,
+#     SLUICE_PGBOUNCER=1), on a test database of their own.
+# All always run; the target fails if any did. pytest's exit 5 ("no tests collected") is a
 # failure in (a) and fine in (b). Extra pytest arguments: make test PYTEST_ARGS="-k foo".
-test: install-test test-chromium
+test: install-test test-chromium test-pgbouncer
 	@mkdir -p $(VAR)
 	services=1
 	$(PY) -c 'import psycopg; psycopg.connect("$(TEST_DATABASE_URL)", connect_timeout=3).close()' 2>/dev/null \
@@ -207,9 +227,26 @@ test: install-test test-chromium
 	env -u DATABASE_URL -u CELERY_BROKER_URL -u SLUICE_TEST_DB_NAME -u SLUICE_TEST_SERVICES \
 	    "$${envs[@]}" $(PY) -m pytest -m "$$core_mark" $(PYTEST_ARGS) || rc_b=$$?
 	if [ $$rc_b = 5 ]; then echo "note: [b] collected no core tests"; rc_b=0; fi
+	# (c) Through PgBouncer: the test database is made and dropped directly on PostgreSQL, so
+	#     pytest runs with --reuse-db (it never drops it through the pooler). The multi-host
+	#     failover test is not about the pooler and, like the browser tests, runs in [a] only.
+	rc_c=0
+	if [ $$services = 1 ] && { command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ]; }; then
+	    echo "==> [c] integration tests of the engine and the reviews through PgBouncer (transaction mode)"
+	    rm -rf $(VAR)/test-pgbouncer && mkdir -p $(VAR)/test-pgbouncer
+	    env -u DATABASE_URL -u CELERY_BROKER_URL -u SLUICE_TEST_DB_NAME -u SLUICE_TEST_SERVICES \
+	        $(PY) tests/pgbouncer.py --dir $(CURDIR)/$(VAR)/test-pgbouncer/bouncer \
+	            --upstream $(TEST_DATABASE_URL) --db test_sluice_pgbouncer -- \
+	        env CELERY_BROKER_URL=$(TEST_BROKER_URL) SLUICE_TEST_SERVICES=1 \
+	            SLUICE_VAR_DIR=$(CURDIR)/$(VAR)/test-pgbouncer \
+	        $(PY) -m pytest --reuse-db -m "integration and not browser" --ignore=tests/workflows/test_multihost.py \
+	            tests/workflows tests/reviews $(PYTEST_ARGS) || rc_c=$$?
+	elif [ $$services = 1 ]; then
+	    echo "note: [c] skipped: pgbouncer is not installed"
+	fi
 	# On success pytest's own summary stays the last line printed.
-	if [ $$rc_a != 0 ] || [ $$rc_b != 0 ]; then
-	    echo "==> make test failed: [a] exit $$rc_a, [b] exit $$rc_b" >&2
+	if [ $$rc_a != 0 ] || [ $$rc_b != 0 ] || [ $$rc_c != 0 ]; then
+	    echo "==> make test failed: [a] exit $$rc_a, [b] exit $$rc_b, [c] exit $$rc_c" >&2
 	    exit 1
 	fi
 
@@ -257,4 +294,5 @@ lint: install-test
 	$(VENV)/bin/lint-imports --no-cache
 
 clean:
-	@rm -rf $(VAR)/test-services $(VAR)/test-sqlite $(VAR)/test-core $(VAR)/requirements-*.txt
+	@rm -rf $(VAR)/test-services $(VAR)/test-sqlite $(VAR)/test-core $(VAR)/test-pgbouncer \
+	    $(VAR)/requirements-*.txt

@@ -21,7 +21,7 @@ from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.handlers.asgi import ASGIRequest
 from django.core.paginator import Paginator
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -553,7 +553,7 @@ def preferences(request: HttpRequest) -> HttpResponse:
         if form.is_valid():
             saved = form.save(commit=False)
             saved.user = user
-            saved.save()
+            _save_preferences(saved)
             messages.success(request, "Your notification preferences are saved.")
             return redirect("reviews:preferences")
         status = 422
@@ -568,3 +568,21 @@ def preferences(request: HttpRequest) -> HttpResponse:
         "reminder_at": int(round(float(settings.SLUICE_REVIEW_REMINDER_AT or 0) * 100)),
     }
     return render(request, "reviews/preferences.html", context, status=status)
+
+
+def _save_preferences(row: NotificationPreference) -> None:
+    """Save ``row``; when it is the user's first and another request (a double click, a
+    second tab) inserted theirs meanwhile, update that one instead: the later save wins, as
+    it would have a moment later, and nobody sees a 500 for the unique user."""
+    if row.pk is not None:
+        row.save()
+        return
+    try:
+        with transaction.atomic():
+            row.save()
+    except IntegrityError:
+        row.pk = NotificationPreference.objects.values_list("pk", flat=True).get(
+            user_id=row.user_id
+        )
+        row._state.adding = False
+        row.save(force_update=True)

@@ -138,9 +138,13 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """How many fuzz cases the HTML form fuzzing ran (tests/test_form_fuzz.py), if it ran."""
+    """Figures measured by tests that ran: HTML form fuzz cases (tests/test_form_fuzz.py), the
+    multi-host failover time (tests/workflows/test_multihost.py)."""
     import sys
 
+    multihost = sys.modules.get("tests.workflows.test_multihost")
+    if multihost is not None and multihost.FIGURES:
+        terminalreporter.write_line(f"multi-host failover: {multihost.FIGURES['summary']}")
     fuzz = sys.modules.get("tests.test_form_fuzz")
     if fuzz is None or not fuzz.CASES:
         return

@@ -178,6 +178,29 @@ class TenantMembership(models.Model):
         return f"{self.user} → {self.tenant or '(default tenant)'}"
 
 
+class OidcIdentity(models.Model):
+    """The OpenID Connect identity a web user signs in with: the provider's ``iss`` and the
+    stable ``sub`` it gives the person. SSO matches users by this pair only, never by e-mail
+    (an e-mail at the provider equal to a local admin's must not log in as that admin); see
+    config.oidc and docs/security.md."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="oidc_identities"
+    )
+    issuer = models.CharField(max_length=255)
+    subject = models.CharField(max_length=255)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "OpenID Connect identity"
+        constraints = [
+            models.UniqueConstraint(fields=["issuer", "subject"], name="oidc_identity_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subject} @ {self.issuer} → {self.user}"
+
+
 # --- process heartbeats -----------------------------------------------------------------------
 
 
@@ -213,6 +236,7 @@ __all__ = [
     "Step",
     "StepKind",
     "StepStatus",
+    "OidcIdentity",
     "TenantMembership",
     "WebhookAttempt",
     "WebhookDelivery",

@@ -192,6 +192,11 @@ PAGES: dict[str, list[Case]] = {
         Case("GET", "/accounts/reset/MQ/not-a-token/", everyone(200))  # "invalid link"
     ],
     "accounts/reset/done/": [Case("GET", "/accounts/reset/done/", everyone(200))],
+    # Single sign-on (config.oidc): off here (no OIDC_RP_CLIENT_ID), so both answer 404 to
+    # everyone. With SSO on they are open to everyone by design (the flow starts logged out);
+    # tests/security/test_oidc.py covers that state: state, nonce, PKCE, the ID token checks.
+    "oidc/authenticate/": [Case("GET", "/oidc/authenticate/?next=/reviews/", everyone(404))],
+    "oidc/callback/": [Case("GET", "/oidc/callback/?code=x&state=y", everyone(404))],
     # The API's own pages: the schema and its docs are public; unknown paths are a JSON 404.
     "api/openapi.json": [Case("GET", "/api/openapi.json", everyone(200))],
     "api/docs": [Case("GET", "/api/docs", everyone(200))],

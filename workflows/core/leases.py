@@ -46,9 +46,15 @@ def owner_id() -> str:
     mine: tuple[int, str] | None = getattr(_local, "owner", None)
     if mine is None or mine[0] != pid:
         thread = threading.get_ident()
-        mine = (pid, f"{socket.gethostname()[:50]}:{pid}:{thread}:{uuid.uuid4().hex[:6]}")
+        mine = (pid, f"{host_id()}:{pid}:{thread}:{uuid.uuid4().hex[:6]}")
         _local.owner = mine
     return mine[1]
+
+
+def host_id() -> str:
+    """This machine's part of an owner id (settings.SLUICE_HOST_ID): no colon, 50 chars."""
+    host = str(getattr(settings, "SLUICE_HOST_ID", "") or socket.gethostname())
+    return host.replace(":", "-")[:50]
 
 
 def lease_seconds() -> float:
