@@ -1,4 +1,11 @@
-"""Workflows the engine tests run (imported by tests and by real worker processes)."""
+"""Workflows shared by tests of several packages and imported by real worker processes
+(``tests/live.py`` sets SLUICE_WORKFLOW_MODULES=tests.sample_workflows).
+
+A workflow only one test module uses is defined in that module and started by object
+(``start(parent_wf, ...)``, see tests/workflows/test_waits.py); tests here import this module
+as ``samples`` and start ``samples.chain`` etc. by object too. The API and operator tests still
+name these over HTTP ("test.chain"), as a client does.
+"""
 
 from __future__ import annotations
 
