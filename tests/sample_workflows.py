@@ -112,17 +112,6 @@ def big_wf(ctx: Any, n: int) -> int:
     return len(ctx.run(big, n))
 
 
-@step(timeout=0.3, retry=RetryPolicy(max_attempts=2, initial_backoff=0.01, jitter=False))
-def slow(seconds: float) -> str:
-    time.sleep(seconds)
-    return "done"
-
-
-@workflow(name="test.slow")
-def slow_wf(ctx: Any, seconds: float) -> str:
-    return ctx.run(slow, seconds)
-
-
 @step(pool="limited")
 def limited_sleep(x: int) -> int:
     time.sleep(0.05)
@@ -190,23 +179,3 @@ def budget(ctx: Any, n: int = 5) -> int:
         except Exception:  # a broad except must not be able to spend past the budget
             pass
     return value
-
-
-@step
-def nul_text() -> str:
-    return "before\x00after"
-
-
-@workflow(name="test.nul")
-def nul_wf(ctx: Any) -> str:
-    return ctx.run(nul_text)
-
-
-@workflow(name="test.bad_child_caught")
-def bad_child_caught(ctx: Any) -> int:
-    first = ctx.run(add_one, 1)
-    try:
-        ctx.run_workflow("test.chain", {"n": "not a number"})
-    except Exception:
-        pass
-    return first

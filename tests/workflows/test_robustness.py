@@ -10,15 +10,35 @@ from django.utils import timezone
 
 from tests import sample_workflows as samples
 from tests.support import Bell
-from workflows import get_run, start
+from workflows import get_run, start, step, workflow
 from workflows.core.pools import clear_cache
 from workflows.models import Pool, Run, Step
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 
 
+@step
+def nul_text() -> str:
+    return "before\x00after"
+
+
+@workflow(name="test.nul")
+def nul_wf(ctx: Any) -> str:
+    return ctx.run(nul_text)
+
+
+@workflow(name="test.bad_child_caught")
+def bad_child_caught(ctx: Any) -> int:
+    first = ctx.run(samples.add_one, 1)
+    try:
+        ctx.run_workflow(samples.chain, {"n": "not a number"})
+    except Exception:
+        pass
+    return first
+
+
 def test_a_value_the_database_cannot_store_fails_the_step_cleanly(bell: Bell) -> None:
-    run = start(samples.nul_wf, {})
+    run = start(nul_wf, {})
     bell.drain()
     run = get_run(run.pk)
     assert run.status == "failed"
@@ -51,7 +71,7 @@ def test_an_error_escaping_an_advance_lets_go_of_the_run(
 def test_a_rolled_back_write_keeps_the_results_it_carried(bell: Bell) -> None:
     """A step's result rides on the next commit; if that transaction rolls back (here: a
     child run with bad input), the result is written with the one after."""
-    run = start(samples.bad_child_caught, {})
+    run = start(bad_child_caught, {})
     bell.drain()
     run = get_run(run.pk)
     assert (run.status, run.output) == ("succeeded", 2)

@@ -3,20 +3,32 @@ timeouts, payload limits, usage."""
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.test import override_settings
 from django.utils import timezone
 
-from tests import sample_workflows
 from tests import sample_workflows as samples
 from tests.support import Bell
-from workflows import get_run, start
+from workflows import get_run, start, step, workflow
 from workflows.core.definitions import RetryPolicy
 from workflows.models import Blob, Run, Step
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
+
+
+@step(timeout=0.3, retry=RetryPolicy(max_attempts=2, initial_backoff=0.01, jitter=False))
+def slow(seconds: float) -> str:
+    time.sleep(seconds)
+    return "done"
+
+
+@workflow(name="test.slow")
+def slow_wf(ctx: Any, seconds: float) -> str:
+    return ctx.run(slow, seconds)
 
 
 def due_now(run: Run) -> None:
@@ -27,7 +39,7 @@ def due_now(run: Run) -> None:
 
 
 def test_it_retries_with_backoff_in_a_column_then_succeeds(bell: Bell) -> None:
-    sample_workflows.CALLS.clear()
+    samples.CALLS.clear()
     run = start(samples.flaky_wf, {"key": "a", "failures": 2})
     bell.drain()
     step = Step.objects.get(run=run)
@@ -45,7 +57,7 @@ def test_it_retries_with_backoff_in_a_column_then_succeeds(bell: Bell) -> None:
 
 
 def test_it_fails_after_max_attempts(bell: Bell) -> None:
-    sample_workflows.CALLS.clear()
+    samples.CALLS.clear()
     run = start(samples.flaky_wf, {"key": "b", "failures": 10})
     bell.drain()
     for _ in range(3):
@@ -64,7 +76,7 @@ def test_backoff_grows_exponentially_and_is_capped() -> None:
 
 
 def test_a_step_timeout_fails_the_attempt(bell: Bell) -> None:
-    run = start(samples.slow_wf, {"seconds": 2})
+    run = start(slow_wf, {"seconds": 2})
     bell.drain()
     step = Step.objects.get(run=run)
     assert step.status == "retrying"
