@@ -1,9 +1,11 @@
-"""Sluice benchmark: W1, W2, W3, W6 measured here; peers (DBOS, plain Celery) side by side.
+"""Sluice benchmark: W1, W2, W3, W6, W7, W8 and W1's worker scaling measured here; peers
+(DBOS, plain Celery) side by side; W4/W5 in bench/reviews_bench.py.
 
-Run with ``make bench``. Everything runs on this machine's PostgreSQL and Redis in databases
-of its own (``bench_sluice``; DBOS uses ``bench_dbos``; Redis db 10 for Sluice, 9 for Celery),
-created fresh and dropped afterwards. Figures are printed and written to bench/results.json
-(existing keys from other benches, W4/W5, are kept).
+Run with ``make bench`` (all), or ``bench/run.py --only W7`` for some. Everything runs on this
+machine's PostgreSQL and Redis in databases of its own (``bench_sluice``, or
+``BENCH_DB_NAME``; DBOS uses ``bench_dbos``; Redis ``BENCH_BROKER_URL``, default db 10, for
+Sluice, db 9 for Celery), created fresh and dropped afterwards. Figures are printed and merged
+into bench/results.json (keys of workloads not run are kept).
 
 - W1: 200 runs x 10 sequential trivial steps, 2 worker processes (``celery worker -P threads
   -c 4`` each): steps/s from the first ``start()`` to the last run's ``finished_at``.
@@ -13,6 +15,11 @@ created fresh and dropped afterwards. Figures are printed and written to bench/r
   ``started_at`` to ``finished_at`` (the engine's time; the doorbell's latency is excluded).
 - W6: SIGKILL of the worker (parent and children) holding a running step; seconds until the
   step runs again (attempt 2) on a second worker, with the default lease and sweep settings.
+- W7: ``POST /api/runs`` under gunicorn (4 workers), 32 concurrent clients (bench/api_bench.py).
+- SCALE: W1 with 1, 2 and 4 worker processes; efficiency = steps/s / (n x one process's).
+- W8: 1,000,000 finished runs and 10,000,000 journal rows loaded with COPY; the runs list, the
+  API list and the ops overview; the retention prune beside W1 (bench/history_bench.py).
+  ``--w8-scale 0.01`` runs it at 1 % (written under ``W8_scale_0.01``, never as ``W8``).
 """
 
 from __future__ import annotations
@@ -286,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     import django
 
     django.setup()
-    results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results: dict[str, Any] = {}
     try:
         if "W1" in only:
             w1 = [sluice_w1() for _ in range(args.repeat)]
@@ -384,7 +391,11 @@ def main(argv: list[str] | None = None) -> None:
             if "W5" in only:
                 results["W5"] = reviews_bench.run_w5()
                 print("W5", json.dumps(results["W5"]), flush=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    # Read at the end, not the start: keys of workloads not run here (or of a run finished
+    # meanwhile) are kept.
+    merged: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    merged.update(results)
+    RESULTS.write_text(json.dumps(merged, indent=2) + "\n")
     print(f"wrote {RESULTS.relative_to(ROOT)}")
 
 
