@@ -105,7 +105,8 @@ def load(port: int, raw_key: str, clients: int, seconds: float) -> dict[str, Any
     ok = sorted(t for t, s in flat if s == 201)
     bad = len(flat) - len(ok)
     if not ok:
-        raise RuntimeError(f"W7: no request succeeded ({bad} failed)")
+        statuses = sorted({s for _, s in flat})
+        raise RuntimeError(f"W7: no request succeeded ({bad} failed, statuses {statuses})")
     return {
         "starts_per_s": round(len(ok) / wall, 1),
         "p50_ms": round(ok[len(ok) // 2] * 1000, 1),
