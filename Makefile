@@ -3,13 +3,16 @@
 #   make run     create the virtualenv, install, migrate, seed the demo users and start
 #                web + worker + beat on the embedded default (SQLite + filesystem broker)
 #   make test    install everything and run the whole suite (PostgreSQL + Redis when they
-#                answer), then the engine's core suite once more on SQLite
+#                answer), then the engine's core suite once more on SQLite and the
+#                integration tests once more through PgBouncer
 #   make test-long  the fuzzers (HTML forms, schemathesis) and the engine's state machine,
 #                300 examples per test
 #   make chaos   a load of runs through worker SIGKILLs, a broker flush, a PostgreSQL restart
 #                and a killed beat: lost / duplicated / stuck counts (docs/reliability.md)
 #   make bench   install the peers (the `bench` extra) and run bench/run.py
-#   make lint    ruff + mypy
+#   make prod-local  the production topology of the Procfile (gunicorn, a worker per pool,
+#                beat) on this machine's PostgreSQL and Redis, DEBUG off (docs/deploy.md)
+#   make lint    ruff, ruff format --check, mypy and the core's import contract (lint-imports)
 #
 # Each recipe runs as one bash script (.ONESHELL) with -euo pipefail.
 
@@ -33,11 +36,11 @@ TEST_BROKER_URL ?= redis://127.0.0.1:6379/$(SLUICE_TEST_REDIS_DB)
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv install install-test install-bench run migrate seed test test-long test-chromium \
-        bench chaos lint lock clean
+.PHONY: help venv install install-test install-bench run prod-local migrate seed test test-long \
+        test-chromium test-pgbouncer bench chaos lint lock clean
 
 help:
-	@sed -n '2,14p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,16p' Makefile | sed 's/^# \{0,1\}//'
 
 # --- virtualenv -------------------------------------------------------------------------------
 # Reuses .venv when its interpreter is 3.12+; otherwise finds one (python3.13, python3.12 on
@@ -112,6 +115,28 @@ run: seed
 	echo "==> starting web + worker + beat on http://127.0.0.1:$(PORT)/ (Ctrl-C stops all three)"
 	DEBUG=$${DEBUG:-0} SLUICE_HTTPS=$${SLUICE_HTTPS:-0} exec $(PY) manage.py sluice_dev --port $(PORT)
 
+# The production recipe on this machine: the Procfile's processes (release = migrate +
+# collectstatic, then gunicorn, one Celery worker per pool queue and beat), supervised by
+# manage.py sluice_procfile, which reads the Procfile and adds nothing to its commands.
+# PostgreSQL and Redis from DATABASE_URL / CELERY_BROKER_URL, by default this machine's, with a
+# database of its own (created when missing). DEBUG off; plain http on 127.0.0.1 (SLUICE_HTTPS=0).
+PROD_LOCAL_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/sluice_prod_local
+PROD_LOCAL_BROKER_URL ?= redis://127.0.0.1:6379/5
+prod-local: install
+	@export DATABASE_URL="$${DATABASE_URL:-$(PROD_LOCAL_DATABASE_URL)}"
+	export CELERY_BROKER_URL="$${CELERY_BROKER_URL:-$(PROD_LOCAL_BROKER_URL)}"
+	export SLUICE_VAR_DIR="$${SLUICE_VAR_DIR:-$(CURDIR)/$(VAR)/prod-local}"
+	export STATIC_ROOT="$${STATIC_ROOT:-$$SLUICE_VAR_DIR/staticfiles}"
+	export DEBUG=0 SLUICE_HTTPS="$${SLUICE_HTTPS:-0}" PORT=$(PORT)
+	mkdir -p "$$SLUICE_VAR_DIR"
+	# A secret key of its own, made once (sessions survive restarts).
+	if [ -z "$${SECRET_KEY:-}" ]; then
+	    [ -s "$$SLUICE_VAR_DIR/secret_key" ] || $(PY) -c 'import secrets; print(secrets.token_urlsafe(50))' > "$$SLUICE_VAR_DIR/secret_key"
+	    export SECRET_KEY="$$(cat "$$SLUICE_VAR_DIR/secret_key")"
+	fi
+	echo "==> Procfile topology on http://127.0.0.1:$(PORT)/ (Ctrl-C stops it)"
+	exec $(PY) manage.py sluice_procfile --create-database
+
 # --- test -------------------------------------------------------------------------------------
 # Browser tests drive Debian's chromium. As root it is installed with apt-get when missing; a
 # non-root developer gets a warning (and the browser tests are deselected), CI gets an error.
@@ -131,12 +156,31 @@ test-chromium:
 	    echo "         deselected. Install it with 'sudo apt-get install chromium'." >&2
 	fi
 
+# Step [c] runs the integration tests through Debian's pgbouncer, installed the same way.
+test-pgbouncer:
+	@if command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ]; then exit 0; fi
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+	    echo "==> installing Debian's pgbouncer (apt-get)"
+	    export DEBIAN_FRONTEND=noninteractive
+	    apt-get install -y -q --no-install-recommends pgbouncer \
+	        || { apt-get update -q && apt-get install -y -q --no-install-recommends pgbouncer; }
+	elif [ -n "$${CI:-}" ]; then
+	    echo "error: pgbouncer is missing and this CI run cannot install it (not root)." >&2
+	    exit 1
+	else
+	    echo "warning: pgbouncer is missing and this is not root: step [c] is skipped." >&2
+	    echo "         Install it with 'sudo apt-get install pgbouncer'." >&2
+	fi
+
 # (a) the whole suite against PostgreSQL + Redis when they answer (SQLite, integration tests
 #     deselected, when they don't — or a failure when SLUICE_REQUIRE_SERVICES=1);
-# (b) the engine's core suite once more on SQLite, the embedded default.
-# Both always run; the target fails if either did. pytest's exit 5 ("no tests collected") is a
+# (b) the engine's core suite once more on SQLite, the embedded default;
+# (c) with the services, the integration tests of tests/workflows and tests/reviews once more
+#     through a throwaway PgBouncer in transaction pooling mode (tests/pgbouncer.py,
+#     SLUICE_PGBOUNCER=1), on a test database of their own.
+# All always run; the target fails if any did. pytest's exit 5 ("no tests collected") is a
 # failure in (a) and fine in (b). Extra pytest arguments: make test PYTEST_ARGS="-k foo".
-test: install-test test-chromium
+test: install-test test-chromium test-pgbouncer
 	@mkdir -p $(VAR)
 	services=1
 	$(PY) -c 'import psycopg; psycopg.connect("$(TEST_DATABASE_URL)", connect_timeout=3).close()' 2>/dev/null \
@@ -183,9 +227,26 @@ test: install-test test-chromium
 	env -u DATABASE_URL -u CELERY_BROKER_URL -u SLUICE_TEST_DB_NAME -u SLUICE_TEST_SERVICES \
 	    "$${envs[@]}" $(PY) -m pytest -m "$$core_mark" $(PYTEST_ARGS) || rc_b=$$?
 	if [ $$rc_b = 5 ]; then echo "note: [b] collected no core tests"; rc_b=0; fi
+	# (c) Through PgBouncer: the test database is made and dropped directly on PostgreSQL, so
+	#     pytest runs with --reuse-db (it never drops it through the pooler). The multi-host
+	#     failover test is not about the pooler and, like the browser tests, runs in [a] only.
+	rc_c=0
+	if [ $$services = 1 ] && { command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ]; }; then
+	    echo "==> [c] integration tests of the engine and the reviews through PgBouncer (transaction mode)"
+	    rm -rf $(VAR)/test-pgbouncer && mkdir -p $(VAR)/test-pgbouncer
+	    env -u DATABASE_URL -u CELERY_BROKER_URL -u SLUICE_TEST_DB_NAME -u SLUICE_TEST_SERVICES \
+	        $(PY) tests/pgbouncer.py --dir $(CURDIR)/$(VAR)/test-pgbouncer/bouncer \
+	            --upstream $(TEST_DATABASE_URL) --db test_sluice_pgbouncer -- \
+	        env CELERY_BROKER_URL=$(TEST_BROKER_URL) SLUICE_TEST_SERVICES=1 \
+	            SLUICE_VAR_DIR=$(CURDIR)/$(VAR)/test-pgbouncer \
+	        $(PY) -m pytest --reuse-db -m "integration and not browser" --ignore=tests/workflows/test_multihost.py \
+	            tests/workflows tests/reviews $(PYTEST_ARGS) || rc_c=$$?
+	elif [ $$services = 1 ]; then
+	    echo "note: [c] skipped: pgbouncer is not installed"
+	fi
 	# On success pytest's own summary stays the last line printed.
-	if [ $$rc_a != 0 ] || [ $$rc_b != 0 ]; then
-	    echo "==> make test failed: [a] exit $$rc_a, [b] exit $$rc_b" >&2
+	if [ $$rc_a != 0 ] || [ $$rc_b != 0 ] || [ $$rc_c != 0 ]; then
+	    echo "==> make test failed: [a] exit $$rc_a, [b] exit $$rc_b, [c] exit $$rc_c" >&2
 	    exit 1
 	fi
 
@@ -227,8 +288,11 @@ lint: install-test
 	$(PY) -m ruff check .
 	echo "+ ruff format --check ."
 	$(PY) -m ruff format --check .
-	echo "+ mypy config workflows pipelines reviews"
-	$(PY) -m mypy config workflows pipelines reviews
+	echo "+ mypy config workflows pipelines reviews tests/typing"
+	$(PY) -m mypy config workflows pipelines reviews tests/typing
+	echo "+ lint-imports (the engine core imports no product module; see pyproject.toml)"
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
-	@rm -rf $(VAR)/test-services $(VAR)/test-sqlite $(VAR)/test-core $(VAR)/requirements-*.txt
+	@rm -rf $(VAR)/test-services $(VAR)/test-sqlite $(VAR)/test-core $(VAR)/test-pgbouncer \
+	    $(VAR)/requirements-*.txt

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from celery import Celery
-from celery.signals import task_prerun
+from celery import Celery, platforms
+from celery.signals import beat_init, task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -30,3 +30,37 @@ def _recycle_connections(**kwargs: Any) -> None:
     from django.db import close_old_connections
 
     close_old_connections()
+
+
+@beat_init.connect
+def _stop_beat_between_ticks(sender: Any, **kwargs: Any) -> None:
+    """On SIGTERM/SIGINT, let beat finish the tick it is in and stop before the next one.
+
+    Celery's own handler raises SystemExit wherever the signal lands; landing in the middle of
+    publishing a message (the sweep is sent every SLUICE_SWEEP_INTERVAL seconds) it leaves the
+    Redis connection half-read and beat exits with tracebacks and status 1. Setting the
+    service's shutdown flag instead ends the loop after at most one interval (its schedule is
+    saved on the way out, as before)."""
+
+    def stop(signum: Any, frame: Any) -> None:
+        sender.stop()
+
+    platforms.signals.update(SIGTERM=stop, SIGINT=stop)
+
+
+def _metrics_observer(name: str, **fields: Any) -> None:
+    """Feeds config.metrics from the engine's instrumentation events, in every process that
+    loads this app (web, workers, beat, manage.py). Imported on the first event, so a process
+    that never runs a step never loads prometheus-client."""
+    from config import metrics
+
+    metrics.observe(name, **fields)
+
+
+def _install_instrumentation() -> None:
+    from workflows.core import instrument
+
+    instrument.observe(_metrics_observer)
+
+
+_install_instrumentation()

@@ -163,6 +163,12 @@ class ThrottledLoginView(LoginView):
 
     form_class = ThrottledAuthenticationForm
 
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        """Offers "Sign in with <provider>" when single sign-on is configured (config.oidc)."""
+        from config.oidc import login_link  # noqa: PLC0415  (config.oidc imports models)
+
+        return super().get_context_data(**kwargs) | {"sso": login_link()}
+
     def form_invalid(self, form: Any) -> HttpResponse:
         response = super().form_invalid(form)
         if getattr(form, "locked", False):

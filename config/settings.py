@@ -8,9 +8,12 @@ server). Production sets ``DATABASE_URL`` (PostgreSQL) and ``CELERY_BROKER_URL``
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
+from typing import Any
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 from django.utils.csp import CSP
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -75,6 +78,11 @@ TEMPLATES = [
     },
 ]
 
+# PostgreSQL is reached through PgBouncer in transaction pooling mode: no session state (no
+# prepared statements, no server-side cursors). Sluice takes no advisory locks, sets nothing
+# per session and does not LISTEN, so that is all it takes.
+SLUICE_PGBOUNCER = env.bool("SLUICE_PGBOUNCER", default=False)
+
 # Database: SQLite by default (the embedded default), PostgreSQL via DATABASE_URL.
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'sluice.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -87,13 +95,19 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
 else:
     # Server-side binding lets psycopg prepare the engine's hot statements (the checkpoint
-    # runs once per step): measured 0.79 -> 0.53 ms per step. Set SLUICE_PG_PREPARE=0 behind a
-    # pooler in transaction mode (PgBouncer < 1.21), which cannot keep prepared statements.
+    # runs once per step): measured 0.79 -> 0.53 ms per step. Behind a pooler in transaction
+    # mode (SLUICE_PGBOUNCER=1, see docs/deploy-pgbouncer.md) a session's prepared statements
+    # live on a server connection the next transaction may not get, so nothing is prepared
+    # (PgBouncer < 1.21 cannot keep them at all); SLUICE_PG_PREPARE=0 turns only that off.
     DATABASES["default"].setdefault("OPTIONS", {})
-    if env.bool("SLUICE_PG_PREPARE", default=True):
+    if env.bool("SLUICE_PG_PREPARE", default=not SLUICE_PGBOUNCER):
         DATABASES["default"]["OPTIONS"].setdefault("server_side_binding", True)
         # Django disables psycopg's automatic prepare unless told; prepare on 2nd use.
         DATABASES["default"]["OPTIONS"].setdefault("prepare_threshold", 2)
+    if SLUICE_PGBOUNCER:
+        # A named server-side cursor (QuerySet.iterator()) outside a transaction is WITH HOLD:
+        # it outlives the transaction, hence the server connection PgBouncer hands back.
+        DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if env("SLUICE_TEST_DB_NAME", default=""):
@@ -163,11 +177,26 @@ SLUICE_LOGIN_WINDOW_SECONDS = env.int("SLUICE_LOGIN_WINDOW_SECONDS", default=15 
 # CACHE_URL=redis://host:6379/1 (a database other than the broker's).
 CACHES = {"default": env.cache("CACHE_URL", default=f"filecache://{VAR_DIR / 'cache'}")}
 
+# SLUICE_LOG_FORMAT=json: one JSON object per line (time, level, logger, message, and the run
+# id, generation and step the engine is working on; workflows/logs.py). Default: plain text.
+SLUICE_LOG_FORMAT = env("SLUICE_LOG_FORMAT", default="plain").strip().lower()
+if SLUICE_LOG_FORMAT not in ("plain", "json"):
+    raise ValueError(f"SLUICE_LOG_FORMAT must be 'plain' or 'json', not {SLUICE_LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "workflows.logs.JsonFormatter"},
+    },
+    "filters": {"engine_context": {"()": "workflows.logs.EngineContextFilter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": SLUICE_LOG_FORMAT,
+            "filters": ["engine_context"],
+        }
+    },
     "loggers": {
         "workflows": {"handlers": ["console"], "level": env("SLUICE_LOG_LEVEL", default="INFO")},
         "reviews": {"handlers": ["console"], "level": env("SLUICE_LOG_LEVEL", default="INFO")},
@@ -218,9 +247,27 @@ CELERY_BEAT_SCHEDULE = {
     "sluice-prune": {"task": "workflows.prune", "schedule": 3600.0},
 }
 
+# --- Probes and metrics ------------------------------------------------------------------------
+# /healthz, /readyz and /metrics answer plain http too: load balancers and Prometheus probe the
+# processes directly, behind the TLS proxy.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+# /readyz fails "beat" when the last sweep is older than this many seconds (0: ten sweep
+# intervals, at least 30 s).
+SLUICE_READY_SWEEP_MAX_AGE = env.float("SLUICE_READY_SWEEP_MAX_AGE", default=0.0)
+# /metrics is off unless one of these is set; with both, a scrape needs both. The token goes in
+# "Authorization: Bearer <token>"; the networks are CIDRs matched against the client address
+# (SLUICE_CLIENT_IP_HEADER behind a proxy).
+SLUICE_METRICS_TOKEN = env("SLUICE_METRICS_TOKEN", default="")
+SLUICE_METRICS_ALLOW = env.list("SLUICE_METRICS_ALLOW", default=[])
+# Database gauges count at most this many rows each (a scrape's cost stays bounded).
+SLUICE_METRICS_COUNT_CAP = env.int("SLUICE_METRICS_COUNT_CAP", default=100_000)
+
 # --- Sluice engine ----------------------------------------------------------------------------
 # Extra modules that define workflows, comma separated dotted paths.
 SLUICE_WORKFLOW_MODULES = env.list("SLUICE_WORKFLOW_MODULES", default=[])
+# The host part of every lease owner id ("<host>:<pid>:<thread>:<nonce>"), shown on the ops
+# pages: which machine holds a run. The hostname unless set (containers often share one).
+SLUICE_HOST_ID = env("SLUICE_HOST_ID", default="") or socket.gethostname()
 # Seconds a run or step lease lasts; the worker renews it while it works.
 SLUICE_LEASE_SECONDS = env.float("SLUICE_LEASE_SECONDS", default=8.0)
 # How long a rung doorbell may go unanswered before the sweep rings again.
@@ -240,7 +287,14 @@ SLUICE_OUTBOX_RETENTION_DAYS = env.float("SLUICE_OUTBOX_RETENTION_DAYS", default
 # approvals, every gate event): "keep" copies it into the reviews.GateRecord table, which
 # retention never prunes; "archive" appends it as JSON lines to a monthly file in
 # SLUICE_GATE_ARCHIVE_DIR (and keeps nothing in the database). See docs/reviews.md.
-SLUICE_GATE_TRAIL_ON_PRUNE = env.str("SLUICE_GATE_TRAIL_ON_PRUNE", default="keep")
+SLUICE_GATE_TRAIL_ON_PRUNE = env.str("SLUICE_GATE_TRAIL_ON_PRUNE", default="keep").strip().lower()
+if SLUICE_GATE_TRAIL_ON_PRUNE not in ("keep", "archive"):
+    # Refused at startup, not at the first prune an hour later (which would refuse too: a
+    # typo must not lose a trail).
+    raise ImproperlyConfigured(
+        f"SLUICE_GATE_TRAIL_ON_PRUNE is {SLUICE_GATE_TRAIL_ON_PRUNE[:40]!r}; "
+        "it must be keep or archive"
+    )
 SLUICE_GATE_ARCHIVE_DIR = env.str("SLUICE_GATE_ARCHIVE_DIR", default=str(VAR_DIR / "archive"))
 # Pools: name -> max concurrency across all workers (None = unlimited) and an optional rate
 # limit of `rate_limit` step starts per `rate_period` seconds. Rows in the Pool table (editable
@@ -259,6 +313,24 @@ SLUICE_POOLS = {
 SLUICE_REVIEW_PAGE_SIZE = env.int("SLUICE_REVIEW_PAGE_SIZE", default=50)
 # Seconds between two refreshes of the live queue (paused while the tab is hidden).
 SLUICE_REVIEW_POLL_SECONDS = env.float("SLUICE_REVIEW_POLL_SECONDS", default=4.0)
+# Push (docs/reviews.md, "Live updates"): on PostgreSQL the queue and gate pages hear of gate
+# changes through Server-Sent Events fed by LISTEN/NOTIFY, and poll only while that stream is
+# down. Off (0), or on SQLite, they poll. The listener needs a session-level connection: behind
+# a transaction-pooling PgBouncer, point SLUICE_PUSH_DATABASE_URL at PostgreSQL directly; with
+# SLUICE_PGBOUNCER=1 and no such URL, push is off (a LISTEN through the pooler hears nothing).
+SLUICE_PUSH_DATABASE_URL = env.str("SLUICE_PUSH_DATABASE_URL", default="")
+SLUICE_REVIEW_PUSH = env.bool(
+    "SLUICE_REVIEW_PUSH", default=not (SLUICE_PGBOUNCER and not SLUICE_PUSH_DATABASE_URL)
+)
+# A comment line this often keeps proxies from closing an idle stream and finds closed tabs.
+SLUICE_SSE_HEARTBEAT_SECONDS = env.float("SLUICE_SSE_HEARTBEAT_SECONDS", default=15.0)
+# A stream ends after this long; the browser reconnects and the view checks who is asking again.
+SLUICE_SSE_MAX_SECONDS = env.float("SLUICE_SSE_MAX_SECONDS", default=300.0)
+# How long the browser waits before reconnecting after a stream ended.
+SLUICE_SSE_RETRY_SECONDS = env.float("SLUICE_SSE_RETRY_SECONDS", default=2.0)
+# At most this many open streams per web process (each holds a server thread); past it a page
+# is answered 204 and polls instead.
+SLUICE_SSE_MAX_STREAMS = env.int("SLUICE_SSE_MAX_STREAMS", default=200)
 # The expiry sweep closes due gates this many per transaction, at most this many batches a run.
 SLUICE_GATE_EXPIRY_BATCH = env.int("SLUICE_GATE_EXPIRY_BATCH", default=1000)
 SLUICE_GATE_EXPIRY_MAX_BATCHES = env.int("SLUICE_GATE_EXPIRY_MAX_BATCHES", default=100)
@@ -273,7 +345,24 @@ SLUICE_RUN_VIEWER_GROUPS = env.list("SLUICE_RUN_VIEWER_GROUPS", default=["review
 # parsed by django-environ's email_url: smtp+tls://user:password@mail.example.com:587,
 # smtp+ssl://…:465, consolemail:// (the default: print to the worker's log), memorymail://
 # (in memory), dummymail:// (drop everything).
-_email = environ.Env.email_url_config(env("EMAIL_URL", default="consolemail://"))
+
+
+def _email_config(url: str) -> dict[str, object]:
+    """django-environ's reading of ``EMAIL_URL``, or a clear startup error naming the variable
+    (without echoing the URL: it may hold the SMTP password)."""
+    try:
+        return dict(environ.Env.email_url_config(url))
+    except (ValueError, ImproperlyConfigured):
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        what = f"its scheme {scheme[:20]!r}" if scheme else "it"
+        raise ImproperlyConfigured(
+            f"EMAIL_URL is not a mail URL Sluice can use ({what} or its port is wrong): give "
+            "smtp://, smtp+tls://, smtp+ssl:// (host, optional numeric port, user:password@), "
+            "consolemail://, filemail://, memorymail:// or dummymail://"
+        ) from None
+
+
+_email: dict[str, Any] = _email_config(env("EMAIL_URL", default="consolemail://"))
 _email_options: dict[str, object] = {}
 if _email["EMAIL_BACKEND"].endswith(".smtp.EmailBackend"):
     _email_options = {
@@ -298,6 +387,11 @@ DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Sluice <sluice@localhost
 SLUICE_BASE_URL = env("SLUICE_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
 # Remind reviewers of an open gate when this fraction of its time is gone (0 turns it off).
 SLUICE_REVIEW_REMINDER_AT = env.float("SLUICE_REVIEW_REMINDER_AT", default=0.75)
+if not 0 <= SLUICE_REVIEW_REMINDER_AT < 1:  # (NaN too) 75 meaning 75 % must not turn it off
+    raise ImproperlyConfigured(
+        f"SLUICE_REVIEW_REMINDER_AT is {SLUICE_REVIEW_REMINDER_AT}; it must be a fraction of "
+        "the gate's time, 0 (no reminders) or more and below 1, e.g. 0.75"
+    )
 # Group chat channels: "group=https://hooks.slack.com/…,leads=https://…" (Slack-compatible
 # incoming webhooks). They hear of their group's gates opening, reminders and escalations.
 SLUICE_NOTIFY_GROUP_WEBHOOKS = env.dict("SLUICE_NOTIFY_GROUP_WEBHOOKS", default={})
@@ -412,3 +506,36 @@ SECURE_CSP: dict[str, list[str]] = {
 # The reviewer pages (queue, gate, my decisions), which show LLM output and outside text, draw no
 # graph and use no style attribute: there styles are strict too (reviews/views.py applies it).
 SLUICE_CSP_REVIEW_PAGES: dict[str, list[str]] = {**SECURE_CSP, "style-src": [CSP.SELF]}
+
+# Single sign-on with OpenID Connect (config.oidc, docs/security.md). Off unless
+# OIDC_RP_CLIENT_ID is set; local accounts keep working either way.
+OIDC_RP_CLIENT_ID = env("OIDC_RP_CLIENT_ID", default="")
+OIDC_RP_CLIENT_SECRET = env("OIDC_RP_CLIENT_SECRET", default="")
+# The provider's endpoints: from its discovery document, or each one set explicitly.
+OIDC_OP_DISCOVERY_URL = env("OIDC_OP_DISCOVERY_URL", default="")
+OIDC_OP_ISSUER = env("OIDC_OP_ISSUER", default="")
+OIDC_OP_AUTHORIZATION_ENDPOINT = env("OIDC_OP_AUTHORIZATION_ENDPOINT", default="")
+OIDC_OP_TOKEN_ENDPOINT = env("OIDC_OP_TOKEN_ENDPOINT", default="")
+OIDC_OP_USER_ENDPOINT = env("OIDC_OP_USER_ENDPOINT", default="")
+OIDC_OP_JWKS_ENDPOINT = env("OIDC_OP_JWKS_ENDPOINT", default="")
+OIDC_RP_SIGN_ALGO = env("OIDC_RP_SIGN_ALGO", default="RS256")
+OIDC_RP_SCOPES = env("OIDC_RP_SCOPES", default="openid email profile")
+OIDC_USE_PKCE = True
+OIDC_TIMEOUT = env.int("OIDC_TIMEOUT", default=10)
+OIDC_CREATE_USER = True
+LOGIN_REDIRECT_URL_FAILURE = "/accounts/login/?sso=failed"
+SLUICE_OIDC_PROVIDER_NAME = env("SLUICE_OIDC_PROVIDER_NAME", default="single sign-on")
+SLUICE_OIDC_LEEWAY_SECONDS = env.int("SLUICE_OIDC_LEEWAY_SECONDS", default=30)
+# Claim mapping: provider group → Django group ("idp-name=group,same-name"); groups the map
+# does not name are ignored. The tenant claim → TenantMembership, from SLUICE_OIDC_TENANTS
+# only when that list is set. Staff only when SLUICE_OIDC_STAFF_CLAIM holds
+# SLUICE_OIDC_STAFF_VALUE; never superuser.
+SLUICE_OIDC_GROUPS_CLAIM = env("SLUICE_OIDC_GROUPS_CLAIM", default="groups")
+SLUICE_OIDC_GROUP_MAP = env("SLUICE_OIDC_GROUP_MAP", default="")
+SLUICE_OIDC_TENANT_CLAIM = env("SLUICE_OIDC_TENANT_CLAIM", default="tenant")
+SLUICE_OIDC_TENANTS = env.list("SLUICE_OIDC_TENANTS", default=[])
+SLUICE_OIDC_STAFF_CLAIM = env("SLUICE_OIDC_STAFF_CLAIM", default="")
+SLUICE_OIDC_STAFF_VALUE = env("SLUICE_OIDC_STAFF_VALUE", default="")
+AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]
+if OIDC_RP_CLIENT_ID:
+    AUTHENTICATION_BACKENDS.append("config.oidc.SluiceOIDCBackend")

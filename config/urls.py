@@ -8,6 +8,8 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from config.metrics import metrics_view
+from config.oidc import SluiceOIDCAuthenticate, SluiceOIDCCallback
 from config.security import ThrottledAdminAuthenticationForm, ThrottledLoginView
 
 # Both login pages count failed logins and lock out a username or address (config.security).
@@ -18,6 +20,12 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/login/", ThrottledLoginView.as_view(), name="login"),
     path("accounts/", include("django.contrib.auth.urls")),
+    # Single sign-on (config.oidc): 404 unless OIDC_RP_CLIENT_ID is set. Logout is the usual
+    # /accounts/logout/ for SSO users too.
+    path("oidc/authenticate/", SluiceOIDCAuthenticate.as_view(), name="oidc_authentication_init"),
+    path("oidc/callback/", SluiceOIDCCallback.as_view(), name="oidc_authentication_callback"),
+    # Prometheus: off unless SLUICE_METRICS_TOKEN or SLUICE_METRICS_ALLOW is set.
+    path("metrics", metrics_view, name="metrics"),
 ]
 
 

@@ -12,12 +12,14 @@ from typing import Any
 from uuid import UUID
 
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, StreamingHttpResponse
 from ninja import Field, Query, Router, Schema
 from pydantic import ConfigDict
 
+from reviews import insights
 from reviews.models import Gate
 from reviews.services import SeparationOfDutiesError, decide_gate
+from workflows.api import IsoDateTime
 from workflows.api_auth import (
     AUTH_ERRORS,
     BODY_ERRORS,
@@ -175,3 +177,87 @@ def decide(request: HttpRequest, gate_id: str, body: DecisionIn) -> dict[str, An
         raise ApiError(403, "forbidden", str(exc)) from None
     decided = visible_gates(key).get(pk=decided.pk)
     return gate_out(decided)
+
+
+class DatasetLine(Schema):
+    """One line of the evaluation dataset: a decided or expired gate."""
+
+    gate_id: int
+    run_id: UUID
+    generation: int = Field(..., description="The run's generation when the gate was read.")
+    pipeline: str
+    gate: str = Field(..., description="The gate's title: its kind within the pipeline.")
+    input: Any = Field(None, description="The run's input.")
+    ai_output: Any = Field(None, description="What the reviewer was shown (the gate payload).")
+    human_output: Any = Field(
+        None,
+        description="The payload with the reviewer's edits applied (an object payload gets the "
+        "edited fields replaced); the payload itself when nothing was edited or the gate expired.",
+    )
+    edits: Any = Field(None, description="The edited fields as submitted, or null.")
+    outcome: str = Field(..., description="The decision (approve, reject, …) or 'expired'.")
+    decision: str = Field(..., description="The outcome the run received (the default if expired).")
+    comment: str
+    reviewer: str | None = Field(
+        None, description="A username or an API key's name; null when the gate expired."
+    )
+    decided_by: str | None = Field(None, description="A username or api:<key prefix>.")
+    opened_at: datetime | None
+    decided_at: datetime | None
+    seconds_to_decision: float | None
+
+
+DATASET_DOC = {
+    "responses": {
+        "200": {
+            "description": "JSON Lines: one DatasetLine object per line, streamed.",
+            "content": {
+                "application/jsonl": {"schema": {"$ref": "#/components/schemas/DatasetLine"}}
+            },
+        }
+    }
+}
+
+
+@router.get(
+    "/gates/dataset",
+    auth=key_auth("runs:read"),
+    response={200: DatasetLine, **errors(*AUTH_ERRORS, 422)},
+    openapi_extra=DATASET_DOC,
+    summary="Export decided gates as a JSONL evaluation dataset",
+)
+def dataset(
+    request: HttpRequest,
+    pipeline: str | None = Query(None, max_length=200, pattern=NO_NUL),
+    gate: str | None = Query(
+        None, max_length=200, pattern=NO_NUL, description="Only gates with this title."
+    ),
+    since: IsoDateTime | None = Query(None, description="Decided at or after (ISO 8601)."),
+    until: IsoDateTime | None = Query(None, description="Decided before (ISO 8601)."),
+    limit: int | None = Query(None, ge=1, le=10_000_000),
+) -> StreamingHttpResponse:
+    """Every decided or expired gate this key may see, as JSON Lines (``application/jsonl``),
+    in gate order: the run's input, the AI's output, the output as the reviewer corrected it,
+    the outcome, the reviewer and the timings. Streamed in chunks: any size can be exported.
+
+    Needs the ``runs:read`` scope (the lines carry run inputs); a key sees its own tenant's
+    gates of the pipelines it may use. Use it to measure a prompt or model change against
+    human judgement (docs/reviews.md).
+    """
+    if since is not None and until is not None and since >= until:
+        raise ApiError(
+            422,
+            "invalid_request",
+            "since must be before until",
+            [{"field": "since", "location": "query", "message": "must be before until"}],
+        )
+    key = api_key(request)
+    qs = Gate.objects.filter(run__tenant=key.tenant)
+    if key.pipelines:
+        qs = qs.filter(pipeline__in=key.pipelines)
+    qs = insights.dataset_gates(qs, pipeline=pipeline or "", since=since, until=until)
+    if gate:
+        qs = qs.filter(title=gate)
+    return StreamingHttpResponse(
+        insights.jsonl(insights.dataset_rows(qs, limit=limit)), content_type="application/jsonl"
+    )

@@ -111,6 +111,12 @@ class Gate(models.Model):
             # "My decisions" and the earlier attempts of a gate.
             models.Index(fields=["decided_by_user", "-decided_at"], name="gate_decided_by_user"),
             models.Index(fields=["run", "title", "id"], name="gate_run_title"),
+            # Review insights and the evaluation dataset: closed gates by decision time.
+            models.Index(
+                fields=["decided_at"],
+                name="gate_closed_decided_at",
+                condition=Q(status__in=["decided", "expired"]),
+            ),
             # The escalation sweep: open gates with an escalation not yet fired.
             models.Index(
                 fields=["escalate_at"],
@@ -227,6 +233,29 @@ class GateApproval(models.Model):
 
     def __str__(self) -> str:
         return f"approved by {self.approver}"
+
+
+class GateCorrection(models.Model):
+    """One field a reviewer corrected when deciding a gate: the AI's value and the person's.
+
+    Written with the decision (``reviews.insights.record_corrections``), one row per field whose
+    value differs from what the gate showed, so the insights page counts corrections per
+    pipeline, gate and field with a ``GROUP BY`` instead of diffing every gate's JSON.
+    Both values are untrusted text (the AI's output, a person's edit): always rendered escaped.
+    """
+
+    gate = models.ForeignKey(Gate, on_delete=models.CASCADE, related_name="corrections")
+    field = models.CharField(max_length=200)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-at", "id"]
+        indexes = [models.Index(fields=["field", "at"], name="gate_correction_field_at")]
+
+    def __str__(self) -> str:
+        return f"{self.field} corrected"
 
 
 # --- notifications (reviews.notifications) ------------------------------------------------------

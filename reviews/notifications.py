@@ -424,10 +424,11 @@ def remind_due(now: datetime | None = None, batch: int = 500) -> int:
 def send_digests(now: datetime | None = None, limit: int = 1000) -> int:
     """Fold the pending notifications of every recipient whose window ended into one message.
 
-    Per recipient, one transaction: lock its pending rows (skipping rows another sweeper
-    holds), compare-and-swap them pending → queued under the digest's key, and write one
-    outbox row per channel. Rows that arrived after the window ended but before this sweep
-    ride along. Returns how many digests were queued.
+    Per recipient, one transaction: lock its pending rows (waiting for another sweeper that
+    holds them, so a recipient never gets two digests of one window), compare-and-swap them
+    pending → queued under the digest's key, and write one outbox row per channel. Rows that
+    arrived after the window ended but before this sweep ride along. Returns how many digests
+    were queued.
     """
     now = now or timezone.now()
     due = (
@@ -452,7 +453,12 @@ def _send_digest(user_id: int | None, group: str) -> int:
             pending = pending.filter(user_id=user_id)
         else:
             pending = pending.filter(user__isnull=True, group=group)
-        rows = list(_lock(pending).order_by("id").values_list("pk", "channels"))
+        # A plain row lock, not SKIP LOCKED: two sweepers must not split one recipient's rows
+        # into two digests. The second waits for the first's commit, then finds the rows it
+        # folded queued (READ COMMITTED rechecks the status of each row it waited for).
+        if connection.features.has_select_for_update:
+            pending = pending.select_for_update(of=("self",))
+        rows = list(pending.order_by("id").values_list("pk", "channels"))
         if not rows:
             return 0
         who = f"u{user_id}" if user_id is not None else f"g:{group}"

@@ -273,3 +273,35 @@ def initial_values(schema: dict[str, Any], payload: Any) -> dict[str, Any]:
         elif isinstance(payload, dict) and name in payload:
             values[name] = payload[name]
     return values
+
+
+def corrections(schema: dict[str, Any], payload: Any, edits: Any) -> list[tuple[str, Any, Any]]:
+    """The fields a decision changed: ``(name, AI's value, person's value)`` for each edited
+    field whose value differs from what the form showed (``initial_values``). The browser sends
+    every field, changed or not, so "has edits" alone does not mean "corrected"."""
+    if not isinstance(edits, dict) or not edits:
+        return []
+    shown = initial_values(schema if isinstance(schema, dict) else {}, payload)
+    out = []
+    for name, value in edits.items():
+        before = shown.get(name)  # a field the AI left unset showed as empty (null)
+        if not _same(before, value):
+            out.append((str(name), before, value))
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality: 1 and 1.0 are the same number, but True is not 1."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return bool(a == b)
+
+
+def corrected_output(payload: Any, edits: Any) -> Any:
+    """The AI's output as the person left it: the payload with the edits applied (an object
+    payload gets the edited fields replaced; any other payload is replaced by the edits)."""
+    if not isinstance(edits, dict) or not edits:
+        return payload
+    if isinstance(payload, dict):
+        return {**payload, **edits}
+    return dict(edits)

@@ -31,12 +31,13 @@ from django.utils import timezone
 from reviews.models import (
     Gate,
     GateApproval,
+    GateCorrection,
     GateEvent,
     GateEventKind,
     GateStatus,
     decision_json,
 )
-from reviews.schema import validate_edits
+from reviews.schema import corrections, validate_edits
 from workflows import access
 from workflows.core.doorbell import ring_on_commit
 from workflows.core.errors import InvalidInputError, InvalidStateError, SluiceError
@@ -502,6 +503,7 @@ def _close_decided(
             at=now,
             detail=detail,
         )
+        record_corrections(gate, edits, now)
         return n, False
     # The journal row no longer waits (the run was restarted or canceled without the gate
     # hearing of it): the decision cannot reach the run, so close the gate as canceled rather
@@ -617,6 +619,17 @@ def record_approval(
     if user is not None:
         Gate.objects.filter(pk=gate.pk, claimed_by=user).update(claimed_by=None, claimed_at=None)
     return ApprovalStep("partial", approvers)
+
+
+def record_corrections(gate: Gate, edits: Any, now: datetime) -> None:
+    """One ``GateCorrection`` per field the decision changed (what the insights page counts),
+    written in the decision's transaction."""
+    rows = [
+        GateCorrection(gate_id=gate.pk, field=name[:200], before=before, after=after, at=now)
+        for name, before, after in corrections(gate.fields_schema or {}, gate.payload, edits)
+    ]
+    if rows:
+        GateCorrection.objects.bulk_create(rows)
 
 
 def _detail(outcome: str, comment: str, edits: Any) -> dict[str, Any]:

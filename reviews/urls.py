@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from reviews import views
+from reviews import insights_views, views
 
 app_name = "reviews"
 
@@ -12,6 +12,9 @@ urlpatterns = [
     path("", views.queue, name="queue"),
     path("mine/", views.my_decisions, name="decisions"),
     path("bulk/", views.bulk_decide, name="bulk"),
+    path("events/", views.gate_events, name="events"),
+    path("insights/", insights_views.insights_page, name="insights"),
+    path("insights/export.jsonl", insights_views.insights_export, name="insights-export"),
     path("preferences/", views.preferences, name="preferences"),
     path("<int:pk>/", views.gate_detail, name="gate"),
     path("<int:pk>/status/", views.gate_status, name="gate-status"),

@@ -19,8 +19,10 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
+from django.core.handlers.asgi import ASGIRequest
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
+from django.db import IntegrityError, connection, transaction
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -29,7 +31,7 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.csp import csp_override
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from reviews import bulk, services
+from reviews import bulk, push, services
 from reviews.forms import DecisionForm, EditsForm, PreferencesForm
 from reviews.models import Gate, GateStatus, NotificationPreference
 from reviews.presenters import present
@@ -105,6 +107,7 @@ def queue(request: HttpRequest) -> HttpResponse:
         "due": due,
         "filters": FILTERS,
         "poll_seconds": settings.SLUICE_REVIEW_POLL_SECONDS,
+        "push_url": reverse("reviews:events") if push.push_available() else "",
         "now": timezone.now(),
     }
     if is_poll:
@@ -287,6 +290,11 @@ def _gate_context(
         "next_attempt": services.next_attempt(gate, request.user),
         "now": timezone.now(),
         "poll_seconds": settings.SLUICE_REVIEW_POLL_SECONDS,
+        "push_url": (
+            f"{reverse('reviews:events')}?gate={gate.pk}"
+            if gate.is_open and push.push_available()
+            else ""
+        ),
     }
 
 
@@ -319,13 +327,57 @@ def gate_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @require_GET
 @reviewer_required
 def gate_status(request: HttpRequest, pk: int) -> HttpResponse:
-    """Polled by an open gate's page: 204 while it stays open; once it closed, the banner plus
-    the header and decision panel in their closed state (out-of-band swaps), so no part of the
-    page still offers Claim/Approve or shows the gate as open."""
+    """Re-fetched by an open gate's page when it hears the gate changed (or polls, without
+    push): 204 while it stays open and its claim is the one the page shows (``claim``: the
+    holder's id, empty for none; without it only closing counts). When the claim changed, the
+    decision panel and the activity (out-of-band swaps). Once it closed, the banner plus the
+    header and decision panel in their closed state, so no part of the page still offers
+    Claim/Approve or shows the gate as open; the page then stops listening."""
     gate = _gate_or_404(request, pk)
     if gate.is_open:
-        return HttpResponse(status=204)
+        shown = request.GET.get("claim")
+        if shown is None or shown == str(gate.claimed_by_id or ""):
+            return HttpResponse(status=204)
+        return render(request, "reviews/gate.html#claim-update", _gate_context(request, gate))
     return render(request, "reviews/gate.html#closed-update", _gate_context(request, gate))
+
+
+@require_GET
+@reviewer_required
+def gate_events(request: HttpRequest) -> HttpResponseBase:
+    """The Server-Sent Events stream of the queue page (every gate the user may see) or of one
+    gate's page (``?gate=<id>``, 404 unless visible): ``event: gate`` with an id and a kind for
+    each committed change, which makes the page re-fetch its fragment through the views above
+    (reviews/push.py). 204 (the page polls instead) without push, for a closed gate, or when
+    this process already serves ``SLUICE_SSE_MAX_STREAMS`` streams."""
+    if not push.push_available():
+        return HttpResponse(status=204)
+    gate_id = None
+    if "gate" in request.GET:
+        raw = request.GET["gate"]
+        if not (raw.isascii() and raw.isdigit() and len(raw) < 19):
+            raise Http404("No such gate.")
+        gate = _gate_or_404(request, int(raw))
+        if not gate.is_open:
+            return HttpResponse(status=204)
+        gate_id = gate.pk
+    if push.hub.count() >= settings.SLUICE_SSE_MAX_STREAMS:
+        return HttpResponse(status=204)
+    audience = push.audience_for(request.user, gate_id)
+    if not connection.in_atomic_block:
+        # The stream waits on an in-memory queue for minutes: it holds no database connection.
+        connection.close()
+    timing = {
+        "heartbeat": settings.SLUICE_SSE_HEARTBEAT_SECONDS,
+        "lifetime": settings.SLUICE_SSE_MAX_SECONDS,
+    }
+    # Under ASGI the stream waits on the event loop; under WSGI it holds its server thread.
+    asgi = isinstance(request, ASGIRequest)
+    body = push.astream(audience, **timing) if asgi else push.stream(audience, **timing)
+    response = StreamingHttpResponse(body, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache, no-store"
+    response["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+    return response
 
 
 @require_POST
@@ -501,7 +553,7 @@ def preferences(request: HttpRequest) -> HttpResponse:
         if form.is_valid():
             saved = form.save(commit=False)
             saved.user = user
-            saved.save()
+            _save_preferences(saved)
             messages.success(request, "Your notification preferences are saved.")
             return redirect("reviews:preferences")
         status = 422
@@ -516,3 +568,21 @@ def preferences(request: HttpRequest) -> HttpResponse:
         "reminder_at": int(round(float(settings.SLUICE_REVIEW_REMINDER_AT or 0) * 100)),
     }
     return render(request, "reviews/preferences.html", context, status=status)
+
+
+def _save_preferences(row: NotificationPreference) -> None:
+    """Save ``row``; when it is the user's first and another request (a double click, a
+    second tab) inserted theirs meanwhile, update that one instead: the later save wins, as
+    it would have a moment later, and nobody sees a 500 for the unique user."""
+    if row.pk is not None:
+        row.save()
+        return
+    try:
+        with transaction.atomic():
+            row.save()
+    except IntegrityError:
+        row.pk = NotificationPreference.objects.values_list("pk", flat=True).get(
+            user_id=row.user_id
+        )
+        row._state.adding = False
+        row.save(force_update=True)

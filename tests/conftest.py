@@ -59,6 +59,17 @@ def _stop_heartbeat() -> Iterator[None]:
     stop_heartbeat()
 
 
+@pytest.fixture(autouse=True)
+def _stop_gate_listener() -> Iterator[None]:
+    """The gate listener (reviews.push) holds its own LISTEN connection and ends every open
+    event stream when stopped: stop it after each test, so live-server threads streaming to a
+    page end and the test database can be flushed and dropped."""
+    yield
+    from reviews.push import hub
+
+    hub.stop()
+
+
 @pytest.fixture
 def live(transactional_db: None, tmp_path: Any) -> Iterator[Any]:
     """Real Celery worker/beat processes on the test database (integration tests only).
@@ -127,9 +138,13 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """How many fuzz cases the HTML form fuzzing ran (tests/test_form_fuzz.py), if it ran."""
+    """Figures measured by tests that ran: HTML form fuzz cases (tests/test_form_fuzz.py), the
+    multi-host failover time (tests/workflows/test_multihost.py)."""
     import sys
 
+    multihost = sys.modules.get("tests.workflows.test_multihost")
+    if multihost is not None and multihost.FIGURES:
+        terminalreporter.write_line(f"multi-host failover: {multihost.FIGURES['summary']}")
     fuzz = sys.modules.get("tests.test_form_fuzz")
     if fuzz is None or not fuzz.CASES:
         return

@@ -7,11 +7,13 @@ the Redis broker from CELERY_BROKER_URL, importing the test workflows.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,26 @@ def flush_broker() -> None:
     import redis
 
     redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+
+
+@cache
+def can_unshare_uts() -> bool:
+    """Whether this process may start children in their own UTS namespace (own hostname)."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    probe = ["unshare", "--uts", "sh", "-c", "hostname sluice-probe"]
+    return subprocess.run(probe, capture_output=True, timeout=10).returncode == 0
+
+
+def on_host(host: str | None, cmd: list[str], env: dict[str, str]) -> list[str]:
+    """``cmd`` as run on the simulated machine ``host``: in a UTS namespace with that hostname
+    when allowed (root), else under SLUICE_HOST_ID=host (set in ``env``)."""
+    if host is None:
+        return cmd
+    if can_unshare_uts():
+        return ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', host, *cmd]
+    env["SLUICE_HOST_ID"] = host
+    return cmd
 
 
 class LiveProcesses:
@@ -63,11 +85,15 @@ class LiveProcesses:
         concurrency: int = 2,
         queues: str = "default,llm,limited",
         pool: str = "prefork",
+        host: str | None = None,
         **env: str,
     ) -> subprocess.Popen[bytes]:
+        """A worker; with ``host`` in a process tree of its own that calls itself ``host``."""
         log = open(self.tmp / f"worker-{name}.log", "ab")
         self.files.append(log)
-        proc = subprocess.Popen(
+        penv = {**self.env, **env}
+        cmd = on_host(
+            host,
             [
                 CELERY,
                 "-A",
@@ -87,8 +113,12 @@ class LiveProcesses:
                 "-l",
                 "info",
             ],
+            penv,
+        )
+        proc = subprocess.Popen(
+            cmd,
             cwd=ROOT,
-            env={**self.env, **env},
+            env=penv,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -96,13 +126,15 @@ class LiveProcesses:
         self.procs.append(proc)
         return proc
 
-    def beat(self) -> subprocess.Popen[bytes]:
+    def beat(self, host: str | None = None) -> subprocess.Popen[bytes]:
         log = open(self.tmp / "beat.log", "ab")
         self.files.append(log)
+        env = dict(self.env)
+        cmd = [CELERY, "-A", "config", "beat", "-s", str(self.tmp / "beat-schedule"), "-l", "info"]
         proc = subprocess.Popen(
-            [CELERY, "-A", "config", "beat", "-s", str(self.tmp / "beat-schedule"), "-l", "info"],
+            on_host(host, cmd, env),
             cwd=ROOT,
-            env=self.env,
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -47,6 +47,9 @@ def production_env() -> dict[str, str]:
         "CACHE_URL": "redis://127.0.0.1:6379/1",
         "SLUICE_PROXY_SSL_HEADER": "X-Forwarded-Proto",
         "SLUICE_CLIENT_IP_HEADER": "X-Forwarded-For",
+        # Reviewer notifications need a real mail server in production (no connection is made
+        # by `check`).
+        "EMAIL_URL": "smtp+tls://sluice:secret@127.0.0.1:587",
     }
 
 
@@ -70,6 +73,15 @@ def test_it_passes_check_deploy_with_the_production_environment(tmp_path: Path) 
     assert result.returncode == 0, output
     assert "WARNINGS:" not in output and "security.W" not in output, output
     assert "System check identified no issues" in output
+
+
+def test_check_deploy_says_when_production_has_no_mail_server(tmp_path: Path) -> None:
+    """Without EMAIL_URL, mail goes to the console: fine for `make run`, an error for a deploy."""
+    env = {k: v for k, v in production_env().items() if k != "EMAIL_URL"}
+    result = manage(tmp_path, env, "check", "--deploy")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "mail.E001" in output and "console.EmailBackend" in output, output
 
 
 def test_it_defaults_to_https_only_when_debug_is_off(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from workflows.keys import SCOPES, assign_new_secret
 from workflows.models import (
     ApiKey,
     Event,
+    OidcIdentity,
     Outbox,
     Pool,
     Run,
@@ -843,6 +844,19 @@ class TenantMembershipInline(admin.StackedInline):
     )
 
 
+class OidcIdentityInline(admin.TabularInline):
+    """The single sign-on identities that log in as this user (config.oidc). SSO matches users
+    by these rows only, never by e-mail: adding one links an existing account to a provider's
+    subject (docs/security.md, Single sign-on)."""
+
+    model = OidcIdentity
+    extra = 0
+    fields = ("issuer", "subject", "created_at")
+    readonly_fields = ("created_at",)
+    verbose_name = "single sign-on identity"
+    verbose_name_plural = "single sign-on identities (the provider's issuer and the user's sub)"
+
+
 User = get_user_model()
 # django.contrib.auth registered its UserAdmin first (it comes first in INSTALLED_APPS): the
 # same admin, plus the tenant.
@@ -852,7 +866,7 @@ if admin.site.is_registered(User):
 
 @admin.register(User)
 class SluiceUserAdmin(BaseUserAdmin):
-    inlines = [TenantMembershipInline]
+    inlines = [TenantMembershipInline, OidcIdentityInline]
     list_display = ("username", "email", "first_name", "last_name", "is_staff", "tenant")
     list_filter = ("is_staff", "is_superuser", "is_active", "groups", "tenant_membership__tenant")
 

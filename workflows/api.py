@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
+import pydantic
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
@@ -81,6 +82,16 @@ def _in_utc(value: datetime) -> datetime:
 
 
 IsoDateTime = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator(_in_utc)]
+
+
+def _not_a_bool(value: Any) -> Any:
+    """pydantic's lax mode reads ``true`` as 1: a journal position must be a number."""
+    if isinstance(value, bool):
+        raise ValueError("expected a journal position (an integer), not true or false")
+    return value
+
+
+Position = Annotated[int, pydantic.Field(ge=1, le=1_000_000), BeforeValidator(_not_a_bool)]
 
 RunStatusName = Literal[
     "pending", "running", "suspended", "compensating", "succeeded", "failed", "canceled"
@@ -259,10 +270,8 @@ class RestartIn(Schema):
 
     reason: str = REASON
 
-    from_step: int | None = Field(
+    from_step: Position | None = Field(
         None,
-        ge=1,
-        le=1_000_000,
         description="Journal position to restart from (1-based); "
         "omitted: the first unfinished position (after the last finished one when the run "
         "failed between steps).",
@@ -286,10 +295,8 @@ class ForkIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = REASON
-    from_step: int = Field(
+    from_step: Position = Field(
         ...,
-        ge=1,
-        le=1_000_000,
         description="The new run reuses the original's journal before this position (1-based) "
         "and runs from it on; 1 reuses nothing, one past the last position reuses all of it.",
     )

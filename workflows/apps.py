@@ -22,7 +22,11 @@ class WorkflowsConfig(AppConfig):
         # The engine's Celery tasks live in the core package, where Celery's autodiscovery
         # (which looks for ``<app>.tasks``) does not look; their names stay ``workflows.*``.
         from workflows.core import tasks  # noqa: F401
+        from workflows.core.instrument import observe
+        from workflows.health import record_sweep
 
+        # Every sweep pass stamps the heartbeat /readyz reads.
+        observe(record_sweep)
         discover()
 
 

@@ -178,6 +178,45 @@ class TenantMembership(models.Model):
         return f"{self.user} → {self.tenant or '(default tenant)'}"
 
 
+class OidcIdentity(models.Model):
+    """The OpenID Connect identity a web user signs in with: the provider's ``iss`` and the
+    stable ``sub`` it gives the person. SSO matches users by this pair only, never by e-mail
+    (an e-mail at the provider equal to a local admin's must not log in as that admin); see
+    config.oidc and docs/security.md."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="oidc_identities"
+    )
+    issuer = models.CharField(max_length=255)
+    subject = models.CharField(max_length=255)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "OpenID Connect identity"
+        constraints = [
+            models.UniqueConstraint(fields=["issuer", "subject"], name="oidc_identity_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subject} @ {self.issuer} → {self.user}"
+
+
+# --- process heartbeats -----------------------------------------------------------------------
+
+
+class Heartbeat(models.Model):
+    """The last time a periodic duty ran, e.g. ``sweep``: what ``/readyz`` reads to tell a live
+    beat from a dead one. One row per duty, overwritten on every pass (no history). Written by
+    ``workflows.health.record_sweep``, an observer of the engine's ``sweep_finished`` event."""
+
+    name = models.CharField(max_length=64, primary_key=True)
+    at = models.DateTimeField()
+    detail = models.JSONField(default=dict, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
 __all__ = [
     "ACTIVE_RUN",
     "TERMINAL_RUN",
@@ -186,6 +225,7 @@ __all__ = [
     "ApiScope",
     "Blob",
     "Event",
+    "Heartbeat",
     "Outbox",
     "OutboxStatus",
     "Pool",
@@ -196,6 +236,7 @@ __all__ = [
     "Step",
     "StepKind",
     "StepStatus",
+    "OidcIdentity",
     "TenantMembership",
     "WebhookAttempt",
     "WebhookDelivery",

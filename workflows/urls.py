@@ -1,10 +1,11 @@
-"""Operator pages, mounted at the site root: /runs/, /runs/<id>/ and /ops/."""
+"""Operator pages, mounted at the site root: /runs/, /runs/<id>/, /ops/, and the probes
+/healthz and /readyz."""
 
 from __future__ import annotations
 
 from django.urls import path
 
-from workflows import views
+from workflows import health, views
 
 app_name = "workflows"
 
@@ -14,4 +15,7 @@ urlpatterns = [
     path("runs/<uuid:run_id>/actions/<slug:action>/", views.run_action, name="run-action"),
     path("runs/<uuid:run_id>/values/<int:blob_id>/", views.run_value, name="run-value"),
     path("ops/", views.ops_overview, name="ops"),
+    # Probes for load balancers and orchestrators: unauthenticated, they reveal no secrets.
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
 ]

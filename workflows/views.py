@@ -199,7 +199,7 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
     tl = timeline.build(run, live)
     # Undo entries are not places to restart from: a restart re-runs what they undid.
     positions = sorted({r.position for r in live if r.branch < 0 and r.kind != "compensate"})
-    fork_upto = forking.last_forkable(live)
+    fork_upto = forking.last_forkable(live, compensating=run.status == RunStatus.COMPENSATING)
     failed = operations.failed_position(run.pk) if run.status == "failed" else None
     return {
         "nav": "runs",

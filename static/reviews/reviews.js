@@ -154,28 +154,68 @@
   document.addEventListener("DOMContentLoaded", reselect);
   if (document.readyState !== "loading") reselect();
 
-  // --- a typed comment survives live updates of the decision panel -----------------------------
-  // Claiming, releasing or the gate closing re-renders #decision-panel. Text the reviewer typed
-  // goes back into the new form; when the gate closed there is no form any more, so it is shown
-  // read-only in #unsent-comment with a note that it was not saved.
-  var pendingComment = "";
-  document.addEventListener("htmx:beforeSwap", function () {
-    var box = document.querySelector("#decision-form textarea[name=comment]");
-    if (box && box.value.trim()) pendingComment = box.value;
+  // --- what the reviewer typed survives live updates of the decision panel -------------------
+  // Claiming, releasing, someone else's claim or the gate closing re-renders #decision-panel
+  // (live, at any moment). What the reviewer changed in the form (the comment, corrected fields)
+  // goes back into the new form; when there is no form any more (the gate closed, someone else
+  // holds the claim), the comment is shown read-only in #unsent-comment with a note that it was
+  // not saved, and goes back into the form if it returns (the claim was released).
+  var pending = null;
+
+  function editedFields(form) {
+    var out = [];
+    form.querySelectorAll("input, textarea, select").forEach(function (el) {
+      if (!el.name || /^(hidden|submit|button|file|reset)$/.test(el.type)) return;
+      if (el.type === "checkbox" || el.type === "radio") {
+        if (el.checked !== el.defaultChecked) out.push({ name: el.name, value: el.value, checked: el.checked });
+      } else if (el.tagName === "SELECT") {
+        var changed = Array.prototype.some.call(el.options, function (o) { return o.selected !== o.defaultSelected; });
+        if (changed) out.push({ name: el.name, value: el.value });
+      } else if (el.value !== el.defaultValue) {
+        out.push({ name: el.name, value: el.value });
+      }
+    });
+    return out;
+  }
+
+  function restoreFields(form, fields) {
+    fields.forEach(function (f) {
+      form.querySelectorAll("[name]").forEach(function (el) {
+        if (el.name !== f.name) return;
+        if ("checked" in f) { if (el.value === f.value) el.checked = f.checked; }
+        else el.value = f.value;
+      });
+    });
+  }
+
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    if (e.detail && e.detail.shouldSwap === false) return;
+    var form = document.getElementById("decision-form");
+    if (form) {
+      var fields = editedFields(form);
+      if (fields.length) pending = { fields: fields };
+      return;
+    }
+    var unsent = document.getElementById("unsent-comment");
+    var parked = unsent && !unsent.hidden && unsent.querySelector("textarea");
+    if (parked && parked.value.trim()) pending = { fields: [{ name: "comment", value: parked.value }] };
   });
   document.addEventListener("htmx:afterSettle", function () {
-    if (!pendingComment) return;
-    var box = document.querySelector("#decision-form textarea[name=comment]");
+    if (!pending) return;
+    var form = document.getElementById("decision-form");
     var unsent = document.getElementById("unsent-comment");
-    if (box) {
-      if (!box.value) box.value = pendingComment;
+    if (form) {
+      restoreFields(form, pending.fields);
     } else if (unsent) {
-      unsent.querySelector("textarea").value = pendingComment;
-      unsent.hidden = false;
+      var comment = pending.fields.filter(function (f) { return f.name === "comment"; })[0];
+      if (comment && comment.value.trim()) {
+        unsent.querySelector("textarea").value = comment.value;
+        unsent.hidden = false;
+      }
     } else {
       return;
     }
-    pendingComment = "";
+    pending = null;
   });
 
   // --- text boxes grow with what is typed in them --------------------------------------------

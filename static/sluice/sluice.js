@@ -21,6 +21,21 @@
   // policy forbids ('unsafe-eval'), so the check lives here.
   document.addEventListener("htmx:confirm", function (e) {
     var elt = e.detail && e.detail.elt;
-    if (document.hidden && elt && elt.hasAttribute && elt.hasAttribute("data-poll")) e.preventDefault();
+    if (!elt || !elt.hasAttribute || !elt.hasAttribute("data-poll")) return;
+    if (document.hidden) { e.preventDefault(); return; }
+    // Push (reviews pages, docs/reviews.md): an element with data-push also listens to a
+    // Server-Sent Events stream (htmx's sse extension). While that stream is open, its timer
+    // polls (a request without a triggering event) are skipped: the stream's events trigger
+    // the same request. When the stream fails or ends, the polls run again: the fallback.
+    if (elt.hasAttribute("data-push-live") && !e.detail.triggeringEvent) e.preventDefault();
   });
+  function pushLive(e, live) {
+    var elt = e.target;
+    if (!elt || !elt.hasAttribute || !elt.hasAttribute("data-push")) return;
+    if (live) elt.setAttribute("data-push-live", "");
+    else elt.removeAttribute("data-push-live");
+  }
+  document.addEventListener("htmx:sseOpen", function (e) { pushLive(e, true); });
+  document.addEventListener("htmx:sseError", function (e) { pushLive(e, false); });
+  document.addEventListener("htmx:sseClose", function (e) { pushLive(e, false); });
 })();

@@ -69,3 +69,31 @@ def test_a_position_after_an_unfinished_step_is_a_422(
     r = api.post(f"/runs/{run.pk}/fork", {"from_step": 3}, as_=service)
     assert r.status_code == 422
     assert "is waiting" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"from_step": 10**30},
+        {"from_step": -(10**30)},
+        {"from_step": 1.5},
+        {"from_step": True},
+        {"from_step": None},
+        {"from_step": "9" * 5000},
+        {"from_step": [1]},
+        {"from_step": {"$gt": 0}},
+        {"from_step": 1, "extra": 1},
+        {"from_step": 1, "reason": "a\x00b"},
+        {"from_step": 1, "reason": "x" * 5000},
+        {"from_step": 1, "reason": 7},
+    ],
+)
+def test_odd_fork_bodies_are_4xx_and_start_nothing(
+    api: Api, service: Persona, bell: Bell, body: dict[str, object]
+) -> None:
+    run = start("test.chain", {"n": 1}, tenant="acme")
+    bell.drain()
+    runs = Run.objects.count()
+    r = api.post(f"/runs/{run.pk}/fork", body, as_=service)
+    assert r.status_code in (400, 422), (body, r.status_code, r.content[:300])
+    assert Run.objects.count() == runs

@@ -61,3 +61,27 @@ def test_only_operators_fork(people: People, bell: Bell) -> None:
         assert r.status_code == 403
         assert "actions/fork/" not in people.client(user).get(f"/runs/{run.pk}/").content.decode()
     assert not Run.objects.filter(forked_from=run).exists()
+
+
+def test_a_web_user_who_forks_a_run_they_started_sees_their_fork(
+    people: People, bell: Bell
+) -> None:
+    """Review finding: a web fork recorded ``created_by`` as "user:<name>" where a web start
+    records the bare user name, which is what the run pages' "runs they started" rule
+    compares: staff who may act on runs but see only their own were sent to a 404."""
+    from django.contrib.auth.models import Permission, User
+
+    lead = User.objects.create_user("lead", password="pw-lead-123", is_staff=True)
+    lead.user_permissions.add(
+        Permission.objects.get(content_type__app_label="workflows", codename="change_run"),
+        Permission.objects.get(content_type__app_label="workflows", codename="start_run"),
+    )
+    run = start("test.event", {}, created_by="lead")
+    settle(bell)
+    c = people.client(lead)
+    assert c.get(f"/runs/{run.pk}/").status_code == 200
+    r = c.post(f"/runs/{run.pk}/actions/fork/", {"from_step": "2"})
+    new = Run.objects.get(forked_from=run)
+    assert r.status_code == 302 and r["Location"] == f"/runs/{new.pk}/"
+    assert new.created_by == "lead"
+    assert c.get(r["Location"]).status_code == 200

@@ -47,7 +47,9 @@ def test_it_switches_header_and_panel_when_the_poll_sees_the_gate_closed(
     body = c.get(f"/reviews/{gate.pk}/status/", **HTMX).content.decode()
     assert 'id="gate-closed"' in body and "expired at" in body
     # Header and panel come along as out-of-band swaps, in their closed state.
-    assert body.count('hx-swap-oob="true"') == 3  # header, panel, activity
+    # header, panel, activity, and the live poller replaced by an inert one (polls and stream end)
+    assert body.count('hx-swap-oob="true"') == 4
+    assert 'id="gate-live" hidden hx-swap-oob="true">' in body
     assert 'id="gate-head"' in body and 'id="decision-panel"' in body
     assert "Expired" in body and "data-deadline" not in body  # no countdown, no "due now"
     assert 'name="outcome"' not in body and "/claim/" not in body  # no Approve/Reject/Claim

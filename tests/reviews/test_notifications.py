@@ -337,3 +337,47 @@ def test_rows_of_a_later_window_wait_for_it(bell: Bell, team: People) -> None:
         second.status == "queued"
         and second.message_key == ana[0].extra_headers["X-Sluice-Key"].rsplit(":", 1)[0]
     )
+
+
+def test_two_sweepers_at_once_send_one_digest_per_recipient(bell: Bell, team: People) -> None:
+    """Review finding: with SKIP LOCKED, a sweeper that met rows of a recipient another
+    sweeper was locking folded the rest into a digest of its own, and the skipped rows went
+    out as a second digest of the same window. A sweeper now waits for the other's commit,
+    then finds those rows queued. (PostgreSQL: SQLite serializes writers.)"""
+    import threading
+
+    from django.db import connection, connections, transaction
+
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks need PostgreSQL")
+    prefs(team.ana, mode="digest", digest_minutes=60)
+    for i in range(3):
+        open_gate(bell, title=f"Gate {i}")
+    rows = list(Notification.objects.filter(user=team.ana).order_by("id"))
+    assert len(rows) == 3 and rows[0].due_at is not None
+    locked, release = threading.Event(), threading.Event()
+
+    def other_sweeper() -> None:  # holds the middle row, as a sweeper mid-scan does
+        try:
+            with transaction.atomic():
+                list(Notification.objects.select_for_update().filter(pk=rows[1].pk))
+                locked.set()
+                release.wait(timeout=10)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=other_sweeper)
+    holder.start()
+    assert locked.wait(timeout=10)
+    threading.Timer(0.5, release.set).start()
+    try:
+        notifications.send_digests(now=rows[0].due_at)
+    finally:
+        release.set()
+        holder.join(timeout=10)
+    notifications.send_digests(now=rows[0].due_at)
+    keys = set(Notification.objects.filter(user=team.ana).values_list("message_key", flat=True))
+    assert len(keys) == 1 and "" not in keys
+    deliver_all()
+    ana = [m for m in mail.outbox if m.to == ["ana@example.com"]]
+    assert len(ana) == 1 and "3 gate updates" in ana[0].subject

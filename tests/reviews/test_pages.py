@@ -195,10 +195,15 @@ def test_a_poll_gets_204_until_the_list_changes(bell: Bell, people: People) -> N
     body = changed.content.decode()
     assert changed.status_code == 200 and new.title in body
     assert "<html" not in body and 'id="queue"' in body
-    # The poll pauses while the tab is hidden: sluice.js cancels polls of [data-poll] elements
-    # (an htmx "[!document.hidden]" filter would need eval, which the CSP forbids).
-    assert 'hx-trigger="every' in body and "data-poll" in body
-    assert "document.hidden" not in body
+    assert f'id="queue-fp" name="fp" value="{changed.context["fingerprint"]}"' in body
+    # The poller stays on the page while the list is swapped (a refresh asked for meanwhile
+    # is queued, not lost) and pauses while the tab is hidden: sluice.js cancels polls of
+    # [data-poll] elements (an htmx "[!document.hidden]" filter would need eval, which the
+    # CSP forbids).
+    page = c.get("/reviews/").content.decode()
+    assert 'id="queue-live"' in page and 'hx-include="#queue-fp"' in page
+    assert 'hx-trigger="every' in page and "data-poll" in page
+    assert "document.hidden" not in page
 
 
 def test_the_queue_costs_the_same_queries_for_3_or_60_gates(bell: Bell, people: People) -> None:

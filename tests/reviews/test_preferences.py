@@ -110,3 +110,41 @@ def test_outsiders_and_anonymous_get_no_page(people: People) -> None:
     assert logged_in(people.otto).get(URL).status_code == 403
     r = Client().get(URL)
     assert r.status_code == 302 and r["Location"].startswith("/accounts/login/")
+
+
+def test_odd_chat_urls_are_422_never_500(people: People) -> None:
+    c = logged_in(people.ana)
+    for url in (
+        "https://hooks.example.com/\x00",
+        "https://" + "a" * 2100 + ".example.com/",
+        "http://[::1",
+        "http://[::ffff:127.0.0.1]/hook",
+        "https://hooks.example.com:99999/x",
+        "javascript:alert(1)",
+    ):
+        r = c.post(URL, form(chat_enabled="on", chat_webhook_url=url))
+        assert r.status_code in (400, 422), url
+    assert not NotificationPreference.objects.exists()
+
+
+def test_two_first_saves_at_once_are_no_500(
+    people: People, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: a double-submitted first save (two tabs, a double click) raced to
+    insert the user's one row; the loser's unique violation was a 500. The later save wins,
+    as any later save does."""
+    import reviews.notifications
+
+    real = reviews.notifications.default_preferences
+
+    def racing(user: Any) -> NotificationPreference:
+        # The other request inserts the row after this one looked and found none.
+        NotificationPreference.objects.create(user=user, events=["opened"], mode="digest")
+        return real(user)
+
+    monkeypatch.setattr(reviews.notifications, "default_preferences", racing)
+    r = logged_in(people.ana).post(URL, form(email_enabled=None))
+    assert r.status_code == 302
+    row = NotificationPreference.objects.get(user=people.ana)
+    assert row.mode == "immediate" and not row.email_enabled
+    assert row.events == ["opened", "reminder"]

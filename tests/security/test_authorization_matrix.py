@@ -40,6 +40,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from ninja.operation import PathView
 
 from pipelines.models import Ticket
+from reviews import push
 from tests.security.scene import KEY_PERSONAS, PERSONAS, WEB_PERSONAS, Scene
 from workflows.models import Event, Outbox, Pool, Step, WebhookDelivery
 
@@ -168,6 +169,8 @@ class Case:
 
 # --- the expectation table: pages ---------------------------------------------------------------
 
+METRICS_TOKEN = "matrix-metrics-token"
+
 # Keyed by the URL pattern as the URLconf spells it (includes joined).
 PAGES: dict[str, list[Case]] = {
     "": [Case("GET", "/", everyone(Redirect("/reviews/")))],
@@ -189,6 +192,11 @@ PAGES: dict[str, list[Case]] = {
         Case("GET", "/accounts/reset/MQ/not-a-token/", everyone(200))  # "invalid link"
     ],
     "accounts/reset/done/": [Case("GET", "/accounts/reset/done/", everyone(200))],
+    # Single sign-on (config.oidc): off here (no OIDC_RP_CLIENT_ID), so both answer 404 to
+    # everyone. With SSO on they are open to everyone by design (the flow starts logged out);
+    # tests/security/test_oidc.py covers that state: state, nonce, PKCE, the ID token checks.
+    "oidc/authenticate/": [Case("GET", "/oidc/authenticate/?next=/reviews/", everyone(404))],
+    "oidc/callback/": [Case("GET", "/oidc/callback/?code=x&state=y", everyone(404))],
     # The API's own pages: the schema and its docs are public; unknown paths are a JSON 404.
     "api/openapi.json": [Case("GET", "/api/openapi.json", everyone(200))],
     "api/docs": [Case("GET", "/api/docs", everyone(200))],
@@ -197,6 +205,14 @@ PAGES: dict[str, list[Case]] = {
     # The reviewer pages: group AND tenant scoped (another's gate is 404).
     "reviews/": [Case("GET", "/reviews/", web(LOGIN, 403, 200, 200, 200, 200, 200), lists="gates")],
     "reviews/mine/": [Case("GET", "/reviews/mine/", web(LOGIN, 403, 200, 200, 200, 200, 200))],
+    # Review insights and their JSONL download: every reviewer, over the gates they may see
+    # (their groups, their tenant); operators over every tenant (docs/security.md).
+    "reviews/insights/": [
+        Case("GET", "/reviews/insights/", web(LOGIN, 403, 200, 200, 200, 200, 200))
+    ],
+    "reviews/insights/export.jsonl": [
+        Case("GET", "/reviews/insights/export.jsonl", web(LOGIN, 403, 200, 200, 200, 200, 200))
+    ],
     # Notification preferences: every reviewer's own (the page names no user, so there is
     # nobody else's to reach); saving goes back to the page.
     "reviews/preferences/": [
@@ -217,6 +233,14 @@ PAGES: dict[str, list[Case]] = {
             web(LOGIN, 403, TO_GATE, TO_GATE, TO_GATE, TO_GATE, TO_GATE),
             data={"gate": ["{gate_a}", "{gate_b}", "{gate_g}"], "outcome": "approve"},
         )
+    ],
+    # The live updates' event stream (reviews/push.py): the queue's, and one gate page's, which
+    # is 404 exactly where the gate page is. What each stream then hears is checked by
+    # test_gate_events_reach_exactly_who_sees_the_gate below.
+    "reviews/events/": [
+        Case("GET", "/reviews/events/", web(LOGIN, 403, 200, 200, 200, 200, 200)),
+        Case("GET", "/reviews/events/?gate={gate_a}", web(LOGIN, 403, 200, 404, 404, 200, 200)),
+        Case("GET", "/reviews/events/?gate={gate_g}", web(LOGIN, 403, 404, 404, 200, 200, 200)),
     ],
     "reviews/<int:pk>/": [
         Case("GET", "/reviews/{gate_a}/", web(LOGIN, 403, 200, 404, 404, 200, 200)),
@@ -358,6 +382,17 @@ PAGES: dict[str, list[Case]] = {
     ],
     # The ops overview covers every tenant: staff only.
     "ops/": [Case("GET", "/ops/", web(LOGIN, 403, 403, 403, 403, 200, 200))],
+    # Probes: open to everyone (load balancers, orchestrators), they show no secret
+    # (tests/deploy/test_probes.py). Here no beat has swept and no worker answers: not ready.
+    "healthz": [Case("GET", "/healthz", everyone(200)), Case("POST", "/healthz", everyone(405))],
+    "readyz": [Case("GET", "/readyz", everyone(503))],
+    # Prometheus: the metrics token (matrix_scene sets one), never a login or an API key.
+    "metrics": [
+        Case("GET", "/metrics", everyone(401)),
+        Case(
+            "GET", "/metrics", everyone(200), headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+        ),
+    ],
 }
 
 
@@ -412,6 +447,8 @@ OPERATIONS: dict[str, list[Case]] = {
     ],
     "GET /api/pipelines": [Case("GET", "/api/pipelines", api(200, 200, 200, 200))],
     "GET /api/gates": [Case("GET", "/api/gates", api(200, 403, 200, 200), lists="gates")],
+    # The evaluation dataset carries run inputs: runs:read, the key's own tenant.
+    "GET /api/gates/dataset": [Case("GET", "/api/gates/dataset", api(200, 403, 403, 200))],
     "POST /api/gates/{gate_id}/decision": [
         Case(
             "POST",
@@ -754,7 +791,12 @@ def run_case(case: Case, persona: str, client: Client, token: str, scene: Scene)
                 data = {k: fill_data(v, scene) for k, v in (case.data or {}).items()}
                 kwargs.update(data={**data, "csrfmiddlewaretoken": token})
             response = getattr(client, case.method.lower())(url, **kwargs)
-            body = response.content.decode(errors="replace")
+            # An event stream (it ends at once here: matrix_scene) or the JSONL dataset.
+            if response.streaming:
+                body = b"".join(response.streaming_content).decode(errors="replace")
+                response.close()
+            else:
+                body = response.content.decode(errors="replace")
             transaction.set_rollback(True)
     finally:
         client.cookies = cookies  # a logout must not log the persona out of the next case
@@ -794,11 +836,20 @@ def table_cases(scene: Scene) -> tuple[dict[str, list[Case]], list[str]]:
 
 
 @pytest.fixture
-def matrix_scene(scene: Scene, settings: Any) -> Scene:
-    """The scene plus one row of each admin-managed table the engine would have written."""
+def matrix_scene(scene: Scene, settings: Any, monkeypatch: pytest.MonkeyPatch) -> Scene:
+    """The scene plus one row of each admin-managed table the engine would have written.
+
+    The gate event stream is served as on PostgreSQL, on any database: it ends right after its
+    opening frames, and no listener thread starts (this test is about who gets a stream;
+    tests/reviews/test_push.py runs the real thing)."""
     settings.CSRF_FAILURE_VIEW = "tests.security.test_authorization_matrix.csrf_failure"
+    monkeypatch.setattr(push, "push_available", lambda: True)
+    monkeypatch.setattr(push.hub, "_ensure_listener", lambda: None)
+    settings.SLUICE_SSE_MAX_SECONDS = 0
     # Count 127.0.0.1 webhooks as fine: a globex run here has none, but a started one may.
     settings.SLUICE_WEBHOOK_ALLOW_PRIVATE = True
+    settings.SLUICE_METRICS_TOKEN = METRICS_TOKEN
+    settings.SLUICE_METRICS_ALLOW = []
     run_a = scene.runs["run_a"]
     Event.objects.create(run=run_a, name="note", payload={"x": 1})
     Outbox.objects.create(run=run_a, kind="webhook", key=f"matrix:{run_a.pk}", payload={})
@@ -939,3 +990,27 @@ def test_every_admin_action_is_in_the_table_and_holds(
             if not ok:
                 failures.append(f"{key} as {persona}: got {got}, expected {want}")
     assert not failures, f"{len(failures)} admin action cases failed:\n" + "\n".join(failures)
+
+
+def test_gate_events_reach_exactly_who_sees_the_gate(scene: Scene) -> None:
+    """A stream's audience (reviews.push.audience_for, read when it opens) hears of a change
+    to exactly the gates the persona may see (SEES_GATES)."""
+    for persona, user in scene.users.items():
+        audience = push.audience_for(user)
+        heard = {
+            name
+            for name, gate in scene.gates.items()
+            if audience.hears(
+                push.Notice(kind="claimed", id=gate.pk, group=gate.group, tenant=gate.run.tenant)
+            )
+        }
+        assert heard == SEES_GATES.get(persona, set()), persona
+        # A stream of one gate's page hears only that gate.
+        for name, gate in scene.gates.items():
+            one = push.audience_for(user, gate.pk)
+            note = push.Notice(kind="decided", id=gate.pk, group=gate.group, tenant=gate.run.tenant)
+            other = push.Notice(kind="decided", id=gate.pk + 1000, group=gate.group)
+            assert one.hears(note) == (name in SEES_GATES.get(persona, set())), (persona, name)
+            assert not one.hears(other)
+        # "sync" and "many" name no gate: every stream hears them.
+        assert audience.hears(push.Notice(kind="sync")) and audience.hears(push.Notice("many"))

@@ -34,6 +34,9 @@ def test_an_admin_sets_a_users_tenant_on_the_user_page(scene: Scene) -> None:
         "tenant_membership-0-id": str(membership.pk),
         "tenant_membership-0-user": str(bob.pk),
         "tenant_membership-0-tenant": "globex",
+        # The page's other inline (single sign-on identities, config.oidc): none.
+        "oidc_identities-TOTAL_FORMS": "0",
+        "oidc_identities-INITIAL_FORMS": "0",
     }
     response = c.post(url, form)
     assert response.status_code == 302, re.findall(

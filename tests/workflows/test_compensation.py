@@ -332,3 +332,29 @@ def test_a_fork_reuses_no_undone_step_and_does_not_undo_what_it_reused(bell: Bel
     assert get_run(forked.pk).status == "succeeded"
     assert LOG == []
     assert not Step.objects.filter(run=forked).exclude(undo="").exists()
+
+
+def test_a_fork_of_a_run_still_compensating_reuses_no_step_it_is_about_to_undo(
+    bell: Bell,
+) -> None:
+    """Canceled while waiting: the run is compensating, and no undo has been journaled yet.
+    Its bookings are about to be taken back, so a fork may not reuse them (review finding)."""
+    from workflows import fork
+    from workflows.core.errors import InvalidInputError
+    from workflows.core.forking import last_forkable
+
+    run = start("test.saga_wait", {"names": ["flight", "hotel"]})
+    settle(bell)
+    cancel(run.pk)
+    assert get_run(run.pk).status == "compensating"
+    assert not undo_rows(run)
+    for bad in (2, 3):
+        with pytest.raises(InvalidInputError, match="undone"):
+            fork(run.pk, from_step=bad)
+    assert Run.objects.count() == 1
+    rows = list(Step.objects.filter(run=run, superseded=False))
+    assert last_forkable(rows, compensating=True) == 1  # what the run page offers
+    forked = fork(run.pk, from_step=1)
+    settle(bell)
+    assert get_run(run.pk).status == "canceled"
+    assert get_run(forked.pk).status == "suspended"  # waiting for its own "go"

@@ -4,6 +4,7 @@ process took the run over; the heartbeat renews each thread's leases under its o
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import timedelta
 from typing import Any
@@ -85,3 +86,13 @@ def test_the_heartbeat_renews_each_threads_run_under_its_owner(bell: Bell) -> No
     finally:
         leases.drop_run(a.pk)
         leases.drop_run(b.pk)
+
+
+def test_the_owner_id_names_the_host_from_sluice_host_id(settings: Any) -> None:
+    """Which machine holds a run: SLUICE_HOST_ID (colons replaced, the id splits on them)."""
+    settings.SLUICE_HOST_ID = "rack-7:node-b"
+    owner = in_thread(leases.owner_id)
+    host, pid, _thread, _nonce = owner.split(":")
+    assert (host, int(pid)) == ("rack-7-node-b", os.getpid())
+    settings.SLUICE_HOST_ID = "x" * 80
+    assert in_thread(leases.owner_id).split(":")[0] == "x" * 50

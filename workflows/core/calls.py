@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 import traceback
 import typing
 from collections.abc import Callable
@@ -76,8 +77,6 @@ def call_step(sd: StepDef, args: tuple[Any, ...] | list[Any], kwargs: dict[str, 
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
-    import time
-
     t0 = time.monotonic()
     value = sd.fn(*args, **kwargs)
     if time.monotonic() - t0 > sd.timeout:

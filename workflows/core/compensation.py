@@ -32,76 +32,23 @@ import logging
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Max
 
 from workflows.core import payloads
 from workflows.core.calls import error_dict, return_annotation
 from workflows.core.context import Context
 from workflows.core.definitions import resolve_step
 from workflows.core.errors import DeterminismError, LeaseLost, StepFailed, Suspend
-from workflows.core.models import Run, RunStatus, Step, StepKind, StepStatus
+from workflows.core.models import Run, RunStatus, Step
+from workflows.core.undos import (  # noqa: F401  (re-exported: compensation.plan, ...)
+    first_undone_position,
+    handler_end,
+    has_undos,
+    not_undone,
+    plan,
+    undo_label,
+)
 
 log = logging.getLogger(__name__)
-
-
-def plan(run_id: Any) -> list[Step]:
-    """The completed steps to undo, in the order their undos run (last completed first)."""
-    return list(
-        Step.objects.filter(run_id=run_id, superseded=False, status=StepStatus.SUCCEEDED)
-        .exclude(undo="")
-        .exclude(kind=StepKind.COMPENSATE)
-        .order_by("-finished_at", "-position", "-branch", "-id")
-    )
-
-
-def has_undos(run_id: Any) -> bool:
-    return (
-        Step.objects.filter(run_id=run_id, superseded=False, status=StepStatus.SUCCEEDED)
-        .exclude(undo="")
-        .exclude(kind=StepKind.COMPENSATE)
-        .exists()
-    )
-
-
-def handler_end(run_id: Any) -> int:
-    """The last journal position the handler itself wrote; undos are journaled after it."""
-    last = (
-        Step.objects.filter(run_id=run_id, superseded=False, branch=-1)
-        .exclude(kind=StepKind.COMPENSATE)
-        .aggregate(last=Max("position"))["last"]
-    )
-    return int(last or 0)
-
-
-def undo_label(row: Step) -> str:
-    """How a step to undo is named in messages: ``book_hotel (#2)`` or ``book (#3.1)``."""
-    return f"{row.name} (#{row.label})"
-
-
-def not_undone(run_id: Any) -> list[str]:
-    """The steps whose undo has not succeeded (a cancel stops compensation: these stay)."""
-    base = handler_end(run_id)
-    done = {
-        pos - base - 1
-        for pos in Step.objects.filter(
-            run_id=run_id,
-            superseded=False,
-            kind=StepKind.COMPENSATE,
-            status=StepStatus.SUCCEEDED,
-        ).values_list("position", flat=True)
-    }
-    return [undo_label(row) for i, row in enumerate(plan(run_id)) if i not in done]
-
-
-def first_undone_position(run_id: Any) -> int | None:
-    """The earliest position whose step was (or was to be) undone, if the run compensated.
-
-    A restart must run that step again: its effect was taken back.
-    """
-    if not Step.objects.filter(run_id=run_id, superseded=False, kind=StepKind.COMPENSATE).exists():
-        return None
-    positions = [row.position for row in plan(run_id)]
-    return min(positions) if positions else None
 
 
 def _call_of(row: Step, run_id: Any) -> tuple[list[Any], dict[str, Any]]:

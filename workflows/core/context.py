@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random as _random
+import time
 import uuid as _uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -25,13 +26,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal, overload
 
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
-from workflows.core import fastpath, leases, payloads, pools, usage
+from workflows.core import instrument, leases, payloads, pools, transitions, usage
 from workflows.core.calls import (
     call_step,
     error_dict,
@@ -58,6 +58,8 @@ from workflows.core.errors import (
 )
 from workflows.core.leases import lease_seconds, lease_until
 from workflows.core.models import Event, Run, RunStatus, Step, StepKind, StepStatus
+from workflows.core.services import DEFAULT_REVIEW_TIMEOUT, create_run, run_terminal_hooks
+from workflows.core.storage import storage
 
 
 def call_digest(value: Any) -> str:
@@ -96,8 +98,8 @@ class Call:
 class Context:
     """The ``ctx`` argument of a workflow handler."""
 
-    # Plug-ins (the reviews app adds ``review``) register methods here, so the engine never
-    # imports them.
+    # Plug-ins register their implementation here, so the engine never imports them; each has
+    # an explicit method below that calls it (``review``: the reviews app's gate).
     extensions: dict[str, Callable[..., Any]] = {}
 
     def __init__(self, run: Run, journal: Iterable[Step], owner: str) -> None:
@@ -152,15 +154,17 @@ class Context:
     def review_timeout(self) -> timedelta:
         """How long reviewers have to decide a gate of this run: the run's ``review_timeout``
         (``start(..., review_timeout=...)``, the API, the start form) or 24 hours."""
-        from workflows.core.services import DEFAULT_REVIEW_TIMEOUT
 
         return self._record.review_timeout or DEFAULT_REVIEW_TIMEOUT
 
-    def __getattr__(self, name: str) -> Any:
-        ext = Context.extensions.get(name)
+    def review(self, *args: Any, **kwargs: Any) -> Any:
+        """A human review gate: suspends the run until a reviewer decides (or the gate
+        expires) and returns the decision. Provided by the reviews app
+        (``reviews.decision.review``, registered as ``Context.extensions["review"]``)."""
+        ext = Context.extensions.get("review")
         if ext is None:
-            raise AttributeError(name)
-        return lambda *args, **kwargs: ext(self, *args, **kwargs)
+            raise RuntimeError("ctx.review needs the reviews app in INSTALLED_APPS")
+        return ext(self, *args, **kwargs)
 
     def call(
         self,
@@ -259,6 +263,16 @@ class Context:
         name = "parallel:" + ",".join(c.step.name for c in calls)
         return self._fan_out(calls, name[:200], return_exceptions)
 
+    @overload
+    def map[T, R](
+        self, fn: Callable[[T], R], items: Iterable[T], *, return_exceptions: Literal[False] = ...
+    ) -> list[R]: ...
+
+    @overload
+    def map[T, R](
+        self, fn: Callable[[T], R], items: Iterable[T], *, return_exceptions: bool
+    ) -> list[R | StepFailed]: ...
+
     def map(
         self,
         fn: Callable[..., Any],
@@ -338,9 +352,7 @@ class Context:
                     .order_by("id")
                     .first()
                 )
-                if event is not None and Event.objects.filter(
-                    pk=event.pk, consumed_by__isnull=True
-                ).update(consumed_by=row):
+                if event is not None and transitions.consume_event(event.pk, row):
                     row.status = StepStatus.SUCCEEDED
                     row.result = event.payload
                     row.finished_at = now
@@ -356,8 +368,6 @@ class Context:
         """Start a child run and wait for its output. Its failure raises here."""
         pos, row = self._next(StepKind.CHILD, name)
         if row is None:
-            from workflows.core.services import create_run
-
             now = timezone.now()
             row = self._new_row(pos, StepKind.CHILD, name, StepStatus.WAITING, started_at=now)
             with self._writing():
@@ -617,24 +627,23 @@ class Context:
         fields: dict[str, Any] = {"lease_expires_at": lease_until(now), **run_fields}
         if self._current:
             fields.setdefault("current_step", self._current[:200])
-        if self._cost:
-            fields["cost"] = F("cost") + self._cost
         # The run row first: it fences (a cancel or restart bumped the generation) and it locks
         # the run for the rest of the transaction.
-        n = Run.objects.filter(
-            pk=self._record.pk, lease_owner=self.owner, generation=self.generation
-        ).update(**fields)
-        if n != 1:
+        if not transitions.checkpoint(
+            self._record.pk,
+            self.owner,
+            self.generation,
+            fields=fields,
+            cost=self._cost,
+            dirty=self._dirty,
+            inserts=self._inserts,
+        ):
             raise LeaseLost
         self._lease_renewed = now
         self._shown_step = fields.get("current_step", self._shown_step)
         self._cost = Decimal(0)
-        for row in self._dirty:
-            row.save(update_fields=fastpath.CHECKPOINT_FIELDS)
         self._dirty.clear()
-        if self._inserts:
-            Step.objects.bulk_create(self._inserts)
-            self._inserts.clear()
+        self._inserts.clear()
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
@@ -701,7 +710,7 @@ class Context:
                     "module-level function (a queued step runs in another process)"
                 ) from None
         attempt = (row.attempt if row is not None else 0) + 1
-        if row is None and not conf.is_limited and not self._inserts and fastpath.available():
+        if row is None and not conf.is_limited and not self._inserts:
             row = self._new_row(
                 pos,
                 kind,
@@ -721,15 +730,20 @@ class Context:
             renew = self._lease_renewed is None or (now - self._lease_renewed).total_seconds() > (
                 lease_seconds() / 3
             )
-            ok, row.pk = fastpath.checkpoint(
-                run_id=self._record.pk,
-                owner=self.owner,
-                generation=self.generation,
-                lease_expires_at=lease_until(now) if renew else None,
-                current_step=sd.name[:200] if sd.name != self._shown_step else None,
+            fields: dict[str, Any] = {}
+            if renew:
+                fields["lease_expires_at"] = lease_until(now)
+            if sd.name != self._shown_step:
+                fields["current_step"] = sd.name[:200]
+            # One commit: the previous results, this step "running, attempt 1", the lease.
+            ok = transitions.checkpoint(
+                self._record.pk,
+                self.owner,
+                self.generation,
+                fields=fields,
                 cost=self._cost,
                 dirty=self._dirty,
-                new_row=row,
+                inserts=[row],
             )
             if renew:
                 self._lease_renewed = now
@@ -762,14 +776,12 @@ class Context:
                     )
                     row.save()
                 else:
-                    Step.objects.filter(pk=row.pk, status=row.status).update(
-                        status=StepStatus.PENDING, wake_at=wake, target=target, args=packed_args
-                    )
+                    transitions.queue(row, wake_at=wake, target=target, args=packed_args)
                 dispatch_on_commit(row.pk, sd.pool)
                 queued = True
             else:
                 queued = False
-                fields: dict[str, Any] = {
+                fields = {
                     "status": StepStatus.RUNNING,
                     "attempt": attempt,
                     "lease_owner": self.owner,
@@ -794,10 +806,7 @@ class Context:
                     )
                     row.save()
                 else:
-                    n = Step.objects.filter(
-                        pk=row.pk, status=row.status, attempt=row.attempt
-                    ).update(**fields, args=packed_args)
-                    if n != 1:
+                    if not transitions.claim_inline(row, {**fields, "args": packed_args}):
                         queued = True  # Someone else claimed it meanwhile; wait for them.
                     for key, value in fields.items():
                         setattr(row, key, value)
@@ -812,16 +821,22 @@ class Context:
     def _call(self, sd: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any], row: Step) -> Any:
         scope = usage.StepScope(step_id=row.pk, run_id=self._record.pk, attempt=row.attempt)
         token = usage.enter(scope)
+        started = time.perf_counter()
         try:
-            value = call_step(sd, args, kwargs)
-            data = self._pack(value, f"result of {sd.name}")
+            with instrument.step_scope(sd.name, row.pk):
+                value = call_step(sd, args, kwargs)
+                data = self._pack(value, f"result of {sd.name}")
         except Exception as exc:
             usage.leave(token)
             self._record_usage(row, scope)
-            return self._failed_attempt(sd, row, exc)
+            try:
+                return self._failed_attempt(sd, row, exc)
+            finally:
+                self._emit_step(sd, row, scope, started)
         usage.leave(token)
         self._record_usage(row, scope)
         row.status = StepStatus.SUCCEEDED
+        self._emit_step(sd, row, scope, started)
         row.result = data
         row.error = None
         row.finished_at = timezone.now()
@@ -829,6 +844,16 @@ class Context:
         row.lease_expires_at = None
         self._dirty.append(row)
         return payloads.revive(payloads.unpack(data, self.run_id), return_annotation(sd))
+
+    def _emit_step(self, sd: StepDef, row: Step, scope: usage.StepScope, started: float) -> None:
+        instrument.emit(
+            "step_finished",
+            pool=sd.pool,
+            seconds=time.perf_counter() - started,
+            outcome=str(row.status),
+            usage=scope.usage,
+            cost=scope.cost,
+        )
 
     def _record_usage(self, row: Step, scope: usage.StepScope) -> None:
         if scope.usage:
@@ -974,7 +999,7 @@ class Context:
                         ring += rows[:free]
                     else:
                         ring += rows
-                fastpath.insert_steps(branches)
+                storage().insert_steps(branches)
                 dispatch_many_on_commit(ring)
             raise Suspend
         if group.status == StepStatus.WAITING:
@@ -1048,7 +1073,6 @@ class Context:
         elsewhere it raises ``LeaseLost``). Several runs may end in one transaction this way
         (``executor.advance_many``): each run's end and its hooks still commit together.
         """
-        from workflows.core.services import run_terminal_hooks
 
         now = timezone.now()
         compensate = status == RunStatus.FAILED and self._must_compensate()
@@ -1071,27 +1095,10 @@ class Context:
                 wake_requested_at=now,
             )
         cost = self._cost
-        if fastpath.available() and not self._inserts:
-            ok, _ = fastpath.checkpoint(
-                run_id=self._record.pk,
-                owner=self.owner,
-                generation=self.generation,
-                lease_expires_at=None,
-                current_step=self._current[:200] or None,
-                cost=cost,
-                dirty=self._dirty,
-                new_row=None,
-                run_fields=fields,
-            )
-            if not ok:
-                return False
-            self._dirty.clear()
-            self._cost = Decimal(0)
-        else:
-            try:
-                self._flush(**fields)
-            except LeaseLost:  # raised by the run's compare-and-swap, before any write
-                return False
+        try:
+            self._flush(**fields)
+        except LeaseLost:  # the run's compare-and-swap failed: nothing was written
+            return False
         # What we wrote is what the row now holds: no need to read it back.
         for key, value in fields.items():
             setattr(self._record, key, value)

@@ -11,9 +11,10 @@ import importlib
 import inspect
 import random
 import re
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import pydantic
 
@@ -43,8 +44,11 @@ DEFAULT_RETRY = RetryPolicy()
 
 
 @dataclass
-class StepDef:
-    fn: Callable[..., Any]
+class StepDef[**P, R]:
+    """A step: ``fn`` with its retry policy, pool and timeout. Typed by ``fn``'s parameters
+    and return type, so ``ctx.run(step, ...)`` is checked and typed like a call of ``fn``."""
+
+    fn: Callable[P, R]
     name: str
     retry: RetryPolicy = DEFAULT_RETRY
     pool: str = "default"
@@ -52,13 +56,15 @@ class StepDef:
     # The undo run if the run fails or is canceled after this step succeeded (a saga).
     compensate: Callable[..., Any] | None = None
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
 
 
 @dataclass
-class WorkflowDef:
-    fn: Callable[..., Any]
+class WorkflowDef[R]:
+    """A registered workflow handler ``fn(ctx, **input)`` returning ``R``."""
+
+    fn: Callable[..., R]
     name: str
     version: int = 1
     description: str = ""
@@ -66,7 +72,7 @@ class WorkflowDef:
     input_model: type[pydantic.BaseModel] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> R:
         return self.fn(*args, **kwargs)
 
     def input_schema(self) -> dict[str, Any]:
@@ -74,10 +80,10 @@ class WorkflowDef:
         return self.input_model.model_json_schema()
 
 
-_workflows: dict[str, WorkflowDef] = {}
+_workflows: dict[str, WorkflowDef[Any]] = {}
 # Every registered (name, version), the old handlers kept as ``name@N`` included: a run replays
 # the handler of the version it started with (``workflow_for_run``).
-_versions: dict[tuple[str, int], WorkflowDef] = {}
+_versions: dict[tuple[str, int], WorkflowDef[Any]] = {}
 _PINNED = re.compile(r"^(?P<name>.+)@(?P<version>[1-9][0-9]{0,8})$")
 
 
@@ -101,11 +107,25 @@ def _input_model_for(fn: Callable[..., Any], name: str) -> type[pydantic.BaseMod
 
 def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
     try:
-        import typing
-
         return typing.get_type_hints(fn)
     except Exception:
         return {}
+
+
+@overload
+def workflow[R](fn: Callable[..., R], /) -> WorkflowDef[R]: ...
+
+
+@overload
+def workflow[R](
+    fn: None = None,
+    *,
+    name: str | None = None,
+    version: int | None = None,
+    description: str | None = None,
+    max_parallel: int | None = None,
+    input_model: type[pydantic.BaseModel] | None = None,
+) -> Callable[[Callable[..., R]], WorkflowDef[R]]: ...
 
 
 def workflow(
@@ -127,7 +147,7 @@ def workflow(
     start on the handler registered under the plain name. See docs/engine.md, "Versions".
     """
 
-    def register(f: Callable[..., Any]) -> WorkflowDef:
+    def register(f: Callable[..., Any]) -> WorkflowDef[Any]:
         wf_name = name or f"{f.__module__}.{f.__name__}"
         pinned = _PINNED.match(wf_name)
         if pinned:
@@ -157,6 +177,22 @@ def workflow(
     return register(fn) if fn is not None else register
 
 
+@overload
+def step[**P, R](fn: Callable[P, R], /) -> StepDef[P, R]: ...
+
+
+@overload
+def step[**P, R](
+    fn: None = None,
+    *,
+    name: str | None = None,
+    retry: RetryPolicy | None = None,
+    pool: str = "default",
+    timeout: float | None = None,
+    compensate: Callable[..., Any] | None = None,
+) -> Callable[[Callable[P, R]], StepDef[P, R]]: ...
+
+
 def step(
     fn: Callable[..., Any] | None = None,
     *,
@@ -173,7 +209,7 @@ def step(
     ``result=`` its result (see ``workflows.core.compensation``).
     """
 
-    def wrap(f: Callable[..., Any]) -> StepDef:
+    def wrap(f: Callable[..., Any]) -> StepDef[..., Any]:
         definition = StepDef(
             fn=f,
             name=name or f.__name__,
@@ -189,7 +225,7 @@ def step(
     return wrap(fn) if fn is not None else wrap
 
 
-def as_step(fn: Callable[..., Any] | StepDef) -> StepDef:
+def as_step(fn: Callable[..., Any]) -> StepDef[..., Any]:
     """Treat a plain function passed to ``ctx.run`` as a step with the default policy."""
     if isinstance(fn, StepDef):
         return fn
@@ -227,7 +263,7 @@ def resolve_step(path: str) -> StepDef:
     return as_step(obj)
 
 
-def get_workflow(name: str) -> WorkflowDef:
+def get_workflow(name: str) -> WorkflowDef[Any]:
     try:
         return _workflows[name]
     except KeyError:
@@ -236,7 +272,7 @@ def get_workflow(name: str) -> WorkflowDef:
         ) from None
 
 
-def workflow_for_run(name: str, version: int) -> WorkflowDef:
+def workflow_for_run(name: str, version: int) -> WorkflowDef[Any]:
     """The handler a run of ``name`` started on ``version`` replays: that version's handler
     if it is still registered (the current one, or an old one kept as ``name@version``), else
     the current one (an additive change replays fine; anything else fails the run with a
@@ -247,5 +283,5 @@ def workflow_for_run(name: str, version: int) -> WorkflowDef:
     return get_workflow(name)
 
 
-def registered_workflows() -> dict[str, WorkflowDef]:
+def registered_workflows() -> dict[str, WorkflowDef[Any]]:
     return dict(_workflows)

@@ -10,11 +10,19 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from workflows.core.models import ACTIVE_RUN, Run
+from workflows.core import transitions
+from workflows.core.pools import queue_for
+
+# The doorbell names its tasks instead of importing them: ``workflows.core.tasks`` imports the
+# executor, which rings. A message is a task name and ids, nothing more.
+ADVANCE = "workflows.advance"
+ADVANCE_MANY = "workflows.advance_many"
+EXECUTE_STEP = "workflows.execute_step"
 
 log = logging.getLogger(__name__)
 
@@ -24,48 +32,40 @@ def grace() -> timedelta:
 
 
 def send_advance(run_id: Any, generation: int) -> None:
-    from workflows.core.tasks import advance
-
     try:
-        advance.apply_async((str(run_id), generation), queue="default")
+        current_app.send_task(ADVANCE, (str(run_id), generation), queue="default")
     except Exception:  # The sweep rings again from the tables.
         log.warning("could not ring for run %s; the sweep will", run_id, exc_info=True)
 
 
 def send_advance_many(items: list[tuple[Any, int]]) -> None:
     """One doorbell for a burst of runs (``workflows.advance_many``)."""
-    from workflows.core.tasks import advance_many
-
     try:
-        advance_many.apply_async(([[str(pk), gen] for pk, gen in items],), queue="default")
+        current_app.send_task(
+            ADVANCE_MANY, ([[str(pk), gen] for pk, gen in items],), queue="default"
+        )
     except Exception:
         log.warning("could not ring for %s runs; the sweep will", len(items), exc_info=True)
 
 
 def send_step(step_id: int, queue: str) -> None:
-    from workflows.core.tasks import execute_step
-
     try:
-        execute_step.apply_async((step_id,), queue=queue)
+        current_app.send_task(EXECUTE_STEP, (step_id,), queue=queue)
     except Exception:
         log.warning("could not dispatch step %s; the sweep will", step_id, exc_info=True)
 
 
 def send_steps(items: list[tuple[int, str]]) -> None:
     """Dispatch many steps over one broker connection (a fan-out's first branches)."""
-    from workflows.core.tasks import execute_step
-
     try:
-        with execute_step.app.producer_or_acquire() as producer:
+        with current_app.producer_or_acquire() as producer:
             for step_id, queue in items:
-                execute_step.apply_async((step_id,), queue=queue, producer=producer)
+                current_app.send_task(EXECUTE_STEP, (step_id,), queue=queue, producer=producer)
     except Exception:
         log.warning("could not dispatch %s steps; the sweep will", len(items), exc_info=True)
 
 
 def dispatch_many_on_commit(rows: list[Any]) -> None:
-    from workflows.core.pools import queue_for
-
     items = [(row.pk, queue_for(row.pool)) for row in rows]
     if items:
         transaction.on_commit(lambda: send_steps(items))
@@ -76,8 +76,6 @@ def ring_on_commit(run_id: Any, generation: int) -> None:
 
 
 def dispatch_on_commit(step_id: int, pool: str) -> None:
-    from workflows.core.pools import queue_for
-
     queue = queue_for(pool)
     transaction.on_commit(lambda: send_step(step_id, queue))
 
@@ -89,9 +87,7 @@ def request_wake(run_id: Any, now: datetime | None = None) -> bool:
     the mark makes it replay again instead of suspending, so no wake-up is lost.
     """
     now = now or timezone.now()
-    n = Run.objects.filter(pk=run_id, status__in=ACTIVE_RUN).update(wake_requested_at=now)
-    if n:
-        generation = Run.objects.filter(pk=run_id).values_list("generation", flat=True).first()
-        if generation is not None:
-            ring_on_commit(run_id, generation)
-    return bool(n)
+    generation = transitions.mark_runnable(run_id, now)
+    if generation is not None:
+        ring_on_commit(run_id, generation)
+    return generation is not None

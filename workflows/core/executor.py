@@ -8,8 +8,8 @@ records the outcome; the branch that finishes a group rings for the run, once.
 
 from __future__ import annotations
 
-import json
 import logging
+import time
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -18,7 +18,7 @@ from django.db import connection, transaction
 from django.db.models import Avg, Count, F, Q
 from django.utils import timezone
 
-from workflows.core import compensation, payloads, pools, usage
+from workflows.core import compensation, instrument, payloads, pools, transitions, usage
 from workflows.core.calls import call_step, error_dict, is_retryable, retry_after
 from workflows.core.context import Context
 from workflows.core.definitions import resolve_step, workflow_for_run
@@ -85,6 +85,11 @@ def take_run(run_id: Any, generation: int, owner: str) -> Run | None:
 
 def advance(run_id: Any, generation: int) -> str:
     """Advance one run as far as it goes. Returns what happened (for logs and tests)."""
+    with instrument.run_scope(run_id, generation):
+        return _advance(run_id, generation)
+
+
+def _advance(run_id: Any, generation: int) -> str:
     owner = owner_id()
     outcome = "skipped"
     for _ in range(MAX_REPLAYS_PER_MESSAGE):
@@ -248,7 +253,8 @@ def _advance_taken(runs: list[Run], owner: str) -> dict[str, int]:
             again.append(run)  # Its undos run one run at a time, in ``advance``.
             continue
         ctx = Context(run, journals[run.pk], owner)
-        outcome, value = _run_handler(ctx, run)
+        with instrument.run_scope(run.pk, run.generation):
+            outcome, value = _run_handler(ctx, run)
         if outcome == "suspend":
             try:
                 outcome = "suspended" if ctx.suspend() else "woken"
@@ -301,32 +307,10 @@ def claim_step(step_id: int, owner: str) -> Step | None:
     now = timezone.now()
     # A branch whose slot was reserved when it was fanned out needs no pool lock: one
     # compare-and-swap from the reserved owner, returning the row.
-    table = Step._meta.db_table
-    run_table = Run._meta.db_table
-    active = ", ".join(["%s"] * len(ACTIVE_RUN))
-    reserved = list(
-        Step.objects.raw(
-            f"UPDATE {table} SET attempt = attempt + 1, lease_owner = %s, lease_expires_at = %s, "
-            "started_at = %s WHERE id = %s AND status = %s AND lease_owner = %s "
-            "AND lease_expires_at > %s "
-            f"AND superseded = %s AND run_id IN (SELECT id FROM {run_table} "
-            f"WHERE status IN ({active})) RETURNING *",
-            [
-                owner,
-                lease_until(now),
-                now,
-                step_id,
-                StepStatus.RUNNING,
-                pools.RESERVED,
-                now,
-                False,
-                *ACTIVE_RUN,
-            ],
-        )
-    )
-    if reserved:
+    reserved = transitions.claim_reserved(step_id, owner, now)
+    if reserved is not None:
         hold(step_id)
-        return reserved[0]
+        return reserved
     with transaction.atomic():
         row = (
             Step.objects.filter(pk=step_id, status=StepStatus.PENDING, held=False, superseded=False)
@@ -339,19 +323,9 @@ def claim_step(step_id: int, owner: str) -> Step | None:
         if capacity is False:
             return None  # The pool is full; a finishing step hands its slot over.
         if isinstance(capacity, datetime):
-            Step.objects.filter(pk=row.pk, status=StepStatus.PENDING).update(wake_at=capacity)
+            transitions.defer(row.pk, capacity)
             return None
-        n = Step.objects.filter(
-            pk=row.pk, status=StepStatus.PENDING, held=False, superseded=False
-        ).update(
-            status=StepStatus.RUNNING,
-            attempt=F("attempt") + 1,
-            lease_owner=owner,
-            lease_expires_at=lease_until(now),
-            started_at=now,
-            wake_at=None,
-        )
-        if n != 1:
+        if not transitions.claim(row.pk, owner, now):
             return None
     row.status = StepStatus.RUNNING
     row.attempt += 1
@@ -384,11 +358,17 @@ def execute_step(step_id: int) -> int:
 
 
 def _run_claimed(row: Step, owner: str, woke: list[Any] | None = None) -> Step | None:
+    with instrument.step_scope(row.name, row.pk, row.run_id, row.generation):
+        return _run_claimed_step(row, owner, woke)
+
+
+def _run_claimed_step(row: Step, owner: str, woke: list[Any] | None) -> Step | None:
     scope = usage.StepScope(step_id=row.pk, run_id=row.run_id, attempt=row.attempt)
     token = usage.enter(scope)
     exc: Exception | None = None
     data: Any = None
     sd = None
+    started = time.perf_counter()
     try:
         sd = resolve_step(row.target)
         call = payloads.unpack(row.args, row.run_id) or {}
@@ -405,7 +385,26 @@ def _run_claimed(row: Step, owner: str, woke: list[Any] | None = None) -> Step |
         exc = e
     finally:
         usage.leave(token)
-    return complete_step(row, owner, data, exc, scope, sd, woke)
+    seconds = time.perf_counter() - started
+    handed = complete_step(row, owner, data, exc, scope, sd, woke)
+    instrument.emit(
+        "step_finished",
+        pool=row.pool,
+        seconds=seconds,
+        outcome=_outcome(row, exc),
+        usage=scope.usage,
+        cost=scope.cost,
+    )
+    return handed
+
+
+def _outcome(row: Step, exc: Exception | None) -> str:
+    """What ``complete_step`` made of an attempt (for instrumentation)."""
+    if exc is None:
+        return str(StepStatus.SUCCEEDED)
+    if is_retryable(exc) and row.attempt < row.max_attempts:
+        return str(StepStatus.RETRYING)
+    return str(StepStatus.FAILED)
 
 
 def budget_refusal(row: Step) -> str:
@@ -463,13 +462,6 @@ def complete_step(
     """
     now = timezone.now()
     drop(row.pk)
-    fence = Step.objects.filter(
-        pk=row.pk,
-        status=StepStatus.RUNNING,
-        lease_owner=owner,
-        attempt=row.attempt,
-        superseded=False,
-    )
     common: dict[str, Any] = {"finished_at": now, "lease_owner": "", "lease_expires_at": None}
     if scope.usage:
         common["usage"] = usage.merge(row.usage, scope.usage)
@@ -477,7 +469,11 @@ def complete_step(
         common["cost"] = F("cost") + scope.cost  # over all attempts, like the run's cost
     with transaction.atomic():
         if exc is None:
-            n = fence.update(status=StepStatus.SUCCEEDED, result=data, error=None, **common)
+            n = transitions.complete(
+                row,
+                owner,
+                {"status": StepStatus.SUCCEEDED, "result": data, "error": None, **common},
+            )
             terminal = True
         else:
             err = error_dict(exc, attempt=row.attempt)
@@ -485,42 +481,29 @@ def complete_step(
                 policy = sd.retry if sd is not None else None
                 delay = policy.backoff(row.attempt) if policy else 1.0
                 delay = max(delay, retry_after(exc) or 0.0)
-                n = fence.update(
-                    status=StepStatus.RETRYING,
-                    error=err,
-                    wake_at=now + timedelta(seconds=delay),
-                    **common,
+                n = transitions.complete(
+                    row,
+                    owner,
+                    {
+                        "status": StepStatus.RETRYING,
+                        "error": err,
+                        "wake_at": now + timedelta(seconds=delay),
+                        **common,
+                    },
                 )
                 terminal = False
             else:
-                n = fence.update(status=StepStatus.FAILED, error=err, **common)
+                n = transitions.complete(
+                    row, owner, {"status": StepStatus.FAILED, "error": err, **common}
+                )
                 terminal = True
-        if n != 1:
+        if not n:
             return None
         if scope.cost:
             Run.objects.filter(pk=row.run_id).update(cost=F("cost") + Decimal(scope.cost))
         if terminal and step_finished(row, now) and woke is not None:
             woke.append(row.run_id)
         return handoff(row.pool, owner, now)
-
-
-def _decrement_group(row: Step) -> tuple[int, int, bool] | None:
-    """``remaining - 1`` on the branch's group; returns (group id, remaining, holds back)."""
-    table = Step._meta.db_table
-    run_pk = Run._meta.pk.get_db_prep_value(row.run_id, connection)  # type: ignore[union-attr]
-    with connection.cursor() as cur:
-        cur.execute(
-            f"UPDATE {table} SET remaining = remaining - 1 WHERE run_id = %s AND position = %s "
-            "AND branch = -1 AND superseded = %s RETURNING id, remaining, args",
-            [run_pk, row.position, False],
-        )
-        found = cur.fetchone()
-    if not found:
-        return None
-    args = found[2]
-    if isinstance(args, str):
-        args = json.loads(args)
-    return found[0], found[1], bool((args or {}).get("held", True))
 
 
 def step_finished(row: Step, now: datetime) -> bool:
@@ -530,7 +513,7 @@ def step_finished(row: Step, now: datetime) -> bool:
     """
     if row.branch < 0:
         return request_wake(row.run_id, now)
-    group = _decrement_group(row)
+    group = transitions.leave_group(row)
     if group is None:
         return False
     group_id, remaining, holds_back = group
@@ -543,9 +526,7 @@ def step_finished(row: Step, now: datetime) -> bool:
             .exclude(status=StepStatus.SUCCEEDED)
             .exists()
         )
-        if Step.objects.filter(pk=group_id, status=StepStatus.WAITING).update(
-            status=StepStatus.FAILED if failed else StepStatus.SUCCEEDED, finished_at=now
-        ):
+        if transitions.close_group(group_id, failed, now):
             woke = request_wake(row.run_id, now)
     # Only a group wider than the run's parallelism cap holds branches back.
     if holds_back:
@@ -560,9 +541,7 @@ def release_held(run_id: Any, now: datetime) -> None:
         .order_by("position", "branch")
         .first()
     )
-    if held is not None and Step.objects.filter(pk=held.pk, held=True).update(
-        held=False, wake_at=now + grace()
-    ):
+    if held is not None and transitions.release_held(held.pk, now + grace()):
         dispatch_on_commit(held.pk, held.pool)
 
 
@@ -576,60 +555,7 @@ def handoff(pool: str, owner: str, now: datetime) -> Step | None:
     conf = pools.get_pool(pool)
     if not conf.max_concurrency or conf.rate_limit:
         return None
-    if connection.vendor == "postgresql":
-        # One statement: pick the oldest waiting step nobody else is taking (SKIP LOCKED) and
-        # claim it.
-        table = Step._meta.db_table
-        run_table = Run._meta.db_table
-        active = ", ".join(["%s"] * len(ACTIVE_RUN))
-        rows = list(
-            Step.objects.raw(
-                f"UPDATE {table} SET status = %s, attempt = attempt + 1, lease_owner = %s, "
-                "lease_expires_at = %s, started_at = %s, wake_at = NULL WHERE id = ("
-                f"SELECT s.id FROM {table} s JOIN {run_table} r ON r.id = s.run_id "
-                "WHERE s.pool = %s AND s.status = %s AND s.held = %s AND s.superseded = %s "
-                f"AND (s.wake_at IS NULL OR s.wake_at <= %s) AND r.status IN ({active}) "
-                "ORDER BY s.id LIMIT 1 FOR UPDATE OF s SKIP LOCKED) RETURNING *",
-                [
-                    StepStatus.RUNNING,
-                    owner,
-                    lease_until(now),
-                    now,
-                    pool,
-                    StepStatus.PENDING,
-                    False,
-                    False,
-                    now + grace(),
-                    *ACTIVE_RUN,
-                ],
-            )
-        )
-        if rows:
-            hold(rows[0].pk)
-            return rows[0]
-        return None
-    qs = (
-        Step.objects.filter(pool=pool, status=StepStatus.PENDING, held=False, superseded=False)
-        .filter(Q(wake_at__isnull=True) | Q(wake_at__lte=now + grace()))
-        .select_related("run")
-        .order_by("id")
-    )
-    for cand in qs[:3]:
-        if cand.run.status not in ACTIVE_RUN:
-            continue
-        if Step.objects.filter(
-            pk=cand.pk, status=StepStatus.PENDING, held=False, superseded=False
-        ).update(
-            status=StepStatus.RUNNING,
-            attempt=F("attempt") + 1,
-            lease_owner=owner,
-            lease_expires_at=lease_until(now),
-            started_at=now,
-            wake_at=None,
-        ):
-            cand.status = StepStatus.RUNNING
-            cand.attempt += 1
-            cand.lease_owner = owner
-            hold(cand.pk)
-            return cand
-    return None
+    row = transitions.hand_over(pool, owner, now, now + grace())
+    if row is not None:
+        hold(row.pk)
+    return row

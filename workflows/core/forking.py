@@ -66,12 +66,13 @@ def fork(
                 f"1 to {last}, so a fork starts from 1 to {last + 1}",
                 f"from 1 to {last + 1}",
             )
-        undone = _first_undone(rows)
+        undone = _first_undone(rows, compensating=source.status == RunStatus.COMPENSATING)
         if undone is not None and from_step > undone:
             # The original compensated: from that step on its effects were taken back, and
             # its undo entries are no results a replay could use.
             raise _bad_step(
-                f"run {source.pk} compensated: its steps from position {undone} on were undone, "
+                f"run {source.pk} compensated: its steps from position {undone} on were "
+                "undone (or are being undone), "
                 f"so a fork reuses results before position {undone} at most; fork from step "
                 f"{undone} at most",
                 f"at most {undone}",
@@ -100,7 +101,7 @@ def fork(
             on_complete=source.on_complete,
             max_parallel=source.max_parallel,
             tenant=source.tenant,
-            created_by=(actor.description if actor else "")[:150],
+            created_by=_creator(actor),
             callback_url=source.callback_url,
             max_cost=source.max_cost,
             review_timeout=source.review_timeout,
@@ -124,19 +125,32 @@ def fork(
     return new
 
 
-def last_forkable(rows: list[Step]) -> int:
+def _creator(actor: Actor | None) -> str:
+    """``Run.created_by`` of the fork, as a start by the same actor records it: a user's bare
+    name (the run pages show a user the runs they started by it), else the key's actor."""
+    if actor is None:
+        return ""
+    if actor.user is not None and actor.api_key is None:
+        return str(actor.user.get_username())[:150]
+    return actor.description[:150]
+
+
+def last_forkable(rows: list[Step], *, compensating: bool = False) -> int:
     """The highest ``from_step`` a fork of a run with these live journal rows accepts: one past
-    the last position, or the first position that has not finished."""
+    the last position, or the first position that has not finished (or is to be undone: pass
+    ``compensating`` for a run in that state)."""
     last = max((r.position for r in rows if r.branch < 0), default=0)
     unfinished = [r.position for r in rows if r.status not in REUSABLE]
-    undone = _first_undone(rows)
+    undone = _first_undone(rows, compensating=compensating)
     return min([last + 1, *unfinished, *([undone] if undone is not None else [])])
 
 
-def _first_undone(rows: list[Step]) -> int | None:
-    """The first position a compensation undid (None when the run has no undo entries): a fork
-    must run it again, as a restart does (``compensation.first_undone_position``)."""
-    if not any(r.kind == StepKind.COMPENSATE for r in rows):
+def _first_undone(rows: list[Step], *, compensating: bool = False) -> int | None:
+    """The first position a compensation undid, or is about to undo (None when the run has no
+    undo entries and is not compensating): a fork must run it again, as a restart does
+    (``compensation.first_undone_position``). A run that has just become ``compensating`` has
+    journaled no undo yet, but every succeeded step with an undo is in its plan."""
+    if not compensating and not any(r.kind == StepKind.COMPENSATE for r in rows):
         return None
     undone = [
         r.position

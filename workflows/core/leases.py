@@ -23,6 +23,8 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
+from workflows.core.models import Run, Step
+
 log = logging.getLogger(__name__)
 
 _local = threading.local()
@@ -44,9 +46,15 @@ def owner_id() -> str:
     mine: tuple[int, str] | None = getattr(_local, "owner", None)
     if mine is None or mine[0] != pid:
         thread = threading.get_ident()
-        mine = (pid, f"{socket.gethostname()[:50]}:{pid}:{thread}:{uuid.uuid4().hex[:6]}")
+        mine = (pid, f"{host_id()}:{pid}:{thread}:{uuid.uuid4().hex[:6]}")
         _local.owner = mine
     return mine[1]
+
+
+def host_id() -> str:
+    """This machine's part of an owner id (settings.SLUICE_HOST_ID): no colon, 50 chars."""
+    host = str(getattr(settings, "SLUICE_HOST_ID", "") or socket.gethostname())
+    return host.replace(":", "-")[:50]
 
 
 def lease_seconds() -> float:
@@ -59,8 +67,6 @@ def lease_until(now: datetime | None = None) -> datetime:
 
 def renew_all() -> int:
     """Push forward every lease this process holds. Returns the rows touched."""
-    from workflows.core.models import Run, Step
-
     until = lease_until()
     n = 0
     for model, held in ((Run, dict(_held_runs)), (Step, dict(_held))):

@@ -224,6 +224,13 @@ class Step(models.Model):
                 condition=Q(status__in=["running", "pending", "retrying"]),
             ),
             models.Index(fields=["finished_at"], name="step_costed", condition=Q(cost__gt=0)),
+            # The metrics' pool in-flight and backlog gauges (inline steps included): a count
+            # over this small partial index, never over the journal.
+            models.Index(
+                fields=["pool", "status"],
+                name="step_pool_active",
+                condition=Q(status__in=["pending", "running"]),
+            ),
         ]
 
     def __str__(self) -> str:

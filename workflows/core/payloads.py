@@ -24,8 +24,10 @@ from typing import Any
 import pydantic
 import pydantic_core
 from django.conf import settings
+from django.db.models import Q
 
 from workflows.core.errors import PayloadTooLargeError, SluiceError
+from workflows.core.models import Blob
 
 BLOB_KEY = "$blob"
 LITERAL_KEY = "$literal"
@@ -95,8 +97,6 @@ def pack(value: Any, run_id: Any, what: str = "value") -> tuple[Any, Any | None]
     size = check_size(data, what)
     if size <= settings.SLUICE_PAYLOAD_INLINE_LIMIT:
         return escape(data), None
-    from workflows.core.models import Blob
-
     # A blob's text is the value itself: it is never read as a reference, so needs no escape.
     blob = Blob(run_id=run_id, data=json.dumps(data), size=size)
     return None, blob
@@ -141,10 +141,6 @@ def unpack(data: Any, run_id: Any, *, child_step: int | None = None) -> Any:
         return data[LITERAL_KEY]
     if not is_blob_ref(data):
         return data
-    from django.db.models import Q
-
-    from workflows.core.models import Blob
-
     ref = data[BLOB_KEY]
     blob = None
     if isinstance(ref, int) and not isinstance(ref, bool) and 0 < ref < 2**63:

@@ -11,12 +11,13 @@ from decimal import Decimal
 from typing import Any
 
 import pydantic
+from django.conf import settings
 from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from workflows.core import audit, compensation, payloads
+from workflows.core import audit, instrument, payloads, transitions, undos
 from workflows.core.audit import Actor
 from workflows.core.definitions import get_workflow, workflow_for_run
 from workflows.core.doorbell import dispatch_on_commit, grace, request_wake, ring_on_commit
@@ -131,8 +132,6 @@ def create_run(
     review_timeout: Any = None,
 ) -> Run:
     """Insert a pending run and ring for it on commit. Call inside a transaction."""
-    from django.conf import settings
-
     wf = get_workflow(workflow)
     data = validate_input(workflow, input)
     review_timeout = parse_review_timeout(review_timeout)
@@ -286,9 +285,9 @@ def send_event(run_id: Any, name: str, payload: Any = None) -> Event:
             .order_by("position")
             .first()
         )
-        if waiting is not None and Step.objects.filter(
-            pk=waiting.pk, status=StepStatus.WAITING
-        ).update(status=StepStatus.SUCCEEDED, result=data, finished_at=now):
+        if waiting is not None and transitions.resolve_wait(
+            waiting.pk, {"status": StepStatus.SUCCEEDED, "result": data, "finished_at": now}
+        ):
             event.consumed_by = waiting
             event.save(update_fields=["consumed_by"])
             request_wake(run.pk, now)
@@ -372,12 +371,10 @@ def _resolve_waiting(step_id: int, fields: dict[str, Any]) -> bool:
     now = timezone.now()
     fields = {"finished_at": now, **fields}
     run_id = Step.objects.filter(pk=step_id).values_list("run_id", flat=True).first()
-    n = Step.objects.filter(pk=step_id, status=StepStatus.WAITING, superseded=False).update(
-        **fields
-    )
+    n = transitions.resolve_wait(step_id, fields)
     if n and run_id is not None:
         request_wake(run_id, now)
-    return bool(n)
+    return n
 
 
 def run_terminal_hooks(run: Run) -> None:
@@ -397,6 +394,7 @@ def run_terminal_hooks(run: Run) -> None:
             Run.objects.filter(pk=run.pk).update(error=err)
             run.error = err
     run_finished.send(sender=Run, run=run)
+    instrument.emit("run_finished", status=str(run.status), workflow=run.workflow)
     if run.parent_step_id:
         if run.status == RunStatus.SUCCEEDED:
             # The output as the child stored it (inline, or the child's blob reference): the
@@ -464,14 +462,14 @@ def _cancel_locked(run: Run, reason: str) -> bool:
         "wake_requested_at": None,
     }
     if run.status == RunStatus.COMPENSATING:
-        skipped = compensation.not_undone(run.pk)
+        skipped = undos.not_undone(run.pk)
         if skipped:
             error["message"] = (
                 f"{reason}; compensation stopped before undoing: {', '.join(skipped)}"
             )[:2000]
             error["not_undone"] = skipped
         error["cause"] = run.error
-    elif compensation.has_undos(run.pk):
+    elif undos.has_undos(run.pk):
         fields = {
             "status": RunStatus.COMPENSATING,
             "after_compensation": RunStatus.CANCELED,
@@ -486,16 +484,7 @@ def _cancel_locked(run: Run, reason: str) -> bool:
     )
     if n != 1:
         return False
-    Step.objects.filter(
-        run=run,
-        superseded=False,
-        status__in=[
-            StepStatus.PENDING,
-            StepStatus.WAITING,
-            StepStatus.RETRYING,
-            StepStatus.RUNNING,
-        ],
-    ).update(status=StepStatus.CANCELED, finished_at=now, lease_owner="", lease_expires_at=None)
+    transitions.cancel_steps(run.pk, now)
     run.refresh_from_db()
     for child in Run.objects.filter(parent=run, status__in=ACTIVE_RUN):
         _cancel_locked(child, f"parent run {run.pk} canceled")
@@ -556,7 +545,7 @@ def restart(
             kind=StepKind.COMPENSATE
         )
         last = live.order_by("-position").values_list("position", flat=True).first() or 0
-        undone = compensation.first_undone_position(run.pk)
+        undone = undos.first_undone_position(run.pk)
         if from_step is None:
             first_bad = live.exclude(status=StepStatus.SUCCEEDED).order_by("position").first()
             if first_bad is not None:
@@ -603,8 +592,7 @@ def restart(
             if group is not None
             else []
         )
-        Event.objects.filter(consumed_by__in=stale).update(consumed_by=None)
-        stale.update(superseded=True, lease_owner="", lease_expires_at=None)
+        transitions.supersede(stale)
         now = timezone.now()
         generation = run.generation + 1
         if group is not None:

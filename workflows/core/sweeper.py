@@ -25,6 +25,7 @@ from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from workflows.core import doorbell, instrument, transitions
 from workflows.core.calls import worker_lost
 from workflows.core.doorbell import dispatch_on_commit, grace, request_wake, ring_on_commit
 from workflows.core.executor import step_finished
@@ -86,11 +87,7 @@ def fire_timers(now: Any) -> int:
     )
 
     def fire(row: Step) -> bool:
-        fields: dict[str, Any] = {"status": StepStatus.SUCCEEDED, "finished_at": now}
-        if row.kind != "sleep":
-            fields["result"] = (row.args or {}).get("default")
-            fields["usage"] = {"timed_out": True}
-        if Step.objects.filter(pk=row.pk, status=StepStatus.WAITING).update(**fields):
+        if transitions.fire_timer(row, now):
             request_wake(row.run_id, now)
             return True
         return False
@@ -103,9 +100,7 @@ def retry_due(now: Any) -> int:
 
     def wake(row: Step) -> bool:
         if row.branch >= 0:
-            if Step.objects.filter(pk=row.pk, status=StepStatus.RETRYING).update(
-                status=StepStatus.PENDING, wake_at=now + grace()
-            ):
+            if transitions.retry_due(row.pk, now + grace()):
                 dispatch_on_commit(row.pk, row.pool)
                 return True
             return False
@@ -131,18 +126,14 @@ def reclaim_steps(now: Any) -> int:
     ).filter(Q(branch__gte=0) | ~Q(run__status=RunStatus.RUNNING))
 
     def reclaim(row: Step) -> bool:
-        fence = Step.objects.filter(
-            pk=row.pk, status=StepStatus.RUNNING, lease_owner=row.lease_owner, attempt=row.attempt
-        )
-
         def requeue(**fields: Any) -> bool:
-            if fence.update(
-                status=StepStatus.PENDING,
-                lease_owner="",
-                lease_expires_at=None,
-                wake_at=now + grace(),
-                **fields,
-            ):
+            pending = {
+                "status": StepStatus.PENDING,
+                "lease_owner": "",
+                "lease_expires_at": None,
+                "wake_at": now + grace(),
+            }
+            if transitions.reclaim_step(row, {**pending, **fields}):
                 dispatch_on_commit(row.pk, row.pool)
                 return True
             return False
@@ -151,13 +142,14 @@ def reclaim_steps(now: Any) -> int:
             # A slot reserved at fan-out whose doorbell was lost: nothing ran, nothing counts.
             return requeue()
         if row.attempt >= row.max_attempts:
-            if fence.update(
-                status=StepStatus.FAILED,
-                error=worker_lost(row, exhausted=True),
-                finished_at=now,
-                lease_owner="",
-                lease_expires_at=None,
-            ):
+            failed = {
+                "status": StepStatus.FAILED,
+                "error": worker_lost(row, exhausted=True),
+                "finished_at": now,
+                "lease_owner": "",
+                "lease_expires_at": None,
+            }
+            if transitions.reclaim_step(row, failed):
                 step_finished(row, now)
                 return True
             return False
@@ -220,9 +212,7 @@ def ring_lost(now: Any) -> int:
     )
 
     def ring_step(row: Step) -> bool:
-        if Step.objects.filter(pk=row.pk, status=StepStatus.PENDING, wake_at=row.wake_at).update(
-            wake_at=now + grace()
-        ):
+        if transitions.ring_again(row, now + grace()):
             dispatch_on_commit(row.pk, row.pool)
             return True
         return False
@@ -231,8 +221,6 @@ def ring_lost(now: Any) -> int:
 
 
 def _send_chunks(chunks: list[list[tuple[Any, int]]]) -> None:
-    from workflows.core import doorbell
-
     for chunk in chunks:
         if len(chunk) == 1:
             doorbell.send_advance(*chunk[0])
@@ -242,13 +230,16 @@ def _send_chunks(chunks: list[list[tuple[Any, int]]]) -> None:
 
 def sweep() -> dict[str, int]:
     now = timezone.now()
-    return {
+    result = {
         "timers": fire_timers(now),
         "retries": retry_due(now),
         "steps_reclaimed": reclaim_steps(now),
         "runs_reclaimed": reclaim_runs(now),
         "rung": ring_lost(now),
     }
+    # Metrics count re-rung doorbells and reclaimed leases; /readyz reads the last pass.
+    instrument.emit("sweep_finished", result=result, at=now)
+    return result
 
 
 def prune(now: Any = None) -> int:

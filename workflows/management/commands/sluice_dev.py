@@ -100,6 +100,9 @@ def describe_exit(code: int) -> str:
 
 class Command(BaseCommand):
     help = "Run the web server, a Celery worker and Celery beat together; Ctrl-C stops all three."
+    # Seconds the children get to stop after SIGTERM before SIGKILL.
+    grace = SHUTDOWN_GRACE_SECONDS
+    label = "sluice_dev"  # prefixes the supervisor's own lines
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default="127.0.0.1", help="web bind address")
@@ -202,7 +205,7 @@ class Command(BaseCommand):
             )
             child.pump.start()
         self.say(
-            "web + worker + beat running; Ctrl-C stops all three "
+            f"{' + '.join(c.name for c in children)} running; Ctrl-C stops them all "
             f"(pids {', '.join(f'{c.name}={c.proc.pid}' for c in children if c.proc)})"
         )
 
@@ -220,7 +223,7 @@ class Command(BaseCommand):
             time.sleep(POLL_SECONDS)
         else:
             name = signal.Signals(stop_requested[0]).name
-            self.say(f"got {name}; stopping web, worker and beat")
+            self.say(f"got {name}; stopping {', '.join(c.name for c in children)}")
 
         self.stop_all(children, stop_requested)
         for child in children:
@@ -233,7 +236,7 @@ class Command(BaseCommand):
         already = len(stop_requested)
         for child in children:
             child.signal(signal.SIGTERM)
-        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+        deadline = time.monotonic() + self.grace
         while any(c.alive for c in children):
             if time.monotonic() > deadline or len(stop_requested) > already:
                 left = ", ".join(c.name for c in children if c.alive)
@@ -258,5 +261,5 @@ class Command(BaseCommand):
 
     def say(self, message: str) -> None:
         """Print a supervisor message."""
-        self.stdout.write(f"sluice_dev: {message}")
+        self.stdout.write(f"{self.label}: {message}")
         self.stdout.flush()

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("workflows", "0009_compensation"),
+        ("workflows", "0011_oidc_identity"),
     ]
 
     operations = [

@@ -1,0 +1,44 @@
+"""Gunicorn settings for Sluice's web processes (the Procfile's ``web``; docs/deploy.md).
+
+Every value can be changed from the environment, so one file serves every host:
+
+- ``SLUICE_BIND`` (default ``127.0.0.1:$PORT``, ``PORT`` defaulting to 8000): where to listen.
+  Behind a load balancer on another host use ``0.0.0.0:8000``.
+- ``WEB_CONCURRENCY`` (default 2): worker processes; each holds at most one database
+  connection (sync workers: one request at a time per process).
+- ``GUNICORN_TIMEOUT`` (default 30): seconds a request may take before its worker is replaced.
+- ``FORWARDED_ALLOW_IPS`` (default 127.0.0.1): proxies trusted to set X-Forwarded-* headers.
+
+Metrics: with ``PROMETHEUS_MULTIPROC_DIR`` set, each worker writes its counters to files there;
+``child_exit`` tells prometheus-client a worker is gone (its counters stay counted).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+bind = os.environ.get("SLUICE_BIND") or f"127.0.0.1:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "sync"
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+# On SIGTERM, requests in flight get this long to finish before their worker is killed.
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
+keepalive = 5
+# Recycle workers now and then (bounded memory growth), not all at once.
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "5000"))
+max_requests_jitter = max_requests // 10
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None
+errorlog = "-"
+# The app is loaded in each worker after the fork: no database connection or broker pool is
+# ever shared between processes.
+preload_app = False
+proc_name = "sluice-web"
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

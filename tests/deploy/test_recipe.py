@@ -1,0 +1,82 @@
+"""The recipe's files agree with each other and with the settings: the Procfile has a worker for
+every pool queue, `make prod-local` runs the Procfile rather than its own copy of the commands,
+the gunicorn config reads its environment, docs/deploy.md names every process."""
+
+from __future__ import annotations
+
+import re
+import runpy
+from pathlib import Path
+
+import pytest
+
+from workflows import health
+from workflows.management.commands.sluice_procfile import read_procfile
+
+ROOT = Path(__file__).resolve().parents[2]
+PROCFILE = read_procfile(ROOT / "Procfile")
+
+
+def worker_queues() -> dict[str, set[str]]:
+    found = {}
+    for name, command in PROCFILE.items():
+        match = re.search(r"celery -A config worker .*?-Q (\S+)", command)
+        if match:
+            found[name] = set(match[1].split(","))
+    return found
+
+
+def test_the_procfile_has_release_web_beat_and_a_worker_for_every_pool_queue() -> None:
+    assert list(PROCFILE) == ["release", "web", "worker-default", "worker-llm", "beat"]
+    assert "migrate" in PROCFILE["release"] and "collectstatic" in PROCFILE["release"]
+    assert PROCFILE["web"].startswith("gunicorn --config config/gunicorn.conf.py config.wsgi")
+    assert PROCFILE["beat"].startswith("celery -A config beat")
+    consumed = worker_queues()
+    every = set(health.pool_queues())
+    assert every == {"default", "llm"}
+    # Each queue has its own worker, and no worker consumes a queue nothing is sent to.
+    assert sorted(q for qs in consumed.values() for q in qs) == sorted(every)
+
+
+def test_a_pool_with_its_own_queue_would_need_a_procfile_line(settings: object) -> None:
+    settings.SLUICE_POOLS = {**settings.SLUICE_POOLS, "gpu": {"queue": "gpu"}}  # type: ignore[attr-defined]
+    consumed = {q for qs in worker_queues().values() for q in qs}
+    missing = set(health.pool_queues()) - consumed
+    assert missing == {"gpu"}
+    assert health.queue_problems({q: 1 for q in consumed}) == [
+        "pool 'gpu' (queue gpu) has no worker: runs that need it will wait forever; "
+        "start: celery -A config worker -Q gpu -n gpu@%h"
+    ]
+
+
+def test_make_prod_local_runs_the_procfile_and_repeats_none_of_it() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = re.search(r"^prod-local:.*?(?=^\S|\Z)", makefile, re.M | re.S)
+    assert recipe is not None
+    body = recipe.group(0)
+    assert "manage.py sluice_procfile" in body
+    assert "DEBUG=0" in body
+    for duplicate in ("gunicorn", "celery", "collectstatic", "migrate"):
+        assert duplicate not in body, f"prod-local repeats {duplicate!r}: the Procfile has it"
+
+
+def test_the_gunicorn_config_reads_its_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLUICE_BIND", "127.0.0.1:9123")
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    monkeypatch.setenv("GUNICORN_TIMEOUT", "45")
+    conf = runpy.run_path(str(ROOT / "config" / "gunicorn.conf.py"))
+    assert (conf["bind"], conf["workers"], conf["timeout"]) == ("127.0.0.1:9123", 3, 45)
+    assert conf["preload_app"] is False and callable(conf["child_exit"])
+    monkeypatch.delenv("SLUICE_BIND")
+    monkeypatch.setenv("PORT", "8111")
+    assert runpy.run_path(str(ROOT / "config" / "gunicorn.conf.py"))["bind"] == "127.0.0.1:8111"
+
+
+def test_the_deploy_guide_names_every_process_and_command() -> None:
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    for name, command in PROCFILE.items():
+        assert f"`{name}`" in guide, name
+        head = command.split(" -c ")[0].split(" -s ")[0].split(" &&")[0]
+        assert head in guide, f"docs/deploy.md does not show {head!r}"
+    readme = (ROOT / "README.md").read_text()
+    assert "## Deploying" in readme and "docs/deploy.md" in readme

@@ -1,0 +1,283 @@
+"""The storage contract (workflows/core/storage.py): one suite, each backend.
+
+Every test runs once per backend; the one matching the test database runs, the other is
+skipped. ``make test`` runs [a] on PostgreSQL (PostgresStorage) and [b], the ``core`` marker,
+on SQLite (SQLiteStorage), so both implementations pass the same suite in every run.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from workflows.core.models import Run, RunStatus, Step, StepKind, StepStatus
+from workflows.core.pools import RESERVED
+from workflows.core.storage import (
+    PostgresStorage,
+    SQLiteStorage,
+    Storage,
+    backend,
+    storage,
+)
+
+pytestmark = [pytest.mark.core, pytest.mark.django_db]
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def store(request: pytest.FixtureRequest) -> Storage:
+    vendor = request.param
+    if connection.vendor != vendor:
+        pytest.skip(f"the {vendor} implementation runs when the test database is {vendor}")
+    impl = backend(vendor)
+    assert storage() is impl
+    assert isinstance(impl, PostgresStorage if vendor == "postgresql" else SQLiteStorage)
+    return impl
+
+
+def make_run(**fields: Any) -> Run:
+    return Run.objects.create(workflow="contract.test", **fields)
+
+
+def make_step(run: Run, position: int = 1, **fields: Any) -> Step:
+    values: dict[str, Any] = {"kind": StepKind.STEP, "name": "s", "status": StepStatus.PENDING}
+    values.update(fields)
+    return Step.objects.create(run=run, position=position, **values)
+
+
+# --- runs ------------------------------------------------------------------------------------
+
+
+def test_take_run_takes_a_free_run_once(store: Storage) -> None:
+    run = make_run()
+    now = timezone.now()
+    taken = store.take_run(run.pk, 1, "w1", now)
+    assert taken is not None and taken.pk == run.pk
+    assert (taken.status, taken.lease_owner) == (RunStatus.RUNNING, "w1")
+    assert taken.lease_expires_at > now and taken.started_at is not None
+    assert store.take_run(run.pk, 1, "w2", now) is None  # held by w1
+    assert Run.objects.get(pk=run.pk).lease_owner == "w1"
+
+
+def test_take_run_refuses_a_stale_generation_and_a_terminal_run(store: Storage) -> None:
+    now = timezone.now()
+    run = make_run(generation=2)
+    assert store.take_run(run.pk, 1, "w1", now) is None
+    done = make_run(status=RunStatus.SUCCEEDED)
+    assert store.take_run(done.pk, 1, "w1", now) is None
+    assert Run.objects.get(pk=done.pk).status == RunStatus.SUCCEEDED
+
+
+def test_take_run_takes_over_an_expired_lease(store: Storage) -> None:
+    now = timezone.now()
+    run = make_run(
+        status=RunStatus.RUNNING, lease_owner="dead", lease_expires_at=now - timedelta(seconds=1)
+    )
+    taken = store.take_run(run.pk, 1, "w2", now)
+    assert taken is not None and taken.lease_owner == "w2"
+
+
+def test_take_runs_returns_only_the_runs_it_took(store: Storage) -> None:
+    now = timezone.now()
+    free, held = make_run(), make_run()
+    assert store.take_run(held.pk, 1, "other", now) is not None
+    taken = store.take_runs([(free.pk, 1), (held.pk, 1)], "w1", now)
+    assert [r.pk for r in taken] == [free.pk]
+    assert store.take_runs([], "w1", now) == []
+
+
+def test_checkpoint_writes_everything_while_the_run_is_ours(store: Storage) -> None:
+    now = timezone.now()
+    run = make_run()
+    assert store.take_run(run.pk, 1, "w1", now) is not None
+    prev = make_step(run, 1, status=StepStatus.RUNNING, attempt=1)
+    prev.status, prev.result, prev.finished_at = StepStatus.SUCCEEDED, {"v": 1}, now
+    new = Step(
+        run_id=run.pk, position=2, kind=StepKind.STEP, name="next", status=StepStatus.RUNNING
+    )
+    new.attempt, new.started_at = 1, now
+    ok = store.checkpoint(
+        run_id=run.pk,
+        owner="w1",
+        generation=1,
+        fields={"current_step": "next"},
+        cost=Decimal("0.25"),
+        dirty=[prev],
+        inserts=[new],
+    )
+    assert ok and new.pk is not None
+    fresh = Run.objects.get(pk=run.pk)
+    assert (fresh.current_step, fresh.cost) == ("next", Decimal("0.25"))
+    assert Step.objects.get(pk=prev.pk).result == {"v": 1}
+    assert Step.objects.get(pk=new.pk).name == "next"
+
+
+def test_checkpoint_of_a_run_no_longer_ours_writes_nothing(store: Storage) -> None:
+    now = timezone.now()
+    run = make_run()
+    assert store.take_run(run.pk, 1, "w1", now) is not None
+    Run.objects.filter(pk=run.pk).update(generation=2)  # canceled/restarted meanwhile
+    prev = make_step(run, 1, status=StepStatus.RUNNING)
+    prev.status = StepStatus.SUCCEEDED
+    new = Step(run_id=run.pk, position=2, kind=StepKind.STEP, name="n", status="running")
+    for fields in ({}, {"current_step": "n"}):  # with and without a run column to write
+        ok = store.checkpoint(
+            run_id=run.pk,
+            owner="w1",
+            generation=1,
+            fields=fields,
+            cost=Decimal(1),
+            dirty=[prev],
+            inserts=[new],
+        )
+        assert not ok
+    assert Step.objects.get(pk=prev.pk).status == StepStatus.RUNNING
+    assert Step.objects.filter(run=run).count() == 1
+    assert Run.objects.get(pk=run.pk).cost == 0
+
+
+def test_checkpoint_ends_a_run_with_many_new_rows(store: Storage) -> None:
+    now = timezone.now()
+    run = make_run()
+    assert store.take_run(run.pk, 1, "w1", now) is not None
+    rows = [
+        Step(run_id=run.pk, position=p, kind="now", name="now", status="succeeded", result=p)
+        for p in (1, 2)
+    ]
+    ended = {"status": RunStatus.SUCCEEDED, "output": {"ok": True}, "lease_owner": ""}
+    assert store.checkpoint(
+        run_id=run.pk,
+        owner="w1",
+        generation=1,
+        fields=ended,
+        cost=Decimal(0),
+        dirty=[],
+        inserts=rows,
+    )
+    fresh = Run.objects.get(pk=run.pk)
+    assert (fresh.status, fresh.output, fresh.lease_owner) == ("succeeded", {"ok": True}, "")
+    assert sorted(Step.objects.filter(run=run).values_list("result", flat=True)) == [1, 2]
+
+
+def test_reclaim_run_frees_only_an_expired_lease(store: Storage) -> None:
+    now = timezone.now()
+    live = make_run(status="running", lease_owner="w", lease_expires_at=now + timedelta(seconds=60))
+    dead = make_run(status="running", lease_owner="w", lease_expires_at=now - timedelta(seconds=1))
+    assert not store.reclaim_run(live, now)
+    assert store.reclaim_run(dead, now)
+    fresh = Run.objects.get(pk=dead.pk)
+    assert (fresh.lease_owner, fresh.wake_requested_at) == ("", now)
+    assert not store.reclaim_run(dead, now)  # the sweep's view is stale now: nothing happens
+
+
+# --- steps -----------------------------------------------------------------------------------
+
+
+def test_claim_takes_a_pending_step_once(store: Storage) -> None:
+    now = timezone.now()
+    row = make_step(make_run(), wake_at=now)
+    assert store.claim(row.pk, "w1", now)
+    assert not store.claim(row.pk, "w2", now)
+    fresh = Step.objects.get(pk=row.pk)
+    assert (fresh.status, fresh.attempt, fresh.lease_owner, fresh.wake_at) == (
+        "running",
+        1,
+        "w1",
+        None,
+    )
+    held = make_step(make_run(), held=True)
+    assert not store.claim(held.pk, "w1", now)
+
+
+def test_claim_reserved_takes_a_reserved_slot_of_an_active_run(store: Storage) -> None:
+    now = timezone.now()
+    reserved = {
+        "status": StepStatus.RUNNING,
+        "lease_owner": RESERVED,
+        "lease_expires_at": now + timedelta(seconds=60),
+        "branch": 0,
+    }
+    row = make_step(make_run(status="suspended"), **reserved)
+    got = store.claim_reserved(row.pk, "w1", now)
+    assert got is not None and (got.lease_owner, got.attempt) == ("w1", 1)
+    assert store.claim_reserved(row.pk, "w2", now) is None
+    canceled = make_step(make_run(status="canceled"), **reserved)
+    assert store.claim_reserved(canceled.pk, "w1", now) is None
+
+
+def test_complete_is_fenced_on_owner_and_attempt(store: Storage) -> None:
+    now = timezone.now()
+    row = make_step(make_run(), status="running", lease_owner="w1", attempt=2)
+    stale = Step.objects.get(pk=row.pk)
+    stale.attempt = 1
+    done = {"status": StepStatus.SUCCEEDED, "result": 7, "finished_at": now, "lease_owner": ""}
+    assert not store.complete(stale, "w1", done)  # an earlier attempt's worker
+    assert not store.complete(row, "w2", done)  # another owner
+    assert store.complete(row, "w1", done)
+    assert Step.objects.get(pk=row.pk).result == 7
+    assert not store.complete(row, "w1", done)  # no longer running
+
+
+def test_hand_over_claims_the_oldest_waiting_step_of_the_pool(store: Storage) -> None:
+    now = timezone.now()
+    run = make_run(status="suspended")
+    first = make_step(run, 1, pool="llm")
+    make_step(run, 2, pool="llm")
+    make_step(make_run(status="canceled"), 1, pool="gpu")
+    got = store.hand_over("llm", "w1", now, now)
+    assert got is not None and got.pk == first.pk
+    assert Step.objects.get(pk=first.pk).lease_owner == "w1"
+    assert store.hand_over("gpu", "w1", now, now) is None  # its run is over
+    later = make_step(run, 3, pool="cpu", wake_at=now + timedelta(minutes=5))
+    assert store.hand_over("cpu", "w1", now, now) is None  # not due yet
+    assert store.hand_over("cpu", "w1", now, now + timedelta(minutes=6)).pk == later.pk  # type: ignore[union-attr]
+
+
+def test_fire_timer_ends_a_sleep_and_times_out_a_wait_with_its_default(store: Storage) -> None:
+    now = timezone.now()
+    run = make_run(status="suspended")
+    sleep = make_step(run, 1, kind="sleep", name="sleep", status="waiting", wake_at=now)
+    wait = make_step(
+        run, 2, kind="event", name="ok", status="waiting", wake_at=now, args={"default": "no"}
+    )
+    assert store.fire_timer(sleep, now) and store.fire_timer(wait, now)
+    assert not store.fire_timer(sleep, now)
+    s, w = Step.objects.get(pk=sleep.pk), Step.objects.get(pk=wait.pk)
+    assert s.status == "succeeded" and s.usage is None
+    assert (w.status, w.result, w.usage) == ("succeeded", "no", {"timed_out": True})
+
+
+def test_reclaim_step_is_fenced_on_the_lease_the_sweep_saw(store: Storage) -> None:
+    row = make_step(make_run(), status="running", lease_owner="dead", attempt=1, branch=0)
+    seen = Step.objects.get(pk=row.pk)
+    Step.objects.filter(pk=row.pk).update(lease_owner="alive", attempt=2)  # re-claimed
+    pending = {"status": StepStatus.PENDING, "lease_owner": "", "lease_expires_at": None}
+    assert not store.reclaim_step(seen, pending)
+    assert store.reclaim_step(Step.objects.get(pk=row.pk), pending)
+    assert Step.objects.get(pk=row.pk).status == StepStatus.PENDING
+
+
+def test_insert_steps_sets_primary_keys_and_the_last_branch_closes_the_group(
+    store: Storage,
+) -> None:
+    run = make_run(status="suspended")
+    group = make_step(run, 1, kind="parallel", name="parallel", status="waiting", remaining=9)
+    group.args = {"held": False}
+    group.save()
+    branches = [
+        Step(run_id=run.pk, position=1, branch=b, kind="step", name="b", status="pending")
+        for b in range(9)  # wide enough for PostgreSQL's unnest() form
+    ]
+    store.insert_steps(branches)
+    assert all(b.pk for b in branches)
+    assert Step.objects.filter(run=run, branch__gte=0).count() == 9
+    left = [store.decrement_group(b) for b in branches]
+    assert [x[1] for x in left if x] == list(range(8, -1, -1))
+    assert {x[0] for x in left if x} == {group.pk}
+    assert all(x is not None and x[2] is False for x in left)
+    lone = make_step(run, 2, branch=0)
+    assert store.decrement_group(lone) is None  # no group at its position

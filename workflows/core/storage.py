@@ -1,0 +1,501 @@
+"""The storage contract: the engine's compare-and-swap writes, one interface, two backends.
+
+As DBOS has one system-database interface with a PostgreSQL and a SQLite implementation, the
+engine talks to its tables through ``Storage`` for the writes that decide who owns what:
+
+===============  ===========================================================================
+take_run(s)      pending/suspended/expired run → running under this worker's lease
+checkpoint       previous results + next step "running, attempt n" + lease, fenced on the run
+claim            a queued step (pending, or a slot reserved at fan-out) → running
+complete         running → succeeded | retrying | failed, fenced on owner and attempt
+hand_over        a finishing worker's pool slot passes to the oldest waiting step
+fire_timer       a waiting step whose deadline passed → succeeded (its default, timed out)
+reclaim_step/run a dead worker's lease → requeued (the attempt counted) or failed
+===============  ===========================================================================
+
+``SQLiteStorage`` is the portable one, written with the ORM: every write is one conditional
+UPDATE (``filter(pk=..., status=OLD).update(...)``), acting only when it touched a row;
+SQLite serializes writers, and the transactions around the reads keep them consistent.
+``PostgresStorage`` does the same transitions in fewer round trips: UPDATE … RETURNING,
+data-modifying CTEs for the inline checkpoint (one statement, one commit), SKIP LOCKED for the
+hand-over, unnest() for wide fan-outs. Where the portable statement is already a single
+conditional UPDATE (complete, fire_timer, reclaim) PostgreSQL inherits it unchanged: there is
+nothing to gain, and one definition cannot drift. ``tests/workflows/test_storage_contract.py``
+runs one suite against whichever backend the test database is (both run in ``make test``).
+
+The named transitions that callers use are in ``workflows.core.transitions``.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from datetime import datetime
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+from psycopg.types.json import Jsonb
+
+from workflows.core.leases import lease_until
+from workflows.core.models import ACTIVE_RUN, Run, RunStatus, Step, StepStatus
+from workflows.core.pools import RESERVED
+
+# The step columns a checkpoint writes for a row it already holds.
+CHECKPOINT_FIELDS = [
+    "status",
+    "result",
+    "error",
+    "finished_at",
+    "lease_owner",
+    "lease_expires_at",
+    "usage",
+    "cost",
+    "wake_at",
+    "attempt",
+]
+
+
+class Storage(ABC):
+    """The engine's ownership-deciding writes. Each returns what it took (or False/None when
+    the compare-and-swap found the row changed: someone else owns it now)."""
+
+    vendor: str
+
+    # --- runs -----------------------------------------------------------------------------
+
+    @abstractmethod
+    def take_run(self, run_id: Any, generation: int, owner: str, now: datetime) -> Run | None:
+        """The run lease to ``owner`` if the run is active in ``generation`` and its lease is
+        free or expired; the run as updated."""
+
+    @abstractmethod
+    def take_runs(self, items: list[tuple[Any, int]], owner: str, now: datetime) -> list[Run]:
+        """``take_run`` for many (run id, generation) pairs; the runs taken."""
+
+    @abstractmethod
+    def checkpoint(
+        self,
+        *,
+        run_id: Any,
+        owner: str,
+        generation: int,
+        fields: dict[str, Any],
+        cost: Decimal,
+        dirty: list[Step],
+        inserts: list[Step],
+    ) -> bool:
+        """If the run is still ours (owner, generation): set ``fields`` on it, add ``cost`` to
+        its cost, save the ``dirty`` journal rows and insert ``inserts`` (their pks set), all
+        or nothing. False, having written nothing, when it is not ours."""
+
+    @abstractmethod
+    def reclaim_run(self, run: Run, now: datetime) -> bool:
+        """A running run whose lease expired: free the lease and mark it runnable."""
+
+    # --- steps ----------------------------------------------------------------------------
+
+    @abstractmethod
+    def claim(self, step_id: int, owner: str, now: datetime) -> bool:
+        """A pending (not held, not superseded) step → running under ``owner``, attempt + 1."""
+
+    @abstractmethod
+    def claim_reserved(self, step_id: int, owner: str, now: datetime) -> Step | None:
+        """A branch whose pool slot was reserved at fan-out → ours, attempt + 1; the row."""
+
+    @abstractmethod
+    def complete(self, row: Step, owner: str, fields: dict[str, Any]) -> bool:
+        """A running step we hold (owner, attempt, live) → ``fields["status"]``."""
+
+    @abstractmethod
+    def hand_over(self, pool: str, owner: str, now: datetime, ready_by: datetime) -> Step | None:
+        """Claim the oldest pending step of ``pool`` (due by ``ready_by``, run active)."""
+
+    @abstractmethod
+    def fire_timer(self, row: Step, now: datetime) -> bool:
+        """A waiting step past its deadline → succeeded: a sleep ends; any other wait goes on
+        with its journaled default, marked timed out."""
+
+    @abstractmethod
+    def reclaim_step(self, row: Step, fields: dict[str, Any]) -> bool:
+        """A running step whose lease expired → ``fields`` (pending again, or failed), fenced
+        on the lease owner and attempt the sweep saw."""
+
+    @abstractmethod
+    def insert_steps(self, rows: list[Step]) -> None:
+        """Insert journal rows (a fan-out's branches) and set their primary keys."""
+
+    @abstractmethod
+    def decrement_group(self, row: Step) -> tuple[int, int, bool] | None:
+        """``remaining - 1`` on the branch's group: (group id, remaining, holds back)."""
+
+
+class SQLiteStorage(Storage):
+    """The portable implementation (the ORM); what the embedded default runs."""
+
+    vendor = "sqlite"
+
+    def take_run(self, run_id: Any, generation: int, owner: str, now: datetime) -> Run | None:
+        rows = self.take_runs([(run_id, generation)], owner, now)
+        return rows[0] if rows else None
+
+    def take_runs(self, items: list[tuple[Any, int]], owner: str, now: datetime) -> list[Run]:
+        """One statement for all, UPDATE … RETURNING (SQLite has it since 3.35): the rows
+        taken come back from the write itself."""
+        if not items:
+            return []
+        pk_field = Run._meta.pk
+        assert pk_field is not None
+        pairs = ", ".join(["(%s, %s)"] * len(items))
+        active = ", ".join(["%s"] * len(ACTIVE_RUN))
+        params: list[Any] = [RunStatus.RUNNING, owner, lease_until(now), now]
+        for run_id, generation in items:
+            params += [pk_field.get_db_prep_value(run_id, connection), generation]
+        params += [*ACTIVE_RUN, now]
+        sql = (
+            f"UPDATE {Run._meta.db_table} SET status = %s, lease_owner = %s, "
+            "lease_expires_at = %s, wake_requested_at = NULL, "
+            "started_at = COALESCE(started_at, %s) "
+            f"WHERE (id, generation) IN ({pairs}) AND status IN ({active}) "
+            "AND (lease_owner = '' OR lease_expires_at < %s) RETURNING *"
+        )
+        return list(Run.objects.raw(sql, params))
+
+    def checkpoint(
+        self,
+        *,
+        run_id: Any,
+        owner: str,
+        generation: int,
+        fields: dict[str, Any],
+        cost: Decimal,
+        dirty: list[Step],
+        inserts: list[Step],
+    ) -> bool:
+        values = dict(fields)
+        if cost:
+            values["cost"] = F("cost") + cost
+        with transaction.atomic(savepoint=False):
+            # The run row first: it fences (a cancel or restart bumped the generation) and it
+            # locks the run for the rest of the transaction.
+            mine = Run.objects.filter(pk=run_id, lease_owner=owner, generation=generation)
+            n = mine.update(**values) if values else mine.count()
+            if n != 1:
+                return False
+            for row in dirty:
+                row.save(update_fields=CHECKPOINT_FIELDS)
+            if inserts:
+                Step.objects.bulk_create(inserts)
+        return True
+
+    def reclaim_run(self, run: Run, now: datetime) -> bool:
+        return bool(
+            Run.objects.filter(
+                pk=run.pk,
+                status=RunStatus.RUNNING,
+                lease_owner=run.lease_owner,
+                lease_expires_at__lt=now,
+            ).update(lease_owner="", lease_expires_at=None, wake_requested_at=now)
+        )
+
+    def claim(self, step_id: int, owner: str, now: datetime) -> bool:
+        return bool(
+            Step.objects.filter(
+                pk=step_id, status=StepStatus.PENDING, held=False, superseded=False
+            ).update(
+                status=StepStatus.RUNNING,
+                attempt=F("attempt") + 1,
+                lease_owner=owner,
+                lease_expires_at=lease_until(now),
+                started_at=now,
+                wake_at=None,
+            )
+        )
+
+    def claim_reserved(self, step_id: int, owner: str, now: datetime) -> Step | None:
+        with transaction.atomic(savepoint=False):
+            n = Step.objects.filter(
+                pk=step_id,
+                status=StepStatus.RUNNING,
+                lease_owner=RESERVED,
+                lease_expires_at__gt=now,
+                superseded=False,
+                run__status__in=ACTIVE_RUN,
+            ).update(
+                attempt=F("attempt") + 1,
+                lease_owner=owner,
+                lease_expires_at=lease_until(now),
+                started_at=now,
+            )
+            return Step.objects.get(pk=step_id) if n == 1 else None
+
+    def complete(self, row: Step, owner: str, fields: dict[str, Any]) -> bool:
+        return bool(
+            Step.objects.filter(
+                pk=row.pk,
+                status=StepStatus.RUNNING,
+                lease_owner=owner,
+                attempt=row.attempt,
+                superseded=False,
+            ).update(**fields)
+        )
+
+    def hand_over(self, pool: str, owner: str, now: datetime, ready_by: datetime) -> Step | None:
+        candidates = (
+            Step.objects.filter(pool=pool, status=StepStatus.PENDING, held=False, superseded=False)
+            .filter(Q(wake_at__isnull=True) | Q(wake_at__lte=ready_by))
+            .select_related("run")
+            .order_by("id")
+        )
+        for cand in candidates[:3]:
+            if cand.run.status not in ACTIVE_RUN:
+                continue
+            if self.claim(cand.pk, owner, now):
+                cand.status = StepStatus.RUNNING
+                cand.attempt += 1
+                cand.lease_owner = owner
+                return cand
+        return None
+
+    def fire_timer(self, row: Step, now: datetime) -> bool:
+        fields: dict[str, Any] = {"status": StepStatus.SUCCEEDED, "finished_at": now}
+        if row.kind != "sleep":
+            fields["result"] = (row.args or {}).get("default")
+            fields["usage"] = {"timed_out": True}
+        return bool(
+            Step.objects.filter(pk=row.pk, status=StepStatus.WAITING, superseded=False).update(
+                **fields
+            )
+        )
+
+    def reclaim_step(self, row: Step, fields: dict[str, Any]) -> bool:
+        return bool(
+            Step.objects.filter(
+                pk=row.pk,
+                status=StepStatus.RUNNING,
+                lease_owner=row.lease_owner,
+                attempt=row.attempt,
+            ).update(**fields)
+        )
+
+    def insert_steps(self, rows: list[Step]) -> None:
+        Step.objects.bulk_create(rows)
+
+    def decrement_group(self, row: Step) -> tuple[int, int, bool] | None:
+        group = Step.objects.filter(
+            run_id=row.run_id, position=row.position, branch=-1, superseded=False
+        )
+        with transaction.atomic(savepoint=False):
+            if not group.update(remaining=F("remaining") - 1):
+                return None
+            found = group.values_list("id", "remaining", "args").first()
+        if found is None:
+            return None
+        return found[0], found[1], bool((found[2] or {}).get("held", True))
+
+
+class PostgresStorage(SQLiteStorage):
+    """The same transitions in fewer round trips (see the module docstring). Inherits
+    ``take_run(s)`` (UPDATE … RETURNING on both), ``claim``, ``complete``, ``fire_timer``,
+    ``reclaim_step`` and ``reclaim_run``: one conditional UPDATE each on both backends."""
+
+    vendor = "postgresql"
+
+    def checkpoint(
+        self,
+        *,
+        run_id: Any,
+        owner: str,
+        generation: int,
+        fields: dict[str, Any],
+        cost: Decimal,
+        dirty: list[Step],
+        inserts: list[Step],
+    ) -> bool:
+        """One statement of data-modifying CTEs, run in autocommit, which PostgreSQL applies
+        atomically: through the ORM the same is three statements plus BEGIN/COMMIT. The step
+        writes are conditioned on the run CAS (``EXISTS (SELECT 1 FROM r)``), so a run that is
+        no longer ours changes nothing. More than one new row: the portable path."""
+        if len(inserts) > 1:
+            return super().checkpoint(
+                run_id=run_id,
+                owner=owner,
+                generation=generation,
+                fields=fields,
+                cost=cost,
+                dirty=dirty,
+                inserts=inserts,
+            )
+        params: list[Any] = []
+        sets = []
+        for name, value in fields.items():
+            field: Any = Run._meta.get_field(name)
+            sets.append(
+                f"{connection.ops.quote_name(field.column)} = %s::{field.db_type(connection)}"
+            )
+            params.append(_prep(field, value, raw=True))
+        if cost:
+            sets.append("cost = cost + %s")
+            params.append(cost)
+        fence = "WHERE id = %s AND lease_owner = %s AND generation = %s"
+        run_table = Run._meta.db_table
+        if sets:
+            ctes = [f"r AS (UPDATE {run_table} SET {', '.join(sets)} {fence} RETURNING id)"]
+        else:
+            # Nothing to change on the run: lock it instead of rewriting it. FOR SHARE
+            # conflicts with a concurrent cancel/restart UPDATE, and READ COMMITTED re-checks
+            # the fence after such a writer commits, so a stale owner still writes nothing.
+            ctes = [f"r AS (SELECT id FROM {run_table} {fence} FOR SHARE)"]
+        params += [run_id, owner, generation]
+        upd_sql, upd_fields = _update_sql()
+        for n, row in enumerate(dirty):
+            ctes.append(f"u{n} AS ({upd_sql} WHERE id = %s AND EXISTS (SELECT 1 FROM r))")
+            params += [_prep(f, row) for f in upd_fields]
+            params.append(row.pk)
+        select_new = "NULL::bigint"
+        if inserts:
+            ins_sql, ins_fields = _insert_sql()
+            ctes.append(f"i AS ({ins_sql} WHERE EXISTS (SELECT 1 FROM r) RETURNING id)")
+            params += [_prep(f, inserts[0]) for f in ins_fields]
+            select_new = "(SELECT id FROM i)"
+        sql = f"WITH {', '.join(ctes)} SELECT (SELECT count(*) FROM r), {select_new}"
+        with connection.cursor() as cur:
+            cur.execute(sql, params)
+            ok, new_id = cur.fetchone()
+        if ok and inserts:
+            inserts[0].pk = new_id
+            inserts[0]._state.adding = False
+        return bool(ok)
+
+    def claim_reserved(self, step_id: int, owner: str, now: datetime) -> Step | None:
+        table = Step._meta.db_table
+        active = ", ".join(["%s"] * len(ACTIVE_RUN))
+        rows = list(
+            Step.objects.raw(
+                f"UPDATE {table} SET attempt = attempt + 1, lease_owner = %s, "
+                "lease_expires_at = %s, started_at = %s WHERE id = %s AND status = %s "
+                "AND lease_owner = %s AND lease_expires_at > %s AND superseded = %s "
+                f"AND run_id IN (SELECT id FROM {Run._meta.db_table} "
+                f"WHERE status IN ({active})) RETURNING *",
+                [
+                    owner,
+                    lease_until(now),
+                    now,
+                    step_id,
+                    StepStatus.RUNNING,
+                    RESERVED,
+                    now,
+                    False,
+                    *ACTIVE_RUN,
+                ],
+            )
+        )
+        return rows[0] if rows else None
+
+    def hand_over(self, pool: str, owner: str, now: datetime, ready_by: datetime) -> Step | None:
+        """One statement: pick the oldest waiting step nobody else is taking (SKIP LOCKED)
+        and claim it."""
+        table = Step._meta.db_table
+        active = ", ".join(["%s"] * len(ACTIVE_RUN))
+        rows = list(
+            Step.objects.raw(
+                f"UPDATE {table} SET status = %s, attempt = attempt + 1, lease_owner = %s, "
+                "lease_expires_at = %s, started_at = %s, wake_at = NULL WHERE id = ("
+                f"SELECT s.id FROM {table} s JOIN {Run._meta.db_table} r ON r.id = s.run_id "
+                "WHERE s.pool = %s AND s.status = %s AND s.held = %s AND s.superseded = %s "
+                f"AND (s.wake_at IS NULL OR s.wake_at <= %s) AND r.status IN ({active}) "
+                "ORDER BY s.id LIMIT 1 FOR UPDATE OF s SKIP LOCKED) RETURNING *",
+                [
+                    StepStatus.RUNNING,
+                    owner,
+                    lease_until(now),
+                    now,
+                    pool,
+                    StepStatus.PENDING,
+                    False,
+                    False,
+                    ready_by,
+                    *ACTIVE_RUN,
+                ],
+            )
+        )
+        return rows[0] if rows else None
+
+    def insert_steps(self, rows: list[Step]) -> None:
+        """``INSERT … SELECT FROM unnest(arrays)``: a column an array instead of a parameter
+        per value, measured about 3x faster than ``bulk_create`` for 100 branches."""
+        if len(rows) < 8:
+            Step.objects.bulk_create(rows)
+            return
+        fields: list[Any] = [f for f in Step._meta.concrete_fields if not f.primary_key]
+        cols = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+        arrays = ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields)
+        params = [[_prep(f, row) for row in rows] for f in fields]
+        with connection.cursor() as cur:
+            cur.execute(
+                f"INSERT INTO {Step._meta.db_table} ({cols}) SELECT * FROM unnest({arrays}) "
+                "RETURNING id, branch",
+                params,
+            )
+            ids = dict((branch, pk) for pk, branch in cur.fetchall())
+        for row in rows:
+            row.pk = ids[row.branch]
+            row._state.adding = False
+
+    def decrement_group(self, row: Step) -> tuple[int, int, bool] | None:
+        run_pk = Run._meta.pk.get_db_prep_value(row.run_id, connection)  # type: ignore[union-attr]
+        with connection.cursor() as cur:
+            cur.execute(
+                f"UPDATE {Step._meta.db_table} SET remaining = remaining - 1 WHERE run_id = %s "
+                "AND position = %s AND branch = -1 AND superseded = %s "
+                "RETURNING id, remaining, args",
+                [run_pk, row.position, False],
+            )
+            found = cur.fetchone()
+        if not found:
+            return None
+        args = found[2]
+        if isinstance(args, str):
+            args = json.loads(args)
+        return found[0], found[1], bool((args or {}).get("held", True))
+
+
+_BACKENDS: dict[str, Storage] = {"postgresql": PostgresStorage(), "sqlite": SQLiteStorage()}
+
+
+def storage() -> Storage:
+    """The implementation for the default database (the portable one for any other)."""
+    return _BACKENDS.get(connection.vendor) or _BACKENDS["sqlite"]
+
+
+def backend(vendor: str) -> Storage:
+    return _BACKENDS[vendor]
+
+
+@lru_cache(maxsize=1)
+def _insert_sql() -> tuple[str, list[Any]]:
+    fields: list[Any] = [f for f in Step._meta.concrete_fields if not f.primary_key]
+    cols = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    casts = ", ".join(f"%s::{f.db_type(connection)}" for f in fields)
+    return f"INSERT INTO {Step._meta.db_table} ({cols}) SELECT {casts}", fields
+
+
+@lru_cache(maxsize=1)
+def _update_sql() -> tuple[str, list[Any]]:
+    fields: list[Any] = [Step._meta.get_field(name) for name in CHECKPOINT_FIELDS]
+    sets = ", ".join(
+        f"{connection.ops.quote_name(f.column)} = %s::{f.db_type(connection)}" for f in fields
+    )
+    return f"UPDATE {Step._meta.db_table} SET {sets}", fields
+
+
+def _prep(field: Any, obj: Any, raw: bool = False) -> Any:
+    value = obj if raw else getattr(obj, field.attname)
+    if field.get_internal_type() == "JSONField":
+        return None if value is None else Jsonb(value)
+    if value is None and field.attname == "created_at":
+        return obj.started_at or timezone.now()
+    return value
