@@ -231,7 +231,7 @@ def _latency(now: datetime) -> dict[str, tuple[float, float, int]]:
         .values_list("pool", "started_at", "finished_at")
     )[: LATENCY_SAMPLE * 4]
     for pool, began, ended in recent:
-        if len(durations[pool]) < LATENCY_SAMPLE:
+        if began and ended and len(durations[pool]) < LATENCY_SAMPLE:
             durations[pool].append(max(0.0, (ended - began).total_seconds()))
     return {
         pool: (percentile(sorted(v), 50), percentile(sorted(v), 95), len(v))

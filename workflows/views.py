@@ -106,7 +106,8 @@ class CappedPaginator(Paginator):
     def count(self) -> int:  # type: ignore[override]
         if not hasattr(self, "_capped_count"):
             cap = self.per_page * self.PAGE_CAP
-            self._capped_count = self.object_list[: cap + 1].count()
+            runs: Any = self.object_list  # a QuerySet: a sliced count is COUNT over a LIMIT
+            self._capped_count = runs[: cap + 1].count()
         return min(self._capped_count, self.per_page * self.PAGE_CAP)
 
     @property
