@@ -1,9 +1,11 @@
-"""Sluice benchmark: W1, W2, W3, W6 measured here; peers (DBOS, plain Celery) side by side.
+"""Sluice benchmark: W1, W2, W3, W6, W7, W8 and W1's worker scaling measured here; peers
+(DBOS, plain Celery) side by side; W4/W5 in bench/reviews_bench.py.
 
-Run with ``make bench``. Everything runs on this machine's PostgreSQL and Redis in databases
-of its own (``bench_sluice``; DBOS uses ``bench_dbos``; Redis db 10 for Sluice, 9 for Celery),
-created fresh and dropped afterwards. Figures are printed and written to bench/results.json
-(existing keys from other benches, W4/W5, are kept).
+Run with ``make bench`` (all), or ``bench/run.py --only W7`` for some. Everything runs on this
+machine's PostgreSQL and Redis in databases of its own (``bench_sluice``, or
+``BENCH_DB_NAME``; DBOS uses ``bench_dbos``; Redis ``BENCH_BROKER_URL``, default db 10, for
+Sluice, db 9 for Celery), created fresh and dropped afterwards. Figures are printed and merged
+into bench/results.json (keys of workloads not run are kept).
 
 - W1: 200 runs x 10 sequential trivial steps, 2 worker processes (``celery worker -P threads
   -c 4`` each): steps/s from the first ``start()`` to the last run's ``finished_at``.
@@ -13,6 +15,11 @@ created fresh and dropped afterwards. Figures are printed and written to bench/r
   ``started_at`` to ``finished_at`` (the engine's time; the doorbell's latency is excluded).
 - W6: SIGKILL of the worker (parent and children) holding a running step; seconds until the
   step runs again (attempt 2) on a second worker, with the default lease and sweep settings.
+- W7: ``POST /api/runs`` under gunicorn (4 workers), 32 concurrent clients (bench/api_bench.py).
+- SCALE: W1 with 1, 2 and 4 worker processes; efficiency = steps/s / (n x one process's).
+- W8: 1,000,000 finished runs and 10,000,000 journal rows loaded with COPY; the runs list, the
+  API list and the ops overview; the retention prune beside W1 (bench/history_bench.py).
+  ``--w8-scale 0.01`` runs it at 1 % (written under ``W8_scale_0.01``, never as ``W8``).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from bench.procs import CeleryProcesses  # noqa: E402
 
 SERVER = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 BROKER = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/10")
-DBNAME = "bench_sluice"
+DBNAME = os.environ.get("BENCH_DB_NAME", "bench_sluice")
 RESULTS = ROOT / "bench" / "results.json"
 LOGS = ROOT / "var" / "bench"
 # W1's two worker processes each run this many threads: a step mostly waits for PostgreSQL's
@@ -112,25 +119,30 @@ def _wait_runs(ids: list[Any], timeout: float = 300) -> None:
     raise TimeoutError("bench runs did not finish")
 
 
-def _warm_up(n: int = 10) -> None:
+def _warm_up(n: int = 10, reset: bool = True) -> None:
     from workflows import start
 
     _wait_runs([start("bench.chain", {"steps": 2}).pk for _ in range(n)])
-    _reset_tables()
+    if reset:
+        _reset_tables()
 
 
-def sluice_w1(runs: int = 200, steps: int = 10) -> dict[str, float]:
+def sluice_w1(
+    runs: int = 200, steps: int = 10, workers: int = 2, reset: bool = True
+) -> dict[str, float]:
+    """W1 with ``workers`` worker processes; ``reset=False`` leaves the tables' other rows
+    alone (W8 runs it beside a history it must keep)."""
     from django.db.models import Max
 
     from workflows import start
     from workflows.models import Run
 
     _flush_broker()
-    workers = Workers()
+    workers_ = Workers()
     try:
-        workers.start("w1a", pool=W1_POOL, concurrency=W1_THREADS)
-        workers.start("w1b", pool=W1_POOL, concurrency=W1_THREADS)
-        _warm_up()
+        for i in range(workers):
+            workers_.start(f"w1-{i}", pool=W1_POOL, concurrency=W1_THREADS)
+        _warm_up(reset=reset)
         from django.utils import timezone
 
         t0 = timezone.now()
@@ -139,8 +151,9 @@ def sluice_w1(runs: int = 200, steps: int = 10) -> dict[str, float]:
         end = Run.objects.filter(pk__in=ids).aggregate(m=Max("finished_at"))["m"]
         wall = (end - t0).total_seconds()
     finally:
-        workers.stop()
-    _reset_tables()
+        workers_.stop()
+    if reset:
+        _reset_tables()
     return {"steps_per_s": runs * steps / wall, "wall_s": wall, "steps": runs * steps}
 
 
@@ -241,11 +254,36 @@ def sluice_w6() -> dict[str, float]:
     return {"recovery_s": recovery}
 
 
+def w1_scaling(repeat: int) -> dict[str, Any]:
+    """W1 with 1, 2 and 4 worker processes (threads as in W1): steps/s (median of ``repeat``)
+    and efficiency = steps/s / (n x the single process's steps/s)."""
+    rates = {
+        n: statistics.median(sluice_w1(workers=n)["steps_per_s"] for _ in range(repeat))
+        for n in (1, 2, 4)
+    }
+    out: dict[str, Any] = {"cpu_cores": os.cpu_count(), "threads_per_process": W1_THREADS}
+    for n, rate in rates.items():
+        out[f"steps_per_s_{n}"] = round(rate, 1)
+        out[f"efficiency_{n}"] = round(rate / (n * rates[1]), 3)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", default="W1,W2,W3,W6,W4,W5", help="comma-separated workloads")
+    parser.add_argument(
+        "--only",
+        default="W1,W2,W3,W6,W7,SCALE,W8,W4,W5",
+        help="comma-separated workloads (SCALE: W1 with 1, 2 and 4 worker processes)",
+    )
+    parser.add_argument(
+        "--w8-scale",
+        type=float,
+        default=1.0,
+        help="W8's history as a fraction of 1,000,000 runs (smoke runs; labelled in results)",
+    )
+    parser.add_argument("--w7-seconds", type=float, default=15.0, help="W7's measured time")
     parser.add_argument("--no-peers", action="store_true", help="skip DBOS and plain Celery")
     parser.add_argument("--repeat", type=int, default=3, help="repeats of W1 and W2 (median)")
     args = parser.parse_args(argv)
@@ -255,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     import django
 
     django.setup()
-    results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results: dict[str, Any] = {}
     try:
         if "W1" in only:
             w1 = [sluice_w1() for _ in range(args.repeat)]
@@ -315,6 +353,30 @@ def main(argv: list[str] | None = None) -> None:
         if "W6" in only:
             results["W6"] = {"recovery_s": round(sluice_w6()["recovery_s"], 2)}
             print("W6", json.dumps(results["W6"]), flush=True)
+        if "W7" in only:
+            from bench.api_bench import run_w7
+
+            _flush_broker()
+            results["W7"] = run_w7(LOGS, seconds=args.w7_seconds)
+            _flush_broker()
+            _reset_tables()
+            print("W7", json.dumps(results["W7"]), flush=True)
+        if "SCALE" in only:
+            results["W1_scaling"] = w1_scaling(args.repeat)
+            print("W1_scaling", json.dumps(results["W1_scaling"]), flush=True)
+        if "W8" in only:
+            from bench.history_bench import run_w8
+
+            w8 = run_w8(
+                _db_url(DBNAME),
+                args.w8_scale,
+                requests=50,
+                w1=lambda: sluice_w1(reset=False)["steps_per_s"],
+            )
+            # A smoke run at another scale never overwrites the full figure.
+            key = "W8" if args.w8_scale == 1.0 else f"W8_scale_{args.w8_scale:g}"
+            results[key] = w8
+            print(key, json.dumps(w8), flush=True)
     finally:
         _drop_db()
     if {"W4", "W5"} & only:
@@ -329,7 +391,11 @@ def main(argv: list[str] | None = None) -> None:
             if "W5" in only:
                 results["W5"] = reviews_bench.run_w5()
                 print("W5", json.dumps(results["W5"]), flush=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    # Read at the end, not the start: keys of workloads not run here (or of a run finished
+    # meanwhile) are kept.
+    merged: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    merged.update(results)
+    RESULTS.write_text(json.dumps(merged, indent=2) + "\n")
     print(f"wrote {RESULTS.relative_to(ROOT)}")
 
 

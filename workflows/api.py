@@ -366,9 +366,17 @@ def run_summary(run: Run) -> dict[str, Any]:
     }
 
 
-def run_detail(run: Run) -> dict[str, Any]:
+def run_detail(run: Run, *, fresh: bool = False) -> dict[str, Any]:
+    """The run as the API shows it. ``fresh``: the run was created by this very request, so it
+    has no gates, audit entries or journal yet: their three queries are skipped (a start is
+    the API's hottest path, W7 in docs/performance.md)."""
     output, output_url = value_link(run.pk, run.output)
-    gates = gateinfo.open_gates([run.pk]).get(run.pk, [])
+    gates = [] if fresh else gateinfo.open_gates([run.pk]).get(run.pk, [])
+    costs = (
+        [timeline.GenerationCost(run.generation, Decimal(0), run.max_cost, current=True)]
+        if fresh
+        else timeline.generation_costs(run)
+    )
     return {
         **run_summary(run),
         "input": run.input or {},
@@ -385,7 +393,9 @@ def run_detail(run: Run) -> dict[str, Any]:
         "forked_from": run.forked_from_id,
         "forked_at_step": run.forked_at_step,
         "open_gates": [{**g, "decision_url": f"/api/gates/{g['id']}/decision"} for g in gates],
-        "audit": list(
+        "audit": []
+        if fresh
+        else list(
             RunAudit.objects.filter(run=run).values(
                 "action", "actor", "reason", "generation", "from_step", "created_at"
             )
@@ -399,7 +409,7 @@ def run_detail(run: Run) -> dict[str, Any]:
                 "cost": float(g.spent),
                 "max_cost": float(g.cap) if g.cap is not None else None,
             }
-            for g in timeline.generation_costs(run)
+            for g in costs
         ],
         "links": {
             "self": f"/api/runs/{run.pk}",
@@ -571,7 +581,7 @@ def create_run(
             "this Idempotency-Key was already used with a different request body",
             {"run_id": str(run.pk)},
         )
-    return Status(status, run_detail(run))
+    return Status(status, run_detail(run, fresh=created))
 
 
 @runs_router.get(

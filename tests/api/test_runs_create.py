@@ -155,3 +155,25 @@ def test_it_records_a_budget(api: Api, service: Persona) -> None:
     assert r.status_code == 201 and r.json()["max_cost"] == 1.5
     r = api.post("/runs", {**CHAIN, "max_cost": -1}, as_=service)
     assert r.status_code == 422
+
+
+def test_a_start_costs_three_queries_and_answers_as_a_read_would(
+    api: Api, service: Persona
+) -> None:
+    """The API's hottest path (W7): the key, its rate window, the insert. The fresh run's
+    gates, audit and costs are known to be empty and are not queried, yet the answer is the
+    one a read of the run gives."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    body = {**CHAIN, "max_cost": 1.5}
+    with CaptureQueriesContext(connection) as ctx:
+        r = api.post("/runs", body, as_=service)
+    assert r.status_code == 201
+    # Savepoints are the test's own transaction around the start's atomic block.
+    sqls = [q["sql"] for q in ctx.captured_queries if "SAVEPOINT" not in q["sql"]]
+    assert len(sqls) == 3, [s[:80] for s in sqls]
+    read = api.get(f"/runs/{r.json()['id']}", as_=service).json()
+    for field in ("open_gates", "audit", "generations", "max_cost", "status", "input"):
+        assert r.json()[field] == read[field], field
+    assert r.json()["generations"] == [{"generation": 1, "cost": 0.0, "max_cost": 1.5}]

@@ -215,13 +215,17 @@ class Step(models.Model):
                 name="step_lease",
                 condition=Q(status="running", branch__gte=0),
             ),
-            # The metrics' pool in-flight and backlog gauges (inline steps included): a count
-            # over this small partial index, never over the journal.
+            # The ops overview over a long history: step latency from the newest finished
+            # steps, the load of each pool from the few busy ones, LLM cost from costed steps.
+            models.Index(fields=["finished_at"], name="step_finished"),
+            # The same small partial index serves the metrics' pool in-flight and backlog gauges
+            # (inline steps included): a count over it, never over the journal.
             models.Index(
                 fields=["pool", "status"],
-                name="step_pool_active",
-                condition=Q(status__in=["pending", "running"]),
+                name="step_busy",
+                condition=Q(status__in=["running", "pending", "retrying"]),
             ),
+            models.Index(fields=["finished_at"], name="step_costed", condition=Q(cost__gt=0)),
         ]
 
     def __str__(self) -> str:

@@ -17,12 +17,4 @@ class Migration(migrations.Migration):
                 ("detail", models.JSONField(blank=True, default=dict)),
             ],
         ),
-        migrations.AddIndex(
-            model_name="step",
-            index=models.Index(
-                condition=models.Q(("status__in", ["pending", "running"])),
-                fields=["pool", "status"],
-                name="step_pool_active",
-            ),
-        ),
     ]

@@ -1,0 +1,108 @@
+"""The runs list and the ops overview over a long history (W8 in bench/history_bench.py): the
+shape of their queries, which must not read the whole history on every request."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from tests.operators.conftest import People
+from workflows import ops, views
+from workflows.models import Run
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _runs(n: int, status: str = "succeeded") -> None:
+    now = timezone.now()
+    Run.objects.bulk_create(
+        [Run(workflow="w", status=status, input={}, finished_at=now) for _ in range(n)]
+    )
+
+
+def test_the_list_counts_at_most_its_page_cap(people: People, monkeypatch: Any) -> None:
+    monkeypatch.setattr(views, "PAGE_SIZE", 2)
+    monkeypatch.setattr(views.CappedPaginator, "PAGE_CAP", 3)
+    _runs(9)
+    client = people.client(people.ops)
+    with CaptureQueriesContext(connection) as ctx:
+        body = client.get("/runs/").content.decode()
+    assert "Page 1 of more than 3" in body
+    counts = [q["sql"] for q in ctx.captured_queries if "COUNT(" in q["sql"].upper()]
+    # The page count reads at most cap x page size + 1 rows (a LIMIT inside the COUNT).
+    assert any(re.search(r"LIMIT 7\b", sql) for sql in counts), counts
+    # The last countable page is reachable; beyond it, get_page clamps to it.
+    assert "Page 3 of more than 3" in client.get("/runs/?page=99").content.decode()
+
+
+def test_under_the_cap_the_count_is_exact(people: People, monkeypatch: Any) -> None:
+    monkeypatch.setattr(views, "PAGE_SIZE", 2)
+    monkeypatch.setattr(views.CappedPaginator, "PAGE_CAP", 10)
+    _runs(5)
+    body = people.client(people.ops).get("/runs/").content.decode()
+    assert "Page 1 of 3" in body and "more than" not in body
+    assert "5 runs kept" in body and "about" not in body
+
+
+def test_small_tables_are_counted_exactly() -> None:
+    _runs(3)
+    _runs(2, "failed")
+    _runs(1, "running")
+    counts, estimated = ops.status_counts()
+    assert not estimated
+    assert counts["succeeded"] == 3 and counts["failed"] == 2 and counts["running"] == 1
+
+
+@pytest.mark.integration
+def test_past_the_threshold_finished_runs_are_estimated_and_active_ones_exact(
+    people: People, monkeypatch: Any
+) -> None:
+    _runs(300)
+    _runs(40, "failed")
+    _runs(7, "running")
+    with connection.cursor() as cur:
+        cur.execute("ANALYZE workflows_run")
+    monkeypatch.setattr(ops, "ESTIMATE_ABOVE", 100)
+    with CaptureQueriesContext(connection) as ctx:
+        counts, estimated = ops.status_counts()
+    assert estimated
+    assert counts["running"] == 7  # exact
+    assert 200 <= counts["succeeded"] <= 400 and 20 <= counts["failed"] <= 60
+    sqls = [q["sql"] for q in ctx.captured_queries]
+    # No GROUP BY over every run: the only one is restricted to the active statuses.
+    grouped = [s for s in sqls if "GROUP BY" in s]
+    assert len(grouped) == 1 and "'running'" in grouped[0], grouped
+    assert sum(s.startswith("EXPLAIN") for s in sqls) == 3  # succeeded, failed, canceled
+    body = people.client(people.ops).get("/runs/").content.decode()
+    assert "about " in body
+
+
+@pytest.mark.integration
+def test_the_ops_overview_reads_steps_through_indexes() -> None:
+    """The overview's step queries use the history indexes, not a scan of the journal."""
+    from datetime import timedelta
+
+    from workflows.models import Step
+
+    now = timezone.now()
+    with connection.cursor() as cur:
+        cur.execute("SET enable_seqscan = off")  # a tiny table: make the planner show its index
+        try:
+            recent = Step.objects.filter(
+                finished_at__gte=now - timedelta(hours=24),
+                started_at__isnull=False,
+                kind__in=["step", "branch"],
+                status__in=["succeeded", "failed"],
+            ).order_by("-finished_at")[:10]
+            busy = Step.objects.filter(status__in=["running", "pending", "retrying"]).values("pool")
+            costed = Step.objects.filter(finished_at__gte=now, cost__gt=0)
+            assert "step_finished" in recent.explain()
+            assert "step_busy" in busy.explain()
+            assert "step_costed" in costed.explain()
+        finally:
+            cur.execute("RESET enable_seqscan")
