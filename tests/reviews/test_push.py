@@ -9,6 +9,7 @@ tests/reviews/test_browser_push.py.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
 import http.client
 import json
@@ -361,5 +362,8 @@ def test_under_asgi_the_stream_waits_on_the_event_loop(
         with pytest.raises(StopAsyncIteration):
             await anext(frames)
 
-    asyncio.run(main())
+    # In a thread of its own: after a browser test, Playwright's event loop may still be running
+    # in this one, and asyncio.run() refuses to start inside a running loop.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, main()).result()
     assert push.hub.count() == 0

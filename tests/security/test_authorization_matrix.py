@@ -793,8 +793,10 @@ def run_case(case: Case, persona: str, client: Client, token: str, scene: Scene)
             response = getattr(client, case.method.lower())(url, **kwargs)
             # An event stream (it ends at once here: matrix_scene) or the JSONL dataset.
             if response.streaming:
+                # Reading it to its end is enough: the test client closes it then. (Not
+                # response.close(): that sends request_finished once more, and Django's
+                # close_old_connections would close the test's own database connection.)
                 body = b"".join(response.streaming_content).decode(errors="replace")
-                response.close()
             else:
                 body = response.content.decode(errors="replace")
             transaction.set_rollback(True)
