@@ -73,8 +73,10 @@ def test_a_reviewer_signs_in_with_the_provider(
     expect(page.get_by_text("Acme legal gate")).to_have_count(0)  # a group not in the map
     expect(page.get_by_test_id("open-count")).to_have_text("1")
 
-    page.get_by_role("button", name="Log out").click()
-    page.wait_for_url(f"{base}/accounts/login/")
+    # A patient wait: in the full suite this runs right after the 20-page push test, and once
+    # (1 run in ~6) the logout's navigation took longer than the default 15 s to start.
+    with page.expect_navigation(url=f"{base}/accounts/login/", timeout=45_000):
+        page.get_by_role("button", name="Log out").click()
     page.goto(f"{base}/reviews/")
     page.wait_for_url("**/accounts/login/?next=/reviews/")
     assert violations == []
