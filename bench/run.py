@@ -1,7 +1,10 @@
 """Sluice benchmark: W1, W2, W3, W6, W7, W8 and W1's worker scaling measured here; peers
 (DBOS, plain Celery) side by side; W4/W5 in bench/reviews_bench.py.
 
-Run with ``make bench`` (all), or ``bench/run.py --only W7`` for some. Everything runs on this
+Run with ``make bench`` (all), or ``bench/run.py --only W7`` for some. It starts with a
+calibration table, so that figures from different days can be compared: one bare durable
+single-row commit (psycopg in a loop, pgbench's ``UPDATE … SET abalance = abalance + d``),
+DBOS's and plain Celery's W1 (whose figures W1's ratios then use). Everything runs on this
 machine's PostgreSQL and Redis in databases of its own (``bench_sluice``, or
 ``BENCH_DB_NAME``; DBOS uses ``bench_dbos``; Redis ``BENCH_BROKER_URL``, default db 10, for
 Sluice, db 9 for Celery), created fresh and dropped afterwards. Figures are printed and merged
@@ -268,6 +271,85 @@ def w1_scaling(repeat: int) -> dict[str, Any]:
     return out
 
 
+def bare_commit_ms(n: int = 3000, warmup: int = 300) -> dict[str, float]:
+    """One durable single-row commit, as pgbench measures it: psycopg in autocommit, an
+    ``UPDATE`` of one row by primary key per transaction, in a loop on one connection, against
+    the same server and database as Sluice. Mean and median in milliseconds."""
+    import psycopg
+
+    with psycopg.connect(
+        _db_url(DBNAME).replace("postgres://", "postgresql://"), autocommit=True
+    ) as conn:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS bench_accounts (aid int PRIMARY KEY, abalance bigint)"
+        )
+        conn.execute(
+            "INSERT INTO bench_accounts SELECT g, 0 FROM generate_series(1, 1000) g "
+            "ON CONFLICT DO NOTHING"
+        )
+        times = []
+        for i in range(warmup + n):
+            t = time.perf_counter()
+            conn.execute(
+                "UPDATE bench_accounts SET abalance = abalance + %s WHERE aid = %s",
+                (i % 7 - 3, i % 1000 + 1),
+            )
+            if i >= warmup:
+                times.append(time.perf_counter() - t)
+        conn.execute("DROP TABLE bench_accounts")
+    return {
+        "commit_ms": round(statistics.mean(times) * 1000, 3),
+        "commit_median_ms": round(statistics.median(times) * 1000, 3),
+        "commits": n,
+    }
+
+
+def calibrate(repeat: int, peers: bool) -> dict[str, Any]:
+    """The calibration table: bare commit latency, and the peers' W1 (medians of ``repeat``)."""
+    out: dict[str, Any] = bare_commit_ms()
+    if peers:
+        from bench.peers import celery_peer, dbos_peer
+
+        out["dbos_w1_steps_per_s"] = round(
+            statistics.median(
+                dbos_peer.run_w1(SERVER, runs=200, steps=10, workers=2)["steps_per_s"]
+                for _ in range(repeat)
+            ),
+            1,
+        )
+        out["celery_w1_tasks_per_s"] = round(
+            statistics.median(
+                celery_peer.run_w1(
+                    "redis://127.0.0.1:6379/9", runs=200, steps=10, workers=2, pool="solo"
+                )["tasks_per_s"]
+                for _ in range(repeat)
+            ),
+            1,
+        )
+    out["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    out["cpu_cores"] = os.cpu_count()
+    return out
+
+
+def print_calibration(cal: dict[str, Any]) -> None:
+    rows = [
+        ("bare durable commit (psycopg loop, mean)", f"{cal['commit_ms']:.3f} ms"),
+        ("bare durable commit (median)", f"{cal['commit_median_ms']:.3f} ms"),
+    ]
+    if "dbos_w1_steps_per_s" in cal:
+        rows.append(
+            ("DBOS W1 (200 x 10 steps, 2 processes)", f"{cal['dbos_w1_steps_per_s']} steps/s")
+        )
+        rows.append(
+            ("plain Celery W1 (chains, 2 processes)", f"{cal['celery_w1_tasks_per_s']} tasks/s")
+        )
+    rows.append(("load average at start", " ".join(str(x) for x in cal["load_average"])))
+    width = max(len(r[0]) for r in rows)
+    print("calibration", flush=True)
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -295,26 +377,21 @@ def main(argv: list[str] | None = None) -> None:
     django.setup()
     results: dict[str, Any] = {}
     try:
+        cal: dict[str, Any] = {}
+        if only & {"W1", "W3", "CAL"}:
+            cal = calibrate(args.repeat, peers=not args.no_peers and "W1" in only)
+            results["calibration"] = cal
+            print_calibration(cal)
         if "W1" in only:
             w1 = [sluice_w1() for _ in range(args.repeat)]
             sl = statistics.median(r["steps_per_s"] for r in w1)
             entry: dict[str, Any] = {"sluice_steps_per_s": round(sl, 1)}
-            if not args.no_peers:
-                from bench.peers import celery_peer, dbos_peer
-
-                dbos = statistics.median(
-                    dbos_peer.run_w1(SERVER, runs=200, steps=10, workers=2)["steps_per_s"]
-                    for _ in range(args.repeat)
-                )
-                cel = statistics.median(
-                    celery_peer.run_w1(
-                        "redis://127.0.0.1:6379/9", runs=200, steps=10, workers=2, pool="solo"
-                    )["tasks_per_s"]
-                    for _ in range(args.repeat)
-                )
+            if "dbos_w1_steps_per_s" in cal:
+                dbos = cal["dbos_w1_steps_per_s"]
+                cel = cal["celery_w1_tasks_per_s"]
                 entry.update(
-                    dbos_steps_per_s=round(dbos, 1),
-                    celery_tasks_per_s=round(cel, 1),
+                    dbos_steps_per_s=dbos,
+                    celery_tasks_per_s=cel,
                     ratio_vs_dbos=round(sl / dbos, 2),
                     ratio_vs_celery=round(sl / cel, 2),
                 )
@@ -328,6 +405,9 @@ def main(argv: list[str] | None = None) -> None:
                 "sluice_ms_per_step_10": round(s10, 3),
                 "growth_ratio": round(s1000 / s10, 3),
             }
+            if cal:
+                entry["commit_ms"] = cal["commit_ms"]
+                entry["ratio_to_commit"] = round(s1000 / cal["commit_ms"], 2)
             if not args.no_peers:
                 from bench.peers import dbos_peer
 

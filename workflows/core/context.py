@@ -624,7 +624,7 @@ class Context:
             )
 
     def _new_row(self, pos: int, kind: str, name: str, status: str, **fields: Any) -> Step:
-        return Step(
+        return Step.new(
             run_id=self._record.pk,
             generation=self.generation,
             position=pos,

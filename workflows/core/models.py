@@ -7,6 +7,7 @@ Every state change below is a compare-and-swap in ``workflows.core.executor`` / 
 from __future__ import annotations
 
 import uuid
+from functools import lru_cache
 from typing import Any
 
 from django.conf import settings
@@ -65,7 +66,7 @@ class StepKind(models.TextChoices):
 
 class Run(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    workflow = models.CharField(max_length=200, db_index=True)
+    workflow = models.CharField(max_length=200)
     version = models.PositiveIntegerField(default=1)
     status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.PENDING)
     # Bumped by cancel and restart; every task and step completion carries the generation it
@@ -85,7 +86,7 @@ class Run(models.Model):
     )
     max_parallel = models.PositiveIntegerField(default=10)
     # Who started the run (an API key's tenant, a user); the API shows a tenant only its own.
-    tenant = models.CharField(max_length=100, blank=True, default="", db_index=True)
+    tenant = models.CharField(max_length=100, blank=True, default="")
     created_by = models.CharField(max_length=150, blank=True, default="")
     # Where to POST the run summary when it ends (delivered through the outbox).
     callback_url = models.URLField(max_length=2000, blank=True, default="")
@@ -134,6 +135,11 @@ class Run(models.Model):
                 condition=Q(status="running"),
             ),
             models.Index(fields=["finished_at"], name="run_finished"),
+            # Plain b-trees, declared here rather than with db_index=True: on PostgreSQL that
+            # also builds a varchar_pattern_ops twin for LIKE 'prefix%', which no query uses
+            # and every write of a run row pays for.
+            models.Index(fields=["workflow"], name="run_workflow"),
+            models.Index(fields=["tenant"], name="run_tenant"),
         ]
         # Starting a run from the web spends LLM money: only users (or groups) granted this
         # permission see the start form (docs/security.md). The API has its own key scope.
@@ -150,7 +156,9 @@ class Run(models.Model):
 class Step(models.Model):
     """One journal entry: a step call, a timer, an event wait, a fan-out group or branch."""
 
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps")
+    # No index of its own: step_run_position (run, position) serves every lookup by run, so a
+    # third index over the same leading column would only slow every journal write.
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps", db_index=False)
     generation = models.PositiveIntegerField(default=1)
     # Restart-from-step marks later rows superseded (with the generation they belonged to)
     # instead of deleting them: the journal is the audit trail.
@@ -217,7 +225,12 @@ class Step(models.Model):
             ),
             # The ops overview over a long history: step latency from the newest finished
             # steps, the load of each pool from the few busy ones, LLM cost from costed steps.
-            models.Index(fields=["finished_at"], name="step_finished"),
+            # Partial: a step is inserted unfinished, so the insert skips this index.
+            models.Index(
+                fields=["finished_at"],
+                name="step_finished",
+                condition=Q(finished_at__isnull=False),
+            ),
             # The same small partial index serves the metrics' pool in-flight and backlog gauges
             # (inline steps included): a count over it, never over the journal.
             models.Index(
@@ -231,6 +244,23 @@ class Step(models.Model):
     def __str__(self) -> str:
         where = f"{self.position}" if self.branch < 0 else f"{self.position}.{self.branch}"
         return f"#{where} {self.name} ({self.status})"
+
+    @classmethod
+    def new(cls, **fields: Any) -> Step:
+        """A new, unsaved journal row, as ``Step(**fields)`` builds it, but without
+        ``Model.__init__``'s work per field: the engine makes one for every step it runs, so
+        the defaults are copied from a template. Falls back to ``Step(**fields)`` for anything
+        the template does not cover (a related object, an unknown name, an init signal)."""
+        template, made = _step_template()
+        if not fields.keys() <= template.keys() or _has_init_receivers(cls):
+            return cls(**fields)
+        row = cls.__new__(cls)
+        row.__dict__.update(template)
+        for field in made:  # a callable default (dict, list): a fresh value for each row
+            row.__dict__[field.attname] = field.get_default()
+        row.__dict__.update(fields)
+        row._state = models.base.ModelState()
+        return row
 
     @property
     def label(self) -> str:
@@ -388,3 +418,16 @@ class RunAudit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} by {self.actor or 'the engine'}"
+
+
+@lru_cache(maxsize=1)
+def _step_template() -> tuple[dict[str, Any], list[Any]]:
+    fields = Step._meta.concrete_fields
+    made = [f for f in fields if f.has_default() and callable(f.default)]
+    return {f.attname: f.get_default() for f in fields}, made
+
+
+def _has_init_receivers(model: type[models.Model]) -> bool:
+    return models.signals.pre_init.has_listeners(model) or models.signals.post_init.has_listeners(
+        model
+    )

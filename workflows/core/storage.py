@@ -339,39 +339,18 @@ class PostgresStorage(SQLiteStorage):
                 dirty=dirty,
                 inserts=inserts,
             )
-        params: list[Any] = []
-        sets = []
-        for name, value in fields.items():
-            field: Any = Run._meta.get_field(name)
-            sets.append(
-                f"{connection.ops.quote_name(field.column)} = %s::{field.db_type(connection)}"
-            )
-            params.append(_prep(field, value, raw=True))
+        run_cols = tuple(fields)
+        sql = _checkpoint_sql(run_cols, bool(cost), len(dirty), bool(inserts))
+        params: list[Any] = [_run_value(name, fields[name]) for name in run_cols]
         if cost:
-            sets.append("cost = cost + %s")
             params.append(cost)
-        fence = "WHERE id = %s AND lease_owner = %s AND generation = %s"
-        run_table = Run._meta.db_table
-        if sets:
-            ctes = [f"r AS (UPDATE {run_table} SET {', '.join(sets)} {fence} RETURNING id)"]
-        else:
-            # Nothing to change on the run: lock it instead of rewriting it. FOR SHARE
-            # conflicts with a concurrent cancel/restart UPDATE, and READ COMMITTED re-checks
-            # the fence after such a writer commits, so a stale owner still writes nothing.
-            ctes = [f"r AS (SELECT id FROM {run_table} {fence} FOR SHARE)"]
         params += [run_id, owner, generation]
-        upd_sql, upd_fields = _update_sql()
-        for n, row in enumerate(dirty):
-            ctes.append(f"u{n} AS ({upd_sql} WHERE id = %s AND EXISTS (SELECT 1 FROM r))")
-            params += [_prep(f, row) for f in upd_fields]
+        update_attrs = _update_attrs()
+        for row in dirty:
+            params += _row_params(row, update_attrs)
             params.append(row.pk)
-        select_new = "NULL::bigint"
         if inserts:
-            ins_sql, ins_fields = _insert_sql()
-            ctes.append(f"i AS ({ins_sql} WHERE EXISTS (SELECT 1 FROM r) RETURNING id)")
-            params += [_prep(f, inserts[0]) for f in ins_fields]
-            select_new = "(SELECT id FROM i)"
-        sql = f"WITH {', '.join(ctes)} SELECT (SELECT count(*) FROM r), {select_new}"
+            params += _row_params(inserts[0], _insert_attrs())
         with connection.cursor() as cur:
             cur.execute(sql, params)
             ok, new_id = cur.fetchone()
@@ -500,6 +479,83 @@ def _update_sql() -> tuple[str, list[Any]]:
         f"{connection.ops.quote_name(f.column)} = %s::{f.db_type(connection)}" for f in fields
     )
     return f"UPDATE {Step._meta.db_table} SET {sets}", fields
+
+
+@lru_cache(maxsize=256)
+def _checkpoint_sql(run_cols: tuple[str, ...], cost: bool, dirty: int, insert: bool) -> str:
+    """The inline checkpoint's statement for one shape (which run columns it sets, whether it
+    adds a cost, how many journal rows it rewrites, whether it inserts one): a handful of
+    shapes recur for every step, so each is built once, and the same text lets psycopg keep
+    it prepared on the server."""
+    sets = []
+    for name in run_cols:
+        field: Any = Run._meta.get_field(name)
+        sets.append(f"{connection.ops.quote_name(field.column)} = %s::{field.db_type(connection)}")
+    if cost:
+        sets.append("cost = cost + %s")
+    fence = "WHERE id = %s AND lease_owner = %s AND generation = %s"
+    run_table = Run._meta.db_table
+    if sets:
+        ctes = [f"r AS (UPDATE {run_table} SET {', '.join(sets)} {fence} RETURNING id)"]
+    else:
+        # Nothing to change on the run: lock it instead of rewriting it. FOR SHARE
+        # conflicts with a concurrent cancel/restart UPDATE, and READ COMMITTED re-checks
+        # the fence after such a writer commits, so a stale owner still writes nothing.
+        ctes = [f"r AS (SELECT id FROM {run_table} {fence} FOR SHARE)"]
+    upd_sql, _ = _update_sql()
+    for n in range(dirty):
+        ctes.append(f"u{n} AS ({upd_sql} WHERE id = %s AND EXISTS (SELECT 1 FROM r))")
+    select_new = "NULL::bigint"
+    if insert:
+        ins_sql, _ = _insert_sql()
+        ctes.append(f"i AS ({ins_sql} WHERE EXISTS (SELECT 1 FROM r) RETURNING id)")
+        select_new = "(SELECT id FROM i)"
+    return f"WITH {', '.join(ctes)} SELECT (SELECT count(*) FROM r), {select_new}"
+
+
+def _run_value(name: str, value: Any) -> Any:
+    return _prep(Run._meta.get_field(name), value, raw=True)
+
+
+# How each journal column is passed: 0 as it is, 1 as JSON, 2 created_at (defaulted).
+_AS_IS, _JSON, _CREATED = 0, 1, 2
+
+
+def _attr_specs(fields: list[Any]) -> tuple[tuple[str, int], ...]:
+    specs = []
+    for f in fields:
+        kind = _AS_IS
+        if f.get_internal_type() == "JSONField":
+            kind = _JSON
+        elif f.attname == "created_at":
+            kind = _CREATED
+        specs.append((f.attname, kind))
+    return tuple(specs)
+
+
+@lru_cache(maxsize=1)
+def _insert_attrs() -> tuple[tuple[str, int], ...]:
+    return _attr_specs(_insert_sql()[1])
+
+
+@lru_cache(maxsize=1)
+def _update_attrs() -> tuple[tuple[str, int], ...]:
+    return _attr_specs(_update_sql()[1])
+
+
+def _row_params(row: Step, specs: tuple[tuple[str, int], ...]) -> list[Any]:
+    """``_prep`` for every column of a journal row, without a field lookup per value (this runs
+    for every step)."""
+    values = row.__dict__
+    out: list[Any] = []
+    for attname, kind in specs:
+        value = values[attname] if attname in values else getattr(row, attname)
+        if kind == _JSON:
+            value = None if value is None else Jsonb(value)
+        elif kind == _CREATED and value is None:
+            value = row.started_at or timezone.now()
+        out.append(value)
+    return out
 
 
 def _prep(field: Any, obj: Any, raw: bool = False) -> Any:
