@@ -78,6 +78,10 @@ def call_digest(value: Any) -> str:
         text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     except (TypeError, ValueError):
         return ""  # Unserializable arguments fail the step anyway; nothing to compare.
+    return _digest_text(text)
+
+
+def _digest_text(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
@@ -705,7 +709,9 @@ class Context:
         self._cost = Decimal(0)
 
     def _pack(self, value: Any, what: str) -> Any:
-        data, blob = payloads.pack(value, self._record.pk, what)
+        return self._stored(*payloads.pack(value, self._record.pk, what))
+
+    def _stored(self, data: Any, blob: Any) -> Any:
         if blob is not None:
             blob.save()
             return payloads.blob_ref(blob)
@@ -727,14 +733,20 @@ class Context:
         now = timezone.now()
         conf = pools.get_pool(sd.pool)
         call = {"args": list(args), "kwargs": kwargs}
-        digest = call_digest(call) if row is None else row.digest
+        what = f"arguments of {sd.name}"
         try:
-            packed_args = self._pack(call, f"arguments of {sd.name}")
+            # One encoding serves the digest, the size checks and the column (as call_digest
+            # and _pack would each make it).
+            data = payloads.to_json(call, what)
+            encoded = payloads.encode_sorted(data, what)
+            size = payloads.check_encoded(data, encoded, what)
+            packed_args = self._stored(*payloads.pack_data(data, size, self._record.pk))
         except (TypeError, PayloadTooLargeError) as exc:
             row = row or self._new_row(pos, kind, sd.name, StepStatus.RUNNING)
             if row.pk is None:
                 self._inserts.append(row)
             return self._fail(row, error_dict(exc), now=now)
+        digest = _digest_text(encoded) if row is None else row.digest
         target = step_path(sd)
         if conf.is_limited:
             try:

@@ -60,6 +60,21 @@ def check_size(data: Any, what: str = "value") -> int:
     except ValueError:
         # NaN and Infinity are not JSON: PostgreSQL's jsonb refuses them, so refuse them here.
         raise TypeError(f"{what} contains NaN or Infinity, which is not JSON") from None
+    return check_encoded(data, encoded, what)
+
+
+def encode_sorted(data: Any, what: str = "value") -> str:
+    """``data`` (plain JSON) as canonical JSON text: sorted keys, no spaces. The same text
+    serves a call's digest and ``check_encoded``: a key's order changes neither a size nor
+    what characters the text holds."""
+    try:
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        raise TypeError(f"{what} contains NaN or Infinity, which is not JSON") from None
+
+
+def check_encoded(data: Any, encoded: str, what: str = "value") -> int:
+    """The checks of ``check_size`` on ``data`` already encoded (compactly) as ``encoded``."""
     if "\\u0000" in encoded and _NUL_ESCAPE.search(encoded):
         # PostgreSQL's jsonb cannot store NUL; refuse it here, as a clear step failure,
         # rather than as a database error in the middle of a checkpoint.
@@ -94,7 +109,11 @@ def escape(data: Any) -> Any:
 def pack(value: Any, run_id: Any, what: str = "value") -> tuple[Any, Any | None]:
     """Encode for a JSON column. Returns (column value, Blob to save first or None)."""
     data = to_json(value, what)
-    size = check_size(data, what)
+    return pack_data(data, check_size(data, what), run_id)
+
+
+def pack_data(data: Any, size: int, run_id: Any) -> tuple[Any, Any | None]:
+    """``pack`` for plain JSON ``data`` already checked (``size`` from ``check_size``)."""
     if size <= settings.SLUICE_PAYLOAD_INLINE_LIMIT:
         return escape(data), None
     # A blob's text is the value itself: it is never read as a reference, so needs no escape.
