@@ -26,6 +26,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Q, QuerySet
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
@@ -167,9 +168,34 @@ def open_queue(
 
 
 def open_pipelines(user: Any) -> list[str]:
-    """Pipelines that have open gates this user can see (for the queue's filter)."""
-    qs = gates_visible_to(user).filter(status=GateStatus.OPEN).order_by("pipeline")
-    return list(qs.values_list("pipeline", flat=True).distinct())
+    """Pipelines that have open gates this user can see (for the queue's filter).
+
+    On PostgreSQL a loose index scan: each step of a recursive query asks for the first open
+    gate the user may see in a pipeline after the last one found, along the ``(pipeline,
+    deadline)`` index of open gates. Its cost grows with the number of pipelines, not of
+    gates; a ``DISTINCT`` read every open gate (and joined its run) on every page view.
+    """
+    visible = gates_visible_to(user).filter(status=GateStatus.OPEN)
+    if visible.query.is_empty():
+        return []
+    if connection.vendor != "postgresql":
+        return list(visible.order_by("pipeline").values_list("pipeline", flat=True).distinct())
+    first = visible.order_by("pipeline").values_list("pipeline", flat=True)[:1]
+    after = (
+        visible.filter(pipeline__gt=RawSQL('"found"."pipeline"', ()))
+        .order_by("pipeline")
+        .values_list("pipeline", flat=True)[:1]
+    )
+    first_sql, first_params = first.query.sql_with_params()
+    after_sql, after_params = after.query.sql_with_params()
+    with connection.cursor() as cur:
+        cur.execute(
+            f"WITH RECURSIVE found(pipeline) AS (({first_sql}) UNION ALL "
+            f"SELECT ({after_sql}) FROM found WHERE found.pipeline IS NOT NULL) "
+            "SELECT pipeline FROM found WHERE pipeline IS NOT NULL",
+            [*first_params, *after_params],
+        )
+        return [row[0] for row in cur.fetchall()]
 
 
 def next_gate_for(user: Any, after: Gate | None = None) -> Gate | None:
