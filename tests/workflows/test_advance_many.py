@@ -52,7 +52,7 @@ def test_runs_that_must_wait_again_suspend(bell: Bell) -> None:
 
 
 def _burst(bell: Bell, n: int, on_complete: str = "") -> list[Run]:
-    runs = [start(samples.waiter, {}, on_complete=on_complete or None) for _ in range(n)]
+    runs = [start(samples.waiter, {}, on_complete=on_complete) for _ in range(n)]
     bell.drain()
     for run in runs:
         send_event(run.pk, "approved", {})
