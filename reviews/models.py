@@ -108,6 +108,20 @@ class Gate(models.Model):
                 name="gate_open_pipeline",
                 condition=Q(status="open"),
             ),
+            # A reviewer's share of the open gates: their groups' gates and those escalated to
+            # their groups. Together they let the queue, its count and its pipeline list read
+            # only that share (a bitmap OR of the two) when it is a small part of the backlog,
+            # instead of walking every open gate by deadline to find it.
+            models.Index(
+                fields=["group", "pipeline"],
+                name="gate_open_group_pipeline",
+                condition=Q(status="open"),
+            ),
+            models.Index(
+                fields=["escalate_to", "pipeline"],
+                name="gate_open_escalated",
+                condition=Q(status="open", escalated_at__isnull=False),
+            ),
             # "My decisions" and the earlier attempts of a gate.
             models.Index(fields=["decided_by_user", "-decided_at"], name="gate_decided_by_user"),
             models.Index(fields=["run", "title", "id"], name="gate_run_title"),

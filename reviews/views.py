@@ -36,6 +36,7 @@ from reviews.forms import DecisionForm, EditsForm, PreferencesForm
 from reviews.models import Gate, GateStatus, NotificationPreference
 from reviews.presenters import present
 from reviews.templatetags.reviews_tags import countdown, short_time, urgency
+from workflows.views import CappedPaginator
 
 View = Callable[..., HttpResponseBase]
 
@@ -74,6 +75,14 @@ def _gate_or_404(request: HttpRequest, pk: int) -> Gate:
 FILTERS = {"mine": "Claimed by me", "unclaimed": "Unclaimed"}
 
 
+class QueuePaginator(CappedPaginator):
+    """Counts at most ``PAGE_CAP`` pages of open gates ("1000+"): the count reads and joins
+    every gate it counts, so an exact one grows with the backlog on every view and every live
+    refresh, and nobody pages past the first twenty (the filters narrow the queue instead)."""
+
+    PAGE_CAP = 20
+
+
 @require_GET
 @strict_styles
 @reviewer_required
@@ -89,7 +98,7 @@ def queue(request: HttpRequest) -> HttpResponse:
         pipeline=pipeline,
         due_within=timedelta(hours=1) if due == "1h" else None,
     )
-    paginator = Paginator(qs, settings.SLUICE_REVIEW_PAGE_SIZE)
+    paginator = QueuePaginator(qs, settings.SLUICE_REVIEW_PAGE_SIZE)
     page = paginator.get_page(request.GET.get("page"))
     gates = list(page.object_list)
     fingerprint = _fingerprint(paginator.count, gates)

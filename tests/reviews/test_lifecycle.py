@@ -8,6 +8,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from reviews.models import Gate, GateEvent
@@ -220,6 +222,35 @@ def test_it_expires_in_batches_with_each_gates_own_default(bell: Bell) -> None:
         assert gate.status == "expired"
         assert get_run(gate.run_id).output["outcome"] == gate.on_timeout
     assert Gate.objects.get(pk=later.pk).status == "open"
+
+
+def test_an_expiry_batch_costs_the_same_statements_for_3_gates_or_12(
+    bell: Bell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Set-based expiry: closing, resolving and auditing a batch is a fixed number of
+    statements (on PostgreSQL the gates close in one ``UPDATE … RETURNING``), never one per
+    gate. The audit trail and the journal say the same as one gate expiring alone."""
+    monkeypatch.setattr("reviews.services.send_resume_chunks", lambda chunks: None)
+    counted = []
+    for n in (3, 12):
+        gates = [open_gate(bell, on_timeout="approve" if i % 3 else "reject") for i in range(n)]
+        Gate.objects.filter(pk__in=[g.pk for g in gates]).update(
+            deadline=timezone.now() - timedelta(seconds=1)
+        )
+        with CaptureQueriesContext(connection) as queries:
+            assert expire_due_gates() == n
+        counted.append(len(queries))
+        for gate in gates:
+            gate.refresh_from_db()
+            assert (gate.status, gate.outcome, gate.timed_out) == ("expired", gate.on_timeout, True)
+            assert (gate.decided_by, gate.decided_at is not None) == ("", True)
+            assert kinds(gate) == ["opened", "expired"]
+            event = GateEvent.objects.get(gate=gate, kind="expired")
+            assert (event.actor, event.detail) == ("", {"outcome": gate.on_timeout})
+            step = Step.objects.get(pk=gate.step_id)
+            assert (step.status, step.usage) == ("succeeded", {"timed_out": True})
+            assert step.result["outcome"] == gate.on_timeout and step.result["timed_out"]
+    assert counted[0] == counted[1]
 
 
 def test_a_burst_of_expired_gates_resumes_its_runs_in_chunks(

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Group, User
 from django.core import mail
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from reviews import notifications
@@ -242,6 +244,28 @@ def test_expiry_tells_the_claimant(bell: Bell, team: People) -> None:
     deliver_all()
     assert recipients() == ["ana@example.com"]
     assert "Expired" in mail.outbox[0].subject and '"reject"' in mail.outbox[0].body
+
+
+def test_a_burst_of_claimed_gates_expiring_tells_each_claimant_in_a_few_queries(
+    bell: Bell, team: People
+) -> None:
+    """One notification per claimed gate, to its claimant; the queries grow with the
+    claimants, not with the gates (one burst of 2 gates and one of 8, two claimants each)."""
+    counted = []
+    for n in (2, 8):
+        gates = [open_gate(bell, timeout_s=60) for _ in range(n)]
+        for i, gate in enumerate(gates):
+            claim_gate(gate.pk, team.ana if i % 2 else team.ben)
+        deliver_all()
+        mail.outbox.clear()
+        due = max(g.deadline for g in gates) + timedelta(seconds=1)
+        with CaptureQueriesContext(connection) as queries:
+            assert expire_due_gates(now=due) == n
+        counted.append(len(queries))
+        assert Notification.objects.filter(gate__in=gates, event="expired").count() == n
+        deliver_all()
+        assert recipients() == ["ana@example.com"] * (n // 2) + ["ben@example.com"] * (n // 2)
+    assert counted[0] == counted[1]
 
 
 def test_an_unclaimed_expiry_tells_nobody(bell: Bell, team: People) -> None:

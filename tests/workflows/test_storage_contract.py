@@ -318,3 +318,65 @@ def test_insert_steps_sets_primary_keys_and_the_last_branch_closes_the_group(
     assert all(x is not None and x[2] is False for x in left)
     lone = make_step(run, 2, branch=0)
     assert store.decrement_group(lone) is None  # no group at its position
+
+
+def test_end_runs_ends_only_the_runs_still_ours(store: Storage) -> None:
+    now = timezone.now()
+    mine, restarted, taken_over = make_run(), make_run(), make_run()
+    for run in (mine, restarted, taken_over):
+        assert store.take_run(run.pk, 1, "w1", now) is not None
+    Run.objects.filter(pk=restarted.pk).update(generation=2)
+    Run.objects.filter(pk=taken_over.pk).update(lease_owner="w2")
+
+    def end(output: Any) -> dict[str, Any]:
+        return {
+            "status": RunStatus.SUCCEEDED,
+            "output": output,
+            "error": None,
+            "finished_at": now,
+            "lease_owner": "",
+            "lease_expires_at": None,
+            "wake_requested_at": None,
+            "current_step": "last",
+        }
+
+    ended = store.end_runs(
+        "w1", [(mine.pk, 1, end({"n": 1})), (restarted.pk, 1, end(2)), (taken_over.pk, 1, end(3))]
+    )
+    assert {str(pk) for pk in ended} == {str(mine.pk)}
+    fresh = Run.objects.get(pk=mine.pk)
+    assert (fresh.status, fresh.output, fresh.lease_owner, fresh.current_step) == (
+        RunStatus.SUCCEEDED,
+        {"n": 1},
+        "",
+        "last",
+    )
+    assert fresh.finished_at == now and fresh.lease_expires_at is None
+    for other in (restarted, taken_over):
+        assert Run.objects.get(pk=other.pk).status == RunStatus.RUNNING  # untouched
+    assert store.end_runs("w1", []) == set()
+
+
+def test_resolve_waits_resolves_live_waits_once_and_wakes_active_runs(store: Storage) -> None:
+    now = timezone.now()
+    active, ended = make_run(status="suspended"), make_run(status="canceled")
+    waiting = make_step(active, 1, kind="gate", name="g", status="waiting")
+    of_ended = make_step(ended, 1, kind="gate", name="g", status="waiting")
+    superseded = make_step(active, 2, kind="gate", name="g", status="waiting", superseded=True)
+    done = make_step(active, 3, kind="gate", name="g", status="succeeded")
+    fields: dict[str, Any] = {
+        "status": StepStatus.SUCCEEDED,
+        "result": {"outcome": "approve"},
+        "finished_at": now,
+    }
+    got = store.resolve_waits([waiting.pk, of_ended.pk, superseded.pk, done.pk], fields, now)
+    assert sorted((pk, str(run_id), gen) for pk, run_id, gen in got) == sorted(
+        [(waiting.pk, str(active.pk), 1), (of_ended.pk, str(ended.pk), None)]
+    )
+    row = Step.objects.get(pk=waiting.pk)
+    assert (row.status, row.result, row.finished_at) == ("succeeded", {"outcome": "approve"}, now)
+    assert Step.objects.get(pk=superseded.pk).status == "waiting"
+    assert Run.objects.get(pk=active.pk).wake_requested_at == now
+    assert Run.objects.get(pk=ended.pk).wake_requested_at is None  # not active: not woken
+    assert store.resolve_waits([waiting.pk], fields, now) == []  # no longer waiting
+    assert store.resolve_waits([], fields, now) == []

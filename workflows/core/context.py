@@ -1138,17 +1138,43 @@ class Context:
             self._flush(**fields)
         except LeaseLost:  # the run's compare-and-swap failed: nothing was written
             return False
+        if compensate:
+            self._took(fields, cost)
+            ring_on_commit(self._record.pk, self.generation)
+            return True
+        self.ended(fields, cost)
+        return True
+
+    def plain_end(self, output: Any) -> dict[str, Any] | None:
+        """The run columns of a success that writes the run row and nothing else (no journal
+        row buffered, no cost to add), for ending many runs in one statement
+        (``executor.advance_many``); None when this end needs ``write_finish``."""
+        if self._dirty or self._inserts or self._cost:
+            return None
+        return {
+            "status": RunStatus.SUCCEEDED,
+            "output": output,
+            "error": None,
+            "finished_at": timezone.now(),
+            "lease_owner": "",
+            "lease_expires_at": None,
+            "wake_requested_at": None,
+            "current_step": (self._current or self._record.current_step or "")[:200],
+        }
+
+    def ended(self, fields: dict[str, Any], cost: Decimal = Decimal(0)) -> None:
+        """The run row now holds ``fields`` (written by this transaction): mirror them on the
+        record and run the terminal hooks, in the same transaction."""
+        self._took(fields, cost)
+        run_terminal_hooks(self._record)
+
+    def _took(self, fields: dict[str, Any], cost: Decimal) -> None:
         # What we wrote is what the row now holds: no need to read it back.
         for key, value in fields.items():
             setattr(self._record, key, value)
         self._record.cost = Decimal(self._record.cost or 0) + cost
         if self._current:
             self._record.current_step = self._current[:200]
-        if compensate:
-            ring_on_commit(self._record.pk, self.generation)
-            return True
-        run_terminal_hooks(self._record)
-        return True
 
     def _must_compensate(self) -> bool:
         """The handler failed: does a step it completed have an undo still to run?"""

@@ -206,6 +206,8 @@ def _advance_taken(runs: list[Run], owner: str) -> dict[str, int]:
             continue
         counts[outcome] = counts.get(outcome, 0) + 1
     if ending:
+        ending = _end_together(ending, owner, counts)
+    if ending:
         with transaction.atomic():
             for ctx, outcome, value in ending:
                 # A savepoint each: one run that cannot end (fenced out, a hook that raises)
@@ -236,6 +238,43 @@ def _advance_taken(runs: list[Run], owner: str) -> dict[str, int]:
         drop_run(run.pk)
         advance(run.pk, run.generation)
     return counts
+
+
+def _end_together(
+    ending: list[tuple[Context, str, Any]], owner: str, counts: dict[str, int]
+) -> list[tuple[Context, str, Any]]:
+    """End the plain successes of a burst (nothing to write but the run row: a run that
+    resumed past a gate and returned) in one statement, and their hooks, in one transaction.
+    Returns the ends left for one savepoint each: the others, or all of them if that
+    transaction failed (a hook that raised), since it then wrote nothing."""
+    plain: list[tuple[Context, dict[str, Any]]] = []
+    rest: list[tuple[Context, str, Any]] = []
+    for ctx, outcome, value in ending:
+        fields = ctx.plain_end(value) if outcome == RunStatus.SUCCEEDED else None
+        if fields is None:
+            rest.append((ctx, outcome, value))
+        else:
+            plain.append((ctx, fields))
+    if not plain:
+        return rest
+    try:
+        with transaction.atomic():
+            ended = {
+                str(pk)
+                for pk in transitions.end_many(
+                    owner, [(ctx.run_id, ctx.generation, fields) for ctx, fields in plain]
+                )
+            }
+            for ctx, fields in plain:
+                if str(ctx.run_id) in ended:
+                    ctx.ended(fields)
+    except Exception:
+        log.exception("could not end %s runs together; ending them one by one", len(plain))
+        return rest + [(ctx, RunStatus.SUCCEEDED, fields["output"]) for ctx, fields in plain]
+    counts[RunStatus.SUCCEEDED] = counts.get(RunStatus.SUCCEEDED, 0) + len(ended)
+    if len(plain) > len(ended):
+        counts["lease-lost"] = counts.get("lease-lost", 0) + len(plain) - len(ended)
+    return rest
 
 
 # --- steps executed by a worker of their pool --------------------------------------------------

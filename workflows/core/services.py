@@ -335,8 +335,9 @@ def complete_waiting_steps(
     now: datetime | None = None,
 ) -> tuple[set[int], list[tuple[Any, int]]]:
     """The bulk form of ``complete_waiting_step`` for steps resolved with one result (gates
-    that expired together with the same outcome): one compare-and-swap statement
-    (waiting, not superseded → succeeded) and one to mark their runs runnable.
+    that expired together with the same outcome): a compare-and-swap of the steps (waiting,
+    not superseded → succeeded) that marks their runs runnable, one statement on PostgreSQL
+    (``transitions.resolve_waits``).
 
     Call inside the caller's transaction. Returns the ids of the steps this call resolved (a
     step that no longer waited is left alone and missing here) and the (run id, generation)
@@ -350,29 +351,9 @@ def complete_waiting_steps(
     fields: dict[str, Any] = {"status": StepStatus.SUCCEEDED, "result": data, "finished_at": now}
     if timed_out:
         fields["usage"] = {"timed_out": True}
-    table = Step._meta.db_table
-    sets = ", ".join(f"{connection.ops.quote_name(name)} = %s" for name in fields)
-    step_fields: list[Any] = [Step._meta.get_field(name) for name in fields]
-    params = [
-        field.get_db_prep_save(value, connection)
-        for field, value in zip(step_fields, fields.values(), strict=True)
-    ]
-    marks = ", ".join(["%s"] * len(step_ids))
-    with connection.cursor() as cur:
-        cur.execute(
-            f"UPDATE {table} SET {sets} WHERE id IN ({marks}) AND status = %s "
-            "AND superseded = %s RETURNING id, run_id",
-            [*params, *step_ids, StepStatus.WAITING, False],
-        )
-        done = cur.fetchall()
-    if not done:
-        return set(), []
-    run_pk = Run._meta.pk
-    assert run_pk is not None
-    run_ids = {run_pk.to_python(run_id) for _id, run_id in done}
-    woken = Run.objects.filter(pk__in=run_ids, status__in=ACTIVE_RUN)
-    woken.update(wake_requested_at=now)
-    return {step_id for step_id, _ in done}, list(woken.values_list("pk", "generation"))
+    done = transitions.resolve_waits(step_ids, fields, now)
+    woken = {(run_id, generation) for _, run_id, generation in done if generation is not None}
+    return {step_id for step_id, _, _ in done}, sorted(woken, key=lambda r: str(r[0]))
 
 
 def _resolve_waiting(step_id: int, fields: dict[str, Any]) -> bool:

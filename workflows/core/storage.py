@@ -7,6 +7,8 @@ engine talks to its tables through ``Storage`` for the writes that decide who ow
 take_run(s)      pending/suspended/expired run → running under this worker's lease (a
                  compensating run keeps its status)
 checkpoint       previous results + next step "running, attempt n" + lease, fenced on the run
+end_runs         a burst of runs ending with no journal row to write, each fenced on itself
+resolve_waits    waiting steps → resolved (gates expired together), their runs made runnable
 claim            a queued step (pending, or a slot reserved at fan-out) → running
 complete         running → succeeded | retrying | failed, fenced on owner and attempt
 hand_over        a finishing worker's pool slot passes to the oldest waiting step
@@ -19,10 +21,11 @@ UPDATE (``filter(pk=..., status=OLD).update(...)``), acting only when it touched
 SQLite serializes writers, and the transactions around the reads keep them consistent.
 ``PostgresStorage`` does the same transitions in fewer round trips: UPDATE … RETURNING,
 data-modifying CTEs for the inline checkpoint (one statement, one commit), SKIP LOCKED for the
-hand-over, unnest() for wide fan-outs. Where the portable statement is already a single
-conditional UPDATE (complete, fire_timer, reclaim) PostgreSQL inherits it unchanged: there is
-nothing to gain, and one definition cannot drift. ``tests/workflows/test_storage_contract.py``
-runs one suite against whichever backend the test database is (both run in ``make test``).
+hand-over, unnest() for wide fan-outs and for bursts of ends. Where the portable statement is
+already a single conditional UPDATE (complete, fire_timer, reclaim) PostgreSQL inherits it
+unchanged: there is nothing to gain, and one definition cannot drift.
+``tests/workflows/test_storage_contract.py`` runs one suite against whichever backend the test
+database is (both run in ``make test``).
 
 The named transitions that callers use are in ``workflows.core.transitions``.
 """
@@ -95,6 +98,12 @@ class Storage(ABC):
         or nothing. False, having written nothing, when it is not ours."""
 
     @abstractmethod
+    def end_runs(self, owner: str, ends: list[tuple[Any, int, dict[str, Any]]]) -> set[Any]:
+        """``checkpoint`` with ``fields`` only (no journal row, no cost), for many runs of
+        ``owner``: each (run id, generation, fields) whose run is still ours gets its fields.
+        Every ``fields`` has the same keys. Returns the ids of the runs written."""
+
+    @abstractmethod
     def reclaim_run(self, run: Run, now: datetime) -> bool:
         """A running (or compensating) run whose lease expired: free the lease and mark it
         runnable."""
@@ -134,6 +143,14 @@ class Storage(ABC):
     @abstractmethod
     def decrement_group(self, row: Step) -> tuple[int, int, bool] | None:
         """``remaining - 1`` on the branch's group: (group id, remaining, holds back)."""
+
+    @abstractmethod
+    def resolve_waits(
+        self, step_ids: list[int], fields: dict[str, Any], now: datetime
+    ) -> list[tuple[int, Any, int | None]]:
+        """Waiting (live) steps → ``fields``, and their active runs marked runnable at
+        ``now``: (step id, run id, the run's generation, or None when the run is not active)
+        for each step this call resolved."""
 
 
 class SQLiteStorage(Storage):
@@ -200,6 +217,15 @@ class SQLiteStorage(Storage):
             if inserts:
                 Step.objects.bulk_create(inserts)
         return True
+
+    def end_runs(self, owner: str, ends: list[tuple[Any, int, dict[str, Any]]]) -> set[Any]:
+        return {
+            run_id
+            for run_id, generation, fields in ends
+            if Run.objects.filter(pk=run_id, lease_owner=owner, generation=generation).update(
+                **fields
+            )
+        }
 
     def reclaim_run(self, run: Run, now: datetime) -> bool:
         return bool(
@@ -306,6 +332,36 @@ class SQLiteStorage(Storage):
             return None
         return found[0], found[1], bool((found[2] or {}).get("held", True))
 
+    def resolve_waits(
+        self, step_ids: list[int], fields: dict[str, Any], now: datetime
+    ) -> list[tuple[int, Any, int | None]]:
+        if not step_ids:
+            return []
+        q = connection.ops.quote_name
+        step_fields: list[Any] = [Step._meta.get_field(name) for name in fields]
+        sets = ", ".join(f"{q(f.column)} = %s" for f in step_fields)
+        params = [
+            f.get_db_prep_save(value, connection)
+            for f, value in zip(step_fields, fields.values(), strict=True)
+        ]
+        marks = ", ".join(["%s"] * len(step_ids))
+        with connection.cursor() as cur:
+            # The compare-and-swap returns the rows it changed (UPDATE … RETURNING).
+            cur.execute(
+                f"UPDATE {Step._meta.db_table} SET {sets} WHERE id IN ({marks}) AND status = %s "
+                "AND superseded = %s RETURNING id, run_id",
+                [*params, *step_ids, StepStatus.WAITING, False],
+            )
+            done = cur.fetchall()
+        if not done:
+            return []
+        run_pk: Any = Run._meta.pk
+        done = [(pk, run_pk.to_python(run_id)) for pk, run_id in done]
+        woken = Run.objects.filter(pk__in={run_id for _, run_id in done}, status__in=ACTIVE_RUN)
+        woken.update(wake_requested_at=now)
+        generations = dict(woken.values_list("pk", "generation"))
+        return [(pk, run_id, generations.get(run_id)) for pk, run_id in done]
+
 
 class PostgresStorage(SQLiteStorage):
     """The same transitions in fewer round trips (see the module docstring). Inherits
@@ -358,6 +414,38 @@ class PostgresStorage(SQLiteStorage):
             inserts[0].pk = new_id
             inserts[0]._state.adding = False
         return bool(ok)
+
+    def end_runs(self, owner: str, ends: list[tuple[Any, int, dict[str, Any]]]) -> set[Any]:
+        """One ``UPDATE … FROM unnest(arrays)`` for the whole burst, fenced per run on
+        (id, generation, owner): a column an array, as in ``insert_steps``. Through
+        ``checkpoint`` the same is a statement per run."""
+        if not ends:
+            return set()
+        names = list(ends[0][2])
+        fields: list[Any] = [Run._meta.get_field(name) for name in names]
+        pk_field: Any = Run._meta.pk
+        gen_field: Any = Run._meta.get_field("generation")
+        q = connection.ops.quote_name
+        cols = ", ".join(["id", "generation", *(q(f.column) for f in fields)])
+        arrays = ", ".join(f"%s::{f.db_type(connection)}[]" for f in [pk_field, gen_field, *fields])
+        sets = ", ".join(f"{q(f.column)} = v.{q(f.column)}" for f in fields)
+        params: list[Any] = [
+            [pk_field.get_db_prep_value(run_id, connection) for run_id, _, _ in ends],
+            [generation for _, generation, _ in ends],
+            *(
+                [_prep(f, values[name], raw=True) for _, _, values in ends]
+                for f, name in zip(fields, names, strict=True)
+            ),
+            owner,
+        ]
+        with connection.cursor() as cur:
+            cur.execute(
+                f"UPDATE {Run._meta.db_table} AS r SET {sets} FROM unnest({arrays}) AS v({cols}) "
+                "WHERE r.id = v.id AND r.generation = v.generation AND r.lease_owner = %s "
+                "RETURNING r.id",
+                params,
+            )
+            return {pk_field.to_python(row[0]) for row in cur.fetchall()}
 
     def claim_reserved(self, step_id: int, owner: str, now: datetime) -> Step | None:
         table = Step._meta.db_table
@@ -450,6 +538,32 @@ class PostgresStorage(SQLiteStorage):
         if isinstance(args, str):
             args = json.loads(args)
         return found[0], found[1], bool((args or {}).get("held", True))
+
+    def resolve_waits(
+        self, step_ids: list[int], fields: dict[str, Any], now: datetime
+    ) -> list[tuple[int, Any, int | None]]:
+        """One statement of two data-modifying CTEs (the steps, then their runs), the ids as
+        arrays: a burst of gates that expired together costs one round trip, not three."""
+        if not step_ids:
+            return []
+        q = connection.ops.quote_name
+        step_fields: list[Any] = [Step._meta.get_field(name) for name in fields]
+        sets = ", ".join(f"{q(f.column)} = %s::{f.db_type(connection)}" for f in step_fields)
+        params: list[Any] = [
+            _prep(f, value, raw=True) for f, value in zip(step_fields, fields.values(), strict=True)
+        ]
+        params += [list(step_ids), StepStatus.WAITING, False, now, list(ACTIVE_RUN)]
+        with connection.cursor() as cur:
+            cur.execute(
+                f"WITH s AS (UPDATE {Step._meta.db_table} SET {sets} WHERE id = ANY(%s::bigint[]) "
+                "AND status = %s AND superseded = %s RETURNING id, run_id), "
+                f"r AS (UPDATE {Run._meta.db_table} SET wake_requested_at = %s "
+                "WHERE id = ANY(ARRAY(SELECT run_id FROM s)) AND status = ANY(%s::varchar[]) "
+                "RETURNING id, generation) "
+                "SELECT s.id, s.run_id, r.generation FROM s LEFT JOIN r ON r.id = s.run_id",
+                params,
+            )
+            return [tuple(row) for row in cur.fetchall()]  # type: ignore[misc]
 
 
 _BACKENDS: dict[str, Storage] = {"postgresql": PostgresStorage(), "sqlite": SQLiteStorage()}

@@ -7,10 +7,10 @@ sweep, the services and the apps built on the engine (reviews resolves its gates
 ``resolve_wait``) change state only through these functions. The ones whose best form differs
 between PostgreSQL and SQLite delegate to the storage contract (``workflows.core.storage``).
 
-Runs:   take · take_many · checkpoint (also ends a run) · suspend · release · mark_runnable ·
-        cancel · restart · reclaim_run
+Runs:   take · take_many · checkpoint (also ends a run) · end_many · suspend · release ·
+        mark_runnable · cancel · restart · reclaim_run
 Steps:  claim · claim_reserved · claim_inline · queue · defer · complete · retry_due ·
-        hand_over · resolve_wait · consume_event · close_group · release_held · ring_again ·
+        hand_over · resolve_wait(s) · consume_event · close_group · release_held · ring_again ·
         cancel_steps · supersede · fire_timer · reclaim_step
 """
 
@@ -69,6 +69,12 @@ def checkpoint(
         dirty=dirty if dirty is not None else [],
         inserts=inserts if inserts is not None else [],
     )
+
+
+def end_many(owner: str, ends: list[tuple[Any, int, dict[str, Any]]]) -> set[Any]:
+    """running (ours: owner, generation) → ended with each run's ``fields``, for many runs in
+    one statement on PostgreSQL; the ids of the runs ended (the rest are no longer ours)."""
+    return storage().end_runs(owner, ends)
 
 
 def suspend(run_id: Any, owner: str, generation: int, parked: str = RunStatus.SUSPENDED) -> bool:
@@ -212,6 +218,14 @@ def resolve_wait(step_id: int, fields: dict[str, Any]) -> bool:
             **fields
         )
     )
+
+
+def resolve_waits(
+    step_ids: list[int], fields: dict[str, Any], now: datetime
+) -> list[tuple[int, Any, int | None]]:
+    """``resolve_wait`` for many steps, and their active runs marked runnable:
+    (step id, run id, generation or None when the run is not active) per step resolved."""
+    return storage().resolve_waits(step_ids, fields, now)
 
 
 def consume_event(event_id: int, row: Step) -> bool:
