@@ -576,86 +576,79 @@ class PostgresStorage(SQLiteStorage):
         return found[0], found[1], bool((args or {}).get("held", True))
 
     def _delete_runs(self, plan: _Plan, ids: list[Any]) -> None:
-        """Generic plans: a custom plan would estimate each of the 20,000 keys of a batch's
-        journal ids in turn, for each statement; the generic plan of ``col = ANY($1)`` is an
-        index scan, which is right for keys that are a sliver of any table.
+        """Level by level: the run rows, then every table pointing at them, then every table
+        pointing at those; each level's statements sent together (psycopg's pipeline mode),
+        so a batch costs four round trips, not one per table. The keys travel as array
+        literals (``'{…}'``) from one level's ``RETURNING``, aggregated, to the next level's
+        parameters: PostgreSQL parses them and Python never holds the journal's ids one by
+        one (dumping 20,000 ids a batch, three times, was half of the prune's time).
 
-        Without PostgreSQL's per-row foreign-key checks when they can only confirm what the
-        deletes already ensure: each deleted row fires two lookups per foreign key pointing
-        at its table (about 80 per run and its journal), measured 20x the deletes
-        themselves. ``session_replication_role = replica`` skips them (as a restore does),
-        for these statements only, when ``_unchecked_is_safe`` holds: the catalog has no
-        foreign key to these tables the plan does not follow, and no trigger or rule the
-        statements would fire. Writers racing the prune still check their own keys: a row
-        added for a run of this batch waits on the run's lock, then fails its check."""
-        unchecked = self._unchecked_is_safe(plan)
-        with connection.cursor() as cur:
-            cur.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-            if unchecked:
-                cur.execute("SET LOCAL session_replication_role = replica")
-        pk: Any = Run._meta.pk
-        self._delete_rows(plan, Run, pk, _array_literal(ids))
-        # Back before the commit: whatever the runs_pruning receivers wrote is checked.
-        with connection.cursor() as cur:
-            cur.execute("SET LOCAL plan_cache_mode = DEFAULT")
-            if unchecked:
-                cur.execute("SET LOCAL session_replication_role = DEFAULT")
+        The batch's statements run with generic plans (a custom plan of ``col = ANY(…)``
+        estimates each of the 20,000 keys, for each statement; the generic one is an index
+        scan, right for keys that are a sliver of any table) and an asynchronous commit (a
+        batch lost in a crash is pruned again, its kept gate trails with it).
 
-    def _delete_rows(self, plan: _Plan, model: Any, field: Any, keys: Any) -> None:
-        """As the portable one, but ``keys`` is an array literal (``'{…}'``) carried from one
-        statement's RETURNING, aggregated, to the next one's parameter as it came: PostgreSQL
-        parses it and Python never holds the journal's ids one by one (dumping 20,000 ids a
-        batch, three times, was half of the prune's time)."""
+        And without PostgreSQL's per-row foreign-key checks, when they can only confirm what
+        these deletes ensure: each deleted row fires two lookups per foreign key pointing at
+        its table (about 80 per run and its journal), measured 20x the deletes themselves.
+        ``session_replication_role = replica`` skips them, as a restore does, for these
+        statements only, when the role may set it and the catalog agrees with the plan: no
+        foreign key points at these tables that the plan does not follow, and no trigger or
+        rule would fire on its statements. Writers racing the prune still check their own
+        keys: a row added for a run of this batch waits on the run's lock, then fails."""
         qn = connection.ops.quote_name
-        refs = plan[model]
-        targets = sorted({ref.target for ref in refs})
-        table = qn(model._meta.db_table)
-        delete = f"DELETE FROM {table} WHERE {self._any(field)}"
+        rights = _rights(connection.alias)
+        pk: Any = Run._meta.pk
+        level: list[tuple[Any, Any, str]] = [(Run, pk, _array_literal(ids))]
+        # The setup goes with the first level, the keys to clear with the next one.
+        pending: list[tuple[str, list[Any]]] = [_setup(plan, rights)]
+        before: Any = None  # the settings as they were: (plan_cache_mode, replication role)
+        while level or pending:
+            statements = pending + [self._delete_sql(plan, m, f, keys) for m, f, keys in level]
+            rows = _pipelined(statements)
+            before = before or rows[0]
+            deeper: list[tuple[Any, Any, str]] = []
+            pending = []
+            for (model, _, _), row in zip(level, rows[len(rows) - len(level) :], strict=True):
+                found = dict(zip(_targets(plan, model), row or (), strict=False))
+                for ref in plan[model]:
+                    if found.get(ref.target) is None:  # nothing deleted here
+                        continue
+                    if ref.cascade:
+                        deeper.append((ref.model, ref.field, found[ref.target]))
+                    else:
+                        table, column = qn(ref.model._meta.db_table), qn(ref.field.column)
+                        pending.append(
+                            (
+                                f"UPDATE {table} SET {column} = NULL WHERE {self._any(ref.field)}",
+                                [found[ref.target]],
+                            )
+                        )
+            level = deeper
+        # As they were for the commit: what the runs_pruning receivers wrote is checked.
+        reset = "SELECT set_config('plan_cache_mode', %s, true)"
+        if rights.replica:
+            reset += ", set_config('session_replication_role', %s, true)"
         with connection.cursor() as cur:
-            if not targets:
-                cur.execute(delete, [keys])
-                return
+            cur.execute(reset, list(before[: 2 if rights.replica else 1]))
+
+    def _delete_sql(self, plan: _Plan, model: Any, field: Any, keys: str) -> tuple[str, list[Any]]:
+        """DELETE the rows of ``model`` whose ``field`` is among ``keys``, returning, as array
+        literals, the columns the foreign keys pointing at ``model`` refer to."""
+        qn = connection.ops.quote_name
+        delete = f"DELETE FROM {qn(model._meta.db_table)} WHERE {self._any(field)}"
+        targets = _targets(plan, model)
+        if targets:
             returning = ", ".join(qn(c) for c in targets)
             aggregates = ", ".join(
                 f"array_agg({qn(c)}) FILTER (WHERE {qn(c)} IS NOT NULL)::text" for c in targets
             )
-            cur.execute(
-                f"WITH d AS ({delete} RETURNING {returning}) SELECT {aggregates} FROM d", [keys]
-            )
-            found = dict(zip(targets, cur.fetchone(), strict=True))
-        for ref in refs:
-            if found[ref.target] is None:  # no row deleted
-                continue
-            if ref.cascade:
-                self._delete_rows(plan, ref.model, ref.field, found[ref.target])
-            else:
-                child = qn(ref.model._meta.db_table)
-                with connection.cursor() as cur:
-                    cur.execute(
-                        f"UPDATE {child} SET {qn(ref.field.column)} = NULL "
-                        f"WHERE {self._any(ref.field)}",
-                        [found[ref.target]],
-                    )
+            delete = f"WITH d AS ({delete} RETURNING {returning}) SELECT {aggregates} FROM d"
+        return delete, [keys]
 
     def _any(self, field: Any) -> str:
         column = connection.ops.quote_name(field.column)
         return f"{column} = ANY(%s::{field.db_type(connection)}[])"
-
-    def _unchecked_is_safe(self, plan: _Plan) -> bool:
-        if not _may_set_replication_role(connection.alias):
-            return False
-        deleted = sorted(m._meta.db_table for m in plan)
-        updated = sorted({r.model._meta.db_table for refs in plan.values() for r in refs if not r.cascade})
-        followed = {
-            (r.model._meta.db_table, r.field.column, m._meta.db_table)
-            for m, refs in plan.items()
-            for r in refs
-        }
-        with connection.cursor() as cur:
-            cur.execute(_CATALOG_SQL, [deleted, deleted, updated, deleted + updated])
-            keys, triggered = cur.fetchone()
-        return not triggered and all(tuple(k) in followed for k in keys)
-
 
 
 _BACKENDS: dict[str, Storage] = {"postgresql": PostgresStorage(), "sqlite": SQLiteStorage()}
@@ -696,31 +689,73 @@ def _delete_plan() -> _Plan | None:
     return plan
 
 
-# For the batch's tables: every foreign key pointing at a table the prune deletes from, as
-# (referring table, its column, referred table) (a key of several columns comes back with a
-# NULL column: never followed), and whether a trigger or rule would fire on its statements
-# (DELETE on those tables, UPDATE on the tables whose keys it clears).
-_CATALOG_SQL = """
-SELECT
-  ARRAY(
-    SELECT ARRAY[fk.relname::text,
-                 CASE WHEN cardinality(c.conkey) = 1 THEN a.attname::text END,
-                 pk.relname::text]
+# The prune batch's settings, local to its transaction (``PostgresStorage._delete_runs``),
+# after the values they had (``before``).
+_SETUP_SQL = """
+WITH before AS MATERIALIZED (
+    SELECT current_setting('plan_cache_mode') AS plans,
+           current_setting('session_replication_role') AS role
+)
+SELECT plans, role,
+       set_config('plan_cache_mode', 'force_generic_plan', true),
+       set_config('synchronous_commit', 'off', true){more}
+FROM before
+"""
+
+# 'replica' unless the catalog shows a foreign key pointing at a table the prune deletes
+# from that the plan does not follow (as "table.column>table"; a key of several columns
+# never matches), or a trigger or rule its statements would fire (DELETE on those tables,
+# UPDATE on the tables whose keys it clears).
+_REPLICA_IF_SAFE = """
+CASE WHEN NOT EXISTS (
+    SELECT fk.relname || '.' ||
+           CASE WHEN cardinality(c.conkey) = 1 THEN a.attname ELSE '-' END || '>' || pk.relname
     FROM pg_constraint c
     JOIN pg_class fk ON fk.oid = c.conrelid
     JOIN pg_class pk ON pk.oid = c.confrelid
     JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
     WHERE c.contype = 'f' AND pk.oid = ANY(%s::regclass[])
-  ),
-  EXISTS (
+    EXCEPT SELECT unnest(%s::text[])
+) AND NOT EXISTS (
     SELECT 1 FROM pg_trigger t
     WHERE NOT t.tgisinternal AND t.tgenabled <> 'D'
       AND ((t.tgrelid = ANY(%s::regclass[]) AND t.tgtype & 8 <> 0)
         OR (t.tgrelid = ANY(%s::regclass[]) AND t.tgtype & 16 <> 0))
-  ) OR EXISTS (
+) AND NOT EXISTS (
     SELECT 1 FROM pg_rewrite r WHERE r.ev_class = ANY(%s::regclass[]) AND r.rulename <> '_RETURN'
-  )
+) THEN 'replica' ELSE role END
 """
+
+
+def _setup(plan: _Plan, rights: _Rights) -> tuple[str, list[Any]]:
+    more, params = "", list[Any]()
+    if rights.wal_compression:
+        # The first change to a page after a checkpoint logs the whole page: compressed,
+        # a batch's WAL measured 13 MB -> 2 MB (it is flushed with the other writers' commits).
+        more += (
+            ",\n       set_config('wal_compression', CASE current_setting('wal_compression') "
+            "WHEN 'off' THEN %s ELSE current_setting('wal_compression') END, true)"
+        )
+        params.append(rights.wal_compression)
+    if rights.replica:
+        qn = connection.ops.quote_name
+        deleted = sorted(qn(m._meta.db_table) for m in plan)
+        updated = sorted(
+            {qn(r.model._meta.db_table) for refs in plan.values() for r in refs if not r.cascade}
+        )
+        followed = sorted(
+            f"{r.model._meta.db_table}.{r.field.column}>{m._meta.db_table}"
+            for m, refs in plan.items()
+            for r in refs
+        )
+        more += f",\n       set_config('session_replication_role', {_REPLICA_IF_SAFE}, true)"
+        params += [deleted, followed, deleted, updated, deleted + updated]
+    return _SETUP_SQL.replace("{more}", more), params
+
+
+def _targets(plan: _Plan, model: Any) -> list[str]:
+    """The columns of ``model`` that foreign keys pointing at it refer to."""
+    return sorted({ref.target for ref in plan[model]})
 
 
 def _array_literal(values: list[Any]) -> str:
@@ -729,20 +764,51 @@ def _array_literal(values: list[Any]) -> str:
     return "{" + ",".join(f'"{q}"' for q in quoted) + "}"
 
 
+def _pipelined(statements: list[tuple[str, list[Any]]]) -> list[Any]:
+    """Each statement's first row (None when it returns none), the statements sent at once and
+    run in order: one round trip (psycopg's pipeline mode) instead of one each."""
+    cursors = []
+    with connection.connection.pipeline():  # type: ignore[union-attr]
+        for sql, params in statements:
+            cur = connection.cursor()
+            cur.execute(sql, params)
+            cursors.append(cur)
+    rows = []
+    for cur in cursors:
+        rows.append(cur.fetchone() if cur.description else None)
+        cur.close()
+    return rows
+
+
+@dataclass(frozen=True)
+class _Rights:
+    """What the prune's database role may set for its own transactions (a superuser, or
+    ``GRANT SET ON PARAMETER session_replication_role, wal_compression TO <role>``)."""
+
+    replica: bool
+    wal_compression: str | None  # the method to use, when it may set it
+
+
 @lru_cache(maxsize=8)
-def _may_set_replication_role(alias: str) -> bool:
-    """Whether this database role may set ``session_replication_role`` (a superuser, or
-    ``GRANT SET ON PARAMETER session_replication_role TO <role>``, PostgreSQL 15+)."""
+def _rights(alias: str) -> _Rights:
     from django.db import connections
 
     with connections[alias].cursor() as cur:
-        cur.execute(
-            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
-            if connections[alias].pg_version < 150000  # type: ignore[attr-defined]
-            else "SELECT has_parameter_privilege('session_replication_role', 'SET')"
-        )
-        row = cur.fetchone()
-    return bool(row and row[0])
+        if connections[alias].pg_version < 150000:  # type: ignore[attr-defined]
+            cur.execute("SELECT rolsuper, rolsuper FROM pg_roles WHERE rolname = current_user")
+        else:
+            cur.execute(
+                "SELECT has_parameter_privilege('session_replication_role', 'SET'), "
+                "has_parameter_privilege('wal_compression', 'SET')"
+            )
+        replica, compress = cur.fetchone() or (False, False)
+        method = None
+        if compress:
+            cur.execute("SELECT enumvals FROM pg_settings WHERE name = 'wal_compression'")
+            row = cur.fetchone()
+            methods = (row[0] if row else None) or []
+            method = "lz4" if "lz4" in methods else "pglz" if "pglz" in methods else None
+    return _Rights(replica=bool(replica), wal_compression=method)
 
 
 @lru_cache(maxsize=1)
@@ -757,6 +823,7 @@ def _relations() -> _Plan | None:
         if opts.parents or any(hasattr(f, "bulk_related_objects") for f in opts.private_fields):
             return None
         refs = []
+        rel: Any
         for rel in get_candidate_relations_to_delete(opts):
             if rel.on_delete in SKIP_COLLECTION:  # DO_NOTHING, or the database's own ON DELETE
                 continue
