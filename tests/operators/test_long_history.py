@@ -74,12 +74,22 @@ def test_past_the_threshold_finished_runs_are_estimated_and_active_ones_exact(
     assert counts["running"] == 7  # exact
     assert 200 <= counts["succeeded"] <= 400 and 20 <= counts["failed"] <= 60
     sqls = [q["sql"] for q in ctx.captured_queries]
-    # No GROUP BY over every run: the only one is restricted to the active statuses.
+    # No GROUP BY over every run: the only one is restricted to the active statuses; the
+    # finished ones are read from the status column's statistics, in the same query as the
+    # table's size.
     grouped = [s for s in sqls if "GROUP BY" in s]
     assert len(grouped) == 1 and "'running'" in grouped[0], grouped
-    assert sum(s.startswith("EXPLAIN") for s in sqls) == 3  # succeeded, failed, canceled
+    assert len(sqls) == 2 and "pg_stats" in sqls[0], sqls
     body = people.client(people.ops).get("/runs/").content.decode()
     assert "about " in body
+    # A share of the runs (a tenant's, a user's): the planner is asked about that share.
+    tenant = Run.objects.filter(workflow="w")
+    with CaptureQueriesContext(connection) as ctx:
+        counts, estimated = ops.status_counts(tenant)
+    assert estimated and counts["running"] == 7
+    assert 200 <= counts["succeeded"] <= 400
+    explains = [q["sql"] for q in ctx.captured_queries if q["sql"].startswith("EXPLAIN")]
+    assert len(explains) == 3  # succeeded, failed, canceled
 
 
 @pytest.mark.integration
@@ -106,3 +116,47 @@ def test_the_ops_overview_reads_steps_through_indexes() -> None:
             assert "step_costed" in costed.explain()
         finally:
             cur.execute("RESET enable_seqscan")
+
+
+def test_an_ended_hour_is_counted_once_and_then_read_from_the_rollup(monkeypatch: Any) -> None:
+    """The overview counts an ended hour from the runs and the journal once, into HistoryHour;
+    later overviews read it from there and count only the open hour live."""
+    from datetime import timedelta
+    from decimal import Decimal
+
+    from workflows.models import HistoryHour, Step
+
+    now = timezone.now()
+    ended = now - timedelta(hours=3)
+    for status in ("succeeded", "succeeded", "failed"):
+        run = Run.objects.create(workflow="docs", status=status, finished_at=ended)
+        Run.objects.filter(pk=run.pk).update(created_at=ended)
+    Step.objects.create(
+        run=run, position=1, name="s", status="failed", finished_at=ended, cost=Decimal("0.25")
+    )
+    Run.objects.create(workflow="docs", status="succeeded", finished_at=now)  # the open hour
+    calls: list[tuple[Any, Any]] = []
+    count = ops._count
+    monkeypatch.setattr(ops, "_count", lambda *a: calls.append(a) or count(*a))
+
+    first = ops.overview(now)
+    assert first["hourly"]["finished_24h"] == 4 and first["hourly"]["started_24h"] == 4
+    assert first["cost"]["total"] == pytest.approx(0.25)
+    hour = timezone.localtime(ended).replace(minute=0, second=0, microsecond=0)
+    kept = HistoryHour.objects.get(hour=hour)
+    assert (kept.succeeded, kept.failed, kept.started) == (2, 1, 3)
+    assert {k: Decimal(v) for k, v in kept.cost.items()} == {"docs": Decimal("0.25")}
+    hours = ops._two_weeks(now)
+    opened = [
+        h for h in hours if h + ops.HOUR + ops.GRACE > now
+    ]  # (two in an hour's first minutes)
+    assert HistoryHour.objects.count() == len(hours) - len(opened)
+    assert len(calls) == 2  # the ended hours at once, then the open one
+
+    # Pruned meanwhile: the ended hour is kept as it was counted; the open hour is live.
+    Run.objects.filter(finished_at=ended).delete()
+    Run.objects.create(workflow="docs", status="canceled", finished_at=now)
+    calls.clear()
+    again = ops.overview(now)
+    assert again["hourly"]["finished_24h"] == 5 and again["cost"]["total"] == pytest.approx(0.25)
+    assert len(calls) == 1 and calls[0][0] == opened[0]  # only the open hour
