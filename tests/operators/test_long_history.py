@@ -160,3 +160,31 @@ def test_an_ended_hour_is_counted_once_and_then_read_from_the_rollup(monkeypatch
     again = ops.overview(now)
     assert again["hourly"]["finished_24h"] == 5 and again["cost"]["total"] == pytest.approx(0.25)
     assert len(calls) == 1 and calls[0][0] == opened[0]  # only the open hour
+
+
+def test_the_admin_changelists_count_at_most_their_cap_and_read_no_column_whole(
+    people: People, monkeypatch: Any
+) -> None:
+    """No DISTINCT over every run or journal row (filters, date links) and no full count; the
+    journal is listed newest first by its key, not sorted by position across all runs."""
+    from workflows import admin as workflows_admin
+    from workflows.models import Step
+
+    monkeypatch.setattr(workflows_admin.CappedPaginator, "CAP", 3)
+    _runs(5)
+    run = Run.objects.first()
+    for position in range(1, 5):
+        Step.objects.create(run=run, position=position, name="s", status="succeeded")
+    client = people.client(people.ops)
+    for model, plural in (("run", "runs"), ("step", "steps")):
+        with CaptureQueriesContext(connection) as ctx:
+            body = client.get(f"/admin/workflows/{model}/").content.decode()
+        assert f"more than 3 {plural}" in body
+        sqls = [q["sql"] for q in ctx.captured_queries]
+        assert not [s for s in sqls if re.search(r'DISTINCT .* FROM "workflows_(run|step)"', s)]
+        counts = [s for s in sqls if "COUNT(" in s.upper()]
+        assert counts and all(re.search(r"LIMIT 4\b", s) for s in counts), counts
+    assert any(re.search(r'ORDER BY "workflows_step"."id" DESC', s) for s in sqls), sqls
+    # The filters still filter, the empty tenant included.
+    found = client.get("/admin/workflows/run/?tenant=-&workflow=w").context["cl"].result_list
+    assert len(found) == 5 and {r.tenant for r in found} == {""}
