@@ -100,14 +100,33 @@ def _filtered_runs(request: HttpRequest) -> tuple[Any, dict[str, str]]:
     if params["pipeline"]:
         qs = qs.filter(workflow=params["pipeline"].replace("\x00", ""))
     if params["q"]:
-        term = params["q"].replace("\x00", "")
-        try:
-            qs = qs.filter(pk=UUID(term))
-        except ValueError:
-            qs = qs.filter(
-                Q(idempotency_key__icontains=term) | Q(workflow__icontains=term) | Q(tenant=term)
-            )
+        qs = _search(qs, params["q"].replace("\x00", ""))
     return qs.order_by("-created_at", "-id"), params
+
+
+# Partial matches are looked for among this many of the newest runs a user sees: a substring
+# has no index, and over a whole long history it is a scan (0.6 s at 1,000,000 runs).
+SEARCH_DEPTH = 10_000
+
+
+def _search(qs: Any, term: str) -> Any:
+    """A run id, an idempotency key or a tenant, exactly, at any age (each has an index);
+    else part of an idempotency key or a pipeline name, among the newest ``SEARCH_DEPTH``."""
+    try:
+        return qs.filter(pk=UUID(term))
+    except ValueError:
+        pass
+    for exact in (qs.filter(idempotency_key=term), qs.filter(tenant=term)):
+        # Asked in the list's order, not with exists(): a prepared statement's generic plan
+        # of "tenant = $1 LIMIT 1" on a history of one tenant is a scan expecting an early
+        # hit, and reads every run for a term that is no tenant.
+        if exact.order_by("-created_at", "-id").values_list("pk", flat=True)[:1]:
+            return exact
+    newest = qs.order_by("-created_at", "-id").values_list("created_at", flat=True)
+    floor = newest[SEARCH_DEPTH - 1 : SEARCH_DEPTH].first()
+    if floor is not None:
+        qs = qs.filter(created_at__gte=floor)
+    return qs.filter(Q(idempotency_key__icontains=term) | Q(workflow__icontains=term))
 
 
 class CappedPaginator(Paginator):
@@ -166,6 +185,7 @@ def runs_list(request: HttpRequest) -> HttpResponse:
             | set(visible.order_by("-created_at").values_list("workflow", flat=True)[:2000])
         ),
         "live": any(r.status in ACTIVE_RUN for r in runs),
+        "search_depth": SEARCH_DEPTH,
         "query": _query_without(request, "partial", "page"),
     }
     if request.headers.get("HX-Request") and request.GET.get("partial") == "rows":

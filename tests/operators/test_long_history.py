@@ -188,3 +188,33 @@ def test_the_admin_changelists_count_at_most_their_cap_and_read_no_column_whole(
     # The filters still filter, the empty tenant included.
     found = client.get("/admin/workflows/run/?tenant=-&workflow=w").context["cl"].result_list
     assert len(found) == 5 and {r.tenant for r in found} == {""}
+
+
+def test_search_finds_whole_keys_and_tenants_at_any_age_and_parts_among_the_newest(
+    people: People, monkeypatch: Any
+) -> None:
+    from datetime import timedelta
+
+    monkeypatch.setattr(views, "SEARCH_DEPTH", 3)
+    now = timezone.now()
+
+    def run(key: str, age_days: int, tenant: str = "") -> Run:
+        made = Run.objects.create(workflow="docs.summary", idempotency_key=key, tenant=tenant)
+        Run.objects.filter(pk=made.pk).update(created_at=now - timedelta(days=age_days))
+        return made
+
+    old = run("order-1001", 30, tenant="acme")
+    for i in range(3):
+        run(f"invoice-{i}", i)
+    client = people.client(people.ops)
+
+    def found(term: str) -> set[Any]:
+        return {r.pk for r in client.get("/runs/", {"q": term}).context["runs"]}
+
+    assert found("order-1001") == {old.pk}  # a whole key, however old
+    assert found("acme") == {old.pk}  # a whole tenant
+    assert len(found("invoice")) == 3  # part of a key, among the newest three
+    assert found("order-10") == set()  # part of a key, older than the newest three
+    assert len(found("summary")) == 3  # part of a pipeline name
+    body = client.get("/runs/", {"q": "order-10"}).content.decode()
+    assert "among the newest 3 runs" in body
