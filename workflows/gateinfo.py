@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.apps import apps
-from django.db.models import Model
+from django.db.models import Count, Model, Q
 
 OPEN = "open"
 
@@ -55,11 +55,11 @@ def open_gate_counts(now: datetime) -> dict[str, int]:
     model = gate_model()
     if model is None:
         return {"open": 0, "expiring_within_hour": 0, "overdue": 0}
-    qs = model.objects.filter(status=OPEN)  # type: ignore[attr-defined]
-    return {
-        "open": qs.count(),
-        "expiring_within_hour": qs.filter(
-            deadline__gte=now, deadline__lt=now + timedelta(hours=1)
-        ).count(),
-        "overdue": qs.filter(deadline__lt=now).count(),
-    }
+    counts = model.objects.filter(status=OPEN).aggregate(  # type: ignore[attr-defined]
+        open=Count("pk"),
+        expiring_within_hour=Count(
+            "pk", filter=Q(deadline__gte=now, deadline__lt=now + timedelta(hours=1))
+        ),
+        overdue=Count("pk", filter=Q(deadline__lt=now)),
+    )
+    return {name: int(n or 0) for name, n in counts.items()}

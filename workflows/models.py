@@ -217,6 +217,32 @@ class Heartbeat(models.Model):
         return f"{self.name} at {self.at:%Y-%m-%d %H:%M:%S}"
 
 
+# --- the ops overview's rollup ------------------------------------------------------------------
+
+
+class HistoryHour(models.Model):
+    """One closed hour of history, counted once for the ops overview (``workflows.ops``):
+    runs finished in it by outcome, runs started in it, and the LLM cost of the steps that
+    finished in it per pipeline. Written the first time the overview needs an hour that ended
+    (its rows' times are set before their commits: ``ops.GRACE`` later); the open hour is
+    always counted live. A closed hour does not change: a run restarted later was still
+    finished then. Never pruned with the runs: the charts outlive the retention."""
+
+    hour = models.DateTimeField(primary_key=True)  # the start of a local hour
+    succeeded = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    canceled = models.PositiveIntegerField(default=0)
+    started = models.PositiveIntegerField(default=0)
+    # {pipeline: cost as a decimal string}
+    cost = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["hour"]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H:00}"
+
+
 __all__ = [
     "ACTIVE_RUN",
     "TERMINAL_RUN",
@@ -226,6 +252,7 @@ __all__ = [
     "Blob",
     "Event",
     "Heartbeat",
+    "HistoryHour",
     "Outbox",
     "OutboxStatus",
     "Pool",

@@ -36,6 +36,21 @@ from workflows.core.definitions import registered_workflows
 from workflows.models import ACTIVE_RUN, Blob, Run, RunStatus, Step
 
 PAGE_SIZE = 50
+# What a row of the runs list shows (templates/workflows/_runs_rows.html).
+ROW_FIELDS = (
+    "id",
+    "status",
+    "generation",
+    "workflow",
+    "version",
+    "current_step",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "cost",
+    "created_by",
+    "tenant",
+)
 JOURNAL_LIMIT = 400
 STATUSES = [s.value for s in RunStatus]
 
@@ -85,14 +100,33 @@ def _filtered_runs(request: HttpRequest) -> tuple[Any, dict[str, str]]:
     if params["pipeline"]:
         qs = qs.filter(workflow=params["pipeline"].replace("\x00", ""))
     if params["q"]:
-        term = params["q"].replace("\x00", "")
-        try:
-            qs = qs.filter(pk=UUID(term))
-        except ValueError:
-            qs = qs.filter(
-                Q(idempotency_key__icontains=term) | Q(workflow__icontains=term) | Q(tenant=term)
-            )
+        qs = _search(qs, params["q"].replace("\x00", ""))
     return qs.order_by("-created_at", "-id"), params
+
+
+# Partial matches are looked for among this many of the newest runs a user sees: a substring
+# has no index, and over a whole long history it is a scan (0.6 s at 1,000,000 runs).
+SEARCH_DEPTH = 10_000
+
+
+def _search(qs: Any, term: str) -> Any:
+    """A run id, an idempotency key or a tenant, exactly, at any age (each has an index);
+    else part of an idempotency key or a pipeline name, among the newest ``SEARCH_DEPTH``."""
+    try:
+        return qs.filter(pk=UUID(term))
+    except ValueError:
+        pass
+    for exact in (qs.filter(idempotency_key=term), qs.filter(tenant=term)):
+        # Asked in the list's order, not with exists(): a prepared statement's generic plan
+        # of "tenant = $1 LIMIT 1" on a history of one tenant is a scan expecting an early
+        # hit, and reads every run for a term that is no tenant.
+        if exact.order_by("-created_at", "-id").values_list("pk", flat=True)[:1]:
+            return exact
+    newest = qs.order_by("-created_at", "-id").values_list("created_at", flat=True)
+    floor = newest[SEARCH_DEPTH - 1 : SEARCH_DEPTH].first()
+    if floor is not None:
+        qs = qs.filter(created_at__gte=floor)
+    return qs.filter(Q(idempotency_key__icontains=term) | Q(workflow__icontains=term))
 
 
 class CappedPaginator(Paginator):
@@ -106,8 +140,10 @@ class CappedPaginator(Paginator):
     def count(self) -> int:  # type: ignore[override]
         if not hasattr(self, "_capped_count"):
             cap = self.per_page * self.PAGE_CAP
-            runs: Any = self.object_list  # a QuerySet: a sliced count is COUNT over a LIMIT
-            self._capped_count = runs[: cap + 1].count()
+            # A QuerySet: a sliced count is COUNT over a LIMIT. Unordered: the order only made
+            # the database sort the cap's rows to count them (~10 ms of 12 at 1,000,000 runs).
+            runs: Any = self.object_list
+            self._capped_count = runs.order_by()[: cap + 1].count()
         return min(self._capped_count, self.per_page * self.PAGE_CAP)
 
     @property
@@ -127,7 +163,8 @@ def _query_without(request: HttpRequest, *names: str) -> str:
 def runs_list(request: HttpRequest) -> HttpResponse:
     _require_viewer(request)
     qs, params = _filtered_runs(request)
-    page = CappedPaginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
+    # The columns a row shows: a run's input, output and context may be 64 KB each.
+    page = CappedPaginator(qs.only(*ROW_FIELDS), PAGE_SIZE).get_page(request.GET.get("page"))
     runs = list(page.object_list)
     visible = access.visible_runs(request.user)
     counts, estimated = ops.status_counts(visible)
@@ -148,6 +185,7 @@ def runs_list(request: HttpRequest) -> HttpResponse:
             | set(visible.order_by("-created_at").values_list("workflow", flat=True)[:2000])
         ),
         "live": any(r.status in ACTIVE_RUN for r in runs),
+        "search_depth": SEARCH_DEPTH,
         "query": _query_without(request, "partial", "page"),
     }
     if request.headers.get("HX-Request") and request.GET.get("partial") == "rows":

@@ -74,12 +74,22 @@ def test_past_the_threshold_finished_runs_are_estimated_and_active_ones_exact(
     assert counts["running"] == 7  # exact
     assert 200 <= counts["succeeded"] <= 400 and 20 <= counts["failed"] <= 60
     sqls = [q["sql"] for q in ctx.captured_queries]
-    # No GROUP BY over every run: the only one is restricted to the active statuses.
+    # No GROUP BY over every run: the only one is restricted to the active statuses; the
+    # finished ones are read from the status column's statistics, in the same query as the
+    # table's size.
     grouped = [s for s in sqls if "GROUP BY" in s]
     assert len(grouped) == 1 and "'running'" in grouped[0], grouped
-    assert sum(s.startswith("EXPLAIN") for s in sqls) == 3  # succeeded, failed, canceled
+    assert len(sqls) == 2 and "pg_stats" in sqls[0], sqls
     body = people.client(people.ops).get("/runs/").content.decode()
     assert "about " in body
+    # A share of the runs (a tenant's, a user's): the planner is asked about that share.
+    tenant = Run.objects.filter(workflow="w")
+    with CaptureQueriesContext(connection) as ctx:
+        counts, estimated = ops.status_counts(tenant)
+    assert estimated and counts["running"] == 7
+    assert 200 <= counts["succeeded"] <= 400
+    explains = [q["sql"] for q in ctx.captured_queries if q["sql"].startswith("EXPLAIN")]
+    assert len(explains) == 3  # succeeded, failed, canceled
 
 
 @pytest.mark.integration
@@ -106,3 +116,105 @@ def test_the_ops_overview_reads_steps_through_indexes() -> None:
             assert "step_costed" in costed.explain()
         finally:
             cur.execute("RESET enable_seqscan")
+
+
+def test_an_ended_hour_is_counted_once_and_then_read_from_the_rollup(monkeypatch: Any) -> None:
+    """The overview counts an ended hour from the runs and the journal once, into HistoryHour;
+    later overviews read it from there and count only the open hour live."""
+    from datetime import timedelta
+    from decimal import Decimal
+
+    from workflows.models import HistoryHour, Step
+
+    now = timezone.now()
+    ended = now - timedelta(hours=3)
+    for status in ("succeeded", "succeeded", "failed"):
+        run = Run.objects.create(workflow="docs", status=status, finished_at=ended)
+        Run.objects.filter(pk=run.pk).update(created_at=ended)
+    Step.objects.create(
+        run=run, position=1, name="s", status="failed", finished_at=ended, cost=Decimal("0.25")
+    )
+    Run.objects.create(workflow="docs", status="succeeded", finished_at=now)  # the open hour
+    calls: list[tuple[Any, Any]] = []
+    count = ops._count
+    monkeypatch.setattr(ops, "_count", lambda *a: calls.append(a) or count(*a))
+
+    first = ops.overview(now)
+    assert first["hourly"]["finished_24h"] == 4 and first["hourly"]["started_24h"] == 4
+    assert first["cost"]["total"] == pytest.approx(0.25)
+    hour = timezone.localtime(ended).replace(minute=0, second=0, microsecond=0)
+    kept = HistoryHour.objects.get(hour=hour)
+    assert (kept.succeeded, kept.failed, kept.started) == (2, 1, 3)
+    assert {k: Decimal(v) for k, v in kept.cost.items()} == {"docs": Decimal("0.25")}
+    hours = ops._two_weeks(now)
+    opened = [
+        h for h in hours if h + ops.HOUR + ops.GRACE > now
+    ]  # (two in an hour's first minutes)
+    assert HistoryHour.objects.count() == len(hours) - len(opened)
+    assert len(calls) == 2  # the ended hours at once, then the open one
+
+    # Pruned meanwhile: the ended hour is kept as it was counted; the open hour is live.
+    Run.objects.filter(finished_at=ended).delete()
+    Run.objects.create(workflow="docs", status="canceled", finished_at=now)
+    calls.clear()
+    again = ops.overview(now)
+    assert again["hourly"]["finished_24h"] == 5 and again["cost"]["total"] == pytest.approx(0.25)
+    assert len(calls) == 1 and calls[0][0] == opened[0]  # only the open hour
+
+
+def test_the_admin_changelists_count_at_most_their_cap_and_read_no_column_whole(
+    people: People, monkeypatch: Any
+) -> None:
+    """No DISTINCT over every run or journal row (filters, date links) and no full count; the
+    journal is listed newest first by its key, not sorted by position across all runs."""
+    from workflows import admin as workflows_admin
+    from workflows.models import Step
+
+    monkeypatch.setattr(workflows_admin.CappedPaginator, "CAP", 3)
+    _runs(5)
+    run = Run.objects.first()
+    for position in range(1, 5):
+        Step.objects.create(run=run, position=position, name="s", status="succeeded")
+    client = people.client(people.ops)
+    for model, plural in (("run", "runs"), ("step", "steps")):
+        with CaptureQueriesContext(connection) as ctx:
+            body = client.get(f"/admin/workflows/{model}/").content.decode()
+        assert f"more than 3 {plural}" in body
+        sqls = [q["sql"] for q in ctx.captured_queries]
+        assert not [s for s in sqls if re.search(r'DISTINCT .* FROM "workflows_(run|step)"', s)]
+        counts = [s for s in sqls if "COUNT(" in s.upper()]
+        assert counts and all(re.search(r"LIMIT 4\b", s) for s in counts), counts
+    assert any(re.search(r'ORDER BY "workflows_step"."id" DESC', s) for s in sqls), sqls
+    # The filters still filter, the empty tenant included.
+    found = client.get("/admin/workflows/run/?tenant=-&workflow=w").context["cl"].result_list
+    assert len(found) == 5 and {r.tenant for r in found} == {""}
+
+
+def test_search_finds_whole_keys_and_tenants_at_any_age_and_parts_among_the_newest(
+    people: People, monkeypatch: Any
+) -> None:
+    from datetime import timedelta
+
+    monkeypatch.setattr(views, "SEARCH_DEPTH", 3)
+    now = timezone.now()
+
+    def run(key: str, age_days: int, tenant: str = "") -> Run:
+        made = Run.objects.create(workflow="docs.summary", idempotency_key=key, tenant=tenant)
+        Run.objects.filter(pk=made.pk).update(created_at=now - timedelta(days=age_days))
+        return made
+
+    old = run("order-1001", 30, tenant="acme")
+    for i in range(3):
+        run(f"invoice-{i}", i)
+    client = people.client(people.ops)
+
+    def found(term: str) -> set[Any]:
+        return {r.pk for r in client.get("/runs/", {"q": term}).context["runs"]}
+
+    assert found("order-1001") == {old.pk}  # a whole key, however old
+    assert found("acme") == {old.pk}  # a whole tenant
+    assert len(found("invoice")) == 3  # part of a key, among the newest three
+    assert found("order-10") == set()  # part of a key, older than the newest three
+    assert len(found("summary")) == 3  # part of a pipeline name
+    body = client.get("/runs/", {"q": "order-10"}).content.decode()
+    assert "among the newest 3 runs" in body

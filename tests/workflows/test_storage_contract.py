@@ -15,7 +15,17 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from workflows.core.models import Run, RunStatus, Step, StepKind, StepStatus
+from workflows.core.models import (
+    Blob,
+    Event,
+    Outbox,
+    Run,
+    RunAudit,
+    RunStatus,
+    Step,
+    StepKind,
+    StepStatus,
+)
 from workflows.core.pools import RESERVED
 from workflows.core.storage import (
     PostgresStorage,
@@ -380,3 +390,110 @@ def test_resolve_waits_resolves_live_waits_once_and_wakes_active_runs(store: Sto
     assert Run.objects.get(pk=ended.pk).wake_requested_at is None  # not active: not woken
     assert store.resolve_waits([waiting.pk], fields, now) == []  # no longer waiting
     assert store.resolve_waits([], fields, now) == []
+
+
+# --- retention ---------------------------------------------------------------------------------
+
+
+def _history(now: Any) -> dict[str, Any]:
+    """Old finished runs with a journal and what points at them, and runs that must stay."""
+    old = now - timedelta(days=10)
+    parent = make_run(status=RunStatus.SUCCEEDED, finished_at=old - timedelta(hours=2))
+    call = make_step(parent, 1, kind=StepKind.CHILD, status=StepStatus.SUCCEEDED)
+    gone = make_run(status=RunStatus.FAILED, finished_at=old - timedelta(hours=1))
+    make_step(gone, 1, status=StepStatus.SUCCEEDED)
+    make_step(gone, 2, status=StepStatus.FAILED)
+    waited = make_step(gone, 3, kind=StepKind.EVENT, status=StepStatus.SUCCEEDED)
+    Event.objects.create(run=gone, name="go", consumed_by=waited)
+    Blob.objects.create(run=gone, data="x" * 10, size=10)
+    RunAudit.objects.create(run=gone, generation=1, action="retry")
+    Outbox.objects.create(run=gone, kind="webhook", key="k-gone", status="delivered")
+    # A young child of the old parent (started by its step) and a fork of the failed run:
+    # they stay, their references cleared.
+    child = make_run(status=RunStatus.SUCCEEDED, finished_at=now, parent=parent, parent_step=call)
+    fork = make_run(status=RunStatus.RUNNING, forked_from=gone, forked_at_step=2)
+    young = make_run(status=RunStatus.SUCCEEDED, finished_at=now - timedelta(days=1))
+    make_step(young, 1, status=StepStatus.SUCCEEDED)
+    # Active runs are never pruned, however old.
+    stuck = make_run(status=RunStatus.SUSPENDED, finished_at=old)
+    make_step(stuck, 1, kind=StepKind.SLEEP, status=StepStatus.WAITING)
+    return {"parent": parent, "gone": gone, "child": child, "fork": fork, "young": young,
+            "stuck": stuck, "cutoff": now - timedelta(days=5)}  # fmt: skip
+
+
+def _check_pruned(h: dict[str, Any]) -> None:
+    old = [h["parent"].pk, h["gone"].pk]
+    assert not Run.objects.filter(pk__in=old).exists()
+    assert set(Run.objects.values_list("pk", flat=True)) == {
+        h[k].pk for k in ("child", "fork", "young", "stuck")
+    }
+    assert not Step.objects.filter(run_id__in=old).exists()
+    assert Step.objects.filter(run_id__in=[h["young"].pk, h["stuck"].pk]).count() == 2
+    assert not Event.objects.exists() and not Blob.objects.exists()
+    assert not RunAudit.objects.exists()
+    assert Outbox.objects.get(key="k-gone").run_id is None  # SET_NULL: the delivery log stays
+    child = Run.objects.get(pk=h["child"].pk)
+    assert (child.parent_id, child.parent_step_id) == (None, None)
+    assert Run.objects.get(pk=h["fork"].pk).forked_from_id is None
+
+
+def test_prune_deletes_old_finished_runs_with_what_points_at_them(store: Storage) -> None:
+    h = _history(timezone.now())
+    seen: list[Any] = []
+    assert store.prune(h["cutoff"], 1, before_delete=seen.extend) == 1  # oldest first
+    assert seen == [h["parent"].pk]
+    assert store.prune(h["cutoff"], 100, before_delete=seen.extend) == 1
+    assert seen == [h["parent"].pk, h["gone"].pk]
+    assert store.prune(h["cutoff"], 100) == 0
+    _check_pruned(h)
+
+
+def test_prune_deletes_nothing_when_before_delete_raises(store: Storage) -> None:
+    h = _history(timezone.now())
+
+    def refuse(run_ids: list[Any]) -> None:
+        raise RuntimeError("keep them")
+
+    with pytest.raises(RuntimeError):
+        store.prune(h["cutoff"], 100, before_delete=refuse)
+    assert Run.objects.count() == 6 and Step.objects.count() == 6
+    assert Event.objects.count() == 1 and Outbox.objects.get(key="k-gone").run_id == h["gone"].pk
+
+
+def test_prune_without_the_right_to_skip_key_checks_does_the_same(
+    store: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database role that may not set session_replication_role or wal_compression: the
+    foreign keys are checked row by row, the outcome is the same."""
+    if store.vendor != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite always checks its keys")
+    from workflows.core import storage as module
+
+    monkeypatch.setattr(module, "_rights", lambda alias: module._Rights(False, None))
+    h = _history(timezone.now())
+    assert store.prune(h["cutoff"], 100) == 2
+    _check_pruned(h)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_prune_keeps_the_key_checks_for_a_foreign_key_it_does_not_know(store: Storage) -> None:
+    """A table outside the models pointing at runs: the prune cannot follow it, so the
+    database's own check must refuse the delete at commit rather than leave an orphan."""
+    if store.vendor != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite always checks its keys")
+    from django.db import IntegrityError
+
+    now = timezone.now()
+    run = make_run(status=RunStatus.SUCCEEDED, finished_at=now - timedelta(days=10))
+    with connection.cursor() as cur:
+        cur.execute(
+            "CREATE TABLE contract_extra (run_id uuid REFERENCES workflows_run (id) "
+            "DEFERRABLE INITIALLY DEFERRED)"
+        )
+        try:
+            cur.execute("INSERT INTO contract_extra VALUES (%s)", [run.pk])
+            with pytest.raises(IntegrityError):
+                store.prune(now - timedelta(days=5), 100)
+            assert Run.objects.filter(pk=run.pk).exists()
+        finally:
+            cur.execute("DROP TABLE contract_extra")

@@ -115,7 +115,7 @@ class Run(models.Model):
     # While compensating: the status the run takes once its undos ran ("failed" when its
     # handler failed, "canceled" when it was canceled). Empty otherwise.
     after_compensation = models.CharField(max_length=16, blank=True, default="")
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -123,6 +123,11 @@ class Run(models.Model):
     class Meta:
         ordering = ["-created_at"]
         indexes = [
+            # Lists are newest first, ``-created_at, -id`` (the id breaks ties for the API's
+            # cursor): read backwards, these give the order without a sort, for everyone and
+            # for one tenant (an API key's or a web user's), at any depth of history.
+            models.Index(fields=["created_at", "id"], name="run_created"),
+            models.Index(fields=["tenant", "created_at", "id"], name="run_tenant_created"),
             models.Index(fields=["status", "created_at"], name="run_status_created"),
             models.Index(
                 fields=["wake_requested_at"],
@@ -135,11 +140,10 @@ class Run(models.Model):
                 condition=Q(status="running"),
             ),
             models.Index(fields=["finished_at"], name="run_finished"),
-            # Plain b-trees, declared here rather than with db_index=True: on PostgreSQL that
+            # A plain b-tree, declared here rather than with db_index=True: on PostgreSQL that
             # also builds a varchar_pattern_ops twin for LIKE 'prefix%', which no query uses
-            # and every write of a run row pays for.
+            # and every write of a run row pays for. (run_tenant_created leads with tenant.)
             models.Index(fields=["workflow"], name="run_workflow"),
-            models.Index(fields=["tenant"], name="run_tenant"),
         ]
         # Starting a run from the web spends LLM money: only users (or groups) granted this
         # permission see the start form (docs/security.md). The API has its own key scope.

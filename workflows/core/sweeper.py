@@ -42,6 +42,7 @@ from workflows.core.models import (
 )
 from workflows.core.pools import RESERVED
 from workflows.core.signals import runs_pruning
+from workflows.core.storage import storage
 
 log = logging.getLogger(__name__)
 
@@ -238,29 +239,26 @@ def sweep() -> dict[str, int]:
 
 
 def prune(now: Any = None) -> int:
-    """Delete finished runs older than SLUICE_RETENTION_DAYS, journal included, in batches,
-    and outbox rows delivered or dead for SLUICE_OUTBOX_RETENTION_DAYS. Returns the runs
-    deleted.
+    """Delete finished runs older than SLUICE_RETENTION_DAYS, journal included, in batches of
+    SLUICE_PRUNE_BATCH runs (one short transaction each, so the workers beside it are never
+    held up for long), and outbox rows delivered or dead for SLUICE_OUTBOX_RETENTION_DAYS.
+    Returns the runs deleted.
 
     Each batch first sends ``runs_pruning`` in its transaction, so apps keep or archive what
-    must outlive a run (a gate's audit trail) in the same commit as the delete."""
+    must outlive a run (a gate's audit trail) in the same commit as the delete; then
+    ``Storage.prune`` deletes the runs and what refers to them set-based."""
     now = now or timezone.now()
     cutoff = now - timedelta(days=float(settings.SLUICE_RETENTION_DAYS))
+    store = storage()
     deleted = 0
-    while True:
-        ids = list(
-            Run.objects.filter(status__in=TERMINAL_RUN, finished_at__lt=cutoff).values_list(
-                "pk", flat=True
-            )[: settings.SLUICE_PRUNE_BATCH]
-        )
-        if not ids:
-            break
-        with transaction.atomic():
-            runs_pruning.send(sender=Run, run_ids=ids)
-            Run.objects.filter(pk__in=ids).delete()
-        deleted += len(ids)
+    while n := store.prune(cutoff, settings.SLUICE_PRUNE_BATCH, before_delete=_pruning):
+        deleted += n
     prune_outbox(now)
     return deleted
+
+
+def _pruning(run_ids: list[Any]) -> None:
+    runs_pruning.send(sender=Run, run_ids=run_ids)
 
 
 def prune_outbox(now: Any = None) -> int:

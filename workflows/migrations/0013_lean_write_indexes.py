@@ -39,10 +39,6 @@ class Migration(migrations.Migration):
             index=models.Index(fields=["workflow"], name="run_workflow"),
         ),
         migrations.AddIndex(
-            model_name="run",
-            index=models.Index(fields=["tenant"], name="run_tenant"),
-        ),
-        migrations.AddIndex(
             model_name="step",
             index=models.Index(
                 condition=models.Q(("finished_at__isnull", False)),
