@@ -4,22 +4,43 @@ A key looks like ``sk_3f9a1c2b.Xy…`` (the part before the dot is its visible `
 a SHA-256 of the whole key is stored. A slow password hash is not needed here: the secret part
 carries 256 random bits, so the hash cannot be brute-forced, and a fast hash keeps every request
 cheap.
+
+Every API request authenticates, so both halves of that are kept off the database (W7 in
+docs/performance.md: the row's look-up and its rate-window ``UPDATE`` were a third of a start):
+
+- ``find_key`` remembers a key it found, by the SHA-256 of the presented key, for
+  ``SLUICE_API_KEY_CACHE_SECONDS`` (5 s) in each process. A key deactivated, rotated, deleted
+  or edited (scopes, tenant, pipelines, rate limit) is seen at once by the process that changed
+  it and by every other process within that time. An unknown key is never remembered: a key
+  just minted works at once.
+- ``take_request`` counts requests in Redis (the broker's, ``INCR`` of a key per API key and
+  window, expiring with the window), exact across processes and hosts, with no row locked.
+  Without a Redis broker (SQLite and ``make run``), or while Redis fails, the key row's
+  compare-and-swap counts instead, as it always did. ``last_used_at`` is then written at most
+  once a minute per key and process (it is a hint for people, not a counter).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import math
 import secrets
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
+import redis
 from django.conf import settings
 from django.db.models import F
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
 from django.utils import timezone
 
+from workflows.core import broker
 from workflows.models import ApiKey, ApiScope
 
 SCOPES: tuple[str, ...] = tuple(ApiScope.values)
@@ -82,16 +103,51 @@ def assign_new_secret(key: ApiKey) -> str:
     return raw
 
 
+# SHA-256 of a presented key -> (when to look again, the key as found then).
+_found: dict[str, tuple[float, ApiKey]] = {}
+# Key id -> when this process last wrote its last_used_at (time.monotonic()).
+_used_noted: dict[int, float] = {}
+LAST_USED_EVERY = 60.0
+
+
 def find_key(raw: str | None) -> ApiKey | None:
-    """The active key ``raw`` stands for, or None. Compares hashes in constant time."""
+    """The active key ``raw`` stands for, or None. Compares hashes in constant time.
+
+    A key found is remembered for ``SLUICE_API_KEY_CACHE_SECONDS`` (see the module's docstring);
+    the caller gets a copy of its own.
+    """
     # A NUL cannot be in a key we minted, and PostgreSQL refuses it in a query (a 500).
     if not raw or "." not in raw or len(raw) > 200 or "\x00" in raw:
         return None
+    digest = hash_key(raw)
+    now = time.monotonic()
+    hit = _found.get(digest)
+    if hit is not None and now < hit[0]:
+        return copy.copy(hit[1])
     prefix = raw.split(".", 1)[0]
     key = ApiKey.objects.filter(prefix=prefix, is_active=True).first()
-    if key is None or not hmac.compare_digest(key.key_hash, hash_key(raw)):
+    if key is None or not hmac.compare_digest(key.key_hash, digest):
+        _found.pop(digest, None)
         return None
+    ttl = float(settings.SLUICE_API_KEY_CACHE_SECONDS)
+    if ttl > 0:
+        if len(_found) >= 10_000:  # many keys, or many rotations: start over
+            _found.clear()
+        _found[digest] = (now + ttl, copy.copy(key))
     return key
+
+
+def forget_keys() -> None:
+    """Drop every key this process remembers (a key changed; tests)."""
+    _found.clear()
+    _used_noted.clear()
+
+
+@receiver(post_save, sender=ApiKey)
+@receiver(post_delete, sender=ApiKey)
+def _key_changed(sender: Any, **kwargs: Any) -> None:
+    # Other processes see the change when their copy expires; this one at once.
+    _found.clear()
 
 
 @dataclass(frozen=True)
@@ -108,6 +164,58 @@ def limit_for(key: ApiKey) -> int:
 
 def take_request(key: ApiKey, now: datetime | None = None) -> RateDecision:
     """Count one request against the key's fixed window; refuse it when the window is spent.
+
+    In Redis when the broker is Redis, else on the key's row (``take_request_in_row``).
+    """
+    now = now or timezone.now()
+    limit = limit_for(key)
+    if limit <= 0:  # 0 means unlimited; still note when the key was used.
+        _note_use(key, now)
+        return RateDecision(True, 0, 0, 0)
+    conn = broker.client()
+    if conn is not None:
+        try:
+            decision = _take_in_redis(conn, key, limit, now)
+        except redis.RedisError as exc:
+            broker.failed(exc)  # the row counts until Redis answers again
+        else:
+            if decision.allowed:
+                _note_use(key, now)
+            return decision
+    return take_request_in_row(key, now)
+
+
+def _take_in_redis(conn: Any, key: ApiKey, limit: int, now: datetime) -> RateDecision:
+    """A fixed window of ``SLUICE_API_RATE_PERIOD`` seconds, aligned on the epoch: one counter
+    per key and window, created by the first ``INCR`` and expiring soon after its window. The
+    counter is named by the key's prefix, which rotation keeps (a new secret is not a new
+    allowance) and no other key ever has."""
+    period = float(settings.SLUICE_API_RATE_PERIOD)
+    at = now.timestamp()
+    window = int(at // period)
+    name = f"sluice:ratelimit:{key.prefix}:{window}"
+    pipe = conn.pipeline(transaction=False)
+    pipe.incr(name)
+    pipe.expire(name, math.ceil(period) + 1, nx=True)
+    count = int(pipe.execute()[0])
+    if count > limit:
+        wait = (window + 1) * period - at
+        return RateDecision(False, limit, 0, max(1, math.ceil(wait)))
+    return RateDecision(True, limit, limit - count, 0)
+
+
+def _note_use(key: ApiKey, now: datetime) -> None:
+    """Write ``last_used_at`` if this process has not for a minute."""
+    tick = time.monotonic()
+    noted = _used_noted.get(key.pk)
+    if noted is not None and tick - noted < LAST_USED_EVERY:
+        return
+    _used_noted[key.pk] = tick
+    ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+
+
+def take_request_in_row(key: ApiKey, now: datetime | None = None) -> RateDecision:
+    """``take_request`` on the key's row, where there is no Redis.
 
     Every change is a compare-and-swap on the key row (no lock, works on SQLite too):
 
