@@ -13,8 +13,8 @@ docs/performance.md: the row's look-up and its rate-window ``UPDATE`` were a thi
   or edited (scopes, tenant, pipelines, rate limit) is seen at once by the process that changed
   it and by every other process within that time. An unknown key is never remembered: a key
   just minted works at once.
-- ``take_request`` counts requests in Redis (the broker's, ``INCR`` of a key per API key and
-  window, expiring with the window), exact across processes and hosts, with no row locked.
+- ``take_request`` counts requests in Redis (the broker's: one counter per API key, expiring
+  with its window), exact across processes and hosts, with no row locked.
   Without a Redis broker (SQLite and ``make run``), or while Redis fails, the key row's
   compare-and-swap counts instead, as it always did. ``last_used_at`` is then written at most
   once a minute per key and process (it is a hint for people, not a counter).
@@ -27,15 +27,15 @@ import hashlib
 import hmac
 import math
 import secrets
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from time import monotonic
 from typing import Any
 
 import redis
 from django.conf import settings
-from django.db.models import F
+from django.db.models import Case, DateTimeField, F, Q, Value, When
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from django.utils import timezone
@@ -105,7 +105,7 @@ def assign_new_secret(key: ApiKey) -> str:
 
 # SHA-256 of a presented key -> (when to look again, the key as found then).
 _found: dict[str, tuple[float, ApiKey]] = {}
-# Key id -> when this process last wrote its last_used_at (time.monotonic()).
+# Key id -> when this process last wrote its last_used_at (monotonic()).
 _used_noted: dict[int, float] = {}
 LAST_USED_EVERY = 60.0
 
@@ -120,7 +120,7 @@ def find_key(raw: str | None) -> ApiKey | None:
     if not raw or "." not in raw or len(raw) > 200 or "\x00" in raw:
         return None
     digest = hash_key(raw)
-    now = time.monotonic()
+    now = monotonic()
     hit = _found.get(digest)
     if hit is not None and now < hit[0]:
         return copy.copy(hit[1])
@@ -154,7 +154,6 @@ def _key_changed(sender: Any, **kwargs: Any) -> None:
 class RateDecision:
     allowed: bool
     limit: int
-    remaining: int
     retry_after: int  # whole seconds until the window resets (0 when allowed)
 
 
@@ -171,11 +170,11 @@ def take_request(key: ApiKey, now: datetime | None = None) -> RateDecision:
     limit = limit_for(key)
     if limit <= 0:  # 0 means unlimited; still note when the key was used.
         _note_use(key, now)
-        return RateDecision(True, 0, 0, 0)
+        return RateDecision(True, 0, 0)
     conn = broker.client()
     if conn is not None:
         try:
-            decision = _take_in_redis(conn, key, limit, now)
+            decision = _take_in_redis(conn, key, limit)
         except redis.RedisError as exc:
             broker.failed(exc)  # the row counts until Redis answers again
         else:
@@ -185,28 +184,44 @@ def take_request(key: ApiKey, now: datetime | None = None) -> RateDecision:
     return take_request_in_row(key, now)
 
 
-def _take_in_redis(conn: Any, key: ApiKey, limit: int, now: datetime) -> RateDecision:
-    """A fixed window of ``SLUICE_API_RATE_PERIOD`` seconds, aligned on the epoch: one counter
-    per key and window, created by the first ``INCR`` and expiring soon after its window. The
-    counter is named by the key's prefix, which rotation keeps (a new secret is not a new
-    allowance) and no other key ever has."""
-    period = float(settings.SLUICE_API_RATE_PERIOD)
-    at = now.timestamp()
-    window = int(at // period)
-    name = f"sluice:ratelimit:{key.prefix}:{window}"
-    pipe = conn.pipeline(transaction=False)
-    pipe.incr(name)
-    pipe.expire(name, math.ceil(period) + 1, nx=True)
-    count = int(pipe.execute()[0])
-    if count > limit:
-        wait = (window + 1) * period - at
-        return RateDecision(False, limit, 0, max(1, math.ceil(wait)))
-    return RateDecision(True, limit, limit - count, 0)
+# One request against a key's window, atomically (a script runs alone and sees one instant): the
+# first INCR of a window creates its counter, which gets the period as its lifetime; any counter
+# found without one (it cannot happen, but would lock the key out for good) gets it too.
+# Returns the count including this request and the window's milliseconds to go.
+_TAKE = """
+local n = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {n, ttl}
+"""
+_take_script: Any = None
+
+
+def window_name(key: ApiKey) -> str:
+    """The Redis counter of the key's window. Named by the key's prefix, which no other key
+    ever has and rotation keeps (a new secret is not a new allowance)."""
+    return f"sluice:ratelimit:{key.prefix}"
+
+
+def _take_in_redis(conn: Any, key: ApiKey, limit: int) -> RateDecision:
+    """The row's fixed window, kept in Redis: it opens at the key's first request and lasts
+    ``SLUICE_API_RATE_PERIOD`` (the counter expires with it)."""
+    global _take_script
+    if _take_script is None:
+        _take_script = conn.register_script(_TAKE)
+    period_ms = max(1, round(float(settings.SLUICE_API_RATE_PERIOD) * 1000))
+    count, ttl_ms = _take_script(keys=[window_name(key)], args=[period_ms], client=conn)
+    if int(count) > limit:
+        return RateDecision(False, limit, max(1, math.ceil(int(ttl_ms) / 1000)))
+    return RateDecision(True, limit, 0)
 
 
 def _note_use(key: ApiKey, now: datetime) -> None:
     """Write ``last_used_at`` if this process has not for a minute."""
-    tick = time.monotonic()
+    tick = monotonic()
     noted = _used_noted.get(key.pk)
     if noted is not None and tick - noted < LAST_USED_EVERY:
         return
@@ -217,37 +232,28 @@ def _note_use(key: ApiKey, now: datetime) -> None:
 def take_request_in_row(key: ApiKey, now: datetime | None = None) -> RateDecision:
     """``take_request`` on the key's row, where there is no Redis.
 
-    Every change is a compare-and-swap on the key row (no lock, works on SQLite too):
-
-    1. If the row's window is over, start a new one counting this request, provided nobody
-       else started it first (``window_start`` still what we read).
-    2. Otherwise add one to the count, provided the window is unchanged and below the limit.
-    3. If neither update touched the row, re-read it: another request changed the window
-       (try again) or the limit is reached (refuse, saying when the window resets).
+    One conditional ``UPDATE`` (atomic on the row, on SQLite too): if the row's window is over,
+    start a new one counting this request; otherwise add one to the count if it is below the
+    limit. If it touched no row the window is spent: refuse, saying when it resets. It reads
+    nothing from ``key`` but its id and limit, so a remembered copy of the key does as well as
+    a fresh one.
     """
     now = now or timezone.now()
     limit = limit_for(key)
     if limit <= 0:  # 0 means unlimited; still note when the key was used.
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
-        return RateDecision(True, 0, 0, 0)
+        return RateDecision(True, 0, 0)
     period = timedelta(seconds=float(settings.SLUICE_API_RATE_PERIOD))
-    start, count = key.window_start, key.window_count
-    for _ in range(5):
-        if start is None or now >= start + period:
-            if ApiKey.objects.filter(pk=key.pk, window_start=start).update(
-                window_start=now, window_count=1, last_used_at=now
-            ):
-                return RateDecision(True, limit, limit - 1, 0)
-        elif count < limit and ApiKey.objects.filter(
-            pk=key.pk, window_start=start, window_count__lt=limit
-        ).update(window_count=F("window_count") + 1, last_used_at=now):
-            return RateDecision(True, limit, max(0, limit - count - 1), 0)
-        row = ApiKey.objects.filter(pk=key.pk).values("window_start", "window_count").first()
-        if row is None:
-            break
-        if row["window_start"] == start and row["window_count"] >= limit:
-            wait = (start + period - now).total_seconds() if start else 1.0
-            return RateDecision(False, limit, 0, max(1, math.ceil(wait)))
-        start, count = row["window_start"], row["window_count"]
-    # Heavy contention on one key: refuse briefly rather than spin.
-    return RateDecision(False, limit, 0, 1)
+    over = Q(window_start__isnull=True) | Q(window_start__lte=now - period)
+    if ApiKey.objects.filter(over | Q(window_count__lt=limit), pk=key.pk).update(
+        window_start=Case(
+            When(over, then=Value(now, output_field=DateTimeField())),
+            default=F("window_start"),
+        ),
+        window_count=Case(When(over, then=Value(1)), default=F("window_count") + 1),
+        last_used_at=now,
+    ):
+        return RateDecision(True, limit, 0)
+    start = ApiKey.objects.filter(pk=key.pk).values_list("window_start", flat=True).first()
+    wait = (start + period - now).total_seconds() if start else 1.0
+    return RateDecision(False, limit, max(1, math.ceil(wait)))

@@ -104,7 +104,8 @@ def task_message(name: str, args: Iterable[Any], queue: str) -> bytes:
         _origin = f"gen{os.getpid()}@{socket.gethostname()}"
     args = list(args)
     task_id = str(uuid.uuid4())
-    body = json.dumps([args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+    body = json.dumps([args, {}, embed])
     message = {
         "body": base64.b64encode(body.encode()).decode(),
         "content-encoding": "utf-8",
