@@ -14,7 +14,8 @@ docs/performance.md: the row's look-up and its rate-window ``UPDATE`` were a thi
   it and by every other process within that time. An unknown key is never remembered: a key
   just minted works at once.
 - ``take_request`` counts requests in Redis (the broker's: one counter per API key, expiring
-  with its window), exact across processes and hosts, with no row locked.
+  with its window), shared by every process and host, with no row locked; a key with a large
+  limit claims its requests a few at a time (``RedisWindows``).
   Without a Redis broker (SQLite and ``make run``), or while Redis fails, the key row's
   compare-and-swap counts instead, as it always did. ``last_used_at`` is then written at most
   once a minute per key and process (it is a hint for people, not a counter).
@@ -27,6 +28,7 @@ import hashlib
 import hmac
 import math
 import secrets
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -138,9 +140,10 @@ def find_key(raw: str | None) -> ApiKey | None:
 
 
 def forget_keys() -> None:
-    """Drop every key this process remembers (a key changed; tests)."""
+    """Drop every key this process remembers (a key changed; tests), and its claims."""
     _found.clear()
     _used_noted.clear()
+    _windows.forget()
 
 
 @receiver(post_save, sender=ApiKey)
@@ -174,7 +177,7 @@ def take_request(key: ApiKey, now: datetime | None = None) -> RateDecision:
     conn = broker.client()
     if conn is not None:
         try:
-            decision = _take_in_redis(conn, key, limit)
+            decision = _windows.take(conn, key, limit)
         except redis.RedisError as exc:
             broker.failed(exc)  # the row counts until Redis answers again
         else:
@@ -184,12 +187,12 @@ def take_request(key: ApiKey, now: datetime | None = None) -> RateDecision:
     return take_request_in_row(key, now)
 
 
-# One request against a key's window, atomically (a script runs alone and sees one instant): the
-# first INCR of a window creates its counter, which gets the period as its lifetime; any counter
-# found without one (it cannot happen, but would lock the key out for good) gets it too.
-# Returns the count including this request and the window's milliseconds to go.
+# Requests against a key's window, atomically (a script runs alone and sees one instant): the
+# first INCRBY of a window creates its counter, which gets the period as its lifetime; any
+# counter found without one (it cannot happen, but would lock the key out for good) gets it too.
+# Returns the count including these requests and the window's milliseconds to go.
 _TAKE = """
-local n = redis.call('INCR', KEYS[1])
+local n = redis.call('INCRBY', KEYS[1], ARGV[2])
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
@@ -197,7 +200,9 @@ if ttl < 0 then
 end
 return {n, ttl}
 """
-_take_script: Any = None
+# A key with a limit this large claims 1/CLAIM_SHARE of it at a time (at most CLAIM_MAX).
+CLAIM_SHARE = 1000
+CLAIM_MAX = 100
 
 
 def window_name(key: ApiKey) -> str:
@@ -206,17 +211,61 @@ def window_name(key: ApiKey) -> str:
     return f"sluice:ratelimit:{key.prefix}"
 
 
-def _take_in_redis(conn: Any, key: ApiKey, limit: int) -> RateDecision:
+@dataclass
+class _Claim:
+    left: int
+    until: float  # monotonic(): when the window the requests were claimed from ends
+
+
+class RedisWindows:
     """The row's fixed window, kept in Redis: it opens at the key's first request and lasts
-    ``SLUICE_API_RATE_PERIOD`` (the counter expires with it)."""
-    global _take_script
-    if _take_script is None:
-        _take_script = conn.register_script(_TAKE)
-    period_ms = max(1, round(float(settings.SLUICE_API_RATE_PERIOD) * 1000))
-    count, ttl_ms = _take_script(keys=[window_name(key)], args=[period_ms], client=conn)
-    if int(count) > limit:
-        return RateDecision(False, limit, max(1, math.ceil(int(ttl_ms) / 1000)))
-    return RateDecision(True, limit, 0)
+    ``SLUICE_API_RATE_PERIOD`` (the counter expires with it). One per process.
+
+    A key whose limit is below ``CLAIM_SHARE`` × 2 counts each request in Redis: exact. A
+    busier key's process claims ``limit // CLAIM_SHARE`` requests (at most ``CLAIM_MAX``) in one
+    call and spends them without asking again until they run out or the window ends: the key
+    still never gets more than its limit, but may be refused up to (processes − 1) ×
+    (claim − 1) requests early, 0.1 % of the limit per other process, when its last requests
+    of a window find the other processes holding some of it. Only such keys pay one Redis round
+    trip per claim instead of per request (W7: a round trip was ~0.3 ms of CPU under load).
+    """
+
+    def __init__(self) -> None:
+        self._claims: dict[str, _Claim] = {}
+        self._lock = threading.Lock()
+        self._script: Any = None
+
+    def take(self, conn: Any, key: ApiKey, limit: int) -> RateDecision:
+        size = min(CLAIM_MAX, max(1, limit // CLAIM_SHARE))
+        if size > 1:
+            with self._lock:
+                claim = self._claims.get(key.prefix)
+                if claim is not None and claim.left > 0 and monotonic() < claim.until:
+                    claim.left -= 1
+                    return RateDecision(True, limit, 0)
+        if self._script is None:
+            self._script = conn.register_script(_TAKE)
+        period_ms = max(1, round(float(settings.SLUICE_API_RATE_PERIOD) * 1000))
+        count, ttl_ms = self._script(keys=[window_name(key)], args=[period_ms, size], client=conn)
+        granted = min(size, limit - (int(count) - size))
+        if granted <= 0:
+            return RateDecision(False, limit, max(1, math.ceil(int(ttl_ms) / 1000)))
+        if granted > 1:
+            until = monotonic() + int(ttl_ms) / 1000
+            with self._lock:
+                claim = self._claims.get(key.prefix)
+                if claim is not None and monotonic() < claim.until:  # another thread's
+                    claim.left += granted - 1
+                else:
+                    self._claims[key.prefix] = _Claim(granted - 1, until)
+        return RateDecision(True, limit, 0)
+
+    def forget(self) -> None:
+        with self._lock:
+            self._claims.clear()
+
+
+_windows = RedisWindows()
 
 
 def _note_use(key: ApiKey, now: datetime) -> None:

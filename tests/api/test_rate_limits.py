@@ -144,13 +144,54 @@ def test_four_processes_together_get_exactly_the_limit_from_redis() -> None:
         conn = redis.Redis.from_url(django_settings.CELERY_BROKER_URL)
         barrier.wait()
         try:
-            return sum(keys._take_in_redis(conn, key, 250).allowed for _ in range(100))
+            windows = keys.RedisWindows()  # each process has its own
+            return sum(windows.take(conn, key, 250).allowed for _ in range(100))
         finally:
             conn.close()
 
     with ThreadPoolExecutor(4) as pool:
         allowed = [f.result() for f in [pool.submit(worker) for _ in range(4)]]
     assert sum(allowed) == 250, allowed
+
+
+class CountingClient:
+    """A Redis client that counts the scripts run through it."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+    def evalsha(self, *args: Any) -> Any:
+        self.calls += 1
+        return self.conn.evalsha(*args)
+
+
+@pytest.mark.integration
+def test_processes_claim_a_busy_keys_requests_a_few_at_a_time_and_never_exceed_it() -> None:
+    """A limit of 5,000 is claimed 5 requests at a time: one round trip per 5 requests. The
+    first refusal comes at most (4 - 1) x (5 - 1) requests early (what the other three
+    processes still hold), and processes that go on serving spend all of it, not more."""
+    if not _has_redis():
+        pytest.skip("needs a Redis broker (CELERY_BROKER_URL)")
+    key = _key(5000)
+    conn = CountingClient(broker.client())
+    processes = [keys.RedisWindows() for _ in range(4)]
+    allowed = 0
+    first_refusal_at = None
+    serving = list(processes)
+    while serving:
+        for windows in list(serving):
+            if windows.take(conn, key, 5000).allowed:
+                allowed += 1
+            else:
+                serving.remove(windows)
+                first_refusal_at = first_refusal_at or allowed
+    assert first_refusal_at is not None and first_refusal_at >= 5000 - 3 * 4
+    assert allowed == 5000
+    assert conn.calls <= 5000 // 5 + 4, conn.calls
 
 
 @pytest.mark.integration

@@ -45,6 +45,7 @@ from workflows.core.models import (
     StepStatus,
 )
 from workflows.core.signals import run_finished
+from workflows.core.storage import storage
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def create_run(
                 f"on_complete {on_complete!r} cannot be imported: {exc}"
             ) from None
     now = timezone.now()
-    run = Run.objects.create(
+    run = Run(
         workflow=workflow,
         version=wf.version,
         input=data,
@@ -169,6 +170,7 @@ def create_run(
         max_cost=max_cost,
         review_timeout=review_timeout,
     )
+    storage().insert_run(run)
     ring_on_commit(run.pk, run.generation)
     return run
 
