@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import redis
+from celery import current_app
 from django.conf import settings
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,6 @@ def reset() -> None:
 
 
 def _reply_to() -> str:
-    from celery import current_app
-
     return str(current_app.thread_oid)
 
 
