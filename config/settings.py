@@ -409,9 +409,14 @@ SLUICE_OUTBOX_CLAIM_SECONDS = env.float("SLUICE_OUTBOX_CLAIM_SECONDS", default=6
 # --- JSON API, API keys and completion webhooks ------------------------------------------------
 # django-ninja as an app: /api/docs then serves its vendored Swagger UI (no CDN).
 INSTALLED_APPS += ["ninja"]
-# Requests each API key may make per period (a key's own ``rate_limit`` overrides the number).
+# Requests each API key may make per period (a key's own ``rate_limit`` overrides the number),
+# counted in the broker's Redis (on the key's row without one; workflows/keys.py).
 SLUICE_API_RATE_LIMIT = env.int("SLUICE_API_RATE_LIMIT", default=600)
 SLUICE_API_RATE_PERIOD = env.float("SLUICE_API_RATE_PERIOD", default=60.0)
+# Each web process remembers a key it authenticated this long, so a deactivated, rotated or
+# edited key keeps working on other processes for at most this many seconds (0: look every key
+# up on every request).
+SLUICE_API_KEY_CACHE_SECONDS = env.float("SLUICE_API_KEY_CACHE_SECONDS", default=5.0)
 # Completion webhooks: per-attempt HTTP timeout, and whether callback URLs may point at
 # loopback, private, link-local or reserved addresses (off in production: it would let a
 # service make Sluice call into its own network; tests turn it on for a local receiver).

@@ -38,6 +38,18 @@ def _empty_cache() -> Iterator[None]:
     cache.clear()
 
 
+@pytest.fixture(autouse=True)
+def _forget_api_keys() -> Iterator[None]:
+    """Each process remembers the API keys it authenticated for a few seconds
+    (workflows.keys): a test's keys, and changes made to them behind Django's back, must not
+    leak into the next test."""
+    from workflows.keys import forget_keys
+
+    forget_keys()
+    yield
+    forget_keys()
+
+
 @pytest.fixture
 def bell(monkeypatch: pytest.MonkeyPatch) -> Iterator[Bell]:
     """Replace the broker with an in-memory queue; ``bell.drain()`` processes messages."""

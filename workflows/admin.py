@@ -31,7 +31,7 @@ from django.utils.safestring import SafeString, mark_safe
 from workflows import operations
 from workflows.core.audit import MAX_REASON, Actor, reason_problem
 from workflows.core.definitions import registered_workflows
-from workflows.keys import SCOPES, assign_new_secret
+from workflows.keys import SCOPES, assign_new_secret, forget_keys
 from workflows.models import (
     ApiKey,
     Event,
@@ -880,6 +880,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.action(description="Deactivate selected keys", permissions=["change"])
     def deactivate_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         n = queryset.update(is_active=False)
+        # An update sends no post_save: drop this process's remembered keys here (the other
+        # processes' copies expire within SLUICE_API_KEY_CACHE_SECONDS).
+        forget_keys()
         self.message_user(request, f"Deactivated {n} key(s).", messages.SUCCESS)
 
 

@@ -308,6 +308,48 @@ def test_reclaim_step_is_fenced_on_the_lease_the_sweep_saw(store: Storage) -> No
     assert Step.objects.get(pk=row.pk).status == StepStatus.PENDING
 
 
+def test_insert_run_stores_what_save_stores(store: Storage) -> None:
+    """Every column, each kind of field (JSON, decimal, duration, foreign keys, timestamps set
+    on insert): the row inserted by the storage reads back as the one save() inserts."""
+    parent = make_run()
+    fields: dict[str, Any] = {
+        "workflow": "contract.test",
+        "version": 3,
+        "input": {"text": "hé", "n": [1, 2.5, None], "nested": {"ok": True}},
+        "context": {"trace": "t-1"},
+        "idempotency_key": None,
+        "parent": parent,
+        "max_parallel": 7,
+        "wake_requested_at": timezone.now(),
+        "tenant": "acme",
+        "created_by": "api:sk_1234",
+        "callback_url": "https://example.com/hook",
+        "max_cost": Decimal("1.250000"),
+        "review_timeout": timedelta(hours=36),
+    }
+    mine = Run(**{**fields, "idempotency_key": "k-storage"})
+    store.insert_run(mine)
+    assert not mine._state.adding and mine.created_at is not None
+    theirs = Run(**{**fields, "idempotency_key": "k-save"})
+    theirs.save(force_insert=True)
+    names = [f.attname for f in Run._meta.concrete_fields]
+    ours, saved = (Run.objects.filter(pk=r.pk).values(*names).get() for r in (mine, theirs))
+    differ = {"id", "idempotency_key", "created_at", "updated_at"}
+    assert {n: ours[n] for n in names if n not in differ} == {
+        n: saved[n] for n in names if n not in differ
+    }
+    assert ours["idempotency_key"] == "k-storage"
+    assert abs(ours["created_at"] - saved["created_at"]) < timedelta(seconds=5)
+
+
+def test_insert_run_refuses_a_duplicate_idempotency_key(store: Storage) -> None:
+    from django.db import IntegrityError, transaction
+
+    store.insert_run(Run(workflow="contract.test", idempotency_key="once"))
+    with pytest.raises(IntegrityError), transaction.atomic():
+        store.insert_run(Run(workflow="contract.test", idempotency_key="once"))
+
+
 def test_insert_steps_sets_primary_keys_and_the_last_branch_closes_the_group(
     store: Storage,
 ) -> None:

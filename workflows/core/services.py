@@ -45,6 +45,7 @@ from workflows.core.models import (
     StepStatus,
 )
 from workflows.core.signals import run_finished
+from workflows.core.storage import storage
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,9 @@ def create_run(
     max_cost: Any = None,
     review_timeout: Any = None,
 ) -> Run:
-    """Insert a pending run and ring for it on commit. Call inside a transaction."""
+    """Insert a pending run and ring for it on commit. Call inside a transaction, or in
+    autocommit mode, where its one statement, the INSERT, is a transaction of its own and the
+    doorbell rings right after it (``start_or_find``). Keep it one statement."""
     workflow = workflow_name(workflow)
     wf = get_workflow(workflow)
     data = validate_input(workflow, input)
@@ -150,7 +153,7 @@ def create_run(
                 f"on_complete {on_complete!r} cannot be imported: {exc}"
             ) from None
     now = timezone.now()
-    run = Run.objects.create(
+    run = Run(
         workflow=workflow,
         version=wf.version,
         input=data,
@@ -167,6 +170,7 @@ def create_run(
         max_cost=max_cost,
         review_timeout=review_timeout,
     )
+    storage().insert_run(run)
     ring_on_commit(run.pk, run.generation)
     return run
 
@@ -219,6 +223,12 @@ def start_or_find(
         if existing is not None:
             return _same_start(existing, workflow, input), False
     try:
+        if connection.get_autocommit() and not connection.in_atomic_block:
+            # Autocommit: the INSERT commits by itself before it returns, and the doorbell
+            # create_run asks for "on commit" rings at once, after it. BEGIN and COMMIT would be
+            # two more round trips on every API start (W7 in docs/performance.md).
+            run = create_run(workflow, input or {}, idempotency_key=idempotency_key, **options)
+            return run, True
         with transaction.atomic():
             run = create_run(workflow, input or {}, idempotency_key=idempotency_key, **options)
             return run, True

@@ -1,0 +1,107 @@
+"""The doorbell's raw LPUSH (workflows.core.broker): the message Celery would have sent, or
+Celery itself where a raw message cannot be sent."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import current_app
+
+from tests import sample_workflows as samples
+from tests.live import wait_until
+from workflows import get_run, start
+from workflows.core import broker, doorbell
+
+QUEUE = "test-broker-format"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_client() -> Iterator[None]:
+    broker.reset()
+    yield
+    broker.reset()
+
+
+def _pop(conn: Any) -> dict[str, Any]:
+    raw = conn.rpop(QUEUE)
+    assert raw is not None
+    message: dict[str, Any] = json.loads(raw)
+    return message
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "name,args",
+    [
+        (doorbell.ADVANCE, ["0b3c7f0e-1111-2222-3333-444455556666", 3]),
+        (doorbell.ADVANCE_MANY, [[["0b3c7f0e-1111-2222-3333-444455556666", 1]]]),
+        (doorbell.EXECUTE_STEP, [42]),
+    ],
+)
+def test_a_raw_message_is_the_one_celery_sends(name: str, args: list[Any]) -> None:
+    """Field by field, except what is unique to each message (ids, delivery tag): a Celery or
+    kombu upgrade that changes the format fails here, not in production."""
+    conn = broker.client()
+    assert conn is not None
+    conn.delete(QUEUE)
+    try:
+        current_app.send_task(name, tuple(args), queue=QUEUE)
+        assert broker.publish([(name, args, QUEUE)])
+        celery, raw = _pop(conn), _pop(conn)
+    finally:
+        conn.delete(QUEUE)
+    unique_headers = {"id", "root_id", "origin"}
+    unique_properties = {"correlation_id", "delivery_tag"}
+    assert set(raw) == set(celery)
+    assert set(raw["headers"]) == set(celery["headers"])
+    assert set(raw["properties"]) == set(celery["properties"])
+    for field in set(celery) - {"headers", "properties", "body"}:
+        assert raw[field] == celery[field], field
+    for field in set(celery["headers"]) - unique_headers:
+        assert raw["headers"][field] == celery["headers"][field], field
+    for field in set(celery["properties"]) - unique_properties:
+        assert raw["properties"][field] == celery["properties"][field], field
+    assert json.loads(base64.b64decode(raw["body"])) == json.loads(base64.b64decode(celery["body"]))
+    assert raw["headers"]["root_id"] == raw["headers"]["id"] == raw["properties"]["correlation_id"]
+
+
+@pytest.mark.parametrize(
+    "url,options",
+    [
+        ("filesystem://localhost/", {}),
+        ("memory://", {}),
+        ("redis://127.0.0.1:6379/0", {"global_keyprefix": "sluice:"}),
+    ],
+)
+def test_without_a_plain_redis_broker_messages_go_through_celery(
+    settings: Any, url: str, options: dict[str, Any]
+) -> None:
+    settings.CELERY_BROKER_URL = url
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = options
+    assert broker.client() is None
+    assert not broker.publish([(doorbell.ADVANCE, ["x", 1], "default")])
+
+
+def test_a_failing_broker_is_logged_and_rested(
+    settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The doorbell never raises: the sweep rings again from the tables."""
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    doorbell.send_advance("0b3c7f0e-1111-2222-3333-444455556666", 1)
+    assert "could not ring" in caplog.text
+    assert broker.client() is None
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_runs_a_run_rung_by_a_raw_message(live: Any) -> None:
+    """No beat here, so no sweep to ring again: only the start's own doorbell can get the
+    run going."""
+    live.worker()
+    run = start(samples.chain, {"n": 3})
+    done = wait_until(lambda: get_run(run.pk) if get_run(run.pk).is_terminal else None, 60)
+    assert (done.status, done.output) == ("succeeded", 3)
