@@ -168,7 +168,10 @@ class Phase:
         self.load = load
         self.faults = faults if name == "chaos" else None
         self.last_fault = faults.last
-        self.procs = CeleryProcesses(LOGS / name, env=dict(os.environ))
+        self.trace = LOGS / name / "trace.jsonl"
+        self.procs = CeleryProcesses(
+            LOGS / name, env={**os.environ, "SLUICE_CHAOS_TRACE": str(self.trace)}
+        )
         self.workers: list[subprocess.Popen[bytes]] = []
         self.beat: subprocess.Popen[bytes] | None = None
         self.beat_back_at: float | None = None
@@ -236,8 +239,13 @@ class Phase:
             self.beat = None
             self.beat_back_at = time.monotonic() + self.args.beat_down
         self.log.append(f"{at:6.1f}s {kind}")
+        self._trace("fault", kind)
         self.counts[kind.split(" ")[0]] += 1
         self.last_fault = at
+
+    def _trace(self, *fields: Any) -> None:
+        with open(self.trace, "a") as f:
+            f.write(json.dumps([time.time(), os.getpid(), *fields]) + "\n")
 
     # --- the phase ------------------------------------------------------------------------
 
@@ -252,8 +260,10 @@ class Phase:
         _retry(lambda: _truncate(connection), "truncate")
         import redis
 
-        redis.Redis.from_url(BROKER).flushdb()
+        broker = redis.Redis.from_url(BROKER)
+        broker.flushdb()
         EXEC_LOG.unlink(missing_ok=True)
+        self.trace.unlink(missing_ok=True)
         for _ in range(self.args.workers):
             self.start_worker()
         self.beat = self.procs.beat()
@@ -261,6 +271,7 @@ class Phase:
         pending_faults = list(self.faults.events) if self.faults else []
         plan = list(enumerate(self.load.plan))
         t0 = time.monotonic()
+        self._trace("t0")
         next_gate_pass = 0.0
         done_at: float | None = None
         try:
@@ -296,6 +307,10 @@ class Phase:
                     self.beat = self.procs.beat()
                     self.log.append(f"{time.monotonic() - t0:6.1f}s beat back")
                 if now >= next_gate_pass:
+                    try:
+                        self._trace("queue", _queued(broker))
+                    except Exception:  # noqa: BLE001  (a trace, never a reason to stop)
+                        pass
                     # A reviewer decides the open gates with an even id; the rest expire.
                     next_gate_pass = now + 1.0
                     gates = _retry(
@@ -393,6 +408,20 @@ class Phase:
                 round(status.get("succeeded", 0) / done_at, 2) if done_at else None
             ),
         }
+
+
+def _queued(broker: Any) -> dict[str, int]:
+    """The messages waiting in the broker, by task name (every queue and priority list)."""
+    counts: Counter[str] = Counter()
+    for key in broker.scan_iter(count=1000):
+        if broker.type(key) != b"list":
+            continue
+        for raw in broker.lrange(key, 0, -1):
+            try:
+                counts[json.loads(raw)["headers"]["task"]] += 1
+            except (ValueError, KeyError, TypeError):
+                counts["?"] += 1
+    return dict(counts)
 
 
 def _truncate(connection: Any) -> None:
