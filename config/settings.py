@@ -246,6 +246,25 @@ CELERY_BEAT_SCHEDULE = {
     "sluice-notify": {"task": "reviews.notify", "schedule": SLUICE_SWEEP_INTERVAL},
     "sluice-prune": {"task": "workflows.prune", "schedule": 3600.0},
 }
+# Message priorities. The sweeps share the workers' queue with the doorbells, and after a fault
+# (a worker lost, the database back) that queue holds a backlog. FIFO, the sweep that reclaims a
+# dead worker's leases, fires due timers and expires gates waited behind it (13 s in a
+# `make chaos` run, docs/reliability.md), and the doorbells it then rang for that late work
+# waited behind the backlog again. So: the beat's sweeps first (SLUICE_SWEEP_PRIORITY), then
+# what the sweep rings for (SLUICE_OVERDUE_PRIORITY: due, reclaimed or lost work), then every
+# other message. Redis delivers priority 0 first (kombu keeps a list per priority step: 0, 3,
+# 6, 9); other brokers' queues are declared without priorities, so nothing is set there.
+SLUICE_SWEEP_PRIORITY = 0
+SLUICE_OVERDUE_PRIORITY: int | None = None
+SLUICE_WORK_PRIORITY = 6
+if CELERY_BROKER_URL.startswith(("redis", "rediss", "sentinel")):
+    SLUICE_OVERDUE_PRIORITY = 3
+    CELERY_TASK_ROUTES = {
+        "workflows.sweep": {"priority": SLUICE_SWEEP_PRIORITY},
+        "reviews.expire_gates": {"priority": SLUICE_SWEEP_PRIORITY},
+        "reviews.notify": {"priority": SLUICE_SWEEP_PRIORITY},
+        "*": {"priority": SLUICE_WORK_PRIORITY},
+    }
 
 # --- Probes and metrics ------------------------------------------------------------------------
 # /healthz, /readyz and /metrics answer plain http too: load balancers and Prometheus probe the

@@ -7,6 +7,9 @@ Messages are sent after the transaction that made the work runnable commits. If 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,14 +29,50 @@ EXECUTE_STEP = "workflows.execute_step"
 
 log = logging.getLogger(__name__)
 
+_overdue: ContextVar[bool] = ContextVar("sluice_overdue", default=False)
+
 
 def grace() -> timedelta:
     return timedelta(seconds=float(settings.SLUICE_DOORBELL_GRACE_SECONDS))
 
 
+@contextmanager
+def overdue() -> Iterator[None]:
+    """Doorbells rung inside ring for work that is already due or late: a dead worker's, a
+    lost message's, a timer's (the sweep rings inside). They go at SLUICE_OVERDUE_PRIORITY,
+    ahead of the fresh doorbells a backlog is made of, so the work a fault delayed is not
+    delayed again behind everything rung since."""
+    token = _overdue.set(True)
+    try:
+        yield
+    finally:
+        _overdue.reset(token)
+
+
+def _options() -> dict[str, Any]:
+    priority = getattr(settings, "SLUICE_OVERDUE_PRIORITY", None)
+    if priority is None or not _overdue.get():
+        return {}
+    return {"priority": int(priority)}
+
+
+def on_commit(send: Callable[[], None]) -> None:
+    """``send`` when the transaction commits, as overdue as the code that asked for it."""
+    late = _overdue.get()
+
+    def call() -> None:
+        token = _overdue.set(late)
+        try:
+            send()
+        finally:
+            _overdue.reset(token)
+
+    transaction.on_commit(call)
+
+
 def send_advance(run_id: Any, generation: int) -> None:
     try:
-        current_app.send_task(ADVANCE, (str(run_id), generation), queue="default")
+        current_app.send_task(ADVANCE, (str(run_id), generation), queue="default", **_options())
     except Exception:  # The sweep rings again from the tables.
         log.warning("could not ring for run %s; the sweep will", run_id, exc_info=True)
 
@@ -42,7 +81,7 @@ def send_advance_many(items: list[tuple[Any, int]]) -> None:
     """One doorbell for a burst of runs (``workflows.advance_many``)."""
     try:
         current_app.send_task(
-            ADVANCE_MANY, ([[str(pk), gen] for pk, gen in items],), queue="default"
+            ADVANCE_MANY, ([[str(pk), gen] for pk, gen in items],), queue="default", **_options()
         )
     except Exception:
         log.warning("could not ring for %s runs; the sweep will", len(items), exc_info=True)
@@ -50,17 +89,20 @@ def send_advance_many(items: list[tuple[Any, int]]) -> None:
 
 def send_step(step_id: int, queue: str) -> None:
     try:
-        current_app.send_task(EXECUTE_STEP, (step_id,), queue=queue)
+        current_app.send_task(EXECUTE_STEP, (step_id,), queue=queue, **_options())
     except Exception:
         log.warning("could not dispatch step %s; the sweep will", step_id, exc_info=True)
 
 
 def send_steps(items: list[tuple[int, str]]) -> None:
     """Dispatch many steps over one broker connection (a fan-out's first branches)."""
+    options = _options()
     try:
         with current_app.producer_or_acquire() as producer:
             for step_id, queue in items:
-                current_app.send_task(EXECUTE_STEP, (step_id,), queue=queue, producer=producer)
+                current_app.send_task(
+                    EXECUTE_STEP, (step_id,), queue=queue, producer=producer, **options
+                )
     except Exception:
         log.warning("could not dispatch %s steps; the sweep will", len(items), exc_info=True)
 
@@ -68,16 +110,16 @@ def send_steps(items: list[tuple[int, str]]) -> None:
 def dispatch_many_on_commit(rows: list[Any]) -> None:
     items = [(row.pk, queue_for(row.pool)) for row in rows]
     if items:
-        transaction.on_commit(lambda: send_steps(items))
+        on_commit(lambda: send_steps(items))
 
 
 def ring_on_commit(run_id: Any, generation: int) -> None:
-    transaction.on_commit(lambda: send_advance(run_id, generation))
+    on_commit(lambda: send_advance(run_id, generation))
 
 
 def dispatch_on_commit(step_id: int, pool: str) -> None:
     queue = queue_for(pool)
-    transaction.on_commit(lambda: send_step(step_id, queue))
+    on_commit(lambda: send_step(step_id, queue))
 
 
 def request_wake(run_id: Any, now: datetime | None = None) -> bool:
