@@ -105,8 +105,10 @@ def _install_trace() -> None:
         write("start", getattr(task, "name", "?"), args)
 
     @task_postrun.connect(weak=False)
-    def _end(task: Any = None, args: Any = None, retval: Any = None, **kwargs: Any) -> None:
-        write("end", getattr(task, "name", "?"), args, retval)
+    def _end(
+        task: Any = None, args: Any = None, retval: Any = None, state: Any = None, **kwargs: Any
+    ) -> None:
+        write("end", getattr(task, "name", "?"), args, retval, state)
 
 
 _install_trace()
