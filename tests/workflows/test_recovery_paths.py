@@ -99,9 +99,10 @@ def _broken(exc_message: str = "server closed the connection unexpectedly") -> O
 
 
 def test_a_doorbell_waits_out_a_lost_database_connection_and_runs(bell: Bell) -> None:
-    """(A database server's connection: SQLite's test database is in memory.) The attempt took the run's lease and then lost its connection: it could not release
-    the lease. After the database answers, the task lets go of it and advances the run,
-    instead of dropping the message and leaving the run to the lease and the sweep."""
+    """The attempt took the run's lease and then lost its connection: it could not release the
+    lease. After the database answers, the task lets go of it and advances the run, instead of
+    dropping the message and leaving the run to the lease and the sweep. (A database server's
+    connection: SQLite's test database is in memory.)"""
     if connection.vendor != "postgresql":
         pytest.skip("a connection to a database server")
     run = start(samples.chain, {"n": 2})
