@@ -20,9 +20,10 @@ from tests import sample_workflows as samples
 from tests.support import Bell
 from workflows import get_run, start
 from workflows.core import tasks, transitions
+from workflows.core.executor import advance
 from workflows.core.leases import owner_id
 from workflows.core.sweeper import sweep
-from workflows.models import Run
+from workflows.models import Run, Step
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 
@@ -34,9 +35,11 @@ class Broker:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, tuple[Any, ...], Any]] = []
+        self.options: list[dict[str, Any]] = []
 
     def send_task(self, name: str, args: tuple[Any, ...] = (), **options: Any) -> None:
         self.sent.append((name, tuple(args), options.get("priority")))
+        self.options.append(options)
 
 
 @override_settings(SLUICE_OVERDUE_PRIORITY=3)
@@ -51,6 +54,23 @@ def test_the_sweep_rings_for_late_work_ahead_of_fresh_work(
     Run.objects.filter(pk=run.pk).update(wake_requested_at=timezone.now() - timedelta(seconds=60))
     assert sweep()["rung"] == 1
     assert broker.sent[1] == ("workflows.advance", (str(run.pk), 1), 3)
+    # The sweep cannot tell a lost doorbell from one queued behind a backlog: its copy expires
+    # (after two graces) rather than pile up behind it.
+    assert broker.options[1]["expires"] == 2 * 5.0
+
+
+@override_settings(SLUICE_OVERDUE_PRIORITY=3)
+def test_a_due_timer_rings_ahead_of_fresh_work_and_does_not_expire(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    broker = Broker()
+    monkeypatch.setattr("workflows.core.doorbell.current_app", broker)
+    run = start(samples.sleeper, {"seconds": 60})
+    assert advance(run.pk, 1) == "suspended"
+    Step.objects.filter(run=run, kind="sleep").update(wake_at=timezone.now() - timedelta(seconds=1))
+    assert sweep()["timers"] == 1
+    assert broker.sent[-1] == ("workflows.advance", (str(run.pk), 1), 3)
+    assert "expires" not in broker.options[-1]  # nothing else will ring for it
 
 
 @override_settings(SLUICE_OVERDUE_PRIORITY=None)

@@ -29,7 +29,8 @@ EXECUTE_STEP = "workflows.execute_step"
 
 log = logging.getLogger(__name__)
 
-_overdue: ContextVar[bool] = ContextVar("sluice_overdue", default=False)
+# The send options of doorbells rung inside ``overdue()`` (None outside).
+_overdue: ContextVar[dict[str, Any] | None] = ContextVar("sluice_overdue", default=None)
 
 
 def grace() -> timedelta:
@@ -37,12 +38,24 @@ def grace() -> timedelta:
 
 
 @contextmanager
-def overdue() -> Iterator[None]:
+def overdue(expires: float | None = None) -> Iterator[None]:
     """Doorbells rung inside ring for work that is already due or late: a dead worker's, a
     lost message's, a timer's (the sweep rings inside). They go at SLUICE_OVERDUE_PRIORITY,
     ahead of the fresh doorbells a backlog is made of, so the work a fault delayed is not
-    delayed again behind everything rung since."""
-    token = _overdue.set(True)
+    delayed again behind everything rung since.
+
+    ``expires`` (seconds): a doorbell nobody took by then is dropped unrun. For rings that may
+    repeat one still queued (the sweep cannot tell a lost doorbell from one waiting behind a
+    backlog): the sweep rings again after the grace anyway, and without an expiry every pass
+    would add a copy while the backlog lasts, the backlog would grow with them, and so would
+    the copies."""
+    options: dict[str, Any] = {}
+    priority = getattr(settings, "SLUICE_OVERDUE_PRIORITY", None)
+    if priority is not None:
+        options["priority"] = int(priority)
+    if expires is not None:
+        options["expires"] = expires
+    token = _overdue.set(options)
     try:
         yield
     finally:
@@ -50,10 +63,7 @@ def overdue() -> Iterator[None]:
 
 
 def _options() -> dict[str, Any]:
-    priority = getattr(settings, "SLUICE_OVERDUE_PRIORITY", None)
-    if priority is None or not _overdue.get():
-        return {}
-    return {"priority": int(priority)}
+    return dict(_overdue.get() or {})
 
 
 def on_commit(send: Callable[[], None]) -> None:

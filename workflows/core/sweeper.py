@@ -179,10 +179,12 @@ def ring_lost(now: Any) -> int:
 
     Runs are rung in ``workflows.advance_many`` messages of RING_CHUNK (a flushed broker can
     strand thousands at once), at most RING_LIMIT per pass: a backlog that workers are still
-    chewing through is not re-rung wholesale every few seconds.
+    chewing through is not re-rung wholesale every few seconds. These doorbells expire after
+    two graces: one merely queued behind a backlog is not lost, and copies of it must not pile
+    up (see ``doorbell.overdue``).
     """
     cutoff = now - grace()
-    with transaction.atomic():
+    with doorbell.overdue(expires=2 * grace().total_seconds()), transaction.atomic():
         stale = list(
             _lock(
                 Run.objects.filter(status__in=ACTIVE_RUN, wake_requested_at__lte=cutoff)
@@ -212,7 +214,8 @@ def ring_lost(now: Any) -> int:
             return True
         return False
 
-    return rung + _batches(steps, ring_step)
+    with doorbell.overdue(expires=2 * grace().total_seconds()):
+        return rung + _batches(steps, ring_step)
 
 
 def _send_chunks(chunks: list[list[tuple[Any, int]]]) -> None:
