@@ -38,7 +38,7 @@ app.autodiscover_tasks()
 def _run_checks(**kwargs: Any) -> None:
     from django.core import checks
 
-    tags = checks.registry.registry.tags_available() - {checks.Tags.urls}
+    tags = sorted(checks.registry.registry.tags_available() - {checks.Tags.urls})
     for message in checks.run_checks(tags=tags):
         (log.error if message.is_serious() else log.warning)("%s", message)
 
