@@ -63,8 +63,11 @@ def _patiently[T](work: Callable[[], T], let_go: Callable[[], None] | None = Non
     owner id (it could not release it with the database down), so the retry can take it.
     """
     deadline = time.monotonic() + float(settings.SLUICE_DATABASE_WAIT_SECONDS)
+    broke = False
     while True:
         try:
+            if broke and let_go is not None:
+                let_go()
             return work()
         except (OperationalError, InterfaceError):
             if not _connection_lost():
@@ -72,8 +75,7 @@ def _patiently[T](work: Callable[[], T], let_go: Callable[[], None] | None = Non
             log.warning("the database connection broke; waiting for the database")
             if not _database_back(deadline):
                 raise
-            if let_go is not None:
-                let_go()
+            broke = True
 
 
 def _release(items: list[tuple[Any, int]]) -> Callable[[], None]:
