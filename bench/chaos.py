@@ -37,6 +37,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -193,6 +194,7 @@ class Phase:
         self.beat: subprocess.Popen[bytes] | None = None
         self.beat_back_at: float | None = None
         self.pg_restart: tuple[subprocess.Popen[bytes], float] | None = None
+        self.failure: Exception | None = None
         self.n_workers = 0
         self.ids: list[Any] = []
         self.log: list[str] = []
@@ -284,11 +286,18 @@ class Phase:
         for _ in range(self.args.workers):
             self.start_worker()
         self.beat = self.procs.beat()
-        rng = random.Random(self.args.seed + 2)
-        pending_faults = list(self.faults.events) if self.faults else []
         plan = list(enumerate(self.load.plan))
         t0 = time.monotonic()
         self._trace("t0")
+        # The faults keep their schedule in a thread of their own: the loop below waits (and
+        # retries) while the database is down, and faults injected from it would all land
+        # together once the database is back (every worker and beat killed in one second).
+        quiet = threading.Event()
+        stop = threading.Event()
+        injector = threading.Thread(
+            target=self.inject_faults, args=(t0, quiet, stop), name="faults", daemon=True
+        )
+        injector.start()
         next_gate_pass = 0.0
         done_at: float | None = None
         try:
@@ -309,20 +318,8 @@ class Phase:
                         "start",
                     )
                     self.ids.append(run.pk)
-                while pending_faults and pending_faults[0][0] <= now:
-                    at, kind = pending_faults.pop(0)
-                    self.inject(kind, now, rng)
-                if self.pg_restart and self.pg_restart[0].poll() is not None:
-                    proc, began = self.pg_restart
-                    self.pg_restart = None
-                    took = time.monotonic() - began
-                    self.log.append(f"{time.monotonic() - t0:6.1f}s postgres back ({took:.1f}s)")
-                    if proc.returncode:
-                        raise RuntimeError(f"pg_ctlcluster restart exited {proc.returncode}")
-                back = self.beat_back_at
-                if self.beat is None and back is not None and time.monotonic() >= back:
-                    self.beat = self.procs.beat()
-                    self.log.append(f"{time.monotonic() - t0:6.1f}s beat back")
+                if self.failure is not None:
+                    raise self.failure
                 if now >= next_gate_pass:
                     try:
                         self._trace("queue", _queued(broker))
@@ -344,7 +341,7 @@ class Phase:
                             from django.db import connections
 
                             connections.close_all()
-                if not plan and not pending_faults and self.beat and not self.pg_restart:
+                if not plan and quiet.is_set():
                     left = _retry(
                         lambda: (
                             Run.objects.filter(pk__in=self.ids)
@@ -360,8 +357,38 @@ class Phase:
                         break
                 time.sleep(0.05)
         finally:
+            stop.set()
+            injector.join()
             self.procs.stop()
         return self.report(t0, done_at)
+
+    def inject_faults(self, t0: float, quiet: threading.Event, stop: threading.Event) -> None:
+        """Each fault at its time, beat back after its downtime, the restart watched; ``quiet``
+        once every fault is over (and beat and the database are back)."""
+        rng = random.Random(self.args.seed + 2)
+        pending = list(self.faults.events) if self.faults else []
+        try:
+            while not stop.is_set():
+                now = time.monotonic() - t0
+                while pending and pending[0][0] <= now:
+                    _, kind = pending.pop(0)
+                    self.inject(kind, now, rng)
+                if self.pg_restart and self.pg_restart[0].poll() is not None:
+                    proc, began = self.pg_restart
+                    self.pg_restart = None
+                    took = time.monotonic() - began
+                    self.log.append(f"{time.monotonic() - t0:6.1f}s postgres back ({took:.1f}s)")
+                    if proc.returncode:
+                        raise RuntimeError(f"the restart exited {proc.returncode}")
+                back = self.beat_back_at
+                if self.beat is None and back is not None and time.monotonic() >= back:
+                    self.beat = self.procs.beat()
+                    self.log.append(f"{time.monotonic() - t0:6.1f}s beat back")
+                if not pending and self.beat and not self.pg_restart:
+                    quiet.set()
+                time.sleep(0.02)
+        except Exception as exc:  # noqa: BLE001  (re-raised by the driver's loop)
+            self.failure = exc
 
     def report(self, t0: float, done_at: float | None) -> dict[str, Any]:
         from bench.chaos_workflows import ON_COMPLETE_EVENT
