@@ -37,6 +37,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -116,6 +117,23 @@ def _retry[T](fn: Callable[[], T], what: str, timeout: float = 60) -> T:
             raise RuntimeError(f"{what}: {exc}") from exc
 
 
+# --pg-outage: what a restart does to the chaos database's clients, and to nobody else's. Every
+# session of the database is cut and new ones are refused for the given seconds.
+OUTAGE = """
+import sys, time, psycopg
+server, name, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+with psycopg.connect(server.replace("postgres://", "postgresql://"), autocommit=True) as conn:
+    conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+    try:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name]
+        )
+        time.sleep(seconds)
+    finally:
+        conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+"""
+
+
 def _pg_version() -> str:
     versions = sorted(os.listdir("/etc/postgresql"), key=lambda v: float(v))
     return versions[-1]
@@ -168,11 +186,15 @@ class Phase:
         self.load = load
         self.faults = faults if name == "chaos" else None
         self.last_fault = faults.last
-        self.procs = CeleryProcesses(LOGS / name, env=dict(os.environ))
+        self.trace = LOGS / name / "trace.jsonl"
+        self.procs = CeleryProcesses(
+            LOGS / name, env={**os.environ, "SLUICE_CHAOS_TRACE": str(self.trace)}
+        )
         self.workers: list[subprocess.Popen[bytes]] = []
         self.beat: subprocess.Popen[bytes] | None = None
         self.beat_back_at: float | None = None
         self.pg_restart: tuple[subprocess.Popen[bytes], float] | None = None
+        self.failure: Exception | None = None
         self.n_workers = 0
         self.ids: list[Any] = []
         self.log: list[str] = []
@@ -215,20 +237,20 @@ class Phase:
         elif kind == "restart-postgres":
             # In the background: the load, the other faults and the driver's retries go on
             # while the cluster stops (fast: open connections are cut) and starts again.
-            self.pg_restart = (
-                subprocess.Popen(
-                    [
-                        "pg_ctlcluster",
-                        "--skip-systemctl-redirect",
-                        "--mode",
-                        "fast",
-                        _pg_version(),
-                        "main",
-                        "restart",
-                    ]
-                ),
-                time.monotonic(),
-            )
+            if self.args.pg_outage:
+                command = [sys.executable, "-c", OUTAGE, SERVER, DBNAME, str(self.args.pg_outage)]
+                kind = f"restart-postgres (simulated: {DBNAME} refused for {self.args.pg_outage}s)"
+            else:
+                command = [
+                    "pg_ctlcluster",
+                    "--skip-systemctl-redirect",
+                    "--mode",
+                    "fast",
+                    _pg_version(),
+                    "main",
+                    "restart",
+                ]
+            self.pg_restart = (subprocess.Popen(command), time.monotonic())
         elif kind == "kill-beat":
             assert self.beat is not None
             self.kill_group(self.beat)
@@ -236,8 +258,13 @@ class Phase:
             self.beat = None
             self.beat_back_at = time.monotonic() + self.args.beat_down
         self.log.append(f"{at:6.1f}s {kind}")
+        self._trace("fault", kind)
         self.counts[kind.split(" ")[0]] += 1
         self.last_fault = at
+
+    def _trace(self, *fields: Any) -> None:
+        with open(self.trace, "a") as f:
+            f.write(json.dumps([time.time(), os.getpid(), *fields]) + "\n")
 
     # --- the phase ------------------------------------------------------------------------
 
@@ -252,15 +279,25 @@ class Phase:
         _retry(lambda: _truncate(connection), "truncate")
         import redis
 
-        redis.Redis.from_url(BROKER).flushdb()
+        broker = redis.Redis.from_url(BROKER)
+        broker.flushdb()
         EXEC_LOG.unlink(missing_ok=True)
+        self.trace.unlink(missing_ok=True)
         for _ in range(self.args.workers):
             self.start_worker()
         self.beat = self.procs.beat()
-        rng = random.Random(self.args.seed + 2)
-        pending_faults = list(self.faults.events) if self.faults else []
         plan = list(enumerate(self.load.plan))
         t0 = time.monotonic()
+        self._trace("t0")
+        # The faults keep their schedule in a thread of their own: the loop below waits (and
+        # retries) while the database is down, and faults injected from it would all land
+        # together once the database is back (every worker and beat killed in one second).
+        quiet = threading.Event()
+        stop = threading.Event()
+        injector = threading.Thread(
+            target=self.inject_faults, args=(t0, quiet, stop), name="faults", daemon=True
+        )
+        injector.start()
         next_gate_pass = 0.0
         done_at: float | None = None
         try:
@@ -281,21 +318,13 @@ class Phase:
                         "start",
                     )
                     self.ids.append(run.pk)
-                while pending_faults and pending_faults[0][0] <= now:
-                    at, kind = pending_faults.pop(0)
-                    self.inject(kind, now, rng)
-                if self.pg_restart and self.pg_restart[0].poll() is not None:
-                    proc, began = self.pg_restart
-                    self.pg_restart = None
-                    took = time.monotonic() - began
-                    self.log.append(f"{time.monotonic() - t0:6.1f}s postgres back ({took:.1f}s)")
-                    if proc.returncode:
-                        raise RuntimeError(f"pg_ctlcluster restart exited {proc.returncode}")
-                back = self.beat_back_at
-                if self.beat is None and back is not None and time.monotonic() >= back:
-                    self.beat = self.procs.beat()
-                    self.log.append(f"{time.monotonic() - t0:6.1f}s beat back")
+                if self.failure is not None:
+                    raise self.failure
                 if now >= next_gate_pass:
+                    try:
+                        self._trace("queue", _queued(broker))
+                    except Exception:  # noqa: BLE001  (a trace, never a reason to stop)
+                        pass
                     # A reviewer decides the open gates with an even id; the rest expire.
                     next_gate_pass = now + 1.0
                     gates = _retry(
@@ -312,7 +341,7 @@ class Phase:
                             from django.db import connections
 
                             connections.close_all()
-                if not plan and not pending_faults and self.beat and not self.pg_restart:
+                if not plan and quiet.is_set():
                     left = _retry(
                         lambda: (
                             Run.objects.filter(pk__in=self.ids)
@@ -328,8 +357,38 @@ class Phase:
                         break
                 time.sleep(0.05)
         finally:
+            stop.set()
+            injector.join()
             self.procs.stop()
         return self.report(t0, done_at)
+
+    def inject_faults(self, t0: float, quiet: threading.Event, stop: threading.Event) -> None:
+        """Each fault at its time, beat back after its downtime, the restart watched; ``quiet``
+        once every fault is over (and beat and the database are back)."""
+        rng = random.Random(self.args.seed + 2)
+        pending = list(self.faults.events) if self.faults else []
+        try:
+            while not stop.is_set():
+                now = time.monotonic() - t0
+                while pending and pending[0][0] <= now:
+                    _, kind = pending.pop(0)
+                    self.inject(kind, now, rng)
+                if self.pg_restart and self.pg_restart[0].poll() is not None:
+                    proc, began = self.pg_restart
+                    self.pg_restart = None
+                    took = time.monotonic() - began
+                    self.log.append(f"{time.monotonic() - t0:6.1f}s postgres back ({took:.1f}s)")
+                    if proc.returncode:
+                        raise RuntimeError(f"the restart exited {proc.returncode}")
+                back = self.beat_back_at
+                if self.beat is None and back is not None and time.monotonic() >= back:
+                    self.beat = self.procs.beat()
+                    self.log.append(f"{time.monotonic() - t0:6.1f}s beat back")
+                if not pending and self.beat and not self.pg_restart:
+                    quiet.set()
+                time.sleep(0.02)
+        except Exception as exc:  # noqa: BLE001  (re-raised by the driver's loop)
+            self.failure = exc
 
     def report(self, t0: float, done_at: float | None) -> dict[str, Any]:
         from bench.chaos_workflows import ON_COMPLETE_EVENT
@@ -392,7 +451,44 @@ class Phase:
             "goodput_runs_per_s": (
                 round(status.get("succeeded", 0) / done_at, 2) if done_at else None
             ),
+            "load_average": [round(x, 1) for x in os.getloadavg()],
+            **self.where_it_went(),
         }
+
+    def where_it_went(self) -> dict[str, Any]:
+        """From the trace: how long the broker's queue was when the last fault hit, the longest
+        the sweep did not run after it, and the tasks that failed (each a doorbell dropped)."""
+        if not self.trace.exists():
+            return {}
+        events = [json.loads(line) for line in self.trace.read_text().splitlines()]
+        t0 = next((e[0] for e in events if e[2] == "t0"), None)
+        if t0 is None:
+            return {}
+        queued = [(e[0] - t0, sum(e[3].values())) for e in events if e[2] == "queue"]
+        sweeps = [e[0] - t0 for e in events if e[2] == "end" and e[3] == "workflows.sweep"]
+        after = [t for t in sweeps if t >= self.last_fault]
+        gaps = [b - a for a, b in zip([self.last_fault, *after], after, strict=False)]
+        failed = Counter(e[3] for e in events if e[2] == "end" and len(e) > 6 and e[6] == "FAILURE")
+        return {
+            "queued_at_last_fault": next((n for t, n in queued if t >= self.last_fault), None),
+            "queued_max": max((n for _, n in queued), default=0),
+            "sweep_gap_after_last_fault_s": round(max(gaps), 1) if gaps else None,
+            "tasks_failed": dict(failed),
+        }
+
+
+def _queued(broker: Any) -> dict[str, int]:
+    """The messages waiting in the broker, by task name (every queue and priority list)."""
+    counts: Counter[str] = Counter()
+    for key in broker.scan_iter(count=1000):
+        if broker.type(key) != b"list":
+            continue
+        for raw in broker.lrange(key, 0, -1):
+            try:
+                counts[json.loads(raw)["headers"]["task"]] += 1
+            except (ValueError, KeyError, TypeError):
+                counts["?"] += 1
+    return dict(counts)
 
 
 def _truncate(connection: Any) -> None:
@@ -414,6 +510,14 @@ def main() -> int:
     parser.add_argument("--drain-timeout", type=float, default=120.0)
     parser.add_argument("--seed", type=int, default=int(os.environ.get("CHAOS_SEED", "9")))
     parser.add_argument("--no-pg-restart", action="store_true")
+    parser.add_argument(
+        "--pg-outage",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="instead of restarting the cluster, cut every connection to the chaos database "
+        "and refuse new ones for SECONDS (the server's other databases are left alone)",
+    )
     parser.add_argument("--flushall", action="store_true", help="FLUSHALL instead of FLUSHDB")
     parser.add_argument("--only", choices=["baseline", "chaos"], default=None)
     parser.add_argument("--keep-db", action="store_true")
@@ -441,12 +545,66 @@ def main() -> int:
             _drop_db()
     (LOGS / "results.json").write_text(json.dumps(results, indent=2))
     _summary(results)
+    goal = _goal(results, args)
+    if goal:
+        print(
+            f"\ndrain after the last fault ({goal['last_fault_s']} s): baseline "
+            f"{goal['baseline_drain_s']} s, chaos {goal['chaos_drain_s']} s; the faults added "
+            f"{goal['added_s']} s against a goal of {goal['goal_s']} s (lease + 2 sweeps): "
+            f"{'met' if goal['goal_met'] else 'NOT met'}"
+        )
+        _save(goal)
     bad = [
         r
         for r in results
         if r["lost"] or r["duplicated_on_complete"] or r["duplicated_steps"] or r["stuck"]
     ]
     return 1 if bad else 0
+
+
+def _goal(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any] | None:
+    """Issue 12's goodput goal: the faults add at most a lease and two sweep intervals to the
+    drain after the last fault. Both phases are measured from the chaos phase's last fault
+    (injected, not scheduled: a driver waiting for the database injects late)."""
+    phases = {r["phase"]: r for r in results}
+    base, chaos = phases.get("baseline"), phases.get("chaos")
+    if not base or not chaos or base["finished_s"] is None or chaos["finished_s"] is None:
+        return None
+    last = chaos["last_fault_s"]
+    base_drain = round(max(0.0, base["finished_s"] - last), 1)
+    chaos_drain = round(max(0.0, chaos["finished_s"] - last), 1)
+    lease = float(ENGINE_ENV["SLUICE_LEASE_SECONDS"])
+    sweep = float(ENGINE_ENV["SLUICE_SWEEP_INTERVAL"])
+    budget = lease + 2 * sweep
+    return {
+        "runs": chaos["runs"],
+        "postgres": (
+            "none"
+            if args.no_pg_restart
+            else f"outage of {args.pg_outage} s (simulated)"
+            if args.pg_outage
+            else "cluster restart"
+        ),
+        "postgres_down": [line for line in chaos["fault_log"] if "postgres back" in line],
+        "last_fault_s": last,
+        "baseline_drain_s": base_drain,
+        "chaos_drain_s": chaos_drain,
+        "added_s": round(chaos_drain - base_drain, 1),
+        "goal_s": budget,
+        "goal_met": chaos_drain - base_drain <= budget,
+        "lost": chaos["lost"],
+        "duplicated": chaos["duplicated_on_complete"] + chaos["duplicated_steps"],
+        "stuck": chaos["stuck"],
+        "load_average": chaos["load_average"],
+    }
+
+
+def _save(goal: dict[str, Any]) -> None:
+    """Into bench/results.json under "chaos", the other keys kept."""
+    path = ROOT / "bench" / "results.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data["chaos"] = goal
+    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def _summary(results: list[dict[str, Any]]) -> None:

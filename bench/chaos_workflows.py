@@ -79,3 +79,36 @@ def on_done(run: Any) -> None:
         name=ON_COMPLETE_EVENT,
         payload={"generation": run.generation, "status": run.status},
     )
+
+
+def _install_trace() -> None:
+    """With SLUICE_CHAOS_TRACE set, every task a worker runs appends "start" and "end" lines
+    (wall time, pid, task, arguments, result) to that file: the timeline the driver reads to
+    say where the drain after the last fault went."""
+    path = os.environ.get("SLUICE_CHAOS_TRACE")
+    if not path:
+        return
+    import json
+
+    from celery.signals import task_postrun, task_prerun
+
+    def write(*fields: Any) -> None:
+        line = (json.dumps([time.time(), os.getpid(), *fields], default=str) + "\n").encode()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+    @task_prerun.connect(weak=False)
+    def _start(task: Any = None, args: Any = None, **kwargs: Any) -> None:
+        write("start", getattr(task, "name", "?"), args)
+
+    @task_postrun.connect(weak=False)
+    def _end(
+        task: Any = None, args: Any = None, retval: Any = None, state: Any = None, **kwargs: Any
+    ) -> None:
+        write("end", getattr(task, "name", "?"), args, retval, state)
+
+
+_install_trace()

@@ -238,14 +238,48 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_ALWAYS_EAGER = False
 SLUICE_SWEEP_INTERVAL = env.float("SLUICE_SWEEP_INTERVAL", default=2.0)
 # A static schedule; every periodic task is idempotent, so two beats by mistake are harmless.
+# A sweep that waited longer than a few intervals (every worker busy, the database down) has
+# newer ones queued behind it: it expires unrun instead of making them all run back to back.
+_SWEEP_OPTIONS = {"expires": max(10.0, 5 * SLUICE_SWEEP_INTERVAL)}
 CELERY_BEAT_SCHEDULE = {
-    "sluice-sweep": {"task": "workflows.sweep", "schedule": SLUICE_SWEEP_INTERVAL},
-    "sluice-expire-gates": {"task": "reviews.expire_gates", "schedule": SLUICE_SWEEP_INTERVAL},
+    "sluice-sweep": {
+        "task": "workflows.sweep",
+        "schedule": SLUICE_SWEEP_INTERVAL,
+        "options": _SWEEP_OPTIONS,
+    },
+    "sluice-expire-gates": {
+        "task": "reviews.expire_gates",
+        "schedule": SLUICE_SWEEP_INTERVAL,
+        "options": _SWEEP_OPTIONS,
+    },
     "sluice-deliver-outbox": {"task": "workflows.deliver_outbox", "schedule": 5.0},
     # Reviewer notifications: reminders due and digests whose window ended.
-    "sluice-notify": {"task": "reviews.notify", "schedule": SLUICE_SWEEP_INTERVAL},
+    "sluice-notify": {
+        "task": "reviews.notify",
+        "schedule": SLUICE_SWEEP_INTERVAL,
+        "options": _SWEEP_OPTIONS,
+    },
     "sluice-prune": {"task": "workflows.prune", "schedule": 3600.0},
 }
+# Message priorities. The sweeps share the workers' queue with the doorbells, and after a fault
+# (a worker lost, the database back) that queue holds a backlog. FIFO, the sweep that reclaims a
+# dead worker's leases, fires due timers and expires gates waited behind it (13 s in a
+# `make chaos` run, docs/reliability.md), and the doorbells it then rang for that late work
+# waited behind the backlog again. So: the beat's sweeps first (SLUICE_SWEEP_PRIORITY), then
+# what the sweep rings for (SLUICE_OVERDUE_PRIORITY: due, reclaimed or lost work), then every
+# other message. Redis delivers priority 0 first (kombu keeps a list per priority step: 0, 3,
+# 6, 9); other brokers' queues are declared without priorities, so nothing is set there.
+SLUICE_SWEEP_PRIORITY = 0
+SLUICE_OVERDUE_PRIORITY: int | None = None
+SLUICE_WORK_PRIORITY = 6
+if CELERY_BROKER_URL.startswith(("redis", "rediss", "sentinel")):
+    SLUICE_OVERDUE_PRIORITY = 3
+    CELERY_TASK_ROUTES = {
+        "workflows.sweep": {"priority": SLUICE_SWEEP_PRIORITY},
+        "reviews.expire_gates": {"priority": SLUICE_SWEEP_PRIORITY},
+        "reviews.notify": {"priority": SLUICE_SWEEP_PRIORITY},
+        "*": {"priority": SLUICE_WORK_PRIORITY},
+    }
 
 # --- Probes and metrics ------------------------------------------------------------------------
 # /healthz, /readyz and /metrics answer plain http too: load balancers and Prometheus probe the
@@ -272,6 +306,9 @@ SLUICE_HOST_ID = env("SLUICE_HOST_ID", default="") or socket.gethostname()
 SLUICE_LEASE_SECONDS = env.float("SLUICE_LEASE_SECONDS", default=8.0)
 # How long a rung doorbell may go unanswered before the sweep rings again.
 SLUICE_DOORBELL_GRACE_SECONDS = env.float("SLUICE_DOORBELL_GRACE_SECONDS", default=5.0)
+# How long a worker whose database connection broke (a restart, a failover) waits for the
+# database before it gives the message up (the sweep then rings again once the database is back).
+SLUICE_DATABASE_WAIT_SECONDS = env.float("SLUICE_DATABASE_WAIT_SECONDS", default=60.0)
 # Default cap on branches of one run in flight at once.
 SLUICE_MAX_PARALLEL = env.int("SLUICE_MAX_PARALLEL", default=10)
 # Values over this many bytes of JSON are stored out of row; over the hard limit a step fails.

@@ -18,7 +18,7 @@ from typing import Any
 import pydantic
 from django.conf import settings
 
-from pipelines.llm import config, offline, pricing, providers
+from pipelines.llm import config, offline, pricing
 from pipelines.llm.config import ModelSpec
 from pipelines.llm.errors import MalformedAnswer, ProviderError
 from workflows import record_usage
@@ -94,6 +94,11 @@ def complete[T: pydantic.BaseModel](
     started = time.perf_counter()
     if spec.offline:
         return _offline(task, inputs, spec, prompt, started)
+    # pydantic-ai is imported on the first call to a real provider, not when Django loads this
+    # module: it is most of a worker's start-up (about 0.9 s of CPU of 2), and a worker started
+    # to replace a lost one should take work as soon as it can.
+    from pipelines.llm import providers
+
     try:
         answer = providers.ask(
             spec, instructions=task.instructions, prompt=prompt, output_type=task.output_type

@@ -26,8 +26,8 @@ def _fresh_client() -> Iterator[None]:
     broker.reset()
 
 
-def _pop(conn: Any) -> dict[str, Any]:
-    raw = conn.rpop(QUEUE)
+def _pop(conn: Any, key: str = QUEUE) -> dict[str, Any]:
+    raw = conn.rpop(key)
     assert raw is not None
     message: dict[str, Any] = json.loads(raw)
     return message
@@ -47,13 +47,17 @@ def test_a_raw_message_is_the_one_celery_sends(name: str, args: list[Any]) -> No
     kombu upgrade that changes the format fails here, not in production."""
     conn = broker.client()
     assert conn is not None
-    conn.delete(QUEUE)
+    # Celery's task routes give every doorbell the work priority (kombu keeps a Redis list per
+    # priority step): the raw message must land in the same list, saying the same priority.
+    priority = doorbell._work_priority()
+    key = broker.queue_key(QUEUE, priority)
+    conn.delete(key)
     try:
         current_app.send_task(name, tuple(args), queue=QUEUE)
-        assert broker.publish([(name, args, QUEUE)])
-        celery, raw = _pop(conn), _pop(conn)
+        assert broker.publish([(name, args, QUEUE)], priority=priority)
+        celery, raw = _pop(conn, key), _pop(conn, key)
     finally:
-        conn.delete(QUEUE)
+        conn.delete(key)
     unique_headers = {"id", "root_id", "origin"}
     unique_properties = {"correlation_id", "delivery_tag"}
     assert set(raw) == set(celery)

@@ -31,6 +31,7 @@ from typing import Any
 import redis
 from celery import current_app
 from django.conf import settings
+from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,21 @@ def _reply_to() -> str:
     return str(current_app.thread_oid)
 
 
-def task_message(name: str, args: Iterable[Any], queue: str) -> bytes:
-    """One task message, as Celery's ``send_task(name, args, queue=queue)`` queues it on Redis.
+def queue_key(queue: str, priority: int) -> str:
+    """The Redis list kombu keeps ``queue``'s messages of ``priority`` in (one list per
+    priority step; step 0 is the queue's own name)."""
+    step = _priority_step(priority)
+    return f"{queue}{Channel.sep}{step}" if step else queue
+
+
+def _priority_step(priority: int) -> int:
+    """kombu's rounding of a priority down to a step (0, 3, 6, 9)."""
+    return max((step for step in PRIORITY_STEPS if step <= priority), default=PRIORITY_STEPS[0])
+
+
+def task_message(name: str, args: Iterable[Any], queue: str, priority: int = 0) -> bytes:
+    """One task message, as Celery's ``send_task(name, args, queue=queue)`` queues it on Redis
+    (with ``priority`` from the task routes).
 
     Celery's protocol 2 (``headers`` name the task, ``body`` is ``[args, kwargs, embed]``)
     inside kombu's Redis envelope (the body base64-encoded, the routing in ``properties``).
@@ -135,7 +149,7 @@ def task_message(name: str, args: Iterable[Any], queue: str) -> bytes:
             "reply_to": _reply_to(),
             "delivery_mode": 2,
             "delivery_info": {"exchange": "", "routing_key": queue},
-            "priority": 0,
+            "priority": priority,
             "body_encoding": "base64",
             "delivery_tag": str(uuid.uuid4()),
         },
@@ -143,20 +157,21 @@ def task_message(name: str, args: Iterable[Any], queue: str) -> bytes:
     return json.dumps(message).encode()
 
 
-def publish(messages: list[tuple[str, list[Any], str]]) -> bool:
-    """LPUSH ``(task name, args, queue)`` messages; False when there is no raw client (the
-    caller sends through Celery). Raises on a Redis error (after noting it, see ``failed``)."""
+def publish(messages: list[tuple[str, list[Any], str]], priority: int = 0) -> bool:
+    """LPUSH ``(task name, args, queue)`` messages at ``priority``; False when there is no raw
+    client (the caller sends through Celery). Raises on a Redis error (after noting it, see
+    ``failed``)."""
     conn = client()
     if conn is None:
         return False
     try:
         if len(messages) == 1:
             name, args, queue = messages[0]
-            conn.lpush(queue, task_message(name, args, queue))
+            conn.lpush(queue_key(queue, priority), task_message(name, args, queue, priority))
         else:
             pipe = conn.pipeline(transaction=False)
             for name, args, queue in messages:
-                pipe.lpush(queue, task_message(name, args, queue))
+                pipe.lpush(queue_key(queue, priority), task_message(name, args, queue, priority))
             pipe.execute()
     except redis.RedisError as exc:
         failed(exc)

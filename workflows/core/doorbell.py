@@ -11,6 +11,9 @@ on any other broker it goes through Celery.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,19 +33,74 @@ EXECUTE_STEP = "workflows.execute_step"
 
 log = logging.getLogger(__name__)
 
+# The send options of doorbells rung inside ``overdue()`` (None outside).
+_overdue: ContextVar[dict[str, Any] | None] = ContextVar("sluice_overdue", default=None)
+
 
 def grace() -> timedelta:
     return timedelta(seconds=float(settings.SLUICE_DOORBELL_GRACE_SECONDS))
 
 
+@contextmanager
+def overdue(expires: float | None = None) -> Iterator[None]:
+    """Doorbells rung inside ring for work that is already due or late: a dead worker's, a
+    lost message's, a timer's (the sweep rings inside). They go at SLUICE_OVERDUE_PRIORITY,
+    ahead of the fresh doorbells a backlog is made of, so the work a fault delayed is not
+    delayed again behind everything rung since.
+
+    ``expires`` (seconds): a doorbell nobody took by then is dropped unrun. For rings that may
+    repeat one still queued (the sweep cannot tell a lost doorbell from one waiting behind a
+    backlog): the sweep rings again after the grace anyway, and without an expiry every pass
+    would add a copy while the backlog lasts, the backlog would grow with them, and so would
+    the copies."""
+    options: dict[str, Any] = {}
+    priority = getattr(settings, "SLUICE_OVERDUE_PRIORITY", None)
+    if priority is not None:
+        options["priority"] = int(priority)
+    if expires is not None:
+        options["expires"] = expires
+    token = _overdue.set(options)
+    try:
+        yield
+    finally:
+        _overdue.reset(token)
+
+
+def _options() -> dict[str, Any]:
+    return dict(_overdue.get() or {})
+
+
+def on_commit(send: Callable[[], None]) -> None:
+    """``send`` when the transaction commits, as overdue as the code that asked for it."""
+    late = _overdue.get()
+
+    def call() -> None:
+        token = _overdue.set(late)
+        try:
+            send()
+        finally:
+            _overdue.reset(token)
+
+    transaction.on_commit(call)
+
+
 def _send(messages: list[tuple[str, list[Any], str]]) -> None:
-    """Queue ``(task, args, queue)`` messages: one LPUSH each on Redis, else through Celery
-    (over one producer). Raises when the broker fails; the callers log and move on."""
-    if broker.publish(messages):
+    """Queue ``(task, args, queue)`` messages. Fresh doorbells: one LPUSH each on Redis
+    (``workflows.core.broker``), at the work priority Celery's routes give them; overdue ones
+    (with their priority and expiry) and any other broker: through Celery, over one producer.
+    Raises when the broker fails; the callers log and move on."""
+    options = _options()
+    if not options and broker.publish(messages, priority=_work_priority()):
         return
     with current_app.producer_or_acquire() as producer:
         for name, args, queue in messages:
-            current_app.send_task(name, args, queue=queue, producer=producer)
+            current_app.send_task(name, args, queue=queue, producer=producer, **options)
+
+
+def _work_priority() -> int:
+    """The priority Celery's task routes give a doorbell (``"*"`` in CELERY_TASK_ROUTES)."""
+    routes = getattr(settings, "CELERY_TASK_ROUTES", None) or {}
+    return int((routes.get("*") or {}).get("priority") or 0)
 
 
 def send_advance(run_id: Any, generation: int) -> None:
@@ -78,16 +136,16 @@ def send_steps(items: list[tuple[int, str]]) -> None:
 def dispatch_many_on_commit(rows: list[Any]) -> None:
     items = [(row.pk, queue_for(row.pool)) for row in rows]
     if items:
-        transaction.on_commit(lambda: send_steps(items))
+        on_commit(lambda: send_steps(items))
 
 
 def ring_on_commit(run_id: Any, generation: int) -> None:
-    transaction.on_commit(lambda: send_advance(run_id, generation))
+    on_commit(lambda: send_advance(run_id, generation))
 
 
 def dispatch_on_commit(step_id: int, pool: str) -> None:
     queue = queue_for(pool)
-    transaction.on_commit(lambda: send_step(step_id, queue))
+    on_commit(lambda: send_step(step_id, queue))
 
 
 def request_wake(run_id: Any, now: datetime | None = None) -> bool:

@@ -180,10 +180,12 @@ def ring_lost(now: Any) -> int:
 
     Runs are rung in ``workflows.advance_many`` messages of RING_CHUNK (a flushed broker can
     strand thousands at once), at most RING_LIMIT per pass: a backlog that workers are still
-    chewing through is not re-rung wholesale every few seconds.
+    chewing through is not re-rung wholesale every few seconds. These doorbells expire after
+    two graces: one merely queued behind a backlog is not lost, and copies of it must not pile
+    up (see ``doorbell.overdue``).
     """
     cutoff = now - grace()
-    with transaction.atomic():
+    with doorbell.overdue(expires=2 * grace().total_seconds()), transaction.atomic():
         stale = list(
             _lock(
                 Run.objects.filter(status__in=ACTIVE_RUN, wake_requested_at__lte=cutoff)
@@ -196,7 +198,7 @@ def ring_lost(now: Any) -> int:
                 pk__in=[pk for pk, _ in stale], wake_requested_at__lte=cutoff
             ).update(wake_requested_at=now)
             chunks = [stale[i : i + RING_CHUNK] for i in range(0, len(stale), RING_CHUNK)]
-            transaction.on_commit(lambda: _send_chunks(chunks))
+            doorbell.on_commit(lambda: _send_chunks(chunks))
     rung = len(stale)
 
     steps = (
@@ -213,7 +215,8 @@ def ring_lost(now: Any) -> int:
             return True
         return False
 
-    return rung + _batches(steps, ring_step)
+    with doorbell.overdue(expires=2 * grace().total_seconds()):
+        return rung + _batches(steps, ring_step)
 
 
 def _send_chunks(chunks: list[list[tuple[Any, int]]]) -> None:
@@ -226,13 +229,15 @@ def _send_chunks(chunks: list[list[tuple[Any, int]]]) -> None:
 
 def sweep() -> dict[str, int]:
     now = timezone.now()
-    result = {
-        "timers": fire_timers(now),
-        "retries": retry_due(now),
-        "steps_reclaimed": reclaim_steps(now),
-        "runs_reclaimed": reclaim_runs(now),
-        "rung": ring_lost(now),
-    }
+    # Everything the sweep rings for is due or late: it goes ahead of the fresh doorbells.
+    with doorbell.overdue():
+        result = {
+            "timers": fire_timers(now),
+            "retries": retry_due(now),
+            "steps_reclaimed": reclaim_steps(now),
+            "runs_reclaimed": reclaim_runs(now),
+            "rung": ring_lost(now),
+        }
     # Metrics count re-rung doorbells and reclaimed leases; /readyz reads the last pass.
     instrument.emit("sweep_finished", result=result, at=now)
     return result
