@@ -15,14 +15,14 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Avg, Count, F, Q
+from django.db.models import Avg, Count, Q
 from django.utils import timezone
 
 from workflows.core import compensation, instrument, payloads, pools, transitions, usage
 from workflows.core.calls import call_step, error_dict, is_retryable, retry_after
 from workflows.core.context import Context
 from workflows.core.definitions import resolve_step, workflow_for_run
-from workflows.core.doorbell import dispatch_on_commit, grace, request_wake
+from workflows.core.doorbell import dispatch_on_commit, grace, request_wake, ring_on_commit
 from workflows.core.errors import (
     BranchBudgetExceeded,
     BudgetExceeded,
@@ -47,17 +47,20 @@ log = logging.getLogger(__name__)
 MAX_REPLAYS_PER_MESSAGE = 50
 
 
-def advance(run_id: Any, generation: int) -> str:
-    """Advance one run as far as it goes. Returns what happened (for logs and tests)."""
+def advance(run_id: Any, generation: int, taken: Run | None = None) -> str:
+    """Advance one run as far as it goes. Returns what happened (for logs and tests).
+
+    ``taken``: the run, its lease already taken by this thread (``complete_step``)."""
     with instrument.run_scope(run_id, generation):
-        return _advance(run_id, generation)
+        return _advance(run_id, generation, taken)
 
 
-def _advance(run_id: Any, generation: int) -> str:
+def _advance(run_id: Any, generation: int, taken: Run | None = None) -> str:
     owner = owner_id()
     outcome = "skipped"
     for _ in range(MAX_REPLAYS_PER_MESSAGE):
-        run = transitions.take(run_id, generation, owner, timezone.now())
+        run = taken or transitions.take(run_id, generation, owner, timezone.now())
+        taken = None
         if run is None:
             return outcome
         hold_run(run.pk)
@@ -277,22 +280,20 @@ def execute_step(step_id: int) -> int:
     """Run a queued step, then keep running steps handed over from the same pool.
 
     When the last step this worker ran completed its group (or was the step its run waited
-    for), the worker advances that run itself rather than leave it to the doorbell it rang:
-    it is idle anyway, and the doorbell then finds the run done. Returns the steps executed.
+    for), the commit that recorded it also took the run's lease for this worker, which
+    advances the run at once: no doorbell, no other worker replaying it. Returns the steps
+    executed.
     """
     owner = owner_id()
     executed = 0
-    woke: list[Any] = []
+    woke: list[Run] = []
     row = claim_step(step_id, owner)
     while row is not None:
         ensure_heartbeat()
         executed += 1
-        woke.clear()
         row = _run_claimed(row, owner, woke)
-    for run_id in woke:
-        generation = Run.objects.filter(pk=run_id).values_list("generation", flat=True).first()
-        if generation is not None:
-            advance(run_id, generation)
+    for run in woke:
+        advance(run.pk, run.generation, taken=run)
     return executed
 
 
@@ -385,74 +386,76 @@ def complete_step(
     exc: Exception | None,
     scope: usage.StepScope,
     sd: Any,
-    woke: list[Any] | None = None,
+    woke: list[Run] | None = None,
 ) -> Step | None:
-    """Record a claimed step's outcome (fenced on owner and attempt), all in one transaction.
+    """Record a claimed step's outcome (fenced on owner and attempt) and all that follows from
+    it, in one commit (``Storage.finish_step``; on PostgreSQL one statement):
 
     1. Compare-and-swap running → succeeded / retrying / failed. A stale worker (the step was
        reclaimed, canceled or superseded) changes nothing and stops.
-    2. A branch that reaches a terminal state decrements its group; the one that takes it to
-       zero closes the group and rings for the run. The row lock taken by that decrement
-       serializes the branches, so exactly one sees zero.
+    2. A branch that reaches a terminal state counts its group down; the one that takes it to
+       zero closes the group. The group's row lock serializes the branches, so exactly one
+       sees zero. That one (or a queued step its run waited for) lets the run go on: when the
+       caller passes ``woke`` and nothing was handed over (4), this worker takes the run's
+       lease there and then and the run is appended to ``woke`` for the caller to advance,
+       with no doorbell; otherwise the run is marked runnable and rung for.
     3. A terminal branch lets the next held branch of the run start (the parallelism cap).
     4. In a pool with a concurrency limit, this worker's slot passes straight to the oldest
-       waiting step, claimed in this same transaction: the count of running steps never
-       changes, so no pool lock is needed. Returns that step for the caller to run.
+       waiting step, claimed in the same commit: the count of running steps never changes,
+       so no pool lock is needed. Returns that step for the caller to run.
     """
     now = timezone.now()
     drop(row.pk)
-    common: dict[str, Any] = {"finished_at": now, "lease_owner": "", "lease_expires_at": None}
+    fields: dict[str, Any] = {"finished_at": now, "lease_owner": "", "lease_expires_at": None}
     if scope.usage:
-        common["usage"] = usage.merge(row.usage, scope.usage)
-    if scope.cost:
-        common["cost"] = F("cost") + scope.cost  # over all attempts, like the run's cost
-    with transaction.atomic():
-        if exc is None:
-            n = transitions.complete(
-                row,
-                owner,
-                {"status": StepStatus.SUCCEEDED, "result": data, "error": None, **common},
+        fields["usage"] = usage.merge(row.usage, scope.usage)
+    if exc is None:
+        fields.update(status=StepStatus.SUCCEEDED, result=data, error=None)
+    else:
+        err = error_dict(exc, attempt=row.attempt)
+        if is_retryable(exc) and row.attempt < row.max_attempts:
+            policy = sd.retry if sd is not None else None
+            delay = policy.backoff(row.attempt) if policy else 1.0
+            delay = max(delay, retry_after(exc) or 0.0)
+            fields.update(
+                status=StepStatus.RETRYING, error=err, wake_at=now + timedelta(seconds=delay)
             )
-            terminal = True
         else:
-            err = error_dict(exc, attempt=row.attempt)
-            if is_retryable(exc) and row.attempt < row.max_attempts:
-                policy = sd.retry if sd is not None else None
-                delay = policy.backoff(row.attempt) if policy else 1.0
-                delay = max(delay, retry_after(exc) or 0.0)
-                n = transitions.complete(
-                    row,
-                    owner,
-                    {
-                        "status": StepStatus.RETRYING,
-                        "error": err,
-                        "wake_at": now + timedelta(seconds=delay),
-                        **common,
-                    },
-                )
-                terminal = False
-            else:
-                n = transitions.complete(
-                    row, owner, {"status": StepStatus.FAILED, "error": err, **common}
-                )
-                terminal = True
-        if not n:
-            return None
-        if scope.cost:
-            Run.objects.filter(pk=row.run_id).update(cost=F("cost") + Decimal(scope.cost))
-        if terminal and step_finished(row, now) and woke is not None:
-            woke.append(row.run_id)
-        return handoff(row.pool, owner, now)
+            fields.update(status=StepStatus.FAILED, error=err)
+    conf = pools.get_pool(row.pool)
+    done = transitions.finish(
+        row,
+        owner,
+        fields,
+        cost=Decimal(scope.cost or 0),
+        now=now,
+        ready_by=now + grace(),
+        hand_over=bool(conf.max_concurrency and not conf.rate_limit),
+        take_run=woke is not None,
+    )
+    if done is None:
+        return None
+    if done.wake is not None:
+        ring_on_commit(row.run_id, done.wake)
+    if done.released is not None:
+        dispatch_on_commit(*done.released)
+    if done.run is not None and woke is not None:
+        woke.append(done.run)
+    if done.next is not None:
+        hold(done.next.pk)
+    return done.next
 
 
 def step_finished(row: Step, now: datetime) -> bool:
-    """A queued step reached a terminal state: join its group or wake its run.
+    """A queued step reached a terminal state outside ``complete_step`` (the sweep failed it
+    after its worker died too often): join its group or wake its run, in the caller's
+    transaction.
 
     Returns True when this made the run runnable.
     """
     if row.branch < 0:
         return request_wake(row.run_id, now)
-    group = transitions.leave_group(row)
+    group = transitions.leave_group(row, failed=row.status == StepStatus.FAILED)
     if group is None:
         return False
     group_id, remaining, holds_back = group
@@ -482,19 +485,3 @@ def release_held(run_id: Any, now: datetime) -> None:
     )
     if held is not None and transitions.release_held(held.pk, now + grace()):
         dispatch_on_commit(held.pk, held.pool)
-
-
-def handoff(pool: str, owner: str, now: datetime) -> Step | None:
-    """Claim the oldest step waiting in ``pool`` for this worker, taking over its slot.
-
-    Call inside the transaction that took this worker's own step out of ``running``. Only for
-    pools limited by concurrency alone; a rate-limited pool's steps go through ``claim_step``
-    (and its window) when their doorbell rings.
-    """
-    conf = pools.get_pool(pool)
-    if not conf.max_concurrency or conf.rate_limit:
-        return None
-    row = transitions.hand_over(pool, owner, now, now + grace())
-    if row is not None:
-        hold(row.pk)
-    return row

@@ -9,7 +9,7 @@ between PostgreSQL and SQLite delegate to the storage contract (``workflows.core
 
 Runs:   take · take_many · checkpoint (also ends a run) · suspend · release · mark_runnable ·
         cancel · restart · reclaim_run
-Steps:  claim · claim_reserved · claim_inline · queue · defer · complete · retry_due ·
+Steps:  claim · claim_reserved · claim_inline · queue · defer · complete · finish · retry_due ·
         hand_over · resolve_wait · consume_event · close_group · release_held · ring_again ·
         cancel_steps · supersede · fire_timer · reclaim_step
 """
@@ -31,7 +31,7 @@ from workflows.core.models import (
     Step,
     StepStatus,
 )
-from workflows.core.storage import storage
+from workflows.core.storage import Finished, storage
 
 LIVE_STEP = [StepStatus.PENDING, StepStatus.WAITING, StepStatus.RETRYING, StepStatus.RUNNING]
 
@@ -190,6 +190,31 @@ def complete(row: Step, owner: str, fields: dict[str, Any]) -> bool:
     return storage().complete(row, owner, fields)
 
 
+def finish(
+    row: Step,
+    owner: str,
+    fields: dict[str, Any],
+    *,
+    cost: Decimal,
+    now: datetime,
+    ready_by: datetime,
+    hand_over: bool,
+    take_run: bool,
+) -> Finished | None:
+    """running (ours, this attempt) → ``fields``, with its group, its run and its pool slot
+    (``Storage.finish_step``)."""
+    return storage().finish_step(
+        row,
+        owner,
+        fields,
+        cost=cost,
+        now=now,
+        ready_by=ready_by,
+        hand_over=hand_over,
+        take_run=take_run,
+    )
+
+
 def retry_due(step_id: int, ready_at: datetime) -> bool:
     """retrying past its backoff → pending (a queued step; inline ones replay)."""
     return bool(
@@ -265,7 +290,8 @@ def reclaim_step(row: Step, fields: dict[str, Any]) -> bool:
     return storage().reclaim_step(row, fields)
 
 
-def leave_group(row: Step) -> tuple[int, int, bool] | None:
-    """A branch ended: its group's ``remaining - 1``; (group id, remaining, holds back). The
-    row lock this takes serializes the branches, so exactly one sees zero."""
-    return storage().decrement_group(row)
+def leave_group(row: Step, failed: bool = False) -> tuple[int, int, bool] | None:
+    """A branch ended: its group's ``remaining - 1`` (marked if it ``failed``); (group id,
+    remaining, holds back). The row lock this takes serializes the branches, so exactly one
+    sees zero."""
+    return storage().decrement_group(row, failed)
