@@ -50,6 +50,7 @@ from workflows.core.definitions import (
     workflow_name,
 )
 from workflows.core.doorbell import (
+    dispatch_batches_on_commit,
     dispatch_many_on_commit,
     dispatch_on_commit,
     grace,
@@ -1024,7 +1025,10 @@ class Context:
                 for b in branches:
                     if not b.held:
                         by_pool[b.pool].append(b)
+                # The reserved slots are rung for in batches, several per message (see
+                # workflows.core.branches): the whole first wave starts at once.
                 ring: list[Step] = []
+                reserved: list[Step] = []
                 for pool_name, rows in by_pool.items():
                     conf = pools.get_pool(pool_name)
                     if conf.max_concurrency and not conf.rate_limit:
@@ -1033,11 +1037,12 @@ class Context:
                             b.status = StepStatus.RUNNING
                             b.lease_owner = pools.RESERVED
                             b.lease_expires_at = now + grace()
-                        ring += rows[:free]
+                        reserved += rows[:free]
                     else:
                         ring += rows
                 storage().insert_steps(branches)
                 dispatch_many_on_commit(ring)
+                dispatch_batches_on_commit(reserved)
             raise Suspend
         if group.status == StepStatus.WAITING:
             raise Suspend

@@ -18,11 +18,25 @@ from django.db import transaction
 from django.db.models import Avg, Count, Q
 from django.utils import timezone
 
-from workflows.core import compensation, instrument, payloads, pools, transitions, usage
+from workflows.core import (
+    branches,
+    compensation,
+    doorbell,
+    instrument,
+    payloads,
+    pools,
+    transitions,
+    usage,
+)
 from workflows.core.calls import call_step, error_dict, is_retryable, retry_after
 from workflows.core.context import Context
 from workflows.core.definitions import resolve_step, workflow_for_run
-from workflows.core.doorbell import dispatch_on_commit, grace, request_wake, ring_on_commit
+from workflows.core.doorbell import (
+    dispatch_on_commit,
+    grace,
+    request_wake,
+    ring_on_commit,
+)
 from workflows.core.errors import (
     BranchBudgetExceeded,
     BudgetExceeded,
@@ -295,6 +309,19 @@ def execute_step(step_id: int) -> int:
     for run in woke:
         advance(run.pk, run.generation, taken=run)
     return executed
+
+
+def execute_steps(step_ids: list[int], queue: str) -> int:
+    """A batch doorbell: run the first step here and the others at once in this process's
+    branch threads (``workflows.core.branches``), each then going on with whatever its slot is
+    handed; return when all are done. A step no thread is free for is rung for alone."""
+    if not step_ids:
+        return 0
+    futures, left = branches.submit(execute_step, list(step_ids[1:]))
+    if left:
+        doorbell.send_steps([(step_id, queue) for step_id in left])
+    executed = execute_step(step_ids[0])
+    return executed + sum(f.result() for f in futures)
 
 
 def _run_claimed(row: Step, owner: str, woke: list[Any] | None = None) -> Step | None:

@@ -9,6 +9,7 @@ from celery import shared_task
 from workflows.core.executor import advance as advance_run
 from workflows.core.executor import advance_many as advance_runs
 from workflows.core.executor import execute_step as run_step
+from workflows.core.executor import execute_steps as run_steps
 from workflows.core.outbox import deliver_due
 from workflows.core.sweeper import prune as run_prune
 from workflows.core.sweeper import sweep as run_sweep
@@ -31,6 +32,13 @@ def advance_many(runs: list[Any]) -> dict[str, int]:
 def execute_step(step_id: int) -> int:
 
     return run_step(step_id)
+
+
+@shared_task(name="workflows.execute_steps", ignore_result=True)
+def execute_steps(step_ids: list[int], queue: str = "default") -> int:
+    """One doorbell for a batch of a fan-out's reserved slots (``workflows.core.branches``)."""
+
+    return run_steps(step_ids, queue)
 
 
 @shared_task(name="workflows.sweep", ignore_result=True)
