@@ -278,7 +278,7 @@ SLUICE_MAX_PARALLEL = env.int("SLUICE_MAX_PARALLEL", default=10)
 # message; the worker that takes one runs them at once, in threads of its own (at most
 # SLUICE_BRANCH_THREADS per process). PostgreSQL only; 1 sends one message per branch.
 SLUICE_BRANCH_BATCH = env.int("SLUICE_BRANCH_BATCH", default=10)
-SLUICE_BRANCH_THREADS = env.int("SLUICE_BRANCH_THREADS", default=32)
+SLUICE_BRANCH_THREADS = env.int("SLUICE_BRANCH_THREADS", default=16)
 # Values over this many bytes of JSON are stored out of row; over the hard limit a step fails.
 SLUICE_PAYLOAD_INLINE_LIMIT = env.int("SLUICE_PAYLOAD_INLINE_LIMIT", default=64 * 1024)
 SLUICE_PAYLOAD_HARD_LIMIT = env.int("SLUICE_PAYLOAD_HARD_LIMIT", default=8 * 1024 * 1024)

@@ -616,7 +616,6 @@ class PostgresStorage(SQLiteStorage):
             )
             closes = "EXISTS (SELECT 1 FROM g WHERE remaining = 0)"
             held = "(SELECT id FROM h), (SELECT pool FROM h)"
-        columns = ", ".join(q(str(f.column)) for f in Step._meta.concrete_fields)
         if hand_over:
             active = ", ".join(f"%(active{i})s" for i in range(len(ACTIVE_RUN)))
             p.update({f"active{i}": value for i, value in enumerate(ACTIVE_RUN)}, pool=row.pool)
@@ -628,13 +627,13 @@ class PostgresStorage(SQLiteStorage):
                 "AND w.held = %(no)s AND w.superseded = %(no)s "
                 "AND (w.wake_at IS NULL OR w.wake_at <= %(ready_by)s) "
                 f"AND x.status IN ({active}) AND EXISTS (SELECT 1 FROM s) "
-                f"ORDER BY w.id LIMIT 1 FOR UPDATE OF w SKIP LOCKED) RETURNING {columns})"
+                "ORDER BY w.id LIMIT 1 FOR UPDATE OF w SKIP LOCKED) RETURNING *)"
             )
             free = "NOT EXISTS (SELECT 1 FROM n)"
             handed = "n"
         else:
             free = "true"
-            handed = f"(SELECT {columns} FROM {step_table} WHERE false) n"
+            handed = f"(SELECT * FROM {step_table} WHERE false) n"
         if closes != "false" or cost:
             run_active = ", ".join(f"%(run_active{i})s" for i in range(len(ACTIVE_RUN)))
             p.update(
@@ -643,28 +642,28 @@ class PostgresStorage(SQLiteStorage):
                 run_running=RunStatus.RUNNING,
                 blank="",
             )
-            ctes.append(f"c AS (SELECT {closes} AS closes, %(take)s AND {free} AS free)")
-            take = (
-                f"(c.closes AND c.free AND r.generation = %(generation)s AND r.status IN "
-                f"({run_active}) AND (r.lease_owner = %(blank)s OR r.lease_expires_at < %(now)s))"
+            # ``t`` locks the run row (only when the run goes on, or for the cost) and decides
+            # on its latest version: take its lease if free, else mark it runnable.
+            ctes.append(
+                f"c AS (SELECT {closes} AS closes), t AS (SELECT r.id, c.closes AND %(take)s "
+                f"AND {free} AND r.generation = %(generation)s AND r.status IN ({run_active}) "
+                "AND (r.lease_owner = %(blank)s OR r.lease_expires_at < %(now)s) AS take, "
+                f"c.closes AND r.status IN ({run_active}) AS wake FROM {run_table} r, c "
+                "WHERE r.id = %(run)s AND EXISTS (SELECT 1 FROM s) "
+                "AND (c.closes OR %(cost)s <> 0) FOR UPDATE OF r)"
             )
-            wake = f"(c.closes AND r.status IN ({run_active}))"
             ctes.append(
                 f"r AS (UPDATE {run_table} r SET cost = r.cost + %(cost)s, "
-                f"status = CASE WHEN {take} AND r.status <> %(compensating)s "
+                "status = CASE WHEN t.take AND r.status <> %(compensating)s "
                 "THEN %(run_running)s ELSE r.status END, "
-                f"lease_owner = CASE WHEN {take} THEN %(owner)s ELSE r.lease_owner END, "
-                f"lease_expires_at = CASE WHEN {take} THEN %(until)s ELSE r.lease_expires_at END, "
-                f"started_at = CASE WHEN {take} THEN COALESCE(r.started_at, %(now)s) "
-                "ELSE r.started_at END, "
-                f"wake_requested_at = CASE WHEN {take} THEN NULL WHEN {wake} THEN %(now)s "
-                "ELSE r.wake_requested_at END "
-                "FROM c WHERE r.id = %(run)s AND EXISTS (SELECT 1 FROM s) "
-                "AND (c.closes OR %(cost)s <> 0) "
-                "RETURNING r.generation, r.lease_owner = %(owner)s AND c.closes AS taken, "
-                "r.wake_requested_at IS NOT DISTINCT FROM %(now)s AND c.closes AS woke)"
+                "lease_owner = CASE WHEN t.take THEN %(owner)s ELSE r.lease_owner END, "
+                "lease_expires_at = CASE WHEN t.take THEN %(until)s ELSE r.lease_expires_at END, "
+                "started_at = CASE WHEN t.take THEN COALESCE(r.started_at, %(now)s) "
+                "ELSE r.started_at END, wake_requested_at = CASE WHEN t.take THEN NULL "
+                "WHEN t.wake THEN %(now)s ELSE r.wake_requested_at END FROM t WHERE r.id = t.id "
+                "RETURNING r.generation, t.take, t.wake AND NOT t.take AS woke)"
             )
-            run_cols = "(SELECT taken FROM r), (SELECT woke FROM r), (SELECT generation FROM r)"
+            run_cols = "(SELECT take FROM r), (SELECT woke FROM r), (SELECT generation FROM r)"
         else:
             run_cols = "NULL::boolean, NULL::boolean, NULL::integer"
         sql = (
@@ -674,6 +673,7 @@ class PostgresStorage(SQLiteStorage):
         with connection.cursor() as cur:
             cur.execute(sql, p)
             found = cur.fetchone()
+            names = [d[0] for d in cur.description or ()]
         if not found[0]:
             return None
         out = Finished()
@@ -685,7 +685,7 @@ class PostgresStorage(SQLiteStorage):
         elif found[4]:
             out.wake = found[5]
         if found[6] is not None:
-            out.next = _step_from(found[6:])
+            out.next = _step_from(dict(zip(names[6:], found[6:], strict=True)))
         return out
 
     def hand_over(self, pool: str, owner: str, now: datetime, ready_by: datetime) -> Step | None:
@@ -787,14 +787,16 @@ def _update_sql() -> tuple[str, list[Any]]:
     return f"UPDATE {Step._meta.db_table} SET {sets}", fields
 
 
-def _step_from(values: tuple[Any, ...]) -> Step:
-    """A Step from its columns as a raw cursor returns them (JSON still text)."""
+def _step_from(columns: dict[str, Any]) -> Step:
+    """A Step from its columns by name, as a raw cursor returns them (JSON still text)."""
     fields: list[Any] = list(Step._meta.concrete_fields)
-    converted = [
-        f.from_db_value(v, None, connection) if v is not None and hasattr(f, "from_db_value") else v
-        for f, v in zip(fields, values, strict=True)
-    ]
-    return Step.from_db(connection.alias, [f.attname for f in fields], converted)
+    values = []
+    for f in fields:
+        v = columns[f.column]
+        if v is not None and hasattr(f, "from_db_value"):
+            v = f.from_db_value(v, None, connection)
+        values.append(v)
+    return Step.from_db(connection.alias, [f.attname for f in fields], values)
 
 
 def _prep(field: Any, obj: Any, raw: bool = False) -> Any:
