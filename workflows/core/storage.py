@@ -661,14 +661,16 @@ class PostgresStorage(SQLiteStorage):
                 "started_at = CASE WHEN t.take THEN COALESCE(r.started_at, %(now)s) "
                 "ELSE r.started_at END, wake_requested_at = CASE WHEN t.take THEN NULL "
                 "WHEN t.wake THEN %(now)s ELSE r.wake_requested_at END FROM t WHERE r.id = t.id "
-                "RETURNING r.generation, t.take, t.wake AND NOT t.take AS woke)"
+                "RETURNING r.*)"
             )
-            run_cols = "(SELECT take FROM r), (SELECT woke FROM r), (SELECT generation FROM r)"
+            run_cols = "(SELECT take FROM t), (SELECT wake AND NOT take FROM t)"
+            ran = "r"
         else:
-            run_cols = "NULL::boolean, NULL::boolean, NULL::integer"
+            run_cols = "NULL::boolean, NULL::boolean"
+            ran = f"(SELECT * FROM {run_table} WHERE false) r"
         sql = (
-            f"WITH {', '.join(ctes)} SELECT (SELECT count(*) FROM s), {held}, {run_cols}, n.* "
-            f"FROM (SELECT 1) one LEFT JOIN {handed} ON true"
+            f"WITH {', '.join(ctes)} SELECT (SELECT count(*) FROM s), {held}, {run_cols}, n.*, "
+            f"r.* FROM (SELECT 1) one LEFT JOIN {handed} ON true LEFT JOIN {ran} ON true"
         )
         with connection.cursor() as cur:
             cur.execute(sql, p)
@@ -676,16 +678,19 @@ class PostgresStorage(SQLiteStorage):
             names = [d[0] for d in cur.description or ()]
         if not found[0]:
             return None
+        # The columns: 5 scalars, the handed-over step's row, the run's row (NULLs if none).
+        split = 5 + len(Step._meta.concrete_fields)
         out = Finished()
         if found[1] is not None:
             out.released = (found[1], found[2])
-        if found[3]:
-            taken = Run.objects.filter(pk=row.run_id).first()
-            out.run = taken if taken is not None and taken.lease_owner == owner else None
-        elif found[4]:
-            out.wake = found[5]
-        if found[6] is not None:
-            out.next = _step_from(dict(zip(names[6:], found[6:], strict=True)))
+        if found[3] or found[4]:
+            run = _row_from(Run, dict(zip(names[split:], found[split:], strict=True)))
+            if found[3]:
+                out.run = run
+            else:
+                out.wake = run.generation
+        if found[5] is not None:
+            out.next = _row_from(Step, dict(zip(names[5:split], found[5:split], strict=True)))
         return out
 
     def hand_over(self, pool: str, owner: str, now: datetime, ready_by: datetime) -> Step | None:
@@ -787,16 +792,16 @@ def _update_sql() -> tuple[str, list[Any]]:
     return f"UPDATE {Step._meta.db_table} SET {sets}", fields
 
 
-def _step_from(columns: dict[str, Any]) -> Step:
-    """A Step from its columns by name, as a raw cursor returns them (JSON still text)."""
-    fields: list[Any] = list(Step._meta.concrete_fields)
+def _row_from[M: (Run, Step)](model: type[M], columns: dict[str, Any]) -> M:
+    """A model instance from its columns by name, as a raw cursor returns them (JSON text)."""
+    fields: list[Any] = list(model._meta.concrete_fields)
     values = []
     for f in fields:
         v = columns[f.column]
         if v is not None and hasattr(f, "from_db_value"):
             v = f.from_db_value(v, None, connection)
         values.append(v)
-    return Step.from_db(connection.alias, [f.attname for f in fields], values)
+    return model.from_db(connection.alias, [f.attname for f in fields], values)
 
 
 def _prep(field: Any, obj: Any, raw: bool = False) -> Any:
