@@ -94,6 +94,21 @@ def _undo_of(sd: StepDef, compensate: Callable[..., Any] | None, kwargs: dict[st
     return undo_path(sd, compensate)
 
 
+@dataclass(slots=True)
+class BranchOutcome:
+    """A fan-out branch as replay reads it: which one and how it ended, nothing more.
+
+    A run's final replay reads every branch of its fan-outs (100 rows for a map over 100
+    items); a model instance each cost more than the rest of that replay."""
+
+    position: int
+    branch: int
+    name: str
+    status: str
+    result: Any
+    error: dict[str, Any] | None
+
+
 @dataclass(frozen=True)
 class Call[R]:
     """A step call not yet made: built by ``ctx.call``, made by ``ctx.parallel``. ``R`` is
@@ -112,15 +127,15 @@ class Context:
     # an explicit method below that calls it (``review``: the reviews app's gate).
     extensions: dict[str, Callable[..., Any]] = {}
 
-    def __init__(self, run: Run, journal: Iterable[Step], owner: str) -> None:
+    def __init__(self, run: Run, journal: Iterable[Step | BranchOutcome], owner: str) -> None:
         self._record = run
         self.owner = owner
         self.generation = run.generation
         self._rows: dict[int, Step] = {}
-        self._branches: dict[int, list[Step]] = defaultdict(list)
+        self._branches: dict[int, list[Step | BranchOutcome]] = defaultdict(list)
         self._max_position = 0
         for row in journal:
-            if row.branch < 0:
+            if isinstance(row, Step) and row.branch < 0:
                 self._rows[row.position] = row
                 self._max_position = max(self._max_position, row.position)
             else:
@@ -1047,25 +1062,27 @@ class Context:
         if group.status == StepStatus.WAITING:
             raise Suspend
         results: list[Any] = []
-        rows = sorted(self._branches.get(pos, []), key=lambda r: r.branch)
-        refused = [b for b in rows if (b.error or {}).get("type") == "BranchBudgetExceeded"]
+        ended = sorted(self._branches.get(pos, []), key=lambda r: r.branch)
+        refused = [b for b in ended if (b.error or {}).get("type") == "BranchBudgetExceeded"]
         if refused:
             # Not a StepFailed: a workflow's except (or return_exceptions) cannot spend on.
             raise BudgetExceeded(
                 f"{(refused[0].error or {}).get('message', 'budget exceeded')} "
-                f"({len(refused)} of {len(rows)} branches not started)"
+                f"({len(refused)} of {len(ended)} branches not started)"
             )
-        for i, b in enumerate(rows):
-            if b.status == StepStatus.SUCCEEDED:
+        for i, one in enumerate(ended):
+            if one.status == StepStatus.SUCCEEDED:
                 sd = calls[i].step if i < len(calls) else None
                 results.append(
                     payloads.revive(
-                        payloads.unpack(b.result, self.run_id),
+                        payloads.unpack(one.result, self.run_id),
                         return_annotation(sd) if sd else None,
                     )
                 )
             else:
-                failure = StepFailed(b.name, b.error or {"type": "Canceled", "message": b.status})
+                failure = StepFailed(
+                    one.name, one.error or {"type": "Canceled", "message": one.status}
+                )
                 if not return_exceptions:
                     raise failure
                 results.append(failure)

@@ -29,7 +29,7 @@ from workflows.core import (
     usage,
 )
 from workflows.core.calls import call_step, error_dict, is_retryable, retry_after
-from workflows.core.context import Context
+from workflows.core.context import BranchOutcome, Context
 from workflows.core.definitions import resolve_step, workflow_for_run
 from workflows.core.doorbell import (
     dispatch_on_commit,
@@ -87,15 +87,7 @@ def _advance(run_id: Any, generation: int, taken: Run | None = None) -> str:
                 continue
             # A run that never reached a step has no journal: skip the query (every journal
             # write also records the step's name on the run).
-            journal = (
-                list(
-                    Step.objects.filter(run_id=run_id, superseded=False)
-                    .defer("args")  # replay never reads a step's arguments
-                    .order_by("position", "branch")
-                )
-                if run.current_step
-                else []
-            )
+            journal = load_journals([run.pk])[run.pk] if run.current_step else []
             outcome = _replay(run, journal, owner)
         except BaseException:
             let_go(run, owner)
@@ -105,6 +97,39 @@ def _advance(run_id: Any, generation: int, taken: Run | None = None) -> str:
         if outcome != "woken":
             return outcome
     return outcome
+
+
+# Every column but a step's arguments, which replay never reads.
+_JOURNAL = [f.attname for f in Step._meta.concrete_fields if f.attname != "args"]
+_BRANCH = [_JOURNAL.index(name) for name in ("position", "branch", "name", "status", "result")]
+_RUN, _ERROR = _JOURNAL.index("run_id"), _JOURNAL.index("error")
+
+
+def load_journals(run_ids: list[Any]) -> dict[Any, list[Step | BranchOutcome]]:
+    """The live journals of these runs, in one query, in replay order. A branch row comes back
+    as its outcome alone (``BranchOutcome``): replay reads nothing else of it, and a model
+    instance for each of a wide fan-out's branches was most of the cost of its final replay."""
+    journals: dict[Any, list[Step | BranchOutcome]] = {pk: [] for pk in run_ids}
+    if not run_ids:
+        return journals
+    rows = Step.objects.filter(run_id__in=run_ids, superseded=False).order_by(
+        "run_id", "position", "branch"
+    )
+    position, branch, name, status, result = _BRANCH
+    for values in rows.values_list(*_JOURNAL):
+        if values[branch] >= 0:
+            row: Step | BranchOutcome = BranchOutcome(
+                values[position],
+                values[branch],
+                values[name],
+                values[status],
+                values[result],
+                values[_ERROR],
+            )
+        else:
+            row = Step.from_db(rows.db, _JOURNAL, values)
+        journals[values[_RUN]].append(row)
+    return journals
 
 
 def let_go(run: Run, owner: str) -> None:
@@ -137,7 +162,7 @@ def _run_handler(ctx: Context, run: Run) -> tuple[str, Any]:
         return RunStatus.FAILED, error_dict(exc)
 
 
-def _replay(run: Run, journal: list[Step], owner: str) -> str:
+def _replay(run: Run, journal: list[Step | BranchOutcome], owner: str) -> str:
     ctx = Context(run, journal, owner)
     outcome, value = _run_handler(ctx, run)
     try:
@@ -192,15 +217,8 @@ def advance_many(items: list[tuple[Any, int]]) -> dict[str, int]:
 
 
 def _advance_taken(runs: list[Run], owner: str) -> dict[str, int]:
-    journals: dict[Any, list[Step]] = {run.pk: [] for run in runs}
-    with_journal = [run.pk for run in runs if run.current_step]
-    if with_journal:
-        for row in (
-            Step.objects.filter(run_id__in=with_journal, superseded=False)
-            .defer("args")
-            .order_by("run_id", "position", "branch")
-        ):
-            journals[row.run_id].append(row)
+    journals: dict[Any, list[Step | BranchOutcome]] = {run.pk: [] for run in runs}
+    journals.update(load_journals([run.pk for run in runs if run.current_step]))
     counts: dict[str, int] = {}
     ending: list[tuple[Context, str, Any]] = []
     again: list[Run] = []
