@@ -154,6 +154,8 @@ class Context:
         self._patches: dict[str, bool] = {}
         # take_run() just set the lease.
         self._lease_renewed: datetime | None = timezone.now()
+        # The run was suspended in the commit that wrote a fan-out (and its lease let go).
+        self._parked = False
 
     # --- public surface -------------------------------------------------------------------
 
@@ -1019,18 +1021,18 @@ class Context:
                         wake_at=now + grace(),
                     )
                 )
+            group = self._new_row(
+                pos,
+                StepKind.PARALLEL,
+                name,
+                StepStatus.WAITING,
+                remaining=len(calls),
+                started_at=now,
+                digest=digest,
+                args={"branches": len(calls), "held": len(calls) > cap},
+            )
             with self._writing():
                 self._flush()
-                self._new_row(
-                    pos,
-                    StepKind.PARALLEL,
-                    name,
-                    StepStatus.WAITING,
-                    remaining=len(calls),
-                    started_at=now,
-                    digest=digest,
-                    args={"branches": len(calls), "held": len(calls) > cap},
-                ).save()
                 # In a pool limited by concurrency, reserve the free slots for the first
                 # branches now (one pool lock for the whole fan-out) and ring only for those;
                 # the rest wait for a finishing step to hand its slot over (the sweep rings
@@ -1055,7 +1057,12 @@ class Context:
                         reserved += rows[:free]
                     else:
                         ring += rows
-                storage().insert_steps(branches)
+                storage().insert_steps([group, *branches])
+                # The run parks in this same commit (unless something woke it meanwhile), so
+                # the worker is idle, not writing, while the first branches start.
+                self._parked = self._record.status != RunStatus.COMPENSATING and (
+                    transitions.park(self._record.pk, self.owner, self.generation)
+                )
                 dispatch_many_on_commit(ring)
                 dispatch_batches_on_commit(reserved)
             raise Suspend
@@ -1094,6 +1101,8 @@ class Context:
         """Write what is buffered and park the run. False when it was woken meanwhile.
 
         A compensating run parks as it is (status "compensating", no lease holder)."""
+        if self._parked and not self._dirty and not self._inserts:
+            return True  # Parked with the fan-out that it waits for.
         parked = (
             RunStatus.COMPENSATING
             if self._record.status == RunStatus.COMPENSATING

@@ -7,7 +7,7 @@ sweep, the services and the apps built on the engine (reviews resolves its gates
 ``resolve_wait``) change state only through these functions. The ones whose best form differs
 between PostgreSQL and SQLite delegate to the storage contract (``workflows.core.storage``).
 
-Runs:   take · take_many · checkpoint (also ends a run) · suspend · release · mark_runnable ·
+Runs:   take · take_many · checkpoint (also ends a run) · suspend · park · release · mark_runnable ·
         cancel · restart · reclaim_run
 Steps:  claim · claim_reserved · claim_inline · queue · defer · complete · finish · retry_due ·
         hand_over · resolve_wait · consume_event · close_group · release_held · ring_again ·
@@ -83,6 +83,17 @@ def suspend(run_id: Any, owner: str, generation: int, parked: str = RunStatus.SU
             lease_owner="", lease_expires_at=None
         )
     return n == 1
+
+
+def park(run_id: Any, owner: str, generation: int) -> bool:
+    """running (ours) → suspended, lease let go, unless something made the run runnable
+    meanwhile (then nothing changes: ``suspend`` later sees the wake and lets go). For a
+    worker that has just written what the run waits for, in that same commit."""
+    return bool(
+        Run.objects.filter(
+            pk=run_id, lease_owner=owner, generation=generation, wake_requested_at__isnull=True
+        ).update(status=RunStatus.SUSPENDED, lease_owner="", lease_expires_at=None)
+    )
 
 
 def release(run_id: Any, owner: str, generation: int, now: datetime) -> bool:
