@@ -70,7 +70,7 @@ def advance(run_id: Any, generation: int, taken: Run | None = None) -> str:
 
 
 def _advance(run_id: Any, generation: int, taken: Run | None = None) -> str:
-    owner = owner_id()
+    owner = taken.lease_owner if taken is not None else owner_id()
     outcome = "skipped"
     for _ in range(MAX_REPLAYS_PER_MESSAGE):
         run = taken or transitions.take(run_id, generation, owner, timezone.now())
