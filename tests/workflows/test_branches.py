@@ -15,6 +15,7 @@ from tests.support import Bell
 from workflows import get_run, start, step, workflow
 from workflows.core import branches
 from workflows.core.executor import execute_steps
+from workflows.core.leases import _held
 from workflows.models import Pool, Step
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
@@ -82,6 +83,7 @@ def test_a_batch_runs_its_branches_at_once_in_branch_threads(bell: Bell) -> None
     )
     assert len(reserved) == 4
     assert execute_steps(reserved, "default") == 6  # four slots, two handed over
+    assert not _held  # every lease it held, under each job's owner, was let go
     run = get_run(run.pk)
     assert run.status == "succeeded" and run.output == [0, 10, 20, 30, 40, 50]
     assert sum(name.startswith("sluice-branch") for name in THREADS) >= 3
@@ -110,16 +112,15 @@ def test_a_batch_rings_alone_for_branches_no_thread_is_free_for(bell: Bell) -> N
 def test_branch_threads_never_queue_behind_a_busy_one() -> None:
     release = threading.Event()
 
-    def hold(step_id: int) -> int:
+    def hold() -> int:
         release.wait(5)
-        return step_id
+        return 1
 
     with override_settings(SLUICE_BRANCH_THREADS=2):
-        futures, left = branches.submit(hold, [1, 2, 3])
-        assert left == [3]
-        more, left = branches.submit(hold, [4])
-        assert (more, left) == ([], [4])
+        assert branches.reserve(3) == 2
+        futures = [branches.start(hold), branches.start(hold)]
+        assert branches.reserve(1) == 0  # both busy: nothing queues behind them
         release.set()
-        assert sorted(f.result(timeout=5) for f in futures) == [1, 2]
-        again, left = branches.submit(hold, [5])
-        assert left == [] and again[0].result(timeout=5) == 5
+        assert sum(f.result(timeout=5) for f in futures) == 2
+        assert branches.reserve(5) == 2  # free again
+        branches.unreserve(2)

@@ -247,6 +247,30 @@ def test_claim_reserved_takes_a_reserved_slot_of_an_active_run(store: Storage) -
     assert store.claim_reserved(canceled.pk, "w1", now) is None
 
 
+def test_claim_reserved_many_takes_each_reserved_slot_for_its_own_owner(store: Storage) -> None:
+    now = timezone.now()
+    later = now + timedelta(seconds=60)
+    run = make_run(status="suspended")
+
+    def slot(branch: int, owner: str = RESERVED, until: Any = later) -> Step:
+        return make_step(
+            run, 1, branch=branch, status="running", lease_owner=owner, lease_expires_at=until
+        )
+
+    a, b = slot(0), slot(1)
+    taken_elsewhere, expired = slot(2, owner="w9"), slot(3, until=now)
+    got = store.claim_reserved_many(
+        [(a.pk, "j1"), (b.pk, "j2"), (taken_elsewhere.pk, "j3"), (expired.pk, "j4")], now
+    )
+    assert {pk: (r.lease_owner, r.attempt) for pk, r in got.items()} == {
+        a.pk: ("j1", 1),
+        b.pk: ("j2", 1),
+    }
+    assert Step.objects.get(pk=b.pk).lease_owner == "j2"
+    assert store.claim_reserved_many([(a.pk, "j5")], now) == {}
+    assert store.claim_reserved_many([], now) == {}
+
+
 def test_complete_is_fenced_on_owner_and_attempt(store: Storage) -> None:
     now = timezone.now()
     row = make_step(make_run(), status="running", lease_owner="w1", attempt=2)

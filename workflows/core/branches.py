@@ -55,29 +55,42 @@ def _pool(limit: int) -> ThreadPoolExecutor:
     return _executor
 
 
-def submit(run: Callable[[int], int], step_ids: list[int]) -> tuple[list[Future[int]], list[int]]:
-    """Start ``run(step_id)`` in a free branch thread for as many of ``step_ids`` as there are
-    free threads: (their futures, the ids left over). Never queues behind a busy thread: a
-    reserved slot must not wait for a branch that runs for minutes."""
+def reserve(wanted: int) -> int:
+    """Reserve up to ``wanted`` free branch threads; how many. Each is then given one job by
+    ``start`` (or handed back by ``unreserve``). Never more than are free: a job must not queue
+    behind a busy thread, whose branch may run for minutes while its slot waits."""
     global _busy
     limit = max(0, int(settings.SLUICE_BRANCH_THREADS))
-    if not step_ids or not limit:
-        return [], list(step_ids)
+    if wanted <= 0 or not limit:
+        return 0
     with _lock:
-        pool = _pool(limit)
-        free = max(0, limit - _busy)
-        taken, left = step_ids[:free], step_ids[free:]
-        _busy += len(taken)
-    return [pool.submit(_run, run, step_id) for step_id in taken], left
+        _pool(limit)
+        got = max(0, min(wanted, limit - _busy))
+        _busy += got
+    return got
 
 
-def _run(run: Callable[[int], int], step_id: int) -> int:
+def unreserve(count: int) -> None:
+    global _busy
+    with _lock:
+        _busy -= count
+
+
+def start(job: Callable[[], int]) -> Future[int]:
+    """Run ``job`` in a branch thread reserved by ``reserve``."""
+    with _lock:
+        pool = _executor
+    assert pool is not None, "reserve() a branch thread first"
+    return pool.submit(_run, job)
+
+
+def _run(job: Callable[[], int]) -> int:
     global _busy
     close_old_connections()  # as Celery's task_prerun does for its own threads
     try:
-        return run(step_id)
+        return job()
     except Exception:
-        log.exception("branch thread: step %s failed to run; the sweep will retry it", step_id)
+        log.exception("a branch thread's job failed; the sweep will retry its step")
         return 0
     finally:
         with _lock:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from django.db import transaction
@@ -51,6 +53,7 @@ from workflows.core.leases import (
     ensure_heartbeat,
     hold,
     hold_run,
+    job_owner,
     owner_id,
 )
 from workflows.core.models import ACTIVE_RUN, Run, RunStatus, Step, StepStatus
@@ -283,7 +286,7 @@ def claim_step(step_id: int, owner: str) -> Step | None:
     # compare-and-swap from the reserved owner, returning the row.
     reserved = transitions.claim_reserved(step_id, owner, now)
     if reserved is not None:
-        hold(step_id)
+        hold(step_id, owner)
         return reserved
     with transaction.atomic():
         row = (
@@ -304,7 +307,7 @@ def claim_step(step_id: int, owner: str) -> Step | None:
     row.status = StepStatus.RUNNING
     row.attempt += 1
     row.lease_owner = owner
-    hold(row.pk)
+    hold(row.pk, owner)
     return row
 
 
@@ -317,9 +320,14 @@ def execute_step(step_id: int) -> int:
     executed.
     """
     owner = owner_id()
+    return _run_chain(claim_step(step_id, owner), owner)
+
+
+def _run_chain(row: Step | None, owner: str) -> int:
+    """Run a claimed step, then each step its slot is handed; then advance the run the last
+    one took (see ``complete_step``). Returns the steps executed."""
     executed = 0
     woke: list[Run] = []
-    row = claim_step(step_id, owner)
     while row is not None:
         ensure_heartbeat()
         executed += 1
@@ -330,16 +338,33 @@ def execute_step(step_id: int) -> int:
 
 
 def execute_steps(step_ids: list[int], queue: str) -> int:
-    """A batch doorbell: run the first step here and the others at once in this process's
-    branch threads (``workflows.core.branches``), each then going on with whatever its slot is
-    handed; return when all are done. A step no thread is free for is rung for alone."""
+    """A batch doorbell: claim its reserved slots in one statement, run the first here and the
+    others at once in this process's branch threads (``workflows.core.branches``), each going
+    on with whatever its slot is handed; return when all are done. A step no thread is free for
+    is rung for alone; one no longer reserved (reclaimed by the sweep) is claimed as usual."""
     if not step_ids:
         return 0
-    futures, left = branches.submit(execute_step, list(step_ids[1:]))
+    threads = branches.reserve(len(step_ids) - 1)
+    mine, left = list(step_ids[: 1 + threads]), list(step_ids[1 + threads :])
     if left:
         doorbell.send_steps([(step_id, queue) for step_id in left])
-    executed = execute_step(step_ids[0])
-    return executed + sum(f.result() for f in futures)
+    try:
+        claimed = transitions.claim_reserved_many(
+            [(step_id, job_owner()) for step_id in mine], timezone.now()
+        )
+    except BaseException:
+        branches.unreserve(threads)
+        raise
+    for row in claimed.values():
+        hold(row.pk, row.lease_owner)
+    jobs: list[Callable[[], int]] = [
+        partial(_run_chain, claimed[step_id], claimed[step_id].lease_owner)
+        if step_id in claimed
+        else partial(execute_step, step_id)
+        for step_id in mine
+    ]
+    futures = [branches.start(job) for job in jobs[1:]]
+    return jobs[0]() + sum(f.result() for f in futures)
 
 
 def _run_claimed(row: Step, owner: str, woke: list[Any] | None = None) -> Step | None:
@@ -487,7 +512,7 @@ def complete_step(
     if done.run is not None and woke is not None:
         woke.append(done.run)
     if done.next is not None:
-        hold(done.next.pk)
+        hold(done.next.pk, owner)
     return done.next
 
 

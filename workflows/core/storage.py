@@ -136,6 +136,10 @@ class Storage(ABC):
         """A branch whose pool slot was reserved at fan-out → ours, attempt + 1; the row."""
 
     @abstractmethod
+    def claim_reserved_many(self, claims: list[tuple[int, str]], now: datetime) -> dict[int, Step]:
+        """``claim_reserved`` for each (step id, owner) pair: the steps taken, by id."""
+
+    @abstractmethod
     def complete(self, row: Step, owner: str, fields: dict[str, Any]) -> bool:
         """A running step we hold (owner, attempt, live) → ``fields["status"]``."""
 
@@ -298,6 +302,14 @@ class SQLiteStorage(Storage):
                 started_at=now,
             )
             return Step.objects.get(pk=step_id) if n == 1 else None
+
+    def claim_reserved_many(self, claims: list[tuple[int, str]], now: datetime) -> dict[int, Step]:
+        taken = {}
+        for step_id, owner in claims:
+            row = self.claim_reserved(step_id, owner, now)
+            if row is not None:
+                taken[step_id] = row
+        return taken
 
     def complete(self, row: Step, owner: str, fields: dict[str, Any]) -> bool:
         return bool(
@@ -692,6 +704,34 @@ class PostgresStorage(SQLiteStorage):
         if found[5] is not None:
             out.next = _row_from(Step, dict(zip(names[5:split], found[5:split], strict=True)))
         return out
+
+    def claim_reserved_many(self, claims: list[tuple[int, str]], now: datetime) -> dict[int, Step]:
+        """One ``UPDATE … FROM unnest()`` for the batch, each row to its own owner."""
+        if not claims:
+            return {}
+        table = Step._meta.db_table
+        active = ", ".join(["%s"] * len(ACTIVE_RUN))
+        rows = Step.objects.raw(
+            f"UPDATE {table} s SET attempt = s.attempt + 1, lease_owner = c.owner, "
+            "lease_expires_at = %s, started_at = %s "
+            "FROM unnest(%s::bigint[], %s::varchar[]) AS c(id, owner) "
+            "WHERE s.id = c.id AND s.status = %s AND s.lease_owner = %s "
+            "AND s.lease_expires_at > %s AND s.superseded = %s "
+            f"AND s.run_id IN (SELECT id FROM {Run._meta.db_table} WHERE status IN ({active})) "
+            "RETURNING s.*",
+            [
+                lease_until(now),
+                now,
+                [step_id for step_id, _ in claims],
+                [owner for _, owner in claims],
+                StepStatus.RUNNING,
+                RESERVED,
+                now,
+                False,
+                *ACTIVE_RUN,
+            ],
+        )
+        return {row.pk: row for row in rows}
 
     def hand_over(self, pool: str, owner: str, now: datetime, ready_by: datetime) -> Step | None:
         """One statement: pick the oldest waiting step nobody else is taking (SKIP LOCKED)

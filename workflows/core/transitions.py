@@ -9,9 +9,9 @@ between PostgreSQL and SQLite delegate to the storage contract (``workflows.core
 
 Runs:   take · take_many · checkpoint (also ends a run) · suspend · park · release · mark_runnable ·
         cancel · restart · reclaim_run
-Steps:  claim · claim_reserved · claim_inline · queue · defer · complete · finish · retry_due ·
-        hand_over · resolve_wait · consume_event · close_group · release_held · ring_again ·
-        cancel_steps · supersede · fire_timer · reclaim_step
+Steps:  claim · claim_reserved · claim_reserved_many · claim_inline · queue · defer · complete ·
+        finish · retry_due · hand_over · resolve_wait · consume_event · close_group ·
+        release_held · ring_again · cancel_steps · supersede · fire_timer · reclaim_step
 """
 
 from __future__ import annotations
@@ -173,6 +173,11 @@ def claim(step_id: int, owner: str, now: datetime) -> bool:
 def claim_reserved(step_id: int, owner: str, now: datetime) -> Step | None:
     """running under the fan-out's reservation → running under ``owner``."""
     return storage().claim_reserved(step_id, owner, now)
+
+
+def claim_reserved_many(claims: list[tuple[int, str]], now: datetime) -> dict[int, Step]:
+    """``claim_reserved`` for a batch: (step id, owner) pairs; the steps taken, by id."""
+    return storage().claim_reserved_many(claims, now)
 
 
 def claim_inline(row: Step, fields: dict[str, Any]) -> bool:
