@@ -687,7 +687,9 @@ class PostgresStorage(SQLiteStorage):
         with connection.cursor() as cur:
             cur.execute(sql, p)
             found = cur.fetchone()
-            names = [d[0] for d in cur.description or ()]
+            names = _COLUMNS.get(sql)
+            if names is None:  # psycopg builds the description per call: read it once
+                names = _COLUMNS[sql] = [d[0] for d in cur.description or ()]
         if not found[0]:
             return None
         # The columns: 5 scalars, the handed-over step's row, the run's row (NULLs if none).
@@ -802,6 +804,9 @@ class PostgresStorage(SQLiteStorage):
             args = json.loads(args)
         return found[0], found[1], bool((args or {}).get("held", True))
 
+
+# The column names of each shape of ``finish_step``'s statement (a handful), as first returned.
+_COLUMNS: dict[str, list[str]] = {}
 
 _BACKENDS: dict[str, Storage] = {"postgresql": PostgresStorage(), "sqlite": SQLiteStorage()}
 
