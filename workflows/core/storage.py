@@ -766,13 +766,16 @@ class PostgresStorage(SQLiteStorage):
 
     def insert_steps(self, rows: list[Step]) -> None:
         """``INSERT … SELECT FROM unnest(arrays)``: a column an array instead of a parameter
-        per value, measured about 3x faster than ``bulk_create`` for 100 branches."""
+        per value, measured about 3x faster than ``bulk_create`` for 100 branches (binary
+        arrays halved what was left of the client's side)."""
         if len(rows) < 8:
             Step.objects.bulk_create(rows)
             return
         fields: list[Any] = [f for f in Step._meta.concrete_fields if not f.primary_key]
         cols = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-        arrays = ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields)
+        # Binary parameters (%b): psycopg dumps a binary array in half the time of a text one,
+        # whose every element it escapes.
+        arrays = ", ".join(f"%b::{f.db_type(connection)}[]" for f in fields)
         params = [[_prep(f, row) for row in rows] for f in fields]
         with connection.cursor() as cur:
             cur.execute(
