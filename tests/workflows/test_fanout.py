@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.utils import timezone
 
 from tests import sample_workflows as samples
 from tests.support import Bell
-from workflows import get_run, start
+from workflows import get_run, start, workflow
 from workflows.models import Run, Step
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
@@ -78,3 +79,29 @@ def test_an_empty_map_returns_an_empty_list(bell: Bell) -> None:
     run = start(samples.fanout, {"items": []})
     bell.drain()
     assert get_run(run.pk).output == {"doubled": [], "pair": [2, 10]}
+
+
+REPLAYS: list[int] = []
+
+
+@workflow(name="test.fanout_woken", max_parallel=5)
+def woken_during_fan_out(ctx: Any, n: int = 3) -> list[int]:
+    REPLAYS.append(1)
+    if len(REPLAYS) == 1:  # something wakes the run while this first replay runs
+        Run.objects.filter(pk=ctx.run_id).update(wake_requested_at=timezone.now())
+    return ctx.map(samples.double, list(range(n)))
+
+
+def test_the_fan_out_parks_its_run_in_its_own_commit_unless_it_was_woken(bell: Bell) -> None:
+    REPLAYS.clear()
+    run = start(woken_during_fan_out, {"n": 3})
+    bell.drain(limit=1)
+    # Woken mid-replay: not parked with the fan-out; it let go and replayed once more, which
+    # found the group waiting and parked.
+    assert len(REPLAYS) == 2
+    fresh = get_run(run.pk)
+    assert (fresh.status, fresh.lease_owner, fresh.wake_requested_at) == ("suspended", "", None)
+    assert Step.objects.filter(run=run, position=1, branch__gte=0).count() == 3
+    assert len([m for m in bell.sent if m[0] == "step"]) == 3  # each branch rung once
+    bell.drain()
+    assert get_run(run.pk).output == [0, 2, 4]

@@ -1060,11 +1060,12 @@ class Context:
                 storage().insert_steps([group, *branches])
                 # The run parks in this same commit (unless something woke it meanwhile), so
                 # the worker is idle, not writing, while the first branches start.
-                self._parked = self._record.status != RunStatus.COMPENSATING and (
+                parked = self._record.status != RunStatus.COMPENSATING and (
                     transitions.park(self._record.pk, self.owner, self.generation)
                 )
                 dispatch_many_on_commit(ring)
                 dispatch_batches_on_commit(reserved)
+            self._parked = parked  # committed
             raise Suspend
         if group.status == StepStatus.WAITING:
             raise Suspend
