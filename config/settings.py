@@ -311,6 +311,11 @@ SLUICE_DOORBELL_GRACE_SECONDS = env.float("SLUICE_DOORBELL_GRACE_SECONDS", defau
 SLUICE_DATABASE_WAIT_SECONDS = env.float("SLUICE_DATABASE_WAIT_SECONDS", default=60.0)
 # Default cap on branches of one run in flight at once.
 SLUICE_MAX_PARALLEL = env.int("SLUICE_MAX_PARALLEL", default=10)
+# A fan-out in a pool limited by concurrency rings for its first branches this many per
+# message; the worker that takes one runs them at once, in threads of its own (at most
+# SLUICE_BRANCH_THREADS per process). PostgreSQL only; 1 sends one message per branch.
+SLUICE_BRANCH_BATCH = env.int("SLUICE_BRANCH_BATCH", default=10)
+SLUICE_BRANCH_THREADS = env.int("SLUICE_BRANCH_THREADS", default=16)
 # Values over this many bytes of JSON are stored out of row; over the hard limit a step fails.
 SLUICE_PAYLOAD_INLINE_LIMIT = env.int("SLUICE_PAYLOAD_INLINE_LIMIT", default=64 * 1024)
 SLUICE_PAYLOAD_HARD_LIMIT = env.int("SLUICE_PAYLOAD_HARD_LIMIT", default=8 * 1024 * 1024)

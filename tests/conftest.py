@@ -57,18 +57,21 @@ def bell(monkeypatch: pytest.MonkeyPatch) -> Iterator[Bell]:
     monkeypatch.setattr("workflows.core.doorbell.send_advance", b.send_advance)
     monkeypatch.setattr("workflows.core.doorbell.send_step", b.send_step)
     monkeypatch.setattr("workflows.core.doorbell.send_steps", b.send_steps)
+    monkeypatch.setattr("workflows.core.doorbell.send_batches", b.send_batches)
     monkeypatch.setattr("workflows.core.doorbell.send_advance_many", b.send_advance_many)
     yield b
 
 
 @pytest.fixture(autouse=True)
 def _stop_heartbeat() -> Iterator[None]:
-    """The lease heartbeat thread holds its own database connection: close it after each test
-    so the test database can be flushed and dropped."""
+    """The lease heartbeat thread (and any branch thread) holds its own database connection:
+    close them after each test so the test database can be flushed and dropped."""
     yield
+    from workflows.core import branches
     from workflows.core.leases import stop_heartbeat
 
     stop_heartbeat()
+    branches.shutdown()  # branch threads hold connections of their own too
 
 
 @pytest.fixture(autouse=True)

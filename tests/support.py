@@ -34,6 +34,11 @@ class Bell:
         for step_id, queue in items:
             self.send_step(step_id, queue)
 
+    def send_batches(self, batches: list[tuple[list[int], str]]) -> None:
+        """A batch doorbell is a delivery detail: here each of its steps is a message."""
+        for ids, queue in batches:
+            self.send_steps([(step_id, queue) for step_id in ids])
+
     def send_step(self, step_id: int, queue: str) -> None:
         msg = ("step", (step_id,))
         self.messages.append(msg)

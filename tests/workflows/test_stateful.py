@@ -725,7 +725,7 @@ class EngineMachine(RuleBasedStateMachine):
 def test_the_engine_agrees_with_its_model(bell: Bell, monkeypatch: pytest.MonkeyPatch) -> None:
     STATS.clear()
     # The machine's own Bell, so that each example starts with an empty queue.
-    for name in ("send_advance", "send_step", "send_steps", "send_advance_many"):
+    for name in ("send_advance", "send_step", "send_steps", "send_batches", "send_advance_many"):
         monkeypatch.setattr(f"workflows.core.doorbell.{name}", getattr(BELL, name))
     # Each doorbell is handled by a fresh worker (its own lease owner), and no heartbeat renews
     # leases behind the model's back: leases run out only when the model says time passed.

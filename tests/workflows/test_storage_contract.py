@@ -28,6 +28,7 @@ from workflows.core.models import (
 )
 from workflows.core.pools import RESERVED
 from workflows.core.storage import (
+    BRANCH_FAILED,
     PostgresStorage,
     SQLiteStorage,
     Storage,
@@ -254,6 +255,30 @@ def test_claim_reserved_takes_a_reserved_slot_of_an_active_run(store: Storage) -
     assert store.claim_reserved(row.pk, "w2", now) is None
     canceled = make_step(make_run(status="canceled"), **reserved)
     assert store.claim_reserved(canceled.pk, "w1", now) is None
+
+
+def test_claim_reserved_many_takes_each_reserved_slot_for_its_own_owner(store: Storage) -> None:
+    now = timezone.now()
+    later = now + timedelta(seconds=60)
+    run = make_run(status="suspended")
+
+    def slot(branch: int, owner: str = RESERVED, until: Any = later) -> Step:
+        return make_step(
+            run, 1, branch=branch, status="running", lease_owner=owner, lease_expires_at=until
+        )
+
+    a, b = slot(0), slot(1)
+    taken_elsewhere, expired = slot(2, owner="w9"), slot(3, until=now)
+    got = store.claim_reserved_many(
+        [(a.pk, "j1"), (b.pk, "j2"), (taken_elsewhere.pk, "j3"), (expired.pk, "j4")], now
+    )
+    assert {pk: (r.lease_owner, r.attempt) for pk, r in got.items()} == {
+        a.pk: ("j1", 1),
+        b.pk: ("j2", 1),
+    }
+    assert Step.objects.get(pk=b.pk).lease_owner == "j2"
+    assert store.claim_reserved_many([(a.pk, "j5")], now) == {}
+    assert store.claim_reserved_many([], now) == {}
 
 
 def test_complete_is_fenced_on_owner_and_attempt(store: Storage) -> None:
@@ -539,3 +564,179 @@ def test_prune_keeps_the_key_checks_for_a_foreign_key_it_does_not_know(store: St
             assert Run.objects.filter(pk=run.pk).exists()
         finally:
             cur.execute("DROP TABLE contract_extra")
+
+
+# --- finishing a queued step -----------------------------------------------------------------
+
+
+def fan_out(width: int, *, run_status: str = "suspended", held_from: int | None = None) -> Any:
+    """A suspended run with a group of ``width`` branches, all running under w0..w{n-1}."""
+    run = make_run(status=run_status)
+    group = make_step(
+        run,
+        1,
+        kind="parallel",
+        name="parallel",
+        status="waiting",
+        remaining=width,
+        args={"held": held_from is not None},
+    )
+    branches = [
+        make_step(
+            run,
+            1,
+            branch=b,
+            status="running" if held_from is None or b < held_from else "pending",
+            held=held_from is not None and b >= held_from,
+            lease_owner=f"w{b}",
+            attempt=1,
+            pool="llm",
+        )
+        for b in range(width)
+    ]
+    return run, group, branches
+
+
+def finish(
+    store: Storage,
+    row: Step,
+    owner: str,
+    status: str = StepStatus.SUCCEEDED,
+    *,
+    cost: Decimal = Decimal(0),
+    hand_over: bool = False,
+    take_run: bool = True,
+) -> Any:
+    now = timezone.now()
+    fields: dict[str, Any] = {
+        "status": status,
+        "finished_at": now,
+        "lease_owner": "",
+        "lease_expires_at": None,
+    }
+    if status == StepStatus.SUCCEEDED:
+        fields["result"] = {"b": row.branch}
+    else:
+        fields["error"] = {"type": "Boom", "message": "boom"}
+    if status == StepStatus.RETRYING:
+        fields["wake_at"] = now + timedelta(seconds=30)
+    return store.finish_step(
+        row,
+        owner,
+        fields,
+        cost=cost,
+        now=now,
+        ready_by=now + timedelta(seconds=5),
+        hand_over=hand_over,
+        take_run=take_run,
+    )
+
+
+def test_finish_step_is_fenced_and_changes_nothing_when_not_ours(store: Storage) -> None:
+    run, group, (a, b) = fan_out(2)
+    assert finish(store, a, "w1") is None  # another owner
+    stale = Step.objects.get(pk=b.pk)
+    stale.attempt = 0
+    assert finish(store, stale, "w1") is None  # an earlier attempt
+    assert Step.objects.get(pk=group.pk).remaining == 2
+    assert Step.objects.get(pk=a.pk).status == "running"
+    assert Run.objects.get(pk=run.pk).lease_owner == ""
+
+
+def test_the_last_branch_closes_its_group_and_takes_the_run(store: Storage) -> None:
+    run, group, branches = fan_out(3)
+    for row in branches[:2]:
+        done = finish(store, row, row.lease_owner)
+        assert done is not None and (done.run, done.wake, done.next) == (None, None, None)
+    assert Step.objects.get(pk=group.pk).remaining == 1
+    assert Run.objects.get(pk=run.pk).lease_owner == ""
+    last = finish(store, branches[2], "w2")
+    assert last is not None and last.run is not None and last.wake is None
+    assert (last.run.pk, last.run.status, last.run.lease_owner) == (run.pk, "running", "w2")
+    fresh = Run.objects.get(pk=run.pk)
+    assert (fresh.status, fresh.lease_owner, fresh.wake_requested_at) == ("running", "w2", None)
+    assert fresh.lease_expires_at is not None
+    closed = Step.objects.get(pk=group.pk)
+    assert (closed.status, closed.remaining, closed.error) == ("succeeded", 0, None)
+    assert Step.objects.get(pk=branches[2].pk).result == {"b": 2}
+
+
+def test_a_failed_branch_marks_its_group_which_closes_failed(store: Storage) -> None:
+    run, group, (a, b, c) = fan_out(3)
+    assert finish(store, a, "w0", StepStatus.FAILED) is not None
+    assert finish(store, b, "w1", StepStatus.FAILED) is not None
+    assert Step.objects.get(pk=group.pk).status == "waiting"
+    assert finish(store, c, "w2") is not None
+    closed = Step.objects.get(pk=group.pk)
+    assert (closed.status, closed.error) == ("failed", BRANCH_FAILED)
+
+
+def test_a_retrying_branch_does_not_count_its_group_down(store: Storage) -> None:
+    run, group, (a, _) = fan_out(2)
+    done = finish(store, a, "w0", StepStatus.RETRYING)
+    assert done is not None and done.run is None
+    assert Step.objects.get(pk=group.pk).remaining == 2
+    assert Step.objects.get(pk=a.pk).status == "retrying"
+
+
+def test_the_last_branch_wakes_a_run_someone_holds(store: Storage) -> None:
+    run, group, (a,) = fan_out(1, run_status="running")
+    Run.objects.filter(pk=run.pk).update(
+        lease_owner="advancer", lease_expires_at=timezone.now() + timedelta(seconds=60)
+    )
+    done = finish(store, a, "w0")
+    assert done is not None and done.run is None and done.wake == run.generation
+    fresh = Run.objects.get(pk=run.pk)
+    assert fresh.lease_owner == "advancer" and fresh.wake_requested_at is not None
+
+
+def test_a_worker_handed_a_step_wakes_the_run_instead_of_taking_it(store: Storage) -> None:
+    run, group, (a,) = fan_out(1)
+    waiting = make_step(make_run(status="suspended"), 1, pool="llm")
+    done = finish(store, a, "w0", hand_over=True)
+    assert done is not None and done.next is not None and done.next.pk == waiting.pk
+    assert (done.next.status, done.next.lease_owner, done.next.attempt) == ("running", "w0", 1)
+    assert done.run is None and done.wake == run.generation
+    assert Run.objects.get(pk=run.pk).wake_requested_at is not None
+    fresh = Step.objects.get(pk=waiting.pk)
+    assert (fresh.status, fresh.lease_owner) == ("running", "w0")
+
+
+def test_without_take_run_the_last_branch_only_wakes_the_run(store: Storage) -> None:
+    run, group, (a,) = fan_out(1)
+    done = finish(store, a, "w0", take_run=False)
+    assert done is not None and done.run is None and done.wake == run.generation
+    assert Run.objects.get(pk=run.pk).status == "suspended"
+
+
+def test_a_finishing_branch_lets_the_next_held_branch_go(store: Storage) -> None:
+    run, group, branches = fan_out(4, held_from=2)
+    done = finish(store, branches[0], "w0")
+    assert done is not None and done.released == (branches[2].pk, "llm")
+    assert not Step.objects.get(pk=branches[2].pk).held
+    assert Step.objects.get(pk=branches[3].pk).held
+    done = finish(store, branches[1], "w1", StepStatus.FAILED)
+    assert done is not None and done.released == (branches[3].pk, "llm")
+
+
+def test_finish_step_adds_the_cost_to_the_step_and_the_run(store: Storage) -> None:
+    run, group, (a, b) = fan_out(2)
+    assert finish(store, a, "w0", StepStatus.RETRYING, cost=Decimal("0.25")) is not None
+    assert Run.objects.get(pk=run.pk).cost == Decimal("0.25")
+    assert Step.objects.get(pk=a.pk).cost == Decimal("0.25")
+
+
+def test_a_queued_step_that_is_not_a_branch_takes_its_run(store: Storage) -> None:
+    run = make_run(status="suspended")
+    row = make_step(run, 1, status="running", lease_owner="w0", attempt=1, pool="llm")
+    done = finish(store, row, "w0", StepStatus.FAILED)
+    assert done is not None and done.run is not None and done.run.lease_owner == "w0"
+    assert Step.objects.get(pk=row.pk).status == "failed"
+
+
+def test_decrement_group_marks_a_failed_branch(store: Storage) -> None:
+    run, group, (a, b) = fan_out(2)
+    assert store.decrement_group(a, failed=True) == (group.pk, 1, False)
+    assert Step.objects.get(pk=group.pk).error == BRANCH_FAILED
+    assert store.decrement_group(b) == (group.pk, 0, False)
+    assert Step.objects.get(pk=group.pk).error == BRANCH_FAILED

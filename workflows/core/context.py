@@ -50,6 +50,7 @@ from workflows.core.definitions import (
     workflow_name,
 )
 from workflows.core.doorbell import (
+    dispatch_batches_on_commit,
     dispatch_many_on_commit,
     dispatch_on_commit,
     grace,
@@ -97,6 +98,21 @@ def _undo_of(sd: StepDef, compensate: Callable[..., Any] | None, kwargs: dict[st
     return undo_path(sd, compensate)
 
 
+@dataclass(slots=True)
+class BranchOutcome:
+    """A fan-out branch as replay reads it: which one and how it ended, nothing more.
+
+    A run's final replay reads every branch of its fan-outs (100 rows for a map over 100
+    items); a model instance each cost more than the rest of that replay."""
+
+    position: int
+    branch: int
+    name: str
+    status: str
+    result: Any
+    error: dict[str, Any] | None
+
+
 @dataclass(frozen=True)
 class Call[R]:
     """A step call not yet made: built by ``ctx.call``, made by ``ctx.parallel``. ``R`` is
@@ -115,15 +131,15 @@ class Context:
     # an explicit method below that calls it (``review``: the reviews app's gate).
     extensions: dict[str, Callable[..., Any]] = {}
 
-    def __init__(self, run: Run, journal: Iterable[Step], owner: str) -> None:
+    def __init__(self, run: Run, journal: Iterable[Step | BranchOutcome], owner: str) -> None:
         self._record = run
         self.owner = owner
         self.generation = run.generation
         self._rows: dict[int, Step] = {}
-        self._branches: dict[int, list[Step]] = defaultdict(list)
+        self._branches: dict[int, list[Step | BranchOutcome]] = defaultdict(list)
         self._max_position = 0
         for row in journal:
-            if row.branch < 0:
+            if isinstance(row, Step) and row.branch < 0:
                 self._rows[row.position] = row
                 self._max_position = max(self._max_position, row.position)
             else:
@@ -142,6 +158,8 @@ class Context:
         self._patches: dict[str, bool] = {}
         # take_run() just set the lease.
         self._lease_renewed: datetime | None = timezone.now()
+        # The run was suspended in the commit that wrote a fan-out (and its lease let go).
+        self._parked = False
 
     # --- public surface -------------------------------------------------------------------
 
@@ -1015,18 +1033,18 @@ class Context:
                         wake_at=now + grace(),
                     )
                 )
+            group = self._new_row(
+                pos,
+                StepKind.PARALLEL,
+                name,
+                StepStatus.WAITING,
+                remaining=len(calls),
+                started_at=now,
+                digest=digest,
+                args={"branches": len(calls), "held": len(calls) > cap},
+            )
             with self._writing():
                 self._flush()
-                self._new_row(
-                    pos,
-                    StepKind.PARALLEL,
-                    name,
-                    StepStatus.WAITING,
-                    remaining=len(calls),
-                    started_at=now,
-                    digest=digest,
-                    args={"branches": len(calls), "held": len(calls) > cap},
-                ).save()
                 # In a pool limited by concurrency, reserve the free slots for the first
                 # branches now (one pool lock for the whole fan-out) and ring only for those;
                 # the rest wait for a finishing step to hand its slot over (the sweep rings
@@ -1036,7 +1054,10 @@ class Context:
                 for b in branches:
                     if not b.held:
                         by_pool[b.pool].append(b)
+                # The reserved slots are rung for in batches, several per message (see
+                # workflows.core.branches): the whole first wave starts at once.
                 ring: list[Step] = []
+                reserved: list[Step] = []
                 for pool_name, rows in by_pool.items():
                     conf = pools.get_pool(pool_name)
                     if conf.max_concurrency and not conf.rate_limit:
@@ -1045,34 +1066,43 @@ class Context:
                             b.status = StepStatus.RUNNING
                             b.lease_owner = pools.RESERVED
                             b.lease_expires_at = now + grace()
-                        ring += rows[:free]
+                        reserved += rows[:free]
                     else:
                         ring += rows
-                storage().insert_steps(branches)
+                storage().insert_steps([group, *branches])
+                # The run parks in this same commit (unless something woke it meanwhile), so
+                # the worker is idle, not writing, while the first branches start.
+                parked = self._record.status != RunStatus.COMPENSATING and (
+                    transitions.park(self._record.pk, self.owner, self.generation)
+                )
                 dispatch_many_on_commit(ring)
+                dispatch_batches_on_commit(reserved)
+            self._parked = parked  # committed
             raise Suspend
         if group.status == StepStatus.WAITING:
             raise Suspend
         results: list[Any] = []
-        rows = sorted(self._branches.get(pos, []), key=lambda r: r.branch)
-        refused = [b for b in rows if (b.error or {}).get("type") == "BranchBudgetExceeded"]
+        ended = sorted(self._branches.get(pos, []), key=lambda r: r.branch)
+        refused = [b for b in ended if (b.error or {}).get("type") == "BranchBudgetExceeded"]
         if refused:
             # Not a StepFailed: a workflow's except (or return_exceptions) cannot spend on.
             raise BudgetExceeded(
                 f"{(refused[0].error or {}).get('message', 'budget exceeded')} "
-                f"({len(refused)} of {len(rows)} branches not started)"
+                f"({len(refused)} of {len(ended)} branches not started)"
             )
-        for i, b in enumerate(rows):
-            if b.status == StepStatus.SUCCEEDED:
+        for i, one in enumerate(ended):
+            if one.status == StepStatus.SUCCEEDED:
                 sd = calls[i].step if i < len(calls) else None
                 results.append(
                     payloads.revive(
-                        payloads.unpack(b.result, self.run_id),
+                        payloads.unpack(one.result, self.run_id),
                         return_annotation(sd) if sd else None,
                     )
                 )
             else:
-                failure = StepFailed(b.name, b.error or {"type": "Canceled", "message": b.status})
+                failure = StepFailed(
+                    one.name, one.error or {"type": "Canceled", "message": one.status}
+                )
                 if not return_exceptions:
                     raise failure
                 results.append(failure)
@@ -1084,6 +1114,8 @@ class Context:
         """Write what is buffered and park the run. False when it was woken meanwhile.
 
         A compensating run parks as it is (status "compensating", no lease holder)."""
+        if self._parked and not self._dirty and not self._inserts:
+            return True  # Parked with the fan-out that it waits for.
         parked = (
             RunStatus.COMPENSATING
             if self._record.status == RunStatus.COMPENSATING

@@ -19,7 +19,7 @@ from typing import Any
 
 from celery import current_app
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from workflows.core import broker, transitions
@@ -30,6 +30,7 @@ from workflows.core.pools import queue_for
 ADVANCE = "workflows.advance"
 ADVANCE_MANY = "workflows.advance_many"
 EXECUTE_STEP = "workflows.execute_step"
+EXECUTE_STEPS = "workflows.execute_steps"
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,48 @@ def send_steps(items: list[tuple[int, str]]) -> None:
         _send([(EXECUTE_STEP, [step_id], queue) for step_id, queue in items])
     except Exception:
         log.warning("could not dispatch %s steps; the sweep will", len(items), exc_info=True)
+
+
+def send_batches(batches: list[tuple[list[int], str]]) -> None:
+    """Ring for batches of steps (``workflows.execute_steps``), one message per batch, over one
+    broker connection; a batch of one is an ordinary ``workflows.execute_step``."""
+    try:
+        with current_app.producer_or_acquire() as producer:
+            for ids, queue in batches:
+                if len(ids) == 1:
+                    current_app.send_task(EXECUTE_STEP, (ids[0],), queue=queue, producer=producer)
+                else:
+                    current_app.send_task(
+                        EXECUTE_STEPS, (ids, queue), queue=queue, producer=producer
+                    )
+    except Exception:
+        log.warning("could not dispatch %s batches; the sweep will", len(batches), exc_info=True)
+
+
+def batch_size() -> int:
+    """Steps per batch doorbell: ``SLUICE_BRANCH_BATCH`` on PostgreSQL. On SQLite (the
+    embedded default) one per message: its writers serialize, so threads would only queue."""
+    if connection.vendor != "postgresql":
+        return 1
+    return max(1, int(settings.SLUICE_BRANCH_BATCH))
+
+
+def dispatch_batches_on_commit(rows: list[Any]) -> None:
+    """Ring for reserved slots of a limited pool in batches (``workflows.core.branches``)."""
+    size = batch_size()
+    if size == 1:
+        dispatch_many_on_commit(rows)
+        return
+    by_queue: dict[str, list[int]] = {}
+    for row in rows:
+        by_queue.setdefault(queue_for(row.pool), []).append(row.pk)
+    batches = [
+        (ids[i : i + size], queue)
+        for queue, ids in by_queue.items()
+        for i in range(0, len(ids), size)
+    ]
+    if batches:
+        transaction.on_commit(lambda: send_batches(batches))
 
 
 def dispatch_many_on_commit(rows: list[Any]) -> None:

@@ -10,19 +10,35 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Avg, Count, F, Q
+from django.db.models import Avg, Count, Q
 from django.utils import timezone
 
-from workflows.core import compensation, instrument, payloads, pools, transitions, usage
+from workflows.core import (
+    branches,
+    compensation,
+    doorbell,
+    instrument,
+    payloads,
+    pools,
+    transitions,
+    usage,
+)
 from workflows.core.calls import call_step, error_dict, is_retryable, retry_after
-from workflows.core.context import Context
+from workflows.core.context import BranchOutcome, Context
 from workflows.core.definitions import resolve_step, workflow_for_run
-from workflows.core.doorbell import dispatch_on_commit, grace, request_wake
+from workflows.core.doorbell import (
+    dispatch_on_commit,
+    grace,
+    request_wake,
+    ring_on_commit,
+)
 from workflows.core.errors import (
     BranchBudgetExceeded,
     BudgetExceeded,
@@ -37,6 +53,7 @@ from workflows.core.leases import (
     ensure_heartbeat,
     hold,
     hold_run,
+    job_owner,
     owner_id,
 )
 from workflows.core.models import ACTIVE_RUN, Run, RunStatus, Step, StepStatus
@@ -47,17 +64,20 @@ log = logging.getLogger(__name__)
 MAX_REPLAYS_PER_MESSAGE = 50
 
 
-def advance(run_id: Any, generation: int) -> str:
-    """Advance one run as far as it goes. Returns what happened (for logs and tests)."""
+def advance(run_id: Any, generation: int, taken: Run | None = None) -> str:
+    """Advance one run as far as it goes. Returns what happened (for logs and tests).
+
+    ``taken``: the run, its lease already taken by this thread (``complete_step``)."""
     with instrument.run_scope(run_id, generation):
-        return _advance(run_id, generation)
+        return _advance(run_id, generation, taken)
 
 
-def _advance(run_id: Any, generation: int) -> str:
-    owner = owner_id()
+def _advance(run_id: Any, generation: int, taken: Run | None = None) -> str:
+    owner = taken.lease_owner if taken is not None else owner_id()
     outcome = "skipped"
     for _ in range(MAX_REPLAYS_PER_MESSAGE):
-        run = transitions.take(run_id, generation, owner, timezone.now())
+        run = taken or transitions.take(run_id, generation, owner, timezone.now())
+        taken = None
         if run is None:
             return outcome
         hold_run(run.pk)
@@ -70,15 +90,7 @@ def _advance(run_id: Any, generation: int) -> str:
                 continue
             # A run that never reached a step has no journal: skip the query (every journal
             # write also records the step's name on the run).
-            journal = (
-                list(
-                    Step.objects.filter(run_id=run_id, superseded=False)
-                    .defer("args")  # replay never reads a step's arguments
-                    .order_by("position", "branch")
-                )
-                if run.current_step
-                else []
-            )
+            journal = load_journals([run.pk])[run.pk] if run.current_step else []
             outcome = _replay(run, journal, owner)
         except BaseException:
             let_go(run, owner)
@@ -88,6 +100,39 @@ def _advance(run_id: Any, generation: int) -> str:
         if outcome != "woken":
             return outcome
     return outcome
+
+
+# Every column but a step's arguments, which replay never reads.
+_JOURNAL = [f.attname for f in Step._meta.concrete_fields if f.attname != "args"]
+_BRANCH = [_JOURNAL.index(name) for name in ("position", "branch", "name", "status", "result")]
+_RUN, _ERROR = _JOURNAL.index("run_id"), _JOURNAL.index("error")
+
+
+def load_journals(run_ids: list[Any]) -> dict[Any, list[Step | BranchOutcome]]:
+    """The live journals of these runs, in one query, in replay order. A branch row comes back
+    as its outcome alone (``BranchOutcome``): replay reads nothing else of it, and a model
+    instance for each of a wide fan-out's branches was most of the cost of its final replay."""
+    journals: dict[Any, list[Step | BranchOutcome]] = {pk: [] for pk in run_ids}
+    if not run_ids:
+        return journals
+    rows = Step.objects.filter(run_id__in=run_ids, superseded=False).order_by(
+        "run_id", "position", "branch"
+    )
+    position, branch, name, status, result = _BRANCH
+    for values in rows.values_list(*_JOURNAL):
+        if values[branch] >= 0:
+            row: Step | BranchOutcome = BranchOutcome(
+                values[position],
+                values[branch],
+                values[name],
+                values[status],
+                values[result],
+                values[_ERROR],
+            )
+        else:
+            row = Step.from_db(rows.db, _JOURNAL, values)
+        journals[values[_RUN]].append(row)
+    return journals
 
 
 def let_go(run: Run, owner: str) -> None:
@@ -120,7 +165,7 @@ def _run_handler(ctx: Context, run: Run) -> tuple[str, Any]:
         return RunStatus.FAILED, error_dict(exc)
 
 
-def _replay(run: Run, journal: list[Step], owner: str) -> str:
+def _replay(run: Run, journal: list[Step | BranchOutcome], owner: str) -> str:
     ctx = Context(run, journal, owner)
     outcome, value = _run_handler(ctx, run)
     try:
@@ -175,15 +220,8 @@ def advance_many(items: list[tuple[Any, int]]) -> dict[str, int]:
 
 
 def _advance_taken(runs: list[Run], owner: str) -> dict[str, int]:
-    journals: dict[Any, list[Step]] = {run.pk: [] for run in runs}
-    with_journal = [run.pk for run in runs if run.current_step]
-    if with_journal:
-        for row in (
-            Step.objects.filter(run_id__in=with_journal, superseded=False)
-            .defer("args")
-            .order_by("run_id", "position", "branch")
-        ):
-            journals[row.run_id].append(row)
+    journals: dict[Any, list[Step | BranchOutcome]] = {run.pk: [] for run in runs}
+    journals.update(load_journals([run.pk for run in runs if run.current_step]))
     counts: dict[str, int] = {}
     ending: list[tuple[Context, str, Any]] = []
     again: list[Run] = []
@@ -287,7 +325,7 @@ def claim_step(step_id: int, owner: str) -> Step | None:
     # compare-and-swap from the reserved owner, returning the row.
     reserved = transitions.claim_reserved(step_id, owner, now)
     if reserved is not None:
-        hold(step_id)
+        hold(step_id, owner)
         return reserved
     with transaction.atomic():
         row = (
@@ -308,7 +346,7 @@ def claim_step(step_id: int, owner: str) -> Step | None:
     row.status = StepStatus.RUNNING
     row.attempt += 1
     row.lease_owner = owner
-    hold(row.pk)
+    hold(row.pk, owner)
     return row
 
 
@@ -316,23 +354,56 @@ def execute_step(step_id: int) -> int:
     """Run a queued step, then keep running steps handed over from the same pool.
 
     When the last step this worker ran completed its group (or was the step its run waited
-    for), the worker advances that run itself rather than leave it to the doorbell it rang:
-    it is idle anyway, and the doorbell then finds the run done. Returns the steps executed.
+    for), the commit that recorded it also took the run's lease for this worker, which
+    advances the run at once: no doorbell, no other worker replaying it. Returns the steps
+    executed.
     """
     owner = owner_id()
+    return _run_chain(claim_step(step_id, owner), owner)
+
+
+def _run_chain(row: Step | None, owner: str) -> int:
+    """Run a claimed step, then each step its slot is handed; then advance the run the last
+    one took (see ``complete_step``). Returns the steps executed."""
     executed = 0
-    woke: list[Any] = []
-    row = claim_step(step_id, owner)
+    woke: list[Run] = []
     while row is not None:
         ensure_heartbeat()
         executed += 1
-        woke.clear()
         row = _run_claimed(row, owner, woke)
-    for run_id in woke:
-        generation = Run.objects.filter(pk=run_id).values_list("generation", flat=True).first()
-        if generation is not None:
-            advance(run_id, generation)
+    for run in woke:
+        advance(run.pk, run.generation, taken=run)
     return executed
+
+
+def execute_steps(step_ids: list[int], queue: str) -> int:
+    """A batch doorbell: claim its reserved slots in one statement, run the first here and the
+    others at once in this process's branch threads (``workflows.core.branches``), each going
+    on with whatever its slot is handed; return when all are done. A step no thread is free for
+    is rung for alone; one no longer reserved (reclaimed by the sweep) is claimed as usual."""
+    if not step_ids:
+        return 0
+    threads = branches.reserve(len(step_ids) - 1)
+    mine, left = list(step_ids[: 1 + threads]), list(step_ids[1 + threads :])
+    if left:
+        doorbell.send_steps([(step_id, queue) for step_id in left])
+    try:
+        claimed = transitions.claim_reserved_many(
+            [(step_id, job_owner()) for step_id in mine], timezone.now()
+        )
+    except BaseException:
+        branches.unreserve(threads)
+        raise
+    for row in claimed.values():
+        hold(row.pk, row.lease_owner)
+    jobs: list[Callable[[], int]] = [
+        partial(_run_chain, claimed[step_id], claimed[step_id].lease_owner)
+        if step_id in claimed
+        else partial(execute_step, step_id)
+        for step_id in mine
+    ]
+    futures = [branches.start(job) for job in jobs[1:]]
+    return jobs[0]() + sum(f.result() for f in futures)
 
 
 def _run_claimed(row: Step, owner: str, woke: list[Any] | None = None) -> Step | None:
@@ -424,74 +495,76 @@ def complete_step(
     exc: Exception | None,
     scope: usage.StepScope,
     sd: Any,
-    woke: list[Any] | None = None,
+    woke: list[Run] | None = None,
 ) -> Step | None:
-    """Record a claimed step's outcome (fenced on owner and attempt), all in one transaction.
+    """Record a claimed step's outcome (fenced on owner and attempt) and all that follows from
+    it, in one commit (``Storage.finish_step``; on PostgreSQL one statement):
 
     1. Compare-and-swap running → succeeded / retrying / failed. A stale worker (the step was
        reclaimed, canceled or superseded) changes nothing and stops.
-    2. A branch that reaches a terminal state decrements its group; the one that takes it to
-       zero closes the group and rings for the run. The row lock taken by that decrement
-       serializes the branches, so exactly one sees zero.
+    2. A branch that reaches a terminal state counts its group down; the one that takes it to
+       zero closes the group. The group's row lock serializes the branches, so exactly one
+       sees zero. That one (or a queued step its run waited for) lets the run go on: when the
+       caller passes ``woke`` and nothing was handed over (4), this worker takes the run's
+       lease there and then and the run is appended to ``woke`` for the caller to advance,
+       with no doorbell; otherwise the run is marked runnable and rung for.
     3. A terminal branch lets the next held branch of the run start (the parallelism cap).
     4. In a pool with a concurrency limit, this worker's slot passes straight to the oldest
-       waiting step, claimed in this same transaction: the count of running steps never
-       changes, so no pool lock is needed. Returns that step for the caller to run.
+       waiting step, claimed in the same commit: the count of running steps never changes,
+       so no pool lock is needed. Returns that step for the caller to run.
     """
     now = timezone.now()
     drop(row.pk)
-    common: dict[str, Any] = {"finished_at": now, "lease_owner": "", "lease_expires_at": None}
+    fields: dict[str, Any] = {"finished_at": now, "lease_owner": "", "lease_expires_at": None}
     if scope.usage:
-        common["usage"] = usage.merge(row.usage, scope.usage)
-    if scope.cost:
-        common["cost"] = F("cost") + scope.cost  # over all attempts, like the run's cost
-    with transaction.atomic():
-        if exc is None:
-            n = transitions.complete(
-                row,
-                owner,
-                {"status": StepStatus.SUCCEEDED, "result": data, "error": None, **common},
+        fields["usage"] = usage.merge(row.usage, scope.usage)
+    if exc is None:
+        fields.update(status=StepStatus.SUCCEEDED, result=data, error=None)
+    else:
+        err = error_dict(exc, attempt=row.attempt)
+        if is_retryable(exc) and row.attempt < row.max_attempts:
+            policy = sd.retry if sd is not None else None
+            delay = policy.backoff(row.attempt) if policy else 1.0
+            delay = max(delay, retry_after(exc) or 0.0)
+            fields.update(
+                status=StepStatus.RETRYING, error=err, wake_at=now + timedelta(seconds=delay)
             )
-            terminal = True
         else:
-            err = error_dict(exc, attempt=row.attempt)
-            if is_retryable(exc) and row.attempt < row.max_attempts:
-                policy = sd.retry if sd is not None else None
-                delay = policy.backoff(row.attempt) if policy else 1.0
-                delay = max(delay, retry_after(exc) or 0.0)
-                n = transitions.complete(
-                    row,
-                    owner,
-                    {
-                        "status": StepStatus.RETRYING,
-                        "error": err,
-                        "wake_at": now + timedelta(seconds=delay),
-                        **common,
-                    },
-                )
-                terminal = False
-            else:
-                n = transitions.complete(
-                    row, owner, {"status": StepStatus.FAILED, "error": err, **common}
-                )
-                terminal = True
-        if not n:
-            return None
-        if scope.cost:
-            Run.objects.filter(pk=row.run_id).update(cost=F("cost") + Decimal(scope.cost))
-        if terminal and step_finished(row, now) and woke is not None:
-            woke.append(row.run_id)
-        return handoff(row.pool, owner, now)
+            fields.update(status=StepStatus.FAILED, error=err)
+    conf = pools.get_pool(row.pool)
+    done = transitions.finish(
+        row,
+        owner,
+        fields,
+        cost=Decimal(scope.cost or 0),
+        now=now,
+        ready_by=now + grace(),
+        hand_over=bool(conf.max_concurrency and not conf.rate_limit),
+        take_run=woke is not None,
+    )
+    if done is None:
+        return None
+    if done.wake is not None:
+        ring_on_commit(row.run_id, done.wake)
+    if done.released is not None:
+        dispatch_on_commit(*done.released)
+    if done.run is not None and woke is not None:
+        woke.append(done.run)
+    if done.next is not None:
+        hold(done.next.pk, owner)
+    return done.next
 
 
 def step_finished(row: Step, now: datetime) -> bool:
-    """A queued step reached a terminal state: join its group or wake its run.
+    """A queued step reached a terminal state outside ``complete_step`` (the sweep failed it
+    after its worker died too often): join its group or wake its run, in the caller's
+    transaction.
 
     Returns True when this made the run runnable.
     """
     if row.branch < 0:
         return request_wake(row.run_id, now)
-    group = transitions.leave_group(row)
+    group = transitions.leave_group(row, failed=row.status == StepStatus.FAILED)
     if group is None:
         return False
     group_id, remaining, holds_back = group
@@ -521,19 +594,3 @@ def release_held(run_id: Any, now: datetime) -> None:
     )
     if held is not None and transitions.release_held(held.pk, now + grace()):
         dispatch_on_commit(held.pk, held.pool)
-
-
-def handoff(pool: str, owner: str, now: datetime) -> Step | None:
-    """Claim the oldest step waiting in ``pool`` for this worker, taking over its slot.
-
-    Call inside the transaction that took this worker's own step out of ``running``. Only for
-    pools limited by concurrency alone; a rate-limited pool's steps go through ``claim_step``
-    (and its window) when their doorbell rings.
-    """
-    conf = pools.get_pool(pool)
-    if not conf.max_concurrency or conf.rate_limit:
-        return None
-    row = transitions.hand_over(pool, owner, now, now + grace())
-    if row is not None:
-        hold(row.pk)
-    return row

@@ -81,10 +81,18 @@ def renew_all() -> int:
     return n
 
 
-def hold(step_id: int | None) -> None:
-    """This thread now executes ``step_id`` under its lease: keep renewing it."""
+def job_owner() -> str:
+    """A fresh owner id for one job run in a branch thread (``workflows.core.branches``): the
+    steps of a batch are claimed together, before each is given to its thread, so the claim
+    names the job, not the thread. As unique as a thread's, and the pid stays second."""
+    return f"{host_id()}:{os.getpid()}:job:{uuid.uuid4().hex[:12]}"
+
+
+def hold(step_id: int | None, owner: str | None = None) -> None:
+    """``step_id`` is now executed under the lease of ``owner`` (this thread's by default):
+    keep renewing it."""
     if step_id is not None:
-        _held[step_id] = owner_id()
+        _held[step_id] = owner or owner_id()
 
 
 def hold_run(run_id: Any) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
+from django.db.models import Count, Subquery
+from django.db.models.functions import Coalesce
 
 from workflows.core.models import Pool, Step, StepStatus
 
@@ -129,10 +131,21 @@ def reserve(pool_name: str, wanted: int, now: datetime) -> int:
     conf = get_pool(pool_name)
     if not conf.max_concurrency or conf.rate_limit:
         return 0
+    # One statement: the pool row locked, and the count of its running steps beside it.
+    running = (
+        Step.objects.filter(pool=pool_name, status=StepStatus.RUNNING, lease_expires_at__gt=now)
+        .order_by()
+        .values("pool")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
     qs = Pool.objects.filter(pk=pool_name)
     if connection.features.has_select_for_update:
         qs = qs.select_for_update()
-    row = qs.first()
-    if row is None or not row.max_concurrency:
+    row = qs.annotate(running=Coalesce(Subquery(running), 0)).values_list(
+        "max_concurrency", "running"
+    )
+    found = row.first()
+    if found is None or not found[0]:
         return 0
-    return max(0, min(wanted, row.max_concurrency - running_in(pool_name, now)))
+    return max(0, min(wanted, found[0] - found[1]))

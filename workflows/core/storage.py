@@ -11,6 +11,9 @@ end_runs         a burst of runs ending with no journal row to write, each fence
 resolve_waits    waiting steps → resolved (gates expired together), their runs made runnable
 claim            a queued step (pending, or a slot reserved at fan-out) → running
 complete         running → succeeded | retrying | failed, fenced on owner and attempt
+finish_step      complete, and all that follows in the same commit: the group counted down
+                 (the last branch closes it and takes the run's lease, or wakes the run), a
+                 held branch let go, the pool slot handed over to the oldest waiting step
 hand_over        a finishing worker's pool slot passes to the oldest waiting step
 fire_timer       a waiting step whose deadline passed → succeeded (its default, timed out)
 reclaim_step/run a dead worker's lease → requeued (the attempt counted) or failed
@@ -22,10 +25,11 @@ prune            a batch of runs finished before the retention cutoff → delete
 UPDATE (``filter(pk=..., status=OLD).update(...)``), acting only when it touched a row;
 SQLite serializes writers, and the transactions around the reads keep them consistent.
 ``PostgresStorage`` does the same transitions in fewer round trips: UPDATE … RETURNING,
-data-modifying CTEs for the inline checkpoint (one statement, one commit), SKIP LOCKED for the
-hand-over, unnest() for wide fan-outs and for bursts of ends. Where the portable statement is
-already a single conditional UPDATE (complete, fire_timer, reclaim) PostgreSQL inherits it
-unchanged: there is nothing to gain, and one definition cannot drift.
+data-modifying CTEs for the inline checkpoint and for finishing a queued step (one statement,
+one commit each), SKIP LOCKED for the hand-over, unnest() for wide fan-outs and for bursts of
+ends. Where the portable statement is already a single conditional UPDATE (complete,
+fire_timer, reclaim) PostgreSQL inherits it unchanged: there is nothing to gain, and one
+definition cannot drift.
 ``tests/workflows/test_storage_contract.py`` runs one suite against whichever backend the test
 database is (both run in ``make test``).
 
@@ -75,6 +79,27 @@ CHECKPOINT_FIELDS = [
     "wake_at",
     "attempt",
 ]
+
+
+# Written on a fan-out group by its first branch that fails: the branch that closes the group
+# reads it (under the group's row lock) to close it failed, with no scan of the siblings.
+BRANCH_FAILED = {"type": "BranchFailed", "message": "a branch of this fan-out failed"}
+
+
+@dataclass
+class Finished:
+    """What ``finish_step`` did besides recording the step's outcome."""
+
+    # The oldest waiting step of the pool, now running under the finishing worker (its slot).
+    next: Step | None = None
+    # The run, its lease taken for the finishing worker: the step was the last thing it
+    # waited for and the worker is free to advance it (nothing was handed over).
+    run: Run | None = None
+    # The run was marked runnable instead (someone holds it, or the worker is not free):
+    # ring for it in this generation.
+    wake: int | None = None
+    # A branch held back by the run's parallelism cap, let go: (id, pool) to dispatch.
+    released: tuple[int, str] | None = None
 
 
 class Storage(ABC):
@@ -133,8 +158,42 @@ class Storage(ABC):
         """A branch whose pool slot was reserved at fan-out → ours, attempt + 1; the row."""
 
     @abstractmethod
+    def claim_reserved_many(self, claims: list[tuple[int, str]], now: datetime) -> dict[int, Step]:
+        """``claim_reserved`` for each (step id, owner) pair: the steps taken, by id."""
+
+    @abstractmethod
     def complete(self, row: Step, owner: str, fields: dict[str, Any]) -> bool:
         """A running step we hold (owner, attempt, live) → ``fields["status"]``."""
+
+    @abstractmethod
+    def finish_step(
+        self,
+        row: Step,
+        owner: str,
+        fields: dict[str, Any],
+        *,
+        cost: Decimal,
+        now: datetime,
+        ready_by: datetime,
+        hand_over: bool,
+        take_run: bool,
+    ) -> Finished | None:
+        """Record a claimed step's outcome and what follows from it, all or nothing:
+
+        1. running (ours: owner, attempt, live) → ``fields`` (``fields["status"]``); None,
+           having written nothing, when the step is no longer ours. ``cost`` is added to the
+           step's cost and to the run's.
+        2. A terminal branch counts its group down (a failed one marks it ``BRANCH_FAILED``);
+           the one that takes it to zero closes it, succeeded or failed. A terminal queued
+           step that is not a branch was what its run waited for.
+        3. Either way the run may go on: with ``take_run`` and nothing handed over (step 5),
+           its lease is taken for ``owner`` if free (``Finished.run``); otherwise the run is
+           marked runnable (``Finished.wake``: ring for it).
+        4. A terminal branch of a group wider than the run's cap lets the next held branch go
+           (``Finished.released``: dispatch it).
+        5. With ``hand_over``: the oldest pending step of the pool, due by ``ready_by``, its
+           run active, → running under ``owner`` (``Finished.next``).
+        """
 
     @abstractmethod
     def hand_over(self, pool: str, owner: str, now: datetime, ready_by: datetime) -> Step | None:
@@ -159,8 +218,9 @@ class Storage(ABC):
         """Insert journal rows (a fan-out's branches) and set their primary keys."""
 
     @abstractmethod
-    def decrement_group(self, row: Step) -> tuple[int, int, bool] | None:
-        """``remaining - 1`` on the branch's group: (group id, remaining, holds back)."""
+    def decrement_group(self, row: Step, failed: bool = False) -> tuple[int, int, bool] | None:
+        """``remaining - 1`` on the branch's group (marked ``BRANCH_FAILED`` if ``failed``):
+        (group id, remaining, holds back)."""
 
     @abstractmethod
     def resolve_waits(
@@ -300,6 +360,14 @@ class SQLiteStorage(Storage):
             )
             return Step.objects.get(pk=step_id) if n == 1 else None
 
+    def claim_reserved_many(self, claims: list[tuple[int, str]], now: datetime) -> dict[int, Step]:
+        taken = {}
+        for step_id, owner in claims:
+            row = self.claim_reserved(step_id, owner, now)
+            if row is not None:
+                taken[step_id] = row
+        return taken
+
     def complete(self, row: Step, owner: str, fields: dict[str, Any]) -> bool:
         return bool(
             Step.objects.filter(
@@ -310,6 +378,77 @@ class SQLiteStorage(Storage):
                 superseded=False,
             ).update(**fields)
         )
+
+    def finish_step(
+        self,
+        row: Step,
+        owner: str,
+        fields: dict[str, Any],
+        *,
+        cost: Decimal,
+        now: datetime,
+        ready_by: datetime,
+        hand_over: bool,
+        take_run: bool,
+    ) -> Finished | None:
+        """The ORM's statements in one transaction; SQLite's write lock, taken by the first
+        UPDATE, serializes finishing branches, so exactly one sees its group reach zero."""
+        status = fields["status"]
+        terminal = status in (StepStatus.SUCCEEDED, StepStatus.FAILED)
+        values = dict(fields)
+        if cost:
+            values["cost"] = F("cost") + cost
+        out = Finished()
+        with transaction.atomic(savepoint=False):
+            if not self.complete(row, owner, values):
+                return None
+            if cost:
+                Run.objects.filter(pk=row.run_id).update(cost=F("cost") + cost)
+            closes = terminal and row.branch < 0
+            if terminal and row.branch >= 0:
+                group = self.decrement_group(row, failed=status == StepStatus.FAILED)
+                if group is not None:
+                    group_id, remaining, holds_back = group
+                    if remaining == 0:
+                        flagged = Step.objects.filter(pk=group_id, error__isnull=False).exists()
+                        closes = bool(
+                            Step.objects.filter(pk=group_id, status=StepStatus.WAITING).update(
+                                status=StepStatus.FAILED if flagged else StepStatus.SUCCEEDED,
+                                finished_at=now,
+                            )
+                        )
+                    if holds_back:
+                        out.released = self._release_held(row.run_id, ready_by)
+            if hand_over:
+                out.next = self.hand_over(row.pool, owner, now, ready_by)
+            if closes:
+                if take_run and out.next is None:
+                    out.run = self.take_run(row.run_id, row.generation, owner, now)
+                if out.run is None and Run.objects.filter(
+                    pk=row.run_id, status__in=ACTIVE_RUN
+                ).update(wake_requested_at=now):
+                    out.wake = (
+                        Run.objects.filter(pk=row.run_id)
+                        .values_list("generation", flat=True)
+                        .first()
+                    )
+        return out
+
+    @staticmethod
+    def _release_held(run_id: Any, ready_by: datetime) -> tuple[int, str] | None:
+        held = (
+            Step.objects.filter(
+                run_id=run_id, held=True, superseded=False, status=StepStatus.PENDING
+            )
+            .order_by("position", "branch")
+            .values_list("pk", "pool")
+            .first()
+        )
+        if held is not None and Step.objects.filter(pk=held[0], held=True).update(
+            held=False, wake_at=ready_by
+        ):
+            return held
+        return None
 
     def hand_over(self, pool: str, owner: str, now: datetime, ready_by: datetime) -> Step | None:
         candidates = (
@@ -355,13 +494,15 @@ class SQLiteStorage(Storage):
     def insert_steps(self, rows: list[Step]) -> None:
         Step.objects.bulk_create(rows)
 
-    def decrement_group(self, row: Step) -> tuple[int, int, bool] | None:
+    def decrement_group(self, row: Step, failed: bool = False) -> tuple[int, int, bool] | None:
         group = Step.objects.filter(
             run_id=row.run_id, position=row.position, branch=-1, superseded=False
         )
         with transaction.atomic(savepoint=False):
             if not group.update(remaining=F("remaining") - 1):
                 return None
+            if failed:
+                group.filter(error__isnull=True).update(error=BRANCH_FAILED)
             found = group.values_list("id", "remaining", "args").first()
         if found is None:
             return None
@@ -583,6 +724,194 @@ class PostgresStorage(SQLiteStorage):
         )
         return rows[0] if rows else None
 
+    def finish_step(
+        self,
+        row: Step,
+        owner: str,
+        fields: dict[str, Any],
+        *,
+        cost: Decimal,
+        now: datetime,
+        ready_by: datetime,
+        hand_over: bool,
+        take_run: bool,
+    ) -> Finished | None:
+        """One statement of data-modifying CTEs in autocommit, where the ORM takes a
+        transaction of up to seven: the step (``s``), its group (``g``), a held branch
+        (``h``), the hand-over (``n``) and the run (``r``), each conditioned on the step's
+        compare-and-swap. The group's row lock is held for this one statement only, so
+        branches finishing together queue on it for microseconds, not for a transaction's
+        round trips. The group's failure is a mark on its row, not a scan of the siblings:
+        a sibling that committed after this statement's snapshot is invisible to a scan,
+        while the row lock re-reads the group's own row."""
+        step_table, run_table = Step._meta.db_table, Run._meta.db_table
+        q = connection.ops.quote_name
+        status = fields["status"]
+        terminal = status in (StepStatus.SUCCEEDED, StepStatus.FAILED)
+        p: dict[str, Any] = {
+            "id": row.pk,
+            "running": StepStatus.RUNNING,
+            "pending": StepStatus.PENDING,
+            "waiting": StepStatus.WAITING,
+            "owner": owner,
+            "attempt": row.attempt,
+            "no": False,
+            "now": now,
+            "until": lease_until(now),
+            "ready_by": ready_by,
+            "run": Run._meta.pk.get_db_prep_value(row.run_id, connection),  # type: ignore[union-attr]
+            "generation": row.generation,
+            "cost": cost or Decimal(0),
+            "take": take_run,
+        }
+        sets = []
+        for name, value in fields.items():
+            field: Any = Step._meta.get_field(name)
+            sets.append(f"{q(field.column)} = %(f_{name})s::{field.db_type(connection)}")
+            p[f"f_{name}"] = _prep(field, value, raw=True)
+        if cost:
+            sets.append("cost = cost + %(cost)s")
+        ctes = [
+            f"s AS (UPDATE {step_table} SET {', '.join(sets)} WHERE id = %(id)s "
+            "AND status = %(running)s AND lease_owner = %(owner)s AND attempt = %(attempt)s "
+            "AND superseded = %(no)s RETURNING id)"
+        ]
+        closes = "EXISTS (SELECT 1 FROM s)" if terminal and row.branch < 0 else "false"
+        held = "NULL::bigint, NULL::varchar"
+        if terminal and row.branch >= 0:
+            p.update(
+                position=row.position,
+                failed=status == StepStatus.FAILED,
+                mark=Jsonb(BRANCH_FAILED),
+                succeeded=StepStatus.SUCCEEDED,
+                failed_status=StepStatus.FAILED,
+            )
+            ctes.append(
+                f"g AS (UPDATE {step_table} SET remaining = remaining - 1, "
+                "error = CASE WHEN %(failed)s AND error IS NULL THEN %(mark)s ELSE error END, "
+                "status = CASE WHEN remaining = 1 THEN CASE WHEN %(failed)s OR error IS NOT NULL "
+                "THEN %(failed_status)s ELSE %(succeeded)s END ELSE status END, "
+                "finished_at = CASE WHEN remaining = 1 THEN %(now)s ELSE finished_at END "
+                "WHERE run_id = %(run)s AND position = %(position)s AND branch = -1 "
+                "AND superseded = %(no)s AND status = %(waiting)s AND EXISTS (SELECT 1 FROM s) "
+                "RETURNING remaining, COALESCE((args ->> 'held')::boolean, true) AS holds_back)"
+            )
+            ctes.append(
+                f"h AS (UPDATE {step_table} SET held = %(no)s, wake_at = %(ready_by)s "
+                f"WHERE held AND id = (SELECT id FROM {step_table} WHERE run_id = %(run)s "
+                "AND held AND superseded = %(no)s AND status = %(pending)s "
+                "AND EXISTS (SELECT 1 FROM g WHERE holds_back) "
+                "ORDER BY position, branch LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id, pool)"
+            )
+            closes = "EXISTS (SELECT 1 FROM g WHERE remaining = 0)"
+            held = "(SELECT id FROM h), (SELECT pool FROM h)"
+        if hand_over:
+            active = ", ".join(f"%(active{i})s" for i in range(len(ACTIVE_RUN)))
+            p.update({f"active{i}": value for i, value in enumerate(ACTIVE_RUN)}, pool=row.pool)
+            ctes.append(
+                f"n AS (UPDATE {step_table} SET status = %(running)s, attempt = attempt + 1, "
+                "lease_owner = %(owner)s, lease_expires_at = %(until)s, started_at = %(now)s, "
+                f"wake_at = NULL WHERE id = (SELECT w.id FROM {step_table} w JOIN {run_table} x "
+                "ON x.id = w.run_id WHERE w.pool = %(pool)s AND w.status = %(pending)s "
+                "AND w.held = %(no)s AND w.superseded = %(no)s "
+                "AND (w.wake_at IS NULL OR w.wake_at <= %(ready_by)s) "
+                f"AND x.status IN ({active}) AND EXISTS (SELECT 1 FROM s) "
+                "ORDER BY w.id LIMIT 1 FOR UPDATE OF w SKIP LOCKED) RETURNING *)"
+            )
+            free = "NOT EXISTS (SELECT 1 FROM n)"
+            handed = "n"
+        else:
+            free = "true"
+            handed = f"(SELECT * FROM {step_table} WHERE false) n"
+        if closes != "false" or cost:
+            run_active = ", ".join(f"%(run_active{i})s" for i in range(len(ACTIVE_RUN)))
+            p.update(
+                {f"run_active{i}": value for i, value in enumerate(ACTIVE_RUN)},
+                compensating=RunStatus.COMPENSATING,
+                run_running=RunStatus.RUNNING,
+                blank="",
+            )
+            # ``t`` locks the run row (only when the run goes on, or for the cost) and decides
+            # on its latest version: take its lease if free, else mark it runnable.
+            ctes.append(
+                f"c AS (SELECT {closes} AS closes), t AS (SELECT r.id, c.closes AND %(take)s "
+                f"AND {free} AND r.generation = %(generation)s AND r.status IN ({run_active}) "
+                "AND (r.lease_owner = %(blank)s OR r.lease_expires_at < %(now)s) AS take, "
+                f"c.closes AND r.status IN ({run_active}) AS wake FROM {run_table} r, c "
+                "WHERE r.id = %(run)s AND EXISTS (SELECT 1 FROM s) "
+                "AND (c.closes OR %(cost)s <> 0) FOR UPDATE OF r)"
+            )
+            ctes.append(
+                f"r AS (UPDATE {run_table} r SET cost = r.cost + %(cost)s, "
+                "status = CASE WHEN t.take AND r.status <> %(compensating)s "
+                "THEN %(run_running)s ELSE r.status END, "
+                "lease_owner = CASE WHEN t.take THEN %(owner)s ELSE r.lease_owner END, "
+                "lease_expires_at = CASE WHEN t.take THEN %(until)s ELSE r.lease_expires_at END, "
+                "started_at = CASE WHEN t.take THEN COALESCE(r.started_at, %(now)s) "
+                "ELSE r.started_at END, wake_requested_at = CASE WHEN t.take THEN NULL "
+                "WHEN t.wake THEN %(now)s ELSE r.wake_requested_at END FROM t WHERE r.id = t.id "
+                "RETURNING r.*)"
+            )
+            run_cols = "(SELECT take FROM t), (SELECT wake AND NOT take FROM t)"
+            ran = "r"
+        else:
+            run_cols = "NULL::boolean, NULL::boolean"
+            ran = f"(SELECT * FROM {run_table} WHERE false) r"
+        sql = (
+            f"WITH {', '.join(ctes)} SELECT (SELECT count(*) FROM s), {held}, {run_cols}, n.*, "
+            f"r.* FROM (SELECT 1) one LEFT JOIN {handed} ON true LEFT JOIN {ran} ON true"
+        )
+        with connection.cursor() as cur:
+            cur.execute(sql, p)
+            found = cur.fetchone()
+            names = _COLUMNS.get(sql)
+            if names is None:  # psycopg builds the description per call: read it once
+                names = _COLUMNS[sql] = [d[0] for d in cur.description or ()]
+        if not found[0]:
+            return None
+        # The columns: 5 scalars, the handed-over step's row, the run's row (NULLs if none).
+        split = 5 + len(Step._meta.concrete_fields)
+        out = Finished()
+        if found[1] is not None:
+            out.released = (found[1], found[2])
+        if found[3] or found[4]:
+            run = _row_from(Run, dict(zip(names[split:], found[split:], strict=True)))
+            if found[3]:
+                out.run = run
+            else:
+                out.wake = run.generation
+        if found[5] is not None:
+            out.next = _row_from(Step, dict(zip(names[5:split], found[5:split], strict=True)))
+        return out
+
+    def claim_reserved_many(self, claims: list[tuple[int, str]], now: datetime) -> dict[int, Step]:
+        """One ``UPDATE … FROM unnest()`` for the batch, each row to its own owner."""
+        if not claims:
+            return {}
+        table = Step._meta.db_table
+        active = ", ".join(["%s"] * len(ACTIVE_RUN))
+        rows = Step.objects.raw(
+            f"UPDATE {table} s SET attempt = s.attempt + 1, lease_owner = c.owner, "
+            "lease_expires_at = %s, started_at = %s "
+            "FROM unnest(%s::bigint[], %s::varchar[]) AS c(id, owner) "
+            "WHERE s.id = c.id AND s.status = %s AND s.lease_owner = %s "
+            "AND s.lease_expires_at > %s AND s.superseded = %s "
+            f"AND s.run_id IN (SELECT id FROM {Run._meta.db_table} WHERE status IN ({active})) "
+            "RETURNING s.*",
+            [
+                lease_until(now),
+                now,
+                [step_id for step_id, _ in claims],
+                [owner for _, owner in claims],
+                StepStatus.RUNNING,
+                RESERVED,
+                now,
+                False,
+                *ACTIVE_RUN,
+            ],
+        )
+        return {row.pk: row for row in rows}
+
     def hand_over(self, pool: str, owner: str, now: datetime, ready_by: datetime) -> Step | None:
         """One statement: pick the oldest waiting step nobody else is taking (SKIP LOCKED)
         and claim it."""
@@ -629,13 +958,16 @@ class PostgresStorage(SQLiteStorage):
 
     def insert_steps(self, rows: list[Step]) -> None:
         """``INSERT … SELECT FROM unnest(arrays)``: a column an array instead of a parameter
-        per value, measured about 3x faster than ``bulk_create`` for 100 branches."""
+        per value, measured about 3x faster than ``bulk_create`` for 100 branches (binary
+        arrays halved what was left of the client's side)."""
         if len(rows) < 8:
             Step.objects.bulk_create(rows)
             return
         fields: list[Any] = [f for f in Step._meta.concrete_fields if not f.primary_key]
         cols = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-        arrays = ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields)
+        # Binary parameters (%b): psycopg dumps a binary array in half the time of a text one,
+        # whose every element it escapes.
+        arrays = ", ".join(f"%b::{f.db_type(connection)}[]" for f in fields)
         params = [[_prep(f, row) for row in rows] for f in fields]
         with connection.cursor() as cur:
             cur.execute(
@@ -648,14 +980,16 @@ class PostgresStorage(SQLiteStorage):
             row.pk = ids[row.branch]
             row._state.adding = False
 
-    def decrement_group(self, row: Step) -> tuple[int, int, bool] | None:
+    def decrement_group(self, row: Step, failed: bool = False) -> tuple[int, int, bool] | None:
         run_pk = Run._meta.pk.get_db_prep_value(row.run_id, connection)  # type: ignore[union-attr]
+        params: list[Any] = [failed, Jsonb(BRANCH_FAILED), run_pk, row.position, False]
         with connection.cursor() as cur:
             cur.execute(
-                f"UPDATE {Step._meta.db_table} SET remaining = remaining - 1 WHERE run_id = %s "
-                "AND position = %s AND branch = -1 AND superseded = %s "
+                f"UPDATE {Step._meta.db_table} SET remaining = remaining - 1, "
+                "error = CASE WHEN %s AND error IS NULL THEN %s ELSE error END "
+                "WHERE run_id = %s AND position = %s AND branch = -1 AND superseded = %s "
                 "RETURNING id, remaining, args",
-                [run_pk, row.position, False],
+                params,
             )
             found = cur.fetchone()
         if not found:
@@ -766,6 +1100,9 @@ class PostgresStorage(SQLiteStorage):
         column = connection.ops.quote_name(field.column)
         return f"{column} = ANY(%s::{field.db_type(connection)}[])"
 
+
+# The column names of each shape of ``finish_step``'s statement (a handful), as first returned.
+_COLUMNS: dict[str, list[str]] = {}
 
 _BACKENDS: dict[str, Storage] = {"postgresql": PostgresStorage(), "sqlite": SQLiteStorage()}
 
@@ -1059,6 +1396,18 @@ def _row_params(row: Step, specs: tuple[tuple[str, int], ...]) -> list[Any]:
             value = row.started_at or timezone.now()
         out.append(value)
     return out
+
+
+def _row_from[M: (Run, Step)](model: type[M], columns: dict[str, Any]) -> M:
+    """A model instance from its columns by name, as a raw cursor returns them (JSON text)."""
+    fields: list[Any] = list(model._meta.concrete_fields)
+    values = []
+    for f in fields:
+        v = columns[f.column]
+        if v is not None and hasattr(f, "from_db_value"):
+            v = f.from_db_value(v, None, connection)
+        values.append(v)
+    return model.from_db(connection.alias, [f.attname for f in fields], values)
 
 
 def _prep(field: Any, obj: Any, raw: bool = False) -> Any:

@@ -20,6 +20,7 @@ from workflows.core import transitions
 from workflows.core.executor import advance as advance_run
 from workflows.core.executor import advance_many as advance_runs
 from workflows.core.executor import execute_step as run_step
+from workflows.core.executor import execute_steps as run_steps
 from workflows.core.leases import owner_id
 from workflows.core.outbox import deliver_due
 from workflows.core.sweeper import prune as run_prune
@@ -105,6 +106,12 @@ def execute_step(step_id: int) -> int:
     # A step claimed before the break stays running under its lease (its claim was counted as
     # an attempt): the sweep reclaims it when the lease runs out, as after any worker loss.
     return _patiently(lambda: run_step(step_id))
+
+
+@shared_task(name="workflows.execute_steps", ignore_result=True)
+def execute_steps(step_ids: list[int], queue: str = "default") -> int:
+    """One doorbell for a batch of a fan-out's reserved slots (``workflows.core.branches``)."""
+    return _patiently(lambda: run_steps(step_ids, queue))
 
 
 @shared_task(name="workflows.sweep", ignore_result=True)

@@ -7,11 +7,11 @@ sweep, the services and the apps built on the engine (reviews resolves its gates
 ``resolve_wait``) change state only through these functions. The ones whose best form differs
 between PostgreSQL and SQLite delegate to the storage contract (``workflows.core.storage``).
 
-Runs:   take · take_many · checkpoint (also ends a run) · end_many · suspend · release ·
+Runs:   take · take_many · checkpoint (also ends a run) · end_many · suspend · park · release ·
         mark_runnable · cancel · restart · reclaim_run
-Steps:  claim · claim_reserved · claim_inline · queue · defer · complete · retry_due ·
-        hand_over · resolve_wait(s) · consume_event · close_group · release_held · ring_again ·
-        cancel_steps · supersede · fire_timer · reclaim_step
+Steps:  claim · claim_reserved · claim_reserved_many · claim_inline · queue · defer · complete ·
+        finish · retry_due · hand_over · resolve_wait(s) · consume_event · close_group ·
+        release_held · ring_again · cancel_steps · supersede · fire_timer · reclaim_step
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from workflows.core.models import (
     Step,
     StepStatus,
 )
-from workflows.core.storage import storage
+from workflows.core.storage import Finished, storage
 
 LIVE_STEP = [StepStatus.PENDING, StepStatus.WAITING, StepStatus.RETRYING, StepStatus.RUNNING]
 
@@ -89,6 +89,17 @@ def suspend(run_id: Any, owner: str, generation: int, parked: str = RunStatus.SU
             lease_owner="", lease_expires_at=None
         )
     return n == 1
+
+
+def park(run_id: Any, owner: str, generation: int) -> bool:
+    """running (ours) → suspended, lease let go, unless something made the run runnable
+    meanwhile (then nothing changes: ``suspend`` later sees the wake and lets go). For a
+    worker that has just written what the run waits for, in that same commit."""
+    return bool(
+        Run.objects.filter(
+            pk=run_id, lease_owner=owner, generation=generation, wake_requested_at__isnull=True
+        ).update(status=RunStatus.SUSPENDED, lease_owner="", lease_expires_at=None)
+    )
 
 
 def release(run_id: Any, owner: str, generation: int, now: datetime) -> bool:
@@ -170,6 +181,11 @@ def claim_reserved(step_id: int, owner: str, now: datetime) -> Step | None:
     return storage().claim_reserved(step_id, owner, now)
 
 
+def claim_reserved_many(claims: list[tuple[int, str]], now: datetime) -> dict[int, Step]:
+    """``claim_reserved`` for a batch: (step id, owner) pairs; the steps taken, by id."""
+    return storage().claim_reserved_many(claims, now)
+
+
 def claim_inline(row: Step, fields: dict[str, Any]) -> bool:
     """A journal row the advancing worker re-executes (retrying, pending) → running."""
     return bool(
@@ -194,6 +210,31 @@ def defer(step_id: int, wake_at: datetime) -> bool:
 def complete(row: Step, owner: str, fields: dict[str, Any]) -> bool:
     """running (ours, this attempt) → succeeded | retrying | failed."""
     return storage().complete(row, owner, fields)
+
+
+def finish(
+    row: Step,
+    owner: str,
+    fields: dict[str, Any],
+    *,
+    cost: Decimal,
+    now: datetime,
+    ready_by: datetime,
+    hand_over: bool,
+    take_run: bool,
+) -> Finished | None:
+    """running (ours, this attempt) → ``fields``, with its group, its run and its pool slot
+    (``Storage.finish_step``)."""
+    return storage().finish_step(
+        row,
+        owner,
+        fields,
+        cost=cost,
+        now=now,
+        ready_by=ready_by,
+        hand_over=hand_over,
+        take_run=take_run,
+    )
 
 
 def retry_due(step_id: int, ready_at: datetime) -> bool:
@@ -279,7 +320,8 @@ def reclaim_step(row: Step, fields: dict[str, Any]) -> bool:
     return storage().reclaim_step(row, fields)
 
 
-def leave_group(row: Step) -> tuple[int, int, bool] | None:
-    """A branch ended: its group's ``remaining - 1``; (group id, remaining, holds back). The
-    row lock this takes serializes the branches, so exactly one sees zero."""
-    return storage().decrement_group(row)
+def leave_group(row: Step, failed: bool = False) -> tuple[int, int, bool] | None:
+    """A branch ended: its group's ``remaining - 1`` (marked if it ``failed``); (group id,
+    remaining, holds back). The row lock this takes serializes the branches, so exactly one
+    sees zero."""
+    return storage().decrement_group(row, failed)
