@@ -168,7 +168,8 @@ def _hours(first: datetime, last: datetime) -> list[datetime]:
     daylight-saving change neither skips nor repeats one)."""
     start = first.astimezone(UTC)
     count = int((last.astimezone(UTC) - start) / HOUR) + 1
-    return [timezone.localtime(start + i * HOUR) for i in range(count)]
+    here = timezone.get_current_timezone()
+    return [(start + i * HOUR).astimezone(here) for i in range(count)]
 
 
 def _this_hour(now: datetime) -> datetime:
@@ -390,8 +391,9 @@ def cost_by_pipeline(now: datetime, rows: dict[datetime, Hour] | None = None) ->
     index = {d: i for i, d in enumerate(days)}
     by_pipeline: dict[str, list[float]] = defaultdict(lambda: [0.0] * DAYS)
     rows = history(_two_weeks(now), now) if rows is None else rows
+    here = timezone.get_current_timezone()
     for hour, row in rows.items():
-        i = index.get(timezone.localtime(hour).date())
+        i = index.get(hour.astimezone(here).date())
         if i is not None:
             for pipeline, total in row.cost.items():
                 by_pipeline[pipeline][i] += float(total)

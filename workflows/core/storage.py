@@ -47,7 +47,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.db.models import CASCADE, SET_NULL, F, Q, signals
 from django.db.models.deletion import SKIP_COLLECTION, get_candidate_relations_to_delete
 from django.db.models.signals import post_save, pre_save
@@ -1244,8 +1244,6 @@ class _Rights:
 
 @lru_cache(maxsize=8)
 def _rights(alias: str) -> _Rights:
-    from django.db import connections
-
     with connections[alias].cursor() as cur:
         if connections[alias].pg_version < 150000:  # type: ignore[attr-defined]
             cur.execute("SELECT rolsuper, rolsuper FROM pg_roles WHERE rolname = current_user")
