@@ -90,13 +90,23 @@ def test_without_a_plain_redis_broker_messages_go_through_celery(
     assert not broker.publish([(doorbell.ADVANCE, ["x", 1], "default")])
 
 
-def test_a_failing_broker_is_logged_and_rested(
-    settings: Any, caplog: pytest.LogCaptureFixture
+def test_a_failing_redis_is_rested_and_the_message_goes_through_celery(
+    settings: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The doorbell never raises: the sweep rings again from the tables."""
+    sent: list[tuple[str, Any, str]] = []
+    monkeypatch.setattr(
+        current_app, "send_task", lambda name, args, queue, **kw: sent.append((name, args, queue))
+    )
     settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"  # nothing listens there
     doorbell.send_advance("0b3c7f0e-1111-2222-3333-444455556666", 1)
-    assert "could not ring" in caplog.text
+    assert "resting" in caplog.text
+    assert sent == [(doorbell.ADVANCE, ["0b3c7f0e-1111-2222-3333-444455556666", 1], "default")]
+    assert broker.client() is None  # resting: Celery carries the next ones at once
+
+
+def test_a_broker_with_tls_options_is_left_to_celery(settings: Any) -> None:
+    settings.CELERY_BROKER_URL = "rediss://127.0.0.1:6379/0"
+    settings.CELERY_BROKER_USE_SSL = {"ssl_cert_reqs": "required"}
     assert broker.client() is None
 
 

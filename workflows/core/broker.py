@@ -12,8 +12,8 @@ the two field by field, so a Celery or kombu upgrade that changes the format fai
 Only for a plain ``redis://``/``rediss://``/``unix://`` broker without a key prefix; anything else
 (the filesystem broker of ``make run``, a prefixed Redis) returns ``None`` from ``client()`` and
 callers go through Celery as before. After a Redis error the client rests for a few seconds, so
-a Redis outage costs one timeout, not one per request; the callers' fallbacks (the sweep rings
-again, the key row counts requests) cover the gap.
+a Redis outage costs one timeout, not one per request, and the callers take their fallbacks
+meanwhile (messages go through Celery, the key's row counts requests).
 """
 
 from __future__ import annotations
@@ -52,8 +52,9 @@ def usable_url() -> str | None:
     if not url.startswith(SCHEMES):
         return None
     options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", None) or {}
-    # kombu prefixes every queue key with this; the raw LPUSH would miss the queue.
-    if options.get("global_keyprefix"):
+    # kombu prefixes every queue key with this; the raw LPUSH would miss the queue. TLS options
+    # for the broker are Celery's to apply.
+    if options.get("global_keyprefix") or getattr(settings, "CELERY_BROKER_USE_SSL", None):
         return None
     return url
 
@@ -158,9 +159,9 @@ def task_message(name: str, args: Iterable[Any], queue: str, priority: int = 0) 
 
 
 def publish(messages: list[tuple[str, list[Any], str]], priority: int = 0) -> bool:
-    """LPUSH ``(task name, args, queue)`` messages at ``priority``; False when there is no raw
-    client (the caller sends through Celery). Raises on a Redis error (after noting it, see
-    ``failed``)."""
+    """LPUSH ``(task name, args, queue)`` messages at ``priority``. False when they were not
+    sent: no raw client, or Redis failed just now (noted, see ``failed``); the caller sends
+    them through Celery then, which reports its own failure."""
     conn = client()
     if conn is None:
         return False
@@ -175,5 +176,5 @@ def publish(messages: list[tuple[str, list[Any], str]], priority: int = 0) -> bo
             pipe.execute()
     except redis.RedisError as exc:
         failed(exc)
-        raise
+        return False
     return True
