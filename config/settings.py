@@ -238,27 +238,12 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_ALWAYS_EAGER = False
 SLUICE_SWEEP_INTERVAL = env.float("SLUICE_SWEEP_INTERVAL", default=2.0)
 # A static schedule; every periodic task is idempotent, so two beats by mistake are harmless.
-# A sweep that waited longer than a few intervals (every worker busy, the database down) has
-# newer ones queued behind it: it expires unrun instead of making them all run back to back.
-_SWEEP_OPTIONS = {"expires": max(10.0, 5 * SLUICE_SWEEP_INTERVAL)}
 CELERY_BEAT_SCHEDULE = {
-    "sluice-sweep": {
-        "task": "workflows.sweep",
-        "schedule": SLUICE_SWEEP_INTERVAL,
-        "options": _SWEEP_OPTIONS,
-    },
-    "sluice-expire-gates": {
-        "task": "reviews.expire_gates",
-        "schedule": SLUICE_SWEEP_INTERVAL,
-        "options": _SWEEP_OPTIONS,
-    },
+    "sluice-sweep": {"task": "workflows.sweep", "schedule": SLUICE_SWEEP_INTERVAL},
+    "sluice-expire-gates": {"task": "reviews.expire_gates", "schedule": SLUICE_SWEEP_INTERVAL},
     "sluice-deliver-outbox": {"task": "workflows.deliver_outbox", "schedule": 5.0},
     # Reviewer notifications: reminders due and digests whose window ended.
-    "sluice-notify": {
-        "task": "reviews.notify",
-        "schedule": SLUICE_SWEEP_INTERVAL,
-        "options": _SWEEP_OPTIONS,
-    },
+    "sluice-notify": {"task": "reviews.notify", "schedule": SLUICE_SWEEP_INTERVAL},
     "sluice-prune": {"task": "workflows.prune", "schedule": 3600.0},
 }
 # Message priorities. The sweeps share the workers' queue with the doorbells, and after a fault

@@ -53,7 +53,8 @@ def overdue(expires: float | None = None) -> Iterator[None]:
     repeat one still queued (the sweep cannot tell a lost doorbell from one waiting behind a
     backlog): the sweep rings again after the grace anyway, and without an expiry every pass
     would add a copy while the backlog lasts, the backlog would grow with them, and so would
-    the copies."""
+    the copies. (The consuming worker compares the expiry with its own clock: the workers'
+    clocks must agree to well within the expiry, as NTP keeps them.)"""
     options: dict[str, Any] = {}
     priority = getattr(settings, "SLUICE_OVERDUE_PRIORITY", None)
     if priority is not None:
