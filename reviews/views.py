@@ -27,7 +27,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import mark_safe
+from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.csp import csp_override
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -36,6 +36,7 @@ from reviews.forms import DecisionForm, EditsForm, PreferencesForm
 from reviews.models import Gate, GateStatus, NotificationPreference
 from reviews.presenters import present
 from reviews.templatetags.reviews_tags import countdown, short_time, urgency
+from reviews.templatetags.sluice_text import show_bidi
 from workflows.views import CappedPaginator
 
 View = Callable[..., HttpResponseBase]
@@ -149,6 +150,95 @@ class QueueRow:
     claimed_by: str
     claimed_by_me: bool
     on_timeout: str
+
+    def html(self) -> SafeString:
+        """The row's ``<tr>``, built here rather than in the template: 50 rows of some twenty
+        variables each were most of the page's rendering time (template variable lookups and
+        filters, ~10 µs each). Every value is escaped by ``format_html``; the titles and the
+        excerpt also show bidi controls as markers (``show_bidi``), as the gate page does."""
+        # The title cell's parts are joined by spaces, as the template's line breaks were:
+        # between inline elements (the gate kind, the attempt badge) a space shows.
+        if self.subject:
+            parts = [
+                format_html(
+                    '<a class="rv-title rv-subject" href="{}" title="{}" '
+                    'data-testid="row-subject">{}</a>',
+                    self.href,
+                    self.subject,
+                    show_bidi(self.subject),
+                ),
+                format_html(
+                    '<span class="rv-gate-kind" title="{}">{}</span>',
+                    self.title,
+                    show_bidi(self.title),
+                ),
+            ]
+        else:
+            parts = [
+                format_html(
+                    '<a class="rv-title" href="{}" title="{}">{}</a>',
+                    self.href,
+                    self.title,
+                    show_bidi(self.title),
+                )
+            ]
+        if self.attempt > 1:
+            parts.append(
+                format_html(
+                    '<span class="badge badge-warn" title="The run looped back to this gate">'
+                    "attempt {}</span>",
+                    self.attempt,
+                )
+            )
+        if self.excerpt:
+            parts.append(
+                format_html(
+                    '<div class="rv-excerpt" title="{}" data-testid="row-excerpt">{}</div>',
+                    self.excerpt,
+                    show_bidi(self.excerpt),
+                )
+            )
+        parts.append(
+            format_html('<div class="muted small">{} · opened {}</div>', self.group, self.opened)
+        )
+        if self.claimed_by:
+            claim = format_html(
+                '<span class="rv-claim{}"><span class="rv-avatar" aria-hidden="true">{}</span>'
+                "{}</span>",
+                " rv-claim-mine" if self.claimed_by_me else "",
+                self.claimed_by[:1].upper(),
+                "you" if self.claimed_by_me else self.claimed_by,
+            )
+        else:
+            claim = mark_safe('<span class="muted">—</span>')
+        return format_html(
+            '<tr class="rv-row" data-gate-id="{pk}" data-href="{href}">'
+            '<td class="rv-col-pick"><label class="rv-pick-cell"><input type="checkbox" '
+            'class="rv-pick" name="gate" value="{pk}" form="bulk-form" '
+            'aria-label="Select “{label}”"></label></td>'
+            '<td class="rv-col-due"><time class="countdown rv-urgency-{urgency}" '
+            'datetime="{iso}" data-deadline="{iso}" title="{due_title}">{countdown}</time></td>'
+            '<td class="rv-col-title">{title}</td>'
+            '<td><span class="rv-pipeline">{pipeline}</span></td>'
+            '<td><a class="rv-run mono" href="{run_href}" title="{run_id}">{run_short}</a></td>'
+            "<td>{claim}</td>"
+            '<td class="rv-col-default"><span class="badge badge-{default}">auto-{default}'
+            "</span></td></tr>\n",
+            pk=self.pk,
+            href=self.href,
+            label=self.subject or self.title,
+            urgency=self.urgency,
+            iso=self.deadline_iso,
+            due_title=self.deadline_title,
+            countdown=self.countdown,
+            title=format_html_join(" ", "{}", ((part,) for part in parts)),
+            pipeline=self.pipeline,
+            run_href=self.run_href,
+            run_id=self.run_id,
+            run_short=self.run_short,
+            claim=claim,
+            default=self.on_timeout,
+        )
 
 
 def queue_rows(gates: list[Gate], user: Any, now: datetime) -> list[QueueRow]:
