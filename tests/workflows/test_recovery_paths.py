@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,18 @@ class Broker:
         self.sent: list[tuple[str, tuple[Any, ...], Any]] = []
         self.options: list[dict[str, Any]] = []
 
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Stand in for Celery, with the raw Redis path off (it would carry fresh doorbells
+        past this recorder): every message then goes through ``send_task``."""
+        monkeypatch.setattr("workflows.core.doorbell.current_app", self)
+        monkeypatch.setattr("workflows.core.broker.publish", lambda *args, **kwargs: False)
+
+    @contextmanager
+    def producer_or_acquire(self) -> Iterator[None]:
+        yield None
+
     def send_task(self, name: str, args: tuple[Any, ...] = (), **options: Any) -> None:
+        options.pop("producer", None)
         self.sent.append((name, tuple(args), options.get("priority")))
         self.options.append(options)
 
@@ -47,7 +60,7 @@ def test_the_sweep_rings_for_late_work_ahead_of_fresh_work(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     broker = Broker()
-    monkeypatch.setattr("workflows.core.doorbell.current_app", broker)
+    broker.install(monkeypatch)
     run = start(samples.chain, {"n": 2})
     # Fresh work takes the route's priority (none asked here).
     assert broker.sent == [("workflows.advance", (str(run.pk), 1), None)]
@@ -64,7 +77,7 @@ def test_a_due_timer_rings_ahead_of_fresh_work_and_does_not_expire(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     broker = Broker()
-    monkeypatch.setattr("workflows.core.doorbell.current_app", broker)
+    broker.install(monkeypatch)
     run = start(samples.sleeper, {"seconds": 60})
     assert advance(run.pk, 1) == "suspended"
     Step.objects.filter(run=run, kind="sleep").update(wake_at=timezone.now() - timedelta(seconds=1))
@@ -78,7 +91,7 @@ def test_no_priority_is_asked_of_a_broker_without_priorities(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     broker = Broker()
-    monkeypatch.setattr("workflows.core.doorbell.current_app", broker)
+    broker.install(monkeypatch)
     run = start(samples.chain, {"n": 2})
     Run.objects.filter(pk=run.pk).update(wake_requested_at=timezone.now() - timedelta(seconds=60))
     sweep()
