@@ -15,10 +15,10 @@ docs/performance.md: the row's look-up and its rate-window ``UPDATE`` were a thi
   just minted works at once.
 - ``take_request`` counts requests in Redis (the broker's: one counter per API key, expiring
   with its window), shared by every process and host, with no row locked; a key with a large
-  limit claims its requests a few at a time (``RedisWindows``).
-  Without a Redis broker (SQLite and ``make run``), or while Redis fails, the key row's
-  compare-and-swap counts instead, as it always did. ``last_used_at`` is then written at most
-  once a minute per key and process (it is a hint for people, not a counter).
+  limit claims its requests a few at a time (``RedisWindows``). ``last_used_at`` is written at
+  most once a minute per key and process (it is a hint for people, not a counter). Without a
+  Redis broker (SQLite and ``make run``), or while Redis fails, one conditional ``UPDATE`` of
+  the key's row counts the request instead, as the row always did.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from typing import Any
 
 import redis
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Case, DateTimeField, F, Q, Value, When
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
@@ -149,8 +150,10 @@ def forget_keys() -> None:
 @receiver(post_save, sender=ApiKey)
 @receiver(post_delete, sender=ApiKey)
 def _key_changed(sender: Any, **kwargs: Any) -> None:
-    # Other processes see the change when their copy expires; this one at once.
+    # Other processes see the change when their copy expires; this one at once, and once more
+    # when the change commits (a request in between may have remembered the row before it).
     _found.clear()
+    transaction.on_commit(_found.clear)
 
 
 @dataclass(frozen=True)
