@@ -74,7 +74,10 @@ def _check(request: HttpRequest, raw: str | None, scopes: tuple[str, ...]) -> Ap
     key = keys.find_key(raw)
     if key is None:
         return None  # The next scheme may find one; if none does, ninja answers 401.
-    decision = keys.take_request(key)
+    try:
+        decision = keys.take_request(key)
+    except keys.KeyGone:
+        return None  # deleted while this process remembered it: unknown now
     if not decision.allowed:
         raise ApiError(
             429,

@@ -156,6 +156,10 @@ def _key_changed(sender: Any, **kwargs: Any) -> None:
     transaction.on_commit(_found.clear)
 
 
+class KeyGone(Exception):
+    """The key's row is gone: deleted since this process remembered the key."""
+
+
 @dataclass(frozen=True)
 class RateDecision:
     allowed: bool
@@ -286,7 +290,8 @@ def take_request_in_row(key: ApiKey, now: datetime | None = None) -> RateDecisio
 
     One conditional ``UPDATE`` (atomic on the row, on SQLite too): if the row's window is over,
     start a new one counting this request; otherwise add one to the count if it is below the
-    limit. If it touched no row the window is spent: refuse, saying when it resets. It reads
+    limit. If it touched no row the window is spent: refuse, saying when it resets (or the row
+    is gone: ``KeyGone``, which the API answers as an unknown key). It reads
     nothing from ``key`` but its id and limit, so a remembered copy of the key does as well as
     a fresh one.
     """
@@ -307,5 +312,7 @@ def take_request_in_row(key: ApiKey, now: datetime | None = None) -> RateDecisio
     ):
         return RateDecision(True, limit, 0)
     start = ApiKey.objects.filter(pk=key.pk).values_list("window_start", flat=True).first()
-    wait = (start + period - now).total_seconds() if start else 1.0
-    return RateDecision(False, limit, max(1, math.ceil(wait)))
+    if start is None:  # no row: the UPDATE above matches any row whose window has no start
+        _found.clear()
+        raise KeyGone(key.prefix)
+    return RateDecision(False, limit, max(1, math.ceil((start + period - now).total_seconds())))

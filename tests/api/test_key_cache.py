@@ -17,6 +17,7 @@ from django.test import Client
 
 from tests.api.conftest import Api, Persona
 from workflows import keys
+from workflows.core import broker
 from workflows.models import ApiKey
 
 pytestmark = pytest.mark.django_db
@@ -61,7 +62,10 @@ def test_a_key_revoked_by_another_process_stops_working_within_the_bound(
     assert api.get("/runs", as_=service).status_code == 200
     revoke(service.key)
     clock(TTL - 0.5)
-    assert api.get("/runs", as_=service).status_code == 200  # this process's copy, still fresh
+    # This process's copy is still fresh, so the key still works; except a deleted key without
+    # Redis, which the key row's rate counter finds gone at once.
+    early = 401 if revoke is _delete and broker.client() is None else 200
+    assert api.get("/runs", as_=service).status_code == early
     clock(1.0)
     assert api.get("/runs", as_=service).status_code == 401
 

@@ -96,6 +96,16 @@ def test_a_remembered_copy_of_the_key_counts_like_a_fresh_one(store: str) -> Non
     assert not keys.take_request(stale).allowed
 
 
+def test_the_row_store_says_when_the_key_is_gone(settings: Any) -> None:
+    """A key deleted while a process still remembers it is unknown (401), not rate limited."""
+    settings.CELERY_BROKER_URL = "filesystem://localhost/"
+    key = _key(1)
+    assert keys.take_request(key).allowed
+    ApiKey.objects.filter(pk=key.pk)._raw_delete(ApiKey.objects.db)
+    with pytest.raises(keys.KeyGone):
+        keys.take_request(key)
+
+
 def test_the_api_answers_429_with_retry_after(api: Api, store: str) -> None:
     _, raw = keys.create_api_key("limited", scopes=["runs:read"], rate_limit=2)
     headers = {"X-API-Key": raw}

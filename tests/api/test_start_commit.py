@@ -3,6 +3,7 @@ itself (autocommit, no BEGIN/COMMIT round trips), before its doorbell rings and 
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -19,9 +20,10 @@ CHAIN = {"pipeline": "test.chain", "input": {"n": 2, "start": 1}}
 def _committed(run_id: str) -> bool:
     """Whether another connection (another process, as a worker would be) sees the run."""
     other = connections.create_connection("default")
+    pk = Run._meta.pk.get_db_prep_value(uuid.UUID(run_id), other)  # type: ignore[union-attr]
     try:
         with other.cursor() as cur:
-            cur.execute(f"SELECT 1 FROM {Run._meta.db_table} WHERE id = %s", [run_id])
+            cur.execute(f"SELECT 1 FROM {Run._meta.db_table} WHERE id = %s", [pk])
             return cur.fetchone() is not None
     finally:
         other.close()
