@@ -70,9 +70,15 @@ def _metrics_observer(name: str, **fields: Any) -> None:
     """Feeds config.metrics from the engine's instrumentation events, in every process that
     loads this app (web, workers, beat, manage.py). Imported on the first event, so a process
     that never runs a step never loads prometheus-client."""
-    from config import metrics
+    global _metrics
+    if _metrics is None:
+        from config import metrics
 
-    metrics.observe(name, **fields)
+        _metrics = metrics
+    _metrics.observe(name, **fields)
+
+
+_metrics: Any = None
 
 
 def _install_instrumentation() -> None:

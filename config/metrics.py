@@ -98,13 +98,22 @@ PROCESS_SERIES = (
 )
 
 
+# The histogram's child per (pool, outcome): ``labels()`` takes a lock and validates the
+# labels on every call, and a step is observed each time one runs.
+_step_children: dict[tuple[str, str], Any] = {}
+
+
 def observe(name: str, **fields: Any) -> None:
     """The instrumentation observer (``workflows.core.instrument.observe``)."""
     if name == "step_finished":
-        STEP_SECONDS.labels(fields.get("pool") or "default", fields.get("outcome") or "").observe(
-            float(fields.get("seconds") or 0.0)
-        )
-        _llm(fields.get("usage") or {}, fields.get("cost") or 0)
+        key = (fields.get("pool") or "default", fields.get("outcome") or "")
+        child = _step_children.get(key)
+        if child is None:
+            child = _step_children[key] = STEP_SECONDS.labels(*key)
+        child.observe(float(fields.get("seconds") or 0.0))
+        usage, cost = fields.get("usage"), fields.get("cost")
+        if usage or cost:
+            _llm(usage or {}, cost or 0)
     elif name == "run_finished":
         RUNS_FINISHED.labels(fields.get("status") or "").inc()
     elif name == "sweep_finished":

@@ -148,6 +148,147 @@ def test_checkpoint_writes_everything_while_the_run_is_ours(store: Storage) -> N
     assert Step.objects.get(pk=new.pk).name == "next"
 
 
+def _columns(row: Step) -> dict[str, Any]:
+    fields = [f.attname for f in Step._meta.concrete_fields if f.attname not in ("id",)]
+    return {name: getattr(row, name) for name in fields}
+
+
+@pytest.mark.parametrize("defaults", [True, False], ids=["defaults", "every-column-set"])
+def test_checkpoint_stores_every_column_as_given(store: Storage, defaults: bool) -> None:
+    """PostgreSQL writes a column holding its constant default as a constant in the
+    statement's text and sends only the others (one statement per shape): both kinds of row
+    must read back exactly as given, on every column, updated as well as inserted."""
+    now = timezone.now().replace(microsecond=0)
+    later = now + timedelta(seconds=5)
+    run = make_run()
+    assert store.take_run(run.pk, 1, "w1", now) is not None
+    other: dict[str, Any] = {
+        "generation": 1,
+        "superseded": True,
+        "branch": 3,
+        "held": True,
+        "attempt": 2,
+        "max_attempts": 5,
+        "target": "pkg.mod.fn",
+        "args": {"args": [1], "kwargs": {"k": "v"}},
+        "undo": "pkg.mod.undo",
+        "digest": "d" * 32,
+        "result": [1, "two", None],
+        "error": {"type": "ValueError", "message": "it's"},
+        "wake_at": later,
+        "remaining": 4,
+        "lease_owner": "w9",
+        "lease_expires_at": later,
+        "usage": {"input_tokens": 3},
+        "cost": Decimal("0.125000"),
+        "started_at": now,
+        "finished_at": later,
+        "pool": "llm",
+        "kind": StepKind.STEP,
+    }
+    prev = make_step(run, 1, status=StepStatus.RUNNING, attempt=1)
+    if defaults:
+        prev.status, prev.finished_at = StepStatus.SUCCEEDED, later
+    else:
+        for name in (
+            "result",
+            "error",
+            "finished_at",
+            "lease_owner",
+            "lease_expires_at",
+            "usage",
+            "cost",
+            "wake_at",
+            "attempt",
+        ):
+            setattr(prev, name, other[name])
+        prev.status = StepStatus.RETRYING
+    new = Step.new(run_id=run.pk, position=2, kind=StepKind.STEP, name="n", status="running")
+    if not defaults:
+        for name, value in other.items():
+            setattr(new, name, value)
+    expect_prev, expect_new = _columns(prev), _columns(new)
+    assert store.checkpoint(
+        run_id=run.pk,
+        owner="w1",
+        generation=1,
+        fields={},
+        cost=Decimal(0),
+        dirty=[prev],
+        inserts=[new],
+    )
+    got_prev = _columns(Step.objects.get(pk=prev.pk))
+    got_new = _columns(Step.objects.get(pk=new.pk))
+    for got, expect in ((got_prev, expect_prev), (got_new, expect_new)):
+        expect.pop("created_at"), got.pop("created_at")
+        assert got == expect
+
+
+def test_checkpoint_stores_a_json_column_reassigned_after_its_text_was_kept(
+    store: Storage,
+) -> None:
+    """``json_text`` keeps the encoded text of a column's value; a column assigned another
+    value afterwards must be stored as that value, not as the kept text."""
+    from workflows.core.storage import json_text
+
+    now = timezone.now()
+    run = make_run()
+    assert store.take_run(run.pk, 1, "w1", now) is not None
+    prev = make_step(run, 1, status=StepStatus.RUNNING, attempt=1)
+    prev.result = {"kept": True}
+    json_text(prev, "result", '{"kept":true}')
+    prev.result = {"replaced": 1}  # a new object: the kept text no longer describes it
+    new = Step.new(run_id=run.pk, position=2, kind=StepKind.STEP, name="n", status="running")
+    new.args = {"args": [2], "kwargs": {}}
+    json_text(new, "args", '{"args":[2],"kwargs":{}}')
+    assert store.checkpoint(
+        run_id=run.pk,
+        owner="w1",
+        generation=1,
+        fields={},
+        cost=Decimal(0),
+        dirty=[prev],
+        inserts=[new],
+    )
+    assert Step.objects.get(pk=prev.pk).result == {"replaced": 1}
+    assert Step.objects.get(pk=new.pk).args == {"args": [2], "kwargs": {}}
+
+
+def test_checkpoint_statements_are_seen_by_query_capture_and_errors_are_djangos(
+    store: Storage,
+) -> None:
+    """The per-step statement may bypass Django's cursor wrapper for speed, but never where
+    Django is watching queries, and a driver error still arrives as Django's."""
+    from django.db import IntegrityError, transaction
+    from django.test.utils import CaptureQueriesContext
+
+    now = timezone.now()
+    run = make_run()
+    assert store.take_run(run.pk, 1, "w1", now) is not None
+
+    def insert(position: int) -> bool:
+        row = Step.new(
+            run_id=run.pk, position=position, kind=StepKind.STEP, name="n", status="running"
+        )
+        return store.checkpoint(
+            run_id=run.pk,
+            owner="w1",
+            generation=1,
+            fields={},
+            cost=Decimal(0),
+            dirty=[],
+            inserts=[row],
+        )
+
+    with CaptureQueriesContext(connection) as seen:
+        assert insert(1)
+    assert len(seen.captured_queries) >= 1
+    assert insert(2)  # not watched: the fast path
+    with pytest.raises(IntegrityError), transaction.atomic():
+        insert(2)  # the live position is taken
+    assert Step.objects.filter(run=run).count() == 2
+
+
 def test_checkpoint_of_a_run_no_longer_ours_writes_nothing(store: Storage) -> None:
     now = timezone.now()
     run = make_run()

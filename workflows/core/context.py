@@ -68,7 +68,7 @@ from workflows.core.errors import (
 from workflows.core.leases import lease_seconds, lease_until
 from workflows.core.models import Event, Run, RunStatus, Step, StepKind, StepStatus
 from workflows.core.services import DEFAULT_REVIEW_TIMEOUT, create_run, run_terminal_hooks
-from workflows.core.storage import storage
+from workflows.core.storage import json_text, storage
 
 
 def call_digest(value: Any) -> str:
@@ -792,6 +792,8 @@ class Context:
                 attempt=1,
                 started_at=now,
             )  # No step lease: the run's lease covers the steps its worker runs inline.
+            if packed_args is data:  # inline and not escaped: ``encoded`` is its text
+                json_text(row, "args", encoded)
             # The heartbeat keeps the lease alive; rewrite it here only when it is getting old,
             # so a checkpoint usually leaves the run row untouched (no index churn).
             renew = self._lease_renewed is None or (now - self._lease_renewed).total_seconds() > (
@@ -892,7 +894,10 @@ class Context:
         try:
             with instrument.step_scope(sd.name, row.pk):
                 value = call_step(sd, args, kwargs)
-                data = self._pack(value, f"result of {sd.name}")
+                column, blob, text = payloads.pack_text(
+                    value, self._record.pk, f"result of {sd.name}"
+                )
+                data = self._stored(column, blob)
         except Exception as exc:
             usage.leave(token)
             self._record_usage(row, scope)
@@ -905,6 +910,7 @@ class Context:
         row.status = StepStatus.SUCCEEDED
         self._emit_step(sd, row, scope, started)
         row.result = data
+        json_text(row, "result", text)
         row.error = None
         row.finished_at = timezone.now()
         row.lease_owner = ""

@@ -55,12 +55,16 @@ def to_json(value: Any, what: str = "value") -> Any:
 
 
 def check_size(data: Any, what: str = "value") -> int:
+    return check_encoded(data, encode(data, what), what)
+
+
+def encode(data: Any, what: str = "value") -> str:
+    """``data`` (plain JSON) as compact JSON text."""
     try:
-        encoded = json.dumps(data, separators=(",", ":"), allow_nan=False)
+        return json.dumps(data, separators=(",", ":"), allow_nan=False)
     except ValueError:
         # NaN and Infinity are not JSON: PostgreSQL's jsonb refuses them, so refuse them here.
         raise TypeError(f"{what} contains NaN or Infinity, which is not JSON") from None
-    return check_encoded(data, encoded, what)
 
 
 def encode_sorted(data: Any, what: str = "value") -> str:
@@ -108,8 +112,17 @@ def escape(data: Any) -> Any:
 
 def pack(value: Any, run_id: Any, what: str = "value") -> tuple[Any, Any | None]:
     """Encode for a JSON column. Returns (column value, Blob to save first or None)."""
+    column, blob, _ = pack_text(value, run_id, what)
+    return column, blob
+
+
+def pack_text(value: Any, run_id: Any, what: str = "value") -> tuple[Any, Any | None, str | None]:
+    """``pack``, and the column value's JSON text when the column holds the value itself
+    (inline, nothing escaped): the writer may send that text rather than encode it again."""
     data = to_json(value, what)
-    return pack_data(data, check_size(data, what), run_id)
+    encoded = encode(data, what)
+    column, blob = pack_data(data, check_encoded(data, encoded, what), run_id)
+    return column, blob, (encoded if column is data else None)
 
 
 def pack_data(data: Any, size: int, run_id: Any) -> tuple[Any, Any | None]:

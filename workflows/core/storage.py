@@ -47,8 +47,8 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
-from django.db import connection, connections, transaction
-from django.db.models import CASCADE, SET_NULL, F, Q, signals
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.db.models import CASCADE, NOT_PROVIDED, SET_NULL, F, Q, signals
 from django.db.models.deletion import SKIP_COLLECTION, get_candidate_relations_to_delete
 from django.db.models.signals import post_save, pre_save
 from django.utils import timezone
@@ -648,20 +648,22 @@ class PostgresStorage(SQLiteStorage):
                 inserts=inserts,
             )
         run_cols = tuple(fields)
-        sql = _checkpoint_sql(run_cols, bool(cost), len(dirty), bool(inserts))
         params: list[Any] = [_run_value(name, fields[name]) for name in run_cols]
         if cost:
             params.append(cost)
         params += [run_id, owner, generation]
-        update_attrs = _update_attrs()
+        updates: list[int] = []
         for row in dirty:
-            params += _row_params(row, update_attrs)
+            shape, values = _row_params(row, _update_specs())
+            updates.append(shape)
+            params += values
             params.append(row.pk)
+        insert = -1
         if inserts:
-            params += _row_params(inserts[0], _insert_attrs())
-        with connection.cursor() as cur:
-            cur.execute(sql, params)
-            ok, new_id = cur.fetchone()
+            insert, values = _row_params(inserts[0], _insert_specs())
+            params += values
+        sql = _checkpoint_sql(run_cols, bool(cost), tuple(updates), insert)
+        ok, new_id = _fetchone(sql, params)
         if ok and inserts:
             inserts[0].pk = new_id
             inserts[0]._state.adding = False
@@ -1311,20 +1313,41 @@ def _insert_run_sql() -> tuple[str, list[Any]]:
 
 
 @lru_cache(maxsize=1)
-def _update_sql() -> tuple[str, list[Any]]:
-    fields: list[Any] = [Step._meta.get_field(name) for name in CHECKPOINT_FIELDS]
-    sets = ", ".join(
-        f"{connection.ops.quote_name(f.column)} = %s::{f.db_type(connection)}" for f in fields
-    )
-    return f"UPDATE {Step._meta.db_table} SET {sets}", fields
+def _update_fields() -> list[Any]:
+    return [Step._meta.get_field(name) for name in CHECKPOINT_FIELDS]
+
+
+def _column_sql(field: Any, shape: int, bit: int) -> str:
+    """A column's value in a checkpoint statement: a parameter, or, when the row holds the
+    field's constant default (bit set in ``shape``), that constant written into the text. A
+    step's row mostly holds defaults (no error, no usage, no cost, no lease of its own), and a
+    constant costs nothing per execution where a parameter is adapted and sent each time."""
+    if shape & (1 << bit):
+        return _literal(field)
+    return f"%s::{field.db_type(connection)}"
+
+
+def _literal(field: Any) -> str:
+    default = None if field.null and field.default is NOT_PROVIDED else field.get_default()
+    if default is None:
+        return f"NULL::{field.db_type(connection)}"
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if isinstance(default, int | Decimal):
+        return str(default)
+    if isinstance(default, str):
+        return "'" + default.replace("'", "''") + "'"
+    raise TypeError(f"no SQL literal for the default of {field.name}")
 
 
 @lru_cache(maxsize=256)
-def _checkpoint_sql(run_cols: tuple[str, ...], cost: bool, dirty: int, insert: bool) -> str:
+def _checkpoint_sql(
+    run_cols: tuple[str, ...], cost: bool, updates: tuple[int, ...], insert: int
+) -> str:
     """The inline checkpoint's statement for one shape (which run columns it sets, whether it
-    adds a cost, how many journal rows it rewrites, whether it inserts one): a handful of
-    shapes recur for every step, so each is built once, and the same text lets psycopg keep
-    it prepared on the server."""
+    adds a cost, which journal rows it rewrites and inserts, and which of their columns hold
+    their default): a handful of shapes recur for every step, so each is built once, and the
+    same text lets psycopg keep it prepared on the server. ``insert`` is -1 for no insert."""
     sets = []
     for name in run_cols:
         field: Any = Run._meta.get_field(name)
@@ -1340,13 +1363,25 @@ def _checkpoint_sql(run_cols: tuple[str, ...], cost: bool, dirty: int, insert: b
         # conflicts with a concurrent cancel/restart UPDATE, and READ COMMITTED re-checks
         # the fence after such a writer commits, so a stale owner still writes nothing.
         ctes = [f"r AS (SELECT id FROM {run_table} {fence} FOR SHARE)"]
-    upd_sql, _ = _update_sql()
-    for n in range(dirty):
-        ctes.append(f"u{n} AS ({upd_sql} WHERE id = %s AND EXISTS (SELECT 1 FROM r))")
+    q = connection.ops.quote_name
+    for n, shape in enumerate(updates):
+        sets = ", ".join(
+            f"{q(f.column)} = {_column_sql(f, shape, bit)}"
+            for bit, f in enumerate(_update_fields())
+        )
+        ctes.append(
+            f"u{n} AS (UPDATE {Step._meta.db_table} SET {sets} "
+            "WHERE id = %s AND EXISTS (SELECT 1 FROM r))"
+        )
     select_new = "NULL::bigint"
-    if insert:
-        ins_sql, _ = _insert_sql()
-        ctes.append(f"i AS ({ins_sql} WHERE EXISTS (SELECT 1 FROM r) RETURNING id)")
+    if insert >= 0:
+        fields = _insert_fields()
+        cols = ", ".join(q(f.column) for f in fields)
+        values = ", ".join(_column_sql(f, insert, bit) for bit, f in enumerate(fields))
+        ctes.append(
+            f"i AS (INSERT INTO {Step._meta.db_table} ({cols}) SELECT {values} "
+            "WHERE EXISTS (SELECT 1 FROM r) RETURNING id)"
+        )
         select_new = "(SELECT id FROM i)"
     return f"WITH {', '.join(ctes)} SELECT (SELECT count(*) FROM r), {select_new}"
 
@@ -1355,45 +1390,113 @@ def _run_value(name: str, value: Any) -> Any:
     return _prep(Run._meta.get_field(name), value, raw=True)
 
 
+def _fetchone(sql: str, params: list[Any]) -> Any:
+    """Run a statement of the engine's per-step path and return its one row.
+
+    Through a psycopg cursor kept for this thread's connection: ``connection.cursor()``
+    builds two cursor objects and a wrapper for every statement, a sixth of the Python a step
+    costs. The same checks as Django's cursor (the connection open, no broken transaction, the
+    driver's errors raised as Django's). Whenever Django watches queries (DEBUG,
+    ``CaptureQueriesContext``, an execute wrapper) it goes through Django's cursor, so every
+    statement is seen there."""
+    db = connections[DEFAULT_DB_ALIAS]  # one look-up: each ``connection.x`` is one
+    if db.queries_logged or db.execute_wrappers:
+        with db.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchone()
+    db.close_if_health_check_failed()
+    db.ensure_connection()
+    db.validate_no_broken_transaction()
+    raw = db.connection
+    held = db.__dict__.get("_sluice_cursor")
+    if held is None or held[0] is not raw or held[1].closed:
+        held = (raw, raw.cursor())
+        db.__dict__["_sluice_cursor"] = held
+    cur = held[1]
+    with db.wrap_database_errors:
+        cur.execute(sql, params)
+        return cur.fetchone()
+
+
 # How each journal column is passed: 0 as it is, 1 as JSON, 2 created_at (defaulted).
 _AS_IS, _JSON, _CREATED = 0, 1, 2
 
 
-def _attr_specs(fields: list[Any]) -> tuple[tuple[str, int], ...]:
+def _attr_specs(fields: list[Any]) -> tuple[tuple[str, int, int, Any], ...]:
+    """(attname, how it is passed, its bit in a shape, its constant default) per column; the
+    bit is 0 for a column whose default is not a constant (it is always a parameter)."""
     specs = []
-    for f in fields:
+    for bit, f in enumerate(fields):
         kind = _AS_IS
         if f.get_internal_type() == "JSONField":
             kind = _JSON
         elif f.attname == "created_at":
             kind = _CREATED
-        specs.append((f.attname, kind))
+        flag, default = 0, None
+        if f.has_default() and not callable(f.default) and f.default is not None:
+            flag, default = 1 << bit, f.default
+        elif f.null and not f.has_default():
+            flag = 1 << bit  # NULL
+        specs.append((f.attname, kind, flag, default))
     return tuple(specs)
 
 
 @lru_cache(maxsize=1)
-def _insert_attrs() -> tuple[tuple[str, int], ...]:
-    return _attr_specs(_insert_sql()[1])
+def _insert_fields() -> list[Any]:
+    return _insert_sql()[1]
 
 
 @lru_cache(maxsize=1)
-def _update_attrs() -> tuple[tuple[str, int], ...]:
-    return _attr_specs(_update_sql()[1])
+def _insert_specs() -> tuple[tuple[str, int, int, Any], ...]:
+    return _attr_specs(_insert_fields())
 
 
-def _row_params(row: Step, specs: tuple[tuple[str, int], ...]) -> list[Any]:
-    """``_prep`` for every column of a journal row, without a field lookup per value (this runs
-    for every step)."""
+@lru_cache(maxsize=1)
+def _update_specs() -> tuple[tuple[str, int, int, Any], ...]:
+    return _attr_specs(_update_fields())
+
+
+def _row_params(row: Step, specs: tuple[tuple[str, int, int, Any], ...]) -> tuple[int, list[Any]]:
+    """The shape of a journal row (a bit per column holding its constant default) and the
+    parameters of the others, prepared as ``_prep`` does, without a field lookup per value
+    (this runs for every step)."""
     values = row.__dict__
     out: list[Any] = []
-    for attname, kind in specs:
+    shape = 0
+    for attname, kind, flag, default in specs:
         value = values[attname] if attname in values else getattr(row, attname)
+        if flag and (
+            value is None
+            if default is None
+            else (type(value) is type(default) and value == default)
+        ):
+            shape |= flag
+            continue
         if kind == _JSON:
-            value = None if value is None else Jsonb(value)
+            texts = values.get(_TEXTS)
+            held = texts.get(attname) if texts else None
+            if held is not None and held[0] is value:
+                value = Jsonb(held[1], dumps=str)  # the text as it is (json_text)
+            else:
+                value = None if value is None else Jsonb(value)
         elif kind == _CREATED and value is None:
             value = row.started_at or timezone.now()
         out.append(value)
-    return out
+    return shape, out
+
+
+_TEXTS = "_sluice_json_text"
+
+
+def json_text(row: Step, attname: str, text: str | None) -> None:
+    """Remember that ``row``'s JSON column ``attname`` (as it is now) encodes as ``text``, so
+    the checkpoint sends that text instead of encoding the value a second time. Keyed on the
+    value object: a column assigned anything else afterwards is encoded as usual."""
+    texts = row.__dict__.setdefault(_TEXTS, {})
+    if text is None:
+        texts.pop(attname, None)
+    else:
+        texts[attname] = (row.__dict__[attname], text)
 
 
 def _row_from[M: (Run, Step)](model: type[M], columns: dict[str, Any]) -> M:
