@@ -1365,12 +1365,12 @@ def _checkpoint_sql(
         ctes = [f"r AS (SELECT id FROM {run_table} {fence} FOR SHARE)"]
     q = connection.ops.quote_name
     for n, shape in enumerate(updates):
-        sets = ", ".join(
+        row_sets = ", ".join(
             f"{q(f.column)} = {_column_sql(f, shape, bit)}"
             for bit, f in enumerate(_update_fields())
         )
         ctes.append(
-            f"u{n} AS (UPDATE {Step._meta.db_table} SET {sets} "
+            f"u{n} AS (UPDATE {Step._meta.db_table} SET {row_sets} "
             "WHERE id = %s AND EXISTS (SELECT 1 FROM r))"
         )
     select_new = "NULL::bigint"
