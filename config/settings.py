@@ -221,9 +221,16 @@ if CELERY_BROKER_URL.startswith("filesystem"):
         "polling_interval": 0.1,
     }
 else:
-    # Messages only ring doorbells, so a redelivery after the visibility timeout is harmless,
-    # but there is no reason to wait an hour for it either.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 600}
+    # Messages only ring doorbells: the durable copy of one is the run's (or step's) row in
+    # PostgreSQL, which the sweep rings again after SLUICE_DOORBELL_GRACE_SECONDS. kombu's
+    # ack emulation keeps a second copy of every message in Redis (a pipeline when it is
+    # delivered and another when it is acked, about a tenth of a worker's CPU in W1) only to
+    # redeliver it after the visibility timeout, long after the sweep did. Off by default;
+    # SLUICE_BROKER_ACK_EMULATION=1 turns it back on (redelivery after 600 s).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": 600,
+        "ack_emulation": env.bool("SLUICE_BROKER_ACK_EMULATION", default=False),
+    }
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
