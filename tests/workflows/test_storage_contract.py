@@ -92,6 +92,25 @@ def test_take_run_takes_over_an_expired_lease(store: Storage) -> None:
     assert taken is not None and taken.lease_owner == "w2"
 
 
+def test_a_taken_run_holds_what_the_orm_reads(store: Storage) -> None:
+    """PostgreSQL builds the taken runs from its cursor's rows instead of a RawQuerySet: every
+    column must come back as the ORM reads it (JSON decoded, aware datetimes, Decimal, UUID)."""
+    run = make_run(
+        input={"doc": "x", "n": [1, 2]},
+        context={"tenant": "acme"},
+        tenant="acme",
+        max_cost=Decimal("1.50"),
+        cost=Decimal("0.25"),
+    )
+    taken = store.take_runs([(run.pk, 1)], "w1", timezone.now())
+    assert len(taken) == 1
+    fresh = Run.objects.get(pk=run.pk)
+    for f in Run._meta.concrete_fields:
+        assert getattr(taken[0], f.attname) == getattr(fresh, f.attname), f.attname
+    assert taken[0]._state.adding is False and taken[0]._state.db == "default"
+    assert taken[0].started_at is not None and taken[0].started_at.tzinfo is not None
+
+
 def test_take_runs_returns_only_the_runs_it_took(store: Storage) -> None:
     now = timezone.now()
     free, held = make_run(), make_run()

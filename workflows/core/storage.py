@@ -669,6 +669,30 @@ class PostgresStorage(SQLiteStorage):
             inserts[0]._state.adding = False
         return bool(ok)
 
+    def take_runs(self, items: list[tuple[Any, int]], owner: str, now: datetime) -> list[Run]:
+        """The portable statement with the pairs as two arrays (one prepared text for any
+        number of runs) and the rows built straight from the cursor: a RawQuerySet resolves
+        its columns, converters and init order anew for each query, as much Python as the
+        statement itself for the one run a doorbell takes."""
+        if not items:
+            return []
+        pk_field: Any = Run._meta.pk
+        rows = _fetchall(
+            _take_runs_sql(),
+            [
+                RunStatus.COMPENSATING,
+                RunStatus.RUNNING,
+                owner,
+                lease_until(now),
+                now,
+                [pk_field.get_db_prep_value(run_id, connection) for run_id, _ in items],
+                [generation for _, generation in items],
+                list(ACTIVE_RUN),
+                now,
+            ],
+        )
+        return [_model_from(Run, row) for row in rows]
+
     def end_runs(self, owner: str, ends: list[tuple[Any, int, dict[str, Any]]]) -> set[Any]:
         """One ``UPDATE … FROM unnest(arrays)`` for the whole burst, fenced per run on
         (id, generation, owner): a column an array, as in ``insert_steps``. Through
@@ -1390,6 +1414,53 @@ def _run_value(name: str, value: Any) -> Any:
     return _prep(Run._meta.get_field(name), value, raw=True)
 
 
+@lru_cache(maxsize=1)
+def _take_runs_sql() -> str:
+    pk_field: Any = Run._meta.pk
+    gen_field: Any = Run._meta.get_field("generation")
+    status: Any = Run._meta.get_field("status")
+    return (
+        f"UPDATE {Run._meta.db_table} "
+        "SET status = CASE WHEN status = %s THEN status ELSE %s END, lease_owner = %s, "
+        "lease_expires_at = %s, wake_requested_at = NULL, "
+        "started_at = COALESCE(started_at, %s) "
+        f"WHERE (id, generation) IN (SELECT * FROM unnest(%s::{pk_field.db_type(connection)}[], "
+        f"%s::{gen_field.db_type(connection)}[])) "
+        f"AND status = ANY(%s::{status.db_type(connection)}[]) "
+        f"AND (lease_owner = '' OR lease_expires_at < %s) RETURNING {_columns_sql(Run)}"
+    )
+
+
+@lru_cache(maxsize=8)
+def _columns_sql(model: type[Run] | type[Step]) -> str:
+    fields: list[Any] = list(model._meta.concrete_fields)
+    return ", ".join(connection.ops.quote_name(f.column) for f in fields)
+
+
+@lru_cache(maxsize=8)
+def _loading(model: type[Run] | type[Step]) -> tuple[list[str], list[tuple[int, Any]]]:
+    """A model's attnames in ``_columns_sql`` order, and the (index, field) of each column
+    whose value the field converts (JSON text)."""
+    fields: list[Any] = list(model._meta.concrete_fields)
+    convert = [(i, f) for i, f in enumerate(fields) if hasattr(f, "from_db_value")]
+    return [f.attname for f in fields], convert
+
+
+def _model_from[M: (Run, Step)](model: type[M], row: tuple[Any, ...]) -> M:
+    """A model instance from a row of ``_columns_sql(model)``, converted as the ORM does."""
+    attnames, convert = _loading(model)
+    values = list(row)
+    for i, f in convert:
+        if values[i] is not None:
+            values[i] = f.from_db_value(values[i], None, connection)
+    return model.from_db(connection.alias, attnames, values)
+
+
+def _fetchall(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+    """``_fetchone`` for a statement that returns rows."""
+    return _on_hot_cursor(sql, params, many=True)
+
+
 def _fetchone(sql: str, params: list[Any]) -> Any:
     """Run a statement of the engine's per-step path and return its one row.
 
@@ -1399,11 +1470,15 @@ def _fetchone(sql: str, params: list[Any]) -> Any:
     driver's errors raised as Django's). Whenever Django watches queries (DEBUG,
     ``CaptureQueriesContext``, an execute wrapper) it goes through Django's cursor, so every
     statement is seen there."""
+    return _on_hot_cursor(sql, params, many=False)
+
+
+def _on_hot_cursor(sql: str, params: list[Any], many: bool) -> Any:
     db = connections[DEFAULT_DB_ALIAS]  # one look-up: each ``connection.x`` is one
     if db.queries_logged or db.execute_wrappers:
         with db.cursor() as cur:
             cur.execute(sql, params)
-            return cur.fetchone()
+            return cur.fetchall() if many else cur.fetchone()
     db.close_if_health_check_failed()
     db.ensure_connection()
     db.validate_no_broken_transaction()
@@ -1415,7 +1490,7 @@ def _fetchone(sql: str, params: list[Any]) -> Any:
     cur = held[1]
     with db.wrap_database_errors:
         cur.execute(sql, params)
-        return cur.fetchone()
+        return cur.fetchall() if many else cur.fetchone()
 
 
 # How each journal column is passed: 0 as it is, 1 as JSON, 2 created_at (defaulted).
