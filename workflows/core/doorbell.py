@@ -139,14 +139,14 @@ def send_batches(batches: list[tuple[list[int], str]]) -> None:
     """Ring for batches of steps (``workflows.execute_steps``), one message per batch, over one
     broker connection; a batch of one is an ordinary ``workflows.execute_step``."""
     try:
-        with current_app.producer_or_acquire() as producer:
-            for ids, queue in batches:
-                if len(ids) == 1:
-                    current_app.send_task(EXECUTE_STEP, (ids[0],), queue=queue, producer=producer)
-                else:
-                    current_app.send_task(
-                        EXECUTE_STEPS, (ids, queue), queue=queue, producer=producer
-                    )
+        _send(
+            [
+                (EXECUTE_STEP, [ids[0]], queue)
+                if len(ids) == 1
+                else (EXECUTE_STEPS, [ids, queue], queue)
+                for ids, queue in batches
+            ]
+        )
     except Exception:
         log.warning("could not dispatch %s batches; the sweep will", len(batches), exc_info=True)
 

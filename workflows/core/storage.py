@@ -884,15 +884,11 @@ class PostgresStorage(SQLiteStorage):
             run_cols = "NULL::boolean, NULL::boolean"
             ran = f"(SELECT * FROM {run_table} WHERE false) r"
         sql = (
-            f"WITH {', '.join(ctes)} SELECT (SELECT count(*) FROM s), {held}, {run_cols}, n.*, "
-            f"r.* FROM (SELECT 1) one LEFT JOIN {handed} ON true LEFT JOIN {ran} ON true"
+            f"WITH {', '.join(ctes)} SELECT (SELECT count(*) FROM s), {held}, {run_cols}, "
+            f"{_columns_sql(Step, 'n')}, {_columns_sql(Run, 'r')} "
+            f"FROM (SELECT 1) one LEFT JOIN {handed} ON true LEFT JOIN {ran} ON true"
         )
-        with connection.cursor() as cur:
-            cur.execute(sql, p)
-            found = cur.fetchone()
-            names = _COLUMNS.get(sql)
-            if names is None:  # psycopg builds the description per call: read it once
-                names = _COLUMNS[sql] = [d[0] for d in cur.description or ()]
+        found = _fetchone(sql, p)
         if not found[0]:
             return None
         # The columns: 5 scalars, the handed-over step's row, the run's row (NULLs if none).
@@ -901,29 +897,29 @@ class PostgresStorage(SQLiteStorage):
         if found[1] is not None:
             out.released = (found[1], found[2])
         if found[3] or found[4]:
-            run = _row_from(Run, dict(zip(names[split:], found[split:], strict=True)))
+            run = _model_from(Run, found[split:])
             if found[3]:
                 out.run = run
             else:
                 out.wake = run.generation
         if found[5] is not None:
-            out.next = _row_from(Step, dict(zip(names[5:split], found[5:split], strict=True)))
+            out.next = _model_from(Step, found[5:split])
         return out
 
     def claim_reserved_many(self, claims: list[tuple[int, str]], now: datetime) -> dict[int, Step]:
-        """One ``UPDATE … FROM unnest()`` for the batch, each row to its own owner."""
+        """One ``UPDATE … FROM unnest()`` for the batch, each row to its own owner, on the
+        per-connection cursor (its rows built as ``take_runs`` builds them)."""
         if not claims:
             return {}
         table = Step._meta.db_table
-        active = ", ".join(["%s"] * len(ACTIVE_RUN))
-        rows = Step.objects.raw(
+        rows = _fetchall(
             f"UPDATE {table} s SET attempt = s.attempt + 1, lease_owner = c.owner, "
             "lease_expires_at = %s, started_at = %s "
             "FROM unnest(%s::bigint[], %s::varchar[]) AS c(id, owner) "
             "WHERE s.id = c.id AND s.status = %s AND s.lease_owner = %s "
             "AND s.lease_expires_at > %s AND s.superseded = %s "
-            f"AND s.run_id IN (SELECT id FROM {Run._meta.db_table} WHERE status IN ({active})) "
-            "RETURNING s.*",
+            f"AND s.run_id IN (SELECT id FROM {Run._meta.db_table} WHERE status = ANY(%s)) "
+            f"RETURNING {_columns_sql(Step, 's')}",
             [
                 lease_until(now),
                 now,
@@ -933,10 +929,10 @@ class PostgresStorage(SQLiteStorage):
                 RESERVED,
                 now,
                 False,
-                *ACTIVE_RUN,
+                list(ACTIVE_RUN),
             ],
         )
-        return {row.pk: row for row in rows}
+        return {step.pk: step for step in (_model_from(Step, row) for row in rows)}
 
     def hand_over(self, pool: str, owner: str, now: datetime, ready_by: datetime) -> Step | None:
         """One statement: pick the oldest waiting step nobody else is taking (SKIP LOCKED)
@@ -1126,9 +1122,6 @@ class PostgresStorage(SQLiteStorage):
         column = connection.ops.quote_name(field.column)
         return f"{column} = ANY(%s::{field.db_type(connection)}[])"
 
-
-# The column names of each shape of ``finish_step``'s statement (a handful), as first returned.
-_COLUMNS: dict[str, list[str]] = {}
 
 _BACKENDS: dict[str, Storage] = {"postgresql": PostgresStorage(), "sqlite": SQLiteStorage()}
 
@@ -1431,10 +1424,12 @@ def _take_runs_sql() -> str:
     )
 
 
-@lru_cache(maxsize=8)
-def _columns_sql(model: type[Run] | type[Step]) -> str:
+@lru_cache(maxsize=16)
+def _columns_sql(model: type[Run] | type[Step], alias: str = "") -> str:
+    """The model's columns in ``concrete_fields`` order (``_model_from`` reads them so)."""
     fields: list[Any] = list(model._meta.concrete_fields)
-    return ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(prefix + connection.ops.quote_name(f.column) for f in fields)
 
 
 @lru_cache(maxsize=8)
@@ -1461,7 +1456,7 @@ def _fetchall(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
     return _on_hot_cursor(sql, params, many=True)
 
 
-def _fetchone(sql: str, params: list[Any]) -> Any:
+def _fetchone(sql: str, params: list[Any] | dict[str, Any]) -> Any:
     """Run a statement of the engine's per-step path and return its one row.
 
     Through a psycopg cursor kept for this thread's connection: ``connection.cursor()``
@@ -1473,7 +1468,7 @@ def _fetchone(sql: str, params: list[Any]) -> Any:
     return _on_hot_cursor(sql, params, many=False)
 
 
-def _on_hot_cursor(sql: str, params: list[Any], many: bool) -> Any:
+def _on_hot_cursor(sql: str, params: list[Any] | dict[str, Any], many: bool) -> Any:
     db = connections[DEFAULT_DB_ALIAS]  # one look-up: each ``connection.x`` is one
     if db.queries_logged or db.execute_wrappers:
         with db.cursor() as cur:
@@ -1572,18 +1567,6 @@ def json_text(row: Step, attname: str, text: str | None) -> None:
         texts.pop(attname, None)
     else:
         texts[attname] = (row.__dict__[attname], text)
-
-
-def _row_from[M: (Run, Step)](model: type[M], columns: dict[str, Any]) -> M:
-    """A model instance from its columns by name, as a raw cursor returns them (JSON text)."""
-    fields: list[Any] = list(model._meta.concrete_fields)
-    values = []
-    for f in fields:
-        v = columns[f.column]
-        if v is not None and hasattr(f, "from_db_value"):
-            v = f.from_db_value(v, None, connection)
-        values.append(v)
-    return model.from_db(connection.alias, [f.attname for f in fields], values)
 
 
 def _prep(field: Any, obj: Any, raw: bool = False) -> Any:
