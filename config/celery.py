@@ -1,8 +1,10 @@
 """The Celery application, configured the documented Django way.
 
-Messages are doorbells ("look at run X"); every fact lives in the database, so the
-broker settings favour redelivery over loss: late acks, requeue when a worker dies,
-prefetch one.
+Messages are doorbells ("look at run X"); every fact lives in the database, and the sweep
+rings again for work whose doorbell went unanswered. The broker settings (config/settings.py)
+ack late, put a message back when a worker stops or loses a child, and prefetch one; kombu's
+ack emulation on Redis is off (SLUICE_BROKER_ACK_EMULATION), since the sweep, not a Redis copy
+of the message, is what recovers a doorbell a killed worker had taken.
 """
 
 from __future__ import annotations

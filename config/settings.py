@@ -226,7 +226,11 @@ else:
     # ack emulation keeps a second copy of every message in Redis (a pipeline when it is
     # delivered and another when it is acked, about a tenth of a worker's CPU in W1) only to
     # redeliver it after the visibility timeout, long after the sweep did. Off by default;
-    # SLUICE_BROKER_ACK_EMULATION=1 turns it back on (redelivery after 600 s).
+    # SLUICE_BROKER_ACK_EMULATION=1 turns it back on (redelivery after 600 s, the
+    # visibility_timeout below; it means nothing while emulation is off). Without it, late
+    # acks still put a message back on a warm shutdown or a lost prefork child (kombu's
+    # in-memory QoS); only a worker killed outright drops what it had taken, and the sweep
+    # rings for that work again after the grace.
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": 600,
         "ack_emulation": env.bool("SLUICE_BROKER_ACK_EMULATION", default=False),

@@ -191,7 +191,10 @@ def test_an_open_gate_page_closes_wholly_when_the_gate_expires(
 def test_approving_after_expiry_says_so_once_and_keeps_the_comment(
     bell: Bell, live_server: Any, viewport: Page, people: People, settings: Any
 ) -> None:
-    settings.SLUICE_REVIEW_POLL_SECONDS = 600  # the page does not notice before the click
+    # The page must not notice the expiry before the click: no poll, and no push (the push
+    # stream announces the expiry within milliseconds and closes the panel first).
+    settings.SLUICE_REVIEW_POLL_SECONDS = 600
+    settings.SLUICE_REVIEW_PUSH = False
     page = viewport
     gate = open_gate(bell, title="Check the refund", on_timeout="reject")
     log_in(page, live_server.url, "ana", f"/reviews/{gate.pk}/")

@@ -156,3 +156,33 @@ def test_a_step_out_of_attempts_after_crashes_fails(bell: Bell) -> None:
     assert step.status == "failed"
     assert step.error["type"] == "WorkerLost"
     assert get_run(run.pk).status == "failed"
+
+
+@step
+def fresh_list(n: int) -> dict[str, Any]:
+    return {"items": list(range(n))}
+
+
+@step
+def count_items(value: dict[str, Any]) -> int:
+    return len(value["items"])
+
+
+@workflow(name="test.mutates_a_result")
+def mutates_a_result(ctx: Any) -> int:
+    value = ctx.run(fresh_list, 3)
+    value["items"].append("added by the handler")  # in place, before the next commit
+    return ctx.run(count_items, value)
+
+
+def test_a_result_changed_in_place_by_the_handler_is_journaled_as_the_step_returned_it(
+    bell: Bell,
+) -> None:
+    """The journal records what the step returned, on every backend: a replay must hand the
+    handler that value again, not one it already changed (it would change it twice)."""
+    run = start(mutates_a_result, {})
+    bell.drain()
+    assert get_run(run.pk).output == 4
+    first, second = Step.objects.filter(run=run).order_by("position")
+    assert first.result == {"items": [0, 1, 2]}
+    assert second.args == {"args": [{"items": [0, 1, 2, "added by the handler"]}], "kwargs": {}}

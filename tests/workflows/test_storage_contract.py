@@ -900,3 +900,16 @@ def test_decrement_group_marks_a_failed_branch(store: Storage) -> None:
     assert Step.objects.get(pk=group.pk).error == BRANCH_FAILED
     assert store.decrement_group(b) == (group.pk, 0, False)
     assert Step.objects.get(pk=group.pk).error == BRANCH_FAILED
+
+
+def test_only_plain_constant_defaults_are_written_into_the_statement() -> None:
+    """A default the checkpoint cannot write as SQL text stays a parameter (a float, a date,
+    JSON, a callable, a str with psycopg's ``%``), instead of failing every checkpoint."""
+    from datetime import date
+
+    from workflows.core.storage import _literal_default
+
+    for ok in (False, True, 0, -1, Decimal("0"), "", "default"):
+        assert _literal_default(ok), ok
+    for refused in (0.5, date(2026, 1, 1), {}, [], dict, None, "100%"):
+        assert not _literal_default(refused), refused

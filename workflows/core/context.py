@@ -15,6 +15,7 @@ One ``Context`` lives for one advance of a run. It replays the handler against t
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import random as _random
@@ -916,7 +917,16 @@ class Context:
         row.lease_owner = ""
         row.lease_expires_at = None
         self._dirty.append(row)
-        return payloads.revive(payloads.unpack(data, self.run_id), return_annotation(sd))
+        # The handler gets its own copy of the value, as a replay gets it from the journal:
+        # changing it in place must change neither the row buffered for the next commit nor
+        # the text kept for it (which would then disagree).
+        if text is not None:
+            handed = json.loads(text)
+        elif blob is None:
+            handed = copy.deepcopy(data)
+        else:
+            handed = data
+        return payloads.revive(payloads.unpack(handed, self.run_id), return_annotation(sd))
 
     def _emit_step(self, sd: StepDef, row: Step, scope: usage.StepScope, started: float) -> None:
         instrument.emit(

@@ -86,12 +86,13 @@ def on_commit(send: Callable[[], None]) -> None:
     transaction.on_commit(call)
 
 
-def _send(messages: list[tuple[str, list[Any], str]]) -> None:
+def _send(messages: list[tuple[str, list[Any], str]], fresh: bool = False) -> None:
     """Queue ``(task, args, queue)`` messages. Fresh doorbells: one LPUSH each on Redis
     (``workflows.core.broker``), at the work priority Celery's routes give them; overdue ones
     (with their priority and expiry) and any other broker: through Celery, over one producer.
-    Raises when the broker fails; the callers log and move on."""
-    options = _options()
+    ``fresh`` ignores an ``overdue()`` around the caller. Raises when the broker fails; the
+    callers log and move on."""
+    options = {} if fresh else _options()
     if not options and broker.publish(messages, priority=_work_priority()):
         return
     with current_app.producer_or_acquire() as producer:
@@ -139,13 +140,16 @@ def send_batches(batches: list[tuple[list[int], str]]) -> None:
     """Ring for batches of steps (``workflows.execute_steps``), one message per batch, over one
     broker connection; a batch of one is an ordinary ``workflows.execute_step``."""
     try:
+        # Always fresh: a batch rings for slots just reserved, which must not expire unrun
+        # (their reservation would wait for the sweep's reclaim).
         _send(
             [
                 (EXECUTE_STEP, [ids[0]], queue)
                 if len(ids) == 1
                 else (EXECUTE_STEPS, [ids, queue], queue)
                 for ids, queue in batches
-            ]
+            ],
+            fresh=True,
         )
     except Exception:
         log.warning("could not dispatch %s batches; the sweep will", len(batches), exc_info=True)

@@ -617,8 +617,10 @@ class SQLiteStorage(Storage):
 
 class PostgresStorage(SQLiteStorage):
     """The same transitions in fewer round trips (see the module docstring). Inherits
-    ``take_run(s)`` (UPDATE … RETURNING on both), ``claim``, ``complete``, ``fire_timer``,
-    ``reclaim_step`` and ``reclaim_run``: one conditional UPDATE each on both backends."""
+    ``take_run`` (through its own ``take_runs``), ``claim``, ``complete``, ``fire_timer``,
+    ``reclaim_step`` and ``reclaim_run``: one conditional UPDATE each on both backends. The
+    statements every step runs go through ``_fetchone``/``_fetchall`` (a psycopg cursor kept
+    per connection, rows built positionally)."""
 
     vendor = "postgresql"
 
@@ -1344,6 +1346,15 @@ def _column_sql(field: Any, shape: int, bit: int) -> str:
     return f"%s::{field.db_type(connection)}"
 
 
+def _literal_default(default: Any) -> bool:
+    """Whether a default can be written into a statement as it is (``_literal``): a bool,
+    an int, a Decimal or a str without ``%`` (psycopg's placeholder). Anything else (a
+    callable, a float, a date, JSON) stays a parameter."""
+    if isinstance(default, str):
+        return "%" not in default
+    return isinstance(default, bool | int | Decimal)
+
+
 def _literal(field: Any) -> str:
     default = None if field.null and field.default is NOT_PROVIDED else field.get_default()
     if default is None:
@@ -1476,14 +1487,15 @@ def _on_hot_cursor(sql: str, params: list[Any] | dict[str, Any], many: bool) -> 
             return cur.fetchall() if many else cur.fetchone()
     db.close_if_health_check_failed()
     db.ensure_connection()
+    db.validate_thread_sharing()
     db.validate_no_broken_transaction()
-    raw = db.connection
-    held = db.__dict__.get("_sluice_cursor")
-    if held is None or held[0] is not raw or held[1].closed:
-        held = (raw, raw.cursor())
-        db.__dict__["_sluice_cursor"] = held
-    cur = held[1]
     with db.wrap_database_errors:
+        raw = db.connection
+        held = db.__dict__.get("_sluice_cursor")
+        if held is None or held[0] is not raw or held[1].closed:
+            held = (raw, raw.cursor())
+            db.__dict__["_sluice_cursor"] = held
+        cur = held[1]
         cur.execute(sql, params)
         return cur.fetchall() if many else cur.fetchone()
 
@@ -1503,7 +1515,7 @@ def _attr_specs(fields: list[Any]) -> tuple[tuple[str, int, int, Any], ...]:
         elif f.attname == "created_at":
             kind = _CREATED
         flag, default = 0, None
-        if f.has_default() and not callable(f.default) and f.default is not None:
+        if f.has_default() and _literal_default(f.default):
             flag, default = 1 << bit, f.default
         elif f.null and not f.has_default():
             flag = 1 << bit  # NULL
