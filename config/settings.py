@@ -320,6 +320,8 @@ SLUICE_RETENTION_DAYS = env.float("SLUICE_RETENTION_DAYS", default=30.0)
 # Runs (and outbox rows) deleted per prune transaction: a few thousand keeps each one short
 # (~0.2 s) while the per-statement costs are shared by many runs.
 SLUICE_PRUNE_BATCH = env.int("SLUICE_PRUNE_BATCH", default=2000)
+# The share of its time the retention prune works; it rests the rest (see sweeper.prune).
+SLUICE_PRUNE_DUTY = env.float("SLUICE_PRUNE_DUTY", default=0.5)
 # Outbox rows (webhook deliveries and other side effects) that were delivered, or gave up
 # ("dead"), are pruned this many days later; pending rows are never pruned.
 SLUICE_OUTBOX_RETENTION_DAYS = env.float("SLUICE_OUTBOX_RETENTION_DAYS", default=7.0)

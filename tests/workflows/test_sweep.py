@@ -106,6 +106,29 @@ def test_retention_prunes_old_finished_runs_with_their_journal(bell: Bell) -> No
     assert not Event.objects.filter(run_id__in=[r.pk for r in old]).exists()
 
 
+@pytest.mark.parametrize("duty", [0.5, 0.25, 1.0])
+def test_the_prune_rests_between_batches_for_its_duty_cycle(
+    bell: Bell, monkeypatch: pytest.MonkeyPatch, duty: float
+) -> None:
+    """After a batch that took t seconds the prune sleeps t × (1 / duty − 1): as long as it
+    worked at 0.5, three times as long at 0.25, never at 1."""
+    from workflows.core import sweeper
+
+    runs = [start(samples.chain, {"n": 1}) for _ in range(5)]
+    bell.drain()
+    Run.objects.filter(pk__in=[r.pk for r in runs]).update(
+        finished_at=timezone.now() - timedelta(days=2)
+    )
+    clock = iter(float(i) for i in range(1000))  # each batch "takes" one second
+    monkeypatch.setattr(sweeper, "_clock", lambda: next(clock))
+    slept: list[float] = []
+    monkeypatch.setattr(sweeper, "_rest", slept.append)
+    with override_settings(SLUICE_RETENTION_DAYS=1, SLUICE_PRUNE_BATCH=2, SLUICE_PRUNE_DUTY=duty):
+        assert prune() == 5
+    rest = 1 / duty - 1
+    assert slept == ([rest] * 3 if rest else [])  # batches of 2, 2, 1; none after the empty one
+
+
 def test_a_flushed_burst_is_rung_again_in_chunks(bell: Bell) -> None:
     runs = [start(samples.chain, {"n": 1}) for _ in range(120)]
     bell.lose_all()

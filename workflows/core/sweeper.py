@@ -16,6 +16,7 @@ another sweeper holds. Procedure:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -249,17 +250,34 @@ def prune(now: Any = None) -> int:
     held up for long), and outbox rows delivered or dead for SLUICE_OUTBOX_RETENTION_DAYS.
     Returns the runs deleted.
 
+    The prune is background work: it works SLUICE_PRUNE_DUTY of its time and rests the rest
+    (after a batch that took t seconds it sleeps t × (1 / duty − 1)), as autovacuum's cost delay
+    paces it, so a large backlog (the first prune after retention is lowered, say) leaves the
+    database's and the machine's CPU to the runs going on beside it.
+
     Each batch first sends ``runs_pruning`` in its transaction, so apps keep or archive what
     must outlive a run (a gate's audit trail) in the same commit as the delete; then
     ``Storage.prune`` deletes the runs and what refers to them set-based."""
     now = now or timezone.now()
     cutoff = now - timedelta(days=float(settings.SLUICE_RETENTION_DAYS))
     store = storage()
+    duty = min(1.0, max(0.05, float(settings.SLUICE_PRUNE_DUTY)))
     deleted = 0
-    while n := store.prune(cutoff, settings.SLUICE_PRUNE_BATCH, before_delete=_pruning):
+    while True:
+        began = _clock()
+        n = store.prune(cutoff, settings.SLUICE_PRUNE_BATCH, before_delete=_pruning)
+        if not n:
+            break
         deleted += n
+        if duty < 1.0:
+            _rest((_clock() - began) * (1 / duty - 1))
     prune_outbox(now)
     return deleted
+
+
+# The prune's clock and its rest (tests replace them).
+_clock = time.monotonic
+_rest = time.sleep
 
 
 def _pruning(run_ids: list[Any]) -> None:
