@@ -29,6 +29,7 @@ from workflows.core.models import (
 from workflows.core.pools import RESERVED
 from workflows.core.storage import (
     BRANCH_FAILED,
+    CHECKPOINT_FIELDS,
     PostgresStorage,
     SQLiteStorage,
     Storage,
@@ -167,6 +168,19 @@ def test_checkpoint_writes_everything_while_the_run_is_ours(store: Storage) -> N
     assert Step.objects.get(pk=new.pk).name == "next"
 
 
+def _write(store: Storage, run: Run, prev: Step, new: Step) -> bool:
+    """A checkpoint by w1 that rewrites ``prev`` and inserts ``new``, nothing on the run."""
+    return store.checkpoint(
+        run_id=run.pk,
+        owner="w1",
+        generation=1,
+        fields={},
+        cost=Decimal(0),
+        dirty=[prev],
+        inserts=[new],
+    )
+
+
 def _columns(row: Step) -> dict[str, Any]:
     fields = [f.attname for f in Step._meta.concrete_fields if f.attname not in ("id",)]
     return {name: getattr(row, name) for name in fields}
@@ -209,33 +223,15 @@ def test_checkpoint_stores_every_column_as_given(store: Storage, defaults: bool)
     if defaults:
         prev.status, prev.finished_at = StepStatus.SUCCEEDED, later
     else:
-        for name in (
-            "result",
-            "error",
-            "finished_at",
-            "lease_owner",
-            "lease_expires_at",
-            "usage",
-            "cost",
-            "wake_at",
-            "attempt",
-        ):
-            setattr(prev, name, other[name])
+        for name in CHECKPOINT_FIELDS:
+            setattr(prev, name, other.get(name))
         prev.status = StepStatus.RETRYING
     new = Step.new(run_id=run.pk, position=2, kind=StepKind.STEP, name="n", status="running")
     if not defaults:
         for name, value in other.items():
             setattr(new, name, value)
     expect_prev, expect_new = _columns(prev), _columns(new)
-    assert store.checkpoint(
-        run_id=run.pk,
-        owner="w1",
-        generation=1,
-        fields={},
-        cost=Decimal(0),
-        dirty=[prev],
-        inserts=[new],
-    )
+    assert _write(store, run, prev, new)
     got_prev = _columns(Step.objects.get(pk=prev.pk))
     got_new = _columns(Step.objects.get(pk=new.pk))
     for got, expect in ((got_prev, expect_prev), (got_new, expect_new)):
@@ -260,15 +256,7 @@ def test_checkpoint_stores_a_json_column_reassigned_after_its_text_was_kept(
     new = Step.new(run_id=run.pk, position=2, kind=StepKind.STEP, name="n", status="running")
     new.args = {"args": [2], "kwargs": {}}
     json_text(new, "args", '{"args":[2],"kwargs":{}}')
-    assert store.checkpoint(
-        run_id=run.pk,
-        owner="w1",
-        generation=1,
-        fields={},
-        cost=Decimal(0),
-        dirty=[prev],
-        inserts=[new],
-    )
+    assert _write(store, run, prev, new)
     assert Step.objects.get(pk=prev.pk).result == {"replaced": 1}
     assert Step.objects.get(pk=new.pk).args == {"args": [2], "kwargs": {}}
 
