@@ -1316,14 +1316,6 @@ def _relations() -> _Plan | None:
 
 
 @lru_cache(maxsize=1)
-def _insert_sql() -> tuple[str, list[Any]]:
-    fields: list[Any] = [f for f in Step._meta.concrete_fields if not f.primary_key]
-    cols = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    casts = ", ".join(f"%s::{f.db_type(connection)}" for f in fields)
-    return f"INSERT INTO {Step._meta.db_table} ({cols}) SELECT {casts}", fields
-
-
-@lru_cache(maxsize=1)
 def _insert_run_sql() -> tuple[str, list[Any]]:
     fields: list[Any] = list(Run._meta.local_concrete_fields)
     cols = ", ".join(connection.ops.quote_name(f.column) for f in fields)
@@ -1525,7 +1517,8 @@ def _attr_specs(fields: list[Any]) -> tuple[tuple[str, int, int, Any], ...]:
 
 @lru_cache(maxsize=1)
 def _insert_fields() -> list[Any]:
-    return _insert_sql()[1]
+    """The journal columns a checkpoint inserts (all but the primary key)."""
+    return [f for f in Step._meta.concrete_fields if not f.primary_key]
 
 
 @lru_cache(maxsize=1)
