@@ -109,16 +109,31 @@ def _reset_tables() -> None:
 
 
 def _wait_runs(ids: list[Any], timeout: float = 300) -> None:
+    """Wait until every run in ``ids`` succeeded (raise if one failed or was canceled).
+
+    The figures come from the runs' own timestamps, not from when this loop notices, so the
+    loop only has to stay out of the way: one statement per look (two ORM queries took 1.5 ms
+    of this process's CPU every 20 ms, 7 % of a core beside the workers it measures)."""
+    from django.db import connection
+
     from workflows.models import Run
 
+    sql = (
+        "SELECT count(*) FILTER (WHERE status = 'succeeded'), "
+        "count(*) FILTER (WHERE status IN ('failed', 'canceled')) "
+        f"FROM {Run._meta.db_table} WHERE id = ANY(%s)"
+    )
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if Run.objects.filter(pk__in=ids, status="succeeded").count() == len(ids):
-            return
-        bad = Run.objects.filter(pk__in=ids, status__in=["failed", "canceled"]).first()
-        if bad is not None:
-            raise RuntimeError(f"bench run failed: {bad.error}")
-        time.sleep(0.02)
+    with connection.cursor() as cur:
+        while time.monotonic() < deadline:
+            cur.execute(sql, [list(ids)])
+            done, bad = cur.fetchone()
+            if done == len(ids):
+                return
+            if bad:
+                failed = Run.objects.filter(pk__in=ids, status__in=["failed", "canceled"]).first()
+                raise RuntimeError(f"bench run failed: {failed.error if failed else '?'}")
+            time.sleep(0.02)
     raise TimeoutError("bench runs did not finish")
 
 

@@ -1,0 +1,218 @@
+"""A branch's completion runs on a generic plan (``storage._on_hot_cursor(generic=True)``).
+
+A generic plan is made without the parameters' values, so it can use a partial index only
+when the statement's own text proves the index's predicate: the statuses and flags of
+``finish_step``'s statement are written into it (``storage._const``). These tests take every
+shape of that statement, plan it generically with sequential scans disabled, and check that
+each table is still reached through an index: a constant turned back into a parameter, or a
+new partial index the statement cannot prove, shows up as a ``Seq Scan`` here (on a big
+history, as a scan of the whole journal for every branch that finishes).
+
+They also check that the setting stays inside the statement's pipeline: after a completion,
+and after one that failed, the connection plans as before.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.db import DataError, connection, transaction
+from django.utils import timezone
+
+from workflows.core import storage as module
+from workflows.core.models import Run, RunStatus, Step, StepKind, StepStatus
+from workflows.core.storage import PostgresStorage, storage
+
+pytestmark = [pytest.mark.core, pytest.mark.django_db]
+
+FIELDS = ("finished_at", "lease_owner", "lease_expires_at", "status", "result", "error")
+
+
+@pytest.fixture(autouse=True)
+def _postgres_only() -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite has no plan cache")
+
+
+def _generic_plan(sql: str) -> str:
+    """EXPLAIN of ``sql`` prepared and planned generically, sequential scans disabled."""
+    names: list[str] = []
+
+    def number(m: re.Match[str]) -> str:
+        if m.group(1) not in names:
+            names.append(m.group(1))
+        return f"${names.index(m.group(1)) + 1}"
+
+    text = re.sub(r"%\((\w+)\)s", number, sql)
+    nulls = ", ".join(["NULL"] * len(names))
+    with connection.cursor() as cur:
+        cur.execute("SET plan_cache_mode = force_generic_plan")
+        cur.execute("SET enable_seqscan = off")
+        try:
+            cur.execute(f"PREPARE sluice_plan_check AS {text}")
+            cur.execute(f"EXPLAIN EXECUTE sluice_plan_check({nulls})" if names else "SELECT 1")
+            plan = "\n".join(row[0] for row in cur.fetchall())
+        finally:
+            cur.execute("DEALLOCATE ALL")
+            cur.execute("RESET enable_seqscan")
+            cur.execute("RESET plan_cache_mode")
+    return plan
+
+
+SHAPES = [
+    (names, cost, terminal, branch, hand_over)
+    for names, cost, terminal, branch, hand_over in itertools.product(
+        (FIELDS, (*FIELDS, "usage"), ("finished_at", "lease_owner", "status", "error", "wake_at")),
+        (False, True),
+        (True, False),
+        (True, False),
+        (True, False),
+    )
+    # A retry is never terminal and sets wake_at; the other field lists are terminal ones.
+    if terminal == ("wake_at" not in names)
+]
+
+
+@pytest.mark.parametrize(
+    "shape",
+    SHAPES,
+    ids=[f"{len(s[0])}cols-cost{s[1]:d}-term{s[2]:d}-br{s[3]:d}-ho{s[4]:d}" for s in SHAPES],
+)
+def test_every_shape_reaches_the_journal_and_the_runs_by_an_index(
+    shape: tuple[tuple[str, ...], bool, bool, bool, bool],
+) -> None:
+    plan = _generic_plan(module._finish_sql(*shape))
+    assert "Seq Scan on workflows_step" not in plan, plan
+    assert "Seq Scan on workflows_run" not in plan, plan
+    names, cost, terminal, branch, hand_over = shape
+    if hand_over:
+        # The oldest waiting step of the pool: only step_busy covers the pool and status (a
+        # partial index on the statuses that hold a slot), and only a constant status proves
+        # its predicate.
+        handing = _cte(plan, "n")
+        assert re.search(r"Scan (using|on) step_busy on workflows_step w\b", handing), handing
+    if terminal and branch:
+        # The group's row, by the live (not superseded) position: a constant flag again.
+        assert "step_unique_live_position" in _cte(plan, "g"), plan
+
+
+def _cte(plan: str, name: str) -> str:
+    """The lines of one CTE's node in an EXPLAIN text."""
+    lines = plan.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == f"CTE {name}")
+    indent = len(lines[start]) - len(lines[start].lstrip())
+    block = [lines[start]]
+    for line in lines[start + 1 :]:
+        if len(line) - len(line.lstrip()) <= indent:
+            break
+        block.append(line)
+    return "\n".join(block)
+
+
+def test_a_constant_that_is_not_plain_is_refused() -> None:
+    with pytest.raises(ValueError):
+        module._const("it's")
+    with pytest.raises(ValueError):
+        module._const("100%")
+    assert module._const(StepStatus.PENDING) == "'pending'"
+    assert module._const(False) == "false"
+
+
+def _plan_mode() -> str:
+    with connection.cursor() as cur:
+        cur.execute("SHOW plan_cache_mode")
+        return cur.fetchone()[0]
+
+
+def _running_branch() -> tuple[Run, Step]:
+    now = timezone.now()
+    run = Run.objects.create(workflow="plans.test", status=RunStatus.SUSPENDED)
+    Step.objects.create(
+        run=run,
+        position=1,
+        branch=-1,
+        kind=StepKind.PARALLEL,
+        name="p",
+        status=StepStatus.WAITING,
+        remaining=2,
+        args={"branches": 2, "held": False},
+    )
+    step = Step.objects.create(
+        run=run,
+        position=1,
+        branch=0,
+        kind=StepKind.BRANCH,
+        name="b",
+        pool="default",
+        status=StepStatus.RUNNING,
+        attempt=1,
+        lease_owner="me",
+        lease_expires_at=now + timedelta(minutes=1),
+    )
+    return run, step
+
+
+def test_the_setting_ends_with_the_statement() -> None:
+    store = storage()
+    assert isinstance(store, PostgresStorage)
+    before = _plan_mode()
+    assert before != "force_generic_plan"
+    run, step = _running_branch()
+    now = timezone.now()
+    done = store.finish_step(
+        step,
+        "me",
+        {
+            "finished_at": now,
+            "lease_owner": "",
+            "lease_expires_at": None,
+            "status": StepStatus.SUCCEEDED,
+            "result": 1,
+            "error": None,
+        },
+        cost=Decimal("0.5"),
+        now=now,
+        ready_by=now,
+        hand_over=True,
+        take_run=True,
+    )
+    assert done is not None
+    step.refresh_from_db()
+    assert step.status == StepStatus.SUCCEEDED and step.cost == Decimal("0.5")
+    assert Run.objects.get(pk=run.pk).cost == Decimal("0.5")
+    assert Step.objects.get(run=run, branch=-1).remaining == 1
+    assert _plan_mode() == before
+
+
+def test_a_failing_statement_leaves_the_setting_as_it_was() -> None:
+    """The statement fails inside the pipeline: the SET is rolled back with it, and the
+    connection's next statement is planned as before."""
+    before = _plan_mode()
+    run, step = _running_branch()
+    now = timezone.now()
+    with pytest.raises(DataError), transaction.atomic():
+        # A cost past the column's precision (numeric(14, 6)) makes the statement fail.
+        storage().finish_step(
+            step,
+            "me",
+            {
+                "finished_at": now,
+                "lease_owner": "",
+                "lease_expires_at": None,
+                "status": StepStatus.SUCCEEDED,
+                "result": 1,
+                "error": None,
+            },
+            cost=Decimal("1e20"),
+            now=now,
+            ready_by=now,
+            hand_over=False,
+            take_run=False,
+        )
+    assert _plan_mode() == before
+    step.refresh_from_db()
+    assert step.status == StepStatus.RUNNING
