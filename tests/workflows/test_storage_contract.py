@@ -545,6 +545,62 @@ def test_insert_steps_sets_primary_keys_and_the_last_branch_closes_the_group(
     assert store.decrement_group(lone) is None  # no group at its position
 
 
+@pytest.mark.parametrize("width", [3, 12], ids=["few", "unnest"])
+@pytest.mark.parametrize("with_group", [True, False], ids=["group", "branches-only"])
+def test_insert_steps_stores_every_column_as_given(
+    store: Storage, width: int, with_group: bool
+) -> None:
+    """PostgreSQL sends a column that every branch shares as one parameter, the others as
+    arrays, and the group's row as a row of its own: every row must read back exactly as
+    given, whichever columns the branches share."""
+    now = timezone.now().replace(microsecond=0)
+    run = make_run(status="suspended")
+    rows = []
+    if with_group:
+        rows.append(
+            Step.new(
+                run_id=run.pk,
+                position=1,
+                branch=-1,
+                kind=StepKind.PARALLEL,
+                name="parallel:b",
+                status=StepStatus.WAITING,
+                remaining=width,
+                started_at=now,
+                digest="g" * 32,
+                args={"branches": width, "held": True},
+            )
+        )
+    for b in range(width):
+        reserved = b < 2
+        rows.append(
+            Step.new(
+                run_id=run.pk,
+                position=1,
+                branch=b,
+                kind=StepKind.BRANCH,
+                name="b",
+                pool="llm",
+                held=b >= width - 1,
+                target="pkg.mod.fn",
+                undo="pkg.mod.undo",
+                args={"args": [b], "kwargs": {}},
+                max_attempts=4,
+                wake_at=now,
+                status=StepStatus.RUNNING if reserved else StepStatus.PENDING,
+                lease_owner=RESERVED if reserved else "",
+                lease_expires_at=now + timedelta(seconds=b) if reserved else None,
+            )
+        )
+    expected = [_columns(row) for row in rows]
+    store.insert_steps(rows)
+    for row, expect in zip(rows, expected, strict=True):
+        assert row.pk is not None
+        got = _columns(Step.objects.get(pk=row.pk))
+        expect.pop("created_at"), got.pop("created_at")  # stamped on insert
+        assert got == expect, row.branch
+
+
 def test_end_runs_ends_only_the_runs_still_ours(store: Storage) -> None:
     now = timezone.now()
     mine, restarted, taken_over = make_run(), make_run(), make_run()
