@@ -2,14 +2,15 @@
 
 A generic plan is made without the parameters' values, so it can use a partial index only
 when the statement's own text proves the index's predicate: the statuses and flags of
-``finish_step``'s statement are written into it (``storage._const``). These tests take every
-shape of that statement, plan it generically with sequential scans disabled, and check that
-each table is still reached through an index: a constant turned back into a parameter, or a
-new partial index the statement cannot prove, shows up as a ``Seq Scan`` here (on a big
-history, as a scan of the whole journal for every branch that finishes).
+``finish_step``'s statement are written into it (``storage._const``). The first test takes
+every shape of that statement, plans it generically against a journal whose statistics look
+like a working system's, and checks the two lookups that need a partial index: the hand-over
+finds the pool's oldest waiting step through ``step_busy`` and the group its row through
+``step_unique_live_position`` (a constant turned back into a parameter fails it). Every other
+table in the statement is reached by its primary key, so "no Seq Scan" is only a floor.
 
-They also check that the setting stays inside the statement's pipeline: after a completion,
-and after one that failed, the connection plans as before.
+The others check that the setting stays inside the statement's pipeline: after a completion,
+after one that failed on the server and after one that failed in the client.
 """
 
 from __future__ import annotations
@@ -52,14 +53,14 @@ def _generic_plan(sql: str) -> str:
     with connection.cursor() as cur:
         cur.execute("SET plan_cache_mode = force_generic_plan")
         cur.execute("SET enable_seqscan = off")
+        cur.execute(f"PREPARE sluice_plan_check AS {text}")
         try:
-            cur.execute(f"PREPARE sluice_plan_check AS {text}")
             cur.execute(f"EXPLAIN EXECUTE sluice_plan_check({nulls})" if names else "SELECT 1")
             plan = "\n".join(row[0] for row in cur.fetchall())
         finally:
             cur.execute("DEALLOCATE sluice_plan_check")
-            cur.execute("RESET enable_seqscan")
-            cur.execute("RESET plan_cache_mode")
+        cur.execute("RESET enable_seqscan")
+        cur.execute("RESET plan_cache_mode")
     return plan
 
 
@@ -230,6 +231,15 @@ def test_the_setting_ends_with_the_statement() -> None:
     assert Run.objects.get(pk=run.pk).cost == Decimal("0.5")
     assert Step.objects.get(run=run, branch=-1).remaining == 1
     assert _plan_mode() == before
+    # It ran prepared, on a generic plan (the pipeline's setting, not PostgreSQL's own choice,
+    # which makes five custom plans first).
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+            "WHERE statement LIKE 'WITH s AS (UPDATE workflows_step SET%%'"
+        )
+        plans = cur.fetchall()
+    assert plans and all(g >= 1 and c == 0 for g, c in plans), plans
 
 
 def test_a_failing_statement_leaves_the_setting_as_it_was() -> None:
@@ -256,6 +266,29 @@ def test_a_failing_statement_leaves_the_setting_as_it_was() -> None:
             ready_by=now,
             hand_over=False,
             take_run=False,
+        )
+    assert _plan_mode() == before
+    step.refresh_from_db()
+    assert step.status == StepStatus.RUNNING
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_statement_that_fails_in_the_client_leaves_the_setting_as_it_was() -> None:
+    """In autocommit, a value psycopg cannot adapt fails the statement before it is sent,
+    after the SET was: the RESET still goes, and nothing of the step changes."""
+    before = _plan_mode()
+    run, step = _running_branch()
+    now = timezone.now()
+    with pytest.raises(Exception):  # noqa: B017 (psycopg's adaptation error, wrapped or not)
+        storage().finish_step(
+            step,
+            "me",
+            {"finished_at": now, "status": StepStatus.SUCCEEDED, "usage": {"x": object()}},
+            cost=Decimal(0),
+            now=now,
+            ready_by=now,
+            hand_over=True,
+            take_run=True,
         )
     assert _plan_mode() == before
     step.refresh_from_db()

@@ -601,6 +601,30 @@ def test_insert_steps_stores_every_column_as_given(
         assert got == expect, row.branch
 
 
+def test_insert_steps_keeps_values_python_calls_equal_apart(store: Storage) -> None:
+    """``[1] == [True] == [1.0]`` in Python, not in a jsonb column: a column is sent once for
+    every row only when the rows hold strictly the same value."""
+    run = make_run(status="suspended")
+    kinds: list[Any] = [[1], [True], [1.0]]
+    rows = [
+        Step.new(
+            run_id=run.pk,
+            position=1,
+            branch=b,
+            kind=StepKind.BRANCH,
+            name="b",
+            status=StepStatus.PENDING,
+            args={"args": [b], "kwargs": {}},
+            result=kinds[b % 3],
+        )
+        for b in range(9)
+    ]
+    store.insert_steps(rows)
+    got = {r.branch: r.result for r in Step.objects.filter(run=run)}
+    for b in range(9):
+        assert got[b] == kinds[b % 3] and type(got[b][0]) is type(kinds[b % 3][0]), (b, got[b])
+
+
 def test_end_runs_ends_only_the_runs_still_ours(store: Storage) -> None:
     now = timezone.now()
     mine, restarted, taken_over = make_run(), make_run(), make_run()

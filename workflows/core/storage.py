@@ -47,11 +47,13 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
+from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.models import CASCADE, NOT_PROVIDED, SET_NULL, F, Q, signals
 from django.db.models.deletion import SKIP_COLLECTION, get_candidate_relations_to_delete
 from django.db.models.signals import post_save, pre_save
 from django.utils import timezone
+from psycopg import ClientCursor
 from psycopg.types.json import Jsonb
 
 from workflows.core.leases import lease_until
@@ -910,9 +912,7 @@ class PostgresStorage(SQLiteStorage):
         shape = []
         for f in fields:
             values = [getattr(row, f.attname) for row in rest]
-            first = values[0]
-            # created_at is filled per row when it is missing (``_prep``).
-            same = f.attname != "created_at" and all(v == first for v in values)
+            same = _shared(f, values)
             if same:
                 scalars.append(_prep(f, rest[0]))
             else:
@@ -1299,6 +1299,20 @@ def _consts(values: Any) -> str:
     return ", ".join(_const(v) for v in values)
 
 
+def _shared(field: Any, values: list[Any]) -> bool:
+    """Whether every row holds the same value of ``field`` (``insert_steps`` then sends it
+    once). Strictly the same: of one type (``1 == True`` in Python, not in a column), and
+    for JSON the same object or none at all (``[1] == [True]`` and ``[1] == [1.0]``, but
+    jsonb keeps them apart). created_at is filled per row when it is missing (``_prep``)."""
+    if field.attname == "created_at":
+        return False
+    first = values[0]
+    if field.get_internal_type() == "JSONField":
+        return all(v is first for v in values)
+    kind = type(first)
+    return all(type(v) is kind and v == first for v in values)
+
+
 @lru_cache(maxsize=64)
 def _insert_steps_sql(shape: tuple[bool, ...], lead: bool) -> str:
     """``PostgresStorage.insert_steps``' statement: with ``lead``, first a row of parameters
@@ -1567,15 +1581,29 @@ def _on_hot_cursor(
         raw = db.connection
         held = db.__dict__.get("_sluice_cursor")
         if held is None or held[0] is not raw or held[1].closed:
-            # (set, the statement, reset): three cursors, as a pipeline keeps each one's result.
-            held = (raw, raw.cursor(), raw.cursor(), raw.cursor())
+            # (connection, the statement's cursor, SET's, RESET's, whether to force generic
+            # plans): a pipeline keeps each cursor's result. Not behind PgBouncer (no session
+            # settings there), and only where statements are prepared and bound on the server.
+            cur = raw.cursor()
+            force = (
+                raw.prepare_threshold is not None
+                and not settings.SLUICE_PGBOUNCER
+                and not isinstance(cur, ClientCursor)
+            )
+            held = (raw, cur, raw.cursor(), raw.cursor(), force)
             db.__dict__["_sluice_cursor"] = held
         cur = held[1]
-        if generic and raw.prepare_threshold is not None:
+        if generic and held[4]:
             with raw.pipeline():
                 held[2].execute("SET plan_cache_mode = force_generic_plan", prepare=True)
-                cur.execute(sql, params, prepare=True)
-                held[3].execute("RESET plan_cache_mode", prepare=True)
+                try:
+                    cur.execute(sql, params, prepare=True)
+                finally:
+                    # Queued even when the statement failed in the client (a value psycopg
+                    # cannot adapt): the pipeline still sends what it holds, and the SET must
+                    # not outlive it. A failure on the server aborts both (and the SET rolls
+                    # back with the implicit transaction, or with the caller's).
+                    held[3].execute("RESET plan_cache_mode", prepare=True)
         else:
             cur.execute(sql, params)
         return cur.fetchall() if many else cur.fetchone()
