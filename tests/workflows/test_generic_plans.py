@@ -19,6 +19,7 @@ import itertools
 import re
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.db import DataError, connection, transaction
@@ -201,30 +202,30 @@ def _running_branch() -> tuple[Run, Step]:
     return run, step
 
 
+def _succeed(step: Step, *, cost: Decimal, hand_over: bool, **more: Any) -> Any:
+    """``finish_step`` of a running branch held by "me": succeeded, with ``more`` columns."""
+    now = timezone.now()
+    fields = {
+        "finished_at": now,
+        "lease_owner": "",
+        "lease_expires_at": None,
+        "status": StepStatus.SUCCEEDED,
+        "result": 1,
+        "error": None,
+        **more,
+    }
+    return storage().finish_step(
+        step, "me", fields, cost=cost, now=now, ready_by=now, hand_over=hand_over, take_run=True
+    )
+
+
 def test_the_setting_ends_with_the_statement() -> None:
     store = storage()
     assert isinstance(store, PostgresStorage)
     before = _plan_mode()
     assert before != "force_generic_plan"
     run, step = _running_branch()
-    now = timezone.now()
-    done = store.finish_step(
-        step,
-        "me",
-        {
-            "finished_at": now,
-            "lease_owner": "",
-            "lease_expires_at": None,
-            "status": StepStatus.SUCCEEDED,
-            "result": 1,
-            "error": None,
-        },
-        cost=Decimal("0.5"),
-        now=now,
-        ready_by=now,
-        hand_over=True,
-        take_run=True,
-    )
+    done = _succeed(step, cost=Decimal("0.5"), hand_over=True)
     assert done is not None
     step.refresh_from_db()
     assert step.status == StepStatus.SUCCEEDED and step.cost == Decimal("0.5")
@@ -247,26 +248,9 @@ def test_a_failing_statement_leaves_the_setting_as_it_was() -> None:
     connection's next statement is planned as before."""
     before = _plan_mode()
     run, step = _running_branch()
-    now = timezone.now()
     with pytest.raises(DataError), transaction.atomic():
         # A cost past the column's precision (numeric(14, 6)) makes the statement fail.
-        storage().finish_step(
-            step,
-            "me",
-            {
-                "finished_at": now,
-                "lease_owner": "",
-                "lease_expires_at": None,
-                "status": StepStatus.SUCCEEDED,
-                "result": 1,
-                "error": None,
-            },
-            cost=Decimal("1e20"),
-            now=now,
-            ready_by=now,
-            hand_over=False,
-            take_run=False,
-        )
+        _succeed(step, cost=Decimal("1e20"), hand_over=False)
     assert _plan_mode() == before
     step.refresh_from_db()
     assert step.status == StepStatus.RUNNING
@@ -278,18 +262,8 @@ def test_a_statement_that_fails_in_the_client_leaves_the_setting_as_it_was() -> 
     after the SET was: the RESET still goes, and nothing of the step changes."""
     before = _plan_mode()
     run, step = _running_branch()
-    now = timezone.now()
     with pytest.raises(Exception):  # noqa: B017 (psycopg's adaptation error, wrapped or not)
-        storage().finish_step(
-            step,
-            "me",
-            {"finished_at": now, "status": StepStatus.SUCCEEDED, "usage": {"x": object()}},
-            cost=Decimal(0),
-            now=now,
-            ready_by=now,
-            hand_over=True,
-            take_run=True,
-        )
+        _succeed(step, cost=Decimal(0), hand_over=True, usage={"x": object()})
     assert _plan_mode() == before
     step.refresh_from_db()
     assert step.status == StepStatus.RUNNING
