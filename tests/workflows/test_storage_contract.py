@@ -114,9 +114,9 @@ def test_a_taken_run_holds_what_the_orm_reads(store: Storage) -> None:
 
 def test_take_runs_returns_only_the_runs_it_took(store: Storage) -> None:
     now = timezone.now()
-    free, held = make_run(), make_run()
+    free, held, stale = make_run(), make_run(), make_run(generation=2)
     assert store.take_run(held.pk, 1, "other", now) is not None
-    taken = store.take_runs([(free.pk, 1), (held.pk, 1)], "w1", now)
+    taken = store.take_runs([(free.pk, 1), (held.pk, 1), (stale.pk, 1)], "w1", now)
     assert [r.pk for r in taken] == [free.pk]
     assert store.take_runs([], "w1", now) == []
 
