@@ -179,6 +179,14 @@ def test_a_doorbell_takes_its_run_by_the_primary_key_at_any_size(history: bool) 
     assert "workflows_run_pkey" in plan and "Seq Scan" not in plan, plan
 
 
+def test_the_journal_is_read_through_the_live_rows_index() -> None:
+    """A replay's journal (``journal_rows``, prepared) reads the runs' live rows in order
+    through ``step_unique_live_position`` on its generic plan, sequential scans allowed."""
+    _history()
+    plan = _generic_plan(module._journal_sql(), seqscan=True)
+    assert "step_unique_live_position" in plan and "Seq Scan" not in plan, plan
+
+
 def test_a_batch_take_is_planned_with_its_values_and_one_run_is_prepared() -> None:
     """The take of several runs (arrays of pairs) is never prepared, so never put on a
     generic plan; the take of one is prepared like the other per-step statements."""

@@ -30,6 +30,7 @@ from workflows.core.pools import RESERVED
 from workflows.core.storage import (
     BRANCH_FAILED,
     CHECKPOINT_FIELDS,
+    JOURNAL_COLUMNS,
     PostgresStorage,
     SQLiteStorage,
     Storage,
@@ -981,3 +982,56 @@ def test_only_plain_constant_defaults_are_written_into_the_statement() -> None:
         assert _literal_default(ok), ok
     for refused in (0.5, date(2026, 1, 1), {}, [], dict, None, "100%"):
         assert not _literal_default(refused), refused
+
+
+def test_journal_rows_are_the_live_rows_in_replay_order_as_the_orm_reads_them(
+    store: Storage,
+) -> None:
+    """PostgreSQL reads the journal on its own cursor and converts the JSON columns itself:
+    every value must be what the ORM reads, superseded rows left out, in (run, position,
+    branch) order, for several runs at once."""
+    now = timezone.now()
+    first, second, other = make_run(), make_run(), make_run()
+    make_step(second, 2, status=StepStatus.SUCCEEDED, result={"b": [1, 2.5]}, finished_at=now)
+    make_step(first, 3, status=StepStatus.FAILED, error={"type": "X", "message": "é"})
+    make_step(first, 1, status=StepStatus.SUCCEEDED, result=None, cost=Decimal("0.125"))
+    make_step(first, 1, superseded=True, status=StepStatus.SUCCEEDED, result="old")
+    make_step(
+        first,
+        2,
+        branch=-1,
+        kind=StepKind.PARALLEL,
+        name="parallel:b",
+        status=StepStatus.SUCCEEDED,
+        args={"branches": 2},
+    )
+    for b in (1, 0):
+        make_step(
+            first,
+            2,
+            branch=b,
+            kind=StepKind.BRANCH,
+            name="b",
+            status=StepStatus.SUCCEEDED,
+            result=[b, "x"],
+            usage={"input_tokens": 3},
+        )
+    make_step(other, 1, status=StepStatus.SUCCEEDED, result=1)
+    got = store.journal_rows([second.pk, first.pk])
+    orm = list(
+        Step.objects.filter(run_id__in=[first.pk, second.pk], superseded=False)
+        .order_by("run_id", "position", "branch")
+        .values_list(*JOURNAL_COLUMNS)
+    )
+    assert got == orm
+    position, branch, result = (JOURNAL_COLUMNS.index(n) for n in ("position", "branch", "result"))
+    mine = [row for row in got if row[JOURNAL_COLUMNS.index("run_id")] == first.pk]
+    assert [(row[position], row[branch]) for row in mine] == [
+        (1, -1),
+        (2, -1),
+        (2, 0),
+        (2, 1),
+        (3, -1),
+    ]
+    assert mine[3][result] == [1, "x"] and "old" not in [row[result] for row in got]
+    assert store.journal_rows([]) == []

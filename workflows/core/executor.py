@@ -16,7 +16,7 @@ from decimal import Decimal
 from functools import partial
 from typing import Any
 
-from django.db import transaction
+from django.db import DEFAULT_DB_ALIAS, transaction
 from django.db.models import Avg, Count, Q
 from django.utils import timezone
 
@@ -58,6 +58,7 @@ from workflows.core.leases import (
 )
 from workflows.core.models import ACTIVE_RUN, Run, RunStatus, Step, StepStatus
 from workflows.core.services import handler_kwargs
+from workflows.core.storage import JOURNAL_COLUMNS, storage
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,7 @@ def _advance(run_id: Any, generation: int, taken: Run | None = None) -> str:
     return outcome
 
 
-# Every column but a step's arguments, which replay never reads.
-_JOURNAL = [f.attname for f in Step._meta.concrete_fields if f.attname != "args"]
+_JOURNAL = JOURNAL_COLUMNS
 _BRANCH = [_JOURNAL.index(name) for name in ("position", "branch", "name", "status", "result")]
 _RUN, _ERROR = _JOURNAL.index("run_id"), _JOURNAL.index("error")
 
@@ -115,11 +115,8 @@ def load_journals(run_ids: list[Any]) -> dict[Any, list[Step | BranchOutcome]]:
     journals: dict[Any, list[Step | BranchOutcome]] = {pk: [] for pk in run_ids}
     if not run_ids:
         return journals
-    rows = Step.objects.filter(run_id__in=run_ids, superseded=False).order_by(
-        "run_id", "position", "branch"
-    )
     position, branch, name, status, result = _BRANCH
-    for values in rows.values_list(*_JOURNAL):
+    for values in storage().journal_rows(run_ids):
         if values[branch] >= 0:
             row: Step | BranchOutcome = BranchOutcome(
                 values[position],
@@ -130,7 +127,7 @@ def load_journals(run_ids: list[Any]) -> dict[Any, list[Step | BranchOutcome]]:
                 values[_ERROR],
             )
         else:
-            row = Step.from_db(rows.db, _JOURNAL, values)
+            row = Step.from_db(DEFAULT_DB_ALIAS, _JOURNAL, values)
         journals[values[_RUN]].append(row)
     return journals
 

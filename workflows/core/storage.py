@@ -88,6 +88,10 @@ CHECKPOINT_FIELDS = [
 BRANCH_FAILED = {"type": "BranchFailed", "message": "a branch of this fan-out failed"}
 
 
+# Every column of a journal row but its arguments, which replay never reads.
+JOURNAL_COLUMNS = [f.attname for f in Step._meta.concrete_fields if f.attname != "args"]
+
+
 @dataclass
 class Finished:
     """What ``finish_step`` did besides recording the step's outcome."""
@@ -214,6 +218,11 @@ class Storage(ABC):
     @abstractmethod
     def insert_run(self, run: Run) -> None:
         """Insert a new run, as ``run.save(force_insert=True)`` would."""
+
+    @abstractmethod
+    def journal_rows(self, run_ids: list[Any]) -> list[tuple[Any, ...]]:
+        """The live (not superseded) journal rows of these runs in replay order (run,
+        position, branch): the values of ``JOURNAL_COLUMNS`` each, as the ORM reads them."""
 
     @abstractmethod
     def insert_steps(self, rows: list[Step]) -> None:
@@ -492,6 +501,12 @@ class SQLiteStorage(Storage):
 
     def insert_run(self, run: Run) -> None:
         run.save(force_insert=True)
+
+    def journal_rows(self, run_ids: list[Any]) -> list[tuple[Any, ...]]:
+        rows = Step.objects.filter(run_id__in=run_ids, superseded=False).order_by(
+            "run_id", "position", "branch"
+        )
+        return list(rows.values_list(*JOURNAL_COLUMNS))
 
     def insert_steps(self, rows: list[Step]) -> None:
         Step.objects.bulk_create(rows)
@@ -880,6 +895,28 @@ class PostgresStorage(SQLiteStorage):
             )
         )
         return rows[0] if rows else None
+
+    def journal_rows(self, run_ids: list[Any]) -> list[tuple[Any, ...]]:
+        """On the per-connection cursor, prepared (its generic plan reads the runs' live rows
+        through ``step_unique_live_position``), the JSON columns converted as the ORM does:
+        the ORM compiled the query and converted every row again for each replay, most of
+        the final replay of a wide fan-out (100 branches: 2.5 of the 5.7 ms from the last
+        branch's end to the run's)."""
+        if not run_ids:
+            return []
+        pk_field: Any = Run._meta.pk
+        rows = _fetchall(
+            _journal_sql(), [[pk_field.get_db_prep_value(run_id, connection) for run_id in run_ids]]
+        )
+        convert = _journal_converters()
+        out = []
+        for row in rows:
+            values = list(row)
+            for i, f in convert:
+                if values[i] is not None:
+                    values[i] = f.from_db_value(values[i], None, connection)
+            out.append(tuple(values))
+        return out
 
     def insert_run(self, run: Run) -> None:
         """The statement built once per process, each value prepared by its field as save()
@@ -1516,6 +1553,26 @@ def _take_runs_sql(many: bool) -> str:
         f"WHERE {keys} AND status = ANY(%s::{status.db_type(connection)}[]) "
         f"AND (lease_owner = '' OR lease_expires_at < %s) RETURNING {_columns_sql(Run)}"
     )
+
+
+@lru_cache(maxsize=1)
+def _journal_sql() -> str:
+    q = connection.ops.quote_name
+    pk_field: Any = Run._meta.pk
+    fields: list[Any] = [Step._meta.get_field(name) for name in JOURNAL_COLUMNS]
+    cols = ", ".join(q(f.column) for f in fields)
+    return (
+        f"SELECT {cols} FROM {Step._meta.db_table} "
+        f"WHERE run_id = ANY(%s::{pk_field.db_type(connection)}[]) AND NOT superseded "
+        "ORDER BY run_id, position, branch"
+    )
+
+
+@lru_cache(maxsize=1)
+def _journal_converters() -> list[tuple[int, Any]]:
+    """(index, field) of each of ``JOURNAL_COLUMNS`` whose value the field converts."""
+    fields: list[Any] = [Step._meta.get_field(name) for name in JOURNAL_COLUMNS]
+    return [(i, f) for i, f in enumerate(fields) if hasattr(f, "from_db_value")]
 
 
 @lru_cache(maxsize=16)
