@@ -187,6 +187,17 @@ def test_the_journal_is_read_through_the_live_rows_index() -> None:
     assert "step_unique_live_position" in plan and "Seq Scan" not in plan, plan
 
 
+def test_a_fan_outs_reservation_counts_the_pools_running_steps_through_step_busy() -> None:
+    """``pools.reserve`` (prepared after its second use) counts the pool's running steps
+    through the partial index on the statuses that hold a slot, on its generic plan too: its
+    status is written into the text."""
+    from workflows.core.pools import _reserve_sql
+
+    _history()
+    plan = _generic_plan(_reserve_sql(True), seqscan=True)
+    assert "step_busy" in plan and "Seq Scan on workflows_step" not in plan, plan
+
+
 def test_a_batch_take_is_planned_with_its_values_and_one_run_is_prepared() -> None:
     """The take of several runs (arrays of pairs) is never prepared, so never put on a
     generic plan; the take of one is prepared like the other per-step statements."""

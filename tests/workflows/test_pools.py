@@ -125,3 +125,45 @@ def test_a_reservation_whose_doorbell_was_lost_expires_without_counting(bell: Be
     bell.settle()
     row.refresh_from_db()
     assert (row.status, row.attempt) == ("succeeded", 1)
+
+
+def test_reserve_counts_only_the_pools_running_steps_with_a_live_lease(bell: Bell) -> None:
+    """The fan-out's reservation: free slots = max_concurrency minus this pool's running
+    steps whose lease is live (pending steps, expired leases and other pools do not count),
+    never more than wanted; nothing for a pool without a concurrency limit."""
+    from workflows.core.models import Run
+    from workflows.core.pools import RESERVED, reserve
+
+    Pool.objects.create(name="limited", max_concurrency=5)
+    Pool.objects.create(name="other", max_concurrency=5)
+    Pool.objects.create(name="free")
+    now = timezone.now()
+    run = Run.objects.create(workflow="pools.reserve", status="suspended")
+    rows = [
+        ("limited", "running", "w", now + timedelta(seconds=30)),  # counts
+        ("limited", "running", RESERVED, now + timedelta(seconds=5)),  # counts
+        ("limited", "running", "dead", now - timedelta(seconds=1)),  # lease expired
+        ("limited", "pending", "", None),
+        ("other", "running", "w", now + timedelta(seconds=30)),
+    ]
+    for branch, (pool, status, owner, lease) in enumerate(rows):
+        Step.objects.create(
+            run=run,
+            position=1,
+            branch=branch,
+            kind="branch",
+            name="b",
+            pool=pool,
+            status=status,
+            lease_owner=owner,
+            lease_expires_at=lease,
+        )
+    with transaction.atomic():
+        assert reserve("limited", 10, now) == 3
+        assert reserve("limited", 2, now) == 2
+        assert reserve("other", 10, now) == 4
+        assert reserve("free", 10, now) == 0
+    Pool.objects.filter(name="limited").update(max_concurrency=2)
+    clear_cache()
+    with transaction.atomic():
+        assert reserve("limited", 10, now) == 0

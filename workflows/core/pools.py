@@ -12,12 +12,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count, Subquery
-from django.db.models.functions import Coalesce
 
 from workflows.core.models import Pool, Step, StepStatus
 
@@ -131,21 +130,28 @@ def reserve(pool_name: str, wanted: int, now: datetime) -> int:
     conf = get_pool(pool_name)
     if not conf.max_concurrency or conf.rate_limit:
         return 0
-    # One statement: the pool row locked, and the count of its running steps beside it.
-    running = (
-        Step.objects.filter(pool=pool_name, status=StepStatus.RUNNING, lease_expires_at__gt=now)
-        .order_by()
-        .values("pool")
-        .annotate(n=Count("pk"))
-        .values("n")
-    )
-    qs = Pool.objects.filter(pk=pool_name)
-    if connection.features.has_select_for_update:
-        qs = qs.select_for_update()
-    row = qs.annotate(running=Coalesce(Subquery(running), 0)).values_list(
-        "max_concurrency", "running"
-    )
-    found = row.first()
+    # One statement, built once: the pool row locked, and the count of its running steps
+    # beside it. The ORM compiled the same query for each fan-out (a Subquery annotation),
+    # about 1.5 ms of the fan-out's critical path.
+    with connection.cursor() as cur:
+        cur.execute(
+            _reserve_sql(connection.features.has_select_for_update),
+            [connection.ops.adapt_datetimefield_value(now), pool_name],
+        )
+        found = cur.fetchone()
     if found is None or not found[0]:
         return 0
     return max(0, min(wanted, found[0] - found[1]))
+
+
+@lru_cache(maxsize=2)
+def _reserve_sql(lock: bool) -> str:
+    """The running status is written into the text, so that a generic plan can count through
+    the partial index ``step_busy`` (pool, status) as a plan for the value would."""
+    status = str(StepStatus.RUNNING)
+    assert status.isidentifier()
+    return (
+        f"SELECT p.max_concurrency, (SELECT count(*) FROM {Step._meta.db_table} s "
+        f"WHERE s.pool = p.name AND s.status = '{status}' AND s.lease_expires_at > %s) "
+        f"FROM {Pool._meta.db_table} p WHERE p.name = %s" + (" FOR UPDATE" if lock else "")
+    )
