@@ -122,29 +122,40 @@ def _wait_runs(ids: list[Any], timeout: float = 300) -> None:
     from workflows.models import Run
 
     sql = f"SELECT id, status FROM {Run._meta.db_table} WHERE id = ANY(%s)"
-    ended = {"succeeded", "failed", "canceled"}
     open_ = list(ids)
     deadline = time.monotonic() + timeout
     connection.ensure_connection()
     # psycopg's own cursor, never prepared: each look is planned with its keys (a generic
     # plan for ``id = ANY($1)`` may be a sequential scan).
     with connection.connection.cursor() as cur:
-        while time.monotonic() < deadline:
-            cur.execute(sql, [open_[:_WAIT_CHUNK]], prepare=False)
-            done = [(run_id, status) for run_id, status in cur.fetchall() if status in ended]
-            failed = [run_id for run_id, status in done if status != "succeeded"]
+
+        def look(keys: list[Any]) -> set[Any]:
+            """The runs of ``keys`` that ended; raise for one that failed or was canceled."""
+            cur.execute(sql, [keys], prepare=False)
+            ended = {run_id: status for run_id, status in cur.fetchall() if status in _ENDED}
+            failed = [run_id for run_id, status in ended.items() if status != "succeeded"]
             if failed:
                 run = Run.objects.filter(pk=failed[0]).first()
                 raise RuntimeError(f"bench run failed: {run.error if run else '?'}")
-            finished = {run_id for run_id, _ in done}
+            return set(ended)
+
+        looks = 0
+        while time.monotonic() < deadline:
+            looks += 1
+            # Now and then (and at the end) every open run, so that one that failed behind
+            # the first few is reported at once.
+            keys = open_ if looks % 50 == 0 else open_[:_WAIT_CHUNK]
+            finished = look(keys)
             open_ = [run_id for run_id in open_ if run_id not in finished]
             if not open_:
                 return
-            if len(finished) < _WAIT_CHUNK:
+            if len(finished) < len(keys):
                 time.sleep(0.02)
+        look(open_)
     raise TimeoutError("bench runs did not finish")
 
 
+_ENDED = {"succeeded", "failed", "canceled"}
 _WAIT_CHUNK = 20
 
 

@@ -171,19 +171,33 @@ def test_a_doorbell_takes_its_run_by_the_primary_key_at_any_size(history: bool) 
     deployment's first runs, the bench's after its TRUNCATE) or holds a history. Through
     ``IN (SELECT … unnest(…))`` the generic plan was a sequential scan of every run, joined to
     a hash of the pairs, in both cases (W1: 0.33 ms a take at 600 runs)."""
-    if history:
-        _history()
-    else:  # a new table, never analyzed
-        Run.objects.bulk_create(Run(workflow="plans.few") for _ in range(3))
+    _table_of(history)
     plan = _generic_plan(module._take_runs_sql(False), seqscan=True)
     assert "workflows_run_pkey" in plan and "Seq Scan" not in plan, plan
 
 
-def test_the_journal_is_read_through_the_live_rows_index() -> None:
-    """A replay's journal (``journal_rows``, prepared) reads the runs' live rows in order
-    through ``step_unique_live_position`` on its generic plan, sequential scans allowed."""
-    _history()
-    plan = _generic_plan(module._journal_sql(), seqscan=True)
+def _table_of(history: bool) -> None:
+    """A journal as a working system has it, or new tables (never analyzed) with a few rows:
+    the TRUNCATE, rolled back with the test, also forgets what an earlier test's ANALYZE
+    wrote into the catalog (that is not transactional)."""
+    if history:
+        _history()
+        return
+    with connection.cursor() as cur:
+        cur.execute("TRUNCATE workflows_run, workflows_step CASCADE")
+    runs = Run.objects.bulk_create(Run(workflow="plans.few") for _ in range(3))
+    Step.objects.bulk_create(
+        Step(run=run, position=1, kind=StepKind.STEP, name="s", status=StepStatus.SUCCEEDED)
+        for run in runs
+    )
+
+
+@pytest.mark.parametrize("history", [False, True], ids=["new tables", "a history"])
+def test_a_replay_reads_its_journal_through_the_live_rows_index(history: bool) -> None:
+    """One run's journal (``journal_rows``, prepared) reads its live rows in order through
+    ``step_unique_live_position`` on its generic plan, sequential scans allowed."""
+    _table_of(history)
+    plan = _generic_plan(module._journal_sql(False), seqscan=True)
     assert "step_unique_live_position" in plan and "Seq Scan" not in plan, plan
 
 
@@ -198,23 +212,29 @@ def test_a_fan_outs_reservation_counts_the_pools_running_steps_through_step_busy
     assert "step_busy" in plan and "Seq Scan on workflows_step" not in plan, plan
 
 
-def test_a_batch_take_is_planned_with_its_values_and_one_run_is_prepared() -> None:
-    """The take of several runs (arrays of pairs) is never prepared, so never put on a
-    generic plan; the take of one is prepared like the other per-step statements."""
+def test_batches_are_planned_with_their_values_and_one_run_is_prepared() -> None:
+    """The take and the journal of several runs (arrays) are never prepared, so never put on
+    a generic plan; those of one run are prepared like the other per-step statements."""
+    threshold = connection.connection.prepare_threshold
+    if threshold is None:
+        pytest.skip("nothing is prepared here (SLUICE_PG_PREPARE=0 or PgBouncer)")
     store = storage()
     now = timezone.now()
-    runs = Run.objects.bulk_create(Run(workflow="plans.batch") for _ in range(6))
+    runs = Run.objects.bulk_create(Run(workflow="plans.batch") for _ in range(threshold + 4))
     for a, b in itertools.pairwise(runs):
         store.take_runs([(a.pk, 1), (b.pk, 1)], "w", now)
+        store.journal_rows([a.pk, b.pk])
     for run in runs:
         store.take_runs([(run.pk, 1)], "w", now)
+        store.journal_rows([run.pk])
     with connection.cursor() as cur:
-        cur.execute(
-            "SELECT statement FROM pg_prepared_statements "
-            "WHERE statement LIKE 'UPDATE workflows_run SET status = CASE%%'"
-        )
+        cur.execute("SELECT statement FROM pg_prepared_statements")
         prepared = [row[0] for row in cur.fetchall()]
-    assert prepared and not any("unnest" in text for text in prepared), prepared
+    takes = [text for text in prepared if text.startswith("UPDATE workflows_run SET status")]
+    journals = [text for text in prepared if "AND NOT superseded ORDER BY run_id" in text]
+    assert takes and journals, prepared
+    assert not any("unnest" in text for text in takes), takes
+    assert not any("run_id = ANY" in text for text in journals), journals
 
 
 def test_a_constant_that_is_not_plain_is_refused() -> None:

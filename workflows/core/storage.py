@@ -697,7 +697,7 @@ class PostgresStorage(SQLiteStorage):
         statement's generic plan, which PostgreSQL settles on after five executions on a
         connection, is the primary key's index at any size of the table. Several (a batch
         doorbell, the sweep): the pairs as two arrays, planned for each call with its values
-        (``prepare=False``): a generic plan for ``IN (SELECT … unnest(…))`` is chosen from the
+        (``prepare=False``; see ``_fetchall``): a generic plan for ``IN (SELECT … unnest(…))`` is chosen from the
         statistics of the moment it is made, and one made while the table was small is a
         sequential scan of every run, kept until the table's statistics change (W1 measured it
         at 0.33 ms a take at 600 runs)."""
@@ -897,17 +897,20 @@ class PostgresStorage(SQLiteStorage):
         return rows[0] if rows else None
 
     def journal_rows(self, run_ids: list[Any]) -> list[tuple[Any, ...]]:
-        """On the per-connection cursor, prepared (its generic plan reads the runs' live rows
-        through ``step_unique_live_position``), the JSON columns converted as the ORM does:
-        the ORM compiled the query and converted every row again for each replay, most of
-        the final replay of a wide fan-out (100 branches: 2.5 of the 5.7 ms from the last
-        branch's end to the run's)."""
+        """On the per-connection cursor, the JSON columns converted as the ORM does: the ORM
+        compiled the query and converted every row again for each replay (a wide fan-out's
+        final replay: 1.6 of the 5.7 ms from its last branch's end to the run's). One run's
+        journal (a replay's) by its run id, prepared: its generic plan reads the live rows
+        through ``step_unique_live_position`` on a new table and on a history alike. Several
+        (a burst of resumes): an array of ids, planned with its values (as ``take_runs``)."""
         if not run_ids:
             return []
         pk_field: Any = Run._meta.pk
-        rows = _fetchall(
-            _journal_sql(), [[pk_field.get_db_prep_value(run_id, connection) for run_id in run_ids]]
-        )
+        keys = [pk_field.get_db_prep_value(run_id, connection) for run_id in run_ids]
+        if len(keys) == 1:
+            rows = _fetchall(_journal_sql(False), keys)
+        else:
+            rows = _fetchall(_journal_sql(True), [keys], prepare=False)
         convert = _journal_converters()
         out = []
         for row in rows:
@@ -1555,15 +1558,15 @@ def _take_runs_sql(many: bool) -> str:
     )
 
 
-@lru_cache(maxsize=1)
-def _journal_sql() -> str:
+@lru_cache(maxsize=2)
+def _journal_sql(many: bool) -> str:
     q = connection.ops.quote_name
     pk_field: Any = Run._meta.pk
     fields: list[Any] = [Step._meta.get_field(name) for name in JOURNAL_COLUMNS]
     cols = ", ".join(q(f.column) for f in fields)
+    runs = f"ANY(%s::{pk_field.db_type(connection)}[])" if many else "%s"
     return (
-        f"SELECT {cols} FROM {Step._meta.db_table} "
-        f"WHERE run_id = ANY(%s::{pk_field.db_type(connection)}[]) AND NOT superseded "
+        f"SELECT {cols} FROM {Step._meta.db_table} WHERE run_id = {runs} AND NOT superseded "
         "ORDER BY run_id, position, branch"
     )
 
@@ -1603,9 +1606,10 @@ def _model_from[M: (Run, Step)](model: type[M], row: tuple[Any, ...]) -> M:
 
 
 def _fetchall(sql: str, params: list[Any], prepare: bool | None = None) -> list[tuple[Any, ...]]:
-    """``_fetchone`` for a statement that returns rows. ``prepare=False``: never prepared,
-    so planned for each call with its values (psycopg prepares a statement on its fifth use
-    by default)."""
+    """``_fetchone`` for a statement that returns rows. ``prepare=False``: not prepared, so
+    planned for each call with its values (psycopg prepares a statement once it has run
+    ``prepare_threshold`` times: 2 here, config/settings.py), except where Django watches
+    queries: its cursor takes no ``prepare``, so there the threshold decides."""
     return _on_hot_cursor(sql, params, many=True, prepare=prepare)
 
 
