@@ -213,8 +213,10 @@ def test_a_fan_outs_reservation_counts_the_pools_running_steps_through_step_busy
 
 
 def test_batches_are_planned_with_their_values_and_one_run_is_prepared() -> None:
-    """The take and the journal of several runs (arrays) are never prepared, so never put on
-    a generic plan; those of one run are prepared like the other per-step statements."""
+    """The statements of arrays (the take and the journal of several runs, a batch doorbell's
+    claim, a burst's ends) are never prepared, so never put on a generic plan, which for a
+    join to ``unnest`` depends on the table's size when it is made; the take and the journal
+    of one run are prepared like the other per-step statements."""
     threshold = connection.connection.prepare_threshold
     if threshold is None:
         pytest.skip("nothing is prepared here (SLUICE_PG_PREPARE=0 or PgBouncer)")
@@ -227,6 +229,24 @@ def test_batches_are_planned_with_their_values_and_one_run_is_prepared() -> None
     for run in runs:
         store.take_runs([(run.pk, 1)], "w", now)
         store.journal_rows([run.pk])
+    # The other statements of arrays: a batch doorbell's claim, a burst's ends.
+    slots = [
+        Step.objects.create(
+            run=runs[0],
+            position=1,
+            branch=b,
+            kind=StepKind.BRANCH,
+            name="b",
+            status=StepStatus.RUNNING,
+            lease_owner=module.RESERVED,
+            lease_expires_at=now + timedelta(minutes=1),
+        )
+        for b in range(2)
+    ]
+    ends = [(run.pk, 1, {"status": RunStatus.SUCCEEDED, "finished_at": now}) for run in runs[:2]]
+    for _ in range(threshold + 2):
+        store.claim_reserved_many([(slot.pk, "j") for slot in slots], now)
+        store.end_runs("nobody", ends)
     with connection.cursor() as cur:
         cur.execute("SELECT statement FROM pg_prepared_statements")
         prepared = [row[0] for row in cur.fetchall()]
@@ -235,6 +255,7 @@ def test_batches_are_planned_with_their_values_and_one_run_is_prepared() -> None
     assert takes and journals, prepared
     assert not any("unnest" in text for text in takes), takes
     assert not any("run_id = ANY" in text for text in journals), journals
+    assert not any("unnest(" in text for text in prepared), prepared
 
 
 def test_a_constant_that_is_not_plain_is_refused() -> None:

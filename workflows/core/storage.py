@@ -697,10 +697,10 @@ class PostgresStorage(SQLiteStorage):
         statement's generic plan, which PostgreSQL settles on after five executions on a
         connection, is the primary key's index at any size of the table. Several (a batch
         doorbell, the sweep): the pairs as two arrays, planned for each call with its values
-        (``prepare=False``; see ``_fetchall``): a generic plan for ``IN (SELECT … unnest(…))`` is chosen from the
-        statistics of the moment it is made, and one made while the table was small is a
-        sequential scan of every run, kept until the table's statistics change (W1 measured it
-        at 0.33 ms a take at 600 runs)."""
+        (``prepare=False``; see ``_fetchall``): a generic plan for ``IN (SELECT …
+        unnest(…))`` is chosen from the statistics of the moment it is made, and one made
+        while the table was small is a sequential scan of every run, kept until the table's
+        statistics change (W1 measured it at 0.33 ms a take at 600 runs)."""
         if not items:
             return []
         pk_field: Any = Run._meta.pk
@@ -741,14 +741,14 @@ class PostgresStorage(SQLiteStorage):
             ),
             owner,
         ]
-        with connection.cursor() as cur:
-            cur.execute(
-                f"UPDATE {Run._meta.db_table} AS r SET {sets} FROM unnest({arrays}) AS v({cols}) "
-                "WHERE r.id = v.id AND r.generation = v.generation AND r.lease_owner = %s "
-                "RETURNING r.id",
-                params,
-            )
-            return {pk_field.to_python(row[0]) for row in cur.fetchall()}
+        rows = _fetchall(
+            f"UPDATE {Run._meta.db_table} AS r SET {sets} FROM unnest({arrays}) AS v({cols}) "
+            "WHERE r.id = v.id AND r.generation = v.generation AND r.lease_owner = %s "
+            "RETURNING r.id",
+            params,
+            prepare=False,  # arrays: planned with their values (see ``take_runs``)
+        )
+        return {pk_field.to_python(row[0]) for row in rows}
 
     def claim_reserved(self, step_id: int, owner: str, now: datetime) -> Step | None:
         table = Step._meta.db_table
@@ -864,6 +864,7 @@ class PostgresStorage(SQLiteStorage):
                 False,
                 list(ACTIVE_RUN),
             ],
+            prepare=False,  # arrays: planned with their values (see ``take_runs``)
         )
         return {step.pk: step for step in (_model_from(Step, row) for row in rows)}
 
