@@ -125,13 +125,14 @@ def _wait_runs(ids: list[Any], timeout: float = 300) -> None:
     open_ = list(ids)
     deadline = time.monotonic() + timeout
     connection.ensure_connection()
-    # psycopg's own cursor, never prepared: each look is planned with its keys (a generic
-    # plan for ``id = ANY($1)`` may be a sequential scan).
+    # psycopg's own cursor, prepared after its second use (a look planned for each call
+    # costs PostgreSQL more than it runs: perf, W2's fan-out); at most _WAIT_CHUNK keys a look
+    # keep even a sequential-scan plan of the runs cheap.
     with connection.connection.cursor() as cur:
 
         def look(keys: list[Any]) -> set[Any]:
             """The runs of ``keys`` that ended; raise for one that failed or was canceled."""
-            cur.execute(sql, [keys], prepare=False)
+            cur.execute(sql, [keys])
             ended = {run_id: status for run_id, status in cur.fetchall() if status in _ENDED}
             failed = [run_id for run_id, status in ended.items() if status != "succeeded"]
             if failed:
