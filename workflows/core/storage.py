@@ -913,14 +913,7 @@ class PostgresStorage(SQLiteStorage):
         else:
             rows = _fetchall(_journal_sql(True), [keys], prepare=False)
         convert = _journal_converters()
-        out = []
-        for row in rows:
-            values = list(row)
-            for i, f in convert:
-                if values[i] is not None:
-                    values[i] = f.from_db_value(values[i], None, connection)
-            out.append(tuple(values))
-        return out
+        return [tuple(_converted(row, convert)) for row in rows]
 
     def insert_run(self, run: Run) -> None:
         """The statement built once per process, each value prepared by its field as save()
@@ -1574,9 +1567,7 @@ def _journal_sql(many: bool) -> str:
 
 @lru_cache(maxsize=1)
 def _journal_converters() -> list[tuple[int, Any]]:
-    """(index, field) of each of ``JOURNAL_COLUMNS`` whose value the field converts."""
-    fields: list[Any] = [Step._meta.get_field(name) for name in JOURNAL_COLUMNS]
-    return [(i, f) for i, f in enumerate(fields) if hasattr(f, "from_db_value")]
+    return _converters([Step._meta.get_field(name) for name in JOURNAL_COLUMNS])
 
 
 @lru_cache(maxsize=16)
@@ -1592,18 +1583,27 @@ def _loading(model: type[Run] | type[Step]) -> tuple[list[str], list[tuple[int, 
     """A model's attnames in ``_columns_sql`` order, and the (index, field) of each column
     whose value the field converts (JSON text)."""
     fields: list[Any] = list(model._meta.concrete_fields)
-    convert = [(i, f) for i, f in enumerate(fields) if hasattr(f, "from_db_value")]
-    return [f.attname for f in fields], convert
+    return [f.attname for f in fields], _converters(fields)
+
+
+def _converters(fields: list[Any]) -> list[tuple[int, Any]]:
+    """(index, field) of each of ``fields`` whose value the field converts (JSON text)."""
+    return [(i, f) for i, f in enumerate(fields) if hasattr(f, "from_db_value")]
+
+
+def _converted(row: tuple[Any, ...], convert: list[tuple[int, Any]]) -> list[Any]:
+    """A row's values, each column of ``convert`` converted as the ORM does."""
+    values = list(row)
+    for i, f in convert:
+        if values[i] is not None:
+            values[i] = f.from_db_value(values[i], None, connection)
+    return values
 
 
 def _model_from[M: (Run, Step)](model: type[M], row: tuple[Any, ...]) -> M:
     """A model instance from a row of ``_columns_sql(model)``, converted as the ORM does."""
     attnames, convert = _loading(model)
-    values = list(row)
-    for i, f in convert:
-        if values[i] is not None:
-            values[i] = f.from_db_value(values[i], None, connection)
-    return model.from_db(connection.alias, attnames, values)
+    return model.from_db(connection.alias, attnames, _converted(row, convert))
 
 
 def _fetchall(sql: str, params: list[Any], prepare: bool | None = None) -> list[tuple[Any, ...]]:
