@@ -5,6 +5,7 @@ the page live. Screenshot: docs/screenshots/reviews-four-eyes.png.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -46,6 +47,9 @@ def test_a_four_eyes_gate_waits_for_a_second_approver(
     expect(page.get_by_test_id("separation-note")).to_contain_text("separation of duties")
     expect(page.get_by_role("button", name="Approve")).to_have_count(0)
     page.get_by_role("button", name="Log out").click()
+    # Where the logout ends up, before the next page is opened (see test_browser_sso.py: the
+    # form's redirect and the page's htmx poll may race there).
+    expect(page).to_have_url(re.compile(r"/accounts/login/"), timeout=45_000)
 
     log_in(page, live_server.url, "ana", url)
     expect(page.get_by_test_id("approval-count")).to_have_text("0 of 2 approvals")
