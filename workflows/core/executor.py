@@ -103,9 +103,10 @@ def _advance(run_id: Any, generation: int, taken: Run | None = None) -> str:
     return outcome
 
 
-_JOURNAL = JOURNAL_COLUMNS
-_BRANCH = [_JOURNAL.index(name) for name in ("position", "branch", "name", "status", "result")]
-_RUN, _ERROR = _JOURNAL.index("run_id"), _JOURNAL.index("error")
+_BRANCH = [
+    JOURNAL_COLUMNS.index(name) for name in ("position", "branch", "name", "status", "result")
+]
+_RUN, _ERROR = JOURNAL_COLUMNS.index("run_id"), JOURNAL_COLUMNS.index("error")
 
 
 def load_journals(run_ids: list[Any]) -> dict[Any, list[Step | BranchOutcome]]:
@@ -127,7 +128,7 @@ def load_journals(run_ids: list[Any]) -> dict[Any, list[Step | BranchOutcome]]:
                 values[_ERROR],
             )
         else:
-            row = Step.from_db(DEFAULT_DB_ALIAS, _JOURNAL, values)
+            row = Step.from_db(DEFAULT_DB_ALIAS, JOURNAL_COLUMNS, values)
         journals[values[_RUN]].append(row)
     return journals
 
