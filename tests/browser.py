@@ -5,14 +5,33 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import quote
 
-from playwright.sync_api import Page
+from playwright.sync_api import Error, Page
 
 SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+
+
+def leave(page: Page) -> None:
+    """Unload the page that is open, so none of its scripts can navigate any more.
+
+    A page whose session was just ended (cookies cleared, or logged out) still polls with htmx;
+    a poll answered with an ``HX-Redirect`` to the login page starts a navigation of its own,
+    which can cancel or overtake the next ``goto`` (a CI run typed the password into the form
+    the poll's redirect then replaced). Once ``about:blank`` has committed, the old document
+    and its timers are gone; a goto interrupted by the old page's navigation is tried again."""
+    for _ in range(5):
+        try:
+            page.goto("about:blank")
+        except Error:
+            continue
+        if page.url == "about:blank":
+            return
+    raise AssertionError(f"the page would not unload: still at {page.url}")
 
 
 def log_in(page: Page, base: str, username: str, then: str = "/reviews/") -> None:
     """Log in through the login form (the test personas' passwords are pw-<name>-123) and
     land on ``then``."""
+    leave(page)
     page.goto(f"{base}/accounts/login/?next={quote(then)}")
     page.fill("#id_username", username)
     page.fill("#id_password", f"pw-{username}-123")
