@@ -11,7 +11,8 @@ Sluice, db 9 for Celery), created fresh and dropped afterwards. Figures are prin
 into bench/results.json (keys of workloads not run are kept).
 
 - W1: 200 runs x 10 sequential trivial steps, 2 worker processes (``celery worker -P threads
-  -c 4`` each): steps/s from the first ``start()`` to the last run's ``finished_at``.
+  -c 8`` each, every thread warmed up first): steps/s from the first ``start()`` to the last
+  run's ``finished_at``.
 - W2: one run fanning out 100 steps of 200 ms (sleep) in a pool limited to 20 (two worker
   processes of 10 threads): wall time from ``start()`` to the run finished, over the ideal 1.0 s.
 - W3: one run of 1,000 sequential steps and one of 10, one worker: ms per step from the run's
@@ -49,9 +50,12 @@ DBNAME = os.environ.get("BENCH_DB_NAME", "bench_sluice")
 RESULTS = ROOT / "bench" / "results.json"
 LOGS = ROOT / "var" / "bench"
 # W1's two worker processes each run this many threads: a step mostly waits for PostgreSQL's
-# commit, and threads let one process overlap those waits (DBOS runs its workflows as threads).
+# commit, and threads let one process overlap those waits (DBOS runs its workflows as threads,
+# one per workflow). Eight, measured against 4, 6 and 12 with every thread warmed up: 2,644-2,690
+# steps/s against 2,454-2,484 (4), 2,519-2,576 (6) and 2,579-2,599 (12); more commits in
+# flight let PostgreSQL flush more of them with one WAL write (docs/performance.md).
 W1_POOL = os.environ.get("BENCH_W1_POOL", "threads")
-W1_THREADS = int(os.environ.get("BENCH_W1_THREADS", "4"))
+W1_THREADS = int(os.environ.get("BENCH_W1_THREADS", "8"))
 
 
 def _db_url(name: str) -> str:
@@ -160,10 +164,13 @@ _ENDED = {"succeeded", "failed", "canceled"}
 _WAIT_CHUNK = 20
 
 
-def _warm_up(n: int = 10, reset: bool = True) -> None:
+def _warm_up(n: int = 10, reset: bool = True, steps: int = 2) -> None:
+    """``n`` runs of ``steps`` steps, started at once, untimed. Started together, so that every
+    worker thread takes some: a thread pool starts a new thread only when none is idle, and a
+    thread's first runs pay for its database connection and its statements' first plans."""
     from workflows import start
 
-    _wait_runs([start("bench.chain", {"steps": 2}).pk for _ in range(n)])
+    _wait_runs([start("bench.chain", {"steps": steps}).pk for _ in range(n)])
     if reset:
         _reset_tables()
 
@@ -183,7 +190,9 @@ def sluice_w1(
     try:
         for i in range(workers):
             workers_.start(f"w1-{i}", pool=W1_POOL, concurrency=W1_THREADS)
-        _warm_up(reset=reset)
+        # As the peers are warmed up (DBOS: 10 workflows in each process), but enough for
+        # every thread of both workers: four runs of the timed size each, all at once.
+        _warm_up(4 * workers * W1_THREADS, reset=reset, steps=steps)
         from django.utils import timezone
 
         t0 = timezone.now()

@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 from celery import Celery, platforms
-from celery.signals import beat_init, task_prerun, worker_init
+from celery.signals import beat_init, task_postrun, task_prerun, worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 # Celery's Django fixup runs every Django system check when a worker starts, and drops what
@@ -47,9 +47,16 @@ def _run_checks(**kwargs: Any) -> None:
 
 @task_prerun.connect
 def _recycle_connections(**kwargs: Any) -> None:
-    from django.db import close_old_connections
+    from workflows.core import dbconn
 
-    close_old_connections()
+    dbconn.recycle()
+
+
+@task_postrun.connect
+def _connections_used(**kwargs: Any) -> None:
+    from workflows.core import dbconn
+
+    dbconn.used()
 
 
 @beat_init.connect

@@ -14,10 +14,12 @@ class ReviewsConfig(AppConfig):
         import reviews.notifications  # noqa: F401  (registers the "notify" outbox handler)
         from reviews.decision import review
         from reviews.retention import on_runs_pruning
-        from reviews.services import on_run_finished
+        from reviews.services import on_run_finished, run_may_hold_gates
         from workflows.core.context import Context
         from workflows.core.signals import run_finished, runs_pruning
 
         Context.extensions["review"] = review
-        run_finished.connect(on_run_finished, dispatch_uid="reviews.cancel_open_gates")
+        run_finished.connect(
+            on_run_finished, dispatch_uid="reviews.cancel_open_gates", wants=run_may_hold_gates
+        )
         runs_pruning.connect(on_runs_pruning, dispatch_uid="reviews.keep_gate_trails")

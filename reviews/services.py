@@ -1112,13 +1112,16 @@ def cancel_open_gates(run: Run) -> int:
     return n
 
 
-def on_run_finished(sender: Any, run: Run, **kwargs: Any) -> None:
-    """Receiver of ``run_finished``.
+def run_may_hold_gates(run: Run, status: str) -> bool:
+    """Whether ``run``, ending with ``status``, may leave a gate open: one that succeeded got
+    past every gate it opened (it cannot return while suspended on one), so only failed and
+    canceled runs can."""
+    return status != RunStatus.SUCCEEDED
 
-    A run that succeeded got past every gate it opened (it cannot return while suspended on
-    one), so only failed and canceled runs can leave a gate open; skipping the query for the
-    rest keeps the common path free.
-    """
-    if run.status == RunStatus.SUCCEEDED:
+
+def on_run_finished(sender: Any, run: Run, **kwargs: Any) -> None:
+    """Receiver of ``run_finished`` (``wants``: ``run_may_hold_gates``); skipping the query
+    for a run that succeeded keeps the common path free."""
+    if not run_may_hold_gates(run, run.status):
         return
     cancel_open_gates(run)

@@ -322,8 +322,13 @@ def enqueue_webhook(run: Run) -> WebhookDelivery | None:
     return delivery
 
 
+def _wants_webhook(run: Run, status: str) -> bool:
+    """A completion webhook goes out for every end of a run that has a callback URL."""
+    return bool(run.callback_url)
+
+
 def _on_run_finished(sender: Any, run: Run, **kwargs: Any) -> None:
-    if not run.callback_url:
+    if not _wants_webhook(run, run.status):
         return
     # A savepoint: a webhook that cannot be written is logged, and the run still ends.
     try:
@@ -489,4 +494,6 @@ def retry_now(delivery: WebhookDelivery) -> bool:
 
 
 outbox.register_outbox_handler(KIND, deliver)
-run_finished.connect(_on_run_finished, dispatch_uid="sluice-completion-webhooks")
+run_finished.connect(
+    _on_run_finished, dispatch_uid="sluice-completion-webhooks", wants=_wants_webhook
+)

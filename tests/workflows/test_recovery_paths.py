@@ -21,7 +21,7 @@ from django.utils import timezone
 from tests import sample_workflows as samples
 from tests.support import Bell
 from workflows import get_run, start
-from workflows.core import tasks, transitions
+from workflows.core import dbconn, tasks, transitions
 from workflows.core.executor import advance
 from workflows.core.leases import owner_id
 from workflows.core.sweeper import sweep
@@ -188,3 +188,69 @@ def test_a_database_that_stays_away_fails_the_task_after_the_wait(
     with pytest.raises(OperationalError):
         tasks._patiently(failing)
     assert calls == [1]
+
+
+# --- the health check between a worker thread's tasks (workflows.core.dbconn) -----------------
+
+
+def _checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count Django's health checks (``is_usable``: a ``SELECT 1``) on this thread."""
+    calls: list[int] = []
+    real = type(connections["default"]).is_usable
+
+    def counted(self: Any) -> bool:
+        calls.append(1)
+        return bool(real(self))
+
+    monkeypatch.setattr(type(connections["default"]), "is_usable", counted)
+    return calls
+
+
+def test_a_connection_used_moments_ago_is_not_checked_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("health checks are for a database server's connections")
+    db = connections["default"]
+    db.health_check_enabled = True  # type: ignore[attr-defined]
+    checks = _checks(monkeypatch)
+    db.ensure_connection()
+    dbconn.used()
+    dbconn.recycle()
+    Run.objects.exists()
+    assert checks == []  # used a moment ago: no SELECT 1 before this task's first query
+    # Idle longer than the window: the check is asked again before the first query.
+    db.__dict__["_sluice_used_at"] -= dbconn.FRESH_SECONDS + 1
+    dbconn.recycle()
+    Run.objects.exists()
+    assert checks == [1]
+    # A task that ended with a database error: checked whatever the time.
+    dbconn.used()
+    db.errors_occurred = True
+    dbconn.recycle()
+    assert checks == [1, 1]
+
+
+def test_a_connection_the_server_dropped_inside_the_window_costs_one_retry(bell: Bell) -> None:
+    """The skipped check would have found this: the server ended the connection right after the
+    last task. The next task's first query fails, and the engine's task waits for the database
+    and runs again, as it does for any lost connection."""
+    if connection.vendor != "postgresql":
+        pytest.skip("a connection to a database server")
+    run = start(samples.chain, {"n": 2})
+    bell.lose_all()
+    connection.health_check_enabled = True  # type: ignore[attr-defined]
+    connection.ensure_connection()
+    dbconn.used()
+    pid = connection.connection.info.backend_pid
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", [pid])
+    finally:
+        other.close()
+    dbconn.recycle()
+    assert connection.health_check_done  # type: ignore[attr-defined]  # not asked
+    assert tasks.advance(str(run.pk), 1) == "succeeded"
+    assert get_run(run.pk).status == "succeeded"
+    assert connection.connection.info.backend_pid != pid

@@ -27,7 +27,9 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import connection
+
+from workflows.core import dbconn
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +88,14 @@ def start(job: Callable[[], int]) -> Future[int]:
 
 def _run(job: Callable[[], int]) -> int:
     global _busy
-    close_old_connections()  # as Celery's task_prerun does for its own threads
+    dbconn.recycle()  # as Celery's task_prerun does for its own threads
     try:
         return job()
     except Exception:
         log.exception("a branch thread's job failed; the sweep will retry its step")
         return 0
     finally:
+        dbconn.used()
         with _lock:
             _busy -= 1
 

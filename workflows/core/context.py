@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal, overload
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from workflows.core import instrument, leases, payloads, pools, transitions, usage
@@ -69,6 +69,7 @@ from workflows.core.errors import (
 from workflows.core.leases import lease_seconds, lease_until
 from workflows.core.models import Event, Run, RunStatus, Step, StepKind, StepStatus
 from workflows.core.services import DEFAULT_REVIEW_TIMEOUT, create_run, run_terminal_hooks
+from workflows.core.signals import run_finished
 from workflows.core.storage import json_text, storage
 
 
@@ -1146,10 +1147,31 @@ class Context:
     def finish(
         self, status: str, *, output: Any = None, error: dict[str, Any] | None = None
     ) -> None:
-        """End the run: one transaction records it, runs ``on_complete`` and the signals."""
+        """End the run: one transaction records it, runs ``on_complete`` and the signals.
+
+        An end with nothing to write but the run's own row (and the last step's result) is one
+        statement on PostgreSQL, atomic by itself: then it goes alone, in autocommit, and saves
+        the BEGIN and COMMIT round trips. That is a success with no ``on_complete``, no parent
+        waiting for it, and no ``run_finished`` receiver wanting it (``idle_for``)."""
+        if self._ends_alone(status):
+            if not self.write_finish(status, output=output, error=error):
+                raise LeaseLost
+            return
         with transaction.atomic():
             if not self.write_finish(status, output=output, error=error):
                 raise LeaseLost
+
+    def _ends_alone(self, status: str) -> bool:
+        run = self._record
+        return (
+            status == RunStatus.SUCCEEDED
+            and not run.on_complete
+            and not run.parent_step_id
+            and len(self._inserts) <= 1
+            and storage().vendor == "postgresql"
+            and connection.get_autocommit()
+            and run_finished.idle_for(run, status)
+        )
 
     def write_finish(
         self, status: str, *, output: Any = None, error: dict[str, Any] | None = None

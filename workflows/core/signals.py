@@ -12,11 +12,14 @@ therefore never make the engine end the run a second time (and run ``on_complete
 from __future__ import annotations
 
 import logging
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.db import connection, transaction
 from django.dispatch import Signal
+from django.dispatch.dispatcher import _make_id  # type: ignore[attr-defined]  # its own keys
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,62 @@ class _LazySavepoint:
 
 
 class IsolatedSignal(Signal):
-    """A signal whose ``send`` isolates each receiver in a savepoint and never raises."""
+    """A signal whose ``send`` isolates each receiver in a savepoint and never raises.
+
+    A receiver may be connected with ``wants``: a predicate ``wants(run, status)`` saying
+    whether it has anything to do for ``run`` ending with ``status``. ``idle_for(run, status)``
+    is True when every receiver says no: the run's end then has nothing to write but its own
+    row, and the engine writes it in one statement, without a transaction around it
+    (``Context.finish``). A receiver connected without ``wants`` always counts as wanting the
+    run."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # By Django's own key of a connection: (dispatch_uid or the receiver's id, sender's id).
+        self._wants: dict[tuple[Any, Any], Callable[[Any, str], bool]] = {}
+
+    def connect(  # type: ignore[override]
+        self,
+        receiver: Any,
+        sender: Any = None,
+        weak: bool = True,
+        dispatch_uid: Any = None,
+        wants: Callable[[Any, str], bool] | None = None,
+    ) -> None:
+        super().connect(receiver, sender=sender, weak=weak, dispatch_uid=dispatch_uid)
+        key = (dispatch_uid or _make_id(receiver), _make_id(sender))
+        with self.lock:
+            if wants is None:
+                self._wants.pop(key, None)
+            else:
+                self._wants[key] = wants
+
+    def disconnect(
+        self, receiver: Any = None, sender: Any = None, dispatch_uid: Any = None
+    ) -> bool:
+        disconnected = super().disconnect(receiver, sender=sender, dispatch_uid=dispatch_uid)
+        with self.lock:
+            self._wants.pop((dispatch_uid or _make_id(receiver), _make_id(sender)), None)
+        return disconnected
+
+    def idle_for(self, run: Any, status: str) -> bool:
+        """No live receiver has anything to do for ``run`` ending with ``status`` (see the
+        class docstring)."""
+        senders = (_make_id(None), _make_id(run.__class__))
+        with self.lock:
+            entries = list(self.receivers)
+            wanted = dict(self._wants)
+        for key, ref, sender_ref, _ in entries:
+            if key[1] not in senders:
+                continue
+            if isinstance(ref, weakref.ReferenceType) and ref() is None:
+                continue  # a receiver that is gone is not called
+            if sender_ref is not None and sender_ref() is None:
+                continue
+            wants = wanted.get(key)
+            if wants is None or wants(run, status):
+                return False
+        return True
 
     def send(self, sender: Any, **named: Any) -> list[tuple[Any, Any]]:
         if not self.receivers:
