@@ -19,18 +19,18 @@ from __future__ import annotations
 
 import time
 
-from django.db import connections
+from django.db import close_old_connections, connections
 
 # How long after a task a connection's health counts as checked.
 FRESH_SECONDS = 1.0
 
 
 def recycle() -> None:
-    """Before a task: close what is old or broken (``close_old_connections``), and mark as
-    checked what this thread used in a task that just ended cleanly."""
+    """Before a task: close what is old or broken (Django's ``close_old_connections``), then
+    mark as checked what this thread used in a task that just ended cleanly."""
+    close_old_connections()
     now = time.monotonic()
     for conn in connections.all(initialized_only=True):
-        conn.close_if_unusable_or_obsolete()
         used = conn.__dict__.get("_sluice_used_at")
         if (
             used is not None
