@@ -4,10 +4,10 @@ of a chat delivery leaves no duplicate.
 Three gates open on a real worker; ana hears of each on her chat webhook (a receiver on
 127.0.0.2, counted as public as in the webhook tests). The receiver holds the first request
 (and any other that arrives before the kill) without answering; the test SIGKILLs the whole
-worker while that delivery is in flight. The
-row's fenced claim runs out (SLUICE_OUTBOX_CLAIM_SECONDS), a second worker fed by the beat
-retries it with the same Idempotency-Key, and every message is answered exactly once: one
-outbox row per notification, each delivered once, the killed attempt counted.
+worker while they are in flight. Each row's fenced claim runs out (SLUICE_OUTBOX_CLAIM_SECONDS),
+a second worker fed by the beat retries it with the same Idempotency-Key, and every message is
+answered exactly once: one outbox row per notification, each delivered once, the killed attempt
+counted.
 """
 
 from __future__ import annotations
@@ -35,9 +35,8 @@ PUBLIC = "127.0.0.2"
 
 class HoldingReceiver:
     """Records every POST; holds every one that arrives before ``release`` unanswered until then
-    (or 60 s): the first worker is killed with them in flight, so none of its deliveries can
-    have been answered (only one that was answered and then not recorded is sent twice, by
-    design: the receiver deduplicates by the idempotency key)."""
+    (or 60 s), so the killed worker has no delivery that was answered but not yet recorded (one
+    such would go out twice, by design: a receiver deduplicates by the idempotency key)."""
 
     def __init__(self) -> None:
         self.received: list[dict[str, Any]] = []
