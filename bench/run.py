@@ -235,12 +235,15 @@ def sluice_w2(n: int = 100, limit: int = 20) -> dict[str, float]:
     try:
         # Two worker processes of limit/2 threads: two consumers hand out the first wave's
         # doorbells twice as fast, and no more threads than slots keeps the GIL quiet.
-        workers.start("w2a", pool="threads", concurrency=max(1, limit // 2))
-        workers.start("w2b", pool="threads", concurrency=max(1, limit - limit // 2))
+        names = ("w2a", "w2b")
+        # Each process's connections carry its name (libpq's PGAPPNAME), so that the warm-up
+        # can count them.
+        workers.start(names[0], pool="threads", concurrency=max(1, limit // 2), PGAPPNAME=names[0])
+        workers.start(
+            names[1], pool="threads", concurrency=max(1, limit - limit // 2), PGAPPNAME=names[1]
+        )
         _warm_up(3)
-        # Warm every worker thread (its database connection and prepared statements), as
-        # the peers are warmed up: a short fan-out over the same pool, not timed.
-        _wait_runs([start("bench.fanout", {"n": limit * 2, "seconds": 0.05}).pk], timeout=120)
+        _warm_branch_threads(names, limit)
         t0 = time.time()
         run = start("bench.fanout", {"n": n})
         _wait_runs([run.pk], timeout=120)
@@ -258,6 +261,38 @@ def sluice_w2(n: int = 100, limit: int = 20) -> dict[str, float]:
     _reset_tables()
     ideal = n * 0.2 / limit
     return {"wall_s": wall, "ratio_to_ideal": wall / ideal, "ideal_s": ideal, "peak_running": peak}
+
+
+def _warm_branch_threads(names: tuple[str, ...], limit: int, tries: int = 8) -> None:
+    """Warm every worker process's branch threads (their database connections and prepared
+    statements), as the peers are warmed up: short fan-outs over the same pool, not timed,
+    until each process holds a batch's worth of connections.
+
+    One fan-out is not enough. Its slots are rung for in batches of ``SLUICE_BRANCH_BATCH``,
+    and one process's consumer often takes every batch, so the other process never starts a
+    branch thread. When the timed run then gave it a batch, its threads connected to
+    PostgreSQL at the end of their first branch, 6-43 ms each with the other process's
+    completions on the same two cores (a W2 timeline: the first wave boundary cost that
+    process's slots 70-100 ms)."""
+    from django.conf import settings
+    from django.db import connection
+
+    from workflows import start
+
+    need = max(1, int(settings.SLUICE_BRANCH_BATCH))  # a batch: its task's thread and the rest
+    counts: dict[str, int] = {}
+    for _ in range(tries):
+        _wait_runs([start("bench.fanout", {"n": limit * 2, "seconds": 0.05}).pk], timeout=120)
+        with connection.cursor() as cur:
+            cur.execute(
+                "SELECT application_name, count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name = ANY(%s) GROUP BY 1",
+                [list(names)],
+            )
+            counts = dict(cur.fetchall())
+        if all(counts.get(name, 0) >= need for name in names):
+            return
+    print(f"W2 warm-up: connections per process {counts}, wanted {need} each", flush=True)
 
 
 def _peak_concurrency(spans: list[tuple[Any, Any]]) -> int:
