@@ -275,6 +275,58 @@ def test_a_burst_of_expired_gates_resumes_its_runs_in_chunks(
     assert resume_runs(chunks[0]) == 0  # nothing taken, nothing advanced
 
 
+def test_a_burst_rings_one_resume_message_per_chunk_that_resumes_its_runs(
+    bell: Bell, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chunks leave as raw task messages (``send_tasks``, one round trip for the burst);
+    their arguments, after the JSON a message carries, resume exactly their runs."""
+    import json
+
+    from reviews.services import RESUME_RUNS
+    from reviews.tasks import resume_runs
+
+    settings.SLUICE_GATE_RESUME_CHUNK = 3
+    gates = [open_gate(bell) for _ in range(7)]
+    sent: list[list[tuple[str, list[Any], str]]] = []
+    monkeypatch.setattr("reviews.services.send_tasks", sent.append)
+    Gate.objects.update(deadline=timezone.now() - timedelta(seconds=1))
+    assert expire_due_gates() == 7
+    assert len(sent) == 1  # one call for the whole burst
+    messages = sent[0]
+    assert [(name, queue) for name, _, queue in messages] == [(RESUME_RUNS, "default")] * 3
+    carried = [json.loads(json.dumps(args)) for _, args, _ in messages]
+    assert [len(args[0]) for args in carried] == [3, 3, 1]
+    resumed = {run_id for args in carried for run_id, _ in args[0]}
+    assert resumed == {str(gate.run_id) for gate in gates}
+    assert sum(resume_runs(*args) for args in carried) == 7
+    for gate in gates:
+        assert get_run(gate.run_id).status == "succeeded"
+
+
+def test_a_broker_failure_while_ringing_a_burst_loses_no_run(
+    bell: Bell, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resume messages fail to send: the gates stay expired, every run stays marked
+    runnable, and the engine's sweep rings for them."""
+    from workflows.core.sweeper import ring_lost
+
+    def fail(messages: Any) -> None:
+        raise ConnectionError("broker down")
+
+    settings.SLUICE_GATE_RESUME_CHUNK = 2
+    gates = [open_gate(bell) for _ in range(4)]
+    monkeypatch.setattr("reviews.services.send_tasks", fail)
+    Gate.objects.update(deadline=timezone.now() - timedelta(seconds=1))
+    assert expire_due_gates() == 4
+    assert Gate.objects.filter(status="expired").count() == 4
+    assert not bell.messages
+    later = timezone.now() + timedelta(seconds=settings.SLUICE_DOORBELL_GRACE_SECONDS + 1)
+    assert ring_lost(later) == 4
+    bell.drain()
+    for gate in gates:
+        assert get_run(gate.run_id).status == "succeeded"
+
+
 def test_the_beat_task_has_the_scheduled_name(bell: Bell) -> None:
     from django.conf import settings
 

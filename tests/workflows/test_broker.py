@@ -40,6 +40,8 @@ def _pop(conn: Any, key: str = QUEUE) -> dict[str, Any]:
         (doorbell.ADVANCE, ["0b3c7f0e-1111-2222-3333-444455556666", 3]),
         (doorbell.ADVANCE_MANY, [[["0b3c7f0e-1111-2222-3333-444455556666", 1]]]),
         (doorbell.EXECUTE_STEP, [42]),
+        # An app's burst through ``doorbell.send_tasks`` (reviews' resume chunks).
+        ("reviews.resume_runs", [[["0b3c7f0e-1111-2222-3333-444455556666", 1]]]),
     ],
 )
 def test_a_raw_message_is_the_one_celery_sends(name: str, args: list[Any]) -> None:

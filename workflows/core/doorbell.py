@@ -106,6 +106,13 @@ def _work_priority() -> int:
     return int((routes.get("*") or {}).get("priority") or 0)
 
 
+def send_tasks(messages: list[tuple[str, list[Any], str]]) -> None:
+    """Queue a burst of ``(task, args, queue)`` messages for an app's own tasks the way the
+    engine rings (one pipeline of LPUSHes on Redis, else Celery over one producer). Raises when
+    the broker fails; the caller logs, and the tables let its sweep ring again."""
+    _send(messages, fresh=True)
+
+
 def send_advance(run_id: Any, generation: int) -> None:
     try:
         _send([(ADVANCE, [str(run_id), generation], "default")])
