@@ -7,6 +7,8 @@ from typing import Any
 
 from celery import shared_task
 
+from reviews.services import RESUME_RUNS
+
 log = logging.getLogger(__name__)
 
 
@@ -27,7 +29,7 @@ def expire_gates() -> int:
     return expire_due_gates()
 
 
-@shared_task(name="reviews.resume_runs", ignore_result=True)
+@shared_task(name=RESUME_RUNS, ignore_result=True)
 def resume_runs(runs: list[Any]) -> int:
     """Advance a burst of runs whose gates closed together (see
     ``reviews.services.ring_for_runs``) through the engine's ``advance_many``: their leases
