@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.urls import URLPattern, path, re_path
 from ninja import NinjaAPI
@@ -247,6 +247,13 @@ def _body_too_large(request: HttpRequest, exc: RequestDataTooBig) -> HttpRespons
         "payload_too_large",
         f"the request body is over {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes",
     )
+
+
+@api.exception_handler(SuspiciousOperation)
+def _suspicious(request: HttpRequest, exc: SuspiciousOperation) -> HttpResponse:
+    """Django's refusals of a malformed request (too many query or form fields, a bad
+    multipart body…): the client's error, as the HTML pages answer it."""
+    return error_response(400, "bad_request", str(exc) or "the request is malformed")
 
 
 @api.exception_handler(Exception)

@@ -409,7 +409,7 @@ def parse_review_timeout(amount: str, unit: str) -> tuple[timedelta | None, str]
         return None, "Enter a number of minutes, hours or days, like 36 hours."
     try:
         duration = parse_review_timeout_value(float(value * seconds))
-    except InvalidInputError:
+    except (InvalidInputError, ArithmeticError):  # ArithmeticError: 1E+999999999 overflows
         return None, "The review timeout must be from 1 minute to 30 days."
     return duration, ""
 

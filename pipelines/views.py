@@ -23,7 +23,14 @@ from django.views.decorators.http import require_GET, require_http_methods
 from pipelines import forms
 from pipelines.llm.tasks import OFFLINE_NOTE, models_for_pipeline
 from pipelines.registry import get_pipeline, mermaid_for_run, pipelines
-from workflows import InvalidInputError, RunNotFoundError, access, get_run, start
+from workflows import (
+    IdempotencyConflict,
+    InvalidInputError,
+    RunNotFoundError,
+    access,
+    get_run,
+    start,
+)
 from workflows.core.definitions import WorkflowDef
 from workflows.core.services import validate_input
 
@@ -118,6 +125,15 @@ def start_run(request: HttpRequest, name: str) -> HttpResponse:
                 errors, general = forms.attach_errors(exc.errors)
             elif not errors:
                 general = [str(exc)]
+        except IdempotencyConflict as exc:
+            # This form already started a run, with other values (edited after "back") or for
+            # another pipeline. Not a second run behind the user's back: say so, and give the
+            # form a new key, so that submitting it again starts one.
+            form_key = uuid.uuid4().hex
+            general = [
+                f"This form already started run {exc.run_id} with other values. "
+                "Submit it again to start a new run with these."
+            ]
     fields = forms.build_fields(schema, values, errors)
     general += forms.unplaced(errors, fields)
     status = 400 if (errors or general or budget_error or timeout_error) else 200

@@ -335,10 +335,15 @@ def namespaced_key(tenant: str, key: str) -> str:
 
 
 def public_key(run: Run) -> str | None:
+    """The key as its client sent it: without ``namespaced_key``'s prefix. A key of another
+    shape (set from Python, say ``api:order-7``) is shown as it is."""
     value = run.idempotency_key
     if value and value.startswith("api:"):
-        _, length, rest = value.split(":", 2)
-        return rest[int(length) + 1 :]
+        parts = value.split(":", 2)
+        if len(parts) == 3 and parts[1].isascii() and parts[1].isdigit():
+            length = int(parts[1])
+            if len(parts[2]) > length and parts[2][length] == ":":
+                return parts[2][length + 1 :]
     return value
 
 
@@ -559,12 +564,14 @@ def create_run(
         )
     except IdempotencyConflict as exc:
         # The same answer as a reused key with another body, below (the IETF Idempotency-Key
-        # draft's 422 for a reused key with a different payload).
+        # draft's 422 for a reused key with a different payload). Keys are the tenant's, so
+        # the run may be one of a pipeline this key may not see: then its id is not named.
+        shown = exc.run_id is not None and visible_runs(key).filter(pk=exc.run_id).exists()
         raise ApiError(
             422,
             "idempotency_key_reused",
             "this Idempotency-Key was already used with a different request body",
-            {"run_id": str(exc.run_id)},
+            {"run_id": str(exc.run_id)} if shown else None,
         ) from None
     except UnknownWorkflowError as exc:
         raise ApiError(

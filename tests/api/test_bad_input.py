@@ -198,3 +198,69 @@ def test_restarting_past_the_journal_is_a_422(api: Api, service: Persona, bell: 
         restart(run.pk, from_step=10**30)
     r = api.post(f"/runs/{run.pk}/restart", {"from_step": 3}, as_=service)
     assert r.status_code == 200 and r.json()["generation"] == 2
+
+
+# --- found in the tenth session's review ---------------------------------------------------------
+
+
+def test_too_many_query_fields_is_a_400_not_a_500(api: Api, service: Persona) -> None:
+    """Django refuses more than DATA_UPLOAD_MAX_NUMBER_FIELDS query fields (a
+    SuspiciousOperation): the API answers it as the HTML pages do, a 400."""
+    many = "&".join(f"a{i}=1" for i in range(1500))
+    for path in (f"/runs?{many}", f"/gates?{many}"):
+        r = api.get(path, as_=service)
+        _assert_refused(r, 400, "bad_request")
+        assert "parameters exceeded" in r.json()["error"]["message"]
+    assert api.get("/runs?limit=1", as_=service).status_code == 200
+
+
+def test_a_reused_idempotency_key_does_not_name_a_run_the_key_may_not_see(
+    api: Api, make_key: Any
+) -> None:
+    """Idempotency keys are the tenant's, so a key limited to other pipelines can hit one that a
+    sibling key used: it gets the 422, but not the hidden run's id (that run is a 404 to it)."""
+    chains = make_key("chains", tenant="acme", pipelines=["test.chain"])
+    sleeps = make_key("sleeps", tenant="acme", pipelines=["test.sleep"])
+    both = make_key("both", tenant="acme", pipelines=["test.chain", "test.sleep"])
+    idem = {"Idempotency-Key": "order-42"}
+    first = api.post(
+        "/runs", {"pipeline": "test.chain", "input": {"n": 1}}, as_=chains, headers=idem
+    )
+    assert first.status_code == 201
+    hidden = first.json()["id"]
+    assert api.get(f"/runs/{hidden}", as_=sleeps).status_code == 404
+    r = api.post(
+        "/runs", {"pipeline": "test.sleep", "input": {"seconds": 1}}, as_=sleeps, headers=idem
+    )
+    _assert_refused(r, 422, "idempotency_key_reused")
+    assert r.json()["error"]["details"] is None
+    assert hidden not in r.content.decode()
+    # A key that may see the run is told which run holds the key.
+    r = api.post(
+        "/runs", {"pipeline": "test.sleep", "input": {"seconds": 1}}, as_=both, headers=idem
+    )
+    _assert_refused(r, 422, "idempotency_key_reused")
+    assert r.json()["error"]["details"] == {"run_id": hidden}
+    assert Run.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("stored", "shown"),
+    [
+        ("api:order-7", "api:order-7"),
+        ("api:v2:order-7", "api:v2:order-7"),
+        ("api:99:x:y", "api:99:x:y"),
+        ("api:1:x:order-7", "order-7"),
+        ("plain", "plain"),
+    ],
+)
+def test_a_run_whose_key_only_looks_like_the_apis_reads_as_it_is(
+    api: Api, make_key: Any, stored: str, shown: str
+) -> None:
+    """A run started from Python may carry any key, ``api:…`` included: reading it is a 200
+    with the key as stored, not a 500 from unpacking the API's own prefix."""
+    run = start("test.chain", {"n": 1}, idempotency_key=stored)
+    reader = make_key("default-tenant")
+    r = api.get(f"/runs/{run.pk}", as_=reader)
+    assert r.status_code == 200, r.content
+    assert r.json()["idempotency_key"] == shown

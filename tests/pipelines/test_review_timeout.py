@@ -72,7 +72,15 @@ def test_the_form_reads_a_number_and_a_unit() -> None:
     assert parse_review_timeout("36", "hours") == (timedelta(hours=36), "")
     assert parse_review_timeout("1.5", "days") == (timedelta(hours=36), "")
     assert parse_review_timeout("1", "minutes") == (timedelta(minutes=1), "")
-    for amount, unit in (("0.5", "minutes"), ("31", "days"), ("721", "hours"), ("0", "hours")):
+    # 1E+999999999 is a finite Decimal whose product with the unit overflows (decimal.Overflow).
+    out_of_range = ("1E+999999999", "1e999999", "-1E+999999999", "1E-999999999")
+    for amount, unit in (
+        ("0.5", "minutes"),
+        ("31", "days"),
+        ("721", "hours"),
+        ("0", "hours"),
+        *((amount, "hours") for amount in out_of_range),
+    ):
         assert parse_review_timeout(amount, unit)[1] == (
             "The review timeout must be from 1 minute to 30 days."
         ), (amount, unit)

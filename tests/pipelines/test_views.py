@@ -98,6 +98,45 @@ def test_a_valid_form_starts_the_run_and_goes_to_its_page(starter: Client) -> No
     assert again["Location"] == f"/runs/{run.pk}/" and Run.objects.count() == 1
 
 
+def test_the_same_form_sent_again_with_other_values_starts_nothing_and_says_why(
+    starter: Client,
+) -> None:
+    """Back, edit, submit: the form's key already started a run with other values (or of
+    another pipeline). Not a 500, and not a second run behind the user's back: the form comes
+    back with the reason and a new key, and submitting that starts the new run."""
+    key = form_key(starter.get("/pipelines/thread_analysis/start/").content.decode())
+    data = {"form_key": key, "input.title": "Mine", "input.thread": "Ann: hi"}
+    assert starter.post("/pipelines/thread_analysis/start/", data).status_code == 302
+    first = Run.objects.get()
+    edited = {**data, "input.title": "Mine (fixed)"}
+    again = starter.post("/pipelines/thread_analysis/start/", edited)
+    assert again.status_code == 400 and Run.objects.count() == 1
+    page = again.content.decode()
+    assert f"This form already started run {first.pk} with other values" in page
+    assert 'value="Mine (fixed)"' in page  # the edits are kept
+    fresh = form_key(page)
+    assert fresh != key
+    done = starter.post("/pipelines/thread_analysis/start/", {**edited, "form_key": fresh})
+    assert done.status_code == 302 and Run.objects.count() == 2
+    assert Run.objects.exclude(pk=first.pk).get().input["title"] == "Mine (fixed)"
+    # The same key sent to another pipeline's form.
+    other = starter.post(
+        "/pipelines/support_ticket/start/",
+        {"form_key": key, **{f"input.{k}": v for k, v in _ticket().items()}},
+    )
+    assert other.status_code == 400 and Run.objects.count() == 2
+    assert "already started run" in other.content.decode()
+
+
+def _ticket() -> dict[str, str]:
+    return {
+        "customer_email": "a@example.com",
+        "subject": "s",
+        "message": "the printer is on fire",
+        "channel": "email",
+    }
+
+
 def test_repeatable_items_are_read_in_order_with_gaps(starter: Client) -> None:
     starter.post(
         "/pipelines/document_batch/start/",

@@ -92,6 +92,27 @@ def test_a_gate_of_another_tenants_run_is_not_found(bell: Bell, people: People) 
     assert Gate.objects.get(pk=theirs.pk).status == "open"
 
 
+def test_an_id_no_gate_can_have_is_not_found(bell: Bell, people: People) -> None:
+    """Ids past 64 bits (which SQLite refuses to compare) and below 1 are skipped as not
+    found, and the rest of the batch is decided."""
+    gate = open_gate(bell)
+    huge, negative = "99999999999999999999", "-99999999999999999999"
+    client = Client()
+    client.force_login(people.ana)
+    r = client.post(
+        "/reviews/bulk/", {"gate": [str(gate.pk), huge, negative, "0"], "outcome": "approve"}
+    )
+    assert r.status_code == 302  # back to the queue, with the batch's report
+    gate.refresh_from_db()
+    assert (gate.status, gate.outcome) == ("decided", "approve")
+    result = bulk.bulk_decide(people.ana, [huge, negative], outcome="reject")
+    assert not result.decided
+    assert [(s.gate_id, s.reason) for s in result.skipped] == [
+        (int(huge), "not_found"),
+        (int(negative), "not_found"),
+    ]
+
+
 def test_a_gate_decided_meanwhile_is_skipped_by_the_swap(
     bell: Bell, people: People, monkeypatch: pytest.MonkeyPatch
 ) -> None:
