@@ -18,17 +18,32 @@ TRACEBACK_LIMIT = 8000
 
 
 def error_dict(exc: BaseException, **extra: Any) -> dict[str, Any]:
+    """``exc`` as the JSON the journal records. Its texts come from the step (an LLM's raw
+    answer among them), so they are made storable: a NUL or a lone surrogate, which
+    PostgreSQL's jsonb refuses, is written as its escape instead of failing the write."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     data: dict[str, Any] = {
-        "type": type(exc).__name__,
-        "message": str(exc),
-        "traceback": tb[-TRACEBACK_LIMIT:],
+        "type": storable_text(type(exc).__name__),
+        "message": storable_text(str(exc)),
+        "traceback": storable_text(tb[-TRACEBACK_LIMIT:]),
     }
     raw = getattr(exc, "raw_text", None)
     if raw is not None:
-        data["raw_text"] = str(raw)[:TRACEBACK_LIMIT]
+        data["raw_text"] = storable_text(str(raw)[:TRACEBACK_LIMIT])
     data.update(extra)
     return data
+
+
+def storable_text(text: str) -> str:
+    """``text`` with what jsonb cannot store escaped: NUL as ``\\x00``, a lone surrogate as
+    ``\\udXXX``."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def worker_lost(step: Any, exhausted: bool) -> dict[str, Any]:
@@ -40,6 +55,14 @@ def worker_lost(step: Any, exhausted: bool) -> dict[str, Any]:
     if exhausted:
         message += "; attempt budget exhausted"
     return {"type": "WorkerLost", "message": message, "attempt": step.attempt}
+
+
+def is_interrupt(exc: BaseException) -> bool:
+    """``exc`` stops the process or its thread (an exit, Ctrl-C, a killed greenlet), rather
+    than being something the code it interrupted did."""
+    if isinstance(exc, SystemExit | KeyboardInterrupt | GeneratorExit):
+        return True
+    return type(exc).__name__ == "GreenletExit"  # gevent's kill, without importing greenlet
 
 
 def is_retryable(exc: BaseException) -> bool:

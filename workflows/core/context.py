@@ -156,6 +156,12 @@ class Context:
         # A mismatch found on replay, kept so that a handler that swallowed it (a bare
         # ``except BaseException``) still fails the run when it returns.
         self._mismatch: DeterminismError | None = None
+        # Likewise a suspension or a budget stop: the handler returning after swallowing one
+        # must not end the run as succeeded (``check_complete``).
+        self._suspended = False
+        self._budget_stop: BudgetExceeded | None = None
+        # A step run inline was interrupted by a BaseException (``_run_handler``).
+        self.interrupted = False
         # ``ctx.patched`` answers, so asking twice in one replay gives one answer, one marker.
         self._patches: dict[str, bool] = {}
         # take_run() just set the lease.
@@ -274,7 +280,7 @@ class Context:
             return self._value(sd, row.result)
         if row.status == StepStatus.FAILED:
             if (row.error or {}).get("type") == "BudgetExceeded":
-                raise BudgetExceeded((row.error or {}).get("message", "budget exceeded"))
+                raise self._over_budget((row.error or {}).get("message", "budget exceeded"))
             raise StepFailed(row.name, row.error or {})
         now = timezone.now()
         if row.status == StepStatus.RUNNING:
@@ -284,7 +290,8 @@ class Context:
                 and row.lease_expires_at
                 and (row.lease_expires_at > now)
             ):
-                raise Suspend  # Another worker is executing it (it was queued in its pool).
+                # Another worker is executing it (it was queued in its pool).
+                raise self._suspension()
             # The attempt recorded as running died with its worker: it counts.
             if row.attempt >= row.max_attempts:
                 return self._fail(
@@ -294,11 +301,11 @@ class Context:
             return self._execute(sd, args, kwargs, pos, row, kind=kind)
         if row.status == StepStatus.RETRYING:
             if row.wake_at and row.wake_at > now:
-                raise Suspend
+                raise self._suspension()
             return self._execute(sd, args, kwargs, pos, row, kind=kind)
         if row.status == StepStatus.PENDING:
             return self._execute(sd, args, kwargs, pos, row, kind=kind)
-        raise Suspend
+        raise self._suspension()
 
     def undo(self, sd: StepDef, args: list[Any], kwargs: dict[str, Any]) -> Any:
         """Run the undo ``sd`` as the next journal position, a step of kind "compensate"
@@ -369,10 +376,10 @@ class Context:
             )
             if done:
                 return None
-            raise Suspend
+            raise self._suspension()
         if row.status == StepStatus.SUCCEEDED:
             return None
-        raise Suspend
+        raise self._suspension()
 
     def wait_for_event(
         self, name: str, *, timeout: timedelta | float | None = None, default: Any = None
@@ -416,10 +423,10 @@ class Context:
                     row.save(update_fields=["status", "result", "finished_at"])
             if row.status == StepStatus.SUCCEEDED:
                 return payloads.unpack(row.result, self.run_id)
-            raise Suspend
+            raise self._suspension()
         if row.status == StepStatus.SUCCEEDED:
             return payloads.unpack(row.result, self.run_id)
-        raise Suspend
+        raise self._suspension()
 
     def run_workflow(
         self, workflow: str | WorkflowDef[Any], input: dict[str, Any] | None = None, **options: Any
@@ -445,13 +452,13 @@ class Context:
                 )
                 row.args = {"run_id": str(child.pk)}
                 row.save(update_fields=["args"])
-            raise Suspend
+            raise self._suspension()
         if row.status == StepStatus.SUCCEEDED:
             # The child's output arrives as the child's own reference (the hand-over).
             return payloads.unpack(row.result, self.run_id, child_step=row.pk)
         if row.status == StepStatus.FAILED:
             raise ChildWorkflowFailed(row.name, row.error or {})
-        raise Suspend
+        raise self._suspension()
 
     def now(self) -> datetime:
         """The current time, journaled so a replay sees the same value."""
@@ -497,12 +504,12 @@ class Context:
                 self._flush()
                 row.save()
                 on_open(row)
-            raise Suspend
+            raise self._suspension()
         if row.status == StepStatus.SUCCEEDED:
             return payloads.unpack(row.result, self.run_id)
         if row.status == StepStatus.FAILED:
             raise StepFailed(row.name, row.error or {})
-        raise Suspend
+        raise self._suspension()
 
     def patched(self, patch_id: str) -> bool:
         """Whether this run takes the new code path of a change named ``patch_id``.
@@ -634,11 +641,25 @@ class Context:
         self._mismatch = self._mismatch or DeterminismError(message)
         raise DeterminismError(message)
 
+    def _suspension(self) -> Suspend:
+        """The ``Suspend`` to raise, remembered (``check_complete``)."""
+        self._suspended = True
+        return Suspend()
+
+    def _over_budget(self, message: str) -> BudgetExceeded:
+        """The ``BudgetExceeded`` to raise, remembered (``check_complete``)."""
+        self._budget_stop = BudgetExceeded(message)
+        return self._budget_stop
+
     def check_complete(self) -> None:
         """After the handler returned: no mismatch may have been swallowed, and the journal
         must not hold entries the code never reached."""
         if self._mismatch is not None:
             raise self._mismatch
+        if self._budget_stop is not None:
+            raise self._budget_stop
+        if self._suspended:
+            raise Suspend  # it waits for what it waited for, whatever the handler did after
         self._skip_markers()
         if self._max_position > self._pos:
             row = self._rows[self._max_position]
@@ -882,7 +903,7 @@ class Context:
                     for key, value in fields.items():
                         setattr(row, key, value)
         if queued:
-            raise Suspend
+            raise self._suspension()
         leases.hold(row.pk)  # It holds a slot of a limited pool under its own lease.
         try:
             return self._call(sd, args, kwargs, row)
@@ -907,6 +928,10 @@ class Context:
                 return self._failed_attempt(sd, row, exc)
             finally:
                 self._emit_step(sd, row, scope, started)
+        except BaseException:
+            usage.leave(token)
+            self.interrupted = True  # a lost worker, not the handler's doing: _run_handler
+            raise
         usage.leave(token)
         self._record_usage(row, scope)
         row.status = StepStatus.SUCCEEDED
@@ -950,7 +975,7 @@ class Context:
     def _check_budget(self, name: str) -> None:
         limit = self._record.max_cost
         if limit is not None and self._spent >= limit:
-            raise BudgetExceeded(
+            raise self._over_budget(
                 f"budget exceeded: the run has spent ${self._spent:.4f} of its ${limit:.4f} "
                 f"budget (max_cost); stopped before step {name!r}"
             )
@@ -967,7 +992,7 @@ class Context:
             row.lease_owner = ""
             row.lease_expires_at = None
             self._dirty.append(row)
-            raise Suspend  # The sweep rings for the run when the backoff is over.
+            raise self._suspension()  # The sweep rings for the run when the backoff is over.
         return self._fail(row, err, now=now)
 
     def _fail(self, row: Step, err: dict[str, Any], now: datetime | None = None) -> Any:
@@ -1095,15 +1120,15 @@ class Context:
                 dispatch_many_on_commit(ring)
                 dispatch_batches_on_commit(reserved)
             self._parked = parked  # committed
-            raise Suspend
+            raise self._suspension()
         if group.status == StepStatus.WAITING:
-            raise Suspend
+            raise self._suspension()
         results: list[Any] = []
         ended = sorted(self._branches.get(pos, []), key=lambda r: r.branch)
         refused = [b for b in ended if (b.error or {}).get("type") == "BranchBudgetExceeded"]
         if refused:
             # Not a StepFailed: a workflow's except (or return_exceptions) cannot spend on.
-            raise BudgetExceeded(
+            raise self._over_budget(
                 f"{(refused[0].error or {}).get('message', 'budget exceeded')} "
                 f"({len(refused)} of {len(ended)} branches not started)"
             )

@@ -16,7 +16,7 @@ from decimal import Decimal
 from functools import partial
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, transaction
+from django.db import DEFAULT_DB_ALIAS, DataError, transaction
 from django.db.models import Avg, Count, Q
 from django.utils import timezone
 
@@ -30,7 +30,7 @@ from workflows.core import (
     transitions,
     usage,
 )
-from workflows.core.calls import call_step, error_dict, is_retryable, retry_after
+from workflows.core.calls import call_step, error_dict, is_interrupt, is_retryable, retry_after
 from workflows.core.context import BranchOutcome, Context
 from workflows.core.definitions import resolve_step, workflow_for_run
 from workflows.core.doorbell import (
@@ -160,6 +160,14 @@ def _run_handler(ctx: Context, run: Run) -> tuple[str, Any]:
     except (BudgetExceeded, DeterminismError, PayloadTooLargeError, Exception) as exc:
         if ctx.mismatch is not None and not isinstance(exc, DeterminismError):
             return RunStatus.FAILED, error_dict(ctx.mismatch)
+        return RunStatus.FAILED, error_dict(exc)
+    except BaseException as exc:
+        # A stop of the process, or a step interrupted while it ran inline, is a lost worker:
+        # the run is let go and replayed (the step's attempt is counted). Anything else comes
+        # from the workflow's own code (an asyncio.CancelledError, say), and would come again
+        # on every replay: it fails the run, as an Exception does.
+        if is_interrupt(exc) or ctx.interrupted:
+            raise
         return RunStatus.FAILED, error_dict(exc)
 
 
@@ -430,6 +438,13 @@ def _run_claimed_step(row: Step, owner: str, woke: list[Any] | None) -> Step | N
             data = payloads.blob_ref(blob)
     except Exception as e:
         exc = e
+    except BaseException:
+        # Not an outcome (SystemExit, a cancellation): treated as a lost worker, as for a step
+        # run inline. Stop renewing the lease, so that the sweep reclaims the step when it
+        # runs out and counts the attempt; held, it would stay running for as long as this
+        # process lives (a thread pool survives the exception).
+        drop(row.pk)
+        raise
     finally:
         usage.leave(token)
     seconds = time.perf_counter() - started
@@ -530,16 +545,28 @@ def complete_step(
         else:
             fields.update(status=StepStatus.FAILED, error=err)
     conf = pools.get_pool(row.pool)
-    done = transitions.finish(
-        row,
-        owner,
-        fields,
-        cost=Decimal(scope.cost or 0),
-        now=now,
-        ready_by=now + grace(),
-        hand_over=bool(conf.max_concurrency and not conf.rate_limit),
-        take_run=woke is not None,
-    )
+    then: dict[str, Any] = {
+        "cost": Decimal(scope.cost or 0),
+        "now": now,
+        "ready_by": now + grace(),
+        "hand_over": bool(conf.max_concurrency and not conf.rate_limit),
+        "take_run": woke is not None,
+    }
+    try:
+        done = transitions.finish(row, owner, fields, **then)
+    except (DataError, TypeError, ValueError) as refused:
+        # The outcome holds a value the database (or its field) refuses. Left running, the
+        # step would be run again and again, then blamed on a lost worker: record it failed,
+        # with why, and let the run's failure path (retry, catch, on_complete) go on.
+        log.warning("could not record step %s's outcome; failing it", row.pk, exc_info=True)
+        fields = {
+            "finished_at": now,
+            "lease_owner": "",
+            "lease_expires_at": None,
+            "status": StepStatus.FAILED,
+            "error": error_dict(refused, attempt=row.attempt, outcome_not_stored=True),
+        }
+        done = transitions.finish(row, owner, fields, **then)
     if done is None:
         return None
     if done.wake is not None:

@@ -579,7 +579,8 @@ def restart(
         now = timezone.now()
         generation = run.generation + 1
         if group is not None:
-            _reopen_group(run, group, rerun, generation, now)
+            budgeted = (max_cost if max_cost is not None else run.max_cost) is not None
+            _reopen_group(run, group, rerun, generation, now, budgeted)
         fields: dict[str, Any] = {}
         if max_cost is not None:
             fields["max_cost"] = max_cost
@@ -597,9 +598,30 @@ def restart(
     return run
 
 
-def _reopen_group(run: Run, group: Step, rerun: list[Step], generation: int, now: datetime) -> None:
+def _budget_flagged(branch: Step, budgeted: bool) -> Any:
+    """``branch``'s stored call, flagged to check the run's budget before it starts
+    (``executor.budget_refusal``) if and only if ``budgeted``: the flag is set at fan-out,
+    from the budget the run had then."""
+    call = payloads.unpack(branch.args, branch.run_id) or {}
+    if bool(call.get("budgeted")) == budgeted:
+        return branch.args
+    call = {k: v for k, v in call.items() if k != "budgeted"}
+    if budgeted:
+        call["budgeted"] = True
+    data, blob = payloads.pack(call, branch.run_id, f"arguments of {branch.name}")
+    if blob is not None:
+        blob.save()
+        data = payloads.blob_ref(blob)
+    return data
+
+
+def _reopen_group(
+    run: Run, group: Step, rerun: list[Step], generation: int, now: datetime, budgeted: bool
+) -> None:
     """A fresh live copy of fan-out ``group`` waiting for fresh copies of the ``rerun``
-    branches (their old rows were just superseded); the succeeded siblings stay as they are."""
+    branches (their old rows were just superseded); the succeeded siblings stay as they are.
+    Each copy keeps its undo, and checks the run's budget before it starts when the run has
+    one now (``budgeted``: a restart may set the first)."""
     cap = max(1, run.max_parallel)
     copies = []
     for i, old in enumerate(rerun):
@@ -615,7 +637,8 @@ def _reopen_group(run: Run, group: Step, rerun: list[Step], generation: int, now
                 pool=old.pool,
                 held=i >= cap,
                 target=old.target,
-                args=old.args,
+                undo=old.undo,
+                args=_budget_flagged(old, budgeted),
                 digest=old.digest,
                 max_attempts=old.max_attempts,
                 wake_at=now + grace(),

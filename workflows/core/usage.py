@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from workflows.core.jsonvalues import check_size, to_json
+
 
 @dataclass
 class StepScope:
@@ -28,10 +30,22 @@ def current_step() -> StepScope | None:
 
 
 def record_usage(cost: float | Decimal = 0, **usage: Any) -> None:
-    """Add usage to the running step's journal entry (tokens summed, other keys replaced)."""
+    """Add usage to the running step's journal entry (tokens summed, other keys replaced).
+
+    Checked here, so that a value the journal cannot store fails the step that recorded it, at
+    the call: ``cost`` must be a finite number, each value JSON (a ``Decimal`` is stored as
+    its text). Raises ``TypeError`` otherwise."""
     scope = _current.get()
     if scope is None:
         return
+    try:
+        amount = Decimal(str(cost))
+    except ArithmeticError:
+        raise TypeError(f"record_usage: cost must be a number, not {cost!r}") from None
+    if not amount.is_finite():
+        raise TypeError(f"record_usage: cost must be a finite number, not {cost!r}")
+    usage = {key: to_json(value, f"usage {key!r}") for key, value in usage.items()}
+    check_size(usage, "usage")
     for key, value in usage.items():
         if (
             isinstance(value, int | float)
@@ -41,7 +55,7 @@ def record_usage(cost: float | Decimal = 0, **usage: Any) -> None:
             scope.usage[key] = scope.usage.get(key, 0) + value
         else:
             scope.usage[key] = value
-    scope.cost += Decimal(str(cost))
+    scope.cost += amount
 
 
 def enter(scope: StepScope) -> contextvars.Token[StepScope | None]:
