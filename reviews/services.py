@@ -1005,7 +1005,9 @@ def reassign_gate(gate_id: Any, user: Any, to: str) -> Gate:
             gate,
         )
     name = (to or "").strip()
-    target = get_user_model().objects.filter(username=name, is_active=True).first()
+    # A NUL is no username (and PostgreSQL refuses it in a query's text).
+    found = get_user_model().objects.filter(username=name, is_active=True)
+    target = found.first() if "\x00" not in name else None
     if target is None or not gates_visible_to(target).filter(pk=gate.pk).exists():
         raise ReassignError(
             f"{name or 'nobody'} is not a reviewer who can see this gate",
@@ -1014,6 +1016,17 @@ def reassign_gate(gate_id: Any, user: Any, to: str) -> Gate:
     if gate.claimed_by_id == target.pk:
         raise ReassignError(
             f"{name} already holds this gate", [{"field": "to", "message": "already holds it"}]
+        )
+    # Holding the claim, someone who may not approve would keep every other approver out.
+    if gate.approvals_required > 1 and name in approvers_of(gate.pk):
+        raise ReassignError(
+            f"{name} has already approved this gate, which needs another reviewer's approval",
+            [{"field": "to", "message": "name a reviewer who has not approved it yet"}],
+        )
+    if gate.separation_of_duties and started_the_run(gate, name):
+        raise ReassignError(
+            f"{name} started this run, so with separation of duties they may not approve it",
+            [{"field": "to", "message": "name a reviewer who did not start the run"}],
         )
     holder = gate.claimed_by.get_username() if gate.claimed_by else ""
     now = timezone.now()
@@ -1098,10 +1111,12 @@ def escalate_due_gates(now: datetime | None = None, batch: int | None = None) ->
 # --- canceling ----------------------------------------------------------------------------------
 
 
-def cancel_open_gates(run: Run) -> int:
-    """Close the open gates of a run that ended. Runs inside the transaction that ended it
-    (``workflows.core.signals.run_finished``), which holds the run's lock."""
+def cancel_open_gates(run: Run, reason: str = "") -> int:
+    """Close the open gates of a run that ended, or that a cancel stopped while its undos
+    run. Runs inside the transaction that did it (``workflows.core.signals.run_finished``,
+    ``run_stopped``), which holds the run's lock."""
     now = timezone.now()
+    reason = reason or f"run {run.status}"
     open_gates = Gate.objects.filter(run_id=run.pk, status=GateStatus.OPEN)
     ids = list(open_gates.values_list("pk", flat=True))
     if not ids:
@@ -1115,7 +1130,7 @@ def cancel_open_gates(run: Run) -> int:
                 gate_id=gate_id,
                 kind=GateEventKind.CANCELED,
                 at=now,
-                detail={"reason": f"run {run.status}"},
+                detail={"reason": reason},
             )
             for gate_id in ids
         ]
@@ -1128,6 +1143,12 @@ def run_may_hold_gates(run: Run, status: str) -> bool:
     past every gate it opened (it cannot return while suspended on one), so only failed and
     canceled runs can."""
     return status != RunStatus.SUCCEEDED
+
+
+def on_run_stopped(sender: Any, run: Run, **kwargs: Any) -> None:
+    """Receiver of ``run_stopped``: a canceled run that undoes its steps first takes no more
+    decisions, so its gates close now, not when the undos are done."""
+    cancel_open_gates(run, "run canceled")
 
 
 def on_run_finished(sender: Any, run: Run, **kwargs: Any) -> None:

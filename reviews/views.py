@@ -303,6 +303,9 @@ def bulk_decide(request: HttpRequest) -> HttpResponse:
     if len(comment) > UNSENT_COMMENT_LIMIT:
         messages.error(request, f"The comment is longer than {UNSENT_COMMENT_LIMIT} characters.")
         return redirect(back)
+    if "\x00" in comment:
+        messages.error(request, "The comment contains a NUL character, which cannot be stored.")
+        return redirect(back)
     if not ids:
         messages.error(request, "Select at least one gate first.")
         return redirect(back)

@@ -113,6 +113,21 @@ def test_an_id_no_gate_can_have_is_not_found(bell: Bell, people: People) -> None
     ]
 
 
+def test_a_comment_with_a_nul_decides_nothing_and_says_why(bell: Bell, people: People) -> None:
+    """PostgreSQL cannot store a NUL in text: the form says so (it was a 500 there)."""
+    gate = open_gate(bell)
+    client = Client()
+    client.force_login(people.ana)
+    r = client.post(
+        "/reviews/bulk/",
+        {"gate": [str(gate.pk)], "outcome": "approve", "comment": "ok\x00then"},
+        follow=True,
+    )
+    assert r.status_code == 200
+    assert "The comment contains a NUL character" in r.content.decode()
+    assert Gate.objects.get(pk=gate.pk).status == "open"
+
+
 def test_a_gate_decided_meanwhile_is_skipped_by_the_swap(
     bell: Bell, people: People, monkeypatch: pytest.MonkeyPatch
 ) -> None:

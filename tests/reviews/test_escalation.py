@@ -221,6 +221,42 @@ def test_it_hands_a_gate_only_to_someone_who_can_see_it(bell: Bell, people: Peop
     assert gate.claimed_by == people.ana
 
 
+def test_it_hands_a_gate_only_to_someone_who_may_approve_it(bell: Bell, people: People) -> None:
+    """Holding the claim, a four-eyes approver who already approved (or the run's starter on a
+    gate with separation of duties) could not approve, and would keep everyone else out."""
+    four_eyes = open_gate(bell, approvals=2)
+    decide_gate(four_eyes.pk, outcome="approve", actor="ana", user=people.ana)
+    claim_gate(four_eyes.pk, people.ben)
+    with pytest.raises(ReassignError, match="ana has already approved this gate"):
+        reassign_gate(four_eyes.pk, people.ben, "ana")
+    own = open_gate(bell, created_by="ana", separation_of_duties=True)
+    claim_gate(own.pk, people.ben)
+    with pytest.raises(ReassignError, match="ana started this run"):
+        reassign_gate(own.pk, people.ben, "ana")
+    for gate in (four_eyes, own):
+        gate.refresh_from_db()
+        assert gate.claimed_by == people.ben
+        assert not GateEvent.objects.filter(gate=gate, kind="reassigned").exists()
+    # Someone who may approve it still can be handed such a gate.
+    theirs = open_gate(bell, created_by="otto", separation_of_duties=True)
+    claim_gate(theirs.pk, people.ben)
+    reassign_gate(theirs.pk, people.ben, "ana")
+    theirs.refresh_from_db()
+    assert theirs.claimed_by == people.ana
+
+
+def test_a_nul_in_the_name_is_nobody(bell: Bell, people: People) -> None:
+    """Not a 500 (PostgreSQL refuses a NUL in a query's text): nobody is called that."""
+    gate = open_gate(bell)
+    claim_gate(gate.pk, people.ana)
+    with pytest.raises(ReassignError, match="not a reviewer who can see this gate"):
+        reassign_gate(gate.pk, people.ana, "b\x00en")
+    response = logged_in(people.ana).post(f"/reviews/{gate.pk}/reassign/", {"to": "b\x00en"})
+    assert response.status_code == 302
+    gate.refresh_from_db()
+    assert gate.claimed_by == people.ana
+
+
 def test_the_escalation_group_can_reassign_an_escalated_gate(bell: Bell, people: People) -> None:
     gate = escalating(bell)
     due(gate)

@@ -15,10 +15,18 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from reviews.models import Gate
-from reviews.services import claim_gate, decide_gate, expire_due_gates
+from reviews.models import Gate, GateApproval, GateEvent
+from reviews.services import (
+    GateClosedError,
+    claim_gate,
+    decide_gate,
+    expire_due_gates,
+    open_queue,
+)
 from tests.reviews.conftest import People, open_gate
+from tests.reviews.workflows import BOOKED
 from tests.support import Bell
+from workflows import cancel, get_run, start
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 
@@ -107,3 +115,29 @@ def test_an_invalid_decision_on_a_closed_gate_still_hands_the_comment_back(
     assert response.status_code == 409
     body = response.content.decode()
     assert ">Keep me</textarea>" in body and body.count("expired at") == 1
+
+
+def test_a_cancel_that_undoes_steps_first_closes_the_gate_at_once(
+    bell: Bell, people: People
+) -> None:
+    """The run is compensating until its undos are done, but it takes no more decisions: its
+    gate closes in the cancel's own transaction, not when the undos end."""
+    BOOKED.clear()
+    run = start("test.saga_review", {"approvals": 2})
+    bell.drain()
+    gate = Gate.objects.get(run=run, status="open")
+    cancel(run.pk, "the customer called it off")
+    assert get_run(run.pk).status == "compensating"
+    gate.refresh_from_db()
+    assert gate.status == "canceled"
+    assert GateEvent.objects.get(gate=gate, kind="canceled").detail == {"reason": "run canceled"}
+    assert gate.pk not in [g.pk for g in open_queue(people.ben)]
+    with pytest.raises(GateClosedError):
+        claim_gate(gate.pk, people.ben)
+    with pytest.raises(GateClosedError):
+        decide_gate(gate.pk, outcome="approve", actor="ana", user=people.ana)
+    assert not GateApproval.objects.filter(gate=gate).exists()
+    bell.settle()
+    assert get_run(run.pk).status == "canceled"
+    assert BOOKED == ["do:flight", "undo:flight"]
+    assert GateEvent.objects.filter(gate=gate, kind="canceled").count() == 1

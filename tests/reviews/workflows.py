@@ -291,3 +291,27 @@ def payment_release_wf(
         escalate_to="leads",
     )
     return decision_output(d) | {"approvals": list(d.approvals)}
+
+
+# A booking with an undo, then a gate: canceling it while the gate is open compensates first.
+BOOKED: list[str] = []
+
+
+@step
+def unbook(name: str, result: str) -> None:
+    BOOKED.append(f"undo:{name}")
+
+
+@step(compensate=unbook)
+def book(name: str) -> str:
+    BOOKED.append(f"do:{name}")
+    return f"ref-{name}"
+
+
+@workflow(name="test.saga_review")
+def saga_review_wf(ctx: Any, approvals: int = 1) -> dict[str, Any]:
+    ref = ctx.run(book, "flight")
+    d = ctx.review(
+        "Approve the booking", "", {"ref": ref}, approvals=approvals, timeout=timedelta(hours=1)
+    )
+    return decision_output(d)

@@ -44,7 +44,7 @@ from workflows.core.models import (
     StepKind,
     StepStatus,
 )
-from workflows.core.signals import run_finished
+from workflows.core.signals import run_finished, run_stopped
 from workflows.core.storage import storage
 
 log = logging.getLogger(__name__)
@@ -472,6 +472,7 @@ def _cancel_locked(run: Run, reason: str) -> bool:
     for child in Run.objects.filter(parent=run, status__in=ACTIVE_RUN):
         _cancel_locked(child, f"parent run {run.pk} canceled")
     if run.status == RunStatus.COMPENSATING:
+        run_stopped.send(sender=Run, run=run)
         ring_on_commit(run.pk, run.generation)  # on_complete runs after the undos
     else:
         run_terminal_hooks(run)

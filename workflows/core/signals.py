@@ -130,6 +130,11 @@ class IsolatedSignal(Signal):
 
 run_finished = IsolatedSignal()  # kwargs: run
 
+# Sent in the transaction of a cancel that does not end the run yet: it has steps to undo, so it
+# is compensating, and ends canceled (``run_finished``) when they are done. It takes nothing more
+# from outside meanwhile (the reviews app closes its gates); kwargs: run.
+run_stopped = IsolatedSignal()
+
 # Sent by the retention prune inside the transaction that deletes a batch of finished runs,
 # before the delete; kwargs: run_ids. Apps keep or archive what must outlive the run (the
 # reviews app: its gates' audit trail). A plain signal on purpose: a receiver that raises rolls
