@@ -300,6 +300,9 @@ SLUICE_WORKFLOW_MODULES = env.list("SLUICE_WORKFLOW_MODULES", default=[])
 SLUICE_HOST_ID = env("SLUICE_HOST_ID", default="") or socket.gethostname()
 # Seconds a run or step lease lasts; the worker renews it while it works.
 SLUICE_LEASE_SECONDS = env.float("SLUICE_LEASE_SECONDS", default=8.0)
+# The longest wait a step's error may ask for before its retry (an HTTP Retry-After): longer
+# hints, from outside, are cut to this.
+SLUICE_MAX_RETRY_AFTER_SECONDS = env.float("SLUICE_MAX_RETRY_AFTER_SECONDS", default=3600.0)
 # How long a rung doorbell may go unanswered before the sweep rings again.
 SLUICE_DOORBELL_GRACE_SECONDS = env.float("SLUICE_DOORBELL_GRACE_SECONDS", default=5.0)
 # How long a worker whose database connection broke (a restart, a failover) waits for the

@@ -39,6 +39,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from workflows.core import outbox
+from workflows.core.calls import storable_text
 from workflows.core.payloads import stored
 from workflows.core.signals import run_finished
 from workflows.models import (
@@ -201,19 +202,36 @@ def pinned_request(target: Target, address: str) -> tuple[str, dict[str, str], d
     return url, {"Host": host_header}, extensions
 
 
-def _post(target: Target, body: bytes, headers: dict[str, str]) -> httpx.Response:
+# At most this much of a receiver's answer is read (and kept, as the attempt's excerpt).
+EXCERPT_BYTES = 500
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a receiver answered: its status and the start of its body."""
+
+    status_code: int
+    excerpt: str
+
+
+def _post(target: Target, body: bytes, headers: dict[str, str]) -> Answer:
     """POST to the checked addresses of ``target`` in turn, never resolving the host again.
 
     Only a failure to connect moves on to the next address (as a client does when a name has
-    several); any other error, or an answer, ends the attempt.
+    several); any other error, or an answer, ends the attempt. The status decides the attempt;
+    of the body only ``EXCERPT_BYTES`` are read, and only until ``SLUICE_WEBHOOK_TIMEOUT`` has
+    passed since the request began: a receiver that answers with gigabytes, or drips its body
+    a byte at a time, holds neither the worker's memory nor the delivery's claim.
     """
     timeout = float(settings.SLUICE_WEBHOOK_TIMEOUT)
+    deadline = time.monotonic() + timeout
     # trust_env=False: an HTTP(S)_PROXY from the environment would resolve the name itself.
     with httpx.Client(
         timeout=timeout, follow_redirects=False, trust_env=False, verify=_tls_verify()
     ) as client:
         if not target.addresses:
-            return client.post(target.url, content=body, headers=headers)
+            request = client.build_request("POST", target.url, content=body, headers=headers)
+            return _answer(client.send(request, stream=True), deadline)
         last: httpx.ConnectError | None = None
         for address in target.addresses:
             url, extra, extensions = pinned_request(target, address)
@@ -221,11 +239,29 @@ def _post(target: Target, body: bytes, headers: dict[str, str]) -> httpx.Respons
                 "POST", url, content=body, headers={**headers, **extra}, extensions=extensions
             )
             try:
-                return client.send(request)
+                response = client.send(request, stream=True)
             except httpx.ConnectError as exc:
                 last = exc
+                continue
+            return _answer(response, deadline)
         assert last is not None
         raise last
+
+
+def _answer(response: httpx.Response, deadline: float) -> Answer:
+    """The status and excerpt of a streamed ``response``, which this closes."""
+    data = bytearray()
+    try:
+        for chunk in response.iter_bytes():
+            data += chunk
+            if len(data) >= EXCERPT_BYTES or time.monotonic() >= deadline:
+                break
+    except httpx.HTTPError:
+        pass  # the status arrived; a body cut off or too slow only shortens the excerpt
+    finally:
+        response.close()
+    text = bytes(data[:EXCERPT_BYTES]).decode(response.encoding or "utf-8", errors="replace")
+    return Answer(response.status_code, text)
 
 
 def _tls_verify() -> ssl.SSLContext | bool:
@@ -380,14 +416,15 @@ def _record(
         started_at=started,
         status_code=status_code,
         latency_ms=latency_ms,
-        error=error[:2000],
-        response_excerpt=excerpt[:500],
+        error=storable_text(error[:2000]),
+        # The receiver's words: a NUL in them (PostgreSQL refuses it in text) is escaped.
+        response_excerpt=storable_text(excerpt[:500]),
         succeeded=succeeded,
     )
     fields: dict[str, Any] = {
         "attempts": F("attempts") + 1,
         "last_status_code": status_code,
-        "last_error": error[:2000],
+        "last_error": storable_text(error[:2000]),
     }
     if final is not None:
         fields["status"] = final
@@ -444,7 +481,7 @@ def deliver(row: Outbox) -> None:
         )
         raise WebhookFailed(error) from None
     latency = (time.perf_counter() - t0) * 1000
-    excerpt = response.text[:500]
+    excerpt = response.excerpt
     if 200 <= response.status_code < 300:
         _record(
             delivery,

@@ -83,7 +83,9 @@ async def _ask[T: pydantic.BaseModel](
                 if error is None:
                     raise
                 error.usage = usage_of(messages)  # type: ignore[attr-defined]
-                raise error from exc
+                # Not chained: the journal keeps the error's traceback, and the SDK's own
+                # exception may quote the request (its headers, the key a provider echoed).
+                raise _scrubbed(error, spec) from None
         usage = result.usage
         return Answer(result.output, usage.input_tokens or 0, usage.output_tokens or 0)
     finally:
@@ -197,21 +199,33 @@ def translate(
         )
     if isinstance(exc, pe.ModelTimeoutError | pe.ModelRequestTimeout):
         return ProviderTimeout(f"{prefix}no answer within {config.timeout():g}s", **who)
+    # A 503's Retry-After is honoured as a 429's is.
+    later = getattr(exc, "retry_after", None)
     if isinstance(exc, pe.ModelConnectionError | pe.ModelServerError | pe.ModelUnavailableError):
         what = f"HTTP {status}" if status else type(exc).__name__
         return ProviderUnavailable(
-            f"{prefix}provider unavailable ({what}): {_short(exc)}", status=status, **who
+            f"{prefix}provider unavailable ({what}): {_short(exc)}",
+            status=status,
+            retry_after=later,
+            **who,
         )
     if isinstance(exc, pe.ModelHTTPError):
         if status is not None and (status >= 500 or status in (408, 409, 425)):
             return ProviderUnavailable(
-                f"{prefix}HTTP {status}: {_short(exc)}", status=status, **who
+                f"{prefix}HTTP {status}: {_short(exc)}", status=status, retry_after=later, **who
             )
         return RequestRejected(f"{prefix}HTTP {status}: {_short(exc)}", status=status, **who)
     if isinstance(exc, pe.ModelAPIError):
         # A response that could not be decoded (not JSON, cut off): keep what arrived.
         return MalformedAnswer(
             f"{prefix}malformed response: {_short(exc)}", raw_text=_raw_from_cause(exc), **who
+        )
+    if isinstance(exc, IndexError | KeyError):
+        # The SDK could not read the answer's shape (``"choices": []``, say).
+        return MalformedAnswer(
+            f"{prefix}malformed response: {type(exc).__name__}: {_short(exc)}",
+            raw_text=_raw_answer(messages) or _raw_from_cause(exc),
+            **who,
         )
     if isinstance(exc, pe.UnexpectedModelBehavior):
         detail = _validation_detail(exc, messages)
@@ -282,6 +296,20 @@ def _raw_from_cause(exc: BaseException) -> str | None:
             return body[:RAW_TEXT_LIMIT]
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _scrubbed(error: ProviderError, spec: ModelSpec) -> ProviderError:
+    """``error`` with the model's API key masked in its message and raw text: a provider may
+    echo the key in an error body, and both are journaled and shown on the run's page."""
+    key = spec.api_key or ""
+    if len(key) < 8:  # "missing", or nothing worth masking
+        return error
+    error.args = tuple(
+        arg.replace(key, "***") if isinstance(arg, str) else arg for arg in error.args
+    )
+    if error.raw_text:
+        error.raw_text = error.raw_text.replace(key, "***")
+    return error
 
 
 def _short(exc: BaseException) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +32,9 @@ class Receiver:
     requests: list[Received] = field(default_factory=list)
     port: int = 0
     host: str = "127.0.0.1"
+    # The 2xx answer's body, and a pause before each of its bytes (a receiver that drips it).
+    body: bytes = b'{"ok": true}'
+    drip_seconds: float = 0.0
 
     @property
     def url(self) -> str:
@@ -44,9 +48,13 @@ def receiver(
     host: str = "127.0.0.1",
     port: int = 0,
     tls: ssl.SSLContext | None = None,
+    body: bytes | None = None,
+    drip_seconds: float = 0.0,
 ) -> Iterator[Receiver]:
     """Serve on ``host:port`` (port 0: any free one), over TLS with a server context ``tls``."""
-    state = Receiver(script=list(script or []), host=host)
+    state = Receiver(script=list(script or []), host=host, drip_seconds=drip_seconds)
+    if body is not None:
+        state.body = body
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
@@ -56,12 +64,20 @@ def receiver(
             with lock:
                 state.requests.append(Received(self.path, dict(self.headers.items()), body))
                 status = state.script.pop(0) if state.script else 200
-            payload = b'{"ok": true}' if status < 300 else b'{"error": "try later"}'
+            payload = state.body if status < 300 else b'{"error": "try later"}'
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            self.wfile.write(payload)
+            try:
+                if not state.drip_seconds:
+                    self.wfile.write(payload)
+                for i in range(len(payload) if state.drip_seconds else 0):
+                    time.sleep(state.drip_seconds)
+                    self.wfile.write(payload[i : i + 1])
+                    self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client stopped reading: what a bounded reader does
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

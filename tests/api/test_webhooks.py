@@ -200,3 +200,59 @@ def test_signatures_cover_the_timestamp_and_expire() -> None:
     assert not verify("s3cret", sign("s3cret", now - 3600, body), body)
     assert not verify("s3cret", "v1=deadbeef", body)
     assert not verify("s3cret", "garbage", body)
+
+
+# --- what a receiver answers is read bounded ------------------------------------------------------
+
+
+def test_a_huge_answer_is_not_read_into_memory(api: Api, service: Persona, bell: Bell) -> None:
+    """Only the excerpt is read: a 50 MB answer (300 MB in the review) cost that in memory."""
+    import tracemalloc
+
+    with receiver(body=b"x" * 50_000_000) as hook:
+        _start_via_api(api, service, hook.url)
+        bell.drain()
+        tracemalloc.start()
+        try:
+            assert deliver_due() == 1
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 5_000_000, peak
+    (attempt,) = WebhookAttempt.objects.all()
+    assert attempt.succeeded and attempt.response_excerpt == "x" * 500
+
+
+def test_a_receiver_dripping_its_answer_holds_the_delivery_no_longer_than_the_timeout(
+    api: Api, service: Persona, bell: Bell, settings: Any
+) -> None:
+    """Each read of a drip arrives in time, so the per-read timeout never fires: the body is
+    read only until SLUICE_WEBHOOK_TIMEOUT has passed, and the status decides."""
+    settings.SLUICE_WEBHOOK_TIMEOUT = 1.0
+    with receiver(body=b'{"ok": true, "pad": "' + b"." * 200 + b'"}', drip_seconds=0.05) as hook:
+        _start_via_api(api, service, hook.url)
+        bell.drain()
+        began = time.monotonic()
+        assert deliver_due() == 1
+        took = time.monotonic() - began
+    assert took < 3.0, took  # not the ~11 s the drip lasts
+    assert len(hook.requests) == 1
+    (attempt,) = WebhookAttempt.objects.all()
+    assert attempt.succeeded and attempt.response_excerpt.startswith('{"ok": true')
+
+
+def test_a_nul_in_the_answer_is_kept_escaped_and_not_sent_again(
+    api: Api, service: Persona, bell: Bell
+) -> None:
+    """PostgreSQL refuses a NUL in text: recording the attempt failed, and the outbox sent the
+    webhook again though the receiver had it."""
+    with receiver(body=b'{"ok": true, "x": "\x00"}') as hook:
+        _start_via_api(api, service, hook.url)
+        bell.drain()
+        assert deliver_due() == 1
+        _make_due()
+        assert deliver_due() == 0
+    assert len(hook.requests) == 1
+    (attempt,) = WebhookAttempt.objects.all()
+    assert attempt.succeeded and attempt.response_excerpt == '{"ok": true, "x": "\\x00"}'
+    assert WebhookDelivery.objects.get().status == "delivered"

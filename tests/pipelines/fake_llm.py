@@ -38,15 +38,23 @@ class Fault:
     kind: str
     seconds: float = 0.0
     status: int = 0
-    retry_after: float | None = None
+    retry_after: float | str | None = None
+    echo_auth: bool = False
 
 
 def slow(seconds: float) -> Fault:
     return Fault("slow", seconds=seconds)
 
 
-def status(code: int, *, retry_after: float | None = None) -> Fault:
-    return Fault("status", status=code, retry_after=retry_after)
+def status(code: int, *, retry_after: float | str | None = None, echo_auth: bool = False) -> Fault:
+    """An error answer: ``retry_after`` as a number of seconds or a header's raw text;
+    ``echo_auth`` quotes the request's credentials in the error message, as some servers do."""
+    return Fault("status", status=code, retry_after=retry_after, echo_auth=echo_auth)
+
+
+def empty_choices() -> Fault:
+    """A 200 whose ``choices`` is empty (the SDK cannot read an answer from it)."""
+    return Fault("empty_choices")
 
 
 def malformed() -> Fault:
@@ -197,7 +205,14 @@ def _make_handler(state: FakeLLM) -> type[BaseHTTPRequestHandler]:
             if fault is not None and fault.kind == "slow":
                 time.sleep(fault.seconds)
             if fault is not None and fault.kind == "status":
-                return self._error(fault, anthropic)
+                credentials = self.headers.get("Authorization") or self.headers.get("x-api-key")
+                return self._error(fault, anthropic, credentials if fault.echo_auth else None)
+            if fault is not None and fault.kind == "empty_choices":
+                tokens = state.input_tokens
+                usage = {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens}
+                empty = {"id": "chatcmpl-e", "object": "chat.completion", "created": 0}
+                payload = {**empty, "model": "fake", "choices": [], "usage": usage}
+                return self._send(200, json.dumps(payload).encode())
             if fault is not None and fault.kind == "malformed":
                 return self._send(200, b'{"id": "chatcmpl-x", "choices": [{"message": {"con')
             tool = _anthropic_tool(body) if anthropic else _openai_tool(body)
@@ -266,7 +281,7 @@ def _make_handler(state: FakeLLM) -> type[BaseHTTPRequestHandler]:
                 "usage": {"input_tokens": state.input_tokens, "output_tokens": state.output_tokens},
             }
 
-        def _error(self, fault: Fault, anthropic: bool) -> None:
+        def _error(self, fault: Fault, anthropic: bool, credentials: str | None = None) -> None:
             kinds = {
                 400: "invalid_request_error",
                 401: "authentication_error",
@@ -274,15 +289,18 @@ def _make_handler(state: FakeLLM) -> type[BaseHTTPRequestHandler]:
                 500: "api_error",
             }
             kind = kinds.get(fault.status, "api_error")
+            message = f"{kind}; you sent {credentials}" if credentials else kind
             if anthropic:
                 payload: dict[str, Any] = {
                     "type": "error",
-                    "error": {"type": kind, "message": kind},
+                    "error": {"type": kind, "message": message},
                 }
             else:
-                payload = {"error": {"message": kind, "type": kind, "code": kind}}
+                payload = {"error": {"message": message, "type": kind, "code": kind}}
             headers = {}
-            if fault.retry_after is not None:
+            if isinstance(fault.retry_after, str):
+                headers["Retry-After"] = fault.retry_after
+            elif fault.retry_after is not None:
                 headers["Retry-After"] = f"{fault.retry_after:g}"
             self._send(fault.status, json.dumps(payload).encode(), headers)
 

@@ -4,6 +4,7 @@ usage, and the per-run budget stops a run."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -23,7 +24,7 @@ from pipelines.llm import (
     pool_for,
 )
 from tests.pipelines import fake_llm
-from tests.pipelines.fake_llm import FakeLLM
+from tests.pipelines.fake_llm import FakeLLM, empty_choices
 from tests.pipelines.machines import PROBE, Verdict
 from tests.support import Bell
 from workflows import get_run, start
@@ -198,6 +199,60 @@ def test_a_429_is_retried_after_the_providers_retry_after(bell: Bell, probe_mode
     assert row.cost == Decimal("0.000042")
     assert get_run(run.pk).status == "succeeded"
     assert len(probe_model.requests) == 2
+
+
+@engine
+@pytest.mark.parametrize("header", ["99999999999999", "Fri, 31 Dec 9999 23:59:59 GMT"])
+def test_a_retry_after_of_years_waits_an_hour_at_most(
+    bell: Bell, probe_model: FakeLLM, header: str
+) -> None:
+    """A provider's Retry-After is outside input: years of it overflowed the wake-up time (an
+    OverflowError failed the run) or parked the step until 9999."""
+    probe_model.fail(fake_llm.status(429, retry_after=header))
+    run = start("test_llm.classify", {"text": "hi"})
+    bell.settle()
+    row = step_row(run)
+    assert (row.status, row.attempt, row.error["type"]) == ("retrying", 1, "RateLimited")
+    assert timedelta(minutes=59) <= row.wake_at - row.finished_at <= timedelta(hours=1)
+    backoff_over(run)
+    bell.settle()
+    assert get_run(run.pk).status == "succeeded"
+
+
+@engine
+def test_a_503s_retry_after_is_honoured_too(bell: Bell, probe_model: FakeLLM) -> None:
+    probe_model.fail(fake_llm.status(503, retry_after=600))
+    run = start("test_llm.classify", {"text": "hi"})
+    bell.settle()
+    row = step_row(run)
+    assert (row.status, row.error["type"]) == ("retrying", "ProviderUnavailable")
+    assert row.wake_at - row.finished_at >= timedelta(seconds=599)  # not the SDK's own 60 s
+
+
+def test_an_answer_the_sdk_cannot_read_is_a_malformed_answer(fake_llm: FakeLLM, keyed: Any) -> None:
+    """``"choices": []`` made the SDK raise a bare IndexError, journaled as it was."""
+    fake_llm.fail(empty_choices())
+    with pytest.raises(MalformedAnswer, match="malformed response: IndexError") as info:
+        complete(PROBE, {"text": "x"}, model=model_string(fake_llm, "openai-compatible"))
+    assert is_retryable(info.value)
+
+
+@engine
+@pytest.mark.parametrize("code", [401, 500])
+def test_a_key_the_provider_echoes_is_not_journaled(
+    bell: Bell, probe_model: FakeLLM, keyed: Any, code: int
+) -> None:
+    keyed.SLUICE_LLM_API_KEY = "sk-SECRET-abc123456"
+    probe_model.fail(fake_llm.status(code, echo_auth=True))
+    run = start("test_llm.classify", {"text": "hi"})
+    bell.settle()
+    row = step_row(run)
+    assert row.error["type"] in ("RequestRejected", "ProviderUnavailable")
+    assert "SECRET" not in json.dumps(row.error) and "SECRET" not in json.dumps(
+        get_run(run.pk).error or {}
+    )
+    if code == 500:  # the body is quoted, the key masked
+        assert "you sent Bearer ***" in row.error["message"]
 
 
 @engine

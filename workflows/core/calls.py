@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -10,6 +11,8 @@ import typing
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
+
+from django.conf import settings
 
 from workflows.core.definitions import StepDef
 from workflows.core.errors import NonRetryableError, PayloadTooLargeError, StepTimeout
@@ -72,12 +75,17 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def retry_after(exc: BaseException) -> float | None:
-    """A hint from the error itself (an HTTP 429's Retry-After), honoured over the backoff."""
+    """A hint from the error itself (an HTTP 429's Retry-After), honoured over the backoff, up
+    to ``SLUICE_MAX_RETRY_AFTER_SECONDS``: it comes from outside (a provider's header), and a
+    Retry-After of years would park the step until then, or overflow its wake-up time."""
     value = getattr(exc, "retry_after", None)
     try:
-        return float(value) if value is not None else None
-    except (TypeError, ValueError):
+        seconds = float(value) if value is not None else None
+    except (TypeError, ValueError, OverflowError):
         return None
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return None
+    return min(seconds, float(settings.SLUICE_MAX_RETRY_AFTER_SECONDS))
 
 
 def call_step(sd: StepDef, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> Any:
