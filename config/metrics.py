@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import os
 from collections.abc import Iterator
 from datetime import timedelta
@@ -29,6 +30,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -50,6 +52,8 @@ from prometheus_client import (  # noqa: E402
 )
 from prometheus_client.core import GaugeMetricFamily  # noqa: E402
 from prometheus_client.registry import Collector  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 # --- what processes did ------------------------------------------------------------------------
 
@@ -148,6 +152,7 @@ def install() -> None:
 # --- what is true now: gauges read at scrape time ---------------------------------------------
 
 DB_SERIES = (
+    "sluice_database_up",
     "sluice_runs",
     "sluice_pool_in_flight",
     "sluice_pool_backlog",
@@ -168,9 +173,25 @@ def _capped(qs: Any) -> int:
 
 
 class DatabaseCollector(Collector):
-    """Gauges computed from the tables when scraped (bounded counts over partial indexes)."""
+    """Gauges computed from the tables when scraped (bounded counts over partial indexes).
+
+    With the database down they are left out, ``sluice_database_up`` says 0, and the scrape
+    still serves the processes' counters: an outage is when they are wanted."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            families = list(self._families())
+        except DatabaseError:
+            log.warning("metrics: the database does not answer; its gauges are left out")
+            families = []
+        yield GaugeMetricFamily(
+            "sluice_database_up",
+            "1 when this scrape could read the tables, 0 when the database did not answer.",
+            value=1 if families else 0,
+        )
+        yield from families
+
+    def _families(self) -> Iterator[GaugeMetricFamily]:
         from reviews.models import Gate, GateStatus
         from workflows.models import ACTIVE_RUN, Outbox, OutboxStatus, Pool, Run, Step
 

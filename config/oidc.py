@@ -131,6 +131,13 @@ class SluiceOIDCBackend(OIDCAuthenticationBackend):
 
     get_settings = staticmethod(oidc_setting)
 
+    def get_user(self, user_id: Any) -> Any:
+        """The session's user, unless deactivated since: a session started through SSO ends
+        when an administrator deactivates the account, as a password session does
+        (ModelBackend checks ``is_active``; the library's backend does not)."""
+        user = super().get_user(user_id)
+        return user if user is not None and user.is_active else None
+
     def authenticate(self, request: Any, **kwargs: Any) -> Any:
         # Only the callback view passes a nonce: a password login whose URL happens to carry
         # ``code`` and ``state`` must never start a token exchange.
@@ -260,6 +267,15 @@ class SluiceOIDCAuthenticate(OIDCAuthenticationRequestView):
     def get(self, request: HttpRequest) -> HttpResponse:
         if not oidc_enabled():
             raise Http404("Single sign-on is not configured.")
+        if request.GET.get("error"):
+            # The provider refused the login. The library would also log out whoever is logged
+            # in, and any page can send a browser here (an <img>): only the flow's state entry
+            # goes, and the session stays as it was.
+            states = request.session.get("oidc_states")
+            if isinstance(states, dict) and states.pop(request.GET.get("state", ""), None):
+                request.session.modified = True
+            logger.warning("SSO login refused by the provider: %r", request.GET["error"][:100])
+            return self.login_failure()
         try:
             self.OIDC_OP_AUTH_ENDPOINT = oidc_setting("OIDC_OP_AUTHORIZATION_ENDPOINT")
             self.OIDC_RP_CLIENT_ID = oidc_setting("OIDC_RP_CLIENT_ID")
@@ -282,6 +298,15 @@ class SluiceOIDCCallback(OIDCAuthenticationCallbackView):
     def get(self, request: HttpRequest) -> HttpResponse:
         if not oidc_enabled():
             raise Http404("Single sign-on is not configured.")
+        if request.GET.get("error"):
+            # The provider refused the login. The library would also log out whoever is logged
+            # in, and any page can send a browser here (an <img>): only the flow's state entry
+            # goes, and the session stays as it was.
+            states = request.session.get("oidc_states")
+            if isinstance(states, dict) and states.pop(request.GET.get("state", ""), None):
+                request.session.modified = True
+            logger.warning("SSO login refused by the provider: %r", request.GET["error"][:100])
+            return self.login_failure()
         try:
             response: HttpResponse = super().get(request)
         except (SuspiciousOperation, requests.RequestException, ValueError) as exc:

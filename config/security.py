@@ -30,9 +30,9 @@ from django import forms
 from django.conf import settings
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm
-from django.contrib.auth.views import LoginView
+from django.contrib.auth.views import LoginView, PasswordResetView
 from django.core.cache import cache
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 
 log = logging.getLogger("sluice.security")
 
@@ -174,3 +174,41 @@ class ThrottledLoginView(LoginView):
         if getattr(form, "locked", False):
             response.status_code = 429
         return response
+
+
+def reset_allowed(email: str, ip: str, *, now: float | None = None) -> bool:
+    """Count a password-reset request for ``email`` from ``ip``; False once either has made
+    ``SLUICE_PASSWORD_RESET_MAX_PER_EMAIL`` / ``_PER_IP`` within
+    ``SLUICE_PASSWORD_RESET_WINDOW_SECONDS`` (then no mail is sent)."""
+    now = time.time() if now is None else now
+    window = float(settings.SLUICE_PASSWORD_RESET_WINDOW_SECONDS)
+    allowed = True
+    for kind, value, limit in (
+        ("reset-email", email.casefold(), int(settings.SLUICE_PASSWORD_RESET_MAX_PER_EMAIL)),
+        ("reset-ip", ip, int(settings.SLUICE_PASSWORD_RESET_MAX_PER_IP)),
+    ):
+        key = _key(kind, value)
+        stored = cache.get(key)
+        recent = [
+            t
+            for t in (stored if isinstance(stored, list) else [])
+            if isinstance(t, (int, float)) and now - t < window
+        ]
+        if limit > 0 and len(recent) >= limit:
+            allowed = False
+        cache.set(key, (recent + [now])[-max(limit, 1) :], int(window) + 60)
+    return allowed
+
+
+class ThrottledPasswordResetView(PasswordResetView):
+    """``/accounts/password_reset/``: the page anyone may use. Past the limits it answers as
+    always (saying nothing about whether the address has an account) but sends nothing, so
+    it cannot be used to flood an inbox or the mail server."""
+
+    def form_valid(self, form: Any) -> HttpResponse:
+        email = str(form.cleaned_data.get("email") or "")
+        ip = client_ip(self.request)
+        if not reset_allowed(email, ip):
+            log.warning("password reset not sent (too many requests): email=%r ip=%s", email, ip)
+            return HttpResponseRedirect(self.get_success_url())
+        return super().form_valid(form)

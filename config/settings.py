@@ -171,6 +171,12 @@ SLUICE_CLIENT_IP_HEADER = env("SLUICE_CLIENT_IP_HEADER", default="")
 SLUICE_LOGIN_MAX_FAILURES = env.int("SLUICE_LOGIN_MAX_FAILURES", default=5)
 SLUICE_LOGIN_MAX_FAILURES_PER_IP = env.int("SLUICE_LOGIN_MAX_FAILURES_PER_IP", default=20)
 SLUICE_LOGIN_WINDOW_SECONDS = env.int("SLUICE_LOGIN_WINDOW_SECONDS", default=15 * 60)
+# Password-reset mails per address and per client address in a window (config.security).
+SLUICE_PASSWORD_RESET_MAX_PER_EMAIL = env.int("SLUICE_PASSWORD_RESET_MAX_PER_EMAIL", default=3)
+SLUICE_PASSWORD_RESET_MAX_PER_IP = env.int("SLUICE_PASSWORD_RESET_MAX_PER_IP", default=10)
+SLUICE_PASSWORD_RESET_WINDOW_SECONDS = env.int(
+    "SLUICE_PASSWORD_RESET_WINDOW_SECONDS", default=60 * 60
+)
 
 # The cache holds the login failure counts, so every web process must share it: by default a
 # file cache under SLUICE_VAR_DIR (all processes of one machine); several machines set

@@ -10,7 +10,11 @@ from django.views.generic import RedirectView
 
 from config.metrics import metrics_view
 from config.oidc import SluiceOIDCAuthenticate, SluiceOIDCCallback
-from config.security import ThrottledAdminAuthenticationForm, ThrottledLoginView
+from config.security import (
+    ThrottledAdminAuthenticationForm,
+    ThrottledLoginView,
+    ThrottledPasswordResetView,
+)
 
 # Both login pages count failed logins and lock out a username or address (config.security).
 admin.site.login_form = ThrottledAdminAuthenticationForm
@@ -19,6 +23,7 @@ urlpatterns = [
     path("", RedirectView.as_view(url="/reviews/", permanent=False)),
     path("admin/", admin.site.urls),
     path("accounts/login/", ThrottledLoginView.as_view(), name="login"),
+    path("accounts/password_reset/", ThrottledPasswordResetView.as_view(), name="password_reset"),
     path("accounts/", include("django.contrib.auth.urls")),
     # Single sign-on (config.oidc): 404 unless OIDC_RP_CLIENT_ID is set. Logout is the usual
     # /accounts/logout/ for SSO users too.

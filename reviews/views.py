@@ -9,6 +9,7 @@ another group or of another tenant's run is 404, as if it did not exist (docs/se
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -444,6 +445,18 @@ def gate_status(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "reviews/gate.html#closed-update", _gate_context(request, gate))
 
 
+def _streams_here(request: HttpRequest) -> bool:
+    """Whether this server can hold a stream for minutes without starving other requests:
+    ASGI, a threaded WSGI server (gunicorn gthread, runserver), or gevent. gunicorn's sync
+    workers (the shipped default) would give each open page a whole worker process, and two
+    pages would stop the site: their pages poll instead."""
+    meta = request.META
+    if meta.get("wsgi.multithread") is not False or "gunicorn.socket" not in meta:
+        return True  # ASGI, a threaded server, or not gunicorn (the test client: in-process)
+    monkey = sys.modules.get("gevent.monkey")  # gevent workers say multithread False too
+    return bool(monkey is not None and monkey.is_module_patched("socket"))
+
+
 @require_GET
 @reviewer_required
 def gate_events(request: HttpRequest) -> HttpResponseBase:
@@ -463,7 +476,7 @@ def gate_events(request: HttpRequest) -> HttpResponseBase:
         if not gate.is_open:
             return HttpResponse(status=204)
         gate_id = gate.pk
-    if push.hub.count() >= settings.SLUICE_SSE_MAX_STREAMS:
+    if push.hub.count() >= settings.SLUICE_SSE_MAX_STREAMS or not _streams_here(request):
         return HttpResponse(status=204)
     audience = push.audience_for(request.user, gate_id)
     if not connection.in_atomic_block:

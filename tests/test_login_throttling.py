@@ -151,3 +151,34 @@ def test_locked_out_reports_the_seconds_left(ana: User) -> None:
         security.record_failure("ana", "127.0.0.1", now=now - 600 + i)
     assert security.locked_out("ana", "127.0.0.1", now=now) == 300
     assert security.locked_out("ana", "127.0.0.1", now=now + 301) == 0
+
+
+# --- password reset ---------------------------------------------------------------------------
+
+
+def test_password_reset_mails_are_limited_per_address_and_per_client(
+    client: Client, settings: Any
+) -> None:
+    """The reset page is public: unlimited, it floods an inbox and the mail server. Past the
+    limit it answers the same (it says nothing about accounts) and sends nothing."""
+    from django.core import mail
+
+    cache.clear()
+    settings.SLUICE_PASSWORD_RESET_MAX_PER_EMAIL = 3
+    settings.SLUICE_PASSWORD_RESET_MAX_PER_IP = 5
+    User.objects.create_user("ana", email="ana@example.com", password="pw-ana-123")
+    User.objects.create_user("ben", email="ben@example.com", password="pw-ben-123")
+    answers = {
+        client.post("/accounts/password_reset/", {"email": "ANA@example.com"}).status_code
+        for _ in range(10)
+    }
+    assert answers == {302}
+    assert [m.to for m in mail.outbox] == [["ana@example.com"]] * 3
+    # Another address from the same client: the client's own limit (5 requests) is spent.
+    client.post("/accounts/password_reset/", {"email": "ben@example.com"})
+    assert len(mail.outbox) == 3
+    # From another client, ben's first mail goes out.
+    other = Client(REMOTE_ADDR="10.0.0.7")
+    other.post("/accounts/password_reset/", {"email": "ben@example.com"})
+    assert [m.to for m in mail.outbox][-1] == ["ben@example.com"]
+    cache.clear()

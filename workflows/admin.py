@@ -835,10 +835,19 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> Any:
         editable = ["name", "tenant", "scopes", "pipelines", "rate_limit", "is_active"]
-        return editable if obj is None else [*editable, *self.readonly_fields]
+        return editable if obj is None else [*editable, *self.get_readonly_fields(request, obj)]
 
     def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> Any:
-        return () if obj is None else self.readonly_fields
+        if obj is None:
+            return ()
+        if self.has_change_permission(request, obj):
+            return self.readonly_fields
+        # The signing secret forges the key's webhooks: only for who may rotate it.
+        return tuple("secret_hidden" if f == "webhook_secret" else f for f in self.readonly_fields)
+
+    @admin.display(description="webhook secret")
+    def secret_hidden(self, obj: ApiKey) -> str:
+        return "hidden: it takes the permission to change API keys to see it"
 
     @admin.display(description="scopes")
     def scope_list(self, obj: ApiKey) -> str:

@@ -247,6 +247,11 @@ def readiness() -> tuple[bool, dict[str, Any]]:
         if name in ("migrations", "beat") and not results["database"].ok:
             results[name] = Check(False, problem="skipped: the database does not answer")
             continue
+        if name == "queues" and "broker" in results and not results["broker"].ok:
+            # Asking the workers goes through the broker: against a dead one it retries for
+            # seconds, and the probe would hold a web worker that long.
+            results[name] = Check(False, problem="skipped: the broker does not answer")
+            continue
         results[name] = check()
     ready = all(c.ok for c in results.values())
     return ready, {

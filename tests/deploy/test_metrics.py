@@ -139,6 +139,27 @@ def exported(text: str) -> set[str]:
     return names(text)
 
 
+def test_with_the_database_down_the_counters_are_still_served(
+    client: Client, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table gauges go, ``sluice_database_up`` says 0, the scrape is a 200: it was a 500,
+    and the counters disappeared exactly during an outage."""
+    from django.db import OperationalError, connections
+
+    settings.SLUICE_METRICS_TOKEN = TOKEN
+    metrics.observe("sweep_finished", result={})
+    assert sample(scrape(client), "sluice_database_up") == 1
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("the database does not answer")
+
+    monkeypatch.setattr(connections["default"], "cursor", refuse)
+    text = scrape(client)
+    assert "\nsluice_database_up 0.0\n" in text
+    assert "sluice_runs{" not in text and "sluice_gates_open " not in text
+    assert sample(text, "sluice_sweep_passes_total") >= 1
+
+
 def test_the_grafana_dashboard_uses_exactly_the_exported_series(
     client: Client, settings: Any, bell: Bell
 ) -> None:

@@ -150,6 +150,22 @@ def test_a_broker_outage_fails_readiness(client: Client, parts: dict[str, Any]) 
     assert status == 503 and "broker" in body["failing"]
 
 
+def test_with_the_broker_down_the_workers_are_not_asked(
+    client: Client, parts: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asking the workers goes through the broker; against a dead one it retried for ~6 s,
+    so each probe held a web worker ~8 s."""
+    parts["broker"] = (False, "the broker does not answer (OperationalError)")
+
+    def ask_workers() -> dict[str, int]:
+        raise AssertionError("the workers were asked through a broker that is down")
+
+    monkeypatch.setattr(health, "consumers", ask_workers)
+    status, body = readyz(client)
+    assert status == 503 and {"broker", "queues"} <= set(body["failing"])
+    assert body["checks"]["queues"]["problems"] == ["skipped: the broker does not answer"]
+
+
 def test_readyz_shows_no_secret(client: Client, parts: dict[str, Any], settings: Any) -> None:
     _, body = readyz(client)
     text = str(body)

@@ -300,6 +300,19 @@ def test_without_push_pages_poll_and_the_stream_answers_204(
         assert 'hx-trigger="every 4' in body and "data-poll" in body
 
 
+def test_gunicorns_sync_workers_get_no_stream_their_pages_poll(
+    bell: Bell, people: People, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync worker serves one request at a time: two open pages holding streams stopped the
+    whole site (the shipped gunicorn config). There the stream answers 204 and pages poll."""
+    monkeypatch.setattr(push, "push_available", lambda: True)
+    c = Client()
+    c.force_login(people.ana)
+    sync_worker = {"gunicorn.socket": object(), "wsgi.multithread": False}
+    assert c.get("/reviews/events/", **sync_worker).status_code == 204
+    assert push.hub.count() == 0
+
+
 def test_with_push_pages_connect_their_stream_and_still_poll_as_fallback(
     bell: Bell, people: People, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -56,6 +56,20 @@ def test_it_rotates_keys_for_staff_who_may_change_them(scene: Scene) -> None:
     assert Client(headers={"Authorization": f"Bearer {raw}"}).get("/api/runs").status_code == 401
 
 
+def test_a_keys_webhook_secret_shows_only_to_staff_who_may_change_keys(scene: Scene) -> None:
+    """With the secret a viewer could sign forged completion webhooks to the key's service."""
+    key, _ = scene.keys["key_read"]
+    secret = ApiKey.objects.get(pk=key.pk).webhook_secret
+    assert secret
+    url = f"/admin/workflows/apikey/{key.pk}/change/"
+    viewer = staff("kim", "workflows.view_apikey").get(url)
+    assert viewer.status_code == 200
+    assert secret not in viewer.content.decode()
+    assert "it takes the permission to change API keys" in viewer.content.decode()
+    changer = staff("max", "workflows.view_apikey", "workflows.change_apikey").get(url)
+    assert secret in changer.content.decode()
+
+
 def test_it_refuses_to_free_claims_for_staff_who_may_only_view_gates(scene: Scene) -> None:
     gate = scene.gates["gate_a"]
     claim_gate(gate.pk, scene.users["rev_a"])

@@ -277,3 +277,23 @@ def test_next_may_not_leave_the_site(client: Client, provider: FakeProvider) -> 
     response = sso_login(client, provider, next="https://evil.example/phish")
     assert response.status_code == 302 and response["Location"] == "/reviews/"
     assert logged_in_user(client) is not None
+
+
+def test_a_deactivated_sso_user_is_logged_out(client: Client, provider: FakeProvider) -> None:
+    """As a password session is: the library's backend did not check ``is_active``, so the
+    session went on (any page needing only a login, like changing the password, stayed open)."""
+    sso_login(client, provider)
+    User.objects.filter(username="rita").update(is_active=False)
+    r = client.get("/accounts/password_change/")
+    assert r.status_code == 302 and r["Location"].startswith("/accounts/login/")
+
+
+def test_a_providers_error_logs_nobody_out(client: Client, provider: FakeProvider) -> None:
+    """Any page can make a browser GET the callback with ``?error=`` (an <img>): the library
+    logged whoever was in out. It is a failed SSO attempt, and the session stays."""
+    User.objects.create_user("lou", password="pw-lou-123")
+    client.post("/accounts/login/", {"username": "lou", "password": "pw-lou-123"})
+    r = client.get("/oidc/callback/?error=access_denied&state=forged")
+    assert r.status_code == 302 and r["Location"] == "/accounts/login/?sso=failed"
+    user = logged_in_user(client)
+    assert user is not None and user.username == "lou"
