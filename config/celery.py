@@ -15,6 +15,7 @@ from typing import Any
 
 from celery import Celery, platforms
 from celery.signals import beat_init, task_postrun, task_prerun, worker_init
+from kombu.transport import TRANSPORT_ALIASES
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 # Celery's Django fixup runs every Django system check when a worker starts, and drops what
@@ -25,6 +26,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 os.environ.setdefault("CELERY_SKIP_CHECKS", "1")
 
 log = logging.getLogger("sluice.worker")
+
+# filesystem:// (the embedded broker) is kombu's transport with whole-file writes (config.fsbroker).
+TRANSPORT_ALIASES["filesystem"] = "config.fsbroker:Transport"
 
 app = Celery("sluice")
 app.config_from_object("django.conf:settings", namespace="CELERY")

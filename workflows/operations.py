@@ -70,7 +70,7 @@ def retry_failed_step(run_id: Any, actor: Actor | None = None, reason: str = "")
             reason=reason,
             action=RunAction.RETRY,
         )
-    except (InvalidStateError, InvalidInputError) as exc:
+    except (InvalidStateError, InvalidInputError, RunNotFoundError) as exc:
         return Outcome(run_id, False, str(exc))
     # A compensated run restarts at the latest at its first undone step: say where it did.
     actual = run.audit.order_by("-id").values_list("from_step", flat=True).first()

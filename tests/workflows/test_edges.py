@@ -373,3 +373,98 @@ def test_an_outcome_the_database_refuses_fails_the_step_instead_of_re_running_it
     assert row.error["outcome_not_stored"] is True
     assert row.finished_at is not None and row.finished_at <= timezone.now()
     assert run.status == "failed"
+
+
+# --- a run pruned while an operator acts on it ------------------------------------------------
+
+
+@pytest.mark.parametrize("act", ["cancel", "restart", "fork"])
+def test_a_run_pruned_while_waiting_for_its_lock_is_not_found(
+    bell: Bell, monkeypatch: pytest.MonkeyPatch, act: str
+) -> None:
+    """The prune held the run's row; the action read the run, then waited, then found nothing:
+    Run.DoesNotExist escaped as a 500 where RunNotFoundError is answered."""
+    from django.db import connection
+
+    from workflows import RunNotFoundError, cancel, fork
+    from workflows.core import forking, services
+    from workflows.models import Run
+
+    if act == "fork" and not connection.features.has_select_for_update:
+        pytest.skip("SQLite's fork holds the write lock from its first statement: no such wait")
+    run = start(saga, {}) if act == "cancel" else start(plain_flow, {})
+    bell.settle()
+    real = services.get_run
+
+    def read_then_pruned(run_id: Any) -> Any:
+        found = real(run_id)
+        Run.objects.filter(pk=run_id).delete()  # the prune commits now
+        return found
+
+    monkeypatch.setattr(services, "get_run", read_then_pruned)
+    monkeypatch.setattr(forking, "get_run", read_then_pruned)
+    with pytest.raises(RunNotFoundError):
+        if act == "cancel":
+            cancel(run.pk, "stop")
+        elif act == "restart":
+            restart(run.pk, from_step=1)
+        else:
+            fork(run.pk, from_step=1)
+
+
+def test_retrying_the_failed_step_of_a_run_pruned_meanwhile_says_so(
+    bell: Bell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workflows import operations
+    from workflows.models import Run
+
+    monkeypatch.setenv("EDGES_BOOK_FAILS", "1")
+    run = start(saga, {})
+    bell.settle()
+    real = operations.failed_position
+
+    def read_then_pruned(run_id: Any) -> Any:
+        position = real(run_id)
+        Run.objects.filter(pk=run_id).delete()
+        return position
+
+    monkeypatch.setattr(operations, "failed_position", read_then_pruned)
+    outcome = operations.retry_failed_step(run.pk, "ops", "")
+    assert not outcome.ok and "no run with id" in outcome.message
+
+
+@workflow(name="edges.plain")
+def plain_flow(ctx: Any) -> Any:
+    return ctx.run(plain, 1)
+
+
+# --- the embedded broker ---------------------------------------------------------------------
+
+
+def test_the_embedded_broker_skips_a_message_file_it_cannot_read(tmp_path: Any) -> None:
+    """kombu's filesystem transport writes a message into a file already named ``.msg``, so a
+    worker could read it empty: the JSONDecodeError stopped the worker, and ``make run`` with it
+    (kombu #1551). Messages are now renamed into place whole, and an unreadable one is skipped."""
+    from kombu import Connection
+
+    from config import fsbroker
+
+    folder = tmp_path / "queue"
+    folder.mkdir()
+    options = {
+        "data_folder_in": str(folder),
+        "data_folder_out": str(folder),
+        "control_folder": str(tmp_path / "control"),
+    }
+    with Connection("filesystem://", transport_options=options) as conn:
+        assert conn.transport_cls == "filesystem"
+        assert isinstance(conn.transport, fsbroker.Transport)
+        (folder / "0_half-written.edges.msg").write_bytes(b"")
+        queue = conn.SimpleQueue("edges")
+        queue.put({"ring": 1})
+        assert not list(folder.glob("*.part"))  # written whole, then renamed
+        message = queue.get(timeout=2)
+        assert message.payload == {"ring": 1}
+        message.ack()
+        queue.close()
+    assert not list(folder.glob("*.msg"))

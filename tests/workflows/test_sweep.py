@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.test import override_settings
@@ -10,7 +11,7 @@ from django.utils import timezone
 
 from tests import sample_workflows as samples
 from tests.support import Bell
-from workflows import get_run, start
+from workflows import get_run, start, workflow
 from workflows.core.sweeper import prune, sweep
 from workflows.models import Event, Run, Step
 
@@ -137,3 +138,70 @@ def test_a_flushed_burst_is_rung_again_in_chunks(bell: Bell) -> None:
     assert [m[0] for m in bell.messages] == ["advance_many"] * 3  # 50 + 50 + 20
     bell.drain()
     assert Run.objects.filter(pk__in=[r.pk for r in runs], status="succeeded").count() == 120
+
+
+# --- found in the tenth session's review ----------------------------------------------------------
+
+
+@workflow(name="test.big_child")
+def big_child(ctx: Any) -> str:
+    return ctx.run(samples.big, 100_000)  # stored out of row: the child's blob
+
+
+@workflow(name="test.parent_of_big_child")
+def parent_of_big_child(ctx: Any) -> int:
+    value = ctx.run_workflow("test.big_child", {})
+    ctx.sleep(timedelta(days=40))
+    return len(value)
+
+
+@override_settings(SLUICE_RETENTION_DAYS=30)
+def test_a_child_run_is_pruned_only_with_its_parent(bell: Bell) -> None:
+    """The parent's journal refers to the child's output, which the child owns: pruning the
+    child alone failed the parent's next replay (ForeignBlobError)."""
+    run = start(parent_of_big_child, {})
+    bell.settle()
+    child = Run.objects.get(parent_id=run.pk)
+    Run.objects.filter(pk=child.pk).update(finished_at=timezone.now() - timedelta(days=31))
+    assert prune() == 0  # its parent is still going
+    Step.objects.filter(run=run, kind="sleep").update(wake_at=timezone.now() - timedelta(seconds=1))
+    sweep()
+    bell.settle()
+    assert get_run(run.pk).status == "succeeded" and get_run(run.pk).output == 100_000
+    # Once the parent is past retention too, both go.
+    Run.objects.filter(pk=run.pk).update(finished_at=timezone.now() - timedelta(days=31))
+    assert prune() == 2
+    assert not Run.objects.filter(pk__in=[run.pk, child.pk]).exists()
+
+
+@pytest.mark.parametrize(
+    ("days", "batch", "pruned"),
+    [
+        (1e9, 500, 0),  # "keep forever": it overflowed the date and raised every hour
+        (float("inf"), 500, 0),
+        ("soon", 500, 0),  # not a number: a typo keeps everything
+        (-1, 500, 0),
+        (1, 0, 1),  # 0 pruned nothing, silently: at least one a batch
+        (1, -1, 1),
+    ],
+)
+def test_odd_retention_settings_keep_or_prune_but_never_raise(
+    bell: Bell, settings: Any, days: Any, batch: int, pruned: int
+) -> None:
+    from workflows.models import Outbox
+
+    run = start(samples.chain, {"n": 1})
+    bell.drain()
+    Run.objects.filter(pk=run.pk).update(finished_at=timezone.now() - timedelta(days=365 * 30))
+    settings.SLUICE_RETENTION_DAYS = days
+    settings.SLUICE_PRUNE_BATCH = batch
+    settings.SLUICE_OUTBOX_RETENTION_DAYS = 1
+    Outbox.objects.create(
+        kind="webhook",
+        key="old",
+        status="delivered",
+        delivered_at=timezone.now() - timedelta(days=10),
+    )
+    assert prune() == pruned
+    assert Run.objects.filter(pk=run.pk).exists() == (pruned == 0)
+    assert not Outbox.objects.filter(key="old").exists()  # the outbox's own retention still ran

@@ -24,7 +24,7 @@ from workflows.core import audit, payloads
 from workflows.core.audit import Actor
 from workflows.core.definitions import workflow_for_run
 from workflows.core.doorbell import ring_on_commit
-from workflows.core.errors import InvalidInputError, UnknownWorkflowError
+from workflows.core.errors import InvalidInputError, RunNotFoundError, UnknownWorkflowError
 from workflows.core.models import Blob, Run, RunAction, RunStatus, Step, StepKind, StepStatus
 from workflows.core.services import get_run
 
@@ -55,7 +55,10 @@ def fork(
         source = get_run(run_id)  # a clear RunNotFoundError for unknown or malformed ids
         if connection.features.has_select_for_update:
             # A consistent journal: checkpoints of the original lock its row first.
-            source = Run.objects.select_for_update().get(pk=source.pk)
+            locked = Run.objects.select_for_update().filter(pk=source.pk).first()
+            if locked is None:  # pruned while this waited for its lock
+                raise RunNotFoundError(f"no run with id {run_id}")
+            source = locked
         rows = list(
             Step.objects.filter(run=source, superseded=False).order_by("position", "branch", "id")
         )

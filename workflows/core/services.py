@@ -277,7 +277,10 @@ def _locked(run_id: Any) -> Run:
     qs = Run.objects.filter(pk=run_id)
     if connection.features.has_select_for_update:
         qs = qs.select_for_update()
-    return qs.get()
+    run = qs.first()
+    if run is None:  # pruned while this waited for its lock
+        raise RunNotFoundError(f"no run with id {run_id}")
+    return run
 
 
 def send_event(run_id: Any, name: str, payload: Any = None) -> Event:

@@ -570,10 +570,17 @@ class SQLiteStorage(Storage):
         with transaction.atomic():
             # Locked (PostgreSQL; SQLite's IMMEDIATE transaction holds the write lock): a
             # restart of one of these runs waits, then finds it gone.
+            # A child run only with its parent: the parent's journal refers to the child's
+            # output, which the child owns (a large one is the child's blob), and a parent
+            # still going, or kept, reads it again on replay, restart or fork.
             ids = list(
                 Run.objects.filter(status__in=TERMINAL_RUN, finished_at__lt=cutoff)
+                .filter(
+                    Q(parent__isnull=True)
+                    | Q(parent__status__in=TERMINAL_RUN, parent__finished_at__lt=cutoff)
+                )
                 .order_by("finished_at")
-                .select_for_update(skip_locked=True)
+                .select_for_update(skip_locked=True, of=("self",))
                 .values_list("pk", flat=True)[:limit]
             )
             if not ids:

@@ -16,9 +16,10 @@ another sweeper holds. Procedure:
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -259,20 +260,47 @@ def prune(now: Any = None) -> int:
     must outlive a run (a gate's audit trail) in the same commit as the delete; then
     ``Storage.prune`` deletes the runs and what refers to them set-based."""
     now = now or timezone.now()
-    cutoff = now - timedelta(days=float(settings.SLUICE_RETENTION_DAYS))
+    cutoff = retention_cutoff(now, "SLUICE_RETENTION_DAYS")
     store = storage()
     duty = min(1.0, max(0.05, float(settings.SLUICE_PRUNE_DUTY)))
     deleted = 0
-    while True:
-        began = _clock()
-        n = store.prune(cutoff, settings.SLUICE_PRUNE_BATCH, before_delete=_pruning)
-        if not n:
-            break
-        deleted += n
-        if duty < 1.0:
-            _rest((_clock() - began) * (1 / duty - 1))
-    prune_outbox(now)
+    try:
+        while cutoff is not None:
+            began = _clock()
+            n = store.prune(cutoff, prune_batch(), before_delete=_pruning)
+            if not n:
+                break
+            deleted += n
+            if duty < 1.0:
+                _rest((_clock() - began) * (1 / duty - 1))
+    finally:
+        # The outbox has its own retention: a failing run prune must not stop it growing.
+        prune_outbox(now)
     return deleted
+
+
+def retention_cutoff(now: datetime, name: str) -> datetime | None:
+    """``now`` minus the days of retention setting ``name``; None (keep everything) for a
+    retention longer than the calendar holds (a huge number or ``inf``: "keep forever"). A
+    value that is not a number of days, or negative, also keeps everything, with an error
+    logged: a typo must not delete history."""
+    raw = getattr(settings, name)
+    try:
+        days = float(raw)
+    except (TypeError, ValueError):
+        days = -1.0
+    if math.isnan(days) or days < 0:
+        log.error("%s=%r is not a number of days; nothing is pruned", name, raw)
+        return None
+    try:
+        return now - timedelta(days=days)
+    except OverflowError:
+        return None
+
+
+def prune_batch() -> int:
+    """``SLUICE_PRUNE_BATCH``, at least 1 (0 would prune nothing, silently)."""
+    return max(1, int(settings.SLUICE_PRUNE_BATCH))
 
 
 # The prune's clock and its rest (tests replace them).
@@ -289,15 +317,15 @@ def prune_outbox(now: Any = None) -> int:
     gave up after its attempts) more than SLUICE_OUTBOX_RETENTION_DAYS ago, in batches.
     Pending rows stay, however old: they still have to leave."""
     now = now or timezone.now()
-    cutoff = now - timedelta(days=float(settings.SLUICE_OUTBOX_RETENTION_DAYS))
+    cutoff = retention_cutoff(now, "SLUICE_OUTBOX_RETENTION_DAYS")
+    if cutoff is None:
+        return 0
     done = Q(status=OutboxStatus.DELIVERED, delivered_at__lt=cutoff) | Q(
         status=OutboxStatus.DEAD, created_at__lt=cutoff
     )
     deleted = 0
     while True:
-        ids = list(
-            Outbox.objects.filter(done).values_list("pk", flat=True)[: settings.SLUICE_PRUNE_BATCH]
-        )
+        ids = list(Outbox.objects.filter(done).values_list("pk", flat=True)[: prune_batch()])
         if not ids:
             return deleted
         # The status again: a row is pruned only in the state it was selected in.
