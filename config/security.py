@@ -68,8 +68,11 @@ def _keys(username: str, ip: str) -> dict[str, tuple[str, int]]:
     }
 
 
-def _recent(key: str, now: float) -> list[float]:
-    window = float(settings.SLUICE_LOGIN_WINDOW_SECONDS)
+def _recent(key: str, now: float, window: float | None = None) -> list[float]:
+    """The times stored at ``key`` within ``window`` seconds of ``now`` (the login window by
+    default)."""
+    if window is None:
+        window = float(settings.SLUICE_LOGIN_WINDOW_SECONDS)
     stored = cache.get(key)
     if not isinstance(stored, list):
         return []
@@ -188,12 +191,7 @@ def reset_allowed(email: str, ip: str, *, now: float | None = None) -> bool:
         ("reset-ip", ip, int(settings.SLUICE_PASSWORD_RESET_MAX_PER_IP)),
     ):
         key = _key(kind, value)
-        stored = cache.get(key)
-        recent = [
-            t
-            for t in (stored if isinstance(stored, list) else [])
-            if isinstance(t, (int, float)) and now - t < window
-        ]
+        recent = _recent(key, now, window)
         if limit > 0 and len(recent) >= limit:
             allowed = False
         cache.set(key, (recent + [now])[-max(limit, 1) :], int(window) + 60)
