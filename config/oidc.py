@@ -267,15 +267,6 @@ class SluiceOIDCAuthenticate(OIDCAuthenticationRequestView):
     def get(self, request: HttpRequest) -> HttpResponse:
         if not oidc_enabled():
             raise Http404("Single sign-on is not configured.")
-        if request.GET.get("error"):
-            # The provider refused the login. The library would also log out whoever is logged
-            # in, and any page can send a browser here (an <img>): only the flow's state entry
-            # goes, and the session stays as it was.
-            states = request.session.get("oidc_states")
-            if isinstance(states, dict) and states.pop(request.GET.get("state", ""), None):
-                request.session.modified = True
-            logger.warning("SSO login refused by the provider: %r", request.GET["error"][:100])
-            return self.login_failure()
         try:
             self.OIDC_OP_AUTH_ENDPOINT = oidc_setting("OIDC_OP_AUTHORIZATION_ENDPOINT")
             self.OIDC_RP_CLIENT_ID = oidc_setting("OIDC_RP_CLIENT_ID")

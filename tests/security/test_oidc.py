@@ -297,3 +297,7 @@ def test_a_providers_error_logs_nobody_out(client: Client, provider: FakeProvide
     assert r.status_code == 302 and r["Location"] == "/accounts/login/?sso=failed"
     user = logged_in_user(client)
     assert user is not None and user.username == "lou"
+    # Starting a sign-in is not a callback: an ``error`` there means nothing, and it still
+    # goes to the provider.
+    start = client.get("/oidc/authenticate/", {"error": "x"})
+    assert start.status_code == 302 and start["Location"].startswith(f"{provider.base}/authorize?")
