@@ -19,6 +19,11 @@ from django.utils import timezone
 from workflows.models import Run, Step
 
 MAX_BRANCHES_SHOWN = 24
+# A journal of thousands of positions is not drawn whole: the first FIRST_SHOWN positions (how
+# the run began) and the latest ones up to MAX_ENTRIES_SHOWN (where it is, or how it ended),
+# with the count of those between. A live run's page re-renders this every few seconds.
+MAX_ENTRIES_SHOWN = 200
+FIRST_SHOWN = 20
 WAIT_KINDS = {"sleep", "event", "gate", "child"}
 
 
@@ -108,6 +113,12 @@ class Timeline:
     total: str
     ticks: list[tuple[float, str]]
     live: bool
+    # Positions left out in the middle (MAX_ENTRIES_SHOWN): how many, their first and last
+    # position, and the index in ``items`` the gap comes before.
+    gap: int = 0
+    gap_from: int = 0
+    gap_to: int = 0
+    gap_at: int = 0
 
 
 def _note(row: Step, now: datetime) -> str:
@@ -188,8 +199,14 @@ def build(run: Run, journal: list[Step], now: datetime | None = None) -> Timelin
     heads: list[Step] = []
     for r in rows:
         (branches[r.position].append(r) if r.branch >= 0 else heads.append(r))
+    heads.sort(key=lambda r: r.position)
+    gap = gap_from = gap_to = 0
+    if len(heads) > MAX_ENTRIES_SHOWN:
+        gap = len(heads) - MAX_ENTRIES_SHOWN
+        gap_from, gap_to = heads[FIRST_SHOWN].position, heads[FIRST_SHOWN + gap - 1].position
+        heads = heads[:FIRST_SHOWN] + heads[FIRST_SHOWN + gap :]
     items = []
-    for head in sorted(heads, key=lambda r: r.position):
+    for head in heads:
         item = Item(entry=place(head))
         if head.kind == "parallel":
             group = sorted(branches.get(head.position, []), key=lambda r: r.branch)
@@ -207,7 +224,16 @@ def build(run: Run, journal: list[Step], now: datetime | None = None) -> Timelin
         items.append(item)
     ticks = [(float(p), human_duration(span * p / 100) if p else "0") for p in (0, 25, 50, 75, 100)]
     return Timeline(
-        items=items, start=start, end=end, total=human_duration(span), ticks=ticks, live=live
+        items=items,
+        start=start,
+        end=end,
+        total=human_duration(span),
+        ticks=ticks,
+        live=live,
+        gap=gap,
+        gap_from=gap_from,
+        gap_to=gap_to,
+        gap_at=FIRST_SHOWN if gap else 0,
     )
 
 

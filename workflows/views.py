@@ -52,6 +52,8 @@ ROW_FIELDS = (
     "tenant",
 )
 JOURNAL_LIMIT = 400
+# The restart and fork pickers list each position up to this many; past it, a number field.
+PICKER_LIMIT = 200
 STATUSES = [s.value for s in RunStatus]
 
 
@@ -256,6 +258,9 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         "can_operate": can_operate(request.user),
         "positions": positions,
         "fork_positions": list(range(1, fork_upto + 1)),
+        "fork_upto": fork_upto,
+        # Thousands of positions make a list no one scrolls: a number field instead.
+        "pickers_typed": max(len(positions), fork_upto) > PICKER_LIMIT,
         # Preselected: the failed step, else the last one (run it again, reuse the rest).
         "fork_default": min(fork_upto, failed or (positions[-1] if positions else 1)),
         "last_position": positions[-1] if positions else 0,

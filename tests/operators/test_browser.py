@@ -1,7 +1,7 @@
 """The run pages and the ops overview in a real browser (Debian's chromium via Playwright).
 
 Screenshots go to docs/screenshots/ (runs-list.png, run-page.png, run-page-graph.png, ops.png,
-run-page-fork.png).
+run-page-fork.png, run-page-long.png, run-page-long-head.png).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
-from tests.browser import log_in, shot
+from tests.browser import SHOTS, log_in, shot
 from tests.operators.conftest import People
 from tests.operators.scenes import history, pool_pressure, settle, showcase, spread
 from tests.support import Bell
@@ -124,3 +124,23 @@ def test_the_ops_overview(viewport: Page, live_server: Any, scene: dict[str, Run
     expect(page.locator(".tile", has_text="Open gates")).to_contain_text("1")
     expect(page.locator("table.pools")).to_contain_text("llm")
     shot(page, "ops.png")
+
+
+def test_a_run_of_thousands_of_steps(viewport: Page, live_server: Any, people: People) -> None:
+    """The timeline draws the first and the latest positions with the gap between them, and
+    the restart and fork pickers are number fields (run-page-long.png)."""
+    from tests.operators.test_large_runs import _long_run
+
+    page = viewport
+    run = _long_run(3_000, status="failed")
+    log_in(page, live_server.url, "ops", f"/runs/{run.pk}/")
+    gap = page.locator(".tl-gap")
+    expect(gap).to_contain_text("2800 more steps not drawn")
+    expect(page.locator("#from-step")).to_have_attribute("type", "number")
+    expect(page.locator("#fork-step")).to_have_value("3000")
+    # nothing of the head overflows the page sideways
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.evaluate("document.querySelector('.tl-gap').scrollIntoView({block: 'center'})")
+    page.screenshot(path=str(SHOTS / "run-page-long.png"))
+    page.evaluate("window.scrollTo(0, 0)")
+    shot(page, "run-page-long-head.png", full_page=False)
