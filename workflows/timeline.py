@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Sum
+from django.db.models import Count, Max, Min, Q, QuerySet, Sum
 from django.utils import timezone
 
 from workflows.models import Run, Step
@@ -158,17 +158,114 @@ def status_label(row: Step) -> str:
     return str(row.status)
 
 
+HIDDEN_KINDS = ("now", "random", "uuid", "patch")  # recorded values, not work: not drawn
+
+
+@dataclass
+class _Group:
+    """What a fan-out group's drawing needs of all its branches (not only the ones shown)."""
+
+    count: int
+    first_start: datetime | None
+    last_finish: datetime | None
+    busy: bool  # a branch is running or retrying
+
+
 def build(run: Run, journal: list[Step], now: datetime | None = None) -> Timeline:
     """Arrange the live journal of ``run`` (not superseded rows) for the timeline."""
+    rows = [r for r in journal if not r.superseded and r.kind not in HIDDEN_KINDS]
+    branches: dict[int, list[Step]] = defaultdict(list)
+    heads: list[Step] = []
+    for r in rows:
+        (branches[r.position].append(r) if r.branch >= 0 else heads.append(r))
+    groups = {
+        position: _Group(
+            count=len(group),
+            first_start=min((b.started_at for b in group if b.started_at), default=None),
+            last_finish=max((b.finished_at for b in group if b.finished_at), default=None),
+            busy=any(b.status in ("running", "retrying") for b in group),
+        )
+        for position, group in branches.items()
+    }
+    for group in branches.values():
+        group.sort(key=lambda r: r.branch)
+        del group[MAX_BRANCHES_SHOWN:]
+    heads.sort(key=lambda r: r.position)
+    gap = max(0, len(heads) - MAX_ENTRIES_SHOWN)
+    gap_from = heads[FIRST_SHOWN].position if gap else 0
+    gap_to = heads[FIRST_SHOWN + gap - 1].position if gap else 0
+    if gap:
+        heads = heads[:FIRST_SHOWN] + heads[FIRST_SHOWN + gap :]
+    first_start = min((r.started_at for r in rows if r.started_at), default=None)
+    last_finish = max((r.finished_at for r in rows if r.finished_at), default=None)
+    return _arrange(
+        run, heads, branches, groups, first_start, last_finish, (gap, gap_from, gap_to), now
+    )
+
+
+def for_run(run: Run, live: QuerySet[Step], now: datetime | None = None) -> Timeline:
+    """``build`` for the run page, from the database: the same timeline, but only the rows it
+    draws are loaded (a run of 10,000 steps, or a map over 10,000 items, is polled every 2 s
+    while live). ``live`` is the run's journal without superseded rows."""
+    drawn = live.exclude(kind__in=HIDDEN_KINDS)
+    span = drawn.aggregate(first=Min("started_at"), last=Max("finished_at"))
+    heads_q = drawn.filter(branch__lt=0).defer("args", "result", "target")
+    count = heads_q.count()
+    gap = max(0, count - MAX_ENTRIES_SHOWN)
+    if gap:
+        ordered = heads_q.order_by("position")
+        heads = list(ordered[:FIRST_SHOWN]) + list(
+            reversed(heads_q.order_by("-position")[: MAX_ENTRIES_SHOWN - FIRST_SHOWN])
+        )
+        gap_from = ordered.values_list("position", flat=True)[FIRST_SHOWN]
+        gap_to = ordered.values_list("position", flat=True)[FIRST_SHOWN + gap - 1]
+    else:
+        heads, gap_from, gap_to = list(heads_q.order_by("position")), 0, 0
+    fanouts = [h.position for h in heads if h.kind == "parallel"]
+    branches: dict[int, list[Step]] = defaultdict(list)
+    groups: dict[int, _Group] = {}
+    if fanouts:
+        of_groups = drawn.filter(branch__gte=0, position__in=fanouts)
+        for g in (
+            of_groups.order_by()
+            .values("position")
+            .annotate(
+                n=Count("id"),
+                first=Min("started_at"),
+                last=Max("finished_at"),
+                busy=Count("id", filter=Q(status__in=("running", "retrying"))),
+            )
+        ):
+            groups[g["position"]] = _Group(g["n"], g["first"], g["last"], g["busy"] > 0)
+        # Branch numbers are a group's indexes (0..n-1): the first ones shown are these.
+        for b in (
+            of_groups.filter(branch__lt=MAX_BRANCHES_SHOWN)
+            .defer("args", "result", "target")
+            .order_by("position", "branch")
+        ):
+            branches[b.position].append(b)
+    return _arrange(
+        run, heads, branches, groups, span["first"], span["last"], (gap, gap_from, gap_to), now
+    )
+
+
+def _arrange(
+    run: Run,
+    heads: list[Step],
+    branches: dict[int, list[Step]],
+    groups: dict[int, _Group],
+    first_start: datetime | None,
+    last_finish: datetime | None,
+    gap: tuple[int, int, int],
+    now: datetime | None,
+) -> Timeline:
+    """The timeline of the ``heads`` drawn (in position order), each fan-out with its first
+    branches (``branches``) and what all of its branches add up to (``groups``)."""
     now = now or timezone.now()
-    rows = [
-        r for r in journal if not r.superseded and r.kind not in ("now", "random", "uuid", "patch")
-    ]
-    starts = [r.started_at for r in rows if r.started_at] + [run.started_at or run.created_at]
-    start = min(s for s in starts if s) if starts else None
+    starts = [s for s in (first_start, run.started_at or run.created_at) if s]
+    start = min(starts) if starts else None
     live = not run.is_terminal
-    ends = [r.finished_at for r in rows if r.finished_at]
-    end = run.finished_at or (now if live else max(ends, default=start))
+    end = run.finished_at or (now if live else (last_finish or start))
     if start and end and end < start:
         end = start
     span = (end - start).total_seconds() if start and end else 0.0
@@ -195,32 +292,21 @@ def build(run: Run, journal: list[Step], now: datetime | None = None) -> Timelin
         entry.width = max(entry.width, 0.6)  # a sliver stays visible
         return entry
 
-    branches: dict[int, list[Step]] = defaultdict(list)
-    heads: list[Step] = []
-    for r in rows:
-        (branches[r.position].append(r) if r.branch >= 0 else heads.append(r))
-    heads.sort(key=lambda r: r.position)
-    gap = gap_from = gap_to = 0
-    if len(heads) > MAX_ENTRIES_SHOWN:
-        gap = len(heads) - MAX_ENTRIES_SHOWN
-        gap_from, gap_to = heads[FIRST_SHOWN].position, heads[FIRST_SHOWN + gap - 1].position
-        heads = heads[:FIRST_SHOWN] + heads[FIRST_SHOWN + gap :]
     items = []
     for head in heads:
         item = Item(entry=place(head))
         if head.kind == "parallel":
-            group = sorted(branches.get(head.position, []), key=lambda r: r.branch)
+            group = groups.get(head.position) or _Group(0, None, None, False)
             # Branches are drawn against their group's own span, so they compare with each
             # other even when the run's span is dominated by a long wait.
-            g_start = min((b.started_at for b in group if b.started_at), default=head.started_at)
-            g_end = head.finished_at or max(
-                (b.finished_at for b in group if b.finished_at), default=None
-            )
-            if not head.finished_at and any(b.status in ("running", "retrying") for b in group):
+            g_start = group.first_start or head.started_at
+            g_end = head.finished_at or group.last_finish
+            if not head.finished_at and group.busy:
                 g_end = now
             g_span = (g_end - g_start).total_seconds() if g_start and g_end else 0.0
-            item.branches = [place(b, g_start, g_span) for b in group[:MAX_BRANCHES_SHOWN]]
-            item.hidden = max(0, len(group) - MAX_BRANCHES_SHOWN)
+            shown = branches.get(head.position, [])
+            item.branches = [place(b, g_start, g_span) for b in shown]
+            item.hidden = max(0, group.count - len(shown))
         items.append(item)
     ticks = [(float(p), human_duration(span * p / 100) if p else "0") for p in (0, 25, 50, 75, 100)]
     return Timeline(
@@ -230,10 +316,10 @@ def build(run: Run, journal: list[Step], now: datetime | None = None) -> Timelin
         total=human_duration(span),
         ticks=ticks,
         live=live,
-        gap=gap,
-        gap_from=gap_from,
-        gap_to=gap_to,
-        gap_at=FIRST_SHOWN if gap else 0,
+        gap=gap[0],
+        gap_from=gap[1],
+        gap_to=gap[2],
+        gap_at=FIRST_SHOWN if gap[0] else 0,
     )
 
 

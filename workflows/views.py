@@ -20,7 +20,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Q
+from django.db.models import Count, Max, Q
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.template import TemplateDoesNotExist
@@ -224,23 +224,30 @@ def _graph(run: Run) -> tuple[str, bool]:
 
 def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
     steps = Step.objects.filter(run=run)
-    # The timeline needs every live entry but not their values; the journal table shows the
-    # values of the first JOURNAL_LIMIT entries (a map over thousands of items stays a page).
-    live = list(
-        steps.filter(superseded=False)
-        .defer("args", "result", "target")
-        .order_by("position", "branch", "id")
-    )
+    live = steps.filter(superseded=False)
+    # The journal table shows the values of the first JOURNAL_LIMIT entries; the timeline and
+    # the pickers load only what they draw (a map over thousands of items stays a page).
     shown = list(steps.order_by("superseded", "position", "branch", "id")[: JOURNAL_LIMIT + 1])
     more = len(shown) > JOURNAL_LIMIT
     shown = shown[:JOURNAL_LIMIT]
     live_rows = [r for r in shown if not r.superseded]
     superseded = [r for r in shown if r.superseded]
     wf = registered_workflows().get(run.workflow)
-    tl = timeline.build(run, live)
+    tl = timeline.for_run(run, live)
     # Undo entries are not places to restart from: a restart re-runs what they undid.
-    positions = sorted({r.position for r in live if r.branch < 0 and r.kind != "compensate"})
-    fork_upto = forking.last_forkable(live, compensating=run.status == RunStatus.COMPENSATING)
+    restartable = live.filter(branch__lt=0).exclude(kind="compensate")
+    counts = live.aggregate(
+        total=Count("id"),
+        positions=Count("id", filter=Q(branch__lt=0) & ~Q(kind="compensate")),
+        last=Max("position", filter=Q(branch__lt=0) & ~Q(kind="compensate")),
+    )
+    last_position = counts["last"] or 0
+    fork_upto = forking.last_forkable_in(live, compensating=run.status == RunStatus.COMPENSATING)
+    # Thousands of positions make a list no one scrolls: a number field instead.
+    typed = max(counts["positions"], fork_upto) > PICKER_LIMIT
+    positions = (
+        [] if typed else list(restartable.order_by("position").values_list("position", flat=True))
+    )
     failed = operations.failed_position(run.pk) if run.status == "failed" else None
     return {
         "nav": "runs",
@@ -248,7 +255,7 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         "wf": wf,
         "timeline": tl,
         "journal": live_rows,
-        "journal_total": len(live),
+        "journal_total": counts["total"],
         "journal_cut": more,
         "superseded": superseded,
         "gates": gateinfo.open_gates([run.pk]).get(run.pk, []),
@@ -257,13 +264,13 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         "events": list(run.events.order_by("-id")[:20]),
         "can_operate": can_operate(request.user),
         "positions": positions,
-        "fork_positions": list(range(1, fork_upto + 1)),
+        "has_positions": last_position > 0,
+        "fork_positions": range(1, fork_upto + 1),
         "fork_upto": fork_upto,
-        # Thousands of positions make a list no one scrolls: a number field instead.
-        "pickers_typed": max(len(positions), fork_upto) > PICKER_LIMIT,
+        "pickers_typed": typed,
         # Preselected: the failed step, else the last one (run it again, reuse the rest).
-        "fork_default": min(fork_upto, failed or (positions[-1] if positions else 1)),
-        "last_position": positions[-1] if positions else 0,
+        "fork_default": min(fork_upto, failed or last_position or 1),
+        "last_position": last_position,
         "failed_position": operations.retry_position(run.pk, failed),
         "generations": timeline.generation_costs(run),
         "live": not run.is_terminal,

@@ -90,3 +90,45 @@ def test_short_runs_keep_their_lists(people: People) -> None:
     html = people.client(people.ops).get(f"/runs/{run.pk}/").content.decode()
     assert html.count('class="tl-item ') == 30 and "not drawn" not in html
     assert '<select id="from-step"' in html and '<select id="fork-step"' in html
+
+
+def _drawn(tl: Any) -> list[tuple[Any, ...]]:
+    return [
+        (
+            i.entry.row.pk,
+            i.entry.left,
+            i.entry.width,
+            i.entry.duration,
+            i.entry.note,
+            i.hidden,
+            [(b.row.pk, b.left, b.width, b.duration) for b in i.branches],
+        )
+        for i in tl.items
+    ] + [(tl.start, tl.end, tl.total, tl.gap, tl.gap_from, tl.gap_to, tl.gap_at)]
+
+
+def test_the_page_draws_from_the_database_what_the_journal_in_memory_gives(
+    bell: Any, people: People, monkeypatch: Any
+) -> None:
+    """``timeline.for_run`` (the page: only the rows it draws) and ``timeline.build`` (a
+    journal in memory) agree, and so do ``last_forkable_in`` and ``last_forkable``, on every
+    run of the operator scenes (fan-outs, retries, waits, undos, failures) and on long runs."""
+    from tests.operators.scenes import settle, showcase
+    from workflows.core.forking import last_forkable, last_forkable_in
+    from workflows.timeline import build, for_run
+
+    monkeypatch.setattr("workflows.timeline.MAX_BRANCHES_SHOWN", 2)
+    showcase(bell)
+    settle(bell)
+    _long_run(MAX_ENTRIES_SHOWN + 7, status="running")
+    _long_run(12)
+    now = timezone.now()
+    runs = list(Run.objects.all())
+    assert len(runs) >= 6
+    for run in runs:
+        live = Step.objects.filter(run=run, superseded=False)
+        assert _drawn(for_run(run, live, now)) == _drawn(build(run, list(live), now)), run
+        for compensating in (False, True):
+            assert last_forkable_in(live, compensating=compensating) == last_forkable(
+                list(live), compensating=compensating
+            )
