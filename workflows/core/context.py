@@ -904,7 +904,8 @@ class Context:
                         setattr(row, key, value)
         if queued:
             raise self._suspension()
-        leases.hold(row.pk)  # It holds a slot of a limited pool under its own lease.
+        # It holds a slot of a limited pool under its own lease, taken by the run's owner.
+        leases.hold(row.pk, self.owner)
         try:
             return self._call(sd, args, kwargs, row)
         finally:

@@ -81,7 +81,7 @@ def _advance(run_id: Any, generation: int, taken: Run | None = None) -> str:
         taken = None
         if run is None:
             return outcome
-        hold_run(run.pk)
+        hold_run(run.pk, owner)
         ensure_heartbeat()
         try:
             if run.status == RunStatus.COMPENSATING:

@@ -95,8 +95,10 @@ def hold(step_id: int | None, owner: str | None = None) -> None:
         _held[step_id] = owner or owner_id()
 
 
-def hold_run(run_id: Any) -> None:
-    _held_runs[run_id] = owner_id()
+def hold_run(run_id: Any, owner: str | None = None) -> None:
+    """The run ``run_id`` is advanced under the lease of ``owner`` (this thread's by default; a
+    job's when a branch of a batch closed its group and took the run): keep renewing it."""
+    _held_runs[run_id] = owner or owner_id()
 
 
 def drop_run(run_id: Any) -> None:

@@ -468,11 +468,21 @@ def _cancel_locked(run: Run, reason: str) -> bool:
             error["not_undone"] = skipped
         error["cause"] = run.error
     else:
+        # The steps first. A branch whose success is committing now holds its row until it
+        # has committed, and this waits for it: only then are the undos counted, so a step
+        # that succeeded during the cancel is undone too, not left booked.
+        transitions.cancel_steps(run.pk, now)
         compensate = undos.has_undos(run.pk)
+    stopping_undos = run.status == RunStatus.COMPENSATING
     if not transitions.cancel(run, now, error, compensate=compensate):
         return False
     run.refresh_from_db()
-    for child in Run.objects.filter(parent=run, status__in=ACTIVE_RUN):
+    children = Run.objects.filter(parent=run, status__in=ACTIVE_RUN)
+    if not stopping_undos:
+        # A child already undoing its steps finishes its rollback: canceling the parent
+        # stops the work, not the undoing of it (canceling a compensating run does that).
+        children = children.exclude(status=RunStatus.COMPENSATING)
+    for child in children:
         _cancel_locked(child, f"parent run {run.pk} canceled")
     if run.status == RunStatus.COMPENSATING:
         run_stopped.send(sender=Run, run=run)
