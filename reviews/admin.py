@@ -59,10 +59,17 @@ class GateAdmin(admin.ModelAdmin):
         # Staff with view permission get the read-only detail page; nothing on it can be saved.
         return False
 
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Every tenant's gates: staff with the gate view permission (services.sees_every_gate);
+        the change permission alone does not show them (Django's default would)."""
+        return services.sees_every_gate(request.user)
+
     def has_release_permission(self, request: HttpRequest) -> bool:
         """Freeing another reviewer's claim changes the gate: staff with the gate change
-        permission (a permission the read-only pages never use), not viewers."""
-        return services.overrides_claims(request.user)
+        permission (a permission the read-only pages never use), not viewers, and who may see
+        every gate the action can be given."""
+        user = request.user
+        return services.overrides_claims(user) and services.sees_every_gate(user)
 
     @admin.action(
         description="Release the claim on the selected open gates", permissions=["release"]

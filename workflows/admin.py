@@ -18,7 +18,7 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.options import ActionLocation
-from django.contrib.auth import get_user_model
+from django.contrib.auth import get_permission_codename, get_user_model
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
@@ -29,6 +29,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from workflows import operations
+from workflows.access import sees_every_run
 from workflows.core.audit import MAX_REASON, Actor, reason_problem
 from workflows.core.definitions import registered_workflows
 from workflows.keys import SCOPES, assign_new_secret, forget_keys
@@ -187,7 +188,16 @@ def seconds(value: float | None) -> str:
 
 
 class ReadOnlyMixin:
-    """Machine-written rows: visible, never added, edited or deleted by hand."""
+    """Machine-written rows: visible, never added, edited or deleted by hand.
+
+    Seen with the table's view permission only. Django's default also shows a table to its
+    change permission, but ``change_run`` is the permission to act on runs (cancel, retry,
+    restart): alone, it must not show every tenant's runs, nor act on them here."""
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        opts = self.opts  # type: ignore[attr-defined]
+        codename = get_permission_codename("view", opts)
+        return bool(request.user.has_perm(f"{opts.app_label}.{codename}"))
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -437,9 +447,11 @@ class RunAdmin(ReadOnlyMixin, admin.ModelAdmin):
             return super().get_search_results(request, queryset, search_term)
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
-        """Acting on runs (cancel, retry, restart) needs staff with change rights on runs."""
+        """Acting on runs (cancel, retry, restart) needs staff with change rights on runs, and
+        the admin acts on any tenant's runs: so also the right to see them all (view_run), as
+        the run pages require a run to be visible before acting on it."""
         user = request.user
-        return bool(user.is_staff and user.has_perm("workflows.change_run"))
+        return bool(user.has_perm("workflows.change_run") and sees_every_run(user))
 
     @admin.display(description="run", ordering="created_at")
     def short_id(self, obj: Run) -> str:

@@ -25,7 +25,7 @@ from reviews.services import (
 from tests.reviews.conftest import People, open_gate
 from tests.reviews.workflows import SENTIMENT_FIELDS
 from tests.support import Bell
-from workflows import get_run, start
+from workflows import get_run, start, workflow
 from workflows.keys import create_api_key
 from workflows.models import Step
 
@@ -134,6 +134,26 @@ def test_separation_of_duties_applies_to_a_single_approver_gate_and_to_staff(
     decide_gate(gate.pk, outcome="approve", actor="ben", user=people.ben)
     gate.refresh_from_db()
     assert (gate.status, gate.decided_by) == ("decided", "ben")
+
+
+@workflow(name="test.review_in_a_child")
+def review_in_a_child(ctx: Any) -> Any:
+    return ctx.run_workflow("test.review", {"separation_of_duties": True})
+
+
+def test_separation_of_duties_holds_for_a_gate_in_a_child_run(bell: Bell, people: People) -> None:
+    """Who started the parent started the child's work: the child run carries the parent's
+    ``created_by`` (review finding: it was empty, so the starter could approve the child's
+    gate)."""
+    parent = start("test.review_in_a_child", {}, created_by="ana")
+    bell.settle()
+    gate = Gate.objects.get()
+    assert gate.run.parent_id == parent.pk and gate.run.created_by == "ana"
+    with pytest.raises(SeparationOfDutiesError, match="ana started this run"):
+        decide_gate(gate.pk, outcome="approve", actor="ana", user=people.ana)
+    decide_gate(gate.pk, outcome="approve", actor="ben", user=people.ben)
+    bell.settle()
+    assert get_run(parent.pk).status == "succeeded"
 
 
 def test_without_separation_of_duties_the_starter_may_approve(bell: Bell, people: People) -> None:

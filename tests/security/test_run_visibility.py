@@ -151,3 +151,54 @@ def test_an_operator_acts_only_on_runs_they_may_see(scene: Scene) -> None:
     assert response.status_code == 404
     run_g.refresh_from_db()
     assert run_g.status == "suspended"
+
+
+def test_change_rights_alone_neither_show_nor_act_on_other_tenants_runs_in_admin(
+    scene: Scene,
+) -> None:
+    """``change_run`` is the right to act on runs the user may see; the admin acts on every
+    tenant's runs, so it also needs ``view_run`` (review finding: it showed and canceled
+    globex's run to an acme operator holding only ``change_run``)."""
+    from tests.security.scene import grant
+    from workflows.models import Run
+
+    chris = login(grant(user("chris", tenant="acme", is_staff=True), "workflows.change_run"))
+    run_g = scene.runs["run_g"]
+    assert chris.get("/admin/workflows/run/").status_code == 403
+    assert chris.get(f"/admin/workflows/run/{run_g.pk}/change/").status_code == 403
+    r = chris.post(
+        "/admin/workflows/run/",
+        {"action": "cancel_runs", "_selected_action": [str(run_g.pk)], "reason": "x"},
+    )
+    assert r.status_code == 403
+    assert Run.objects.get(pk=run_g.pk).status == run_g.status
+    # with view_run too, the operator sees and acts on every run, as on the run pages
+    olga = login(
+        grant(
+            user("olga", tenant="acme", is_staff=True),
+            "workflows.change_run",
+            "workflows.view_run",
+        )
+    )
+    assert olga.get("/admin/workflows/run/").status_code == 200
+    assert olga.get(f"/admin/workflows/run/{run_g.pk}/change/").status_code == 200
+
+
+def test_gate_change_rights_alone_neither_show_nor_free_other_tenants_gates(
+    scene: Scene,
+) -> None:
+    from reviews.models import Gate
+    from reviews.services import claim_gate
+    from tests.security.scene import grant
+
+    gate_g = scene.gates["gate_g"]
+    claim_gate(gate_g.pk, scene.users["rev_other"])
+    gina = login(grant(user("gina", tenant="acme", is_staff=True), "reviews.change_gate"))
+    assert gina.get("/admin/reviews/gate/").status_code == 403
+    assert gina.get(f"/admin/reviews/gate/{gate_g.pk}/change/").status_code == 403
+    r = gina.post(
+        "/admin/reviews/gate/",
+        {"action": "release_claims", "_selected_action": [str(gate_g.pk)]},
+    )
+    assert r.status_code == 403
+    assert Gate.objects.get(pk=gate_g.pk).claimed_by == scene.users["rev_other"]

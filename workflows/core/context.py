@@ -448,6 +448,9 @@ class Context:
                     parent_step=row,
                     context=options.pop("context", self._record.context),
                     tenant=options.pop("tenant", self._record.tenant),
+                    # Who started the parent started the child's work too (separation of
+                    # duties on the child's gates, and the starter may see it).
+                    created_by=options.pop("created_by", self._record.created_by),
                     **options,
                 )
                 row.args = {"run_id": str(child.pk)}
