@@ -165,7 +165,10 @@ def _confidence(value: Any) -> float | None:
                 return None
         else:
             return None
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past a float's range: no confidence to show
+        return None
     if 1 < number <= 100:
         number /= 100
     if 0 <= number <= 1:

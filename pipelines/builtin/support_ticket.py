@@ -350,10 +350,16 @@ def send_reply(ticket_id: int, to: str, subject: str, body: str) -> dict[str, An
         enqueue_outbox(
             REPLY_KIND,
             key,
-            {"ticket_id": ticket_id, "to": to, "subject": f"Re: {subject}", "body": body},
+            # One line: a mail header refuses CR and LF, and the subject is the customer's text.
+            {"ticket_id": ticket_id, "to": to, "subject": _subject(subject), "body": body},
             run=_run(scope.run_id) if scope else None,
         )
     return {"outbox_key": key}
+
+
+def _subject(subject: str) -> str:
+    """The reply's subject: ``Re:`` and the ticket's subject on one line, at most 200 chars."""
+    return ("Re: " + " ".join(str(subject).split()))[:200]
 
 
 def _run(run_id: Any) -> Any:

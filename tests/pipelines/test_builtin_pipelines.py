@@ -182,6 +182,23 @@ def test_support_ticket_grades_until_a_reply_passes_and_sends_it_once(
     assert class_line(mermaid_for_run(run), "current") == {"done"}
 
 
+def test_a_subject_with_line_breaks_is_mailed_on_one_line(
+    bell: Bell, offline: Any, settings: Any
+) -> None:
+    """The customer's subject goes into a mail header, which refuses CR and LF (review
+    finding: the reply was never mailed, retried for a day, while the ticket said resolved)."""
+    from django.core import mail
+
+    settings.SLUICE_SUPPORT_SEND_EMAIL = True
+    subject = "Charged twice\r\nBcc: evil@example.com"
+    run = settle(bell, start("support_ticket", {**support_ticket.SAMPLE, "subject": subject}))
+    assert run.status == "succeeded"
+    assert deliver_due() == 1
+    (sent,) = mail.outbox
+    assert sent.subject == "Re: Charged twice Bcc: evil@example.com" and sent.bcc == []
+    assert Ticket.objects.get(run=run).reply_sent_at is not None
+
+
 UNKNOWN_TOPIC = {
     "customer_email": "lee@example.com",
     "subject": "Parrot in the office",

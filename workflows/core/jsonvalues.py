@@ -40,9 +40,9 @@ def encode(data: Any, what: str = "value") -> str:
     """``data`` (plain JSON) as compact JSON text."""
     try:
         return json.dumps(data, separators=(",", ":"), allow_nan=False)
-    except ValueError:
+    except ValueError as exc:
         # NaN and Infinity are not JSON: PostgreSQL's jsonb refuses them, so refuse them here.
-        raise TypeError(f"{what} contains NaN or Infinity, which is not JSON") from None
+        raise TypeError(_unencodable(what, exc)) from None
 
 
 def encode_sorted(data: Any, what: str = "value") -> str:
@@ -51,8 +51,16 @@ def encode_sorted(data: Any, what: str = "value") -> str:
     what characters the text holds."""
     try:
         return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    except ValueError:
-        raise TypeError(f"{what} contains NaN or Infinity, which is not JSON") from None
+    except ValueError as exc:
+        raise TypeError(_unencodable(what, exc)) from None
+
+
+def _unencodable(what: str, exc: ValueError) -> str:
+    """Why ``json.dumps`` refused a value: NaN or Infinity, or an integer longer than Python
+    converts to text (``sys.set_int_max_str_digits``, 4,300 digits by default)."""
+    if "digits" in str(exc):
+        return f"{what} contains an integer too long to write as JSON (over 4,300 digits)"
+    return f"{what} contains NaN or Infinity, which is not JSON"
 
 
 def check_encoded(data: Any, encoded: str, what: str = "value") -> int:

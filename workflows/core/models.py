@@ -11,6 +11,7 @@ from functools import lru_cache
 from typing import Any
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -33,6 +34,9 @@ TERMINAL_RUN = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELED)
 ACTIVE_RUN = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SUSPENDED, RunStatus.COMPENSATING)
 # A run a worker may be advancing right now: its lease is renewed and reclaimed when it expires.
 LEASED_RUN = (RunStatus.RUNNING, RunStatus.COMPENSATING)
+# A pool's rate window, in seconds (``Pool.rate_period``; ``pools.period_seconds``).
+MIN_RATE_PERIOD = 0.001
+MAX_RATE_PERIOD = 366 * 86400.0
 
 
 class StepStatus(models.TextChoices):
@@ -358,7 +362,11 @@ class Pool(models.Model):
     name = models.CharField(max_length=64, primary_key=True)
     max_concurrency = models.PositiveIntegerField(null=True, blank=True)
     rate_limit = models.PositiveIntegerField(null=True, blank=True)
-    rate_period = models.FloatField(default=1.0)
+    rate_period = models.FloatField(
+        default=1.0,
+        validators=[MinValueValidator(MIN_RATE_PERIOD), MaxValueValidator(MAX_RATE_PERIOD)],
+        help_text="Seconds (0.001 to 366 days).",
+    )
     window_start = models.DateTimeField(null=True, blank=True)
     window_count = models.PositiveIntegerField(default=0)
 

@@ -9,6 +9,7 @@ hands it to the oldest waiting step, and the sweep does the same for anything le
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,7 +19,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 
-from workflows.core.models import Pool, Step, StepStatus
+from workflows.core.models import MAX_RATE_PERIOD, MIN_RATE_PERIOD, Pool, Step, StepStatus
 
 _cache: dict[str, tuple[float, PoolConfig]] = {}
 # The lease owner of a slot reserved for a branch at fan-out, before a worker picks it up.
@@ -39,12 +40,25 @@ class PoolConfig:
         return bool(self.max_concurrency) or bool(self.rate_limit)
 
 
+def period_seconds(value: Any) -> float:
+    """A pool's ``rate_period`` as the limiter uses it: a positive, finite number of seconds
+    within ``MAX_RATE_PERIOD`` (a longer one is that), and 1 s for anything else, so that a
+    row or a setting with an odd value (0, negative, NaN, 1e308) never fails a claim."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return 1.0
+    if not math.isfinite(seconds) or seconds < MIN_RATE_PERIOD:
+        return 1.0
+    return min(seconds, MAX_RATE_PERIOD)
+
+
 def _defaults(name: str) -> dict[str, Any]:
     conf = dict(settings.SLUICE_POOLS.get(name, {}))
     return {
         "max_concurrency": conf.get("max_concurrency"),
         "rate_limit": conf.get("rate_limit"),
-        "rate_period": float(conf.get("rate_period") or 1.0),
+        "rate_period": period_seconds(conf.get("rate_period") or 1.0),
     }
 
 
@@ -66,7 +80,7 @@ def get_pool(name: str) -> PoolConfig:
         name=name,
         max_concurrency=row.max_concurrency,
         rate_limit=row.rate_limit,
-        rate_period=row.rate_period,
+        rate_period=period_seconds(row.rate_period),
         queue=queue_for(name),
     )
     _cache[name] = (now, conf)
@@ -110,7 +124,7 @@ def try_acquire(pool_name: str, now: datetime) -> datetime | bool:
     if row.max_concurrency and running_in(pool_name, now) >= row.max_concurrency:
         return False
     if row.rate_limit:
-        period = timedelta(seconds=row.rate_period or 1.0)
+        period = timedelta(seconds=period_seconds(row.rate_period))
         if row.window_start is None or now >= row.window_start + period:
             Pool.objects.filter(pk=pool_name).update(window_start=now, window_count=1)
         elif row.window_count >= row.rate_limit:

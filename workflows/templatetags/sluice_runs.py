@@ -103,7 +103,17 @@ def tokens(usage: Any) -> str:
     tin, tout = usage.get("input_tokens"), usage.get("output_tokens")
     if tin is None and tout is None:
         return ""
-    return f"{tin or 0:,} → {tout or 0:,}"
+    return f"{_count(tin)} → {_count(tout)}"
+
+
+def _count(value: Any) -> str:
+    """A token count as people read it; ``record_usage`` keeps any JSON value under a
+    ``*_tokens`` key, and a string or a list there is shown as it is, not a 500."""
+    if value is None:
+        return "0"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)[:40]
 
 
 @register.filter
