@@ -72,9 +72,15 @@ def check_models() -> list[checks.CheckMessage]:
     configured = {"SLUICE_LLM_MODEL": getattr(settings, "SLUICE_LLM_MODEL", config.OFFLINE)}
     for key, value in (getattr(settings, "SLUICE_LLM_MODELS", {}) or {}).items():
         configured[f"SLUICE_LLM_MODELS[{key!r}]"] = value
+    for key, entry in (getattr(settings, "SLUICE_LLM_PRICES", {}) or {}).items():
+        try:
+            pricing.checked_price(key, entry)
+        except ConfigurationError as exc:
+            messages.append(checks.Error(str(exc), id="pipelines.E003"))
     for setting, value in configured.items():
         try:
             spec = config.parse_model(value)
+            pricing.price_of(spec)
         except ConfigurationError as exc:
             messages.append(checks.Error(f"{setting}: {exc}", id="pipelines.E003"))
             continue

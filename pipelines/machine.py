@@ -452,7 +452,9 @@ def _enter_final(name: str) -> dict[str, str]:
     return {"final_state": name}
 
 
-_FINAL = as_step(_enter_final)
+# Not budgeted: reaching a final state costs nothing, so a run whose last real step crossed
+# its budget still ends in the state it reached (and keeps what it did: no undo).
+_FINAL = replace(as_step(_enter_final), budgeted=False)
 
 
 # --- definition and registry ------------------------------------------------------------------

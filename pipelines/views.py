@@ -22,6 +22,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from pipelines import forms
 from pipelines.llm.tasks import OFFLINE_NOTE, models_for_pipeline
+from pipelines.machine import MachineError
 from pipelines.registry import get_pipeline, mermaid_for_run, pipelines
 from workflows import (
     IdempotencyConflict,
@@ -165,9 +166,16 @@ def run_graph(request: HttpRequest, run_id: Any) -> JsonResponse:
         run = get_run(run_id)
     except RunNotFoundError:
         raise Http404("no such run") from None
-    if not access.can_view_run(request.user, run) or get_pipeline(run.workflow) is None:
+    pipeline = get_pipeline(run.workflow)
+    if not access.can_view_run(request.user, run) or pipeline is None:
         raise Http404("no such run")
-    text = mermaid_for_run(run)
+    try:
+        text = mermaid_for_run(run)
+        known = True
+    except MachineError:
+        # The run's machine version was removed (docs/pipelines.md): the run page draws the
+        # current version's graph unmarked, and so does this.
+        text, known = str(pipeline.extra.get("mermaid") or ""), False
     marks: dict[str, list[str]] = {"visited": [], "current": [], "failed": []}
     for ids, mark in _MARK.findall(text):
         marks[mark] += ids.split(",")
@@ -178,6 +186,7 @@ def run_graph(request: HttpRequest, run_id: Any) -> JsonResponse:
             "status": run.status,
             "active": not run.is_terminal,
             "mermaid": text,
+            "marked": known,
             **marks,
         }
     )

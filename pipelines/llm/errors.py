@@ -56,4 +56,7 @@ class RequestRejected(ProviderError):
 
 
 class ConfigurationError(ValueError):
-    """A model string or provider setting is wrong (reported by the system check too)."""
+    """A model string or provider setting is wrong (reported by the system check too). Not
+    retried: the same settings fail the same way."""
+
+    retryable = False

@@ -77,7 +77,9 @@ async def _ask[T: pydantic.BaseModel](
         )
         with capture_run_messages() as messages:
             try:
-                result = await agent.run(prompt)
+                # SLUICE_LLM_TIMEOUT bounds the whole request: the HTTP client's own timeout
+                # is per read, and a server sending a byte now and then never trips it.
+                result = await asyncio.wait_for(agent.run(prompt), config.timeout())
             except Exception as exc:
                 error = translate(exc, spec, messages, output_type)
                 if error is None:
@@ -197,7 +199,7 @@ def translate(
             status=status,
             **who,
         )
-    if isinstance(exc, pe.ModelTimeoutError | pe.ModelRequestTimeout):
+    if isinstance(exc, pe.ModelTimeoutError | pe.ModelRequestTimeout | TimeoutError):
         return ProviderTimeout(f"{prefix}no answer within {config.timeout():g}s", **who)
     # A 503's Retry-After is honoured as a 429's is.
     later = getattr(exc, "retry_after", None)
@@ -220,8 +222,9 @@ def translate(
         return MalformedAnswer(
             f"{prefix}malformed response: {_short(exc)}", raw_text=_raw_from_cause(exc), **who
         )
-    if isinstance(exc, IndexError | KeyError):
-        # The SDK could not read the answer's shape (``"choices": []``, say).
+    if isinstance(exc, IndexError | KeyError | TypeError | AttributeError | ValueError):
+        # The SDK could not read the answer's shape (``"choices": []``, ``"content": null``,
+        # a body of ``[]``, a negative token count): retried as any unreadable answer is.
         return MalformedAnswer(
             f"{prefix}malformed response: {type(exc).__name__}: {_short(exc)}",
             raw_text=_raw_answer(messages) or _raw_from_cause(exc),

@@ -99,6 +99,7 @@ def complete[T: pydantic.BaseModel](
     # to replace a lost one should take work as soon as it can.
     from pipelines.llm import providers
 
+    pricing.price_of(spec)  # a broken price table fails here, before a call is paid for
     try:
         answer = providers.ask(
             spec, instructions=task.instructions, prompt=prompt, output_type=task.output_type
@@ -106,13 +107,46 @@ def complete[T: pydantic.BaseModel](
     except ProviderError as exc:
         # A failed attempt may still have used (and cost) tokens: journal them with it.
         used = getattr(exc, "usage", None) or providers.Usage()
-        _record(spec, used.input_tokens, used.output_tokens, started, failed=True)
+        _record(spec, _or_zero(used.input_tokens), _or_zero(used.output_tokens), started, True)
         raise
     output = answer.output
     if not isinstance(output, task.output_type):  # pragma: no cover - pydantic-ai validated it
         raise MalformedAnswer(f"{spec.name}: unexpected output type", raw_text=repr(output))
-    cost = _record(spec, answer.input_tokens, answer.output_tokens, started)
-    return Completion(output, spec, answer.input_tokens, answer.output_tokens, _ms(started), cost)
+    in_tokens, out_tokens = answer.input_tokens, answer.output_tokens
+    if not (_plausible(in_tokens) and _plausible(out_tokens)):
+        _record(spec, 0, 0, started, failed=True)
+        raise MalformedAnswer(
+            f"{spec.name}: the provider reported {in_tokens!r} input and {out_tokens!r} output "
+            f"tokens (a count from 0 to {MAX_TOKENS:,} was expected)",
+            provider=spec.provider,
+            model=spec.model,
+        )
+    try:
+        json.dumps(output.model_dump(mode="json"), allow_nan=False)
+    except ValueError:
+        _record(spec, in_tokens, out_tokens, started, failed=True)
+        raise MalformedAnswer(
+            f"{spec.name}: the answer holds NaN or Infinity, which the journal cannot store",
+            raw_text=repr(output)[:4000],
+            provider=spec.provider,
+            model=spec.model,
+        ) from None
+    cost = _record(spec, in_tokens, out_tokens, started)
+    return Completion(output, spec, in_tokens, out_tokens, _ms(started), cost)
+
+
+# Tokens one call can use, far past any model's context: a larger count (or a negative or
+# fractional one) is a provider's error, and priced it would overflow the run's cost.
+MAX_TOKENS = 100_000_000
+
+
+def _plausible(tokens: Any) -> bool:
+    return isinstance(tokens, int) and not isinstance(tokens, bool) and 0 <= tokens <= MAX_TOKENS
+
+
+def _or_zero(tokens: Any) -> int:
+    """A failed call's token count as journaled: 0 when the provider's count is implausible."""
+    return int(tokens) if _plausible(tokens) else 0
 
 
 def _offline[T: pydantic.BaseModel](

@@ -35,3 +35,23 @@ def _fresh_pools() -> Iterator[None]:
     pools.clear_cache()
     yield
     pools.clear_cache()
+
+
+@pytest.fixture
+def keyed(settings: Any) -> Any:
+    """A key and a short timeout for the fake provider's real-provider shapes."""
+    settings.SLUICE_LLM_API_KEY = "test-key"
+    settings.SLUICE_LLM_TIMEOUT = 5.0
+    settings.SLUICE_LLM_OUTPUT_MODE = "tool"
+    return settings
+
+
+@pytest.fixture
+def probe_model(fake_llm: FakeLLM, keyed: Any) -> FakeLLM:
+    """The probe task answered by the fake server, priced like gpt-4o-mini."""
+    keyed.SLUICE_LLM_MODELS = {"probe": f"openai-compatible:fake-model@{fake_llm.base_url}"}
+    keyed.SLUICE_LLM_PRICES = {
+        **keyed.SLUICE_LLM_PRICES,
+        "openai-compatible:fake-model": (0.15, 0.60),
+    }
+    return fake_llm

@@ -40,6 +40,7 @@ class Fault:
     status: int = 0
     retry_after: float | str | None = None
     echo_auth: bool = False
+    body: bytes = b""
 
 
 def slow(seconds: float) -> Fault:
@@ -55,6 +56,17 @@ def status(code: int, *, retry_after: float | str | None = None, echo_auth: bool
 def empty_choices() -> Fault:
     """A 200 whose ``choices`` is empty (the SDK cannot read an answer from it)."""
     return Fault("empty_choices")
+
+
+def drip(seconds: float) -> Fault:
+    """A good answer whose body trickles in over ``seconds`` (leading blanks, one at a time):
+    a client's per-read timeout never trips on it."""
+    return Fault("drip", seconds=seconds)
+
+
+def raw(body: bytes) -> Fault:
+    """A 200 with exactly this body."""
+    return Fault("raw", body=body)
 
 
 def malformed() -> Fault:
@@ -213,6 +225,8 @@ def _make_handler(state: FakeLLM) -> type[BaseHTTPRequestHandler]:
                 empty = {"id": "chatcmpl-e", "object": "chat.completion", "created": 0}
                 payload = {**empty, "model": "fake", "choices": [], "usage": usage}
                 return self._send(200, json.dumps(payload).encode())
+            if fault is not None and fault.kind == "raw":
+                return self._send(200, fault.body)
             if fault is not None and fault.kind == "malformed":
                 return self._send(200, b'{"id": "chatcmpl-x", "choices": [{"message": {"con')
             tool = _anthropic_tool(body) if anthropic else _openai_tool(body)
@@ -227,7 +241,24 @@ def _make_handler(state: FakeLLM) -> type[BaseHTTPRequestHandler]:
                 payload = self._anthropic(body, tool, answer, args, fault)
             else:
                 payload = self._openai(body, tool, args)
+            if fault is not None and fault.kind == "drip":
+                return self._drip(json.dumps(payload).encode(), fault.seconds)
             self._send(200, json.dumps(payload).encode())
+
+        def _drip(self, data: bytes, seconds: float) -> None:
+            blanks = max(1, int(seconds * 10))
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(blanks + len(data)))
+                self.end_headers()
+                for _ in range(blanks):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(seconds / blanks)
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
 
         def _openai(self, body: dict[str, Any], tool: Any, args: str) -> dict[str, Any]:
             if tool is not None:

@@ -40,14 +40,6 @@ def model_string(fake: FakeLLM, shape: str) -> str:
     return f"openai-compatible:fake-model@{fake.base_url}"
 
 
-@pytest.fixture
-def keyed(settings: Any) -> Any:
-    settings.SLUICE_LLM_API_KEY = "test-key"
-    settings.SLUICE_LLM_TIMEOUT = 5.0
-    settings.SLUICE_LLM_OUTPUT_MODE = "tool"
-    return settings
-
-
 # --- one call ---------------------------------------------------------------------------------
 
 
@@ -155,17 +147,6 @@ def test_model_strings_name_their_server() -> None:
 # --- through the engine -----------------------------------------------------------------------
 
 engine = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def probe_model(fake_llm: FakeLLM, keyed: Any) -> FakeLLM:
-    """The probe task answered by the fake server, priced like gpt-4o-mini."""
-    keyed.SLUICE_LLM_MODELS = {"probe": f"openai-compatible:fake-model@{fake_llm.base_url}"}
-    keyed.SLUICE_LLM_PRICES = {
-        **keyed.SLUICE_LLM_PRICES,
-        "openai-compatible:fake-model": (0.15, 0.60),
-    }
-    return fake_llm
 
 
 def step_row(run: Run) -> Step:

@@ -254,7 +254,8 @@ class Context:
         sd = as_step(fn)
         pos, row = self._next(StepKind.STEP, sd.name)
         if row is None:
-            self._check_budget(sd.name)
+            if sd.budgeted:
+                self._check_budget(sd.name)
             undo = _undo_of(sd, compensate, kwargs)
             return self._execute(sd, args, kwargs, pos, None, undo=undo)
         return self._resume(sd, args, kwargs, pos, row)
@@ -283,6 +284,28 @@ class Context:
                 raise self._over_budget((row.error or {}).get("message", "budget exceeded"))
             raise StepFailed(row.name, row.error or {})
         now = timezone.now()
+        if (
+            kind == StepKind.STEP
+            and sd.budgeted
+            and row.status
+            in (
+                StepStatus.RUNNING,
+                StepStatus.RETRYING,
+                StepStatus.PENDING,
+            )
+        ):
+            # Another attempt is another call, paid like the first: it needs the budget too
+            # (its failed attempts may have spent it). Undos are never budget-checked.
+            in_flight = (
+                row.status == StepStatus.RUNNING
+                and row.lease_owner
+                and row.lease_owner != self.owner
+                and row.lease_expires_at
+                and row.lease_expires_at > now
+            )
+            due = row.status != StepStatus.RETRYING or not (row.wake_at and row.wake_at > now)
+            if due and not in_flight:
+                self._check_budget(row.name)
         if row.status == StepStatus.RUNNING:
             if (
                 row.lease_owner

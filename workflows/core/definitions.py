@@ -55,6 +55,9 @@ class StepDef[**P, R]:
     timeout: float | None = None
     # The undo run if the run fails or is canceled after this step succeeded (a saga).
     compensate: Callable[..., Any] | None = None
+    # False for bookkeeping that costs nothing (a state machine's final-state marker): the
+    # run's budget (max_cost) does not stop it, as it stops a step that may spend.
+    budgeted: bool = True
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)

@@ -9,6 +9,9 @@ from typing import Any
 
 from workflows.core.jsonvalues import check_size, to_json
 
+# Step.cost and Run.cost keep 14 digits, 6 of them decimals.
+MAX_COST = Decimal("99999999.999999")
+
 
 @dataclass
 class StepScope:
@@ -44,6 +47,14 @@ def record_usage(cost: float | Decimal = 0, **usage: Any) -> None:
         raise TypeError(f"record_usage: cost must be a number, not {cost!r}") from None
     if not amount.is_finite():
         raise TypeError(f"record_usage: cost must be a finite number, not {cost!r}")
+    if amount < 0:
+        # A refund would lower the run's spend under its budget: budgets only count up.
+        raise TypeError(f"record_usage: cost must be 0 or more, not {cost!r}")
+    if scope.cost + amount > MAX_COST:
+        raise TypeError(
+            f"record_usage: a step's cost must stay under {MAX_COST:,} (the journal's "
+            f"column), not {scope.cost + amount!r}"
+        )
     usage = {key: to_json(value, f"usage {key!r}") for key, value in usage.items()}
     check_size(usage, "usage")
     for key, value in usage.items():
