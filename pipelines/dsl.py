@@ -181,13 +181,20 @@ def parse_duration(value: str | float | timedelta) -> timedelta:
     """``timedelta``, seconds, or ``"90s"``, ``"30m"``, ``"24h"``, ``"2d"``."""
     if isinstance(value, timedelta):
         return value
+    problem = ValueError(f"cannot read duration {value!r} (use e.g. '90s', '30m', '24h', '2d')")
+    if isinstance(value, bool):
+        raise problem
     if isinstance(value, int | float):
-        return timedelta(seconds=value)
-    m = _DURATION.match(value)
-    if not m:
-        raise ValueError(f"cannot read duration {value!r} (use e.g. '90s', '30m', '24h', '2d')")
-    unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
-    return timedelta(seconds=float(m.group(1)) * unit)
+        seconds = float(value)
+    else:
+        m = _DURATION.match(value) if isinstance(value, str) else None
+        if not m:
+            raise problem
+        seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
+    try:
+        return timedelta(seconds=seconds)
+    except (OverflowError, ValueError):  # NaN, infinity, or past timedelta's ten thousand years
+        raise problem from None
 
 
 def targets_of(t: Transition) -> list[Goto]:

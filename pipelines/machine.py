@@ -35,6 +35,7 @@ import copy
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any
 
 import pydantic
@@ -127,6 +128,9 @@ class Machine:
         errors: list[str] = []
         if self.initial not in self.states:
             errors.append(f"initial state {self.initial!r} is not defined")
+        shape = self._transition_problems()
+        if shape:  # the checks below read the transitions: they must be names and goto()s
+            return errors + shape
         titles: dict[str, str] = {}
         for name, st in self.states.items():
             where = f"state {name!r}"
@@ -176,7 +180,11 @@ class Machine:
                             f"{where}: branch {branch!r} cannot have transitions of its own"
                         )
                 n = len(st.branches)
-                if st.min_success is not None and not 1 <= st.min_success <= max(n, 1):
+                if st.min_success is not None and (
+                    not isinstance(st.min_success, int) or isinstance(st.min_success, bool)
+                ):
+                    errors.append(f"{where}: min_success={st.min_success!r} must be an integer")
+                elif st.min_success is not None and not 1 <= st.min_success <= max(n, 1):
                     errors.append(
                         f"{where}: min_success={st.min_success} must be between 1 and {n}"
                     )
@@ -188,8 +196,14 @@ class Machine:
                         f"{where}: on_timeout={st.on_timeout!r} is not one of its outcomes "
                         f"{sorted(st.on)}"
                     )
-                if st.approvals > 1 and "approve" not in st.on:
+                if not isinstance(st.approvals, int) or isinstance(st.approvals, bool):
+                    errors.append(f"{where}: approvals={st.approvals!r} must be an integer")
+                elif st.approvals < 1:
+                    errors.append(f"{where}: approvals={st.approvals} must be 1 or more")
+                elif st.approvals > 1 and "approve" not in st.on:
                     errors.append(f"{where}: approvals={st.approvals} needs an 'approve' outcome")
+                if st.timeout is not None and st.timeout <= timedelta(0):
+                    errors.append(f"{where}: timeout must be longer than 0, not {st.timeout}")
                 if (st.escalate_after is None) != (not st.escalate_to):
                     errors.append(f"{where}: escalate_after and escalate_to go together")
                 title = self.human_title(name)
@@ -208,7 +222,62 @@ class Machine:
                     errors.append(f"state {name!r} is unreachable from {self.initial!r}")
             if not any(isinstance(self.states[n], Final) for n in reachable):
                 errors.append(f"no final state is reachable from {self.initial!r}")
+            else:
+                ends = self._reaching_final()
+                for name in self.states:
+                    if name in reachable and name not in ends:
+                        errors.append(
+                            f"state {name!r} cannot reach a final state (a loop without a way "
+                            "out: a run would go round it until MAX_VISITS stops it)"
+                        )
         return errors
+
+    def _transition_problems(self) -> list[str]:
+        """Transitions that are not state names or ``goto()``s with a callable guard (each
+        would otherwise surface as a TypeError, or only when a run took it)."""
+        problems: list[str] = []
+        for name, st in self.states.items():
+            where = f"state {name!r}"
+            named: list[tuple[str, Any]] = [("on_error", getattr(st, "on_error", None))]
+            if isinstance(st, Wait):
+                named.append(("on_timeout", st.on_timeout))
+            if isinstance(st, Human):
+                named += [(f"on[{k!r}]", v) for k, v in st.on.items()]
+            for label, target in named:
+                if target is not None and not isinstance(target, str):
+                    problems.append(f"{where}: {label} must name a state, not {target!r}")
+            if not isinstance(st, State | Parallel | Wait):
+                continue
+            t = st.on_done
+            items = t if isinstance(t, list | tuple) else [] if t is None else [t]
+            for item in items:
+                target = item.target if isinstance(item, Goto) else item
+                if not isinstance(target, str):
+                    problems.append(
+                        f"{where}: on_done must name a state (or be goto()s), not {target!r}"
+                    )
+                elif isinstance(item, Goto) and item.guard is not None and not callable(
+                    item.guard
+                ):
+                    problems.append(
+                        f"{where}: the guard of goto({target!r}) must be a function of the "
+                        f"data, not {item.guard!r}"
+                    )
+        return problems
+
+    def _reaching_final(self) -> set[str]:
+        """The states from which some path leads to a final state."""
+        back: dict[str, list[str]] = {}
+        for src, dst, _ in self.edges():
+            back.setdefault(dst, []).append(src)
+        seen = {n for n, st in self.states.items() if isinstance(st, Final)}
+        todo = list(seen)
+        while todo:
+            for prev in back.get(todo.pop(), []):
+                if prev not in seen:
+                    seen.add(prev)
+                    todo.append(prev)
+        return seen
 
     def _reachable(self) -> set[str]:
         graph: dict[str, list[str]] = {}

@@ -258,3 +258,67 @@ def test_the_default_configuration_passes_the_system_check(settings: Any) -> Non
     settings.SLUICE_LLM_MODEL = "offline"
     settings.SLUICE_LLM_MODELS = {}
     assert checks.check_models() == []
+
+
+# --- found by the eleventh session's review: each surfaced only at run time, or as a TypeError
+
+
+@pytest.mark.parametrize(
+    ("states", "message"),
+    [
+        (
+            {
+                "a": state(run=small, on_done=[goto("b", guard=lambda d: True), goto("done")]),
+                "b": state(run=branch_a, on_done="c"),
+                "c": state(run=branch_b, on_done="b"),
+                "done": final(),
+            },
+            "state 'b' cannot reach a final state",
+        ),
+        (
+            {"a": state(run=small, on_done=final()), "done": final()},  # type: ignore[arg-type]
+            "on_done must name a state",
+        ),
+        (
+            {
+                "a": state(run=small, on_done=[goto("done", guard="yes"), goto("done")]),  # type: ignore[arg-type]
+                "done": final(),
+            },
+            "the guard of goto('done') must be a function",
+        ),
+        (
+            {
+                "a": parallel({"x": state(run=branch_a)}, min_success="1", on_done="done"),  # type: ignore[arg-type]
+                "done": final(),
+            },
+            "min_success='1' must be an integer",
+        ),
+        (
+            {"a": human(instruction="x", on={"approve": "done"}, approvals=0), "done": final()},
+            "approvals=0 must be 1 or more",
+        ),
+        (
+            {"a": human(instruction="x", on={"approve": "done"}, timeout=-5), "done": final()},
+            "timeout must be longer than 0",
+        ),
+    ],
+    ids=[
+        "loop-without-exit",
+        "state-object-target",
+        "guard-not-callable",
+        "min-success-text",
+        "no-approvals",
+        "negative-timeout",
+    ],
+)
+def test_it_rejects_definitions_that_failed_only_at_run_time(
+    states: dict[str, Any], message: str
+) -> None:
+    errors = errors_of(initial="a", states=states)
+    assert any(message in e for e in errors), errors
+
+
+@pytest.mark.parametrize("value", ["99999999999d", float("nan"), float("inf"), True, None])
+def test_a_duration_it_cannot_read_is_a_value_error(value: Any) -> None:
+    with pytest.raises(ValueError, match="cannot read duration"):
+        parse_duration(value)
