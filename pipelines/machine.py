@@ -256,9 +256,7 @@ class Machine:
                     problems.append(
                         f"{where}: on_done must name a state (or be goto()s), not {target!r}"
                     )
-                elif isinstance(item, Goto) and item.guard is not None and not callable(
-                    item.guard
-                ):
+                elif isinstance(item, Goto) and item.guard is not None and not callable(item.guard):
                     problems.append(
                         f"{where}: the guard of goto({target!r}) must be a function of the "
                         f"data, not {item.guard!r}"

@@ -212,15 +212,18 @@ def for_run(run: Run, live: QuerySet[Step], now: datetime | None = None) -> Time
     heads_q = drawn.filter(branch__lt=0).defer("args", "result", "target")
     count = heads_q.count()
     gap = max(0, count - MAX_ENTRIES_SHOWN)
+    heads, gap_from, gap_to = [], 0, 0
     if gap:
-        ordered = heads_q.order_by("position")
-        heads = list(ordered[:FIRST_SHOWN]) + list(
-            reversed(heads_q.order_by("-position")[: MAX_ENTRIES_SHOWN - FIRST_SHOWN])
-        )
-        gap_from = ordered.values_list("position", flat=True)[FIRST_SHOWN]
-        gap_to = ordered.values_list("position", flat=True)[FIRST_SHOWN + gap - 1]
-    else:
-        heads, gap_from, gap_to = list(heads_q.order_by("position")), 0, 0
+        # One row more at each end: the first and the last of the positions left out.
+        first = list(heads_q.order_by("position")[: FIRST_SHOWN + 1])
+        last = list(heads_q.order_by("-position")[: MAX_ENTRIES_SHOWN - FIRST_SHOWN + 1])[::-1]
+        if len(first) > FIRST_SHOWN and last and first[-1].position <= last[0].position:
+            heads = first[:FIRST_SHOWN] + last[1:]
+            gap_from, gap_to = first[-1].position, last[0].position
+        else:  # the journal shrank since it was counted (a restart superseded rows)
+            gap = 0
+    if not gap:
+        heads = list(heads_q.order_by("position"))
     fanouts = [h.position for h in heads if h.kind == "parallel"]
     branches: dict[int, list[Step]] = defaultdict(list)
     groups: dict[int, _Group] = {}

@@ -222,7 +222,9 @@ def translate(
         return MalformedAnswer(
             f"{prefix}malformed response: {_short(exc)}", raw_text=_raw_from_cause(exc), **who
         )
-    if isinstance(exc, IndexError | KeyError | TypeError | AttributeError | ValueError):
+    if isinstance(
+        exc, IndexError | KeyError | TypeError | AttributeError | ValueError
+    ) and _raised_by_sdk(exc):
         # The SDK could not read the answer's shape (``"choices": []``, ``"content": null``,
         # a body of ``[]``, a negative token count): retried as any unreadable answer is.
         return MalformedAnswer(
@@ -239,6 +241,20 @@ def translate(
             **who,
         )
     return None
+
+
+# Where an SDK reads a provider's answer. A built-in error raised in there is the answer's
+# shape; raised anywhere else (an output model's own validator, say) it is a bug of ours, which
+# must not be retried as a paid call.
+_SDK_MODULES = ("openai", "anthropic", "pydantic_ai", "httpx", "genai_prices")
+
+
+def _raised_by_sdk(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = str(tb.tb_frame.f_globals.get("__name__", "")) if tb is not None else ""
+    return module.split(".", 1)[0] in _SDK_MODULES
 
 
 def usage_of(messages: list[ModelMessage]) -> Usage:

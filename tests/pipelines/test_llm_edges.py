@@ -10,6 +10,7 @@ import time
 from decimal import Decimal
 from typing import Any
 
+import pydantic
 import pytest
 from django.core import checks
 
@@ -92,6 +93,29 @@ def test_an_anthropic_answer_without_content_is_a_malformed_answer_with_its_usag
     with pytest.raises(MalformedAnswer) as caught:
         complete(PROBE, {"text": "x"}, model=f"anthropic:claude-x@{fake_llm.anthropic_url}")
     assert is_retryable(caught.value)
+
+
+class Buggy(pydantic.BaseModel):
+    label: str
+    score: float
+
+    @pydantic.field_validator("label")
+    @classmethod
+    def _broken(cls, v: str) -> str:
+        return v + None  # type: ignore[operator]  # a bug of ours: a TypeError
+
+
+def test_a_bug_in_our_own_output_model_is_not_retried_as_a_malformed_answer(
+    fake_llm: FakeLLM, keyed: Any
+) -> None:
+    """Only the SDK's reading of an answer maps built-in errors to MalformedAnswer: the same
+    error from our own validator would be paid for max_attempts times (review finding)."""
+    from pipelines.llm import config, providers
+
+    spec = config.parse_model(f"openai-compatible:fake-model@{fake_llm.base_url}")
+    with pytest.raises(TypeError) as caught:
+        providers.ask(spec, instructions="x", prompt="y", output_type=Buggy)
+    assert not isinstance(caught.value, MalformedAnswer) and not is_retryable(caught.value)
 
 
 def test_nan_in_an_answer_is_a_malformed_answer(fake_llm: FakeLLM, keyed: Any) -> None:

@@ -184,3 +184,76 @@ def test_a_branch_finishing_during_a_cancel_is_undone_or_never_runs(
     assert run.status == "canceled"
     booked = Step.objects.filter(run=run, status="succeeded", superseded=False, branch__gte=0)
     assert LOG.count("do:a") == LOG.count("undo:a"), (LOG, [b.name for b in booked])
+
+
+# --- a cancel working from a stale copy of a run ------------------------------------------------
+
+
+@workflow(name="test.cl_child_waits")
+def child_waits(ctx: Any) -> None:
+    ctx.run(book, "a", compensate=busy_unbook)
+    ctx.wait_for_event("go")
+
+
+@workflow(name="test.cl_parent_waits")
+def parent_waits(ctx: Any) -> Any:
+    return ctx.run_workflow("test.cl_child_waits", {})
+
+
+def test_a_cancel_from_a_stale_copy_leaves_a_run_that_moved_on_alone(bell: Bell) -> None:
+    """The parent's cancel read its child; the child was canceled on its own meanwhile and is
+    undoing its booking. The parent's cancel must not cancel that undo (review finding: it
+    did, and the child stayed compensating for ever)."""
+    from django.db import transaction
+
+    from workflows.core import services
+
+    p = start("test.cl_parent_waits", {})
+    bell.settle()
+    stale = Run.objects.get(parent=p)
+    assert stale.status == "suspended"
+    cancel(stale.pk, "someone cancels the child first")
+    bell.settle()
+    undo = Step.objects.get(run=stale, kind="compensate")
+    assert undo.status == "retrying"
+    with transaction.atomic():
+        assert services._cancel_locked(stale, "parent canceled") is False
+    undo.refresh_from_db()
+    assert undo.status == "retrying"
+    Step.objects.filter(status="retrying").update(wake_at=timezone.now() - timedelta(seconds=1))
+    bell.settle()
+    assert get_run(stale.pk).status == "canceled" and "undo:a" in LOG
+
+
+# --- the budget stop before a retry ends the step -----------------------------------------------
+
+
+@step(retry=RetryPolicy(max_attempts=3, initial_backoff=30, max_backoff=30, jitter=False))
+def paid_and_flaky() -> str:
+    from decimal import Decimal
+
+    from workflows import record_usage
+
+    record_usage(cost=Decimal(1))
+    raise RuntimeError("the provider had a hiccup")
+
+
+@workflow(name="test.cl_paid_flaky")
+def paid_flaky(ctx: Any) -> str:
+    return ctx.run(paid_and_flaky)
+
+
+def test_a_budget_stop_before_a_retry_fails_the_step_not_only_the_run(bell: Bell) -> None:
+    from decimal import Decimal
+
+    run = start("test.cl_paid_flaky", {}, max_cost=Decimal("0.5"))
+    bell.settle()
+    row = Step.objects.get(run=run)
+    assert row.status == "retrying"
+    Step.objects.filter(pk=row.pk).update(wake_at=timezone.now() - timedelta(seconds=1))
+    bell.settle()
+    run = get_run(run.pk)
+    row.refresh_from_db()
+    assert run.status == "failed" and run.error["type"] == "BudgetExceeded"
+    assert row.status == "failed" and row.error["type"] == "BudgetExceeded" and row.attempt == 1
+    assert run.cost == 1  # no second paid attempt

@@ -305,7 +305,18 @@ class Context:
             )
             due = row.status != StepStatus.RETRYING or not (row.wake_at and row.wake_at > now)
             if due and not in_flight:
-                self._check_budget(row.name)
+                try:
+                    self._check_budget(row.name)
+                except BudgetExceeded as stop:
+                    # The step ends here, failed for the budget (not left retrying, or
+                    # pending where a worker could still claim it): a replay raises it again.
+                    row.status = StepStatus.FAILED
+                    row.error = {"type": "BudgetExceeded", "message": str(stop)}
+                    row.finished_at = now
+                    row.lease_owner = ""
+                    row.lease_expires_at = None
+                    self._dirty.append(row)
+                    raise
         if row.status == StepStatus.RUNNING:
             if (
                 row.lease_owner

@@ -456,6 +456,16 @@ def _cancel_locked(run: Run, reason: str) -> bool:
     undos run, then it ends canceled, see ``workflows.core.compensation``). Canceling a run that
     is compensating stops it: the undos not yet run are skipped, and listed in its error.
     """
+    # Locked and read afresh, fenced on the generation the caller saw: this cancels the run's
+    # steps before its own row changes, so a run that moved on meanwhile (canceled, restarted)
+    # must be left alone from the start, not only at the row's compare-and-swap.
+    current = Run.objects.filter(pk=run.pk, generation=run.generation, status__in=ACTIVE_RUN)
+    if connection.features.has_select_for_update:
+        current = current.select_for_update()
+    fresh = current.values("status", "error").first()
+    if fresh is None:
+        return False
+    run.status, run.error = fresh["status"], fresh["error"]
     now = timezone.now()
     error: dict[str, Any] = {"type": "Canceled", "message": reason}
     compensate = False
@@ -469,8 +479,10 @@ def _cancel_locked(run: Run, reason: str) -> bool:
         error["cause"] = run.error
     else:
         # The steps first. A branch whose success is committing now holds its row until it
-        # has committed, and this waits for it: only then are the undos counted, so a step
-        # that succeeded during the cancel is undone too, not left booked.
+        # has committed, and this waits for it: only then are the undos counted, so a branch
+        # that succeeded during the cancel is undone too, not left booked. (A branch that
+        # closes its group also waits for the run's row, which this holds: PostgreSQL ends
+        # that deadlock by aborting one side, as before, and the branch runs again later.)
         transitions.cancel_steps(run.pk, now)
         compensate = undos.has_undos(run.pk)
     stopping_undos = run.status == RunStatus.COMPENSATING
