@@ -125,7 +125,8 @@ def bulk_decide(
             # decide_gate would count it once and change nothing: say so instead of "approved".
             skip(gate, pk, "already_approved", "you already approved it; it awaits others")
             continue
-        edits, errors = _prefilled_edits(gate)
+        # Only an approval carries the fields' values; a rejection changes none of them.
+        edits, errors = _prefilled_edits(gate) if outcome == "approve" else (None, [])
         if errors:
             fields = ", ".join(sorted({e["field"] for e in errors}))
             skip(gate, pk, "needs_edits", f"needs edits ({fields}): open it to fill them in")

@@ -122,6 +122,78 @@ class JSONValueField(forms.JSONField):
             return InvalidJSONInput(data)
 
 
+def _choice_label(value: Any) -> str:
+    return "(none)" if value is None else str(value)
+
+
+def _loads(text: Any) -> Any:
+    """A posted option's JSON text as its value."""
+    if not isinstance(text, str):
+        raise forms.ValidationError("Select a valid choice.", code="invalid_choice")
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except ValueError:
+        raise forms.ValidationError("Select a valid choice.", code="invalid_choice") from None
+
+
+class JSONChoiceField(forms.TypedChoiceField):
+    """One of an enum of JSON values of mixed types; the options' values are JSON text. Blank
+    ("—") is "", a chosen null is None."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(coerce=_loads, empty_value="", **kwargs)
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        # Posted JSON text, parsed, so that prepare_value shows both it and an initial value
+        # (a Python value) the same way.
+        try:
+            return _loads(data) if data not in self.empty_values else data
+        except forms.ValidationError:
+            return InvalidJSONInput(data)
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, InvalidJSONInput) or value == "":
+            return value
+        return json.dumps(value)
+
+    def has_changed(self, initial: Any, data: Any) -> bool:
+        if data in self.empty_values:
+            return initial not in (None, "")
+        try:
+            return not _same_json(_loads(data), initial)
+        except forms.ValidationError:
+            return True
+
+
+class JSONMultipleChoiceField(forms.TypedMultipleChoiceField):
+    """Several of an enum of non-text JSON values (``[1, 2, 3]``); options' values are JSON."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(coerce=_loads, empty_value=[], **kwargs)
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        try:
+            return [_loads(x) for x in data or []]
+        except forms.ValidationError:
+            return [InvalidJSONInput(x) for x in data or []]
+
+    def prepare_value(self, value: Any) -> Any:
+        if not isinstance(value, list | tuple):
+            return value
+        return [x if isinstance(x, InvalidJSONInput) else json.dumps(x) for x in value]
+
+    def has_changed(self, initial: Any, data: Any) -> bool:
+        try:
+            chosen = [_loads(x) for x in data or []]
+        except forms.ValidationError:
+            return True
+        return not _same_json(chosen, list(initial or []))
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
 class EditsForm(forms.Form):
     """One input per property of the gate's schema."""
 
@@ -149,7 +221,10 @@ class EditsForm(forms.Form):
         out: dict[str, Any] = {}
         for name, field in self.fields.items():
             value = self.cleaned_data.get(name)
-            blank = value is None or (value == "" and isinstance(field, forms.ChoiceField))
+            if isinstance(field, JSONChoiceField):
+                blank = value == ""  # a chosen null is a value here, not a blank
+            else:
+                blank = value is None or (value == "" and isinstance(field, forms.ChoiceField))
             if blank:
                 if name in self.nullable:
                     out[name] = None
@@ -170,14 +245,17 @@ def field_for(prop: dict[str, Any], required: bool) -> forms.Field:
     kind = prop.get("type")
     enum = prop.get("enum")
     if isinstance(enum, list) and enum:
-        choices = [(json.dumps(v) if not isinstance(v, str) else v, str(v)) for v in enum]
+        if all(isinstance(v, str) for v in enum):
+            choices = [(v, v) for v in enum]
+            if not common["required"]:
+                choices = [("", "—"), *choices]
+            return forms.ChoiceField(choices=choices, **common)
+        # Mixed types (``["low", "high", null]``, ``[1, 2, 3]``): each option's value is the
+        # choice's JSON text, so "1" and 1 stay apart and text is never parsed as JSON.
+        choices = [(json.dumps(v), _choice_label(v)) for v in enum]
         if not common["required"]:
             choices = [("", "—"), *choices]
-        if all(isinstance(v, str) for v in enum):
-            return forms.ChoiceField(choices=choices, **common)
-        return forms.TypedChoiceField(
-            choices=choices, coerce=json.loads, empty_value=None, **common
-        )
+        return JSONChoiceField(choices=choices, **common)
     if kind == "boolean":
         return forms.BooleanField(
             required=False, help_text=common["help_text"], label=label or None
@@ -216,8 +294,14 @@ def field_for(prop: dict[str, Any], required: bool) -> forms.Field:
         items = prop.get("items")
         item, _ = nullable(items if isinstance(items, dict) else {})
         if isinstance(item.get("enum"), list):
-            return forms.MultipleChoiceField(
-                choices=[(str(v), str(v)) for v in item["enum"]],
+            if all(isinstance(v, str) for v in item["enum"]):
+                return forms.MultipleChoiceField(
+                    choices=[(v, v) for v in item["enum"]],
+                    widget=forms.CheckboxSelectMultiple,
+                    **common,
+                )
+            return JSONMultipleChoiceField(
+                choices=[(json.dumps(v), _choice_label(v)) for v in item["enum"]],
                 widget=forms.CheckboxSelectMultiple,
                 **common,
             )

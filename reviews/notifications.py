@@ -689,18 +689,23 @@ def _user_tenant(user: Any) -> str:
 def deliver(row: Outbox) -> None:
     """The outbox handler for ``notify`` rows: one attempt on one channel. Raises to retry."""
     user, channel_key_, notes = _load(row)
+    if user is not None:
+        # The preferences as they are now, not as they were when the row was written: an
+        # e-mail turned off, or an event unsubscribed from, since then is not sent (a digest
+        # waits up to a day, a retry as long).
+        prefs = Prefs.of(_prefs_row(user))
+        notes = [n for n in notes if n.event in prefs.events]
     if not notes:
         return  # Nothing left this recipient may be told: done.
     items = _items(notes)
     digest = bool(row.payload.get("digest"))
     channel = row.payload.get("channel")
     if channel == EMAIL:
-        if user is None or not user.email:
+        if user is None or not user.email or not prefs.email:
             return
         _send_email(row.key, user, items, digest)
     elif channel == CHAT:
         if user is not None:
-            prefs = Prefs.of(_prefs_row(user))
             url = prefs.chat_url if prefs.chat else ""
         else:
             url = group_webhook(channel_key_)

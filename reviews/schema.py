@@ -12,6 +12,7 @@ strings (with ``enum``, ``minLength``, ``maxLength``, ``pattern``), integers and
 from __future__ import annotations
 
 import json
+import sys
 from functools import lru_cache
 from typing import Any, Literal, Optional
 
@@ -32,9 +33,9 @@ def schema_of(fields: Any) -> dict[str, Any]:
         for name, prop in schema.get("properties", {}).items():
             if name in values:
                 prop["default"] = values[name]
-        return check_schema(schema)
+        return check_schema(_named(schema, type(fields)))
     if isinstance(fields, type) and issubclass(fields, pydantic.BaseModel):
-        return check_schema(_inline_refs(fields.model_json_schema()))
+        return check_schema(_named(_inline_refs(fields.model_json_schema()), fields))
     if isinstance(fields, dict):
         schema = payloads.to_json(fields, "fields")
         if schema.get("type", "object") != "object" or not isinstance(
@@ -47,6 +48,33 @@ def schema_of(fields: Any) -> dict[str, Any]:
     raise TypeError(
         f"fields must be a JSON Schema dict or a pydantic model, not {type(fields).__name__}"
     )
+
+
+# The model a gate's schema came from (``module:QualName``): decisions are also validated by
+# the model itself, which checks what the schema subset here does not (formats, multipleOf,
+# its own validators), so that ``Decision.edits`` is always an instance of it.
+MODEL_KEY = "x-sluice-model"
+
+
+def _named(schema: dict[str, Any], model: type[pydantic.BaseModel]) -> dict[str, Any]:
+    if "<locals>" not in model.__qualname__:
+        schema[MODEL_KEY] = f"{model.__module__}:{model.__qualname__}"
+    return schema
+
+
+def model_of(schema: dict[str, Any]) -> type[pydantic.BaseModel] | None:
+    """The pydantic model named in ``schema``, if its module is loaded in this process (no
+    import is made from what the database says: pipelines are loaded at start-up)."""
+    name = schema.get(MODEL_KEY) if isinstance(schema, dict) else None
+    if not isinstance(name, str) or ":" not in name:
+        return None
+    module_name, qualname = name.split(":", 1)
+    found: Any = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    if isinstance(found, type) and issubclass(found, pydantic.BaseModel):
+        return found
+    return None
 
 
 def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
@@ -244,14 +272,19 @@ def validate_edits(
         message = f"this field cannot be edited: {exc.message}"
         return None, [{"field": exc.field, "message": message}]
     try:
-        clean = model.model_validate(edits)
+        clean = model.model_validate(edits).model_dump(mode="json")
+        own = model_of(schema)
+        if own is not None:
+            own.model_validate(clean)
     except pydantic.ValidationError as exc:
         errors = []
         for e in exc.errors(include_url=False, include_context=False, include_input=False):
             loc = [str(p) for p in e["loc"]]
             errors.append({"field": loc[0] if loc else "edits", "message": _message(e)})
         return None, errors
-    return clean.model_dump(mode="json"), []
+    except Exception as exc:  # a validator of the pipeline's model that raised something else
+        return None, [{"field": "edits", "message": f"{type(exc).__name__}: {exc}"[:300]}]
+    return clean, []
 
 
 def _message(error: Any) -> str:

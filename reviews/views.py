@@ -297,7 +297,8 @@ def bulk_decide(request: HttpRequest) -> HttpResponse:
         back = reverse("reviews:queue")
     outcome = request.POST.get("outcome", "")
     comment = request.POST.get("comment", "").strip()
-    ids = request.POST.getlist("gate")[: bulk.MAX_BULK + 1]
+    # Ids that are not whole numbers name no gate: as good as none selected.
+    ids = [i for i in request.POST.getlist("gate") if i.strip().isdigit()][: bulk.MAX_BULK + 1]
     if outcome not in bulk.OUTCOMES:
         messages.error(request, "Choose Approve or Reject for the selected gates.")
         return redirect(back)
@@ -540,17 +541,31 @@ def gate_decide(request: HttpRequest, pk: int) -> HttpResponse:
     gate = _gate_or_404(request, pk)
     if not gate.is_open:
         return _not_taken(request, gate, request.POST.get("comment", ""))
+    if (
+        request.POST.get("outcome") == "approve"
+        and gate.approvals_required > 1
+        and request.user.get_username()[:150] in services.approvers_of(gate.pk)
+    ):
+        # A second tab's approval counts once (the service writes nothing): say so, and give
+        # back the comment typed with it rather than drop it behind a success message.
+        reason = "you already approved this gate; it waits for another reviewer's approval"
+        return _not_taken(request, gate, request.POST.get("comment", ""), reason)
     form = DecisionForm(gate, request.POST)
     has_fields = bool((gate.fields_schema or {}).get("properties"))
     edits_form = EditsForm(gate, request.POST) if has_fields else None
-    forms_ok = form.is_valid() & (edits_form is None or edits_form.is_valid())
+    decided = form.is_valid()
+    # An approval carries the fields' values; any other outcome only the ones the reviewer
+    # changed (rejecting must not need made-up corrections, which would be recorded as such).
+    outcome = form.cleaned_data.get("outcome") if decided else request.POST.get("outcome")
+    use_edits = edits_form is not None and (outcome == "approve" or edits_form.has_changed())
+    forms_ok = decided & (not use_edits or edits_form is None or edits_form.is_valid())
     if forms_ok:
         try:
             services.decide_gate(
                 gate.pk,
                 outcome=form.cleaned_data["outcome"],
                 comment=form.cleaned_data["comment"],
-                edits=edits_form.edits() if edits_form is not None else None,
+                edits=edits_form.edits() if use_edits and edits_form is not None else None,
                 actor=request.user.get_username(),
                 user=request.user,
             )
@@ -572,7 +587,7 @@ def gate_decide(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "reviews/gate.html", context, status=422)
 
 
-def _not_taken(request: HttpRequest, gate: Gate, comment: str) -> HttpResponse:
+def _not_taken(request: HttpRequest, gate: Gate, comment: str, reason: str = "") -> HttpResponse:
     """409: the decision arrived after the gate closed, or after someone else claimed it.
 
     The page comes back in the gate's current state, which says why exactly once (the closed
@@ -582,6 +597,7 @@ def _not_taken(request: HttpRequest, gate: Gate, comment: str) -> HttpResponse:
     gate = services.get_gate(gate.pk)
     context = _gate_context(request, gate)
     context["unsent_comment"] = comment[:UNSENT_COMMENT_LIMIT]
+    context["unsent_reason"] = reason
     return render(request, "reviews/gate.html", context, status=409)
 
 

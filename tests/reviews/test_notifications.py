@@ -405,3 +405,18 @@ def test_two_sweepers_at_once_send_one_digest_per_recipient(bell: Bell, team: Pe
     deliver_all()
     ana = [m for m in mail.outbox if m.to == ["ana@example.com"]]
     assert len(ana) == 1 and "3 gate updates" in ana[0].subject
+
+
+def test_turning_email_off_stops_what_waits_to_be_sent(bell: Bell, team: People) -> None:
+    """A digest waits up to a day: e-mail turned off, or an event unsubscribed from, in the
+    meantime is honoured when it leaves (review finding: it was sent anyway)."""
+    prefs(team.ana, mode="digest", digest_minutes=1440)
+    prefs(team.ben, mode="digest", digest_minutes=1440)
+    open_gate(bell, title="Gate")
+    end = Notification.objects.values_list("due_at", flat=True).first()
+    assert end is not None
+    NotificationPreference.objects.filter(user=team.ana).update(email_enabled=False)
+    NotificationPreference.objects.filter(user=team.ben).update(events=[])
+    notifications.send_digests(now=end)
+    deliver_all()
+    assert recipients() == []
