@@ -71,17 +71,22 @@ class WebhookFailed(Exception):
 # --- which URLs may be called -----------------------------------------------------------------
 
 
+def _embedded(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[Any]:
+    """``ip`` and the IPv4 addresses an IPv6 address carries (mapped, 6to4, Teredo's server
+    and client): a route to any of them is a route inside."""
+    found: list[Any] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        found += [a for a in (ip.ipv4_mapped, ip.sixtofour) if a is not None]
+        if ip.teredo is not None:
+            found += list(ip.teredo)
+    return found
+
+
 def _blocked_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-    )
+    # Not globally routable: private, loopback, link-local, reserved, and the shared address
+    # space of carrier-grade NAT (100.64.0.0/10: tailnets, a cloud's metadata service), which
+    # is_private leaves out.
+    return any(not a.is_global or a.is_multicast or a.is_unspecified for a in _embedded(ip))
 
 
 def _counted_as_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -100,6 +105,17 @@ def _refused(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return _blocked_address(ip) and not _counted_as_public(ip)
+
+
+def _ipv4_numeric(host: str) -> ipaddress.IPv4Address | None:
+    """An IPv4 address written the other ways resolvers read it (``2130706433``,
+    ``0x7f000001``, ``0177.0.0.1``, ``127.1``), as WHATWG URL parsing and inet_aton do."""
+    if not host or not all(c.isalnum() or c == "." for c in host):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -132,11 +148,16 @@ def check_callback_url(url: str, *, resolve: bool = False) -> Target:
     """
     if len(url) > 2000:
         raise CallbackUrlError("callback_url is longer than 2000 characters")
+    if any(ord(c) < 0x21 or 0x7F <= ord(c) <= 0x9F for c in url):
+        raise CallbackUrlError("callback_url contains spaces or control characters")
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
         port = parts.port
-    except ValueError as exc:
+        # The host as it goes on the wire (Host header, TLS name, DNS): IDNA's ASCII form.
+        host = host.encode("idna").decode("ascii") if not host.isascii() else host
+        httpx.URL(url)
+    except (ValueError, UnicodeError, httpx.InvalidURL) as exc:
         raise CallbackUrlError(f"callback_url is not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https"):
         raise CallbackUrlError("callback_url must be an http or https URL")
@@ -147,12 +168,18 @@ def check_callback_url(url: str, *, resolve: bool = False) -> Target:
     port = port or (443 if parts.scheme == "https" else 80)
     target = Target(url=url, scheme=parts.scheme, host=host, port=port)
     allow_private = bool(settings.SLUICE_WEBHOOK_ALLOW_PRIVATE)
-    if not allow_private and (host == "localhost" or host.endswith(".localhost")):
+    bare = host.rstrip(".")
+    if not allow_private and (bare == "localhost" or bare.endswith(".localhost")):
         raise CallbackUrlError(f"callback_url host {host!r} is a loopback name")
     try:
-        literal = ipaddress.ip_address(host)
+        literal: Any = ipaddress.ip_address(host)
     except ValueError:
         literal = None
+    numeric = _ipv4_numeric(bare) if literal is None else None
+    if numeric is not None and not allow_private and _refused(numeric):
+        raise CallbackUrlError(
+            f"callback_url host {host!r} is the address {numeric}, loopback, private or reserved"
+        )
     if literal is not None:
         if not allow_private and _refused(literal):
             raise CallbackUrlError(f"callback_url address {host} is loopback, private or reserved")
@@ -467,9 +494,11 @@ def deliver(row: Outbox) -> None:
     t0 = time.perf_counter()
     try:
         response = _post(target, body, headers)
-    except httpx.HTTPError as exc:
+    except Exception as exc:
+        # Any failure is an attempt, recorded as such (an HTTP error, and what the client
+        # refused before sending: a URL accepted before the guard got stricter, say).
         latency = (time.perf_counter() - t0) * 1000
-        error = f"{type(exc).__name__}: {exc}" or type(exc).__name__
+        error = storable_text(f"{type(exc).__name__}: {exc}")[:2000]
         _record(
             delivery,
             number,

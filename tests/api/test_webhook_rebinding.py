@@ -111,6 +111,59 @@ def test_the_treat_as_public_list_is_the_only_exception(guarded: None) -> None:
         check_callback_url("http://[::ffff:127.0.0.1]/x")
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://100.100.100.200/latest/meta-data/",  # carrier-grade NAT: a metadata service
+        "http://100.64.0.1/",
+        "http://[2002:a9fe:a9fe::]/",  # 169.254.169.254 inside 6to4
+        "http://[2002:7f00:1::]/",  # 127.0.0.1 inside 6to4
+        "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/",  # Teredo to 127.0.0.1
+        "http://2130706433/",  # 127.0.0.1 as one number
+        "http://0x7f000001/",
+        "http://0177.0.0.1/",
+        "http://127.1/",
+        "http://localhost./",
+        "http://ok.example/\x7f",
+        "http://ok.example/a b",
+    ],
+)
+def test_the_guard_refuses_inside_addresses_however_they_are_written(
+    guarded: None, url: str
+) -> None:
+    """Found by review: each of these was accepted when a run started."""
+    with pytest.raises(CallbackUrlError):
+        check_callback_url(url)
+
+
+def test_an_international_host_name_is_checked_and_sent_in_its_ascii_form(
+    api: Api, service: Persona, bell: Bell, guarded: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was accepted, then every attempt failed before a request was made, unrecorded, and
+    the delivery stayed pending for ever."""
+    name = "bücher.example"
+    ascii_name = name.encode("idna").decode()
+    seen: list[str] = []
+    real = socket.getaddrinfo
+
+    def resolver(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == ascii_name:
+            seen.append(host)
+            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (PUBLIC, port))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr("workflows.webhooks._getaddrinfo", resolver)
+    assert check_callback_url(f"http://{name}/x").host == ascii_name
+    with receiver(host=PUBLIC) as public:
+        _start(api, service, f"http://{name}:{public.port}/hooks")
+        bell.drain()
+        deliver_due()
+    assert seen and len(public.requests) == 1
+    headers = {k.lower(): v for k, v in public.requests[0].headers.items()}
+    assert headers["host"] == f"{ascii_name}:{public.port}"
+    assert WebhookDelivery.objects.get().status == "delivered"
+
+
 def test_a_pinned_https_request_keeps_the_host_name_for_sni() -> None:
     from workflows.webhooks import Target
 
