@@ -42,6 +42,7 @@ from workflows.core import forking, services
 from workflows.core.audit import MAX_REASON, Actor
 from workflows.core.definitions import registered_workflows
 from workflows.core.errors import IdempotencyConflict, InvalidInputError, UnknownWorkflowError
+from workflows.core.jsonvalues import same_json
 from workflows.core.payloads import stored
 from workflows.models import ApiKey, Blob, Run, RunAudit, RunStatus, Step
 from workflows.webhooks import CallbackUrlError, check_callback_url
@@ -493,7 +494,7 @@ def _same_request(run: Run, body: RunCreateIn) -> bool:
     max_cost = Decimal(run.max_cost) if run.max_cost is not None else None
     return (
         run.workflow == body.pipeline
-        and (run.input or {}) == body.input
+        and same_json(run.input or {}, body.input)
         and (run.callback_url or None) == (body.callback_url or None)
         and max_cost == (Decimal(body.max_cost) if body.max_cost is not None else None)
         and run.review_timeout == _review_timeout(body)

@@ -44,6 +44,21 @@ def test_the_same_idempotency_key_with_another_body_is_a_422(api: Api, service: 
     assert Run.objects.count() == 1
 
 
+@pytest.mark.parametrize("number", [1e23, 12345678901234567.0, 0.1, 10**20])
+def test_a_retry_with_a_large_number_in_its_input_is_the_same_request(
+    api: Api, service: Persona, number: float
+) -> None:
+    """PostgreSQL's jsonb hands 1e23 back as the integer 10**23: still the same input (review
+    finding: the retry was a 422 idempotency_key_reused on PostgreSQL)."""
+    body = {"pipeline": "test.sleep", "input": {"seconds": number}}
+    first = api.post("/runs", body, as_=service, headers={"Idempotency-Key": "big"})
+    again = api.post("/runs", body, as_=service, headers={"Idempotency-Key": "big"})
+    assert (first.status_code, again.status_code) == (201, 200), again.content
+    changed = {"pipeline": "test.sleep", "input": {"seconds": number * 2}}
+    r = api.post("/runs", changed, as_=service, headers={"Idempotency-Key": "big"})
+    assert r.status_code == 422
+
+
 def test_idempotency_keys_are_per_tenant(api: Api, service: Persona, outsider: Persona) -> None:
     a = api.post("/runs", CHAIN, as_=service, headers={"Idempotency-Key": "req-1"})
     b = api.post("/runs", CHAIN, as_=outsider, headers={"Idempotency-Key": "req-1"})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 from typing import Any
 
 import pydantic_core
@@ -86,3 +87,20 @@ def check_encoded(data: Any, encoded: str, what: str = "value") -> int:
             "(SLUICE_PAYLOAD_HARD_LIMIT); store large data elsewhere and pass a reference"
         )
     return size
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """JSON equality as a database sees it: numbers by value, so that ``1e23`` (a float) is the
+    ``100000000000000000000000`` PostgreSQL's jsonb hands back for it; True is not 1."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        try:
+            return Decimal(repr(a)) == Decimal(repr(b))
+        except (ArithmeticError, ValueError):
+            return bool(a == b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)

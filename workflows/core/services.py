@@ -32,6 +32,7 @@ from workflows.core.errors import (
     InvalidStateError,
     RunNotFoundError,
 )
+from workflows.core.jsonvalues import same_json
 from workflows.core.models import (
     ACTIVE_RUN,
     TERMINAL_RUN,
@@ -254,7 +255,7 @@ def _same_start(run: Run, workflow: str, input: dict[str, Any] | None) -> Run:
         data = payloads.to_json(input or {}, "input")
     except TypeError:
         data = None
-    if (run.input or {}) != data:
+    if not same_json(run.input or {}, data):
         raise IdempotencyConflict(
             f"idempotency key already used by run {run.pk} with another input", run.pk
         )
