@@ -21,8 +21,9 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Q, QuerySet
 
+from workflows.core.payloads import stored
 from workflows.gateinfo import gate_model
-from workflows.models import Run, TenantMembership
+from workflows.models import Blob, Run, Step, TenantMembership
 
 START_RUN_PERMISSION = "workflows.start_run"
 VIEW_RUN_PERMISSION = "workflows.view_run"
@@ -116,3 +117,17 @@ def can_view_run(user: Any, run: Run) -> bool:
         return False
     of_groups = Gate.of_groups(groups)  # type: ignore[attr-defined]
     return Gate._default_manager.filter(of_groups, run_id=run.pk).exists()
+
+
+def value_of(run: Run, blob_id: int) -> Blob | None:
+    """A value stored out of row that ``run``'s page and API show: one of its own, or the
+    output a child handed to its ``run_workflow`` step (stored among the child's values, read
+    through the parent as the workflow read it; not the child's other values)."""
+    blob = Blob.objects.filter(pk=blob_id, run=run).first()
+    if blob is not None:
+        return blob
+    blob = Blob.objects.filter(pk=blob_id, run__parent=run).first()
+    if blob is None:
+        return None
+    handed = Step.objects.filter(run=run, kind="child").values_list("result", flat=True)
+    return blob if any(stored(result)[1] == blob.pk for result in handed) else None

@@ -25,7 +25,7 @@ from django.utils import timezone
 from ninja import Field, Header, Query, Router, Schema, Status
 from pydantic import AfterValidator, BeforeValidator, ConfigDict
 
-from workflows import gateinfo, timeline
+from workflows import access, gateinfo, timeline
 from workflows.api_auth import (
     AUTH_ERRORS,
     BODY_ERRORS,
@@ -44,7 +44,7 @@ from workflows.core.definitions import registered_workflows
 from workflows.core.errors import IdempotencyConflict, InvalidInputError, UnknownWorkflowError
 from workflows.core.jsonvalues import same_json
 from workflows.core.payloads import stored
-from workflows.models import ApiKey, Blob, Run, RunAudit, RunStatus, Step
+from workflows.models import ApiKey, Run, RunAudit, RunStatus, Step
 from workflows.webhooks import CallbackUrlError, check_callback_url
 
 runs_router = Router(tags=["runs"])
@@ -427,9 +427,9 @@ def run_detail(run: Run, *, fresh: bool = False) -> dict[str, Any]:
 
 def step_out(row: Step) -> dict[str, Any]:
     args, args_url = value_link(row.run_id, row.args)
-    # A run_workflow step's result is its child's output, stored among the child's values.
-    child = row.args.get("run_id") if row.kind == "child" and isinstance(row.args, dict) else None
-    result, result_url = value_link(child or row.run_id, row.result)
+    # A run_workflow step's result is its child's output, stored among the child's values and
+    # read through this run (access.value_of): a key that sees this run may not see the child.
+    result, result_url = value_link(row.run_id, row.result)
     usage = row.usage if isinstance(row.usage, dict) else None
     duration = row.duration
     return {
@@ -673,7 +673,7 @@ def list_steps(
 def get_value(request: HttpRequest, run_id: str, value_id: str) -> Any:
     """A journal value (argument, result or output) too large to show inline."""
     run = get_visible_run(api_key(request), run_id)
-    blob = Blob.objects.filter(pk=parse_int(value_id, "value"), run=run).first()
+    blob = access.value_of(run, parse_int(value_id, "value"))
     if blob is None:
         raise not_found("value")
     return json.loads(blob.data)

@@ -33,7 +33,7 @@ from workflows import access, charts, gateinfo, operations, ops, timeline
 from workflows.core import forking
 from workflows.core.audit import Actor, reason_problem
 from workflows.core.definitions import registered_workflows
-from workflows.models import ACTIVE_RUN, Blob, Run, RunStatus, Step
+from workflows.models import ACTIVE_RUN, Run, RunStatus, Step
 
 PAGE_SIZE = 50
 # What a row of the runs list shows (templates/workflows/_runs_rows.html).
@@ -363,7 +363,9 @@ def run_value(request: HttpRequest, run_id: UUID, blob_id: int) -> HttpResponse:
     """A journal value too large to show inline, as JSON."""
     _require_viewer(request)
     run = _visible_run_or_404(request, run_id)
-    blob = get_object_or_404(Blob, pk=blob_id, run_id=run.pk)
+    blob = access.value_of(run, blob_id)
+    if blob is None:
+        raise Http404("no such value")
     return JsonResponse(json.loads(blob.data), safe=False, json_dumps_params={"indent": 2})
 
 

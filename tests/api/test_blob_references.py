@@ -84,5 +84,35 @@ def test_a_large_child_output_is_linked_where_it_is_stored(
     assert api.get(f"/runs/{run_id}", as_=service).json()["output"] == {"length": 350}
     steps = api.get(f"/runs/{run_id}/steps", as_=service).json()
     (child,) = [s for s in steps if s["kind"] == "child"]
+    assert child["result_url"].startswith(f"/api/runs/{run_id}/values/")
     value = api.get(child["result_url"].removeprefix("/api"), as_=service)
+    assert value.status_code == 200 and value.json()["text"].startswith("secret")
+
+
+def test_a_key_limited_to_the_parent_pipeline_reads_the_childs_handed_output(
+    api: Api, bell: Bell
+) -> None:
+    """The link goes through the parent (review finding: it named the child, which such a
+    key may not see: a 404)."""
+    from workflows.keys import create_api_key
+
+    key, secret = create_api_key(
+        "parent only", scopes=["runs:read", "runs:write"], tenant="acme", pipelines=["blobs.parent"]
+    )
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {secret}"}
+    from django.test import Client
+
+    c = Client()
+    r = c.post(
+        "/api/runs",
+        {"pipeline": "blobs.parent", "input": {"n": 50}},
+        content_type="application/json",
+        **auth,
+    )
+    assert r.status_code == 201, r.content
+    bell.settle()
+    run_id = r.json()["id"]
+    steps = c.get(f"/api/runs/{run_id}/steps", **auth).json()
+    (child,) = [s for s in steps if s["kind"] == "child"]
+    value = c.get(child["result_url"], **auth)
     assert value.status_code == 200 and value.json()["text"].startswith("secret")

@@ -163,6 +163,14 @@ def test_the_run_page_links_a_large_child_output_where_it_is_stored(
     child = Run.objects.get(parent=run)
     step = Step.objects.get(run=run, kind="child")
     page = admin_client.get(f"/runs/{run.pk}/").content.decode()
-    url = f"/runs/{child.pk}/values/{step.result['$blob']}/"
+    # Linked through the parent, which was handed it (one who sees the parent may not see the
+    # child); the child's own page links it too.
+    url = f"/runs/{run.pk}/values/{step.result['$blob']}/"
     assert url in page
     assert admin_client.get(url).json()["text"].startswith("secret")
+    own = f"/runs/{child.pk}/values/{step.result['$blob']}/"
+    assert admin_client.get(own).json()["text"].startswith("secret")
+    # only the handed-over output: the child's other values stay the child's
+    others = Blob.objects.filter(run=child).exclude(pk=step.result["$blob"])
+    for blob in others:
+        assert admin_client.get(f"/runs/{run.pk}/values/{blob.pk}/").status_code == 404

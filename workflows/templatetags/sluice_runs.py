@@ -49,12 +49,10 @@ def journal_value(value: Any) -> Any:
 def result_url(step: Any) -> str:
     """The page link of a journal entry's result stored out of row ("" when it is inline).
 
-    A ``run_workflow`` entry's result is its child's output, stored among the child's values.
+    A ``run_workflow`` entry's result is its child's output, stored among the child's values
+    and read through this run (``access.value_of``).
     """
-    run_id = step.run_id
-    if step.kind == "child" and isinstance(step.args, dict) and step.args.get("run_id"):
-        run_id = step.args["run_id"]
-    return value_link(run_id, step.result) or ""
+    return value_link(step.run_id, step.result) or ""
 
 
 @register.filter
