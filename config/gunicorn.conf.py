@@ -19,7 +19,20 @@ import os
 from typing import Any
 
 bind = os.environ.get("SLUICE_BIND") or f"127.0.0.1:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+
+
+def _count(name: str, default: str) -> int:
+    raw = os.environ.get(name, default)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not a whole number") from None
+    if value < 1:  # 0 workers listen and never answer, not even /healthz
+        raise SystemExit(f"{name} must be 1 or more, not {raw!r}")
+    return value
+
+
+workers = _count("WEB_CONCURRENCY", "2")
 worker_class = "sync"
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 # On SIGTERM, requests in flight get this long to finish before their worker is killed.
@@ -35,6 +48,9 @@ errorlog = "-"
 # ever shared between processes.
 preload_app = False
 proc_name = "sluice-web"
+# Gunicorn's control socket has one path per user (~/.gunicorn/gunicorn.ctl), shared by every
+# instance on the host: stopping one removed another's. Sluice does not use it.
+control_socket_disable = True
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -7,8 +7,11 @@ server). Production sets ``DATABASE_URL`` (PostgreSQL) and ``CELERY_BROKER_URL``
 
 from __future__ import annotations
 
+import math
 import os
+import secrets
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +25,54 @@ VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 env = environ.Env()
 
-# The "django-insecure-" prefix makes `manage.py check --deploy` flag a production that forgot
-# to set its own key.
-SECRET_KEY = env(
-    "SECRET_KEY", default="django-insecure-dev-only-key-change-me-in-production-0123456789"
-)
+
+def _env_number(name: str, default: float, *, low: float, high: float = math.inf) -> float:
+    """A number from the environment, from ``low`` to ``high``; anything else stops the
+    process at start-up naming the variable (a lease of 0 ran steps twice at once, a sweep
+    interval of 0 flooded the broker, a page size of 0 was a 500 on every queue page)."""
+    raw = os.environ.get(name, "")
+    try:
+        value = float(raw) if raw.strip() else float(default)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number") from None
+    if not (math.isfinite(value) and low <= value <= high):
+        bound = f"from {low:g} to {high:g}" if math.isfinite(high) else f"{low:g} or more"
+        raise ImproperlyConfigured(f"{name} must be a number {bound}, not {raw!r}")
+    return value
+
+
+def _env_int(name: str, default: int, *, low: int, high: float = math.inf) -> int:
+    value = _env_number(name, default, low=low, high=high)
+    if value != int(value):
+        raise ImproperlyConfigured(f"{name} must be a whole number, not {os.environ[name]!r}")
+    return int(value)
+
+
+def _secret_key() -> str:
+    """``SECRET_KEY``, or else a random key made once for this machine and kept in
+    ``var/secret_key`` (readable by its owner only): never a key anyone could read in the
+    source, which would let them forge sessions and the default webhook signatures. Machines
+    that serve one Sluice together must share SECRET_KEY (system check sluice.W001)."""
+    if os.environ.get("SECRET_KEY", "").strip():
+        return os.environ["SECRET_KEY"]
+    path = VAR_DIR / "secret_key"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # another process of this start-up may be writing it right now
+            key = path.read_text().strip()
+            if key:
+                return key
+            time.sleep(0.05)
+        raise ImproperlyConfigured(f"{path} is empty: delete it, or set SECRET_KEY") from None
+    key = secrets.token_urlsafe(50)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key)
+    return key
+
+
+SECRET_KEY = _secret_key()
+SLUICE_SECRET_KEY_FROM_FILE = not os.environ.get("SECRET_KEY", "").strip()
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -84,6 +130,9 @@ TEMPLATES = [
 SLUICE_PGBOUNCER = env.bool("SLUICE_PGBOUNCER", default=False)
 
 # Database: SQLite by default (the embedded default), PostgreSQL via DATABASE_URL.
+for _name in ("DATABASE_URL", "CELERY_BROKER_URL"):
+    if _name in os.environ and not os.environ[_name].strip():
+        raise ImproperlyConfigured(f"{_name} is set but empty: unset it, or give a URL")
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'sluice.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # IMMEDIATE transactions take SQLite's write lock at BEGIN, so two writers queue up
@@ -100,6 +149,11 @@ else:
     # live on a server connection the next transaction may not get, so nothing is prepared
     # (PgBouncer < 1.21 cannot keep them at all); SLUICE_PG_PREPARE=0 turns only that off.
     DATABASES["default"].setdefault("OPTIONS", {})
+    # A server that accepts the connection and never answers must not hang a request, a
+    # probe or a worker for good (libpq has no timeout of its own).
+    DATABASES["default"]["OPTIONS"].setdefault(
+        "connect_timeout", _env_int("SLUICE_DB_CONNECT_TIMEOUT", 10, low=1, high=600)
+    )
     if env.bool("SLUICE_PG_PREPARE", default=not SLUICE_PGBOUNCER):
         DATABASES["default"]["OPTIONS"].setdefault("server_side_binding", True)
         # Django disables psycopg's automatic prepare unless told; prepare on 2nd use.
@@ -207,8 +261,12 @@ LOGGING = {
         "workflows": {"handlers": ["console"], "level": env("SLUICE_LOG_LEVEL", default="INFO")},
         "reviews": {"handlers": ["console"], "level": env("SLUICE_LOG_LEVEL", default="INFO")},
         "pipelines": {"handlers": ["console"], "level": env("SLUICE_LOG_LEVEL", default="INFO")},
-        # Failed logins and lockouts (username and client address, never the password).
-        "sluice.security": {"handlers": ["console"], "level": "INFO"},
+        "config": {"handlers": ["console"], "level": env("SLUICE_LOG_LEVEL", default="INFO")},
+        # Failed logins and lockouts (sluice.security: username and client address, never the
+        # password), the worker's own lines (sluice.worker).
+        "sluice": {"handlers": ["console"], "level": "INFO"},
+        # A server error's traceback (with DEBUG off Django would only mail it to ADMINS).
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
     },
 }
 
@@ -240,6 +298,11 @@ else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": 600,
         "ack_emulation": env.bool("SLUICE_BROKER_ACK_EMULATION", default=False),
+        # A broker that accepts connections and never answers must not hang a start, a
+        # probe or a publish for good (kombu's default is to wait forever). Above the
+        # consumer's 1 s BRPOP, so an idle worker is not cut off.
+        "socket_connect_timeout": 5,
+        "socket_timeout": _env_number("SLUICE_BROKER_SOCKET_TIMEOUT", 30.0, low=2.0, high=3600),
     }
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -253,7 +316,7 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_ALWAYS_EAGER = False
-SLUICE_SWEEP_INTERVAL = env.float("SLUICE_SWEEP_INTERVAL", default=2.0)
+SLUICE_SWEEP_INTERVAL = _env_number("SLUICE_SWEEP_INTERVAL", 2.0, low=0.2, high=3600)
 # A static schedule; every periodic task is idempotent, so two beats by mistake are harmless.
 CELERY_BEAT_SCHEDULE = {
     "sluice-sweep": {"task": "workflows.sweep", "schedule": SLUICE_SWEEP_INTERVAL},
@@ -305,7 +368,8 @@ SLUICE_WORKFLOW_MODULES = env.list("SLUICE_WORKFLOW_MODULES", default=[])
 # pages: which machine holds a run. The hostname unless set (containers often share one).
 SLUICE_HOST_ID = env("SLUICE_HOST_ID", default="") or socket.gethostname()
 # Seconds a run or step lease lasts; the worker renews it while it works.
-SLUICE_LEASE_SECONDS = env.float("SLUICE_LEASE_SECONDS", default=8.0)
+# At least 2 s: the heartbeat renews it every third of it (at least every 0.5 s).
+SLUICE_LEASE_SECONDS = _env_number("SLUICE_LEASE_SECONDS", 8.0, low=2.0, high=3600)
 # The longest wait a step's error may ask for before its retry (an HTTP Retry-After): longer
 # hints, from outside, are cut to this.
 SLUICE_MAX_RETRY_AFTER_SECONDS = env.float("SLUICE_MAX_RETRY_AFTER_SECONDS", default=3600.0)
@@ -315,7 +379,7 @@ SLUICE_DOORBELL_GRACE_SECONDS = env.float("SLUICE_DOORBELL_GRACE_SECONDS", defau
 # database before it gives the message up (the sweep then rings again once the database is back).
 SLUICE_DATABASE_WAIT_SECONDS = env.float("SLUICE_DATABASE_WAIT_SECONDS", default=60.0)
 # Default cap on branches of one run in flight at once.
-SLUICE_MAX_PARALLEL = env.int("SLUICE_MAX_PARALLEL", default=10)
+SLUICE_MAX_PARALLEL = _env_int("SLUICE_MAX_PARALLEL", 10, low=1, high=100_000)
 # A fan-out in a pool limited by concurrency rings for its first branches this many per
 # message; the worker that takes one runs them at once, in threads of its own (at most
 # SLUICE_BRANCH_THREADS per process). PostgreSQL only; 1 sends one message per branch.
@@ -353,7 +417,7 @@ SLUICE_GATE_ARCHIVE_DIR = env.str("SLUICE_GATE_ARCHIVE_DIR", default=str(VAR_DIR
 SLUICE_POOLS = {
     "default": {"max_concurrency": None, "rate_limit": None, "rate_period": 1.0},
     "llm": {
-        "max_concurrency": env.int("SLUICE_LLM_CONCURRENCY", default=8),
+        "max_concurrency": _env_int("SLUICE_LLM_CONCURRENCY", 8, low=0, high=100_000) or None,
         "rate_limit": env.int("SLUICE_LLM_RATE_LIMIT", default=0) or None,
         "rate_period": env.float("SLUICE_LLM_RATE_PERIOD", default=60.0),
     },
@@ -361,7 +425,7 @@ SLUICE_POOLS = {
 
 # --- Reviews (gates, reviewer queue) ----------------------------------------------------------
 # Open gates per queue page; the queue is paginated so its cost does not grow with the backlog.
-SLUICE_REVIEW_PAGE_SIZE = env.int("SLUICE_REVIEW_PAGE_SIZE", default=50)
+SLUICE_REVIEW_PAGE_SIZE = _env_int("SLUICE_REVIEW_PAGE_SIZE", 50, low=1, high=1000)
 # Seconds between two refreshes of the live queue (paused while the tab is hidden).
 SLUICE_REVIEW_POLL_SECONDS = env.float("SLUICE_REVIEW_POLL_SECONDS", default=4.0)
 # Push (docs/reviews.md, "Live updates"): on PostgreSQL the queue and gate pages hear of gate
@@ -522,7 +586,8 @@ for _model, _price in env.dict("SLUICE_LLM_PRICES", default={}).items():
 for _provider, _concurrency in (("openai", 8), ("anthropic", 4), ("openai-compatible", 2)):
     _key = "SLUICE_LLM_" + _provider.split("-")[-1].upper()
     SLUICE_POOLS[f"llm-{_provider}"] = {
-        "max_concurrency": env.int(f"{_key}_CONCURRENCY", default=_concurrency),
+        "max_concurrency": _env_int(f"{_key}_CONCURRENCY", _concurrency, low=0, high=100_000)
+        or None,
         "rate_limit": env.int(f"{_key}_RATE_LIMIT", default=0) or None,
         "rate_period": env.float(f"{_key}_RATE_PERIOD", default=60.0),
         "queue": "llm",

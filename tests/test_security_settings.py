@@ -114,12 +114,49 @@ def test_each_security_setting_can_be_set_from_the_environment(tmp_path: Path) -
     assert values["SECURE_PROXY_SSL_HEADER"] == ["HTTP_X_FORWARDED_SCHEME", "secure"]
 
 
-def test_check_deploy_flags_a_production_without_its_own_secret_key(tmp_path: Path) -> None:
+def test_a_production_without_its_own_secret_key_gets_a_random_one_and_a_warning(
+    tmp_path: Path,
+) -> None:
+    """Never the key in the source (review finding: it served with it, silently, so anyone
+    could forge sessions and the default webhook signatures): a random key made once for the
+    machine, kept in var/secret_key (owner only), and sluice.W001 saying to set SECRET_KEY."""
     env = production_env()
     del env["SECRET_KEY"]
     result = manage(tmp_path, env, "check", "--deploy", "--fail-level", "WARNING")
     assert result.returncode != 0
-    assert "security.W009" in result.stdout + result.stderr
+    assert "sluice.W001" in result.stdout + result.stderr
+    assert "security.W009" not in result.stdout + result.stderr
+    key = tmp_path / "var" / "secret_key"
+    assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_text()) >= 50
+    shown = "from django.conf import settings as s; print(s.SECRET_KEY)"
+    first = manage(tmp_path, env, "shell", "-v", "0", "-c", shown).stdout.strip()
+    assert first == key.read_text() and "insecure" not in first
+    assert manage(tmp_path, env, "shell", "-v", "0", "-c", shown).stdout.strip() == first
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("SLUICE_LEASE_SECONDS", "0", "SLUICE_LEASE_SECONDS must be a number from 2"),
+        ("SLUICE_SWEEP_INTERVAL", "-1", "SLUICE_SWEEP_INTERVAL must be a number"),
+        ("SLUICE_SWEEP_INTERVAL", "nan", "SLUICE_SWEEP_INTERVAL must be a number"),
+        ("SLUICE_REVIEW_PAGE_SIZE", "0", "SLUICE_REVIEW_PAGE_SIZE must be a number from 1"),
+        ("SLUICE_MAX_PARALLEL", "-1", "SLUICE_MAX_PARALLEL must be a number from 1"),
+        ("SLUICE_LLM_CONCURRENCY", "-1", "SLUICE_LLM_CONCURRENCY must be a number from 0"),
+        ("SLUICE_LEASE_SECONDS", "abc", "SLUICE_LEASE_SECONDS='abc' is not a number"),
+        ("CELERY_BROKER_URL", "", "CELERY_BROKER_URL is set but empty"),
+        ("DATABASE_URL", " ", "DATABASE_URL is set but empty"),
+    ],
+)
+def test_a_setting_out_of_range_stops_the_start_naming_it(
+    tmp_path: Path, name: str, value: str, message: str
+) -> None:
+    """Found by review: a lease of 0 ran steps twice at once, a sweep interval of 0 flooded
+    the broker, a page size of 0 was a 500 on every queue page; junk gave messages that did
+    not name the variable, and an empty broker URL meant AMQP on localhost."""
+    result = manage(tmp_path, {name: value}, "check")
+    assert result.returncode != 0
+    assert message in result.stderr
 
 
 @pytest.mark.parametrize("debug", ["1", None])

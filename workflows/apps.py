@@ -7,6 +7,7 @@ import os
 
 from django.apps import AppConfig
 from django.conf import settings
+from django.core import checks
 from django.utils.module_loading import autodiscover_modules
 
 
@@ -27,7 +28,25 @@ class WorkflowsConfig(AppConfig):
 
         # Every sweep pass stamps the heartbeat /readyz reads.
         observe(record_sweep)
+        checks.register(check_secret_key, checks.Tags.security, deploy=False)
         discover()
+
+
+def check_secret_key(**kwargs: object) -> list[checks.CheckMessage]:
+    """sluice.W001: without SECRET_KEY each machine makes its own (config.settings): fine for
+    one machine, wrong for several serving one Sluice (sessions and webhook signatures)."""
+    if not getattr(settings, "SLUICE_SECRET_KEY_FROM_FILE", False):
+        return []
+    if settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+        return []
+    return [
+        checks.Warning(
+            "SECRET_KEY is not set: this machine uses a key of its own, made once in "
+            "var/secret_key",
+            hint="Set SECRET_KEY, the same on every machine that serves this Sluice.",
+            id="sluice.W001",
+        )
+    ]
 
 
 def discover() -> None:

@@ -134,3 +134,34 @@ def test_sluice_log_format_json_makes_the_settings_write_json_lines() -> None:
         text=True,
     )
     assert wrong.returncode != 0 and "SLUICE_LOG_FORMAT must be 'plain' or 'json'" in wrong.stderr
+
+
+ERROR_SCRIPT = """
+import django
+django.setup()
+from django.test import Client
+from django.urls import path
+from django.conf import settings
+
+def broken(request):
+    raise RuntimeError("the page broke")
+
+import config.urls
+config.urls.urlpatterns.insert(0, path("broken/", broken))
+print(Client(raise_request_exception=False).get("/broken/").status_code)
+"""
+
+
+def test_a_server_error_is_logged_with_its_traceback() -> None:
+    """With DEBUG off Django only mails a 500 to ADMINS (none are set): the log had just the
+    access line (review finding)."""
+    done = subprocess.run(
+        [sys.executable, "-c", ERROR_SCRIPT],
+        cwd=ROOT,
+        env=settings_env(SLUICE_HTTPS="0"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == "500", done.stderr
+    assert "RuntimeError: the page broke" in done.stderr and "django.request" in done.stderr

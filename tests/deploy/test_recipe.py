@@ -72,6 +72,19 @@ def test_the_gunicorn_config_reads_its_environment(monkeypatch: pytest.MonkeyPat
     assert runpy.run_path(str(ROOT / "config" / "gunicorn.conf.py"))["bind"] == "127.0.0.1:8111"
 
 
+@pytest.mark.parametrize(("value", "message"), [("0", "1 or more"), ("abc", "not a whole")])
+def test_the_gunicorn_config_refuses_a_worker_count_that_serves_nothing(
+    monkeypatch: pytest.MonkeyPatch, value: str, message: str
+) -> None:
+    """WEB_CONCURRENCY=0 listened and answered nothing, not even /healthz (review finding)."""
+    monkeypatch.setenv("WEB_CONCURRENCY", value)
+    with pytest.raises(SystemExit, match=message):
+        runpy.run_path(str(ROOT / "config" / "gunicorn.conf.py"))
+    monkeypatch.setenv("WEB_CONCURRENCY", "2")
+    conf = runpy.run_path(str(ROOT / "config" / "gunicorn.conf.py"))
+    assert conf["control_socket_disable"] is True  # one instance's stop removed another's
+
+
 def test_the_deploy_guide_names_every_process_and_command() -> None:
     guide = (ROOT / "docs" / "deploy.md").read_text()
     for name, command in PROCFILE.items():
