@@ -47,13 +47,20 @@ class Command(BaseCommand):
         unknown = sorted(set(pipelines) - set(registered_workflows()))
         if unknown:
             raise CommandError(f"unknown pipeline(s): {', '.join(unknown)}")
-        if options["rate_limit"] is not None and options["rate_limit"] < 0:
-            raise CommandError("--rate-limit must be 0 (unlimited) or more")
+        if options["rate_limit"] is not None and not 0 <= options["rate_limit"] <= 2**31 - 1:
+            raise CommandError("--rate-limit must be 0 (unlimited) up to 2147483647")
+        name, tenant = options["name"].strip(), options["tenant"].strip()
+        if not name or len(name) > 100:
+            raise CommandError("the key's name must be 1 to 100 characters")
+        if len(tenant) > 100:
+            raise CommandError("--tenant must be at most 100 characters")
+        if not _split(options["scopes"]):
+            raise CommandError(f"--scopes needs at least one of: {', '.join(SCOPES)}")
         try:
             key, raw = create_api_key(
-                options["name"],
+                name,
                 scopes=_split(options["scopes"]),
-                tenant=options["tenant"],
+                tenant=tenant,
                 pipelines=pipelines,
                 rate_limit=options["rate_limit"],
                 created_by="manage.py create_api_key",
