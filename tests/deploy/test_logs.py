@@ -106,15 +106,20 @@ with instrument.run_scope("r-1", 4), instrument.step_scope("fetch", 9):
 """
 
 
-def test_sluice_log_format_json_makes_the_settings_write_json_lines() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
+def run_script(script: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``script`` in a new Python with the project's settings and ``env``."""
+    return subprocess.run(
+        [sys.executable, "-c", script],
         cwd=ROOT,
-        env=settings_env(SLUICE_LOG_FORMAT="json"),
+        env=settings_env(**env),
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_sluice_log_format_json_makes_the_settings_write_json_lines() -> None:
+    done = run_script(SCRIPT, SLUICE_LOG_FORMAT="json")
     assert done.returncode == 0, done.stderr
     [line] = done.stderr.strip().splitlines()
     entry = json.loads(line)
@@ -126,13 +131,7 @@ def test_sluice_log_format_json_makes_the_settings_write_json_lines() -> None:
         9,
     )
 
-    wrong = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        cwd=ROOT,
-        env=settings_env(SLUICE_LOG_FORMAT="xml"),
-        capture_output=True,
-        text=True,
-    )
+    wrong = run_script(SCRIPT, SLUICE_LOG_FORMAT="xml")
     assert wrong.returncode != 0 and "SLUICE_LOG_FORMAT must be 'plain' or 'json'" in wrong.stderr
 
 
@@ -155,13 +154,6 @@ print(Client(raise_request_exception=False).get("/broken/").status_code)
 def test_a_server_error_is_logged_with_its_traceback() -> None:
     """With DEBUG off Django only mails a 500 to ADMINS (none are set): the log had just the
     access line (review finding)."""
-    done = subprocess.run(
-        [sys.executable, "-c", ERROR_SCRIPT],
-        cwd=ROOT,
-        env=settings_env(SLUICE_HTTPS="0"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_script(ERROR_SCRIPT, SLUICE_HTTPS="0")
     assert done.stdout.strip() == "500", done.stderr
     assert "RuntimeError: the page broke" in done.stderr and "django.request" in done.stderr
