@@ -11,7 +11,6 @@ import math
 import os
 import secrets
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
@@ -57,17 +56,27 @@ def _secret_key() -> str:
         return os.environ["SECRET_KEY"]
     path = VAR_DIR / "secret_key"
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        for _ in range(50):  # another process of this start-up may be writing it right now
-            key = path.read_text().strip()
-            if key:
-                return key
-            time.sleep(0.05)
-        raise ImproperlyConfigured(f"{path} is empty: delete it, or set SECRET_KEY") from None
-    key = secrets.token_urlsafe(50)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key)
+        if not path.exists():
+            # Written whole under another name, then linked into place: the file never exists
+            # half-written, and of several processes starting at once the first link wins.
+            part = VAR_DIR / f".secret_key.{os.getpid()}.{secrets.token_hex(4)}"
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(50))
+            try:
+                os.link(part, path)
+            except FileExistsError:
+                pass
+            finally:
+                part.unlink(missing_ok=True)
+        key = path.read_text().strip()
+    except OSError as exc:
+        raise ImproperlyConfigured(
+            f"SECRET_KEY is not set and {path} cannot be made or read ({exc}): set SECRET_KEY, "
+            "or let this user write SLUICE_VAR_DIR"
+        ) from None
+    if not key:
+        raise ImproperlyConfigured(f"{path} is empty: delete it, or set SECRET_KEY")
     return key
 
 

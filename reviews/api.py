@@ -18,6 +18,7 @@ from pydantic import ConfigDict
 
 from reviews import insights
 from reviews.models import Gate
+from reviews.schema import with_shown_values
 from reviews.services import SeparationOfDutiesError, decide_gate
 from workflows.api import IsoDateTime
 from workflows.api_auth import (
@@ -169,9 +170,13 @@ def decide(request: HttpRequest, gate_id: str, body: DecisionIn) -> dict[str, An
     gate = visible_gates(key).filter(pk=parse_int(gate_id, "gate")).first()
     if gate is None:
         raise not_found("gate")
+    # A field the request leaves out keeps what the gate's form shows for it (the schema's
+    # default, else the AI's value) when that is a valid value of the field: "not edited", not
+    # "cleared" (the browser sends every field).
+    edits = with_shown_values(gate.fields_schema or {}, gate.payload, body.edits)
     try:
         decided = decide_gate(
-            gate.pk, outcome=body.outcome, comment=body.comment, edits=body.edits, actor=key.actor
+            gate.pk, outcome=body.outcome, comment=body.comment, edits=edits, actor=key.actor
         )
     except SeparationOfDutiesError as exc:
         raise ApiError(403, "forbidden", str(exc)) from None

@@ -53,6 +53,10 @@ class LinesField(forms.CharField):
         text = super().to_python(value)
         return [line.strip() for line in str(text).splitlines() if line.strip()]
 
+    def has_changed(self, initial: Any, data: Any) -> bool:
+        shown = [str(v) for v in initial] if isinstance(initial, list | tuple) else []
+        return bool(self.to_python(data) != shown)
+
     def run_validators(self, value: Any) -> None:
         # CharField's NUL check looks at str(list), where a NUL shows as "\\x00": check the lines.
         for line in value if isinstance(value, list) else [value]:
@@ -187,7 +191,12 @@ class JSONMultipleChoiceField(forms.TypedMultipleChoiceField):
             chosen = [_loads(x) for x in data or []]
         except forms.ValidationError:
             return True
-        return not _same_json(chosen, list(initial or []))
+        # What the form showed: the initial list's items (a single value checked alone).
+        if isinstance(initial, list | tuple):
+            shown = list(initial)
+        else:
+            shown = [] if initial in (None, "") else [initial]
+        return not _same_json(chosen, shown)
 
 
 def _same_json(a: Any, b: Any) -> bool:
@@ -210,6 +219,9 @@ class EditsForm(forms.Form):
             self.fields[name] = field_for(prop, name in required)
             if nullable(prop)[1]:
                 self.nullable.add(name)
+            if isinstance(self.fields[name], JSONChoiceField) and name not in self.initial:
+                # No value to show: the blank choice, not a null one ("(none)").
+                self.initial[name] = ""
 
     def edits(self) -> dict[str, Any]:
         """The cleaned values as JSON data.

@@ -273,18 +273,35 @@ def validate_edits(
         return None, [{"field": exc.field, "message": message}]
     try:
         clean = model.model_validate(edits).model_dump(mode="json")
-        own = model_of(schema)
-        if own is not None:
-            own.model_validate(clean)
     except pydantic.ValidationError as exc:
-        errors = []
-        for e in exc.errors(include_url=False, include_context=False, include_input=False):
-            loc = [str(p) for p in e["loc"]]
-            errors.append({"field": loc[0] if loc else "edits", "message": _message(e)})
-        return None, errors
+        return None, _field_errors(exc)
+    own = model_of(schema)
+    if own is None:
+        return clean, []
+    # The pipeline's own model checks what the schema subset cannot. It gets the fields sent
+    # and those with a default in the schema: a field left out keeps the model's own default
+    # (a default_factory the schema does not show).
+    shown = properties(schema)
+    sent = {k: v for k, v in clean.items() if k in edits or "default" in (shown.get(k) or {})}
+    try:
+        # Stored as the model makes it, so that ``Decision.edits`` is built back from it.
+        return own.model_validate(sent).model_dump(mode="json"), []
+    except pydantic.ValidationError as exc:
+        # A field of the model the form does not show is not the reviewer's to fix.
+        errors = [e for e in _field_errors(exc) if e["field"] in shown or e["field"] == "edits"]
+        if errors:
+            return None, errors
     except Exception as exc:  # a validator of the pipeline's model that raised something else
         return None, [{"field": "edits", "message": f"{type(exc).__name__}: {exc}"[:300]}]
     return clean, []
+
+
+def _field_errors(exc: pydantic.ValidationError) -> list[FieldError]:
+    errors = []
+    for e in exc.errors(include_url=False, include_context=False, include_input=False):
+        loc = [str(p) for p in e["loc"]]
+        errors.append({"field": loc[0] if loc else "edits", "message": _message(e)})
+    return errors
 
 
 def _message(error: Any) -> str:
@@ -306,6 +323,25 @@ def initial_values(schema: dict[str, Any], payload: Any) -> dict[str, Any]:
         elif isinstance(payload, dict) and name in payload:
             values[name] = payload[name]
     return values
+
+
+def with_shown_values(schema: dict[str, Any], payload: Any, edits: Any) -> Any:
+    """``edits`` (an API decision's) with, for each field it leaves out, what the gate's form
+    shows for that field (``initial_values``), when that is a valid value of the field; a
+    value the form could not show (an AI's "about 5" for a number) stays out, as before."""
+    if not isinstance(edits, dict) or not properties(schema):
+        return edits
+    out = dict(edits)
+    for name, value in initial_values(schema, payload).items():
+        prop = properties(schema).get(name)
+        if name in out or not isinstance(prop, dict):
+            continue
+        try:
+            pydantic.TypeAdapter(_python_type(prop)).validate_python(value)
+        except (pydantic.ValidationError, TypeError, ValueError):
+            continue
+        out[name] = value
+    return out
 
 
 def corrections(schema: dict[str, Any], payload: Any, edits: Any) -> list[tuple[str, Any, Any]]:

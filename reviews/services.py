@@ -39,7 +39,7 @@ from reviews.models import (
     GateStatus,
     decision_json,
 )
-from reviews.schema import corrections, initial_values, properties, validate_edits
+from reviews.schema import corrections, validate_edits
 from workflows import access
 from workflows.core.doorbell import ring_on_commit, send_tasks
 from workflows.core.errors import InvalidInputError, InvalidStateError, SluiceError
@@ -438,13 +438,7 @@ def decide_gate(
                 ),
             }
         )
-    schema = gate.fields_schema or {}
-    if isinstance(edits, dict) and properties(schema):
-        # A field left out keeps what the form shows for it (the schema's default, else the
-        # AI's value): the browser sends every field, and an API decision (or a blank number
-        # in the form) that omits one means "not edited", not "clear it".
-        edits = {**initial_values(schema, gate.payload), **edits}
-    clean, edit_errors = validate_edits(schema, edits)
+    clean, edit_errors = validate_edits(gate.fields_schema or {}, edits)
     errors += edit_errors
     if errors:
         listing = "; ".join(f"{e['field']}: {e['message']}" for e in errors)

@@ -554,10 +554,11 @@ def gate_decide(request: HttpRequest, pk: int) -> HttpResponse:
     has_fields = bool((gate.fields_schema or {}).get("properties"))
     edits_form = EditsForm(gate, request.POST) if has_fields else None
     decided = form.is_valid()
-    # An approval carries the fields' values; any other outcome only the ones the reviewer
-    # changed (rejecting must not need made-up corrections, which would be recorded as such).
+    # Every outcome carries the fields' values (a gate's choices may be "ship" and "hold"),
+    # but a rejection only the ones the reviewer changed: rejecting must not need made-up
+    # corrections, which would be recorded as such.
     outcome = form.cleaned_data.get("outcome") if decided else request.POST.get("outcome")
-    use_edits = edits_form is not None and (outcome == "approve" or edits_form.has_changed())
+    use_edits = edits_form is not None and (outcome != "reject" or edits_form.has_changed())
     forms_ok = decided & (not use_edits or edits_form is None or edits_form.is_valid())
     if forms_ok:
         try:

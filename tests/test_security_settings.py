@@ -132,6 +132,12 @@ def test_a_production_without_its_own_secret_key_gets_a_random_one_and_a_warning
     first = manage(tmp_path, env, "shell", "-v", "0", "-c", shown).stdout.strip()
     assert first == key.read_text() and "insecure" not in first
     assert manage(tmp_path, env, "shell", "-v", "0", "-c", shown).stdout.strip() == first
+    # a file left empty (by hand) stops the start with what to do, not a server without a key
+    key.write_text("")
+    result = manage(tmp_path, env, "check")
+    assert result.returncode != 0 and "secret_key is empty: delete it, or set SECRET_KEY" in (
+        result.stderr
+    )
 
 
 @pytest.mark.parametrize(

@@ -79,7 +79,12 @@ def _embedded(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[Any]:
         found += [a for a in (ip.ipv4_mapped, ip.sixtofour) if a is not None]
         if ip.teredo is not None:
             found += list(ip.teredo)
+        if ip in _NAT64:  # the well-known NAT64 prefix: the IPv4 address is its last 32 bits
+            found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
     return found
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 def _blocked_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -154,8 +159,10 @@ def check_callback_url(url: str, *, resolve: bool = False) -> Target:
         parts = urlsplit(url)
         host = parts.hostname or ""
         port = parts.port
-        # The host as it goes on the wire (Host header, TLS name, DNS): IDNA's ASCII form.
-        host = host.encode("idna").decode("ascii") if not host.isascii() else host
+        # The host as it goes on the wire (Host header, TLS name, DNS): its ASCII form as the
+        # HTTP client computes it (IDNA 2008: "straße.de" is not "strasse.de").
+        if not host.isascii():
+            host = httpx.URL(url).raw_host.decode("ascii")
         httpx.URL(url)
     except (ValueError, UnicodeError, httpx.InvalidURL) as exc:
         raise CallbackUrlError(f"callback_url is not a valid URL: {exc}") from None

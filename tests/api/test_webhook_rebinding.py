@@ -119,6 +119,7 @@ def test_the_treat_as_public_list_is_the_only_exception(guarded: None) -> None:
         "http://[2002:a9fe:a9fe::]/",  # 169.254.169.254 inside 6to4
         "http://[2002:7f00:1::]/",  # 127.0.0.1 inside 6to4
         "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/",  # Teredo to 127.0.0.1
+        "http://[64:ff9b::7f00:1]/",  # NAT64 to 127.0.0.1
         "http://2130706433/",  # 127.0.0.1 as one number
         "http://0x7f000001/",
         "http://0177.0.0.1/",
@@ -154,6 +155,8 @@ def test_an_international_host_name_is_checked_and_sent_in_its_ascii_form(
 
     monkeypatch.setattr("workflows.webhooks._getaddrinfo", resolver)
     assert check_callback_url(f"http://{name}/x").host == ascii_name
+    # IDNA 2008, as the HTTP client: "straße" is not "strasse" (another registrant)
+    assert check_callback_url("http://straße.de/x").host == "xn--strae-oqa.de"
     with receiver(host=PUBLIC) as public:
         _start(api, service, f"http://{name}:{public.port}/hooks")
         bell.drain()

@@ -231,3 +231,122 @@ def test_bulk_with_only_unreadable_ids_says_nothing_was_decided(bell: Bell, peop
     )
     assert r.status_code == 200
     assert "Select at least one gate" in r.content.decode()
+
+
+# --- the second review of the above (each of these went wrong in its first version) --------------
+
+
+def test_a_custom_positive_outcome_still_needs_its_required_fields(
+    bell: Bell, people: People
+) -> None:
+    fields = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    gate = open_gate(
+        bell, fields=fields, payload={"x": 1}, choices=["ship", "hold"], on_timeout="hold"
+    )
+    c = logged_in(people.ana)
+    shown = shown_values(c.get(f"/reviews/{gate.pk}/").content.decode())
+    assert c.post(f"/reviews/{gate.pk}/decide/", {"outcome": "ship", **shown}).status_code == 422
+    r = c.post(f"/reviews/{gate.pk}/decide/", {**shown, "outcome": "ship", "edit-n": "4"})
+    assert r.status_code == 302
+    gate.refresh_from_db()
+    assert gate.edits == {"n": 4}
+
+
+def test_rejecting_with_a_scalar_where_a_list_was_expected_or_an_unset_list_of_text(
+    bell: Bell, people: People
+) -> None:
+    pages = {
+        "type": "object",
+        "properties": {"pages": {"type": "array", "items": {"enum": [1, 2, 3]}}},
+    }
+    tags = {
+        "type": "object",
+        "properties": {
+            "category": {"type": "string", "enum": ["a", "b"]},
+            "tags": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["category"],
+    }
+    c = logged_in(people.ana)
+    for fields, payload in ((pages, {"pages": 2}), (tags, {"summary": "garbage"})):
+        gate = open_gate(bell, fields=fields, payload=payload)
+        shown = shown_values(c.get(f"/reviews/{gate.pk}/").content.decode())
+        r = c.post(f"/reviews/{gate.pk}/decide/", {"outcome": "reject", **shown})
+        assert r.status_code == 302, fields
+        gate.refresh_from_db()
+        assert (gate.outcome, gate.edits) == ("reject", None)
+    assert not GateCorrection.objects.exists()
+
+
+def test_the_browser_keeps_blank_meaning_not_edited(bell: Bell, people: People) -> None:
+    """A blank optional number stays "not edited" in the page (the schema's default: none),
+    also when the AI's value could not be shown (it is not refilled and refused)."""
+    fields = {
+        "type": "object",
+        "properties": {"amount": {"type": "integer"}, "note": {"type": "string"}},
+    }
+    c = logged_in(people.ana)
+    for payload in ({"amount": 5, "note": "n"}, {"amount": "about 5", "note": "n"}):
+        gate = open_gate(bell, fields=fields, payload=payload)
+        r = c.post(
+            f"/reviews/{gate.pk}/decide/",
+            {"outcome": "approve", "edit-amount": "", "edit-note": "n"},
+        )
+        assert r.status_code == 302
+        gate.refresh_from_db()
+        assert gate.edits == {"amount": None, "note": "n"}
+
+
+def test_an_api_decision_does_not_fill_in_an_ai_value_the_field_refuses(
+    bell: Bell, people: People
+) -> None:
+    from workflows.keys import create_api_key
+
+    fields = {
+        "type": "object",
+        "properties": {"amount": {"type": "integer", "maximum": 10}, "note": {"type": "string"}},
+    }
+    gate = open_gate(bell, fields=fields, payload={"amount": 50, "note": "n"})
+    _, secret = create_api_key("decider", scopes=["gates:decide"])
+    r = Client().post(
+        f"/api/gates/{gate.pk}/decision",
+        {"outcome": "approve", "edits": {"note": "fixed"}},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {secret}",
+    )
+    assert r.status_code == 200, r.content
+    gate.refresh_from_db()
+    assert gate.edits == {"amount": None, "note": "fixed"}
+
+
+class WithFactory(pydantic.BaseModel):
+    title: str
+    tags: list[str] = pydantic.Field(default_factory=list)
+    score: int = pydantic.Field(default_factory=lambda: 3)
+
+
+@workflow(name="test.edges_factory")
+def edges_factory(ctx: Any) -> dict[str, Any]:
+    d = ctx.review("Check", "", {"title": "t"}, fields=WithFactory)
+    assert isinstance(d.edits, WithFactory)
+    return d.edits.model_dump()
+
+
+def test_a_model_with_default_factories_is_decided_without_typing_them(
+    bell: Bell, people: People
+) -> None:
+    run = start("test.edges_factory", {})
+    bell.drain()
+    gate = Gate.objects.get(run=run)
+    c = logged_in(people.ana)
+    shown = shown_values(c.get(f"/reviews/{gate.pk}/").content.decode())
+    assert c.post(f"/reviews/{gate.pk}/decide/", {"outcome": "approve", **shown}).status_code == 302
+    bell.settle()
+    assert get_run(run.pk).output == {"title": "t", "tags": [], "score": 3}
+
+
+def test_a_nullable_enum_without_a_value_shows_the_blank_choice(bell: Bell, people: People) -> None:
+    fields = {"type": "object", "properties": {"level": {"enum": ["low", "high", None]}}}
+    gate = open_gate(bell, fields=fields, payload={"x": 1})
+    shown = shown_values(logged_in(people.ana).get(f"/reviews/{gate.pk}/").content.decode())
+    assert shown["edit-level"] == ""
