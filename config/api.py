@@ -266,11 +266,19 @@ def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
 
 
 def _json_not_allowed(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
-    """ninja answers a wrong method with a plain-text 405; give it the error shape too."""
+    """ninja answers a wrong method with a plain-text 405; give it the error shape too. HEAD
+    is answered as GET (RFC 9110: the same headers; the server sends no body)."""
 
     @functools.wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        response = view(request, *args, **kwargs)
+        head = request.method == "HEAD"
+        if head:
+            request.method = "GET"
+        try:
+            response = view(request, *args, **kwargs)
+        finally:
+            if head:
+                request.method = "HEAD"
         if response.status_code == 405 and "json" not in response.get("Content-Type", ""):
             allowed = response.get("Allow", "")
             response = error_response(

@@ -93,3 +93,15 @@ def test_a_wrong_method_is_a_405_in_the_error_shape(api: Api, service: Persona) 
     r = api.request("delete", "/runs", as_=service)
     assert r.status_code == 405 and error_code(r) == "method_not_allowed"
     assert "GET" in r["Allow"]
+
+
+def test_head_is_answered_as_get_without_a_body(api: Api, service: Persona) -> None:
+    """RFC 9110: HEAD on a GET route answers like GET, without the body (it was a 405 that
+    listed GET in Allow: review finding). Its authentication is the same."""
+    got = api.get("/runs", as_=service)
+    head = api.request("head", "/runs", as_=service)
+    assert head.status_code == got.status_code == 200
+    assert head.content == b"" and head["Content-Type"] == got["Content-Type"]
+    assert api.request("head", "/runs").status_code == 401
+    r = api.request("head", "/runs/00000000-0000-0000-0000-000000000000/events", as_=service)
+    assert r.status_code == 405 and "POST" in r["Allow"]
