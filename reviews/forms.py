@@ -18,6 +18,7 @@ from django.forms.fields import InvalidJSONInput
 
 from reviews.models import Gate
 from reviews.schema import initial_values, nullable, properties
+from workflows.core.jsonvalues import same_json
 
 EDITS_PREFIX = "edit"
 LONG_TEXT = 160
@@ -164,7 +165,7 @@ class JSONChoiceField(forms.TypedChoiceField):
         if data in self.empty_values:
             return initial not in (None, "")
         try:
-            return not _same_json(_loads(data), initial)
+            return not same_json(_loads(data), initial)
         except forms.ValidationError:
             return True
 
@@ -196,11 +197,7 @@ class JSONMultipleChoiceField(forms.TypedMultipleChoiceField):
             shown = list(initial)
         else:
             shown = [] if initial in (None, "") else [initial]
-        return not _same_json(chosen, shown)
-
-
-def _same_json(a: Any, b: Any) -> bool:
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+        return not same_json(chosen, shown)
 
 
 class EditsForm(forms.Form):

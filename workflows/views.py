@@ -235,11 +235,12 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
     wf = registered_workflows().get(run.workflow)
     tl = timeline.for_run(run, live)
     # Undo entries are not places to restart from: a restart re-runs what they undid.
-    restartable = live.filter(branch__lt=0).exclude(kind="compensate")
+    restart_at = Q(branch__lt=0) & ~Q(kind="compensate")
+    restartable = live.filter(restart_at)
     counts = live.aggregate(
         total=Count("id"),
-        positions=Count("id", filter=Q(branch__lt=0) & ~Q(kind="compensate")),
-        last=Max("position", filter=Q(branch__lt=0) & ~Q(kind="compensate")),
+        positions=Count("id", filter=restart_at),
+        last=Max("position", filter=restart_at),
     )
     last_position = counts["last"] or 0
     fork_upto = forking.last_forkable_in(live, compensating=run.status == RunStatus.COMPENSATING)

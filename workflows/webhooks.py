@@ -161,9 +161,9 @@ def check_callback_url(url: str, *, resolve: bool = False) -> Target:
         port = parts.port
         # The host as it goes on the wire (Host header, TLS name, DNS): its ASCII form as the
         # HTTP client computes it (IDNA 2008: "straße.de" is not "strasse.de").
+        wire = httpx.URL(url)  # also refuses what the client could not send
         if not host.isascii():
-            host = httpx.URL(url).raw_host.decode("ascii")
-        httpx.URL(url)
+            host = wire.raw_host.decode("ascii")
     except (ValueError, UnicodeError, httpx.InvalidURL) as exc:
         raise CallbackUrlError(f"callback_url is not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https"):
