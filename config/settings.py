@@ -47,6 +47,27 @@ def _env_int(name: str, default: int, *, low: int, high: float = math.inf) -> in
     return int(value)
 
 
+def _conn_max_age(database: dict[str, object]) -> int | None:
+    """How long a connection is kept, in seconds (``None``: for good): the URL's
+    ``conn_max_age``, else ``CONN_MAX_AGE``, else 60. Junk stops the start with its source's
+    name, not the first request with a TypeError deep in Django."""
+    if "CONN_MAX_AGE" not in database:
+        return _env_int("CONN_MAX_AGE", 60, low=0)
+    value = database["CONN_MAX_AGE"]
+    if value is None or str(value).strip().lower() == "none":
+        return None
+    try:
+        seconds = int(str(value))
+    except ValueError:
+        seconds = -1
+    if seconds < 0:
+        raise ImproperlyConfigured(
+            f"DATABASE_URL's conn_max_age must be a whole number of seconds or None, "
+            f"not {value!r}"
+        )
+    return seconds
+
+
 def _secret_key() -> str:
     """``SECRET_KEY``, or else a random key made once for this machine and kept in
     ``var/secret_key`` (readable by its owner only): never a key anyone could read in the
@@ -171,7 +192,7 @@ else:
         # A named server-side cursor (QuerySet.iterator()) outside a transaction is WITH HOLD:
         # it outlives the transaction, hence the server connection PgBouncer hands back.
         DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
-    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+    DATABASES["default"]["CONN_MAX_AGE"] = _conn_max_age(DATABASES["default"])
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if env("SLUICE_TEST_DB_NAME", default=""):
     DATABASES["default"]["TEST"] = {"NAME": env("SLUICE_TEST_DB_NAME")}

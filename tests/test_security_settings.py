@@ -152,6 +152,17 @@ def test_a_production_without_its_own_secret_key_gets_a_random_one_and_a_warning
         ("SLUICE_LEASE_SECONDS", "abc", "SLUICE_LEASE_SECONDS='abc' is not a number"),
         ("CELERY_BROKER_URL", "", "CELERY_BROKER_URL is set but empty"),
         ("DATABASE_URL", " ", "DATABASE_URL is set but empty"),
+        (
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/x?conn_max_age=abc",
+            "DATABASE_URL's conn_max_age must be a whole number of seconds or None, not 'abc'",
+        ),
+        (
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/x?conn_max_age=-5",
+            "DATABASE_URL's conn_max_age must be a whole number",
+        ),
+        ("CONN_MAX_AGE", "soon", "CONN_MAX_AGE='soon' is not a number"),
     ],
 )
 def test_a_setting_out_of_range_stops_the_start_naming_it(
@@ -160,7 +171,10 @@ def test_a_setting_out_of_range_stops_the_start_naming_it(
     """Found by review: a lease of 0 ran steps twice at once, a sweep interval of 0 flooded
     the broker, a page size of 0 was a 500 on every queue page; junk gave messages that did
     not name the variable, and an empty broker URL meant AMQP on localhost."""
-    result = manage(tmp_path, {name: value}, "check")
+    env = {name: value}
+    if name == "CONN_MAX_AGE":  # read for PostgreSQL only
+        env["DATABASE_URL"] = "postgres://postgres@127.0.0.1:5432/x"
+    result = manage(tmp_path, env, "check")
     assert result.returncode != 0
     assert message in result.stderr
 

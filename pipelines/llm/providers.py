@@ -234,9 +234,15 @@ def translate(
         )
     if isinstance(exc, pe.UnexpectedModelBehavior):
         detail = _validation_detail(exc, messages)
+        # pydantic-ai validates the reply's envelope (its usage counts, its choices) before it
+        # reads the answer; that failure is the provider's, not the answer's shape.
+        what = (
+            "malformed response"
+            if str(exc).startswith("Invalid response from")
+            else f"the answer does not match {output_type.__name__}"
+        )
         return MalformedAnswer(
-            f"{prefix}the answer does not match {output_type.__name__}"
-            + (f": {detail}" if detail else f" ({_short(exc)})"),
+            f"{prefix}{what}" + (f": {detail}" if detail else f" ({_short(exc)})"),
             raw_text=_raw_answer(messages) or getattr(exc, "body", None),
             **who,
         )

@@ -81,6 +81,15 @@ def bad_json_args() -> Fault:
     return Fault("bad_json_args")
 
 
+def _total(input_tokens: Any, output_tokens: Any) -> Any:
+    """``total_tokens`` as a provider would send it; an odd count (null, a fraction, text, a
+    test's own junk) passes through as it is, so the client sees what it would see."""
+    try:
+        return input_tokens + output_tokens
+    except TypeError:
+        return input_tokens
+
+
 @dataclass
 class Recorded:
     path: str
@@ -286,7 +295,7 @@ def _make_handler(state: FakeLLM) -> type[BaseHTTPRequestHandler]:
                 "usage": {
                     "prompt_tokens": state.input_tokens,
                     "completion_tokens": state.output_tokens,
-                    "total_tokens": state.input_tokens + state.output_tokens,
+                    "total_tokens": _total(state.input_tokens, state.output_tokens),
                 },
             }
 

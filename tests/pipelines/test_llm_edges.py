@@ -95,6 +95,28 @@ def test_an_anthropic_answer_without_content_is_a_malformed_answer_with_its_usag
     assert is_retryable(caught.value)
 
 
+# pydantic-ai warns when it cannot read Anthropic's usage (an error under the suite's filter).
+@pytest.mark.filterwarnings("ignore::pydantic_ai._warnings.UsageExtractionFailedWarning")
+@pytest.mark.parametrize("tokens", [None, 1.5, "7x"], ids=["null", "a fraction", "text"])
+@pytest.mark.parametrize("shape", ["openai-compatible:fake-model@{}", "anthropic:claude-x@{}"])
+def test_odd_usage_counts_are_a_malformed_response_not_a_wrong_answer(
+    fake_llm: FakeLLM, keyed: Any, tokens: Any, shape: str
+) -> None:
+    """A provider's usage with a null, fractional or text token count failed the call as "the
+    answer does not match Verdict", which sends whoever reads it to the pipeline's output
+    model. The reply's envelope is the provider's: its message says so, and it is retried."""
+    fake_llm.input_tokens = tokens
+    url = fake_llm.anthropic_url if shape.startswith("anthropic") else fake_llm.base_url
+    try:
+        answer = complete(PROBE, {"text": "x"}, model=shape.format(url))
+    except MalformedAnswer as error:
+        assert is_retryable(error)
+        assert "malformed response" in str(error) and "does not match" not in str(error)
+        assert "input_tokens" in str(error) or "prompt_tokens" in str(error)
+    else:  # an SDK that reads such a count as no count at all
+        assert answer.input_tokens == 0 and answer.cost >= 0
+
+
 class Buggy(pydantic.BaseModel):
     label: str
     score: float
