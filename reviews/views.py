@@ -628,10 +628,16 @@ def gate_reassign(request: HttpRequest, pk: int) -> HttpResponse:
     """Hand the gate to a named reviewer (``services.reassign_gate`` says who may)."""
     gate = _gate_or_404(request, pk)
     if not services.may_reassign(gate, request.user) and gate.is_open:
-        raise PermissionDenied(
-            "Only the reviewer who claimed this gate, its escalation group once it escalated, "
-            "or staff can reassign it."
+        # Often a stale form (the gate was handed on from another tab): the gate's page, in
+        # its current state, with why, rather than a bare 403 page.
+        holder = gate.claimed_by.get_username() if gate.claimed_by else ""
+        messages.error(
+            request,
+            (f"{holder} holds this gate now. " if holder else "")
+            + "Only the reviewer who claimed it, its escalation group once it escalated, "
+            "or staff can hand it to someone else.",
         )
+        return render(request, "reviews/gate.html", _gate_context(request, gate), status=403)
     to = request.POST.get("to", "")[:150]
     try:
         gate = services.reassign_gate(gate.pk, request.user, to)

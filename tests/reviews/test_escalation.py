@@ -286,3 +286,11 @@ def test_the_gate_page_has_a_reassign_form_for_the_claimant(bell: Bell, people: 
     assert gate.claimed_by == people.ben
     page = ben.get(f"/reviews/{gate.pk}/").content.decode()
     assert "handed it" in page and "to <bdi>ben</bdi>" in page
+    # ana's second tab still shows the form: its post gets the gate's page saying why, not a
+    # bare 403 page, and changes nothing
+    stale = ana.post(f"/reviews/{gate.pk}/reassign/", {"to": "olga"})
+    assert stale.status_code == 403
+    assert "ben holds this gate now." in stale.content.decode()
+    assert 'data-testid="gate-title"' in stale.content.decode()
+    gate.refresh_from_db()
+    assert gate.claimed_by == people.ben
