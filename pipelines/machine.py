@@ -36,6 +36,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import pydantic
@@ -60,7 +61,7 @@ from pipelines.dsl import (
 )
 from pipelines.graph import Diagram, mermaid_id
 from workflows.core.definitions import StepDef, as_step, undo_path, workflow
-from workflows.core.errors import StepFailed
+from workflows.core.errors import StepFailed, UnknownWorkflowError
 
 MAX_VISITS = 25
 TIMED_OUT = {"$sluice": "timed-out"}
@@ -77,6 +78,10 @@ class MachineDefinitionError(ValueError):
 
 class MachineError(RuntimeError):
     """A run of a machine cannot go on (a guard raised, a loop ran away, too few branches)."""
+
+
+class MachineVersionGone(MachineError, UnknownWorkflowError):
+    """A run's machine version is no longer defined (a deploy removed it)."""
 
 
 class MachineFailed(RuntimeError):
@@ -598,6 +603,9 @@ def register(m: Machine, *, sample_input: dict[str, Any] | None = None, order: i
         order=order,
     )
     definition.extra["machine"] = m
+    # Asked before a restart or a fork of a run, and before each replay: a version whose
+    # states are gone cannot be walked (``workflows.core.definitions.replayable``).
+    definition.extra["replays"] = partial(version_of, m.id)
 
 
 def version_of(machine_id: str, version: int) -> Machine:
@@ -605,7 +613,7 @@ def version_of(machine_id: str, version: int) -> Machine:
     versions = _machines.get(machine_id, {})
     if version not in versions:
         known = ", ".join(str(v) for v in sorted(versions)) or "none"
-        raise MachineError(
+        raise MachineVersionGone(
             f"machine {machine_id!r} version {version} is no longer defined (defined: {known}); "
             "keep an old version's definition until its runs have finished"
         )
@@ -618,11 +626,10 @@ def registered_machines() -> dict[str, dict[int, Machine]]:
 
 def unregister(machine_id: str) -> None:
     """Forget a machine and its workflow (tests define throwaway ones)."""
-    from workflows.core import definitions
+    from workflows.core.definitions import unregister_workflow
 
     _machines.pop(machine_id, None)
-    # The engine has no public unregister; its registry is a plain dict keyed by name.
-    definitions._workflows.pop(machine_id, None)
+    unregister_workflow(machine_id)
 
 
 def _model_name(machine_id: str) -> str:

@@ -502,10 +502,24 @@ class RunAdmin(ReadOnlyMixin, admin.ModelAdmin):
                 return None
         return super().response_action(request, queryset, action_location=action_location)
 
-    def _report(self, request: HttpRequest, verb: str, results: list[operations.Outcome]) -> None:
+    def _report(
+        self,
+        request: HttpRequest,
+        verb: str,
+        results: list[operations.Outcome],
+        *,
+        where: str = "",
+        plain: str = "",
+    ) -> None:
+        """One success line ("Restarted 2 run(s) from step 3."), then each run whose outcome
+        says more than ``plain`` (it restarted elsewhere: its undone steps run again; where a
+        retry resumed), then each refusal."""
         done = [r for r in results if r.ok]
         if done:
-            self.message_user(request, f"{verb} {len(done)} run(s).", messages.SUCCESS)
+            self.message_user(request, f"{verb} {len(done)} run(s){where}.", messages.SUCCESS)
+        for r in done:
+            if r.message != plain:
+                self.message_user(request, f"Run {str(r.run_id)[:8]}: {r.message}.", messages.INFO)
         for r in results:
             if not r.ok:
                 self.message_user(
@@ -519,6 +533,7 @@ class RunAdmin(ReadOnlyMixin, admin.ModelAdmin):
             request,
             "Canceled",
             [operations.cancel_run(run.pk, actor, reason) for run in queryset],
+            plain="canceled",
         )
 
     @admin.action(description="Retry the failed step of selected runs", permissions=["operate"])
@@ -543,13 +558,15 @@ class RunAdmin(ReadOnlyMixin, admin.ModelAdmin):
             actor, reason = _actor(request), form.cleaned_data["reason"]
             self._report(
                 request,
-                f"Restarted from step {position}",
+                "Restarted",
                 [
                     operations.restart_run(
                         run.pk, position, actor, reason, form.cleaned_data.get("max_cost")
                     )
                     for run in queryset
                 ],
+                where=f" from step {position}",
+                plain=f"restarted from step {position}",
             )
             return None
         context = {

@@ -167,7 +167,13 @@ class AuditEntry(Schema):
 class GenerationCostOut(Schema):
     generation: int
     cost: float = Field(description="What the journal rows of this generation cost (USD).")
-    max_cost: float | None = Field(description="The budget this generation ran under.")
+    run_total: float = Field(
+        description="What the run had spent by the end of this generation, earlier ones "
+        "included (USD): the amount its budget caps."
+    )
+    max_cost: float | None = Field(
+        description="The budget this generation ran under: a cap on the run's total."
+    )
 
 
 class RunDetail(RunSummary):
@@ -413,6 +419,7 @@ def run_detail(run: Run, *, fresh: bool = False) -> dict[str, Any]:
             {
                 "generation": g.generation,
                 "cost": float(g.spent),
+                "run_total": float(g.total),
                 "max_cost": float(g.cap) if g.cap is not None else None,
             }
             for g in costs

@@ -11,7 +11,7 @@ from typing import Any
 from workflows.core import compensation, forking, services
 from workflows.core.audit import Actor
 from workflows.core.errors import InvalidInputError, InvalidStateError, RunNotFoundError
-from workflows.models import RunAction, Step, StepStatus
+from workflows.models import RunAction, Step, StepKind, StepStatus
 
 
 @dataclass(frozen=True)
@@ -23,9 +23,12 @@ class Outcome:
 
 def failed_position(run_id: Any) -> int | None:
     """The journal position of the run's first failed step (a failed branch counts for its
-    group's position), or None when no step failed (the run failed elsewhere)."""
+    group's position), or None when no step failed (the run failed elsewhere). A failed undo
+    is not one: undos are journaled after the handler's steps, and a retry re-runs the
+    handler (the restart then resumes at its first unfinished step)."""
     row = (
         Step.objects.filter(run_id=run_id, superseded=False, status=StepStatus.FAILED)
+        .exclude(kind=StepKind.COMPENSATE)
         .order_by("position")
         .values_list("position", flat=True)
         .first()
@@ -60,7 +63,8 @@ def retry_failed_step(run_id: Any, actor: Actor | None = None, reason: str = "")
         return Outcome(run_id, False, str(exc))
     if run.status != "failed":
         return Outcome(run_id, False, f"is {run.status}; only a failed run has a step to retry")
-    position = failed_position(run_id)
+    failed = failed_position(run_id)
+    position = retry_position(run_id, failed)
     try:
         run = services.restart(
             run_id,
@@ -74,11 +78,15 @@ def retry_failed_step(run_id: Any, actor: Actor | None = None, reason: str = "")
         return Outcome(run_id, False, str(exc))
     # A compensated run restarts at the latest at its first undone step: say where it did.
     actual = run.audit.order_by("-id").values_list("from_step", flat=True).first()
-    if position is not None and actual is not None and actual != position:
+    if failed is not None and actual is not None and actual != failed:
         return Outcome(
             run_id, True, f"retrying from step {actual} (steps from {actual} on were undone)"
         )
-    where = f"step {position}" if position else "after its last finished step"
+    # Without a failed step it resumes at its first unfinished one (a canceled wait, say), or
+    # after its last finished one when the handler raised between steps.
+    at = position or actual
+    journaled = at is not None and Step.objects.filter(run_id=run_id, position=at).exists()
+    where = f"step {at}" if journaled else "after its last finished step"
     return Outcome(run_id, True, f"retrying from {where}")
 
 

@@ -26,7 +26,7 @@ from django.db.models.functions import TruncHour
 from django.utils import timezone
 
 from workflows import gateinfo
-from workflows.models import ACTIVE_RUN, HistoryHour, Pool, Run, RunStatus, Step
+from workflows.models import ACTIVE_RUN, HistoryHour, Pool, Run, RunStatus, Step, StepKind
 
 # Each pool's latency percentiles come from its newest this many finished steps (among the
 # newest 4x as many of all pools): a p95 of 1,000 durations is good to about a percentile,
@@ -215,7 +215,9 @@ def _count(since: datetime, until: datetime | None = None) -> dict[datetime, Hou
     for hour, n in started:
         rows[hour].started = n
     costed = (
+        # A child run's cost is also on its parent's waiting step: counted once, by its steps.
         Step.objects.filter(cost__gt=0, **between("finished_at"))
+        .exclude(kind=StepKind.CHILD)
         .annotate(hour=TruncHour("finished_at"))
         .values_list("hour", "run__workflow")
         .annotate(total=Sum("cost"))

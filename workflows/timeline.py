@@ -336,22 +336,26 @@ def value_link(run_id: Any, data: Any) -> str | None:
 
 @dataclass
 class GenerationCost:
-    """What one generation of a run spent, and the budget it ran under."""
+    """What one generation of a run spent, the run's spending up to its end (``total``) and
+    the budget it ran under. A budget caps what the run spends in all, every generation
+    counted (the engine checks ``run.cost``), so ``total``, not ``spent``, is held against it."""
 
     generation: int
     spent: Decimal
     cap: Decimal | None
     current: bool
+    total: Decimal = Decimal(0)
 
     @property
     def over(self) -> bool:
-        return self.cap is not None and self.spent > self.cap
+        return self.cap is not None and self.total > self.cap
 
 
 def generation_costs(run: Run) -> list[GenerationCost]:
     """Cost per generation: the journal rows' cost grouped by the generation that wrote them
-    (superseded rows included), each against the cap it ran under. A restart may raise the
-    cap; the audit entry of the action that ended a generation records the cap it had."""
+    (superseded rows included), and the run's total up to each, against the cap it ran under.
+    A restart may raise the cap; the audit entry of the action that ended a generation
+    records the cap it had."""
     spent = {
         row["generation"]: Decimal(row["spent"] or 0)
         for row in Step.objects.filter(run=run)
@@ -364,12 +368,16 @@ def generation_costs(run: Run) -> list[GenerationCost]:
         "generation", "max_cost"
     ):
         caps.setdefault(generation, cap)
-    return [
-        GenerationCost(
-            generation=g,
-            spent=spent.get(g, Decimal(0)),
-            cap=run.max_cost if g == run.generation else caps.get(g),
-            current=g == run.generation,
+    rows, total = [], Decimal(0)
+    for g in range(1, run.generation + 1):
+        total += spent.get(g, Decimal(0))
+        rows.append(
+            GenerationCost(
+                generation=g,
+                spent=spent.get(g, Decimal(0)),
+                cap=run.max_cost if g == run.generation else caps.get(g),
+                current=g == run.generation,
+                total=total,
+            )
         )
-        for g in range(1, run.generation + 1)
-    ]
+    return rows

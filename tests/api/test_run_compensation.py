@@ -45,6 +45,7 @@ def test_run_detail_shows_cost_per_generation_with_its_budget(
     body = api.get(f"/runs/{run.pk}", as_=service).json()
     assert body["status"] == "succeeded"
     assert body["generations"] == [
-        {"generation": 1, "cost": 0.8, "max_cost": 0.5},
-        {"generation": 2, "cost": 1.6, "max_cost": 2.5},
+        {"generation": 1, "cost": 0.8, "run_total": 0.8, "max_cost": 0.5},
+        # the budget caps the run's total, every generation counted: 2.4 of 2.5
+        {"generation": 2, "cost": 1.6, "run_total": 2.4, "max_cost": 2.5},
     ]

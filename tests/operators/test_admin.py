@@ -103,6 +103,7 @@ def test_retry_failed_step_restarts_from_the_failed_position(
     r = _act(people.client(people.ops), "retry_failed_step", runs["failed"], runs["done"])
     html = r.content.decode()
     assert "Restarted 1 run(s)." in html and "only a failed run has a step to retry" in html
+    assert f"Run {str(runs['failed'].pk)[:8]}: retrying from step " in html  # where, per run
     settle(bell)
     run = get_run(runs["failed"].pk)
     assert run.status == "succeeded" and run.generation == 2
@@ -116,7 +117,7 @@ def test_restart_from_step_asks_for_the_position(
     form = _act(c, "restart_from_step", runs["done"])
     assert b"Restart from journal position" in form.content
     r = _act(c, "restart_from_step", runs["done"], apply="1", from_step="2")
-    assert "Restarted from step 2 1 run(s)." in r.content.decode()
+    assert "Restarted 1 run(s) from step 2." in r.content.decode()
     settle(bell)
     run = get_run(runs["done"].pk)
     assert run.status == "succeeded" and run.generation == 2

@@ -23,18 +23,34 @@ TRACEBACK_LIMIT = 8000
 def error_dict(exc: BaseException, **extra: Any) -> dict[str, Any]:
     """``exc`` as the JSON the journal records. Its texts come from the step (an LLM's raw
     answer among them), so they are made storable: a NUL or a lone surrogate, which
-    PostgreSQL's jsonb refuses, is written as its escape instead of failing the write."""
+    PostgreSQL's jsonb refuses, is written as its escape instead of failing the write.
+
+    Total: an exception whose ``str()`` raises (a ``__str__`` reading an attribute never set)
+    is recorded with a placeholder. Raised here, inside the handler's ``except``, it would
+    escape the engine and leave the run to be replayed for ever."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     data: dict[str, Any] = {
         "type": storable_text(type(exc).__name__),
-        "message": storable_text(str(exc)),
+        "message": storable_text(_shown(exc)),
         "traceback": storable_text(tb[-TRACEBACK_LIMIT:]),
     }
-    raw = getattr(exc, "raw_text", None)
+    try:
+        raw = getattr(exc, "raw_text", None)
+    except Exception:
+        raw = None
     if raw is not None:
-        data["raw_text"] = storable_text(str(raw)[:TRACEBACK_LIMIT])
+        data["raw_text"] = storable_text(_shown(raw)[:TRACEBACK_LIMIT])
     data.update(extra)
     return data
+
+
+def _shown(value: object) -> str:
+    """``str(value)``, or a placeholder naming why it could not be had."""
+    try:
+        text = str(value)
+    except Exception as exc:
+        return f"<str() of {type(value).__name__} failed: {type(exc).__name__}>"
+    return text if isinstance(text, str) else ""
 
 
 def storable_text(text: str) -> str:
@@ -71,17 +87,20 @@ def is_interrupt(exc: BaseException) -> bool:
 def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, NonRetryableError | PayloadTooLargeError | TypeError):
         return False
-    return bool(getattr(exc, "retryable", True))
+    try:
+        return bool(getattr(exc, "retryable", True))
+    except Exception:  # a ``retryable`` property that raises: a bug, not worth a paid retry
+        return False
 
 
 def retry_after(exc: BaseException) -> float | None:
     """A hint from the error itself (an HTTP 429's Retry-After), honoured over the backoff, up
     to ``SLUICE_MAX_RETRY_AFTER_SECONDS``: it comes from outside (a provider's header), and a
     Retry-After of years would park the step until then, or overflow its wake-up time."""
-    value = getattr(exc, "retry_after", None)
     try:
+        value = getattr(exc, "retry_after", None)
         seconds = float(value) if value is not None else None
-    except (TypeError, ValueError, OverflowError):
+    except Exception:  # not a number, or a property that raises
         return None
     if seconds is None or not math.isfinite(seconds) or seconds < 0:
         return None

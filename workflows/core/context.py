@@ -162,6 +162,10 @@ class Context:
         self._budget_stop: BudgetExceeded | None = None
         # A step run inline was interrupted by a BaseException (``_run_handler``).
         self.interrupted = False
+        # The run's definition could not be loaded: it fails without compensating.
+        self.code_gone = False
+        # The handler has returned: nothing may journal a step any more (``_next``).
+        self.returned = False
         # ``ctx.patched`` answers, so asking twice in one replay gives one answer, one marker.
         self._patches: dict[str, bool] = {}
         # take_run() just set the lease.
@@ -470,6 +474,14 @@ class Context:
         name = workflow_name(workflow)
         pos, row = self._next(StepKind.CHILD, name)
         if row is None:
+            self._check_budget(name)
+            limit = self._record.max_cost
+            if limit is not None:
+                # The child spends from what is left of this run's budget (its cost is added
+                # to this run's when it ends); a cap the author gives may only be lower.
+                left = limit - self._spent
+                given = options.pop("max_cost", None)
+                options["max_cost"] = left if given is None else min(Decimal(str(given)), left)
             now = timezone.now()
             row = self._new_row(pos, StepKind.CHILD, name, StepStatus.WAITING, started_at=now)
             with self._writing():
@@ -485,6 +497,8 @@ class Context:
                     # Who started the parent started the child's work too (separation of
                     # duties on the child's gates, and the starter may see it).
                     created_by=options.pop("created_by", self._record.created_by),
+                    # Its gates are decided in the time this run's reviewers are given.
+                    review_timeout=options.pop("review_timeout", self._record.review_timeout),
                     **options,
                 )
                 row.args = {"run_id": str(child.pk)}
@@ -655,6 +669,12 @@ class Context:
     # --- replay bookkeeping -----------------------------------------------------------------
 
     def _next(self, kind: str, name: str) -> tuple[int, Step | None]:
+        if self.returned:
+            raise RuntimeError(
+                f"{kind} {name!r} was called after the workflow handler returned: a lazy "
+                "value in its return value (a generator, map() or filter() calling ctx) runs "
+                "only when the result is stored; make it a list inside the handler"
+            )
         if self._mismatch is not None:
             # The handler swallowed a mismatch: it may not journal or wait for anything more.
             raise DeterminismError(str(self._mismatch))
@@ -1313,6 +1333,8 @@ class Context:
         """The handler failed: does a step it completed have an undo still to run?"""
         if self._record.status == RunStatus.COMPENSATING:
             return False  # The undos ran; this is the real end.
+        if self.code_gone:
+            return False
         if any(row.undo and row.status == StepStatus.SUCCEEDED for row in self._dirty):
             return True  # A result not written yet (it is, with the end)
         return (

@@ -20,10 +20,18 @@ import pydantic
 
 from workflows.core.errors import UnknownWorkflowError
 
+# The longest wait a retry policy may ask for: a year. A wake-up time further out overflows
+# the database's timestamps (and no step is worth retrying after that).
+MAX_BACKOFF_SECONDS = 365 * 24 * 3600.0
+# What a step's attempts may number (the journal's column holds a 32-bit integer).
+MAX_ATTEMPTS = 1_000_000
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with jitter: attempt n waits initial_backoff * 2**(n-1), capped."""
+    """Exponential backoff with jitter: attempt n waits initial_backoff * multiplier**(n-1),
+    capped at max_backoff. Checked when it is made, so a policy that cannot work fails where
+    it is written, not in a run hours later."""
 
     max_attempts: int = 3
     initial_backoff: float = 0.5
@@ -31,9 +39,32 @@ class RetryPolicy:
     jitter: bool = True
     multiplier: float = 2.0
 
+    def __post_init__(self) -> None:
+        attempts = self.max_attempts
+        if isinstance(attempts, bool) or not isinstance(attempts, int):
+            raise TypeError(
+                f"RetryPolicy(max_attempts=...) must be a whole number, not {attempts!r}"
+            )
+        if not 1 <= attempts <= MAX_ATTEMPTS:
+            raise ValueError(
+                f"RetryPolicy(max_attempts={attempts}) must be from 1 to {MAX_ATTEMPTS:,}"
+            )
+        for name, low in (("initial_backoff", 0.0), ("max_backoff", 0.0), ("multiplier", 1.0)):
+            value = getattr(self, name)
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if not ok or not low <= value <= (MAX_BACKOFF_SECONDS if name != "multiplier" else 1e6):
+                top = f"{MAX_BACKOFF_SECONDS:g} (a year)" if name != "multiplier" else "1e6"
+                raise ValueError(
+                    f"RetryPolicy({name}={value!r}) must be a number from {low:g} to {top}"
+                )
+
     def backoff(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        delay = min(self.max_backoff, self.initial_backoff * self.multiplier ** (attempt - 1))
+        try:
+            grown = self.initial_backoff * self.multiplier ** (attempt - 1)
+        except OverflowError:  # past 2**1024 (attempt 1025 at the default multiplier)
+            grown = self.max_backoff
+        delay = min(self.max_backoff, grown)
         if self.jitter:
             # "Equal jitter": keep at least half the delay so retries still back off.
             delay = delay / 2 + random.uniform(0, delay / 2)
@@ -172,6 +203,15 @@ def workflow(
             input_model=model,
         )
         functools.update_wrapper(definition, f)  # type: ignore[arg-type]
+        taken = _versions.get((wf_name, wf_version)) if pinned else _workflows.get(wf_name)
+        if taken is not None and _origin(taken.fn) != _origin(f):
+            # Two modules with one name: the later one silently took every new run (an older
+            # version included), and runs in flight replayed another module's code.
+            raise ValueError(
+                f"workflow {wf_name!r} is already registered by {'.'.join(_origin(taken.fn))} "
+                f"(version {taken.version}); give {'.'.join(_origin(f))} another name, or "
+                f"keep an old version as '{wf_name}@N'"
+            )
         _versions[(wf_name, wf_version)] = definition
         if not pinned:
             _workflows[wf_name] = definition
@@ -293,6 +333,11 @@ def workflow_name(workflow: str | WorkflowDef[Any]) -> str:
     return workflow.name
 
 
+def _origin(fn: Callable[..., Any]) -> tuple[str, str]:
+    """Where a handler is defined; the same place registering again is a re-import."""
+    return (getattr(fn, "__module__", "?"), getattr(fn, "__qualname__", repr(fn)))
+
+
 def workflow_for_run(name: str, version: int) -> WorkflowDef[Any]:
     """The handler a run of ``name`` started on ``version`` replays: that version's handler
     if it is still registered (the current one, or an old one kept as ``name@version``), else
@@ -302,6 +347,31 @@ def workflow_for_run(name: str, version: int) -> WorkflowDef[Any]:
     if kept is not None:
         return kept
     return get_workflow(name)
+
+
+def replayable(name: str, version: int) -> WorkflowDef[Any]:
+    """``workflow_for_run``, and the definition's own word on ``version`` (``extra["replays"]``:
+    a state machine keeps each version's states): an ``UnknownWorkflowError`` when a run of
+    that version can no longer be replayed, because its code is gone. The message names this
+    workflow only (not every registered one, which a key limited to some pipelines must not
+    learn from a run's error)."""
+    try:
+        wf = workflow_for_run(name, version)
+    except UnknownWorkflowError:
+        raise UnknownWorkflowError(
+            f"workflow {name!r} is no longer defined: restore its definition to replay its runs"
+        ) from None
+    check = wf.extra.get("replays")
+    if check is not None:
+        check(version)
+    return wf
+
+
+def unregister_workflow(name: str) -> None:
+    """Forget a workflow and its kept versions (tests define throwaway ones)."""
+    _workflows.pop(name, None)
+    for key in [key for key in _versions if key[0] == name]:
+        del _versions[key]
 
 
 def registered_workflows() -> dict[str, WorkflowDef[Any]]:

@@ -32,7 +32,7 @@ from workflows.core import (
 )
 from workflows.core.calls import call_step, error_dict, is_interrupt, is_retryable, retry_after
 from workflows.core.context import BranchOutcome, Context
-from workflows.core.definitions import resolve_step, workflow_for_run
+from workflows.core.definitions import replayable, resolve_step
 from workflows.core.doorbell import (
     dispatch_on_commit,
     grace,
@@ -46,6 +46,7 @@ from workflows.core.errors import (
     LeaseLost,
     PayloadTooLargeError,
     Suspend,
+    UnknownWorkflowError,
 )
 from workflows.core.leases import (
     drop,
@@ -146,9 +147,17 @@ def let_go(run: Run, owner: str) -> None:
 def _run_handler(ctx: Context, run: Run) -> tuple[str, Any]:
     """Replay the handler: ("suspend" | "lease-lost" | "succeeded" | "failed", value)."""
     try:
-        wf = workflow_for_run(run.workflow, run.version)
+        wf = replayable(run.workflow, run.version)
+    except UnknownWorkflowError as exc:
+        # The run's code is gone (a deploy removed it): it fails, and what it did stays done.
+        # Its undos would take back the work of a run that may well have succeeded before a
+        # restart; restoring the definition and retrying the run carries on from here.
+        ctx.code_gone = True
+        return RunStatus.FAILED, error_dict(exc)
+    try:
         kwargs = handler_kwargs(run)
         value = wf.fn(ctx, **kwargs)
+        ctx.returned = True
         ctx.check_complete()
         return RunStatus.SUCCEEDED, ctx._pack(value, "workflow output")
     except Suspend:
@@ -235,19 +244,27 @@ def _advance_taken(runs: list[Run], owner: str) -> dict[str, int]:
         if run.status == RunStatus.COMPENSATING:
             again.append(run)  # Its undos run one run at a time, in ``advance``.
             continue
-        ctx = Context(run, journals[run.pk], owner)
-        with instrument.run_scope(run.pk, run.generation):
-            outcome, value = _run_handler(ctx, run)
-        if outcome == "suspend":
-            try:
-                outcome = "suspended" if ctx.suspend() else "woken"
-            except LeaseLost:
-                outcome = "lease-lost"
-            if outcome == "woken":
-                again.append(run)
-        elif outcome in (RunStatus.SUCCEEDED, RunStatus.FAILED):
-            ending.append((ctx, outcome, value))
-            continue
+        try:
+            ctx = Context(run, journals[run.pk], owner)
+            with instrument.run_scope(run.pk, run.generation):
+                outcome, value = _run_handler(ctx, run)
+            if outcome == "suspend":
+                try:
+                    outcome = "suspended" if ctx.suspend() else "woken"
+                except LeaseLost:
+                    outcome = "lease-lost"
+                if outcome == "woken":
+                    again.append(run)
+            elif outcome in (RunStatus.SUCCEEDED, RunStatus.FAILED):
+                ending.append((ctx, outcome, value))
+                continue
+        except Exception:
+            # One run's unexpected error (the database refusing its write, a bug) is its own:
+            # it is let go for the sweep, and the burst's other runs go on. Letting them all
+            # go would replay every run that shares a burst with it, for as long as it fails.
+            log.exception("could not advance run %s in a burst; letting it go", run.pk)
+            let_go(run, owner)
+            outcome = "error"
         counts[outcome] = counts.get(outcome, 0) + 1
     if ending:
         ending = _end_together(ending, owner, counts)

@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from workflows.core import audit, payloads
 from workflows.core.audit import Actor
-from workflows.core.definitions import workflow_for_run
+from workflows.core.definitions import replayable
 from workflows.core.doorbell import ring_on_commit
 from workflows.core.errors import InvalidInputError, RunNotFoundError, UnknownWorkflowError
 from workflows.core.models import Blob, Run, RunAction, RunStatus, Step, StepKind, StepStatus
@@ -91,7 +91,7 @@ def fork(
                 f"at most {row.position}",
             )
         try:
-            workflow_for_run(source.workflow, source.version)
+            replayable(source.workflow, source.version)
         except UnknownWorkflowError as exc:
             raise InvalidInputError(str(exc)) from None
         now = timezone.now()

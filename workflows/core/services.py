@@ -4,6 +4,7 @@ that run when a run ends. Views, API operations, tasks and admin actions call th
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from datetime import datetime, timedelta
@@ -13,15 +14,17 @@ from typing import Any
 import pydantic
 from django.conf import settings
 from django.db import IntegrityError, OperationalError, connection, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from workflows.core import audit, instrument, payloads, transitions, undos
 from workflows.core.audit import Actor
+from workflows.core.calls import error_dict, is_interrupt
 from workflows.core.definitions import (
     WorkflowDef,
     get_workflow,
+    replayable,
     workflow_for_run,
     workflow_name,
 )
@@ -31,6 +34,7 @@ from workflows.core.errors import (
     InvalidInputError,
     InvalidStateError,
     RunNotFoundError,
+    UnknownWorkflowError,
 )
 from workflows.core.jsonvalues import same_json
 from workflows.core.models import (
@@ -147,12 +151,7 @@ def create_run(
     review_timeout = parse_review_timeout(review_timeout)
     ctx_data = payloads.to_json(context or {}, "context")
     if on_complete:
-        try:
-            import_string(on_complete)
-        except ImportError as exc:
-            raise InvalidInputError(
-                f"on_complete {on_complete!r} cannot be imported: {exc}"
-            ) from None
+        check_hook(on_complete)
     now = timezone.now()
     run = Run(
         workflow=workflow,
@@ -380,6 +379,27 @@ def _resolve_waiting(step_id: int, fields: dict[str, Any]) -> bool:
     return n
 
 
+def check_hook(on_complete: str) -> None:
+    """An ``on_complete`` path that names a plain function taking the run, or an
+    ``InvalidInputError`` at start: an ``async def`` would be called and never awaited (the
+    run succeeds, the hook never runs), and a value that is not callable fails only at the end."""
+    try:
+        hook = import_string(on_complete)
+    except ImportError as exc:
+        raise InvalidInputError(f"on_complete {on_complete!r} cannot be imported: {exc}") from None
+    if not callable(hook):
+        raise InvalidInputError(
+            f"on_complete {on_complete!r} is a {type(hook).__name__}, not a function"
+        )
+    if inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(
+        getattr(hook, "__call__", None)  # noqa: B004  (an object whose __call__ is async)
+    ):
+        raise InvalidInputError(
+            f"on_complete {on_complete!r} is an async function: it runs inside the transaction "
+            "that ends the run, so it must be a plain function"
+        )
+
+
 def run_terminal_hooks(run: Run) -> None:
     """Inside the transaction that ended ``run``: on_complete, signals, the parent's wait.
 
@@ -390,15 +410,30 @@ def run_terminal_hooks(run: Run) -> None:
         try:
             with transaction.atomic():
                 import_string(run.on_complete)(run)
-        except Exception as exc:
+        except BaseException as exc:
+            # A hook's asyncio.CancelledError (a BaseException) is its own doing too: were it
+            # let through, the run would replay and run the hook again and again. A stop of
+            # the process goes on (the run ends on the next replay, its hook once).
+            if is_interrupt(exc):
+                raise
             log.exception("on_complete %s failed for run %s", run.on_complete, run.pk)
             err = dict(run.error or {})
-            err["on_complete"] = f"{type(exc).__name__}: {exc}"
+            err["on_complete"] = f"{type(exc).__name__}: {error_dict(exc)['message']}"
             Run.objects.filter(pk=run.pk).update(error=err)
             run.error = err
     run_finished.send(sender=Run, run=run)
     instrument.emit("run_finished", status=str(run.status), workflow=run.workflow)
     if run.parent_step_id:
+        # What the child spent is the parent's spending too (its budget, its page): on the
+        # step that waited for it and the parent's total, once, fenced on the wait. Read
+        # afresh: the end's own write added the last step's cost in the database.
+        spent = Run.objects.filter(pk=run.pk).values_list("cost", flat=True).first()
+        if spent:
+            charged = Step.objects.filter(
+                pk=run.parent_step_id, status=StepStatus.WAITING, superseded=False
+            ).update(cost=F("cost") + spent)
+            if charged and run.parent_id is not None:
+                Run.objects.filter(pk=run.parent_id).update(cost=F("cost") + spent)
         if run.status == RunStatus.SUCCEEDED:
             # The output as the child stored it (inline, or the child's blob reference): the
             # parent's run_workflow call reads it with the child's blobs allowed.
@@ -436,7 +471,7 @@ def cancel(run_id: Any, reason: str = "", *, actor: Actor | None = None) -> Run:
                         f"run {run.pk} already {run.status}; there is nothing to cancel"
                     )
                 generation = run.generation
-                if _cancel_locked(run, message[:2000]):
+                if _cancel_locked(run, message[:2000], actor=actor, why=reason):
                     audit.record(
                         run, RunAction.CANCEL, generation=generation, actor=actor, reason=reason
                     )
@@ -450,8 +485,10 @@ def cancel(run_id: Any, reason: str = "", *, actor: Actor | None = None) -> Run:
     return run
 
 
-def _cancel_locked(run: Run, reason: str) -> bool:
-    """Cancel an active run (locked by the caller), fenced on its generation.
+def _cancel_locked(run: Run, reason: str, *, actor: Actor | None = None, why: str = "") -> bool:
+    """Cancel an active run (locked by the caller), fenced on its generation. ``reason`` is
+    the run's error message; ``actor`` and ``why`` (the reason given) go into the audit entry
+    of each child canceled with it (the caller records the run's own).
 
     A run with completed steps to undo is not canceled yet: it becomes compensating (its
     undos run, then it ends canceled, see ``workflows.core.compensation``). Canceling a run that
@@ -496,7 +533,17 @@ def _cancel_locked(run: Run, reason: str) -> bool:
         # stops the work, not the undoing of it (canceling a compensating run does that).
         children = children.exclude(status=RunStatus.COMPENSATING)
     for child in children:
-        _cancel_locked(child, f"parent run {run.pk} canceled")
+        generation = child.generation
+        said = reason if reason.startswith("canceled") else "canceled"  # by whom, why
+        if _cancel_locked(child, f"parent run {run.pk} {said}"[:2000], actor=actor, why=why):
+            # The child's own audit trail says who canceled it, and that it came from above.
+            audit.record(
+                child,
+                RunAction.CANCEL,
+                generation=generation,
+                actor=actor,
+                reason=f"parent run {run.pk} canceled" + (f": {why}" if why else ""),
+            )
     if run.status == RunStatus.COMPENSATING:
         run_stopped.send(sender=Run, run=run)
         ring_on_commit(run.pk, run.generation)  # on_complete runs after the undos
@@ -531,7 +578,9 @@ def restart(
     A run that compensated (see ``workflows.core.compensation``) restarts at the latest from its
     first undone step: what was undone runs again, with the undos' own rows superseded.
 
-    ``max_cost`` sets a new budget for the run (e.g. to go on after ``BudgetExceeded``).
+    ``max_cost`` sets a new budget for the run (e.g. to go on after ``BudgetExceeded``). A
+    budget caps what the run spends in all, every generation counted, so it must be above
+    what the run has spent (an ``InvalidInputError`` otherwise).
 
     ``actor``, ``reason`` and ``action`` (``restart``, or ``retry`` for retrying the failed
     step) go into the run's audit trail, written in the same transaction.
@@ -551,6 +600,34 @@ def restart(
                 f"run {run.pk} is {run.status}; only a finished run can be restarted "
                 "(cancel it first)"
             )
+        if run.parent_id is not None:
+            # Its outcome went to the parent when it ended, and nothing takes a second one: a
+            # child run again would work (and pay) for no one.
+            raise InvalidStateError(
+                f"run {run.pk} is a child of run {run.parent_id}, which took its outcome when "
+                f"it ended: restart run {run.parent_id} from the step that started this one "
+                "(or fork this run to run it on its own)"
+            )
+        if max_cost is not None and max_cost <= run.cost:
+            # The budget caps the run's total, every generation counted: this one would stop
+            # the restart before its first paid step.
+            raise InvalidInputError(
+                f"max_cost ${max_cost:.4f} is not above the ${run.cost:.4f} run {run.pk} has "
+                "already spent: a budget caps what the run spends in all, every generation "
+                "counted",
+                [
+                    {
+                        "field": "max_cost",
+                        "message": f"must be above {run.cost:.4f}",
+                        "type": "greater_than",
+                    }
+                ],
+            )
+        try:
+            # Before anything changes: a run whose code a deploy removed would fail at once.
+            replayable(run.workflow, run.version)
+        except UnknownWorkflowError as exc:
+            raise InvalidStateError(f"run {run.pk} cannot be restarted: {exc}") from None
         live = Step.objects.filter(run=run, superseded=False, branch=-1).exclude(
             kind=StepKind.COMPENSATE
         )

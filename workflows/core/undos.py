@@ -48,8 +48,9 @@ def undo_label(row: Step) -> str:
     return f"{row.name} (#{row.label})"
 
 
-def not_undone(run_id: Any) -> list[str]:
-    """The steps whose undo has not succeeded (a cancel stops compensation: these stay)."""
+def _undone(run_id: Any) -> tuple[list[Step], set[int]]:
+    """The plan, and the indexes in it of the steps whose undo succeeded (undo i is journaled
+    at position ``handler_end + i + 1``)."""
     base = handler_end(run_id)
     done = {
         pos - base - 1
@@ -60,15 +61,22 @@ def not_undone(run_id: Any) -> list[str]:
             status=StepStatus.SUCCEEDED,
         ).values_list("position", flat=True)
     }
-    return [undo_label(row) for i, row in enumerate(plan(run_id)) if i not in done]
+    return plan(run_id), done
+
+
+def not_undone(run_id: Any) -> list[str]:
+    """The steps whose undo has not succeeded (a cancel stops compensation: these stay)."""
+    steps, done = _undone(run_id)
+    return [undo_label(row) for i, row in enumerate(steps) if i not in done]
 
 
 def first_undone_position(run_id: Any) -> int | None:
-    """The earliest position whose step was (or was to be) undone, if the run compensated.
-
-    A restart must run that step again: its effect was taken back.
-    """
+    """The earliest position whose step was undone, if the run compensated: a restart must
+    run that step again, its effect was taken back. A step whose undo failed, or never ran (a
+    cancel stopped the compensation), still has its effect, so it does not count: running it
+    again would do it twice (book a second hotel)."""
     if not Step.objects.filter(run_id=run_id, superseded=False, kind=StepKind.COMPENSATE).exists():
         return None
-    positions = [row.position for row in plan(run_id)]
+    steps, done = _undone(run_id)
+    positions = [row.position for i, row in enumerate(steps) if i in done]
     return min(positions) if positions else None
