@@ -378,6 +378,28 @@ def run_summary(run: Run) -> dict[str, Any]:
     }
 
 
+def answer(request: HttpRequest, run: Run, *, fresh: bool = False) -> dict[str, Any]:
+    """The run as a write (start, cancel, restart, fork) answers it. A key without
+    ``runs:read`` may act on runs but not read them: it gets the run's id, status and links,
+    not what it holds (its input, output, error, gates, audit and costs), which an
+    Idempotency-Key retry of a start, or a cancel, would otherwise hand it. A start's own
+    answer keeps the input it was just sent."""
+    detail = run_detail(run, fresh=fresh)
+    if api_key(request).has_scope("runs:read"):
+        return detail
+    hidden = {
+        "output": None,
+        "output_url": None,
+        "error": None,
+        "open_gates": [],
+        "audit": [],
+        "generations": [],
+    }
+    if not fresh:
+        hidden["input"] = {}
+    return {**detail, **hidden}
+
+
 def run_detail(run: Run, *, fresh: bool = False) -> dict[str, Any]:
     """The run as the API shows it. ``fresh``: the run was created by this very request, so it
     has no gates, audit entries or journal yet: their three queries are skipped (a start is
@@ -498,7 +520,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
 
 
 def _same_request(run: Run, body: RunCreateIn) -> bool:
-    max_cost = Decimal(run.max_cost) if run.max_cost is not None else None
+    """``body`` is the request that created ``run``: compared with what the run was started
+    with, not what it has now (a restart may have given it a new budget)."""
+    start_cap = run.max_cost if run.generation == 1 else timeline.generation_costs(run)[0].cap
+    max_cost = Decimal(start_cap) if start_cap is not None else None
     return (
         run.workflow == body.pipeline
         and same_json(run.input or {}, body.input)
@@ -596,7 +621,7 @@ def create_run(
             "this Idempotency-Key was already used with a different request body",
             {"run_id": str(run.pk)},
         )
-    return Status(status, run_detail(run, fresh=created))
+    return Status(status, answer(request, run, fresh=created))
 
 
 @runs_router.get(
@@ -720,7 +745,7 @@ def cancel_run(request: HttpRequest, run_id: str, body: CancelIn | None = None) 
     key = api_key(request)
     run = get_visible_run(key, run_id)
     reason = body.reason if body else ""
-    return run_detail(services.cancel(run.pk, reason, actor=Actor.of_key(key)))
+    return answer(request, services.cancel(run.pk, reason, actor=Actor.of_key(key)))
 
 
 @runs_router.post(
@@ -736,7 +761,8 @@ def restart_run(request: HttpRequest, run_id: str, body: RestartIn | None = None
     journal is a 422. The key and the optional ``reason`` go into the run's audit trail."""
     key = api_key(request)
     run = get_visible_run(key, run_id)
-    return run_detail(
+    return answer(
+        request,
         services.restart(
             run.pk,
             from_step=body.from_step if body else None,
@@ -764,7 +790,7 @@ def fork_run(request: HttpRequest, run_id: str, body: ForkIn) -> Status[dict[str
     new = forking.fork(
         run.pk, from_step=body.from_step, actor=Actor.of_key(key), reason=body.reason
     )
-    return Status(201, run_detail(new))
+    return Status(201, answer(request, new))
 
 
 # --- pipelines --------------------------------------------------------------------------------

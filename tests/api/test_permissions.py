@@ -106,3 +106,25 @@ def test_with_a_valid_key_it_succeeds(
     )
     r = _call(api, ep, world, persona)
     assert r.status_code == ep.ok, r.content
+
+
+def test_a_key_that_may_only_write_gets_no_run_contents_back(
+    api: Api, world: dict[str, Any], make_key: Any, bell: Bell
+) -> None:
+    """Found by review: a ``runs:write`` key could read what ``GET /runs/{id}`` refuses it (the
+    output, errors, audit) from the answer of an Idempotency-Key retry, a cancel or a restart."""
+    writer = make_key("writer", scopes=("runs:write",), tenant="acme")
+    body = {"pipeline": "test.chain", "input": {"n": 1}}
+    key = {"Idempotency-Key": "w-1"}
+    first = api.post("/runs", body, as_=writer, headers=key)
+    assert first.status_code == 201 and first.json()["input"] == {"n": 1}  # what it just sent
+    bell.settle()
+    assert api.get(f"/runs/{first.json()['id']}", as_=writer).status_code == 403
+    again = api.post("/runs", body, as_=writer, headers=key).json()
+    assert again["status"] == "succeeded" and again["id"] == first.json()["id"]
+    assert (again["output"], again["input"], again["error"], again["audit"]) == (None, {}, None, [])
+    restarted = api.post(f"/runs/{world['done']}/restart", {"reason": "r"}, as_=writer).json()
+    assert restarted["status"] == "pending" and restarted["audit"] == []
+    reader = make_key("reader", scopes=("runs:read", "runs:write"), tenant="acme")
+    full = api.post("/runs", body, as_=reader, headers=key).json()
+    assert full["output"] is not None and full["input"] == {"n": 1}

@@ -49,3 +49,21 @@ def test_run_detail_shows_cost_per_generation_with_its_budget(
         # the budget caps the run's total, every generation counted: 2.4 of 2.5
         {"generation": 2, "cost": 1.6, "run_total": 2.4, "max_cost": 2.5},
     ]
+
+
+def test_the_creating_request_is_still_the_same_request_after_a_restart_raised_the_budget(
+    api: Api, service: Persona, bell: Bell
+) -> None:
+    """Found by review: an Idempotency-Key retry of the very request that created a run was a
+    422 ("a different request body") once a restart had given the run a new max_cost."""
+    body = {"pipeline": "test.budget", "input": {"n": 5}, "max_cost": 0.5}
+    key = {"Idempotency-Key": "budget-1"}
+    first = api.post("/runs", body, as_=service, headers=key)
+    assert first.status_code == 201
+    bell.settle()
+    restarted = api.post(f"/runs/{first.json()['id']}/restart", {"max_cost": 2.5}, as_=service)
+    assert restarted.status_code == 200, restarted.content
+    again = api.post("/runs", body, as_=service, headers=key)
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    other = api.post("/runs", {**body, "max_cost": 2.5}, as_=service, headers=key)
+    assert other.status_code == 422  # the run was not created with that body
