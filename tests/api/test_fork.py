@@ -97,3 +97,20 @@ def test_odd_fork_bodies_are_4xx_and_start_nothing(
     r = api.post(f"/runs/{run.pk}/fork", body, as_=service)
     assert r.status_code in (400, 422), (body, r.status_code, r.content[:300])
     assert Run.objects.count() == runs
+
+
+def test_a_fork_keeps_the_callback_only_for_the_key_that_started_the_run(
+    api: Api, service: Persona, make_key: object, bell: Bell
+) -> None:
+    """Found by review: a fork by another key kept the original's callback_url, so its
+    webhook reached the original's receiver signed with the forker's secret (which that
+    receiver does not know, and rejects)."""
+    url = "http://127.0.0.1:9/hook"
+    body = {"pipeline": "test.chain", "input": {"n": 2}, "callback_url": url}
+    run_id = api.post("/runs", body, as_=service).json()["id"]
+    bell.drain()
+    same = api.post(f"/runs/{run_id}/fork", {"from_step": 2}, as_=service).json()
+    assert same["callback_url"] == url
+    other = make_key("other", tenant="acme")  # type: ignore[operator]
+    forked = api.post(f"/runs/{run_id}/fork", {"from_step": 2}, as_=other).json()
+    assert forked["callback_url"] is None and get_run(forked["id"]).callback_url == ""

@@ -96,6 +96,7 @@ def fork(
             raise InvalidInputError(str(exc)) from None
         now = timezone.now()
         shown = [r for r in kept if r.branch < 0]
+        creator = _creator(actor)
         new = Run.objects.create(
             workflow=source.workflow,
             version=source.version,
@@ -104,8 +105,11 @@ def fork(
             on_complete=source.on_complete,
             max_parallel=source.max_parallel,
             tenant=source.tenant,
-            created_by=_creator(actor),
-            callback_url=source.callback_url,
+            created_by=creator,
+            # A webhook is signed with the secret of the key that started its run, and the
+            # original's receiver knows that key's only: a fork by anyone else would reach
+            # it signed with a secret it cannot check, so only the same starter keeps it.
+            callback_url=source.callback_url if creator == source.created_by else "",
             max_cost=source.max_cost,
             review_timeout=source.review_timeout,
             forked_from=source,
