@@ -17,6 +17,7 @@ from typing import Any
 import pydantic
 
 from workflows.core import payloads
+from workflows.core.calls import duration_seconds
 from workflows.models import Step
 
 # Without a ``timeout``, a gate gets its run's review timeout (``ctx.review_timeout``), which is
@@ -104,6 +105,9 @@ def review(
     title = str(title).strip()
     if not title or len(title) > 200:
         raise ValueError("a gate needs a title of 1 to 200 characters")
+    for name, text in (("title", title), ("instruction", instruction), ("group", group)):
+        if "\x00" in str(text):  # PostgreSQL refuses a NUL in text
+            raise ValueError(f"a gate's {name} may not contain a NUL character (\\x00)")
     options = tuple(str(c) for c in choices)
     if not options or len(set(options)) != len(options) or not all(options):
         raise ValueError(f"choices must be distinct non-empty strings, not {choices!r}")
@@ -113,11 +117,11 @@ def review(
         raise ValueError(f"on_timeout {on_timeout!r} is not one of the choices {options!r}")
     if timeout is None:
         timeout = getattr(ctx, "review_timeout", None) or DEFAULT_TIMEOUT
-    seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
-    if seconds <= 0:
-        raise ValueError("a gate's timeout must be positive")
-    if not group:
-        raise ValueError("a gate needs the name of the group that reviews it")
+    seconds = duration_seconds(timeout, "a gate's timeout", positive=True)
+    if not group or not isinstance(group, str) or len(group) > 150:
+        raise ValueError(
+            "a gate needs the name of the group that reviews it (at most 150 characters)"
+        )
     needed = _approvals(approvals)
     if needed > 1 and "approve" not in options:
         raise ValueError(f"approvals={needed} needs 'approve' among the choices {options!r}")
@@ -173,9 +177,8 @@ def _escalation(after: Any, to: Any, group: str) -> tuple[timedelta, str] | None
         raise ValueError("escalate_to is the name of a group (at most 150 characters)")
     if to == group:
         raise ValueError(f"escalate_to {to!r} is the gate's own group; name a second group")
-    if isinstance(after, bool) or not isinstance(after, (timedelta, int, float)):
-        raise ValueError(f"escalate_after must be a timedelta or seconds, not {after!r}")
-    delay = after if isinstance(after, timedelta) else timedelta(seconds=float(after))
-    if delay.total_seconds() <= 0:
-        raise ValueError("escalate_after must be positive")
-    return delay, to
+    try:
+        seconds = duration_seconds(after, "escalate_after", positive=True)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+    return timedelta(seconds=seconds), to

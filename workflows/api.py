@@ -387,7 +387,7 @@ def answer(request: HttpRequest, run: Run, *, fresh: bool = False) -> dict[str, 
     detail = run_detail(run, fresh=fresh)
     if api_key(request).has_scope("runs:read"):
         return detail
-    hidden = {
+    hidden: dict[str, Any] = {
         "output": None,
         "output_url": None,
         "error": None,

@@ -306,3 +306,60 @@ def test_a_childs_gates_get_the_parents_review_timeout(bell: Bell) -> None:
     assert child.review_timeout == timedelta(hours=1)
     gate = Gate.objects.get(run=child)
     assert abs((gate.deadline - gate.created_at) - timedelta(hours=1)) < timedelta(seconds=5)
+
+
+# --- odd arguments to ctx ---------------------------------------------------------------------
+
+
+@workflow(name="test_edges.odd_call")
+def odd_call(ctx: Any, case: str) -> Any:
+    import datetime as dt
+
+    calls: dict[str, Any] = {
+        "sleep until a datetime": lambda: ctx.sleep(dt.datetime(2030, 1, 1)),
+        "sleep NaN": lambda: ctx.sleep(math.nan),
+        "sleep for ages": lambda: ctx.sleep(1e12),
+        "sleep a string": lambda: ctx.sleep("1h"),
+        "a long event name": lambda: ctx.wait_for_event("e" * 201),
+        "an event timeout as text": lambda: ctx.wait_for_event("go", timeout="1h"),
+        "an endless event timeout": lambda: ctx.wait_for_event("go", timeout=timedelta.max),
+        "a bare step in parallel": lambda: ctx.parallel([charge]),
+        "a run in parallel": lambda: ctx.parallel([ctx.run(charge, 1)]),
+        "a long group": lambda: ctx.review(title="t", group="g" * 151),
+        "a NaN gate timeout": lambda: ctx.review(title="t", group="reviewers", timeout=math.nan),
+        "a NUL in the instruction": lambda: ctx.review(
+            title="t", group="reviewers", instruction="a\x00b"
+        ),
+    }
+    return calls[case]()
+
+
+@engine
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("sleep until a datetime", "ctx.sleep() takes a timedelta or a number of seconds"),
+        ("sleep NaN", "ctx.sleep() must be a finite duration"),
+        ("sleep for ages", "ctx.sleep() must be a finite duration of at most ten years"),
+        ("sleep a string", "ctx.sleep() takes a timedelta or a number of seconds, not str"),
+        ("a long event name", "wait_for_event() needs an event name of 1 to 200 characters"),
+        ("an event timeout as text", "wait_for_event(timeout=...) takes a timedelta"),
+        ("an endless event timeout", "wait_for_event(timeout=...) must be a finite duration"),
+        ("a bare step in parallel", "ctx.parallel() takes ctx.call(step, *args) items"),
+        ("a run in parallel", "ctx.parallel() takes ctx.call(step, *args) items"),
+        ("a long group", "(at most 150 characters)"),
+        ("a NaN gate timeout", "a gate's timeout must be a finite duration"),
+        ("a NUL in the instruction", "a gate's instruction may not contain a NUL"),
+    ],
+)
+def test_odd_arguments_to_ctx_fail_the_run_naming_the_argument(
+    bell: Bell, case: str, message: str
+) -> None:
+    """Found by review: these failed with Python's or the database's own words ("float()
+    argument must be ...", "date value out of range", "value too long for type character
+    varying(200)", "'StepDef' object has no attribute 'step'"), or not at all on SQLite."""
+    run = start(odd_call, {"case": case})
+    bell.settle()
+    run = get_run(run.pk)
+    assert run.status == "failed"
+    assert message in run.error["message"], run.error["message"]

@@ -9,6 +9,7 @@ import time
 import traceback
 import typing
 from collections.abc import Callable
+from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -51,6 +52,31 @@ def _shown(value: object) -> str:
     except Exception as exc:
         return f"<str() of {type(value).__name__} failed: {type(exc).__name__}>"
     return text if isinstance(text, str) else ""
+
+
+# The longest a run may sleep or wait, or a gate stay open: ten years. Further out, a wake-up
+# time overflows the database's timestamps ("date value out of range").
+MAX_WAIT_SECONDS = 10 * 366 * 24 * 3600.0
+
+
+def duration_seconds(value: Any, what: str, *, positive: bool = False) -> float:
+    """A duration given to ctx (a ``timedelta`` or a number of seconds) as seconds, or a
+    ``TypeError``/``ValueError`` naming ``what``: a datetime, a string, NaN or a duration of
+    centuries failed deep in the engine with Python's or the database's own words."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise TypeError(
+            f"{what} takes a timedelta or a number of seconds, not {type(value).__name__} "
+            f"{value!r}"[:300]
+        )
+    if not math.isfinite(seconds) or abs(seconds) > MAX_WAIT_SECONDS:
+        raise ValueError(f"{what} must be a finite duration of at most ten years, not {value!r}")
+    if positive and seconds <= 0:
+        raise ValueError(f"{what} must be positive, not {value!r}")
+    return seconds
 
 
 def storable_text(text: str) -> str:

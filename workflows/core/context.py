@@ -35,6 +35,7 @@ from django.utils import timezone
 from workflows.core import instrument, leases, payloads, pools, transitions, usage
 from workflows.core.calls import (
     call_step,
+    duration_seconds,
     error_dict,
     is_retryable,
     retry_after,
@@ -362,6 +363,13 @@ class Context:
     def parallel(self, calls: Sequence[Call[Any]], *, return_exceptions: bool = False) -> list[Any]:
         """Run the calls as parallel branches, joined in the database; results in order."""
         calls = list(calls)
+        for call in calls:
+            if not isinstance(call, Call):
+                raise TypeError(
+                    "ctx.parallel() takes ctx.call(step, *args) items (the calls to make), not "
+                    f"{type(call).__name__}: ctx.run() runs a step now, and a bare step has no "
+                    "arguments"
+                )
         name = "parallel:" + ",".join(c.step.name for c in calls)
         return self._fan_out(calls, name[:200], return_exceptions)
 
@@ -395,7 +403,7 @@ class Context:
 
     def sleep(self, duration: timedelta | float) -> None:
         """A durable timer: the run suspends and the sweep wakes it when the time has come."""
-        seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
+        seconds = duration_seconds(duration, "ctx.sleep()")
         pos, row = self._next(StepKind.SLEEP, "sleep")
         if row is None:
             now = timezone.now()
@@ -426,10 +434,16 @@ class Context:
 
         An event sent before the wait is kept and consumed here, once.
         """
+        if not isinstance(name, str) or not name or len(name) > 200 or "\x00" in name:
+            raise ValueError(
+                f"wait_for_event() needs an event name of 1 to 200 characters, not {name!r}"[:300]
+            )
+        seconds = (
+            None if timeout is None else duration_seconds(timeout, "wait_for_event(timeout=...)")
+        )
         pos, row = self._next(StepKind.EVENT, name)
         if row is None:
             now = timezone.now()
-            seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
             row = self._new_row(
                 pos,
                 StepKind.EVENT,
