@@ -627,7 +627,7 @@ def record_approval(
     """
     locked = qs
     if connection.features.has_select_for_update:
-        locked = locked.select_for_update()
+        locked = locked.select_for_update(no_key=True)  # events refer to the gate: see _lock_run
     if not locked.exists():
         return ApprovalStep("closed", [])
     approver = actor[:150]
@@ -672,9 +672,12 @@ def _detail(outcome: str, comment: str, edits: Any) -> dict[str, Any]:
 
 
 def _lock_run(run_id: Any) -> None:
+    """Lock the gate's run row against other writers (a cancel, an expiry, another decision):
+    FOR NO KEY UPDATE, so that a sweep inserting a notification that refers to the run (its
+    foreign key takes FOR KEY SHARE) does not deadlock with this (``services._locked``)."""
     qs = Run.objects.filter(pk=run_id)
     if connection.features.has_select_for_update:
-        qs = qs.select_for_update()
+        qs = qs.select_for_update(no_key=True)
     list(qs.values_list("pk", flat=True))
 
 
@@ -811,7 +814,7 @@ def _close_due(
         return 0, [], set()
     runs = Run.objects.filter(pk__in={r[1] for r in picked})
     if skip_locked:
-        runs = runs.select_for_update(skip_locked=True)
+        runs = runs.select_for_update(skip_locked=True, no_key=True)
     locked = set(runs.values_list("pk", flat=True))
     skipped = {r[0] for r in picked if r[1] not in locked}
     ids = [r[0] for r in picked if r[1] in locked]

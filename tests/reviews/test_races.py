@@ -257,3 +257,60 @@ def test_a_reassign_and_the_claimants_decision_at_once_never_both_take(
         else:
             assert isinstance(moved, Gate) and isinstance(decided, GateClaimedError)
             assert reassigned == 1 and gate.claimed_by == people.ben
+
+
+# --- lock order: a run's writers against a sweep that notifies about it -----------------------
+
+
+def _slow_notifications(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Widen the window between a sweep updating a gate and writing the notification that
+    refers to its run (its foreign key takes FOR KEY SHARE on the run's row)."""
+    import reviews.notifications as notifications
+
+    real = notifications._write
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        import time
+
+        time.sleep(0.6)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(notifications, "_write", slow)
+
+
+def _after(seconds: float, fn: Callable[[], Any]) -> Callable[[], Any]:
+    def later() -> Any:
+        import time
+
+        time.sleep(seconds)
+        return fn()
+
+    return later
+
+
+@pytest.mark.parametrize("acting", ["decision", "cancel"])
+def test_a_decision_or_cancel_during_a_reminder_sweep_does_not_deadlock(
+    bell: Bell, people: People, monkeypatch: pytest.MonkeyPatch, acting: str
+) -> None:
+    """Found by review: a decision and a cancel locked the run FOR UPDATE, then the gate; the
+    reminder sweep (and escalation, and a reassign) updated the gate, then wrote an outbox row
+    whose foreign key waits on that lock. PostgreSQL killed one side: a 500 on the decision, a
+    cancel that failed with the gate left open."""
+    from reviews.notifications import remind_due
+
+    for user in (people.ana, people.ben):
+        user.email = f"{user.username}@example.com"
+        user.save()
+    gate = open_gate(bell)
+    Gate.objects.filter(pk=gate.pk).update(remind_at=timezone.now() - timedelta(seconds=1))
+    _slow_notifications(monkeypatch)
+    act: Callable[[], Any] = (
+        (lambda: decide_gate(gate.pk, outcome="approve", actor="ben", user=people.ben))
+        if acting == "decision"
+        else (lambda: cancel(gate.run_id))
+    )
+    reminded, done = contend(remind_due, _after(0.2, act))
+    assert not isinstance(reminded, Exception), reminded
+    assert not isinstance(done, Exception), done
+    gate.refresh_from_db()
+    assert gate.status == ("decided" if acting == "decision" else "canceled")

@@ -30,7 +30,16 @@ def raising_receiver(sender: Any, run: Any, **kwargs: Any) -> None:
     raise RuntimeError("receiver exploded")
 
 
-@pytest.fixture(params=[raising_receiver, broken_receiver], ids=["raises", "bad-sql"])
+def orm_error_receiver(sender: Any, run: Any, **kwargs: Any) -> None:
+    """Found by review: a failed ORM statement marks the transaction for rollback, and the
+    savepoint's rollback was then refused: the run stayed running, on_complete ran twice."""
+    Run.objects.filter(pk=run.pk).update(created_by=None)  # NOT NULL: an IntegrityError
+
+
+@pytest.fixture(
+    params=[raising_receiver, broken_receiver, orm_error_receiver],
+    ids=["raises", "bad-sql", "orm-error"],
+)
 def bad_receiver(request: pytest.FixtureRequest) -> Iterator[None]:
     run_finished.connect(request.param, dispatch_uid="test.bad_receiver")
     hooks.SEEN.clear()

@@ -55,7 +55,7 @@ def fork(
         source = get_run(run_id)  # a clear RunNotFoundError for unknown or malformed ids
         if connection.features.has_select_for_update:
             # A consistent journal: checkpoints of the original lock its row first.
-            locked = Run.objects.select_for_update().filter(pk=source.pk).first()
+            locked = Run.objects.select_for_update(no_key=True).filter(pk=source.pk).first()
             if locked is None:  # pruned while this waited for its lock
                 raise RunNotFoundError(f"no run with id {run_id}")
             source = locked

@@ -276,7 +276,11 @@ def _locked(run_id: Any) -> Run:
     get_run(run_id)  # clear error for unknown ids and malformed UUIDs
     qs = Run.objects.filter(pk=run_id)
     if connection.features.has_select_for_update:
-        qs = qs.select_for_update()
+        # FOR NO KEY UPDATE: it excludes every other writer of the run as FOR UPDATE does,
+        # but not a row written meanwhile that refers to the run (an outbox row, a gate
+        # event: their foreign key takes FOR KEY SHARE). FOR UPDATE made a decision or a cancel
+        # deadlock with a sweep that updates a gate, then notifies about its run.
+        qs = qs.select_for_update(no_key=True)
     run = qs.first()
     if run is None:  # pruned while this waited for its lock
         raise RunNotFoundError(f"no run with id {run_id}")
@@ -499,7 +503,7 @@ def _cancel_locked(run: Run, reason: str, *, actor: Actor | None = None, why: st
     # must be left alone from the start, not only at the row's compare-and-swap.
     current = Run.objects.filter(pk=run.pk, generation=run.generation, status__in=ACTIVE_RUN)
     if connection.features.has_select_for_update:
-        current = current.select_for_update()
+        current = current.select_for_update(no_key=True)  # as ``_locked``
     fresh = current.values("status", "error").first()
     if fresh is None:
         return False

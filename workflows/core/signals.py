@@ -115,8 +115,11 @@ class IsolatedSignal(Signal):
             except Exception as exc:
                 log.exception("run_finished receiver %r failed; its writes rolled back", receiver)
                 if guard.sid is not None:
-                    transaction.savepoint_rollback(guard.sid)
+                    # The flag first: an ORM statement that failed inside the receiver marked
+                    # the transaction for rollback, and with the flag set Django refuses even
+                    # the ROLLBACK TO SAVEPOINT (as Atomic.__exit__ clears it first).
                     transaction.set_rollback(False)
+                    transaction.savepoint_rollback(guard.sid)
                 # Its on_commit callbacks go with its writes (a manual savepoint's rollback
                 # does not drop them the way an atomic block's does).
                 del connection.run_on_commit[callbacks:]
