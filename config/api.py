@@ -18,6 +18,8 @@ from typing import Any
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.urls import URLPattern, path, re_path
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
@@ -292,14 +294,27 @@ def _json_not_allowed(view: Callable[..., HttpResponseBase]) -> Callable[..., Ht
     return wrapper
 
 
+# Exempt from Django's CSRF check, as ninja's operations are (they check it themselves, for
+# session auth only): without it, a POST, PUT, PATCH or DELETE to an unknown path got the HTML
+# "form expired" 403 page instead of the API's 404, while a GET got the 404.
+@csrf_exempt
 def _unknown_endpoint(request: HttpRequest, rest: str = "") -> HttpResponse:
     return error_response(404, "not_found", f"no API endpoint at {request.path}")
 
 
 _patterns, _app_name, _namespace = api.urls
 for _p in _patterns:
-    if isinstance(_p, URLPattern):
-        _p.callback = _json_not_allowed(_p.callback)
+    if not isinstance(_p, URLPattern):
+        continue
+    if _p.name == "api-root":
+        # ninja's view at /api/ itself only raises Http404 (an HTML page, and a CSRF 403 for
+        # a POST); the pattern stays, since ninja reverses its name to find the API's prefix.
+        _p.callback = _unknown_endpoint
+    elif _p.name in ("openapi-json", "openapi-view"):
+        # The schema and its docs are read-only: another method is the JSON 405, not a CSRF
+        # 403 (or, without the check, the schema again).
+        _p.callback = csrf_exempt(require_GET(_p.callback))
+    _p.callback = _json_not_allowed(_p.callback)
 
 urlpatterns = [
     path("", (_patterns, _app_name, _namespace)),

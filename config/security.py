@@ -10,6 +10,10 @@
    could reset the count of the address they guess from.
 3. Every failure and every refused attempt is logged on ``sluice.security`` with the username
    and client address, never the password.
+4. The password-change forms (``/accounts/password_change/`` and the admin's) ask for the current
+   password: another place to guess it, from a session left open or taken. A wrong one counts as
+   a failed login of the user's username, and during a lockout the form is refused (429) without
+   checking it, as the login pages are.
 
 The lists live in Django's cache, which every web process must share (settings.CACHES). A lockout
 lifts when its oldest counted failure leaves the window. Appending is read-modify-write, so two
@@ -28,11 +32,14 @@ from typing import Any
 
 from django import forms
 from django.conf import settings
-from django.contrib.admin.forms import AdminAuthenticationForm
-from django.contrib.auth.forms import AuthenticationForm
-from django.contrib.auth.views import LoginView, PasswordResetView
+from django.contrib.admin import AdminSite
+from django.contrib.admin.forms import AdminAuthenticationForm, AdminPasswordChangeForm
+from django.contrib.auth.decorators import login_not_required
+from django.contrib.auth.forms import AuthenticationForm, PasswordChangeForm
+from django.contrib.auth.views import LoginView, PasswordChangeView, PasswordResetView
 from django.core.cache import cache
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect
+from django.urls import reverse
 
 log = logging.getLogger("sluice.security")
 
@@ -92,7 +99,10 @@ def locked_out(username: str, ip: str, *, now: float | None = None) -> int:
     return math.ceil(wait) if wait > 0 else 0
 
 
-def record_failure(username: str, ip: str, *, now: float | None = None) -> None:
+def record_failure(
+    username: str, ip: str, *, now: float | None = None, what: str = "login failed"
+) -> None:
+    """Count a failed password guess for ``username`` and for ``ip``, and log it as ``what``."""
     now = time.time() if now is None else now
     timeout = int(settings.SLUICE_LOGIN_WINDOW_SECONDS) + 60
     counts = {}
@@ -102,7 +112,8 @@ def record_failure(username: str, ip: str, *, now: float | None = None) -> None:
         cache.set(key, recent, timeout)
         counts[kind] = len(recent)
     log.warning(
-        "login failed: username=%r ip=%s failures_for_username=%d failures_from_ip=%d",
+        "%s: username=%r ip=%s failures_for_username=%d failures_from_ip=%d",
+        what,
         username,
         ip,
         counts["username"],
@@ -112,6 +123,17 @@ def record_failure(username: str, ip: str, *, now: float | None = None) -> None:
 
 def record_success(username: str) -> None:
     cache.delete(_key("user", username.casefold()))
+
+
+def lockout_error(wait: int) -> forms.ValidationError:
+    """The refusal during a lockout with ``wait`` seconds left, on every form that takes a
+    password."""
+    minutes = max(1, math.ceil(wait / 60))
+    return forms.ValidationError(
+        "Too many failed logins for this account or from your address. "
+        f"Try again in {minutes} minute{'s' if minutes != 1 else ''}.",
+        code=LOCKED,
+    )
 
 
 class ThrottledLoginMixin:
@@ -127,12 +149,7 @@ class ThrottledLoginMixin:
         wait = locked_out(username, ip)
         if wait:
             log.warning("login refused (locked out): username=%r ip=%s", username, ip)
-            minutes = max(1, math.ceil(wait / 60))
-            raise forms.ValidationError(
-                "Too many failed logins for this account or from your address. "
-                f"Try again in {minutes} minute{'s' if minutes != 1 else ''}.",
-                code=LOCKED,
-            )
+            raise lockout_error(wait)
         try:
             cleaned: dict[str, Any] = super().clean()  # type: ignore[misc]
         except forms.ValidationError as exc:
@@ -177,6 +194,97 @@ class ThrottledLoginView(LoginView):
         if getattr(form, "locked", False):
             response.status_code = 429
         return response
+
+
+class ThrottledPasswordChangeMixin:
+    """For a ``PasswordChangeForm``: the current password is checked as a login checks it.
+    During a lockout of the user's username (or of the client's address) it is not checked at
+    all; a wrong one is a failed login of the username; a right one clears the username's
+    count, as a successful login does. The form needs the request (``request=``) for the
+    client's address."""
+
+    user: Any
+    request: HttpRequest | None = None
+
+    def __init__(self, *args: Any, request: HttpRequest | None = None, **kwargs: Any) -> None:
+        self.request = request
+        super().__init__(*args, **kwargs)
+
+    def clean_old_password(self) -> str:
+        username = str(self.user.get_username())
+        ip = client_ip(self.request)
+        wait = locked_out(username, ip)
+        if wait:
+            log.warning("password change refused (locked out): username=%r ip=%s", username, ip)
+            raise lockout_error(wait)
+        try:
+            old: str = super().clean_old_password()  # type: ignore[misc]
+        except forms.ValidationError as exc:
+            if exc.code == "password_incorrect":
+                record_failure(username, ip, what="password change failed (wrong old password)")
+            raise
+        record_success(username)
+        return old
+
+    @property
+    def locked(self) -> bool:
+        return bool(self.has_error("old_password", LOCKED))  # type: ignore[attr-defined]
+
+
+class ThrottledPasswordChangeForm(ThrottledPasswordChangeMixin, PasswordChangeForm):
+    pass
+
+
+class ThrottledAdminPasswordChangeForm(ThrottledPasswordChangeMixin, AdminPasswordChangeForm):
+    pass
+
+
+class ThrottledPasswordChangeView(PasswordChangeView):
+    """``/accounts/password_change/`` (and, through ``SluiceAdminSite``, the admin's): the
+    throttled form, given the request; a refusal during a lockout is a 429."""
+
+    form_class = ThrottledPasswordChangeForm
+
+    def get_form_kwargs(self) -> dict[str, Any]:
+        return super().get_form_kwargs() | {"request": self.request}
+
+    def form_invalid(self, form: Any) -> HttpResponse:
+        response = super().form_invalid(form)
+        if getattr(form, "locked", False):
+            response.status_code = 429
+        return response
+
+
+class SluiceAdminSite(AdminSite):
+    """The admin site (``config.apps.SluiceAdminConfig`` makes it ``admin.site``): its login
+    and password change are throttled like the other login page's, with the same 429."""
+
+    login_form = ThrottledAdminAuthenticationForm
+    password_change_form = ThrottledAdminPasswordChangeForm
+
+    @login_not_required
+    def login(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        response = super().login(request, extra_context)
+        form = (getattr(response, "context_data", None) or {}).get("form")
+        if getattr(form, "locked", False):
+            response.status_code = 429
+        return response
+
+    # django-stubs says a TemplateResponse; once the password is changed, it is a redirect.
+    def password_change(  # type: ignore[override]
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponseBase:
+        """As ``AdminSite.password_change``, through the throttled view (Django's hands the
+        form no request, so it could not tell the client's address)."""
+        defaults: dict[str, Any] = {
+            "form_class": self.password_change_form,
+            "success_url": reverse("admin:password_change_done", current_app=self.name),
+            "extra_context": {**self.each_context(request), **(extra_context or {})},
+            "template_name": self.password_change_template
+            or "registration/password_change_form.html",
+        }
+        request.current_app = self.name
+        return ThrottledPasswordChangeView.as_view(**defaults)(request)
 
 
 def reset_allowed(email: str, ip: str, *, now: float | None = None) -> bool:

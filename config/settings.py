@@ -62,8 +62,7 @@ def _conn_max_age(database: dict[str, object]) -> int | None:
         seconds = -1
     if seconds < 0:
         raise ImproperlyConfigured(
-            f"DATABASE_URL's conn_max_age must be a whole number of seconds or None, "
-            f"not {value!r}"
+            f"DATABASE_URL's conn_max_age must be a whole number of seconds or None, not {value!r}"
         )
     return seconds
 
@@ -108,7 +107,7 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "te
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "config.apps.SluiceAdminConfig",  # django.contrib.admin, throttled (config.security)
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

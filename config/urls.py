@@ -11,18 +11,22 @@ from django.views.generic import RedirectView
 from config.metrics import metrics_view
 from config.oidc import SluiceOIDCAuthenticate, SluiceOIDCCallback
 from config.security import (
-    ThrottledAdminAuthenticationForm,
     ThrottledLoginView,
+    ThrottledPasswordChangeView,
     ThrottledPasswordResetView,
 )
 
-# Both login pages count failed logins and lock out a username or address (config.security).
-admin.site.login_form = ThrottledAdminAuthenticationForm
-
+# Both login pages, and both password-change forms, count failed guesses and lock out a
+# username or address (config.security); the admin's are config.security.SluiceAdminSite's.
 urlpatterns = [
     path("", RedirectView.as_view(url="/reviews/", permanent=False)),
     path("admin/", admin.site.urls),
     path("accounts/login/", ThrottledLoginView.as_view(), name="login"),
+    path(
+        "accounts/password_change/",
+        ThrottledPasswordChangeView.as_view(),
+        name="password_change",
+    ),
     path("accounts/password_reset/", ThrottledPasswordResetView.as_view(), name="password_reset"),
     path("accounts/", include("django.contrib.auth.urls")),
     # Single sign-on (config.oidc): 404 unless OIDC_RP_CLIENT_ID is set. Logout is the usual

@@ -770,7 +770,7 @@ def restart_run(request: HttpRequest, run_id: str, body: RestartIn | None = None
             max_cost=body.max_cost if body else None,
             actor=Actor.of_key(key),
             reason=body.reason if body else "",
-        )
+        ),
     )
 
 

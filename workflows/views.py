@@ -5,7 +5,9 @@ Who sees which run is one rule, ``workflows.access`` (tenant, viewer groups, gat
 starter; staff see all): a run outside it is a 404, and a user who may see no run page at all
 gets 403. Only staff with change rights on runs act on them, through ``workflows.operations``
 (the same functions the admin actions call); only staff see the ops overview, whose figures
-cover every tenant. Pages refresh themselves with HTMX while something is still moving.
+cover every tenant. Pages refresh themselves with HTMX while something is still moving; once the
+session ends, a refresh sends the tab to the login page (``config.login``) rather than pasting
+the login page into the table.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from uuid import UUID
 from django import forms
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Count, Max, Q
@@ -29,6 +30,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
+from config.login import login_required
 from workflows import access, charts, gateinfo, operations, ops, timeline
 from workflows.core import forking
 from workflows.core.audit import Actor, reason_problem
@@ -303,7 +305,11 @@ class BudgetForm(forms.Form):
     max_cost = forms.DecimalField(required=False, min_value=0, max_digits=14, decimal_places=6)
 
 
-@login_required
+def _run_page_of(request: HttpRequest, run_id: UUID, action: str) -> str:
+    return reverse("workflows:run", args=[run_id])
+
+
+@login_required(page=_run_page_of)  # after logging in: the run's page, not a POST-only URL
 @require_POST
 def run_action(request: HttpRequest, run_id: UUID, action: str) -> HttpResponse:
     """Cancel, retry the failed step, restart from a step, or fork from a step; then back to

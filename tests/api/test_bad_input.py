@@ -10,6 +10,8 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from django.contrib.auth.models import User
+from django.test import Client
 
 import tests.workflows.blob_workflows  # noqa: F401  (registers blobs.echo_input)
 from reviews.models import Gate
@@ -264,3 +266,42 @@ def test_a_run_whose_key_only_looks_like_the_apis_reads_as_it_is(
     r = api.get(f"/runs/{run.pk}", as_=reader)
     assert r.status_code == 200, r.content
     assert r.json()["idempotency_key"] == shown
+
+
+# --- unknown paths, every method ----------------------------------------------------------------
+
+UNKNOWN_PATHS = ("/api/runs/", "/api/nonexistent", "/api/", "/api/runs/x/y/z")
+
+
+@pytest.mark.parametrize("path", UNKNOWN_PATHS)
+def test_every_method_on_an_unknown_path_is_the_json_404(path: str, service: Persona) -> None:
+    """An unknown path answers the documented 404 (docs/api.md) whatever the method, with a key
+    or without, from a browser session too: Django's CSRF check does not apply there (a POST got
+    its HTML "form expired" 403 page), and ``/api/`` itself is no HTML page."""
+    session = Client(enforce_csrf_checks=True)
+    session.force_login(User.objects.create_user("ana"))
+    for client in (
+        Client(enforce_csrf_checks=True),
+        Client(enforce_csrf_checks=True, headers=service.headers),
+        session,
+    ):
+        for method in ("get", "post", "put", "patch", "delete", "options"):
+            body = {} if method == "get" else {"data": b"{}", "content_type": "application/json"}
+            r = getattr(client, method)(path, **body)
+            assert r.status_code == 404, (method, path, r.status_code)
+            assert r["Content-Type"] == "application/json", (method, path)
+            assert error_code(r) == "not_found"
+            assert r.json()["error"]["message"] == f"no API endpoint at {path}"
+        r = client.head(path)
+        assert r.status_code == 404 and r.content == b""
+
+
+def test_the_schema_and_its_docs_refuse_other_methods_as_json() -> None:
+    client = Client(enforce_csrf_checks=True)
+    for path in ("/api/openapi.json", "/api/docs"):
+        assert client.get(path).status_code == 200
+        for method in ("post", "put", "patch", "delete"):
+            r = getattr(client, method)(path, data=b"{}", content_type="application/json")
+            assert r.status_code == 405, (method, path, r.status_code)
+            assert error_code(r) == "method_not_allowed"
+            assert r["Allow"] == "GET"

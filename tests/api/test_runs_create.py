@@ -194,4 +194,6 @@ def test_a_start_costs_one_query_and_answers_as_a_read_would(api: Api, service: 
     read = api.get(f"/runs/{r.json()['id']}", as_=service).json()
     for field in ("open_gates", "audit", "generations", "max_cost", "status", "input"):
         assert r.json()[field] == read[field], field
-    assert r.json()["generations"] == [{"generation": 1, "cost": 0.0, "max_cost": 1.5}]
+    assert r.json()["generations"] == [
+        {"generation": 1, "cost": 0.0, "run_total": 0.0, "max_cost": 1.5}
+    ]
