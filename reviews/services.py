@@ -72,6 +72,15 @@ class GateClaimedError(InvalidStateError):
         self.gate = gate
 
 
+class AlreadyApprovedError(InvalidStateError):
+    """This approver's approval of a four-eyes gate is already recorded (``decide_gate`` with
+    ``repeat_ok=False``: a second tab's approval, which must not pass for a new one)."""
+
+    def __init__(self, message: str, gate: Gate | None = None) -> None:
+        super().__init__(message)
+        self.gate = gate
+
+
 class InvalidDecisionError(InvalidInputError):
     """The outcome is not one of the gate's choices, or the edits do not fit its fields.
 
@@ -414,6 +423,7 @@ def decide_gate(
     edits: Any = None,
     actor: str,
     user: Any = None,
+    repeat_ok: bool = True,
 ) -> Gate:
     """Record a person's (or a service's) decision and resume the run.
 
@@ -425,6 +435,10 @@ def decide_gate(
     3. If the swap touched no row, someone else closed the gate first: raise ``GateClosedError``
        saying who and when (or ``GateClaimedError`` if another user holds the claim; a service
        deciding with ``user=None`` and staff are not bound by claims).
+
+    A second approval of a four-eyes gate by the same approver counts once and writes nothing;
+    with ``repeat_ok=False`` (the browser, which gives the comment back) it raises
+    ``AlreadyApprovedError`` instead of returning as if it had counted.
     """
     gate = get_gate(gate_id)
     errors: list[dict[str, str]] = []
@@ -447,7 +461,7 @@ def decide_gate(
     check_separation_of_duties(gate, outcome, actor)
     now = timezone.now()
     stale_step = False
-    approved_once = False
+    approved_once = already = False
     with transaction.atomic():
         _lock_run(gate.run_id)
         qs = Gate.objects.filter(pk=gate.pk, status=GateStatus.OPEN)
@@ -461,6 +475,7 @@ def decide_gate(
                 qs, gate, actor=actor, user=user, comment=comment, edits=clean, now=now
             )
             approved_once = step.outcome in ("partial", "already")
+            already = step.outcome == "already"
             approvals = step.approvers
         if approved_once:
             n = 1
@@ -479,6 +494,10 @@ def decide_gate(
                 approvals=approvals,
             )
     gate = get_gate(gate.pk)
+    if already and not repeat_ok:
+        raise AlreadyApprovedError(
+            "you already approved this gate; it waits for another reviewer's approval", gate
+        )
     if n and not stale_step:
         return gate
     if gate.is_open:
@@ -1034,6 +1053,15 @@ def reassign_gate(gate_id: Any, user: Any, to: str) -> Gate:
     holder = gate.claimed_by.get_username() if gate.claimed_by else ""
     now = timezone.now()
     with transaction.atomic():
+        # The run's lock, as a decision takes it first: an approval by the target that
+        # commits meanwhile is seen by the check below, not after the claim moved to someone
+        # who can no longer approve (and would keep every other approver out).
+        _lock_run(gate.run_id)
+        if gate.approvals_required > 1 and name in approvers_of(gate.pk):
+            raise ReassignError(
+                f"{name} has already approved this gate, which needs another reviewer's approval",
+                [{"field": "to", "message": "name a reviewer who has not approved it yet"}],
+            )
         n = Gate.objects.filter(
             pk=gate.pk, status=GateStatus.OPEN, claimed_by_id=gate.claimed_by_id
         ).update(claimed_by=target, claimed_at=now)

@@ -2,8 +2,9 @@
 ``reviews.services``: parse the request, call one service, render or redirect.
 
 Access: anonymous users go to the login page (an htmx poll gets an ``HX-Redirect`` there instead
-of a login form swapped into the page); logged-in users who review nothing get 403; a gate of
-another group or of another tenant's run is 404, as if it did not exist (docs/security.md).
+of a login form swapped into the page, and comes back to the page it was on: ``config.login``);
+logged-in users who review nothing get 403; a gate of another group or of another tenant's run
+is 404, as if it did not exist (docs/security.md).
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import wraps
-from typing import Any
+from typing import Any, overload
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.handlers.asgi import ASGIRequest
 from django.core.paginator import Paginator
@@ -32,6 +32,7 @@ from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.csp import csp_override
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from config.login import PageOf, login_required
 from reviews import bulk, push, services
 from reviews.forms import DecisionForm, EditsForm, PreferencesForm
 from reviews.models import Gate, GateStatus, NotificationPreference
@@ -49,20 +50,40 @@ UNSENT_COMMENT_LIMIT = 5000
 strict_styles = csp_override(settings.SLUICE_CSP_REVIEW_PAGES)
 
 
-def reviewer_required(view: View) -> View:
-    @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        if not request.user.is_authenticated:
-            if getattr(request, "htmx", False):
-                response = HttpResponse(status=204)
-                response["HX-Redirect"] = f"{settings.LOGIN_URL}?next={request.path}"
-                return response
-            return redirect_to_login(request.get_full_path())
-        if not services.is_reviewer(request.user):
-            raise PermissionDenied("You are not in a reviewer group.")
-        return view(request, *args, **kwargs)
+@overload
+def reviewer_required[V: View](view: V, *, page: PageOf | None = None) -> V: ...
 
-    return wrapper
+
+@overload
+def reviewer_required[V: View](
+    view: None = None, *, page: PageOf | None = None
+) -> Callable[[V], V]: ...
+
+
+def reviewer_required(view: View | None = None, *, page: PageOf | None = None) -> Any:
+    """Signed in (``config.login``: an htmx request of an anonymous user gets ``HX-Redirect`` to
+    the login page, with ``next`` the page it came from, else ``page``) and in a reviewer
+    group (else 403)."""
+
+    def decorate(view: View) -> View:
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+            if not services.is_reviewer(request.user):
+                raise PermissionDenied("You are not in a reviewer group.")
+            return view(request, *args, **kwargs)
+
+        return login_required(wrapper, page=page)
+
+    return decorate if view is None else decorate(view)
+
+
+def _gate_page(request: HttpRequest, pk: int) -> str:
+    """The page of a gate's fragment and actions (status, claim, release, decide, reassign)."""
+    return reverse("reviews:gate", args=[pk])
+
+
+def _queue_page(request: HttpRequest) -> str:
+    return reverse("reviews:queue")
 
 
 def _gate_or_404(request: HttpRequest, pk: int) -> Gate:
@@ -288,7 +309,7 @@ BULK_SKIPS_LISTED = 20
 
 
 @require_POST
-@reviewer_required
+@reviewer_required(page=_queue_page)
 def bulk_decide(request: HttpRequest) -> HttpResponse:
     """Approve or reject the gates ticked in the queue, with one comment; then back to the
     queue (its filters kept), which says how many were decided and which were skipped, why."""
@@ -429,7 +450,7 @@ def gate_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @require_GET
-@reviewer_required
+@reviewer_required(page=_gate_page)
 def gate_status(request: HttpRequest, pk: int) -> HttpResponse:
     """Re-fetched by an open gate's page when it hears the gate changed (or polls, without
     push): 204 while it stays open and its claim is the one the page shows (``claim``: the
@@ -497,13 +518,13 @@ def gate_events(request: HttpRequest) -> HttpResponseBase:
 
 
 @require_POST
-@reviewer_required
+@reviewer_required(page=_gate_page)
 def gate_claim(request: HttpRequest, pk: int) -> HttpResponse:
     return _claim_action(request, pk, services.claim_gate, "You claimed this gate.")
 
 
 @require_POST
-@reviewer_required
+@reviewer_required(page=_gate_page)
 def gate_release(request: HttpRequest, pk: int) -> HttpResponse:
     return _claim_action(request, pk, services.release_gate, "You released this gate.")
 
@@ -535,7 +556,7 @@ def _claim_action(
 
 @require_POST
 @strict_styles
-@reviewer_required
+@reviewer_required(page=_gate_page)
 def gate_decide(request: HttpRequest, pk: int) -> HttpResponse:
     """Decide, then go straight to the next gate (or back to the queue when it is empty)."""
     gate = _gate_or_404(request, pk)
@@ -569,7 +590,11 @@ def gate_decide(request: HttpRequest, pk: int) -> HttpResponse:
                 edits=edits_form.edits() if use_edits and edits_form is not None else None,
                 actor=request.user.get_username(),
                 user=request.user,
+                repeat_ok=False,
             )
+        except services.AlreadyApprovedError as exc:
+            # A second tab's approval that passed the check above at the same moment.
+            return _not_taken(request, gate, form.cleaned_data["comment"], str(exc))
         except services.InvalidDecisionError as exc:
             for err in exc.errors:
                 on_edits = edits_form is not None and err["field"] in edits_form.fields
@@ -623,7 +648,7 @@ def _after_decision(request: HttpRequest, gate: Gate, outcome: str) -> HttpRespo
 
 
 @require_POST
-@reviewer_required
+@reviewer_required(page=_gate_page)
 def gate_reassign(request: HttpRequest, pk: int) -> HttpResponse:
     """Hand the gate to a named reviewer (``services.reassign_gate`` says who may)."""
     gate = _gate_or_404(request, pk)

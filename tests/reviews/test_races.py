@@ -314,3 +314,48 @@ def test_a_decision_or_cancel_during_a_reminder_sweep_does_not_deadlock(
     assert not isinstance(done, Exception), done
     gate.refresh_from_db()
     assert gate.status == ("decided" if acting == "decision" else "canceled")
+
+
+def test_a_reassign_racing_the_targets_approval_never_hands_them_a_gate_they_approved(
+    bell: Bell, people: People
+) -> None:
+    """Found by review (31 of 60 rounds): the target's approval committed between the
+    reassign's check of the approvers and its swap, so the target held the claim of a
+    four-eyes gate they had approved, and no one else could approve it."""
+    for _ in range(ROUNDS // 2):
+        gate = open_gate(bell, approvals=2)
+        contend(
+            lambda g=gate: reassign_gate(g.pk, people.sam, "ben"),
+            lambda g=gate: decide_gate(g.pk, outcome="approve", actor="ben", user=people.ben),
+        )
+        gate.refresh_from_db()
+        approved = GateApproval.objects.filter(gate=gate, approver="ben").exists()
+        assert not (approved and gate.claimed_by_id == people.ben.pk)
+
+
+def test_the_same_approver_twice_at_once_is_told_the_second_did_not_count(
+    bell: Bell, people: People
+) -> None:
+    """Two tabs of one reviewer approving a four-eyes gate at once: one approval counts, and
+    with ``repeat_ok=False`` (the browser) the other is an ``AlreadyApprovedError``, so its
+    comment is given back rather than dropped behind a success message."""
+    from reviews.services import AlreadyApprovedError
+
+    for _ in range(ROUNDS // 5):
+        gate = open_gate(bell, approvals=2)
+        results = contend(
+            *[
+                lambda g=gate, c=c: decide_gate(  # type: ignore[misc]
+                    g.pk,
+                    outcome="approve",
+                    comment=c,
+                    actor="ben",
+                    user=people.ben,
+                    repeat_ok=False,
+                )
+                for c in ("first tab", "second tab")
+            ]
+        )
+        assert sorted(type(r).__name__ for r in results) == ["AlreadyApprovedError", "Gate"]
+        assert any(isinstance(r, AlreadyApprovedError) for r in results)
+        assert GateApproval.objects.filter(gate=gate, approver="ben").count() == 1

@@ -224,6 +224,30 @@ def test_a_second_approval_by_the_same_reviewer_says_so_and_keeps_the_comment_sh
     assert "already approved" in html and "tab two note" in html and "not saved" in html
 
 
+def test_a_second_approval_in_the_same_moment_is_also_told_it_did_not_count(
+    bell: Bell, people: People, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: two tabs posting at once both passed the page's check; the service
+    counted the second once and returned, so both tabs said "You approved (1 of 2)" and the
+    second comment was dropped. Here the page's check misses it, as in that race."""
+    from reviews import services
+
+    gate = open_gate(bell, approvals=2)
+    c = logged_in(people.ana)
+    c.post(f"/reviews/{gate.pk}/decide/", {"outcome": "approve", "comment": "tab one"})
+    real, asked = services.approvers_of, []
+
+    def missed_once(gate_id: int) -> list[str]:  # the page's check, at the race's moment
+        asked.append(gate_id)
+        return [] if len(asked) == 1 else real(gate_id)
+
+    monkeypatch.setattr(services, "approvers_of", missed_once)
+    r = c.post(f"/reviews/{gate.pk}/decide/", {"outcome": "approve", "comment": "tab two note"})
+    assert r.status_code == 409
+    html = r.content.decode()
+    assert "already approved" in html and "tab two note" in html and "not saved" in html
+
+
 def test_bulk_with_only_unreadable_ids_says_nothing_was_decided(bell: Bell, people: People) -> None:
     open_gate(bell)
     r = logged_in(people.ana).post(
