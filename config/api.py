@@ -98,7 +98,13 @@ class StrictJsonParser(Parser):
                 f"the body must be JSON (Content-Type: application/json), "
                 f"not {request.content_type or 'without a content type'}"
             )
-        data = json.loads(request.body, parse_constant=_no_constants, parse_float=_finite)
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in ("", "identity"):
+            raise NotJson(f"Content-Encoding {encoding[:40]} is not taken: send the body as is")
+        try:
+            data = json.loads(request.body, parse_constant=_no_constants, parse_float=_finite)
+        except RecursionError:  # nesting deep enough to exhaust the parser itself
+            raise BadJson(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
         _check_value(data)
         return data
 

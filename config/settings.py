@@ -233,6 +233,10 @@ SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000 if _SECU
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=_SECURE)
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=_SECURE)
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=_SECURE)
+# Flash messages live in the session, on the server: a new API key is shown once in one, and
+# Django's default keeps messages in a cookie (signed, not encrypted), so the key would travel
+# in Set-Cookie and Cookie headers, which proxies and browsers log and keep.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=_SECURE)
 # Behind a TLS-terminating proxy: the header it sets on https requests, "X-Forwarded-Proto" (or
 # "X-Forwarded-Proto=https" for another value). Only set it when the proxy always sets or

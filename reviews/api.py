@@ -19,7 +19,7 @@ from pydantic import ConfigDict
 from reviews import insights
 from reviews.models import Gate
 from reviews.schema import with_shown_values
-from reviews.services import SeparationOfDutiesError, decide_gate
+from reviews.services import GateClosedError, SeparationOfDutiesError, decide_gate
 from workflows.api import IsoDateTime
 from workflows.api_auth import (
     AUTH_ERRORS,
@@ -180,6 +180,19 @@ def decide(request: HttpRequest, gate_id: str, body: DecisionIn) -> dict[str, An
         )
     except SeparationOfDutiesError as exc:
         raise ApiError(403, "forbidden", str(exc)) from None
+    except GateClosedError as exc:
+        # The message says who and when in words for people (a local time); a service gets
+        # the facts too: how the gate closed, with what outcome, by whom, when (ISO 8601).
+        closed = exc.gate
+        details = None
+        if closed is not None:
+            details = {
+                "status": str(closed.status),
+                "outcome": closed.outcome or None,
+                "decided_by": closed.decided_by or None,
+                "decided_at": closed.decided_at.isoformat() if closed.decided_at else None,
+            }
+        raise ApiError(409, "conflict", str(exc), details) from None
     decided = visible_gates(key).get(pk=decided.pk)
     return gate_out(decided)
 

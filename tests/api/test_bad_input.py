@@ -149,6 +149,29 @@ def test_a_cursor_with_an_extreme_or_garbage_position_is_a_422(api: Api, service
 # --- content types ------------------------------------------------------------------------------
 
 
+def test_a_compressed_body_is_a_415_and_an_endless_nesting_a_400_saying_so(
+    api: Api, service: Persona
+) -> None:
+    """Found by review: a gzip body (Content-Encoding: gzip) was "not valid JSON", and nesting
+    deep enough to exhaust the parser (200,000 levels) also said "not valid JSON"."""
+    import gzip
+
+    body = gzip.compress(json.dumps({"pipeline": "test.chain", "input": {"n": 1}}).encode())
+    r = api.client.post(
+        "/api/runs",
+        data=body,
+        content_type="application/json",
+        headers={**service.headers, "Content-Encoding": "gzip"},
+    )
+    _assert_refused(r, 415, "unsupported_media_type")
+    assert "Content-Encoding gzip is not taken" in r.json()["error"]["message"]
+    deep = '{"pipeline": "test.chain", "input": {"n": ' + "[" * 200_000 + "]" * 200_000 + "}}"
+    r = api.post("/runs", raw=deep, as_=service)
+    _assert_refused(r, 400, "malformed_json")
+    assert "nested deeper than 64 levels" in r.json()["error"]["message"]
+    assert not Run.objects.exists()
+
+
 def test_a_body_that_is_not_json_is_a_415(api: Api, service: Persona, bell: Bell) -> None:
     run = start("test.event", {}, tenant="acme")
     bell.drain()

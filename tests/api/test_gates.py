@@ -61,6 +61,12 @@ def test_deciding_a_closed_gate_is_a_409(api: Api, service: Persona, bell: Bell)
     r = api.post(f"/gates/{gate.pk}/decision", {"outcome": "reject"}, as_=service)
     assert r.status_code == 409 and error_code(r) == "conflict"
     assert "decided" in r.json()["error"]["message"]
+    # the facts, for a service: the message's time is local and without a date today
+    details = r.json()["error"]["details"]
+    assert (details["status"], details["outcome"]) == ("decided", "approve")
+    assert details["decided_by"] == service.key.actor
+    gate.refresh_from_db()
+    assert details["decided_at"] == gate.decided_at.isoformat()
 
 
 def test_an_outcome_outside_the_choices_is_a_422(api: Api, service: Persona, bell: Bell) -> None:

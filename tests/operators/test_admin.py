@@ -145,8 +145,12 @@ def test_an_api_key_made_in_admin_is_shown_once_and_stored_hashed(people: People
             "rate_limit": "100",
             "is_active": "on",
         },
-        follow=True,
     )
+    assert r.status_code == 302
+    # The flash message that shows it lives in the session, never in a cookie (found by
+    # review: Django's default message storage is a signed, unencrypted cookie).
+    assert "messages" not in r.cookies
+    r = c.get(r["Location"])
     raw = re.search(r"<code>(sk_[^<]+)</code>", r.content.decode()).group(1)
     key = find_key(raw)
     assert key is not None and key.scopes == ["runs:read", "runs:write"]
