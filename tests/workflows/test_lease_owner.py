@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -102,3 +103,45 @@ def test_the_owner_id_names_the_host_from_sluice_host_id(settings: Any) -> None:
     assert (host, int(pid)) == ("rack-7-node-b", os.getpid())
     settings.SLUICE_HOST_ID = "x" * 80
     assert in_thread(leases.owner_id).split(":")[0] == "x" * 50
+
+
+def test_the_heartbeat_skips_a_run_another_transaction_holds(bell: Bell) -> None:
+    """Found by review: a run ending in a transaction whose on_complete hook is slow holds its
+    row; the heartbeat waited for it, so every other lease of the process ran out meanwhile
+    (and the sweep would run their steps again). Now that row is skipped, the others renewed."""
+    from django.db import connection, transaction
+
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks: PostgreSQL")
+    a, b = start(samples.waiter, {}), start(samples.waiter, {})
+    bell.drain()
+    owner = leases.owner_id()
+    for run in (a, b):
+        assert take_run(run.pk, 1, owner) is not None
+        leases.hold_run(run.pk)
+    soon = timezone.now() + timedelta(seconds=2)
+    Run.objects.filter(pk__in=[a.pk, b.pk]).update(lease_expires_at=soon)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_a() -> None:  # the slow hook's transaction, on its own connection
+        try:
+            with transaction.atomic():
+                Run.objects.filter(pk=a.pk).update(current_step="ending")
+                locked.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold_a)
+    holder.start()
+    try:
+        assert locked.wait(5)
+        started = time.monotonic()
+        assert leases.renew_all() == 1  # b renewed; a skipped, not waited for
+        assert time.monotonic() - started < 2
+        assert Run.objects.get(pk=b.pk).lease_expires_at > soon
+    finally:
+        release.set()
+        holder.join(10)
+        leases.drop_run(a.pk)
+        leases.drop_run(b.pk)

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
 from workflows.core.models import Run, Step
@@ -75,9 +75,21 @@ def renew_all() -> int:
             by_owner.setdefault(owner, []).append(pk)
         for owner, pks in by_owner.items():
             # A compensating run is advanced under its lease as a running one is.
-            n += model.objects.filter(
+            mine: Any = model.objects.filter(
                 pk__in=pks, lease_owner=owner, status__in=("running", "compensating")
-            ).update(lease_expires_at=until)
+            )
+            if connection.features.has_select_for_update_skip_locked:
+                # A row another transaction holds is skipped, not waited for: a run ending in
+                # a transaction whose on_complete hook is slow would otherwise hold up every
+                # other lease of this process until their time ran out (and the sweep ran
+                # their steps again). That row's own transaction is writing it; the next
+                # beat renews it if it is still held.
+                with transaction.atomic():  # the lock's own transaction (one statement)
+                    n += model.objects.filter(
+                        pk__in=mine.select_for_update(skip_locked=True).values("pk")
+                    ).update(lease_expires_at=until)
+                continue
+            n += mine.update(lease_expires_at=until)
     return n
 
 
