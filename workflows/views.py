@@ -35,7 +35,7 @@ from workflows import access, charts, gateinfo, operations, ops, timeline
 from workflows.core import forking
 from workflows.core.audit import Actor, reason_problem
 from workflows.core.definitions import registered_workflows
-from workflows.models import ACTIVE_RUN, Run, RunStatus, Step
+from workflows.models import ACTIVE_RUN, Run, RunAction, RunStatus, Step
 
 PAGE_SIZE = 50
 # What a row of the runs list shows (templates/workflows/_runs_rows.html).
@@ -276,6 +276,13 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         "last_position": last_position,
         "failed_position": operations.retry_position(run.pk, failed),
         "generations": timeline.generation_costs(run),
+        # The cost card: for a budget, or once the run was restarted (a cancel also opens a
+        # generation, with nothing to compare).
+        "shows_costs": run.max_cost is not None
+        or (
+            run.generation > 1
+            and run.audit.filter(action__in=(RunAction.RESTART, RunAction.RETRY)).exists()
+        ),
         "live": not run.is_terminal,
         "now": timezone.now(),
         "duration": timeline.human_duration(

@@ -12,7 +12,7 @@ from tests.operators.conftest import People
 from tests.operators.scenes import settle
 from tests.support import Bell
 from tests.workflows import saga_workflows  # noqa: F401  (registers the saga workflows)
-from workflows import cancel, get_run, start
+from workflows import cancel, get_run, restart, start
 from workflows.models import RunAudit
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -90,3 +90,16 @@ def test_retry_of_a_compensated_run_starts_at_its_first_undone_step(
     r = c.post(f"/runs/{run.pk}/actions/retry/", follow=True)
     assert "retrying from step 1" in r.content.decode()
     assert get_run(run.pk).generation == 2
+
+
+def test_a_canceled_run_without_a_budget_shows_no_cost_card(people: People, bell: Bell) -> None:
+    """Found by review: a cancel opens a generation too, so a run only canceled showed "Cost
+    per generation" with two rows of $0: the card is for a budget, or a restarted run."""
+    c = people.client(people.ops)
+    run = start("test.event", {}, tenant="acme")
+    settle(bell)
+    cancel(run.pk)
+    assert get_run(run.pk).generation == 2
+    assert "Cost per generation" not in c.get(f"/runs/{run.pk}/").content.decode()
+    restart(run.pk)
+    assert "Cost per generation" in c.get(f"/runs/{run.pk}/").content.decode()
