@@ -232,3 +232,18 @@ def test_a_budget_caps_the_runs_total_and_the_page_says_so(bell: Bell) -> None:
         Decimal("1.00"),
     )
     assert second.over
+
+
+def test_a_child_runs_page_points_to_its_parent_instead_of_retry_buttons(
+    bell: Bell, django_user_model: Any, client: Any
+) -> None:
+    ATTEMPTS["n"] = 0
+    run = start(parent, {})
+    settle(bell)
+    kid = Run.objects.get(parent_id=run.pk)
+    admin = django_user_model.objects.create_superuser("root", password="pw-root-123")
+    client.force_login(admin)
+    html = client.get(f"/runs/{kid.pk}/").content.decode()
+    assert 'data-testid="child-note"' in html and f"/runs/{run.pk}/" in html
+    assert "Retry failed step" not in html
+    assert "Retry failed step" in client.get(f"/runs/{run.pk}/").content.decode()
