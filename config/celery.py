@@ -14,7 +14,9 @@ import os
 from typing import Any
 
 from celery import Celery, platforms
+from celery.beat import PersistentScheduler
 from celery.signals import beat_init, task_postrun, task_prerun, worker_init
+from celery.utils.time import maybe_make_aware
 from kombu.transport import TRANSPORT_ALIASES
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -38,6 +40,25 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 # (the handlers below), the way a request does.
 app.conf.CELERY_DB_REUSE_MAX = 1_000_000
 app.autodiscover_tasks()
+
+
+class Scheduler(PersistentScheduler):
+    """Celery's beat scheduler, kept in its file (so the hourly prune still runs when beat is
+    restarted more often than hourly), with one change: a last run saved in the future is
+    taken as now. Celery keeps it, and takes an entry whose last run is ahead of the clock
+    as not due, so after the clock was set back, or with a var/ copied from a machine whose
+    clock ran ahead, beat sent nothing (no sweep, no gate expiry, no outbox) until real time
+    caught up, without a word. Set as ``CELERY_BEAT_SCHEDULER``."""
+
+    def setup_schedule(self) -> None:
+        super().setup_schedule()
+        now = self.app.now()
+        for name, entry in self.schedule.items():
+            last = entry.last_run_at
+            if last is not None and maybe_make_aware(last) > now:
+                log.warning("beat: %s last ran at %s, after now; taking it as now", name, last)
+                entry.last_run_at = now
+        self.sync()
 
 
 @worker_init.connect

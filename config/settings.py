@@ -351,6 +351,8 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_ALWAYS_EAGER = False
 SLUICE_SWEEP_INTERVAL = _env_number("SLUICE_SWEEP_INTERVAL", 2.0, low=0.2, high=3600)
 # A static schedule; every periodic task is idempotent, so two beats by mistake are harmless.
+# The scheduler takes a last run saved in the future as now (config.celery.Scheduler).
+CELERY_BEAT_SCHEDULER = "config.celery:Scheduler"
 CELERY_BEAT_SCHEDULE = {
     "sluice-sweep": {"task": "workflows.sweep", "schedule": SLUICE_SWEEP_INTERVAL},
     "sluice-expire-gates": {"task": "reviews.expire_gates", "schedule": SLUICE_SWEEP_INTERVAL},

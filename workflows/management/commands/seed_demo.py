@@ -28,7 +28,8 @@ DEMO_USERS: tuple[tuple[str, str, bool, bool, tuple[str, ...], bool], ...] = (
 )
 
 
-# (idempotency key, pipeline, input): each stops at a review gate once a worker ran it.
+# (idempotency key, pipeline, input): the analyses stop at a review gate once a worker ran
+# them; the document batch runs through (it has no gate).
 DEMO_RUNS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("demo:thread_analysis:1", "thread_analysis", {}),  # the pipeline's sample input
     (

@@ -39,9 +39,12 @@ RESET = "\033[0m"
 
 
 def _default_queues() -> str:
-    """The default queue plus one queue per configured pool (``default,llm`` out of the box)."""
+    """The default queue plus the queue of each configured pool (``default,llm`` out of the
+    box: the provider pools, ``llm-openai`` and the like, send their steps to ``llm``)."""
+    from workflows.core.pools import queue_for
+
     names = [getattr(settings, "CELERY_TASK_DEFAULT_QUEUE", "default")]
-    names += list(getattr(settings, "SLUICE_POOLS", {}))
+    names += [queue_for(name) for name in getattr(settings, "SLUICE_POOLS", {})]
     return ",".join(dict.fromkeys(names))
 
 
@@ -178,6 +181,9 @@ class Command(BaseCommand):
             stop_requested.append(signum)
 
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            # Under nohup, SIGHUP is ignored on purpose: closing the terminal must not stop us.
+            if sig == signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN:
+                continue
             signal.signal(sig, on_signal)
 
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -210,22 +216,25 @@ class Command(BaseCommand):
         )
 
         exit_code = 0
-        while not stop_requested:
-            dead = [c for c in children if not c.alive]
-            if dead:
-                for c in dead:
-                    assert c.proc is not None
-                    how = describe_exit(c.proc.returncode)
-                    self.say(f"{c.name} (pid {c.proc.pid}) died: {how}")
-                self.say("stopping the others")
-                exit_code = 1
-                break
-            time.sleep(POLL_SECONDS)
-        else:
-            name = signal.Signals(stop_requested[0]).name
-            self.say(f"got {name}; stopping {', '.join(c.name for c in children)}")
-
-        self.stop_all(children, stop_requested)
+        try:
+            while not stop_requested:
+                dead = [c for c in children if not c.alive]
+                if dead:
+                    for c in dead:
+                        assert c.proc is not None
+                        how = describe_exit(c.proc.returncode)
+                        self.say(f"{c.name} (pid {c.proc.pid}) died: {how}")
+                    self.say("stopping the others")
+                    exit_code = 1
+                    break
+                time.sleep(POLL_SECONDS)
+            else:
+                name = signal.Signals(stop_requested[0]).name
+                self.say(f"got {name}; stopping {', '.join(c.name for c in children)}")
+        finally:
+            # Whatever happened here (our output gone with a `| tee` killed by the same
+            # Ctrl-C), the children are stopped.
+            self.stop_all(children, stop_requested)
         for child in children:
             if child.pump is not None:
                 child.pump.join(timeout=2)
@@ -255,11 +264,17 @@ class Command(BaseCommand):
         prefix = f"{COLOURS.get(name, '')}{name:>6} |{RESET} " if colour else f"{name:>6} | "
         for raw in iter(stream.readline, b""):
             line = raw.decode("utf-8", "replace").rstrip("\n")
-            sys.stdout.write(f"{prefix}{line}\n")
-            sys.stdout.flush()
+            try:
+                sys.stdout.write(f"{prefix}{line}\n")
+                sys.stdout.flush()
+            except (OSError, ValueError):
+                pass  # our output is gone (a pipe's reader died): keep draining the child's
         stream.close()
 
     def say(self, message: str) -> None:
-        """Print a supervisor message."""
-        self.stdout.write(f"{self.label}: {message}")
-        self.stdout.flush()
+        """Print a supervisor message, if there is still somewhere to print it."""
+        try:
+            self.stdout.write(f"{self.label}: {message}")
+            self.stdout.flush()
+        except (OSError, ValueError):
+            pass
