@@ -21,6 +21,7 @@ in the process (``CACHE_SECONDS``).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
+
+log = logging.getLogger("sluice.health")
 
 CACHE_SECONDS = 5.0
 INSPECT_TIMEOUT = 1.0
@@ -290,6 +293,14 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @never_cache
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
-    """200 with every part when Sluice can make progress; 503 naming the failing parts."""
+    """200 with every part when Sluice can make progress; 503 naming the failing parts.
+
+    A 503 here is an answer, not a server error: it is logged once as a warning naming the
+    failing parts, not by ``django.request`` as an ERROR with a stack (a probe every few
+    seconds during an outage would fill the error log and page whoever watches it)."""
     ready, body = readiness()
-    return JsonResponse(body, status=200 if ready else 503)
+    response = JsonResponse(body, status=200 if ready else 503)
+    if not ready:
+        log.warning("not ready: %s", ", ".join(body["failing"]))
+        response._has_been_logged = True  # type: ignore[attr-defined]  # django.utils.log
+    return response

@@ -94,10 +94,17 @@ def test_a_queue_without_a_worker_is_named_with_its_fix(
     ]
 
 
-def test_a_stale_or_missing_sweep_fails_beat(client: Client, parts: dict[str, Any]) -> None:
+def test_a_stale_or_missing_sweep_fails_beat(
+    client: Client, parts: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
     Heartbeat.objects.filter(name="sweep").update(at=timezone.now() - timedelta(minutes=5))
-    status, body = readyz(client)
+    with caplog.at_level("WARNING"):
+        status, body = readyz(client)
     assert status == 503 and body["failing"] == ["beat"]
+    # an answer, not a server error: one warning naming the part, no django.request ERROR
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("sluice.health", "WARNING", "not ready: beat")
+    ]
     assert "celery -A config beat" in body["checks"]["beat"]["problems"][0]
 
     Heartbeat.objects.all().delete()
