@@ -741,6 +741,8 @@ def _send_email(key: str, user: Any, items: list[Item], digest: bool) -> None:
 def _send_chat(key: str, url: str, text: str) -> None:
     try:
         target = webhooks.check_callback_url(url, resolve=True)
+    except webhooks.UnresolvedHostError as exc:
+        raise NotificationFailed(str(exc)) from None  # tried again, as a failed post is
     except webhooks.CallbackUrlError as exc:
         # A refused address will not become acceptable by retrying: give up on this message.
         log.warning("notification %s not sent: %s", key, exc)

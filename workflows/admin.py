@@ -807,12 +807,21 @@ class WebhookDeliveryAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
     @admin.action(description="Retry selected deliveries now", permissions=["operate"])
     def retry_deliveries(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> None:
-        n = sum(retry_now(d) for d in queryset)
-        self.message_user(
-            request,
-            f"{n} deliveries are due again; the outbox sends them within seconds.",
-            messages.SUCCESS,
-        )
+        selected = list(queryset)
+        n = sum(retry_now(d) for d in selected)
+        if n:
+            self.message_user(
+                request,
+                f"{n} deliveries are due again; the outbox sends them within seconds.",
+                messages.SUCCESS,
+            )
+        if n < len(selected):
+            self.message_user(
+                request,
+                f"{len(selected) - n} of the selected deliveries were left as they are: "
+                "delivered already, or being sent at this moment.",
+                messages.WARNING,
+            )
 
 
 # --- API keys ---------------------------------------------------------------------------------

@@ -18,6 +18,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import codecs
 import hashlib
 import hmac
 import ipaddress
@@ -25,7 +27,9 @@ import json
 import logging
 import socket
 import ssl
+import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -35,7 +39,7 @@ import httpx
 from celery import shared_task
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from workflows.core import outbox
@@ -62,6 +66,12 @@ USER_AGENT = "Sluice-Webhooks/1"
 
 class CallbackUrlError(ValueError):
     """A callback URL Sluice will not call."""
+
+
+class UnresolvedHostError(CallbackUrlError):
+    """The callback's host name did not resolve, this time. Refused when a URL is given (a
+    start's ``callback_url``); at delivery, an attempt that failed and is tried again later (a
+    resolver's hiccup must not drop a webhook for good)."""
 
 
 class WebhookFailed(Exception):
@@ -195,8 +205,10 @@ def check_callback_url(url: str, *, resolve: bool = False) -> Target:
         return target
     try:
         infos = _getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as exc:
+    except UnicodeError as exc:
         raise CallbackUrlError(f"callback_url host {host!r} does not resolve: {exc}") from None
+    except OSError as exc:
+        raise UnresolvedHostError(f"callback_url host {host!r} does not resolve: {exc}") from None
     addresses: list[str] = []
     for info in infos:
         text = str(info[4][0]).split("%", 1)[0]
@@ -209,7 +221,7 @@ def check_callback_url(url: str, *, resolve: bool = False) -> Target:
         if text not in addresses:
             addresses.append(text)
     if not addresses:
-        raise CallbackUrlError(f"callback_url host {host!r} does not resolve")
+        raise UnresolvedHostError(f"callback_url host {host!r} does not resolve")
     return Target(url=url, scheme=parts.scheme, host=host, port=port, addresses=tuple(addresses))
 
 
@@ -251,51 +263,113 @@ class Answer:
 def _post(target: Target, body: bytes, headers: dict[str, str]) -> Answer:
     """POST to the checked addresses of ``target`` in turn, never resolving the host again.
 
-    Only a failure to connect moves on to the next address (as a client does when a name has
-    several); any other error, or an answer, ends the attempt. The status decides the attempt;
-    of the body only ``EXCERPT_BYTES`` are read, and only until ``SLUICE_WEBHOOK_TIMEOUT`` has
-    passed since the request began: a receiver that answers with gigabytes, or drips its body
-    a byte at a time, holds neither the worker's memory nor the delivery's claim.
+    ``SLUICE_WEBHOOK_TIMEOUT`` bounds the whole attempt, from the first connect to the last
+    byte read: httpx's own timeouts are per read, so a receiver dripping its status line and
+    headers a byte at a time held the attempt (and the worker) for as long as it liked, past
+    the delivery's claim, and the row was sent a second time meanwhile. Only a failure to
+    connect (refused, or timed out: a firewall that drops) moves on to the next address, as a
+    client does when a name has several, each with its share of the time; any other error,
+    or an answer, ends the attempt. The status decides the attempt; of the body only
+    ``EXCERPT_BYTES`` are read, uncompressed (``Accept-Encoding: identity``), and only while
+    time is left: a receiver answering with gigabytes, or a small gzip that inflates to them,
+    holds neither the worker's memory nor the delivery's claim.
     """
     timeout = float(settings.SLUICE_WEBHOOK_TIMEOUT)
+    return _run_coroutine(lambda: _post_within(target, body, headers, timeout))
+
+
+async def _post_within(
+    target: Target, body: bytes, headers: dict[str, str], timeout: float
+) -> Answer:
     deadline = time.monotonic() + timeout
+    headers = {**headers, "Accept-Encoding": "identity"}
+    addresses: tuple[str | None, ...] = target.addresses or (None,)
     # trust_env=False: an HTTP(S)_PROXY from the environment would resolve the name itself.
-    with httpx.Client(
-        timeout=timeout, follow_redirects=False, trust_env=False, verify=_tls_verify()
+    async with httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout, connect=max(0.5, timeout / len(addresses))),
+        follow_redirects=False,
+        trust_env=False,
+        verify=_tls_verify(),
     ) as client:
-        if not target.addresses:
-            request = client.build_request("POST", target.url, content=body, headers=headers)
-            return _answer(client.send(request, stream=True), deadline)
-        last: httpx.ConnectError | None = None
-        for address in target.addresses:
-            url, extra, extensions = pinned_request(target, address)
-            request = client.build_request(
-                "POST", url, content=body, headers={**headers, **extra}, extensions=extensions
-            )
+        last: Exception | None = None
+        for address in addresses:
+            if address is None:
+                request = client.build_request("POST", target.url, content=body, headers=headers)
+            else:
+                url, extra, extensions = pinned_request(target, address)
+                request = client.build_request(
+                    "POST", url, content=body, headers={**headers, **extra}, extensions=extensions
+                )
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
             try:
-                response = client.send(request, stream=True)
-            except httpx.ConnectError as exc:
+                response = await asyncio.wait_for(client.send(request, stream=True), left)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 last = exc
                 continue
-            return _answer(response, deadline)
-        assert last is not None
+            except TimeoutError:
+                raise httpx.ReadTimeout(
+                    f"no answer (status line and headers) within {timeout:g}s"
+                ) from None
+            return await _answer(response, deadline)
+        if last is None:
+            raise httpx.ConnectTimeout(f"no address answered within {timeout:g}s")
         raise last
 
 
-def _answer(response: httpx.Response, deadline: float) -> Answer:
+async def _answer(response: httpx.Response, deadline: float) -> Answer:
     """The status and excerpt of a streamed ``response``, which this closes."""
     data = bytearray()
+    chunks = response.aiter_raw()
     try:
-        for chunk in response.iter_bytes():
-            data += chunk
-            if len(data) >= EXCERPT_BYTES or time.monotonic() >= deadline:
+        while len(data) < EXCERPT_BYTES:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                data += await asyncio.wait_for(anext(chunks), left)
+            except (StopAsyncIteration, TimeoutError):
                 break
     except httpx.HTTPError:
         pass  # the status arrived; a body cut off or too slow only shortens the excerpt
     finally:
-        response.close()
-    text = bytes(data[:EXCERPT_BYTES]).decode(response.encoding or "utf-8", errors="replace")
+        await response.aclose()
+    try:
+        codec = codecs.lookup(response.charset_encoding or "utf-8")
+    except LookupError:
+        codec = codecs.lookup("utf-8")
+    # A codec that is no text encoding (``charset=base64``) would fail the decode below.
+    encoding = codec.name if getattr(codec, "_is_text_encoding", True) else "utf-8"
+    text = bytes(data[:EXCERPT_BYTES]).decode(encoding, errors="replace")
     return Answer(response.status_code, text)
+
+
+def _run_coroutine[R](factory: Callable[[], Awaitable[R]]) -> R:
+    """Run a coroutine from synchronous code (a worker's task): in this thread when it has no
+    event loop, else in a thread of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_awaited(factory))
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(_awaited(factory))
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="sluice-webhook")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+async def _awaited[R](factory: Callable[[], Awaitable[R]]) -> R:
+    return await factory()
 
 
 def _tls_verify() -> ssl.SSLContext | bool:
@@ -334,7 +408,10 @@ def verify(
     if abs((now if now is not None else time.time()) - timestamp) > tolerance:
         return False
     expected = sign(secret, timestamp, body)
-    return hmac.compare_digest(expected, f"t={timestamp},v1={fields.get('v1', '')}")
+    # As bytes: compare_digest raises a TypeError for a str that is not ASCII (a forged
+    # ``v1=é``), which would make a receiver answer 500 instead of refusing the request.
+    given = f"t={timestamp},v1={fields.get('v1', '')}".encode("utf-8", "surrogatepass")
+    return hmac.compare_digest(expected.encode(), given)
 
 
 # --- enqueueing -------------------------------------------------------------------------------
@@ -477,6 +554,20 @@ def deliver(row: Outbox) -> None:
     started = timezone.now()
     try:
         target = check_callback_url(delivery.url, resolve=True)
+    except UnresolvedHostError as exc:
+        # Not a refusal: a resolver's hiccup, or a name whose records are being moved. The
+        # attempt is recorded and tried again with the outbox's backoff.
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        _record(
+            delivery,
+            number,
+            started,
+            status_code=None,
+            latency_ms=None,
+            error=error,
+            final=_final_if_expired(row),
+        )
+        raise WebhookFailed(error) from None
     except CallbackUrlError as exc:
         _record(
             delivery,
@@ -550,20 +641,34 @@ def _final_if_expired(row: Outbox) -> str | None:
 
 
 def retry_now(delivery: WebhookDelivery) -> bool:
-    """An operator's "retry now": make a pending or given-up delivery due again."""
+    """An operator's "retry now": make a pending, given-up or refused delivery due again.
+
+    A delivery in the middle of an attempt (its outbox row claimed, the claim not run out) is
+    left alone: clearing its claim let a second deliverer send it at the same time. A refused
+    delivery's outbox row was settled (or since pruned): it is reopened, or written again, so
+    that a URL refused by a rule that has changed since is tried once more."""
+    now = timezone.now()
+    free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
     with transaction.atomic():
-        n = (
-            Outbox.objects.filter(key=str(delivery.pk), kind=KIND)
-            .exclude(status=OutboxStatus.DELIVERED)
-            .update(
-                status=OutboxStatus.PENDING, next_attempt_at=timezone.now(), lease_expires_at=None
+        if (
+            WebhookDelivery.objects.filter(pk=delivery.pk)
+            .exclude(status=WebhookStatus.DELIVERED)
+            .update(status=WebhookStatus.PENDING)
+            == 0
+        ):
+            return False
+        rows = Outbox.objects.filter(key=str(delivery.pk), kind=KIND)
+        if not rows.exists():
+            from workflows.core.services import enqueue_outbox
+
+            enqueue_outbox(
+                KIND, str(delivery.pk), {"delivery": str(delivery.pk)}, run=delivery.run, when=now
             )
-        )
-        if n:
-            WebhookDelivery.objects.filter(pk=delivery.pk).exclude(
-                status=WebhookStatus.DELIVERED
-            ).update(status=WebhookStatus.PENDING)
-    return bool(n)
+            return True
+        n = rows.filter(free).update(status=OutboxStatus.PENDING, next_attempt_at=now)
+        if not n:
+            transaction.set_rollback(True)  # mid-attempt: its own outcome decides
+        return bool(n)
 
 
 outbox.register_outbox_handler(KIND, deliver)
