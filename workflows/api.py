@@ -378,26 +378,39 @@ def run_summary(run: Run) -> dict[str, Any]:
     }
 
 
+# What a key without ``runs:read`` is told of a run it acted on: who the run is and where it
+# stands, nothing it holds (``answer``). A fresh start's answer also keeps what its request
+# just sent.
+_WRITER_SEES = frozenset(
+    {"id", "pipeline", "version", "status", "generation", "created_at", "started_at"}
+    | {"finished_at", "url", "links"}
+)
+_WRITER_SENT = frozenset({"input", "callback_url", "max_cost", "review_timeout"})
+_WRITER_BLANKS: dict[str, Any] = {
+    "input": {},
+    "current_step": "",
+    "cost": 0.0,
+    "created_by": "",
+    "open_gates": [],
+    "audit": [],
+    "generations": [],
+}
+
+
 def answer(request: HttpRequest, run: Run, *, fresh: bool = False) -> dict[str, Any]:
     """The run as a write (start, cancel, restart, fork) answers it. A key without
     ``runs:read`` may act on runs but not read them: it gets the run's id, status and links,
-    not what it holds (its input, output, error, gates, audit and costs), which an
-    Idempotency-Key retry of a start, or a cancel, would otherwise hand it. A start's own
-    answer keeps the input it was just sent."""
+    not what it holds (input, output, error, current step, costs, callback URL, starter,
+    gates, audit), which an Idempotency-Key retry of a start, or a cancel of another key's
+    run, would otherwise hand it. A start's own answer keeps what it was just sent."""
     detail = run_detail(run, fresh=fresh)
     if api_key(request).has_scope("runs:read"):
         return detail
-    hidden: dict[str, Any] = {
-        "output": None,
-        "output_url": None,
-        "error": None,
-        "open_gates": [],
-        "audit": [],
-        "generations": [],
+    shown = _WRITER_SEES | _WRITER_SENT if fresh else _WRITER_SEES
+    return {
+        name: value if name in shown else _WRITER_BLANKS.get(name)
+        for name, value in detail.items()
     }
-    if not fresh:
-        hidden["input"] = {}
-    return {**detail, **hidden}
 
 
 def run_detail(run: Run, *, fresh: bool = False) -> dict[str, Any]:

@@ -114,3 +114,19 @@ def test_a_fork_keeps_the_callback_only_for_the_key_that_started_the_run(
     other = make_key("other", tenant="acme")  # type: ignore[operator]
     forked = api.post(f"/runs/{run_id}/fork", {"from_step": 2}, as_=other).json()
     assert forked["callback_url"] is None and get_run(forked["id"]).callback_url == ""
+
+
+def test_a_fork_of_a_run_signed_with_the_default_secret_keeps_its_callback(bell: Bell) -> None:
+    """Found by review of the change above: a run started without a key (Python, a page)
+    signs with the deployment's secret, as a fork by a person does; the receiver can check
+    it, so the callback stays."""
+    from django.contrib.auth.models import User
+
+    from workflows.core import forking
+    from workflows.core.audit import Actor
+
+    run = start("test.chain", {"n": 2}, callback_url="https://hooks.example/done")
+    bell.drain()
+    bob = User.objects.create_user("bob", is_staff=True)
+    fork = forking.fork(run.pk, from_step=2, actor=Actor.of_user(bob))
+    assert fork.callback_url == "https://hooks.example/done"

@@ -125,6 +125,12 @@ def test_a_key_that_may_only_write_gets_no_run_contents_back(
     assert (again["output"], again["input"], again["error"], again["audit"]) == (None, {}, None, [])
     restarted = api.post(f"/runs/{world['done']}/restart", {"reason": "r"}, as_=writer).json()
     assert restarted["status"] == "pending" and restarted["audit"] == []
+    # another key's run: not its cost, callback URL, starter or current step either
+    other = start("test.chain", {"n": 1}, tenant="acme", callback_url="https://h.example/x?t=s3")
+    canceled = api.post(f"/runs/{other.pk}/cancel", as_=writer).json()
+    assert canceled["status"] in ("canceled", "compensating")
+    assert (canceled["callback_url"], canceled["created_by"], canceled["cost"]) == (None, "", 0.0)
+    assert canceled["current_step"] == "" and canceled["idempotency_key"] is None
     reader = make_key("reader", scopes=("runs:read", "runs:write"), tenant="acme")
     full = api.post("/runs", body, as_=reader, headers=key).json()
     assert full["output"] is not None and full["input"] == {"n": 1}

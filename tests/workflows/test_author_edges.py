@@ -363,3 +363,30 @@ def test_odd_arguments_to_ctx_fail_the_run_naming_the_argument(
     run = get_run(run.pk)
     assert run.status == "failed"
     assert message in run.error["message"], run.error["message"]
+
+
+@workflow(name="test_edges.child_spends_then_waits")
+def child_spends_then_waits(ctx: Any) -> Any:
+    ctx.run(costly, 1)
+    return ctx.wait_for_event("go")
+
+
+@workflow(name="test_edges.parent_of_waiting_child")
+def parent_of_waiting_child(ctx: Any) -> Any:
+    return ctx.run_workflow(child_spends_then_waits, {})
+
+
+@engine
+def test_a_canceled_parent_still_counts_what_its_child_spent(bell: Bell) -> None:
+    """Found by review: the cancel closed the parent's waiting step before the child ended,
+    so the child's $0.40 never reached the parent, and a restart's budget ignored it."""
+    from workflows import cancel
+
+    run = start(parent_of_waiting_child, {}, max_cost=Decimal("5"))
+    bell.settle()
+    child = Run.objects.get(parent_id=run.pk)
+    assert child.cost == Decimal("0.40")
+    cancel(run.pk)
+    bell.settle()
+    assert get_run(child.pk).status == "canceled"
+    assert get_run(run.pk).cost == Decimal("0.40")

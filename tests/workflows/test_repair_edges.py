@@ -247,3 +247,47 @@ def test_a_child_runs_page_points_to_its_parent_instead_of_retry_buttons(
     assert 'data-testid="child-note"' in html and f"/runs/{run.pk}/" in html
     assert "Retry failed step" not in html
     assert "Retry failed step" in client.get(f"/runs/{run.pk}/").content.decode()
+
+
+FAILS = {"n": 0}
+
+
+@step
+def fail_once() -> None:
+    FAILS["n"] += 1
+    if FAILS["n"] == 1:
+        from workflows import NonRetryableError
+
+        raise NonRetryableError("first time")
+
+
+@workflow(name="test_repair.mixed_undos")
+def mixed_undos(ctx: Any) -> str:
+    ctx.run(book, "flight")
+    ctx.run(book, "hotel", compensate=broken_unbook)
+    ctx.run(book, "car")
+    ctx.run(fail_once)
+    return "ok"
+
+
+def test_a_restart_that_would_redo_a_step_whose_undo_failed_is_refused(bell: Bell) -> None:
+    """Found by review of the first fix: flight and car were undone, the hotel's undo failed;
+    the retry restarted from the flight (the first undone step), booked a second hotel, and
+    said steps from 1 on were undone."""
+    FAILS["n"] = 0
+    run = start(mixed_undos, {})
+    settle(bell)
+    run = get_run(run.pk)
+    assert run.status == "failed" and run.error["type"] == "CompensationFailed"
+    outcome = operations.retry_failed_step(run.pk, Actor("ops:test"))
+    assert not outcome.ok
+    assert "the undo of book (#2) did not succeed" in outcome.message
+    with pytest.raises(InvalidStateError, match="would do it again"):
+        restart(run.pk, from_step=1)
+    assert get_run(run.pk).generation == 1 and LOG.count("do:hotel") == 1
+    # the way out the message names, once the hotel was cancelled by hand: a fresh run
+    from workflows.core import forking
+
+    fork = forking.fork(run.pk, from_step=1, actor=Actor("ops:test"))
+    settle(bell)
+    assert get_run(fork.pk).status == "succeeded"

@@ -106,10 +106,12 @@ def fork(
             max_parallel=source.max_parallel,
             tenant=source.tenant,
             created_by=creator,
-            # A webhook is signed with the secret of the key that started its run, and the
-            # original's receiver knows that key's only: a fork by anyone else would reach
-            # it signed with a secret it cannot check, so only the same starter keeps it.
-            callback_url=source.callback_url if creator == source.created_by else "",
+            # A webhook is signed with the secret of the key that started its run (without a
+            # key, with the deployment's own), and the original's receiver knows that one
+            # only: a fork signed with another secret would reach it unverifiable.
+            callback_url=source.callback_url
+            if _signer(creator) == _signer(source.created_by)
+            else "",
             max_cost=source.max_cost,
             review_timeout=source.review_timeout,
             forked_from=source,
@@ -130,6 +132,12 @@ def fork(
         )
         ring_on_commit(new.pk, new.generation)
     return new
+
+
+def _signer(created_by: str) -> str | None:
+    """Whose secret signs the webhooks of a run started by ``created_by``: its API key's
+    prefix, or None for the deployment's default secret (``workflows.webhooks.key_for_run``)."""
+    return created_by[4:] if created_by.startswith("api:") else None
 
 
 def _creator(actor: Actor | None) -> str:

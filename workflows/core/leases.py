@@ -86,7 +86,9 @@ def renew_all() -> int:
                 # beat renews it if it is still held.
                 with transaction.atomic():  # the lock's own transaction (one statement)
                     n += model.objects.filter(
-                        pk__in=mine.select_for_update(skip_locked=True).values("pk")
+                        # NO KEY: a row that only refers to the run (an outbox row's
+                        # foreign key) neither blocks this nor is blocked by it.
+                        pk__in=mine.select_for_update(skip_locked=True, no_key=True).values("pk")
                     ).update(lease_expires_at=until)
                 continue
             n += mine.update(lease_expires_at=until)

@@ -431,12 +431,14 @@ def run_terminal_hooks(run: Run) -> None:
         # What the child spent is the parent's spending too (its budget, its page): on the
         # step that waited for it and the parent's total, once, fenced on the wait. Read
         # afresh: the end's own write added the last step's cost in the database.
+        # Whatever became of the wait (a parent canceled first, a child that finished its
+        # undos after that): the money was spent. Once, as the child ends once.
         spent = Run.objects.filter(pk=run.pk).values_list("cost", flat=True).first()
         if spent:
-            charged = Step.objects.filter(
-                pk=run.parent_step_id, status=StepStatus.WAITING, superseded=False
-            ).update(cost=F("cost") + spent)
-            if charged and run.parent_id is not None:
+            Step.objects.filter(pk=run.parent_step_id, superseded=False).update(
+                cost=F("cost") + spent
+            )
+            if run.parent_id is not None:
                 Run.objects.filter(pk=run.parent_id).update(cost=F("cost") + spent)
         if run.status == RunStatus.SUCCEEDED:
             # The output as the child stored it (inline, or the child's blob reference): the
@@ -663,6 +665,16 @@ def restart(
             # The run compensated: the steps from the first undone one on were taken back,
             # so they run again (their undo rows, journaled after them, are superseded too).
             from_step = undone
+        standing = undos.still_in_effect(run.pk, from_step)
+        if standing:
+            # A step whose undo failed (or never ran) still has its effect: running it again
+            # would do it twice (a second hotel booked).
+            raise InvalidStateError(
+                f"run {run.pk} compensated, but the undo of {', '.join(standing)} did not "
+                f"succeed, so its effect is still in place, and restarting from step "
+                f"{from_step} would do it again. Take it back by hand, then fork the run from "
+                "step 1 (a new run that does every step afresh)"
+            )
         group = (
             live.filter(position=from_step, kind=StepKind.PARALLEL).first()
             if only_failed_branches and undone is None

@@ -70,6 +70,20 @@ def not_undone(run_id: Any) -> list[str]:
     return [undo_label(row) for i, row in enumerate(steps) if i not in done]
 
 
+def still_in_effect(run_id: Any, from_step: int) -> list[str]:
+    """The steps at ``from_step`` or later of a run that compensated whose undo did not
+    succeed (it failed, or a cancel stopped the compensation first): a restart from there
+    would run them again while their first effect stands."""
+    if not Step.objects.filter(run_id=run_id, superseded=False, kind=StepKind.COMPENSATE).exists():
+        return []
+    steps, done = _undone(run_id)
+    return [
+        undo_label(row)
+        for i, row in enumerate(steps)
+        if i not in done and row.position >= from_step
+    ]
+
+
 def first_undone_position(run_id: Any) -> int | None:
     """The earliest position whose step was undone, if the run compensated: a restart must
     run that step again, its effect was taken back. A step whose undo failed, or never ran (a
