@@ -408,8 +408,7 @@ def answer(request: HttpRequest, run: Run, *, fresh: bool = False) -> dict[str, 
         return detail
     shown = _WRITER_SEES | _WRITER_SENT if fresh else _WRITER_SEES
     return {
-        name: value if name in shown else _WRITER_BLANKS.get(name)
-        for name, value in detail.items()
+        name: value if name in shown else _WRITER_BLANKS.get(name) for name, value in detail.items()
     }
 
 
