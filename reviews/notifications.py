@@ -640,6 +640,8 @@ LOAD_FIELDS = (
     "gate__deadline",
     "gate__status",
     "gate__on_timeout",
+    "gate__group",
+    "gate__escalate_to",
     "gate__run_id",
     "gate__run__id",
     "gate__run__tenant",
@@ -676,8 +678,16 @@ def _load(row: Outbox) -> tuple[Any, str, list[Notification]]:
         )
         return user, "", [n for n in notes if n.gate_id in visible]
     key = first.group
-    tenant = key.split(":", 1)[0] if ":" in key else ""
-    return None, key, [n for n in notes if n.gate.run.tenant == tenant]
+    # A channel hears only of its own tenant's gates: the note's gate must give this very key
+    # (its group's, or its escalation group's, in its run's tenant). Reading the tenant back
+    # out of the key took a default-tenant group named "ops:leads" for tenant "ops", and the
+    # channel heard nothing.
+    return None, key, [n for n in notes if key in _channel_keys(n.gate)]
+
+
+def _channel_keys(gate: Gate) -> set[str]:
+    tenant = gate.run.tenant
+    return {channel_key(g, tenant) for g in (gate.group, gate.escalate_to) if g}
 
 
 def _user_tenant(user: Any) -> str:
@@ -695,6 +705,10 @@ def deliver(row: Outbox) -> None:
         # waits up to a day, a retry as long).
         prefs = Prefs.of(_prefs_row(user))
         notes = [n for n in notes if n.event in prefs.events]
+    # A gate decided, expired or canceled since the note was written (a digest waits up to a
+    # day, a retry after a mail outage as long) is no longer news to act on: "New gate to
+    # review" for a gate someone else decided an hour ago sends people to a closed page.
+    notes = [n for n in notes if n.event == "expired" or n.gate.status == GateStatus.OPEN]
     if not notes:
         return  # Nothing left this recipient may be told: done.
     items = _items(notes)

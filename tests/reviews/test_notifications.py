@@ -198,6 +198,39 @@ def test_a_group_channel_hears_of_its_tenants_gates(
         assert other.requests == []  # globex's channel hears nothing of the default tenant
 
 
+def test_a_group_whose_name_has_a_colon_still_hears_of_its_gates(
+    settings: Any, bell: Bell, team: People
+) -> None:
+    """Found by review: the channel's tenant was read back out of its key, so a group of the
+    default tenant named "ops:leads" was taken for tenant "ops", and its channel heard
+    nothing (the outbox row ended delivered)."""
+    leads = Group.objects.create(name="ops:leads")
+    team.ana.groups.add(leads)
+    prefs(team.ana, email_enabled=False)
+    with receiver(host=PUBLIC) as hook:
+        settings.SLUICE_NOTIFY_GROUP_WEBHOOKS = {"ops:leads": hook.url}
+        open_gate(bell, title="Colon group", group="ops:leads")
+        deliver_all()
+        assert len(hook.requests) == 1 and "Colon group" in hook.requests[0].json["text"]
+
+
+def test_a_digest_leaves_out_gates_that_closed_meanwhile(bell: Bell, team: People) -> None:
+    """Found by review: an hourly digest announced a gate someone had decided meanwhile as a
+    "New gate to review"."""
+    from reviews.services import decide_gate
+
+    prefs(team.ana, mode="digest", digest_minutes=60)
+    closed = open_gate(bell, title="Decided meanwhile")
+    still = open_gate(bell, title="Still open")
+    decide_gate(closed.pk, outcome="approve", actor="ben", user=team.ben)
+    end = max(Notification.objects.filter(user=team.ana).values_list("due_at", flat=True))
+    notifications.send_digests(now=end)
+    deliver_all()
+    (message,) = [m for m in mail.outbox if m.to == ["ana@example.com"]]
+    assert f"/reviews/{still.pk}/" in message.body
+    assert f"/reviews/{closed.pk}/" not in message.body and "Decided meanwhile" not in message.body
+
+
 # --- reminder, expiry, escalation, reassign -------------------------------------------------------
 
 
