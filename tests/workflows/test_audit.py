@@ -11,7 +11,7 @@ from tests.support import Bell
 from workflows import cancel, get_run, restart, start
 from workflows.core.audit import Actor
 from workflows.core.errors import InvalidInputError, InvalidStateError
-from workflows.models import RunAudit
+from workflows.models import Run, RunAudit
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -60,12 +60,27 @@ def test_a_refused_action_leaves_no_entry(bell: Bell) -> None:
     assert get_run(run.pk).generation == 1
 
 
-def test_canceling_a_parent_records_the_operator_on_the_parent_only(bell: Bell) -> None:
+def test_canceling_a_parent_records_the_operator_on_the_parent_and_its_child(bell: Bell) -> None:
+    """The child's own trail says who canceled it, and that it came from above (found by
+    review: its page said no one had canceled it)."""
     parent = start(samples.parent_waiting_child, {})
     bell.settle()
-    cancel(parent.pk, actor=Actor("user:ops"))
-    assert list(RunAudit.objects.values_list("run_id", "action")) == [(parent.pk, "cancel")]
-    assert get_run(parent.pk).error["message"] == "canceled by user:ops"
+    child = Run.objects.get(parent=parent)
+    cancel(parent.pk, "wrong input", actor=Actor("user:ops"))
+    entries = {
+        run_id: (action, actor, reason)
+        for run_id, action, actor, reason in RunAudit.objects.values_list(
+            "run_id", "action", "actor", "reason"
+        )
+    }
+    assert entries == {
+        parent.pk: ("cancel", "user:ops", "wrong input"),
+        child.pk: ("cancel", "user:ops", f"parent run {parent.pk} canceled: wrong input"),
+    }
+    assert get_run(parent.pk).error["message"] == "canceled by user:ops: wrong input"
+    assert get_run(child.pk).error["message"] == (
+        f"parent run {parent.pk} canceled by user:ops: wrong input"
+    )
 
 
 @pytest.mark.parametrize(
