@@ -390,3 +390,25 @@ def test_a_canceled_parent_still_counts_what_its_child_spent(bell: Bell) -> None
     bell.settle()
     assert get_run(child.pk).status == "canceled"
     assert get_run(run.pk).cost == Decimal("0.40")
+
+
+@workflow(name="test_edges.recurse")
+def recurse(ctx: Any, n: int = 0) -> Any:
+    return ctx.run_workflow("test_edges.recurse", {"n": n + 1})
+
+
+@engine
+def test_a_workflow_that_starts_itself_stops_at_the_depth_limit(
+    bell: Bell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: a workflow starting itself without a base case made runs for ever
+    (600 nested runs in three drains)."""
+    from workflows.core import context
+
+    monkeypatch.setattr(context, "MAX_CHILD_DEPTH", 5)
+    run = start(recurse, {})
+    bell.settle()
+    assert Run.objects.count() == 5
+    deepest = Run.objects.get(input={"n": 4})
+    assert deepest.status == "failed" and "6 levels deep; at most 5" in deepest.error["message"]
+    assert get_run(run.pk).status == "failed"  # the failure climbs back up

@@ -73,6 +73,9 @@ from workflows.core.services import DEFAULT_REVIEW_TIMEOUT, create_run, run_term
 from workflows.core.signals import run_finished
 from workflows.core.storage import json_text, storage
 
+# How deep runs may nest through run_workflow (a run, its child, the child's child ...).
+MAX_CHILD_DEPTH = 32
+
 
 def call_digest(value: Any) -> str:
     """A short digest of a step call's arguments (canonical JSON), journaled with the step so
@@ -489,6 +492,7 @@ class Context:
         pos, row = self._next(StepKind.CHILD, name)
         if row is None:
             self._check_budget(name)
+            self._check_depth(name)
             limit = self._record.max_cost
             if limit is not None:
                 # The child spends from what is left of this run's budget (its cost is added
@@ -524,6 +528,21 @@ class Context:
         if row.status == StepStatus.FAILED:
             raise ChildWorkflowFailed(row.name, row.error or {})
         raise self._suspension()
+
+    def _check_depth(self, name: str) -> None:
+        """A child run may not start past ``MAX_CHILD_DEPTH`` levels of runs: a workflow that
+        starts itself (by mistake, or without a base case) would otherwise make runs for ever,
+        each a worker's time and each a paid call or more."""
+        depth, parent = 2, self._record.parent_id  # the child's level: this run's, plus one
+        while parent is not None and depth <= MAX_CHILD_DEPTH:
+            depth += 1
+            parent = Run.objects.filter(pk=parent).values_list("parent_id", flat=True).first()
+        if depth > MAX_CHILD_DEPTH:
+            raise RuntimeError(
+                f"run_workflow({name!r}) would start a run {depth} levels deep; at most "
+                f"{MAX_CHILD_DEPTH} are allowed (does the workflow start itself without a base "
+                "case?)"
+            )
 
     def now(self) -> datetime:
         """The current time, journaled so a replay sees the same value."""
