@@ -291,3 +291,14 @@ def test_a_restart_that_would_redo_a_step_whose_undo_failed_is_refused(bell: Bel
     fork = forking.fork(run.pk, from_step=1, actor=Actor("ops:test"))
     settle(bell)
     assert get_run(fork.pk).status == "succeeded"
+
+
+def test_an_event_for_a_compensating_run_is_refused(bell: Bell) -> None:
+    """Found by review: a 202 for an event nothing would ever take (a compensating run only
+    undoes what it did, then ends)."""
+    run = start("test.saga_wait", {"names": ["hotel"]})
+    settle(bell)
+    cancel(run.pk)  # it has a booking to undo: compensating until a worker runs the undo
+    assert get_run(run.pk).status == "compensating"
+    with pytest.raises(InvalidStateError, match="is compensating; it takes no more events"):
+        send_event(run.pk, "go", {})

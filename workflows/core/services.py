@@ -300,7 +300,9 @@ def send_event(run_id: Any, name: str, payload: Any = None) -> Event:
     now = timezone.now()
     with transaction.atomic():
         run = _locked(run_id)
-        if run.is_terminal:
+        if run.is_terminal or run.status == RunStatus.COMPENSATING:
+            # A compensating run only undoes what it did, then ends: nothing would ever take
+            # the event (it was a 202 kept for no one).
             raise InvalidStateError(f"run {run.pk} is {run.status}; it takes no more events")
         event = Event.objects.create(run=run, name=name, payload=data)
         waiting = (
