@@ -636,6 +636,10 @@ def create_run(
     return Status(status, answer(request, run, fresh=created))
 
 
+# Query parameters of other paging schemes, refused by name on GET /runs (see list_runs).
+OTHER_PAGING = ("offset", "page", "page_size", "per_page", "skip", "start")
+
+
 @runs_router.get(
     "/runs", auth=READ, response={200: RunPage, **errors(*AUTH_ERRORS, 422)}, summary="List runs"
 )
@@ -654,6 +658,15 @@ def list_runs(
     limit: int = Query(50, ge=1, le=200),
 ) -> dict[str, Any]:
     """Newest first, ``limit`` at a time; follow ``next_cursor`` for more."""
+    paging = [name for name in OTHER_PAGING if name in request.GET]
+    if paging:
+        # Ignored, a client paging by offset would read the first page again and again.
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"runs are paged with cursor= (the previous page's next_cursor), not {paging[0]}=",
+            [{"field": paging[0], "location": "query", "message": "use cursor"}],
+        )
     qs = visible_runs(api_key(request))
     if status:  # The pattern admits only known statuses.
         qs = qs.filter(status__in=status.split(","))

@@ -180,3 +180,14 @@ def test_nul_characters_in_filters_are_a_422_not_a_database_error(
         headers={"Idempotency-Key": "a\x00b"},
     )
     assert r.status_code == 422
+
+
+@pytest.mark.parametrize("param", ["offset=50", "page=2", "per_page=10"])
+def test_another_paging_scheme_is_refused_by_name(api: Api, service: Persona, param: str) -> None:
+    """Found by review: ``?offset=`` and ``?page=`` were ignored, so a client paging that way
+    read the first page again and again."""
+    r = api.get(f"/runs?{param}", as_=service)
+    assert r.status_code == 422
+    error = r.json()["error"]
+    assert error["code"] == "invalid_request" and "cursor=" in error["message"]
+    assert error["details"][0]["field"] == param.split("=")[0]
