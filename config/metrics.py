@@ -20,6 +20,7 @@ The endpoint is off (404) unless ``SLUICE_METRICS_TOKEN`` (a bearer token) or
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import logging
@@ -163,7 +164,8 @@ DB_SERIES = (
 
 
 def count_cap() -> int:
-    return int(getattr(settings, "SLUICE_METRICS_COUNT_CAP", 100_000))
+    """At least 1 (settings refuses less; a cap of 0 would make every gauge 0)."""
+    return max(1, int(getattr(settings, "SLUICE_METRICS_COUNT_CAP", 100_000)))
 
 
 def _capped(qs: Any) -> int:
@@ -218,7 +220,9 @@ class DatabaseCollector(Collector):
         )
         for pool in sorted(pools):
             running = Step.objects.filter(pool=pool, status="running", lease_expires_at__gt=now)
-            pending = Step.objects.filter(pool=pool, status="pending", superseded=False)
+            # Branches held back by their own run's max_parallel wait for that run, not for
+            # the pool: a run's fan-out of 10,000 under a cap of 10 is no pool backlog.
+            pending = Step.objects.filter(pool=pool, status="pending", superseded=False, held=False)
             in_flight.add_metric([pool], _capped(running))
             backlog.add_metric([pool], _capped(pending))
         yield in_flight
@@ -271,11 +275,50 @@ def _client_ip(request: HttpRequest) -> str:
     return client_ip(request)
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@functools.lru_cache(maxsize=8)
+def _networks(entries: tuple[str, ...]) -> tuple[Network, ...]:
+    """``SLUICE_METRICS_ALLOW`` parsed once (settings has already stripped and checked it at
+    start; an entry that is still junk, set from code, admits nobody instead of failing every
+    scrape with a 500)."""
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(str(entry).strip(), strict=False))
+        except ValueError:
+            log.error("metrics: SLUICE_METRICS_ALLOW entry %r is not a network; ignored", entry)
+    return tuple(networks)
+
+
+def _addresses(raw: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The client address (none when it is not one), and for an IPv4 client of a dual-stack
+    socket (``::ffff:10.1.1.1``) the IPv4 address it is too, so ``10.0.0.0/8`` admits it."""
+    try:
+        addr = ipaddress.ip_address(raw)
+    except ValueError:
+        return []
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return [addr, addr.ipv4_mapped]
+    return [addr]
+
+
+# Why a scrape is refused, in the words of the answer (and its status).
+REFUSALS = {
+    404: "Not found.\n",
+    401: "Metrics need a valid token.\n",
+    403: "Metrics are not served to this client address.\n",
+}
+
+
 def allowed(request: HttpRequest) -> int:
-    """0 when the request may scrape; else the status to answer (404: metrics are off)."""
+    """0 when the request may scrape; else the status to answer (404: metrics are off, 401:
+    the token is missing or wrong, 403: the client is outside the allowed networks)."""
     token = str(getattr(settings, "SLUICE_METRICS_TOKEN", "") or "")
-    networks = list(getattr(settings, "SLUICE_METRICS_ALLOW", []) or [])
-    if not token and not networks:
+    networks = _networks(tuple(getattr(settings, "SLUICE_METRICS_ALLOW", ()) or ()))
+    configured = bool(getattr(settings, "SLUICE_METRICS_ALLOW", ()))
+    if not token and not configured:
         return 404
     if token:
         given = request.headers.get("Authorization", "")
@@ -284,12 +327,9 @@ def allowed(request: HttpRequest) -> int:
             value.strip().encode(), token.encode()
         ):
             return 401
-    if networks:
-        try:
-            addr = ipaddress.ip_address(_client_ip(request))
-        except ValueError:
-            return 403
-        if not any(addr in ipaddress.ip_network(n, strict=False) for n in networks):
+    if configured:
+        addresses = _addresses(_client_ip(request))
+        if not any(addr in network for addr in addresses for network in networks):
             return 403
     return 0
 
@@ -298,10 +338,8 @@ def allowed(request: HttpRequest) -> int:
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
     refused = allowed(request)
-    if refused == 404:
-        return HttpResponse("Not found.\n", status=404, content_type="text/plain")
     if refused:
-        response = HttpResponse("Metrics need a valid token.\n", status=refused)
+        response = HttpResponse(REFUSALS[refused], status=refused, content_type="text/plain")
         if refused == 401:
             response["WWW-Authenticate"] = 'Bearer realm="sluice-metrics"'
         return response

@@ -7,6 +7,7 @@ server). Production sets ``DATABASE_URL`` (PostgreSQL) and ``CELERY_BROKER_URL``
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import secrets
@@ -25,22 +26,36 @@ VAR_DIR.mkdir(parents=True, exist_ok=True)
 env = environ.Env()
 
 
-def _env_number(name: str, default: float, *, low: float, high: float = math.inf) -> float:
+def _env_number(
+    name: str, default: float, *, low: float, high: float = math.inf, forever: bool = False
+) -> float:
     """A number from the environment, from ``low`` to ``high``; anything else stops the
     process at start-up naming the variable (a lease of 0 ran steps twice at once, a sweep
-    interval of 0 flooded the broker, a page size of 0 was a 500 on every queue page)."""
+    interval of 0 flooded the broker, a page size of 0 was a 500 on every queue page).
+
+    Python reads it (``1e6``, ``+5``, ``1_000``), never django-environ's ``env.float``, which
+    drops every character but digits, ``,``, ``.`` and ``-`` first: ``1e6`` became 16 (a
+    retention of 16 days pruned history) and ``inf`` or ``1e-3`` a bare ValueError.
+    ``forever``: ``inf`` is allowed too (a retention that keeps everything); NaN never is."""
     raw = os.environ.get(name, "")
     try:
         value = float(raw) if raw.strip() else float(default)
     except ValueError:
         raise ImproperlyConfigured(f"{name}={raw!r} is not a number") from None
+    if forever and value == math.inf:
+        return value
     if not (math.isfinite(value) and low <= value <= high):
-        bound = f"from {low:g} to {high:g}" if math.isfinite(high) else f"{low:g} or more"
-        raise ImproperlyConfigured(f"{name} must be a number {bound}, not {raw!r}")
+        bound = f"{low:.15g} or more"
+        if math.isfinite(high):
+            bound = f"from {low:.15g} to {high:.15g}"
+        also = " (or inf)" if forever else ""
+        raise ImproperlyConfigured(f"{name} must be a number {bound}{also}, not {raw!r}")
     return value
 
 
 def _env_int(name: str, default: int, *, low: int, high: float = math.inf) -> int:
+    """A whole number from the environment, read as ``_env_number`` reads one (``1e3`` is
+    1000, where ``env.int`` stopped the start with a bare ValueError); ``1.5`` is refused."""
     value = _env_number(name, default, low=low, high=high)
     if value != int(value):
         raise ImproperlyConfigured(f"{name} must be a whole number, not {os.environ[name]!r}")
@@ -219,7 +234,9 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
-DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = _env_int(
+    "DATA_UPLOAD_MAX_MEMORY_SIZE", 2 * 1024 * 1024, low=1024, high=2**34
+)
 
 # --- Security (production) --------------------------------------------------------------------
 # Secure by default whenever DEBUG is off, so `manage.py check --deploy` passes with no more than
@@ -229,7 +246,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2 *
 # the proxy in front already redirects http to https.
 _SECURE = env.bool("SLUICE_HTTPS", default=not DEBUG)
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=_SECURE)
-SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000 if _SECURE else 0)
+SECURE_HSTS_SECONDS = _env_int(
+    "SECURE_HSTS_SECONDS", 31_536_000 if _SECURE else 0, low=0, high=10 * 366 * 86400
+)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=_SECURE)
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=_SECURE)
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=_SECURE)
@@ -255,14 +274,22 @@ SLUICE_CLIENT_IP_HEADER = env("SLUICE_CLIENT_IP_HEADER", default="")
 # Login throttling (config.security): this many failed logins for one username, or from one
 # client address, within the window lock further attempts out until the oldest failure ages
 # out of it. Failures are counted in the cache below.
-SLUICE_LOGIN_MAX_FAILURES = env.int("SLUICE_LOGIN_MAX_FAILURES", default=5)
-SLUICE_LOGIN_MAX_FAILURES_PER_IP = env.int("SLUICE_LOGIN_MAX_FAILURES_PER_IP", default=20)
-SLUICE_LOGIN_WINDOW_SECONDS = env.int("SLUICE_LOGIN_WINDOW_SECONDS", default=15 * 60)
+SLUICE_LOGIN_MAX_FAILURES = _env_int("SLUICE_LOGIN_MAX_FAILURES", 5, low=0, high=10**6)
+SLUICE_LOGIN_MAX_FAILURES_PER_IP = _env_int(
+    "SLUICE_LOGIN_MAX_FAILURES_PER_IP", 20, low=0, high=10**6
+)
+SLUICE_LOGIN_WINDOW_SECONDS = _env_int(
+    "SLUICE_LOGIN_WINDOW_SECONDS", 15 * 60, low=1, high=30 * 86400
+)
 # Password-reset mails per address and per client address in a window (config.security).
-SLUICE_PASSWORD_RESET_MAX_PER_EMAIL = env.int("SLUICE_PASSWORD_RESET_MAX_PER_EMAIL", default=3)
-SLUICE_PASSWORD_RESET_MAX_PER_IP = env.int("SLUICE_PASSWORD_RESET_MAX_PER_IP", default=10)
-SLUICE_PASSWORD_RESET_WINDOW_SECONDS = env.int(
-    "SLUICE_PASSWORD_RESET_WINDOW_SECONDS", default=60 * 60
+SLUICE_PASSWORD_RESET_MAX_PER_EMAIL = _env_int(
+    "SLUICE_PASSWORD_RESET_MAX_PER_EMAIL", 3, low=0, high=10**6
+)
+SLUICE_PASSWORD_RESET_MAX_PER_IP = _env_int(
+    "SLUICE_PASSWORD_RESET_MAX_PER_IP", 10, low=0, high=10**6
+)
+SLUICE_PASSWORD_RESET_WINDOW_SECONDS = _env_int(
+    "SLUICE_PASSWORD_RESET_WINDOW_SECONDS", 60 * 60, low=1, high=30 * 86400
 )
 
 # The cache holds the login failure counts, so every web process must share it: by default a
@@ -382,19 +409,41 @@ if CELERY_BROKER_URL.startswith(("redis", "rediss", "sentinel")):
     }
 
 # --- Probes and metrics ------------------------------------------------------------------------
+
+
+def _networks(name: str) -> list[str]:
+    """Comma-separated CIDRs from the environment, each stripped and written out the one way
+    (``10.1.2.3/8`` is ``10.0.0.0/8``); junk stops the start naming the variable and the
+    entry, where it used to be a 500 on every scrape."""
+    networks = []
+    for part in os.environ.get(name, "").split(","):
+        if not part.strip():
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(part.strip(), strict=False)))
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{name}: {part.strip()[:60]!r} is not a network (give CIDRs such as "
+                "10.0.0.0/8,127.0.0.1/32, comma separated)"
+            ) from None
+    return networks
+
+
 # /healthz, /readyz and /metrics answer plain http too: load balancers and Prometheus probe the
-# processes directly, behind the TLS proxy.
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+# processes directly, behind the TLS proxy. With or without a trailing slash: a probe
+# configured with one must not be sent to https (where a load balancer's probe cannot follow).
+SECURE_REDIRECT_EXEMPT = [r"^healthz/?$", r"^readyz/?$", r"^metrics$"]
 # /readyz fails "beat" when the last sweep is older than this many seconds (0: ten sweep
 # intervals, at least 30 s).
-SLUICE_READY_SWEEP_MAX_AGE = env.float("SLUICE_READY_SWEEP_MAX_AGE", default=0.0)
+SLUICE_READY_SWEEP_MAX_AGE = _env_number("SLUICE_READY_SWEEP_MAX_AGE", 0.0, low=0, high=7 * 86400)
 # /metrics is off unless one of these is set; with both, a scrape needs both. The token goes in
 # "Authorization: Bearer <token>"; the networks are CIDRs matched against the client address
 # (SLUICE_CLIENT_IP_HEADER behind a proxy).
 SLUICE_METRICS_TOKEN = env("SLUICE_METRICS_TOKEN", default="")
-SLUICE_METRICS_ALLOW = env.list("SLUICE_METRICS_ALLOW", default=[])
-# Database gauges count at most this many rows each (a scrape's cost stays bounded).
-SLUICE_METRICS_COUNT_CAP = env.int("SLUICE_METRICS_COUNT_CAP", default=100_000)
+SLUICE_METRICS_ALLOW = _networks("SLUICE_METRICS_ALLOW")
+# Database gauges count at most this many rows each (a scrape's cost stays bounded). At least
+# 1: 0 would report every gauge as 0, a calm dashboard in the middle of an outage.
+SLUICE_METRICS_COUNT_CAP = _env_int("SLUICE_METRICS_COUNT_CAP", 100_000, low=1, high=10**9)
 
 # --- Sluice engine ----------------------------------------------------------------------------
 # Extra modules that define workflows, comma separated dotted paths.
@@ -407,32 +456,38 @@ SLUICE_HOST_ID = env("SLUICE_HOST_ID", default="") or socket.gethostname()
 SLUICE_LEASE_SECONDS = _env_number("SLUICE_LEASE_SECONDS", 8.0, low=2.0, high=3600)
 # The longest wait a step's error may ask for before its retry (an HTTP Retry-After): longer
 # hints, from outside, are cut to this.
-SLUICE_MAX_RETRY_AFTER_SECONDS = env.float("SLUICE_MAX_RETRY_AFTER_SECONDS", default=3600.0)
+SLUICE_MAX_RETRY_AFTER_SECONDS = _env_number(
+    "SLUICE_MAX_RETRY_AFTER_SECONDS", 3600.0, low=0, high=30 * 86400
+)
 # How long a rung doorbell may go unanswered before the sweep rings again.
-SLUICE_DOORBELL_GRACE_SECONDS = env.float("SLUICE_DOORBELL_GRACE_SECONDS", default=5.0)
+SLUICE_DOORBELL_GRACE_SECONDS = _env_number(
+    "SLUICE_DOORBELL_GRACE_SECONDS", 5.0, low=0.5, high=3600
+)
 # How long a worker whose database connection broke (a restart, a failover) waits for the
 # database before it gives the message up (the sweep then rings again once the database is back).
-SLUICE_DATABASE_WAIT_SECONDS = env.float("SLUICE_DATABASE_WAIT_SECONDS", default=60.0)
+SLUICE_DATABASE_WAIT_SECONDS = _env_number("SLUICE_DATABASE_WAIT_SECONDS", 60.0, low=0, high=86400)
 # Default cap on branches of one run in flight at once.
 SLUICE_MAX_PARALLEL = _env_int("SLUICE_MAX_PARALLEL", 10, low=1, high=100_000)
 # A fan-out in a pool limited by concurrency rings for its first branches this many per
 # message; the worker that takes one runs them at once, in threads of its own (at most
 # SLUICE_BRANCH_THREADS per process). PostgreSQL only; 1 sends one message per branch.
-SLUICE_BRANCH_BATCH = env.int("SLUICE_BRANCH_BATCH", default=10)
-SLUICE_BRANCH_THREADS = env.int("SLUICE_BRANCH_THREADS", default=16)
+SLUICE_BRANCH_BATCH = _env_int("SLUICE_BRANCH_BATCH", 10, low=1, high=1000)
+SLUICE_BRANCH_THREADS = _env_int("SLUICE_BRANCH_THREADS", 16, low=0, high=1000)
 # Values over this many bytes of JSON are stored out of row; over the hard limit a step fails.
-SLUICE_PAYLOAD_INLINE_LIMIT = env.int("SLUICE_PAYLOAD_INLINE_LIMIT", default=64 * 1024)
-SLUICE_PAYLOAD_HARD_LIMIT = env.int("SLUICE_PAYLOAD_HARD_LIMIT", default=8 * 1024 * 1024)
-# Finished runs older than this are pruned by the sweep, journal included.
-SLUICE_RETENTION_DAYS = env.float("SLUICE_RETENTION_DAYS", default=30.0)
+SLUICE_PAYLOAD_INLINE_LIMIT = _env_int("SLUICE_PAYLOAD_INLINE_LIMIT", 64 * 1024, low=0, high=2**30)
+SLUICE_PAYLOAD_HARD_LIMIT = _env_int(
+    "SLUICE_PAYLOAD_HARD_LIMIT", 8 * 1024 * 1024, low=1, high=2**30
+)
+# Finished runs older than this are pruned by the sweep, journal included; inf keeps them all.
+SLUICE_RETENTION_DAYS = _env_number("SLUICE_RETENTION_DAYS", 30.0, low=0, forever=True)
 # Runs (and outbox rows) deleted per prune transaction: a few thousand keeps each one short
 # (~0.2 s) while the per-statement costs are shared by many runs.
-SLUICE_PRUNE_BATCH = env.int("SLUICE_PRUNE_BATCH", default=2000)
+SLUICE_PRUNE_BATCH = _env_int("SLUICE_PRUNE_BATCH", 2000, low=1, high=10**6)
 # The share of its time the retention prune works; it rests the rest (see sweeper.prune).
-SLUICE_PRUNE_DUTY = env.float("SLUICE_PRUNE_DUTY", default=0.5)
+SLUICE_PRUNE_DUTY = _env_number("SLUICE_PRUNE_DUTY", 0.5, low=0.05, high=1)
 # Outbox rows (webhook deliveries and other side effects) that were delivered, or gave up
 # ("dead"), are pruned this many days later; pending rows are never pruned.
-SLUICE_OUTBOX_RETENTION_DAYS = env.float("SLUICE_OUTBOX_RETENTION_DAYS", default=7.0)
+SLUICE_OUTBOX_RETENTION_DAYS = _env_number("SLUICE_OUTBOX_RETENTION_DAYS", 7.0, low=0, forever=True)
 # What pruning a run does with its gates' audit trail (decisions, who/when, comments, edits,
 # approvals, every gate event): "keep" copies it into the reviews.GateRecord table, which
 # retention never prunes; "archive" appends it as JSON lines to a monthly file in
@@ -449,12 +504,12 @@ SLUICE_GATE_ARCHIVE_DIR = env.str("SLUICE_GATE_ARCHIVE_DIR", default=str(VAR_DIR
 # Pools: name -> max concurrency across all workers (None = unlimited) and an optional rate
 # limit of `rate_limit` step starts per `rate_period` seconds. Rows in the Pool table (editable
 # in admin) override these defaults.
-SLUICE_POOLS = {
+SLUICE_POOLS: dict[str, dict[str, Any]] = {
     "default": {"max_concurrency": None, "rate_limit": None, "rate_period": 1.0},
     "llm": {
         "max_concurrency": _env_int("SLUICE_LLM_CONCURRENCY", 8, low=0, high=100_000) or None,
-        "rate_limit": env.int("SLUICE_LLM_RATE_LIMIT", default=0) or None,
-        "rate_period": env.float("SLUICE_LLM_RATE_PERIOD", default=60.0),
+        "rate_limit": _env_int("SLUICE_LLM_RATE_LIMIT", 0, low=0, high=10**9) or None,
+        "rate_period": _env_number("SLUICE_LLM_RATE_PERIOD", 60.0, low=0.001, high=366 * 86400),
     },
 }
 
@@ -462,7 +517,7 @@ SLUICE_POOLS = {
 # Open gates per queue page; the queue is paginated so its cost does not grow with the backlog.
 SLUICE_REVIEW_PAGE_SIZE = _env_int("SLUICE_REVIEW_PAGE_SIZE", 50, low=1, high=1000)
 # Seconds between two refreshes of the live queue (paused while the tab is hidden).
-SLUICE_REVIEW_POLL_SECONDS = env.float("SLUICE_REVIEW_POLL_SECONDS", default=4.0)
+SLUICE_REVIEW_POLL_SECONDS = _env_number("SLUICE_REVIEW_POLL_SECONDS", 4.0, low=0.5, high=3600)
 # Push (docs/reviews.md, "Live updates"): on PostgreSQL the queue and gate pages hear of gate
 # changes through Server-Sent Events fed by LISTEN/NOTIFY, and poll only while that stream is
 # down. Off (0), or on SQLite, they poll. The listener needs a session-level connection: behind
@@ -473,19 +528,19 @@ SLUICE_REVIEW_PUSH = env.bool(
     "SLUICE_REVIEW_PUSH", default=not (SLUICE_PGBOUNCER and not SLUICE_PUSH_DATABASE_URL)
 )
 # A comment line this often keeps proxies from closing an idle stream and finds closed tabs.
-SLUICE_SSE_HEARTBEAT_SECONDS = env.float("SLUICE_SSE_HEARTBEAT_SECONDS", default=15.0)
+SLUICE_SSE_HEARTBEAT_SECONDS = _env_number("SLUICE_SSE_HEARTBEAT_SECONDS", 15.0, low=1, high=3600)
 # A stream ends after this long; the browser reconnects and the view checks who is asking again.
-SLUICE_SSE_MAX_SECONDS = env.float("SLUICE_SSE_MAX_SECONDS", default=300.0)
+SLUICE_SSE_MAX_SECONDS = _env_number("SLUICE_SSE_MAX_SECONDS", 300.0, low=1, high=86400)
 # How long the browser waits before reconnecting after a stream ended.
-SLUICE_SSE_RETRY_SECONDS = env.float("SLUICE_SSE_RETRY_SECONDS", default=2.0)
+SLUICE_SSE_RETRY_SECONDS = _env_number("SLUICE_SSE_RETRY_SECONDS", 2.0, low=0.1, high=3600)
 # At most this many open streams per web process (each holds a server thread); past it a page
 # is answered 204 and polls instead.
-SLUICE_SSE_MAX_STREAMS = env.int("SLUICE_SSE_MAX_STREAMS", default=200)
+SLUICE_SSE_MAX_STREAMS = _env_int("SLUICE_SSE_MAX_STREAMS", 200, low=0, high=100_000)
 # The expiry sweep closes due gates this many per transaction, at most this many batches a run.
-SLUICE_GATE_EXPIRY_BATCH = env.int("SLUICE_GATE_EXPIRY_BATCH", default=1000)
-SLUICE_GATE_EXPIRY_MAX_BATCHES = env.int("SLUICE_GATE_EXPIRY_MAX_BATCHES", default=100)
+SLUICE_GATE_EXPIRY_BATCH = _env_int("SLUICE_GATE_EXPIRY_BATCH", 1000, low=1, high=10**6)
+SLUICE_GATE_EXPIRY_MAX_BATCHES = _env_int("SLUICE_GATE_EXPIRY_MAX_BATCHES", 100, low=1, high=10**6)
 # When this many runs or more wake at once, they are resumed in messages of this many runs.
-SLUICE_GATE_RESUME_CHUNK = env.int("SLUICE_GATE_RESUME_CHUNK", default=50)
+SLUICE_GATE_RESUME_CHUNK = _env_int("SLUICE_GATE_RESUME_CHUNK", 50, low=1, high=100_000)
 # Members of these groups see every run of their tenant; other users see only the runs they
 # started or that have a gate of one of their groups (staff see all; docs/security.md).
 SLUICE_RUN_VIEWER_GROUPS = env.list("SLUICE_RUN_VIEWER_GROUPS", default=["reviewers"])
@@ -522,7 +577,7 @@ if _email["EMAIL_BACKEND"].endswith(".smtp.EmailBackend"):
         "password": _email.get("EMAIL_HOST_PASSWORD"),
         "use_tls": _email.get("EMAIL_USE_TLS"),
         "use_ssl": _email.get("EMAIL_USE_SSL"),
-        "timeout": env.float("EMAIL_TIMEOUT", default=10.0),
+        "timeout": _env_number("EMAIL_TIMEOUT", 10.0, low=0.1, high=3600),
     }
 elif _email["EMAIL_BACKEND"].endswith(".filebased.EmailBackend"):
     _email_options = {"file_path": _email.get("EMAIL_FILE_PATH") or str(VAR_DIR / "mail")}
@@ -536,8 +591,8 @@ DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Sluice <sluice@localhost
 # The absolute address of this Sluice, for links in messages (no trailing slash).
 SLUICE_BASE_URL = env("SLUICE_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
 # Remind reviewers of an open gate when this fraction of its time is gone (0 turns it off).
-SLUICE_REVIEW_REMINDER_AT = env.float("SLUICE_REVIEW_REMINDER_AT", default=0.75)
-if not 0 <= SLUICE_REVIEW_REMINDER_AT < 1:  # (NaN too) 75 meaning 75 % must not turn it off
+SLUICE_REVIEW_REMINDER_AT = _env_number("SLUICE_REVIEW_REMINDER_AT", 0.75, low=0)
+if not SLUICE_REVIEW_REMINDER_AT < 1:  # 75 meaning 75 % must not turn it off
     raise ImproperlyConfigured(
         f"SLUICE_REVIEW_REMINDER_AT is {SLUICE_REVIEW_REMINDER_AT}; it must be a fraction of "
         "the gate's time, 0 (no reminders) or more and below 1, e.g. 0.75"
@@ -546,29 +601,31 @@ if not 0 <= SLUICE_REVIEW_REMINDER_AT < 1:  # (NaN too) 75 meaning 75 % must not
 # incoming webhooks). They hear of their group's gates opening, reminders and escalations.
 SLUICE_NOTIFY_GROUP_WEBHOOKS = env.dict("SLUICE_NOTIFY_GROUP_WEBHOOKS", default={})
 # Minutes a group channel gathers events into one digest (0: one message per event).
-SLUICE_NOTIFY_GROUP_DIGEST_MINUTES = env.int("SLUICE_NOTIFY_GROUP_DIGEST_MINUTES", default=0)
+SLUICE_NOTIFY_GROUP_DIGEST_MINUTES = _env_int(
+    "SLUICE_NOTIFY_GROUP_DIGEST_MINUTES", 0, low=0, high=7 * 24 * 60
+)
 # Hand immediate notifications to a worker right after commit (the outbox beat sends them
 # anyway, every 5 s).
 SLUICE_NOTIFY_DISPATCH_ON_COMMIT = env.bool("SLUICE_NOTIFY_DISPATCH_ON_COMMIT", default=True)
 # Seconds an outbox delivery claim lasts before another deliverer may take the row over (a
 # delivery killed mid-way is retried after this, with the same idempotency key).
-SLUICE_OUTBOX_CLAIM_SECONDS = env.float("SLUICE_OUTBOX_CLAIM_SECONDS", default=60.0)
+SLUICE_OUTBOX_CLAIM_SECONDS = _env_number("SLUICE_OUTBOX_CLAIM_SECONDS", 60.0, low=1, high=86400)
 
 # --- JSON API, API keys and completion webhooks ------------------------------------------------
 # django-ninja as an app: /api/docs then serves its vendored Swagger UI (no CDN).
 INSTALLED_APPS += ["ninja"]
 # Requests each API key may make per period (a key's own ``rate_limit`` overrides the number),
 # counted in the broker's Redis (on the key's row without one; workflows/keys.py).
-SLUICE_API_RATE_LIMIT = env.int("SLUICE_API_RATE_LIMIT", default=600)
-SLUICE_API_RATE_PERIOD = env.float("SLUICE_API_RATE_PERIOD", default=60.0)
+SLUICE_API_RATE_LIMIT = _env_int("SLUICE_API_RATE_LIMIT", 600, low=0, high=2**31 - 1)
+SLUICE_API_RATE_PERIOD = _env_number("SLUICE_API_RATE_PERIOD", 60.0, low=0.001, high=366 * 86400)
 # Each web process remembers a key it authenticated this long, so a deactivated, rotated or
 # edited key keeps working on other processes for at most this many seconds (0: look every key
 # up on every request).
-SLUICE_API_KEY_CACHE_SECONDS = env.float("SLUICE_API_KEY_CACHE_SECONDS", default=5.0)
+SLUICE_API_KEY_CACHE_SECONDS = _env_number("SLUICE_API_KEY_CACHE_SECONDS", 5.0, low=0, high=3600)
 # Completion webhooks: per-attempt HTTP timeout, and whether callback URLs may point at
 # loopback, private, link-local or reserved addresses (off in production: it would let a
 # service make Sluice call into its own network; tests turn it on for a local receiver).
-SLUICE_WEBHOOK_TIMEOUT = env.float("SLUICE_WEBHOOK_TIMEOUT", default=10.0)
+SLUICE_WEBHOOK_TIMEOUT = _env_number("SLUICE_WEBHOOK_TIMEOUT", 10.0, low=0.1, high=3600)
 SLUICE_WEBHOOK_ALLOW_PRIVATE = env.bool("SLUICE_WEBHOOK_ALLOW_PRIVATE", default=False)
 # Networks (CIDR, comma separated) the callback guard counts as public although they are not,
 # e.g. a partner reached over a private link. Tests use 127.0.0.2/32 for a "public" receiver.
@@ -592,12 +649,12 @@ SLUICE_LLM_BASE_URL = env("SLUICE_LLM_BASE_URL", default="")
 # One key for every provider; otherwise OPENAI_API_KEY / ANTHROPIC_API_KEY as usual.
 SLUICE_LLM_API_KEY = env("SLUICE_LLM_API_KEY", default="")
 # Seconds one provider request may take; LLM steps time out 15 s later as a backstop.
-SLUICE_LLM_TIMEOUT = env.float("SLUICE_LLM_TIMEOUT", default=60.0)
+SLUICE_LLM_TIMEOUT = _env_number("SLUICE_LLM_TIMEOUT", 60.0, low=0.1, high=86400)
 # Structured output: "tool" (tool calls, widest support), "native" (JSON-schema mode) or
 # "prompted" (JSON asked for in the prompt, for servers with neither).
 SLUICE_LLM_OUTPUT_MODE = env("SLUICE_LLM_OUTPUT_MODE", default="tool")
 # Simulated latency of the offline provider, in seconds (demos; crash tests).
-SLUICE_LLM_OFFLINE_LATENCY = env.float("SLUICE_LLM_OFFLINE_LATENCY", default=0.0)
+SLUICE_LLM_OFFLINE_LATENCY = _env_number("SLUICE_LLM_OFFLINE_LATENCY", 0.0, low=0, high=3600)
 # USD per million tokens, (input, output), by "provider:model", "model" or "provider:*".
 # The offline provider and self-hosted OpenAI-compatible servers cost nothing by default.
 # Add or override from the environment: SLUICE_LLM_PRICES="openai:gpt-5=1.25/10,…".
@@ -623,8 +680,8 @@ for _provider, _concurrency in (("openai", 8), ("anthropic", 4), ("openai-compat
     SLUICE_POOLS[f"llm-{_provider}"] = {
         "max_concurrency": _env_int(f"{_key}_CONCURRENCY", _concurrency, low=0, high=100_000)
         or None,
-        "rate_limit": env.int(f"{_key}_RATE_LIMIT", default=0) or None,
-        "rate_period": env.float(f"{_key}_RATE_PERIOD", default=60.0),
+        "rate_limit": _env_int(f"{_key}_RATE_LIMIT", 0, low=0, high=10**9) or None,
+        "rate_period": _env_number(f"{_key}_RATE_PERIOD", 60.0, low=0.001, high=366 * 86400),
         "queue": "llm",
     }
 # support_ticket: also e-mail the reply (Django's EMAIL_* settings) when it leaves the outbox;
@@ -677,11 +734,11 @@ OIDC_OP_JWKS_ENDPOINT = env("OIDC_OP_JWKS_ENDPOINT", default="")
 OIDC_RP_SIGN_ALGO = env("OIDC_RP_SIGN_ALGO", default="RS256")
 OIDC_RP_SCOPES = env("OIDC_RP_SCOPES", default="openid email profile")
 OIDC_USE_PKCE = True
-OIDC_TIMEOUT = env.int("OIDC_TIMEOUT", default=10)
+OIDC_TIMEOUT = _env_int("OIDC_TIMEOUT", 10, low=1, high=600)
 OIDC_CREATE_USER = True
 LOGIN_REDIRECT_URL_FAILURE = "/accounts/login/?sso=failed"
 SLUICE_OIDC_PROVIDER_NAME = env("SLUICE_OIDC_PROVIDER_NAME", default="single sign-on")
-SLUICE_OIDC_LEEWAY_SECONDS = env.int("SLUICE_OIDC_LEEWAY_SECONDS", default=30)
+SLUICE_OIDC_LEEWAY_SECONDS = _env_int("SLUICE_OIDC_LEEWAY_SECONDS", 30, low=0, high=3600)
 # Claim mapping: provider group → Django group ("idp-name=group,same-name"); groups the map
 # does not name are ignored. The tenant claim → TenantMembership, from SLUICE_OIDC_TENANTS
 # only when that list is set. Staff only when SLUICE_OIDC_STAFF_CLAIM holds

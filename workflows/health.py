@@ -33,7 +33,7 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 log = logging.getLogger("sluice.health")
 
@@ -283,15 +283,16 @@ def record_sweep(name: str, **fields: Any) -> None:
 # --- the endpoints -----------------------------------------------------------------------------
 
 
+# GET or HEAD: load balancers often probe with HEAD, and a 405 marked the process down.
 @never_cache
-@require_GET
+@require_safe
 def healthz(request: HttpRequest) -> JsonResponse:
     """The process answers: nothing else is touched (no database, no broker)."""
     return JsonResponse({"status": "ok"})
 
 
 @never_cache
-@require_GET
+@require_safe
 def readyz(request: HttpRequest) -> JsonResponse:
     """200 with every part when Sluice can make progress; 503 naming the failing parts.
 

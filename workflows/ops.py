@@ -7,6 +7,12 @@ first time the overview needs them, into ``HistoryHour`` rows; only the open hou
 live, from the indexes on the runs' and steps' times. Latency percentiles come from the most
 recent finished steps of each pool; the status counts are exact for active runs and the
 planner's estimates for finished ones on a long history.
+
+Hours are UTC hours, keyed by their UTC start, whatever ``TIME_ZONE`` says; only their labels
+and the day a cost falls on are local. Bucketed in local time, the two 02:00 hours of a
+daylight-saving fall-back were one bucket (counted twice, and its second ``HistoryHour`` row
+never matched, so it was counted again on every load), and a change to a zone with a half-hour
+offset left every kept row off the new hour boundaries, summed beside its recount.
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ def percentile(sorted_values: list[float], q: float) -> float:
 class PoolLoad:
     name: str
     running: int
-    backlog: int
+    backlog: int  # pending steps a worker or a free slot of the pool would start
     retrying: int
     limit: int | None
     rate_limit: int | None
@@ -64,6 +70,7 @@ class PoolLoad:
     p50: float = 0.0
     p95: float = 0.0
     samples: int = 0
+    held: int = 0  # branches waiting for their own run's max_parallel, not for the pool
 
     @property
     def utilization(self) -> float | None:
@@ -163,17 +170,29 @@ def runs_by_status() -> dict[str, int]:
     return status_counts()[0]
 
 
+def _utc_hour(moment: datetime) -> datetime:
+    """The start of the UTC hour ``moment`` falls in (a UTC datetime)."""
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
 def _hours(first: datetime, last: datetime) -> list[datetime]:
-    """The starts of the local hours from ``first``'s to ``last``'s, stepped in real time (a
-    daylight-saving change neither skips nor repeats one)."""
-    start = first.astimezone(UTC)
-    count = int((last.astimezone(UTC) - start) / HOUR) + 1
-    here = timezone.get_current_timezone()
-    return [(start + i * HOUR).astimezone(here) for i in range(count)]
+    """The starts of the UTC hours from ``first``'s to ``last``'s (UTC datetimes: one key per
+    real hour, so a daylight-saving change neither merges nor skips one)."""
+    start = _utc_hour(first)
+    count = int((_utc_hour(last) - start) / HOUR) + 1
+    return [start + i * HOUR for i in range(count)]
 
 
 def _this_hour(now: datetime) -> datetime:
-    return timezone.localtime(now).replace(minute=0, second=0, microsecond=0)
+    return _utc_hour(now)
+
+
+def _labels(hours: list[datetime]) -> list[str]:
+    """Each hour's local start, for the axis: "14", or "14:30" in a zone whose hours start at
+    the half hour (the two hours of a fall-back both say "02", as the clock did)."""
+    here = [timezone.localtime(h) for h in hours]
+    fmt = "%H" if all(h.minute == 0 for h in here) else "%H:%M"
+    return [h.strftime(fmt) for h in here]
 
 
 @dataclass(slots=True)
@@ -188,8 +207,9 @@ class Hour:
 
 
 def _count(since: datetime, until: datetime | None = None) -> dict[datetime, Hour]:
-    """The figures of the local hours from ``since`` (to ``until``) that saw a run finish or
-    start or a costed step finish: three grouped queries over the time indexes."""
+    """The figures of the UTC hours from ``since`` (to ``until``) that saw a run finish or
+    start or a costed step finish, keyed by their UTC start: three grouped queries over the
+    time indexes."""
     rows: dict[datetime, Hour] = defaultdict(Hour)
 
     def between(column: str) -> dict[str, datetime]:
@@ -197,51 +217,55 @@ def _count(since: datetime, until: datetime | None = None) -> dict[datetime, Hou
 
     finished = (
         Run.objects.filter(**between("finished_at"))
-        .annotate(hour=TruncHour("finished_at"))
+        .annotate(hour=TruncHour("finished_at", tzinfo=UTC))
         .values_list("hour", "status")
         .annotate(n=Count("id"))
         .order_by()
     )
     for hour, status, n in finished:
         if status in OUTCOMES:
-            setattr(rows[hour], status, n)
+            setattr(rows[hour.astimezone(UTC)], status, n)
     started = (
         Run.objects.filter(**between("created_at"))
-        .annotate(hour=TruncHour("created_at"))
+        .annotate(hour=TruncHour("created_at", tzinfo=UTC))
         .values_list("hour")
         .annotate(n=Count("id"))
         .order_by()
     )
     for hour, n in started:
-        rows[hour].started = n
+        rows[hour.astimezone(UTC)].started = n
     costed = (
         # A child run's cost is also on its parent's waiting step: counted once, by its steps.
         Step.objects.filter(cost__gt=0, **between("finished_at"))
         .exclude(kind=StepKind.CHILD)
-        .annotate(hour=TruncHour("finished_at"))
+        .annotate(hour=TruncHour("finished_at", tzinfo=UTC))
         .values_list("hour", "run__workflow")
         .annotate(total=Sum("cost"))
         .order_by()
     )
     for hour, pipeline, total in costed:
-        rows[hour].cost[pipeline] = str(total or Decimal(0))
+        rows[hour.astimezone(UTC)].cost[pipeline] = str(total or Decimal(0))
     return dict(rows)
 
 
 def history(hours: list[datetime], now: datetime) -> dict[datetime, Hour]:
-    """The figures of each of ``hours`` (local hour starts, oldest first) that saw anything:
-    the hours that ended from ``HistoryHour``, counted now (once) if they were not yet, and
-    the open ones live."""
-    closed = [h for h in hours if h.astimezone(UTC) + HOUR + GRACE <= now]
+    """The figures of each of ``hours`` (UTC hour starts, oldest first) that saw anything,
+    keyed by those starts: the hours that ended from ``HistoryHour``, counted now (once) if
+    they were not yet, and the open ones live.
+
+    A kept row that is not one of ``hours`` (an hour of a local zone Sluice once bucketed
+    by, such as 18:30 UTC from Asia/Kolkata) is ignored: its runs are in the hours that
+    cover them, and adding it too counted them twice."""
+    closed = [h for h in hours if h + HOUR + GRACE <= now]
     rows: dict[datetime, Hour] = {}
     if closed:
+        wanted = set(closed)
         kept = HistoryHour.objects.filter(hour__gte=closed[0], hour__lte=closed[-1])
-        rows = {
-            hour: Hour(ok, bad, canceled, started, cost)
-            for hour, ok, bad, canceled, started, cost in kept.values_list(
-                "hour", "succeeded", "failed", "canceled", "started", "cost"
-            )
-        }
+        for hour, ok, bad, canceled, started, cost in kept.values_list(
+            "hour", "succeeded", "failed", "canceled", "started", "cost"
+        ):
+            if hour.astimezone(UTC) in wanted:
+                rows[hour.astimezone(UTC)] = Hour(ok, bad, canceled, started, cost)
         missing = [h for h in closed if h not in rows]
         if missing:
             counted = _count(missing[0], missing[-1] + HOUR)
@@ -259,11 +283,15 @@ def history(hours: list[datetime], now: datetime) -> dict[datetime, Hour]:
 
 
 def _two_weeks(now: datetime) -> list[datetime]:
-    """The hours of the cost chart's 14 local days (the last 24 hours among them)."""
+    """The hours of the cost chart's 14 local days (the last 24 hours among them): every UTC
+    hour that starts on one of those days, local time (in a half-hour zone the hour across
+    midnight belongs to the day it starts on)."""
     first = timezone.localdate(now) - timedelta(days=DAYS - 1)
-    return _hours(
-        timezone.make_aware(datetime.combine(first, datetime.min.time())), _this_hour(now)
-    )
+    midnight = timezone.make_aware(datetime.combine(first, datetime.min.time()))
+    start = _utc_hour(midnight)
+    if start < midnight:
+        start += HOUR
+    return _hours(start, _this_hour(now))
 
 
 def hourly(now: datetime, rows: dict[datetime, Hour] | None = None) -> dict[str, Any]:
@@ -286,7 +314,7 @@ def hourly(now: datetime, rows: dict[datetime, Hour] | None = None) -> dict[str,
         rate.append(100.0 * series["failed"][i] / ended if ended else float("nan"))
     ok, bad = sum(series["succeeded"]), sum(series["failed"])
     return {
-        "labels": [f"{h:%H}" for h in hours],
+        "labels": _labels(hours),
         "series": series,
         "started": started,
         "failure_rate": rate,
@@ -298,14 +326,19 @@ def hourly(now: datetime, rows: dict[datetime, Hour] | None = None) -> dict[str,
 
 def pools(now: datetime) -> list[PoolLoad]:
     """Each pool's load now (running, backlog, retrying) against its limits, and its step
-    latency over the last 24 hours."""
+    latency over the last 24 hours.
+
+    A branch held back by its own run's ``max_parallel`` is not backlog: it waits for an
+    earlier branch of that run, not for the pool (a fan-out of 10,000 under a cap of 10 would
+    show a pool with free slots as 9,990 deep). Those are counted apart, as ``held``."""
     rows = {p.name: p for p in Pool.objects.all()}
     names = set(settings.SLUICE_POOLS) | set(rows)
     live = Step.objects.filter(superseded=False)
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     busy = live.filter(status__in=["running", "pending", "retrying"], kind__in=["step", "branch"])
-    for row in busy.values("pool", "status").annotate(n=Count("id")):
-        counts[row["pool"]][row["status"]] += row["n"]
+    for row in busy.values("pool", "status", "held").annotate(n=Count("id")):
+        status = "held" if row["held"] and row["status"] == "pending" else row["status"]
+        counts[row["pool"]][status] += row["n"]
         names.add(row["pool"])
     latency = _latency(now)
     names |= set(latency)
@@ -320,6 +353,7 @@ def pools(now: datetime) -> list[PoolLoad]:
                 running=counts[name]["running"],
                 backlog=counts[name]["pending"],
                 retrying=counts[name]["retrying"],
+                held=counts[name]["held"],
                 limit=conf.max_concurrency if conf else defaults.get("max_concurrency"),
                 rate_limit=conf.rate_limit if conf else defaults.get("rate_limit"),
                 rate_period=conf.rate_period if conf else float(defaults.get("rate_period") or 1.0),
@@ -387,16 +421,18 @@ def _latency(now: datetime) -> dict[str, tuple[float, float, int]]:
 
 def cost_by_pipeline(now: datetime, rows: dict[datetime, Hour] | None = None) -> dict[str, Any]:
     """LLM cost per pipeline per day over the last 14 days (from the journal's step costs).
-    ``rows``: ``history()`` of those days' hours (the overview shares one)."""
+    ``rows``: ``history()`` of those days' hours or more (the overview shares one); only the
+    chart's own hours are summed, each once, into the local day it starts on."""
     today = timezone.localdate(now)
     days = [today - timedelta(days=DAYS - 1 - i) for i in range(DAYS)]
     index = {d: i for i, d in enumerate(days)}
     by_pipeline: dict[str, list[float]] = defaultdict(lambda: [0.0] * DAYS)
-    rows = history(_two_weeks(now), now) if rows is None else rows
-    here = timezone.get_current_timezone()
-    for hour, row in rows.items():
-        i = index.get(hour.astimezone(here).date())
-        if i is not None:
+    hours = _two_weeks(now)
+    rows = history(hours, now) if rows is None else rows
+    for hour in hours:
+        row = rows.get(hour)
+        i = index.get(timezone.localdate(hour))
+        if row is not None and i is not None:
             for pipeline, total in row.cost.items():
                 by_pipeline[pipeline][i] += float(total)
     totals = {name: sum(values) for name, values in by_pipeline.items()}
@@ -434,9 +470,16 @@ def attention(now: datetime) -> dict[str, Any]:
 def overview(now: datetime | None = None) -> dict[str, Any]:
     now = now or timezone.now()
     rows = history(_two_weeks(now), now)
+    status, estimated = status_counts()
     return {
         "now": now,
-        "status": runs_by_status(),
+        "status": status,
+        # Every run not finished yet, compensating ones included (what ?status=active lists).
+        "in_flight": sum(status[s] for s in ACTIVE_RUN),
+        # The statuses whose counts are the planner's estimates (shown with "≈").
+        "status_estimated": [s for s in RunStatus.values if s not in ACTIVE_RUN]
+        if estimated
+        else [],
         "hourly": hourly(now, rows),
         "pools": pools(now),
         "latency_sample": LATENCY_SAMPLE,

@@ -18,4 +18,8 @@ urlpatterns = [
     # Probes for load balancers and orchestrators: unauthenticated, they reveal no secrets.
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    # A probe configured with the trailing slash answers too (a load balancer does not follow
+    # a redirect: the process would be marked down).
+    path("healthz/", health.healthz),
+    path("readyz/", health.readyz),
 ]

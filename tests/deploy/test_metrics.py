@@ -65,6 +65,37 @@ def test_an_allowlist_admits_its_networks_only(client: Client, settings: Any) ->
     assert "sluice_runs" in names(scrape(client))
 
 
+def test_an_ipv4_client_of_a_dual_stack_socket_is_matched_as_ipv4(
+    client: Client, settings: Any
+) -> None:
+    """Behind a dual-stack listener an IPv4 client arrives as ``::ffff:10.1.1.1``: it was
+    refused against ``10.0.0.0/8``."""
+    settings.SLUICE_METRICS_TOKEN = ""
+    settings.SLUICE_METRICS_ALLOW = ["10.0.0.0/8"]
+    assert client.get("/metrics", REMOTE_ADDR="::ffff:10.1.1.1").status_code == 200
+    assert client.get("/metrics", REMOTE_ADDR="::ffff:192.168.1.1").status_code == 403
+    settings.SLUICE_METRICS_ALLOW = ["::ffff:10.0.0.0/104"]  # the mapped form admits it too
+    assert client.get("/metrics", REMOTE_ADDR="::ffff:10.1.1.1").status_code == 200
+
+
+def test_a_refusal_says_its_cause(client: Client, settings: Any) -> None:
+    """A valid token from an address outside the networks was told "Metrics need a valid
+    token."; and an entry that is junk (set from code: settings refuses it at start) admits
+    nobody instead of making every scrape a 500."""
+    settings.SLUICE_METRICS_TOKEN = TOKEN
+    settings.SLUICE_METRICS_ALLOW = ["10.0.0.0/8"]
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    outside = client.get("/metrics", headers=bearer)
+    assert outside.status_code == 403
+    assert b"token" not in outside.content and b"address" in outside.content
+    no_token = client.get("/metrics", REMOTE_ADDR="10.1.1.1")
+    assert no_token.status_code == 401 and b"token" in no_token.content
+    assert client.get("/metrics", headers=bearer, REMOTE_ADDR="10.1.1.1").status_code == 200
+    settings.SLUICE_METRICS_ALLOW = ["10.0.0.0/8 ", "junk"]
+    assert client.get("/metrics", headers=bearer, REMOTE_ADDR="10.1.1.1").status_code == 200
+    assert client.get("/metrics", headers=bearer, REMOTE_ADDR="192.0.2.1").status_code == 403
+
+
 def test_steps_and_runs_are_counted_and_gauges_read_the_tables(
     client: Client, settings: Any, bell: Bell
 ) -> None:
@@ -133,6 +164,22 @@ def test_gauge_counts_are_capped(client: Client, settings: Any, bell: Bell) -> N
     for i in range(3):
         Outbox.objects.create(kind="webhook", key=f"cap-{i}", payload={})
     assert sample(scrape(client), "sluice_outbox_backlog") == 2
+
+
+def test_the_pool_backlog_leaves_out_branches_held_by_their_own_run(
+    client: Client, settings: Any
+) -> None:
+    """A run's fan-out past its ``max_parallel`` waits for that run, not for the pool."""
+    from workflows.models import Run, Step
+
+    settings.SLUICE_METRICS_TOKEN = TOKEN
+    run = Run.objects.create(workflow="wf", status="running", input={})
+    for i, held in enumerate([False, True, True, True]):
+        Step.objects.create(
+            run=run, position=1, branch=i, kind="branch", name="b", pool="default",
+            status="pending", held=held,
+        )  # fmt: skip
+    assert sample(scrape(client), "sluice_pool_backlog", pool="default") == 1
 
 
 def exported(text: str) -> set[str]:

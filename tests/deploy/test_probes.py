@@ -67,6 +67,24 @@ def test_readyz_is_ready_when_every_part_is(client: Client, parts: dict[str, Any
     assert "llm-openai" in checks["queues"]["queues"]["llm"]["pools"]
 
 
+def test_probes_answer_head_and_a_trailing_slash_over_plain_http(
+    client: Client, parts: dict[str, Any], settings: Any
+) -> None:
+    """Load balancers probe with HEAD (a 405 marked the process down), and a probe set up as
+    ``/healthz/`` got a 301 to https (the redirect exemption was ``^healthz$``), which a
+    probe behind the TLS proxy does not follow."""
+    settings.SECURE_SSL_REDIRECT = True
+    for path in ("/healthz", "/healthz/", "/readyz", "/readyz/"):
+        health.clear_cache()
+        got = client.get(path)  # plain http
+        assert (got.status_code, got.get("Location")) == (200, None), path
+        assert got.json()["status"] in ("ok", "ready")
+        head = client.head(path)
+        assert (head.status_code, head.content) == (200, b""), path
+    assert client.get("/runs/").status_code == 301  # every other page still goes to https
+    assert client.options("/healthz").status_code == 405
+
+
 def test_a_queue_without_a_worker_is_named_with_its_fix(
     client: Client, parts: dict[str, Any]
 ) -> None:

@@ -18,6 +18,17 @@ def _split(values: list[str] | None) -> list[str]:
     return [part.strip() for v in values or [] for part in v.split(",") if part.strip()]
 
 
+def _text(value: str, what: str) -> str:
+    """``value`` when it is text the database can store. Bytes of argv that are not UTF-8
+    reach Python as lone surrogates (``\udcff``), which PostgreSQL's driver cannot encode: a
+    UnicodeEncodeError traceback halfway through the insert, instead of a message."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CommandError(f"{what} is not valid UTF-8: {value[:100]!r}") from None
+    return value
+
+
 class Command(BaseCommand):
     help = "Create an API key for the JSON API and print it (once) on the last line."
 
@@ -43,6 +54,12 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        _text(options["name"], "the key's name")
+        _text(options["tenant"], "--tenant")
+        for value in options["scopes"] or []:
+            _text(value, "--scopes")
+        for value in options["pipelines"] or []:
+            _text(value, "--pipelines")
         pipelines = _split(options["pipelines"])
         unknown = sorted(set(pipelines) - set(registered_workflows()))
         if unknown:

@@ -8,7 +8,10 @@ Procfile is the one source of truth: this command adds nothing to its commands.
    ``gunicorn`` and ``celery`` are the pinned ones and ``${VAR:-default}`` works as in any
    Procfile runner.
 2. Empty ``PROMETHEUS_MULTIPROC_DIR`` (default ``$SLUICE_VAR_DIR/prometheus``; it must be set
-   and empty before any process starts) so the metrics of every process add up.
+   and empty before any process starts) so the metrics of every process add up. A lock file
+   beside it (``prometheus.lock``) is held while this command runs: a second one started by
+   mistake stops there, instead of emptying the first one's directory under its running
+   processes and then failing to bind the port.
 3. Run ``release`` (migrations, collectstatic) to completion; stop if it fails.
 4. Start every other process and supervise them as ``sluice_dev`` does: output prefixed with
    the process's name; SIGINT/SIGTERM stop them all with SIGTERM (gunicorn finishes its
@@ -18,13 +21,16 @@ Procfile is the one source of truth: this command adds nothing to its commands.
 
 from __future__ import annotations
 
+import argparse
+import fcntl
+import math
 import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from django.conf import settings
 from django.core.management.base import CommandError, CommandParser
@@ -33,6 +39,39 @@ from workflows.management.commands.sluice_dev import Child
 from workflows.management.commands.sluice_dev import Command as DevCommand
 
 LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")
+MAX_GRACE = 24 * 3600.0
+
+
+def grace_seconds(raw: str) -> float:
+    """``--grace``: a finite number of seconds from 0 to a day. ``nan`` compared false with
+    every deadline, so the processes were never sent SIGKILL; ``inf`` means the same."""
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 <= value <= MAX_GRACE):
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds from 0 to {MAX_GRACE:g}, not {raw!r}"
+        )
+    return value
+
+
+def lock_metrics_dir(metrics_dir: Path) -> IO[bytes]:
+    """Hold ``<metrics_dir>.lock`` (an exclusive ``flock``, released when this process ends,
+    however it ends); CommandError when another sluice_procfile holds it."""
+    metrics_dir.parent.mkdir(parents=True, exist_ok=True)
+    path = metrics_dir.with_name(metrics_dir.name + ".lock")
+    handle = open(path, "ab")  # noqa: SIM115  (held open for the command's lifetime)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise CommandError(
+            f"another sluice_procfile is running with PROMETHEUS_MULTIPROC_DIR={metrics_dir} "
+            f"(it holds {path}): stop it first, or give this one its own "
+            "PROMETHEUS_MULTIPROC_DIR and PORT"
+        ) from None
+    return handle
 
 
 def read_procfile(path: Path) -> dict[str, str]:
@@ -92,9 +131,9 @@ class Command(DevCommand):
         )
         parser.add_argument(
             "--grace",
-            type=float,
+            type=grace_seconds,
             default=30.0,
-            help="seconds the processes get to stop after SIGTERM before SIGKILL",
+            help="seconds the processes get to stop after SIGTERM before SIGKILL (0 to 86400)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -106,11 +145,25 @@ class Command(DevCommand):
         for name in options["skip"]:
             processes.pop(name, None)
         self.grace = float(options["grace"])
-        if options["create_database"]:
-            self.create_database()
         var_dir = Path(getattr(settings, "VAR_DIR", base_dir / "var"))
         env = process_env(var_dir)
         metrics_dir = Path(env["PROMETHEUS_MULTIPROC_DIR"])
+        # First of all, and before emptying the directory: another instance's processes may
+        # be writing there.
+        with lock_metrics_dir(metrics_dir):
+            self.run_processes(processes, procfile, env, metrics_dir, options)
+
+    def run_processes(
+        self,
+        processes: dict[str, str],
+        procfile: Path,
+        env: dict[str, str],
+        metrics_dir: Path,
+        options: dict[str, Any],
+    ) -> None:
+        base_dir = Path(settings.BASE_DIR)
+        if options["create_database"]:
+            self.create_database()
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True, exist_ok=True)
 
