@@ -658,7 +658,7 @@ SLUICE_LLM_OFFLINE_LATENCY = _env_number("SLUICE_LLM_OFFLINE_LATENCY", 0.0, low=
 # USD per million tokens, (input, output), by "provider:model", "model" or "provider:*".
 # The offline provider and self-hosted OpenAI-compatible servers cost nothing by default.
 # Add or override from the environment: SLUICE_LLM_PRICES="openai:gpt-5=1.25/10,…".
-SLUICE_LLM_PRICES: dict[str, tuple[float, float]] = {
+SLUICE_LLM_PRICES: dict[str, tuple[float | str, float | str]] = {
     "offline": (0.0, 0.0),
     "openai:gpt-4o-mini": (0.15, 0.60),
     "openai:gpt-4o": (2.50, 10.00),
@@ -670,7 +670,9 @@ SLUICE_LLM_PRICES: dict[str, tuple[float, float]] = {
 }
 for _model, _price in env.dict("SLUICE_LLM_PRICES", default={}).items():
     _in, _, _out = _price.partition("/")
-    SLUICE_LLM_PRICES[_model] = (float(_in), float(_out or _in))
+    # Kept as text: pipelines.llm.pricing.checked_price reads it, so that an entry nobody can
+    # read is a system check error (pipelines.E003) naming it, not a crash of every process.
+    SLUICE_LLM_PRICES[_model] = (_in.strip(), (_out or _in).strip())
 # Per-provider limits: LLM steps of a provider run in its own pool ("llm-openai", …; the
 # offline provider uses "llm"), all served by workers of the "llm" queue. Concurrency is across
 # all workers; the rate limit is step starts per period. Env: SLUICE_LLM_OPENAI_CONCURRENCY,

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin
 
 from pipelines.models import Ticket
+from workflows.admin import ReadOnlyMixin
 
 
 @admin.register(Ticket)
-class TicketAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class TicketAdmin(ReadOnlyMixin, admin.ModelAdmin):  # type: ignore[type-arg]
+    """Every tenant's tickets, so (like the engine's tables) shown to the view permission only:
+    Django's default also shows a table to its change permission (docs/security.md)."""
+
     list_display = (
         "id",
         "subject",
         "customer_email",
+        "tenant",
         "category",
         "urgency",
         "status",
@@ -23,12 +26,6 @@ class TicketAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "reply_sent_at",
         "created_at",
     )
-    list_filter = ("status", "category", "urgency")
+    list_filter = ("status", "category", "urgency", "tenant")
     search_fields = ("subject", "customer_email", "message")
     readonly_fields = [f.name for f in Ticket._meta.fields]
-
-    def has_add_permission(self, request: Any) -> bool:
-        return False
-
-    def has_delete_permission(self, request: Any, obj: Any = None) -> bool:
-        return False

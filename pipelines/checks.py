@@ -3,13 +3,19 @@
 - pipelines.E001: a machine definition is invalid (each error names its state).
 - pipelines.E002: a step a machine runs cannot be imported by its dotted path (parallel branches
   and steps queued in a limited pool run in other processes, which import them).
-- pipelines.E003: an LLM model setting cannot be parsed.
+- pipelines.E003: an LLM model setting, or an entry of the price table, cannot be parsed.
+- pipelines.E004: ``SLUICE_LLM_OUTPUT_MODE`` is not one of its modes, or ``SLUICE_LLM_TIMEOUT``
+  is not a number of seconds over 0 (every request would time out at once).
 - pipelines.W001: a configured model has no price, so its cost would be recorded as 0.
 - pipelines.W002: a configured provider has no API key.
+- pipelines.W003: a ``SLUICE_LLM_MODELS`` key names no pipeline or LLM task (a typo such as
+  ``thread-analysis`` would silently leave those tasks on the default model).
 """
 
 from __future__ import annotations
 
+import difflib
+import math
 from typing import Any
 
 from django.conf import settings
@@ -17,6 +23,7 @@ from django.core import checks
 
 from pipelines.llm import config, pricing
 from pipelines.llm.errors import ConfigurationError
+from pipelines.llm.tasks import TASKS
 from pipelines.machine import Parallel, State, registered_machines
 from workflows.core.definitions import resolve_step, step_path
 
@@ -67,8 +74,11 @@ def _import_problem(fn: Any) -> str:
     return ""
 
 
+OUTPUT_MODES = ("tool", "native", "prompted")
+
+
 def check_models() -> list[checks.CheckMessage]:
-    messages: list[checks.CheckMessage] = []
+    messages = _check_request_settings() + _check_model_keys()
     configured = {"SLUICE_LLM_MODEL": getattr(settings, "SLUICE_LLM_MODEL", config.OFFLINE)}
     for key, value in (getattr(settings, "SLUICE_LLM_MODELS", {}) or {}).items():
         configured[f"SLUICE_LLM_MODELS[{key!r}]"] = value
@@ -106,4 +116,58 @@ def check_models() -> list[checks.CheckMessage]:
                     id="pipelines.W002",
                 )
             )
+    return messages
+
+
+def _check_request_settings() -> list[checks.CheckMessage]:
+    messages: list[checks.CheckMessage] = []
+    mode = getattr(settings, "SLUICE_LLM_OUTPUT_MODE", "tool")
+    if mode not in OUTPUT_MODES:
+        messages.append(
+            checks.Error(
+                f"SLUICE_LLM_OUTPUT_MODE is {mode!r}, not one of {', '.join(OUTPUT_MODES)}",
+                hint="tool (the default) works with most providers; native uses the "
+                "provider's JSON-schema mode, prompted asks for JSON in the prompt.",
+                id="pipelines.E004",
+            )
+        )
+    timeout = getattr(settings, "SLUICE_LLM_TIMEOUT", 60.0)
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        messages.append(
+            checks.Error(
+                f"SLUICE_LLM_TIMEOUT is {timeout!r}: it is the seconds one LLM request may "
+                "take, a number over 0 (every request would time out at once)",
+                hint="The default is 60.",
+                id="pipelines.E004",
+            )
+        )
+    return messages
+
+
+def _check_model_keys() -> list[checks.CheckMessage]:
+    """A ``SLUICE_LLM_MODELS`` key is a pipeline (``thread_analysis``) or a task
+    (``support_ticket.grade``); one that is neither configures nothing."""
+    tasks = set(TASKS)
+    pipelines = {name.split(".", 1)[0] for name in tasks}
+    known = sorted(pipelines) + sorted(tasks)
+    messages: list[checks.CheckMessage] = []
+    for key in getattr(settings, "SLUICE_LLM_MODELS", {}) or {}:
+        if key in tasks or key in pipelines:
+            continue
+        close = difflib.get_close_matches(str(key), known, n=1)
+        guess = f"; did you mean {close[0]!r}?" if close else ""
+        messages.append(
+            checks.Warning(
+                f"SLUICE_LLM_MODELS[{key!r}] names no pipeline or LLM task, so it sets no "
+                f"model{guess}",
+                hint=f"Pipelines: {', '.join(sorted(pipelines))}. "
+                f"Tasks: {', '.join(sorted(tasks))}.",
+                id="pipelines.W003",
+            )
+        )
     return messages

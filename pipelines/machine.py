@@ -60,6 +60,7 @@ from pipelines.dsl import (
     wait,
 )
 from pipelines.graph import Diagram, mermaid_id
+from workflows.core.calls import MAX_WAIT_SECONDS
 from workflows.core.definitions import StepDef, as_step, undo_path, workflow
 from workflows.core.errors import StepFailed, UnknownWorkflowError
 
@@ -211,12 +212,29 @@ class Machine:
                     errors.append(f"{where}: timeout must be longer than 0, not {st.timeout}")
                 if (st.escalate_after is None) != (not st.escalate_to):
                     errors.append(f"{where}: escalate_after and escalate_to go together")
+                errors += [f"{where}: {problem}" for problem in _gate_problems(st)]
                 title = self.human_title(name)
+                if not 1 <= len(title.strip()) <= MAX_TITLE:
+                    errors.append(
+                        f"{where}: the gate's title (title=, else the state's name) must be 1 to "
+                        f"{MAX_TITLE} characters, not {len(title.strip())}"
+                    )
                 if title in titles:
                     errors.append(
                         f"{where}: title {title!r} is already used by state {titles[title]!r}"
                     )
                 titles[title] = name
+            if isinstance(st, Wait):
+                errors += [f"{where}: {problem}" for problem in _wait_problems(st)]
+            names = st.branches if isinstance(st, Parallel) else [""]
+            for branch in names if isinstance(st, State | Parallel | Final) else []:
+                step_name = f"state:{name}/{branch}" if branch else f"state:{name}"
+                if len(step_name) > MAX_STEP_NAME:
+                    errors.append(
+                        f"{where}: the journal name {step_name[:40]!r}… is {len(step_name)} "
+                        f"characters, over the {MAX_STEP_NAME} a journal entry's name holds "
+                        "(shorten the state's or the branch's name)"
+                    )
         for src, dst, _ in self.edges():
             if dst not in self.states:
                 errors.append(f"state {src!r}: transition to unknown state {dst!r}")
@@ -360,6 +378,9 @@ class Machine:
         name = self.initial
         trail: list[str] = []
         visits: dict[str, int] = {}
+        # Per "<parallel state>/<branch>": the keys its result put in the context, each with
+        # the value it had before the branch first wrote it (see _merge_branch).
+        produced: dict[str, dict[str, Any]] = {}
         while True:
             visits[name] = visits.get(name, 0) + 1
             if visits[name] > MAX_VISITS:
@@ -380,9 +401,16 @@ class Machine:
                     )
                     raise MachineFailed(f"{self.id} ended in final state {name!r}{detail}")
                 return {"final_state": name, "trail": trail, "context": data}
-            name = self._enter(ctx, name, st, data)
+            name = self._enter(ctx, name, st, data, produced)
 
-    def _enter(self, ctx: Any, name: str, st: AnyState, data: dict[str, Any]) -> str:
+    def _enter(
+        self,
+        ctx: Any,
+        name: str,
+        st: AnyState,
+        data: dict[str, Any],
+        produced: dict[str, dict[str, Any]],
+    ) -> str:
         if isinstance(st, State):
             try:
                 merge(
@@ -398,7 +426,7 @@ class Machine:
                 return st.on_error
             return self._choose(name, st.on_done, data)
         if isinstance(st, Parallel):
-            return self._parallel(ctx, name, st, data)
+            return self._parallel(ctx, name, st, data, produced)
         if isinstance(st, Human):
             return self._human(ctx, name, st, data)
         if isinstance(st, Wait):
@@ -410,7 +438,14 @@ class Machine:
             return self._choose(name, st.on_done, data)
         raise MachineError(f"state {name!r}: cannot enter a {type(st).__name__}")
 
-    def _parallel(self, ctx: Any, name: str, st: Parallel, data: dict[str, Any]) -> str:
+    def _parallel(
+        self,
+        ctx: Any,
+        name: str,
+        st: Parallel,
+        data: dict[str, Any],
+        produced: dict[str, dict[str, Any]],
+    ) -> str:
         snapshot = copy.deepcopy(data)
         calls = [
             ctx.call(
@@ -424,9 +459,10 @@ class Machine:
         for branch, result in zip(st.branches, results, strict=True):
             if isinstance(result, StepFailed):
                 failures[branch] = _error_summary(result)
+                result = None
             else:
                 succeeded += 1
-                merge(data, result)
+            _merge_branch(data, result, produced.setdefault(f"{name}/{branch}", {}))
         # Recorded per visit: a loop back here replaces the previous visit's record.
         data.setdefault("branch_failures", {})[name] = failures
         needed = st.min_success if st.min_success is not None else len(st.branches)
@@ -499,17 +535,113 @@ class Machine:
         raise MachineError(f"state {name!r}: no transition applies")  # validation prevents it
 
 
+# What a gate and an event wait can hold, checked when a machine is defined: each of these
+# otherwise failed every run that reached the state, with the engine's or the gate's message.
+# The lengths are the columns of reviews' Gate (and of the journal's step names), the duration
+# limit the engine's (pipelines does not import reviews; tests/pipelines/
+# test_machine_validation.py checks they still agree).
+MAX_OUTCOME = 64  # Gate.outcome / on_timeout
+MAX_GROUP = 150  # Gate.group / escalate_to (a Django group's name)
+MAX_TITLE = 200  # Gate.title, the name of the gate's journal entry
+MAX_EVENT = 200  # an event's name (its journal entry's name)
+MAX_STEP_NAME = 200  # a journal entry's name: state:<state>[/<branch>]
+MAX_APPROVALS = 10  # reviews.decision.MAX_APPROVALS
+
+
+def _nul(text: Any) -> bool:
+    return isinstance(text, str) and "\x00" in text
+
+
+def _too_long(duration: timedelta | None) -> bool:
+    return duration is not None and duration.total_seconds() > MAX_WAIT_SECONDS
+
+
+def _gate_problems(st: Human) -> list[str]:
+    """What ``ctx.review`` would refuse on every run (beyond the checks of ``validate``)."""
+    problems: list[str] = []
+    for outcome in st.on:
+        if not isinstance(outcome, str) or not outcome or len(outcome) > MAX_OUTCOME:
+            problems.append(
+                f"outcome {str(outcome)[:40]!r} must be a name of 1 to {MAX_OUTCOME} characters"
+            )
+    for label, text in (("instruction", st.instruction), ("title", st.title)):
+        if _nul(text):
+            problems.append(f"the {label} contains a NUL character (\\x00), which cannot be stored")
+    for label, group in (("group", st.group), ("escalate_to", st.escalate_to)):
+        if label == "escalate_to" and not group:
+            continue
+        if not isinstance(group, str) or not group or len(group) > MAX_GROUP or _nul(group):
+            problems.append(
+                f"{label}= must name a group (1 to {MAX_GROUP} characters, no NUL), "
+                f"not {str(group)[:40]!r}"
+            )
+    if st.escalate_to and st.escalate_to == st.group:
+        problems.append(f"escalate_to={st.escalate_to!r} is the gate's own group")
+    if isinstance(st.approvals, int) and st.approvals > MAX_APPROVALS:
+        problems.append(f"approvals={st.approvals} must be at most {MAX_APPROVALS}")
+    for label, duration in (("timeout", st.timeout), ("escalate_after", st.escalate_after)):
+        if _too_long(duration):
+            problems.append(f"{label}={duration} is over ten years, the longest a run can wait")
+    if st.escalate_after is not None and st.escalate_after <= timedelta(0):
+        problems.append(f"escalate_after must be longer than 0, not {st.escalate_after}")
+    return problems
+
+
+def _wait_problems(st: Wait) -> list[str]:
+    """What ``ctx.wait_for_event`` would refuse on every run."""
+    problems: list[str] = []
+    if not isinstance(st.event, str) or not st.event or len(st.event) > MAX_EVENT:
+        problems.append(
+            f"event= must be an event name of 1 to {MAX_EVENT} characters, "
+            f"not {str(st.event)[:40]!r}"
+        )
+    elif _nul(st.event):
+        problems.append("the event name contains a NUL character (\\x00)")
+    if _too_long(st.timeout):
+        problems.append(f"timeout={st.timeout} is over ten years, the longest a run can wait")
+    elif st.timeout is not None and st.timeout < timedelta(0):
+        problems.append(f"timeout must not be negative, not {st.timeout}")
+    return problems
+
+
 def merge(data: dict[str, Any], result: Any) -> None:
     """Merge a step result into the context (a pydantic model merges as its fields)."""
+    data.update(_as_dict(result))
+
+
+def _as_dict(result: Any) -> dict[str, Any]:
     if result is None:
-        return
+        return {}
     if isinstance(result, pydantic.BaseModel):
         result = result.model_dump(mode="json")
     if not isinstance(result, dict):
         raise MachineError(
             f"a state's step must return a dict (or None), not {type(result).__name__}"
         )
-    data.update(result)
+    return result
+
+
+_UNSET = object()
+
+
+def _merge_branch(data: dict[str, Any], result: Any, bases: dict[str, Any]) -> None:
+    """Merge a branch's result (None when it failed) on this visit of its parallel state.
+
+    A key the branch produced on an earlier visit but not on this one (every key, when it
+    failed) goes back to the value it had before the branch first wrote it, or out of the
+    context: after a reject loop, a branch that failed the second time left the first visit's
+    analysis behind, shown to the reviewer and fed to the report as if it were this visit's.
+    ``bases`` is the branch's record of what it wrote, kept across visits by ``walk``."""
+    fresh = _as_dict(result)
+    for key in [k for k in bases if k not in fresh]:
+        base = bases.pop(key)
+        if base is _UNSET:
+            data.pop(key, None)
+        else:
+            data[key] = base
+    for key in fresh:
+        bases.setdefault(key, data.get(key, _UNSET))
+    data.update(fresh)
 
 
 def _error_summary(exc: StepFailed) -> dict[str, str]:

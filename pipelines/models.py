@@ -20,6 +20,9 @@ class Ticket(models.Model):
     run = models.OneToOneField(
         Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="ticket"
     )
+    # The run's tenant: a customer's history is read within one tenant only, as one tenant's
+    # tickets (subjects, categories) are none of another's business. "" is the default tenant.
+    tenant = models.CharField(max_length=100, blank=True, default="")
     customer_email = models.EmailField(db_index=True)
     subject = models.CharField(max_length=200)
     message = models.TextField()

@@ -1,9 +1,10 @@
 """support_ticket: answer a customer request, code-first.
 
-customer history → summary → create ticket → knowledge-base context → up to 5 attempts of
-(draft a resolution, grade it) until the grade passes → update the ticket → reply to the
-customer through the outbox (idempotent on the ticket). When no draft passes, a reviewer
-approves (and may edit) the reply or rejects it, which escalates the ticket instead.
+customer history (the run's tenant's tickets only) → summary → create ticket →
+knowledge-base context → up to 5 attempts of (draft a resolution, grade it) until the grade
+passes → update the ticket → reply to the customer through the outbox (once per ticket). When
+no draft passes, a reviewer approves (and may edit) the reply or rejects it, which escalates
+the ticket instead; so does approving an emptied reply, which sends nothing.
 """
 
 from __future__ import annotations
@@ -97,13 +98,26 @@ KNOWLEDGE_BASE: list[dict[str, Any]] = [
 # --- steps ------------------------------------------------------------------------------------
 
 
+def _run_tenant(what: str) -> str:
+    """The tenant of the run the current step belongs to: tickets are kept per tenant."""
+    from workflows.models import Run
+
+    scope = current_step()
+    if scope is None:
+        raise RuntimeError(f"{what} runs as a step of a support_ticket run")
+    tenant = Run.objects.filter(pk=scope.run_id).values_list("tenant", flat=True).first()
+    return tenant or ""
+
+
 @step
 def customer_history(email: str) -> dict[str, Any]:
-    """Earlier tickets of this customer (from the tickets table)."""
+    """Earlier tickets of this customer in this run's tenant (from the tickets table). Another
+    tenant's tickets of the same address are not this customer's history: their subjects go
+    into the summary, and from there into a model's prompt and the reply."""
     from pipelines.models import Ticket
 
     rows = list(
-        Ticket.objects.filter(customer_email__iexact=email)
+        Ticket.objects.filter(tenant=_run_tenant("customer_history"), customer_email__iexact=email)
         .order_by("-created_at")[:5]
         .values("id", "subject", "status", "category", "created_at")
     )
@@ -195,6 +209,7 @@ def create_ticket(data: dict[str, Any]) -> dict[str, Any]:
     ticket, _ = Ticket.objects.get_or_create(
         run_id=scope.run_id,
         defaults={
+            "tenant": _run_tenant("create_ticket"),
             "customer_email": data["customer_email"],
             "subject": data["subject"],
             "message": data["message"],
@@ -340,12 +355,18 @@ def update_ticket(
 
 @step
 def send_reply(ticket_id: int, to: str, subject: str, body: str) -> dict[str, Any]:
-    """Queue the reply in the outbox. The key is the ticket, so a retried step (or a restarted
-    run) finds the row it already wrote and the customer gets one reply."""
+    """Queue the reply in the outbox, once per ticket. The key is the ticket, so a retried step
+    (or a restarted run) finds the row it already wrote; and a ticket whose reply already left
+    (``reply_sent_at``) gets none queued at all, as retention prunes delivered rows
+    (``SLUICE_OUTBOX_RETENTION_DAYS``) and a restart after that would mail the customer again."""
+    from pipelines.models import Ticket
     from workflows.core.services import enqueue_outbox
 
     scope = current_step()
     key = f"support-reply:{ticket_id}"
+    sent_at = Ticket.objects.filter(pk=ticket_id).values_list("reply_sent_at", flat=True).first()
+    if sent_at is not None:
+        return {"outbox_key": key, "already_sent_at": sent_at.isoformat()}
     with transaction.atomic():
         enqueue_outbox(
             REPLY_KIND,
@@ -373,6 +394,8 @@ def deliver_reply(row: Any) -> None:
     from pipelines.models import Ticket
 
     data = row.payload
+    if Ticket.objects.filter(pk=data["ticket_id"], reply_sent_at__isnull=False).exists():
+        return  # Its reply already left (a redelivered row, or a second row): never mail twice.
     if getattr(settings, "SLUICE_SUPPORT_SEND_EMAIL", False):
         from django.core.mail import send_mail
 
@@ -464,8 +487,17 @@ def support_ticket(
             "comment": decision.comment,
         }
         edits = decision.edits if isinstance(decision.edits, dict) else {}
-        reply = edits.get("reply") or reply
+        if isinstance(edits.get("reply"), str):
+            reply = edits["reply"]
         status = "resolved" if decision.outcome == "approve" else "escalated"
+        if status == "resolved" and not reply.strip():
+            # Approved with the reply field emptied: there is nothing to send, and the failing
+            # draft is what the reviewer removed. Nobody answered the customer, so the ticket
+            # is escalated to a person, and the output says why.
+            status = "escalated"
+            reviewed["note"] = (
+                "approved with an empty reply: nothing was sent and the ticket was escalated"
+            )
     ctx.run(
         update_ticket,
         ticket_id,
@@ -518,7 +550,7 @@ def _diagram() -> Diagram:
         ("grade", "update_ticket", "passed"),
         ("grade", "review", f"failed {MAX_ATTEMPTS} times"),
         ("review", "update_ticket", "approve"),
-        ("review", "escalated", "reject / timeout"),
+        ("review", "escalated", "reject / timeout / empty reply"),
         ("update_ticket", "send_reply", "resolved"),
         ("send_reply", "done", ""),
     ):

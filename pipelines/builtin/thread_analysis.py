@@ -10,6 +10,7 @@ synthesis.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,33 +37,69 @@ class ThreadInput(BaseModel):
         min_length=1,
         max_length=50_000,
         title="Message thread",
-        description="One message per line, written as “Name: message”. Lines without a name "
-        "continue the previous message.",
+        description="One message per line, written as “Name: message” (any script; “Name：” "
+        "too). Lines without a name continue the previous message.",
         json_schema_extra={"widget": "textarea", "rows": 10},
     )
 
 
-SPEAKER = re.compile(r"^\s*([A-Z][\w .'-]{0,40}?)\s*:\s*(.+)$")
+# A speaker's name: up to 40 characters before the first colon (":" or the full-width "：" of
+# Chinese and Japanese text), starting with a letter of any script or an emoji, then letters,
+# digits, marks (accents, emoji variation selectors), emoji, spaces and . ' ’ - _. A line that
+# starts otherwise ("10:30 works", "https://…") continues the previous message.
+NAME_MAX = 40
+COLON = re.compile(r"[:：]")
+NAME_PUNCTUATION = frozenset(" .'’-_\u200d")  # U+200D joins the parts of one emoji
+# Lines before the first named message are kept, as this speaker's message: dropped, they
+# were lost without a word; joined to the first message, they were put in its author's mouth.
+UNNAMED = "(unnamed)"
+
+
+def _is_name_char(c: str) -> bool:
+    return c.isalnum() or c in NAME_PUNCTUATION or unicodedata.category(c)[0] in "MS"
+
+
+def split_speaker(line: str) -> tuple[str, str] | None:
+    """``(name, message)`` of a ``Name: message`` line, or None when the line names nobody."""
+    colon = COLON.search(line)
+    if colon is None:
+        return None
+    name, text = line[: colon.start()].strip(), line[colon.end() :].strip()
+    if not name or len(name) > NAME_MAX or text.startswith("//"):
+        return None
+    if not (name[0].isalpha() or unicodedata.category(name[0]) == "So"):
+        return None
+    if not all(_is_name_char(c) for c in name):
+        return None
+    return name, text
 
 
 @step
 def parse_thread(data: dict[str, Any]) -> dict[str, Any]:
-    """Split the thread into messages by speaker."""
+    """Split the thread into messages by speaker. A line without a name continues the message
+    before it; lines before the first name form a message of their own, by ``(unnamed)``."""
     messages: list[dict[str, Any]] = []
     for line in data["thread"].splitlines():
         if not line.strip():
             continue
-        m = SPEAKER.match(line)
-        if m:
-            messages.append(
-                {"n": len(messages) + 1, "speaker": m.group(1).strip(), "text": m.group(2).strip()}
-            )
+        named = split_speaker(line)
+        if named:
+            messages.append({"speaker": named[0], "text": named[1]})
         elif messages:
-            messages[-1]["text"] += " " + line.strip()
-    if not messages:
+            messages[-1]["text"] = f"{messages[-1]['text']} {line.strip()}".strip()
+        else:
+            messages.append({"speaker": UNNAMED, "text": line.strip()})
+    # "Name:" alone on its line is followed by its text; one never followed says nothing.
+    messages = [m for m in messages if m["text"]]
+    participants = list(dict.fromkeys(m["speaker"] for m in messages if m["speaker"] != UNNAMED))
+    if not participants:
         raise NonRetryableError("no messages found: write one message per line as “Name: message”")
-    participants = list(dict.fromkeys(msg["speaker"] for msg in messages))
-    return {"messages": messages, "participants": participants}
+    for n, msg in enumerate(messages, 1):
+        msg["n"] = n
+    return {
+        "messages": [{"n": m["n"], "speaker": m["speaker"], "text": m["text"]} for m in messages],
+        "participants": participants,
+    }
 
 
 # --- shared output pieces ---------------------------------------------------------------------
@@ -508,6 +545,14 @@ def darvo_detected(data: dict[str, Any]) -> bool:
     return bool(data.get("darvo_detected"))
 
 
+# The reviewer's names of the analyses (the branches of the "analysis" state).
+ANALYSIS_TITLES = {
+    "darvo": "DARVO",
+    "tactics": "Manipulation tactics",
+    "psychological": "Psychological profile",
+}
+
+
 def review_payload(data: dict[str, Any]) -> dict[str, Any]:
     """What the reviewer sees: one card per analysis (summary, confidence, evidence quotes),
     plus the analyses themselves for the raw view and for the synthesis."""
@@ -521,7 +566,7 @@ def review_payload(data: dict[str, Any]) -> dict[str, Any]:
         who = f" ({darvo['speaker']})" if darvo.get("speaker") else ""
         analyses.append(
             {
-                "title": "DARVO",
+                "title": ANALYSIS_TITLES["darvo"],
                 "summary": f"{verdict}{who}. {darvo.get('explanation', '')}".strip(),
                 "confidence": darvo.get("confidence"),
                 "evidence": [
@@ -533,7 +578,7 @@ def review_payload(data: dict[str, Any]) -> dict[str, Any]:
     if tactics:
         analyses.append(
             {
-                "title": "Manipulation tactics",
+                "title": ANALYSIS_TITLES["tactics"],
                 "summary": tactics.get("explanation", ""),
                 "evidence": [
                     {"quote": ex["quote"], "source": f"{ex['speaker']} · {t['name']}"}
@@ -545,7 +590,7 @@ def review_payload(data: dict[str, Any]) -> dict[str, Any]:
     if psych:
         analyses.append(
             {
-                "title": "Psychological profile",
+                "title": ANALYSIS_TITLES["psychological"],
                 "summary": psych.get("dynamics", ""),
                 "evidence": [
                     f"{p['speaker']}: {p['tone']}, sentiment {p['sentiment']:+.2f}, "
@@ -554,8 +599,20 @@ def review_payload(data: dict[str, Any]) -> dict[str, Any]:
                 ],
             }
         )
-    for name, why in failed.items():
-        analyses.append({"title": f"{name} (failed)", "summary": str(why)})
+    for branches in failed.values():
+        # One card per failed analysis, where its results would be: its title, and why it
+        # failed in words (the error type is a fact on the card).
+        for branch, why in branches.items():
+            why = why if isinstance(why, dict) else {"message": str(why)}
+            title = ANALYSIS_TITLES.get(branch, branch.replace("_", " ").capitalize())
+            analyses.append(
+                {
+                    "title": f"{title} (failed)",
+                    "summary": "This analysis failed, so its results are missing: "
+                    + (str(why.get("message") or "") or "no reason was recorded."),
+                    "error": str(why.get("type") or "Error"),
+                }
+            )
     made_by = {a.get("generated_by") for a in (darvo, tactics, psych) if a} - {None}
     return {
         "title": data.get("title") or "Message thread",

@@ -165,9 +165,15 @@ def _same_word(a: str, b: str) -> bool:
 
 # --- entities -----------------------------------------------------------------------------------
 
-EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
+# Every repetition below that a failed match could backtrack through is bounded (by what the
+# thing can be: a mailbox name is at most 64 characters, a domain label 63, an amount 30
+# digits, a word of a name 40 letters), and the words of a name are matched possessively (a
+# name word ends at a space, so giving back letters cannot help). Unbounded, a 100,000-character
+# "A'A'A'…" took a minute and "1,1,1,…" or "a.a.a.…" as long, from each position on.
+EMAIL = re.compile(r"\b[\w.+-]{1,64}+@[\w-]{1,63}(?:\.[\w-]{1,63}){1,10}\b")
 MONEY = re.compile(
-    r"(?:[$€£]\s?\d[\d,]*(?:\.\d+)?(?:\s?(?:million|billion|k))?)|\b\d[\d,]*(?:\.\d+)?\s?(?:USD|EUR|GBP|dollars|euros)\b",
+    r"(?:[$€£]\s?\d[\d,]{0,30}(?:\.\d{1,12})?(?:\s?(?:million|billion|k))?)"
+    r"|\b\d[\d,]{0,30}+(?:\.\d{1,12}+)?\s?(?:USD|EUR|GBP|dollars|euros)\b",
     re.I,
 )
 MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
@@ -176,7 +182,7 @@ DATE = re.compile(
     rf"|(?:{MONTHS}) \d{{1,2}}(?:, \d{{4}})?|(?:{MONTHS}) \d{{4}}|Q[1-4] \d{{4}})\b"
 )
 ORG_SUFFIX = re.compile(
-    r"\b((?:[A-Z][\w&'-]*\s){0,3}(?:[A-Z][\w&'-]*\s(?:Inc\.?|Ltd\.?|LLC|GmbH|Corp\.?|Corporation|Company|Group|Bank|University|Institute|Agency|Council|Foundation|Labs?)))(?=\W|$)"
+    r"\b((?:[A-Z][\w&'-]{0,40}+\s){0,3}(?:[A-Z][\w&'-]{0,40}+\s(?:Inc\.?|Ltd\.?|LLC|GmbH|Corp\.?|Corporation|Company|Group|Bank|University|Institute|Agency|Council|Foundation|Labs?)))(?=\W|$)"
 )
 ORG_OF = re.compile(
     r"\b((?:University|Bank|Institute|Ministry|Department|Museum) of "
@@ -214,24 +220,34 @@ NOT_PLACES = frozenset(
 )
 
 
+# Entities of one kind an answer lists, at most: the offline answer is a summary of a document,
+# not an index of it. Names are compared with each other (an organization inside a longer one
+# is dropped), so the candidates are capped too: 20,000 distinct names took seconds.
+MAX_ENTITIES = 100
+MAX_CANDIDATES = 500
+
+
 def entities(text: str) -> dict[str, list[str]]:
-    """People, organizations, places, dates, amounts of money and e-mail addresses."""
+    """People, organizations, places, dates, amounts of money and e-mail addresses (each once,
+    at most ``MAX_ENTITIES`` of a kind, in the order found)."""
     orgs = _unique(m.strip() for m in ORG_OF.findall(text) + ORG_SUFFIX.findall(text))
+    orgs = orgs[:MAX_CANDIDATES]
     orgs = [o for o in orgs if not any(o != other and o in other for other in orgs)]
+    orgs = orgs[:MAX_ENTITIES]
     people = _unique(list(PERSON_TITLE.findall(text)) + list(PERSON_VERB.findall(text)))
-    people = [p for p in people if not any(p in o for o in orgs)]
+    people = [p for p in people[:MAX_CANDIDATES] if not any(p in o for o in orgs)]
+    people = people[:MAX_ENTITIES]
+    taken = set(people) | set(orgs)
     places = _unique(
-        p
-        for p in PLACE.findall(text)
-        if p.split()[0] not in NOT_PLACES and p not in people and p not in orgs
+        p for p in PLACE.findall(text) if p.split()[0] not in NOT_PLACES and p not in taken
     )
     return {
         "people": people,
         "organizations": orgs,
-        "places": places,
-        "dates": _unique(DATE.findall(text)),
-        "money": _unique(m.strip() for m in MONEY.findall(text)),
-        "emails": _unique(EMAIL.findall(text)),
+        "places": places[:MAX_ENTITIES],
+        "dates": _unique(DATE.findall(text))[:MAX_ENTITIES],
+        "money": _unique(m.strip() for m in MONEY.findall(text))[:MAX_ENTITIES],
+        "emails": _unique(EMAIL.findall(text) if "@" in text else [])[:MAX_ENTITIES],
     }
 
 

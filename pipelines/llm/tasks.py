@@ -121,16 +121,23 @@ def complete[T: pydantic.BaseModel](
             provider=spec.provider,
             model=spec.model,
         )
+    data = output.model_dump(mode="json")
     try:
-        json.dumps(output.model_dump(mode="json"), allow_nan=False)
+        json.dumps(data, allow_nan=False)
+        problem = _unstorable(data)
     except ValueError:
+        problem = "NaN or Infinity"
+    if problem:
+        # Refused when the step's result is checkpointed anyway, but then as a failed step that
+        # is not retried, with its tokens billed as a successful call. Another attempt may
+        # well answer cleanly: the same retryable MalformedAnswer as any unreadable answer.
         _record(spec, in_tokens, out_tokens, started, failed=True)
         raise MalformedAnswer(
-            f"{spec.name}: the answer holds NaN or Infinity, which the journal cannot store",
-            raw_text=repr(output)[:4000],
+            f"{spec.name}: the answer holds {problem}, which the journal cannot store",
+            raw_text=repr(output)[:4000],  # repr escapes what could not be stored
             provider=spec.provider,
             model=spec.model,
-        ) from None
+        )
     cost = _record(spec, in_tokens, out_tokens, started)
     return Completion(output, spec, in_tokens, out_tokens, _ms(started), cost)
 
@@ -138,6 +145,25 @@ def complete[T: pydantic.BaseModel](
 # Tokens one call can use, far past any model's context: a larger count (or a negative or
 # fractional one) is a provider's error, and priced it would overflow the run's cost.
 MAX_TOKENS = 100_000_000
+
+
+def _unstorable(value: Any) -> str:
+    """What in an answer (JSON) no database stores, in words, or "": a NUL character
+    (PostgreSQL's text and jsonb refuse it, and the engine refuses it on every database) or a
+    lone surrogate (not Unicode)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "a NUL character (\\u0000)"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "a lone surrogate (not valid Unicode)"
+        return ""
+    if isinstance(value, dict):
+        return next((p for item in value.items() for p in map(_unstorable, item) if p), "")
+    if isinstance(value, list):
+        return next((p for p in map(_unstorable, value) if p), "")
+    return ""
 
 
 def _plausible(tokens: Any) -> bool:

@@ -322,3 +322,185 @@ def test_it_rejects_definitions_that_failed_only_at_run_time(
 def test_a_duration_it_cannot_read_is_a_value_error(value: Any) -> None:
     with pytest.raises(ValueError, match="cannot read duration"):
         parse_duration(value)
+
+
+# --- what a gate or an event wait would refuse on every run (review finding: each was accepted
+# when the machine was defined, and failed every run that reached the state)
+
+
+@pytest.mark.parametrize(
+    ("states", "message"),
+    [
+        (
+            {
+                "h": human(instruction="x", on={"approve": "done", "x" * 65: "done"}),
+                "done": final(),
+            },
+            "state 'h': outcome 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' must be a name of 1 "
+            "to 64 characters",
+        ),
+        (
+            {"h": human(instruction="x", on={"approve": "done", "": "done"}), "done": final()},
+            "state 'h': outcome '' must be a name of 1 to 64 characters",
+        ),
+        (
+            {"w": wait(event="", on_done="done"), "done": final()},
+            "state 'w': event= must be an event name of 1 to 200 characters, not ''",
+        ),
+        (
+            {"w": wait(event="e" * 201, on_done="done"), "done": final()},
+            "state 'w': event= must be an event name of 1 to 200 characters",
+        ),
+        (
+            {"w": wait(event="a\x00b", on_done="done"), "done": final()},
+            "state 'w': the event name contains a NUL character",
+        ),
+        (
+            {"w": wait(event="e", timeout="3661d", on_done="done"), "done": final()},
+            "state 'w': timeout=3661 days, 0:00:00 is over ten years",
+        ),
+        (
+            {"w": wait(event="e", timeout=-1, on_done="done"), "done": final()},
+            "state 'w': timeout must not be negative",
+        ),
+        (
+            {"h": human(instruction="x", on={"approve": "done"}, group="g" * 151), "done": final()},
+            "state 'h': group= must name a group (1 to 150 characters, no NUL)",
+        ),
+        (
+            {"h": human(instruction="x", on={"approve": "done"}, group=""), "done": final()},
+            "state 'h': group= must name a group",
+        ),
+        (
+            {"h": human(instruction="x", on={"approve": "done"}, timeout="4000d"), "done": final()},
+            "state 'h': timeout=4000 days, 0:00:00 is over ten years, the longest a run can wait",
+        ),
+        (
+            {"h": human(instruction="a\x00b", on={"approve": "done"}), "done": final()},
+            "state 'h': the instruction contains a NUL character (\\x00), which cannot be stored",
+        ),
+        (
+            {"h": human(instruction="x", title="a\x00b", on={"approve": "done"}), "done": final()},
+            "state 'h': the title contains a NUL character",
+        ),
+        (
+            {"h" * 201: human(instruction="x", on={"approve": "done"}), "done": final()},
+            "the gate's title (title=, else the state's name) must be 1 to 200 characters, not 201",
+        ),
+        (
+            {"h": human(instruction="x", on={"approve": "done"}, approvals=11), "done": final()},
+            "state 'h': approvals=11 must be at most 10",
+        ),
+        (
+            {
+                "h": human(
+                    instruction="x",
+                    on={"approve": "done"},
+                    escalate_after="5000d",
+                    escalate_to="leads",
+                ),
+                "done": final(),
+            },
+            "state 'h': escalate_after=5000 days, 0:00:00 is over ten years",
+        ),
+        (
+            {
+                "h": human(
+                    instruction="x",
+                    on={"approve": "done"},
+                    escalate_after="1h",
+                    escalate_to="reviewers",
+                ),
+                "done": final(),
+            },
+            "state 'h': escalate_to='reviewers' is the gate's own group",
+        ),
+        (
+            {"s" * 200: state(run=small, on_done="done"), "done": final()},
+            "over the 200 a journal entry's name holds",
+        ),
+        (
+            {"p": parallel({"b" * 195: state(run=branch_a)}, on_done="done"), "done": final()},
+            "state 'p': the journal name 'state:p/bbb",
+        ),
+    ],
+    ids=[
+        "long-outcome",
+        "empty-outcome",
+        "empty-event",
+        "long-event",
+        "nul-event",
+        "wait-over-ten-years",
+        "negative-wait",
+        "long-group",
+        "empty-group",
+        "gate-over-ten-years",
+        "nul-instruction",
+        "nul-title",
+        "long-title",
+        "too-many-approvals",
+        "escalation-over-ten-years",
+        "escalation-to-own-group",
+        "long-state-name",
+        "long-branch-name",
+    ],
+)
+def test_it_rejects_gate_and_wait_settings_every_run_would_refuse(
+    states: dict[str, Any], message: str
+) -> None:
+    errors = errors_of(initial=next(iter(states)), states=states)
+    assert any(message in e for e in errors), errors
+
+
+def test_its_limits_are_the_gates_and_the_engines() -> None:
+    """The DSL's limits copy the reviews app's (pipelines does not import it): they must agree."""
+    from pipelines import machine as m
+    from reviews.decision import MAX_APPROVALS
+    from reviews.models import Gate
+    from workflows.models import Step
+
+    def width(model: Any, name: str) -> int:
+        return int(model._meta.get_field(name).max_length)
+
+    assert m.MAX_OUTCOME == width(Gate, "outcome") == width(Gate, "on_timeout")
+    assert m.MAX_GROUP == width(Gate, "group") == width(Gate, "escalate_to")
+    assert m.MAX_TITLE == width(Gate, "title")
+    assert m.MAX_EVENT == m.MAX_STEP_NAME == width(Step, "name")
+    assert m.MAX_APPROVALS == MAX_APPROVALS
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_machine_at_every_limit_runs(bell: Any) -> None:
+    from reviews.models import Gate
+    from reviews.services import decide_gate
+    from workflows import get_run, send_event, start
+
+    outcome, group, event = "o" * 64, "g" * 150, "e" * 200
+    machine(
+        id="test_machine.limits",
+        initial="h",
+        states={
+            "h": human(
+                instruction="x",
+                title="t" * 200,
+                on={outcome: "w"},
+                on_timeout=outcome,
+                group=group,
+                timeout="3660d",  # the engine's ten years (of 366 days)
+            ),
+            "w": wait(event=event, timeout="3660d", on_done="done"),
+            "done": final(),
+        },
+    )
+    try:
+        run = start("test_machine.limits", {})
+        bell.settle()
+        gate = Gate.objects.get(run=run, status="open")
+        assert (gate.group, len(gate.title)) == (group, 200)
+        decide_gate(gate.pk, outcome=outcome, actor="tester")
+        bell.settle()
+        send_event(run.pk, event, {"ok": True})
+        bell.settle()
+        assert get_run(run.pk).status == "succeeded"
+    finally:
+        unregister("test_machine.limits")

@@ -386,6 +386,8 @@ PAGES: dict[str, list[Case]] = {
     # (tests/deploy/test_probes.py). Here no beat has swept and no worker answers: not ready.
     "healthz": [Case("GET", "/healthz", everyone(200)), Case("POST", "/healthz", everyone(405))],
     "readyz": [Case("GET", "/readyz", everyone(503))],
+    "healthz/": [Case("GET", "/healthz/", everyone(200)), Case("HEAD", "/healthz/", everyone(200))],
+    "readyz/": [Case("GET", "/readyz/", everyone(503))],
     # Prometheus: the metrics token (matrix_scene sets one), never a login or an API key.
     "metrics": [
         Case("GET", "/metrics", everyone(401)),
