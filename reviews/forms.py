@@ -30,7 +30,12 @@ class DecisionForm(forms.Form):
         required=False,
         max_length=5000,
         widget=forms.Textarea(
-            attrs={"rows": 3, "placeholder": "Why? (optional, kept in the audit trail)"}
+            # dir=auto: a comment typed in Hebrew or Arabic reads right to left as it is typed.
+            attrs={
+                "rows": 3,
+                "placeholder": "Why? (optional, kept in the audit trail)",
+                "dir": "auto",
+            }
         ),
     )
 
@@ -290,7 +295,12 @@ def field_for(prop: dict[str, Any], required: bool) -> forms.Field:
             or (_length(prop, "maxLength") or 0) > LONG_TEXT
             or (isinstance(default, str) and len(default) > 60)
         )
-        widget: forms.Widget = forms.Textarea(attrs={"rows": 3}) if long else forms.TextInput()
+        # dir=auto: the AI's text (and the reviewer's correction) may be right to left.
+        widget: forms.Widget = (
+            forms.Textarea(attrs={"rows": 3, "dir": "auto"})
+            if long
+            else forms.TextInput(attrs={"dir": "auto"})
+        )
         return forms.CharField(
             min_length=_length(prop, "minLength"),
             max_length=_length(prop, "maxLength"),
@@ -402,6 +412,11 @@ class PreferencesForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
-        if data.get("chat_enabled") and not data.get("chat_webhook_url"):
+        # Only when the URL was left empty: a URL refused above already says what is wrong.
+        if (
+            data.get("chat_enabled")
+            and not data.get("chat_webhook_url")
+            and "chat_webhook_url" not in self.errors
+        ):
             self.add_error("chat_webhook_url", "Give the webhook URL to turn chat on.")
         return data

@@ -183,14 +183,15 @@ class QueueRow:
         if self.subject:
             parts = [
                 format_html(
-                    '<a class="rv-title rv-subject" href="{}" title="{}" '
-                    'data-testid="row-subject">{}</a>',
+                    '<a class="rv-title rv-subject" id="gate-link-{}" href="{}" title="{}" '
+                    'dir="auto" data-testid="row-subject">{}</a>',
+                    self.pk,
                     self.href,
                     self.subject,
                     show_bidi(self.subject),
                 ),
                 format_html(
-                    '<span class="rv-gate-kind" title="{}">{}</span>',
+                    '<span class="rv-gate-kind" title="{}" dir="auto">{}</span>',
                     self.title,
                     show_bidi(self.title),
                 ),
@@ -198,7 +199,8 @@ class QueueRow:
         else:
             parts = [
                 format_html(
-                    '<a class="rv-title" href="{}" title="{}">{}</a>',
+                    '<a class="rv-title" id="gate-link-{}" href="{}" title="{}" dir="auto">{}</a>',
+                    self.pk,
                     self.href,
                     self.title,
                     show_bidi(self.title),
@@ -215,7 +217,8 @@ class QueueRow:
         if self.excerpt:
             parts.append(
                 format_html(
-                    '<div class="rv-excerpt" title="{}" data-testid="row-excerpt">{}</div>',
+                    '<div class="rv-excerpt" title="{}" dir="auto" data-testid="row-excerpt">'
+                    "{}</div>",
                     self.excerpt,
                     show_bidi(self.excerpt),
                 )
@@ -233,16 +236,19 @@ class QueueRow:
             )
         else:
             claim = mark_safe('<span class="muted">—</span>')
+        # Stable ids (gate-row-7, gate-pick-7, gate-link-7, gate-run-7): a live refresh replaces
+        # the rows, and htmx gives focus back to the element with the focused one's id.
         return format_html(
-            '<tr class="rv-row" data-gate-id="{pk}" data-href="{href}">'
+            '<tr class="rv-row" id="gate-row-{pk}" data-gate-id="{pk}" data-href="{href}">'
             '<td class="rv-col-pick"><label class="rv-pick-cell"><input type="checkbox" '
-            'class="rv-pick" name="gate" value="{pk}" form="bulk-form" '
+            'class="rv-pick" id="gate-pick-{pk}" name="gate" value="{pk}" form="bulk-form" '
             'aria-label="Select “{label}”"></label></td>'
-            '<td class="rv-col-due"><time class="countdown rv-urgency-{urgency}" '
+            '<td class="rv-col-due"><time class="countdown rv-urgency-{urgency}" aria-live="off" '
             'datetime="{iso}" data-deadline="{iso}" title="{due_title}">{countdown}</time></td>'
             '<td class="rv-col-title">{title}</td>'
             '<td><span class="rv-pipeline">{pipeline}</span></td>'
-            '<td><a class="rv-run mono" href="{run_href}" title="{run_id}">{run_short}</a></td>'
+            '<td><a class="rv-run mono" id="gate-run-{pk}" href="{run_href}" title="{run_id}">'
+            "{run_short}</a></td>"
             "<td>{claim}</td>"
             '<td class="rv-col-default"><span class="badge badge-{default}">auto-{default}'
             "</span></td></tr>\n",

@@ -2,6 +2,9 @@
 
 Each function returns markup safe to put in a template: every label is escaped here. Charts
 scale with their container (``viewBox`` + ``width: 100%``) and carry ``<title>`` tooltips.
+Screen readers get the figures too: the column and range charts are followed by a table that
+is visually hidden (``sr-only``; the drawing itself is hidden from them), and a single bar
+names its parts and their values in its ``aria-label``.
 """
 
 from __future__ import annotations
@@ -61,6 +64,22 @@ def _num(value: float) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
+def _sr_table(caption: str, head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A chart's figures as a table only screen readers read (the ``sr-only`` class)."""
+    cells = "".join(f'<th scope="col">{escape(h)}</th>' for h in head)
+    body = "".join(
+        f'<tr><th scope="row">{escape(row[0])}</th>'
+        + "".join(f"<td>{escape(v)}</td>" for v in row[1:])
+        + "</tr>"
+        for row in rows
+    )
+    # In a 1 px box: a table is never narrower than its content, so the box clips it.
+    return (
+        f'<div class="sr-only"><table><caption>{escape(caption)}</caption>'
+        f"<thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table></div>"
+    )
+
+
 def stacked_columns(
     labels: Sequence[str],
     series: Sequence[Series],
@@ -82,7 +101,7 @@ def stacked_columns(
     slot = plot_w / n
     bar = max(2.0, slot * 0.68)
     out = [
-        f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(aria)}"'
+        f'<svg class="chart" viewBox="0 0 {width} {height}" aria-hidden="true" focusable="false"'
         f' preserveAspectRatio="xMidYMid meet" {FONT} font-size="11">'
     ]
     for i in range(5):
@@ -143,6 +162,15 @@ def stacked_columns(
                 for x, y in points
             ]
     out.append("</svg>")
+    head = ["Period", *(s.name for s in series)] + ([line.name] if line else [])
+    rows = []
+    for i, label in enumerate(labels):
+        row = [label, *(fmt(s.values[i]) for s in series)]
+        if line:
+            rate: float | None = line.values[i] if i < len(line.values) else None
+            row.append("—" if rate is None or math.isnan(rate) else line_fmt(rate))
+        rows.append(row)
+    out.append(_sr_table(aria, head, rows))
     return mark_safe("".join(out))  # noqa: S308  (every label above is escaped)
 
 
@@ -170,8 +198,8 @@ def range_bars(
     plot_w = width - left - right
     xmax = nice_max(max((r[2] for r in rows), default=0))
     out = [
-        f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="{escape(aria)}" {FONT} font-size="12">'
+        f'<svg class="chart" viewBox="0 0 {width} {height}" aria-hidden="true" '
+        f'focusable="false" {FONT} font-size="12">'
     ]
     for i, (label, p50, p95, n) in enumerate(rows):
         y = top + i * row_h
@@ -202,6 +230,16 @@ def range_bars(
             f"{escape(summary)}</text></g>"
         )
     out.append("</svg>")
+    out.append(
+        _sr_table(
+            aria,
+            ["Name", "p50", "p95", "Samples"],
+            [
+                [label, fmt(p50), fmt(p95), str(n)] if n else [label, "—", "—", "0"]
+                for label, p50, p95, n in rows
+            ],
+        )
+    )
     return mark_safe("".join(out))  # noqa: S308
 
 
@@ -214,9 +252,11 @@ def stacked_bar(
 ) -> SafeString:
     """One horizontal bar split into parts (name, value, color), with tooltips."""
     total = sum(v for _, v, _ in parts) or 1.0
+    # The figures in the label: "runs by status: succeeded 12, failed 3".
+    figures = ", ".join(f"{name} {_num(value)}" for name, value, _ in parts if value) or "none"
     out = [
         f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="{escape(aria)}" preserveAspectRatio="none">',
+        f'aria-label="{escape(f"{aria}: {figures}")}" preserveAspectRatio="none">',
         f'<rect x="0" y="0" width="{width}" height="{height}" rx="4" fill="#eef0f3"/>',
     ]
     x = 0.0

@@ -228,7 +228,7 @@ class HistoryHour(models.Model):
     always counted live. A closed hour does not change: a run restarted later was still
     finished then. Never pruned with the runs: the charts outlive the retention."""
 
-    hour = models.DateTimeField(primary_key=True)  # the start of an hour, in UTC (shown in local time)
+    hour = models.DateTimeField(primary_key=True)  # an hour's start, in UTC
     succeeded = models.PositiveIntegerField(default=0)
     failed = models.PositiveIntegerField(default=0)
     canceled = models.PositiveIntegerField(default=0)

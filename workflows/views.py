@@ -302,7 +302,14 @@ def run_page(request: HttpRequest, run_id: UUID) -> HttpResponse:
     if request.headers.get("HX-Request") and request.GET.get("partial") == "live":
         return render(request, "workflows/_run_live.html", context)
     context["mermaid_text"], context["graph_template"] = _graph(run)
+    # A restart just refused for its budget: the form shows again what was typed, with the
+    # field marked invalid and why (once: the next view of the page has a fresh form).
+    context["restart_form"] = request.session.pop(_restart_form_key(run.pk), None)
     return render(request, "workflows/run.html", context)
+
+
+def _restart_form_key(run_id: Any) -> str:
+    return f"sluice:restart-form:{run_id}"
 
 
 class BudgetForm(forms.Form):
@@ -346,6 +353,14 @@ def run_action(request: HttpRequest, run_id: UUID, action: str) -> HttpResponse:
         if not budget.is_valid():
             problems = " ".join(str(e) for e in budget.errors.get("max_cost", []))
             messages.error(request, f"Run {str(run.pk)[:8]}: new budget (max_cost): {problems}")
+            # Back to the run page (no form page to re-post on reload), which fills the restart
+            # form in again and marks the budget field (run_page).
+            request.session[_restart_form_key(run.pk)] = {
+                "from_step": str(position),
+                "reason": reason[:2000],
+                "max_cost": request.POST.get("max_cost", "").replace("\x00", "")[:40],
+                "error": problems,
+            }
             return HttpResponseRedirect(reverse("workflows:run", args=[run.pk]))
         outcome = operations.restart_run(
             run.pk, position, actor, reason, budget.cleaned_data.get("max_cost")

@@ -48,14 +48,41 @@
     row.classList.add("selected");
     row.setAttribute("aria-selected", "true");
     selectedId = row.dataset.gateId;
-    if (scroll) row.scrollIntoView({ block: "nearest" });
+    if (scroll) {
+      // j/k move keyboard focus with the selection (to the row's title link), so a screen
+      // reader reads the gate out and Tab goes on from there; a live refresh keeps that focus
+      // (the link's id is stable, reviews.views.QueueRow).
+      var link = row.querySelector("a.rv-title");
+      if (link) link.focus({ preventScroll: true });
+      row.scrollIntoView({ block: "nearest" });
+    }
   }
+
+  // What a live refresh changed, said once in the polite status line outside the list
+  // (#queue-status): the list itself is not a live region, or every ticking countdown in it
+  // would be read out.
+  function announce(text) {
+    var status = document.getElementById("queue-status");
+    if (!status || !text) return;
+    status.textContent = "";
+    setTimeout(function () { status.textContent = text; }, 50);
+  }
+  function plural(n, one, many) { return n + " " + (n === 1 ? one : many); }
 
   function reselect() {
     var list = rows();
     var ids = list.map(function (r) { return r.dataset.gateId; });
     if (knownIds) {
-      list.forEach(function (r) { if (knownIds.indexOf(r.dataset.gateId) < 0) r.classList.add("rv-new"); });
+      var before = knownIds;
+      var added = 0;
+      list.forEach(function (r) {
+        if (before.indexOf(r.dataset.gateId) < 0) { r.classList.add("rv-new"); added += 1; }
+      });
+      var gone = before.filter(function (id) { return ids.indexOf(id) < 0; }).length;
+      var said = [];
+      if (added) said.push(plural(added, "new gate", "new gates"));
+      if (gone) said.push(plural(gone, "gate", "gates") + " left the list");
+      if (said.length) announce(said.join(", ") + ".");
     }
     knownIds = ids;
     if (selectedId) {
@@ -245,10 +272,110 @@
   if (document.readyState !== "loading") growAll();
   else document.addEventListener("DOMContentLoaded", growAll);
 
+  // --- keyboard focus survives live updates of the decision panel -----------------------------
+  // The panel is replaced whole (a claim, a release, someone else's claim, the gate closing).
+  // Focus in it would fall to <body>, where the next keystrokes of a half-typed comment are
+  // shortcuts ("a" approves). So the focused field (id or name, caret) is remembered and
+  // focused again once it is back; while it is gone (someone else holds the claim) focus waits
+  // on the read-only copy of the comment, or on the panel's heading. After the reviewer's own
+  // Claim or Release, focus goes to the button that took its place.
+  var lost = null;        // the field a swap took away: { id, name, start, end }
+  var ownClaim = false;   // the swap answers this page's Claim/Release
+  var swappedAt = 0;      // when the panel last changed under the reviewer
+  var armed = false;      // Esc pressed since the last edit: shortcuts act on typed text
+  var swapping = false;   // a swap is under way (afterSettle fires once per swapped element)
+  var GUARD_MS = 1000;
+
+  function panel() { return document.getElementById("decision-panel"); }
+
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    if (e.detail && e.detail.shouldSwap === false) return;
+    var box = panel();
+    if (!box) return;
+    swapping = true;
+    var elt = e.detail && e.detail.requestConfig && e.detail.requestConfig.elt;
+    ownClaim = !!(elt && elt.closest && elt.closest("form[data-claim-action]"));
+    var a = document.activeElement;
+    if (a && box.contains(a) && a.name && /^(INPUT|TEXTAREA|SELECT)$/.test(a.tagName) && !a.readOnly) {
+      lost = { id: a.id, name: a.name, start: a.selectionStart, end: a.selectionEnd };
+    }
+  });
+
+  function focusQuietly(el, memo) {
+    el.focus({ preventScroll: true });
+    if (memo && memo.start !== null && memo.start !== undefined && el.setSelectionRange) {
+      try { el.setSelectionRange(memo.start, memo.end); } catch (err) { /* not a text field */ }
+    }
+    var r = el.getBoundingClientRect();
+    if (r.bottom < 0 || r.top > window.innerHeight) el.scrollIntoView({ block: "center" });
+  }
+
+  function usable(el) { return el && !el.disabled && !el.hidden && !el.closest("[hidden]"); }
+
+  document.addEventListener("htmx:afterSettle", function () {
+    var box = panel();
+    if (!box || !swapping) return;
+    swapping = false;
+    armed = false;
+    // The reviewer's own Claim/Release changed the panel as they asked: no pause after it.
+    if (!ownClaim) swappedAt = Date.now();
+    if (ownClaim) {
+      ownClaim = false;
+      var main = box.querySelector("[data-claim-action] button") || box.querySelector("button:not([disabled])");
+      if (usable(main)) { focusQuietly(main); return; }
+    }
+    if (!lost) return;
+    var a = document.activeElement;
+    var form = document.getElementById("decision-form");
+    var back = (lost.id && document.getElementById(lost.id)) ||
+      (form && form.querySelector('[name="' + lost.name.replace(/"/g, "") + '"]'));
+    if (usable(back) && box.contains(back)) {
+      focusQuietly(back, lost);
+      lost = null;
+      return;
+    }
+    if (a && a !== document.body && !box.contains(a)) { lost = null; return; }
+    // Not back (yet): keep the keys out of the shortcuts, somewhere near.
+    var parked = document.querySelector("#unsent-comment:not([hidden]) textarea");
+    var heading = document.getElementById("decision-h");
+    if (usable(parked)) focusQuietly(parked);
+    else if (heading) { heading.setAttribute("tabindex", "-1"); focusQuietly(heading); }
+  });
+
+  // A click or Tab elsewhere means the reviewer moved on: forget the field.
+  document.addEventListener("pointerdown", function () { lost = null; });
+
+  function unsentText() {
+    var form = document.getElementById("decision-form");
+    if (!form) return false;
+    return editedFields(form).some(function (f) { return !("checked" in f) && String(f.value).trim(); });
+  }
+
+  document.addEventListener("input", function (e) {
+    if (e.target.closest && e.target.closest("#decision-form")) armed = false;
+  });
+
+  function keyNote(text) {
+    var note = document.getElementById("key-note");
+    if (!note) return;
+    note.textContent = text;
+    clearTimeout(keyNote.timer);
+    keyNote.timer = setTimeout(function () { note.textContent = ""; }, 6000);
+  }
+
   // --- keys --------------------------------------------------------------------------------------
   function typing(el) {
     if (el && el.tagName === "INPUT" && /^(checkbox|radio)$/.test(el.type)) return false;
     return el && (el.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(el.tagName));
+  }
+
+  // Enter and "o" open the selected gate only from the page itself (<body>, <main> after the
+  // skip link) or from that gate's row: on a filter chip, a button or another link they do
+  // what that control does.
+  function onSelectedRow(target, row) {
+    if (!row) return false;
+    if (target === document.body || target === document.documentElement || target.tagName === "MAIN") return true;
+    return target === row || (row.contains(target) && target.matches("a.rv-title"));
   }
 
   function press(key) {
@@ -259,7 +386,13 @@
 
   document.addEventListener("keydown", function (e) {
     if (e.ctrlKey || e.metaKey || e.altKey) return;
-    if (e.key === "Escape" && typing(document.activeElement)) { document.activeElement.blur(); return; }
+    if (e.key === "Escape") {
+      // Esc leaves a text box so the shortcuts work again, and says "act on what I typed".
+      armed = true;
+      lost = null;
+      if (typing(document.activeElement)) document.activeElement.blur();
+      return;
+    }
     if (typing(e.target)) return;
     var inQueue = !!document.getElementById("queue");
     if (inQueue) {
@@ -268,17 +401,30 @@
       else if (e.key === "x") { if (toggleSelectedRow()) e.preventDefault(); }
       else if ((e.key === "Enter" || e.key === "o") && selectedId) {
         var row = rows().filter(function (r) { return r.dataset.gateId === selectedId; })[0];
-        if (row) { window.location.href = row.dataset.href; e.preventDefault(); }
+        if (onSelectedRow(e.target, row)) { window.location.href = row.dataset.href; e.preventDefault(); }
       }
       return;
     }
-    if (document.getElementById("decision-panel")) {
+    if (panel() && /^[arcu1-9]$/.test(e.key)) {
+      // Held back: right after the panel changed under the reviewer (what is under the finger
+      // may not be what they meant), and while the form holds text not sent, until Esc says
+      // the shortcut is meant (Esc, then "a", approves with the comment).
+      if (Date.now() - swappedAt < GUARD_MS) {
+        keyNote("The decision panel just changed, so “" + e.key + "” did nothing. Check it and press again.");
+        e.preventDefault();
+        return;
+      }
+      if (unsentText() && !armed) {
+        keyNote("You have typed text that is not sent, so “" + e.key + "” did nothing. Press Esc, then “" + e.key + "”, or use the buttons.");
+        e.preventDefault();
+        return;
+      }
       if (e.key === "u") {
         var back = document.querySelector(".rv-crumbs a");
         if (back) window.location.href = back.href;
         return;
       }
-      if (/^[arc1-9]$/.test(e.key) && press(e.key)) e.preventDefault();
+      if (press(e.key)) e.preventDefault();
     }
   });
 })();

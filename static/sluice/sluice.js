@@ -11,9 +11,104 @@
   });
 
   // <select data-autosubmit>: submit its form on change (replaces onchange="this.form.submit()").
+  // Not on the first arrow key, though: a closed <select> changes its value (and fires change)
+  // on each arrow, Home/End or letter, so a keyboard user could never get past the first
+  // option. A value changed from the keyboard is submitted on Enter, or when focus leaves.
+  var STEP_KEYS = /^(ArrowUp|ArrowDown|ArrowLeft|ArrowRight|Home|End|PageUp|PageDown)$/;
+  function autosubmit(el) { return el && el.matches && el.matches("select[data-autosubmit]") && el.form; }
+  function submitIfChanged(el) {
+    var changed = Array.prototype.some.call(el.options, function (o) { return o.selected !== o.defaultSelected; });
+    delete el.dataset.keyed;
+    if (changed) el.form.submit();
+  }
+  document.addEventListener("keydown", function (e) {
+    var el = e.target;
+    if (!autosubmit(el) || e.altKey || e.ctrlKey || e.metaKey) return;
+    if (e.key === "Enter") { e.preventDefault(); submitIfChanged(el); return; }
+    // A step key or a letter (type to select) changes the value with the list closed.
+    if (STEP_KEYS.test(e.key) || (e.key.length === 1 && e.key !== " ")) el.dataset.keyed = "1";
+    else delete el.dataset.keyed;  // Space, F4, Alt+Down open the list: a pick there is a choice
+  });
+  document.addEventListener("pointerdown", function (e) {
+    if (autosubmit(e.target)) delete e.target.dataset.keyed;
+  });
   document.addEventListener("change", function (e) {
     var el = e.target;
-    if (el && el.matches && el.matches("select[data-autosubmit]") && el.form) el.form.submit();
+    if (!autosubmit(el) || el.dataset.keyed) return;
+    el.form.submit();
+  });
+  document.addEventListener("focusout", function (e) {
+    var el = e.target;
+    if (autosubmit(el) && el.dataset.keyed) submitIfChanged(el);
+  });
+
+  // After a form came back with errors (422), focus goes to the first field marked invalid
+  // (Django sets aria-invalid and aria-describedby to its message), so the message is read out
+  // and the field is where the next keystroke goes.
+  function focusFirstInvalid() {
+    var field = document.querySelector("main [aria-invalid=true]:not([type=hidden]):not([disabled])");
+    if (!field || (document.activeElement && document.activeElement !== document.body)) return;
+    field.focus({ preventScroll: true });
+    field.scrollIntoView({ block: "center" });
+  }
+  if (document.readyState !== "loading") focusFirstInvalid();
+  else document.addEventListener("DOMContentLoaded", focusFirstInvalid);
+
+  // Live updates keep keyboard focus and typed text. htmx puts focus back on an element with
+  // the same id after a swap; for a focused link or button without one (a row of a list that
+  // is re-rendered, a timeline entry), the same link (by href) or the same named control is
+  // found again in the nearest element with an id. Inputs marked data-keep (a reason typed into
+  // the run page's cancel form) get back what was typed when they are re-rendered.
+  var focusMemo = null;
+  var kept = null;
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    if (e.detail && e.detail.shouldSwap === false) return;
+    var a = document.activeElement;
+    focusMemo = null;
+    if (a && a !== document.body && a.closest) {
+      var scope = a.parentElement && a.parentElement.closest("[id]");
+      focusMemo = {
+        id: a.id, tag: a.tagName, href: a.getAttribute("href"), name: a.getAttribute("name"),
+        value: a.getAttribute("value"), scope: scope ? scope.id : "",
+        start: a.selectionStart, end: a.selectionEnd
+      };
+    }
+    kept = [];
+    document.querySelectorAll("[data-keep][id]").forEach(function (el) {
+      if (el.value !== el.defaultValue) kept.push({ id: el.id, value: el.value });
+    });
+  });
+  function sameControl(m) {
+    if (m.id) return document.getElementById(m.id);
+    var root = (m.scope && document.getElementById(m.scope)) || document;
+    var tag = m.tag.toLowerCase();
+    var found = null;
+    root.querySelectorAll(tag).forEach(function (el) {
+      if (found) return;
+      if (m.href !== null && el.getAttribute("href") === m.href) found = el;
+      else if (m.href === null && m.name && el.getAttribute("name") === m.name &&
+               el.getAttribute("value") === m.value) found = el;
+    });
+    return found;
+  }
+  document.addEventListener("htmx:afterSettle", function () {
+    if (kept) {
+      kept.forEach(function (k) {
+        var el = document.getElementById(k.id);
+        if (el && el.value === el.defaultValue) el.value = k.value;
+      });
+      kept = null;
+    }
+    var m = focusMemo;
+    focusMemo = null;
+    var a = document.activeElement;
+    if (!m || (a && a !== document.body)) return;
+    var el = sameControl(m);
+    if (!el || el.disabled || el.hidden) return;
+    el.focus({ preventScroll: true });
+    if (m.start !== null && m.start !== undefined && el.setSelectionRange) {
+      try { el.setSelectionRange(m.start, m.end); } catch (err) { /* not a text field */ }
+    }
   });
 
   // Live polls (hx-trigger="every …" on an element with data-poll) pause while the tab is

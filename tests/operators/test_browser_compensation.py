@@ -50,9 +50,18 @@ def test_a_compensated_run_page(
     # The restart form's budget: not an amount → a message, nothing done.
     page.on("dialog", lambda dialog: dialog.accept())
     page.fill(".restart-form input[name=max_cost]", "NaN")
+    page.fill(".restart-form input[name=reason]", "the car is booked now")
     page.click(".restart-form button[type=submit]")
     expect(page.locator(".flash")).to_contain_text("new budget (max_cost)")
     assert get_run(run.pk).generation == 1
+    # What was typed is still there, the budget is marked, its message beside it, and focus
+    # is on it (review K).
+    budget = page.locator("#restart-budget")
+    expect(budget).to_have_value("NaN")
+    expect(budget).to_have_attribute("aria-invalid", "true")
+    expect(budget).to_be_focused()
+    expect(page.locator("#restart-budget_error")).to_contain_text("New budget:")
+    expect(page.locator("#restart-reason")).to_have_value("the car is booked now")
     page.fill(".restart-form input[name=max_cost]", "2.5")
     page.click(".restart-form button[type=submit]")
     expect(page.locator(".flash")).to_contain_text("restarted from step 1")

@@ -191,10 +191,12 @@ def kind_icon(kind: str) -> str:
     )
 
 
+# The row and its link carry the run's id: the list refreshes every 3 s while a run on it is
+# live, and htmx gives keyboard focus back to the element with the focused one's id.
 _ROW = (
-    '<tr class="run-row" data-status="{status}">'
+    '<tr class="run-row" id="run-row-{pk}" data-status="{status}">'
     '<td><span class="badge badge-{status}">{pulse}{status}</span></td>'
-    '<td><a class="mono" href="{url}" title="{pk}">{short}</a>{generation}</td>'
+    '<td><a class="mono" id="run-link-{pk}" href="{url}" title="{pk}">{short}</a>{generation}</td>'
     '<td>{workflow} <span class="muted small">v{version}</span></td>'
     '<td class="ellipsis">{step}</td>'
     '<td title="{created}">{ago}</td>'
