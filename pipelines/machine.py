@@ -378,8 +378,8 @@ class Machine:
         name = self.initial
         trail: list[str] = []
         visits: dict[str, int] = {}
-        # Per "<parallel state>/<branch>": the keys its result put in the context, each with
-        # the value it had before the branch first wrote it (see _merge_branch).
+        # Per parallel state: the keys its branches put in the context, each with the value
+        # it had before the state first wrote it (see _merge_visit).
         produced: dict[str, dict[str, Any]] = {}
         while True:
             visits[name] = visits.get(name, 0) + 1
@@ -453,16 +453,23 @@ class Machine:
             )
             for branch, sub in st.branches.items()
         ]
+        # Runs in flight before the re-visit fix keep the plain merge they replayed with (their
+        # journal would not match otherwise); a run that starts now takes the new path.
+        revert = ctx.patched(REVISIT_PATCH)
         results = ctx.parallel(calls, return_exceptions=True)
         failures: dict[str, dict[str, str]] = {}
-        succeeded = 0
+        fresh: list[dict[str, Any]] = []
         for branch, result in zip(st.branches, results, strict=True):
             if isinstance(result, StepFailed):
                 failures[branch] = _error_summary(result)
-                result = None
             else:
-                succeeded += 1
-            _merge_branch(data, result, produced.setdefault(f"{name}/{branch}", {}))
+                fresh.append(_as_dict(result))
+        succeeded = len(fresh)
+        if revert:
+            _merge_visit(data, fresh, produced.setdefault(name, {}))
+        else:
+            for result in fresh:
+                data.update(result)
         # Recorded per visit: a loop back here replaces the previous visit's record.
         data.setdefault("branch_failures", {})[name] = failures
         needed = st.min_success if st.min_success is not None else len(st.branches)
@@ -624,24 +631,32 @@ def _as_dict(result: Any) -> dict[str, Any]:
 _UNSET = object()
 
 
-def _merge_branch(data: dict[str, Any], result: Any, bases: dict[str, Any]) -> None:
-    """Merge a branch's result (None when it failed) on this visit of its parallel state.
+# The patch id of the re-visit merge (``_merge_visit``), for runs in flight before it.
+REVISIT_PATCH = "machine-parallel-revisit-revert"
 
-    A key the branch produced on an earlier visit but not on this one (every key, when it
-    failed) goes back to the value it had before the branch first wrote it, or out of the
-    context: after a reject loop, a branch that failed the second time left the first visit's
-    analysis behind, shown to the reviewer and fed to the report as if it were this visit's.
-    ``bases`` is the branch's record of what it wrote, kept across visits by ``walk``."""
-    fresh = _as_dict(result)
-    for key in [k for k in bases if k not in fresh]:
+
+def _merge_visit(data: dict[str, Any], fresh: list[dict[str, Any]], bases: dict[str, Any]) -> None:
+    """Merge this visit's successful branch results (in branch order) into ``data``.
+
+    A key the state's branches produced on an earlier visit but none produced on this one (a
+    branch that failed this time) goes back to the value it had before the state first wrote
+    it, or out of the context: after a reject loop, a branch that failed the second time left
+    the first visit's analysis behind, shown to the reviewer and fed to the report as this
+    visit's. Done for the whole state at once, before this visit's results are merged: per
+    branch, a failed branch's restore could undo a fresh value a sibling wrote to the same key.
+    ``bases`` is the state's record of what its branches wrote, kept across visits by
+    ``walk``."""
+    written = {key for result in fresh for key in result}
+    for key in [k for k in bases if k not in written]:
         base = bases.pop(key)
         if base is _UNSET:
             data.pop(key, None)
         else:
             data[key] = base
-    for key in fresh:
+    for key in written:
         bases.setdefault(key, data.get(key, _UNSET))
-    data.update(fresh)
+    for result in fresh:
+        data.update(result)
 
 
 def _error_summary(exc: StepFailed) -> dict[str, str]:

@@ -686,8 +686,25 @@ def _load(row: Outbox) -> tuple[Any, str, list[Notification]]:
 
 
 def _channel_keys(gate: Gate) -> set[str]:
+    """The channel keys a gate's notes go to: its group's and its escalation group's, in its
+    run's tenant. A default-tenant group named like a tenant's key ("globex:reviewers", where
+    tenant globex exists) is left out: that key is tenant globex's channel, which must not
+    hear of another tenant's gates."""
+    from workflows.models import TenantMembership
+
     tenant = gate.run.tenant
-    return {channel_key(g, tenant) for g in (gate.group, gate.escalate_to) if g}
+    keys = set()
+    for group in (gate.group, gate.escalate_to):
+        if not group:
+            continue
+        prefix, colon, _ = group.partition(":")
+        if not tenant and colon and TenantMembership.objects.filter(tenant=prefix).exists():
+            log.warning(
+                "group %r reads as tenant %r's channel: not told of its gates", group, prefix
+            )
+            continue
+        keys.add(channel_key(group, tenant))
+    return keys
 
 
 def _user_tenant(user: Any) -> str:

@@ -53,6 +53,9 @@ NAME_PUNCTUATION = frozenset(" .'’-_\u200d")  # U+200D joins the parts of one 
 # Lines before the first named message are kept, as this speaker's message: dropped, they
 # were lost without a word; joined to the first message, they were put in its author's mouth.
 UNNAMED = "(unnamed)"
+URI_SCHEMES = frozenset(
+    {"mailto", "tel", "sms", "urn", "http", "https", "ftp", "file", "data", "news", "irc"}
+)
 
 
 def _is_name_char(c: str) -> bool:
@@ -70,6 +73,13 @@ def split_speaker(line: str) -> tuple[str, str] | None:
     if not (name[0].isalpha() or unicodedata.category(name[0]) == "So"):
         return None
     if not all(_is_name_char(c) for c in name):
+        return None
+    # Prose with a colon is no speaker: "and then he said: …", "note to self: …" (a lowercase
+    # name is one word), "mailto:…" (a URI scheme), or a name of more than four words.
+    words = name.split()
+    if len(words) > 4 or (name[0].islower() and len(words) > 1):
+        return None
+    if name.lower() in URI_SCHEMES:
         return None
     return name, text
 

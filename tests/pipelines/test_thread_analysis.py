@@ -243,6 +243,72 @@ def test_a_branch_that_fails_on_a_second_visit_leaves_nothing_of_its_first(
 
 
 @engine
+def test_a_run_from_before_the_revisit_fix_replays_with_the_merge_it_had(
+    bell: Bell, revisited: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review of the fix: a run that re-visited the state under the old merge and
+    waited at its second gate when the fix was deployed replayed another context, took
+    another path and failed as non-deterministic. The fix is a patch (ctx.patched): such a
+    run keeps the old merge; a run started after it takes the new one."""
+    from workflows.core.context import Context
+
+    with monkeypatch.context() as before:
+        # The code before the fix asked nothing: no marker in the journal, the plain merge.
+        before.setattr(Context, "patched", lambda self, patch_id: False)
+        run = settle(bell, start("test_machine.revisited", {}))
+        decide_gate(Gate.objects.get(run=run, status="open").pk, outcome="reject", actor="t")
+        run = settle(bell, run)
+        second = Gate.objects.get(run=run, status="open")
+        assert second.title == "Worried review"  # the old merge kept the stale opinion
+    decide_gate(second.pk, outcome="approve", actor="t")  # the fix deployed
+    run = settle(bell, run)
+    assert run.status == "succeeded", run.error
+    assert run.output["trail"] == ["fan", "worried", "fan", "worried", "done"]
+
+
+@step
+def fast_summary(data: dict[str, Any]) -> dict[str, Any]:
+    return {"summary": f"fast, visit {data.get('round', 0) + 1}", "round": data.get("round", 0) + 1}
+
+
+@step(retry=NO_RETRY)
+def slow_summary(data: dict[str, Any]) -> dict[str, Any]:
+    if data.get("round", 0) >= 1:
+        raise NonRetryableError("slow is down")
+    return {"summary": "slow, visit 1"}
+
+
+@engine
+def test_a_failed_branch_does_not_undo_a_siblings_fresh_value_of_the_same_key(
+    bell: Bell,
+) -> None:
+    """Found by review of the fix: merged branch by branch, the failed branch restored the
+    value from before its own first write, which was its sibling's first-visit value, over
+    the sibling's fresh one."""
+    machine(
+        id="test_machine.overlap",
+        initial="fan",
+        states={
+            "fan": parallel(
+                {"fast": state(run=fast_summary), "slow": state(run=slow_summary)},
+                min_success=1,
+                on_done="check",
+            ),
+            "check": human(title="Check", instruction="?", on={"approve": "done", "reject": "fan"}),
+            "done": final(),
+        },
+    )
+    try:
+        run = settle(bell, start("test_machine.overlap", {}))
+        decide_gate(Gate.objects.get(run=run, status="open").pk, outcome="reject", actor="t")
+        run = settle(bell, run)
+        gate = Gate.objects.get(run=run, status="open")
+        assert gate.payload["summary"] == "fast, visit 2"
+    finally:
+        unregister("test_machine.overlap")
+
+
+@engine
 def test_a_rejected_darvo_analysis_that_fails_again_is_not_shown_or_reported(
     bell: Bell, offline: Any, fake_llm: FakeLLM, keyed: Any
 ) -> None:
@@ -274,3 +340,21 @@ def test_a_rejected_darvo_analysis_that_fails_again_is_not_shown_or_reported(
     report = run.output["context"]["report"]
     assert "FIRST VISIT" not in str(report)
     assert "Analyses missing from analysis: darvo failed." in report["caveats"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "and then he said: you're imagining it",
+        "note to self: bring charts",
+        "mailto:bob@example.com",
+        "https://example.com/a:b",
+        "one two three four five: too many words for a name",
+    ],
+)
+def test_prose_with_a_colon_continues_the_message(line: str) -> None:
+    """Found by review of the i18n fix: lowercase prose before a colon became a speaker, took
+    the quotes and got a profile."""
+    assert ta.split_speaker(line) is None
+    assert ta.split_speaker("alex: hi") == ("alex", "hi")  # one lowercase word still names
+    assert ta.split_speaker("Mary Ann: hello") == ("Mary Ann", "hello")

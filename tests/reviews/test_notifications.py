@@ -214,6 +214,22 @@ def test_a_group_whose_name_has_a_colon_still_hears_of_its_gates(
         assert len(hook.requests) == 1 and "Colon group" in hook.requests[0].json["text"]
 
 
+def test_a_default_tenant_group_named_like_a_tenants_channel_does_not_reach_it(
+    settings: Any, bell: Bell, team: People
+) -> None:
+    """Found by review of the fix above: a default-tenant group literally named
+    "globex:reviewers" (gus works for tenant globex) gives tenant globex's channel key; the
+    channel must not hear of the default tenant's gates."""
+    fake = Group.objects.create(name="globex:reviewers")
+    team.ana.groups.add(fake)
+    prefs(team.ana, email_enabled=False)
+    with receiver(host=PUBLIC) as globex_channel:
+        settings.SLUICE_NOTIFY_GROUP_WEBHOOKS = {"globex:reviewers": globex_channel.url}
+        open_gate(bell, title="Default tenant's gate", group="globex:reviewers")
+        deliver_all()
+        assert globex_channel.requests == []
+
+
 def test_a_digest_leaves_out_gates_that_closed_meanwhile(bell: Bell, team: People) -> None:
     """Found by review: an hourly digest announced a gate someone had decided meanwhile as a
     "New gate to review"."""
