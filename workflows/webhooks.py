@@ -27,12 +27,10 @@ import json
 import logging
 import socket
 import ssl
-import threading
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -46,6 +44,7 @@ from workflows.core import outbox
 from workflows.core.calls import storable_text
 from workflows.core.payloads import stored
 from workflows.core.signals import run_finished
+from workflows.coroutines import run_coroutine
 from workflows.models import (
     ApiKey,
     Outbox,
@@ -275,7 +274,9 @@ def _post(target: Target, body: bytes, headers: dict[str, str]) -> Answer:
     holds neither the worker's memory nor the delivery's claim.
     """
     timeout = float(settings.SLUICE_WEBHOOK_TIMEOUT)
-    return _run_coroutine(lambda: _post_within(target, body, headers, timeout))
+    return run_coroutine(
+        lambda: _post_within(target, body, headers, timeout), thread_name="sluice-webhook"
+    )
 
 
 async def _post_within(
@@ -343,33 +344,6 @@ async def _answer(response: httpx.Response, deadline: float) -> Answer:
     encoding = codec.name if getattr(codec, "_is_text_encoding", True) else "utf-8"
     text = bytes(data[:EXCERPT_BYTES]).decode(encoding, errors="replace")
     return Answer(response.status_code, text)
-
-
-def _run_coroutine[R](factory: Callable[[], Awaitable[R]]) -> R:
-    """Run a coroutine from synchronous code (a worker's task): in this thread when it has no
-    event loop, else in a thread of its own."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(_awaited(factory))
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(_awaited(factory))
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="sluice-webhook")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
-
-
-async def _awaited[R](factory: Callable[[], Awaitable[R]]) -> R:
-    return await factory()
 
 
 def _tls_verify() -> ssl.SSLContext | bool:
@@ -557,17 +531,7 @@ def deliver(row: Outbox) -> None:
     except UnresolvedHostError as exc:
         # Not a refusal: a resolver's hiccup, or a name whose records are being moved. The
         # attempt is recorded and tried again with the outbox's backoff.
-        error = f"{type(exc).__name__}: {exc}"[:2000]
-        _record(
-            delivery,
-            number,
-            started,
-            status_code=None,
-            latency_ms=None,
-            error=error,
-            final=_final_if_expired(row),
-        )
-        raise WebhookFailed(error) from None
+        _failed(delivery, row, number, started, exc, latency_ms=None)
     except CallbackUrlError as exc:
         _record(
             delivery,
@@ -595,18 +559,7 @@ def deliver(row: Outbox) -> None:
     except Exception as exc:
         # Any failure is an attempt, recorded as such (an HTTP error, and what the client
         # refused before sending: a URL accepted before the guard got stricter, say).
-        latency = (time.perf_counter() - t0) * 1000
-        error = storable_text(f"{type(exc).__name__}: {exc}")[:2000]
-        _record(
-            delivery,
-            number,
-            started,
-            status_code=None,
-            latency_ms=latency,
-            error=error,
-            final=_final_if_expired(row),
-        )
-        raise WebhookFailed(error) from None
+        _failed(delivery, row, number, started, exc, (time.perf_counter() - t0) * 1000)
     latency = (time.perf_counter() - t0) * 1000
     excerpt = response.excerpt
     if 200 <= response.status_code < 300:
@@ -633,6 +586,28 @@ def deliver(row: Outbox) -> None:
         final=_final_if_expired(row),
     )
     raise WebhookFailed(f"{error} from {delivery.url}")
+
+
+def _failed(
+    delivery: WebhookDelivery,
+    row: Outbox,
+    number: int,
+    started: datetime,
+    exc: Exception,
+    latency_ms: float | None,
+) -> NoReturn:
+    """Record an attempt that got no answer, and ask the outbox to try again."""
+    error = storable_text(f"{type(exc).__name__}: {exc}")[:2000]
+    _record(
+        delivery,
+        number,
+        started,
+        status_code=None,
+        latency_ms=latency_ms,
+        error=error,
+        final=_final_if_expired(row),
+    )
+    raise WebhookFailed(error) from None
 
 
 def _final_if_expired(row: Outbox) -> str | None:

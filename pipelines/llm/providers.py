@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +33,7 @@ from pipelines.llm.errors import (
     RateLimited,
     RequestRejected,
 )
+from workflows.coroutines import run_coroutine as _run_coroutine
 
 RAW_TEXT_LIMIT = 4000
 
@@ -140,33 +140,8 @@ def _output_spec[T: pydantic.BaseModel](output_type: type[T]) -> Any:
 
 
 def run_coroutine[R](factory: Callable[[], Awaitable[R]]) -> R:
-    """Run a coroutine to completion from synchronous step code.
-
-    Steps run on a worker's main thread with no event loop. Where a loop is already running in
-    this thread (a test driving a browser, say) the call gets a thread of its own instead.
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(_as_coroutine(factory))
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(_as_coroutine(factory))
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="sluice-llm-call")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
-
-
-async def _as_coroutine[R](factory: Callable[[], Awaitable[R]]) -> R:
-    return await factory()
+    """Run a coroutine to completion from synchronous step code (``workflows.coroutines``)."""
+    return _run_coroutine(factory, thread_name="sluice-llm-call")
 
 
 # --- errors ----------------------------------------------------------------------------------
