@@ -1039,12 +1039,6 @@ def reassign_gate(gate_id: Any, user: Any, to: str) -> Gate:
         raise ReassignError(
             f"{name} already holds this gate", [{"field": "to", "message": "already holds it"}]
         )
-    # Holding the claim, someone who may not approve would keep every other approver out.
-    if gate.approvals_required > 1 and name in approvers_of(gate.pk):
-        raise ReassignError(
-            f"{name} has already approved this gate, which needs another reviewer's approval",
-            [{"field": "to", "message": "name a reviewer who has not approved it yet"}],
-        )
     if gate.separation_of_duties and started_the_run(gate, name):
         raise ReassignError(
             f"{name} started this run, so with separation of duties they may not approve it",
@@ -1053,9 +1047,9 @@ def reassign_gate(gate_id: Any, user: Any, to: str) -> Gate:
     holder = gate.claimed_by.get_username() if gate.claimed_by else ""
     now = timezone.now()
     with transaction.atomic():
-        # The run's lock, as a decision takes it first: an approval by the target that
-        # commits meanwhile is seen by the check below, not after the claim moved to someone
-        # who can no longer approve (and would keep every other approver out).
+        # Holding the claim, someone who may not approve would keep every other approver out.
+        # Checked under the run's lock, as a decision takes it first: an approval by the
+        # target that commits meanwhile is seen here, not after the claim moved to them.
         _lock_run(gate.run_id)
         if gate.approvals_required > 1 and name in approvers_of(gate.pk):
             raise ReassignError(

@@ -403,9 +403,10 @@ def answer(request: HttpRequest, run: Run, *, fresh: bool = False) -> dict[str, 
     not what it holds (input, output, error, current step, costs, callback URL, starter,
     gates, audit), which an Idempotency-Key retry of a start, or a cancel of another key's
     run, would otherwise hand it. A start's own answer keeps what it was just sent."""
-    detail = run_detail(run, fresh=fresh)
     if api_key(request).has_scope("runs:read"):
-        return detail
+        return run_detail(run, fresh=fresh)
+    # Its gates, audit and costs are blanked below: not queried for (``fresh`` skips them).
+    detail = run_detail(run, fresh=True)
     shown = _WRITER_SEES | _WRITER_SENT if fresh else _WRITER_SEES
     return {
         name: value if name in shown else _WRITER_BLANKS.get(name) for name, value in detail.items()
@@ -534,7 +535,15 @@ def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
 def _same_request(run: Run, body: RunCreateIn) -> bool:
     """``body`` is the request that created ``run``: compared with what the run was started
     with, not what it has now (a restart may have given it a new budget)."""
-    start_cap = run.max_cost if run.generation == 1 else timeline.generation_costs(run)[0].cap
+    start_cap = (
+        run.max_cost
+        if run.generation == 1
+        # generation 1's cap, as the audit entry of the action that ended it recorded it
+        else run.audit.filter(generation=1)
+        .order_by("created_at", "id")
+        .values_list("max_cost", flat=True)
+        .first()
+    )
     max_cost = Decimal(start_cap) if start_cap is not None else None
     return (
         run.workflow == body.pipeline

@@ -64,11 +64,12 @@ def retry_failed_step(run_id: Any, actor: Actor | None = None, reason: str = "")
     if run.status != "failed":
         return Outcome(run_id, False, f"is {run.status}; only a failed run has a step to retry")
     failed = failed_position(run_id)
-    position = retry_position(run_id, failed)
     try:
+        # A compensated run restarts at the latest from its first undone step (the engine
+        # moves ``from_step`` back there itself).
         run = services.restart(
             run_id,
-            from_step=position,
+            from_step=failed,
             only_failed_branches=True,
             actor=actor,
             reason=reason,
@@ -84,7 +85,7 @@ def retry_failed_step(run_id: Any, actor: Actor | None = None, reason: str = "")
         )
     # Without a failed step it resumes at its first unfinished one (a canceled wait, say), or
     # after its last finished one when the handler raised between steps.
-    at = position or actual
+    at = failed or actual
     journaled = at is not None and Step.objects.filter(run_id=run_id, position=at).exists()
     where = f"step {at}" if journaled else "after its last finished step"
     return Outcome(run_id, True, f"retrying from {where}")

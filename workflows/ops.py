@@ -166,10 +166,6 @@ def status_counts(qs: QuerySet[Run] | None = None) -> tuple[dict[str, int], bool
     return counts, estimated
 
 
-def runs_by_status() -> dict[str, int]:
-    return status_counts()[0]
-
-
 def _utc_hour(moment: datetime) -> datetime:
     """The start of the UTC hour ``moment`` falls in (a UTC datetime)."""
     return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
@@ -181,10 +177,6 @@ def _hours(first: datetime, last: datetime) -> list[datetime]:
     start = _utc_hour(first)
     count = int((_utc_hour(last) - start) / HOUR) + 1
     return [start + i * HOUR for i in range(count)]
-
-
-def _this_hour(now: datetime) -> datetime:
-    return _utc_hour(now)
 
 
 def _labels(hours: list[datetime]) -> list[str]:
@@ -291,14 +283,14 @@ def _two_weeks(now: datetime) -> list[datetime]:
     start = _utc_hour(midnight)
     if start < midnight:
         start += HOUR
-    return _hours(start, _this_hour(now))
+    return _hours(start, now)
 
 
 def hourly(now: datetime, rows: dict[datetime, Hour] | None = None) -> dict[str, Any]:
     """Runs finished per hour over the last 24 hours, by outcome, and the failure rate.
     ``rows``: ``history()`` of those hours or more (the overview shares one)."""
-    here = _this_hour(now)
-    hours = _hours(here.astimezone(UTC) - (HOURS - 1) * HOUR, here)
+    here = _utc_hour(now)
+    hours = _hours(here - (HOURS - 1) * HOUR, here)
     rows = history(hours, now) if rows is None else rows
     series: dict[str, list[int]] = {s: [0] * HOURS for s in OUTCOMES}
     started = [0] * HOURS

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +32,7 @@ from pipelines.llm.errors import (
     RateLimited,
     RequestRejected,
 )
-from workflows.coroutines import run_coroutine as _run_coroutine
+from workflows.coroutines import run_coroutine
 
 RAW_TEXT_LIMIT = 4000
 
@@ -61,7 +60,9 @@ def ask[T: pydantic.BaseModel](
     On a failure the tokens the provider reported so far are on the exception (``usage``), so
     a failed attempt that consumed tokens is still journaled with its cost.
     """
-    return run_coroutine(lambda: _ask(spec, instructions, prompt, output_type))
+    return run_coroutine(
+        lambda: _ask(spec, instructions, prompt, output_type), thread_name="sluice-llm-call"
+    )
 
 
 async def _ask[T: pydantic.BaseModel](
@@ -139,9 +140,7 @@ def _output_spec[T: pydantic.BaseModel](output_type: type[T]) -> Any:
     return output_type
 
 
-def run_coroutine[R](factory: Callable[[], Awaitable[R]]) -> R:
-    """Run a coroutine to completion from synchronous step code (``workflows.coroutines``)."""
-    return _run_coroutine(factory, thread_name="sluice-llm-call")
+
 
 
 # --- errors ----------------------------------------------------------------------------------

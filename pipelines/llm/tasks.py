@@ -22,6 +22,7 @@ from pipelines.llm import config, offline, pricing
 from pipelines.llm.config import ModelSpec
 from pipelines.llm.errors import MalformedAnswer, ProviderError
 from workflows import record_usage
+from workflows.core import jsonvalues
 
 OFFLINE_NOTE = (
     "Produced by Sluice's offline analyzer (lexicons and text patterns), not by a language model."
@@ -123,17 +124,17 @@ def complete[T: pydantic.BaseModel](
         )
     data = output.model_dump(mode="json")
     try:
-        json.dumps(data, allow_nan=False)
-        problem = _unstorable(data)
-    except ValueError:
-        problem = "NaN or Infinity"
+        jsonvalues.check_text(data, jsonvalues.encode(data, "the answer"), "the answer")
+        problem = ""
+    except TypeError as exc:  # NaN or Infinity, a NUL character, a lone surrogate
+        problem = str(exc)
     if problem:
         # Refused when the step's result is checkpointed anyway, but then as a failed step that
         # is not retried, with its tokens billed as a successful call. Another attempt may
         # well answer cleanly: the same retryable MalformedAnswer as any unreadable answer.
         _record(spec, in_tokens, out_tokens, started, failed=True)
         raise MalformedAnswer(
-            f"{spec.name}: the answer holds {problem}, which the journal cannot store",
+            f"{spec.name}: {problem} (the journal cannot store it)",
             raw_text=repr(output)[:4000],  # repr escapes what could not be stored
             provider=spec.provider,
             model=spec.model,
@@ -145,25 +146,6 @@ def complete[T: pydantic.BaseModel](
 # Tokens one call can use, far past any model's context: a larger count (or a negative or
 # fractional one) is a provider's error, and priced it would overflow the run's cost.
 MAX_TOKENS = 100_000_000
-
-
-def _unstorable(value: Any) -> str:
-    """What in an answer (JSON) no database stores, in words, or "": a NUL character
-    (PostgreSQL's text and jsonb refuse it, and the engine refuses it on every database) or a
-    lone surrogate (not Unicode)."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            return "a NUL character (\\u0000)"
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return "a lone surrogate (not valid Unicode)"
-        return ""
-    if isinstance(value, dict):
-        return next((p for item in value.items() for p in map(_unstorable, item) if p), "")
-    if isinstance(value, list):
-        return next((p for p in map(_unstorable, value) if p), "")
-    return ""
 
 
 def _plausible(tokens: Any) -> bool:

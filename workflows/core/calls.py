@@ -32,7 +32,7 @@ def error_dict(exc: BaseException, **extra: Any) -> dict[str, Any]:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     data: dict[str, Any] = {
         "type": storable_text(type(exc).__name__),
-        "message": storable_text(_shown(exc)),
+        "message": storable_text(shown(exc)),
         "traceback": storable_text(tb[-TRACEBACK_LIMIT:]),
     }
     try:
@@ -40,12 +40,12 @@ def error_dict(exc: BaseException, **extra: Any) -> dict[str, Any]:
     except Exception:
         raw = None
     if raw is not None:
-        data["raw_text"] = storable_text(_shown(raw)[:TRACEBACK_LIMIT])
+        data["raw_text"] = storable_text(shown(raw)[:TRACEBACK_LIMIT])
     data.update(extra)
     return data
 
 
-def _shown(value: object) -> str:
+def shown(value: object) -> str:
     """``str(value)``, or a placeholder naming why it could not be had."""
     try:
         text = str(value)

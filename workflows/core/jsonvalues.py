@@ -64,8 +64,9 @@ def _unencodable(what: str, exc: ValueError) -> str:
     return f"{what} contains NaN or Infinity, which is not JSON"
 
 
-def check_encoded(data: Any, encoded: str, what: str = "value") -> int:
-    """The checks of ``check_size`` on ``data`` already encoded (compactly) as ``encoded``."""
+def check_text(data: Any, encoded: str, what: str = "value") -> None:
+    """Refuse (``TypeError``) the text no database stores in ``data``, already encoded
+    (compactly) as ``encoded``: a NUL character, or a lone surrogate (not Unicode)."""
     if "\\u0000" in encoded and _NUL_ESCAPE.search(encoded):
         # PostgreSQL's jsonb cannot store NUL; refuse it here, as a clear step failure,
         # rather than as a database error in the middle of a checkpoint.
@@ -79,6 +80,11 @@ def check_encoded(data: Any, encoded: str, what: str = "value") -> int:
             raise TypeError(
                 f"{what} contains a lone surrogate (not valid Unicode), which cannot be stored"
             ) from None
+
+
+def check_encoded(data: Any, encoded: str, what: str = "value") -> int:
+    """The checks of ``check_size`` on ``data`` already encoded (compactly) as ``encoded``."""
+    check_text(data, encoded, what)
     size = len(encoded)
     limit = settings.SLUICE_PAYLOAD_HARD_LIMIT
     if size > limit:

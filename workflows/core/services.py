@@ -20,7 +20,7 @@ from django.utils.module_loading import import_string
 
 from workflows.core import audit, instrument, payloads, transitions, undos
 from workflows.core.audit import Actor
-from workflows.core.calls import error_dict, is_interrupt
+from workflows.core.calls import is_interrupt, shown, storable_text
 from workflows.core.definitions import (
     WorkflowDef,
     get_workflow,
@@ -424,7 +424,7 @@ def run_terminal_hooks(run: Run) -> None:
                 raise
             log.exception("on_complete %s failed for run %s", run.on_complete, run.pk)
             err = dict(run.error or {})
-            err["on_complete"] = f"{type(exc).__name__}: {error_dict(exc)['message']}"
+            err["on_complete"] = f"{type(exc).__name__}: {storable_text(shown(exc))}"
             Run.objects.filter(pk=run.pk).update(error=err)
             run.error = err
     run_finished.send(sender=Run, run=run)
@@ -640,7 +640,7 @@ def restart(
             kind=StepKind.COMPENSATE
         )
         last = live.order_by("-position").values_list("position", flat=True).first() or 0
-        undone = undos.first_undone_position(run.pk)
+        undone, not_undone = undos.compensated(run.pk)
         if from_step is None:
             first_bad = live.exclude(status=StepStatus.SUCCEEDED).order_by("position").first()
             if first_bad is not None:
@@ -667,7 +667,7 @@ def restart(
             # The run compensated: the steps from the first undone one on were taken back,
             # so they run again (their undo rows, journaled after them, are superseded too).
             from_step = undone
-        standing = undos.still_in_effect(run.pk, from_step)
+        standing = [label for position, label in not_undone if position >= from_step]
         if standing:
             # A step whose undo failed (or never ran) still has its effect: running it again
             # would do it twice (a second hotel booked).

@@ -70,27 +70,22 @@ def not_undone(run_id: Any) -> list[str]:
     return [undo_label(row) for i, row in enumerate(steps) if i not in done]
 
 
-def still_in_effect(run_id: Any, from_step: int) -> list[str]:
-    """The steps at ``from_step`` or later of a run that compensated whose undo did not
-    succeed (it failed, or a cancel stopped the compensation first): a restart from there
-    would run them again while their first effect stands."""
+def compensated(run_id: Any) -> tuple[int | None, list[tuple[int, str]]]:
+    """What a restart must know of a run that compensated (``(None, [])`` if it did not):
+
+    - the earliest position whose step was undone: a restart must run that step again, its
+      effect was taken back;
+    - the steps whose undo did not succeed (it failed, or a cancel stopped the compensation
+      first), as (position, label): each still has its effect, and running it again would do
+      it twice (book a second hotel)."""
     if not Step.objects.filter(run_id=run_id, superseded=False, kind=StepKind.COMPENSATE).exists():
-        return []
+        return None, []
     steps, done = _undone(run_id)
-    return [
-        undo_label(row)
-        for i, row in enumerate(steps)
-        if i not in done and row.position >= from_step
-    ]
+    undone = [row.position for i, row in enumerate(steps) if i in done]
+    standing = [(row.position, undo_label(row)) for i, row in enumerate(steps) if i not in done]
+    return (min(undone) if undone else None), standing
 
 
 def first_undone_position(run_id: Any) -> int | None:
-    """The earliest position whose step was undone, if the run compensated: a restart must
-    run that step again, its effect was taken back. A step whose undo failed, or never ran (a
-    cancel stopped the compensation), still has its effect, so it does not count: running it
-    again would do it twice (book a second hotel)."""
-    if not Step.objects.filter(run_id=run_id, superseded=False, kind=StepKind.COMPENSATE).exists():
-        return None
-    steps, done = _undone(run_id)
-    positions = [row.position for i, row in enumerate(steps) if i in done]
-    return min(positions) if positions else None
+    """The earliest position whose step was undone, if the run compensated (``compensated``)."""
+    return compensated(run_id)[0]
