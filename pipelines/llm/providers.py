@@ -140,9 +140,6 @@ def _output_spec[T: pydantic.BaseModel](output_type: type[T]) -> Any:
     return output_type
 
 
-
-
-
 # --- errors ----------------------------------------------------------------------------------
 
 
