@@ -273,7 +273,9 @@ def _post(target: Target, body: bytes, headers: dict[str, str]) -> Answer:
     time is left: a receiver answering with gigabytes, or a small gzip that inflates to them,
     holds neither the worker's memory nor the delivery's claim.
     """
-    timeout = float(settings.SLUICE_WEBHOOK_TIMEOUT)
+    # Never longer than the outbox row's claim: an attempt that outlived it could be sent a
+    # second time, at once, by the deliverer that took the row over.
+    timeout = min(float(settings.SLUICE_WEBHOOK_TIMEOUT), max(1.0, 0.8 * outbox.claim_seconds()))
     return run_coroutine(
         lambda: _post_within(target, body, headers, timeout), thread_name="sluice-webhook"
     )

@@ -159,6 +159,26 @@ def test_status_line_and_headers_dripped_are_cut_at_the_timeout(settings: Any) -
         assert delivery.status == "pending" and "within 1s" in delivery.last_error
 
 
+def test_an_attempt_never_outlives_its_claim(settings: Any) -> None:
+    """An attempt longer than the outbox row's claim could be sent again, at once, by the
+    deliverer that took the row over (a CI run saw a chat notification answered twice with a
+    4 s claim and a 30 s timeout): the claim bounds the attempt too."""
+    settings.SLUICE_WEBHOOK_TIMEOUT = 30.0
+    settings.SLUICE_OUTBOX_CLAIM_SECONDS = 2
+
+    def slow(conn: socket.socket) -> None:
+        time.sleep(5)
+        ok(conn)
+
+    with serving(slow) as server:
+        delivery, row = delivery_to(f"http://127.0.0.2:{server.port}/hook")
+        started = time.monotonic()
+        assert outbox.deliver_one(row) is False
+        assert time.monotonic() - started < 2.0
+        delivery.refresh_from_db()
+        assert "within 1.6s" in delivery.last_error
+
+
 def test_a_first_address_that_drops_connections_moves_on_to_the_next(
     settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
