@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pipelines.llm.config import ModelSpec, model_for, parse_model, pool_for
 from pipelines.llm.errors import (
+    AnswerRefused,
     ConfigurationError,
     MalformedAnswer,
     ProviderError,
@@ -22,6 +23,7 @@ from pipelines.llm.tasks import OFFLINE_NOTE, Completion, LLMTask, complete
 
 __all__ = [
     "OFFLINE_NOTE",
+    "AnswerRefused",
     "Completion",
     "ConfigurationError",
     "LLMTask",

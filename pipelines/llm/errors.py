@@ -55,6 +55,14 @@ class RequestRejected(ProviderError):
     retryable = False
 
 
+class AnswerRefused(ProviderError):
+    """The model declined to answer (a refusal, or the provider's content filter): sending the
+    same request again is refused again, and each refusal is a paid call. ``raw_text`` keeps
+    the model's words when it gave any."""
+
+    retryable = False
+
+
 class ConfigurationError(ValueError):
     """A model string or provider setting is wrong (reported by the system check too). Not
     retried: the same settings fail the same way."""

@@ -25,6 +25,7 @@ from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, Retr
 from pipelines.llm import config
 from pipelines.llm.config import ModelSpec
 from pipelines.llm.errors import (
+    AnswerRefused,
     MalformedAnswer,
     ProviderError,
     ProviderTimeout,
@@ -203,6 +204,25 @@ def translate(
             raw_text=_raw_answer(messages) or _raw_from_cause(exc),
             **who,
         )
+    if isinstance(exc, pe.ContentFilterError):
+        # A refusal is an answer, not a malformed one: asked again, the model declines again,
+        # and every attempt is paid for.
+        said = exc.message.removeprefix("Content filter triggered.").strip()
+        return AnswerRefused(
+            f"{prefix}the model refused to answer"
+            + (f" ({_short(said)})" if said else "")
+            + "; not retried: the same request is refused again",
+            raw_text=_refusal_text(exc, messages),
+            **who,
+        )
+    if isinstance(exc, pe.OutputTokenLimitExceeded):
+        return RequestRejected(
+            f"{prefix}the answer reached the model's output token limit before it was complete;"
+            " not retried: the same request stops at the same limit (raise the model's "
+            "max_tokens, or ask for less)",
+            raw_text=_raw_answer(messages),
+            **who,
+        )
     if isinstance(exc, pe.UnexpectedModelBehavior):
         detail = _validation_detail(exc, messages)
         # pydantic-ai validates the reply's envelope (its usage counts, its choices) before it
@@ -259,6 +279,16 @@ def _raw_answer(messages: list[ModelMessage]) -> str | None:
         if chunks:
             return "\n".join(chunks)[:RAW_TEXT_LIMIT]
     return None
+
+
+def _refusal_text(exc: BaseException, messages: list[ModelMessage]) -> str | None:
+    """The model's own words when it declined (OpenAI's ``refusal``), else its last text."""
+    for message in reversed(messages):
+        if isinstance(message, ModelResponse):
+            said = (message.provider_details or {}).get("refusal")
+            if isinstance(said, str) and said:
+                return said[:RAW_TEXT_LIMIT]
+    return _raw_answer(messages)
 
 
 def _validation_detail(exc: BaseException, messages: list[ModelMessage]) -> str:

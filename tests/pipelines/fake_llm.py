@@ -12,8 +12,9 @@ Faults are queued with ``FakeLLM.fail(...)`` and consumed one per request, in or
 
 ``slow(seconds)`` (answers late, past the client's timeout), ``status(429, retry_after=2)``,
 ``status(500)``, ``status(400)``, ``status(401)``, ``malformed()`` (a body that is not JSON),
-``wrong_schema()`` (valid JSON tool arguments that miss the required fields) and
-``bad_json_args()`` (tool arguments that are not JSON).
+``wrong_schema()`` (valid JSON tool arguments that miss the required fields),
+``bad_json_args()`` (tool arguments that are not JSON), ``refusal()`` (the model declines) and
+``cut_off()`` (nothing before the output token limit).
 
 Every request is recorded in ``FakeLLM.requests`` (path, headers, body) for assertions.
 """
@@ -79,6 +80,18 @@ def wrong_schema() -> Fault:
 
 def bad_json_args() -> Fault:
     return Fault("bad_json_args")
+
+
+def refusal() -> Fault:
+    """The model declines: OpenAI's ``message.refusal`` (content null), Anthropic's
+    ``stop_reason: "refusal"`` with no content."""
+    return Fault("refusal")
+
+
+def cut_off() -> Fault:
+    """The answer stopped at the output token limit before anything usable came out
+    (``finish_reason: "length"`` / ``stop_reason: "max_tokens"``, no content)."""
+    return Fault("cut_off")
 
 
 def _total(input_tokens: Any, output_tokens: Any) -> Any:
@@ -238,6 +251,8 @@ def _make_handler(state: FakeLLM) -> type[BaseHTTPRequestHandler]:
                 return self._send(200, fault.body)
             if fault is not None and fault.kind == "malformed":
                 return self._send(200, b'{"id": "chatcmpl-x", "choices": [{"message": {"con')
+            if fault is not None and fault.kind in ("refusal", "cut_off"):
+                return self._send(200, json.dumps(self._empty(body, anthropic, fault)).encode())
             tool = _anthropic_tool(body) if anthropic else _openai_tool(body)
             schema = tool[1] if tool else (None if anthropic else _openai_schema(body))
             answer: Any = state.make_answer(body, schema)
@@ -319,6 +334,37 @@ def _make_handler(state: FakeLLM) -> type[BaseHTTPRequestHandler]:
                 "stop_reason": stop,
                 "stop_sequence": None,
                 "usage": {"input_tokens": state.input_tokens, "output_tokens": state.output_tokens},
+            }
+
+        def _empty(self, body: dict[str, Any], anthropic: bool, fault: Fault) -> dict[str, Any]:
+            refused = fault.kind == "refusal"
+            usage = {"input_tokens": state.input_tokens, "output_tokens": state.output_tokens}
+            if anthropic:
+                return {
+                    "id": f"msg_{len(state.requests)}",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": body.get("model", "fake"),
+                    "content": [],
+                    "stop_reason": "refusal" if refused else "max_tokens",
+                    "stop_sequence": None,
+                    "usage": usage,
+                }
+            message: dict[str, Any] = {"role": "assistant", "content": None}
+            finish = "stop" if refused else "length"
+            if refused:
+                message["refusal"] = "I can't help with that request."
+            return {
+                "id": f"chatcmpl-{len(state.requests)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "fake"),
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                "usage": {
+                    "prompt_tokens": state.input_tokens,
+                    "completion_tokens": state.output_tokens,
+                    "total_tokens": _total(state.input_tokens, state.output_tokens),
+                },
             }
 
         def _error(self, fault: Fault, anthropic: bool, credentials: str | None = None) -> None:

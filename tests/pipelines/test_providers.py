@@ -13,6 +13,7 @@ import pytest
 from django.utils import timezone
 
 from pipelines.llm import (
+    AnswerRefused,
     MalformedAnswer,
     ProviderTimeout,
     ProviderUnavailable,
@@ -90,6 +91,8 @@ FAULTS: list[tuple[Any, type[Exception], bool]] = [
     (fake_llm.wrong_schema(), MalformedAnswer, True),
     (fake_llm.bad_json_args(), MalformedAnswer, True),
     (fake_llm.slow(2.0), ProviderTimeout, True),
+    (fake_llm.refusal(), AnswerRefused, False),
+    (fake_llm.cut_off(), RequestRejected, False),
 ]
 
 
@@ -268,6 +271,24 @@ def test_a_rejected_request_fails_at_once(bell: Bell, probe_model: FakeLLM, stat
     run = get_run(run.pk)
     assert run.status == "failed"
     assert "not retried" in run.error["message"]
+    assert len(probe_model.requests) == 1
+
+
+@engine
+def test_a_refusal_fails_at_once_with_the_models_words_and_its_cost(
+    bell: Bell, probe_model: FakeLLM
+) -> None:
+    """A refusal was reported as "the answer does not match …" and retried: each retry was
+    another paid call, refused the same way."""
+    probe_model.fail(fake_llm.refusal())
+    run = start("test_llm.classify", {"text": "hi"})
+    bell.settle()
+    row = step_row(run)
+    assert (row.status, row.attempt, row.error["type"]) == ("failed", 1, "AnswerRefused")
+    assert "refused to answer" in row.error["message"]
+    assert row.error["raw_text"] == "I can't help with that request."
+    assert row.usage["failed_call"] is True and row.cost == Decimal("0.000042")
+    assert get_run(run.pk).status == "failed"
     assert len(probe_model.requests) == 1
 
 
