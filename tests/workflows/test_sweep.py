@@ -205,3 +205,36 @@ def test_odd_retention_settings_keep_or_prune_but_never_raise(
     assert prune() == pruned
     assert Run.objects.filter(pk=run.pk).exists() == (pruned == 0)
     assert not Outbox.objects.filter(key="old").exists()  # the outbox's own retention still ran
+
+
+@override_settings(SLUICE_RETENTION_DAYS=1)
+def test_a_parent_is_kept_while_a_child_of_it_is_still_going(bell: Bell) -> None:
+    """A child still compensating after its parent failed: pruning the parent set the child's
+    parent_id to NULL, and the child could then be restarted on its own."""
+    parent = start(samples.chain, {"n": 1})
+    child = start(samples.chain, {"n": 1})
+    bell.settle()
+    old = timezone.now() - timedelta(days=2)
+    Run.objects.filter(pk=parent.pk).update(status="failed", finished_at=old)
+    Run.objects.filter(pk=child.pk).update(parent_id=parent.pk, status="compensating")
+    assert prune() == 0
+    assert Run.objects.get(pk=child.pk).parent_id == parent.pk
+    Run.objects.filter(pk=child.pk).update(status="failed", finished_at=old)
+    assert prune() == 2
+
+
+@override_settings(SLUICE_RETENTION_DAYS=0.25)
+def test_a_run_with_a_side_effect_still_to_leave_is_kept(bell: Bell) -> None:
+    """A webhook retries for a day; under a shorter retention its run, and with it the
+    delivery's record, was pruned while the outbox still had it to send."""
+    from workflows.core.models import Outbox
+    from workflows.core.services import enqueue_outbox
+
+    run = start(samples.chain, {"n": 1})
+    bell.settle()
+    Run.objects.filter(pk=run.pk).update(finished_at=timezone.now() - timedelta(hours=12))
+    row = enqueue_outbox("test.kind", "k-1", {}, run=get_run(run.pk))
+    assert prune() == 0
+    Outbox.objects.filter(pk=row.pk).update(status="delivered", delivered_at=timezone.now())
+    assert prune() == 1
+    assert Outbox.objects.filter(pk=row.pk, run__isnull=True).exists()

@@ -49,7 +49,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
-from django.db.models import CASCADE, NOT_PROVIDED, SET_NULL, F, Q, signals
+from django.db.models import CASCADE, NOT_PROVIDED, SET_NULL, Exists, F, OuterRef, Q, signals
 from django.db.models.deletion import SKIP_COLLECTION, get_candidate_relations_to_delete
 from django.db.models.signals import post_save, pre_save
 from django.utils import timezone
@@ -61,6 +61,8 @@ from workflows.core.models import (
     ACTIVE_RUN,
     LEASED_RUN,
     TERMINAL_RUN,
+    Outbox,
+    OutboxStatus,
     Run,
     RunStatus,
     Step,
@@ -573,12 +575,21 @@ class SQLiteStorage(Storage):
             # A child run only with its parent: the parent's journal refers to the child's
             # output, which the child owns (a large one is the child's blob), and a parent
             # still going, or kept, reads it again on replay, restart or fork.
+            # Nor a run something still refers to as live: a child still going (compensating
+            # after its parent failed: pruned, the parent's loss set its parent_id to NULL and
+            # an operator could restart it on its own), or a side effect still to leave (a
+            # webhook retrying for a day, under a retention shorter than that, lost its
+            # delivery record with the run).
+            live_child = Run.objects.filter(parent=OuterRef("pk"), status__in=ACTIVE_RUN)
+            pending = Outbox.objects.filter(run=OuterRef("pk"), status=OutboxStatus.PENDING)
             ids = list(
                 Run.objects.filter(status__in=TERMINAL_RUN, finished_at__lt=cutoff)
                 .filter(
                     Q(parent__isnull=True)
                     | Q(parent__status__in=TERMINAL_RUN, parent__finished_at__lt=cutoff)
                 )
+                .exclude(Exists(live_child))
+                .exclude(Exists(pending))
                 .order_by("finished_at")
                 .select_for_update(skip_locked=True, of=("self",))
                 .values_list("pk", flat=True)[:limit]
