@@ -583,7 +583,12 @@ elif _email["EMAIL_BACKEND"].endswith(".filebased.EmailBackend"):
     _email_options = {"file_path": _email.get("EMAIL_FILE_PATH") or str(VAR_DIR / "mail")}
 MAILERS = {
     "default": {
-        "BACKEND": _email["EMAIL_BACKEND"],
+        # SMTP with a deadline on the whole attempt (workflows/mail.py); the others as named.
+        "BACKEND": (
+            "workflows.mail.SMTPBackend"
+            if _email["EMAIL_BACKEND"].endswith(".smtp.EmailBackend")
+            else _email["EMAIL_BACKEND"]
+        ),
         "OPTIONS": {k: v for k, v in _email_options.items() if v is not None and v != ""},
     }
 }
