@@ -27,6 +27,7 @@ from workflows import (
     step,
     workflow,
 )
+from workflows.core import definitions
 from workflows.core.audit import Actor
 from workflows.core.definitions import unregister_workflow
 from workflows.core.errors import InvalidInputError, InvalidStateError
@@ -88,10 +89,14 @@ def test_a_run_whose_pipeline_was_removed_is_not_restarted_and_not_undone(bell: 
         workflow(name="test_repair.gone")(gone.fn)
 
 
-def test_a_run_in_flight_whose_pipeline_is_removed_fails_without_undoing(bell: Bell) -> None:
+def test_a_run_in_flight_whose_pipeline_is_removed_fails_without_undoing(
+    bell: Bell, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = start("test_repair.gone", {"names": ["hotel"]})
     settle(bell)  # booked, waiting for "go"
     unregister_workflow("test_repair.gone")
+    # The deploy that removed it restarted the worker, after the run began.
+    monkeypatch.setattr(definitions, "LOADED_AT", timezone.now())
     try:
         send_event(run.pk, "go", {})
         settle(bell)

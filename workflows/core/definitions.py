@@ -14,6 +14,7 @@ import re
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, overload
 
 import pydantic
@@ -341,12 +342,46 @@ def _origin(fn: Callable[..., Any]) -> tuple[str, str]:
 def workflow_for_run(name: str, version: int) -> WorkflowDef[Any]:
     """The handler a run of ``name`` started on ``version`` replays: that version's handler
     if it is still registered (the current one, or an old one kept as ``name@version``), else
-    the current one (an additive change replays fine; anything else fails the run with a
-    ``DeterminismError`` naming the position, never silently)."""
+    the current one for an older version (an additive change replays fine; anything else
+    fails the run with a ``DeterminismError`` naming the position, never silently). A version
+    newer than the current one is code this process does not have (a deploy rolled back, or
+    not yet here: ``newer_than_here``): an ``UnknownWorkflowError``, never the old code."""
     kept = _versions.get((name, version))
     if kept is not None:
         return kept
-    return get_workflow(name)
+    current = get_workflow(name)
+    if version > current.version:
+        raise UnknownWorkflowError(
+            f"workflow {name!r} version {version} is newer than the code here (version "
+            f"{current.version}): deploy version {version}'s definition to replay its runs"
+        )
+    return current
+
+
+# When this process loaded its workflow code: a run started after it, on a workflow or a
+# version the process does not know, was started by newer code (a rolling deploy).
+LOADED_AT = datetime.now(UTC)
+
+
+def newer_than_here(name: str, version: int, created_at: datetime | None) -> str | None:
+    """Why a run needs code newer than this process's, or None.
+
+    During a rolling deploy, web processes with the new code start runs that old workers may
+    take. A run started after this process loaded its code, on a workflow it does not define
+    or on a version above its own, is such a run: the worker leaves it for one with the new
+    code, where failing it ("no longer defined") or replaying the old handler (a wrong
+    result, silently) would be wrong. A run started before this process loaded is judged as
+    before: its code is gone."""
+    if created_at is None or created_at <= LOADED_AT:
+        return None
+    current = _workflows.get(name)
+    if current is None:
+        return f"workflow {name!r} is not defined in this process"
+    if version > current.version and (name, version) not in _versions:
+        return (
+            f"workflow {name!r} version {version} is newer than this process's ({current.version})"
+        )
+    return None
 
 
 def replayable(name: str, version: int) -> WorkflowDef[Any]:
@@ -358,6 +393,8 @@ def replayable(name: str, version: int) -> WorkflowDef[Any]:
     try:
         wf = workflow_for_run(name, version)
     except UnknownWorkflowError:
+        if name in _workflows:
+            raise  # a version newer than the code here: its own message says so
         raise UnknownWorkflowError(
             f"workflow {name!r} is no longer defined: restore its definition to replay its runs"
         ) from None

@@ -32,7 +32,7 @@ from workflows.core import (
 )
 from workflows.core.calls import call_step, error_dict, is_interrupt, is_retryable, retry_after
 from workflows.core.context import BranchOutcome, Context
-from workflows.core.definitions import replayable, resolve_step
+from workflows.core.definitions import newer_than_here, replayable, resolve_step
 from workflows.core.doorbell import (
     dispatch_on_commit,
     grace,
@@ -64,6 +64,8 @@ from workflows.core.storage import JOURNAL_COLUMNS, storage
 log = logging.getLogger(__name__)
 
 MAX_REPLAYS_PER_MESSAGE = 50
+# A run whose code this process does not have yet (``definitions.newer_than_here``).
+NOT_HERE = "not-here"
 
 
 def advance(run_id: Any, generation: int, taken: Run | None = None) -> str:
@@ -145,7 +147,14 @@ def let_go(run: Run, owner: str) -> None:
 
 
 def _run_handler(ctx: Context, run: Run) -> tuple[str, Any]:
-    """Replay the handler: ("suspend" | "lease-lost" | "succeeded" | "failed", value)."""
+    """Replay the handler: ("suspend" | "lease-lost" | "not-here" | "succeeded" | "failed",
+    value)."""
+    newer = newer_than_here(run.workflow, run.version, run.created_at)
+    if newer is not None:
+        # A rolling deploy: newer code started this run. Left for a worker that has it; the
+        # sweep rings again (``let_go``), and no journal is written.
+        log.warning("run %s: %s; leaving it for a worker with the new code", run.pk, newer)
+        return NOT_HERE, None
     try:
         wf = replayable(run.workflow, run.version)
     except UnknownWorkflowError as exc:
@@ -183,6 +192,9 @@ def _run_handler(ctx: Context, run: Run) -> tuple[str, Any]:
 def _replay(run: Run, journal: list[Step | BranchOutcome], owner: str) -> str:
     ctx = Context(run, journal, owner)
     outcome, value = _run_handler(ctx, run)
+    if outcome == NOT_HERE:
+        let_go(run, owner)
+        return NOT_HERE
     try:
         if outcome == "suspend":
             return "suspended" if ctx.suspend() else "woken"
@@ -248,7 +260,9 @@ def _advance_taken(runs: list[Run], owner: str) -> dict[str, int]:
             ctx = Context(run, journals[run.pk], owner)
             with instrument.run_scope(run.pk, run.generation):
                 outcome, value = _run_handler(ctx, run)
-            if outcome == "suspend":
+            if outcome == NOT_HERE:
+                let_go(run, owner)
+            elif outcome == "suspend":
                 try:
                     outcome = "suspended" if ctx.suspend() else "woken"
                 except LeaseLost:

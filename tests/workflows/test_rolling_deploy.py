@@ -1,0 +1,95 @@
+"""A rolling deploy: web processes with new code start runs that workers with the old code may
+take. A run that needs code newer than the worker's (a workflow it does not define, or a
+version above its own, started after it loaded its code) is left for a worker that has it:
+not failed as "no longer defined", and never replayed on the old handler (a wrong result,
+silently). A run of a version above the code here that began before the worker loaded (a
+rolled-back deploy) fails, saying so."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from tests.support import Bell
+from workflows import get_run, start, workflow
+from workflows.core import definitions
+from workflows.core.definitions import unregister_workflow
+from workflows.core.sweeper import sweep
+from workflows.models import Run, Step
+
+pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
+
+NAME = "test_roll.letter"
+
+
+def letter_v1(ctx: Any, text: str) -> dict[str, Any]:
+    return {"letter": f"draft of {text}"}
+
+
+def letter_v2(ctx: Any, text: str) -> dict[str, Any]:
+    return {"letter": f"draft of {text.strip()}", "signed": "v2"}
+
+
+@pytest.fixture(autouse=True)
+def _v1() -> Any:
+    workflow(name=NAME)(letter_v1)
+    yield
+    unregister_workflow(NAME)
+    unregister_workflow("test_roll.brand_new")
+
+
+def ring_again(bell: Bell) -> None:
+    """The sweep, once the doorbell's grace has passed."""
+    Run.objects.update(wake_requested_at=timezone.now() - timedelta(minutes=5))
+    sweep()
+    bell.settle()
+
+
+def test_a_newer_version_is_left_for_a_worker_with_its_code(bell: Bell) -> None:
+    run = start(NAME, {"text": "  hi  "})
+    # Started by a web process that has version 2 (after this worker loaded its code).
+    Run.objects.filter(pk=run.pk).update(version=2)
+    bell.settle()
+    row = get_run(run.pk)
+    assert row.status in ("pending", "running") and row.output is None
+    assert row.lease_owner == "" and row.wake_requested_at is not None  # the sweep rings again
+    assert not Step.objects.filter(run=run).exists()
+    # The new code reaches this worker: the run goes on, on version 2.
+    unregister_workflow(NAME)
+    workflow(name=NAME, version=2)(letter_v2)
+    ring_again(bell)
+    row = get_run(run.pk)
+    assert (row.status, row.output) == ("succeeded", {"letter": "draft of hi", "signed": "v2"})
+
+
+def test_a_version_above_the_code_here_from_before_it_loaded_fails_saying_so(
+    bell: Bell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rolled-back deploy: the run of version 2 must not replay version 1's handler."""
+    run = start(NAME, {"text": "  hi  "})
+    Run.objects.filter(pk=run.pk).update(version=2)
+    monkeypatch.setattr(definitions, "LOADED_AT", timezone.now())  # restarted on version 1
+    bell.settle()
+    row = get_run(run.pk)
+    assert row.status == "failed" and row.error["type"] == "UnknownWorkflowError"
+    assert "version 2 is newer than the code here (version 1)" in row.error["message"]
+
+
+def test_a_workflow_this_worker_does_not_define_yet_is_left_for_one_that_does(
+    bell: Bell,
+) -> None:
+    def brand_new(ctx: Any, text: str) -> str:
+        return text.upper()
+
+    workflow(name="test_roll.brand_new")(brand_new)
+    run = start("test_roll.brand_new", {"text": "hi"})
+    unregister_workflow("test_roll.brand_new")  # this worker has the old code
+    bell.settle()
+    row = get_run(run.pk)
+    assert row.status in ("pending", "running") and row.error is None
+    workflow(name="test_roll.brand_new")(brand_new)
+    ring_again(bell)
+    assert get_run(run.pk).output == "HI"
