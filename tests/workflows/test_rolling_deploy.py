@@ -93,3 +93,23 @@ def test_a_workflow_this_worker_does_not_define_yet_is_left_for_one_that_does(
     workflow(name="test_roll.brand_new")(brand_new)
     ring_again(bell)
     assert get_run(run.pk).output == "HI"
+
+
+def test_a_run_left_for_newer_code_fails_once_the_rollout_window_is_over(
+    bell: Bell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers that lack a pipeline version for good do not keep its runs pending for ever:
+    after an hour the run fails, as a run whose code is gone does."""
+    now = timezone.now()
+    monkeypatch.setattr(definitions, "LOADED_AT", now - timedelta(hours=2))
+    run = start(NAME, {"text": "hi"})
+    Run.objects.filter(pk=run.pk).update(version=2, created_at=now - timedelta(minutes=61))
+    bell.settle()
+    row = get_run(run.pk)
+    assert row.status == "failed"
+    assert "version 2 is newer than the code here (version 1)" in row.error["message"]
+    # Within the window it would still have waited.
+    run = start(NAME, {"text": "hi"})
+    Run.objects.filter(pk=run.pk).update(version=2, created_at=now - timedelta(minutes=59))
+    bell.settle()
+    assert get_run(run.pk).status in ("pending", "running")

@@ -14,7 +14,7 @@ import re
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, overload
 
 import pydantic
@@ -361,6 +361,10 @@ def workflow_for_run(name: str, version: int) -> WorkflowDef[Any]:
 # When this process loaded its workflow code: a run started after it, on a workflow or a
 # version the process does not know, was started by newer code (a rolling deploy).
 LOADED_AT = datetime.now(UTC)
+# How long a worker leaves such a run for one with the new code. A rollout takes minutes;
+# a run still waiting after this is failed as before, so a worker set that lacks a pipeline
+# for good (a module missing on the workers) does not keep its runs pending for ever.
+ROLLOUT_WINDOW = timedelta(hours=1)
 
 
 def newer_than_here(name: str, version: int, created_at: datetime | None) -> str | None:
@@ -371,8 +375,10 @@ def newer_than_here(name: str, version: int, created_at: datetime | None) -> str
     or on a version above its own, is such a run: the worker leaves it for one with the new
     code, where failing it ("no longer defined") or replaying the old handler (a wrong
     result, silently) would be wrong. A run started before this process loaded is judged as
-    before: its code is gone."""
+    before: its code is gone. So is one waiting longer than ``ROLLOUT_WINDOW``."""
     if created_at is None or created_at <= LOADED_AT:
+        return None
+    if created_at < datetime.now(UTC) - ROLLOUT_WINDOW:
         return None
     current = _workflows.get(name)
     if current is None:
