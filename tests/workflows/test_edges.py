@@ -27,6 +27,7 @@ from tests.sample_workflows import costly
 from tests.support import Bell
 from workflows import (
     NonRetryableError,
+    RetryPolicy,
     get_run,
     record_usage,
     restart,
@@ -37,6 +38,7 @@ from workflows import (
 )
 from workflows.core import executor, leases, transitions
 from workflows.core.calls import storable_text
+from workflows.core.errors import InvalidStateError
 from workflows.models import Step
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
@@ -468,3 +470,48 @@ def test_the_embedded_broker_skips_a_message_file_it_cannot_read(tmp_path: Any) 
         message.ack()
         queue.close()
     assert not list(folder.glob("*.msg"))
+
+
+@step(retry=RetryPolicy(max_attempts=1))
+def flaky(x: int) -> int:
+    if os.environ.get("EDGES_FLAKY_FAILS"):
+        raise NonRetryableError("flaky")
+    return x
+
+
+@workflow(name="edges.flaky_map")
+def flaky_map(ctx: Any) -> Any:
+    return ctx.parallel([ctx.call(plain, 1), ctx.call(flaky, 2)])
+
+
+def test_a_failed_branch_runs_again_on_the_step_as_deployed_now(
+    bell: Bell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: "retry failed step" after a fix deploy copied the failed row's pool
+    and attempts, so the fix's new pool and retry policy were ignored."""
+    monkeypatch.setenv("EDGES_FLAKY_FAILS", "1")
+    run = start(flaky_map, {})
+    bell.settle()
+    assert get_run(run.pk).status == "failed"
+    # The fix deploy: another pool, more attempts.
+    monkeypatch.setattr(flaky, "pool", "fast")
+    monkeypatch.setattr(flaky, "retry", RetryPolicy(max_attempts=7))
+    monkeypatch.delenv("EDGES_FLAKY_FAILS")
+    restart(run.pk, only_failed_branches=True)
+    again = Step.objects.get(run=run, kind="branch", branch=1, superseded=False)
+    assert (again.pool, again.max_attempts) == ("fast", 7)
+    bell.settle()
+    assert get_run(run.pk).status == "succeeded"
+
+
+def test_retrying_branches_whose_step_moved_is_refused_saying_what_to_do(
+    bell: Bell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGES_FLAKY_FAILS", "1")
+    run = start(flaky_map, {})
+    bell.settle()
+    Step.objects.filter(run=run, branch=1).update(target="tests.workflows.moved_away.flaky")
+    with pytest.raises(InvalidStateError, match="no longer at tests.workflows.moved_away.flaky"):
+        restart(run.pk, only_failed_branches=True)
+    assert get_run(run.pk).status == "failed"  # nothing changed
+    assert not Step.objects.filter(run=run, superseded=True).exists()

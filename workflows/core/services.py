@@ -22,9 +22,11 @@ from workflows.core import audit, instrument, payloads, transitions, undos
 from workflows.core.audit import Actor
 from workflows.core.calls import is_interrupt, shown, storable_text
 from workflows.core.definitions import (
+    StepDef,
     WorkflowDef,
     get_workflow,
     replayable,
+    resolve_step,
     workflow_for_run,
     workflow_name,
 )
@@ -697,12 +699,15 @@ def restart(
             if group is not None
             else []
         )
+        # The branches run again on the code deployed now: its pool and retry policy (a fix
+        # deploy is why an operator retries), not the failed rows' copies of the old ones.
+        steps = {old.target: _branch_step(run, old, from_step) for old in rerun}
         transitions.supersede(stale)
         now = timezone.now()
         generation = run.generation + 1
         if group is not None:
             budgeted = (max_cost if max_cost is not None else run.max_cost) is not None
-            _reopen_group(run, group, rerun, generation, now, budgeted)
+            _reopen_group(run, group, rerun, generation, now, budgeted, steps)
         fields: dict[str, Any] = {}
         if max_cost is not None:
             fields["max_cost"] = max_cost
@@ -737,13 +742,33 @@ def _budget_flagged(branch: Step, budgeted: bool) -> Any:
     return data
 
 
+def _branch_step(run: Run, row: Step, from_step: int) -> StepDef:
+    """The step a failed branch runs again: its definition as deployed now."""
+    try:
+        return resolve_step(row.target)
+    except Exception:
+        raise InvalidStateError(
+            f"run {run.pk}: step {row.name!r} is no longer at {row.target} (its code moved or "
+            "was removed), so its failed branches cannot run again there. Restart the run "
+            f"from step {from_step}: the handler's replay finds the step where it is now, and "
+            "every branch of the fan-out runs again"
+        ) from None
+
+
 def _reopen_group(
-    run: Run, group: Step, rerun: list[Step], generation: int, now: datetime, budgeted: bool
+    run: Run,
+    group: Step,
+    rerun: list[Step],
+    generation: int,
+    now: datetime,
+    budgeted: bool,
+    steps: dict[str, StepDef],
 ) -> None:
     """A fresh live copy of fan-out ``group`` waiting for fresh copies of the ``rerun``
     branches (their old rows were just superseded); the succeeded siblings stay as they are.
-    Each copy keeps its undo, and checks the run's budget before it starts when the run has
-    one now (``budgeted``: a restart may set the first)."""
+    Each copy keeps its undo, takes its step's pool and attempts from ``steps`` (the code
+    deployed now), and checks the run's budget before it starts when the run has one now
+    (``budgeted``: a restart may set the first)."""
     cap = max(1, run.max_parallel)
     copies = []
     for i, old in enumerate(rerun):
@@ -756,13 +781,13 @@ def _reopen_group(
                 kind=old.kind,
                 name=old.name,
                 status=StepStatus.PENDING,
-                pool=old.pool,
+                pool=steps[old.target].pool,
                 held=i >= cap,
                 target=old.target,
                 undo=old.undo,
                 args=_budget_flagged(old, budgeted),
                 digest=old.digest,
-                max_attempts=old.max_attempts,
+                max_attempts=steps[old.target].retry.max_attempts,
                 wake_at=now + grace(),
             )
         )
