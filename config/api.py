@@ -33,6 +33,7 @@ from workflows.core.errors import (
     RunNotFoundError,
     UnknownWorkflowError,
 )
+from workflows.core.services import MAX_LISTED_ERRORS, listed_errors
 
 log = logging.getLogger("workflows.api")
 
@@ -211,8 +212,12 @@ def _field_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @api.exception_handler(ValidationError)
 def _validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
-    details = _field_errors(exc.errors)
-    listing = "; ".join(f"{d['field'] or d['location']}: {d['message']}" for d in details)
+    # A body of 120,000 unknown fields is as many errors: the first ones named, the rest counted.
+    listing, details = listed_errors(
+        _field_errors(exc.errors[:MAX_LISTED_ERRORS]),
+        lambda d: f"{d['field'] or d['location']}: {d['message']}",
+        total=len(exc.errors),
+    )
     return error_response(422, "invalid_request", f"the request is invalid: {listing}", details)
 
 

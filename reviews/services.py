@@ -43,7 +43,7 @@ from reviews.schema import corrections, validate_edits
 from workflows import access
 from workflows.core.doorbell import ring_on_commit, send_tasks
 from workflows.core.errors import InvalidInputError, InvalidStateError, SluiceError
-from workflows.core.services import complete_waiting_step, complete_waiting_steps
+from workflows.core.services import complete_waiting_step, complete_waiting_steps, listed_errors
 from workflows.models import Run, RunStatus, Step
 
 log = logging.getLogger(__name__)
@@ -455,8 +455,8 @@ def decide_gate(
     clean, edit_errors = validate_edits(gate.fields_schema or {}, edits)
     errors += edit_errors
     if errors:
-        listing = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        raise InvalidDecisionError(f"invalid decision: {listing}", errors)
+        listing, listed = listed_errors(errors, lambda e: f"{e['field']}: {e['message']}")
+        raise InvalidDecisionError(f"invalid decision: {listing}", listed)
     comment = (comment or "").strip()
     check_separation_of_duties(gate, outcome, actor)
     now = timezone.now()

@@ -18,6 +18,7 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.options import ActionLocation
+from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import get_permission_codename, get_user_model
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.core.paginator import Paginator
@@ -674,13 +675,41 @@ class StepAdmin(ReadOnlyMixin, admin.ModelAdmin):
         return pretty_json(obj.usage)
 
 
+class EventChangeList(ChangeList):
+    """The events list reads only what it shows: an event's payload (up to the hard limit,
+    8 MB) and the values of its run and step are left in the database. Reading them made a
+    page of 80 large events take 3–4 s and 1.18 GB. The change form reads the whole event."""
+
+    def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet[Any]:
+        return (
+            super()
+            .get_queryset(request, exclude_parameters)
+            .only(
+                "name",
+                "created_at",
+                "run__workflow",  # str(run)
+                "consumed_by__position",  # str(step), with branch, name and status
+                "consumed_by__branch",
+                "consumed_by__name",
+                "consumed_by__status",
+            )
+        )
+
+
 @admin.register(Event)
 class EventAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ("name", "run", "consumed_by", "created_at")
     search_fields = ("name",)
     list_select_related = ("run", "consumed_by")
+    # Newest first, by the primary key: with a capped count the pages reach only so far.
+    ordering = ("-id",)
+    paginator = CappedPaginator
+    show_full_result_count = False
     readonly_fields = ("run", "name", "payload_json", "consumed_by", "created_at")
     fields = readonly_fields
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return EventChangeList
 
     @admin.display(description="payload")
     def payload_json(self, obj: Event) -> SafeString:

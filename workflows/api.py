@@ -16,11 +16,12 @@ import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 from uuid import UUID
 
 import pydantic
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from ninja import Field, Header, Query, Router, Schema, Status
 from pydantic import AfterValidator, BeforeValidator, ConfigDict
@@ -507,15 +508,30 @@ def _int(value: Any) -> int | None:
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+def _encode(values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> Any:
+    return json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+
+
+def _invalid_cursor() -> ApiError:
+    return ApiError(
+        422,
+        "invalid_cursor",
+        "the cursor is not one this API returned",
+        [{"field": "cursor", "message": "invalid cursor", "type": "value_error"}],
+    )
+
+
 def encode_cursor(run: Run) -> str:
-    raw = json.dumps([run.created_at.isoformat(), str(run.pk)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return _encode([run.created_at.isoformat(), str(run.pk)])
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, run_id = json.loads(raw)
+        created, run_id = _decode(cursor)
         if not isinstance(created, str) or not isinstance(run_id, str):
             raise ValueError("not a position")
         at = datetime.fromisoformat(created)
@@ -524,12 +540,31 @@ def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
         # A forged offset can put the moment outside the range of a UTC datetime.
         return at.astimezone(UTC), UUID(run_id)
     except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError):
-        raise ApiError(
-            422,
-            "invalid_cursor",
-            "the cursor is not one this API returned",
-            [{"field": "cursor", "message": "invalid cursor", "type": "value_error"}],
-        ) from None
+        raise _invalid_cursor() from None
+
+
+def encode_step_cursor(row: Step) -> str:
+    return _encode([row.position, row.branch, row.pk])
+
+
+# What a journal cursor may hold: the columns' ranges (a forged number past them would fail
+# in the database, a 500, rather than find nothing).
+_STEP_CURSOR_RANGES = ((0, 2**31 - 1), (-1, 2**31 - 1), (0, 2**63 - 1))
+
+
+def decode_step_cursor(cursor: str) -> tuple[int, int, int]:
+    """The (position, branch, id) of the last journal row of the previous page."""
+    try:
+        values = _decode(cursor)
+        if not isinstance(values, list) or len(values) != len(_STEP_CURSOR_RANGES):
+            raise ValueError("not a journal position")
+        for value, (low, high) in zip(values, _STEP_CURSOR_RANGES, strict=True):
+            if type(value) is not int or not low <= value <= high:
+                raise ValueError("not a journal position")
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise _invalid_cursor() from None
+    position, branch, step_id = values
+    return position, branch, step_id
 
 
 def _same_request(run: Run, body: RunCreateIn) -> bool:
@@ -645,8 +680,20 @@ def create_run(
     return Status(status, answer(request, run, fresh=created))
 
 
-# Query parameters of other paging schemes, refused by name on GET /runs (see list_runs).
+# Query parameters of other paging schemes, refused by name on GET /runs and /runs/{id}/steps.
 OTHER_PAGING = ("offset", "page", "page_size", "per_page", "skip", "start")
+
+
+def refuse_other_paging(request: HttpRequest, how: str) -> None:
+    """Ignored, a client paging by offset would read the first page again and again."""
+    paging = [name for name in OTHER_PAGING if name in request.GET]
+    if paging:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"{how}, not {paging[0]}=",
+            [{"field": paging[0], "location": "query", "message": "use cursor"}],
+        )
 
 
 @runs_router.get(
@@ -667,15 +714,7 @@ def list_runs(
     limit: int = Query(50, ge=1, le=200),
 ) -> dict[str, Any]:
     """Newest first, ``limit`` at a time; follow ``next_cursor`` for more."""
-    paging = [name for name in OTHER_PAGING if name in request.GET]
-    if paging:
-        # Ignored, a client paging by offset would read the first page again and again.
-        raise ApiError(
-            422,
-            "invalid_request",
-            f"runs are paged with cursor= (the previous page's next_cursor), not {paging[0]}=",
-            [{"field": paging[0], "location": "query", "message": "use cursor"}],
-        )
+    refuse_other_paging(request, "runs are paged with cursor= (the previous page's next_cursor)")
     qs = visible_runs(api_key(request))
     if status:  # The pattern admits only known statuses.
         qs = qs.filter(status__in=status.split(","))
@@ -712,22 +751,64 @@ def get_run(request: HttpRequest, run_id: str) -> dict[str, Any]:
     return run_detail(get_visible_run(api_key(request), run_id))
 
 
+STEPS_DOC = {
+    "responses": {
+        200: {
+            "headers": {
+                "Link": {
+                    "description": 'The next page, as <url>; rel="next" (RFC 8288); absent on '
+                    "the last page.",
+                    "schema": {"type": "string"},
+                }
+            }
+        }
+    }
+}
+
+
 @runs_router.get(
     "/runs/{run_id}/steps",
     auth=READ,
     response={200: list[StepOut], **errors(*AUTH_ERRORS, 404, 422)},
+    openapi_extra=STEPS_DOC,
     summary="The run's journal",
 )
 def list_steps(
-    request: HttpRequest, run_id: str, include_superseded: bool = Query(False)
+    request: HttpRequest,
+    response: HttpResponse,
+    run_id: str,
+    include_superseded: bool = Query(False),
+    cursor: str | None = Query(
+        None, max_length=500, description="The cursor of the Link header's next page."
+    ),
+    limit: int = Query(100, ge=1, le=500),
 ) -> list[dict[str, Any]]:
-    """One entry per step, timer, wait, fan-out group and branch, in journal order. Values
-    stored out of row are given as ``*_url`` links."""
+    """One entry per step, timer, wait, fan-out group and branch, in journal order, ``limit``
+    at a time: while there are more, the ``Link`` header names the next page
+    (``rel="next"``). Values stored out of row are given as ``*_url`` links."""
+    refuse_other_paging(
+        request, "the journal is paged with cursor= (from the previous page's Link header)"
+    )
     run = get_visible_run(api_key(request), run_id)
     rows = Step.objects.filter(run=run)
     if not include_superseded:
         rows = rows.filter(superseded=False)
-    return [step_out(r) for r in rows.order_by("position", "branch", "id")]
+    if cursor:
+        position, branch, step_id = decode_step_cursor(cursor)
+        # position >= first: the index condition of step_run_position (run, position).
+        rows = rows.filter(position__gte=position).filter(
+            Q(position__gt=position)
+            | Q(position=position, branch__gt=branch)
+            | Q(position=position, branch=branch, id__gt=step_id)
+        )
+    page = list(rows.order_by("position", "branch", "id")[: limit + 1])
+    if len(page) > limit:
+        page = page[:limit]
+        query = {"cursor": encode_step_cursor(page[-1]), "limit": limit}
+        if include_superseded:
+            query["include_superseded"] = "true"
+        response["Link"] = f'<{request.path}?{urlencode(query)}>; rel="next"'
+    return [step_out(r) for r in page]
 
 
 @runs_router.get(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -57,6 +58,44 @@ from workflows.core.storage import storage
 log = logging.getLogger(__name__)
 
 
+# A 422 names what is wrong field by field, but not without end: an input of 120,000 unknown
+# keys answered 15.6 MB, each error twice (in the message and the details). The first ones are
+# named, then how many more.
+MAX_LISTED_ERRORS = 50
+LISTED_ERRORS_CHARS = 6_000
+
+
+def listed_errors(
+    errors: Sequence[dict[str, Any]],
+    line: Callable[[dict[str, Any]], str],
+    total: int | None = None,
+) -> tuple[str, list[dict[str, Any]]]:
+    """``errors`` as an error names them: the text (each error's ``line``, joined by "; ") and
+    the errors for its details. At most ``MAX_LISTED_ERRORS`` are named, in about
+    ``LISTED_ERRORS_CHARS`` of text; the rest of the ``total`` (default: all of ``errors``) are
+    counted at the end of the text and in a last error of type ``too_many_errors`` with the
+    ``count`` of them all."""
+    total = len(errors) if total is None else total
+    shown: list[dict[str, Any]] = []
+    lines: list[str] = []
+    size = 0
+    for error in errors[:MAX_LISTED_ERRORS]:
+        text = line(error)
+        size += len(text)
+        if shown and size > LISTED_ERRORS_CHARS:
+            break
+        shown.append(error)
+        lines.append(text)
+    if total > len(shown):
+        note = f"and {total - len(shown):,} more ({total:,} errors in all)"
+        lines.append(note)
+        blank = dict.fromkeys(shown[0], "") if shown else {}
+        shown.append(
+            {**blank, "field": "", "message": note, "type": "too_many_errors", "count": total}
+        )
+    return "; ".join(lines), shown
+
+
 def validate_input(workflow: str, input: Any) -> dict[str, Any]:
     """Check a run's input against the workflow's input model; return it as JSON data."""
     wf = get_workflow(workflow)
@@ -77,7 +116,9 @@ def validate_input(workflow: str, input: Any) -> dict[str, Any]:
             {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"], "type": e["type"]}
             for e in exc.errors(include_url=False, include_context=False, include_input=False)
         ]
-        listing = "; ".join(f"{e['field'] or '(input)'}: {e['message']}" for e in errors)
+        listing, errors = listed_errors(
+            errors, lambda e: f"{e['field'] or '(input)'}: {e['message']}"
+        )
         raise InvalidInputError(f"invalid input for {workflow!r}: {listing}", errors) from None
     return data  # type: ignore[no-any-return]
 
