@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import signal
 import threading
@@ -19,6 +20,23 @@ from workflows.core.definitions import StepDef
 from workflows.core.errors import NonRetryableError, PayloadTooLargeError, StepTimeout
 
 TRACEBACK_LIMIT = 8000
+
+log = logging.getLogger("workflows.steps")
+
+
+def log_failed_attempt(
+    name: str, run_id: Any, attempt: int, of: int, err: dict[str, Any], retry_in: float | None
+) -> None:
+    """One log line per failed attempt of a step (the log context adds the run and the step):
+    a misconfiguration that fails every run (a provider key rejected) must reach log-based
+    alerting, not only the run pages. A warning while it will be retried, an error when the
+    step failed for good. The message is the journal's, already stored; no traceback."""
+    what = f"step {name!r} of run {run_id} failed (attempt {attempt} of {of}): "
+    text = f"{err.get('type', '')}: {str(err.get('message', ''))[:500]}"
+    if retry_in is not None:
+        log.warning("%s%s; retried in %.1f s", what, text, retry_in)
+    else:
+        log.error("%s%s", what, text)
 
 
 def error_dict(exc: BaseException, **extra: Any) -> dict[str, Any]:

@@ -30,14 +30,14 @@ from decimal import Decimal
 from typing import Any, Literal, overload
 
 from django.db import connection, transaction
-from django.utils import timezone
 
-from workflows.core import instrument, leases, payloads, pools, transitions, usage
+from workflows.core import clock, instrument, leases, payloads, pools, transitions, usage
 from workflows.core.calls import (
     call_step,
     duration_seconds,
     error_dict,
     is_retryable,
+    log_failed_attempt,
     retry_after,
     return_annotation,
     worker_lost,
@@ -173,7 +173,7 @@ class Context:
         # ``ctx.patched`` answers, so asking twice in one replay gives one answer, one marker.
         self._patches: dict[str, bool] = {}
         # take_run() just set the lease.
-        self._lease_renewed: datetime | None = timezone.now()
+        self._lease_renewed: datetime | None = clock.now()
         # The run was suspended in the commit that wrote a fan-out (and its lease let go).
         self._parked = False
 
@@ -291,7 +291,7 @@ class Context:
             if (row.error or {}).get("type") == "BudgetExceeded":
                 raise self._over_budget((row.error or {}).get("message", "budget exceeded"))
             raise StepFailed(row.name, row.error or {})
-        now = timezone.now()
+        now = clock.now()
         if (
             kind == StepKind.STEP
             and sd.budgeted
@@ -409,7 +409,7 @@ class Context:
         seconds = duration_seconds(duration, "ctx.sleep()")
         pos, row = self._next(StepKind.SLEEP, "sleep")
         if row is None:
-            now = timezone.now()
+            now = clock.now()
             done = seconds <= 0
             self._inserts.append(
                 self._new_row(
@@ -446,7 +446,7 @@ class Context:
         )
         pos, row = self._next(StepKind.EVENT, name)
         if row is None:
-            now = timezone.now()
+            now = clock.now()
             row = self._new_row(
                 pos,
                 StepKind.EVENT,
@@ -500,7 +500,7 @@ class Context:
                 left = limit - self._spent
                 given = options.pop("max_cost", None)
                 options["max_cost"] = left if given is None else min(Decimal(str(given)), left)
-            now = timezone.now()
+            now = clock.now()
             row = self._new_row(pos, StepKind.CHILD, name, StepStatus.WAITING, started_at=now)
             with self._writing():
                 self._flush()
@@ -546,9 +546,7 @@ class Context:
 
     def now(self) -> datetime:
         """The current time, journaled so a replay sees the same value."""
-        return datetime.fromisoformat(
-            self._recorded(StepKind.NOW, lambda: timezone.now().isoformat())
-        )
+        return datetime.fromisoformat(self._recorded(StepKind.NOW, lambda: clock.now().isoformat()))
 
     def random(self) -> float:
         """A random float in [0, 1), journaled."""
@@ -574,7 +572,7 @@ class Context:
         """
         pos, row = self._next(kind, name)
         if row is None:
-            now = timezone.now()
+            now = clock.now()
             row = self._new_row(
                 pos,
                 kind,
@@ -678,7 +676,7 @@ class Context:
 
     def _record_marker(self, patch_id: str) -> None:
         self._pos += 1
-        now = timezone.now()
+        now = clock.now()
         self._inserts.append(
             self._new_row(
                 self._pos,
@@ -774,7 +772,7 @@ class Context:
         if row is not None:
             return row.result
         value = make()
-        now = timezone.now()
+        now = clock.now()
         self._inserts.append(
             self._new_row(
                 pos, kind, kind, StepStatus.SUCCEEDED, result=value, started_at=now, finished_at=now
@@ -795,7 +793,7 @@ class Context:
         self._flush(**run_fields)
 
     def _flush(self, **run_fields: Any) -> None:
-        now = timezone.now()
+        now = clock.now()
         fields: dict[str, Any] = {"lease_expires_at": lease_until(now), **run_fields}
         if self._current:
             fields.setdefault("current_step", self._current[:200])
@@ -861,7 +859,7 @@ class Context:
     ) -> Any:
         """Run a step here and now: claim it (with the previous result) in one commit, call it,
         buffer the result for the next commit."""
-        now = timezone.now()
+        now = clock.now()
         conf = pools.get_pool(sd.pool)
         call = {"args": list(args), "kwargs": kwargs}
         what = f"arguments of {sd.name}"
@@ -1030,7 +1028,7 @@ class Context:
         row.result = data
         json_text(row, "result", text)
         row.error = None
-        row.finished_at = timezone.now()
+        row.finished_at = clock.now()
         row.lease_owner = ""
         row.lease_expires_at = None
         self._dirty.append(row)
@@ -1072,10 +1070,11 @@ class Context:
             )
 
     def _failed_attempt(self, sd: StepDef, row: Step, exc: Exception) -> Any:
-        now = timezone.now()
+        now = clock.now()
         err = error_dict(exc, attempt=row.attempt)
         if is_retryable(exc) and row.attempt < row.max_attempts:
             delay = max(sd.retry.backoff(row.attempt), retry_after(exc) or 0.0)
+            log_failed_attempt(row.name, self.run_id, row.attempt, row.max_attempts, err, delay)
             row.status = StepStatus.RETRYING
             row.error = err
             row.wake_at = now + timedelta(seconds=delay)
@@ -1084,12 +1083,13 @@ class Context:
             row.lease_expires_at = None
             self._dirty.append(row)
             raise self._suspension()  # The sweep rings for the run when the backoff is over.
+        log_failed_attempt(row.name, self.run_id, row.attempt, row.max_attempts, err, None)
         return self._fail(row, err, now=now)
 
     def _fail(self, row: Step, err: dict[str, Any], now: datetime | None = None) -> Any:
         row.status = StepStatus.FAILED
         row.error = err
-        row.finished_at = now or timezone.now()
+        row.finished_at = now or clock.now()
         row.lease_owner = ""
         row.lease_expires_at = None
         if row.pk is not None:
@@ -1117,7 +1117,7 @@ class Context:
                 )
         if group is None:
             self._check_budget(name)
-            now = timezone.now()
+            now = clock.now()
             if not calls:
                 self._inserts.append(
                     self._new_row(
@@ -1299,7 +1299,7 @@ class Context:
         (``executor.advance_many``): each run's end and its hooks still commit together.
         """
 
-        now = timezone.now()
+        now = clock.now()
         compensate = status == RunStatus.FAILED and self._must_compensate()
         fields: dict[str, Any] = {
             "status": status,
@@ -1341,7 +1341,7 @@ class Context:
             "status": RunStatus.SUCCEEDED,
             "output": output,
             "error": None,
-            "finished_at": timezone.now(),
+            "finished_at": clock.now(),
             "lease_owner": "",
             "lease_expires_at": None,
             "wake_requested_at": None,

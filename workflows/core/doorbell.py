@@ -20,9 +20,8 @@ from typing import Any
 from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
-from django.utils import timezone
 
-from workflows.core import broker, transitions
+from workflows.core import broker, clock, transitions
 from workflows.core.pools import queue_for
 
 # The doorbell names its tasks instead of importing them: ``workflows.core.tasks`` imports the
@@ -53,7 +52,7 @@ def overdue(expires: float | None = None) -> Iterator[None]:
     repeat one still queued (the sweep cannot tell a lost doorbell from one waiting behind a
     backlog): the sweep rings again after the grace anyway, and without an expiry every pass
     would add a copy while the backlog lasts, the backlog would grow with them, and so would
-    the copies. (The consuming worker compares the expiry with its own clock: the workers'
+    the copies. (Celery's consuming worker compares the expiry with its host's clock: the workers'
     clocks must agree to well within the expiry, as NTP keeps them.)"""
     options: dict[str, Any] = {}
     priority = getattr(settings, "SLUICE_OVERDUE_PRIORITY", None)
@@ -209,7 +208,7 @@ def request_wake(run_id: Any, now: datetime | None = None) -> bool:
     Call inside the transaction that made it runnable. If a worker holds the run right now,
     the mark makes it replay again instead of suspending, so no wake-up is lost.
     """
-    now = now or timezone.now()
+    now = now or clock.now()
     generation = transitions.mark_runnable(run_id, now)
     if generation is not None:
         ring_on_commit(run_id, generation)

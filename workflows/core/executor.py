@@ -18,10 +18,10 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, DataError, transaction
 from django.db.models import Avg, Count, Q
-from django.utils import timezone
 
 from workflows.core import (
     branches,
+    clock,
     compensation,
     doorbell,
     instrument,
@@ -30,7 +30,14 @@ from workflows.core import (
     transitions,
     usage,
 )
-from workflows.core.calls import call_step, error_dict, is_interrupt, is_retryable, retry_after
+from workflows.core.calls import (
+    call_step,
+    error_dict,
+    is_interrupt,
+    is_retryable,
+    log_failed_attempt,
+    retry_after,
+)
 from workflows.core.context import BranchOutcome, Context
 from workflows.core.definitions import newer_than_here, replayable, resolve_step
 from workflows.core.doorbell import (
@@ -80,7 +87,7 @@ def _advance(run_id: Any, generation: int, taken: Run | None = None) -> str:
     owner = taken.lease_owner if taken is not None else owner_id()
     outcome = "skipped"
     for _ in range(MAX_REPLAYS_PER_MESSAGE):
-        run = taken or transitions.take(run_id, generation, owner, timezone.now())
+        run = taken or transitions.take(run_id, generation, owner, clock.now())
         taken = None
         if run is None:
             return outcome
@@ -141,7 +148,7 @@ def let_go(run: Run, owner: str) -> None:
     run is not held by a worker that is no longer advancing it; the sweep rings again after
     the doorbell grace. Best effort: if even this fails, the lease simply expires."""
     try:
-        transitions.release(run.pk, owner, run.generation, timezone.now())
+        transitions.release(run.pk, owner, run.generation, clock.now())
     except Exception:
         log.exception("could not release run %s after an error", run.pk)
 
@@ -229,7 +236,7 @@ def advance_many(items: list[tuple[Any, int]]) -> dict[str, int]:
     4. A run woken while it replayed goes through ``advance`` again.
     """
     owner = owner_id()
-    runs = transitions.take_many(items, owner, timezone.now())
+    runs = transitions.take_many(items, owner, clock.now())
     if not runs:
         return {}
     for run in runs:
@@ -357,7 +364,7 @@ def _end_together(
 
 def claim_step(step_id: int, owner: str) -> Step | None:
     """Compare-and-swap a pending step to running under ``owner``, if its pool has room."""
-    now = timezone.now()
+    now = clock.now()
     # A branch whose slot was reserved when it was fanned out needs no pool lock: one
     # compare-and-swap from the reserved owner, returning the row.
     reserved = transitions.claim_reserved(step_id, owner, now)
@@ -426,7 +433,7 @@ def execute_steps(step_ids: list[int], queue: str) -> int:
         doorbell.send_steps([(step_id, queue) for step_id in left])
     try:
         claimed = transitions.claim_reserved_many(
-            [(step_id, job_owner()) for step_id in mine], timezone.now()
+            [(step_id, job_owner()) for step_id in mine], clock.now()
         )
     except BaseException:
         branches.unreserve(threads)
@@ -557,7 +564,7 @@ def complete_step(
        waiting step, claimed in the same commit: the count of running steps never changes,
        so no pool lock is needed. Returns that step for the caller to run.
     """
-    now = timezone.now()
+    now = clock.now()
     drop(row.pk)
     fields: dict[str, Any] = {"finished_at": now, "lease_owner": "", "lease_expires_at": None}
     if scope.usage:
@@ -573,8 +580,10 @@ def complete_step(
             fields.update(
                 status=StepStatus.RETRYING, error=err, wake_at=now + timedelta(seconds=delay)
             )
+            log_failed_attempt(row.name, row.run_id, row.attempt, row.max_attempts, err, delay)
         else:
             fields.update(status=StepStatus.FAILED, error=err)
+            log_failed_attempt(row.name, row.run_id, row.attempt, row.max_attempts, err, None)
     conf = pools.get_pool(row.pool)
     then: dict[str, Any] = {
         "cost": Decimal(scope.cost or 0),

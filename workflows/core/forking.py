@@ -18,9 +18,8 @@ from typing import Any
 
 from django.db import connection, transaction
 from django.db.models import Count, Max, Min, Q, QuerySet
-from django.utils import timezone
 
-from workflows.core import audit, payloads
+from workflows.core import audit, clock, payloads
 from workflows.core.audit import Actor
 from workflows.core.definitions import replayable
 from workflows.core.doorbell import ring_on_commit
@@ -94,7 +93,7 @@ def fork(
             replayable(source.workflow, source.version)
         except UnknownWorkflowError as exc:
             raise InvalidInputError(str(exc)) from None
-        now = timezone.now()
+        now = clock.now()
         shown = [r for r in kept if r.branch < 0]
         creator = _creator(actor)
         new = Run.objects.create(

@@ -21,8 +21,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
-from django.utils import timezone
 
+from workflows.core import clock
 from workflows.core.models import Run, Step
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def lease_seconds() -> float:
 
 
 def lease_until(now: datetime | None = None) -> datetime:
-    return (now or timezone.now()) + timedelta(seconds=lease_seconds())
+    return (now or clock.now()) + timedelta(seconds=lease_seconds())
 
 
 def renew_all() -> int:
@@ -128,6 +128,7 @@ def _beat(stop: threading.Event) -> None:
     try:
         while not stop.wait(interval):
             try:
+                clock.refresh()  # at most once a minute: leases are on the database's clock
                 renew_all()
             except Exception:  # A database hiccup must not kill the thread; retry next beat.
                 log.exception("lease heartbeat failed")

@@ -15,8 +15,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db.models import Q
-from django.utils import timezone
 
+from workflows.core import clock
 from workflows.core.models import Outbox, OutboxStatus
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def deliver_one(row: Outbox) -> bool:
     claimed meanwhile, changes nothing (it cannot undo the other's "delivered" or reschedule
     the row under the other's claim).
     """
-    now = timezone.now()
+    now = clock.now()
     until = now + timedelta(seconds=claim_seconds())
     if not Outbox.objects.filter(
         Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now),
@@ -66,7 +66,7 @@ def deliver_one(row: Outbox) -> bool:
             raise LookupError(f"no outbox handler registered for kind {row.kind!r}")
         handler(row)
     except Exception as exc:
-        later = timezone.now()
+        later = clock.now()
         dead = later - row.created_at > MAX_AGE
         if not mine.update(
             status=OutboxStatus.DEAD if dead else OutboxStatus.PENDING,
@@ -79,7 +79,7 @@ def deliver_one(row: Outbox) -> bool:
         return False
     if not mine.update(
         status=OutboxStatus.DELIVERED,
-        delivered_at=timezone.now(),
+        delivered_at=clock.now(),
         lease_expires_at=None,
         last_error="",
     ):
@@ -89,7 +89,7 @@ def deliver_one(row: Outbox) -> bool:
 
 
 def deliver_due(limit: int = 100) -> int:
-    now = timezone.now()
+    now = clock.now()
     rows = list(
         Outbox.objects.filter(status=OutboxStatus.PENDING, next_attempt_at__lte=now)
         .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))

@@ -16,10 +16,9 @@ import pydantic
 from django.conf import settings
 from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import F, Q
-from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from workflows.core import audit, instrument, payloads, transitions, undos
+from workflows.core import audit, clock, instrument, payloads, transitions, undos
 from workflows.core.audit import Actor
 from workflows.core.calls import is_interrupt, shown, storable_text
 from workflows.core.definitions import (
@@ -195,7 +194,7 @@ def create_run(
     ctx_data = payloads.to_json(context or {}, "context")
     if on_complete:
         check_hook(on_complete)
-    now = timezone.now()
+    now = clock.now()
     run = Run(
         workflow=workflow,
         version=wf.version,
@@ -340,7 +339,7 @@ def send_event(run_id: Any, name: str, payload: Any = None) -> Event:
     # An event's payload is data from outside: stored escaped, it can never pass for a blob
     # reference when the waiting step hands it to the workflow.
     data = payloads.escape(data)
-    now = timezone.now()
+    now = clock.now()
     with transaction.atomic():
         run = _locked(run_id)
         if run.is_terminal or run.status == RunStatus.COMPENSATING:
@@ -408,7 +407,7 @@ def complete_waiting_steps(
     """
     if not step_ids:
         return set(), []
-    now = now or timezone.now()
+    now = now or clock.now()
     data = payloads.escape(payloads.to_json(result, "result"))
     fields: dict[str, Any] = {"status": StepStatus.SUCCEEDED, "result": data, "finished_at": now}
     if timed_out:
@@ -419,7 +418,7 @@ def complete_waiting_steps(
 
 
 def _resolve_waiting(step_id: int, fields: dict[str, Any]) -> bool:
-    now = timezone.now()
+    now = clock.now()
     fields = {"finished_at": now, **fields}
     run_id = Step.objects.filter(pk=step_id).values_list("run_id", flat=True).first()
     n = transitions.resolve_wait(step_id, fields)
@@ -470,6 +469,16 @@ def run_terminal_hooks(run: Run) -> None:
             err["on_complete"] = f"{type(exc).__name__}: {storable_text(shown(exc))}"
             Run.objects.filter(pk=run.pk).update(error=err)
             run.error = err
+    if run.status == RunStatus.FAILED:
+        # One line per failed run for log-based alerting (the run pages have the rest).
+        err = run.error or {}
+        log.error(
+            "run %s (%s) failed: %s: %s",
+            run.pk,
+            run.workflow,
+            err.get("type", ""),
+            str(err.get("message", ""))[:500],
+        )
     run_finished.send(sender=Run, run=run)
     instrument.emit("run_finished", status=str(run.status), workflow=run.workflow)
     if run.parent_step_id:
@@ -555,7 +564,7 @@ def _cancel_locked(run: Run, reason: str, *, actor: Actor | None = None, why: st
     if fresh is None:
         return False
     run.status, run.error = fresh["status"], fresh["error"]
-    now = timezone.now()
+    now = clock.now()
     error: dict[str, Any] = {"type": "Canceled", "message": reason}
     compensate = False
     if run.status == RunStatus.COMPENSATING:
@@ -744,7 +753,7 @@ def restart(
         # deploy is why an operator retries), not the failed rows' copies of the old ones.
         steps = {old.target: _branch_step(run, old, from_step) for old in rerun}
         transitions.supersede(stale)
-        now = timezone.now()
+        now = clock.now()
         generation = run.generation + 1
         if group is not None:
             budgeted = (max_cost if max_cost is not None else run.max_cost) is not None
@@ -867,7 +876,7 @@ def enqueue_outbox(
             "kind": kind,
             "payload": payload,
             "run": run,
-            "next_attempt_at": when or timezone.now(),
+            "next_attempt_at": when or clock.now(),
         },
     )
     return obj

@@ -52,10 +52,10 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.models import CASCADE, NOT_PROVIDED, SET_NULL, Exists, F, OuterRef, Q, signals
 from django.db.models.deletion import SKIP_COLLECTION, get_candidate_relations_to_delete
 from django.db.models.signals import post_save, pre_save
-from django.utils import timezone
 from psycopg import ClientCursor
 from psycopg.types.json import Jsonb
 
+from workflows.core import clock
 from workflows.core.leases import lease_until
 from workflows.core.models import (
     ACTIVE_RUN,
@@ -1769,7 +1769,7 @@ def _row_params(row: Step, specs: tuple[tuple[str, int, int, Any], ...]) -> tupl
             else:
                 value = None if value is None else Jsonb(value)
         elif kind == _CREATED and value is None:
-            value = row.started_at or timezone.now()
+            value = row.started_at or clock.now()
         out.append(value)
     return shape, out
 
@@ -1793,5 +1793,5 @@ def _prep(field: Any, obj: Any, raw: bool = False) -> Any:
     if field.get_internal_type() == "JSONField":
         return None if value is None else Jsonb(value)
     if value is None and field.attname == "created_at":
-        return obj.started_at or timezone.now()
+        return obj.started_at or clock.now()
     return value

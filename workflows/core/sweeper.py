@@ -25,9 +25,8 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q, QuerySet
-from django.utils import timezone
 
-from workflows.core import doorbell, instrument, transitions
+from workflows.core import clock, doorbell, instrument, transitions
 from workflows.core.calls import worker_lost
 from workflows.core.doorbell import dispatch_on_commit, grace, request_wake, ring_on_commit
 from workflows.core.executor import step_finished
@@ -230,7 +229,10 @@ def _send_chunks(chunks: list[list[tuple[Any, int]]]) -> None:
 
 
 def sweep() -> dict[str, int]:
-    now = timezone.now()
+    # Every deadline it judges was written on the database's clock (``clock``): this
+    # process's offset to it, measured again at most once a minute.
+    clock.refresh()
+    now = clock.now()
     # Everything the sweep rings for is due or late: it goes ahead of the fresh doorbells.
     with doorbell.overdue():
         result = {
@@ -259,7 +261,7 @@ def prune(now: Any = None) -> int:
     Each batch first sends ``runs_pruning`` in its transaction, so apps keep or archive what
     must outlive a run (a gate's audit trail) in the same commit as the delete; then
     ``Storage.prune`` deletes the runs and what refers to them set-based."""
-    now = now or timezone.now()
+    now = now or clock.now()
     cutoff = retention_cutoff(now, "SLUICE_RETENTION_DAYS")
     store = storage()
     duty = min(1.0, max(0.05, float(settings.SLUICE_PRUNE_DUTY)))
@@ -316,7 +318,7 @@ def prune_outbox(now: Any = None) -> int:
     """Delete outbox rows delivered (by ``delivered_at``) or dead (by ``created_at``: a dead row
     gave up after its attempts) more than SLUICE_OUTBOX_RETENTION_DAYS ago, in batches.
     Pending rows stay, however old: they still have to leave."""
-    now = now or timezone.now()
+    now = now or clock.now()
     cutoff = retention_cutoff(now, "SLUICE_OUTBOX_RETENTION_DAYS")
     if cutoff is None:
         return 0

@@ -14,9 +14,8 @@ from typing import Any
 from celery import shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
-from django.utils import timezone
 
-from workflows.core import transitions
+from workflows.core import clock, transitions
 from workflows.core.executor import advance as advance_run
 from workflows.core.executor import advance_many as advance_runs
 from workflows.core.executor import execute_step as run_step
@@ -81,7 +80,7 @@ def _patiently[T](work: Callable[[], T], let_go: Callable[[], None] | None = Non
 
 def _release(items: list[tuple[Any, int]]) -> Callable[[], None]:
     def let_go() -> None:
-        owner, now = owner_id(), timezone.now()
+        owner, now = owner_id(), clock.now()
         for run_id, generation in items:
             transitions.release(run_id, owner, generation, now)
 
