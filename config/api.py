@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.urls import URLPattern, path, re_path
 from django.views.decorators.csrf import csrf_exempt
@@ -267,6 +268,27 @@ def _suspicious(request: HttpRequest, exc: SuspiciousOperation) -> HttpResponse:
     """Django's refusals of a malformed request (too many query or form fields, a bad
     multipart body…): the client's error, as the HTML pages answer it."""
     return error_response(400, "bad_request", str(exc) or "the request is malformed")
+
+
+@api.exception_handler(OperationalError)
+@api.exception_handler(InterfaceError)
+def _database_unavailable(request: HttpRequest, exc: Exception) -> HttpResponse:
+    """A deadlock, a serialization failure, a lock or statement timeout, a lost connection:
+    the request's transaction was rolled back, and the same request may well succeed a moment
+    later (a release's migration holding a table, PostgreSQL restarting). A 503 with
+    ``Retry-After`` says so; a 500 said "unexpected", and a start looked lost."""
+    log.warning(
+        "database unavailable in %s %s: %s", request.method, request.path, type(exc).__name__
+    )
+    response = error_response(
+        503,
+        "database_unavailable",
+        "the database could not complete the request (a deadlock, a lock wait or a lost "
+        "connection); its changes were rolled back: send it again (with the same "
+        "Idempotency-Key, for a start)",
+    )
+    response["Retry-After"] = "1"
+    return response
 
 
 @api.exception_handler(Exception)
