@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -39,6 +40,7 @@ from workflows import (
 from workflows.core import executor, leases, transitions
 from workflows.core.calls import storable_text
 from workflows.core.errors import InvalidStateError
+from workflows.core.sweeper import sweep
 from workflows.models import Step
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
@@ -515,3 +517,39 @@ def test_retrying_branches_whose_step_moved_is_refused_saying_what_to_do(
         restart(run.pk, only_failed_branches=True)
     assert get_run(run.pk).status == "failed"  # nothing changed
     assert not Step.objects.filter(run=run, superseded=True).exists()
+
+
+PEEKED: list[Any] = []
+
+
+@step(retry=RetryPolicy(max_attempts=2))
+def peek(tag: str) -> str:
+    """Fails its first attempt; the second reads its own row while it runs."""
+    row = Step.objects.filter(name="peek", status="running", args__icontains=tag).first()
+    PEEKED.append((tag, row.attempt, row.finished_at, row.started_at) if row else None)
+    if row is not None and row.attempt == 1:
+        raise ConnectionError("first attempt fails")
+    return tag
+
+
+@workflow(name="edges.peek")
+def peek_twice(ctx: Any) -> Any:
+    return [ctx.run(peek, "inline"), ctx.parallel([ctx.call(peek, "branch")])]
+
+
+def test_a_running_attempt_has_no_end_of_its_own_yet(bell: Bell) -> None:
+    """Found by review: the next attempt kept the previous one's finished_at, so the API gave a
+    negative duration_ms and the timeline "0 ms" instead of "… so far"."""
+    PEEKED.clear()
+    run = start(peek_twice, {})
+    for _ in range(3):
+        bell.settle()
+        Step.objects.filter(run=run, status="retrying").update(
+            wake_at=timezone.now() - timedelta(seconds=1)
+        )
+        sweep()
+    bell.settle()
+    assert get_run(run.pk).status == "succeeded"
+    seconds = [p for p in PEEKED if p is not None and p[1] == 2]
+    assert {p[0] for p in seconds} == {"inline", "branch"}
+    assert all(finished is None for _, _, finished, _ in seconds), seconds

@@ -967,6 +967,7 @@ class Context:
                     "lease_owner": self.owner,
                     "lease_expires_at": lease_until(now),
                     "started_at": now,
+                    "finished_at": None,  # the previous attempt's end, until this one ends
                     "wake_at": None,
                 }
                 if row is None:

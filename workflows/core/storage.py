@@ -352,6 +352,7 @@ class SQLiteStorage(Storage):
                 lease_owner=owner,
                 lease_expires_at=lease_until(now),
                 started_at=now,
+                finished_at=None,  # the previous attempt's end, until this one ends
                 wake_at=None,
             )
         )
@@ -370,6 +371,7 @@ class SQLiteStorage(Storage):
                 lease_owner=owner,
                 lease_expires_at=lease_until(now),
                 started_at=now,
+                finished_at=None,
             )
             return Step.objects.get(pk=step_id) if n == 1 else None
 
@@ -477,6 +479,7 @@ class SQLiteStorage(Storage):
                 cand.status = StepStatus.RUNNING
                 cand.attempt += 1
                 cand.lease_owner = owner
+                cand.finished_at = None
                 return cand
         return None
 
@@ -774,7 +777,8 @@ class PostgresStorage(SQLiteStorage):
         rows = list(
             Step.objects.raw(
                 f"UPDATE {table} SET attempt = attempt + 1, lease_owner = %s, "
-                "lease_expires_at = %s, started_at = %s WHERE id = %s AND status = %s "
+                "lease_expires_at = %s, started_at = %s, finished_at = NULL "
+                "WHERE id = %s AND status = %s "
                 "AND lease_owner = %s AND lease_expires_at > %s AND superseded = %s "
                 f"AND run_id IN (SELECT id FROM {Run._meta.db_table} "
                 f"WHERE status IN ({active})) RETURNING *",
@@ -865,7 +869,7 @@ class PostgresStorage(SQLiteStorage):
         table = Step._meta.db_table
         rows = _fetchall(
             f"UPDATE {table} s SET attempt = s.attempt + 1, lease_owner = c.owner, "
-            "lease_expires_at = %s, started_at = %s "
+            "lease_expires_at = %s, started_at = %s, finished_at = NULL "
             "FROM unnest(%s::bigint[], %s::varchar[]) AS c(id, owner) "
             "WHERE s.id = c.id AND s.status = %s AND s.lease_owner = %s "
             "AND s.lease_expires_at > %s AND s.superseded = %s "
@@ -894,7 +898,8 @@ class PostgresStorage(SQLiteStorage):
         rows = list(
             Step.objects.raw(
                 f"UPDATE {table} SET status = %s, attempt = attempt + 1, lease_owner = %s, "
-                "lease_expires_at = %s, started_at = %s, wake_at = NULL WHERE id = ("
+                "lease_expires_at = %s, started_at = %s, finished_at = NULL, wake_at = NULL "
+                "WHERE id = ("
                 f"SELECT s.id FROM {table} s JOIN {Run._meta.db_table} r ON r.id = s.run_id "
                 "WHERE s.pool = %s AND s.status = %s AND s.held = %s AND s.superseded = %s "
                 f"AND (s.wake_at IS NULL OR s.wake_at <= %s) AND r.status IN ({active}) "
@@ -1450,7 +1455,8 @@ def _finish_sql(
         ctes.append(
             f"n AS (UPDATE {step_table} SET status = {running}, attempt = attempt + 1, "
             "lease_owner = %(owner)s, lease_expires_at = %(until)s, started_at = %(now)s, "
-            f"wake_at = NULL WHERE id = (SELECT w.id FROM {step_table} w JOIN {run_table} x "
+            "finished_at = NULL, wake_at = NULL "
+            f"WHERE id = (SELECT w.id FROM {step_table} w JOIN {run_table} x "
             f"ON x.id = w.run_id WHERE w.pool = %(pool)s AND w.status = {pending} "
             f"AND w.held = {no} AND w.superseded = {no} "
             "AND (w.wake_at IS NULL OR w.wake_at <= %(ready_by)s) "
