@@ -6,11 +6,12 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.db import connection
 
 from tests import sample_workflows as samples
 from tests.sample_workflows import costly
 from tests.support import Bell
-from workflows import get_run, restart, start, workflow
+from workflows import cancel, get_run, record_usage, restart, start, step, workflow
 from workflows.models import Run, Step
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
@@ -90,3 +91,62 @@ def test_a_restart_may_raise_the_cap(bell: Bell) -> None:
     assert run.max_cost == Decimal("5")
     assert run.output == sum(range(1, 11))
     assert run.cost == Decimal("4.0")  # each branch paid once
+
+
+@step
+def paid_then_canceled(tag: str) -> int:
+    """An LLM call that is paid for, while an operator cancels its run."""
+    record_usage(cost=Decimal("2.0"), input_tokens=100, output_tokens=1)
+    cancel(Run.objects.get(input__tag=tag).pk, "canceled while the call was in flight")
+    return 1
+
+
+@workflow(name="test_budget.inline_canceled")
+def inline_canceled(ctx: Any, tag: str) -> int:
+    return ctx.run(paid_then_canceled, tag)
+
+
+@workflow(name="test_budget.branch_canceled")
+def branch_canceled(ctx: Any, tag: str) -> Any:
+    return ctx.map(paid_then_canceled, [tag])
+
+
+@pytest.mark.parametrize("name", ["test_budget.inline_canceled", "test_budget.branch_canceled"])
+def test_what_a_step_spent_while_its_run_was_canceled_is_counted(bell: Bell, name: str) -> None:
+    """Found by review: the step's completion was refused (fenced out by the cancel), and its
+    cost with it: the run, the step and the ops overview said $0, and a budget restarted
+    after the cancel could spend past its cap."""
+    run = start(name, {"tag": name})
+    bell.settle()
+    run = get_run(run.pk)
+    assert run.status == "canceled"
+    assert run.cost == Decimal("2.0")
+    paid = Step.objects.get(run=run, name="paid_then_canceled")
+    assert paid.cost == Decimal("2.0")
+
+
+@step
+def past_the_column(x: int) -> int:
+    record_usage(cost=Decimal("60000000"))  # each is allowed; two make a run total too large
+    return x
+
+
+@workflow(name="test_budget.past_the_column")
+def past_the_column_map(ctx: Any) -> Any:
+    return ctx.map(past_the_column, [1, 2])
+
+
+def test_a_branch_whose_cost_overflows_the_run_total_fails_once(bell: Bell) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite stores any decimal: no column range to pass")
+    """Found by review: the run total past the cost column's range ($99,999,999.999999) made
+    the fallback that records the step failed overflow again; the branch was run three times,
+    paying each time, then blamed on a lost worker."""
+    run = start(past_the_column_map, {})
+    bell.settle()
+    rows = list(Step.objects.filter(run=run, branch__gte=0).order_by("branch"))
+    assert [r.attempt for r in rows] == [1, 1]
+    assert sorted(r.status for r in rows) == ["failed", "succeeded"]
+    failed = next(r for r in rows if r.status == "failed")
+    assert failed.error["type"] == "DataError" and failed.error.get("outcome_not_stored")
+    assert get_run(run.pk).status == "failed"

@@ -831,6 +831,14 @@ class Context:
                 row.pk = None
             raise
 
+    def charge_unrecorded(self) -> None:
+        """The run was fenced out (canceled, restarted, taken over) with costs not written:
+        the results are dropped, the money they cost is recorded all the same."""
+        if self._cost > 0:
+            rows = [(r.pk, r.cost) for r in self._dirty if r.pk is not None and r.cost]
+            transitions.charge_unrecorded(self._record.pk, self._cost, rows)
+            self._cost = Decimal(0)
+
     def discard_buffers(self) -> None:
         """Forget unwritten results (the run is being failed because they cannot be written)."""
         self._dirty.clear()

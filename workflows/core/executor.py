@@ -207,8 +207,11 @@ def _replay(run: Run, journal: list[Step | BranchOutcome], owner: str) -> str:
             return "suspended" if ctx.suspend() else "woken"
         if outcome in (RunStatus.SUCCEEDED, RunStatus.FAILED):
             _end(ctx, outcome, value)
+        if outcome == "lease-lost":
+            ctx.charge_unrecorded()
         return str(outcome)
     except LeaseLost:
+        ctx.charge_unrecorded()
         return "lease-lost"
 
 
@@ -279,6 +282,8 @@ def _advance_taken(runs: list[Run], owner: str) -> dict[str, int]:
             elif outcome in (RunStatus.SUCCEEDED, RunStatus.FAILED):
                 ending.append((ctx, outcome, value))
                 continue
+            if outcome == "lease-lost":
+                ctx.charge_unrecorded()
         except Exception:
             # One run's unexpected error (the database refusing its write, a bug) is its own:
             # it is let go for the sweep, and the burst's other runs go on. Letting them all
@@ -309,6 +314,7 @@ def _advance_taken(runs: list[Run], owner: str) -> dict[str, int]:
                     key = str(outcome)
                 except LeaseLost:
                     key = "lease-lost"
+                    ctx.charge_unrecorded()
                 except Exception:
                     log.exception("could not end run %s in a burst; advancing it alone", ctx.run_id)
                     ctx.discard_buffers()
@@ -606,8 +612,17 @@ def complete_step(
             "status": StepStatus.FAILED,
             "error": error_dict(refused, attempt=row.attempt, outcome_not_stored=True),
         }
+        # Without the attempt's cost too: a run total past the cost column's range is refused
+        # the same way, and the step was run again and again, paying each time.
+        then["cost"] = Decimal(0)
         done = transitions.finish(row, owner, fields, **then)
     if done is None:
+        # Fenced out (its run canceled or restarted meanwhile): the outcome is dropped, what
+        # the attempt spent is recorded all the same.
+        if then["cost"] > 0:
+            transitions.charge_unrecorded(
+                row.run_id, then["cost"], [(row.pk, (row.cost or Decimal(0)) + then["cost"])]
+            )
         return None
     if done.wake is not None:
         ring_on_commit(row.run_id, done.wake)

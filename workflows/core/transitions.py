@@ -16,10 +16,12 @@ Steps:  claim · claim_reserved · claim_reserved_many · claim_inline · queue 
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from django.db import DataError, transaction
 from django.db.models import F, QuerySet
 
 from workflows.core.models import (
@@ -32,6 +34,8 @@ from workflows.core.models import (
     StepStatus,
 )
 from workflows.core.storage import Finished, storage
+
+log = logging.getLogger(__name__)
 
 LIVE_STEP = [StepStatus.PENDING, StepStatus.WAITING, StepStatus.RETRYING, StepStatus.RUNNING]
 
@@ -235,6 +239,23 @@ def finish(
         hand_over=hand_over,
         take_run=take_run,
     )
+
+
+def charge_unrecorded(run_id: Any, cost: Decimal, rows: list[tuple[int, Decimal]]) -> None:
+    """What attempts spent whose outcome was refused (the run canceled, restarted or taken
+    over while they ran): the outcome is discarded, but the money was spent, so ``cost`` goes
+    to the run's total (its budget counts every generation) and each ``(step id, cost)`` row
+    is raised to that cost (the step's pages and the ops overview). The run first: the lock
+    order of a cancel or a restart. A total past the column's range is logged and dropped."""
+    if cost <= 0:
+        return
+    try:
+        with transaction.atomic():
+            Run.objects.filter(pk=run_id).update(cost=F("cost") + cost)
+            for step_id, total in rows:
+                Step.objects.filter(pk=step_id, cost__lt=total).update(cost=total)
+    except DataError:
+        log.warning("could not add %s to the cost of run %s", cost, run_id, exc_info=True)
 
 
 def retry_due(step_id: int, ready_at: datetime) -> bool:
