@@ -377,8 +377,8 @@ class PreferencesForm(forms.ModelForm):
         }
         help_texts = {
             "chat_webhook_url": "A Slack-compatible incoming webhook (https://hooks.slack.com/…).",
-            "digest_minutes": "Digests go out at the end of each interval, aligned on the clock "
-            "(60: on the hour).",
+            "digest_minutes": "Digests go out at the end of each interval, aligned on the UTC "
+            "clock (60: on the hour, UTC; 1440: at midnight UTC).",
         }
         widgets = {"mode": forms.RadioSelect}
 

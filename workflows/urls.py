@@ -14,6 +14,11 @@ urlpatterns = [
     path("runs/<uuid:run_id>/", views.run_page, name="run"),
     path("runs/<uuid:run_id>/actions/<slug:action>/", views.run_action, name="run-action"),
     path("runs/<uuid:run_id>/values/<int:blob_id>/", views.run_value, name="run-value"),
+    path(
+        "runs/<uuid:run_id>/steps/<int:step_id>/<slug:part>/",
+        views.step_value,
+        name="step-value",
+    ),
     path("ops/", views.ops_overview, name="ops"),
     # Probes for load balancers and orchestrators: unauthenticated, they reveal no secrets.
     path("healthz", health.healthz, name="healthz"),

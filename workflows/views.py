@@ -13,6 +13,7 @@ the login page into the table.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -35,6 +36,7 @@ from workflows import access, charts, gateinfo, operations, ops, timeline
 from workflows.core import forking
 from workflows.core.audit import Actor, reason_problem
 from workflows.core.definitions import registered_workflows
+from workflows.core.payloads import stored
 from workflows.models import ACTIVE_RUN, Run, RunAction, RunStatus, Step
 
 PAGE_SIZE = 50
@@ -53,7 +55,17 @@ ROW_FIELDS = (
     "created_by",
     "tenant",
 )
+# What the run page's child runs card shows of each.
+CHILD_FIELDS = ("id", "workflow", "status", "created_at")
 JOURNAL_LIMIT = 400
+# A journal value (a step's arguments, result or error) is shown whole up to this many
+# characters of indented JSON; a longer one shows its first VALUE_PREVIEW characters and a link
+# to the whole (``step_value``). Inlined whole, 400 entries of 60 KB results made the page, and
+# every live refresh of it, 8.5 MB.
+VALUE_INLINE_LIMIT = 4096
+VALUE_PREVIEW = 500
+# The journal columns ``step_value`` serves.
+STEP_VALUES = ("args", "result", "error")
 # The restart and fork pickers list each position up to this many; past it, a number field.
 PICKER_LIMIT = 200
 STATUSES = [s.value for s in RunStatus]
@@ -200,6 +212,46 @@ def runs_list(request: HttpRequest) -> HttpResponse:
 # --- a run's page -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ShownValue:
+    """A journal value as its row shows it: indented JSON, whole or only its beginning
+    (``cut``), and where the whole of it is."""
+
+    text: str
+    cut: bool
+    url: str
+
+
+def _shown_value(run_id: Any, step: Step, part: str) -> ShownValue:
+    """``step``'s ``part`` column for its journal row, encoded no further than the row shows:
+    a 60 KB result costs the page ``VALUE_PREVIEW`` characters, not 60 KB (nor the time to
+    indent all of it)."""
+    url = reverse("workflows:step-value", args=[run_id, step.pk, part])
+    value, blob_id = stored(getattr(step, part))
+    if blob_id is not None:  # stored out of row: only the link
+        return ShownValue("", True, url)
+    encoder = json.JSONEncoder(indent=2, sort_keys=True, default=str, ensure_ascii=False)
+    parts: list[str] = []
+    length = 0
+    for chunk in encoder.iterencode(value):  # lazy: left as soon as the text is past the limit
+        parts.append(chunk)
+        length += len(chunk)
+        if length > VALUE_INLINE_LIMIT:
+            return ShownValue("".join(parts)[:VALUE_PREVIEW], True, url)
+    return ShownValue("".join(parts), False, url)
+
+
+def _show_values(run: Run, rows: list[Step]) -> None:
+    """Give each journal row the values it shows (templates/workflows/_journal.html)."""
+    for row in rows:
+        if row.error:
+            row.shown_error = _shown_value(run.pk, row, "error")  # type: ignore[attr-defined]
+        elif row.result is not None and stored(row.result)[1] is None:
+            row.shown_result = _shown_value(run.pk, row, "result")  # type: ignore[attr-defined]
+            if row.args:
+                row.shown_args = _shown_value(run.pk, row, "args")  # type: ignore[attr-defined]
+
+
 def _graph(run: Run) -> tuple[str, bool]:
     """The pipeline's graph (mermaid text, with the run's states highlighted when the pipeline
     can) and whether the pipelines app's renderer template exists."""
@@ -232,6 +284,7 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
     shown = list(steps.order_by("superseded", "position", "branch", "id")[: JOURNAL_LIMIT + 1])
     more = len(shown) > JOURNAL_LIMIT
     shown = shown[:JOURNAL_LIMIT]
+    _show_values(run, shown)
     live_rows = [r for r in shown if not r.superseded]
     superseded = [r for r in shown if r.superseded]
     wf = registered_workflows().get(run.workflow)
@@ -262,9 +315,13 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         "journal_cut": more,
         "superseded": superseded,
         "gates": gateinfo.open_gates([run.pk]).get(run.pk, []),
-        "children": list(run.children.order_by("created_at")[:50]),
-        "deliveries": list(run.webhook_deliveries.order_by("-created_at")[:10]),
-        "events": list(run.events.order_by("-id")[:20]),
+        # What the side cards show: a child's input and output, a delivery's body and an
+        # event's payload may each be 64 KB.
+        "children": list(run.children.only(*CHILD_FIELDS).order_by("created_at")[:50]),
+        "deliveries": list(run.webhook_deliveries.defer("payload").order_by("-created_at")[:10]),
+        "events": list(
+            run.events.only("id", "name", "created_at", "consumed_by").order_by("-id")[:20]
+        ),
         "can_operate": can_operate(request.user),
         "positions": positions,
         "has_positions": last_position > 0,
@@ -396,6 +453,28 @@ def run_value(request: HttpRequest, run_id: UUID, blob_id: int) -> HttpResponse:
     if blob is None:
         raise Http404("no such value")
     return JsonResponse(json.loads(blob.data), safe=False, json_dumps_params={"indent": 2})
+
+
+@login_required
+@require_GET
+def step_value(request: HttpRequest, run_id: UUID, step_id: int, part: str) -> HttpResponse:
+    """The whole of a journal entry's arguments, result or error, as JSON: the run page shows
+    a long one cut (``VALUE_INLINE_LIMIT``). The same rule as the run page: a run the user may
+    not see is a 404, and so is an entry of another run."""
+    _require_viewer(request)
+    run = _visible_run_or_404(request, run_id)
+    if part not in STEP_VALUES:
+        raise Http404("no such value")
+    found = list(Step.objects.filter(pk=step_id, run=run).values_list(part, flat=True)[:1])
+    if not found:
+        raise Http404("no such journal entry")
+    value, blob_id = stored(found[0])
+    if blob_id is not None:  # stored out of row: one of the run's values, or its child's output
+        blob = access.value_of(run, blob_id)
+        if blob is None:
+            raise Http404("no such value")
+        value = json.loads(blob.data)
+    return JsonResponse(value, safe=False, json_dumps_params={"indent": 2})
 
 
 # --- ops overview -----------------------------------------------------------------------------

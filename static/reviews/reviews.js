@@ -20,8 +20,24 @@
     if (seconds < 3600) return "soon";
     return seconds < 86400 ? "today" : "later";
   }
+  // The server's clock, not this browser's: a laptop ten minutes fast showed "due now" with
+  // minutes left. A page that shows countdowns carries the server's time as it rendered
+  // (data-now, epoch ms; so does each list a live refresh swaps in), and the difference from
+  // this browser's clock is taken again whenever a newer one arrives.
+  var skew = 0;
+  var skewFrom = 0;
+  function syncClock() {
+    document.querySelectorAll("[data-now]").forEach(function (el) {
+      var sent = Number(el.dataset.now);
+      if (sent > skewFrom) {
+        skewFrom = sent;
+        skew = sent - Date.now();
+      }
+    });
+  }
   function tick() {
-    var now = Date.now();
+    syncClock();
+    var now = Date.now() + skew;
     document.querySelectorAll("time[data-deadline]").forEach(function (el) {
       var left = (Date.parse(el.dataset.deadline) - now) / 1000;
       if (isNaN(left)) return;
@@ -35,6 +51,7 @@
   }
   tick();
   setInterval(tick, 1000);
+  document.addEventListener("htmx:afterSettle", tick);
 
   // --- queue: j/k selection that survives live refreshes --------------------------------------
   var selectedId = null;

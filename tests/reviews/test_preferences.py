@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.test import Client
 
 from reviews.models import NotificationPreference
+from reviews.notifications import window_end
 from tests.reviews.conftest import People
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db]
@@ -148,3 +151,18 @@ def test_two_first_saves_at_once_are_no_500(
     row = NotificationPreference.objects.get(user=people.ana)
     assert row.mode == "immediate" and not row.email_enabled
     assert row.events == ["opened", "reminder"]
+
+
+def test_the_digest_interval_says_its_windows_are_aligned_on_utc(people: People) -> None:
+    """Review finding: the help said "aligned on the clock (60: on the hour)", but the windows
+    are aligned on the epoch (``window_end``), so on UTC's hours: a reviewer half an hour off
+    UTC gets an hourly digest at half past."""
+    html = logged_in(people.ana).get(URL).content.decode()
+    assert "aligned on the UTC clock (60: on the hour, UTC; 1440: at midnight UTC)" in html
+    kolkata = ZoneInfo("Asia/Kolkata")  # UTC+5:30
+    end = window_end(datetime(2026, 3, 1, 9, 10, tzinfo=kolkata), 60)
+    assert end == datetime(2026, 3, 1, 4, 0, tzinfo=UTC)
+    assert end.astimezone(kolkata).minute == 30
+    assert window_end(datetime(2026, 3, 1, 9, 10, tzinfo=kolkata), 1440) == datetime(
+        2026, 3, 2, tzinfo=UTC
+    )

@@ -380,6 +380,13 @@ PAGES: dict[str, list[Case]] = {
         # Another run's value under a visible run's URL: no one gets it.
         Case("GET", "/runs/{run_a}/values/{blob_g}/", web(LOGIN, 403, 404, 404, 404, 404, 404)),
     ],
+    # One journal entry's arguments, result or error, whole (the run page cuts a long one):
+    # the run page's rule. An entry of another run under a visible run's URL: no one gets it.
+    "runs/<uuid:run_id>/steps/<int:step_id>/<slug:part>/": [
+        Case("GET", "/runs/{run_a}/steps/{step_a}/args/", web(LOGIN, 403, 200, 404, 404, 200, 200)),
+        Case("GET", "/runs/{run_g}/steps/{step_g}/args/", web(LOGIN, 403, 404, 404, 200, 200, 200)),
+        Case("GET", "/runs/{run_a}/steps/{step_g}/args/", web(LOGIN, 403, 404, 404, 404, 404, 404)),
+    ],
     # The ops overview covers every tenant: staff only.
     "ops/": [Case("GET", "/ops/", web(LOGIN, 403, 403, 403, 403, 200, 200))],
     # Probes: open to everyone (load balancers, orchestrators), they show no secret
@@ -745,7 +752,14 @@ def fill(text: str, scene: Scene) -> str:
         **{k: b.pk for k, b in scene.blobs.items()},
         "run_ct": ContentType.objects.get_for_model(scene.runs["run_a"]).pk,
     }
-    return re.sub(r"\{(\w+)\}", lambda m: str(names[m[1]]), text)
+
+    def value(name: str) -> Any:
+        if name.startswith("step_"):  # the first journal entry of run_<x>
+            run = scene.runs["run_" + name.removeprefix("step_")]
+            return Step.objects.filter(run=run).order_by("id").values_list("pk", flat=True)[0]
+        return names[name]
+
+    return re.sub(r"\{(\w+)\}", lambda m: str(value(m[1])), text)
 
 
 def fill_data(value: Any, scene: Scene) -> Any:
