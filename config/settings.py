@@ -8,10 +8,12 @@ server). Production sets ``DATABASE_URL`` (PostgreSQL) and ``CELERY_BROKER_URL``
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 import os
 import secrets
 import socket
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,73 @@ def _env_int(name: str, default: int, *, low: int, high: float = math.inf) -> in
     if value != int(value):
         raise ImproperlyConfigured(f"{name} must be a whole number, not {os.environ[name]!r}")
     return int(value)
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    """A yes/no from the environment: 1/0, true/false, yes/no or on/off, in any case, blanks
+    around it ignored; unset or empty is ``default`` (as for numbers: ``VAR=`` in an env file
+    means "not set"). Anything else stops the process at start-up naming the variable, where
+    django-environ's ``env.bool`` read every word it did not know as False: ``SLUICE_HTTPS=ture``
+    or ``SECURE_SSL_REDIRECT=enabled`` silently turned HTTPS protection off."""
+    raw = os.environ.get(name, "")
+    word = raw.strip().lower()
+    if not word:
+        return default
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ImproperlyConfigured(
+        f"{name}={raw[:40]!r} is not a yes/no value: give 1, true, yes or on, or 0, false, no "
+        "or off (any case), or leave it unset for the default"
+    )
+
+
+def _env_dict(name: str, form: str, *, echo: bool = True) -> dict[str, str]:
+    """Comma-separated ``key=value`` pairs from the environment (``=`` inside a value is
+    kept; blanks around keys and values, and empty entries, are ignored). An entry that is
+    not ``key=value`` stops the start naming the variable and the form expected, where
+    ``env.dict`` raised a bare "dictionary update sequence" ValueError. ``echo=False`` leaves
+    the entry out of the message (a webhook URL is a secret)."""
+    pairs: dict[str, str] = {}
+    for number, entry in enumerate(os.environ.get(name, "").split(","), start=1):
+        if not entry.strip():
+            continue
+        key, eq, value = entry.partition("=")
+        if not (eq and key.strip() and value.strip()):
+            what = f"{entry.strip()[:60]!r}" if echo else f"entry {number}"
+            raise ImproperlyConfigured(
+                f"{name}: {what} is not key=value (give {form}, comma separated)"
+            )
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def _database_url(default: str) -> dict[str, Any]:
+    """django-environ's reading of ``DATABASE_URL``, or a clear start-up error naming the
+    variable. A URL without a scheme it knows (``postgres//db``, ``not-a-url``) was a bare
+    ``KeyError: 'ENGINE'`` after a warning that printed the parsed URL, password included; a
+    port that is not a number, a bare ValueError. The URL is never echoed."""
+    url = os.environ.get("DATABASE_URL", default)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Engine not recognized from url: {…password…}"
+            config = dict(environ.Env.db_url_config(url))
+    except (ValueError, KeyError, TypeError, ImproperlyConfigured):
+        config = {}
+    if not config.get("ENGINE"):
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        what = f"its scheme {scheme[:20]!r} or its port is wrong" if scheme else "no scheme"
+        raise ImproperlyConfigured(
+            f"DATABASE_URL is not a database URL Sluice can use ({what}): give "
+            "postgres://user:password@host:5432/name (port optional, a number), or "
+            "sqlite:////absolute/path.sqlite3"
+        )
+    return config
 
 
 def _conn_max_age(database: dict[str, object]) -> int | None:
@@ -117,7 +186,7 @@ def _secret_key() -> str:
 
 SECRET_KEY = _secret_key()
 SLUICE_SECRET_KEY_FROM_FILE = not os.environ.get("SECRET_KEY", "").strip()
-DEBUG = env.bool("DEBUG", default=False)
+DEBUG = _env_bool("DEBUG", False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
@@ -169,15 +238,18 @@ TEMPLATES = [
 ]
 
 # PostgreSQL is reached through PgBouncer in transaction pooling mode: no session state (no
-# prepared statements, no server-side cursors). Sluice takes no advisory locks, sets nothing
-# per session and does not LISTEN, so that is all it takes.
-SLUICE_PGBOUNCER = env.bool("SLUICE_PGBOUNCER", default=False)
+# prepared statements, no server-side cursors). Sluice takes no advisory locks and sets nothing
+# per session. Its one LISTEN (the reviewer pages' live updates, reviews/push.py) runs on a
+# connection of its own: to SLUICE_PUSH_DATABASE_URL, PostgreSQL directly, when set; else push
+# is off by default with SLUICE_PGBOUNCER=1 (SLUICE_REVIEW_PUSH below), as a LISTEN through a
+# transaction pooler hears nothing.
+SLUICE_PGBOUNCER = _env_bool("SLUICE_PGBOUNCER", False)
 
 # Database: SQLite by default (the embedded default), PostgreSQL via DATABASE_URL.
 for _name in ("DATABASE_URL", "CELERY_BROKER_URL"):
     if _name in os.environ and not os.environ[_name].strip():
         raise ImproperlyConfigured(f"{_name} is set but empty: unset it, or give a URL")
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'sluice.sqlite3'}")}
+DATABASES = {"default": _database_url(f"sqlite:///{VAR_DIR / 'sluice.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # IMMEDIATE transactions take SQLite's write lock at BEGIN, so two writers queue up
     # instead of one failing with "database is locked" halfway through a transaction.
@@ -198,7 +270,7 @@ else:
     DATABASES["default"]["OPTIONS"].setdefault(
         "connect_timeout", _env_int("SLUICE_DB_CONNECT_TIMEOUT", 10, low=1, high=600)
     )
-    if env.bool("SLUICE_PG_PREPARE", default=not SLUICE_PGBOUNCER):
+    if _env_bool("SLUICE_PG_PREPARE", not SLUICE_PGBOUNCER):
         DATABASES["default"]["OPTIONS"].setdefault("server_side_binding", True)
         # Django disables psycopg's automatic prepare unless told; prepare on 2nd use.
         DATABASES["default"]["OPTIONS"].setdefault("prepare_threshold", 2)
@@ -240,23 +312,26 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = _env_int(
 
 # --- Security (production) --------------------------------------------------------------------
 # Secure by default whenever DEBUG is off, so `manage.py check --deploy` passes with no more than
-# SECRET_KEY, ALLOWED_HOSTS and DATABASE_URL set. `make run` serves plain http on 127.0.0.1 with
-# DEBUG off (so its error pages are the product's own) and SLUICE_HTTPS=0, which turns all of
-# this off at once. Each can still be set from the environment, e.g. SECURE_SSL_REDIRECT=0 when
-# the proxy in front already redirects http to https.
-_SECURE = env.bool("SLUICE_HTTPS", default=not DEBUG)
-SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=_SECURE)
+# SECRET_KEY, ALLOWED_HOSTS, DATABASE_URL and EMAIL_URL set (without EMAIL_URL, mail goes to the
+# console, which the deploy check reports as mail.E001; see MAILERS below). `make run` serves
+# plain http on 127.0.0.1 with DEBUG off (so its error pages are the product's own) and
+# SLUICE_HTTPS=0, which turns all of this off at once. Each can still be set from the
+# environment, e.g. SECURE_SSL_REDIRECT=0 when the proxy in front already redirects http to
+# https. A yes/no that is not one (SLUICE_HTTPS=ture) stops the start (_env_bool), never
+# reads as "off".
+_SECURE = _env_bool("SLUICE_HTTPS", not DEBUG)
+SECURE_SSL_REDIRECT = _env_bool("SECURE_SSL_REDIRECT", _SECURE)
 SECURE_HSTS_SECONDS = _env_int(
     "SECURE_HSTS_SECONDS", 31_536_000 if _SECURE else 0, low=0, high=10 * 366 * 86400
 )
-SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=_SECURE)
-SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=_SECURE)
-SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=_SECURE)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", _SECURE)
+SECURE_HSTS_PRELOAD = _env_bool("SECURE_HSTS_PRELOAD", _SECURE)
+SESSION_COOKIE_SECURE = _env_bool("SESSION_COOKIE_SECURE", _SECURE)
 # Flash messages live in the session, on the server: a new API key is shown once in one, and
 # Django's default keeps messages in a cookie (signed, not encrypted), so the key would travel
 # in Set-Cookie and Cookie headers, which proxies and browsers log and keep.
 MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
-CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=_SECURE)
+CSRF_COOKIE_SECURE = _env_bool("CSRF_COOKIE_SECURE", _SECURE)
 # Behind a TLS-terminating proxy: the header it sets on https requests, "X-Forwarded-Proto" (or
 # "X-Forwarded-Proto=https" for another value). Only set it when the proxy always sets or
 # strips that header: a client could otherwise claim https.
@@ -292,16 +367,42 @@ SLUICE_PASSWORD_RESET_WINDOW_SECONDS = _env_int(
     "SLUICE_PASSWORD_RESET_WINDOW_SECONDS", 60 * 60, low=1, high=30 * 86400
 )
 
+
+def _cache_url(default: str) -> dict[str, Any]:
+    """django-environ's reading of ``CACHE_URL``, or a start-up error naming the variable
+    ("Invalid cache schema" named none) without echoing the URL (it may hold a password)."""
+    url = os.environ.get("CACHE_URL", default)
+    if not url.strip():  # was an empty cache, and a KeyError at the first login
+        raise ImproperlyConfigured("CACHE_URL is set but empty: unset it, or give a URL")
+    try:
+        return dict(environ.Env.cache_url_config(url))
+    except (ValueError, KeyError, ImproperlyConfigured):
+        raise ImproperlyConfigured(
+            "CACHE_URL is not a cache URL Sluice can use: give redis://host:6379/1 (or "
+            "rediss://, with user:password@ if needed), filecache:///path or locmemcache://"
+        ) from None
+
+
 # The cache holds the login failure counts, so every web process must share it: by default a
 # file cache under SLUICE_VAR_DIR (all processes of one machine); several machines set
 # CACHE_URL=redis://host:6379/1 (a database other than the broker's).
-CACHES = {"default": env.cache("CACHE_URL", default=f"filecache://{VAR_DIR / 'cache'}")}
+CACHES = {"default": _cache_url(f"filecache://{VAR_DIR / 'cache'}")}
 
 # SLUICE_LOG_FORMAT=json: one JSON object per line (time, level, logger, message, and the run
 # id, generation and step the engine is working on; workflows/logs.py). Default: plain text.
-SLUICE_LOG_FORMAT = env("SLUICE_LOG_FORMAT", default="plain").strip().lower()
+SLUICE_LOG_FORMAT = os.environ.get("SLUICE_LOG_FORMAT", "").strip().lower() or "plain"
 if SLUICE_LOG_FORMAT not in ("plain", "json"):
-    raise ValueError(f"SLUICE_LOG_FORMAT must be 'plain' or 'json', not {SLUICE_LOG_FORMAT!r}")
+    raise ImproperlyConfigured(
+        f"SLUICE_LOG_FORMAT must be 'plain' or 'json', not {os.environ['SLUICE_LOG_FORMAT'][:40]!r}"
+    )
+# The level of Sluice's loggers, in any case (``warning``); unset or empty: INFO. Checked here,
+# where a word logging does not know was "ValueError: Unable to configure logger" naming none.
+SLUICE_LOG_LEVEL = os.environ.get("SLUICE_LOG_LEVEL", "").strip().upper() or "INFO"
+if SLUICE_LOG_LEVEL not in logging.getLevelNamesMapping():
+    raise ImproperlyConfigured(
+        "SLUICE_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL (any case), not "
+        f"{os.environ['SLUICE_LOG_LEVEL'][:40]!r}"
+    )
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -318,10 +419,10 @@ LOGGING = {
         }
     },
     "loggers": {
-        "workflows": {"handlers": ["console"], "level": env("SLUICE_LOG_LEVEL", default="INFO")},
-        "reviews": {"handlers": ["console"], "level": env("SLUICE_LOG_LEVEL", default="INFO")},
-        "pipelines": {"handlers": ["console"], "level": env("SLUICE_LOG_LEVEL", default="INFO")},
-        "config": {"handlers": ["console"], "level": env("SLUICE_LOG_LEVEL", default="INFO")},
+        "workflows": {"handlers": ["console"], "level": SLUICE_LOG_LEVEL},
+        "reviews": {"handlers": ["console"], "level": SLUICE_LOG_LEVEL},
+        "pipelines": {"handlers": ["console"], "level": SLUICE_LOG_LEVEL},
+        "config": {"handlers": ["console"], "level": SLUICE_LOG_LEVEL},
         # Failed logins and lockouts (sluice.security: username and client address, never the
         # password), the worker's own lines (sluice.worker).
         "sluice": {"handlers": ["console"], "level": "INFO"},
@@ -357,7 +458,7 @@ else:
     # rings for that work again after the grace.
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": 600,
-        "ack_emulation": env.bool("SLUICE_BROKER_ACK_EMULATION", default=False),
+        "ack_emulation": _env_bool("SLUICE_BROKER_ACK_EMULATION", False),
         # A broker that accepts connections and never answers must not hang a start, a
         # probe or a publish for good (kombu's default is to wait forever). Above the
         # consumer's 1 s BRPOP, so an idle worker is not cut off.
@@ -524,8 +625,8 @@ SLUICE_REVIEW_POLL_SECONDS = _env_number("SLUICE_REVIEW_POLL_SECONDS", 4.0, low=
 # a transaction-pooling PgBouncer, point SLUICE_PUSH_DATABASE_URL at PostgreSQL directly; with
 # SLUICE_PGBOUNCER=1 and no such URL, push is off (a LISTEN through the pooler hears nothing).
 SLUICE_PUSH_DATABASE_URL = env.str("SLUICE_PUSH_DATABASE_URL", default="")
-SLUICE_REVIEW_PUSH = env.bool(
-    "SLUICE_REVIEW_PUSH", default=not (SLUICE_PGBOUNCER and not SLUICE_PUSH_DATABASE_URL)
+SLUICE_REVIEW_PUSH = _env_bool(
+    "SLUICE_REVIEW_PUSH", not (SLUICE_PGBOUNCER and not SLUICE_PUSH_DATABASE_URL)
 )
 # A comment line this often keeps proxies from closing an idle stream and finds closed tabs.
 SLUICE_SSE_HEARTBEAT_SECONDS = _env_number("SLUICE_SSE_HEARTBEAT_SECONDS", 15.0, low=1, high=3600)
@@ -604,14 +705,16 @@ if not SLUICE_REVIEW_REMINDER_AT < 1:  # 75 meaning 75 % must not turn it off
     )
 # Group chat channels: "group=https://hooks.slack.com/…,leads=https://…" (Slack-compatible
 # incoming webhooks). They hear of their group's gates opening, reminders and escalations.
-SLUICE_NOTIFY_GROUP_WEBHOOKS = env.dict("SLUICE_NOTIFY_GROUP_WEBHOOKS", default={})
+SLUICE_NOTIFY_GROUP_WEBHOOKS = _env_dict(
+    "SLUICE_NOTIFY_GROUP_WEBHOOKS", "group=https://hooks.example.com/…", echo=False
+)
 # Minutes a group channel gathers events into one digest (0: one message per event).
 SLUICE_NOTIFY_GROUP_DIGEST_MINUTES = _env_int(
     "SLUICE_NOTIFY_GROUP_DIGEST_MINUTES", 0, low=0, high=7 * 24 * 60
 )
 # Hand immediate notifications to a worker right after commit (the outbox beat sends them
 # anyway, every 5 s).
-SLUICE_NOTIFY_DISPATCH_ON_COMMIT = env.bool("SLUICE_NOTIFY_DISPATCH_ON_COMMIT", default=True)
+SLUICE_NOTIFY_DISPATCH_ON_COMMIT = _env_bool("SLUICE_NOTIFY_DISPATCH_ON_COMMIT", True)
 # Seconds an outbox delivery claim lasts before another deliverer may take the row over (a
 # delivery killed mid-way is retried after this, with the same idempotency key).
 SLUICE_OUTBOX_CLAIM_SECONDS = _env_number("SLUICE_OUTBOX_CLAIM_SECONDS", 60.0, low=1, high=86400)
@@ -631,7 +734,7 @@ SLUICE_API_KEY_CACHE_SECONDS = _env_number("SLUICE_API_KEY_CACHE_SECONDS", 5.0, 
 # loopback, private, link-local or reserved addresses (off in production: it would let a
 # service make Sluice call into its own network; tests turn it on for a local receiver).
 SLUICE_WEBHOOK_TIMEOUT = _env_number("SLUICE_WEBHOOK_TIMEOUT", 10.0, low=0.1, high=3600)
-SLUICE_WEBHOOK_ALLOW_PRIVATE = env.bool("SLUICE_WEBHOOK_ALLOW_PRIVATE", default=False)
+SLUICE_WEBHOOK_ALLOW_PRIVATE = _env_bool("SLUICE_WEBHOOK_ALLOW_PRIVATE", False)
 # Networks (CIDR, comma separated) the callback guard counts as public although they are not,
 # e.g. a partner reached over a private link. Tests use 127.0.0.2/32 for a "public" receiver.
 SLUICE_WEBHOOK_TREAT_AS_PUBLIC = env.list("SLUICE_WEBHOOK_TREAT_AS_PUBLIC", default=[])
@@ -640,7 +743,7 @@ SLUICE_WEBHOOK_TREAT_AS_PUBLIC = env.list("SLUICE_WEBHOOK_TREAT_AS_PUBLIC", defa
 SLUICE_WEBHOOK_SECRET = env("SLUICE_WEBHOOK_SECRET", default="")
 # Deliver a webhook right after the run's transaction commits instead of waiting for the next
 # ``workflows.deliver_outbox`` beat (every 5 s). Either way the outbox row is the truth.
-SLUICE_WEBHOOK_DISPATCH_ON_COMMIT = env.bool("SLUICE_WEBHOOK_DISPATCH_ON_COMMIT", default=True)
+SLUICE_WEBHOOK_DISPATCH_ON_COMMIT = _env_bool("SLUICE_WEBHOOK_DISPATCH_ON_COMMIT", True)
 
 # --- Pipelines and LLM providers ----------------------------------------------------------------
 # The model that answers LLM tasks: "offline" (the default: deterministic text analysis, no key,
@@ -648,7 +751,7 @@ SLUICE_WEBHOOK_DISPATCH_ON_COMMIT = env.bool("SLUICE_WEBHOOK_DISPATCH_ON_COMMIT"
 # "openai-compatible:<model>@http://host:port/v1", "ollama:llama3.1", "vllm:…", "llamacpp:…".
 SLUICE_LLM_MODEL = env("SLUICE_LLM_MODEL", default="offline")
 # Per pipeline or per task: "thread_analysis=openai:gpt-4o,support_ticket.grade=anthropic:…".
-SLUICE_LLM_MODELS = env.dict("SLUICE_LLM_MODELS", default={})
+SLUICE_LLM_MODELS = _env_dict("SLUICE_LLM_MODELS", "pipeline=provider:model or pipeline.task=…")
 # Base URL of openai / openai-compatible models that do not name one with "@url".
 SLUICE_LLM_BASE_URL = env("SLUICE_LLM_BASE_URL", default="")
 # One key for every provider; otherwise OPENAI_API_KEY / ANTHROPIC_API_KEY as usual.
@@ -673,7 +776,7 @@ SLUICE_LLM_PRICES: dict[str, tuple[float | str, float | str]] = {
     "anthropic:claude-sonnet-4-0": (3.00, 15.00),
     "anthropic:claude-opus-4-0": (15.00, 75.00),
 }
-for _model, _price in env.dict("SLUICE_LLM_PRICES", default={}).items():
+for _model, _price in _env_dict("SLUICE_LLM_PRICES", "provider:model=input/output").items():
     _in, _, _out = _price.partition("/")
     # Kept as text: pipelines.llm.pricing.checked_price reads it, so that an entry nobody can
     # read is a system check error (pipelines.E003) naming it, not a crash of every process.
@@ -693,7 +796,7 @@ for _provider, _concurrency in (("openai", 8), ("anthropic", 4), ("openai-compat
     }
 # support_ticket: also e-mail the reply (Django's EMAIL_* settings) when it leaves the outbox;
 # off by default, so the demo records the reply on the ticket without a mail server.
-SLUICE_SUPPORT_SEND_EMAIL = env.bool("SLUICE_SUPPORT_SEND_EMAIL", default=False)
+SLUICE_SUPPORT_SEND_EMAIL = _env_bool("SLUICE_SUPPORT_SEND_EMAIL", False)
 SLUICE_SUPPORT_FROM_EMAIL = env("SLUICE_SUPPORT_FROM_EMAIL", default="support@sluice.invalid")
 
 # --- Content-Security-Policy (Django's built-in CSP support) ----------------------------------

@@ -85,6 +85,76 @@ def test_the_gunicorn_config_refuses_a_worker_count_that_serves_nothing(
     assert conf["control_socket_disable"] is True  # one instance's stop removed another's
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("GUNICORN_TIMEOUT", "30s", "GUNICORN_TIMEOUT='30s' is not a whole number"),
+        ("GUNICORN_TIMEOUT", "-1", "GUNICORN_TIMEOUT must be 0 or more"),
+        ("GUNICORN_GRACEFUL_TIMEOUT", "20.5", "GUNICORN_GRACEFUL_TIMEOUT='20.5' is not a whole"),
+        ("GUNICORN_MAX_REQUESTS", "5k", "GUNICORN_MAX_REQUESTS='5k' is not a whole number"),
+    ],
+)
+def test_the_gunicorn_config_names_a_number_it_cannot_read(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    """``GUNICORN_TIMEOUT=30s`` stopped gunicorn with a bare ValueError naming nothing."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        runpy.run_path(str(ROOT / "config" / "gunicorn.conf.py"))
+
+
+def test_the_gunicorn_config_keeps_its_defaults_and_takes_zero_where_gunicorn_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("GUNICORN_TIMEOUT", "GUNICORN_GRACEFUL_TIMEOUT", "GUNICORN_MAX_REQUESTS"):
+        monkeypatch.delenv(name, raising=False)
+    conf = runpy.run_path(str(ROOT / "config" / "gunicorn.conf.py"))
+    assert (conf["timeout"], conf["graceful_timeout"], conf["max_requests"]) == (30, 20, 5000)
+    monkeypatch.setenv("GUNICORN_TIMEOUT", "0")  # gunicorn: no timeout
+    monkeypatch.setenv("GUNICORN_MAX_REQUESTS", " 0 ")  # gunicorn: never recycle
+    conf = runpy.run_path(str(ROOT / "config" / "gunicorn.conf.py"))
+    assert (conf["timeout"], conf["max_requests"], conf["max_requests_jitter"]) == (0, 0, 0)
+
+
+def process_table() -> dict[str, str]:
+    """docs/deploy.md's process table: process name -> the command it shows."""
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    rows = re.findall(r"^\| `([\w-]+)` \| `([^`]+)` \|", guide, re.M)
+    return dict(rows)
+
+
+def test_the_deploy_guide_shows_the_procfile_commands_as_they_are() -> None:
+    """The guide showed ``release`` without the Procfile's ``-v 0``; the workers' and beat's
+    rows abbreviate their options (``-c …``, no ``-l``) and must agree up to there."""
+    table = process_table()
+    assert list(table) == list(PROCFILE)
+    assert table["release"] == PROCFILE["release"]
+    assert table["web"] == PROCFILE["web"]
+    for name in ("worker-default", "worker-llm", "beat"):
+        shown = table[name].removesuffix(" …").replace("$SLUICE_VAR_DIR", "${SLUICE_VAR_DIR:-var}")
+        assert PROCFILE[name].startswith(shown), (name, shown)
+
+
+def test_the_deploy_guide_counts_connections_of_threaded_web_workers() -> None:
+    """Django's connections are per thread: with gthread workers a web process holds one per
+    thread, which the "1 per gunicorn worker process" row and its formula left out."""
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    section = guide.split("## Database connections")[1].split("**PgBouncer.**")[0]
+    assert "gthread" in section and "--threads N" in section
+    assert "`W × WEB_CONCURRENCY × N`" in section
+
+
+def test_the_deploy_guide_says_check_deploy_needs_email_url() -> None:
+    """Without EMAIL_URL mail goes to the console, which ``check --deploy`` reports as
+    mail.E001 (tests/test_security_settings.py); the settings table did not say so."""
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    settings_table = guide.split("## Settings")[1].split("## Database connections")[0]
+    mail_row = next(
+        line for line in settings_table.splitlines() if line.startswith("| `EMAIL_URL`")
+    )
+    assert "check --deploy" in mail_row and "mail.E001" in mail_row
+
+
 def test_the_deploy_guide_names_every_process_and_command() -> None:
     guide = (ROOT / "docs" / "deploy.md").read_text()
     for name, command in PROCFILE.items():
