@@ -13,6 +13,7 @@ only rings a doorbell, which the sweep rings again (invariant 1).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import uuid
@@ -36,6 +37,10 @@ class Channel(filesystem.Channel):
                 f.write(str_to_bytes(dumps(payload)))
             os.replace(partial, final)  # atomic within one directory
         except OSError as exc:
+            # A full disk left an empty ``.part`` behind at each try (thousands an hour, each
+            # listed by the consumer's every poll).
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
             raise filesystem.ChannelError(f"Cannot add file {final!r} to directory") from exc
 
     def _get(self, queue: Any, timeout: Any = None) -> Any:

@@ -475,6 +475,10 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A worker reconnects to the broker for as long as it is down: Celery's default gives up after
+# 100 tries (about 46 minutes of a Redis outage), and the worker's exit then stopped every
+# process of `make run` and the Procfile supervisor. The runs wait in the tables meanwhile.
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_ALWAYS_EAGER = False
 SLUICE_SWEEP_INTERVAL = _env_number("SLUICE_SWEEP_INTERVAL", 2.0, low=0.2, high=3600)

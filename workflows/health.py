@@ -154,12 +154,42 @@ def check_beat(now: datetime | None = None) -> Check:
 
 def _broker_ok() -> tuple[bool, str]:
     from config.celery import app
+    from workflows.core import broker
 
+    if broker.usable_url() is not None:
+        return _redis_ok()
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=INSPECT_TIMEOUT)
     except Exception as exc:
         return False, f"the broker does not answer ({type(exc).__name__})"
+    return True, ""
+
+
+def _redis_ok() -> tuple[bool, str]:
+    """A Redis broker, asked with a timeout of INSPECT_TIMEOUT for every read (Celery's own
+    connection reads with its 30 s socket timeout: a Redis that accepts and never answers
+    held the probe, and a web worker, for 30 s), and by a write: a Redis at its maxmemory
+    with noeviction answers a ping but refuses every doorbell."""
+    import redis
+
+    from workflows.core import broker
+
+    url = broker.usable_url()
+    assert url is not None
+    conn = redis.Redis.from_url(
+        url, socket_timeout=INSPECT_TIMEOUT, socket_connect_timeout=INSPECT_TIMEOUT
+    )
+    try:
+        conn.set("sluice:readyz", "1", ex=60)
+    except redis.ResponseError as exc:
+        if "OOM" in str(exc):
+            return False, "the broker's Redis refuses writes: it is at its maxmemory"
+        return False, f"the broker's Redis refuses writes ({str(exc)[:80]})"
+    except redis.RedisError as exc:
+        return False, f"the broker does not answer ({type(exc).__name__})"
+    finally:
+        conn.close()
     return True, ""
 
 

@@ -42,6 +42,7 @@ from django.utils import timezone
 
 from workflows.core import outbox
 from workflows.core.calls import storable_text
+from workflows.core.doorbell import send_tasks
 from workflows.core.payloads import stored
 from workflows.core.signals import run_finished
 from workflows.coroutines import run_coroutine
@@ -463,15 +464,18 @@ def _on_run_finished(sender: Any, run: Run, **kwargs: Any) -> None:
 
 def dispatch(outbox_id: int) -> None:
     """Ask a worker to try this row now. The beat delivers it anyway if the message is lost."""
+    # The engine's doorbell path: one LPUSH on Redis with a 1 s timeout, never Celery's 30 s
+    # on a broker that accepts and does not answer (a web worker held for each delivery).
     try:
-        deliver_webhook_task.apply_async((outbox_id,), queue="default")
-    except Exception:
-        log.warning(
-            "could not dispatch webhook outbox row %s; the beat will", outbox_id, exc_info=True
-        )
+        send_tasks([(DELIVER_WEBHOOK, [outbox_id], "default")])
+    except Exception as exc:
+        log.warning("could not dispatch webhook outbox row %s; the beat will: %s", outbox_id, exc)
 
 
-@shared_task(name="workflows.deliver_webhook", ignore_result=True)
+DELIVER_WEBHOOK = "workflows.deliver_webhook"
+
+
+@shared_task(name=DELIVER_WEBHOOK, ignore_result=True)
 def deliver_webhook_task(outbox_id: int) -> bool:
     row = Outbox.objects.filter(pk=outbox_id, kind=KIND, status=OutboxStatus.PENDING).first()
     return outbox.deliver_one(row) if row is not None else False

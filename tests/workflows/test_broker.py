@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -92,9 +96,11 @@ def test_without_a_plain_redis_broker_messages_go_through_celery(
     assert not broker.publish([(doorbell.ADVANCE, ["x", 1], "default")])
 
 
-def test_a_failing_redis_is_rested_and_the_message_goes_through_celery(
+def test_a_failing_redis_is_rested_and_the_message_left_to_the_sweep(
     settings: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Not handed to Celery, which would talk to the same Redis with its own timeouts (30 s of
+    a web worker per doorbell on a hung Redis): the sweep rings again from the tables."""
     sent: list[tuple[str, Any, str]] = []
     monkeypatch.setattr(
         current_app, "send_task", lambda name, args, queue, **kw: sent.append((name, args, queue))
@@ -102,8 +108,107 @@ def test_a_failing_redis_is_rested_and_the_message_goes_through_celery(
     settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"  # nothing listens there
     doorbell.send_advance("0b3c7f0e-1111-2222-3333-444455556666", 1)
     assert "resting" in caplog.text
-    assert sent == [(doorbell.ADVANCE, ["0b3c7f0e-1111-2222-3333-444455556666", 1], "default")]
-    assert broker.client() is None  # resting: Celery carries the next ones at once
+    assert "the sweep will" in caplog.text and "Traceback" not in caplog.text
+    assert sent == []
+    assert broker.client() is None  # resting: the next ones are not even tried
+    with pytest.raises(broker.BrokerUnavailable, match="resting"):
+        broker.publish([(doorbell.ADVANCE, ["x", 1], "default")])
+
+
+@pytest.fixture
+def hung_redis() -> Iterator[str]:
+    """A Redis URL whose server accepts connections and never answers."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"redis://127.0.0.1:{server.getsockname()[1]}/0"
+    stop.set()
+    thread.join(timeout=2)
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+def test_a_hung_redis_costs_a_doorbell_one_second_not_thirty(
+    settings: Any, hung_redis: str
+) -> None:
+    settings.CELERY_BROKER_URL = hung_redis
+    began = time.monotonic()
+    doorbell.send_advance("0b3c7f0e-1111-2222-3333-444455556666", 1)
+    doorbell.send_advance("0b3c7f0e-1111-2222-3333-444455556667", 1)  # resting: no wait
+    assert time.monotonic() - began < 2.5
+
+
+@pytest.mark.django_db
+def test_readiness_on_a_hung_redis_answers_within_seconds(settings: Any, hung_redis: str) -> None:
+    from workflows import health
+
+    settings.CELERY_BROKER_URL = hung_redis
+    health.clear_cache()
+    began = time.monotonic()
+    check = health.check_broker()
+    assert time.monotonic() - began < 3
+    assert not check.ok and "does not answer" in check.problem
+
+
+@pytest.mark.integration
+def test_readiness_says_when_redis_refuses_writes(settings: Any, tmp_path: Any) -> None:
+    """At its maxmemory with noeviction, Redis answers a ping but refuses every doorbell."""
+    from workflows import health
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--maxmemory",
+            "1",
+            "--maxmemory-policy",
+            "noeviction",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        wait_until(lambda: _answers(url), 10)
+        settings.CELERY_BROKER_URL = url
+        health.clear_cache()
+        check = health.check_broker()
+        assert not check.ok and "maxmemory" in check.problem
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _answers(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
 
 
 def test_a_broker_with_tls_options_is_left_to_celery(settings: Any) -> None:

@@ -474,6 +474,36 @@ def test_the_embedded_broker_skips_a_message_file_it_cannot_read(tmp_path: Any) 
     assert not list(folder.glob("*.msg"))
 
 
+def test_a_message_the_disk_refused_leaves_no_part_file(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: with the broker's disk full, each failed write left an empty .part
+    behind (the beat's sweeps alone made thousands an hour, each listed at every poll)."""
+    from kombu import Connection
+
+    from config import fsbroker
+
+    folder = tmp_path / "queue"
+    folder.mkdir()
+    options = {
+        "data_folder_in": str(folder),
+        "data_folder_out": str(folder),
+        "control_folder": str(tmp_path / "control"),
+    }
+
+    def full(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    with Connection("filesystem://", transport_options=options) as conn:
+        assert isinstance(conn.transport, fsbroker.Transport)
+        queue = conn.SimpleQueue("edges")
+        monkeypatch.setattr(fsbroker.os, "replace", full)
+        with pytest.raises(Exception, match="Cannot add file"):
+            queue.put({"ring": 1})
+        queue.close()
+    assert not list(folder.glob("*.part"))
+
+
 @step(retry=RetryPolicy(max_attempts=1))
 def flaky(x: int) -> int:
     if os.environ.get("EDGES_FLAKY_FAILS"):

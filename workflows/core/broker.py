@@ -12,8 +12,11 @@ the two field by field, so a Celery or kombu upgrade that changes the format fai
 Only for a plain ``redis://``/``rediss://``/``unix://`` broker without a key prefix; anything else
 (the filesystem broker of ``make run``, a prefixed Redis) returns ``None`` from ``client()`` and
 callers go through Celery as before. After a Redis error the client rests for a few seconds, so
-a Redis outage costs one timeout, not one per request, and the callers take their fallbacks
-meanwhile (messages go through Celery, the key's row counts requests).
+a Redis outage costs one timeout (a second at most), not one per request. Meanwhile ``publish``
+raises ``BrokerUnavailable`` rather than hand the message to Celery: Celery would talk to the
+same Redis with its own timeouts (30 s of a web worker per doorbell on a Redis that accepts and
+never answers), and the sweep rings again from the tables anyway (invariant 1). The rate
+counters fall back to the key's row.
 """
 
 from __future__ import annotations
@@ -158,13 +161,21 @@ def task_message(name: str, args: Iterable[Any], queue: str, priority: int = 0) 
     return json.dumps(message).encode()
 
 
+class BrokerUnavailable(Exception):
+    """The broker's Redis failed, now or moments ago (resting): the message was not sent."""
+
+
 def publish(messages: list[tuple[str, list[Any], str]], priority: int = 0) -> bool:
-    """LPUSH ``(task name, args, queue)`` messages at ``priority``. False when they were not
-    sent: no raw client, or Redis failed just now (noted, see ``failed``); the caller sends
-    them through Celery then, which reports its own failure."""
+    """LPUSH ``(task name, args, queue)`` messages at ``priority``. False when the broker is
+    not one a raw client may speak to (the caller sends them through Celery then);
+    ``BrokerUnavailable`` when its Redis failed just now or is resting after a failure."""
+    if usable_url() is None:
+        return False
     conn = client()
     if conn is None:
-        return False
+        raise BrokerUnavailable(
+            f"the broker's Redis failed moments ago (resting {REST_SECONDS:g} s)"
+        )
     try:
         if len(messages) == 1:
             name, args, queue = messages[0]
@@ -176,5 +187,5 @@ def publish(messages: list[tuple[str, list[Any], str]], priority: int = 0) -> bo
             pipe.execute()
     except redis.RedisError as exc:
         failed(exc)
-        return False
+        raise BrokerUnavailable(f"the broker's Redis failed: {exc}") from None
     return True

@@ -89,8 +89,9 @@ def _send(messages: list[tuple[str, list[Any], str]], fresh: bool = False) -> No
     """Queue ``(task, args, queue)`` messages. Fresh doorbells: one LPUSH each on Redis
     (``workflows.core.broker``), at the work priority Celery's routes give them; overdue ones
     (with their priority and expiry) and any other broker: through Celery, over one producer.
-    ``fresh`` ignores an ``overdue()`` around the caller. Raises when the broker fails; the
-    callers log and move on."""
+    ``fresh`` ignores an ``overdue()`` around the caller. Raises when the broker fails
+    (``broker.BrokerUnavailable`` for a Redis that failed now or moments ago: not handed to
+    Celery, which would wait on the same Redis); the callers log and move on."""
     options = {} if fresh else _options()
     if not options and broker.publish(messages, priority=_work_priority()):
         return
@@ -112,34 +113,44 @@ def send_tasks(messages: list[tuple[str, list[Any], str]]) -> None:
     _send(messages, fresh=True)
 
 
+def _not_sent(what: str, exc: Exception) -> None:
+    """A doorbell that did not leave: the sweep rings again from the tables. A broker known to
+    be down is one line each (an outage at ten starts a second logged 1,800 lines a second of
+    tracebacks); anything else, with its traceback."""
+    if isinstance(exc, broker.BrokerUnavailable):
+        log.warning("could not %s; the sweep will: %s", what, exc)
+    else:
+        log.warning("could not %s; the sweep will", what, exc_info=exc)
+
+
 def send_advance(run_id: Any, generation: int) -> None:
     try:
         _send([(ADVANCE, [str(run_id), generation], "default")])
-    except Exception:  # The sweep rings again from the tables.
-        log.warning("could not ring for run %s; the sweep will", run_id, exc_info=True)
+    except Exception as exc:  # The sweep rings again from the tables.
+        _not_sent(f"ring for run {run_id}", exc)
 
 
 def send_advance_many(items: list[tuple[Any, int]]) -> None:
     """One doorbell for a burst of runs (``workflows.advance_many``)."""
     try:
         _send([(ADVANCE_MANY, [[[str(pk), gen] for pk, gen in items]], "default")])
-    except Exception:
-        log.warning("could not ring for %s runs; the sweep will", len(items), exc_info=True)
+    except Exception as exc:
+        _not_sent(f"ring for {len(items)} runs", exc)
 
 
 def send_step(step_id: int, queue: str) -> None:
     try:
         _send([(EXECUTE_STEP, [step_id], queue)])
-    except Exception:
-        log.warning("could not dispatch step %s; the sweep will", step_id, exc_info=True)
+    except Exception as exc:
+        _not_sent(f"dispatch step {step_id}", exc)
 
 
 def send_steps(items: list[tuple[int, str]]) -> None:
     """Dispatch many steps in one round trip (a fan-out's first branches)."""
     try:
         _send([(EXECUTE_STEP, [step_id], queue) for step_id, queue in items])
-    except Exception:
-        log.warning("could not dispatch %s steps; the sweep will", len(items), exc_info=True)
+    except Exception as exc:
+        _not_sent(f"dispatch {len(items)} steps", exc)
 
 
 def send_batches(batches: list[tuple[list[int], str]]) -> None:
@@ -157,8 +168,8 @@ def send_batches(batches: list[tuple[list[int], str]]) -> None:
             ],
             fresh=True,
         )
-    except Exception:
-        log.warning("could not dispatch %s batches; the sweep will", len(batches), exc_info=True)
+    except Exception as exc:
+        _not_sent(f"dispatch {len(batches)} batches", exc)
 
 
 def batch_size() -> int:
