@@ -26,7 +26,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from django.db import connection
@@ -118,8 +118,12 @@ class Filters:
     def days(self) -> int:
         return PERIODS[self.period]
 
+    def since(self, now: datetime) -> datetime:
+        """The start of the period."""
+        return now - timedelta(days=self.days)
+
     def apply(self, qs: QuerySet[Gate], now: datetime) -> QuerySet[Gate]:
-        qs = closed(qs).filter(decided_at__gte=now - timedelta(days=self.days))
+        qs = closed(qs).filter(decided_at__gte=self.since(now))
         if self.pipeline:
             qs = qs.filter(pipeline=self.pipeline)
         if self.kind:
@@ -219,10 +223,21 @@ def overall(rows: list[Group]) -> Group:
     return Group(pipeline="", kind="", counts=counts, median_seconds=median)
 
 
-def weekly(qs: QuerySet[Gate], now: datetime, weeks: int) -> dict[str, Any]:
-    """Closed gates per week by class, oldest week first, with the edit rate: one query."""
-    this_week = timezone.localdate(now) - timedelta(days=timezone.localdate(now).weekday())
-    starts = [this_week - timedelta(weeks=weeks - 1 - i) for i in range(weeks)]
+def monday(moment: datetime) -> date:
+    """The local date of the Monday of the week ``moment`` falls in."""
+    day = timezone.localdate(moment)
+    return day - timedelta(days=day.weekday())
+
+
+def weekly(qs: QuerySet[Gate], now: datetime, since: datetime) -> dict[str, Any]:
+    """Closed gates per week by class, oldest week first, with the edit rate: one query.
+
+    The weeks are the local weeks (Monday first) from the one ``since`` falls in to the one
+    ``now`` falls in, so that every gate of the period is in a column: counted back from this
+    Monday in whole weeks, "last 90 days" lost up to six days the totals include."""
+    first, last = monday(since), monday(now)
+    weeks = max(1, (last - first).days // 7 + 1)
+    starts = [first + timedelta(weeks=i) for i in range(weeks)]
     index = {d: i for i, d in enumerate(starts)}
     series = {c: [0] * weeks for c in CLASSES}
     rows = (
@@ -323,7 +338,7 @@ def summary(
         "filters": filters,
         "groups": rows,
         "overall": overall(rows),
-        "weekly": weekly(qs, now, weeks=max(2, min(52, -(-filters.days // 7)))),
+        "weekly": weekly(qs, now, since=filters.since(now)),
         "fields": top_fields(qs, rows),
         "pipelines": pipelines,
         "kinds": kinds,

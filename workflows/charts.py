@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import Any
 
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
@@ -64,6 +66,41 @@ def _num(value: float) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
+# The journal keeps costs to the millionth of a dollar (``decimal_places=6``).
+COST_PLACES = 6
+_CENT = Decimal("0.01")
+
+
+def money(value: Any) -> str:
+    """Dollars as LLM costs need them, the one rule of the pages, the filter ``money`` and the
+    cost chart: cents from $1 up ($1.25, $1,204.50), at least four decimals under $1 and two
+    significant digits below $0.001 ($0.0042, $0.00004), and "$0" only for nothing at all: a
+    cost is never shown as "$0.00".
+
+    The figure is cut, not rounded, at the digits shown (after rounding to the journal's
+    millionths, so that a float sum such as 0.7999999999999999 is $0.80): a run stopped by its
+    budget after spending $999.996 of $1,000 reads "$999.99 of $1,000.00", not "$1,000 of
+    $1,000"."""
+    try:
+        amount = Decimal(str(value or 0))
+    except InvalidOperation:
+        return "—"
+    if not amount.is_finite():
+        return "—"
+    amount = amount.quantize(Decimal(1).scaleb(-COST_PLACES), rounding=ROUND_HALF_EVEN)
+    if amount == 0:
+        return "$0"
+    sign = "-" if amount < 0 else ""
+    amount = abs(amount)
+    if amount >= 1:
+        return f"{sign}${amount.quantize(_CENT, rounding=ROUND_DOWN):,.2f}"
+    # Two significant digits, four decimals at least: 0.00004 has its first one at the 5th.
+    places = min(COST_PLACES, max(4, -amount.adjusted() + 1))
+    text = f"{amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_DOWN):.{places}f}"
+    whole, _, decimals = text.rstrip("0").partition(".")
+    return f"{sign}${whole}.{decimals.ljust(2, '0')}"
+
+
 def _sr_table(caption: str, head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A chart's figures as a table only screen readers read (the ``sr-only`` class)."""
     cells = "".join(f'<th scope="col">{escape(h)}</th>' for h in head)
@@ -93,11 +130,14 @@ def stacked_columns(
     aria: str = "chart",
 ) -> SafeString:
     """Stacked columns per label; an optional ``line`` (0–100, e.g. a rate) on a right axis."""
-    left, right, top, bottom = 44, 44 if line else 12, 12, 28
-    plot_w, plot_h = width - left - right, height - top - bottom
-    n = max(1, len(labels))
     totals = [sum(s.values[i] for s in series) for i in range(len(labels))]
     ymax = nice_max(max(totals, default=0))
+    ticks = [fmt(ymax * i / 4) for i in range(5)]
+    # Room for the longest axis label ("$0.00012", "$1,500.00"), ~6.2 px a character.
+    left = max(44, round(8 + 6.2 * max(len(t) for t in ticks)))
+    right, top, bottom = 44 if line else 12, 12, 28
+    plot_w, plot_h = width - left - right, height - top - bottom
+    n = max(1, len(labels))
     slot = plot_w / n
     bar = max(2.0, slot * 0.68)
     out = [
@@ -105,7 +145,6 @@ def stacked_columns(
         f' preserveAspectRatio="xMidYMid meet" {FONT} font-size="11">'
     ]
     for i in range(5):
-        value = ymax * i / 4
         y = top + plot_h - plot_h * i / 4
         out.append(
             f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" '
@@ -113,7 +152,7 @@ def stacked_columns(
         )
         out.append(
             f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#5b6472">'
-            f"{escape(fmt(value))}</text>"
+            f"{escape(ticks[i])}</text>"
         )
         if line:
             out.append(

@@ -3,10 +3,12 @@ latency and load per pool, open gates, and LLM cost per pipeline per day.
 
 Nothing here reads the whole history on a request. The per-hour figures (runs finished by
 outcome, runs started, LLM cost per pipeline) of an hour that has ended are counted once, the
-first time the overview needs them, into ``HistoryHour`` rows; only the open hour is counted
-live, from the indexes on the runs' and steps' times. Latency percentiles come from the most
-recent finished steps of each pool; the status counts are exact for active runs and the
-planner's estimates for finished ones on a long history.
+first time the overview needs them, into ``HistoryHour`` rows; only the open hour (and, for
+the "last 24 h" totals, the end of the hour before the chart's first) is counted live, from the
+indexes on the runs' and steps' times. Latency percentiles come from the most recent finished
+steps of each pool; the status counts are exact for active runs and the planner's estimates for
+finished ones on a long history (a tenant's or a user's share of it: exact when small, else
+split by its own newest runs).
 
 Hours are UTC hours, keyed by their UTC start, whatever ``TIME_ZONE`` says; only their labels
 and the day a cost falls on are local. Bucketed in local time, the two 02:00 hours of a
@@ -84,6 +86,14 @@ class PoolLoad:
 # planner's estimates: an exact GROUP BY reads every row, ~0.5 ms per 1,000 (50 ms at 100,000,
 # 0.3 s at 1,000,000), and the list and the overview must answer within 100 ms.
 ESTIMATE_ABOVE = 20_000
+# A share of the runs (a tenant's, a user's) the planner reckons smaller than this is counted
+# exactly: its rows are found through the tenant index, and the planner's guess for a share
+# is the table's status mix applied to the share's size (a tenant with 5 succeeded runs was
+# shown ≈1 failed and ≈1 canceled, the other tenants' mix). A larger share is split by the
+# status mix of its own newest ``SHARE_SAMPLE`` finished runs.
+EXACT_BELOW = 10_000
+SHARE_SAMPLE = 2_000
+FINISHED = tuple(s for s in RunStatus.values if s not in ACTIVE_RUN)
 
 
 # The table's size and its status column's statistics (what the planner estimates from).
@@ -144,26 +154,55 @@ def status_counts(qs: QuerySet[Run] | None = None) -> tuple[dict[str, int], bool
 
     Active statuses are always counted exactly (the ``run_status_created`` index holds few of
     them). Finished statuses are counted exactly too, unless the table is past
-    ``ESTIMATE_ABOVE`` rows: then they are the planner's estimates, read from the column's
-    statistics for all runs (one query) or asked of the planner for a user's share (EXPLAIN),
-    which keeps the runs list and the ops overview fast at any history size.
+    ``ESTIMATE_ABOVE`` rows: then, for all runs, they are the planner's estimates read from the
+    column's statistics (one query), which keeps the ops overview fast at any history size.
+    A share of the runs (``qs`` filtered: a tenant's, a user's) is never given the table's
+    figures: it is counted exactly when the planner reckons it under ``EXACT_BELOW`` runs, and
+    otherwise its size is the planner's and its split by status is that of its own newest
+    ``SHARE_SAMPLE`` finished runs.
     """
     qs = Run.objects.all() if qs is None else qs
     counts = dict.fromkeys(RunStatus.values, 0)
+    if qs.query.is_empty():
+        return counts, False
+    qs = qs.order_by()
     stats = _stats()
     estimated = stats is not None and stats.rows > ESTIMATE_ABOVE
-    exact = qs.order_by().filter(status__in=ACTIVE_RUN) if estimated else qs.order_by()
+    if estimated and qs.query.where:
+        return _share_counts(qs, counts)
+    exact = qs.filter(status__in=ACTIVE_RUN) if estimated else qs
     for row in exact.values("status").annotate(n=Count("id")):
         counts[row["status"]] = row["n"]
     if stats is not None and estimated:
-        for status in RunStatus.values:
-            if status not in ACTIVE_RUN:
-                counts[status] = (
-                    _planned_rows(qs.order_by().filter(status=status))
-                    if qs.query.where
-                    else stats.estimate(status)
-                )
+        for status in FINISHED:
+            counts[status] = stats.estimate(status)
     return counts, estimated
+
+
+def _share_counts(qs: QuerySet[Run], counts: dict[str, int]) -> tuple[dict[str, int], bool]:
+    """``status_counts`` of a share of a long history (see there)."""
+    planned = _planned_rows(qs)
+    if planned < EXACT_BELOW:
+        for row in qs.values("status").annotate(n=Count("id")):
+            counts[row["status"]] = row["n"]
+        return counts, False
+    for row in qs.filter(status__in=ACTIVE_RUN).values("status").annotate(n=Count("id")):
+        counts[row["status"]] = row["n"]
+    sample = list(
+        qs.filter(status__in=FINISHED)
+        .order_by("-created_at")
+        .values_list("status", flat=True)[:SHARE_SAMPLE]
+    )
+    mix = {s: sample.count(s) for s in FINISHED}
+    if len(sample) < SHARE_SAMPLE:  # the sample is every finished run of the share
+        counts.update(mix)
+        return counts, False
+    # The planner's size of the share, less its active runs (counted above), and no fewer
+    # finished runs than the sample holds.
+    finished = max(len(sample), planned - sum(counts[s] for s in ACTIVE_RUN))
+    for status in FINISHED:
+        counts[status] = round(finished * mix[status] / len(sample))
+    return counts, True
 
 
 def _utc_hour(moment: datetime) -> datetime:
@@ -286,9 +325,33 @@ def _two_weeks(now: datetime) -> list[datetime]:
     return _hours(start, now)
 
 
+def _before_first_hour(since: datetime, until: datetime) -> Hour:
+    """Runs finished by outcome and started from ``since`` to ``until`` (at most an hour,
+    counted live: two queries over the time indexes)."""
+    tail = Hour()
+    if since >= until:
+        return tail
+    finished = (
+        Run.objects.filter(finished_at__gte=since, finished_at__lt=until, status__in=OUTCOMES)
+        .values_list("status")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    for status, n in finished:
+        setattr(tail, status, n)
+    tail.started = Run.objects.filter(created_at__gte=since, created_at__lt=until).count()
+    return tail
+
+
 def hourly(now: datetime, rows: dict[datetime, Hour] | None = None) -> dict[str, Any]:
     """Runs finished per hour over the last 24 hours, by outcome, and the failure rate.
-    ``rows``: ``history()`` of those hours or more (the overview shares one)."""
+    ``rows``: ``history()`` of those hours or more (the overview shares one).
+
+    The columns are the 24 clock hours up to the current one (23 whole and this one so far);
+    the totals (``finished_24h``, ``started_24h``, ``failure_rate_24h``) are of exactly the last
+    24 hours, as the recent failures are: the columns and the end of the hour before them (from
+    ``now`` - 24 h), counted live. Summed from the columns alone, a run that failed 23 h 55 min
+    ago was listed among the recent failures while the tile said 0 finished."""
     here = _utc_hour(now)
     hours = _hours(here - (HOURS - 1) * HOUR, here)
     rows = history(hours, now) if rows is None else rows
@@ -304,15 +367,16 @@ def hourly(now: datetime, rows: dict[datetime, Hour] | None = None) -> dict[str,
     for i in range(HOURS):
         ended = series["succeeded"][i] + series["failed"][i]
         rate.append(100.0 * series["failed"][i] / ended if ended else float("nan"))
-    ok, bad = sum(series["succeeded"]), sum(series["failed"])
+    tail = _before_first_hour(now - HOURS * HOUR, hours[0])
+    ok, bad = sum(series["succeeded"]) + tail.succeeded, sum(series["failed"]) + tail.failed
     return {
         "labels": _labels(hours),
         "series": series,
         "started": started,
         "failure_rate": rate,
         "failure_rate_24h": 100.0 * bad / (ok + bad) if ok + bad else None,
-        "finished_24h": ok + bad + sum(series["canceled"]),
-        "started_24h": sum(started),
+        "finished_24h": ok + bad + sum(series["canceled"]) + tail.canceled,
+        "started_24h": sum(started) + tail.started,
     }
 
 

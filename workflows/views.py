@@ -519,7 +519,7 @@ def ops_overview(request: HttpRequest) -> HttpResponse:
         "cost_svg": charts.stacked_columns(
             cost["labels"],
             cost_series,
-            fmt=lambda v: f"${v:,.2f}",
+            fmt=charts.money,
             label_every=2,
             aria="LLM cost per pipeline per day",
         ),

@@ -82,14 +82,27 @@ def test_past_the_threshold_finished_runs_are_estimated_and_active_ones_exact(
     assert len(sqls) == 2 and "pg_stats" in sqls[0], sqls
     body = people.client(people.ops).get("/runs/").content.decode()
     assert "about " in body
-    # A share of the runs (a tenant's, a user's): the planner is asked about that share.
+    # A share of the runs (a tenant's, a user's): the planner is asked about its size; under
+    # EXACT_BELOW it is counted exactly, above it split by its own newest finished runs
+    # (tests/operators/test_status_counts_share.py).
     tenant = Run.objects.filter(workflow="w")
     with CaptureQueriesContext(connection) as ctx:
         counts, estimated = ops.status_counts(tenant)
-    assert estimated and counts["running"] == 7
-    assert 200 <= counts["succeeded"] <= 400
+    assert not estimated and counts["running"] == 7
+    assert counts["succeeded"] == 300 and counts["failed"] == 40
     explains = [q["sql"] for q in ctx.captured_queries if q["sql"].startswith("EXPLAIN")]
-    assert len(explains) == 3  # succeeded, failed, canceled
+    assert len(explains) == 1  # the share's size
+    monkeypatch.setattr(ops, "EXACT_BELOW", 100)
+    monkeypatch.setattr(ops, "SHARE_SAMPLE", 100)
+    with CaptureQueriesContext(connection) as ctx:
+        counts, estimated = ops.status_counts(tenant)
+    assert estimated and counts["running"] == 7
+    assert 200 <= counts["succeeded"] + counts["failed"] <= 400
+    sqls = [q["sql"] for q in ctx.captured_queries]
+    # No GROUP BY over the share's finished runs: the active ones, and a sample of 100.
+    grouped = [s for s in sqls if "GROUP BY" in s]
+    assert len(grouped) == 1 and "'running'" in grouped[0], grouped
+    assert any("LIMIT 100" in s for s in sqls), sqls
 
 
 @pytest.mark.integration

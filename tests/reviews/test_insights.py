@@ -88,7 +88,10 @@ def test_rates_medians_and_corrected_fields_on_a_known_history(db: None) -> None
     week = data["weekly"]
     assert sum(week["totals"]) == 12
     assert sum(week["series"]["edited"]) == 3
-    assert len(week["labels"]) == 13  # 90 days
+    # 90 days: from the week (Monday first) the period starts in to this one, 13 or 14.
+    first = insights.monday(timezone.now() - timedelta(days=90))
+    assert len(week["labels"]) == (insights.monday(timezone.now()) - first).days // 7 + 1
+    assert week["labels"][0] == f"{first:%b %d}"
 
 
 def test_filters_narrow_by_pipeline_gate_kind_and_period(db: None) -> None:

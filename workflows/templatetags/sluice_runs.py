@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
-from workflows import timeline
+from workflows import charts, timeline
 from workflows.timeline import human_duration, value_link
 
 register = template.Library()
@@ -76,17 +76,9 @@ def get(mapping: Any, key: Any) -> Any:
 
 @register.filter
 def money(value: Any) -> str:
-    """Dollars with precision that suits LLM costs: $0.0042, $1.25, $1,204."""
-    amount = float(value or 0)
-    if amount == 0:
-        return "$0"
-    if amount < 1:
-        text = f"{amount:.4f}".rstrip("0")
-        whole, _, cents = text.partition(".")
-        return f"${whole}.{cents.ljust(2, '0')}"
-    if amount < 1000:
-        return f"${amount:,.2f}"
-    return f"${amount:,.0f}"
+    """Dollars with precision that suits LLM costs: $0.00004, $0.0042, $1.25, $1,204.50 (the
+    cost chart's rule, ``workflows.charts.money``)."""
+    return charts.money(value)
 
 
 @register.filter
