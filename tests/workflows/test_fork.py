@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -13,7 +14,16 @@ from django.test import override_settings
 
 import tests.workflows.blob_workflows  # noqa: F401  (registers blobs.parent)
 from tests.support import Bell
-from workflows import InvalidInputError, RunNotFoundError, fork, send_event, start, step, workflow
+from workflows import (
+    InvalidInputError,
+    RunNotFoundError,
+    fork,
+    record_usage,
+    send_event,
+    start,
+    step,
+    workflow,
+)
 from workflows.core.payloads import ForeignBlobError, unpack
 from workflows.models import Blob, Run, RunAudit, Step
 
@@ -170,3 +180,25 @@ def test_a_child_runs_large_output_is_copied_for_the_fork(bell: Bell) -> None:
     assert new.output == original.output
     ref = Step.objects.get(run=new, position=1).result
     assert Blob.objects.get(pk=ref["$blob"]).run_id == new.pk
+
+
+@step
+def paid_call(x: int) -> int:
+    record_usage(input_tokens=500, output_tokens=50, cost=Decimal("0.01"))
+    return x
+
+
+@workflow(name="test.fork.paid")
+def paid(ctx: Any) -> int:
+    return ctx.run(paid_call, 1) + ctx.run(square, 2)
+
+
+def test_a_reused_step_carries_no_tokens_of_its_own(bell: Bell) -> None:
+    """Found by review: the fork's copy kept the original's token counts (with a cost of 0),
+    so tokens summed over runs counted the reused call twice."""
+    original = finished(bell, start("test.fork.paid", {}))
+    new = finished(bell, fork(original.pk, from_step=2))
+    assert new.status == "succeeded"
+    copy = Step.objects.get(run=new, position=1)
+    assert copy.usage == {"reused_from_run": str(original.pk)} and copy.cost == 0
+    assert Step.objects.get(run=original, position=1).usage["input_tokens"] == 500

@@ -222,7 +222,9 @@ def _copy(row: Step, source: Run, new: Run) -> Step:
         error=row.error,
         wake_at=row.wake_at,
         remaining=0,
-        usage=row.usage,
+        # The tokens, as the cost, are the original's: copied as they were, a sum of tokens
+        # over runs (the API's input_tokens / output_tokens) counted them twice.
+        usage={"reused_from_run": str(source.pk)} if row.usage else row.usage,
         started_at=row.started_at,
         finished_at=row.finished_at,
     )
