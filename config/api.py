@@ -270,22 +270,51 @@ def _suspicious(request: HttpRequest, exc: SuspiciousOperation) -> HttpResponse:
     return error_response(400, "bad_request", str(exc) or "the request is malformed")
 
 
+# SQLSTATEs of a failure the same request may well not meet a moment later: serialization
+# failure, deadlock, lock not available, statement timeout / canceled, the server shutting down
+# or restarting, and every connection exception (class 08).
+TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03"})
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a database error is one to retry (``TRANSIENT_SQLSTATES``, a lost connection,
+    SQLite's "database is locked"), not a bug: "no such table" or a program limit is not."""
+    cause = exc.__cause__
+    state = getattr(cause, "sqlstate", None)
+    if state:
+        return str(state) in TRANSIENT_SQLSTATES or str(state).startswith("08")
+    if isinstance(exc, InterfaceError):
+        return True  # the connection is closed
+    if type(cause).__module__.startswith("psycopg"):
+        return True  # no SQLSTATE from the server: the connection failed
+    return "database is locked" in str(exc)
+
+
 @api.exception_handler(OperationalError)
 @api.exception_handler(InterfaceError)
 def _database_unavailable(request: HttpRequest, exc: Exception) -> HttpResponse:
-    """A deadlock, a serialization failure, a lock or statement timeout, a lost connection:
-    the request's transaction was rolled back, and the same request may well succeed a moment
-    later (a release's migration holding a table, PostgreSQL restarting). A 503 with
-    ``Retry-After`` says so; a 500 said "unexpected", and a start looked lost."""
+    """A deadlock, a serialization failure, a lock or statement timeout, a lost connection: the
+    same request may well succeed a moment later (a release's migration holding a table,
+    PostgreSQL restarting). A 503 with ``Retry-After`` says so; a 500 said "unexpected", and a
+    start looked lost. Whether it was applied is not known here (a fork commits before its
+    answer reads the new run), so the answer says how to retry safely. Any other database error
+    is a bug: a 500, logged with its traceback."""
+    if not transient(exc):
+        return _unexpected(request, exc)
     log.warning(
-        "database unavailable in %s %s: %s", request.method, request.path, type(exc).__name__
+        "database unavailable in %s %s: %s: %s",
+        request.method,
+        request.path,
+        type(exc.__cause__ or exc).__name__,
+        str(exc)[:200],
     )
     response = error_response(
         503,
         "database_unavailable",
         "the database could not complete the request (a deadlock, a lock wait or a lost "
-        "connection); its changes were rolled back: send it again (with the same "
-        "Idempotency-Key, for a start)",
+        "connection): send it again after Retry-After. A start with the same Idempotency-Key "
+        "starts one run; look at the run before resending a fork, restart or cancel, which may "
+        "have been applied",
     )
     response["Retry-After"] = "1"
     return response

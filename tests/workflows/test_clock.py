@@ -84,3 +84,22 @@ def test_a_dead_workers_lease_written_on_a_fast_clock_runs_out_on_time(
     # Not an hour from now: a lease's time from now.
     left = (Run.objects.get(pk=run.pk).lease_expires_at - db_now()).total_seconds()
     assert left < leases.lease_seconds() + 0.5
+
+
+def test_a_process_that_never_held_a_lease_is_on_the_databases_clock_too(skew: Any) -> None:
+    """Found by review: only the heartbeat and the sweep measured, so a process that only
+    delivered outbox rows stayed on the host's clock, and took over a measured process's live
+    claim (the message was sent twice)."""
+    skew(-5.0)  # nothing measured yet in this process
+    assert abs((clock.now() - db_now()).total_seconds()) < 0.5
+
+
+def test_measuring_is_not_one_of_the_callers_queries(skew: Any) -> None:
+    from django.db import connection as conn
+    from django.test.utils import CaptureQueriesContext
+
+    skew(3.0)
+    with CaptureQueriesContext(conn) as seen:
+        clock.now()
+    assert clock.offset() != timedelta(0)
+    assert len(seen.captured_queries) == 0

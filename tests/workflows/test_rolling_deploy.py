@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from tests.support import Bell
 from workflows import get_run, start, workflow
-from workflows.core import definitions
+from workflows.core import definitions, executor
 from workflows.core.definitions import unregister_workflow
 from workflows.core.sweeper import sweep
 from workflows.models import Run, Step
@@ -113,3 +113,19 @@ def test_a_run_left_for_newer_code_fails_once_the_rollout_window_is_over(
     Run.objects.filter(pk=run.pk).update(version=2, created_at=now - timedelta(minutes=59))
     bell.settle()
     assert get_run(run.pk).status in ("pending", "running")
+
+
+def test_an_old_worker_leaves_a_newer_runs_undos_alone_and_rings_later(bell: Bell) -> None:
+    """Found by review: a compensating run went to its undos before the check, so an undo only
+    the new code has "could not be imported" and the run failed for good, its effect kept."""
+    run = start(NAME, {"text": "hi"})
+    bell.settle()
+    Run.objects.filter(pk=run.pk).update(
+        version=2, status="compensating", after_compensation="failed", finished_at=None
+    )
+    row = get_run(run.pk)
+    assert executor.advance(row.pk, row.generation) == executor.NOT_HERE
+    row = get_run(run.pk)
+    assert row.status == "compensating" and row.lease_owner == ""
+    # Rung for again in half a minute, not at the next sweep.
+    assert row.wake_requested_at > timezone.now() + timedelta(seconds=20)

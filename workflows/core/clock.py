@@ -5,8 +5,9 @@ by another: a worker's lease runs out at its ``expires_at``, read by whichever w
 With each process on its own clock, a worker whose clock is a few seconds off the others' made
 live leases look expired (the sweep ran a running step a second time) or kept a dead one for
 the whole difference. So the engine reads the time from here: the host's clock plus the
-offset to PostgreSQL's clock, which every process shares, measured at most once a minute (by
-the lease heartbeat and the sweep) from one round trip.
+offset to PostgreSQL's clock, which every process shares, measured from one round trip when a
+process first asks for the time and again once a minute (the lease heartbeat and the sweep
+ask too, so an idle process stays measured).
 
 A process whose clock is off by more than ``WARN_SECONDS`` logs a warning when it measures:
 the engine's times are corrected, but pages, logs and the web's own timestamps use the host's
@@ -38,7 +39,11 @@ _measured: float | None = None  # time.monotonic() of the last measurement
 
 
 def now() -> datetime:
-    """The current time on the database's clock (aware, UTC)."""
+    """The current time on the database's clock (aware, UTC). The offset is measured on first
+    use in each process and again once it is older than ``REFRESH_SECONDS``: every process of
+    a host must agree (a deliverer that never measured took over a measured one's claim)."""
+    if _measured is None or time.monotonic() - _measured >= REFRESH_SECONDS:
+        refresh()
     return timezone.now() + _offset
 
 
@@ -52,7 +57,10 @@ def measure() -> timedelta | None:
     connection; None when it cannot be told (not PostgreSQL, a slow round trip)."""
     if connection.vendor != "postgresql":
         return None
-    with connection.cursor() as cur:
+    # On the driver's own connection: not a query of the caller's (a page that counts its
+    # queries, a test's CaptureQueriesContext), whichever statement first asked for the time.
+    connection.ensure_connection()
+    with connection.connection.cursor() as cur:
         before = timezone.now()  # the clock the engine's times come from
         cur.execute("SELECT clock_timestamp()")
         after = timezone.now()

@@ -87,8 +87,10 @@ def drive(run: Run, owner: str) -> str:
         try:
             return "suspended" if ctx.suspend() else "woken"
         except LeaseLost:
+            ctx.charge_unrecorded()
             return "lease-lost"
     except LeaseLost:
+        ctx.charge_unrecorded()  # a paid undo's cost, though its run was fenced out
         return "lease-lost"
     except DeterminismError as exc:
         failed.append(f"the undos no longer match their journal ({exc})")
@@ -137,8 +139,9 @@ def _end(ctx: Context, run: Run, failed: list[str]) -> str:
     try:
         with transaction.atomic():
             if not ctx.write_finish(status, error=error):
-                return "lease-lost"
+                raise LeaseLost
     except LeaseLost:
+        ctx.charge_unrecorded()
         return "lease-lost"
     except Exception as exc:
         # A value the database refuses, say: end it anyway, failed, as the executor does.

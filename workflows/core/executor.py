@@ -71,8 +71,10 @@ from workflows.core.storage import JOURNAL_COLUMNS, storage
 log = logging.getLogger(__name__)
 
 MAX_REPLAYS_PER_MESSAGE = 50
-# A run whose code this process does not have yet (``definitions.newer_than_here``).
+# A run whose code this process does not have yet (``definitions.newer_than_here``), and how
+# long it is left before it is rung for again (the sweep rings it a grace later).
 NOT_HERE = "not-here"
+NOT_HERE_WAIT = timedelta(seconds=30)
 
 
 def advance(run_id: Any, generation: int, taken: Run | None = None) -> str:
@@ -94,6 +96,8 @@ def _advance(run_id: Any, generation: int, taken: Run | None = None) -> str:
         hold_run(run.pk, owner)
         ensure_heartbeat()
         try:
+            if _not_here(run, owner):
+                return NOT_HERE
             if run.status == RunStatus.COMPENSATING:
                 outcome = compensation.drive(run, owner)
                 if outcome != "woken":
@@ -153,15 +157,23 @@ def let_go(run: Run, owner: str) -> None:
         log.exception("could not release run %s after an error", run.pk)
 
 
-def _run_handler(ctx: Context, run: Run) -> tuple[str, Any]:
-    """Replay the handler: ("suspend" | "lease-lost" | "not-here" | "succeeded" | "failed",
-    value)."""
+def _not_here(run: Run, owner: str) -> bool:
+    """A rolling deploy: newer code started this run (``definitions.newer_than_here``). It is
+    let go for a worker that has that code, before anything of it runs here (its handler or
+    its undos), and rung for again in ``NOT_HERE_WAIT``: not every few seconds for an hour."""
     newer = newer_than_here(run.workflow, run.version, run.created_at)
-    if newer is not None:
-        # A rolling deploy: newer code started this run. Left for a worker that has it; the
-        # sweep rings again (``let_go``), and no journal is written.
-        log.warning("run %s: %s; leaving it for a worker with the new code", run.pk, newer)
-        return NOT_HERE, None
+    if newer is None:
+        return False
+    log.warning("run %s: %s; leaving it for a worker with the new code", run.pk, newer)
+    try:
+        transitions.release(run.pk, owner, run.generation, clock.now() + NOT_HERE_WAIT)
+    except Exception:
+        log.exception("could not release run %s", run.pk)
+    return True
+
+
+def _run_handler(ctx: Context, run: Run) -> tuple[str, Any]:
+    """Replay the handler: ("suspend" | "lease-lost" | "succeeded" | "failed", value)."""
     try:
         wf = replayable(run.workflow, run.version)
     except UnknownWorkflowError as exc:
@@ -199,9 +211,6 @@ def _run_handler(ctx: Context, run: Run) -> tuple[str, Any]:
 def _replay(run: Run, journal: list[Step | BranchOutcome], owner: str) -> str:
     ctx = Context(run, journal, owner)
     outcome, value = _run_handler(ctx, run)
-    if outcome == NOT_HERE:
-        let_go(run, owner)
-        return NOT_HERE
     try:
         if outcome == "suspend":
             return "suspended" if ctx.suspend() else "woken"
@@ -263,6 +272,9 @@ def _advance_taken(runs: list[Run], owner: str) -> dict[str, int]:
     ending: list[tuple[Context, str, Any]] = []
     again: list[Run] = []
     for run in runs:
+        if _not_here(run, owner):
+            counts[NOT_HERE] = counts.get(NOT_HERE, 0) + 1
+            continue
         if run.status == RunStatus.COMPENSATING:
             again.append(run)  # Its undos run one run at a time, in ``advance``.
             continue
@@ -270,9 +282,7 @@ def _advance_taken(runs: list[Run], owner: str) -> dict[str, int]:
             ctx = Context(run, journals[run.pk], owner)
             with instrument.run_scope(run.pk, run.generation):
                 outcome, value = _run_handler(ctx, run)
-            if outcome == NOT_HERE:
-                let_go(run, owner)
-            elif outcome == "suspend":
+            if outcome == "suspend":
                 try:
                     outcome = "suspended" if ctx.suspend() else "woken"
                 except LeaseLost:

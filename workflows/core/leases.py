@@ -126,6 +126,7 @@ def drop(step_id: int | None) -> None:
 def _beat(stop: threading.Event) -> None:
     interval = max(0.5, lease_seconds() / 3)
     try:
+        clock.refresh()  # before the first wait: the leases it renews are on that clock
         while not stop.wait(interval):
             try:
                 clock.refresh()  # at most once a minute: leases are on the database's clock
