@@ -495,12 +495,11 @@ def test_a_message_the_disk_refused_leaves_no_part_file(
         raise OSError(28, "No space left on device")
 
     with Connection("filesystem://", transport_options=options) as conn:
-        assert isinstance(conn.transport, fsbroker.Transport)
-        queue = conn.SimpleQueue("edges")
+        channel = conn.default_channel
+        assert isinstance(channel, fsbroker.Channel)
         monkeypatch.setattr(fsbroker.os, "replace", full)
         with pytest.raises(Exception, match="Cannot add file"):
-            queue.put({"ring": 1})
-        queue.close()
+            channel._put("edges", {"ring": 1})
     assert not list(folder.glob("*.part"))
 
 
