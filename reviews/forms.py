@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import math
+from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from typing import Any
 
 from django import forms
-from django.forms.fields import InvalidJSONInput
+from django.forms.fields import InvalidJSONInput, JSONString
 
 from reviews.models import Gate
-from reviews.schema import initial_values, nullable, properties
+from reviews.schema import fits_field, nullable, properties, with_shown_values
 from workflows.core.jsonvalues import same_json
 
 EDITS_PREFIX = "edit"
@@ -45,8 +47,29 @@ class DecisionForm(forms.Form):
         self.fields["outcome"].choices = [(c, c) for c in gate.choices]  # type: ignore[attr-defined]
 
 
-class LinesField(forms.CharField):
-    """A list of strings edited as one line each."""
+def plain_newlines(text: str) -> str:
+    """``text`` with its line breaks as ``\\n``: browsers send a text area's lines with ``\\r\\n``
+    (and a lone ``\\r`` is a line break to them too)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+class CharField(forms.CharField):
+    """Django's, with line breaks as ``\\n`` (a reply sent on by e-mail or compared with the
+    AI's text must not gain ``\\r``s), and not stripped: text is kept as typed."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("strip", False)
+        super().__init__(**kwargs)
+
+    def to_python(self, value: Any) -> Any:
+        if isinstance(value, str):
+            value = plain_newlines(value)
+        return super().to_python(value)
+
+
+class LinesField(CharField):
+    """A list of strings edited as one line each. Lines are kept as typed (not stripped); an
+    empty line is no item."""
 
     widget = forms.Textarea(attrs={"rows": 4})
 
@@ -57,16 +80,51 @@ class LinesField(forms.CharField):
 
     def to_python(self, value: Any) -> Any:
         text = super().to_python(value)
-        return [line.strip() for line in str(text).splitlines() if line.strip()]
-
-    def has_changed(self, initial: Any, data: Any) -> bool:
-        shown = [str(v) for v in initial] if isinstance(initial, list | tuple) else []
-        return bool(self.to_python(data) != shown)
+        if not text:
+            return []
+        return [line for line in str(text).split("\n") if line != ""]
 
     def run_validators(self, value: Any) -> None:
         # CharField's NUL check looks at str(list), where a NUL shows as "\\x00": check the lines.
         for line in value if isinstance(value, list) else [value]:
             super().run_validators(line)
+
+
+class NumberText(forms.NumberInput):
+    """A number typed as text (``inputmode`` brings up a numeric keyboard), checked by the
+    server. A number input would not do: Chromium sends "" for what it cannot read ("1e309"),
+    which cleared the AI's value, and reads "1,5" as 15 in an English locale."""
+
+    input_type = "text"
+
+    def __init__(self, attrs: dict[str, Any] | None = None, *, mode: str = "decimal") -> None:
+        super().__init__(attrs)
+        self.mode = mode
+
+    def get_context(self, name: str, value: Any, attrs: Any) -> dict[str, Any]:
+        context = super().get_context(name, value, attrs)
+        # min/max/step mean nothing on a text input; the field's validators check them.
+        widget_attrs = context["widget"]["attrs"]
+        for key in ("min", "max", "step"):
+            widget_attrs.pop(key, None)
+        widget_attrs.setdefault("inputmode", self.mode)
+        widget_attrs.setdefault("autocomplete", "off")
+        return context
+
+
+class NullBooleanSelect(forms.Select):
+    """Yes / No / blank for a nullable boolean: a checkbox cannot say "none" (an AI's null
+    came back as false)."""
+
+    def __init__(self, attrs: dict[str, Any] | None = None) -> None:
+        super().__init__(attrs, choices=(("", "—"), ("true", "Yes"), ("false", "No")))
+
+    def format_value(self, value: Any) -> list[str]:
+        if value is True or value == "true":
+            return ["true"]
+        if value is False or value == "false":
+            return ["false"]
+        return [""]
 
 
 MAX_JSON_DEPTH = 64
@@ -103,33 +161,67 @@ def storable_problem(value: Any, depth: int = 0) -> str:
     return ""
 
 
+def _exact_number(text: str) -> float | Decimal:
+    """A JSON number with a fraction or exponent: a float when that is exactly the number
+    typed, else a Decimal (stored as its text), so ``12345678901234567890.12`` keeps its
+    digits."""
+    number = float(text)
+    try:
+        exact = Decimal(text)
+    except InvalidOperation:
+        return number
+    if math.isfinite(number) and Decimal(repr(number)) == exact:
+        return number
+    return exact
+
+
+def accepts_decimal_text(prop: dict[str, Any]) -> bool:
+    """Whether a field takes a number as its text too (pydantic's ``Decimal``: ``anyOf: [number,
+    string]``): a number typed for it keeps all its digits."""
+    options = prop.get("anyOf")
+    if not isinstance(options, list):
+        return False
+    kinds = {o.get("type") for o in options if isinstance(o, dict)}
+    return "number" in kinds and "string" in kinds
+
+
 class JSONValueField(forms.JSONField):
     """Strict JSON: no NaN/Infinity, NUL, lone surrogates or deep nesting (Django's own
-    JSONField accepts the first three and fails with RecursionError on the last)."""
+    JSONField accepts the first three and fails with RecursionError on the last). With
+    ``decimals``, a fractional number a float cannot hold exactly is kept as a ``Decimal``."""
 
     widget = forms.Textarea(attrs={"rows": 4, "class": "mono"})
+
+    def __init__(self, *, decimals: bool = False, **kwargs: Any) -> None:
+        self.decimals = decimals
+        super().__init__(**kwargs)
 
     def to_python(self, value: Any) -> Any:
         if self.disabled or value in self.empty_values:
             return super().to_python(value)
-        if isinstance(value, str):
-            try:
-                parsed = json.loads(value, parse_constant=_no_constant)
-            except (ValueError, RecursionError):
-                raise forms.ValidationError(
-                    self.error_messages["invalid"], code="invalid", params={"value": value[:100]}
-                ) from None
-            problem = storable_problem(parsed)
-            if problem:
-                raise forms.ValidationError(problem, code="invalid")
-        return super().to_python(value)
+        if not isinstance(value, str):
+            return super().to_python(value)
+        try:
+            parsed = json.loads(
+                value,
+                parse_constant=_no_constant,
+                parse_float=_exact_number if self.decimals else float,
+            )
+        except (ValueError, RecursionError):
+            raise forms.ValidationError(
+                self.error_messages["invalid"], code="invalid", params={"value": value[:100]}
+            ) from None
+        problem = storable_problem(parsed)
+        if problem:
+            raise forms.ValidationError(problem, code="invalid")
+        return JSONString(parsed) if isinstance(parsed, str) else parsed
 
     def bound_data(self, data: Any, initial: Any) -> Any:
-        # Re-displaying a refused value parses it again: keep deep nesting as the text it was.
-        try:
+        # A posted value is shown again as the text it was (a refused one, deep nesting, or
+        # a number with more digits than a float holds), never re-encoded.
+        if self.disabled or data is None:
             return super().bound_data(data, initial)
-        except RecursionError:
-            return InvalidJSONInput(data)
+        return InvalidJSONInput(data)
 
 
 def _choice_label(value: Any) -> str:
@@ -205,35 +297,94 @@ class JSONMultipleChoiceField(forms.TypedMultipleChoiceField):
         return not same_json(chosen, shown)
 
 
-class EditsForm(forms.Form):
-    """One input per property of the gate's schema."""
+_NO_VALUE = object()
 
-    def __init__(self, gate: Gate, *args: Any, **kwargs: Any) -> None:
+
+class EditsForm(forms.Form):
+    """One input per property of the gate's schema.
+
+    The form starts from what the gate shows (``reviews.services.form_values``: the AI's
+    values, the schema's defaults, on a four-eyes gate the latest approval's edits). A field the
+    reviewer did not touch (its posted text is what the page showed, or it was not posted at
+    all) sends exactly that value, as an API decision that leaves the field out does
+    (``with_shown_values``): the form never rewrites a value nobody changed (trimmed text,
+    ``\\r\\n``, a float's digits, a null turned into false or "").
+    """
+
+    def __init__(self, gate: Gate, *args: Any, shown: Any = None, **kwargs: Any) -> None:
+        from reviews import services
+
+        start = shown if shown is not None else services.form_values(gate)
+        # The values the form shows: what an untouched field sends.
+        self.shown: dict[str, Any] = dict(start.values)
+        # Whose corrections the fields start from (a four-eyes gate's earlier approval), if any.
+        self.edited_by: str = start.edited_by if start.corrected else ""
         kwargs.setdefault("prefix", EDITS_PREFIX)
         kwargs.setdefault("label_suffix", "")
-        kwargs.setdefault("initial", initial_values(gate.fields_schema or {}, gate.payload))
+        kwargs.setdefault("initial", dict(self.shown))
         super().__init__(*args, **kwargs)
-        schema = gate.fields_schema or {}
-        required = set(schema.get("required") or [])
+        self.schema = gate.fields_schema or {}
+        required = set(self.schema.get("required") or [])
         self.nullable: set[str] = set()
-        for name, prop in properties(schema).items():
+        for name, prop in properties(self.schema).items():
             prop = prop if isinstance(prop, dict) else {}
-            self.fields[name] = field_for(prop, name in required)
+            value = self.initial.get(name, _NO_VALUE)
+            field = field_for(prop, name in required, shown=value)
+            # Who changed this field's value in an earlier approval (the form shows theirs).
+            field.edited_by = start.edited_by if name in start.corrected else ""  # type: ignore[attr-defined]
+            self.fields[name] = field
             if nullable(prop)[1]:
                 self.nullable.add(name)
-            if isinstance(self.fields[name], JSONChoiceField) and name not in self.initial:
-                # No value to show: the blank choice, not a null one ("(none)").
+            if (
+                isinstance(field, forms.ChoiceField)
+                and not isinstance(field, forms.MultipleChoiceField)
+                and not _among_choices(field, value)
+            ):
+                # No value to show (or one that is no choice): the blank choice, so that the
+                # browser does not send the first choice as if the reviewer had picked it.
                 self.initial[name] = ""
+
+    def untouched(self, name: str) -> bool:
+        """Whether the reviewer left field ``name`` as the page showed it: not posted at all
+        (taken off the page), or posted as the text the page rendered for it (line breaks
+        aside; a multiple choice in any order)."""
+        field = self.fields[name]
+        widget = field.widget
+        key = self.add_prefix(name)
+        if widget.value_omitted_from_data(self.data, self.files, key):
+            return True
+        posted = widget.value_from_datadict(self.data, self.files, key)
+        initial = self.get_initial_for_field(field, name)
+        if isinstance(field, forms.BooleanField) and not isinstance(field, forms.NullBooleanField):
+            checked = widget.check_test(initial) if hasattr(widget, "check_test") else initial
+            return bool(posted) == bool(checked)
+        rendered = widget.format_value(field.prepare_value(initial))
+        return _texts(posted) == _texts(rendered)
+
+    @cached_property
+    def changed_data(self) -> list[str]:  # type: ignore[override]
+        return [name for name in self.fields if not self.untouched(name)]
 
     def edits(self) -> dict[str, Any]:
         """The cleaned values as JSON data.
 
-        A field left blank whose schema allows null is null; any other blank field (a number,
-        a choice, JSON) is left out, as an API decision that omits it: "not edited", so the
-        schema's default applies instead of a null the field does not accept.
+        An untouched field is the value the page showed (``self.shown``), when that is a valid
+        value of the field, else left out, exactly as in an API decision that leaves it out. A
+        changed field left blank whose schema allows null is null; any other blank field (a
+        number, a choice, JSON) is left out too: "not edited", the shown value stays.
         """
         out: dict[str, Any] = {}
         for name, field in self.fields.items():
+            prop = properties(self.schema).get(name)
+            if self.untouched(name):
+                if (
+                    isinstance(field, forms.BooleanField)
+                    and not isinstance(field, forms.NullBooleanField)
+                    and not fits_field(prop, self.shown.get(name, _NO_VALUE))
+                ):
+                    # A checkbox always shows a state: unticked is false.
+                    out[name] = bool(self.cleaned_data.get(name))
+                continue
             value = self.cleaned_data.get(name)
             if isinstance(field, JSONChoiceField):
                 blank = value == ""  # a chosen null is a value here, not a blank
@@ -244,10 +395,61 @@ class EditsForm(forms.Form):
                     out[name] = None
                 continue
             out[name] = value
+        return with_shown_values(self.schema, None, out, shown=self.shown)  # type: ignore[no-any-return]
+
+    def edited_fields(self) -> list[dict[str, Any]]:
+        """Each field the reviewer changed, as a page that could not take the decision gives it
+        back, read-only: ``label``, ``text`` (as typed; a choice's label, "ticked"), and for a
+        typed text its ``name`` (reviews.js puts it back into the form if the form returns)."""
+        out = []
+        for name in self.changed_data:
+            field = self.fields[name]
+            key = self.add_prefix(name)
+            posted = field.widget.value_from_datadict(self.data, self.files, key)
+            typed = ""
+            if isinstance(field, forms.BooleanField) and not isinstance(
+                field, forms.NullBooleanField
+            ):
+                text = "ticked" if posted else "not ticked"
+            elif isinstance(posted, list | tuple):
+                labels = _choice_labels(field)
+                text = ", ".join(labels.get(str(p), str(p)) for p in posted) or "(none)"
+            elif isinstance(field.widget, forms.Select):
+                text = _choice_labels(field).get(str(posted), str(posted or ""))
+            else:
+                text = plain_newlines(str(posted or ""))
+                typed = key
+            out.append({"label": str(self[name].label), "text": text, "name": typed})
         return out
 
 
-def field_for(prop: dict[str, Any], required: bool) -> forms.Field:
+def _texts(value: Any) -> list[str]:
+    """A widget's value (rendered, or posted) as comparable texts."""
+    if value is None:
+        return [""]
+    if isinstance(value, list | tuple):
+        return sorted(plain_newlines(str(v)) if v is not None else "" for v in value)
+    return [plain_newlines(str(value))]
+
+
+def _choice_labels(field: forms.Field) -> dict[str, str]:
+    """A choice's label by its posted value, for a field with choices (else none)."""
+    choices: Any = getattr(field.widget, "choices", None) or []
+    return {str(k): str(v) for k, v in choices}
+
+
+def _among_choices(field: forms.ChoiceField, value: Any) -> bool:
+    if value is _NO_VALUE:
+        return False
+    keys = [k for k in _choice_labels(field) if k != ""]
+    if isinstance(field, JSONChoiceField):
+        return any(same_json(_loads(k), value) for k in keys)
+    return value in keys
+
+
+def field_for(prop: dict[str, Any], required: bool, shown: Any = _NO_VALUE) -> forms.Field:
+    """The form field of a schema property; ``shown``: the value the form starts from, if any
+    (a required choice without one gets a blank choice; a text with line breaks a text area)."""
     prop, is_nullable = nullable(prop)
     label = str(prop.get("title") or "")
     common: dict[str, Any] = {
@@ -259,33 +461,47 @@ def field_for(prop: dict[str, Any], required: bool) -> forms.Field:
     kind = prop.get("type")
     enum = prop.get("enum")
     if isinstance(enum, list) and enum:
+        # A required choice with no value to start from gets a blank too: approving needs a
+        # choice, and the browser would send the first one as if the reviewer had picked it.
+        blank_first = not common["required"] or not any(
+            shown is not _NO_VALUE and same_json(v, shown) for v in enum
+        )
         if all(isinstance(v, str) for v in enum):
             choices = [(v, v) for v in enum]
-            if not common["required"]:
+            if blank_first:
                 choices = [("", "—"), *choices]
             return forms.ChoiceField(choices=choices, **common)
         # Mixed types (``["low", "high", null]``, ``[1, 2, 3]``): each option's value is the
         # choice's JSON text, so "1" and 1 stay apart and text is never parsed as JSON.
         choices = [(json.dumps(v), _choice_label(v)) for v in enum]
-        if not common["required"]:
+        if blank_first:
             choices = [("", "—"), *choices]
         return JSONChoiceField(choices=choices, **common)
     if kind == "boolean":
+        if is_nullable:
+            return forms.NullBooleanField(
+                required=False,
+                widget=NullBooleanSelect,
+                help_text=common["help_text"],
+                label=label or None,
+            )
         return forms.BooleanField(
             required=False, help_text=common["help_text"], label=label or None
         )
     if kind == "integer":
+        minimum = _number(prop, "minimum")
         return forms.IntegerField(
             # A fractional bound (minimum 0.5) is valid JSON Schema and compares fine.
-            min_value=_number(prop, "minimum"),  # type: ignore[arg-type]
+            min_value=minimum,  # type: ignore[arg-type]
             max_value=_number(prop, "maximum"),  # type: ignore[arg-type]
+            widget=NumberText(mode="numeric" if minimum is not None and minimum >= 0 else "text"),
             **common,
         )
     if kind == "number":
         return forms.FloatField(
             min_value=_number(prop, "minimum"),
             max_value=_number(prop, "maximum"),
-            widget=forms.NumberInput(attrs={"step": "any"}),
+            widget=NumberText(),
             **common,
         )
     if kind == "string":
@@ -294,6 +510,8 @@ def field_for(prop: dict[str, Any], required: bool) -> forms.Field:
             prop.get("format") == "textarea"
             or (_length(prop, "maxLength") or 0) > LONG_TEXT
             or (isinstance(default, str) and len(default) > 60)
+            # A text input drops line breaks: text that has some is shown in a text area.
+            or (isinstance(shown, str) and (len(shown) > 60 or "\n" in shown or "\r" in shown))
         )
         # dir=auto: the AI's text (and the reviewer's correction) may be right to left.
         widget: forms.Widget = (
@@ -301,10 +519,9 @@ def field_for(prop: dict[str, Any], required: bool) -> forms.Field:
             if long
             else forms.TextInput(attrs={"dir": "auto"})
         )
-        return forms.CharField(
+        return CharField(
             min_length=_length(prop, "minLength"),
             max_length=_length(prop, "maxLength"),
-            strip=True,
             widget=widget,
             empty_value=None if is_nullable else "",
             **common,
@@ -326,7 +543,7 @@ def field_for(prop: dict[str, Any], required: bool) -> forms.Field:
             )
         if item.get("type", "string") == "string":
             return LinesField(**common)
-    return JSONValueField(**common)
+    return JSONValueField(decimals=accepts_decimal_text(prop), **common)
 
 
 # A gate opened before its schema was checked may hold a bound that is not a number: the

@@ -19,6 +19,7 @@ from typing import Any, Literal, Optional
 import pydantic
 
 from workflows.core import payloads
+from workflows.core.jsonvalues import same_json
 
 FieldError = dict[str, str]
 
@@ -33,9 +34,12 @@ def schema_of(fields: Any) -> dict[str, Any]:
         for name, prop in schema.get("properties", {}).items():
             if name in values:
                 prop["default"] = values[name]
-        return check_schema(_named(schema, type(fields)))
+                # The instance's value is a pre-fill chosen by the pipeline: it beats the
+                # payload's value of the same name (a model's own default does not).
+                prop[PREFILL_KEY] = True
+        return check_schema(_ordered(_named(schema, type(fields))))
     if isinstance(fields, type) and issubclass(fields, pydantic.BaseModel):
-        return check_schema(_named(_inline_refs(fields.model_json_schema()), fields))
+        return check_schema(_ordered(_named(_inline_refs(fields.model_json_schema()), fields)))
     if isinstance(fields, dict):
         schema = payloads.to_json(fields, "fields")
         if schema.get("type", "object") != "object" or not isinstance(
@@ -44,7 +48,7 @@ def schema_of(fields: Any) -> dict[str, Any]:
             raise ValueError(
                 "fields must be a JSON Schema object with 'properties' (or a pydantic model)"
             )
-        return check_schema(_inline_refs(schema))
+        return check_schema(_ordered(_inline_refs(schema)))
     raise TypeError(
         f"fields must be a JSON Schema dict or a pydantic model, not {type(fields).__name__}"
     )
@@ -54,6 +58,11 @@ def schema_of(fields: Any) -> dict[str, Any]:
 # the model itself, which checks what the schema subset here does not (formats, multipleOf,
 # its own validators), so that ``Decision.edits`` is always an instance of it.
 MODEL_KEY = "x-sluice-model"
+# The properties' names in the pipeline's order (a jsonb column does not keep it).
+ORDER_KEY = "x-sluice-order"
+# On a property whose ``default`` came from a pydantic model instance's value (``fields=
+# Correction(reply=...)``): what the form starts from, before the payload's value.
+PREFILL_KEY = "x-sluice-prefill"
 
 
 def _named(schema: dict[str, Any], model: type[pydantic.BaseModel]) -> dict[str, Any]:
@@ -99,8 +108,24 @@ def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def properties(schema: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The schema's properties, in the order the pipeline gave them (``ORDER_KEY``: a jsonb
+    column keeps an object's keys in an order of its own, shortest first)."""
     props = schema.get("properties") or {}
-    return props if isinstance(props, dict) else {}
+    if not isinstance(props, dict):
+        return {}
+    order = schema.get(ORDER_KEY)
+    if isinstance(order, list) and order:
+        ranked = {k: props[k] for k in order if isinstance(k, str) and k in props}
+        ranked.update({k: v for k, v in props.items() if k not in ranked})
+        return ranked
+    return props
+
+
+def _ordered(schema: dict[str, Any]) -> dict[str, Any]:
+    props = schema.get("properties")
+    if isinstance(props, dict):
+        schema[ORDER_KEY] = list(props)
+    return schema
 
 
 def nullable(prop: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -314,56 +339,112 @@ def _message(error: Any) -> str:
 
 
 def initial_values(schema: dict[str, Any], payload: Any) -> dict[str, Any]:
-    """Form values before the reviewer touches them: the schema's defaults, or else the value
-    of the same name at the top level of the payload (the AI's answer to correct)."""
+    """Form values before the reviewer touches them: the value of the same name at the top level
+    of the payload (the AI's answer to correct), else the schema's default. A default only beats
+    the AI's value when it is a pipeline's explicit pre-fill (a pydantic model instance's value,
+    ``PREFILL_KEY``) or when the AI's value is not a value of the field (an "about 5" for a
+    number with a default of 3); an AI value that does not fit a field without a default is
+    still shown, for the reviewer to correct."""
     values: dict[str, Any] = {}
     for name, prop in properties(schema).items():
-        if isinstance(prop, dict) and "default" in prop:
+        if not isinstance(prop, dict):
+            continue
+        has_default = "default" in prop
+        in_payload = isinstance(payload, dict) and name in payload
+        if has_default and (prop.get(PREFILL_KEY) or not in_payload):
             values[name] = prop["default"]
-        elif isinstance(payload, dict) and name in payload:
-            values[name] = payload[name]
+        elif in_payload:
+            fits = not has_default or fits_field(prop, payload[name])
+            values[name] = payload[name] if fits else prop["default"]
     return values
 
 
-def with_shown_values(schema: dict[str, Any], payload: Any, edits: Any) -> Any:
+@lru_cache(maxsize=512)
+def _adapter_for(prop_text: str) -> pydantic.TypeAdapter[Any]:
+    return pydantic.TypeAdapter(_python_type(json.loads(prop_text)))
+
+
+def _adapter(prop: dict[str, Any]) -> pydantic.TypeAdapter[Any]:
+    return _adapter_for(json.dumps(prop, sort_keys=True))
+
+
+def fits_field(prop: Any, value: Any) -> bool:
+    """Whether ``value`` is a valid value of the field ``prop`` (as a decision would send it)."""
+    if not isinstance(prop, dict):
+        return False
+    try:
+        _adapter(prop).validate_python(value)
+    except Exception:  # a ValidationError, or a schema no validator can be built from
+        return False
+    return True
+
+
+def with_shown_values(
+    schema: dict[str, Any], payload: Any, edits: Any, shown: dict[str, Any] | None = None
+) -> Any:
     """``edits`` (an API decision's) with, for each field it leaves out, what the gate's form
-    shows for that field (``initial_values``), when that is a valid value of the field; a
-    value the form could not show (an AI's "about 5" for a number) stays out, as before."""
+    shows for that field (``shown``, by default ``initial_values``), when that is a valid value
+    of the field; a value the form could not show (an AI's "about 5" for a number) stays out,
+    as before. The browser's form sends the same for a field it leaves out or that was not
+    touched (``reviews.forms.EditsForm.edits``)."""
     if not isinstance(edits, dict) or not properties(schema):
         return edits
     out = dict(edits)
-    for name, value in initial_values(schema, payload).items():
+    values = initial_values(schema, payload) if shown is None else shown
+    for name, value in values.items():
         prop = properties(schema).get(name)
         if name in out or not isinstance(prop, dict):
             continue
-        try:
-            pydantic.TypeAdapter(_python_type(prop)).validate_python(value)
-        except (pydantic.ValidationError, TypeError, ValueError):
-            continue
-        out[name] = value
+        if fits_field(prop, value):
+            out[name] = value
     return out
 
 
 def corrections(schema: dict[str, Any], payload: Any, edits: Any) -> list[tuple[str, Any, Any]]:
     """The fields a decision changed: ``(name, AI's value, person's value)`` for each edited
     field whose value differs from what the form showed (``initial_values``). The browser sends
-    every field, changed or not, so "has edits" alone does not mean "corrected"."""
+    every field, changed or not, so "has edits" alone does not mean "corrected". Both values are
+    compared as the decision stores them (``normal_value``: a datetime's "+00:00" is "Z", a
+    decimal's 12.5 is "12.5") and as JSON (1e308 is the 1000…0 jsonb hands back)."""
     if not isinstance(edits, dict) or not edits:
         return []
-    shown = initial_values(schema if isinstance(schema, dict) else {}, payload)
+    schema = schema if isinstance(schema, dict) else {}
+    shown = initial_values(schema, payload)
     out = []
     for name, value in edits.items():
         before = shown.get(name)  # a field the AI left unset showed as empty (null)
-        if not _same(before, value):
+        if not same_json(normal_value(schema, name, before), normal_value(schema, name, value)):
             out.append((str(name), before, value))
     return out
 
 
-def _same(a: Any, b: Any) -> bool:
-    """JSON equality: 1 and 1.0 are the same number, but True is not 1."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    return bool(a == b)
+def normal_value(schema: dict[str, Any], name: str, value: Any) -> Any:
+    """``value`` of field ``name`` as a decision would store it: validated and dumped as JSON by
+    the pipeline's own model's field (when the schema names a model of this process), else by
+    the schema's field; as it is when it is not a valid value of the field."""
+    own = model_of(schema)
+    if own is not None and name in own.model_fields:
+        try:
+            adapter = _model_field_adapter(own, name)
+            return adapter.dump_python(adapter.validate_python(value), mode="json")
+        except Exception:  # not valid for the model's field: try the schema's
+            pass
+    prop = properties(schema).get(name)
+    if isinstance(prop, dict):
+        try:
+            adapter = _adapter(prop)
+            return adapter.dump_python(adapter.validate_python(value), mode="json")
+        except Exception:
+            pass
+    return value
+
+
+@lru_cache(maxsize=256)
+def _model_field_adapter(model: type[pydantic.BaseModel], name: str) -> pydantic.TypeAdapter[Any]:
+    from typing import Annotated
+
+    info = model.model_fields[name]
+    return pydantic.TypeAdapter(Annotated[info.annotation, info])  # type: ignore[arg-type]
 
 
 def corrected_output(payload: Any, edits: Any) -> Any:

@@ -39,7 +39,7 @@ from reviews.models import (
     GateStatus,
     decision_json,
 )
-from reviews.schema import corrections, validate_edits
+from reviews.schema import corrections, initial_values, properties, validate_edits
 from workflows import access
 from workflows.core.doorbell import ring_on_commit, send_tasks
 from workflows.core.errors import InvalidInputError, InvalidStateError, SluiceError
@@ -273,9 +273,10 @@ def closed_message_for(gate: Gate, user: Any) -> str:
 
 def next_attempt(gate: Gate, user: Any) -> Gate | None:
     """The gate the run opened after this one was turned down (rejected, or expired into a
-    rejection): usually the same review again, attempt n + 1. None when the gate was approved,
-    is still open, or the run opened nothing after it that ``user`` may see."""
-    if gate.is_open or gate.status == GateStatus.CANCELED or gate.outcome == "approve":
+    rejection) or canceled (its run was restarted while the gate was open): usually the same
+    review again, attempt n + 1. None when the gate was approved, is still open, or the run
+    opened nothing after it that ``user`` may see (a run canceled for good)."""
+    if gate.is_open or gate.outcome == "approve":
         return None
     later = gates_visible_to(user).filter(run_id=gate.run_id, pk__gt=gate.pk)
     fields = ("id", "title", "attempt", "status")
@@ -668,6 +669,46 @@ def record_approval(
     if user is not None:
         Gate.objects.filter(pk=gate.pk, claimed_by=user).update(claimed_by=None, claimed_at=None)
     return ApprovalStep("partial", approvers)
+
+
+@dataclass(frozen=True)
+class FormValues:
+    """What a gate's edits form starts from (``values``): the AI's values or the schema's
+    defaults (``reviews.schema.initial_values``), and on a four-eyes gate the edits of the
+    latest approval that carried some, by ``edited_by``, for the ``corrected`` fields (those
+    that differ from the AI's), so the next approver sees them and keeps them unless changed."""
+
+    values: dict[str, Any]
+    edited_by: str = ""
+    corrected: tuple[str, ...] = ()
+
+
+def form_values(gate: Gate) -> FormValues:
+    schema = gate.fields_schema or {}
+    values = initial_values(schema, gate.payload)
+    approved = latest_approval_edits(gate)
+    if approved is None:
+        return FormValues(values)
+    approver, edits = approved
+    fields = properties(schema)
+    changed = tuple(
+        name for name, _, _ in corrections(schema, gate.payload, edits) if name in fields
+    )
+    values.update({name: value for name, value in edits.items() if name in fields})
+    return FormValues(values, approver, changed)
+
+
+def latest_approval_edits(gate: Gate) -> tuple[str, dict[str, Any]] | None:
+    """(approver, edits) of the latest approval of a four-eyes gate that carried edits (its
+    ``approved`` event: the decision carries only the closing approval's), or None."""
+    if gate.approvals_required <= 1 or gate.pk is None:
+        return None
+    events = GateEvent.objects.filter(gate_id=gate.pk, kind=GateEventKind.APPROVED)
+    for event in events.order_by("-at", "-id").only("actor", "detail"):
+        edits = event.detail.get("edits") if isinstance(event.detail, dict) else None
+        if isinstance(edits, dict):
+            return event.actor, edits
+    return None
 
 
 def record_corrections(gate: Gate, edits: Any, now: datetime) -> None:

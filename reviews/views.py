@@ -45,6 +45,8 @@ View = Callable[..., HttpResponseBase]
 
 # A comment handed back after a late decision is cut at the form's own limit (DecisionForm).
 UNSENT_COMMENT_LIMIT = 5000
+# ... and at most this many changed fields are handed back (each cut at the same length).
+UNSENT_FIELDS_LIMIT = 100
 
 # The reviewer pages allow no inline style at all (config/settings.py, SLUICE_CSP_REVIEW_PAGES).
 strict_styles = csp_override(settings.SLUICE_CSP_REVIEW_PAGES)
@@ -405,6 +407,7 @@ def _gate_context(
     )
     has_fields = bool((gate.fields_schema or {}).get("properties"))
     frees_others = services.overrides_claims(request.user)
+    following = services.next_attempt(gate, request.user)
     return {
         **_four_eyes_context(request, gate),
         "nav": "reviews",
@@ -418,7 +421,10 @@ def _gate_context(
         and (gate.claimed_by_id in (None, request.user.pk) or frees_others),
         "frees_others": frees_others,
         "closed_message": ("" if gate.is_open else services.closed_message_for(gate, request.user)),
-        "next_attempt": services.next_attempt(gate, request.user),
+        "next_attempt": following,
+        # A canceled gate's page keeps asking (slowly) whether its run was restarted, to link
+        # the gate the restart opens (``gate_status`` answers 204 until then).
+        "watch_restart": gate.status == GateStatus.CANCELED and following is None,
         "now": timezone.now(),
         "poll_seconds": settings.SLUICE_REVIEW_POLL_SECONDS,
         "push_url": (
@@ -463,13 +469,21 @@ def gate_status(request: HttpRequest, pk: int) -> HttpResponse:
     holder's id, empty for none; without it only closing counts). When the claim changed, the
     decision panel and the activity (out-of-band swaps). Once it closed, the banner plus the
     header and decision panel in their closed state, so no part of the page still offers
-    Claim/Approve or shows the gate as open; the page then stops listening."""
+    Claim/Approve or shows the gate as open; the page then stops listening, except the page of
+    a canceled gate, which asks (``restart=1``: 204 until then) until its run is restarted and
+    then gets the banner linking the gate the restart opened."""
     gate = _gate_or_404(request, pk)
     if gate.is_open:
         shown = request.GET.get("claim")
         if shown is None or shown == str(gate.claimed_by_id or ""):
             return HttpResponse(status=204)
         return render(request, "reviews/gate.html#claim-update", _gate_context(request, gate))
+    if (
+        request.GET.get("restart") == "1"
+        and gate.status == GateStatus.CANCELED
+        and services.next_attempt(gate, request.user) is None
+    ):
+        return HttpResponse(status=204)  # a canceled gate's page: its run was not restarted yet
     return render(request, "reviews/gate.html#closed-update", _gate_context(request, gate))
 
 
@@ -624,11 +638,16 @@ def _not_taken(request: HttpRequest, gate: Gate, comment: str, reason: str = "")
 
     The page comes back in the gate's current state, which says why exactly once (the closed
     banner, or the claim bar naming the holder; no flash message on top), and the reviewer's
-    comment is shown read-only with a note that it was not saved, instead of being dropped.
+    comment and the fields they changed are shown read-only with a note that they were not
+    saved, instead of being dropped.
     """
+    fields: list[dict[str, Any]] = []
+    if request.method == "POST" and (gate.fields_schema or {}).get("properties"):
+        fields = EditsForm(gate, request.POST).edited_fields()[:UNSENT_FIELDS_LIMIT]
     gate = services.get_gate(gate.pk)
     context = _gate_context(request, gate)
     context["unsent_comment"] = comment[:UNSENT_COMMENT_LIMIT]
+    context["unsent_fields"] = [{**f, "text": f["text"][:UNSENT_COMMENT_LIMIT]} for f in fields]
     context["unsent_reason"] = reason
     return render(request, "reviews/gate.html", context, status=409)
 

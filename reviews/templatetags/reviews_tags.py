@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -110,3 +111,27 @@ def system_actor(kind: str) -> str:
         "canceled": "Run",
         "escalated": "Deadline",
     }.get(kind, "System")
+
+
+def json_text(value: Any) -> str:
+    """A decided value as a person reads it: text as it is, anything else as JSON (``["x"]``,
+    ``true``, ``null``), never Python's ``['x']``, ``True``, ``None``."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+@register.filter
+def edit_rows(gate: Any) -> list[tuple[str, str]]:
+    """(field, value as text) of a decided gate's edits, in the order of the gate's fields
+    (``reviews.schema.properties``: the pipeline's order, not the database's), then any other
+    key. The template escapes both."""
+    from reviews.schema import properties
+
+    edits = getattr(gate, "edits", None)
+    if not isinstance(edits, dict) or not edits:
+        return []
+    schema = getattr(gate, "fields_schema", None)
+    order = list(properties(schema)) if isinstance(schema, dict) else []
+    keys = [k for k in order if k in edits] + [k for k in edits if k not in order]
+    return [(str(k), json_text(edits[k])) for k in keys]

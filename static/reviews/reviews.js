@@ -201,10 +201,12 @@
   // --- what the reviewer typed survives live updates of the decision panel -------------------
   // Claiming, releasing, someone else's claim or the gate closing re-renders #decision-panel
   // (live, at any moment). What the reviewer changed in the form (the comment, corrected fields)
-  // goes back into the new form; when there is no form any more (the gate closed, someone else
-  // holds the claim), the comment is shown read-only in #unsent-comment with a note that it was
-  // not saved, and goes back into the form if it returns (the claim was released).
+  // goes back into the new form; when there is no form any more (the gate closed, its run was
+  // restarted, someone else holds the claim), the comment and every changed field are shown
+  // read-only in #unsent-comment with a note that they were not saved, and go back into the
+  // form if it returns (the claim was released).
   var pending = null;
+  var parked = null;      // what #unsent-comment shows: { fields: [...], shown: [...] }
 
   function editedFields(form) {
     var out = [];
@@ -222,6 +224,70 @@
     return out;
   }
 
+  // The changed fields as a person reads them: the field's label and what it holds now (a
+  // choice's text, the ticked boxes' labels), one entry per field.
+  function shownFields(form, fields) {
+    var names = [];
+    fields.forEach(function (f) { if (f.name !== "comment" && names.indexOf(f.name) < 0) names.push(f.name); });
+    return names.map(function (name) {
+      var inputs = Array.prototype.filter.call(form.querySelectorAll("[name]"), function (el) { return el.name === name; });
+      var box = inputs[0] && inputs[0].closest(".rv-field");
+      var label = (box && box.dataset.label) || name.replace(/^edit-/, "");
+      var text;
+      if (inputs.length && inputs[0].tagName === "SELECT") {
+        var option = inputs[0].options[inputs[0].selectedIndex];
+        text = option ? option.text : "";
+      } else if (inputs.length && inputs[0].type === "checkbox") {
+        if (inputs[0].closest(".rv-check")) {  // a yes/no checkbox, not a list of choices
+          text = inputs[0].checked ? "ticked" : "not ticked";
+        } else {
+          text = inputs.filter(function (el) { return el.checked; }).map(function (el) {
+            var l = el.closest("label");
+            return l ? l.textContent.trim() : el.value;
+          }).join(", ") || "(none)";
+        }
+      } else {
+        text = inputs.length ? inputs[0].value : "";
+      }
+      return { label: label, text: text };
+    });
+  }
+
+  function park(unsent, comment, shown) {
+    var box = document.getElementById("unsent-comment-box");
+    var list = document.getElementById("unsent-fields");
+    var hasComment = !!(comment && comment.trim());
+    unsent.querySelector("#unsent-comment-text").value = hasComment ? comment : "";
+    if (box) box.hidden = !hasComment;
+    if (list) {
+      list.textContent = "";
+      shown.forEach(function (f, i) {
+        var id = "unsent-field-" + (i + 1);
+        var label = document.createElement("label");
+        label.className = "rv-label";
+        label.htmlFor = id;
+        label.textContent = f.label + " (not saved)";
+        var area = document.createElement("textarea");
+        area.id = id;
+        area.readOnly = true;
+        area.rows = 2;
+        area.dir = "auto";
+        area.setAttribute("data-unsent-field", "");
+        area.value = f.text;
+        list.appendChild(label);
+        list.appendChild(area);
+      });
+      list.hidden = shown.length === 0;
+    }
+    var what = unsent.querySelector("[data-unsent-what]");
+    if (what) {
+      what.textContent = shown.length ? "Your corrections" + (hasComment ? " and comment" : "") + " were" : "Your comment was";
+    }
+    var it = unsent.querySelector("[data-unsent-it]");
+    if (it) it.textContent = shown.length ? "what" : "it";
+    unsent.hidden = !(hasComment || shown.length);
+  }
+
   function restoreFields(form, fields) {
     fields.forEach(function (f) {
       form.querySelectorAll("[name]").forEach(function (el) {
@@ -237,12 +303,29 @@
     var form = document.getElementById("decision-form");
     if (form) {
       var fields = editedFields(form);
-      if (fields.length) pending = { fields: fields };
+      if (fields.length) pending = { fields: fields, shown: shownFields(form, fields) };
       return;
     }
     var unsent = document.getElementById("unsent-comment");
-    var parked = unsent && !unsent.hidden && unsent.querySelector("textarea");
-    if (parked && parked.value.trim()) pending = { fields: [{ name: "comment", value: parked.value }] };
+    if (!unsent || unsent.hidden) return;
+    var text = unsent.querySelector("#unsent-comment-text");
+    var comment = text ? text.value : "";
+    var kept, shown;
+    if (parked) {
+      kept = parked.fields.filter(function (f) { return f.name !== "comment"; });
+      shown = parked.shown;
+    } else {
+      // Handed back by the server (a decision that arrived too late): read them off the page.
+      kept = [];
+      shown = [];
+      unsent.querySelectorAll("textarea[data-unsent-field]").forEach(function (t) {
+        var label = unsent.querySelector('label[for="' + t.id + '"]');
+        shown.push({ label: label ? label.textContent.replace(/ \(not saved\)$/, "") : "", text: t.value });
+        if (t.dataset.name) kept.push({ name: t.dataset.name, value: t.value });
+      });
+    }
+    if (comment.trim()) kept.push({ name: "comment", value: comment });
+    if (kept.length || shown.length) pending = { fields: kept, shown: shown };
   });
   document.addEventListener("htmx:afterSettle", function () {
     if (!pending) return;
@@ -250,11 +333,13 @@
     var unsent = document.getElementById("unsent-comment");
     if (form) {
       restoreFields(form, pending.fields);
+      parked = null;
     } else if (unsent) {
       var comment = pending.fields.filter(function (f) { return f.name === "comment"; })[0];
-      if (comment && comment.value.trim()) {
-        unsent.querySelector("textarea").value = comment.value;
-        unsent.hidden = false;
+      var shown = pending.shown || [];
+      if ((comment && comment.value.trim()) || shown.length) {
+        park(unsent, comment ? comment.value : "", shown);
+        parked = { fields: pending.fields, shown: shown };
       }
     } else {
       return;
@@ -353,9 +438,10 @@
     }
     if (a && a !== document.body && !box.contains(a)) { lost = null; return; }
     // Not back (yet): keep the keys out of the shortcuts, somewhere near.
-    var parked = document.querySelector("#unsent-comment:not([hidden]) textarea");
+    var parkedBox = document.querySelector("#unsent-comment:not([hidden]) #unsent-comment-text");
+    if (!usable(parkedBox)) parkedBox = document.querySelector("#unsent-comment:not([hidden]) textarea[data-unsent-field]");
     var heading = document.getElementById("decision-h");
-    if (usable(parked)) focusQuietly(parked);
+    if (usable(parkedBox)) focusQuietly(parkedBox);
     else if (heading) { heading.setAttribute("tabindex", "-1"); focusQuietly(heading); }
   });
 
