@@ -19,7 +19,12 @@ from pydantic import ConfigDict
 from reviews import insights
 from reviews.models import Gate
 from reviews.schema import with_shown_values
-from reviews.services import GateClosedError, SeparationOfDutiesError, decide_gate
+from reviews.services import (
+    GateClosedError,
+    SeparationOfDutiesError,
+    decide_gate,
+    form_values,
+)
 from workflows.api import IsoDateTime
 from workflows.api_auth import (
     AUTH_ERRORS,
@@ -170,10 +175,12 @@ def decide(request: HttpRequest, gate_id: str, body: DecisionIn) -> dict[str, An
     gate = visible_gates(key).filter(pk=parse_int(gate_id, "gate")).first()
     if gate is None:
         raise not_found("gate")
-    # A field the request leaves out keeps what the gate's form shows for it (the schema's
-    # default, else the AI's value) when that is a valid value of the field: "not edited", not
-    # "cleared" (the browser sends every field).
-    edits = with_shown_values(gate.fields_schema or {}, gate.payload, body.edits)
+    # A field the request leaves out keeps what the gate's form shows for it (the AI's value,
+    # a pipeline's pre-fill, or on a four-eyes gate the first approver's correction) when that
+    # is a valid value of the field: "not edited", not "cleared" (the browser sends every field).
+    edits = with_shown_values(
+        gate.fields_schema or {}, gate.payload, body.edits, shown=form_values(gate).values
+    )
     try:
         decided = decide_gate(
             gate.pk, outcome=body.outcome, comment=body.comment, edits=edits, actor=key.actor

@@ -19,7 +19,7 @@ from typing import Any
 
 from reviews import services
 from reviews.models import Gate, GateStatus
-from reviews.schema import initial_values, properties, validate_edits
+from reviews.schema import properties, validate_edits
 
 # One form post decides at most this many gates (a queue page shows 50).
 MAX_BULK = 200
@@ -66,7 +66,7 @@ def _prefilled_edits(gate: Gate) -> tuple[Any, list[dict[str, str]]]:
     schema = gate.fields_schema or {}
     if not properties(schema):
         return None, []
-    values = initial_values(schema, gate.payload)
+    values = services.form_values(gate).values  # a four-eyes gate: the first approver's too
     # decide_gate validates them again and stores the clean form; hand it the raw values.
     return values, validate_edits(schema, values)[1]
 

@@ -461,3 +461,18 @@ def test_decided_values_read_as_json_in_the_fields_order(bell: Bell, people: Peo
     assert values["note"] == "null" and values["sure"] == "null"  # not None
     assert values["ratio"] == "0.5" and values["price"] == "12.5"
     assert values["reply"] == "Hi Ann,\n\nWe refunded the double charge.\n"  # pre-wrap
+
+
+def test_a_bulk_closing_approval_keeps_the_first_approvers_correction(
+    bell: Bell, people: People
+) -> None:
+    """The API's and the bulk action's closing approvals fill the fields they leave out from
+    what the page shows, the first approver's correction included: they took the AI's value."""
+    from reviews import bulk
+
+    gate = open_gate(bell, payload=TICKET, fields=TICKET_FIELDS, approvals=2)
+    assert post_as_browser(logged_in(people.ana), gate, priority="1").status_code == 302
+    result = bulk.bulk_decide(people.ben, [gate.pk], outcome="approve")
+    assert [g.pk for g in result.decided] == [gate.pk], result
+    gate.refresh_from_db()
+    assert gate.status == "decided" and gate.edits["priority"] == 1
