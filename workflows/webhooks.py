@@ -40,7 +40,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from workflows.core import outbox
+from workflows.core import clock, outbox
 from workflows.core.calls import storable_text
 from workflows.core.doorbell import send_tasks
 from workflows.core.payloads import stored
@@ -628,7 +628,7 @@ def retry_now(delivery: WebhookDelivery) -> bool:
     left alone: clearing its claim let a second deliverer send it at the same time. A refused
     delivery's outbox row was settled (or since pruned): it is reopened, or written again, so
     that a URL refused by a rule that has changed since is tried once more."""
-    now = timezone.now()
+    now = clock.now()  # the outbox writes its claims on the database's clock
     free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
     with transaction.atomic():
         if (
