@@ -210,7 +210,7 @@ def translate(
         said = exc.message.removeprefix("Content filter triggered.").strip()
         return AnswerRefused(
             f"{prefix}the model refused to answer"
-            + (f" ({_short(said)})" if said else "")
+            + (f" ({said.splitlines()[0][:300]})" if said else "")
             + "; not retried: the same request is refused again",
             raw_text=_refusal_text(exc, messages),
             **who,
