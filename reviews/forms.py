@@ -258,14 +258,6 @@ class JSONChoiceField(forms.TypedChoiceField):
             return value
         return json.dumps(value)
 
-    def has_changed(self, initial: Any, data: Any) -> bool:
-        if data in self.empty_values:
-            return initial not in (None, "")
-        try:
-            return not same_json(_loads(data), initial)
-        except forms.ValidationError:
-            return True
-
 
 class JSONMultipleChoiceField(forms.TypedMultipleChoiceField):
     """Several of an enum of non-text JSON values (``[1, 2, 3]``); options' values are JSON."""
@@ -283,18 +275,6 @@ class JSONMultipleChoiceField(forms.TypedMultipleChoiceField):
         if not isinstance(value, list | tuple):
             return value
         return [x if isinstance(x, InvalidJSONInput) else json.dumps(x) for x in value]
-
-    def has_changed(self, initial: Any, data: Any) -> bool:
-        try:
-            chosen = [_loads(x) for x in data or []]
-        except forms.ValidationError:
-            return True
-        # What the form showed: the initial list's items (a single value checked alone).
-        if isinstance(initial, list | tuple):
-            shown = list(initial)
-        else:
-            shown = [] if initial in (None, "") else [initial]
-        return not same_json(chosen, shown)
 
 
 _NO_VALUE = object()
@@ -374,8 +354,9 @@ class EditsForm(forms.Form):
         number, a choice, JSON) is left out too: "not edited", the shown value stays.
         """
         out: dict[str, Any] = {}
+        props = properties(self.schema)
         for name, field in self.fields.items():
-            prop = properties(self.schema).get(name)
+            prop = props.get(name)
             if self.untouched(name):
                 if (
                     isinstance(field, forms.BooleanField)

@@ -387,12 +387,13 @@ def with_shown_values(
     of the field; a value the form could not show (an AI's "about 5" for a number) stays out,
     as before. The browser's form sends the same for a field it leaves out or that was not
     touched (``reviews.forms.EditsForm.edits``)."""
-    if not isinstance(edits, dict) or not properties(schema):
+    props = properties(schema)
+    if not isinstance(edits, dict) or not props:
         return edits
     out = dict(edits)
     values = initial_values(schema, payload) if shown is None else shown
     for name, value in values.items():
-        prop = properties(schema).get(name)
+        prop = props.get(name)
         if name in out or not isinstance(prop, dict):
             continue
         if fits_field(prop, value):
