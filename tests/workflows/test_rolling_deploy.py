@@ -14,11 +14,11 @@ import pytest
 from django.utils import timezone
 
 from tests.support import Bell
-from workflows import get_run, start, workflow
-from workflows.core import definitions, executor
+from workflows import get_run, start, step, workflow
+from workflows.core import definitions, executor, pools
 from workflows.core.definitions import unregister_workflow
 from workflows.core.sweeper import sweep
-from workflows.models import Run, Step
+from workflows.models import Pool, Run, Step
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 
@@ -39,6 +39,7 @@ def _v1() -> Any:
     yield
     unregister_workflow(NAME)
     unregister_workflow("test_roll.brand_new")
+    unregister_workflow("test_roll.fan")
 
 
 def ring_again(bell: Bell) -> None:
@@ -129,3 +130,66 @@ def test_an_old_worker_leaves_a_newer_runs_undos_alone_and_rings_later(bell: Bel
     assert row.status == "compensating" and row.lease_owner == ""
     # Rung for again in half a minute, not at the next sweep.
     assert row.wake_requested_at > timezone.now() + timedelta(seconds=20)
+
+
+@step(pool="roll_pool")
+def double(i: int) -> int:
+    return i * 2
+
+
+def fan(ctx: Any, items: list[int]) -> list[int]:
+    return list(ctx.map(double, items))
+
+
+@pytest.mark.parametrize("limit", [None, 1])
+def test_an_old_worker_leaves_a_newer_runs_branches_it_cannot_import_uncounted(
+    bell: Bell, limit: int | None
+) -> None:
+    """Found by review: a branch of a new pipeline's step, taken by a worker without that
+    step's module, spent its attempts on ``ModuleNotFoundError`` and failed its run while the
+    deploy rolled out. It is put back (pending, the attempt not counted) for a worker with the
+    new code; in a limited pool its slot passes on."""
+    Pool.objects.update_or_create(name="roll_pool", defaults={"max_concurrency": limit})
+    pools.clear_cache()
+    workflow(name="test_roll.fan")(fan)
+    run = start("test_roll.fan", {"items": [1, 2]})
+    bell.drain(limit=1)  # the fan-out: two branch rows, their doorbells queued
+    branches = Step.objects.filter(run=run, branch__gte=0)
+    target = branches.first().target  # type: ignore[union-attr]
+    # Started by version 2, whose step lives in a module this worker does not have yet.
+    branches.update(target="tests.workflows.not_deployed_here.double")
+    Run.objects.filter(pk=run.pk).update(version=2)
+    bell.drain()
+    soon = timezone.now() + timedelta(seconds=20)
+    for row in Step.objects.filter(run=run, branch__gte=0):
+        assert (row.status, row.attempt, row.error, row.lease_owner) == ("pending", 0, None, "")
+        assert row.wake_at > soon  # rung for again in half a minute, not at once
+    assert get_run(run.pk).status not in ("failed", "succeeded")
+    # The new code reaches this worker: the branches run, once each.
+    unregister_workflow("test_roll.fan")
+    workflow(name="test_roll.fan", version=2)(fan)
+    Step.objects.filter(run=run, branch__gte=0).update(
+        target=target, wake_at=timezone.now() - timedelta(minutes=5)
+    )
+    bell.settle()
+    row = get_run(run.pk)
+    assert (row.status, row.output) == ("succeeded", [2, 4])
+    assert [s.attempt for s in Step.objects.filter(run=run, branch__gte=0)] == [1, 1]
+
+
+def test_a_branch_that_cannot_be_imported_still_fails_when_no_rollout_explains_it(
+    bell: Bell,
+) -> None:
+    """The same step of a run this worker's code started: its code is gone, and its attempts
+    are spent as before (the run fails, saying what could not be imported)."""
+    pools.clear_cache()
+    workflow(name="test_roll.fan")(fan)
+    run = start("test_roll.fan", {"items": [1]})
+    bell.drain(limit=1)
+    Step.objects.filter(run=run, branch__gte=0).update(
+        target="tests.workflows.not_deployed_here.double", max_attempts=1
+    )
+    bell.settle()
+    row = get_run(run.pk)
+    assert row.status == "failed"
+    assert "not_deployed_here" in str(row.error)

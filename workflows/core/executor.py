@@ -472,14 +472,23 @@ def _run_claimed(row: Step, owner: str, woke: list[Any] | None = None) -> Step |
 
 
 def _run_claimed_step(row: Step, owner: str, woke: list[Any] | None) -> Step | None:
+    unresolved: Exception | None = None
+    sd: Any = None
+    try:
+        sd = resolve_step(row.target)
+    except Exception as e:
+        newer = _needs_newer_code(row)
+        if newer is not None:
+            return _leave_step(row, owner, newer)
+        sd, unresolved = None, e
     scope = usage.StepScope(step_id=row.pk, run_id=row.run_id, attempt=row.attempt)
     token = usage.enter(scope)
     exc: Exception | None = None
     data: Any = None
-    sd = None
     started = time.perf_counter()
     try:
-        sd = resolve_step(row.target)
+        if sd is None:
+            raise unresolved or LookupError(row.target)
         call = payloads.unpack(row.args, row.run_id) or {}
         if call.get("budgeted"):
             refusal = budget_refusal(row)
@@ -511,6 +520,49 @@ def _run_claimed_step(row: Step, owner: str, woke: list[Any] | None) -> Step | N
         usage=scope.usage,
         cost=scope.cost,
     )
+    return handed
+
+
+def _needs_newer_code(row: Step) -> str | None:
+    """Why a queued step whose code this process cannot import belongs to a run that needs
+    newer code (``definitions.newer_than_here``), or None."""
+    run = Run.objects.filter(pk=row.run_id).values("workflow", "version", "created_at").first()
+    if run is None:
+        return None
+    return newer_than_here(run["workflow"], run["version"], run["created_at"])
+
+
+def _leave_step(row: Step, owner: str, newer: str) -> Step | None:
+    """A rolling deploy: a queued step (a branch, say) of a run started by newer code, whose
+    code this process cannot import, is put back as it was before this claim: pending, its
+    attempt not counted, rung for again in ``NOT_HERE_WAIT`` for a worker with the new code.
+    Spending its attempts here on ``ModuleNotFoundError`` would fail it, and its run, while
+    the deploy rolls out. The pool slot it held passes to the pool's oldest waiting step, as
+    a finishing step's does (``complete_step``): returned for this thread to run next."""
+    log.warning(
+        "step %s (%s) of run %s: %s; leaving it for a worker with the new code",
+        row.pk,
+        row.target,
+        row.run_id,
+        newer,
+    )
+    drop(row.pk)
+    now = clock.now()
+    put_back = {
+        "status": StepStatus.PENDING,
+        "attempt": row.attempt - 1,
+        "lease_owner": "",
+        "lease_expires_at": None,
+        "wake_at": now + NOT_HERE_WAIT,
+    }
+    if not transitions.reclaim_step(row, put_back):
+        return None  # no longer ours (reclaimed, canceled): nothing to leave
+    conf = pools.get_pool(row.pool)
+    if not conf.max_concurrency or conf.rate_limit:
+        return None
+    handed = transitions.hand_over(row.pool, owner, now, now + grace())
+    if handed is not None:
+        hold(handed.pk, owner)
     return handed
 
 
