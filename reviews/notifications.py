@@ -59,7 +59,7 @@ from reviews.models import (
     NotifyMode,
 )
 from workflows import webhooks
-from workflows.core import outbox
+from workflows.core import clock, outbox
 from workflows.core.doorbell import send_tasks
 from workflows.models import Outbox, OutboxStatus, Run
 
@@ -414,8 +414,8 @@ def remind_due(now: datetime | None = None, batch: int = 500) -> int:
     """Send the reminders that are due (open gates whose ``remind_at`` passed). Each batch
     compare-and-swaps ``reminded_at`` from empty and writes the notifications in the same
     transaction, so a reminder is written once however many sweeps run. Returns how many
-    gates were reminded."""
-    now = now or timezone.now()
+    gates were reminded. ``remind_at`` is on the engine's clock, as the gate's deadline."""
+    now = now or clock.now()
     total = 0
     for _ in range(20):
         with transaction.atomic():

@@ -41,6 +41,7 @@ from reviews.models import (
 )
 from reviews.schema import corrections, initial_values, properties, validate_edits
 from workflows import access
+from workflows.core import clock
 from workflows.core.doorbell import ring_on_commit, send_tasks
 from workflows.core.errors import InvalidInputError, InvalidStateError, SluiceError
 from workflows.core.services import complete_waiting_step, complete_waiting_steps, listed_errors
@@ -156,7 +157,7 @@ def open_queue(
     if pipeline:
         qs = qs.filter(pipeline=pipeline)
     if due_within is not None:
-        qs = qs.filter(deadline__lte=(now or timezone.now()) + due_within)
+        qs = qs.filter(deadline__lte=(now or clock.now()) + due_within)
     return (
         qs.select_related("claimed_by")
         .only(
@@ -320,7 +321,7 @@ def open_gate(
     that writes that row, so the two commit together."""
     from reviews import notifications
 
-    now = step_row.started_at or timezone.now()
+    now = step_row.started_at or clock.now()
     earlier = Gate.objects.filter(run_id=step_row.run_id, title=title).count()
     gate = Gate.objects.create(
         run_id=step_row.run_id,
@@ -766,8 +767,12 @@ def expire_due_gates(
        transaction. The doorbells ring on commit, in bursts (``ring_for_runs``).
 
     A batch that fails is logged and the sweep stops there; the next one retries it.
+
+    Deadlines are on the engine's clock (``workflows.core.clock``, the database's), as the
+    step that opened the gate wrote them: a host whose clock is off expires nothing early
+    or late.
     """
-    now = now or timezone.now()
+    now = now or clock.now()
     batch = batch or settings.SLUICE_GATE_EXPIRY_BATCH
     max_batches = max_batches or settings.SLUICE_GATE_EXPIRY_MAX_BATCHES
     total = 0
@@ -802,7 +807,7 @@ class _Expired:
 def _expire_batch(now: datetime, batch: int, skip: set[int]) -> tuple[int, int, set[int]]:
     """One batch: (gates picked, gates expired, gates skipped because their run was held)."""
     with transaction.atomic():
-        closed_at = timezone.now()
+        closed_at = clock.now()
         skipped: set[int] = set()
         if connection.vendor == "postgresql":
             rows = _close_due_postgres(now, batch, closed_at)
@@ -1138,7 +1143,7 @@ def escalate_due_gates(now: datetime | None = None, batch: int | None = None) ->
     A gate claimed when it becomes due is not escalated while the claim lasts: someone is on
     it. If the claim is released before the deadline, the next sweep escalates it.
     """
-    now = now or timezone.now()
+    now = now or clock.now()
     batch = batch or settings.SLUICE_GATE_EXPIRY_BATCH
     skip_locked = connection.features.has_select_for_update_skip_locked
     with transaction.atomic():
@@ -1153,7 +1158,7 @@ def escalate_due_gates(now: datetime | None = None, batch: int | None = None) ->
         ids = list(due.order_by("escalate_at", "id").values_list("pk", flat=True)[:batch])
         if not ids:
             return 0
-        at = timezone.now()
+        at = clock.now()
         Gate.objects.filter(
             pk__in=ids, status=GateStatus.OPEN, escalated_at__isnull=True, claimed_by__isnull=True
         ).update(escalated_at=at)

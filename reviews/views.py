@@ -39,6 +39,7 @@ from reviews.models import Gate, GateStatus, NotificationPreference
 from reviews.presenters import present
 from reviews.templatetags.reviews_tags import countdown, short_time, urgency
 from reviews.templatetags.sluice_text import show_bidi
+from workflows.core import clock
 from workflows.views import CappedPaginator
 
 View = Callable[..., HttpResponseBase]
@@ -135,14 +136,15 @@ def queue(request: HttpRequest) -> HttpResponse:
         "page": page,
         "gates": gates,
         "fingerprint": fingerprint,
-        "rows": queue_rows(gates, request.user, timezone.now()),
+        # Deadlines are on the engine's (the database's) clock, and so is the countdown.
+        "rows": queue_rows(gates, request.user, clock.now()),
         "claim": claim,
         "pipeline": pipeline,
         "due": due,
         "filters": FILTERS,
         "poll_seconds": settings.SLUICE_REVIEW_POLL_SECONDS,
         "push_url": reverse("reviews:events") if push.push_available() else "",
-        "now": timezone.now(),
+        "now": clock.now(),
     }
     if is_poll:
         return render(request, "reviews/queue.html#queue-list", context)
@@ -425,7 +427,7 @@ def _gate_context(
         # A canceled gate's page keeps asking (slowly) whether its run was restarted, to link
         # the gate the restart opens (``gate_status`` answers 204 until then).
         "watch_restart": gate.status == GateStatus.CANCELED and following is None,
-        "now": timezone.now(),
+        "now": clock.now(),
         "poll_seconds": settings.SLUICE_REVIEW_POLL_SECONDS,
         "push_url": (
             f"{reverse('reviews:events')}?gate={gate.pk}"
