@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -77,6 +78,61 @@ def test_a_raw_message_is_the_one_celery_sends(name: str, args: list[Any]) -> No
         assert raw["properties"][field] == celery["properties"][field], field
     assert json.loads(base64.b64decode(raw["body"])) == json.loads(base64.b64decode(celery["body"]))
     assert raw["headers"]["root_id"] == raw["headers"]["id"] == raw["properties"]["correlation_id"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("priority,expires", [(9, 4.0), (3, None), (0, 120.5)])
+def test_an_overdue_raw_message_is_the_one_celery_sends(
+    priority: int, expires: float | None
+) -> None:
+    """The sweep's overdue rings (a priority, an expiry) went through Celery, which waited its
+    30 s on a Redis that accepts and never answers; now they are raw messages too. The
+    expiry is a time: the two must agree to within the test's own duration."""
+    conn = broker.client()
+    assert conn is not None
+    key = broker.queue_key(QUEUE, priority)
+    conn.delete(key)
+    options: dict[str, Any] = {"priority": priority}
+    if expires is not None:
+        options["expires"] = expires
+    args = ["0b3c7f0e-1111-2222-3333-444455556666", 3]
+    try:
+        current_app.send_task(doorbell.ADVANCE, tuple(args), queue=QUEUE, **options)
+        assert broker.publish([(doorbell.ADVANCE, args, QUEUE)], priority, expires)
+        celery, raw = _pop(conn, key), _pop(conn, key)
+    finally:
+        conn.delete(key)
+    assert raw["properties"]["priority"] == celery["properties"]["priority"] == priority
+    for field in set(celery["headers"]) - {"id", "root_id", "origin", "expires"}:
+        assert raw["headers"][field] == celery["headers"][field], field
+    if expires is None:
+        assert raw["headers"]["expires"] is celery["headers"]["expires"] is None
+    else:
+        theirs = datetime.fromisoformat(celery["headers"]["expires"])
+        ours = datetime.fromisoformat(raw["headers"]["expires"])
+        assert ours.utcoffset() == theirs.utcoffset()
+        assert abs((ours - theirs).total_seconds()) < 1.0
+
+
+def test_the_sweeps_overdue_rings_leave_as_raw_messages(
+    monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    settings.SLUICE_OVERDUE_PRIORITY = 9
+    published: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(broker, "usable_url", lambda: "redis://127.0.0.1:6379/0")
+    monkeypatch.setattr(
+        broker,
+        "publish",
+        lambda messages, priority=0, expires=None: (
+            published.append((messages, priority, expires)) or True
+        ),
+    )
+    monkeypatch.setattr(
+        current_app, "send_task", lambda *a, **kw: pytest.fail("sent through Celery")
+    )
+    with doorbell.overdue(expires=6.0):
+        doorbell.send_step(7, "default")
+    assert published == [([(doorbell.EXECUTE_STEP, [7], "default")], 9, 6.0)]
 
 
 @pytest.mark.parametrize(

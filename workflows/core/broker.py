@@ -33,6 +33,7 @@ from typing import Any
 
 import redis
 from celery import current_app
+from celery.utils.time import add_seconds_to_datetime, maybe_make_aware
 from django.conf import settings
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 
@@ -109,9 +110,12 @@ def _priority_step(priority: int) -> int:
     return max((step for step in PRIORITY_STEPS if step <= priority), default=PRIORITY_STEPS[0])
 
 
-def task_message(name: str, args: Iterable[Any], queue: str, priority: int = 0) -> bytes:
+def task_message(
+    name: str, args: Iterable[Any], queue: str, priority: int = 0, expires: float | None = None
+) -> bytes:
     """One task message, as Celery's ``send_task(name, args, queue=queue)`` queues it on Redis
-    (with ``priority`` from the task routes).
+    (with ``priority`` from the task routes, and ``expires`` seconds from now, as Celery's
+    ``expires=`` writes it: an ISO time in the app's time zone).
 
     Celery's protocol 2 (``headers`` name the task, ``body`` is ``[args, kwargs, embed]``)
     inside kombu's Redis envelope (the body base64-encoded, the routing in ``properties``).
@@ -133,7 +137,7 @@ def task_message(name: str, args: Iterable[Any], queue: str, priority: int = 0) 
             "id": task_id,
             "shadow": None,
             "eta": None,
-            "expires": None,
+            "expires": _expiry(expires),
             "group": None,
             "group_index": None,
             "retries": 0,
@@ -161,13 +165,25 @@ def task_message(name: str, args: Iterable[Any], queue: str, priority: int = 0) 
     return json.dumps(message).encode()
 
 
+def _expiry(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    app = current_app
+    return maybe_make_aware(
+        add_seconds_to_datetime(app.now(), seconds), tz=app.timezone
+    ).isoformat()
+
+
 class BrokerUnavailable(Exception):
     """The broker's Redis failed, now or moments ago (resting): the message was not sent."""
 
 
-def publish(messages: list[tuple[str, list[Any], str]], priority: int = 0) -> bool:
-    """LPUSH ``(task name, args, queue)`` messages at ``priority``. False when the broker is
-    not one a raw client may speak to (the caller sends them through Celery then);
+def publish(
+    messages: list[tuple[str, list[Any], str]], priority: int = 0, expires: float | None = None
+) -> bool:
+    """LPUSH ``(task name, args, queue)`` messages at ``priority`` (dropped unrun by the
+    consuming worker after ``expires`` seconds, if given). False when the broker is not one a
+    raw client may speak to (the caller sends them through Celery then);
     ``BrokerUnavailable`` when its Redis failed just now or is resting after a failure."""
     if usable_url() is None:
         return False
@@ -179,11 +195,15 @@ def publish(messages: list[tuple[str, list[Any], str]], priority: int = 0) -> bo
     try:
         if len(messages) == 1:
             name, args, queue = messages[0]
-            conn.lpush(queue_key(queue, priority), task_message(name, args, queue, priority))
+            conn.lpush(
+                queue_key(queue, priority), task_message(name, args, queue, priority, expires)
+            )
         else:
             pipe = conn.pipeline(transaction=False)
             for name, args, queue in messages:
-                pipe.lpush(queue_key(queue, priority), task_message(name, args, queue, priority))
+                pipe.lpush(
+                    queue_key(queue, priority), task_message(name, args, queue, priority, expires)
+                )
             pipe.execute()
     except redis.RedisError as exc:
         failed(exc)

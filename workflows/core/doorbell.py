@@ -86,14 +86,16 @@ def on_commit(send: Callable[[], None]) -> None:
 
 
 def _send(messages: list[tuple[str, list[Any], str]], fresh: bool = False) -> None:
-    """Queue ``(task, args, queue)`` messages. Fresh doorbells: one LPUSH each on Redis
-    (``workflows.core.broker``), at the work priority Celery's routes give them; overdue ones
-    (with their priority and expiry) and any other broker: through Celery, over one producer.
-    ``fresh`` ignores an ``overdue()`` around the caller. Raises when the broker fails
-    (``broker.BrokerUnavailable`` for a Redis that failed now or moments ago: not handed to
-    Celery, which would wait on the same Redis); the callers log and move on."""
+    """Queue ``(task, args, queue)`` messages. On Redis one LPUSH each
+    (``workflows.core.broker``): fresh doorbells at the work priority Celery's routes give
+    them, overdue ones with their priority and expiry. Any other broker: through Celery, over
+    one producer. ``fresh`` ignores an ``overdue()`` around the caller. Raises when the broker
+    fails (``broker.BrokerUnavailable`` for a Redis that failed now or moments ago: not handed
+    to Celery, which would wait on the same Redis; the sweep's overdue rings waited its 30 s
+    there); the callers log and move on."""
     options = {} if fresh else _options()
-    if not options and broker.publish(messages, priority=_work_priority()):
+    priority = int(options.get("priority", _work_priority()))
+    if broker.publish(messages, priority=priority, expires=options.get("expires")):
         return
     with current_app.producer_or_acquire() as producer:
         for name, args, queue in messages:
