@@ -482,6 +482,9 @@ CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_ALWAYS_EAGER = False
 SLUICE_SWEEP_INTERVAL = _env_number("SLUICE_SWEEP_INTERVAL", 2.0, low=0.2, high=3600)
+# How often the beat frees the claims of people deactivated, or removed from a gate's group or
+# tenant, while they held it (``reviews.claims``): one query per claim holder.
+SLUICE_VOID_CLAIM_INTERVAL = _env_number("SLUICE_VOID_CLAIM_INTERVAL", 60.0, low=1, high=86400)
 # A static schedule; every periodic task is idempotent, so two beats by mistake are harmless.
 # The scheduler takes a last run saved in the future as now (config.celery.Scheduler).
 CELERY_BEAT_SCHEDULER = "config.celery:Scheduler"
@@ -492,6 +495,11 @@ CELERY_BEAT_SCHEDULE = {
     # Reviewer notifications: reminders due and digests whose window ended.
     "sluice-notify": {"task": "reviews.notify", "schedule": SLUICE_SWEEP_INTERVAL},
     "sluice-prune": {"task": "workflows.prune", "schedule": 3600.0},
+    # Claims of people who lost the right to decide their gates (reviews.claims).
+    "sluice-void-claims": {
+        "task": "reviews.release_void_claims",
+        "schedule": SLUICE_VOID_CLAIM_INTERVAL,
+    },
 }
 # Message priorities. The sweeps share the workers' queue with the doorbells, and after a fault
 # (a worker lost, the database back) that queue holds a backlog. FIFO, the sweep that reclaims a

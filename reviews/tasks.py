@@ -61,3 +61,12 @@ def deliver_notifications(keys: list[str]) -> int:
     from reviews.notifications import deliver_keys
 
     return deliver_keys(keys)
+
+
+@shared_task(name="reviews.release_void_claims", ignore_result=True)
+def release_void_claims() -> int:
+    """Beat-driven (every ``SLUICE_VOID_CLAIM_INTERVAL`` seconds): free the claims of people
+    who can no longer decide the gates they hold (``reviews.claims``); idempotent."""
+    from reviews.claims import release_void_claims
+
+    return release_void_claims()
