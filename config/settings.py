@@ -407,7 +407,10 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "plain": {
+            "()": "workflows.logs.PlainFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s: %(message)s",
+        },
         "json": {"()": "workflows.logs.JsonFormatter"},
     },
     "filters": {"engine_context": {"()": "workflows.logs.EngineContextFilter"}},
