@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,10 +196,12 @@ def translate(
             f"{prefix}malformed response: {_short(exc)}", raw_text=_raw_from_cause(exc), **who
         )
     if isinstance(
-        exc, IndexError | KeyError | TypeError | AttributeError | ValueError
+        exc, IndexError | KeyError | TypeError | AttributeError | ValueError | RecursionError
     ) and _raised_by_sdk(exc):
         # The SDK could not read the answer's shape (``"choices": []``, ``"content": null``,
-        # a body of ``[]``, a negative token count): retried as any unreadable answer is.
+        # a body of ``[]``, a negative token count), or the JSON reader it called could not
+        # read the body (an integer past 4,300 digits, nesting deeper than the stack): retried
+        # as any unreadable answer is.
         return MalformedAnswer(
             f"{prefix}malformed response: {type(exc).__name__}: {_short(exc)}",
             raw_text=_raw_answer(messages) or _raw_from_cause(exc),
@@ -242,16 +245,22 @@ def translate(
 
 # Where an SDK reads a provider's answer. A built-in error raised in there is the answer's
 # shape; raised anywhere else (an output model's own validator, say) it is a bug of ours, which
-# must not be retried as a paid call.
-_SDK_MODULES = ("openai", "anthropic", "pydantic_ai", "httpx", "genai_prices")
+# must not be retried as a paid call. (The openai SDK reads its responses with ``httpx2``.)
+_SDK_MODULES = ("openai", "anthropic", "pydantic_ai", "httpx", "httpx2", "genai_prices")
 
 
 def _raised_by_sdk(exc: BaseException) -> bool:
+    """Whether the innermost frame of ``exc``'s traceback outside the standard library is an
+    SDK's: an error raised in ``json`` (the body's reading) belongs to whoever called it."""
+    frames = []
     tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
+    while tb is not None:
+        frames.append(str(tb.tb_frame.f_globals.get("__name__", "")).split(".", 1)[0])
         tb = tb.tb_next
-    module = str(tb.tb_frame.f_globals.get("__name__", "")) if tb is not None else ""
-    return module.split(".", 1)[0] in _SDK_MODULES
+    for module in reversed(frames):
+        if module not in sys.stdlib_module_names:
+            return module in _SDK_MODULES
+    return False
 
 
 def usage_of(messages: list[ModelMessage]) -> Usage:

@@ -10,13 +10,15 @@ import time
 import traceback
 import typing
 from collections.abc import Callable
-from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
 from django.conf import settings
 
+# The duration checks live with the step definitions (a step's timeout is one); kept here too.
+from workflows.core.definitions import MAX_WAIT_SECONDS as MAX_WAIT_SECONDS
 from workflows.core.definitions import StepDef
+from workflows.core.definitions import duration_seconds as duration_seconds
 from workflows.core.errors import NonRetryableError, PayloadTooLargeError, StepTimeout
 
 TRACEBACK_LIMIT = 8000
@@ -70,31 +72,6 @@ def shown(value: object) -> str:
     except Exception as exc:
         return f"<str() of {type(value).__name__} failed: {type(exc).__name__}>"
     return text if isinstance(text, str) else ""
-
-
-# The longest a run may sleep or wait, or a gate stay open: ten years. Further out, a wake-up
-# time overflows the database's timestamps ("date value out of range").
-MAX_WAIT_SECONDS = 10 * 366 * 24 * 3600.0
-
-
-def duration_seconds(value: Any, what: str, *, positive: bool = False) -> float:
-    """A duration given to ctx (a ``timedelta`` or a number of seconds) as seconds, or a
-    ``TypeError``/``ValueError`` naming ``what``: a datetime, a string, NaN or a duration of
-    centuries failed deep in the engine with Python's or the database's own words."""
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        raise TypeError(
-            f"{what} takes a timedelta or a number of seconds, not {type(value).__name__} "
-            f"{value!r}"[:300]
-        )
-    if not math.isfinite(seconds) or abs(seconds) > MAX_WAIT_SECONDS:
-        raise ValueError(f"{what} must be a finite duration of at most ten years, not {value!r}")
-    if positive and seconds <= 0:
-        raise ValueError(f"{what} must be positive, not {value!r}")
-    return seconds
 
 
 def storable_text(text: str) -> str:
@@ -164,13 +141,19 @@ def call_step(sd: StepDef, args: tuple[Any, ...] | list[Any], kwargs: dict[str, 
         def on_alarm(signum: int, frame: Any) -> None:
             raise StepTimeout(f"step {sd.name!r} timed out after {sd.timeout:g}s")
 
-        previous = signal.signal(signal.SIGALRM, on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, sd.timeout)
+        previous = signal.getsignal(signal.SIGALRM)  # None: one not installed from Python
+        restore = previous if previous is not None else signal.SIG_DFL
+        # Both inside the ``try``: a timer that cannot be set, or one so short it fires before
+        # the call starts, must not leave ``on_alarm`` installed for whatever runs next.
         try:
+            signal.signal(signal.SIGALRM, on_alarm)
+            signal.setitimer(signal.ITIMER_REAL, sd.timeout)
             return sd.fn(*args, **kwargs)
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
+            try:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            finally:  # even if the alarm fires just before it is disarmed
+                signal.signal(signal.SIGALRM, restore)
     t0 = time.monotonic()
     value = sd.fn(*args, **kwargs)
     if time.monotonic() - t0 > sd.timeout:

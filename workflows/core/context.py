@@ -562,14 +562,17 @@ class Context:
         name: str,
         *,
         on_open: Callable[[Step], None],
-        timeout: timedelta | None = None,
+        timeout: timedelta | float | None = None,
         default: Any = None,
     ) -> Any:
         """Suspend on something a plug-in resolves (a review gate, say).
 
         ``on_open(step_row)`` runs in the transaction that writes the waiting row; the plug-in
         later calls ``workflows.core.services.complete_waiting_step`` to resume the run.
+        ``timeout`` (a ``timedelta`` or seconds, at most ten years) is checked as
+        ``wait_for_event``'s is.
         """
+        seconds = None if timeout is None else duration_seconds(timeout, "wait_for(timeout=...)")
         pos, row = self._next(kind, name)
         if row is None:
             now = clock.now()
@@ -579,7 +582,7 @@ class Context:
                 name,
                 StepStatus.WAITING,
                 args={"default": payloads.escape(payloads.to_json(default, "default"))},
-                wake_at=now + timeout if timeout is not None else None,
+                wake_at=now + timedelta(seconds=seconds) if seconds is not None else None,
                 started_at=now,
             )
             with self._writing():

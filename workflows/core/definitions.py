@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import math
 import random
 import re
 import typing
@@ -26,6 +27,59 @@ from workflows.core.errors import UnknownWorkflowError
 MAX_BACKOFF_SECONDS = 365 * 24 * 3600.0
 # What a step's attempts may number (the journal's column holds a 32-bit integer).
 MAX_ATTEMPTS = 1_000_000
+# The longest a run may sleep or wait, or a gate stay open, and the longest a step's timeout may
+# be: ten years. Further out, a wake-up time overflows the database's timestamps ("date value
+# out of range"), and a step's timer overflows the platform's (``setitimer``).
+MAX_WAIT_SECONDS = 10 * 366 * 24 * 3600.0
+
+
+def duration_seconds(value: Any, what: str, *, positive: bool = False) -> float:
+    """A duration given to ctx (a ``timedelta`` or a number of seconds) as seconds, or a
+    ``TypeError``/``ValueError`` naming ``what``: a datetime, a string, NaN or a duration of
+    centuries failed deep in the engine with Python's or the database's own words."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int past 1e308
+            seconds = math.inf
+    else:
+        raise TypeError(
+            f"{what} takes a timedelta or a number of seconds, not {type(value).__name__} "
+            f"{_shown(value)}"
+        )
+    if not math.isfinite(seconds) or abs(seconds) > MAX_WAIT_SECONDS:
+        raise ValueError(
+            f"{what} must be a finite duration of at most ten years, not {_shown(value)}"
+        )
+    if positive and seconds <= 0:
+        raise ValueError(f"{what} must be positive, not {_shown(value)}")
+    return seconds
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` for an error message, cut short; a placeholder when it cannot be had (an
+    integer past Python's 4,300-digit limit, a ``__repr__`` that raises)."""
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<a {type(value).__name__}>"
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def step_timeout(value: Any, what: str = "@step(timeout=...)") -> float | None:
+    """A step's ``timeout`` as seconds: ``None`` or ``0`` (no timeout), or a positive
+    ``timedelta`` or number of seconds up to ten years. Checked where the step is declared: a
+    timedelta, a string or a negative number used to fail every attempt in the worker (on a
+    thread pool after the step's side effects were done), and a huge one overflowed the timer.
+    """
+    if value is None:
+        return None
+    seconds = duration_seconds(value, what)
+    if seconds < 0:
+        raise ValueError(f"{what} must be positive (or 0 or None for none), not {_shown(value)}")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -90,6 +144,9 @@ class StepDef[**P, R]:
     # False for bookkeeping that costs nothing (a state machine's final-state marker): the
     # run's budget (max_cost) does not stop it, as it stops a step that may spend.
     budgeted: bool = True
+
+    def __post_init__(self) -> None:
+        self.timeout = step_timeout(self.timeout, f"the timeout of step {self.name!r}")
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
@@ -232,7 +289,7 @@ def step[**P, R](
     name: str | None = None,
     retry: RetryPolicy | None = None,
     pool: str = "default",
-    timeout: float | None = None,
+    timeout: timedelta | float | None = None,
     compensate: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[P, R]], StepDef[P, R]]: ...
 
@@ -243,7 +300,7 @@ def step(
     name: str | None = None,
     retry: RetryPolicy | None = None,
     pool: str = "default",
-    timeout: float | None = None,
+    timeout: timedelta | float | None = None,
     compensate: Callable[..., Any] | None = None,
 ) -> Any:
     """Declare a step. Called directly it is a plain function; ``ctx.run`` makes it durable.
@@ -251,7 +308,12 @@ def step(
     ``compensate``: the step's undo (a module-level function or step). If the run fails or is
     canceled after this step succeeded, the undo runs with the step's arguments and
     ``result=`` its result (see ``workflows.core.compensation``).
+
+    ``timeout``: a ``timedelta`` or a number of seconds, at most ten years; ``None`` or ``0``
+    for none. Anything else (a string, a bool, NaN, infinity, a negative number) raises
+    ``TypeError``/``ValueError`` here.
     """
+    seconds = step_timeout(timeout)
 
     def wrap(f: Callable[..., Any]) -> StepDef[..., Any]:
         definition = StepDef(
@@ -259,7 +321,7 @@ def step(
             name=name or f.__name__,
             retry=retry or DEFAULT_RETRY,
             pool=pool,
-            timeout=timeout,
+            timeout=seconds,
             compensate=compensate,
         )
         functools.update_wrapper(definition, f)  # type: ignore[arg-type]

@@ -10,13 +10,16 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from datetime import timedelta
+from contextlib import nullcontext
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Q
+from django.db import DatabaseError, connection, transaction
+from django.db.models import Q, QuerySet
 
 from workflows.core import clock
+from workflows.core.calls import shown, storable_text
 from workflows.core.models import Outbox, OutboxStatus
 
 log = logging.getLogger(__name__)
@@ -68,14 +71,13 @@ def deliver_one(row: Outbox) -> bool:
     except Exception as exc:
         later = clock.now()
         dead = later - row.created_at > MAX_AGE
-        if not mine.update(
-            status=OutboxStatus.DEAD if dead else OutboxStatus.PENDING,
-            last_error=f"{type(exc).__name__}: {exc}"[:2000],
-            next_attempt_at=later + timedelta(seconds=backoff(row.attempts)),
-            lease_expires_at=None,
-        ):
+        # The handler's words are anyone's (a receiver's reply): a NUL or a lone surrogate,
+        # which PostgreSQL refuses, is stored as its escape, or the row would never be backed
+        # off nor given up on.
+        error = storable_text(f"{type(exc).__name__}: {shown(exc)}"[:2000])
+        if not _record_failure(mine, dead, error, later + timedelta(seconds=backoff(row.attempts))):
             log.warning("outbox %s: claim lost during attempt %s", row.key, row.attempts)
-        log.warning("outbox %s attempt %s failed: %s", row.key, row.attempts, exc)
+        log.warning("outbox %s attempt %s failed: %s", row.key, row.attempts, error[:500])
         return False
     if not mine.update(
         status=OutboxStatus.DELIVERED,
@@ -88,11 +90,42 @@ def deliver_one(row: Outbox) -> bool:
     return True
 
 
+def _record_failure(mine: QuerySet[Outbox], dead: bool, error: str, next_at: datetime) -> int:
+    """Back the row off (or mark it dead) with ``error``, fenced on the claim. In a savepoint,
+    so a write the database refuses does not break a transaction around the delivery; then the
+    attempt is recorded with a placeholder instead of the text."""
+    fields = {
+        "status": OutboxStatus.DEAD if dead else OutboxStatus.PENDING,
+        "next_attempt_at": next_at,
+        "lease_expires_at": None,
+    }
+    try:
+        with transaction.atomic():
+            return mine.update(last_error=error, **fields)
+    except DatabaseError:
+        log.exception("outbox: the error of a failed delivery could not be stored")
+    with transaction.atomic():
+        return mine.update(last_error="(the error could not be stored)", **fields)
+
+
 def deliver_due(limit: int = 100) -> int:
+    """Deliver the rows that are due, oldest first. Each row on its own: one whose delivery or
+    bookkeeping fails unexpectedly is logged and skipped (its claim runs out and it is tried
+    again later), and the rows behind it are still delivered."""
     now = clock.now()
     rows = list(
         Outbox.objects.filter(status=OutboxStatus.PENDING, next_attempt_at__lte=now)
         .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
         .order_by("next_attempt_at")[:limit]
     )
-    return sum(deliver_one(row) for row in rows)
+    delivered = 0
+    for row in rows:
+        try:
+            # Called inside a transaction, each row gets a savepoint, so a failed write leaves
+            # the transaction usable for the next. In autocommit there is none to spoil, and a
+            # transaction around the handler would hide the claim while it runs.
+            with transaction.atomic() if connection.in_atomic_block else nullcontext():
+                delivered += deliver_one(row)
+        except Exception:
+            log.exception("outbox %s: delivery failed unexpectedly; skipped this round", row.key)
+    return delivered
