@@ -534,7 +534,7 @@ def dispatch(keys: list[str]) -> None:
 def deliver_keys(keys: list[str]) -> int:
     """Deliver the pending outbox rows with these keys (each under its own fenced claim)."""
     rows = Outbox.objects.filter(key__in=keys, kind=OUTBOX_KIND, status=OutboxStatus.PENDING)
-    return sum(outbox.deliver_one(row) for row in rows)
+    return outbox.deliver_rows(rows)  # a row that fails unexpectedly does not stop the rest
 
 
 @dataclass(frozen=True)

@@ -114,3 +114,28 @@ def test_inside_a_transaction_a_failing_row_does_not_spoil_it_for_the_next() -> 
     assert outbox.deliver_due() == 1
     assert SENT == ["bad-rows-ok"]
     assert Outbox.objects.get(key="bad-rows-ok").status == OutboxStatus.DELIVERED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_delivering_rows_by_key_does_not_stop_at_a_failing_row(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reviewer notifications deliver their rows by key (``deliver_keys``) through the
+    same per-row loop."""
+    from reviews.notifications import OUTBOX_KIND, deliver_keys
+
+    delivered: list[str] = []
+
+    def first_fails(row: Outbox) -> None:
+        if row.key == "notify-first":
+            raise DatabaseError("simulated")
+        delivered.append(row.key)
+
+    monkeypatch.setitem(outbox._handlers, OUTBOX_KIND, first_fails)
+    monkeypatch.setattr(
+        outbox, "_record_failure", lambda *a: (_ for _ in ()).throw(DatabaseError())
+    )
+    for key in ("notify-first", "notify-second"):
+        enqueue_outbox(OUTBOX_KIND, key, {}, when=timezone.now() - timedelta(seconds=1))
+    assert deliver_keys(["notify-first", "notify-second"]) == 1
+    assert delivered == ["notify-second"]

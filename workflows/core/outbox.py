@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import Any
@@ -118,6 +118,11 @@ def deliver_due(limit: int = 100) -> int:
         .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
         .order_by("next_attempt_at")[:limit]
     )
+    return deliver_rows(rows)
+
+
+def deliver_rows(rows: Iterable[Outbox]) -> int:
+    """Deliver these rows, each on its own (``deliver_due``); how many were delivered."""
     delivered = 0
     for row in rows:
         try:
