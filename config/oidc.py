@@ -19,8 +19,13 @@ What this module adds to the library, and why:
   tenant only from ``SLUICE_OIDC_TENANTS`` when set, staff only from a configured claim value;
   never superuser. They are applied again at every login, so a change at the provider (a
   group removed, staff revoked) takes effect at the next sign-in.
+- **Claims checked before anything is stored.** ``sub``, ``iss``, ``email``, the tenant and the
+  names must fit their columns and hold no NUL, control character or lone surrogate, else the
+  login is refused (logged). An ``email`` that is not an e-mail address is not stored (logged):
+  the account is created without one. A first login creates the account, its identity and its
+  tenant membership in one transaction: a failure leaves nothing half-made.
 - **Failures are a redirect to the login page** with a message (bad state, a rejected token, an
-  unreachable provider), never a 500; the reason is logged.
+  unreachable provider, a claim that cannot be stored), never a 500; the reason is logged.
 """
 
 from __future__ import annotations
@@ -35,8 +40,9 @@ import jwt
 import requests
 from django.conf import settings
 from django.contrib.auth.models import Group
-from django.core.exceptions import ImproperlyConfigured, SuspiciousOperation
-from django.db import transaction
+from django.core.exceptions import ImproperlyConfigured, SuspiciousOperation, ValidationError
+from django.core.validators import EmailValidator
+from django.db import DatabaseError, transaction
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.views import View
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
@@ -126,6 +132,47 @@ def claimed_tenant(claims: dict[str, Any]) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _unprintable(c: str) -> bool:
+    """NUL and the other C0 and C1 control characters, and lone surrogates (which no column
+    can store)."""
+    n = ord(c)
+    return n < 0x20 or 0x7F <= n <= 0x9F or 0xD800 <= n <= 0xDFFF
+
+
+def unstorable(value: str, max_length: int | None) -> str | None:
+    """Why ``value`` cannot be stored as a claim (too long, or a character no column should
+    hold), or None when it can."""
+    if max_length is not None and len(value) > max_length:
+        return f"is longer than {max_length} characters ({len(value)})"
+    if any(_unprintable(c) for c in value):
+        return "contains a NUL, a control character or a lone surrogate"
+    return None
+
+
+_email_validator = EmailValidator()
+
+
+def claimed_email(claims: dict[str, Any]) -> str:
+    """The ``email`` claim when it is an e-mail address, else ``""`` (logged): an address that
+    is not one would be the account's, and every mail to it would fail."""
+    value = claims.get("email")
+    if value is None or value == "":
+        return ""
+    if isinstance(value, str):
+        try:
+            _email_validator(value)
+        except ValidationError:
+            pass
+        else:
+            return value
+    logger.warning(
+        "SSO: the email claim of sub %r is not an e-mail address (%r); it is not stored",
+        str(claims.get("sub"))[:100],
+        str(value)[:100],
+    )
+    return ""
+
+
 class SluiceOIDCBackend(OIDCAuthenticationBackend):
     """The OIDC backend, in AUTHENTICATION_BACKENDS only when SSO is configured."""
 
@@ -175,7 +222,38 @@ class SluiceOIDCBackend(OIDCAuthenticationBackend):
             raise SuspiciousOperation("userinfo answered for another subject")
         return {**payload, **info, "iss": payload["iss"], "sub": str(payload["sub"])}
 
+    def _claim_limits(self) -> dict[str, int | None]:
+        """The claims stored as they are, and the length of their column (the names are cut
+        to theirs)."""
+        user_field = self.UserModel._meta.get_field
+        return {
+            "sub": OidcIdentity._meta.get_field("subject").max_length,
+            "iss": OidcIdentity._meta.get_field("issuer").max_length,
+            "email": user_field("email").max_length,
+            settings.SLUICE_OIDC_TENANT_CLAIM: TenantMembership._meta.get_field(
+                "tenant"
+            ).max_length,
+            "given_name": None,
+            "family_name": None,
+        }
+
+    def unstorable_claim(self, claims: dict[str, Any]) -> str | None:
+        """Why a claim of ``claims`` cannot be stored, or None."""
+        for name, max_length in self._claim_limits().items():
+            value = claims.get(name)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                value = str(value)
+            if isinstance(value, str):
+                why = unstorable(value, max_length)
+                if why:
+                    return f"claim {name!r} {why}"
+        return None
+
     def verify_claims(self, claims: dict[str, Any]) -> bool:
+        why = self.unstorable_claim(claims)
+        if why:
+            logger.warning("SSO login refused: %s (sub %r)", why, str(claims.get("sub", ""))[:100])
+            return False
         allowed = settings.SLUICE_OIDC_TENANTS
         if allowed and claimed_tenant(claims) not in allowed:
             logger.warning(
@@ -192,7 +270,7 @@ class SluiceOIDCBackend(OIDCAuthenticationBackend):
         )
 
     def create_user(self, claims: dict[str, Any]) -> Any:
-        email = str(claims.get("email") or "")
+        email = claimed_email(claims)
         if email and self.UserModel.objects.filter(email__iexact=email).exists():
             logger.warning(
                 "SSO login refused: sub %s claims e-mail %s of an existing account that is not "
@@ -201,13 +279,16 @@ class SluiceOIDCBackend(OIDCAuthenticationBackend):
                 email,
             )
             raise SuspiciousOperation("e-mail of an unlinked local account")
+        # One transaction with the claims applied: an account is never left without its
+        # tenant (a failure there would fail every later login the same way).
         with transaction.atomic():
             user = self.UserModel(username=self._free_username(claims), email=email)
             user.set_unusable_password()
             user.save()
             OidcIdentity.objects.create(user=user, issuer=claims["iss"], subject=claims["sub"])
+            user = self.update_user(user, claims)
         logger.info("SSO created user %s for sub %s", user.username, claims["sub"])
-        return self.update_user(user, claims)
+        return user
 
     def _free_username(self, claims: dict[str, Any]) -> str:
         """``preferred_username`` (or the e-mail's local part), cleaned; suffixed with a hash of
@@ -300,7 +381,9 @@ class SluiceOIDCCallback(OIDCAuthenticationCallbackView):
             return self.login_failure()
         try:
             response: HttpResponse = super().get(request)
-        except (SuspiciousOperation, requests.RequestException, ValueError) as exc:
+        except (SuspiciousOperation, requests.RequestException, ValueError, DatabaseError) as exc:
+            # DatabaseError: what the checks of verify_claims let through and the database
+            # refuses (or two first logins of one identity at once) is a failed login too.
             logger.warning("SSO callback refused: %r", exc)
             return self.login_failure()
         if response.get("Location") == FAILURE_URL:

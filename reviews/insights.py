@@ -49,6 +49,7 @@ from django.utils import timezone
 from reviews.models import Gate, GateCorrection, GateStatus
 from reviews.schema import corrected_output
 from workflows.models import ApiKey
+from workflows.timefmt import api_datetime
 
 CLASSES = ("approved", "edited", "rejected", "other", "expired")
 COLORS = {
@@ -450,8 +451,8 @@ def record(row: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
         "comment": row["comment"],
         "reviewer": None if expired else _reviewer(row["decided_by"], names),
         "decided_by": row["decided_by"] or None,
-        "opened_at": opened.isoformat() if opened else None,
-        "decided_at": decided.isoformat() if decided else None,
+        "opened_at": api_datetime(opened),
+        "decided_at": api_datetime(decided),
         "seconds_to_decision": (
             round((decided - opened).total_seconds(), 3) if opened and decided else None
         ),

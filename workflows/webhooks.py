@@ -8,7 +8,8 @@
    beat task picks up whatever that missed. The outbox claims a row by compare-and-swap, so
    the two never send the same attempt twice at once.
 3. ``deliver`` signs the body (``Sluice-Signature``: HMAC-SHA256 of timestamp and body with the
-   starting key's secret), sends it with ``Idempotency-Key`` = the delivery id, and records
+   starting key's secret; never the default secret for a run whose key has been deleted:
+   that delivery fails), sends it with ``Idempotency-Key`` = the delivery id, and records
    the attempt. A non-2xx answer or a network error raises, and the outbox retries with
    backoff and jitter for up to 24 hours.
 4. Before each attempt the callback host is resolved once and every address checked; the
@@ -55,6 +56,7 @@ from workflows.models import (
     WebhookDelivery,
     WebhookStatus,
 )
+from workflows.timefmt import api_datetime
 
 log = logging.getLogger(__name__)
 
@@ -394,10 +396,6 @@ def verify(
 # --- enqueueing -------------------------------------------------------------------------------
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
-
 def run_summary(run: Run) -> dict[str, Any]:
     """The run as a webhook body shows it (large outputs as a link, like the API)."""
     output, blob_id = stored(run.output)
@@ -412,18 +410,42 @@ def run_summary(run: Run) -> dict[str, Any]:
         "output_url": output_url,
         "error": run.error,
         "cost": float(run.cost or 0),
-        "created_at": _iso(run.created_at),
-        "started_at": _iso(run.started_at),
-        "finished_at": _iso(run.finished_at),
+        "created_at": api_datetime(run.created_at),
+        "started_at": api_datetime(run.started_at),
+        "finished_at": api_datetime(run.finished_at),
         "url": f"/api/runs/{run.pk}",
     }
 
 
+def key_prefix(created_by: str) -> str | None:
+    """The prefix of the API key that started a run (``created_by`` is ``api:<prefix>``), or
+    None for a run started without a key (from the web, from Python)."""
+    return created_by[4:] if created_by.startswith("api:") else None
+
+
 def key_for_run(run: Run) -> ApiKey | None:
-    """The API key that started ``run`` (``created_by`` is ``api:<prefix>``), if any."""
-    if run.created_by.startswith("api:"):
-        return ApiKey.objects.filter(prefix=run.created_by[4:]).first()
-    return None
+    """The API key that started ``run``, if any and if it still exists."""
+    prefix = key_prefix(run.created_by)
+    return ApiKey.objects.filter(prefix=prefix).first() if prefix is not None else None
+
+
+KEY_DELETED = "the API key that started this run was deleted; its webhook secret is gone"
+
+
+def signing_secret(delivery: WebhookDelivery) -> str | None:
+    """The secret that signs ``delivery``: its run's API key's, or the default secret for a run
+    started without a key. None when the run was started by a key that has since been deleted
+    (``WebhookDelivery.api_key`` is then null): the default secret never stands in for it, as
+    the service's receiver would refuse the body, and the tenant would hold bodies signed with
+    the secret that authenticates the webhooks of every run started without a key."""
+    if delivery.api_key is not None:
+        return delivery.api_key.webhook_secret
+    created_by = Run.objects.filter(pk=delivery.run_id).values_list("created_by", flat=True)
+    prefix = key_prefix(created_by.first() or "")
+    if prefix is None:
+        return default_secret()
+    key = ApiKey.objects.filter(prefix=prefix).only("webhook_secret").first()
+    return key.webhook_secret if key is not None else None
 
 
 def enqueue_webhook(run: Run) -> WebhookDelivery | None:
@@ -436,7 +458,7 @@ def enqueue_webhook(run: Run) -> WebhookDelivery | None:
     delivery.payload = {
         "id": str(delivery.id),
         "type": EVENT,
-        "created_at": timezone.now().isoformat(),
+        "created_at": api_datetime(timezone.now()),
         "run": run_summary(run),
     }
     delivery.save(force_insert=True)
@@ -532,6 +554,20 @@ def deliver(row: Outbox) -> None:
         return  # Deleted with its run, or already settled: nothing to send.
     number = row.attempts
     started = timezone.now()
+    secret = signing_secret(delivery)
+    if secret is None:
+        # Never sent, for good: nothing left can sign it as its receiver expects.
+        log.warning("webhook %s not sent: %s", delivery.pk, KEY_DELETED)
+        _record(
+            delivery,
+            number,
+            started,
+            status_code=None,
+            latency_ms=None,
+            error=KEY_DELETED,
+            final=WebhookStatus.FAILED,
+        )
+        return
     try:
         target = check_callback_url(delivery.url, resolve=True)
     except UnresolvedHostError as exc:
@@ -550,7 +586,6 @@ def deliver(row: Outbox) -> None:
         )
         return
     body = encode_body(delivery.payload)
-    secret = delivery.api_key.webhook_secret if delivery.api_key else default_secret()
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
