@@ -23,6 +23,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.openapi.schema import OpenAPISchema
 from ninja.parser import Parser
 
 from workflows.api import pipelines_router, runs_router
@@ -107,11 +108,44 @@ class StrictJsonParser(Parser):
             data = json.loads(request.body, parse_constant=_no_constants, parse_float=_finite)
         except RecursionError:  # nesting deep enough to exhaust the parser itself
             raise BadJson(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+        except ValueError as exc:
+            # Python converts at most 4,300 digits to an int (sys.set_int_max_str_digits):
+            # valid JSON, but not one Sluice can read, nor write (workflows.core.jsonvalues).
+            if not isinstance(exc, json.JSONDecodeError) and "digits" in str(exc):
+                raise BadJson(
+                    "the body contains an integer too long to read as JSON (over 4,300 digits)"
+                ) from None
+            raise
         _check_value(data)
         return data
 
 
-api = NinjaAPI(
+RETRY_AFTER = {
+    "429": "Seconds until the key's rate-limit window has room again.",
+    "503": "Seconds to wait before sending the request again (database_unavailable).",
+}
+
+
+class SluiceApi(NinjaAPI):
+    """The schema documents the ``Retry-After`` of every 429 and 503 answer (ninja maps a
+    status to a body schema only)."""
+
+    def get_openapi_schema(
+        self, *, path_prefix: str | None = None, path_params: dict[str, Any] | None = None
+    ) -> OpenAPISchema:
+        schema = super().get_openapi_schema(path_prefix=path_prefix, path_params=path_params)
+        for methods in schema.get("paths", {}).values():
+            for operation in methods.values():
+                for status, answer in operation.get("responses", {}).items():
+                    if str(status) in RETRY_AFTER:
+                        answer.setdefault("headers", {})["Retry-After"] = {
+                            "description": RETRY_AFTER[str(status)],
+                            "schema": {"type": "integer", "minimum": 1},
+                        }
+        return schema
+
+
+api = SluiceApi(
     title="Sluice API",
     version="1",
     description=(
@@ -148,6 +182,7 @@ CODES = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    411: "length_required",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid_input",
@@ -329,12 +364,27 @@ def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
 # --- URLs -------------------------------------------------------------------------------------
 
 
+def unframed_body(request: HttpRequest) -> bool:
+    """A body sent with ``Transfer-Encoding`` (chunked) and no ``Content-Length``: Django
+    reads ``Content-Length`` bytes only, so it would be read as no body at all, and a restart
+    or cancel would run with its defaults (from step 1, without its reason)."""
+    return "HTTP_TRANSFER_ENCODING" in request.META and not request.META.get("CONTENT_LENGTH")
+
+
 def _json_not_allowed(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
     """ninja answers a wrong method with a plain-text 405; give it the error shape too. HEAD
-    is answered as GET (RFC 9110: the same headers; the server sends no body)."""
+    is answered as GET (RFC 9110: the same headers; the server sends no body). A body that
+    cannot be read (``unframed_body``) is a 411 before anything else."""
 
     @functools.wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        if unframed_body(request):
+            return error_response(
+                411,
+                "length_required",
+                "send the body with a Content-Length header: a body sent with "
+                "Transfer-Encoding (chunked) and no Content-Length is not read",
+            )
         head = request.method == "HEAD"
         if head:
             request.method = "GET"
@@ -360,7 +410,9 @@ def _json_not_allowed(view: Callable[..., HttpResponseBase]) -> Callable[..., Ht
 # session auth only): without it, a POST, PUT, PATCH or DELETE to an unknown path got the HTML
 # "form expired" 403 page instead of the API's 404, while a GET got the 404.
 @csrf_exempt
-def _unknown_endpoint(request: HttpRequest, rest: str = "") -> HttpResponse:
+def unknown_endpoint(request: HttpRequest, rest: str = "") -> HttpResponse:
+    """Also ``/api`` without its slash (config.urls): an HTML 301, and for a POST under DEBUG
+    a 500 (CommonMiddleware's APPEND_SLASH), otherwise."""
     return error_response(404, "not_found", f"no API endpoint at {request.path}")
 
 
@@ -371,7 +423,7 @@ for _p in _patterns:
     if _p.name == "api-root":
         # ninja's view at /api/ itself only raises Http404 (an HTML page, and a CSRF 403 for
         # a POST); the pattern stays, since ninja reverses its name to find the API's prefix.
-        _p.callback = _unknown_endpoint
+        _p.callback = unknown_endpoint
     elif _p.name in ("openapi-json", "openapi-view"):
         # The schema and its docs are read-only: another method is the JSON 405, not a CSRF
         # 403 (or, without the check, the schema again).
@@ -380,5 +432,5 @@ for _p in _patterns:
 
 urlpatterns = [
     path("", (_patterns, _app_name, _namespace)),
-    re_path(r"^(?P<rest>.*)$", _unknown_endpoint),
+    re_path(r"^(?P<rest>.*)$", unknown_endpoint),
 ]

@@ -8,6 +8,7 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from config.api import unknown_endpoint
 from config.metrics import metrics_view
 from config.oidc import SluiceOIDCAuthenticate, SluiceOIDCCallback
 from config.security import (
@@ -35,6 +36,9 @@ urlpatterns = [
     path("oidc/callback/", SluiceOIDCCallback.as_view(), name="oidc_authentication_callback"),
     # Prometheus: off unless SLUICE_METRICS_TOKEN or SLUICE_METRICS_ALLOW is set.
     path("metrics", metrics_view, name="metrics"),
+    # The API's JSON 404, as at /api/ itself: not APPEND_SLASH's HTML 301 (for a POST under
+    # DEBUG, its RuntimeError 500).
+    path("api", unknown_endpoint),
 ]
 
 

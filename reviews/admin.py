@@ -6,11 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from reviews import services
 from reviews.models import Gate, GateEvent
+from workflows.admin import DateHierarchyChangeList
 
 
 class GateEventInline(admin.TabularInline):
@@ -48,6 +50,10 @@ class GateAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in Gate._meta.fields]
     inlines = [GateEventInline]
     actions = ["release_claims"]
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        # ?deadline__year=9999 is a bad filter (?e=1), not a 500.
+        return DateHierarchyChangeList
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

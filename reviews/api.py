@@ -25,7 +25,7 @@ from reviews.services import (
     decide_gate,
     form_values,
 )
-from workflows.api import IsoDateTime
+from workflows.api import IsoDateTime, refuse_other_paging
 from workflows.api_auth import (
     AUTH_ERRORS,
     BODY_ERRORS,
@@ -38,6 +38,7 @@ from workflows.api_auth import (
     parse_int,
 )
 from workflows.models import ApiKey
+from workflows.timefmt import api_datetime
 
 router = Router(tags=["gates"])
 
@@ -147,7 +148,13 @@ def list_gates(
     pipeline: str | None = Query(None, max_length=200, pattern=NO_NUL),
     limit: int = Query(100, ge=1, le=500),
 ) -> list[dict[str, Any]]:
-    """Open gates this key may see, soonest deadline first."""
+    """Open gates this key may see, soonest deadline first: ``limit`` of them (default 100,
+    at most 500). The list is not paged: ``offset`` and the like are a 422."""
+    refuse_other_paging(
+        request,
+        "gates are not paged: ask for up to 500 with limit= (soonest deadline first)",
+        "not paged; use limit (at most 500)",
+    )
     qs = visible_gates(api_key(request)).filter(status="open")
     if pipeline:
         qs = qs.filter(run__workflow=pipeline)
@@ -197,7 +204,7 @@ def decide(request: HttpRequest, gate_id: str, body: DecisionIn) -> dict[str, An
                 "status": str(closed.status),
                 "outcome": closed.outcome or None,
                 "decided_by": closed.decided_by or None,
-                "decided_at": closed.decided_at.isoformat() if closed.decided_at else None,
+                "decided_at": api_datetime(closed.decided_at),
             }
         raise ApiError(409, "conflict", str(exc), details) from None
     decided = visible_gates(key).get(pk=decided.pk)

@@ -17,7 +17,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.contrib.admin.options import ActionLocation
+from django.contrib.admin.options import ActionLocation, IncorrectLookupParameters
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import get_permission_codename, get_user_model
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
@@ -673,6 +673,22 @@ class StepAdmin(ReadOnlyMixin, admin.ModelAdmin):
     @admin.display(description="usage")
     def usage_json(self, obj: Step) -> SafeString:
         return pretty_json(obj.usage)
+
+
+class DateHierarchyChangeList(ChangeList):
+    """A changelist whose ``date_hierarchy`` filter past the calendar is a bad filter, which
+    the admin answers as any other (a redirect to ``?e=1``), not a 500: Django bounds
+    ``?<field>__year=9999`` by the next year (10000: a ValueError) and ``&<field>__month=12``
+    or ``&<field>__day=31`` by the next month or day (an OverflowError). Every admin with a
+    ``date_hierarchy`` returns it (or a subclass) from ``get_changelist``."""
+
+    def get_filters(self, request: HttpRequest) -> Any:
+        try:
+            return super().get_filters(request)
+        except (ValueError, OverflowError) as exc:
+            if self.date_hierarchy and f"{self.date_hierarchy}__year" in self.params:
+                raise IncorrectLookupParameters(exc) from exc
+            raise
 
 
 class EventChangeList(ChangeList):

@@ -684,7 +684,7 @@ def create_run(
 OTHER_PAGING = ("offset", "page", "page_size", "per_page", "skip", "start")
 
 
-def refuse_other_paging(request: HttpRequest, how: str) -> None:
+def refuse_other_paging(request: HttpRequest, how: str, instead: str = "use cursor") -> None:
     """Ignored, a client paging by offset would read the first page again and again."""
     paging = [name for name in OTHER_PAGING if name in request.GET]
     if paging:
@@ -692,7 +692,7 @@ def refuse_other_paging(request: HttpRequest, how: str) -> None:
             422,
             "invalid_request",
             f"{how}, not {paging[0]}=",
-            [{"field": paging[0], "location": "query", "message": "use cursor"}],
+            [{"field": paging[0], "location": "query", "message": instead}],
         )
 
 
@@ -807,7 +807,9 @@ def list_steps(
         query = {"cursor": encode_step_cursor(page[-1]), "limit": limit}
         if include_superseded:
             query["include_superseded"] = "true"
-        response["Link"] = f'<{request.path}?{urlencode(query)}>; rel="next"'
+        # Absolute: requests and httpx follow response.links["next"]["url"] only as given.
+        next_page = request.build_absolute_uri(f"{request.path}?{urlencode(query)}")
+        response["Link"] = f'<{next_page}>; rel="next"'
     return [step_out(r) for r in page]
 
 

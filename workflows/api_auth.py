@@ -57,8 +57,9 @@ class ErrorOut(Schema):
 
 
 def errors(*statuses: int) -> dict[int, type[ErrorOut]]:
-    """Document error responses of an operation (for ``response={200: X, **errors(404)}``)."""
-    return dict.fromkeys(statuses, ErrorOut)
+    """Document error responses of an operation (for ``response={200: X, **errors(404)}``),
+    and the 503 ``database_unavailable`` (with ``Retry-After``) every operation may answer."""
+    return dict.fromkeys((*statuses, 503), ErrorOut)
 
 
 # Query strings and headers reach SQL: PostgreSQL refuses NUL characters in text, so they are
@@ -66,8 +67,9 @@ def errors(*statuses: int) -> dict[int, type[ErrorOut]]:
 NO_NUL = r"^[^\x00]*$"
 
 AUTH_ERRORS = (401, 403, 429)
-# A JSON body may be malformed (400), too large (413), not JSON at all (415) or invalid (422).
-BODY_ERRORS = (400, 413, 415, 422)
+# A JSON body may be malformed (400), sent without a length (411), too large (413), not JSON at
+# all (415) or invalid (422).
+BODY_ERRORS = (400, 411, 413, 415, 422)
 
 
 def _check(request: HttpRequest, raw: str | None, scopes: tuple[str, ...]) -> ApiKey | None:
@@ -105,7 +107,8 @@ class BearerKey(HttpBearer):
         super().__init__()
 
     def authenticate(self, request: HttpRequest, token: str) -> ApiKey | None:
-        return _check(request, token, self.scopes)
+        # RFC 9110 allows several spaces after "Bearer"; ninja keeps all but the first.
+        return _check(request, token.strip(), self.scopes)
 
 
 class HeaderKey(APIKeyHeader):

@@ -31,11 +31,11 @@ def _journal(rows: int, **fields: Any) -> Run:
 
 
 def _next(r: Any) -> str | None:
-    """The path of the Link header's next page, without /api."""
+    """The path of the Link header's next page (an absolute URL), without /api."""
     link = r.headers.get("Link")
     if link is None:
         return None
-    match = re.fullmatch(r'<(/api/[^>]+)>; rel="next"', link)
+    match = re.fullmatch(r'<http://testserver(/api/[^>]+)>; rel="next"', link)
     assert match, link
     return match.group(1).removeprefix("/api")
 

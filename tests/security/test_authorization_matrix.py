@@ -201,6 +201,7 @@ PAGES: dict[str, list[Case]] = {
     "api/openapi.json": [Case("GET", "/api/openapi.json", everyone(200))],
     "api/docs": [Case("GET", "/api/docs", everyone(200))],
     "api/": [Case("GET", "/api/", everyone(404))],
+    "api": [Case("GET", "/api", everyone(404)), Case("POST", "/api", everyone(404))],
     "api/^(?P<rest>.*)$": [Case("GET", "/api/nothing-here", everyone(404))],
     # The reviewer pages: group AND tenant scoped (another's gate is 404).
     "reviews/": [Case("GET", "/reviews/", web(LOGIN, 403, 200, 200, 200, 200, 200), lists="gates")],
