@@ -117,6 +117,7 @@ def start_run(request: HttpRequest, name: str) -> HttpResponse:
                     idempotency_key=f"form:{request.user.pk}:{form_key}",
                     tenant=access.user_tenant(request.user),
                     created_by=request.user.get_username(),
+                    created_by_user_id=request.user.pk,
                     max_cost=budget,
                     review_timeout=review_timeout,
                 )

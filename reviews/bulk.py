@@ -121,7 +121,7 @@ def bulk_decide(
             skip(gate, pk, "no_choice", f"“{outcome}” is not one of its choices")
             continue
         four_eyes = outcome == "approve" and gate.approvals_required > 1
-        if four_eyes and actor[:150] in services.approvers_of(gate.pk):
+        if four_eyes and services.approved_by(gate.pk, actor=actor, user=user):
             # decide_gate would count it once and change nothing: say so instead of "approved".
             skip(gate, pk, "already_approved", "you already approved it; it awaits others")
             continue

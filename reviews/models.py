@@ -227,8 +227,10 @@ class GateEvent(models.Model):
 
 
 class GateApproval(models.Model):
-    """One approver's "approve" on a gate that needs several. The unique constraint makes the
-    same approver count once even if two of their requests race past the service's check."""
+    """One approver's "approve" on a gate that needs several. The unique constraints make the
+    same approver count once even if two of their requests race past the service's check: a
+    signed-in user by id (renamed, they are still the same approver; a new account given a
+    former approver's name is not), an API key by its ``api:<prefix>`` name."""
 
     gate = models.ForeignKey(Gate, on_delete=models.CASCADE, related_name="approvals")
     # A username or "api:<key prefix>", like ``Gate.decided_by``.
@@ -242,7 +244,18 @@ class GateApproval(models.Model):
     class Meta:
         ordering = ["at", "id"]
         constraints = [
-            models.UniqueConstraint(fields=["gate", "approver"], name="gate_approval_once")
+            models.UniqueConstraint(
+                fields=["gate", "user"],
+                name="gate_approval_once_per_user",
+                condition=Q(user__isnull=False),
+            ),
+            # Not every row without a user: a deleted user's rows keep their name and lose
+            # the id, and two accounts that held one name in turn may both have approved.
+            models.UniqueConstraint(
+                fields=["gate", "approver"],
+                name="gate_approval_once_per_key",
+                condition=Q(user__isnull=True, approver__startswith="api:"),
+            ),
         ]
 
     def __str__(self) -> str:

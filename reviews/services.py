@@ -220,8 +220,9 @@ def next_gate_for(user: Any, after: Gate | None = None) -> Gate | None:
     )
     if after is not None:
         qs = qs.exclude(pk=after.pk)
-    # A four-eyes gate this reviewer already approved waits for someone else.
-    qs = qs.exclude(approvals__approver=user.get_username())
+    # A four-eyes gate this reviewer already approved waits for someone else (by user id,
+    # as ``approved_by`` decides: a renamed reviewer still approved it).
+    qs = qs.exclude(approvals__user_id=user.pk)
     return qs.only("id", "title").order_by("deadline", "id").first()
 
 
@@ -460,7 +461,7 @@ def decide_gate(
         listing, listed = listed_errors(errors, lambda e: f"{e['field']}: {e['message']}")
         raise InvalidDecisionError(f"invalid decision: {listing}", listed)
     comment = (comment or "").strip()
-    check_separation_of_duties(gate, outcome, actor)
+    check_separation_of_duties(gate, outcome, actor, user)
     now = timezone.now()
     stale_step = False
     approved_once = already = False
@@ -591,16 +592,25 @@ class SeparationOfDutiesError(InvalidStateError, PermissionError):
         self.gate = gate
 
 
-def started_the_run(gate: Gate, actor: str) -> bool:
-    """Whether ``actor`` (a username or ``api:<key prefix>``) started the gate's run."""
-    return bool(actor) and gate.run.created_by == actor
+def started_the_run(gate: Gate, actor: str, user: Any = None) -> bool:
+    """Whether ``actor`` (a username or ``api:<key prefix>``) started the gate's run.
+
+    A signed-in ``user`` is compared by id when the run recorded its starter's
+    (``Run.created_by_user_id``): a renamed starter is still barred, and an account later
+    given their name is not. Otherwise (a key, a caller without a user, a run without the id)
+    the names are compared."""
+    run = gate.run
+    if user is not None and run.created_by_user_id is not None:
+        return bool(run.created_by_user_id == user.pk)
+    return bool(actor) and run.created_by == actor
 
 
-def check_separation_of_duties(gate: Gate, outcome: str, actor: str) -> None:
-    """Raise ``SeparationOfDutiesError`` if ``actor`` started the run and tries to approve a
-    gate with separation of duties. Rejecting (or any other outcome) stays allowed: the rule
-    only stops anyone from waving through their own work."""
-    if gate.separation_of_duties and outcome == "approve" and started_the_run(gate, actor):
+def check_separation_of_duties(gate: Gate, outcome: str, actor: str, user: Any = None) -> None:
+    """Raise ``SeparationOfDutiesError`` if ``actor`` (signed in as ``user``, if one is given)
+    started the run and tries to approve a gate with separation of duties. Rejecting (or any
+    other outcome) stays allowed: the rule only stops anyone from waving through their own
+    work."""
+    if gate.separation_of_duties and outcome == "approve" and started_the_run(gate, actor, user):
         raise SeparationOfDutiesError(
             f"separation of duties: {actor} started this run, so another reviewer must approve it",
             gate,
@@ -618,11 +628,23 @@ class ApprovalStep:
 
 
 def approvers_of(gate_id: Any) -> list[str]:
+    """The names the gate's approvals were recorded under, oldest first (to show them)."""
     return list(
         GateApproval.objects.filter(gate_id=gate_id)
         .order_by("at", "id")
         .values_list("approver", flat=True)
     )
+
+
+def approved_by(gate_id: Any, *, actor: str, user: Any = None) -> bool:
+    """Whether this approver already approved the gate. A signed-in ``user`` is known by id,
+    never by name: a reviewer renamed after approving has approved (one person cannot close
+    a four-eyes gate twice), and an account later given their name has not. A caller without
+    a user (an API key, ``api:<prefix>``) is known by ``actor``."""
+    approvals = GateApproval.objects.filter(gate_id=gate_id)
+    if user is not None:
+        return approvals.filter(user_id=user.pk).exists()
+    return approvals.filter(approver=actor[:150]).exists()
 
 
 def record_approval(
@@ -652,8 +674,18 @@ def record_approval(
     if not locked.exists():
         return ApprovalStep("closed", [])
     approver = actor[:150]
-    approvers = approvers_of(gate.pk)
-    if approver in approvers:
+    rows = list(
+        GateApproval.objects.filter(gate_id=gate.pk)
+        .order_by("at", "id")
+        .values_list("approver", "user_id")
+    )
+    approvers = [name for name, _ in rows]
+    # Who approved is a user id for a signed-in user (``approved_by``), a name for a key.
+    if user is not None:
+        already = any(user_id == user.pk for _, user_id in rows)
+    else:
+        already = approver in approvers
+    if already:
         return ApprovalStep("already", approvers)
     GateApproval.objects.create(gate=gate, approver=approver, user=user, comment=comment, at=now)
     approvers.append(approver)
@@ -1085,7 +1117,7 @@ def reassign_gate(gate_id: Any, user: Any, to: str) -> Gate:
         raise ReassignError(
             f"{name} already holds this gate", [{"field": "to", "message": "already holds it"}]
         )
-    if gate.separation_of_duties and started_the_run(gate, name):
+    if gate.separation_of_duties and started_the_run(gate, name, target):
         raise ReassignError(
             f"{name} started this run, so with separation of duties they may not approve it",
             [{"field": "to", "message": "name a reviewer who did not start the run"}],
@@ -1097,7 +1129,7 @@ def reassign_gate(gate_id: Any, user: Any, to: str) -> Gate:
         # Checked under the run's lock, as a decision takes it first: an approval by the
         # target that commits meanwhile is seen here, not after the claim moved to them.
         _lock_run(gate.run_id)
-        if gate.approvals_required > 1 and name in approvers_of(gate.pk):
+        if gate.approvals_required > 1 and approved_by(gate.pk, actor=name, user=target):
             raise ReassignError(
                 f"{name} has already approved this gate, which needs another reviewer's approval",
                 [{"field": "to", "message": "name a reviewer who has not approved it yet"}],

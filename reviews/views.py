@@ -443,8 +443,9 @@ def _four_eyes_context(request: HttpRequest, gate: Gate) -> dict[str, Any]:
     who started the run of a separation-of-duties gate)."""
     me = request.user.get_username()
     approvals = list(gate.approvals.all()) if gate.approvals_required > 1 else []
-    approved_by_me = any(a.approver == me for a in approvals)
-    barred = gate.separation_of_duties and services.started_the_run(gate, me)
+    # By user id, as the service decides (``services.approved_by``), not by name.
+    approved_by_me = any(a.user_id == request.user.pk for a in approvals)
+    barred = gate.separation_of_duties and services.started_the_run(gate, me, request.user)
     no_approve = approved_by_me or barred
     return {
         "approvals": approvals,
@@ -587,7 +588,7 @@ def gate_decide(request: HttpRequest, pk: int) -> HttpResponse:
     if (
         request.POST.get("outcome") == "approve"
         and gate.approvals_required > 1
-        and request.user.get_username()[:150] in services.approvers_of(gate.pk)
+        and services.approved_by(gate.pk, actor=request.user.get_username(), user=request.user)
     ):
         # A second tab's approval counts once (the service writes nothing): say so, and give
         # back the comment typed with it rather than drop it behind a success message.

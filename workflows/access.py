@@ -7,7 +7,10 @@ sees a run only when it is of their tenant AND one of these holds:
 
 1. they are in one of ``settings.SLUICE_RUN_VIEWER_GROUPS`` (every run of the tenant);
 2. the run has a gate of one of their groups (open or closed: the run is the gate's context);
-3. they started it from the web (``run.created_by`` is their username).
+3. they started it from the web: ``run.created_by_user_id`` is their user id (``started_by``;
+   a run without one, older than the column or started from Python by name only, matches by
+   name, ``run.created_by``). By id, so a renamed user keeps their runs and a new account
+   given a departed user's name gets none of them.
 
 Pages that show one run answer 404 for a run outside this rule, as the reviews app does for
 another group's gate; pages a user may not use at all (``can_use_run_pages``) answer 403.
@@ -91,7 +94,9 @@ def visible_runs(user: Any) -> QuerySet[Run]:
     qs = Run.objects.filter(tenant=user_tenant(user))
     if is_run_viewer(user):
         return qs
-    mine = Q(created_by=user.get_username())
+    mine = Q(created_by_user_id=user.pk) | Q(
+        created_by_user_id__isnull=True, created_by=user.get_username()
+    )
     groups = user_groups(user)
     Gate = gate_model()
     if groups and Gate is not None:
@@ -99,6 +104,14 @@ def visible_runs(user: Any) -> QuerySet[Run]:
         of_groups = Gate.of_groups(groups)  # type: ignore[attr-defined]
         mine |= Q(pk__in=Gate._default_manager.filter(of_groups).values("run_id"))
     return qs.filter(mine)
+
+
+def started_by(run: Run, user: Any) -> bool:
+    """Whether signed-in ``user`` started ``run``: by the user id it recorded, or by name for a
+    run without one (rule 3 above)."""
+    if run.created_by_user_id is not None:
+        return bool(run.created_by_user_id == user.pk)
+    return bool(run.created_by) and run.created_by == user.get_username()
 
 
 def can_view_run(user: Any, run: Run) -> bool:
@@ -109,7 +122,7 @@ def can_view_run(user: Any, run: Run) -> bool:
         return True
     if run.tenant != user_tenant(user):
         return False
-    if is_run_viewer(user) or (run.created_by and run.created_by == user.get_username()):
+    if is_run_viewer(user) or started_by(run, user):
         return True
     groups = user_groups(user)
     Gate = gate_model()

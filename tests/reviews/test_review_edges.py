@@ -235,17 +235,18 @@ def test_a_second_approval_in_the_same_moment_is_also_told_it_did_not_count(
     gate = open_gate(bell, approvals=2)
     c = logged_in(people.ana)
     c.post(f"/reviews/{gate.pk}/decide/", {"outcome": "approve", "comment": "tab one"})
-    real, asked = services.approvers_of, []
+    real, asked = services.approved_by, []
 
-    def missed_once(gate_id: int) -> list[str]:  # the page's check, at the race's moment
+    def missed_once(gate_id: int, **who: Any) -> bool:  # the page's check, at the race's moment
         asked.append(gate_id)
-        return [] if len(asked) == 1 else real(gate_id)
+        return False if len(asked) == 1 else real(gate_id, **who)
 
-    monkeypatch.setattr(services, "approvers_of", missed_once)
+    monkeypatch.setattr(services, "approved_by", missed_once)
     r = c.post(f"/reviews/{gate.pk}/decide/", {"outcome": "approve", "comment": "tab two note"})
     assert r.status_code == 409
     html = r.content.decode()
     assert "already approved" in html and "tab two note" in html and "not saved" in html
+    assert asked  # the page's check was the one that missed
 
 
 def test_bulk_with_only_unreadable_ids_says_nothing_was_decided(bell: Bell, people: People) -> None:

@@ -105,6 +105,7 @@ def fork(
             max_parallel=source.max_parallel,
             tenant=source.tenant,
             created_by=creator,
+            created_by_user_id=_creator_id(actor),
             # A webhook is signed with the secret of the key that started its run (without a
             # key, with the deployment's own), and the original's receiver knows that one
             # only: a fork signed with another secret would reach it unverifiable.
@@ -147,6 +148,13 @@ def _creator(actor: Actor | None) -> str:
     if actor.user is not None and actor.api_key is None:
         return str(actor.user.get_username())[:150]
     return actor.description[:150]
+
+
+def _creator_id(actor: Actor | None) -> int | None:
+    """``Run.created_by_user_id`` of the fork: the signed-in user who forked it, if one did."""
+    if actor is None or actor.user is None or actor.api_key is not None:
+        return None
+    return int(actor.user.pk)
 
 
 def last_forkable(rows: list[Step], *, compensating: bool = False) -> int:

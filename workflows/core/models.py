@@ -92,6 +92,14 @@ class Run(models.Model):
     # Who started the run (an API key's tenant, a user); the API shows a tenant only its own.
     tenant = models.CharField(max_length=100, blank=True, default="")
     created_by = models.CharField(max_length=150, blank=True, default="")
+    # The id of the signed-in user who started it (the start form, a fork from the run page);
+    # null for an API key, a Python start that gives none, or a run older than the column.
+    # Who started a run is decided by this id when it is set, by ``created_by`` only when not:
+    # a renamed user stays the starter, and an account later given the name is not
+    # (separation of duties, the run pages' "they started it" rule).
+    # A plain integer, not a foreign key: deleting the account must not clear it (back to
+    # matching by name, which a new account could then take) nor update the run table.
+    created_by_user_id = models.BigIntegerField(null=True, blank=True)
     # Where to POST the run summary when it ends (delivered through the outbox).
     callback_url = models.URLField(max_length=2000, blank=True, default="")
     # A budget: the run stops cleanly before a step once its recorded cost reaches this.

@@ -180,13 +180,18 @@ def create_run(
     max_parallel: int | None = None,
     tenant: str = "",
     created_by: str = "",
+    created_by_user_id: int | None = None,
     callback_url: str = "",
     max_cost: Any = None,
     review_timeout: Any = None,
 ) -> Run:
     """Insert a pending run and ring for it on commit. Call inside a transaction, or in
     autocommit mode, where its one statement, the INSERT, is a transaction of its own and the
-    doorbell rings right after it (``start_or_find``). Keep it one statement."""
+    doorbell rings right after it (``start_or_find``). Keep it one statement.
+
+    ``created_by_user_id``: the signed-in user who starts it (``Run.created_by_user_id``). A
+    child run started by its parent's starter (``created_by`` the same) inherits the parent's.
+    """
     workflow = workflow_name(workflow)
     wf = get_workflow(workflow)
     data = validate_input(workflow, input)
@@ -194,6 +199,8 @@ def create_run(
     ctx_data = payloads.to_json(context or {}, "context")
     if on_complete:
         check_hook(on_complete)
+    if created_by_user_id is None and parent is not None and created_by == parent.created_by:
+        created_by_user_id = parent.created_by_user_id
     now = clock.now()
     run = Run(
         workflow=workflow,
@@ -208,6 +215,7 @@ def create_run(
         wake_requested_at=now,
         tenant=tenant,
         created_by=created_by,
+        created_by_user_id=created_by_user_id,
         callback_url=callback_url,
         max_cost=max_cost,
         review_timeout=review_timeout,
@@ -231,8 +239,9 @@ def start(
     (``start(summarize, {"text": ...})``). A repeated ``idempotency_key`` returns the existing run;
     the key used before for another workflow or another input raises ``IdempotencyConflict``.
 
-    ``options``: ``tenant``, ``created_by``, ``callback_url``, ``max_cost``, ``review_timeout``
-    (see ``Run``; ``parse_review_timeout`` reads the last).
+    ``options``: ``tenant``, ``created_by``, ``created_by_user_id`` (the signed-in user who
+    starts it: pass ``user.pk`` with their name), ``callback_url``, ``max_cost``,
+    ``review_timeout`` (see ``Run``; ``parse_review_timeout`` reads the last).
     """
     run, _ = start_or_find(
         workflow,
