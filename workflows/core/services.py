@@ -168,6 +168,32 @@ def handler_kwargs(run: Run) -> dict[str, Any]:
     return {name: getattr(model, name) for name in type(model).model_fields}
 
 
+def check_text_field(value: Any, field: str, max_length: int) -> str:
+    """``value`` when it is text a column of ``max_length`` stores, else ``InvalidInputError``
+    (field ``field``): too long, a NUL (PostgreSQL refuses it in text) or a lone surrogate (not
+    Unicode). The API checks its own fields; this is for Python callers, who got the
+    database's ``DataError`` instead."""
+    if not isinstance(value, str):
+        problem = f"{field} must be text, not {type(value).__name__}"
+    elif len(value) > max_length:
+        problem = f"{field} is {len(value):,} characters, over the {max_length} allowed"
+    elif "\x00" in value:
+        problem = f"{field} contains a NUL character, which cannot be stored"
+    elif not value.isascii() and _lone_surrogate(value):
+        problem = f"{field} contains a lone surrogate (not valid Unicode), which cannot be stored"
+    else:
+        return value
+    raise InvalidInputError(problem, [{"field": field, "message": problem}])
+
+
+def _lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def create_run(
     workflow: str | WorkflowDef[Any],
     input: dict[str, Any],
@@ -196,7 +222,15 @@ def create_run(
     wf = get_workflow(workflow)
     data = validate_input(workflow, input)
     review_timeout = parse_review_timeout(review_timeout)
-    ctx_data = payloads.to_json(context or {}, "context")
+    try:
+        ctx_data = payloads.to_json(context or {}, "context")
+        payloads.check_size(ctx_data, "context")
+    except TypeError as exc:
+        raise InvalidInputError(str(exc), [{"field": "context", "message": str(exc)}]) from None
+    if tenant:
+        check_text_field(tenant, "tenant", 100)
+    if created_by:
+        check_text_field(created_by, "created_by", 150)
     if on_complete:
         check_hook(on_complete)
     if created_by_user_id is None and parent is not None and created_by == parent.created_by:
@@ -270,6 +304,7 @@ def start_or_find(
     """
     workflow = workflow_name(workflow)
     if idempotency_key:
+        check_text_field(idempotency_key, "idempotency_key", 255)
         existing = Run.objects.filter(idempotency_key=idempotency_key).first()
         if existing is not None:
             return _same_start(existing, workflow, input), False
@@ -340,6 +375,7 @@ def _locked(run_id: Any) -> Run:
 
 def send_event(run_id: Any, name: str, payload: Any = None) -> Event:
     """Deliver an event to a run. If no wait is open for it yet, it is kept for the next one."""
+    check_text_field(name, "name", 200)
     try:
         data = payloads.to_json(payload, "event payload")
         payloads.check_size(data, "event payload")
