@@ -101,11 +101,15 @@ lock: venv
 	echo "==> wrote requirements.lock"
 
 # --- run --------------------------------------------------------------------------------------
+# Two first `make run`s at once on a fresh var directory raced in migrate ("table already
+# exists"): one at a time, where flock(1) exists.
+LOCKED = $(shell command -v flock >/dev/null 2>&1 && echo "flock var/.setup.lock")
+
 migrate: install
-	@$(PY) manage.py migrate --no-input
+	@mkdir -p var && $(LOCKED) $(PY) manage.py migrate --no-input
 
 seed: migrate
-	@$(PY) manage.py seed_demo
+	@$(LOCKED) $(PY) manage.py seed_demo
 
 # DEBUG stays off (the product's own error pages, static files served by whitenoise from
 # STATIC_ROOT); plain http on 127.0.0.1, so SLUICE_HTTPS=0. `DEBUG=1 make run` for Django's

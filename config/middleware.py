@@ -1,4 +1,5 @@
-"""Refuse requests carrying NUL characters, before any view reads them.
+"""Refuse requests carrying NUL characters, before any view reads them; answer a page whose
+database was busy with a 503 (``DatabaseBusyMiddleware``).
 
 PostgreSQL text cannot hold NUL (``\\x00``): a query parameter or header value with one, used in
 a filter (the review queue's ``?pipeline=``, the admin's list filters, an API key looked up by
@@ -12,13 +13,18 @@ its JSON error shape (config.api), as ninja's validation answers any other bad q
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from urllib.parse import unquote
 
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.template.loader import get_template
 
 NUL = "\x00"
+RETRY_AFTER_SECONDS = 5
+
+logger = logging.getLogger("config.middleware")
 
 
 def nul_in_request(request: HttpRequest) -> str:
@@ -52,3 +58,35 @@ class RefuseNulMiddleware:
                 422, "invalid_request", f"the request is invalid: {message}", details
             )
         return render(request, "400.html", {"exception": message}, status=400)
+
+
+class DatabaseBusyMiddleware:
+    """A page whose database was busy or away answers 503 "nothing was saved, try again",
+    as the API does (``config.api.transient``: a deadlock, a lock or statement timeout, a lost
+    connection, SQLite's "database is locked" after its 30 s wait). It was the 500 page, which
+    says "a run you started is not lost" when the run was never written."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        from django.db import Error
+
+        from config.api import transient
+
+        if request.path_info.startswith("/api/") or not isinstance(exception, Error):
+            return None  # the API answers its own 503; anything else is the 500 it is
+        if not transient(exception):
+            return None
+        logger.warning(
+            "database busy or unavailable for %s %s: %s", request.method, request.path, exception
+        )
+        # Without the request, as Django renders 500.html: its context processors (the user,
+        # the session) would ask the same database.
+        page = get_template("503.html").render({"posted": request.method == "POST"})
+        response = HttpResponse(page, status=503)
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
