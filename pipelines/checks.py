@@ -10,6 +10,9 @@
 - pipelines.W002: a configured provider has no API key.
 - pipelines.W003: a ``SLUICE_LLM_MODELS`` key names no pipeline or LLM task (a typo such as
   ``thread-analysis`` would silently leave those tasks on the default model).
+- pipelines.W004: a step a machine runs names a pool that ``SLUICE_POOLS`` does not define (a
+  typo such as ``@step(pool="llm-typo")`` silently made an unlimited pool on the default
+  queue). Only machines: the steps a code-first workflow calls are known only when it runs.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ def check_machines() -> list[checks.CheckMessage]:
                 if isinstance(st, Parallel):
                     runs = [b.run for b in st.branches.values() if isinstance(b, State)]
                 for fn in runs:
+                    messages += _pool_problem(fn, f"{where}, state {name!r}", machine_id)
                     problem = _import_problem(fn)
                     if problem:
                         messages.append(
@@ -59,6 +63,36 @@ def check_machines() -> list[checks.CheckMessage]:
                             )
                         )
     return messages
+
+
+def _pool_problem(fn: Any, where: str, machine_id: str) -> list[checks.CheckMessage]:
+    """A warning when the step's pool is not in ``SLUICE_POOLS``: the engine would create it,
+    unlimited, on the default queue (a pool made in the admin alone is one too)."""
+    if fn is None:
+        return []
+    from workflows.core.definitions import as_step
+
+    try:
+        pool = as_step(fn).pool
+    except Exception:
+        return []  # not a step at all: pipelines.E001/E002 say so
+    known = list(getattr(settings, "SLUICE_POOLS", {}) or {})
+    if pool in known:
+        return []
+    close = difflib.get_close_matches(str(pool), known, n=1)
+    guess = f"; did you mean {close[0]!r}?" if close else ""
+    return [
+        checks.Warning(
+            f"{where}: step {getattr(fn, '__name__', fn)!r} runs in pool {pool!r}, which "
+            f"SLUICE_POOLS does not define, so it is unlimited and served by the default "
+            f"queue{guess}",
+            hint=f"Pools in SLUICE_POOLS: {', '.join(sorted(known))}. Add the pool to "
+            "SLUICE_POOLS (a pool made in the admin only takes the default queue), or fix "
+            "@step(pool=...).",
+            id="pipelines.W004",
+            obj=machine_id,
+        )
+    ]
 
 
 def _import_problem(fn: Any) -> str:

@@ -9,6 +9,13 @@ error lands under its field.
 Supported: strings (text, ``widget: textarea``, ``enum`` as a select), integers, numbers,
 booleans, nullable variants, nested objects, arrays of objects (repeatable fieldsets), arrays
 of scalars (one per line). Anything else is edited as JSON.
+
+Nullable booleans (``bool | None``) are a select of "—" (None), Yes and No, not a checkbox,
+which cannot say None. A nullable object (``Addr | None``) is a fieldset with an "include"
+checkbox in its legend (``input.<path>.__present__``): unticked, the object is None whatever
+its fields hold. A recursive model (``children: list["Node"]``) is drawn as fields down to the
+first repeat of a ``$ref`` on the path, which is edited as JSON; so is anything nested deeper
+than ``MAX_DEPTH`` objects and arrays.
 """
 
 from __future__ import annotations
@@ -27,13 +34,21 @@ from workflows.core.services import parse_review_timeout as parse_review_timeout
 
 PREFIX = "input"
 INDEX = "__index__"
+# The "include" checkbox of a nullable object: ``input.<path>.__present__``.
+PRESENT = "__present__"
+# Objects and arrays nested deeper than this are edited as JSON (a guard beside the check for
+# a repeated ``$ref``: the form is built and read by recursion).
+MAX_DEPTH = 8
+# The choices of a nullable boolean (kind "tristate"): (value, label).
+TRISTATE = (("", "—"), ("true", "Yes"), ("false", "No"))
 
 
 @dataclass
 class Field:
     name: str  # the form input name: input.documents.0.title
     label: str
-    # text | textarea | integer | number | checkbox | select | lines | json | object | array
+    # text | textarea | integer | number | checkbox | tristate | select | lines | json | object
+    # | array
     kind: str
     required: bool = False
     help: str = ""
@@ -44,6 +59,9 @@ class Field:
     children: list[Field] = field(default_factory=list)  # object fields / array items
     template: Field | None = None  # a blank array item, named with __index__
     index: int | None = None  # position in its array
+    # A nullable object: drawn with an "include" checkbox, ticked when ``present``.
+    optional: bool = False
+    present: bool = True
 
     @property
     def id(self) -> str:
@@ -54,6 +72,8 @@ class Field:
         """The value as the input shows it."""
         if self.value is None:
             return ""
+        if self.kind == "tristate" and isinstance(self.value, bool):
+            return "true" if self.value else "false"
         if self.kind == "lines":
             return (
                 "\n".join(str(v) for v in self.value)
@@ -68,14 +88,28 @@ class Field:
     def item_label(self) -> str:
         return f"{self.label} {self.index + 1}" if self.index is not None else self.label
 
+    @property
+    def present_name(self) -> str:
+        """The name of a nullable object's "include" checkbox."""
+        return f"{self.name}.{PRESENT}"
 
-def resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
-    """Follow ``$ref`` and unwrap ``anyOf [X, null]``: (schema, nullable)."""
+    @property
+    def tristate_choices(self) -> tuple[tuple[str, str], ...]:
+        return TRISTATE
+
+
+def resolve(
+    schema: Mapping[str, Any], root: Mapping[str, Any], refs: list[str] | None = None
+) -> tuple[dict[str, Any], bool]:
+    """Follow ``$ref`` and unwrap ``anyOf [X, null]``: (schema, nullable). The ``$ref``s
+    followed are appended to ``refs``."""
     node = dict(schema)
     nullable = False
     for _ in range(10):
         if "$ref" in node:
             name = str(node["$ref"]).rsplit("/", 1)[-1]
+            if refs is not None:
+                refs.append(str(node["$ref"]))
             merged = dict(root.get("$defs", {}).get(name, {}))
             merged.update({k: v for k, v in node.items() if k != "$ref"})
             node = merged
@@ -115,6 +149,34 @@ def kind_of(schema: Mapping[str, Any], root: Mapping[str, Any]) -> str:
     return "json"
 
 
+def shape(
+    schema: Mapping[str, Any], root: Mapping[str, Any], seen: frozenset[str], depth: int
+) -> tuple[dict[str, Any], bool, str, frozenset[str]]:
+    """(schema, nullable, kind, the ``$ref``s on the path down to its contents).
+
+    ``seen``: the ``$ref``s already being expanded on the path from the form's root; ``depth``:
+    the objects and arrays around this one. An object or array whose ``$ref`` (or whose items'
+    ``$ref``) is one of them is a recursive model, edited as JSON; so is one nested deeper than
+    ``MAX_DEPTH``. Building the form and reading it back both go through here, so they agree on
+    every field's kind.
+    """
+    refs: list[str] = []
+    node, nullable = resolve(schema, root, refs)
+    kind = kind_of(node, root)
+    inner = seen | frozenset(refs)
+    if kind in ("object", "array"):
+        if depth >= MAX_DEPTH or seen & set(refs):
+            kind = "json"
+        elif kind == "array":
+            item_refs: list[str] = []
+            resolve(node.get("items", {}), root, item_refs)
+            if inner & set(item_refs):
+                kind = "json"
+    elif kind == "checkbox" and nullable:
+        kind = "tristate"
+    return node, nullable, kind, inner
+
+
 def build_fields(
     schema: Mapping[str, Any],
     values: Mapping[str, Any] | None,
@@ -134,9 +196,10 @@ def build(
     value: Any,
     errors: Mapping[str, list[str]],
     required: bool = False,
+    seen: frozenset[str] = frozenset(),
+    depth: int = 0,
 ) -> Field:
-    node, nullable = resolve(schema, root)
-    kind = kind_of(node, root)
+    node, nullable, kind, inner = shape(schema, root, seen, depth)
     f = Field(
         name=name,
         label=str(node.get("title") or label.replace("_", " ").capitalize()),
@@ -147,6 +210,9 @@ def build(
         errors=list(errors.get(_path(name), [])),
     )
     if kind == "object":
+        if nullable:
+            # None is "not included": the fields show their defaults, to fill in on ticking.
+            f.optional, f.present = True, value is not None
         req = set(node.get("required", []))
         props = node.get("properties", {})
         data = value if isinstance(value, dict) else {}
@@ -159,14 +225,18 @@ def build(
                 data.get(key, sub.get("default")),
                 errors,
                 key in req,
+                inner,
+                depth + 1,
             )
             for key, sub in props.items()
         ]
     elif kind == "array":
         items = node.get("items", {})
         rows = value if isinstance(value, list) else []
-        f.children = [_item(items, root, name, i, row, errors) for i, row in enumerate(rows)]
-        f.template = _item(items, root, name, None, {}, {})
+        f.children = [
+            _item(items, root, name, i, row, errors, inner, depth + 1) for i, row in enumerate(rows)
+        ]
+        f.template = _item(items, root, name, None, {}, {}, inner, depth + 1)
         f.attrs = {k: node[k] for k in ("minItems", "maxItems") if k in node}
     else:
         f.attrs = _attrs(node, kind)
@@ -182,9 +252,11 @@ def _item(
     index: int | None,
     value: Any,
     errors: Mapping[str, list[str]],
+    seen: frozenset[str],
+    depth: int,
 ) -> Field:
     key = str(index) if index is not None else INDEX
-    item = build(items, root, f"{name}.{key}", "", value, errors, required=True)
+    item = build(items, root, f"{name}.{key}", "", value, errors, True, seen, depth)
     item.index = index
     return item
 
@@ -232,13 +304,16 @@ def _parse(
     name: str,
     post: Mapping[str, Any],
     errors: dict[str, list[str]],
+    seen: frozenset[str] = frozenset(),
+    depth: int = 0,
 ) -> Any:
-    node, nullable = resolve(schema, root)
-    kind = kind_of(node, root)
+    node, nullable, kind, inner = shape(schema, root, seen, depth)
     if kind == "object":
+        if nullable and f"{name}.{PRESENT}" not in post:
+            return None  # "include" left unticked
         out: dict[str, Any] = {}
         for key, sub in node.get("properties", {}).items():
-            value = _parse(sub, root, f"{name}.{key}", post, errors)
+            value = _parse(sub, root, f"{name}.{key}", post, errors, inner, depth + 1)
             if value is not _MISSING:
                 out[key] = value
         return out
@@ -246,7 +321,8 @@ def _parse(
         # ASCII digits, at most 4: int() of a long digit string raises; no form has 10,000 items.
         pattern = re.compile(re.escape(name) + r"\.([0-9]{1,4})\.")
         indexes = sorted({int(m.group(1)) for k in post for m in [pattern.match(k)] if m})
-        return [_parse(node.get("items", {}), root, f"{name}.{i}", post, errors) for i in indexes]
+        items = node.get("items", {})
+        return [_parse(items, root, f"{name}.{i}", post, errors, inner, depth + 1) for i in indexes]
     if kind == "checkbox":
         return name in post
     if name not in post:
@@ -256,6 +332,11 @@ def _parse(
     if problem:
         errors.setdefault(_path(name), []).append(problem)
         return _MISSING
+    if kind == "tristate":
+        choice = {"": None, "true": True, "false": False}.get(raw.strip(), _MISSING)
+        if choice is _MISSING:
+            errors.setdefault(_path(name), []).append("Choose —, Yes or No.")
+        return choice
     if kind in ("text", "textarea", "select"):
         if raw == "" and nullable:
             return None

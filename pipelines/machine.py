@@ -25,6 +25,12 @@ Definitions are validated when made (and again by the ``pipelines`` system check
 targets, unreachable states, no reachable final state, guarded transitions without a default
 branch and other dead ends raise ``MachineDefinitionError`` naming the state.
 
+Loops: a state entered more than ``max_visits`` times (default 25) without a ``wait`` or a
+``human`` state in between fails the run (a runaway loop, re-entering states with nothing to
+wait for); a loop through a wait or a gate (a reminder every hour, a review rejected again and
+again) only meets ``max_total_visits`` (default 1000, ``None`` for no limit), the visits of
+one state in one run in all.
+
 Versions: defining a machine again with a higher ``version`` keeps the old definition for the
 runs that started on it (``Run.version``); see ``docs/pipelines.md``.
 """
@@ -64,7 +70,10 @@ from workflows.core.calls import MAX_WAIT_SECONDS
 from workflows.core.definitions import StepDef, as_step, undo_path, workflow
 from workflows.core.errors import StepFailed, UnknownWorkflowError
 
+# Entries of one state without a wait or a gate in between: more is a runaway loop.
 MAX_VISITS = 25
+# Entries of one state in one run in all (a run's journal grows, and each resume replays it).
+MAX_TOTAL_VISITS = 1000
 TIMED_OUT = {"$sluice": "timed-out"}
 
 
@@ -102,6 +111,8 @@ class Machine:
     input_model: type[pydantic.BaseModel] | None = None
     description: str = ""
     title: str = ""
+    max_visits: int = MAX_VISITS
+    max_total_visits: int | None = MAX_TOTAL_VISITS
 
     def human_title(self, name: str) -> str:
         st = self.states[name]
@@ -134,6 +145,14 @@ class Machine:
         errors: list[str] = []
         if self.initial not in self.states:
             errors.append(f"initial state {self.initial!r} is not defined")
+        for label, limit in (
+            ("max_visits", self.max_visits),
+            ("max_total_visits", self.max_total_visits),
+        ):
+            if limit is None and label == "max_total_visits":
+                continue
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+                errors.append(f"{label}={limit!r} must be a whole number of 1 or more")
         shape = self._transition_problems()
         if shape:  # the checks below read the transitions: they must be names and goto()s
             return errors + shape
@@ -251,7 +270,7 @@ class Machine:
                     if name in reachable and name not in ends:
                         errors.append(
                             f"state {name!r} cannot reach a final state (a loop without a way "
-                            "out: a run would go round it until MAX_VISITS stops it)"
+                            "out: a run would go round it until max_visits stops it)"
                         )
         return errors
 
@@ -377,15 +396,25 @@ class Machine:
         """The workflow handler's body: walk from the initial state to a final one."""
         name = self.initial
         trail: list[str] = []
+        # Per state: entries since the last wait or gate (a runaway loop waits for nothing),
+        # and entries in all.
         visits: dict[str, int] = {}
+        total: dict[str, int] = {}
         # Per parallel state: the keys its branches put in the context, each with the value
         # it had before the state first wrote it (see _merge_visit).
         produced: dict[str, dict[str, Any]] = {}
         while True:
             visits[name] = visits.get(name, 0) + 1
-            if visits[name] > MAX_VISITS:
+            total[name] = total.get(name, 0) + 1
+            if visits[name] > self.max_visits:
                 raise MachineError(
-                    f"state {name!r} entered more than {MAX_VISITS} times; stopping a runaway loop"
+                    f"state {name!r} entered more than {self.max_visits} times without a wait or "
+                    "a gate in between; stopping a runaway loop (machine(max_visits=...))"
+                )
+            if self.max_total_visits is not None and total[name] > self.max_total_visits:
+                raise MachineError(
+                    f"state {name!r} entered more than {self.max_total_visits} times in this run; "
+                    "stopping the loop (machine(max_total_visits=...))"
                 )
             trail.append(name)
             st = self.states[name]
@@ -402,6 +431,8 @@ class Machine:
                     raise MachineFailed(f"{self.id} ended in final state {name!r}{detail}")
                 return {"final_state": name, "trail": trail, "context": data}
             name = self._enter(ctx, name, st, data, produced)
+            if isinstance(st, Wait | Human):
+                visits.clear()  # the loop waited (an event, a timeout, a decision)
 
     def _enter(
         self,
@@ -433,6 +464,8 @@ class Machine:
             payload = ctx.wait_for_event(st.event, timeout=st.timeout, default=TIMED_OUT)
             if payload == TIMED_OUT:
                 data.setdefault("timed_out", []).append(st.event)
+                # on_timeout is required with a timeout (validate); a machine registered
+                # without validation keeps the old fallback to on_done.
                 return st.on_timeout or self._choose(name, st.on_done, data)
             merge(data, payload if isinstance(payload, dict) else {st.event: payload})
             return self._choose(name, st.on_done, data)
@@ -608,6 +641,13 @@ def _wait_problems(st: Wait) -> list[str]:
         problems.append(f"timeout={st.timeout} is over ten years, the longest a run can wait")
     elif st.timeout is not None and st.timeout < timedelta(0):
         problems.append(f"timeout must not be negative, not {st.timeout}")
+    if st.timeout is not None and st.on_timeout is None:
+        # A timed-out wait once took on_done, the path of an event that came: a forgotten
+        # on_timeout sent an unpaid order down the "paid" path.
+        problems.append(
+            "a wait with a timeout needs on_timeout=<state>, where a run goes when no event "
+            "came in time (name on_done's target to take that path on a timeout too)"
+        )
     return problems
 
 
@@ -693,8 +733,14 @@ def machine(
     title: str = "",
     sample_input: dict[str, Any] | None = None,
     order: int = 100,
+    max_visits: int = MAX_VISITS,
+    max_total_visits: int | None = MAX_TOTAL_VISITS,
 ) -> Machine:
     """Define, validate and register a machine as the workflow ``id``.
+
+    ``max_visits``: how many times a run may enter one state without a wait or a gate in
+    between (more is a runaway loop, which fails the run); ``max_total_visits``: how many
+    times in all (``None``: no limit), for loops that do wait, such as hourly reminders.
 
     Raises ``MachineDefinitionError`` listing every problem. The workflow registered under
     ``id`` runs each run on the machine version it started with.
@@ -708,6 +754,8 @@ def machine(
         input_model=input_model,
         description=description,
         title=title,
+        max_visits=max_visits,
+        max_total_visits=max_total_visits,
     )
     errors = m.validate()
     if errors:

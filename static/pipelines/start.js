@@ -25,6 +25,7 @@
       var legend = item.querySelector("legend");
       if (legend) legend.textContent = legend.textContent.trim() + " " + (list.children.length + 1);
       list.appendChild(item);
+      item.querySelectorAll("[data-present]").forEach(include);
       refresh(array);
       var first = item.querySelector("input, textarea, select");
       if (first) first.focus();
@@ -38,6 +39,16 @@
     }
   });
   document.querySelectorAll("[data-array]").forEach(refresh);
+  // A nullable object's "include" checkbox: unticked, its fields are disabled (not sent, not
+  // checked by the browser); the server reads an unticked one as None in any case.
+  function include(box) {
+    var set = box.closest("fieldset[data-optional]");
+    if (set) set.disabled = !box.checked;
+  }
+  document.addEventListener("change", function (e) {
+    if (e.target.matches && e.target.matches("[data-present]")) include(e.target);
+  });
+  document.querySelectorAll("[data-present]").forEach(include);
   var form = document.getElementById("start-form");
   if (form) {
     form.addEventListener("submit", function () {

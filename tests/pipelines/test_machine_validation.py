@@ -488,7 +488,7 @@ def test_a_machine_at_every_limit_runs(bell: Any) -> None:
                 group=group,
                 timeout="3660d",  # the engine's ten years (of 366 days)
             ),
-            "w": wait(event=event, timeout="3660d", on_done="done"),
+            "w": wait(event=event, timeout="3660d", on_done="done", on_timeout="done"),
             "done": final(),
         },
     )
