@@ -25,6 +25,7 @@ from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
@@ -213,6 +214,10 @@ class ReadOnlyMixin:
 # --- runs -------------------------------------------------------------------------------------
 
 
+# Journal rows shown inline on a run's change page; the rest are in the Steps list.
+JOURNAL_SHOWN = 200
+
+
 class StepInline(ReadOnlyMixin, admin.TabularInline):
     model = Step
     extra = 0
@@ -234,7 +239,25 @@ class StepInline(ReadOnlyMixin, admin.TabularInline):
     )
     readonly_fields = fields
     verbose_name = "journal entry"
-    verbose_name_plural = "journal"
+    verbose_name_plural = f"journal (its first {JOURNAL_SHOWN} entries; all: the link above)"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Step]:
+        """The run's first ``JOURNAL_SHOWN`` entries: a form per row, a 10,000-branch map made
+        the change page 25 MB (12 s), a 50,000-branch one 124 MB (118 s, 1.2 GB)."""
+        qs = super().get_queryset(request)
+        match = request.resolver_match
+        run_id = match.kwargs.get("object_id") if match is not None else None
+        if run_id is None:
+            return qs
+        try:
+            first = list(
+                qs.filter(run_id=uuid.UUID(str(run_id)))
+                .order_by(*self.ordering)
+                .values_list("pk", flat=True)[:JOURNAL_SHOWN]
+            )
+        except ValueError:
+            return qs.none()
+        return qs.filter(pk__in=first)
 
     @admin.display(description="#")
     def where(self, obj: Step) -> str:
@@ -377,6 +400,7 @@ class RunAdmin(ReadOnlyMixin, admin.ModelAdmin):
                     "generation",
                     "current_step",
                     "page_link",
+                    "journal_link",
                 )
             },
         ),
@@ -416,6 +440,7 @@ class RunAdmin(ReadOnlyMixin, admin.ModelAdmin):
         "generation",
         "current_step",
         "page_link",
+        "journal_link",
         "tenant",
         "created_by",
         "idempotency_key",
@@ -471,6 +496,17 @@ class RunAdmin(ReadOnlyMixin, admin.ModelAdmin):
     @admin.display(description="run page")
     def page_link(self, obj: Run) -> SafeString:
         return format_html('<a href="/runs/{}/">Open the run page (timeline, graph)</a>', obj.pk)
+
+    @admin.display(description="journal")
+    def journal_link(self, obj: Run) -> SafeString:
+        count = Step.objects.filter(run_id=obj.pk).count()
+        return format_html(
+            '<a href="{}?q={}">All {} journal entries in the Steps list</a>{}',
+            reverse("admin:workflows_step_changelist"),
+            obj.pk,
+            f"{count:,}",
+            f" (the first {JOURNAL_SHOWN} are below)" if count > JOURNAL_SHOWN else "",
+        )
 
     @admin.display(description="input")
     def input_json(self, obj: Run) -> SafeString:
