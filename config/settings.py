@@ -603,6 +603,10 @@ SLUICE_RETENTION_DAYS = _env_number("SLUICE_RETENTION_DAYS", 30.0, low=0, foreve
 SLUICE_PRUNE_BATCH = _env_int("SLUICE_PRUNE_BATCH", 2000, low=1, high=10**6)
 # The share of its time the retention prune works; it rests the rest (see sweeper.prune).
 SLUICE_PRUNE_DUTY = _env_number("SLUICE_PRUNE_DUTY", 0.5, low=0.05, high=1)
+# How long one (hourly) prune task works, its rests included: then it stops and the next hour's
+# goes on, so a large backlog never holds a worker slot for hours. One prune at a time (a lease
+# row): a second returns at once. inf drains the backlog in one task.
+SLUICE_PRUNE_MAX_SECONDS = _env_number("SLUICE_PRUNE_MAX_SECONDS", 300.0, low=1, forever=True)
 # Outbox rows (webhook deliveries and other side effects) that were delivered, or gave up
 # ("dead"), are pruned this many days later; pending rows are never pruned.
 SLUICE_OUTBOX_RETENTION_DAYS = _env_number("SLUICE_OUTBOX_RETENTION_DAYS", 7.0, low=0, forever=True)

@@ -9,6 +9,7 @@ package so that the core never imports product code, and keep the app label ``wo
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -19,6 +20,7 @@ from workflows.core.models import (
     TERMINAL_STEP,
     Blob,
     Event,
+    Lease,
     Outbox,
     OutboxStatus,
     Pool,
@@ -30,6 +32,7 @@ from workflows.core.models import (
     StepKind,
     StepStatus,
 )
+from workflows.core.signals import runs_pruning
 
 # --- JSON API keys and completion webhooks ----------------------------------------------------
 
@@ -243,6 +246,19 @@ class HistoryHour(models.Model):
         return f"{self.hour:%Y-%m-%d %H:00}"
 
 
+def _keep_pruned_hours(sender: Any, run_ids: list[Any], **kwargs: Any) -> None:
+    """Receiver of the prune's ``runs_pruning``: the charts' closed hours of the runs about to
+    go are counted into ``HistoryHour`` first, in the batch's transaction (``ops``'s own
+    count; the engine core may not import ``ops``). Connected here, where Django imports it in
+    every process, web and worker."""
+    from workflows import ops
+
+    ops.keep_pruned_hours(run_ids)
+
+
+runs_pruning.connect(_keep_pruned_hours, dispatch_uid="workflows.ops_keep_pruned_hours")
+
+
 __all__ = [
     "ACTIVE_RUN",
     "TERMINAL_RUN",
@@ -253,6 +269,7 @@ __all__ = [
     "Event",
     "Heartbeat",
     "HistoryHour",
+    "Lease",
     "Outbox",
     "OutboxStatus",
     "Pool",

@@ -29,7 +29,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count, Min, Q, QuerySet, Sum
+from django.db.models import Count, Max, Min, Q, QuerySet, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
@@ -311,6 +311,39 @@ def history(hours: list[datetime], now: datetime) -> dict[datetime, Hour]:
     if opened:
         rows.update(_count(opened[0]))
     return rows
+
+
+def keep_pruned_hours(run_ids: list[Any], now: datetime | None = None) -> int:
+    """Count into ``HistoryHour``, before retention deletes the runs ``run_ids``, the closed
+    hours of the charts (``_two_weeks``) their rows are counted in: the hours they started and
+    finished in and those their costed steps finished in. Returns the hours looked at.
+
+    Called by the prune in the transaction that deletes the batch (``runs_pruning``), while
+    every run of those hours is still there: written only when the overview asked for an hour,
+    an hour nobody looked at before its runs were pruned was counted from an empty table, and
+    kept as zero (a retention under the charts' 14 days lost those days' cost). An hour already
+    kept is not counted again; one still open is the overview's, counted live. Hours older than
+    the charts are not kept: nothing reads them."""
+    now = now or timezone.now()
+    charts = _two_weeks(now)[0]
+    runs = Run.objects.filter(pk__in=run_ids).aggregate(
+        first=Min("created_at"), last=Max("finished_at")
+    )
+    if runs["last"] is None or runs["last"] < charts:
+        return 0  # the usual batch under a retention longer than the charts: one query
+    steps = (
+        Step.objects.filter(run_id__in=run_ids, cost__gt=0)
+        .exclude(kind=StepKind.CHILD)
+        .aggregate(first=Min("finished_at"), last=Max("finished_at"))
+    )
+    times = [t for t in (*runs.values(), *steps.values()) if t is not None]
+    first, last = max(min(times), charts), max(times)
+    if first > last:
+        return 0
+    closed = [h for h in _hours(first, last) if h + HOUR + GRACE <= now]
+    if closed:
+        history(closed, now)
+    return len(closed)
 
 
 def _two_weeks(now: datetime) -> list[datetime]:

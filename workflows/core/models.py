@@ -393,6 +393,20 @@ class Pool(models.Model):
         }
 
 
+class Lease(models.Model):
+    """A named duty only one process may do at a time, e.g. ``prune``: held by ``owner`` until
+    ``expires_at``, taken by compare-and-swap (``UPDATE … WHERE expires_at < now``), so it
+    works behind PgBouncer in transaction mode (no session advisory lock) and a holder that
+    died lets go by itself when its lease runs out. See ``workflows.core.sweeper.prune``."""
+
+    name = models.CharField(max_length=64, primary_key=True)
+    owner = models.CharField(max_length=200, blank=True, default="")
+    expires_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.owner or 'free'} until {self.expires_at:%Y-%m-%d %H:%M:%S}"
+
+
 class RunAction(models.TextChoices):
     CANCEL = "cancel"
     RESTART = "restart"

@@ -252,10 +252,12 @@ class Storage(ABC):
         limit: int,
         before_delete: Callable[[list[Any]], object] | None = None,
     ) -> int:
-        """Delete up to ``limit`` runs that finished (terminal) before ``cutoff``, oldest first,
+        """Delete about ``limit`` runs that finished (terminal) before ``cutoff``, oldest first,
         with every row their foreign keys reach (CASCADE deletes, SET_NULL clears), in one
-        transaction; the number of runs deleted (0: none left). ``before_delete(run_ids)`` is
-        called first in that transaction, so whatever it raises rolls the batch back."""
+        transaction; the number of runs deleted (0: none left). A child run goes only in the
+        batch of its parent (whole families: one larger than ``limit`` is a batch of its own).
+        ``before_delete(run_ids)`` is called first in that transaction, so whatever it raises
+        rolls the batch back."""
 
 
 class SQLiteStorage(Storage):
@@ -573,30 +575,7 @@ class SQLiteStorage(Storage):
         Relations only the ORM can follow (delete signals, PROTECT, SET(...), multi-table
         inheritance) send the batch through ``QuerySet.delete()`` instead."""
         with transaction.atomic():
-            # Locked (PostgreSQL; SQLite's IMMEDIATE transaction holds the write lock): a
-            # restart of one of these runs waits, then finds it gone.
-            # A child run only with its parent: the parent's journal refers to the child's
-            # output, which the child owns (a large one is the child's blob), and a parent
-            # still going, or kept, reads it again on replay, restart or fork.
-            # Nor a run something still refers to as live: a child still going (compensating
-            # after its parent failed: pruned, the parent's loss set its parent_id to NULL and
-            # an operator could restart it on its own), or a side effect still to leave (a
-            # webhook retrying for a day, under a retention shorter than that, lost its
-            # delivery record with the run).
-            live_child = Run.objects.filter(parent=OuterRef("pk"), status__in=ACTIVE_RUN)
-            pending = Outbox.objects.filter(run=OuterRef("pk"), status=OutboxStatus.PENDING)
-            ids = list(
-                Run.objects.filter(status__in=TERMINAL_RUN, finished_at__lt=cutoff)
-                .filter(
-                    Q(parent__isnull=True)
-                    | Q(parent__status__in=TERMINAL_RUN, parent__finished_at__lt=cutoff)
-                )
-                .exclude(Exists(live_child))
-                .exclude(Exists(pending))
-                .order_by("finished_at")
-                .select_for_update(skip_locked=True, of=("self",))
-                .values_list("pk", flat=True)[:limit]
-            )
+            ids = self._prune_families(cutoff, limit)
             if not ids:
                 return 0
             if before_delete is not None:
@@ -607,6 +586,89 @@ class SQLiteStorage(Storage):
             else:
                 self._delete_runs(plan, ids)
         return len(ids)
+
+    def _prune_families(self, cutoff: datetime, limit: int) -> list[Any]:
+        """The runs of one prune batch, locked: whole families, a top-level run with the
+        descendants that go with it, oldest top-level runs first, about ``limit`` runs (at
+        least one family).
+
+        A child run only with its parent: the parent's journal refers to the child's output,
+        which the child owns (a large one is the child's blob), and a parent kept reads it
+        again on replay, restart or fork. So children are never picked on their own, only
+        found under a parent picked in this batch (a parent kept for any reason, such as a
+        pending outbox row, a live child or a row locked by an operator's restart, keeps its
+        children: checking the parent's age and state alone pruned them without it).
+
+        Locked (PostgreSQL; SQLite's IMMEDIATE transaction holds the write lock): a restart
+        of one of these runs waits, then finds it gone. No run something still refers to as
+        live: a run with a child still going (compensating after its parent failed: pruned,
+        the parent's loss set its parent_id to NULL and an operator could restart it on its
+        own), or with a side effect still to leave (a webhook retrying for a day, under a
+        retention shorter than that, lost its delivery record with the run).
+
+        A descendant that must stay itself (younger than the cutoff, a pending outbox row,
+        a child still going) stays alone: it keeps its own journal, and its parent_id is
+        cleared with the parent. One whose row another transaction holds (an operator
+        restarting it) keeps its whole family for a later batch."""
+        live_child = Run.objects.filter(parent=OuterRef("pk"), status__in=ACTIVE_RUN)
+        pending = Outbox.objects.filter(run=OuterRef("pk"), status=OutboxStatus.PENDING)
+        prunable = (
+            Run.objects.filter(status__in=TERMINAL_RUN, finished_at__lt=cutoff)
+            .exclude(Exists(live_child))
+            .exclude(Exists(pending))
+        )
+        # The top-level runs: one scan of run_finished, oldest first, each probed for a live
+        # child (the parent_id index) and a pending outbox row (the outbox's run index).
+        roots = list(
+            prunable.filter(parent__isnull=True)
+            .order_by("finished_at")
+            .select_for_update(skip_locked=True, of=("self",))
+            .values_list("pk", flat=True)[:limit]
+        )
+        if not roots:
+            return []
+        # Their descendants, level by level through the parent_id index, unlocked for now:
+        # family[run] is its top-level run, members[root] the family in order.
+        family: dict[Any, Any] = {pk: pk for pk in roots}
+        members: dict[Any, list[Any]] = {pk: [pk] for pk in roots}
+        level = roots
+        while level:
+            found: list[Any] = []
+            for chunk in (level[i : i + 500] for i in range(0, len(level), 500)):
+                found += (
+                    prunable.filter(parent_id__in=chunk).order_by().values_list("pk", "parent_id")
+                )
+            level = []
+            for pk, parent_id in found:
+                if pk in family:  # a cycle (never made by the engine): not followed
+                    continue
+                family[pk] = family[parent_id]
+                members[family[pk]].append(pk)
+                level.append(pk)
+        # About ``limit`` runs: whole families, oldest first (a run with many children may
+        # make a batch of one family larger than the limit).
+        chosen: list[Any] = []
+        for root in roots:
+            if chosen and len(chosen) + len(members[root]) > limit:
+                del members[root]
+                continue
+            chosen += members[root]
+        descendants = [pk for pk in chosen if family[pk] != pk]
+        if descendants:
+            # Locked in their turn, still prunable under the lock; a descendant held by
+            # another transaction (or no longer prunable) keeps its whole family.
+            locked: set[Any] = set()
+            for chunk in (descendants[i : i + 500] for i in range(0, len(descendants), 500)):
+                locked.update(
+                    prunable.filter(pk__in=chunk)
+                    .order_by()
+                    .select_for_update(skip_locked=True, of=("self",))
+                    .values_list("pk", flat=True)
+                )
+            kept = {family[pk] for pk in descendants if pk not in locked}
+            if kept:
+                chosen = [pk for pk in chosen if family[pk] not in kept]
+        return chosen
 
     def _delete_runs(self, plan: _Plan, ids: list[Any]) -> None:
         pk: Any = Run._meta.pk

@@ -18,22 +18,28 @@ from __future__ import annotations
 import logging
 import math
 import time
+import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from importlib import import_module
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 from workflows.core import clock, doorbell, instrument, transitions
 from workflows.core.calls import worker_lost
 from workflows.core.doorbell import dispatch_on_commit, grace, request_wake, ring_on_commit
 from workflows.core.executor import step_finished
+from workflows.core.leases import owner_id
 from workflows.core.models import (
     ACTIVE_RUN,
     LEASED_RUN,
     TERMINAL_RUN,
+    Lease,
     Outbox,
     OutboxStatus,
     Run,
@@ -250,21 +256,42 @@ def sweep() -> dict[str, int]:
 def prune(now: Any = None) -> int:
     """Delete finished runs older than SLUICE_RETENTION_DAYS, journal included, in batches of
     SLUICE_PRUNE_BATCH runs (one short transaction each, so the workers beside it are never
-    held up for long), and outbox rows delivered or dead for SLUICE_OUTBOX_RETENTION_DAYS.
-    Returns the runs deleted.
+    held up for long), outbox rows delivered or dead for SLUICE_OUTBOX_RETENTION_DAYS, and
+    expired web sessions. Returns the runs deleted.
 
     The prune is background work: it works SLUICE_PRUNE_DUTY of its time and rests the rest
     (after a batch that took t seconds it sleeps t × (1 / duty − 1)), as autovacuum's cost delay
     paces it, so a large backlog (the first prune after retention is lowered, say) leaves the
     database's and the machine's CPU to the runs going on beside it.
 
+    One at a time, for at most SLUICE_PRUNE_MAX_SECONDS: the beat sends one every hour, and a
+    prune that drained a large backlog in one go held its worker slot for hours while the next
+    hours' prunes ran beside it (two of them filled the default queue's two slots, doorbells,
+    sweep and outbox waiting behind). Each takes the ``prune`` lease (a row, compare-and-swap:
+    PgBouncer-safe) or, held, returns 0 at once, saying so in the log; past its budget it stops
+    and the next hour's prune goes on where it stopped.
+
     Each batch first sends ``runs_pruning`` in its transaction, so apps keep or archive what
-    must outlive a run (a gate's audit trail) in the same commit as the delete; then
-    ``Storage.prune`` deletes the runs and what refers to them set-based."""
+    must outlive a run (a gate's audit trail, the ops charts' hours) in the same commit as the
+    delete; then ``Storage.prune`` deletes the runs and what refers to them set-based."""
+    owner = f"{owner_id()}:{uuid.uuid4().hex[:8]}"
+    held = take_lease(PRUNE_LEASE, owner)
+    if held is not None:
+        log.info("prune: another prune (%s) holds the lease until %s; this one returns", *held)
+        return 0
+    try:
+        return _prune_held(now, owner)
+    finally:
+        release_lease(PRUNE_LEASE, owner)
+
+
+def _prune_held(now: Any, owner: str) -> int:
     now = now or clock.now()
     cutoff = retention_cutoff(now, "SLUICE_RETENTION_DAYS")
     store = storage()
     duty = min(1.0, max(0.05, float(settings.SLUICE_PRUNE_DUTY)))
+    budget = prune_budget()
+    begun = _clock()
     deleted = 0
     try:
         while cutoff is not None:
@@ -273,12 +300,73 @@ def prune(now: Any = None) -> int:
             if not n:
                 break
             deleted += n
-            if duty < 1.0:
-                _rest((_clock() - began) * (1 / duty - 1))
+            ended = _clock()
+            if not renew_lease(PRUNE_LEASE, owner):
+                log.warning("prune: lost its lease after %d runs; it stops", deleted)
+                break
+            rest = (ended - began) * (1 / duty - 1) if duty < 1.0 else 0.0
+            if ended + rest - begun >= budget:
+                log.info(
+                    "prune: %d runs deleted in its %g s (SLUICE_PRUNE_MAX_SECONDS); "
+                    "the next prune goes on",
+                    deleted,
+                    budget,
+                )
+                break
+            if rest:
+                _rest(rest)
     finally:
-        # The outbox has its own retention: a failing run prune must not stop it growing.
-        prune_outbox(now)
+        # The outbox has its own retention: a failing run prune must not stop it growing, nor
+        # a backlog of runs that spends the whole budget every hour (a tenth of it at least).
+        until = max(begun + budget, _clock() + budget / 10)
+        try:
+            prune_outbox(now, until=until)
+        finally:
+            clear_sessions(until=until)
     return deleted
+
+
+# The single-instance lease of the prune: taken for LEASE_SECONDS and renewed after every batch
+# (a batch and its rest take seconds), so the lease of a prune whose worker died runs out well
+# before the next hour's.
+PRUNE_LEASE = "prune"
+LEASE_SECONDS = 600.0
+_FREE = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def take_lease(name: str, owner: str) -> tuple[str, datetime] | None:
+    """Take lease ``name`` for ``owner`` if it is free or ran out: None when taken, else who
+    holds it and until when. One INSERT … ON CONFLICT DO NOTHING (the row, once) and one
+    conditional UPDATE, each in autocommit."""
+    now = clock.now()
+    Lease.objects.bulk_create([Lease(name=name, owner="", expires_at=_FREE)], ignore_conflicts=True)
+    until = now + timedelta(seconds=LEASE_SECONDS)
+    if Lease.objects.filter(name=name, expires_at__lte=now).update(owner=owner, expires_at=until):
+        return None
+    found = Lease.objects.filter(name=name).values_list("owner", "expires_at").first()
+    return found or ("?", now)
+
+
+def renew_lease(name: str, owner: str) -> bool:
+    """Push ``owner``'s lease forward; False when it is no longer ``owner``'s (it ran out and
+    another prune took it)."""
+    until = clock.now() + timedelta(seconds=LEASE_SECONDS)
+    return bool(Lease.objects.filter(name=name, owner=owner).update(expires_at=until))
+
+
+def release_lease(name: str, owner: str) -> None:
+    Lease.objects.filter(name=name, owner=owner).update(owner="", expires_at=clock.now())
+
+
+def prune_budget() -> float:
+    """``SLUICE_PRUNE_MAX_SECONDS``: how long one prune task works on the runs (its rests
+    included), at least a second; ``inf`` drains the backlog in one task."""
+    raw = getattr(settings, "SLUICE_PRUNE_MAX_SECONDS", 300.0)
+    try:
+        seconds = float(raw)
+    except (TypeError, ValueError):
+        return 300.0
+    return 300.0 if math.isnan(seconds) else max(1.0, seconds)
 
 
 def retention_cutoff(now: datetime, name: str) -> datetime | None:
@@ -314,9 +402,10 @@ def _pruning(run_ids: list[Any]) -> None:
     runs_pruning.send(sender=Run, run_ids=run_ids)
 
 
-def prune_outbox(now: Any = None) -> int:
+def prune_outbox(now: Any = None, until: float | None = None) -> int:
     """Delete outbox rows delivered (by ``delivered_at``) or dead (by ``created_at``: a dead row
-    gave up after its attempts) more than SLUICE_OUTBOX_RETENTION_DAYS ago, in batches.
+    gave up after its attempts) more than SLUICE_OUTBOX_RETENTION_DAYS ago, in batches (until
+    ``_clock()`` reaches ``until``, if given: the next prune goes on).
     Pending rows stay, however old: they still have to leave."""
     now = now or clock.now()
     cutoff = retention_cutoff(now, "SLUICE_OUTBOX_RETENTION_DAYS")
@@ -333,6 +422,32 @@ def prune_outbox(now: Any = None) -> int:
         # The status again: a row is pruned only in the state it was selected in.
         _, per_model = Outbox.objects.filter(done, pk__in=ids).delete()
         deleted += per_model.get(Outbox._meta.label, 0)
+        if until is not None and _clock() >= until:
+            return deleted
 
 
-__all__ = ["prune", "prune_outbox", "sweep"]
+def clear_sessions(until: float | None = None) -> int:
+    """Delete expired web sessions (Django's ``clearsessions``, which nothing else runs: every
+    login left a row for ever). The database backends in batches of SLUICE_PRUNE_BATCH by
+    ``expire_date`` (its index), until ``_clock()`` reaches ``until``, if given; any other
+    backend through its own ``clear_expired()`` (files; cookies and the cache expire alone).
+    Returns the rows deleted (0 for the other backends)."""
+    if not apps.is_installed("django.contrib.sessions"):
+        return 0
+    store: Any = import_module(settings.SESSION_ENGINE).SessionStore
+    if not hasattr(store, "get_model_class"):
+        store.clear_expired()
+        return 0
+    model = store.get_model_class()
+    deleted = 0
+    while True:
+        expired = model._default_manager.filter(expire_date__lt=timezone.now())
+        keys = list(expired.values_list("pk", flat=True)[: prune_batch()])
+        if not keys:
+            return deleted
+        deleted += expired.filter(pk__in=keys).delete()[0]
+        if until is not None and _clock() >= until:
+            return deleted
+
+
+__all__ = ["clear_sessions", "prune", "prune_outbox", "sweep"]
