@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import signal
 import threading
 import time
 import traceback
-import typing
+import uuid
 from collections.abc import Callable
+from datetime import date, datetime, timedelta
+from datetime import time as clock_time
+from decimal import Decimal
+from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
@@ -17,9 +22,10 @@ from django.conf import settings
 
 # The duration checks live with the step definitions (a step's timeout is one); kept here too.
 from workflows.core.definitions import MAX_WAIT_SECONDS as MAX_WAIT_SECONDS
-from workflows.core.definitions import StepDef
+from workflows.core.definitions import StepDef, type_hints
 from workflows.core.definitions import duration_seconds as duration_seconds
 from workflows.core.errors import NonRetryableError, PayloadTooLargeError, StepTimeout
+from workflows.core.jsonvalues import encode_sorted, to_json
 
 TRACEBACK_LIMIT = 8000
 
@@ -164,7 +170,8 @@ def call_step(sd: StepDef, args: tuple[Any, ...] | list[Any], kwargs: dict[str, 
 @lru_cache(maxsize=1024)
 def _return_annotation(fn: Callable[..., Any]) -> Any:
     try:
-        return typing.get_type_hints(fn).get("return")
+        name = getattr(fn, "__qualname__", repr(fn))
+        return type_hints(fn, f"step {name!r}", only="return").get("return")
     except Exception:
         return None
 
@@ -174,3 +181,111 @@ def return_annotation(sd: StepDef) -> Any:
         return _return_annotation(sd.fn)
     except TypeError:  # unhashable callable
         return None
+
+
+# Values a step cannot change in place: handed to it as they are. Exact types (``type(v) in``),
+# which is the cheap test an int argument of a trivial step pays; anything else is copied.
+IMMUTABLE = frozenset(
+    {
+        str,
+        int,
+        float,
+        bool,
+        type(None),
+        bytes,
+        complex,
+        Decimal,
+        Fraction,
+        datetime,
+        date,
+        clock_time,
+        timedelta,
+        uuid.UUID,
+    }
+)
+
+
+def own_copies(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments an inline step is called with: its own copy of each mutable one (a dict,
+    a list, a set, a model, a tuple holding one), the rest as they are.
+
+    A step that changed its argument in place changed the handler's object on the first run
+    only: a replay returns the step's journaled result without calling it, so the handler's
+    object stayed as it was, and the run's result depended on whether it had been replayed
+    (a wrong output, or a DeterminismError on the next step's arguments). Branches have
+    always had their own copy (their arguments come from the journal's JSON)."""
+    for value in args:
+        if type(value) not in IMMUTABLE:
+            args = tuple(_copied(v) for v in args)
+            break
+    for value in kwargs.values():
+        if type(value) not in IMMUTABLE:
+            kwargs = {key: _copied(v) for key, v in kwargs.items()}
+            break
+    return args, kwargs
+
+
+def _copied(value: Any) -> Any:
+    if type(value) in IMMUTABLE:
+        return value
+    try:
+        return copy.deepcopy(value)
+    except Exception:
+        # Not copyable (an object holding a lock, say): the step gets the object itself, as
+        # it always did. Its arguments were stored as JSON, so a replay still compares them.
+        return value
+
+
+def canonical_sets(value: Any) -> Any:
+    """``value`` with every ``set`` and ``frozenset`` in it (at any depth of dicts, lists,
+    tuples and sets) made a list in a canonical order: sorted by each element's canonical
+    JSON. ``value`` itself when it holds none.
+
+    JSON has no sets: stored as they iterate, a set of strings was a list in an order that
+    changes with the process (``PYTHONHASHSEED``), so a step call's digest differed between
+    the worker that journaled it and the one replaying it, and a correct run failed with a
+    DeterminismError after a worker restart. A set inside a pydantic model or a dataclass is
+    the model's to serialize, and not reordered: use a list (or a sorted one) there.
+
+    Raises ``TypeError`` (as ``to_json`` does) for an element that is not JSON."""
+    try:
+        return _canonical(value)
+    except RecursionError:
+        return value  # a value that contains itself: ``to_json`` says so
+
+
+_SETS = (set, frozenset)
+_SEQUENCES = (list, tuple)
+
+
+def _canonical(value: Any) -> Any:
+    kind = type(value)
+    if kind in IMMUTABLE:
+        return value
+    if kind is dict or (kind is not list and kind is not tuple and isinstance(value, dict)):
+        out: dict[Any, Any] | None = None
+        i = 0
+        for key, item in value.items():
+            changed = _canonical(item)
+            if out is not None:
+                out[key] = changed
+            elif changed is not item:
+                out = dict(list(value.items())[:i])
+                out[key] = changed
+            i += 1
+        return value if out is None else out
+    if kind is list or kind is tuple or isinstance(value, _SEQUENCES):
+        for i, item in enumerate(value):
+            changed = _canonical(item)
+            if changed is not item:
+                return [*value[:i], changed, *(_canonical(v) for v in value[i + 1 :])]
+        return value
+    if isinstance(value, _SETS):
+        return sorted((_canonical(item) for item in value), key=_canonical_text)
+    return value
+
+
+def _canonical_text(value: Any) -> str:
+    return encode_sorted(to_json(value, "an element of a set"), "an element of a set")

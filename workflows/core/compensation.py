@@ -35,7 +35,7 @@ from django.db import transaction
 
 from workflows.core import payloads
 from workflows.core.calls import error_dict, return_annotation
-from workflows.core.context import Context
+from workflows.core.context import Context, without_advance_failures
 from workflows.core.definitions import resolve_step
 from workflows.core.errors import DeterminismError, LeaseLost, StepFailed, Suspend
 from workflows.core.models import Run, RunStatus, Step
@@ -118,7 +118,8 @@ def _undo_one(ctx: Context, run: Run, row: Step) -> str:
 
 
 def _end(ctx: Context, run: Run, failed: list[str]) -> str:
-    cause = run.error if isinstance(run.error, dict) else {}
+    # Without the count of failed advances it may hold (``executor.advance_failed``).
+    cause = without_advance_failures(run.error, RunStatus.COMPENSATING) or {}
     status: str
     if failed:
         status = RunStatus.FAILED

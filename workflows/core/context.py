@@ -34,10 +34,12 @@ from django.db import connection, transaction
 from workflows.core import clock, instrument, leases, payloads, pools, transitions, usage
 from workflows.core.calls import (
     call_step,
+    canonical_sets,
     duration_seconds,
     error_dict,
     is_retryable,
     log_failed_attempt,
+    own_copies,
     retry_after,
     return_annotation,
     worker_lost,
@@ -46,6 +48,7 @@ from workflows.core.definitions import (
     StepDef,
     WorkflowDef,
     as_step,
+    check_undo_call,
     resolve_step,
     step_path,
     undo_path,
@@ -76,12 +79,42 @@ from workflows.core.storage import json_text, storage
 # How deep runs may nest through run_workflow (a run, its child, the child's child ...).
 MAX_CHILD_DEPTH = 32
 
+# The keys of ``Run.error`` that count an active run's advances ended in an unexpected error in
+# a row (``executor.advance_failed``), and hold the last one, until the run moves on.
+ADVANCE_FAILURES = "advance_failures"
+ADVANCE_ERROR = "advance_error"
+
+
+def advance_failures(error: Any) -> int:
+    """How many advances of an active run in a row ended in an unexpected error (0: none)."""
+    if isinstance(error, dict):
+        count = error.get(ADVANCE_FAILURES)
+        if isinstance(count, int) and not isinstance(count, bool):
+            return count
+    return 0
+
+
+def without_advance_failures(error: Any, status: str) -> Any:
+    """``Run.error`` of an active run once it moved on: a running run's had nothing else (it
+    is None again); a compensating run's is the failure it compensates for, kept."""
+    if status != RunStatus.COMPENSATING or not isinstance(error, dict):
+        return None
+    return {k: v for k, v in error.items() if k not in (ADVANCE_FAILURES, ADVANCE_ERROR)} or None
+
+
+def call_json(value: Any, what: str) -> Any:
+    """A step call's arguments as the journal stores and digests them: plain JSON, every set in
+    them a list in a canonical order (``calls.canonical_sets``), so that the same call gives
+    the same digest in every process. ``call_digest``, ``_execute`` and ``_fan_out`` all
+    encode through here."""
+    return payloads.to_json(canonical_sets(value), what)
+
 
 def call_digest(value: Any) -> str:
     """A short digest of a step call's arguments (canonical JSON), journaled with the step so
     that a replay notices a call made with other arguments. Cheap: no blob, no database."""
     try:
-        data = payloads.to_json(value, "arguments")
+        data = call_json(value, "arguments")
         text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     except (TypeError, ValueError):
         return ""  # Unserializable arguments fail the step anyway; nothing to compare.
@@ -92,8 +125,15 @@ def _digest_text(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
-def _undo_of(sd: StepDef, compensate: Callable[..., Any] | None, kwargs: dict[str, Any]) -> str:
-    """The undo path journaled with a new step call ("" without one)."""
+def _undo_of(
+    sd: StepDef,
+    compensate: Callable[..., Any] | None,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+) -> str:
+    """The undo path journaled with a new step call ("" without one). Checked before the step
+    runs: the undo must be importable, and must accept the call compensation will make with
+    these arguments (``undo(*args, result=..., **kwargs)``)."""
     if compensate is None and sd.compensate is None:
         return ""
     if "result" in kwargs:
@@ -101,7 +141,9 @@ def _undo_of(sd: StepDef, compensate: Callable[..., Any] | None, kwargs: dict[st
             f"step {sd.name!r} has an undo, which receives the step's result as `result=`: "
             "the step itself cannot take a keyword argument named `result`"
         )
-    return undo_path(sd, compensate)
+    path = undo_path(sd, compensate)
+    check_undo_call(sd, compensate if compensate is not None else sd.compensate, args, kwargs)
+    return path
 
 
 @dataclass(slots=True)
@@ -176,6 +218,9 @@ class Context:
         self._lease_renewed: datetime | None = clock.now()
         # The run was suspended in the commit that wrote a fan-out (and its lease let go).
         self._parked = False
+        # Advances of this run that ended in an unexpected error, counted in its error
+        # (``executor.advance_failed``): the next commit, which moves the run on, clears them.
+        self._clear_failures = advance_failures(run.error) > 0
 
     # --- public surface -------------------------------------------------------------------
 
@@ -264,7 +309,7 @@ class Context:
         if row is None:
             if sd.budgeted:
                 self._check_budget(sd.name)
-            undo = _undo_of(sd, compensate, kwargs)
+            undo = _undo_of(sd, compensate, args, kwargs)
             return self._execute(sd, args, kwargs, pos, None, undo=undo)
         return self._resume(sd, args, kwargs, pos, row)
 
@@ -398,6 +443,10 @@ class Context:
 
         ``compensate``: each succeeded branch's undo (see ``run``)."""
         sd = as_step(fn)
+        if isinstance(items, set | frozenset):
+            # Mapped in a canonical order, the same in every process (a set of strings
+            # iterates in an order that changes with the process: see ``call_json``).
+            items = canonical_sets(items)
         return self._fan_out(
             [Call(sd, (item,), {}, compensate) for item in items],
             f"map:{sd.name}"[:200],
@@ -798,6 +847,10 @@ class Context:
     def _flush(self, **run_fields: Any) -> None:
         now = clock.now()
         fields: dict[str, Any] = {"lease_expires_at": lease_until(now), **run_fields}
+        if self._clear_failures:
+            fields.setdefault(
+                "error", without_advance_failures(self._record.error, self._record.status)
+            )
         if self._current:
             fields.setdefault("current_step", self._current[:200])
         # The run row first: it fences (a cancel or restart bumped the generation) and it locks
@@ -814,6 +867,9 @@ class Context:
             raise LeaseLost
         self._lease_renewed = now
         self._shown_step = fields.get("current_step", self._shown_step)
+        if self._clear_failures:
+            self._record.error = fields["error"]
+            self._clear_failures = False
         self._cost = Decimal(0)
         self._dirty.clear()
         self._inserts.clear()
@@ -877,7 +933,7 @@ class Context:
         try:
             # One encoding serves the digest, the size checks and the column (as call_digest
             # and _pack would each make it).
-            data = payloads.to_json(call, what)
+            data = call_json(call, what)
             encoded = payloads.encode_sorted(data, what)
             size = payloads.check_encoded(data, encoded, what)
             packed_args = self._stored(*payloads.pack_data(data, size, self._record.pk))
@@ -926,6 +982,8 @@ class Context:
                 fields["lease_expires_at"] = lease_until(now)
             if sd.name != self._shown_step:
                 fields["current_step"] = sd.name[:200]
+            if self._clear_failures:
+                fields["error"] = without_advance_failures(self._record.error, self._record.status)
             # One commit: the previous results, this step "running, attempt 1", the lease.
             ok = transitions.checkpoint(
                 self._record.pk,
@@ -941,6 +999,9 @@ class Context:
             self._shown_step = sd.name
             if not ok:
                 raise LeaseLost
+            if self._clear_failures:
+                self._record.error = fields["error"]
+                self._clear_failures = False
             self._cost = Decimal(0)
             self._dirty.clear()
             self._current = sd.name
@@ -1017,6 +1078,10 @@ class Context:
         started = time.perf_counter()
         try:
             with instrument.step_scope(sd.name, row.pk):
+                if row.kind != StepKind.COMPENSATE:  # an undo's arguments are read from JSON
+                    # Its own copy of a mutable argument, as a branch has and as a replay
+                    # (which does not call it) leaves the handler's object unchanged.
+                    args, kwargs = own_copies(args, kwargs)
                 value = call_step(sd, args, kwargs)
                 column, blob, text = payloads.pack_text(
                     value, self._record.pk, f"result of {sd.name}"
@@ -1169,9 +1234,9 @@ class Context:
                         pool=c.step.pool,
                         held=i >= cap,
                         target=target,
-                        undo=_undo_of(c.step, c.compensate, c.kwargs),
+                        undo=_undo_of(c.step, c.compensate, c.args, c.kwargs),
                         args=self._pack(
-                            {"args": list(c.args), "kwargs": c.kwargs, **budgeted},
+                            canonical_sets({"args": list(c.args), "kwargs": c.kwargs, **budgeted}),
                             f"arguments of {c.step.name}",
                         ),
                         max_attempts=c.step.retry.max_attempts,

@@ -9,9 +9,11 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import logging
 import math
 import random
 import re
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +24,8 @@ import pydantic
 
 from workflows.core.errors import UnknownWorkflowError
 
+log = logging.getLogger(__name__)
+
 # The longest wait a retry policy may ask for: a year. A wake-up time further out overflows
 # the database's timestamps (and no step is worth retrying after that).
 MAX_BACKOFF_SECONDS = 365 * 24 * 3600.0
@@ -31,6 +35,9 @@ MAX_ATTEMPTS = 1_000_000
 # be: ten years. Further out, a wake-up time overflows the database's timestamps ("date value
 # out of range"), and a step's timer overflows the platform's (``setitimer``).
 MAX_WAIT_SECONDS = 10 * 366 * 24 * 3600.0
+# A workflow's version and its max_parallel are stored in 32-bit columns (PostgreSQL's
+# ``integer``); ``name@N`` allows nine digits.
+MAX_VERSION = 999_999_999
 
 
 def duration_seconds(value: Any, what: str, *, positive: bool = False) -> float:
@@ -183,7 +190,7 @@ def _input_model_for(fn: Callable[..., Any], name: str) -> type[pydantic.BaseMod
     """Build a pydantic model from the handler's parameters after ``ctx``."""
     sig = inspect.signature(fn)
     params = list(sig.parameters.values())[1:]
-    hints = _type_hints(fn)
+    hints = type_hints(fn, f"workflow {name!r}")
     fields: dict[str, Any] = {}
     for p in params:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
@@ -197,11 +204,95 @@ def _input_model_for(fn: Callable[..., Any], name: str) -> type[pydantic.BaseMod
     )
 
 
-def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
+def type_hints(fn: Callable[..., Any], what: str, *, only: str | None = None) -> dict[str, Any]:
+    """``fn``'s resolved annotations (``only``: that one alone, "return" say). One that cannot
+    be resolved (a name imported only under ``if TYPE_CHECKING:`` with ``from __future__
+    import annotations``, a typo in a string annotation) is ``Any``, with a warning naming
+    ``what`` and the parameter: it used to make ``get_type_hints`` fail as a whole, which
+    turned off the input checks of every parameter (or a step's typed result), silently. Not
+    an error: a pipeline that worked (unchecked) must go on working."""
     try:
-        return typing.get_type_hints(fn)
+        hints = typing.get_type_hints(fn)
+        return hints if only is None else {only: hints[only]} if only in hints else {}
     except Exception:
+        pass
+    raw = getattr(fn, "__annotations__", None)
+    if not isinstance(raw, dict):
         return {}
+    globalns = getattr(inspect.unwrap(fn), "__globals__", None)
+    hints = {}
+    for key, annotation in raw.items():
+        if only is not None and key != only:
+            continue
+        probe = types.SimpleNamespace(__annotations__={key: annotation})
+        try:
+            hints[key] = typing.get_type_hints(probe, globalns=globalns)[key]
+        except Exception as exc:
+            if key != "return" or only == "return":
+                log.warning(
+                    "%s: the annotation of %s (%r) cannot be resolved (%s: %s), so it is not "
+                    "checked (Any); import the name at run time, not only under TYPE_CHECKING",
+                    what,
+                    "its return value" if key == "return" else f"parameter {key!r}",
+                    annotation,
+                    type(exc).__name__,
+                    exc,
+                )
+            hints[key] = Any
+    return hints
+
+
+def _whole_number(value: Any, what: str, *, optional: bool) -> int | None:
+    """``value`` as a positive whole number (or None when ``optional``), else a ``TypeError``
+    or ``ValueError`` naming ``what``, raised where the definition is written. A string, a
+    float, a bool or a number below 1 used to be accepted and fail every run later: a
+    ``max_parallel`` of -1 refused by the database at each ``start`` (a 500 from the API), a
+    ``version`` of "2" failing inside the engine while the run stayed running, rung for ever.
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        wanted = "a whole number from 1 up" + (", or None" if optional else "")
+        raise TypeError(f"{what} must be {wanted}, not {type(value).__name__} {_shown(value)}")
+    if not 1 <= value <= MAX_VERSION:
+        raise ValueError(f"{what} must be from 1 to {MAX_VERSION:,}, not {value}")
+    return value
+
+
+def _check_callable(fn: Any, what: str) -> None:
+    """Refuse at decoration what can only fail in a run: a name passed where the function
+    goes (``@workflow("docs.x")``), something not callable, an ``async def`` (its call returns
+    a coroutine that the engine never awaits, stored nowhere: "not JSON-serializable")."""
+    if isinstance(fn, str):
+        raise TypeError(
+            f"@{what}({fn!r}): pass the name as a keyword, @{what}(name={fn!r}); the only "
+            f"positional argument of @{what} is the function it decorates"
+        )
+    if not callable(fn):
+        raise TypeError(f"@{what} decorates a function, not {type(fn).__name__} {_shown(fn)}")
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        raise TypeError(
+            f"{what} {getattr(fn, '__qualname__', fn)!r} is an async function: the engine "
+            f"calls a {what} synchronously (a worker thread runs it), so it would get a "
+            "coroutine that never runs; write a plain def (call async code with asyncio.run)"
+        )
+
+
+def _takes_ctx(fn: Callable[..., Any], name: str) -> None:
+    """A handler is called ``fn(ctx, **input)``: one with no positional parameter for ``ctx``
+    failed every run with "takes 0 positional arguments but 1 was given"."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return  # no signature to read (a builtin): left to the first run
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if params and (params[0].kind in positional or params[0].kind == params[0].VAR_POSITIONAL):
+        return
+    raise TypeError(
+        f"workflow {name!r}: the handler must take the context as its first positional "
+        f"parameter, handler(ctx, **input); {getattr(fn, '__qualname__', fn)!r} takes "
+        f"({', '.join(str(p) for p in params)})"
+    )
 
 
 @overload
@@ -239,17 +330,24 @@ def workflow(
     start on the handler registered under the plain name. See docs/engine.md, "Versions".
     """
 
+    checked_version = _whole_number(version, "@workflow(version=...)", optional=True)
+    checked_parallel = _whole_number(max_parallel, "@workflow(max_parallel=...)", optional=True)
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"@workflow(name=...) must be a string, not {type(name).__name__}")
+
     def register(f: Callable[..., Any]) -> WorkflowDef[Any]:
+        _check_callable(f, "workflow")
         wf_name = name or f"{f.__module__}.{f.__name__}"
+        _takes_ctx(f, wf_name)
         pinned = _PINNED.match(wf_name)
         if pinned:
             wf_name = pinned["name"]
-            if version is not None and version != int(pinned["version"]):
+            if checked_version is not None and checked_version != int(pinned["version"]):
                 raise ValueError(
                     f"workflow {name!r} says version {pinned['version']} in its name but "
-                    f"version={version}"
+                    f"version={checked_version}"
                 )
-        wf_version = int(pinned["version"]) if pinned else (version or 1)
+        wf_version = int(pinned["version"]) if pinned else (checked_version or 1)
         model = input_model or _input_model_for(f, wf_name)
         doc = description if description is not None else inspect.getdoc(f) or ""
         definition = WorkflowDef(
@@ -257,7 +355,7 @@ def workflow(
             name=wf_name,
             version=wf_version,
             description=doc,
-            max_parallel=max_parallel,
+            max_parallel=checked_parallel,
             input_model=model,
         )
         functools.update_wrapper(definition, f)  # type: ignore[arg-type]
@@ -314,8 +412,18 @@ def step(
     ``TypeError``/``ValueError`` here.
     """
     seconds = step_timeout(timeout)
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        # A dict or a number failed every run using the step, with an AttributeError that
+        # did not name the step.
+        raise TypeError(
+            f"@step(retry=...) takes a RetryPolicy (workflows.RetryPolicy(max_attempts=...)) "
+            f"or None, not {type(retry).__name__} {_shown(retry)}"
+        )
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"@step(name=...) must be a string, not {type(name).__name__}")
 
     def wrap(f: Callable[..., Any]) -> StepDef[..., Any]:
+        _check_callable(f, "step")
         definition = StepDef(
             fn=f,
             name=name or f.__name__,
@@ -324,6 +432,8 @@ def step(
             timeout=seconds,
             compensate=compensate,
         )
+        if compensate is not None:
+            check_undo_callable(compensate, f"step {definition.name!r}")
         functools.update_wrapper(definition, f)  # type: ignore[arg-type]
         definition.__dict__["path"] = f"{f.__module__}.{f.__qualname__}"
         return definition
@@ -358,6 +468,78 @@ def undo_path(step_def: StepDef, compensate: Callable[..., Any] | None) -> str:
             "later, perhaps in another process"
         ) from None
     return path
+
+
+def _undo_fn(undo: Any) -> Any:
+    return undo.fn if isinstance(undo, StepDef) else undo
+
+
+@functools.lru_cache(maxsize=1024)
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None  # no signature to read (a builtin): left to the call
+
+
+def _signature_of(fn: Any) -> inspect.Signature | None:
+    try:
+        return _signature(fn)
+    except TypeError:  # unhashable
+        try:
+            return inspect.signature(fn)
+        except (TypeError, ValueError):
+            return None
+
+
+def check_undo_callable(undo: Any, what: str) -> None:
+    """An undo is called ``undo(*step_args, result=step_result, **step_kwargs)``
+    (``workflows.core.compensation``). One that cannot take ``result=`` (forgotten, or a
+    positional-only parameter) used to be found only when compensation ran, the one moment
+    it matters: the run ended CompensationFailed and the booking stayed booked."""
+    fn = _undo_fn(undo)
+    if not callable(fn):
+        raise TypeError(f"{what}: an undo is a function, not {type(fn).__name__}")
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        raise TypeError(
+            f"{what}: the undo {getattr(fn, '__qualname__', fn)!r} is an async function; an "
+            "undo is called synchronously, so write a plain def"
+        )
+    sig = _signature_of(fn)
+    if sig is None:
+        return
+    params = sig.parameters.values()
+    takes_result = any(p.kind == p.VAR_KEYWORD for p in params) or (
+        "result" in sig.parameters
+        and sig.parameters["result"].kind
+        in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    )
+    if not takes_result:
+        raise TypeError(
+            f"{what}: the undo {getattr(fn, '__qualname__', fn)!r}{sig} cannot take the "
+            "step's result: an undo is called undo(*step_args, result=<the step's result>, "
+            "**step_kwargs), so it needs a `result` parameter (or **kwargs)"
+        )
+
+
+def check_undo_call(step_def: StepDef, undo: Any, args: Any, kwargs: dict[str, Any]) -> None:
+    """Before a step with an undo runs: the undo must accept the call compensation will make,
+    ``undo(*args, result=..., **kwargs)`` with this call's arguments; a ``TypeError`` naming
+    both otherwise, while nothing is done yet that would need undoing."""
+    what = f"step {step_def.name!r}"
+    check_undo_callable(undo, what)
+    fn = _undo_fn(undo)
+    sig = _signature_of(fn)
+    if sig is None:
+        return
+    try:
+        sig.bind(*args, result=None, **kwargs)
+    except TypeError as exc:
+        raise TypeError(
+            f"{what}: its undo {getattr(fn, '__qualname__', fn)!r}{sig} cannot take the call "
+            f"compensation makes, with this call's arguments plus result=<the step's result> "
+            f"({exc})"
+        ) from None
 
 
 def resolve_step(path: str) -> StepDef:

@@ -16,7 +16,7 @@ from decimal import Decimal
 from functools import partial
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, DataError, transaction
+from django.db import DEFAULT_DB_ALIAS, DataError, InterfaceError, OperationalError, transaction
 from django.db.models import Avg, Count, Q
 
 from workflows.core import (
@@ -38,7 +38,14 @@ from workflows.core.calls import (
     log_failed_attempt,
     retry_after,
 )
-from workflows.core.context import BranchOutcome, Context
+from workflows.core.context import (
+    ADVANCE_ERROR,
+    ADVANCE_FAILURES,
+    BranchOutcome,
+    Context,
+    advance_failures,
+    without_advance_failures,
+)
 from workflows.core.definitions import newer_than_here, replayable, resolve_step
 from workflows.core.doorbell import (
     dispatch_on_commit,
@@ -64,7 +71,7 @@ from workflows.core.leases import (
     job_owner,
     owner_id,
 )
-from workflows.core.models import ACTIVE_RUN, Run, RunStatus, Step, StepStatus
+from workflows.core.models import ACTIVE_RUN, LEASED_RUN, Run, RunStatus, Step, StepStatus
 from workflows.core.services import handler_kwargs
 from workflows.core.storage import JOURNAL_COLUMNS, storage
 
@@ -75,6 +82,10 @@ MAX_REPLAYS_PER_MESSAGE = 50
 # long it is left before it is rung for again (the sweep rings it a grace later).
 NOT_HERE = "not-here"
 NOT_HERE_WAIT = timedelta(seconds=30)
+# After this many advances of a run in a row end in an unexpected error (one the engine lets
+# escape, outside the handler: a bad definition, an engine bug), the run is failed with it
+# (``advance_failed``): let go each time, it was rung for by the sweep for ever.
+MAX_ADVANCE_FAILURES = 5
 
 
 def advance(run_id: Any, generation: int, taken: Run | None = None) -> str:
@@ -107,6 +118,10 @@ def _advance(run_id: Any, generation: int, taken: Run | None = None) -> str:
             # write also records the step's name on the run).
             journal = load_journals([run.pk])[run.pk] if run.current_step else []
             outcome = _replay(run, journal, owner)
+        except Exception as exc:
+            if advance_failed(run, owner, exc):
+                return RunStatus.FAILED
+            raise
         except BaseException:
             let_go(run, owner)
             raise
@@ -155,6 +170,80 @@ def let_go(run: Run, owner: str) -> None:
         transitions.release(run.pk, owner, run.generation, clock.now())
     except Exception:
         log.exception("could not release run %s after an error", run.pk)
+
+
+def transient(exc: BaseException) -> bool:
+    """``exc`` is the infrastructure's (the database or the broker unreachable, a deadlock, a
+    timeout), which the next try may well not meet: not counted against the run."""
+    if isinstance(exc, OperationalError | InterfaceError | OSError):
+        return True
+    return type(exc).__module__.partition(".")[0] in ("redis", "kombu", "amqp", "psycopg")
+
+
+def advance_failed(run: Run, owner: str, exc: Exception) -> bool:
+    """An advance of ``run`` (whose lease we hold) ended in an unexpected error: count it and
+    let the run go for the sweep, or fail the run with it when it is the
+    ``MAX_ADVANCE_FAILURES``th in a row. True when the run was failed.
+
+    The count lives in the run's ``error`` (``context.ADVANCE_FAILURES``, with the error as
+    ``ADVANCE_ERROR``, or as the error itself for a running run, which has none otherwise),
+    written by the statement that lets the run go: no column, nothing on the path of a run
+    that advances. The commit that next moves the run on clears it (``Context._flush``), so a
+    long run that meets an error now and then is not failed for it. An error of the
+    infrastructure (``transient``) is not counted: the run is let go, as before."""
+    if transient(exc):
+        let_go(run, owner)
+        return False
+    count = advance_failures(run.error) + 1
+    log.error(
+        "advancing run %s failed (%d of %d in a row): %s: %s",
+        run.pk,
+        count,
+        MAX_ADVANCE_FAILURES,
+        type(exc).__name__,
+        str(exc)[:500],
+    )
+    if count >= MAX_ADVANCE_FAILURES:
+        try:
+            _fail_wedged(run, owner, exc, count)
+            return True
+        except LeaseLost:
+            return False  # no longer ours (canceled, restarted): nothing to fail or count
+        except Exception:
+            log.exception("could not fail run %s after %d failed advances", run.pk, count)
+    err = error_dict(exc)
+    base = without_advance_failures(run.error, run.status)
+    if run.status == RunStatus.COMPENSATING:
+        record = {**(base or {}), ADVANCE_ERROR: err, ADVANCE_FAILURES: count}
+    else:
+        record = {**err, ADVANCE_FAILURES: count}
+    try:
+        counted = Run.objects.filter(
+            pk=run.pk, lease_owner=owner, generation=run.generation, status__in=LEASED_RUN
+        ).update(lease_owner="", lease_expires_at=None, wake_requested_at=clock.now(), error=record)
+    except Exception:
+        log.exception("could not count the failed advance of run %s", run.pk)
+        counted = 0
+    if not counted:
+        let_go(run, owner)
+    return False
+
+
+def _fail_wedged(run: Run, owner: str, exc: Exception, count: int) -> None:
+    """Fail ``run`` (still ours) with ``exc``, the error its last ``count`` advances ended in.
+    As any failure does: its undos run (a running run becomes compensating), then its
+    ``on_complete`` and its parent's wait."""
+    error = error_dict(exc)
+    error["message"] = (
+        f"{error['message']} (the engine could not advance this run {count} times in a row "
+        "for this error, outside the workflow's code; the run was failed rather than retried "
+        "for ever: fix the definition or the engine, then restart the run)"
+    )[:4000]
+    error["failed_advances"] = count
+    if run.status == RunStatus.COMPENSATING:
+        error["cause"] = without_advance_failures(run.error, run.status)
+    ctx = Context(run, [], owner)
+    ctx.finish(RunStatus.FAILED, error=error)
 
 
 def _not_here(run: Run, owner: str) -> bool:
@@ -294,13 +383,13 @@ def _advance_taken(runs: list[Run], owner: str) -> dict[str, int]:
                 continue
             if outcome == "lease-lost":
                 ctx.charge_unrecorded()
-        except Exception:
+        except Exception as exc:
             # One run's unexpected error (the database refusing its write, a bug) is its own:
-            # it is let go for the sweep, and the burst's other runs go on. Letting them all
-            # go would replay every run that shares a burst with it, for as long as it fails.
-            log.exception("could not advance run %s in a burst; letting it go", run.pk)
-            let_go(run, owner)
-            outcome = "error"
+            # it is let go for the sweep (counted, and failed after too many in a row), and
+            # the burst's other runs go on. Letting them all go would replay every run that
+            # shares a burst with it, for as long as it fails.
+            log.exception("could not advance run %s in a burst", run.pk)
+            outcome = RunStatus.FAILED if advance_failed(run, owner, exc) else "error"
         counts[outcome] = counts.get(outcome, 0) + 1
     if ending:
         ending = _end_together(ending, owner, counts)
