@@ -15,7 +15,13 @@ from typing import Any
 
 from celery import Celery, platforms
 from celery.beat import PersistentScheduler
-from celery.signals import beat_init, task_postrun, task_prerun, worker_init
+from celery.signals import (
+    beat_init,
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_shutting_down,
+)
 from celery.utils.time import maybe_make_aware
 from kombu.transport import TRANSPORT_ALIASES
 
@@ -82,6 +88,17 @@ def _connections_used(**kwargs: Any) -> None:
     from workflows.core import dbconn
 
     dbconn.used()
+
+
+# Created here, in the worker's main process before it forks its pool: the children share it.
+from workflows.core import draining  # noqa: E402
+
+
+@worker_shutting_down.connect
+def _drain(**kwargs: Any) -> None:
+    """A warm shutdown began: the engine finishes the step in hand and hands no more on
+    (``workflows.core.draining``), so the shutdown ends within the longest step."""
+    draining.begin()
 
 
 @beat_init.connect

@@ -179,3 +179,14 @@ def budget(ctx: Any, n: int = 5) -> int:
         except Exception:  # a broad except must not be able to spend past the budget
             pass
     return value
+
+
+@step(pool="limited")
+def limited_nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@workflow(name="test.limited_naps", max_parallel=50)
+def limited_naps(ctx: Any, n: int = 6, seconds: float = 1.0) -> list[float]:
+    return ctx.map(limited_nap, [seconds] * n)

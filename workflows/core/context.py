@@ -29,9 +29,19 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal, overload
 
+from django.conf import settings
 from django.db import connection, transaction
 
-from workflows.core import clock, instrument, leases, payloads, pools, transitions, usage
+from workflows.core import (
+    clock,
+    draining,
+    instrument,
+    leases,
+    payloads,
+    pools,
+    transitions,
+    usage,
+)
 from workflows.core.calls import (
     call_step,
     canonical_sets,
@@ -218,6 +228,8 @@ class Context:
         self._lease_renewed: datetime | None = clock.now()
         # The run was suspended in the commit that wrote a fan-out (and its lease let go).
         self._parked = False
+        # This worker began to shut down before a step it was to run here (``_execute``).
+        self.drained = False
         # Advances of this run that ended in an unexpected error, counted in its error
         # (``executor.advance_failed``): the next commit, which moves the run on, clears them.
         self._clear_failures = advance_failures(run.error) > 0
@@ -925,7 +937,12 @@ class Context:
         undo: str = "",
     ) -> Any:
         """Run a step here and now: claim it (with the previous result) in one commit, call it,
-        buffer the result for the next commit."""
+        buffer the result for the next commit. Not on a worker that is shutting down
+        (``workflows.core.draining``): the run is let go there, its results so far written, for
+        a worker that is not (``suspend``)."""
+        if draining.draining():
+            self.drained = True
+            raise self._suspension()
         now = clock.now()
         conf = pools.get_pool(sd.pool)
         call = {"args": list(args), "kwargs": kwargs}
@@ -1323,7 +1340,15 @@ class Context:
     def suspend(self) -> bool:
         """Write what is buffered and park the run. False when it was woken meanwhile.
 
-        A compensating run parks as it is (status "compensating", no lease holder)."""
+        A compensating run parks as it is (status "compensating", no lease holder). A run
+        whose worker is shutting down (``drained``) is not parked: its results so far are
+        written and it is let go, runnable, and rung for at once, to go on on another worker."""
+        if self.drained:
+            with self._writing():
+                self._flush()
+                if transitions.release(self._record.pk, self.owner, self.generation, clock.now()):
+                    ring_on_commit(self._record.pk, self.generation)
+            return True
         if self._parked and not self._dirty and not self._inserts:
             return True  # Parked with the fan-out that it waits for.
         parked = (

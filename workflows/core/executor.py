@@ -24,6 +24,7 @@ from workflows.core import (
     clock,
     compensation,
     doorbell,
+    draining,
     instrument,
     payloads,
     pools,
@@ -520,7 +521,16 @@ def _run_chain(row: Step | None, owner: str) -> int:
         ensure_heartbeat()
         executed += 1
         row = _run_claimed(row, owner, woke)
+        if row is not None and draining.draining():
+            # This worker is shutting down: the step its slot was handed goes back to the
+            # pool, rung for, for a worker that is not. Run here, under a backlog the chain
+            # went on until the supervisor killed the worker in the middle of a step.
+            _put_back(row, clock.now())
+            dispatch_on_commit(row.pk, row.pool)
+            row = None
     for run in woke:
+        # Its replay stops before any step it would run here, when this worker is shutting
+        # down (``Context._execute``), and lets the run go on elsewhere.
         advance(run.pk, run.generation, taken=run)
     return executed
 
@@ -621,6 +631,20 @@ def _needs_newer_code(row: Step) -> str | None:
     return newer_than_here(run["workflow"], run["version"], run["created_at"])
 
 
+def _put_back(row: Step, wake_at: datetime) -> bool:
+    """A step claimed here (attempt counted) that did not start: back to pending as before its
+    claim, its attempt not counted, due by ``wake_at``. False when it is no longer ours."""
+    drop(row.pk)
+    put_back = {
+        "status": StepStatus.PENDING,
+        "attempt": row.attempt - 1,
+        "lease_owner": "",
+        "lease_expires_at": None,
+        "wake_at": wake_at,
+    }
+    return transitions.reclaim_step(row, put_back)
+
+
 def _leave_step(row: Step, owner: str, newer: str) -> Step | None:
     """A rolling deploy: a queued step (a branch, say) of a run started by newer code, whose
     code this process cannot import, is put back as it was before this claim: pending, its
@@ -635,16 +659,8 @@ def _leave_step(row: Step, owner: str, newer: str) -> Step | None:
         row.run_id,
         newer,
     )
-    drop(row.pk)
     now = clock.now()
-    put_back = {
-        "status": StepStatus.PENDING,
-        "attempt": row.attempt - 1,
-        "lease_owner": "",
-        "lease_expires_at": None,
-        "wake_at": now + NOT_HERE_WAIT,
-    }
-    if not transitions.reclaim_step(row, put_back):
+    if not _put_back(row, now + NOT_HERE_WAIT):
         return None  # no longer ours (reclaimed, canceled): nothing to leave
     conf = pools.get_pool(row.pool)
     if not conf.max_concurrency or conf.rate_limit:
