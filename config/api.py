@@ -367,8 +367,13 @@ def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
 def unframed_body(request: HttpRequest) -> bool:
     """A body sent with ``Transfer-Encoding`` (chunked) and no ``Content-Length``: Django
     reads ``Content-Length`` bytes only, so it would be read as no body at all, and a restart
-    or cancel would run with its defaults (from step 1, without its reason)."""
-    return "HTTP_TRANSFER_ENCODING" in request.META and not request.META.get("CONTENT_LENGTH")
+    or cancel would run with its defaults (from step 1, without its reason). Under WSGI only:
+    Django's ASGI handler reads a chunked body whole."""
+    return (
+        "wsgi.input" in request.META
+        and "HTTP_TRANSFER_ENCODING" in request.META
+        and not request.META.get("CONTENT_LENGTH")
+    )
 
 
 def _json_not_allowed(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:

@@ -61,10 +61,11 @@ class RefuseNulMiddleware:
 
 
 class DatabaseBusyMiddleware:
-    """A page whose database was busy or away answers 503 "nothing was saved, try again",
-    as the API does (``config.api.transient``: a deadlock, a lock or statement timeout, a lost
-    connection, SQLite's "database is locked" after its 30 s wait). It was the 500 page, which
-    says "a run you started is not lost" when the run was never written."""
+    """A page whose database was busy or away answers 503 "this may not have been saved: look,
+    then try again", as the API does (``config.api.transient``: a deadlock, a lock or
+    statement timeout, a lost connection, SQLite's "database is locked" after its 30 s wait).
+    It was the 500 page, which says "a run you started is not lost" when the run was never
+    written. A POST may have committed before the error, so it does not say "not saved"."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response

@@ -202,7 +202,11 @@ def build(
     node, nullable, kind, inner = shape(schema, root, seen, depth)
     f = Field(
         name=name,
-        label=str(node.get("title") or label.replace("_", " ").capitalize()),
+        # The property's own title, then its name, before the title of the model it refers to:
+        # two fields of one model (``addr``, ``billing``) were both labelled "Addr".
+        label=str(
+            schema.get("title") or label.replace("_", " ").capitalize() or node.get("title") or ""
+        ),
         kind=kind,
         required=required and not nullable,
         help=str(node.get("description") or ""),

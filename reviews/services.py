@@ -643,7 +643,11 @@ def approved_by(gate_id: Any, *, actor: str, user: Any = None) -> bool:
     a user (an API key, ``api:<prefix>``) is known by ``actor``."""
     approvals = GateApproval.objects.filter(gate_id=gate_id)
     if user is not None:
-        return approvals.filter(user_id=user.pk).exists()
+        # Or an approval recorded by name only, without a user (code calling ``decide_gate``
+        # with ``actor=`` their name and no user): it is theirs too.
+        return approvals.filter(
+            Q(user_id=user.pk) | Q(user__isnull=True, approver=actor[:150])
+        ).exists()
     return approvals.filter(approver=actor[:150]).exists()
 
 
@@ -682,7 +686,11 @@ def record_approval(
     approvers = [name for name, _ in rows]
     # Who approved is a user id for a signed-in user (``approved_by``), a name for a key.
     if user is not None:
-        already = any(user_id == user.pk for _, user_id in rows)
+        # Or recorded by name only, without a user: code that decided with ``actor=`` their
+        # name and no user (``approved_by``). One person must not close a four-eyes gate.
+        already = any(
+            user_id == user.pk or (user_id is None and name == approver) for name, user_id in rows
+        )
     else:
         already = approver in approvers
     if already:

@@ -30,6 +30,26 @@ def unlink_repeated_approvals(apps: Any, schema_editor: Any) -> None:
         ).update(user=None)
 
 
+def unique_names_again(apps: Any, schema_editor: Any) -> None:
+    """Backwards, before the name constraint is built again: two approvals of a gate under one
+    name (a deleted user's and a new account's of the same name, which this migration allows)
+    would stop it. The later ones keep their user and get their row id in the name."""
+    GateApproval = apps.get_model("reviews", "GateApproval")
+    repeated = (
+        GateApproval.objects.values("gate_id", "approver")
+        .annotate(n=Count("id"), first=Min("id"))
+        .filter(n__gt=1)
+    )
+    for row in repeated:
+        later = GateApproval.objects.filter(
+            gate_id=row["gate_id"], approver=row["approver"]
+        ).exclude(pk=row["first"])
+        for approval in later:
+            suffix = f" (#{approval.pk})"
+            approval.approver = approval.approver[: 150 - len(suffix)] + suffix
+            approval.save(update_fields=["approver"])
+
+
 class Migration(migrations.Migration):
     dependencies = [
         ("reviews", "0008_gate_queue_indexes"),
@@ -58,4 +78,6 @@ class Migration(migrations.Migration):
             model_name="gateapproval",
             name="gate_approval_once",
         ),
+        # Undone first when migrating back: names unique per gate before the old constraint.
+        migrations.RunPython(migrations.RunPython.noop, unique_names_again),
     ]

@@ -23,8 +23,20 @@
       var item = holder.firstElementChild;
       item.dataset.index = String(next);
       var legend = item.querySelector("legend");
-      if (legend) legend.textContent = legend.textContent.trim() + " " + (list.children.length + 1);
+      if (legend) {
+        // Number the item in the legend's own text: an optional item's legend also holds its
+        // "include" checkbox, which replacing the whole text removed (its data was then lost).
+        var label = legend.querySelector("label") || legend;
+        var texts = Array.prototype.filter.call(label.childNodes, function (n) {
+          return n.nodeType === 3 && n.textContent.trim();
+        });
+        var text = texts[texts.length - 1];
+        if (text) text.textContent = " " + text.textContent.trim() + " " + (list.children.length + 1);
+      }
       list.appendChild(item);
+      // An item just added is one to fill in: an optional one starts included.
+      var own = item.querySelector(":scope > legend [data-present]");
+      if (own) own.checked = true;
       item.querySelectorAll("[data-present]").forEach(include);
       refresh(array);
       var first = item.querySelector("input, textarea, select");

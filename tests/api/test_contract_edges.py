@@ -90,6 +90,58 @@ def test_a_chunked_cancel_start_or_event_is_a_411(api: Api, service: Persona, be
     assert r.status_code == 200 and r.json()["audit"][-1]["reason"] == "duplicate ticket"
 
 
+def test_under_asgi_a_chunked_body_is_read(service: Persona) -> None:
+    """Found by the diff review: Django's ASGI handler reads a chunked body whole
+    (``config/asgi.py`` serves under uvicorn or daphne): no 411 there. The body comes in two
+    parts and no Content-Length, as an ASGI server passes a chunked request on."""
+    import asyncio
+
+    from asgiref.sync import async_to_sync
+    from django.core.asgi import get_asgi_application
+
+    app = get_asgi_application()
+    body = json.dumps({"pipeline": "test.chain", "input": {"n": 1}}).encode()
+    headers = [(k.lower().encode(), v.encode()) for k, v in service.headers.items()]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/runs",
+        "raw_path": b"/api/runs",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", b"application/json"),
+            (b"transfer-encoding", b"chunked"),
+            *headers,
+        ],
+        "client": ("127.0.0.1", 1234),
+        "server": ("testserver", 80),
+    }
+    parts = [
+        {"type": "http.request", "body": body[:10], "more_body": True},
+        {"type": "http.request", "body": body[10:], "more_body": False},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if parts:
+            return parts.pop(0)
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async_to_sync(app)(scope, receive, send)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    assert status == 201, sent
+    assert Run.objects.count() == 1
+
+
 # --- the journal's Link -----------------------------------------------------------------------
 
 

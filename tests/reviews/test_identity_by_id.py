@@ -22,6 +22,7 @@ from reviews.models import Gate, GateApproval
 from reviews.services import (
     ReassignError,
     SeparationOfDutiesError,
+    approved_by,
     decide_gate,
     next_gate_for,
     reassign_gate,
@@ -99,6 +100,20 @@ def test_the_service_counts_a_renamed_approver_once(bell: Bell, people: People) 
     people.ana.refresh_from_db()
     again = decide_gate(gate.pk, outcome="approve", actor="ana.smith", user=people.ana)
     assert again.status == "open"
+    assert GateApproval.objects.filter(gate=gate).count() == 1
+
+
+def test_an_approval_recorded_by_name_only_is_the_same_persons(bell: Bell, people: People) -> None:
+    """Found by the diff review: code that records ana's approval by name (``decide_gate`` with
+    ``actor="ana"`` and no user), then ana on the web: matched by id only, one person closed
+    a four-eyes gate (the old unique name constraint had refused it)."""
+    gate = gate_started_by(bell, approvals=2)
+    decide_gate(gate.pk, outcome="approve", actor="ana", user=None)
+    r = logged_in(people.ana).post(f"/reviews/{gate.pk}/decide/", {"outcome": "approve"})
+    assert r.status_code == 409
+    gate.refresh_from_db()
+    assert gate.status == "open"
+    assert approved_by(gate.pk, actor="ana", user=people.ana)
     assert GateApproval.objects.filter(gate=gate).count() == 1
 
 
