@@ -506,3 +506,26 @@ def test_a_name_passed_positionally_says_to_use_name() -> None:
         step("fetch")  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="must be a string"):
         workflow(name=3)  # type: ignore[call-overload]
+
+
+def test_an_error_caused_by_the_database_is_not_counted_against_the_run() -> None:
+    """Found by the diff review: only the error's own type was looked at, so an error raised
+    while handling a database failure (or "current transaction is aborted") counted toward
+    failing a healthy run."""
+    from django.db import InternalError, OperationalError
+
+    from workflows.core.executor import transient
+
+    def raised_during(cause: BaseException) -> BaseException:
+        try:
+            try:
+                raise cause
+            except BaseException:
+                raise RuntimeError("while handling it")  # noqa: B904
+        except RuntimeError as exc:
+            return exc
+
+    assert transient(raised_during(OperationalError("server closed the connection")))
+    assert transient(InternalError("current transaction is aborted"))
+    assert not transient(TypeError("a bug of the definition"))
+    assert not transient(raised_during(KeyError("x")))

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from tests.support import Bell
 from workflows import get_run, start, step, workflow
-from workflows.core import definitions, executor, pools
+from workflows.core import definitions, executor, pools, transitions
 from workflows.core.definitions import unregister_workflow
 from workflows.core.sweeper import sweep
 from workflows.models import Pool, Run, Step
@@ -193,3 +193,31 @@ def test_a_branch_that_cannot_be_imported_still_fails_when_no_rollout_explains_i
     row = get_run(run.pk)
     assert row.status == "failed"
     assert "not_deployed_here" in str(row.error)
+
+
+def test_a_branch_left_for_newer_code_is_not_handed_back_to_itself_under_a_long_grace(
+    bell: Bell, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the diff review: with a doorbell grace of 30 s or more, the hand-over (due
+    within the grace) took the step just put back (due in 30 s), again and again."""
+    settings.SLUICE_DOORBELL_GRACE_SECONDS = 60
+    Pool.objects.update_or_create(name="roll_pool", defaults={"max_concurrency": 1})
+    pools.clear_cache()
+    workflow(name="test_roll.fan")(fan)
+    run = start("test_roll.fan", {"items": [1]})
+    bell.drain(limit=1)
+    branch = Step.objects.get(run=run, branch=0)
+    Step.objects.filter(pk=branch.pk).update(target="tests.workflows.not_deployed_here.double")
+    Run.objects.filter(pk=run.pk).update(version=2)
+    real, handed = transitions.hand_over, []
+
+    def counted(*args: Any) -> Any:
+        handed.append(args)
+        assert len(handed) < 5, "the step was handed back to itself"
+        return real(*args)
+
+    monkeypatch.setattr(transitions, "hand_over", counted)
+    assert executor.execute_step(branch.pk) == 1  # it returns: the step is left, once
+    row = Step.objects.get(pk=branch.pk)
+    assert (row.status, row.attempt) == ("pending", 0)
+    assert row.wake_at > timezone.now() + timedelta(seconds=90)

@@ -16,8 +16,16 @@ from decimal import Decimal
 from functools import partial
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, DataError, InterfaceError, OperationalError, transaction
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    DataError,
+    InterfaceError,
+    InternalError,
+    OperationalError,
+    transaction,
+)
 from django.db.models import Avg, Count, Q
+from django.db.transaction import TransactionManagementError
 
 from workflows.core import (
     branches,
@@ -175,10 +183,26 @@ def let_go(run: Run, owner: str) -> None:
 
 def transient(exc: BaseException) -> bool:
     """``exc`` is the infrastructure's (the database or the broker unreachable, a deadlock, a
-    timeout), which the next try may well not meet: not counted against the run."""
-    if isinstance(exc, OperationalError | InterfaceError | OSError):
-        return True
-    return type(exc).__module__.partition(".")[0] in ("redis", "kombu", "amqp", "psycopg")
+    timeout, a transaction an earlier error aborted), which the next try may well not meet:
+    not counted against the run. Its causes are looked at too: an error raised while
+    handling one of those (or re-raised as another type) is that one."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(
+            cause,
+            OperationalError
+            | InterfaceError
+            | InternalError
+            | TransactionManagementError
+            | OSError,
+        ):
+            return True
+        if type(cause).__module__.partition(".")[0] in ("redis", "kombu", "amqp", "psycopg"):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def advance_failed(run: Run, owner: str, exc: Exception) -> bool:
@@ -525,8 +549,8 @@ def _run_chain(row: Step | None, owner: str) -> int:
             # This worker is shutting down: the step its slot was handed goes back to the
             # pool, rung for, for a worker that is not. Run here, under a backlog the chain
             # went on until the supervisor killed the worker in the middle of a step.
-            _put_back(row, clock.now())
-            dispatch_on_commit(row.pk, row.pool)
+            if _put_back(row, clock.now()):
+                dispatch_on_commit(row.pk, row.pool)
             row = None
     for run in woke:
         # Its replay stops before any step it would run here, when this worker is shutting
@@ -660,7 +684,9 @@ def _leave_step(row: Step, owner: str, newer: str) -> Step | None:
         newer,
     )
     now = clock.now()
-    if not _put_back(row, now + NOT_HERE_WAIT):
+    # Due after the hand-over's horizon (now + the doorbell grace, which may be longer than
+    # NOT_HERE_WAIT): else the hand-over below took this very step back, again and again.
+    if not _put_back(row, now + max(NOT_HERE_WAIT, 2 * grace())):
         return None  # no longer ours (reclaimed, canceled): nothing to leave
     conf = pools.get_pool(row.pool)
     if not conf.max_concurrency or conf.rate_limit:
