@@ -586,6 +586,9 @@ SLUICE_DOORBELL_GRACE_SECONDS = _env_number(
 SLUICE_DATABASE_WAIT_SECONDS = _env_number("SLUICE_DATABASE_WAIT_SECONDS", 60.0, low=0, high=86400)
 # Default cap on branches of one run in flight at once.
 SLUICE_MAX_PARALLEL = _env_int("SLUICE_MAX_PARALLEL", 10, low=1, high=100_000)
+# The widest ctx.map / ctx.parallel: one over it fails the run (FanOutTooWide) before anything
+# of it is written. A fan-out is one transaction (4 s and 215 MB of worker memory at 50,000).
+SLUICE_MAX_FANOUT = _env_int("SLUICE_MAX_FANOUT", 10_000, low=1, high=1_000_000)
 # A fan-out in a pool limited by concurrency rings for its first branches this many per
 # message; the worker that takes one runs them at once, in threads of its own (at most
 # SLUICE_BRANCH_THREADS per process). PostgreSQL only; 1 sends one message per branch.

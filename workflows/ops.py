@@ -30,7 +30,8 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 from django.db.models import Count, Max, Min, Q, QuerySet, Sum
-from django.db.models.functions import TruncHour
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Substr, TruncHour
 from django.utils import timezone
 
 from workflows import gateinfo
@@ -536,13 +537,26 @@ def cost_by_pipeline(now: datetime, rows: dict[datetime, Hour] | None = None) ->
     }
 
 
+# Characters of a failed run's error type and message the ops overview reads (it shows 140).
+FAILURE_TEXT = 200
+
+
 def attention(now: datetime) -> dict[str, Any]:
     """Things an operator should look at: recent failures, runs waiting longest to start."""
+    # Of each error only what the list shows (its type, the message's first 140 characters),
+    # cut in the database: a step's message was once 20 MB, read whole for every overview.
     failures = list(
         Run.objects.filter(status="failed", finished_at__gte=now - timedelta(hours=HOURS))
         .order_by("-finished_at")
-        .only("id", "workflow", "error", "finished_at", "current_step")[:8]
+        .only("id", "workflow", "finished_at", "current_step")
+        .annotate(
+            shown_type=Substr(KeyTextTransform("type", "error"), 1, FAILURE_TEXT),
+            shown_message=Substr(KeyTextTransform("message", "error"), 1, FAILURE_TEXT),
+        )[:8]
     )
+    for run in failures:
+        # The template reads run.error.type / .message; error itself stays unloaded.
+        run.error = {"type": run.shown_type or "", "message": run.shown_message or ""}
     rung = now - 4 * timedelta(seconds=settings.SLUICE_DOORBELL_GRACE_SECONDS)
     active = Run.objects.filter(status__in=ACTIVE_RUN).aggregate(
         oldest_pending=Min("created_at", filter=Q(status="pending")),

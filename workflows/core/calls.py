@@ -28,6 +28,13 @@ from workflows.core.errors import NonRetryableError, PayloadTooLargeError, StepT
 from workflows.core.jsonvalues import encode_sorted, to_json
 
 TRACEBACK_LIMIT = 8000
+# An error message is stored on the step and on the run and shown by the run page, the API and
+# the webhooks: a step raising with a 20 MB message made each of them 20 MB. Cut to this many
+# characters, with a note of the length it had. A message that wraps one already cut (a run's
+# StepFailed "step 'x' failed: Type: …", a parent's "child run … failed: …") is kept whole up to
+# MESSAGE_SLACK characters longer, so the note of the first cut survives.
+MESSAGE_LIMIT = 4000
+MESSAGE_SLACK = 1000
 
 log = logging.getLogger("workflows.steps")
 
@@ -50,7 +57,9 @@ def log_failed_attempt(
 def error_dict(exc: BaseException, **extra: Any) -> dict[str, Any]:
     """``exc`` as the JSON the journal records. Its texts come from the step (an LLM's raw
     answer among them), so they are made storable: a NUL or a lone surrogate, which
-    PostgreSQL's jsonb refuses, is written as its escape instead of failing the write.
+    PostgreSQL's jsonb refuses, is written as its escape instead of failing the write. And
+    bounded: the message is cut to ``MESSAGE_LIMIT`` characters (``cut_message``), the
+    traceback to its last ``TRACEBACK_LIMIT``, as the raw text to its first.
 
     Total: an exception whose ``str()`` raises (a ``__str__`` reading an attribute never set)
     is recorded with a placeholder. Raised here, inside the handler's ``except``, it would
@@ -58,7 +67,7 @@ def error_dict(exc: BaseException, **extra: Any) -> dict[str, Any]:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     data: dict[str, Any] = {
         "type": storable_text(type(exc).__name__),
-        "message": storable_text(shown(exc)),
+        "message": storable_text(cut_message(shown(exc))),
         "traceback": storable_text(tb[-TRACEBACK_LIMIT:]),
     }
     try:
@@ -69,6 +78,14 @@ def error_dict(exc: BaseException, **extra: Any) -> dict[str, Any]:
         data["raw_text"] = storable_text(shown(raw)[:TRACEBACK_LIMIT])
     data.update(extra)
     return data
+
+
+def cut_message(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters, with a note saying how long it was, when it is
+    over ``limit`` + ``MESSAGE_SLACK``."""
+    if len(text) <= limit + MESSAGE_SLACK:
+        return text
+    return f"{text[:limit]}… [message cut: {len(text):,} characters in all]"
 
 
 def shown(value: object) -> str:

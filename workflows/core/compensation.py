@@ -50,6 +50,10 @@ from workflows.core.undos import (  # noqa: F401  (re-exported: compensation.pla
 
 log = logging.getLogger(__name__)
 
+# How many failed undos a CompensationFailed error lists (``undos_failed``); the count of all of
+# them is ``undos_failed_count``.
+UNDOS_FAILED_LISTED = 20
+
 
 def _call_of(row: Step, run_id: Any) -> tuple[list[Any], dict[str, Any]]:
     """The undo's arguments: the step's own, plus ``result=`` its result."""
@@ -130,7 +134,10 @@ def _end(ctx: Context, run: Run, failed: list[str]) -> str:
                 + "; ".join(failed)
                 + (f" (the run had {_cause_text(run, cause)})" if cause else "")
             )[:2000],
-            "undos_failed": failed,
+            # The first few (each already cut to 500 characters) and how many there were:
+            # 2,000 failing undos made a 219 KB run error, sent to every page and webhook.
+            "undos_failed": failed[:UNDOS_FAILED_LISTED],
+            "undos_failed_count": len(failed),
             "cause": cause,
         }
     else:

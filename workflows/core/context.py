@@ -89,6 +89,14 @@ from workflows.core.storage import json_text, storage
 # How deep runs may nest through run_workflow (a run, its child, the child's child ...).
 MAX_CHILD_DEPTH = 32
 
+
+class FanOutTooWide(ValueError):
+    """A ``ctx.map`` / ``ctx.parallel`` wider than ``SLUICE_MAX_FANOUT``, refused before anything
+    of it is written: its group and branches are one transaction, and every finishing branch
+    works under the group's row lock, so one enormous fan-out holds a worker, the database and a
+    cancel for seconds to minutes."""
+
+
 # The keys of ``Run.error`` that count an active run's advances ended in an unexpected error in
 # a row (``executor.advance_failed``), and hold the last one, until the run moves on.
 ADVANCE_FAILURES = "advance_failures"
@@ -1192,6 +1200,16 @@ class Context:
 
     def _fan_out(self, calls: list[Call[Any]], name: str, return_exceptions: bool) -> list[Any]:
         pos, group = self._next(StepKind.PARALLEL, name)
+        limit = settings.SLUICE_MAX_FANOUT
+        if group is None and len(calls) > limit:
+            # Only a fan-out not journaled yet: one written before the limit was (or while it
+            # was higher) replays as it was. Nothing is written, so a replay refuses it again.
+            raise FanOutTooWide(
+                f"ctx.{name.split(':', 1)[0]} {name!r} at position {pos} fans out {len(calls):,} "
+                f"branches, more than SLUICE_MAX_FANOUT ({limit:,}) allows: split the work "
+                "into child runs (ctx.run_workflow, each mapping a part) or batch the items "
+                "(one branch per batch of items), or raise SLUICE_MAX_FANOUT"
+            )
         digest = (
             call_digest([[c.step.name, list(c.args), c.kwargs] for c in calls])
             if group is None or group.digest

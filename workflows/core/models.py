@@ -255,6 +255,15 @@ class Step(models.Model):
                 condition=Q(status__in=["running", "pending", "retrying"]),
             ),
             models.Index(fields=["finished_at"], name="step_costed", condition=Q(cost__gt=0)),
+            # The next held branch of a fan-out to let go (``storage``'s finish statement and
+            # ``_release_held``, ``executor.release_held``): only the branches still held, so
+            # the lookup does not walk past every branch already released (a wide map was
+            # O(n^2), under the group row's lock). A branch leaves it when it is released.
+            models.Index(
+                fields=["run", "position", "branch"],
+                name="step_held_pending",
+                condition=Q(held=True, superseded=False, status="pending"),
+            ),
         ]
 
     def __str__(self) -> str:
