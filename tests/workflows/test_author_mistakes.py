@@ -185,6 +185,37 @@ def test_a_map_over_a_set_fans_out_in_a_canonical_order(bell: Bell) -> None:
     assert [b.args["args"][0] for b in branches] == sorted(TAGS)
 
 
+@workflow(name="test_mistakes.number_sets")
+def number_sets(ctx: Any) -> Any:
+    single = ctx.run(echo, {8, 1, 1000, -3})
+    mapped = ctx.map(echo, {8, 1, 1000, -3})
+    ctx.wait_for_event("go")
+    return [single, mapped]
+
+
+@engine
+def test_a_run_journaled_before_sets_were_ordered_still_replays(
+    bell: Bell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the diff review: sorting every set broke runs in flight at the deploy. A set
+    of numbers iterates alike in every process (their hashes are not seeded), so those runs
+    replayed fine before; such sets keep their order."""
+    from workflows import send_event
+    from workflows.core import context
+
+    real = context.canonical_sets
+    monkeypatch.setattr(context, "canonical_sets", lambda value: value)  # the old encoding
+    run = start(number_sets, {})
+    bell.settle()
+    assert get_run(run.pk).status == "suspended"
+    monkeypatch.setattr(context, "canonical_sets", real)  # the deploy
+    send_event(run.pk, "go", {})
+    bell.settle()
+    done = get_run(run.pk)
+    assert done.status == "succeeded", done.error
+    assert done.output == [list({8, 1, 1000, -3}), list({8, 1, 1000, -3})]
+
+
 # --- 3. an annotation that cannot be resolved ----------------------------------------------
 
 
