@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection
+from django.utils import timezone
 
 # Playwright's sync API runs an event loop in the test thread; Django's ORM calls made from
 # that thread (fixtures, assertions) are still synchronous and safe here.
@@ -14,6 +17,7 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 import tests.sample_workflows  # noqa: F401  (registers the test workflows)
 from tests.support import Bell
+from workflows.core import clock
 
 
 def pytest_configure(config: Any) -> None:
@@ -48,6 +52,22 @@ def _forget_api_keys() -> Iterator[None]:
     forget_keys()
     yield
     forget_keys()
+
+
+@pytest.fixture
+def skew(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """``skew(seconds)``: this host's clock runs ``seconds`` ahead (negative: behind) of the
+    database's (the engine's clock, ``workflows.core.clock``); PostgreSQL only."""
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite is one machine's clock: there is no other to be off from")
+    real = timezone.now
+
+    def use(seconds: float) -> None:
+        monkeypatch.setattr(timezone, "now", lambda: real() + timedelta(seconds=seconds))
+        clock.reset()
+
+    yield use
+    clock.reset()
 
 
 @pytest.fixture

@@ -5,13 +5,10 @@ difference, escalated them at the wrong time, and showed countdowns that were of
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import connection
-from django.utils import timezone
 
 from reviews.models import Gate
 from reviews.services import escalate_due_gates, expire_due_gates, open_queue
@@ -20,21 +17,6 @@ from tests.support import Bell
 from workflows.core import clock
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def skew(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """``skew(seconds)``: this host's clock runs ``seconds`` ahead (negative: behind)."""
-    if connection.vendor != "postgresql":
-        pytest.skip("SQLite is one machine's clock: there is no other to be off from")
-    real = timezone.now
-
-    def use(seconds: float) -> None:
-        monkeypatch.setattr(timezone, "now", lambda: real() + timedelta(seconds=seconds))
-        clock.reset()
-
-    yield use
-    clock.reset()
 
 
 def test_a_host_ten_minutes_slow_expires_a_due_gate_on_time(bell: Bell, skew: Any) -> None:

@@ -5,13 +5,11 @@ measured offset to PostgreSQL's clock (``workflows.core.clock``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from django.db import connection
-from django.utils import timezone
 
 from tests import sample_workflows as samples
 from tests.support import Bell
@@ -27,21 +25,6 @@ def db_now() -> datetime:
     with connection.cursor() as cur:
         cur.execute("SELECT clock_timestamp()")
         return cur.fetchone()[0]  # type: ignore[index]
-
-
-@pytest.fixture
-def skew(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """``skew(seconds)``: this host's clock runs ``seconds`` ahead (negative: behind)."""
-    if connection.vendor != "postgresql":
-        pytest.skip("SQLite is one machine's clock: there is no other to be off from")
-    real = timezone.now
-
-    def use(seconds: float) -> None:
-        monkeypatch.setattr(timezone, "now", lambda: real() + timedelta(seconds=seconds))
-        clock.reset()
-
-    yield use
-    clock.reset()
 
 
 @pytest.mark.parametrize("seconds", [-7.0, 10.0])
