@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.db.models import F, Q, QuerySet
 from django.db.models.expressions import RawSQL
@@ -642,13 +643,21 @@ def approved_by(gate_id: Any, *, actor: str, user: Any = None) -> bool:
     a four-eyes gate twice), and an account later given their name has not. A caller without
     a user (an API key, ``api:<prefix>``) is known by ``actor``."""
     approvals = GateApproval.objects.filter(gate_id=gate_id)
-    if user is not None:
-        # Or an approval recorded by name only, without a user (code calling ``decide_gate``
-        # with ``actor=`` their name and no user): it is theirs too.
-        return approvals.filter(
-            Q(user_id=user.pk) | Q(user__isnull=True, approver=actor[:150])
-        ).exists()
+    who = user if user is not None else _named_user(actor)
+    if who is not None:
+        return approvals.filter(user_id=who.pk).exists()
     return approvals.filter(approver=actor[:150]).exists()
+
+
+def _named_user(actor: str) -> Any:
+    """The account ``actor`` names, for a decision made without a user (code calling
+    ``decide_gate`` with ``actor=`` a username): its approval is that person's, by id, as
+    their own on the web is. None for an API key (``api:<prefix>``) or a name no account has.
+    (Matching name-only approvals by name instead took a deleted approver's approval for the
+    new account later given their name.)"""
+    if not actor or actor.startswith("api:"):
+        return None
+    return get_user_model().objects.filter(username=actor[:150]).first()
 
 
 def record_approval(
@@ -684,18 +693,16 @@ def record_approval(
         .values_list("approver", "user_id")
     )
     approvers = [name for name, _ in rows]
-    # Who approved is a user id for a signed-in user (``approved_by``), a name for a key.
-    if user is not None:
-        # Or recorded by name only, without a user: code that decided with ``actor=`` their
-        # name and no user (``approved_by``). One person must not close a four-eyes gate.
-        already = any(
-            user_id == user.pk or (user_id is None and name == approver) for name, user_id in rows
-        )
+    # Who approved is a user id (``approved_by``): the signed-in user's, or the account a
+    # decision without a user names; a name for a key.
+    who = user if user is not None else _named_user(approver)
+    if who is not None:
+        already = any(user_id == who.pk for _, user_id in rows)
     else:
         already = approver in approvers
     if already:
         return ApprovalStep("already", approvers)
-    GateApproval.objects.create(gate=gate, approver=approver, user=user, comment=comment, at=now)
+    GateApproval.objects.create(gate=gate, approver=approver, user=who, comment=comment, at=now)
     approvers.append(approver)
     if len(approvers) >= gate.approvals_required:
         return ApprovalStep("complete", approvers)

@@ -444,9 +444,7 @@ def _four_eyes_context(request: HttpRequest, gate: Gate) -> dict[str, Any]:
     me = request.user.get_username()
     approvals = list(gate.approvals.all()) if gate.approvals_required > 1 else []
     # By user id, as the service decides (``services.approved_by``), not by name.
-    approved_by_me = any(
-        a.user_id == request.user.pk or (a.user_id is None and a.approver == me) for a in approvals
-    )
+    approved_by_me = any(a.user_id == request.user.pk for a in approvals)
     barred = gate.separation_of_duties and services.started_the_run(gate, me, request.user)
     no_approve = approved_by_me or barred
     return {

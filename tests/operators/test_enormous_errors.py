@@ -172,3 +172,21 @@ def test_the_ops_overview_reads_only_the_start_of_each_failure(people: People) -
     part = page[page.index("Recent failures") :]
     assert "Boom: " + "B" * 139 + "…" in part
     assert "B" * 141 not in part
+
+
+def loud_hook(run: Any) -> None:
+    raise RuntimeError("B" * HUGE)
+
+
+@workflow(name="test.enormous.quiet")
+def quiet(ctx: Any) -> int:
+    return 1
+
+
+def test_an_on_complete_hooks_error_is_cut_too(bell: Bell) -> None:
+    """Found by the final read: a hook's error was recorded on the run whole."""
+    run = start(quiet, {}, on_complete="tests.operators.test_enormous_errors.loud_hook")
+    bell.settle()
+    recorded = get_run(run.pk).error["on_complete"]
+    assert len(recorded) < MESSAGE_LIMIT + MESSAGE_SLACK + 100
+    assert "message cut" in recorded

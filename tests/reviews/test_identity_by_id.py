@@ -117,6 +117,25 @@ def test_an_approval_recorded_by_name_only_is_the_same_persons(bell: Bell, peopl
     assert GateApproval.objects.filter(gate=gate).count() == 1
 
 
+def test_a_new_account_given_a_deleted_approvers_name_may_approve(
+    bell: Bell, people: People
+) -> None:
+    """Found by the final read: matching name-only approvals by name took a deleted approver's
+    approval (its user cleared) for the new account later given their name."""
+    gate = gate_started_by(bell, approvals=2)
+    decide_gate(gate.pk, outcome="approve", actor="ana", user=people.ana)
+    people.ana.delete()
+    newcomer = reviewer("ana")
+    r = logged_in(newcomer).post(f"/reviews/{gate.pk}/decide/", {"outcome": "approve"})
+    assert r.status_code == 302, r.status_code
+    gate.refresh_from_db()
+    assert gate.status == "decided"
+    # And the next-gate offer agrees with the service about a name-only approval.
+    other = gate_started_by(bell, approvals=2)
+    decide_gate(other.pk, outcome="approve", actor="ben", user=None)
+    assert next_gate_for(people.ben) is None or next_gate_for(people.ben).pk != other.pk
+
+
 def test_the_panel_bulk_and_next_gate_know_a_renamed_approver(bell: Bell, people: People) -> None:
     gate = gate_started_by(bell, approvals=2)
     decide_gate(gate.pk, outcome="approve", actor="ana", user=people.ana)

@@ -185,27 +185,30 @@ def test_a_map_over_a_set_fans_out_in_a_canonical_order(bell: Bell) -> None:
     assert [b.args["args"][0] for b in branches] == sorted(TAGS)
 
 
-@workflow(name="test_mistakes.number_sets")
-def number_sets(ctx: Any) -> Any:
+@workflow(name="test_mistakes.journaled_sets")
+def journaled_sets(ctx: Any) -> Any:
     single = ctx.run(echo, {8, 1, 1000, -3})
     mapped = ctx.map(echo, {8, 1, 1000, -3})
+    words = ctx.map(echo, set(TAGS))
     ctx.wait_for_event("go")
-    return [single, mapped]
+    return [single, mapped, words]
 
 
 @engine
 def test_a_run_journaled_before_sets_were_ordered_still_replays(
     bell: Bell, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Found by the diff review: sorting every set broke runs in flight at the deploy. A set
-    of numbers iterates alike in every process (their hashes are not seeded), so those runs
-    replayed fine before; such sets keep their order."""
+    """Found by the diff review: sorting every set broke runs in flight at the deploy (a set
+    of numbers iterated alike in most processes, so those runs replayed fine before). A
+    journaled digest that does not match is compared with the old encoding's
+    (``legacy_digest``), and a map over a set journaled in the set's own order replays in
+    it."""
     from workflows import send_event
     from workflows.core import context
 
     real = context.canonical_sets
     monkeypatch.setattr(context, "canonical_sets", lambda value: value)  # the old encoding
-    run = start(number_sets, {})
+    run = start(journaled_sets, {})
     bell.settle()
     assert get_run(run.pk).status == "suspended"
     monkeypatch.setattr(context, "canonical_sets", real)  # the deploy
@@ -213,7 +216,8 @@ def test_a_run_journaled_before_sets_were_ordered_still_replays(
     bell.settle()
     done = get_run(run.pk)
     assert done.status == "succeeded", done.error
-    assert done.output == [list({8, 1, 1000, -3}), list({8, 1, 1000, -3})]
+    assert done.output[1] == list({8, 1, 1000, -3})  # the journal's order, not sorted
+    assert done.output[2] == list(set(TAGS))
 
 
 # --- 3. an annotation that cannot be resolved ----------------------------------------------
@@ -560,3 +564,25 @@ def test_an_error_caused_by_the_database_is_not_counted_against_the_run() -> Non
     assert transient(InternalError("current transaction is aborted"))
     assert not transient(TypeError("a bug of the definition"))
     assert not transient(raised_during(KeyError("x")))
+    assert not transient(InternalError("raised by a trigger"))  # comes back every time
+
+
+@engine
+def test_a_deterministic_database_error_outside_the_handler_still_fails_the_run(
+    bell: Bell, flaky: dict[str, Any]
+) -> None:
+    """Found by the final read: Django raises every database error ``from`` the driver's, so
+    following the chain to a psycopg error took a division by zero for a transient error, and
+    the run was rung for ever again on PostgreSQL."""
+    from django.db import connection
+
+    def division_by_zero(message: str) -> Exception:
+        with connection.cursor() as cur:
+            cur.execute("SELECT 1/0")
+        return AssertionError("unreachable")
+
+    flaky.update(failures=1000, error=division_by_zero)
+    run = start(wedged, {})
+    bell.lose_all()
+    outcomes = [_advance_once(run) for _ in range(executor.MAX_ADVANCE_FAILURES)]
+    assert outcomes[-1] == "failed", outcomes

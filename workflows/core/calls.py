@@ -263,11 +263,11 @@ def canonical_sets(value: Any) -> Any:
     JSON has no sets: stored as they iterate, a set of strings was a list in an order that
     changes with the process (``PYTHONHASHSEED``), so a step call's digest differed between
     the worker that journaled it and the one replaying it, and a correct run failed with a
-    DeterminismError after a worker restart. A set of numbers (or of tuples of numbers)
-    iterates alike in every process, and stays in that order: sorted, the runs journaled
-    before this change would no longer match their journal. A set inside a pydantic model or
-    a dataclass is the model's to serialize, and not reordered: use a list (or a sorted one)
-    there.
+    DeterminismError after a worker restart. (Numbers too: colliding hashes iterate in the
+    order of insertion, which can follow a set of strings'.) A call journaled before sets
+    were sorted still matches its journal (``context.legacy_digest``). A set inside a pydantic
+    model or a dataclass is the model's to serialize, and not reordered: use a list (or a
+    sorted one) there.
 
     Raises ``TypeError`` (as ``to_json`` does) for an element that is not JSON."""
     try:
@@ -303,20 +303,8 @@ def _canonical(value: Any) -> Any:
                 return [*value[:i], changed, *(_canonical(v) for v in value[i + 1 :])]
         return value
     if isinstance(value, _SETS):
-        if all(_stable_hash(item) for item in value):
-            # Numbers (and tuples of them) hash alike in every process: such a set iterates
-            # alike in each, and runs journaled before sets were sorted keep their order.
-            return list(value)
         return sorted((_canonical(item) for item in value), key=_canonical_text)
     return value
-
-
-def _stable_hash(item: Any) -> bool:
-    """Whether ``item`` hashes the same in every process (not str or bytes, whose hashes
-    ``PYTHONHASHSEED`` varies, nor anything holding them)."""
-    if item is None or type(item) in (int, float, bool):
-        return True
-    return type(item) is tuple and all(_stable_hash(x) for x in item)
 
 
 def _canonical_text(value: Any) -> str:

@@ -139,6 +139,18 @@ def call_digest(value: Any) -> str:
     return _digest_text(text)
 
 
+def legacy_digest(value: Any) -> str:
+    """``call_digest`` as it was before sets were sorted (each set in the order it iterates
+    in this process). Asked only when a journaled digest does not match ``call_digest``: a run
+    journaled before the deploy that sorted them, with a set in a call's arguments, replays."""
+    try:
+        data = payloads.to_json(value, "arguments")
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    except (TypeError, ValueError):
+        return ""
+    return _digest_text(text)
+
+
 def _digest_text(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
@@ -344,8 +356,9 @@ class Context:
     ) -> Any:
         """A journaled step call on replay: its result, its failure, or run it (again)."""
         if row.digest:  # Rows written before digests were journaled are not compared.
-            digest = call_digest({"args": list(args), "kwargs": kwargs})
-            if digest and digest != row.digest:
+            call = {"args": list(args), "kwargs": kwargs}
+            digest = call_digest(call)
+            if digest and digest != row.digest and legacy_digest(call) != row.digest:
                 self._fail_determinism(
                     f"non-deterministic workflow: at position {pos} the journal has step "
                     f"{row.name!r} called with other arguments than the code now passes"
@@ -463,14 +476,18 @@ class Context:
 
         ``compensate``: each succeeded branch's undo (see ``run``)."""
         sd = as_step(fn)
+        legacy: list[Call[Any]] | None = None
         if isinstance(items, set | frozenset):
             # Mapped in a canonical order, the same in every process (a set of strings
-            # iterates in an order that changes with the process: see ``call_json``).
+            # iterates in an order that changes with the process: see ``call_json``). A map
+            # journaled before that, in the set's own order, replays in that order.
+            legacy = [Call(sd, (item,), {}, compensate) for item in items]
             items = canonical_sets(items)
         return self._fan_out(
             [Call(sd, (item,), {}, compensate) for item in items],
             f"map:{sd.name}"[:200],
             return_exceptions,
+            legacy=legacy,
         )
 
     def sleep(self, duration: timedelta | float) -> None:
@@ -1198,7 +1215,13 @@ class Context:
             self._dirty.append(row)
         raise StepFailed(row.name, err)
 
-    def _fan_out(self, calls: list[Call[Any]], name: str, return_exceptions: bool) -> list[Any]:
+    def _fan_out(
+        self,
+        calls: list[Call[Any]],
+        name: str,
+        return_exceptions: bool,
+        legacy: list[Call[Any]] | None = None,
+    ) -> list[Any]:
         pos, group = self._next(StepKind.PARALLEL, name)
         limit = settings.SLUICE_MAX_FANOUT
         if group is None and len(calls) > limit:
@@ -1222,6 +1245,14 @@ class Context:
                     f"non-deterministic workflow: at position {pos} the journal has {name!r} "
                     f"with {width} branches but the code now fans out {len(calls)}"
                 )
+            if group.digest and digest and digest != group.digest:
+                # Journaled before sets were sorted (``legacy_digest``): a map over a set in
+                # the set's own order, or a set in a branch's arguments.
+                for older in (legacy, calls):
+                    shapes = [[c.step.name, list(c.args), c.kwargs] for c in older or ()]
+                    if older and legacy_digest(shapes) == group.digest:
+                        calls, digest = older, group.digest
+                        break
             if group.digest and digest and digest != group.digest:
                 self._fail_determinism(
                     f"non-deterministic workflow: at position {pos} the journal has {name!r} "

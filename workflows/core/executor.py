@@ -186,21 +186,20 @@ def transient(exc: BaseException) -> bool:
     timeout, a transaction an earlier error aborted), which the next try may well not meet:
     not counted against the run. Its causes are looked at too: an error raised while
     handling one of those (or re-raised as another type) is that one."""
+    if type(exc).__module__.partition(".")[0] in ("redis", "kombu", "amqp", "psycopg"):
+        # The driver's own, raised as it is: Django wraps every database error it passes on
+        # (``raise DataError from psycopg's``), so the chain below never asks this.
+        return True
     seen: set[int] = set()
     cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
         if isinstance(
-            cause,
-            OperationalError
-            | InterfaceError
-            | InternalError
-            | TransactionManagementError
-            | OSError,
+            cause, OperationalError | InterfaceError | TransactionManagementError | OSError
         ):
             return True
-        if type(cause).__module__.partition(".")[0] in ("redis", "kombu", "amqp", "psycopg"):
-            return True
+        if isinstance(cause, InternalError) and "current transaction is aborted" in str(cause):
+            return True  # an earlier error's; a trigger's RAISE, say, is not transient
         cause = cause.__cause__ or cause.__context__
     return False
 

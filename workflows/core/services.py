@@ -20,7 +20,7 @@ from django.utils.module_loading import import_string
 
 from workflows.core import audit, clock, instrument, payloads, transitions, undos
 from workflows.core.audit import Actor
-from workflows.core.calls import is_interrupt, shown, storable_text
+from workflows.core.calls import cut_message, is_interrupt, shown, storable_text
 from workflows.core.definitions import (
     StepDef,
     WorkflowDef,
@@ -511,7 +511,8 @@ def run_terminal_hooks(run: Run) -> None:
                 raise
             log.exception("on_complete %s failed for run %s", run.on_complete, run.pk)
             err = dict(run.error or {})
-            err["on_complete"] = f"{type(exc).__name__}: {storable_text(shown(exc))}"
+            # Cut as a step's error is (``calls.cut_message``): the run page shows it whole.
+            err["on_complete"] = f"{type(exc).__name__}: {storable_text(cut_message(shown(exc)))}"
             Run.objects.filter(pk=run.pk).update(error=err)
             run.error = err
     if run.status == RunStatus.FAILED:
