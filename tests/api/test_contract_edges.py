@@ -95,9 +95,11 @@ def test_under_asgi_a_chunked_body_is_read(service: Persona) -> None:
     (``config/asgi.py`` serves under uvicorn or daphne): no 411 there. The body comes in two
     parts and no Content-Length, as an ASGI server passes a chunked request on."""
     import asyncio
+    import threading
 
-    from asgiref.sync import async_to_sync
     from django.core.asgi import get_asgi_application
+    from django.core.signals import request_finished
+    from django.db import connections
 
     app = get_asgi_application()
     body = json.dumps({"pipeline": "test.chain", "input": {"n": 1}}).encode()
@@ -136,7 +138,18 @@ def test_under_asgi_a_chunked_body_is_read(service: Persona) -> None:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    async_to_sync(app)(scope, receive, send)
+    def close_connections(**kwargs: Any) -> None:
+        connections.close_all()  # in the request's own thread, as its end is signalled there
+
+    # In a thread of its own: another test may have left an event loop in this one.
+    request_finished.connect(close_connections)
+    try:
+        served = threading.Thread(target=lambda: asyncio.run(app(scope, receive, send)))
+        served.start()
+        served.join(60)
+    finally:
+        request_finished.disconnect(close_connections)
+    assert not served.is_alive()
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")
     assert status == 201, sent
     assert Run.objects.count() == 1
