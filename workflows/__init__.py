@@ -4,7 +4,7 @@ Public API (see the README)::
 
     from workflows import workflow, step, RetryPolicy, NonRetryableError
     from workflows import start, send_event, cancel, restart, get_run, fork
-    from workflows import BudgetExceeded, DeterminismError, IdempotencyConflict
+    from workflows import BudgetExceeded, DeterminismError, FanOutTooWide, IdempotencyConflict
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ def __getattr__(name: str) -> Any:
         from workflows.core import forking
 
         return forking.fork
+    if name == "FanOutTooWide":  # defined beside ctx.map, which imports the models
+        from workflows.core import context
+
+        return context.FanOutTooWide
     raise AttributeError(f"module 'workflows' has no attribute {name!r}")
 
 
@@ -48,6 +52,7 @@ __all__ = [
     "BudgetExceeded",
     "ChildWorkflowFailed",
     "DeterminismError",
+    "FanOutTooWide",
     "IdempotencyConflict",
     "InvalidInputError",
     "InvalidStateError",

@@ -262,7 +262,8 @@ def _whole_number(value: Any, what: str, *, optional: bool) -> int | None:
 def _check_callable(fn: Any, what: str) -> None:
     """Refuse at decoration what can only fail in a run: a name passed where the function
     goes (``@workflow("docs.x")``), something not callable, an ``async def`` (its call returns
-    a coroutine that the engine never awaits, stored nowhere: "not JSON-serializable")."""
+    a coroutine that the engine never awaits, stored nowhere: "not JSON-serializable"), a
+    generator function (its body ran while the result was stored, outside a step's timeout)."""
     if isinstance(fn, str):
         raise TypeError(
             f"@{what}({fn!r}): pass the name as a keyword, @{what}(name={fn!r}); the only "
@@ -275,6 +276,31 @@ def _check_callable(fn: Any, what: str) -> None:
             f"{what} {getattr(fn, '__qualname__', fn)!r} is an async function: the engine "
             f"calls a {what} synchronously (a worker thread runs it), so it would get a "
             "coroutine that never runs; write a plain def (call async code with asyncio.run)"
+        )
+    if inspect.isgeneratorfunction(fn):
+        # Its body ran only while the result was stored: after a step had returned (outside
+        # its timeout), after a handler had returned (where ctx cannot be called).
+        raise TypeError(
+            f"{what} {getattr(fn, '__qualname__', fn)!r} is a generator function: the engine "
+            f"stores what a {what} returns, and a generator's body would run only then, after "
+            "the call; return a list instead (return list(...) of what it yields)"
+        )
+
+
+def _not_a_method(fn: Callable[..., Any]) -> None:
+    """A step is called with the journaled arguments alone, never bound to an instance: on a
+    method, the first argument was taken for ``self`` and the run failed with "missing 1
+    required positional argument" naming the wrong parameter."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return
+    if params and params[0].name in ("self", "cls") and params[0].kind != params[0].KEYWORD_ONLY:
+        raise TypeError(
+            f"step {getattr(fn, '__qualname__', fn)!r} takes {params[0].name!r} first: steps "
+            "are module-level functions; the engine calls one with the arguments given to "
+            "ctx.run alone, never bound to an instance, so move it out of the class and pass "
+            "what it needs as arguments"
         )
 
 
@@ -424,6 +450,7 @@ def step(
 
     def wrap(f: Callable[..., Any]) -> StepDef[..., Any]:
         _check_callable(f, "step")
+        _not_a_method(f)
         definition = StepDef(
             fn=f,
             name=name or f.__name__,
