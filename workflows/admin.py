@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from django import forms
@@ -720,11 +721,24 @@ class DateHierarchyChangeList(ChangeList):
 
     def get_filters(self, request: HttpRequest) -> Any:
         try:
-            return super().get_filters(request)
+            filters = super().get_filters(request)
         except (ValueError, OverflowError) as exc:
             if self.date_hierarchy and f"{self.date_hierarchy}__year" in self.params:
                 raise IncorrectLookupParameters(exc) from exc
             raise
+        if self.date_hierarchy:
+            # The bounds are in the site's zone: 0001-01-01 east of UTC is in year 0 in UTC,
+            # which SQLite's adapter cannot write (PostgreSQL can): an OverflowError when the
+            # query runs, past this guard. Tried here, where it is still a bad filter.
+            lookups: dict[str, Any] = filters[2]  # the remaining lookups, the bounds among them
+            for key in (f"{self.date_hierarchy}__gte", f"{self.date_hierarchy}__lt"):
+                for bound in lookups.get(key, ()):
+                    if isinstance(bound, datetime) and bound.tzinfo is not None:
+                        try:
+                            bound.astimezone(UTC)
+                        except OverflowError as exc:
+                            raise IncorrectLookupParameters(exc) from exc
+        return filters
 
 
 class EventChangeList(ChangeList):
