@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -37,7 +38,7 @@ from workflows.core import forking
 from workflows.core.audit import Actor, reason_problem
 from workflows.core.definitions import registered_workflows
 from workflows.core.payloads import stored
-from workflows.models import ACTIVE_RUN, Run, RunAction, RunStatus, Step
+from workflows.models import ACTIVE_RUN, Run, RunAction, RunStatus, Step, StepStatus
 
 PAGE_SIZE = 50
 # What a row of the runs list shows (templates/workflows/_runs_rows.html).
@@ -292,10 +293,20 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
     # Undo entries are not places to restart from: a restart re-runs what they undid.
     restart_at = Q(branch__lt=0) & ~Q(kind="compensate")
     restartable = live.filter(restart_at)
+    now = timezone.now()
+    unstarted_cut = now - unstarted_after()
     counts = live.aggregate(
         total=Count("id"),
         positions=Count("id", filter=restart_at),
         last=Max("position", filter=restart_at),
+        # Steps waiting a while for a worker (since they were written, or since their last
+        # attempt began): every worker busy, a pool's limit, or no worker for their queue.
+        # (A pending step's wake_at is when to ring for it again, not since when it waits.)
+        unstarted=Count(
+            "id",
+            filter=Q(status=StepStatus.PENDING, held=False, created_at__lt=unstarted_cut)
+            & (Q(started_at__isnull=True) | Q(started_at__lt=unstarted_cut)),
+        ),
     )
     last_position = counts["last"] or 0
     fork_upto = forking.last_forkable_in(live, compensating=run.status == RunStatus.COMPENSATING)
@@ -341,12 +352,40 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
             and run.audit.filter(action__in=(RunAction.RESTART, RunAction.RETRY)).exists()
         ),
         "live": not run.is_terminal,
-        "now": timezone.now(),
+        "now": now,
+        "unstarted": _unstarted(run, counts["unstarted"], unstarted_cut, now),
+        "sees_ops": access.sees_every_run(request.user),
         "duration": timeline.human_duration(
-            ((run.finished_at or timezone.now()) - run.started_at).total_seconds()
+            ((run.finished_at or now) - run.started_at).total_seconds()
         )
         if run.started_at
         else "",
+    }
+
+
+def unstarted_after() -> timedelta:
+    """How long work may wait for a worker before the run page says so: a minute, or four
+    doorbell graces (what the ops overview counts as not picked up) if that is longer."""
+    return timedelta(seconds=max(60.0, 4 * float(settings.SLUICE_DOORBELL_GRACE_SECONDS)))
+
+
+def _unstarted(run: Run, steps: int, cut: datetime, now: datetime) -> dict[str, Any] | None:
+    """What the run page says when a live run, or some of its steps, have waited longer than
+    ``unstarted_after`` for a worker to take them; None when nothing has."""
+    if run.is_terminal:
+        return None
+    waiting_run = (run.status == RunStatus.PENDING and run.created_at < cut) or (
+        run.wake_requested_at is not None and run.wake_requested_at < cut
+    )
+    if not waiting_run and not steps:
+        return None
+    since = run.created_at if run.status == RunStatus.PENDING else run.wake_requested_at
+    waited = (now - since).total_seconds() if waiting_run and since else None
+    return {
+        "run": waiting_run,
+        "steps": steps,
+        "for": timeline.human_duration(waited) if waited is not None else "",
+        "after": timeline.human_duration(unstarted_after().total_seconds()),
     }
 
 
