@@ -25,14 +25,16 @@ from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.template.defaultfilters import pluralize
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
-from workflows import operations
+from workflows import operations, webhooks
 from workflows.access import sees_every_run
+from workflows.core import outbox
 from workflows.core.audit import MAX_REASON, Actor, reason_problem
 from workflows.core.definitions import registered_workflows
 from workflows.keys import SCOPES, assign_new_secret, forget_keys
@@ -810,6 +812,41 @@ class OutboxAdmin(ReadOnlyMixin, admin.ModelAdmin):
         "payload_json",
     )
     fields = readonly_fields
+    actions = ("deliver_again",)
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        """Delivering a row again calls out (mail, chat): the change permission, which the page
+        itself never uses (rows are read-only here), not the view one."""
+        user = request.user
+        return bool(user.is_staff and user.has_perm("workflows.change_outbox"))
+
+    @admin.action(description="Deliver selected rows again now", permissions=["operate"])
+    def deliver_again(self, request: HttpRequest, queryset: QuerySet[Outbox]) -> None:
+        # A webhook's row goes with its delivery's status: retried from Webhook deliveries.
+        hooks = queryset.filter(kind=webhooks.KIND).count()
+        n = outbox.due_again(queryset.exclude(kind=webhooks.KIND))
+        if n:
+            self.message_user(
+                request,
+                f"{n} row{pluralize(n)} due again; the outbox sends them within seconds "
+                "(a row past its day of retries gets one attempt).",
+                messages.SUCCESS,
+            )
+        skipped = queryset.count() - hooks - n
+        if skipped:
+            self.message_user(
+                request,
+                f"{skipped} row{pluralize(skipped)} left as they are: delivered already, or "
+                "in the middle of an attempt.",
+                messages.WARNING,
+            )
+        if hooks:
+            self.message_user(
+                request,
+                f"{hooks} webhook row{pluralize(hooks)} left as they are: retry them from "
+                "Webhook deliveries, which keeps each delivery's status.",
+                messages.WARNING,
+            )
 
     @admin.display(description="status", ordering="status")
     def badge(self, obj: Outbox) -> SafeString:

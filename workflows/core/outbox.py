@@ -108,6 +108,23 @@ def _record_failure(mine: QuerySet[Outbox], dead: bool, error: str, next_at: dat
         return mine.update(last_error="(the error could not be stored)", **fields)
 
 
+def due_again(rows: QuerySet[Outbox]) -> int:
+    """An operator's "deliver again now": make the undelivered ``rows`` due at once; how many.
+
+    A row in the middle of an attempt (claimed, the claim not run out) is left alone: clearing
+    its claim let a second deliverer send it at the same time. A dead row gets one more
+    attempt: past ``MAX_AGE`` a failure makes it dead again, with the new error, so a retry
+    after fixing what failed (a mail server's password, a chat URL) is one try, not a day of
+    them."""
+    now = clock.now()  # claims are written on the database's clock
+    free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
+    return (
+        rows.exclude(status=OutboxStatus.DELIVERED)
+        .filter(free)
+        .update(status=OutboxStatus.PENDING, next_attempt_at=now, lease_expires_at=None)
+    )
+
+
 def deliver_due(limit: int = 100) -> int:
     """Deliver the rows that are due, oldest first. Each row on its own: one whose delivery or
     bookkeeping fails unexpectedly is logged and skipped (its claim runs out and it is tried
