@@ -224,7 +224,7 @@ def next_gate_for(user: Any, after: Gate | None = None) -> Gate | None:
     # A four-eyes gate this reviewer already approved waits for someone else (by user id,
     # as ``approved_by`` decides: a renamed reviewer still approved it).
     qs = qs.exclude(approvals__user_id=user.pk)
-    return qs.only("id", "title").order_by("deadline", "id").first()
+    return qs.only("id", "title", "subject").order_by("deadline", "id").first()
 
 
 def get_gate(gate_id: Any, user: Any = None) -> Gate:

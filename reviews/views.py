@@ -657,21 +657,26 @@ def _not_taken(request: HttpRequest, gate: Gate, comment: str, reason: str = "")
 
 def _after_decision(request: HttpRequest, gate: Gate, outcome: str) -> HttpResponse:
     gate = services.get_gate(gate.pk)
+    # Gates are named by their run's subject when it has one: a pipeline's gates share a title
+    # ("Check the analysis"), and this message is what says which one was decided and which
+    # one the page now shows.
+    name = gate.subject or gate.title
     if gate.is_open and outcome == "approve":
         # One approval of a four-eyes gate: it stays open for the next approver.
         count = gate.approvals.count()
         messages.success(
             request,
-            f"You approved “{gate.title}” ({count} of {gate.approvals_required} approvals); "
+            f"You approved “{name}” ({count} of {gate.approvals_required} approvals); "
             "it waits for another reviewer.",
         )
         return redirect("reviews:gate", pk=gate.pk)
     verb = {"approve": "Approved", "reject": "Rejected"}.get(outcome, f"Decided “{outcome}” on")
     following = services.next_gate_for(request.user, after=gate)
     if following is None:
-        messages.success(request, f"{verb} “{gate.title}”. The queue is empty — nice work.")
+        messages.success(request, f"{verb} “{name}”. The queue is empty — nice work.")
         return redirect("reviews:queue")
-    messages.success(request, f"{verb} “{gate.title}”. Next up: “{following.title}”.")
+    next_name = following.subject or following.title
+    messages.success(request, f"{verb} “{name}”. Next up: “{next_name}”.")
     return redirect("reviews:gate", pk=following.pk)
 
 

@@ -59,11 +59,17 @@
 
   function rows() { return Array.prototype.slice.call(document.querySelectorAll("#queue .rv-row")); }
 
+  // The selected row is marked on its title link (aria-current): aria-selected means nothing
+  // on a row of a plain table.
   function select(row, scroll) {
-    rows().forEach(function (r) { r.classList.remove("selected"); r.removeAttribute("aria-selected"); });
+    rows().forEach(function (r) {
+      r.classList.remove("selected");
+      r.querySelectorAll("a.rv-title[aria-current]").forEach(function (a) { a.removeAttribute("aria-current"); });
+    });
     if (!row) { selectedId = null; return; }
     row.classList.add("selected");
-    row.setAttribute("aria-selected", "true");
+    var current = row.querySelector("a.rv-title");
+    if (current) current.setAttribute("aria-current", "true");
     selectedId = row.dataset.gateId;
     if (scroll) {
       // j/k move keyboard focus with the selection (to the row's title link), so a screen
@@ -86,26 +92,73 @@
   }
   function plural(n, one, many) { return n + " " + (n === 1 ? one : many); }
 
+  // A gate as the status line names it: the row's link (the run's subject, else the title).
+  function rowName(r) {
+    var link = r.querySelector("a.rv-title");
+    return link ? (link.getAttribute("title") || link.textContent).trim() : "";
+  }
+  var knownNames = {};
+  // Where the selection was before a live refresh replaced the list, and whether keyboard
+  // focus was in the list (or nowhere): if the selected gate left, the row now in its place
+  // takes the selection (and the focus), instead of focus falling to <body> and "j" starting
+  // over at the first row.
+  var before = null;
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    if (e.detail && e.detail.shouldSwap === false) return;
+    var queue = document.getElementById("queue");
+    if (!queue || !e.detail || e.detail.target !== queue) return;
+    var a = document.activeElement;
+    before = {
+      at: rows().findIndex(function (r) { return r.dataset.gateId === selectedId; }),
+      focused: !a || a === document.body || queue.contains(a)
+    };
+  });
+
   function reselect() {
     var list = rows();
     var ids = list.map(function (r) { return r.dataset.gateId; });
+    var was = before;
+    before = null;
+    var lostSelected = !!(selectedId && knownIds && ids.indexOf(selectedId) < 0);
+    var said = [];
     if (knownIds) {
-      var before = knownIds;
+      var known = knownIds;
       var added = 0;
       list.forEach(function (r) {
-        if (before.indexOf(r.dataset.gateId) < 0) { r.classList.add("rv-new"); added += 1; }
+        if (known.indexOf(r.dataset.gateId) < 0) { r.classList.add("rv-new"); added += 1; }
       });
-      var gone = before.filter(function (id) { return ids.indexOf(id) < 0; }).length;
-      var said = [];
+      var gone = known.filter(function (id) { return ids.indexOf(id) < 0; });
       if (added) said.push(plural(added, "new gate", "new gates"));
-      if (gone) said.push(plural(gone, "gate", "gates") + " left the list");
-      if (said.length) announce(said.join(", ") + ".");
+      if (lostSelected) {
+        // The gate the reviewer was on: by name, so they know why focus moved.
+        var others = gone.length - 1;
+        said.push("“" + (knownNames[selectedId] || "the selected gate") + "” left the list" +
+          (others ? " (and " + plural(others, "other gate", "other gates") + ")" : ""));
+      } else if (gone.length) {
+        said.push(plural(gone.length, "gate", "gates") + " left the list");
+      }
     }
     knownIds = ids;
-    if (selectedId) {
+    knownNames = {};
+    list.forEach(function (r) { knownNames[r.dataset.gateId] = rowName(r); });
+    if (lostSelected) {
+      var at = was && was.at >= 0 ? was.at : 0;
+      var focus = !!(was && was.focused);
+      var next = list[Math.min(at, list.length - 1)] || null;
+      select(next, focus);
+      if (!next) {
+        said.push("the list is empty");
+        var queue = document.getElementById("queue");
+        if (focus && queue) {
+          queue.setAttribute("tabindex", "-1");
+          queue.focus({ preventScroll: true });
+        }
+      }
+    } else if (selectedId) {
       var again = list.filter(function (r) { return r.dataset.gateId === selectedId; })[0];
       select(again || null, false);
     }
+    if (said.length) announce(said.join(", ") + ".");
   }
 
   function move(step) {
@@ -146,7 +199,9 @@
     Object.keys(picked).forEach(function (id) { if (!listed[id]) delete picked[id]; });
     var n = Object.keys(picked).length;
     var count = document.querySelector("[data-testid=bulk-count]");
-    if (count) count.textContent = String(n);
+    // A live region (queue.html): written only when the number changed, or a live refresh of
+    // the list would read "2 selected" out again every few seconds.
+    if (count && count.textContent !== String(n)) count.textContent = String(n);
     document.querySelectorAll("[data-bulk-action]").forEach(function (b) { b.disabled = n === 0; });
     var bar = document.getElementById("bulk-form");
     if (bar) bar.classList.toggle("rv-bulk-active", n > 0);
@@ -382,6 +437,8 @@
   // on the read-only copy of the comment, or on the panel's heading. After the reviewer's own
   // Claim or Release, focus goes to the button that took its place.
   var lost = null;        // the field a swap took away: { id, name, start, end }
+  var couldDecide = false; // the panel had decision buttons before the swap
+  var toldClaimed = false; // #key-note said someone else holds the claim
   var ownClaim = false;   // the swap answers this page's Claim/Release
   var swappedAt = 0;      // when the panel last changed under the reviewer
   var armed = false;      // Esc pressed since the last edit: shortcuts act on typed text
@@ -395,6 +452,7 @@
     var box = panel();
     if (!box) return;
     swapping = true;
+    couldDecide = !!box.querySelector("#decision-form [data-key]");
     var elt = e.detail && e.detail.requestConfig && e.detail.requestConfig.elt;
     ownClaim = !!(elt && elt.closest && elt.closest("form[data-claim-action]"));
     var a = document.activeElement;
@@ -421,10 +479,28 @@
     armed = false;
     // The reviewer's own Claim/Release changed the panel as they asked: no pause after it.
     if (!ownClaim) swappedAt = Date.now();
+    var canDecide = !!box.querySelector("#decision-form [data-key]");
+    if (!ownClaim && couldDecide && !canDecide) {
+      // Someone else took the gate: the buttons went away under the reviewer. Say so in the
+      // polite note that is on the page from the start (a closed gate says so in its banner).
+      var holder = box.querySelector("[data-testid=claimed-by]");
+      if (holder) {
+        keyNote("Claimed by " + holder.textContent.trim() + " — you can no longer decide this gate.", true);
+        toldClaimed = true;
+      }
+    } else if (toldClaimed && canDecide) {
+      keyNote("The claim was released — you can decide this gate again.");
+      toldClaimed = false;
+    }
     if (ownClaim) {
       ownClaim = false;
+      // Refused (someone else was quicker): focus on why, so it is read out, not on <body>.
+      var refused = box.querySelector(".flash-error");
+      if (refused) { refused.setAttribute("tabindex", "-1"); focusQuietly(refused); return; }
       var main = box.querySelector("[data-claim-action] button") || box.querySelector("button:not([disabled])");
       if (usable(main)) { focusQuietly(main); return; }
+      var head = document.getElementById("decision-h");
+      if (head) { head.setAttribute("tabindex", "-1"); focusQuietly(head); return; }
     }
     if (!lost) return;
     var a = document.activeElement;
@@ -458,19 +534,66 @@
     if (e.target.closest && e.target.closest("#decision-form")) armed = false;
   });
 
-  function keyNote(text) {
+  // The polite note under the decision panel (gate.html #key-note). It clears itself after a
+  // while, unless it says something that stays true (someone else holds the claim).
+  function keyNote(text, keep) {
     var note = document.getElementById("key-note");
     if (!note) return;
-    note.textContent = text;
     clearTimeout(keyNote.timer);
-    keyNote.timer = setTimeout(function () { note.textContent = ""; }, 6000);
+    if (note.textContent === text) {
+      // The same words again (a second press): cleared first, so they are read out again.
+      note.textContent = "";
+      keyNote.timer = setTimeout(function () { keyNote(text, keep); }, 50);
+      return;
+    }
+    note.textContent = text;
+    if (!keep) keyNote.timer = setTimeout(function () { note.textContent = ""; }, 6000);
   }
 
   // --- keys --------------------------------------------------------------------------------------
+  // A text box: Esc leaves it, so the shortcuts work again.
   function typing(el) {
     if (el && el.tagName === "INPUT" && /^(checkbox|radio)$/.test(el.type)) return false;
     return el && (el.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(el.tagName));
   }
+  // Any form control (a checkbox and a radio too: a screen reader's keys reach them), or a
+  // <summary>: single-letter shortcuts never fire from there.
+  function inControl(el) {
+    return !!el && (el.isContentEditable || /^(INPUT|TEXTAREA|SELECT|SUMMARY)$/.test(el.tagName));
+  }
+
+  // The shortcuts can be turned off (WCAG 2.1.4: a screen reader's or speech control's letters
+  // must not approve a gate): the "Keyboard shortcuts" checkbox in the pages' key hint, kept in
+  // this browser (localStorage), on unless turned off. While off, the hint's list of keys and
+  // the keys on the buttons are hidden, and the buttons' aria-keyshortcuts go.
+  var KEYS_OFF = "sluice.reviews.shortcuts-off";
+  function shortcutsOn() {
+    try { return window.localStorage.getItem(KEYS_OFF) !== "1"; } catch (err) { return true; }
+  }
+  function showShortcuts() {
+    var on = shortcutsOn();
+    document.documentElement.classList.toggle("rv-keys-off", !on);
+    document.querySelectorAll("[data-keys-toggle]").forEach(function (box) { box.checked = on; });
+    document.querySelectorAll("[data-key]").forEach(function (b) {
+      if (!b.dataset.shortcut) b.dataset.shortcut = b.getAttribute("aria-keyshortcuts") || "";
+      if (on && b.dataset.shortcut) b.setAttribute("aria-keyshortcuts", b.dataset.shortcut);
+      else b.removeAttribute("aria-keyshortcuts");
+    });
+  }
+  document.addEventListener("change", function (e) {
+    var box = e.target;
+    if (!box.matches || !box.matches("[data-keys-toggle]")) return;
+    try {
+      if (box.checked) window.localStorage.removeItem(KEYS_OFF);
+      else window.localStorage.setItem(KEYS_OFF, "1");
+    } catch (err) { /* not kept: this page only */ }
+    showShortcuts();
+  });
+  // Another tab turned them on or off.
+  window.addEventListener("storage", function (e) { if (e.key === KEYS_OFF) showShortcuts(); });
+  document.addEventListener("htmx:afterSettle", showShortcuts);
+  if (document.readyState !== "loading") showShortcuts();
+  else document.addEventListener("DOMContentLoaded", showShortcuts);
 
   // Enter and "o" open the selected gate only from the page itself (<body>, <main> after the
   // skip link) or from that gate's row: on a filter chip, a button or another link they do
@@ -481,14 +604,22 @@
     return target === row || (row.contains(target) && target.matches("a.rv-title"));
   }
 
+  var KEY_NAMES = { a: "Approve", r: "Reject", c: "Claim or Release" };
+
   function press(key) {
     var button = document.querySelector('#decision-panel [data-key="' + key + '"]');
     if (button && !button.disabled) { button.click(); return true; }
+    // Say why nothing happened (the button went with someone else's claim, or never was).
+    var what = KEY_NAMES[key] ? "no " + KEY_NAMES[key] + " button" : "no choice " + key;
+    var holder = document.querySelector("#decision-panel [data-testid=claimed-by]");
+    var why = holder && holder.textContent.trim() !== "you" ? " (claimed by " + holder.textContent.trim() + ")" : "";
+    keyNote("“" + key + "” did nothing: there is " + what + " on this gate now" + why + ".");
     return false;
   }
 
   document.addEventListener("keydown", function (e) {
     if (e.ctrlKey || e.metaKey || e.altKey) return;
+    if (!shortcutsOn()) return;
     if (e.key === "Escape") {
       // Esc leaves a text box so the shortcuts work again, and says "act on what I typed".
       armed = true;
@@ -496,7 +627,7 @@
       if (typing(document.activeElement)) document.activeElement.blur();
       return;
     }
-    if (typing(e.target)) return;
+    if (inControl(e.target)) return;
     var inQueue = !!document.getElementById("queue");
     if (inQueue) {
       if (e.key === "j") { move(1); e.preventDefault(); }

@@ -51,8 +51,19 @@
     field.focus({ preventScroll: true });
     field.scrollIntoView({ block: "center" });
   }
-  if (document.readyState !== "loading") focusFirstInvalid();
-  else document.addEventListener("DOMContentLoaded", focusFirstInvalid);
+  // Otherwise a page that opens with a message from the server (base.html: "Approved “X”. Next
+  // up: “Y”.", or why something was refused) puts focus on the first one, so it is read out and
+  // the reviewer knows where they landed: a status region that is on the page from the start is
+  // not announced, and the next gate's page can look just like the one decided. Only when there
+  // is a message, and only while nothing else has focus.
+  function focusFirstFlash() {
+    var flash = document.querySelector("main .flashes > .flash[tabindex]");
+    if (!flash || (document.activeElement && document.activeElement !== document.body)) return;
+    flash.focus({ preventScroll: true });
+  }
+  function focusOnLoad() { focusFirstInvalid(); focusFirstFlash(); }
+  if (document.readyState !== "loading") focusOnLoad();
+  else document.addEventListener("DOMContentLoaded", focusOnLoad);
 
   // Live updates keep keyboard focus and typed text. htmx puts focus back on an element with
   // the same id after a swap; for a focused link or button without one (a row of a list that
@@ -166,13 +177,15 @@
     reload.textContent = "Reload";
     box.appendChild(text);
     box.appendChild(reload);
-    // With the server's messages when there are some (base.html), else where they would be.
+    // With the server's messages when there are some (base.html), else where they would be:
+    // at the start of <main>.
     var flashes = document.querySelector(".flashes");
     if (!flashes) {
       flashes = document.createElement("div");
-      flashes.className = "flashes container";
       var main = document.querySelector("main");
-      document.body.insertBefore(flashes, main || document.body.firstChild);
+      flashes.className = main ? "flashes" : "flashes container";
+      if (main) main.insertBefore(flashes, main.firstChild);
+      else document.body.insertBefore(flashes, document.body.firstChild);
     }
     flashes.appendChild(box);
     return box;
