@@ -34,7 +34,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from config.login import login_required
 from workflows import access, charts, gateinfo, operations, ops, timeline
-from workflows.core import forking
+from workflows.core import clock, forking
 from workflows.core.audit import Actor, reason_problem
 from workflows.core.definitions import registered_workflows
 from workflows.core.payloads import stored
@@ -294,19 +294,18 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
     restart_at = Q(branch__lt=0) & ~Q(kind="compensate")
     restartable = live.filter(restart_at)
     now = timezone.now()
-    unstarted_cut = now - unstarted_after()
+    engine_now = clock.now()  # the rows' times below are written on the engine's clock
     counts = live.aggregate(
         total=Count("id"),
         positions=Count("id", filter=restart_at),
         last=Max("position", filter=restart_at),
-        # Steps waiting a while for a worker (since they were written, or since their last
-        # attempt began): every worker busy, a pool's limit, or no worker for their queue.
-        # (A pending step's wake_at is when to ring for it again, not since when it waits.)
-        unstarted=Count(
-            "id",
-            filter=Q(status=StepStatus.PENDING, held=False, created_at__lt=unstarted_cut)
-            & (Q(started_at__isnull=True) | Q(started_at__lt=unstarted_cut)),
-        ),
+        # For the "waiting for a worker" callout: steps a worker may take now (not held back
+        # by the run's cap), steps running, and when anything of the run last moved.
+        pending=Count("id", filter=Q(status=StepStatus.PENDING, held=False)),
+        running=Count("id", filter=Q(status=StepStatus.RUNNING)),
+        last_created=Max("created_at"),
+        last_started=Max("started_at"),
+        last_finished=Max("finished_at"),
     )
     last_position = counts["last"] or 0
     fork_upto = forking.last_forkable_in(live, compensating=run.status == RunStatus.COMPENSATING)
@@ -353,7 +352,7 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         ),
         "live": not run.is_terminal,
         "now": now,
-        "unstarted": _unstarted(run, counts["unstarted"], unstarted_cut, now),
+        "unstarted": _unstarted(run, counts, engine_now),
         "sees_ops": access.sees_every_run(request.user),
         "duration": timeline.human_duration(
             ((run.finished_at or now) - run.started_at).total_seconds()
@@ -369,22 +368,44 @@ def unstarted_after() -> timedelta:
     return timedelta(seconds=max(60.0, 4 * float(settings.SLUICE_DOORBELL_GRACE_SECONDS)))
 
 
-def _unstarted(run: Run, steps: int, cut: datetime, now: datetime) -> dict[str, Any] | None:
-    """What the run page says when a live run, or some of its steps, have waited longer than
-    ``unstarted_after`` for a worker to take them; None when nothing has."""
+def _unstarted(run: Run, counts: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+    """What the run page says when a live run has waited longer than ``unstarted_after`` for
+    a worker: the run itself (rung, its lease free, not taken), or steps of it (pending, none
+    running, nothing of the run started, finished or written since); None otherwise. ``now``
+    is the engine's clock."""
     if run.is_terminal:
         return None
-    waiting_run = (run.status == RunStatus.PENDING and run.created_at < cut) or (
-        run.wake_requested_at is not None and run.wake_requested_at < cut
+    cut = now - unstarted_after()
+    since: datetime | None = None
+    free = not run.lease_owner or (run.lease_expires_at is not None and run.lease_expires_at < now)
+    if free and run.status == RunStatus.PENDING:
+        # Not taken since it was started, or since an operator's restart or retry made it
+        # pending again (its first start may be days old).
+        since = run.created_at
+        if run.generation > 1:
+            since = (
+                run.audit.filter(action__in=(RunAction.RESTART, RunAction.RETRY))
+                .order_by("-created_at")
+                .values_list("created_at", flat=True)
+                .first()
+            ) or run.wake_requested_at
+    elif free and run.wake_requested_at is not None:
+        since = run.wake_requested_at
+    waiting_run = since is not None and since < cut
+    moved = [counts[k] for k in ("last_created", "last_started", "last_finished") if counts[k]]
+    steps = (
+        counts["pending"]
+        if counts["pending"] and not counts["running"] and all(t < cut for t in moved)
+        else 0
     )
     if not waiting_run and not steps:
         return None
-    since = run.created_at if run.status == RunStatus.PENDING else run.wake_requested_at
-    waited = (now - since).total_seconds() if waiting_run and since else None
     return {
         "run": waiting_run,
         "steps": steps,
-        "for": timeline.human_duration(waited) if waited is not None else "",
+        "for": timeline.human_duration((now - since).total_seconds())
+        if waiting_run and since
+        else "",
         "after": timeline.human_duration(unstarted_after().total_seconds()),
     }
 

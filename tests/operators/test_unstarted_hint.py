@@ -13,8 +13,8 @@ from django.utils import timezone
 
 from tests.operators.conftest import People
 from tests.support import Bell
-from workflows import start
-from workflows.models import Run, Step
+from workflows import restart, start
+from workflows.models import Run, RunAudit, Step
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -74,17 +74,56 @@ def test_steps_nobody_started_are_counted(bell: Bell, people: People) -> None:
     assert branches.count() == 3
     assert 'data-testid="unstarted"' not in _page(people, people.ops, run)
 
-    branches.update(created_at=timezone.now() - timedelta(minutes=5))
+    five = timezone.now() - timedelta(minutes=5)
+    Step.objects.filter(run=run).update(created_at=five)
+    Step.objects.filter(run=run, started_at__isnull=False).update(started_at=five)
     page = _page(people, people.ops, run)
-    assert "3 steps due for over 1 min 00 s have not been started by a worker" in page
+    assert (
+        "3 steps wait for a worker, and nothing of this run has started or finished for over 1 min"
+        in page
+    )
     assert "no worker has taken this run yet" not in page
 
-    # Not counted: a branch held back by the run's parallelism cap, and one whose last attempt
-    # began a moment ago (a retry back from its backoff).
+    # Not counted: a branch held back by the run's parallelism cap.
     first, second, _third = branches.order_by("branch")
     Step.objects.filter(pk=first.pk).update(held=True)
-    Step.objects.filter(pk=second.pk).update(started_at=timezone.now() - timedelta(seconds=10))
-    assert "1 step due for over 1 min 00 s has not been started" in _page(people, people.ops, run)
+    assert "2 steps wait for a worker" in _page(people, people.ops, run)
+
+    # Nothing said while a step of the run runs (a long LLM call, its siblings queued behind a
+    # pool's limit), or when one finished a moment ago (a branch released by it is just due).
+    Step.objects.filter(pk=second.pk).update(
+        status="running", started_at=timezone.now() - timedelta(minutes=10)
+    )
+    assert 'data-testid="unstarted"' not in _page(people, people.ops, run)
+    Step.objects.filter(pk=second.pk).update(status="succeeded", finished_at=timezone.now())
+    assert 'data-testid="unstarted"' not in _page(people, people.ops, run)
+
+
+def test_a_restarted_run_counts_from_its_restart(bell: Bell, people: People) -> None:
+    run = start("docs.analyze", {"urls": URLS, "sign_off": False}, tenant="acme")
+    bell.settle()
+    _backdate_run(run, 2 * 24 * 60)
+    Step.objects.filter(run=run).update(created_at=timezone.now() - timedelta(days=2))
+    restart(run.pk, from_step=1)
+    assert Run.objects.get(pk=run.pk).status == "pending"
+    assert 'data-testid="unstarted"' not in _page(people, people.ops, run)  # restarted just now
+    RunAudit.objects.filter(run=run).update(created_at=timezone.now() - timedelta(minutes=3))
+    assert "Waiting for a worker for 3 min" in _page(people, people.ops, run)
+
+
+def test_a_run_a_worker_holds_is_not_waiting(bell: Bell, people: People) -> None:
+    run = start("docs.analyze", {"urls": URLS}, tenant="acme")
+    bell.drain()
+    # An event rang for it while its worker works through long inline steps: rung, but held.
+    Run.objects.filter(pk=run.pk).update(
+        status="running",
+        lease_owner="w1",
+        lease_expires_at=timezone.now() + timedelta(minutes=5),
+        wake_requested_at=timezone.now() - timedelta(minutes=2),
+    )
+    assert "no worker has taken this run" not in _page(people, people.ops, run)
+    Run.objects.filter(pk=run.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert "Waiting for a worker for 2 min" in _page(people, people.ops, run)
 
 
 def test_an_ended_run_says_nothing(bell: Bell, people: People) -> None:
