@@ -7,7 +7,6 @@ import signal
 from typing import Any
 
 import pytest
-from django.utils import timezone
 
 from pipelines.builtin import document_batch, support_ticket, thread_analysis
 from pipelines.models import Ticket
@@ -15,6 +14,7 @@ from reviews.models import Gate
 from reviews.services import decide_gate
 from tests.live import wait_until
 from workflows import get_run, start
+from workflows.core import clock
 from workflows.models import Run, Step
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -82,7 +82,7 @@ def test_a_batch_killed_after_three_documents_resumes_at_the_fourth(live: Any) -
     fourth = wait_until(summarizing_fourth, 60, message="documents 1-3 summarized, 4 running")
     os.kill(int(fourth.lease_owner.split(":")[1]), signal.SIGKILL)  # the child running it
     live.kill(worker, signal.SIGKILL)  # and its parent, so nothing is requeued for us
-    killed_at = timezone.now()
+    killed_at = clock.now()  # the workers stamp finished_at on the engine's clock
     before = {
         s.pk: (s.attempt, s.finished_at) for s in Step.objects.filter(run=run, status="succeeded")
     }
