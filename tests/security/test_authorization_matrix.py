@@ -628,6 +628,7 @@ ADMIN_ACTIONS: dict[str, set[str]] = {
     "workflows.step:delete_selected": set(),
     "workflows.event:delete_selected": set(),
     "workflows.outbox:delete_selected": set(),
+    "workflows.outbox:deliver_again": {"superuser"},  # the change permission: a superuser here
     "workflows.webhookdelivery:delete_selected": set(),
     "workflows.webhookdelivery:retry_deliveries": {"superuser"},
     "workflows.apikey:delete_selected": {"superuser"},
