@@ -127,3 +127,32 @@ def test_a_step_whose_first_parameter_merely_starts_with_self_is_fine() -> None:
         return selfie * clsx
 
     assert step(scale)(2, 3) == 6
+
+
+def test_a_function_whose_first_parameter_is_named_cls_is_fine() -> None:
+    """Only a function written in a class body is a method: a step classifying by a ``cls``
+    (a class label) is an ordinary step (found by review: it was refused at import)."""
+
+    def classify(cls: str, text: str) -> str:
+        return f"{cls}:{text}"
+
+    assert step(classify)("bug", "crash") == "bug:crash"
+
+
+def test_a_generator_undo_or_plain_generator_is_refused_too() -> None:
+    def book(x: int) -> int:
+        return x
+
+    def unbook(x: int, result: int) -> Iterator[int]:
+        yield result
+
+    with pytest.raises(TypeError, match="is a generator function"):
+        step(compensate=unbook)(book)
+
+    def chunks(n: int) -> Iterator[int]:
+        yield from range(n)
+
+    from workflows.core.definitions import as_step
+
+    with pytest.raises(TypeError, match="is a generator function"):
+        as_step(chunks)  # what ctx.run does with a function that is not a @step

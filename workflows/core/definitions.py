@@ -291,6 +291,12 @@ def _not_a_method(fn: Callable[..., Any]) -> None:
     """A step is called with the journaled arguments alone, never bound to an instance: on a
     method, the first argument was taken for ``self`` and the run failed with "missing 1
     required positional argument" naming the wrong parameter."""
+    # Written in a class body: its qualified name has the class's before its own (a function
+    # nested in another has "<locals>" there). A module-level ``def classify(cls, text)`` is
+    # a step like any other.
+    parent = getattr(fn, "__qualname__", "").rpartition(".")[0]
+    if not parent or parent.endswith("<locals>"):
+        return
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
@@ -472,6 +478,12 @@ def as_step(fn: Callable[..., Any]) -> StepDef[..., Any]:
     """Treat a plain function passed to ``ctx.run`` as a step with the default policy."""
     if isinstance(fn, StepDef):
         return fn
+    if inspect.isgeneratorfunction(fn):  # as @step refuses it (_check_callable)
+        raise TypeError(
+            f"{getattr(fn, '__qualname__', fn)!r} is a generator function: the engine stores "
+            "what a step returns, and a generator's body would run only then, after the call; "
+            "return a list instead"
+        )
     return StepDef(fn=fn, name=getattr(fn, "__name__", "step"))
 
 
@@ -531,6 +543,11 @@ def check_undo_callable(undo: Any, what: str) -> None:
         raise TypeError(
             f"{what}: the undo {getattr(fn, '__qualname__', fn)!r} is an async function; an "
             "undo is called synchronously, so write a plain def"
+        )
+    if inspect.isgeneratorfunction(fn):
+        raise TypeError(
+            f"{what}: the undo {getattr(fn, '__qualname__', fn)!r} is a generator function: "
+            "calling it would run none of its body; write a plain def"
         )
     sig = _signature_of(fn)
     if sig is None:
