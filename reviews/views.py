@@ -655,12 +655,18 @@ def _not_taken(request: HttpRequest, gate: Gate, comment: str, reason: str = "")
     return render(request, "reviews/gate.html", context, status=409)
 
 
+def _isolated(text: str) -> str:
+    return f"\u2068{text}\u2069"
+
+
 def _after_decision(request: HttpRequest, gate: Gate, outcome: str) -> HttpResponse:
     gate = services.get_gate(gate.pk)
     # Gates are named by their run's subject when it has one: a pipeline's gates share a title
     # ("Check the analysis"), and this message is what says which one was decided and which
     # one the page now shows.
-    name = gate.subject or gate.title
+    # Isolated (FSI … PDI): a right-to-left override in an LLM-written subject must not reorder
+    # the rest of the sentence.
+    name = _isolated(gate.subject or gate.title)
     if gate.is_open and outcome == "approve":
         # One approval of a four-eyes gate: it stays open for the next approver.
         count = gate.approvals.count()
@@ -675,7 +681,7 @@ def _after_decision(request: HttpRequest, gate: Gate, outcome: str) -> HttpRespo
     if following is None:
         messages.success(request, f"{verb} “{name}”. The queue is empty — nice work.")
         return redirect("reviews:queue")
-    next_name = following.subject or following.title
+    next_name = _isolated(following.subject or following.title)
     messages.success(request, f"{verb} “{name}”. Next up: “{next_name}”.")
     return redirect("reviews:gate", pk=following.pk)
 

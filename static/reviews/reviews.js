@@ -110,7 +110,10 @@
     var a = document.activeElement;
     before = {
       at: rows().findIndex(function (r) { return r.dataset.gateId === selectedId; }),
-      focused: !a || a === document.body || queue.contains(a)
+      // Only when focus was on the selected row's link (or nowhere): a reviewer on another
+      // control of the list (a row's pick box) keeps it.
+      focused: !a || a === document.body || !!(a.matches && a.matches("a.rv-title") &&
+        a.closest(".rv-row") && a.closest(".rv-row").dataset.gateId === selectedId)
     };
   });
 

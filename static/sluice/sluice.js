@@ -59,6 +59,9 @@
   function focusFirstFlash() {
     var flash = document.querySelector("main .flashes > .flash[tabindex]");
     if (!flash || (document.activeElement && document.activeElement !== document.body)) return;
+    // A field the page focuses itself (the login form's username) keeps it: the browser
+    // applies autofocus after this, and not at all once something else has the focus.
+    if (document.querySelector("main [autofocus]")) return;
     flash.focus({ preventScroll: true });
   }
   function focusOnLoad() { focusFirstInvalid(); focusFirstFlash(); }

@@ -71,8 +71,9 @@ def test_after_a_decision_the_next_page_names_both_gates_by_subject(
     main = html[html.index('<main class="container" id="main"') :]
     flash = tag(main, r'<div class="flash flash-success"[^>]*>[^<]*</div>')
     assert 'tabindex="-1"' in flash and 'role="status"' in flash
-    assert "Approved “Nordwind supply contract”." in flash
-    assert "Next up: “&lt;b&gt;Acme &amp; Co&lt;/b&gt; renewal”." in flash
+    # Each name isolated (FSI … PDI): a U+202E in a subject cannot reorder the sentence.
+    assert "Approved “\u2068Nordwind supply contract\u2069”." in flash
+    assert "Next up: “\u2068&lt;b&gt;Acme &amp; Co&lt;/b&gt; renewal\u2069”." in flash
     assert "<b>Acme" not in html
     assert html.index('class="flashes"') > html.index('id="main"')
 

@@ -209,7 +209,7 @@ def test_the_keyboard_moves_through_the_queue_and_decides(
     page.wait_for_url(f"**/reviews/{first.pk}/")
     page.keyboard.press("r")
     page.wait_for_url(f"**/reviews/{second.pk}/")
-    expect(page.locator(".flash-success")).to_contain_text("Rejected “First in line”")
+    expect(page.locator(".flash-success")).to_contain_text("Rejected “\u2068First in line\u2069”")
     assert Gate.objects.get(pk=first.pk).outcome == "reject"
     # Someone else decides the open gate while it is on screen: the page says so by itself.
     decide_gate(second.pk, outcome="approve", actor="ben", user=people.ben)

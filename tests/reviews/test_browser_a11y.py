@@ -60,7 +60,8 @@ def test_after_a_decision_focus_is_on_the_message_naming_the_next_gate(
     flash = page.locator("main .flash-success")
     expect(flash).to_be_focused()
     expect(flash).to_have_text(
-        "Approved “Nordwind supply contract”. Next up: “Lisbon office lease”."
+        "Approved “\u2068Nordwind supply contract\u2069”. "
+        "Next up: “\u2068Lisbon office lease\u2069”."
     )
     expect(page).to_have_title(
         "Lisbon office lease — Check the contract analysis · Review · Sluice"
@@ -178,6 +179,27 @@ def test_when_the_focused_gate_leaves_the_queue_focus_goes_to_the_row_in_its_pla
         "“First in line” left the list, the list is empty."
     )
     expect(page.locator("#queue")).to_be_focused()
+
+
+def test_a_reviewer_on_another_rows_box_keeps_the_focus_when_the_selected_gate_leaves(
+    bell: Bell, live_server: Any, viewport: Page, people: People
+) -> None:
+    """Only focus on the selected row's link (or nowhere) follows the selection: a reviewer
+    ticking boxes is not moved to a title link (found by review)."""
+    page = viewport
+    first = open_gate(bell, title="First in line", timeout_s=600)
+    second = open_gate(bell, title="Second in line", timeout_s=1200)
+    open_gate(bell, title="Third in line", timeout_s=1800)
+    log_in(page, live_server.url, "ana")
+    page.keyboard.press("j")
+    page.keyboard.press("j")
+    expect(page.locator(f"#gate-link-{second.pk}")).to_be_focused()
+    page.locator(f"#gate-pick-{first.pk}").focus()
+
+    decide_gate(second.pk, outcome="approve", actor="ben", user=people.ben)
+    expect(page.locator("#queue .rv-row")).to_have_count(2)
+    expect(page.get_by_test_id("queue-status")).to_have_text("“Second in line” left the list.")
+    expect(page.locator(f"#gate-pick-{first.pk}")).to_be_focused()
 
 
 def test_borders_and_current_items_for_low_vision_and_forced_colours(
