@@ -341,7 +341,7 @@ def gate_opened(gate: Gate) -> int:
     def write() -> int:
         tenant = _tenant_of(gate)
         recipients = Audience().for_groups([gate.group], tenant, NotifyEvent.OPENED)
-        return _write([(gate, NotifyEvent.OPENED, recipients)], timezone.now())
+        return _write([(gate, NotifyEvent.OPENED, recipients)], clock.now())
 
     return _safely("gate opened", write)
 
@@ -357,7 +357,7 @@ def gates_expired(gate_ids: list[int]) -> int:
         )
         told = Audience().claimants(gates, NotifyEvent.EXPIRED)
         entries = [(g, NotifyEvent.EXPIRED.value, told.get(g.pk, [])) for g in gates]
-        return _write(entries, timezone.now())
+        return _write(entries, clock.now())
 
     return _safely("gates expired", write) if gate_ids else 0
 
@@ -377,7 +377,7 @@ def gates_escalated(gate_ids: list[int]) -> int:
             for g in gates
             if g.escalate_to
         ]
-        return _write(entries, timezone.now())
+        return _write(entries, clock.now())
 
     return _safely("gates escalated", write) if gate_ids else 0
 
@@ -387,7 +387,7 @@ def gate_reassigned(gate: Gate, to_user_id: int) -> int:
 
     def write() -> int:
         recipients = Audience().for_user(to_user_id, gate, _tenant_of(gate), "reassigned")
-        return _write([(gate, NotifyEvent.REASSIGNED.value, recipients)], timezone.now())
+        return _write([(gate, NotifyEvent.REASSIGNED.value, recipients)], clock.now())
 
     return _safely("gate reassigned", write)
 
@@ -425,7 +425,7 @@ def remind_due(now: datetime | None = None, batch: int = 500) -> int:
             ids = list(_lock(due).order_by("remind_at", "id").values_list("pk", flat=True)[:batch])
             if not ids:
                 break
-            at = timezone.now()
+            at = clock.now()
             fresh = Q(status=GateStatus.OPEN, reminded_at__isnull=True)
             Gate.objects.filter(fresh, pk__in=ids).update(reminded_at=at)
             gates = list(Gate.objects.filter(pk__in=ids, reminded_at=at).select_related("run"))
@@ -456,7 +456,7 @@ def send_digests(now: datetime | None = None, limit: int = 1000) -> int:
     arrived after the window ended but before this sweep ride along. Returns how many digests
     were queued.
     """
-    now = now or timezone.now()
+    now = now or clock.now()
     due = (
         Notification.objects.filter(status=NotificationStatus.PENDING, due_at__lte=now)
         .order_by()  # (the model's ordering would make every row distinct)
@@ -498,7 +498,7 @@ def _send_digest(user_id: int | None, group: str) -> int:
         if not ids:
             return 0
         channels = sorted({c for pk, chans in rows if pk in set(ids) for c in chans})
-        now = timezone.now()
+        now = clock.now()
         _enqueue(
             [
                 Outbox(

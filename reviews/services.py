@@ -370,7 +370,7 @@ def open_gate(
 
 def claim_gate(gate_id: Any, user: Any) -> Gate:
     """Claim an open gate for ``user`` ("I am on it"). Claiming your own claim is a no-op."""
-    now = timezone.now()
+    now = clock.now()
     with transaction.atomic():
         n = Gate.objects.filter(pk=gate_id, status=GateStatus.OPEN, claimed_by__isnull=True).update(
             claimed_by=user, claimed_at=now
@@ -390,7 +390,7 @@ def claim_gate(gate_id: Any, user: Any) -> Gate:
 def release_gate(gate_id: Any, user: Any) -> Gate:
     """Give up the claim. Only its holder may, or staff who may change gates (``overrides_claims``:
     they can free a gate someone left)."""
-    now = timezone.now()
+    now = clock.now()
     with transaction.atomic():
         gate = get_gate(gate_id)
         holder = gate.claimed_by.get_username() if gate.claimed_by else ""
@@ -463,7 +463,7 @@ def decide_gate(
         raise InvalidDecisionError(f"invalid decision: {listing}", listed)
     comment = (comment or "").strip()
     check_separation_of_duties(gate, outcome, actor, user)
-    now = timezone.now()
+    now = clock.now()
     stale_step = False
     approved_once = already = False
     with transaction.atomic():
@@ -1138,7 +1138,7 @@ def reassign_gate(gate_id: Any, user: Any, to: str) -> Gate:
             [{"field": "to", "message": "name a reviewer who did not start the run"}],
         )
     holder = gate.claimed_by.get_username() if gate.claimed_by else ""
-    now = timezone.now()
+    now = clock.now()
     with transaction.atomic():
         # Holding the claim, someone who may not approve would keep every other approver out.
         # Checked under the run's lock, as a decision takes it first: an approval by the
@@ -1233,7 +1233,7 @@ def cancel_open_gates(run: Run, reason: str = "") -> int:
     """Close the open gates of a run that ended, or that a cancel stopped while its undos
     run. Runs inside the transaction that did it (``workflows.core.signals.run_finished``,
     ``run_stopped``), which holds the run's lock."""
-    now = timezone.now()
+    now = clock.now()
     reason = reason or f"run {run.status}"
     open_gates = Gate.objects.filter(run_id=run.pk, status=GateStatus.OPEN)
     ids = list(open_gates.values_list("pk", flat=True))

@@ -437,3 +437,19 @@ def test_a_run_that_loops_back_opens_numbered_attempts(bell: Bell, people: Peopl
     decide_gate(second.pk, outcome="approve", actor="ana", user=people.ana)
     bell.drain()
     assert get_run(run.pk).output == {"rounds": 2, "published": "published: Draft number 2"}
+
+
+def test_a_gates_trail_is_stamped_on_the_engines_clock(bell: Bell, people: Any, skew: Any) -> None:
+    """ "Opened" is stamped on the engine's clock (the step's start): a claim on a host whose
+    clock is behind was stamped before it, and the trail, ordered by time, read "claimed"
+    before "opened" (found by review)."""
+    from reviews.models import GateEvent
+    from reviews.services import claim_gate
+
+    skew(-600)
+    gate = open_gate(bell)
+    claim_gate(gate.pk, people.ana)
+    trail = list(
+        GateEvent.objects.filter(gate=gate).order_by("at", "id").values_list("kind", flat=True)
+    )
+    assert trail[:2] == ["opened", "claimed"], trail

@@ -473,3 +473,18 @@ def test_turning_email_off_stops_what_waits_to_be_sent(bell: Bell, team: People)
     notifications.send_digests(now=end)
     deliver_all()
     assert recipients() == []
+
+
+# --- clocks ---------------------------------------------------------------------------------------
+
+
+def test_a_host_clock_ahead_does_not_hold_notifications_back(
+    bell: Bell, team: People, skew: Any
+) -> None:
+    """The outbox judges rows on the engine's clock (the database's): rows stamped with the
+    host's clock, a minute ahead, waited that minute (found by review: every notification was
+    held back by the web or worker host's lead)."""
+    skew(60)
+    open_gate(bell)
+    assert deliver_all() == 2
+    assert recipients() == ["ana@example.com", "ben@example.com"]
