@@ -33,7 +33,6 @@ from typing import Any
 from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
-from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
@@ -195,9 +194,10 @@ class DatabaseCollector(Collector):
 
     def _families(self) -> Iterator[GaugeMetricFamily]:
         from reviews.models import Gate, GateStatus
+        from workflows.core import clock
         from workflows.models import ACTIVE_RUN, Outbox, OutboxStatus, Pool, Run, Step
 
-        now = timezone.now()
+        now = clock.now()  # leases and deadlines are written on the engine's clock
         runs = GaugeMetricFamily(
             "sluice_runs",
             "Runs not finished yet, by status (finished runs: sluice_runs_finished_total).",
