@@ -318,3 +318,27 @@ class ThrottledPasswordResetView(PasswordResetView):
             log.warning("password reset not sent (too many requests): email=%r ip=%s", email, ip)
             return HttpResponseRedirect(self.get_success_url())
         return super().form_valid(form)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """Django's "form expired" page (templates/403_csrf.html), except for one case that is not
+    an expired form but a second tab: the login form of a tab that showed it before the user
+    signed in in another tab is posted with the token the sign-in replaced. The user is signed
+    in now, so on to the page the form was for (a safe ``next``), not a 403 that loses the
+    password typed and offers a "Log in" back to the same page."""
+    from django.utils.http import url_has_allowed_host_and_scheme  # noqa: PLC0415
+    from django.views.csrf import csrf_failure as django_csrf_failure  # noqa: PLC0415
+
+    if (
+        request.method == "POST"
+        and request.path == reverse("login")
+        and getattr(request, "user", None) is not None
+        and request.user.is_authenticated
+    ):
+        target = request.POST.get("next") or request.GET.get("next") or ""
+        if not url_has_allowed_host_and_scheme(
+            target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+        ):
+            target = str(settings.LOGIN_REDIRECT_URL)
+        return HttpResponseRedirect(target)
+    return django_csrf_failure(request, reason)

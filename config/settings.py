@@ -189,6 +189,8 @@ SLUICE_SECRET_KEY_FROM_FILE = not os.environ.get("SECRET_KEY", "").strip()
 DEBUG = _env_bool("DEBUG", False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# A login form posted from a second tab after signing in in the first: on to its page.
+CSRF_FAILURE_VIEW = "config.security.csrf_failure"
 
 INSTALLED_APPS = [
     "config.apps.SluiceAdminConfig",  # django.contrib.admin, throttled (config.security)
