@@ -584,6 +584,8 @@ def gate_decide(request: HttpRequest, pk: int) -> HttpResponse:
     """Decide, then go straight to the next gate (or back to the queue when it is empty)."""
     gate = _gate_or_404(request, pk)
     if not gate.is_open:
+        if _decided_so_by(request, gate):
+            return _after_decision(request, gate, gate.outcome)
         return _not_taken(request, gate, request.POST.get("comment", ""))
     if (
         request.POST.get("outcome") == "approve"
@@ -629,11 +631,28 @@ def gate_decide(request: HttpRequest, pk: int) -> HttpResponse:
             context = _gate_context(request, gate, form=form, edits_form=edits_form)
             return render(request, "reviews/gate.html", context, status=403)
         except (services.GateClosedError, services.GateClaimedError):
+            if _decided_so_by(request, services.get_gate(gate.pk)):
+                return _after_decision(request, gate, form.cleaned_data["outcome"])
             return _not_taken(request, gate, form.cleaned_data["comment"])
         else:
             return _after_decision(request, gate, form.cleaned_data["outcome"])
     context = _gate_context(request, gate, form=form, edits_form=edits_form)
     return render(request, "reviews/gate.html", context, status=422)
+
+
+def _decided_so_by(request: HttpRequest, gate: Gate) -> bool:
+    """The gate is closed by this very decision: the same reviewer's same outcome and comment,
+    sent twice (a double click on a slow network, a resent POST). The repeat is answered like
+    the first, rather than with a 409 saying the comment was not saved when it was."""
+    form = DecisionForm(gate, request.POST)
+    return (
+        gate.status == GateStatus.DECIDED
+        and gate.decided_by_user_id is not None
+        and gate.decided_by_user_id == request.user.pk
+        and form.is_valid()
+        and form.cleaned_data["outcome"] == gate.outcome
+        and form.cleaned_data["comment"] == gate.comment
+    )
 
 
 def _not_taken(request: HttpRequest, gate: Gate, comment: str, reason: str = "") -> HttpResponse:

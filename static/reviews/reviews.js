@@ -447,6 +447,10 @@
   var armed = false;      // Esc pressed since the last edit: shortcuts act on typed text
   var swapping = false;   // a swap is under way (afterSettle fires once per swapped element)
   var GUARD_MS = 1000;
+  // A page reached by deciding (it opens with "Approved “X”. Next up: “Y”.") is a change under
+  // the reviewer too: a key pressed twice, or pressed as the page loads, must not decide the
+  // next gate unseen.
+  if (document.querySelector("main .flashes > .flash-success")) swappedAt = Date.now();
 
   function panel() { return document.getElementById("decision-panel"); }
 

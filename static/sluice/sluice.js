@@ -158,11 +158,14 @@
     stale: "This page is out of date — reload it.",
     action: "The server could not do that. Try again, or reload the page.",
     refresh: "The server could not refresh this page; it keeps trying.",
-    offline: "The server could not be reached. Check your connection and try again."
+    offline: "The server could not be reached. Check your connection and try again.",
+    forbidden: "You no longer have access to this page (your groups or account changed). " +
+      "Copy anything you typed before reloading.",
+    signedout: "You were signed out. Sign in again in a new tab; what you typed stays here."
   };
   // A message gives way only to one as important or more: a refresh failing after a refused
   // Claim must not hide why the Claim did nothing.
-  var RANK = { stale: 3, action: 2, offline: 1, refresh: 1 };
+  var RANK = { signedout: 4, forbidden: 3, stale: 3, action: 2, offline: 1, refresh: 1 };
 
   function problemBox() {
     var box = document.getElementById("htmx-problem");
@@ -194,12 +197,33 @@
     return box;
   }
 
-  function showProblem(kind, byUser) {
+  // The signed-out message's link to the login page (which comes back to this page), opened in
+  // a new tab so that this one keeps what was typed.
+  function signInLink(box, href) {
+    var link = box.querySelector("a[data-sign-in]");
+    if (!href) {
+      if (link) link.parentNode.removeChild(link);
+      return;
+    }
+    if (!link) {
+      link = document.createElement("a");
+      link.setAttribute("data-sign-in", "");
+      link.className = "btn btn-sm";
+      link.target = "_blank";
+      link.rel = "noopener";
+      link.textContent = "Sign in (new tab)";
+      box.insertBefore(link, box.querySelector("[data-reload]"));
+    }
+    link.href = href;
+  }
+
+  function showProblem(kind, byUser, href) {
     var box = problemBox();
     var shown = box.getAttribute("data-kind");
     if (!shown || RANK[kind] >= RANK[shown]) {
       box.setAttribute("data-kind", kind);
       box.firstChild.textContent = PROBLEMS[kind];
+      signInLink(box, kind === "signedout" ? href : null);
     }
     // After a click, bring the message into view (the page may be scrolled down to the form);
     // a poll's failure does not move the page.
@@ -219,7 +243,10 @@
     var xhr = e.detail && e.detail.xhr;
     var status = xhr ? xhr.status : 0;
     var user = byUser(e);
-    if (status >= 400 && status < 500) showProblem("stale", user);
+    // 403 on a refresh or an action that passed the CSRF check (the header is fresh, see
+    // below): the account lost its group or was deactivated; a reload shows the refusal.
+    if (status === 403) showProblem("forbidden", user);
+    else if (status >= 400 && status < 500) showProblem("stale", user);
     else showProblem(user ? "action" : "refresh", user);
   });
   document.addEventListener("htmx:sendError", function (e) {
@@ -232,12 +259,118 @@
     var box = document.getElementById("htmx-problem");
     if (!box || !e.detail || !e.detail.successful) return;
     var kind = box.getAttribute("data-kind");
-    if (kind === "refresh" || kind === "offline" || (kind === "action" && byUser(e))) {
+    if (kind === "refresh" || kind === "offline" || kind === "signedout" ||
+        (kind === "action" && byUser(e))) {
       box.parentNode.removeChild(box);
     }
   });
   document.addEventListener("click", function (e) {
     var button = e.target && e.target.closest && e.target.closest("#htmx-problem [data-reload]");
-    if (button) window.location.reload();
+    if (!button) return;
+    if (unsentInput() &&
+        !window.confirm("Reloading loses what you typed on this page. Reload anyway?")) return;
+    window.location.reload();
+  });
+
+  // --- the session ended while the page was open ------------------------------------------
+  // A live refresh (or an htmx action) of a page whose session ended (logged out in another
+  // tab, cookies cleared, account deactivated) is answered 204 with HX-Redirect to the login
+  // page (config/login.py), and htmx would take the whole tab there. When the page holds input
+  // not sent (a comment, a reason, ticked boxes), it stays instead: the message links to the
+  // login page in a new tab, and the page's polls stop until a request works again (htmx 2
+  // fires htmx:beforeOnLoad before it looks at HX-Redirect, and stops when it is cancelled).
+  var LOGIN_PATH = "/accounts/login/";  // settings.LOGIN_URL
+  var signedOut = false;
+
+  function fieldChanged(el) {
+    if (el.disabled || el.matches("[data-keys-toggle]")) return false;  // a preference, kept at once
+    if (el.tagName === "SELECT") {
+      var opts = Array.prototype.slice.call(el.options);
+      // No option marked selected: the browser shows the first one (not disabled) by default.
+      if (!el.multiple && !opts.some(function (o) { return o.defaultSelected; })) {
+        var first = opts.filter(function (o) { return !o.disabled; })[0];
+        return !!first && el.selectedIndex !== first.index;
+      }
+      return opts.some(function (o) { return o.selected !== o.defaultSelected; });
+    }
+    if (el.type === "checkbox" || el.type === "radio") return el.checked !== el.defaultChecked;
+    if (/^(hidden|submit|button|reset|image|file)$/.test(el.type)) return false;
+    return el.value !== el.defaultValue;
+  }
+  function unsentInput() {
+    var main = document.querySelector("main");
+    if (!main) return false;
+    return Array.prototype.some.call(main.querySelectorAll("input, textarea, select"), fieldChanged);
+  }
+  function toLogin(url) {
+    try { return new URL(url, window.location.href).pathname === LOGIN_PATH; } catch (err) { return false; }
+  }
+  document.addEventListener("htmx:beforeOnLoad", function (e) {
+    var xhr = e.detail && e.detail.xhr;
+    var to = xhr && xhr.getResponseHeader("HX-Redirect");
+    if (!to || !toLogin(to) || !unsentInput()) return;
+    e.preventDefault();
+    signedOut = true;
+    showProblem("signedout", byUser(e), to);
+  });
+  document.addEventListener("htmx:confirm", function (e) {
+    var elt = e.detail && e.detail.elt;
+    if (!signedOut || !elt || !elt.hasAttribute) return;
+    if (elt.hasAttribute("data-poll") || elt.hasAttribute("data-push")) e.preventDefault();
+  });
+  document.addEventListener("htmx:afterRequest", function (e) {
+    if (e.detail && e.detail.successful) signedOut = false;
+  });
+
+  // --- the CSRF token changed while the page was open ---------------------------------------
+  // Logging in (in another tab) rotates Django's CSRF token; the one base.html put into
+  // hx-headers and the forms' hidden inputs at render is then refused. The cookie (not
+  // HttpOnly, config/settings.py) always has the current one: requests take it from there.
+  function csrfCookie() {
+    var m = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]*)/);
+    return m ? decodeURIComponent(m[1]) : "";
+  }
+  document.addEventListener("htmx:configRequest", function (e) {
+    var token = csrfCookie();
+    if (token && e.detail && e.detail.headers) e.detail.headers["X-CSRFToken"] = token;
+  });
+  document.addEventListener("submit", function (e) {
+    var token = csrfCookie();
+    var form = e.target;
+    if (!token || !form || !form.querySelectorAll) return;
+    form.querySelectorAll("input[name=csrfmiddlewaretoken]").forEach(function (input) {
+      input.value = token;
+    });
+  }, true);
+
+  // --- one submit per form ------------------------------------------------------------------
+  // On a slow network a second click (or key) on Approve sent the form again, and the second
+  // POST was told the gate had closed. A plain form (not htmx's) that is being sent ignores
+  // further submits until the page is shown again (Back restores it from the cache: it works
+  // again there). Marked last (bubbling to window), so a submit another listener stopped (a
+  // confirm() answered No) is not counted; refused first (capturing at window).
+  function plainPost(form) {
+    if (!form || form.tagName !== "FORM" || form.method !== "post") return false;
+    if (form.target && form.target !== "_self") return false;
+    return !form.matches("[hx-post],[hx-put],[hx-patch],[hx-delete],[hx-get]," +
+      "[data-hx-post],[data-hx-put],[data-hx-patch],[data-hx-delete],[data-hx-get]");
+  }
+  window.addEventListener("submit", function (e) {
+    var form = e.target;
+    if (form && form.hasAttribute && form.hasAttribute("data-submitting")) {
+      e.preventDefault();
+      e.stopImmediatePropagation();
+    }
+  }, true);
+  window.addEventListener("submit", function (e) {
+    if (e.defaultPrevented || !plainPost(e.target)) return;
+    e.target.setAttribute("data-submitting", "");
+    e.target.setAttribute("aria-busy", "true");
+  });
+  window.addEventListener("pageshow", function () {
+    document.querySelectorAll("form[data-submitting]").forEach(function (form) {
+      form.removeAttribute("data-submitting");
+      form.removeAttribute("aria-busy");
+    });
   });
 })();
