@@ -45,3 +45,12 @@ def shot(page: Page, name: str, full_page: bool = True) -> None:
     # The top bar is sticky: scroll to the top so a full-page shot has it where it belongs.
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(SHOTS / name), full_page=full_page)
+
+
+def end_session_elsewhere(page: Page, base: str) -> None:
+    """Log out in another tab of the same browser (the session of ``page`` ends)."""
+    other = page.context.new_page()
+    other.goto(f"{base}/reviews/mine/")
+    other.get_by_role("button", name="Log out").click()
+    other.wait_for_url("**/accounts/login/**")
+    other.close()

@@ -18,7 +18,7 @@ import pytest
 from playwright.sync_api import ConsoleMessage, Page, Route, expect
 
 from reviews.models import Gate
-from tests.browser import log_in
+from tests.browser import end_session_elsewhere, log_in
 from tests.reviews.conftest import People, open_gate
 from tests.support import Bell
 
@@ -37,15 +37,6 @@ def csp_violations(page: Page) -> list[str]:
 
     page.on("console", on_console)
     return found
-
-
-def end_session_elsewhere(page: Page, base: str) -> None:
-    """Log out in another tab of the same browser, as the reviewer's repro did."""
-    other = page.context.new_page()
-    other.goto(f"{base}/reviews/mine/")
-    other.get_by_role("button", name="Log out").click()
-    other.wait_for_url("**/accounts/login/**")
-    other.close()
 
 
 def test_live_refreshes_after_the_session_ended_go_to_the_login_page_and_back(

@@ -22,7 +22,7 @@ from playwright.sync_api import Dialog, Page, Request, expect
 
 from reviews import services
 from reviews.models import Gate
-from tests.browser import log_in
+from tests.browser import end_session_elsewhere, log_in
 from tests.reviews.conftest import People, open_gate
 from tests.support import Bell
 
@@ -37,15 +37,6 @@ NOTE = (
     "Sign in to open the page you asked for. If you were signed in a moment ago, your session "
     "ended (signed out in another tab, or it expired)."
 )
-
-
-def end_session_elsewhere(page: Page, base: str) -> None:
-    """Log out in another tab of the same browser."""
-    other = page.context.new_page()
-    other.goto(f"{base}/reviews/mine/")
-    other.get_by_role("button", name="Log out").click()
-    other.wait_for_url("**/accounts/login/**")
-    other.close()
 
 
 def test_a_signed_out_page_with_a_typed_comment_stays_and_links_to_the_login_page(
